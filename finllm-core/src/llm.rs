@@ -1,0 +1,256 @@
+//! [`Model`]: a loaded LLM with its tokenizer and chat template, ready to generate.
+
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::chat::{ChatMessage, ChatTemplate};
+use crate::error::{Error, Result};
+use crate::generate::{GenerateParams, Generation, TokenEvent, TokenStream};
+use crate::model::{GgufFile, ModelConfig, Transformer};
+use crate::tokenizer::Tokenizer;
+
+/// How to load a model.
+#[derive(Clone, Default)]
+pub struct LoadOptions {
+    /// Compute threads for this model (default: the number of physical cores).
+    pub threads: Option<usize>,
+    /// Use this `tokenizer.json` instead of the tokenizer in the GGUF file.
+    pub tokenizer_json: Option<PathBuf>,
+    /// Called with the fraction of the load done, for progress bars.
+    pub progress: Option<Arc<dyn Fn(f32) + Send + Sync>>,
+}
+
+impl std::fmt::Debug for LoadOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadOptions")
+            .field("threads", &self.threads)
+            .field("tokenizer_json", &self.tokenizer_json)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where the model came from.
+#[derive(Debug, Clone)]
+pub enum ModelSource {
+    Gguf(Arc<GgufFile>),
+    Safetensors(PathBuf),
+}
+
+/// A loaded model. Shareable across threads: each request carries its own KV cache.
+pub struct Model {
+    transformer: Transformer,
+    tokenizer: Tokenizer,
+    chat_template: Option<ChatTemplate>,
+    source: ModelSource,
+    pool: rayon::ThreadPool,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("config", self.config())
+            .field("tokenizer", &self.tokenizer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Model {
+    /// Load a `.gguf` file, or an HF directory with `config.json`, `*.safetensors` and
+    /// `tokenizer.json`. A `tokenizer.json` beside a GGUF file overrides its built-in tokenizer.
+    pub fn load(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<Self> {
+        let path = path.as_ref();
+        let report = |f: f32| {
+            if let Some(p) = &opts.progress {
+                p(f)
+            }
+        };
+        report(0.0);
+        let pool = thread_pool(opts.threads)?;
+        let model = if path.is_dir() {
+            Self::load_hf_dir(path, opts, pool)?
+        } else {
+            let file = Arc::new(GgufFile::open(path)?);
+            report(0.2);
+            let transformer = pool.install(|| Transformer::from_gguf(&file))?;
+            report(0.9);
+            let beside = path.with_file_name("tokenizer.json");
+            let override_json = opts.tokenizer_json.clone().or_else(|| beside.is_file().then_some(beside));
+            let gguf_tok = Tokenizer::from_gguf(&file)?;
+            let tokenizer = match override_json {
+                Some(json) => {
+                    let eos: Vec<u32> = gguf_tok.stop_ids().to_vec();
+                    Tokenizer::from_json_file(&json, gguf_tok.bos_id(), &eos, gguf_tok.adds_bos())?
+                }
+                None => gguf_tok,
+            };
+            let chat_template = match file.get("tokenizer.chat_template").and_then(|v| v.as_str()) {
+                Some(src) => Some(ChatTemplate::new(src, &tokenizer)?),
+                None => None,
+            };
+            Model {
+                transformer,
+                tokenizer,
+                chat_template,
+                source: ModelSource::Gguf(file),
+                pool,
+            }
+        };
+        model.check_vocab()?;
+        report(1.0);
+        Ok(model)
+    }
+
+    fn load_hf_dir(dir: &Path, opts: &LoadOptions, pool: rayon::ThreadPool) -> Result<Self> {
+        let transformer = pool.install(|| Transformer::from_safetensors(dir))?;
+        let config = crate::model::read_hf_config(dir)?;
+        let tok_config = read_json_if_present(&dir.join("tokenizer_config.json"))?;
+        let json = opts.tokenizer_json.clone().unwrap_or_else(|| dir.join("tokenizer.json"));
+        let id_of = |v: Option<&serde_json::Value>| -> Vec<u32> {
+            match v {
+                Some(serde_json::Value::Number(n)) => n.as_u64().map(|x| x as u32).into_iter().collect(),
+                Some(serde_json::Value::Array(a)) => a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect(),
+                _ => Vec::new(),
+            }
+        };
+        let bos = id_of(config.get("bos_token_id")).first().copied();
+        let eos = id_of(config.get("eos_token_id"));
+        let add_bos = tok_config
+            .as_ref()
+            .and_then(|c| c.get("add_bos_token"))
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false);
+        let tokenizer = Tokenizer::from_json_file(&json, bos, &eos, add_bos)?;
+        let chat_template = match tok_config.as_ref().and_then(|c| c.get("chat_template")).and_then(|v| v.as_str()) {
+            Some(src) => Some(ChatTemplate::new(src, &tokenizer)?),
+            None => None,
+        };
+        Ok(Model {
+            transformer,
+            tokenizer,
+            chat_template,
+            source: ModelSource::Safetensors(dir.to_path_buf()),
+            pool,
+        })
+    }
+
+    fn check_vocab(&self) -> Result<()> {
+        let (model_vocab, tok_vocab) = (self.config().vocab_size, self.tokenizer.vocab_size());
+        if tok_vocab > model_vocab {
+            return Err(Error::Tokenizer(format!(
+                "the tokenizer has {tok_vocab} tokens but the model's embedding only {model_vocab}"
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        self.transformer.config()
+    }
+
+    pub fn transformer(&self) -> &Transformer {
+        &self.transformer
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    pub fn source(&self) -> &ModelSource {
+        &self.source
+    }
+
+    pub fn chat_template(&self) -> Option<&ChatTemplate> {
+        self.chat_template.as_ref()
+    }
+
+    pub fn threads(&self) -> usize {
+        self.pool.current_num_threads()
+    }
+
+    /// Run `f` on this model's compute threads.
+    pub fn run<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        self.pool.install(f)
+    }
+
+    /// Encode raw text (special tokens parsed, BOS as the model says).
+    pub fn tokenize(&self, text: &str) -> Result<Vec<u32>> {
+        self.tokenizer.encode(text)
+    }
+
+    /// Decode ids to text (control tokens skipped).
+    pub fn detokenize(&self, ids: &[u32]) -> Result<String> {
+        self.tokenizer.decode(ids)
+    }
+
+    /// Start generating from raw prompt text; iterate the result for streamed tokens.
+    pub fn stream(&self, prompt: &str, params: &GenerateParams) -> Result<TokenStream<'_>> {
+        self.stream_ids(self.tokenize(prompt)?, params)
+    }
+
+    /// Start generating from prompt token ids.
+    pub fn stream_ids(&self, prompt_ids: Vec<u32>, params: &GenerateParams) -> Result<TokenStream<'_>> {
+        TokenStream::new(self, prompt_ids, params.clone())
+    }
+
+    /// Generate a whole answer to raw prompt text.
+    pub fn generate(&self, prompt: &str, params: &GenerateParams) -> Result<Generation> {
+        self.stream(prompt, params)?.run_with(|_| ControlFlow::Continue(()))
+    }
+
+    /// Generate, calling `on_token` as text is released; return `ControlFlow::Break` to stop.
+    pub fn generate_with(
+        &self,
+        prompt: &str,
+        params: &GenerateParams,
+        on_token: impl FnMut(&TokenEvent) -> ControlFlow<()>,
+    ) -> Result<Generation> {
+        self.stream(prompt, params)?.run_with(on_token)
+    }
+
+    /// Render `messages` with the model's chat template (with the assistant prompt appended).
+    pub fn apply_chat_template(&self, messages: &[ChatMessage]) -> Result<String> {
+        let template = self.chat_template.as_ref().ok_or_else(|| {
+            Error::ChatTemplate("the model has no chat template (tokenizer.chat_template)".into())
+        })?;
+        template.render(messages, true)
+    }
+
+    /// Answer a conversation.
+    pub fn chat(&self, messages: &[ChatMessage], params: &GenerateParams) -> Result<Generation> {
+        self.generate(&self.apply_chat_template(messages)?, params)
+    }
+
+    /// Stream the answer to a conversation.
+    pub fn chat_stream(&self, messages: &[ChatMessage], params: &GenerateParams) -> Result<TokenStream<'_>> {
+        self.stream(&self.apply_chat_template(messages)?, params)
+    }
+}
+
+fn thread_pool(threads: Option<usize>) -> Result<rayon::ThreadPool> {
+    let n = match threads {
+        Some(0) => return Err(Error::invalid("threads", "must be at least 1")),
+        Some(n) if n > 1024 => return Err(Error::invalid("threads", format!("{n} is more than 1024"))),
+        Some(n) => n,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .thread_name(|i| format!("finllm-compute-{i}"))
+        .build()
+        .map_err(|e| Error::invalid("threads", e.to_string()))
+}
+
+fn read_json_if_present(path: &Path) -> Result<Option<serde_json::Value>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => serde_json::from_str(&text).map(Some).map_err(|e| Error::Safetensors {
+            path: path.to_path_buf(),
+            reason: format!("not valid JSON: {e}"),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(Error::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}

@@ -1,0 +1,554 @@
+//! The decoder-only transformer forward pass shared by every architecture.
+//!
+//! Architecture files (`llama.rs`, `qwen2.rs`, ...) only read hyper-parameters and say which
+//! optional pieces a block has; this file runs them. The batched forward takes several sequences
+//! at different positions and lengths in one call: the projections and MLPs run once over all
+//! their tokens stacked together, attention runs per sequence against its own KV cache.
+
+use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::{Device, Module, Tensor};
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::model::config::{Activation, AttentionSpan, ModelConfig, RopeStyle};
+use crate::model::weights::{Weight, WeightStore};
+
+/// Keys and values of one sequence, per layer: `[n_kv_heads, len, head_dim]`.
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    len: usize,
+}
+
+impl KvCache {
+    /// An empty cache for a model with `n_layers` layers.
+    pub fn new(n_layers: usize) -> Self {
+        Self {
+            layers: vec![None; n_layers],
+            len: 0,
+        }
+    }
+
+    /// Number of positions cached.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Forget everything after the first `len` positions.
+    pub fn truncate(&mut self, len: usize) -> Result<()> {
+        if len >= self.len {
+            return Ok(());
+        }
+        for layer in &mut self.layers {
+            *layer = match layer.take() {
+                Some((k, v)) if len > 0 => Some((k.narrow(1, 0, len)?, v.narrow(1, 0, len)?)),
+                _ => None,
+            };
+        }
+        self.len = len;
+        Ok(())
+    }
+
+    /// Bytes held by the cache.
+    pub fn size_bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.elem_count() + v.elem_count()) * 4)
+            .sum()
+    }
+
+    fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        let kv = match &self.layers[layer] {
+            None => (k.contiguous()?, v.contiguous()?),
+            Some((ck, cv)) => (Tensor::cat(&[ck, k], 1)?, Tensor::cat(&[cv, v], 1)?),
+        };
+        self.layers[layer] = Some(kv.clone());
+        Ok(kv)
+    }
+}
+
+/// One sequence in a batched forward call.
+pub struct SeqInput<'a> {
+    /// New tokens to run, placed after what `cache` already holds.
+    pub tokens: &'a [u32],
+    pub cache: &'a mut KvCache,
+}
+
+/// What a forward call returns besides next-token logits.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ForwardOptions {
+    /// Logits for every new token, not only the last.
+    pub all_logits: bool,
+    /// Attention probabilities per layer, `[n_heads, new_tokens, cache_len]`.
+    pub attentions: bool,
+    /// Residual-stream states: the embeddings and the output of every layer, `[new_tokens, hidden]`.
+    pub hidden_states: bool,
+}
+
+/// The result for one sequence.
+#[derive(Debug, Clone)]
+pub struct SeqOutput {
+    /// `[1, vocab]`, or `[new_tokens, vocab]` with `all_logits`.
+    pub logits: Tensor,
+    pub attentions: Vec<Tensor>,
+    pub hidden_states: Vec<Tensor>,
+}
+
+struct Linear {
+    w: QMatMul,
+    b: Option<Tensor>,
+}
+
+impl Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = self.w.forward(x)?;
+        Ok(match &self.b {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+}
+
+struct RmsNorm {
+    w: Tensor,
+    eps: f32,
+}
+
+impl RmsNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(candle_nn::ops::rms_norm(&x.contiguous()?, &self.w, self.eps)?)
+    }
+}
+
+struct Block {
+    attn_norm: RmsNorm,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    q_norm: Option<RmsNorm>,
+    k_norm: Option<RmsNorm>,
+    post_attn_norm: Option<RmsNorm>,
+    ffn_norm: RmsNorm,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+    post_ffn_norm: Option<RmsNorm>,
+    span: AttentionSpan,
+    /// Inverse RoPE frequencies for this layer, already divided by any scaling.
+    inv_freq: Arc<Vec<f64>>,
+}
+
+enum Embedding {
+    Quantized(Arc<QTensor>),
+    Dense(Tensor),
+}
+
+impl Embedding {
+    fn lookup(&self, ids: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Embedding::Quantized(q) => q.embedding(ids)?,
+            Embedding::Dense(t) => t.index_select(ids, 0)?,
+        })
+    }
+}
+
+/// A loaded decoder-only transformer.
+pub struct Transformer {
+    cfg: ModelConfig,
+    embed: Embedding,
+    blocks: Vec<Block>,
+    norm: RmsNorm,
+    lm_head: QMatMul,
+}
+
+impl std::fmt::Debug for Transformer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transformer").field("cfg", &self.cfg).finish_non_exhaustive()
+    }
+}
+
+impl Transformer {
+    /// Build the model from weights named the GGUF way.
+    ///
+    /// `rope_freq_factors`: per-frequency divisors (GGUF `rope_freqs.weight`), if any.
+    pub(crate) fn load(cfg: ModelConfig, store: &WeightStore, rope_freq_factors: Option<Vec<f64>>) -> Result<Self> {
+        cfg.validate()?;
+        let (h, q_dim, kv_dim) = (cfg.hidden_size, cfg.q_dim(), cfg.kv_dim());
+        let eps = cfg.rms_eps as f32;
+        let norm = |name: &str, len: usize| -> Result<RmsNorm> {
+            Ok(RmsNorm {
+                w: store.vector(name, len)?,
+                eps,
+            })
+        };
+        let linear = |name: &str, out: usize, input: usize, bias: bool| -> Result<Linear> {
+            let b = if bias {
+                Some(store.vector(&name.replace(".weight", ".bias"), out)?)
+            } else {
+                None
+            };
+            Ok(Linear {
+                w: store.linear(name, out, input)?,
+                b,
+            })
+        };
+
+        let inv_freq_global = Arc::new(inverse_frequencies(&cfg, cfg.rope_theta, cfg.rope_linear_factor, rope_freq_factors.as_deref())?);
+        let inv_freq_local = match cfg.rope_theta_local {
+            Some(theta) => Arc::new(inverse_frequencies(&cfg, theta, 1.0, None)?),
+            None => inv_freq_global.clone(),
+        };
+
+        let mut blocks = Vec::with_capacity(cfg.n_layers);
+        for (i, &span) in cfg.spans.iter().enumerate() {
+            let p = |s: &str| format!("blk.{i}.{s}");
+            let optional_norm = |on: bool, s: &str, len: usize| -> Result<Option<RmsNorm>> {
+                if on {
+                    Ok(Some(norm(&p(s), len)?))
+                } else {
+                    Ok(None)
+                }
+            };
+            blocks.push(Block {
+                attn_norm: norm(&p("attn_norm.weight"), h)?,
+                q: linear(&p("attn_q.weight"), q_dim, h, cfg.qkv_bias)?,
+                k: linear(&p("attn_k.weight"), kv_dim, h, cfg.qkv_bias)?,
+                v: linear(&p("attn_v.weight"), kv_dim, h, cfg.qkv_bias)?,
+                o: linear(&p("attn_output.weight"), h, q_dim, false)?,
+                q_norm: optional_norm(cfg.qk_norm, "attn_q_norm.weight", cfg.head_dim)?,
+                k_norm: optional_norm(cfg.qk_norm, "attn_k_norm.weight", cfg.head_dim)?,
+                post_attn_norm: optional_norm(cfg.sandwich_norms, "post_attention_norm.weight", h)?,
+                ffn_norm: norm(&p("ffn_norm.weight"), h)?,
+                gate: linear(&p("ffn_gate.weight"), cfg.ffn_size, h, false)?,
+                up: linear(&p("ffn_up.weight"), cfg.ffn_size, h, false)?,
+                down: linear(&p("ffn_down.weight"), h, cfg.ffn_size, false)?,
+                post_ffn_norm: optional_norm(cfg.sandwich_norms, "post_ffw_norm.weight", h)?,
+                span,
+                inv_freq: match span {
+                    AttentionSpan::Global => inv_freq_global.clone(),
+                    AttentionSpan::Sliding(_) => inv_freq_local.clone(),
+                },
+            });
+        }
+
+        let embed_w = store.get("token_embd.weight", &[cfg.vocab_size, h])?;
+        let lm_head = if store.contains("output.weight") {
+            store.linear("output.weight", cfg.vocab_size, h)?
+        } else {
+            match &embed_w {
+                Weight::Quantized(q) => QMatMul::from_arc(q.clone())?,
+                Weight::Dense(t) => QMatMul::Tensor(t.clone()),
+            }
+        };
+        let embed = match embed_w {
+            Weight::Quantized(q) => Embedding::Quantized(q),
+            Weight::Dense(t) => Embedding::Dense(t),
+        };
+        Ok(Self {
+            norm: norm("output_norm.weight", h)?,
+            cfg,
+            embed,
+            blocks,
+            lm_head,
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    /// A fresh, empty KV cache for this model.
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.cfg.n_layers)
+    }
+
+    /// Run `tokens` after what `cache` holds; returns the last token's logits as a `Vec`.
+    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
+        let mut out = self.forward_batch(&mut [SeqInput { tokens, cache }], &ForwardOptions::default())?;
+        let logits = out.pop().expect("one output per input").logits;
+        Ok(logits.flatten_all()?.to_vec1::<f32>()?)
+    }
+
+    /// Run several sequences in one call. On error every cache is left as it was.
+    pub fn forward_batch(&self, seqs: &mut [SeqInput<'_>], opts: &ForwardOptions) -> Result<Vec<SeqOutput>> {
+        if seqs.is_empty() {
+            return Ok(Vec::new());
+        }
+        for s in seqs.iter() {
+            self.check_input(s.tokens, s.cache)?;
+        }
+        let before: Vec<usize> = seqs.iter().map(|s| s.cache.len()).collect();
+        let result = self.forward_inner(seqs, opts);
+        if result.is_err() {
+            for (s, &len) in seqs.iter_mut().zip(&before) {
+                s.cache.truncate(len)?;
+            }
+        }
+        result
+    }
+
+    fn check_input(&self, tokens: &[u32], cache: &KvCache) -> Result<()> {
+        if tokens.is_empty() {
+            return Err(Error::invalid("tokens", "a forward call needs at least one token per sequence"));
+        }
+        if cache.layers.len() != self.cfg.n_layers {
+            return Err(Error::invalid("cache", "the KV cache belongs to a different model"));
+        }
+        if let Some(&id) = tokens.iter().find(|&&id| id as usize >= self.cfg.vocab_size) {
+            return Err(Error::TokenOutOfRange {
+                id,
+                vocab_size: self.cfg.vocab_size,
+            });
+        }
+        if cache.len() + tokens.len() > self.cfg.context_length {
+            return Err(Error::ContextOverflow {
+                tokens: cache.len() + tokens.len(),
+                max_new: 0,
+                context: self.cfg.context_length,
+            });
+        }
+        Ok(())
+    }
+
+    fn forward_inner(&self, seqs: &mut [SeqInput<'_>], opts: &ForwardOptions) -> Result<Vec<SeqOutput>> {
+        let cfg = &self.cfg;
+        let dev = Device::Cpu;
+        let lens: Vec<usize> = seqs.iter().map(|s| s.tokens.len()).collect();
+        let total: usize = lens.iter().sum();
+        let ids: Vec<u32> = seqs.iter().flat_map(|s| s.tokens.iter().copied()).collect();
+        let positions: Vec<usize> = seqs
+            .iter()
+            .flat_map(|s| (s.cache.len()..s.cache.len() + s.tokens.len()).collect::<Vec<_>>())
+            .collect();
+
+        let mut x = self.embed.lookup(&Tensor::new(ids.as_slice(), &dev)?)?;
+        if cfg.scale_embeddings {
+            x = (x * (cfg.hidden_size as f64).sqrt())?;
+        }
+
+        let n = seqs.len();
+        let mut attentions: Vec<Vec<Tensor>> = vec![Vec::new(); n];
+        let mut hidden: Vec<Vec<Tensor>> = vec![Vec::new(); n];
+        let record_hidden = |hidden: &mut Vec<Vec<Tensor>>, x: &Tensor| -> Result<()> {
+            let mut start = 0;
+            for (s, &len) in lens.iter().enumerate() {
+                hidden[s].push(x.narrow(0, start, len)?);
+                start += len;
+            }
+            Ok(())
+        };
+        if opts.hidden_states {
+            record_hidden(&mut hidden, &x)?;
+        }
+
+        // RoPE tables for every token, per distinct frequency set (global / local).
+        let mut rope_cache: Vec<(Arc<Vec<f64>>, Tensor, Tensor)> = Vec::new();
+
+        for (layer, block) in self.blocks.iter().enumerate() {
+            let (cos, sin) = match rope_cache.iter().find(|(f, _, _)| Arc::ptr_eq(f, &block.inv_freq)) {
+                Some((_, c, s)) => (c.clone(), s.clone()),
+                None => {
+                    let (c, s) = rope_tables(&positions, &block.inv_freq)?;
+                    rope_cache.push((block.inv_freq.clone(), c.clone(), s.clone()));
+                    (c, s)
+                }
+            };
+
+            let residual = x.clone();
+            let h = block.attn_norm.forward(&x)?;
+            let q = self.heads(&block.q.forward(&h)?, cfg.n_heads, block.q_norm.as_ref())?;
+            let k = self.heads(&block.k.forward(&h)?, cfg.n_kv_heads, block.k_norm.as_ref())?;
+            let v = block.v.forward(&h)?.reshape((total, cfg.n_kv_heads, cfg.head_dim))?.transpose(0, 1)?;
+            let q = apply_rope(&q, &cos, &sin, cfg.rope_style)?;
+            let k = apply_rope(&k, &cos, &sin, cfg.rope_style)?;
+
+            let mut outs = Vec::with_capacity(n);
+            let mut start = 0;
+            for (s, seq) in seqs.iter_mut().enumerate() {
+                let len = lens[s];
+                let qs = q.narrow(1, start, len)?;
+                let ks = k.narrow(1, start, len)?;
+                let vs = v.narrow(1, start, len)?;
+                let past = seq.cache.len();
+                let (k_all, v_all) = seq.cache.append(layer, &ks, &vs)?;
+                let (out, probs) = self.attention(&qs, &k_all, &v_all, past, block.span)?;
+                if opts.attentions {
+                    attentions[s].push(probs);
+                }
+                outs.push(out);
+                start += len;
+            }
+            let attn = Tensor::cat(&outs, 0)?;
+            let mut attn = block.o.forward(&attn)?;
+            if let Some(norm) = &block.post_attn_norm {
+                attn = norm.forward(&attn)?;
+            }
+            x = (residual + attn)?;
+
+            let residual = x.clone();
+            let h = block.ffn_norm.forward(&x)?;
+            let gate = block.gate.forward(&h)?;
+            let gate = match cfg.activation {
+                Activation::Silu => candle_nn::ops::silu(&gate)?,
+                Activation::GeluTanh => gate.gelu()?,
+            };
+            let mut mlp = block.down.forward(&(gate * block.up.forward(&h)?)?)?;
+            if let Some(norm) = &block.post_ffn_norm {
+                mlp = norm.forward(&mlp)?;
+            }
+            x = (residual + mlp)?;
+            if opts.hidden_states {
+                record_hidden(&mut hidden, &x)?;
+            }
+        }
+        for seq in seqs.iter_mut() {
+            seq.cache.len += seq.tokens.len();
+        }
+
+        // Final norm and LM head only on the rows we return.
+        let mut outputs = Vec::with_capacity(n);
+        let mut start = 0;
+        for (s, &len) in lens.iter().enumerate() {
+            let rows = if opts.all_logits {
+                x.narrow(0, start, len)?
+            } else {
+                x.narrow(0, start + len - 1, 1)?
+            };
+            let logits = self.lm_head.forward(&self.norm.forward(&rows)?)?;
+            outputs.push(SeqOutput {
+                logits,
+                attentions: std::mem::take(&mut attentions[s]),
+                hidden_states: std::mem::take(&mut hidden[s]),
+            });
+            start += len;
+        }
+        Ok(outputs)
+    }
+
+    /// `[tokens, n*head_dim]` → `[n, tokens, head_dim]`, optionally RMS-normalised per head.
+    fn heads(&self, x: &Tensor, n: usize, norm: Option<&RmsNorm>) -> Result<Tensor> {
+        let t = x.dim(0)?;
+        let mut x = x.reshape((t, n, self.cfg.head_dim))?;
+        if let Some(norm) = norm {
+            x = norm.forward(&x)?;
+        }
+        Ok(x.transpose(0, 1)?.contiguous()?)
+    }
+
+    /// Causal attention of `q: [n_heads, t, d]` over `k, v: [n_kv, past + t, d]`.
+    /// Returns the output `[t, n_heads*d]` and the probabilities `[n_heads, t, past + t]`.
+    fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, past: usize, span: AttentionSpan) -> Result<(Tensor, Tensor)> {
+        let cfg = &self.cfg;
+        let (t, d) = (q.dim(1)?, cfg.head_dim);
+        let total = k.dim(1)?;
+        let group = cfg.n_heads / cfg.n_kv_heads;
+        // Queries of the heads that share one KV head are stacked so no K/V copy is needed.
+        let q = q.reshape((cfg.n_kv_heads, group * t, d))?;
+        let scores = (q.matmul(&k.t()?)? * cfg.attn_scale)?;
+        let scores = match attention_mask(t, past, total, span) {
+            Some(mask) => {
+                let mask = Tensor::from_vec(mask, (t, total), &Device::Cpu)?;
+                scores
+                    .reshape((cfg.n_kv_heads, group, t, total))?
+                    .broadcast_add(&mask)?
+                    .reshape((cfg.n_kv_heads, group * t, total))?
+            }
+            None => scores,
+        };
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let out = probs.matmul(&v.contiguous()?)?; // [n_kv, group*t, d]
+        let out = out
+            .reshape((cfg.n_heads, t, d))?
+            .transpose(0, 1)?
+            .reshape((t, cfg.n_heads * d))?;
+        Ok((out, probs.reshape((cfg.n_heads, t, total))?))
+    }
+}
+
+/// Additive mask `[t, total]` (0 or -inf), or `None` when every query may see every key.
+fn attention_mask(t: usize, past: usize, total: usize, span: AttentionSpan) -> Option<Vec<f32>> {
+    let window = match span {
+        AttentionSpan::Global => usize::MAX,
+        AttentionSpan::Sliding(w) => w,
+    };
+    if t == 1 && total <= window {
+        return None;
+    }
+    let mut mask = vec![0f32; t * total];
+    for j in 0..t {
+        let pos = past + j;
+        for (i, m) in mask[j * total..(j + 1) * total].iter_mut().enumerate() {
+            if i > pos || pos - i >= window {
+                *m = f32::NEG_INFINITY;
+            }
+        }
+    }
+    Some(mask)
+}
+
+/// Inverse frequencies `theta^(-2i/d) / linear_factor / freq_factor[i]`.
+fn inverse_frequencies(cfg: &ModelConfig, theta: f64, linear_factor: f64, freq_factors: Option<&[f64]>) -> Result<Vec<f64>> {
+    let half = cfg.head_dim / 2;
+    let base: Vec<f64> = (0..half).map(|i| theta.powf(-2.0 * i as f64 / cfg.head_dim as f64)).collect();
+    let factors: Vec<f64> = match (freq_factors, &cfg.rope_llama3) {
+        (Some(f), _) => {
+            if f.len() != half {
+                return Err(Error::TensorShape {
+                    name: "rope_freqs.weight".into(),
+                    expected: vec![half],
+                    found: vec![f.len()],
+                });
+            }
+            f.to_vec()
+        }
+        (None, Some(l3)) => l3.freq_factors(&base),
+        (None, None) => vec![1.0; half],
+    };
+    Ok(base.iter().zip(&factors).map(|(b, f)| b / f / linear_factor).collect())
+}
+
+/// cos/sin tables `[tokens, head_dim/2]` for the given absolute positions.
+fn rope_tables(positions: &[usize], inv_freq: &[f64]) -> Result<(Tensor, Tensor)> {
+    let half = inv_freq.len();
+    let mut cos = Vec::with_capacity(positions.len() * half);
+    let mut sin = Vec::with_capacity(positions.len() * half);
+    for &p in positions {
+        for &f in inv_freq {
+            let angle = p as f64 * f;
+            cos.push(angle.cos() as f32);
+            sin.push(angle.sin() as f32);
+        }
+    }
+    let shape = (positions.len(), half);
+    Ok((
+        Tensor::from_vec(cos, shape, &Device::Cpu)?,
+        Tensor::from_vec(sin, shape, &Device::Cpu)?,
+    ))
+}
+
+/// Rotate `x: [heads, tokens, d]` by per-token angles.
+fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor, style: RopeStyle) -> Result<Tensor> {
+    let x = x.unsqueeze(0)?.contiguous()?;
+    let y = match style {
+        RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(&x, cos, sin)?,
+        RopeStyle::Neox => candle_nn::rotary_emb::rope(&x, cos, sin)?,
+    };
+    Ok(y.squeeze(0)?)
+}
+
+/// Greedy argmax over logits, lowest id on ties.
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in logits.iter().enumerate() {
+        if v > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
+}

@@ -1,0 +1,176 @@
+//! Where weights come from: a GGUF file or a directory of safetensors shards.
+//!
+//! Both are addressed by GGUF tensor names (`blk.3.attn_q.weight`); the safetensors side maps
+//! HF names onto them, so the model code knows one naming scheme.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::quantized::{ggml_file::qtensor_from_ggml, QMatMul, QTensor};
+use candle_core::{DType, Device, Tensor};
+
+use crate::error::{Error, Result};
+use crate::model::gguf::GgufFile;
+use crate::quant::QuantType;
+
+/// A weight tensor together with how it is stored.
+pub(crate) enum Weight {
+    /// Quantized (or f16/bf16) GGML blocks.
+    Quantized(Arc<QTensor>),
+    /// Dense f32.
+    Dense(Tensor),
+}
+
+impl Weight {
+    pub(crate) fn into_matmul(self) -> Result<QMatMul> {
+        Ok(match self {
+            Weight::Quantized(q) => QMatMul::from_arc(q)?,
+            Weight::Dense(t) => QMatMul::Tensor(t),
+        })
+    }
+
+    pub(crate) fn to_dense(&self) -> Result<Tensor> {
+        Ok(match self {
+            Weight::Quantized(q) => q.dequantize(&Device::Cpu)?,
+            Weight::Dense(t) => t.clone(),
+        })
+    }
+}
+
+/// A source of named weight tensors.
+pub(crate) enum WeightStore {
+    Gguf(Arc<GgufFile>),
+    Safetensors(SafetensorsStore),
+}
+
+impl WeightStore {
+    pub(crate) fn contains(&self, name: &str) -> bool {
+        match self {
+            WeightStore::Gguf(f) => f.tensor(name).is_some(),
+            WeightStore::Safetensors(s) => s.hf_name(name).is_some(),
+        }
+    }
+
+    /// Load `name`, checking its row-major shape.
+    pub(crate) fn get(&self, name: &str, shape: &[usize]) -> Result<Weight> {
+        let weight = match self {
+            WeightStore::Gguf(f) => {
+                let info = f.tensor(name).ok_or_else(|| missing(name))?;
+                check_shape(name, shape, &info.shape())?;
+                let bytes = f.tensor_data(info);
+                if info.dtype == QuantType::F32 {
+                    Weight::Dense(Tensor::from_raw_buffer(bytes, DType::F32, shape, &Device::Cpu)?)
+                } else {
+                    let q = qtensor_from_ggml(info.dtype.to_candle(), bytes, shape.to_vec(), &Device::Cpu)
+                        .map_err(|e| Error::UnsupportedTensorType {
+                            name: name.to_string(),
+                            dtype: format!("{} ({e})", info.dtype),
+                        })?;
+                    Weight::Quantized(Arc::new(q))
+                }
+            }
+            WeightStore::Safetensors(s) => Weight::Dense(s.load_f32(name, shape)?),
+        };
+        Ok(weight)
+    }
+
+    /// Load a 1-D f32 vector (norm weights, biases).
+    pub(crate) fn vector(&self, name: &str, len: usize) -> Result<Tensor> {
+        self.get(name, &[len])?.to_dense()
+    }
+
+    /// Load a matrix of `out x in` for `x @ W^T`.
+    pub(crate) fn linear(&self, name: &str, out: usize, input: usize) -> Result<QMatMul> {
+        self.get(name, &[out, input])?.into_matmul()
+    }
+}
+
+fn missing(name: &str) -> Error {
+    Error::MissingTensor {
+        name: name.to_string(),
+    }
+}
+
+fn check_shape(name: &str, expected: &[usize], found: &[usize]) -> Result<()> {
+    if expected != found {
+        return Err(Error::TensorShape {
+            name: name.to_string(),
+            expected: expected.to_vec(),
+            found: found.to_vec(),
+        });
+    }
+    Ok(())
+}
+
+/// Memory-mapped safetensors shards with a GGUF-name → HF-name map.
+pub(crate) struct SafetensorsStore {
+    shards: Vec<(PathBuf, memmap2::Mmap)>,
+    /// HF tensor name → shard index.
+    location: HashMap<String, usize>,
+    /// GGUF name → HF name.
+    names: HashMap<String, String>,
+}
+
+impl SafetensorsStore {
+    /// Map every shard; `names` maps the GGUF names the model asks for onto HF names.
+    pub(crate) fn open(files: &[PathBuf], names: HashMap<String, String>) -> Result<Self> {
+        let mut shards = Vec::with_capacity(files.len());
+        let mut location = HashMap::new();
+        for (i, path) in files.iter().enumerate() {
+            let io_err = |source| Error::Io {
+                path: path.clone(),
+                source,
+            };
+            let file = File::open(path).map_err(io_err)?;
+            // SAFETY: read-only map of a checkpoint that is not modified while loaded.
+            let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(io_err)?;
+            let st = safetensors::SafeTensors::deserialize(&mmap).map_err(|e| st_err(path, e))?;
+            for name in st.names() {
+                location.insert(name.to_string(), i);
+            }
+            shards.push((path.clone(), mmap));
+        }
+        Ok(Self {
+            shards,
+            location,
+            names,
+        })
+    }
+
+    fn hf_name(&self, name: &str) -> Option<&str> {
+        self.names
+            .get(name)
+            .map(String::as_str)
+            .filter(|hf| self.location.contains_key(*hf))
+    }
+
+    fn load_f32(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let hf = self.hf_name(name).ok_or_else(|| missing(name))?;
+        let (path, mmap) = &self.shards[self.location[hf]];
+        let st = safetensors::SafeTensors::deserialize(mmap).map_err(|e| st_err(path, e))?;
+        let view = st.tensor(hf).map_err(|e| st_err(path, e))?;
+        check_shape(name, shape, view.shape())?;
+        let dtype = match view.dtype() {
+            safetensors::Dtype::F32 => DType::F32,
+            safetensors::Dtype::F16 => DType::F16,
+            safetensors::Dtype::BF16 => DType::BF16,
+            other => {
+                return Err(Error::UnsupportedTensorType {
+                    name: hf.to_string(),
+                    dtype: format!("{other:?}"),
+                })
+            }
+        };
+        let t = Tensor::from_raw_buffer(view.data(), dtype, shape, &Device::Cpu)?;
+        Ok(t.to_dtype(DType::F32)?)
+    }
+}
+
+fn st_err(path: &Path, e: safetensors::SafeTensorError) -> Error {
+    Error::Safetensors {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    }
+}
