@@ -43,6 +43,26 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         top_logits: usize,
     },
+    /// Write a random-weight model (deterministic from the seed) for tests and benchmarks.
+    Synth {
+        /// llama, qwen2, qwen3 or gemma3.
+        #[arg(long, default_value = "llama")]
+        arch: String,
+        /// tiny, smollm2-135m, llama-1b or llama-7b.
+        #[arg(long, default_value = "tiny")]
+        preset: String,
+        /// Output .gguf file, or a directory with --safetensors.
+        #[arg(long)]
+        out: PathBuf,
+        /// Weight type of matrices (f32, f16, q8_0, q4_0, q4_k, ...); f32/f16/bf16 with --safetensors.
+        #[arg(long, default_value = "f32")]
+        quant: String,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Write an HF directory (config.json, model.safetensors, tokenizer.json) instead of GGUF.
+        #[arg(long)]
+        safetensors: bool,
+    },
     /// Interactive chat using the model's chat template; streams answers.
     Chat {
         #[command(flatten)]
@@ -138,6 +158,14 @@ fn main() -> ExitCode {
             top_logits,
         } => generate(&common, &prompt, json, top_logits),
         Command::Chat { common, system } => chat(&common, system),
+        Command::Synth {
+            arch,
+            preset,
+            out,
+            quant,
+            seed,
+            safetensors,
+        } => synth(&arch, &preset, &out, &quant, seed, safetensors),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -281,4 +309,18 @@ fn chat(common: &Common, system: Option<String>) -> CliResult {
         result?;
         messages.push(ChatMessage::assistant(answer.trim()));
     }
+}
+
+fn synth(arch: &str, preset: &str, out: &Path, quant: &str, seed: u64, safetensors: bool) -> CliResult {
+    use finllm_core::model::synthetic::SyntheticSpec;
+    let arch = finllm_core::Architecture::parse(arch)?;
+    let spec = SyntheticSpec::preset(preset, arch, seed)?;
+    let quant = finllm_core::quant::QuantType::from_name(quant).ok_or_else(|| format!("unknown weight type '{quant}'"))?;
+    if safetensors {
+        spec.write_safetensors_dir(out, quant)?;
+    } else {
+        spec.write_gguf(out, quant)?;
+    }
+    eprintln!("wrote {} ({} {preset}, {quant}, seed {seed})", out.display(), arch.name());
+    Ok(())
 }

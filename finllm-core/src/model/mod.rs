@@ -6,6 +6,7 @@ pub mod gguf;
 mod llama;
 mod qwen2;
 mod qwen3;
+pub mod synthetic;
 pub mod transformer;
 mod weights;
 
@@ -15,7 +16,7 @@ use std::sync::Arc;
 
 pub use config::{Architecture, ModelConfig};
 pub use gguf::{GgufFile, GgufWriter, TensorInfo, Value};
-pub use transformer::{ForwardOptions, KvCache, SeqInput, SeqOutput, Transformer};
+pub use transformer::{ForwardOptions, KvCache, KvPrecision, SeqInput, SeqOutput, Transformer};
 
 use crate::error::{Error, Result};
 use weights::{SafetensorsStore, WeightStore};

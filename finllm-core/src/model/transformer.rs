@@ -6,26 +6,42 @@
 //! their tokens stacked together, attention runs per sequence against its own KV cache.
 
 use candle_core::quantized::{QMatMul, QTensor};
-use candle_core::{Device, Module, Tensor};
+use candle_core::{DType, Device, Module, Tensor};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::model::config::{Activation, AttentionSpan, ModelConfig, RopeStyle};
 use crate::model::weights::{Weight, WeightStore};
 
-/// Keys and values of one sequence, per layer: `[n_kv_heads, len, head_dim]`.
+/// Keys and values of one sequence, per layer: `[n_kv_heads, len, head_dim]`, stored in f16
+/// by default.
 #[derive(Debug, Clone)]
 pub struct KvCache {
     layers: Vec<Option<(Tensor, Tensor)>>,
     len: usize,
+    dtype: DType,
+}
+
+/// Storage precision of a [`KvCache`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KvPrecision {
+    /// Half the memory; llama.cpp's default, so logits compare most closely with it.
+    #[default]
+    F16,
+    /// Exact: for tests that compare two weight layouts bit for bit.
+    F32,
 }
 
 impl KvCache {
     /// An empty cache for a model with `n_layers` layers.
-    pub fn new(n_layers: usize) -> Self {
+    pub fn new(n_layers: usize, precision: KvPrecision) -> Self {
         Self {
             layers: vec![None; n_layers],
             len: 0,
+            dtype: match precision {
+                KvPrecision::F16 => DType::F16,
+                KvPrecision::F32 => DType::F32,
+            },
         }
     }
 
@@ -58,17 +74,21 @@ impl KvCache {
         self.layers
             .iter()
             .flatten()
-            .map(|(k, v)| (k.elem_count() + v.elem_count()) * 4)
+            .map(|(k, v)| (k.elem_count() + v.elem_count()) * self.dtype.size_in_bytes())
             .sum()
     }
 
+    /// Append new keys/values and return the whole cache for this layer in f32.
+    ///
     fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
-        let kv = match &self.layers[layer] {
+        let (k, v) = (k.to_dtype(self.dtype)?, v.to_dtype(self.dtype)?);
+        let (k_all, v_all) = match &self.layers[layer] {
             None => (k.contiguous()?, v.contiguous()?),
-            Some((ck, cv)) => (Tensor::cat(&[ck, k], 1)?, Tensor::cat(&[cv, v], 1)?),
+            Some((ck, cv)) => (Tensor::cat(&[ck, &k], 1)?, Tensor::cat(&[cv, &v], 1)?),
         };
-        self.layers[layer] = Some(kv.clone());
-        Ok(kv)
+        let out = (k_all.to_dtype(DType::F32)?, v_all.to_dtype(DType::F32)?);
+        self.layers[layer] = Some((k_all, v_all));
+        Ok(out)
     }
 }
 
@@ -263,9 +283,14 @@ impl Transformer {
         &self.cfg
     }
 
-    /// A fresh, empty KV cache for this model.
+    /// A fresh, empty KV cache for this model (f16 entries).
     pub fn new_cache(&self) -> KvCache {
-        KvCache::new(self.cfg.n_layers)
+        KvCache::new(self.cfg.n_layers, KvPrecision::F16)
+    }
+
+    /// A fresh, empty KV cache with the given precision.
+    pub fn new_cache_with(&self, precision: KvPrecision) -> KvCache {
+        KvCache::new(self.cfg.n_layers, precision)
     }
 
     /// Run `tokens` after what `cache` holds; returns the last token's logits as a `Vec`.

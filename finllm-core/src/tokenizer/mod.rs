@@ -293,6 +293,13 @@ impl Tokenizer {
         Ok(if skip_control && self.control[id as usize] { &[] } else { p })
     }
 
+    /// Save the encoder as an HF `tokenizer.json`.
+    pub fn save_json(&self, path: &Path) -> Result<()> {
+        self.inner
+            .save(path, true)
+            .map_err(|e| Error::Tokenizer(format!("cannot write {}: {e}", path.display())))
+    }
+
     /// A streaming decoder for text generated after a prompt.
     pub fn stream_decoder(&self) -> StreamDecoder<'_> {
         StreamDecoder::new(self)

@@ -1,0 +1,334 @@
+//! Tiny random-weight models of every architecture, written as GGUF and safetensors by the
+//! tests, loaded through the real loaders and checked against a float64 oracle and against
+//! mathematical properties of the forward pass.
+
+mod common;
+#[path = "common/oracle.rs"]
+mod oracle;
+
+use std::path::{Path, PathBuf};
+
+use finllm::model::synthetic::SyntheticSpec;
+use finllm::model::{ForwardOptions, GgufFile, KvPrecision, SeqInput, Transformer};
+use finllm::quant::QuantType;
+use finllm::{Architecture, ChatMessage, Error, FinishReason, GenerateParams, LoadOptions, Model, SamplingParams};
+
+const ARCHS: [Architecture; 4] = [Architecture::Llama, Architecture::Qwen2, Architecture::Qwen3, Architecture::Gemma3];
+/// Longer than the synthetic Gemma 3 sliding window (16), so the window matters.
+const SEQ: [u32; 24] = [5, 77, 260, 101, 32, 116, 104, 101, 32, 114, 97, 116, 101, 258, 44, 32, 49, 50, 37, 32, 121, 111, 121, 46];
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("finllm-tests-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+fn write_gguf(spec: &SyntheticSpec, quant: QuantType) -> PathBuf {
+    let path = tmp(&format!("{}-{}-{}.gguf", spec.arch.name(), quant, spec.seed));
+    spec.write_gguf(&path, quant).unwrap();
+    path
+}
+
+fn load_transformer(path: &Path) -> Transformer {
+    Transformer::from_gguf(&std::sync::Arc::new(GgufFile::open(path).unwrap())).unwrap()
+}
+
+/// All-position logits for `tokens` from an empty cache.
+fn all_logits(t: &Transformer, tokens: &[u32], precision: KvPrecision) -> Vec<Vec<f32>> {
+    let mut cache = t.new_cache_with(precision);
+    let opts = ForwardOptions { all_logits: true, ..Default::default() };
+    let out = t.forward_batch(&mut [SeqInput { tokens, cache: &mut cache }], &opts).unwrap();
+    out[0].logits.to_vec2::<f32>().unwrap()
+}
+
+fn max_abs_diff(a: &[f32], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| (f64::from(*x) - y).abs()).fold(0.0, f64::max)
+}
+
+#[test]
+fn every_architecture_matches_the_f64_oracle() {
+    for arch in ARCHS {
+        let spec = SyntheticSpec::tiny(arch, 11);
+        let t = load_transformer(&write_gguf(&spec, QuantType::F32));
+        let ours = all_logits(&t, &SEQ, KvPrecision::F32);
+        let want = oracle::logits(&spec, &spec.weights().unwrap(), &SEQ, 16);
+        let worst = ours.iter().zip(&want).map(|(a, b)| max_abs_diff(a, b)).fold(0.0, f64::max);
+        let scale = want.iter().flatten().map(|v| v.abs()).fold(0.0, f64::max);
+        eprintln!("{arch:?}: max |diff| {worst:.2e} (logit scale {scale:.2})");
+        assert!(scale > 0.5, "{arch:?}: degenerate logits");
+        assert!(worst < 1e-3, "{arch:?}: max |diff| {worst}");
+    }
+}
+
+#[test]
+fn quantized_weights_track_the_oracle() {
+    // Quantization error grows as bits shrink; every format must load and stay correlated.
+    let spec = SyntheticSpec { hidden: 256, head_dim: 64, ffn: 512, ..SyntheticSpec::tiny(Architecture::Llama, 3) };
+    let want = oracle::logits(&spec, &spec.weights().unwrap(), &SEQ[..8], 16);
+    let want: Vec<f64> = want.into_iter().flatten().collect();
+    for (quant, min_corr) in [
+        (QuantType::F16, 0.9999),
+        (QuantType::BF16, 0.999),
+        (QuantType::Q8_0, 0.999),
+        (QuantType::Q6K, 0.995),
+        (QuantType::Q5_0, 0.99),
+        (QuantType::Q5_1, 0.99),
+        (QuantType::Q5K, 0.99),
+        (QuantType::Q4_0, 0.97),
+        (QuantType::Q4_1, 0.97),
+        (QuantType::Q4K, 0.97),
+        (QuantType::Q3K, 0.85),
+        (QuantType::Q2K, 0.5),
+    ] {
+        let t = load_transformer(&write_gguf(&spec, quant));
+        let ours: Vec<f64> = all_logits(&t, &SEQ[..8], KvPrecision::F32).into_iter().flatten().map(f64::from).collect();
+        let corr = correlation(&ours, &want);
+        eprintln!("{quant}: correlation with f64 oracle {corr:.5}");
+        assert!(corr >= min_corr, "{quant}: correlation {corr} < {min_corr}");
+    }
+}
+
+fn correlation(a: &[f64], b: &[f64]) -> f64 {
+    let n = a.len() as f64;
+    let (ma, mb) = (a.iter().sum::<f64>() / n, b.iter().sum::<f64>() / n);
+    let cov: f64 = a.iter().zip(b).map(|(x, y)| (x - ma) * (y - mb)).sum();
+    let va: f64 = a.iter().map(|x| (x - ma).powi(2)).sum();
+    let vb: f64 = b.iter().map(|y| (y - mb).powi(2)).sum();
+    cov / (va * vb).sqrt()
+}
+
+#[test]
+fn incremental_decoding_equals_a_full_pass() {
+    for arch in ARCHS {
+        let t = load_transformer(&write_gguf(&SyntheticSpec::tiny(arch, 5), QuantType::F32));
+        let full = all_logits(&t, &SEQ, KvPrecision::F32);
+        let mut cache = t.new_cache_with(KvPrecision::F32);
+        // A prefill of 10 then one token at a time.
+        let mut last = t.forward(&SEQ[..10], &mut cache).unwrap();
+        assert_eq!(cache.len(), 10);
+        for (i, &tok) in SEQ.iter().enumerate().skip(10) {
+            let diff = last.iter().zip(&full[i - 1]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(diff < 1e-4, "{arch:?} position {i}: {diff}");
+            last = t.forward(&[tok], &mut cache).unwrap();
+        }
+        let diff = last.iter().zip(&full[SEQ.len() - 1]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(diff < 1e-4, "{arch:?} last position: {diff}");
+    }
+}
+
+#[test]
+fn batched_forward_equals_separate_calls() {
+    for arch in ARCHS {
+        let t = load_transformer(&write_gguf(&SyntheticSpec::tiny(arch, 9), QuantType::Q8_0));
+        // Three sequences: different cached prefixes, different numbers of new tokens.
+        let prefixes: [&[u32]; 3] = [&SEQ[..3], &SEQ[5..20], &SEQ[2..3]];
+        let news: [&[u32]; 3] = [&SEQ[10..15], &SEQ[20..21], &SEQ[..9]];
+        let mut separate = Vec::new();
+        for (p, n) in prefixes.iter().zip(&news) {
+            let mut c = t.new_cache_with(KvPrecision::F32);
+            t.forward(p, &mut c).unwrap();
+            separate.push(t.forward(n, &mut c).unwrap());
+        }
+        let mut caches: Vec<_> = prefixes
+            .iter()
+            .map(|p| {
+                let mut c = t.new_cache_with(KvPrecision::F32);
+                t.forward(p, &mut c).unwrap();
+                c
+            })
+            .collect();
+        let mut inputs: Vec<SeqInput> = caches
+            .iter_mut()
+            .zip(&news)
+            .map(|(cache, tokens)| SeqInput { tokens, cache })
+            .collect();
+        let opts = ForwardOptions { attentions: true, hidden_states: true, ..Default::default() };
+        let out = t.forward_batch(&mut inputs, &opts).unwrap();
+        for (s, o) in out.iter().enumerate() {
+            let batched = o.logits.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let diff = batched.iter().zip(&separate[s]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(diff < 1e-4, "{arch:?} seq {s}: {diff}");
+            let (past, new) = (prefixes[s].len(), news[s].len());
+            assert_eq!(o.hidden_states.len(), t.config().n_layers + 1);
+            assert_eq!(o.hidden_states[0].dims(), &[new, t.config().hidden_size]);
+            assert_eq!(o.attentions.len(), t.config().n_layers);
+            for probs in &o.attentions {
+                assert_eq!(probs.dims(), &[t.config().n_heads, new, past + new]);
+                let p = probs.to_vec3::<f32>().unwrap();
+                for head in &p {
+                    for (j, row) in head.iter().enumerate() {
+                        let sum: f32 = row.iter().sum();
+                        assert!((sum - 1.0).abs() < 1e-4, "attention row sums to {sum}");
+                        // Causal: nothing after the query's own position.
+                        assert!(row[past + j + 1..].iter().all(|&v| v == 0.0));
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn safetensors_and_gguf_f32_give_the_same_logits() {
+    for arch in [Architecture::Llama, Architecture::Qwen2, Architecture::Qwen3] {
+        let spec = SyntheticSpec::tiny(arch, 21);
+        let gguf = load_transformer(&write_gguf(&spec, QuantType::F32));
+        let dir = tmp(&format!("hf-{}", arch.name()));
+        spec.write_safetensors_dir(&dir, QuantType::F32).unwrap();
+        let st = Transformer::from_safetensors(&dir).unwrap();
+        let a = all_logits(&gguf, &SEQ, KvPrecision::F32);
+        let b = all_logits(&st, &SEQ, KvPrecision::F32);
+        let diff = a.iter().flatten().zip(b.iter().flatten()).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert!(diff < 1e-4, "{arch:?}: {diff}");
+
+        // The whole Model (tokenizer.json, config) loads from the directory and generates.
+        let m = Model::load(&dir, &LoadOptions::default()).unwrap();
+        assert_eq!(m.tokenize("the rate").unwrap(), Model::load(write_gguf(&spec, QuantType::F32), &LoadOptions::default()).unwrap().tokenize("the rate").unwrap());
+    }
+}
+
+#[test]
+fn half_precision_and_sharded_safetensors_load() {
+    let spec = SyntheticSpec::tiny(Architecture::Qwen2, 4);
+    let reference = {
+        let dir = tmp("hf-ref-f32");
+        spec.write_safetensors_dir(&dir, QuantType::F32).unwrap();
+        all_logits(&Transformer::from_safetensors(&dir).unwrap(), &SEQ[..6], KvPrecision::F32)
+    };
+    for dtype in [QuantType::F16, QuantType::BF16] {
+        let dir = tmp(&format!("hf-{dtype}"));
+        spec.write_safetensors_dir(&dir, dtype).unwrap();
+        let got = all_logits(&Transformer::from_safetensors(&dir).unwrap(), &SEQ[..6], KvPrecision::F32);
+        let diff = got.iter().flatten().zip(reference.iter().flatten()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(diff < 0.1, "{dtype}: {diff}");
+    }
+    // Split the f32 checkpoint into two shards with an index.
+    let dir = tmp("hf-sharded");
+    spec.write_safetensors_dir(&dir, QuantType::F32).unwrap();
+    split_into_shards(&dir);
+    let got = all_logits(&Transformer::from_safetensors(&dir).unwrap(), &SEQ[..6], KvPrecision::F32);
+    assert_eq!(got, reference);
+}
+
+fn split_into_shards(dir: &Path) {
+    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut names: Vec<String> = st.names().into_iter().map(str::to_string).collect();
+    names.sort();
+    let (a, b) = names.split_at(names.len() / 2);
+    let mut map = serde_json::Map::new();
+    for (i, part) in [a, b].iter().enumerate() {
+        let file = format!("model-0000{}-of-00002.safetensors", i + 1);
+        let views: Vec<(String, safetensors::tensor::TensorView)> = part.iter().map(|n| (n.clone(), st.tensor(n).unwrap())).collect();
+        safetensors::serialize_to_file(views, None, &dir.join(&file)).unwrap();
+        for n in part.iter() {
+            map.insert(n.clone(), serde_json::Value::String(file.clone()));
+        }
+    }
+    let index = serde_json::json!({ "metadata": {}, "weight_map": map });
+    std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
+    std::fs::remove_file(dir.join("model.safetensors")).unwrap();
+}
+
+fn tiny_model(arch: Architecture) -> Model {
+    Model::load(write_gguf(&SyntheticSpec::tiny(arch, 2), QuantType::Q8_0), &LoadOptions { threads: Some(1), ..Default::default() }).unwrap()
+}
+
+#[test]
+fn seeded_sampling_is_reproducible() {
+    let m = tiny_model(Architecture::Llama);
+    let params = |seed| GenerateParams {
+        sampling: SamplingParams { temperature: 1.0, top_k: 50, top_p: 0.95, min_p: 0.01, repetition_penalty: 1.1, seed, ..Default::default() },
+        max_tokens: 20,
+        ..Default::default()
+    };
+    let a = m.generate("the rate", &params(42)).unwrap();
+    assert_eq!(a.ids, m.generate("the rate", &params(42)).unwrap().ids);
+    assert_ne!(a.ids, m.generate("the rate", &params(43)).unwrap().ids);
+    assert_eq!(a.ids.len(), 20);
+    assert_eq!(a.finish, FinishReason::Length);
+}
+
+#[test]
+fn streaming_iterator_callback_and_batch_agree() {
+    let m = tiny_model(Architecture::Qwen3);
+    let params = GenerateParams { max_tokens: 12, top_logits: 3, ..Default::default() };
+    let whole = m.generate("the rate", &params).unwrap();
+    let events: Vec<_> = m.stream("the rate", &params).unwrap().map(|e| e.unwrap()).collect();
+    let streamed_ids: Vec<u32> = events.iter().map(|e| e.id).collect();
+    let streamed_text: String = events.iter().map(|e| e.text.as_str()).collect();
+    assert_eq!(streamed_ids, whole.ids);
+    assert_eq!(streamed_text, whole.text);
+    assert_eq!(whole.steps.len(), 12);
+    assert!(whole.steps.iter().all(|s| s.len() == 3 && s[0].1 >= s[1].1));
+    // The first recorded step's argmax is the first greedy token.
+    assert_eq!(whole.steps[0][0].0, whole.ids[0]);
+    // A callback can stop generation.
+    let mut n = 0;
+    let stopped = m
+        .generate_with("the rate", &params, |_| {
+            n += 1;
+            if n == 4 { std::ops::ControlFlow::Break(()) } else { std::ops::ControlFlow::Continue(()) }
+        })
+        .unwrap();
+    assert_eq!(stopped.finish, FinishReason::Cancelled);
+    assert_eq!(stopped.ids, whole.ids[..4]);
+}
+
+#[test]
+fn stop_strings_cut_the_output() {
+    let m = tiny_model(Architecture::Llama);
+    let free = m.generate("the rate", &GenerateParams { max_tokens: 24, ..Default::default() }).unwrap();
+    // Stop at a piece of text the model is known to produce.
+    let text = free.text.clone();
+    let chars: Vec<char> = text.chars().collect();
+    assert!(chars.len() >= 6, "need some output, got {text:?}");
+    let stop: String = chars[3..5].iter().collect();
+    let cut = m.generate("the rate", &GenerateParams { max_tokens: 24, stop: vec![stop.clone()], ..Default::default() }).unwrap();
+    assert_eq!(cut.finish, FinishReason::Stop);
+    assert_eq!(cut.text, text[..text.find(&stop).unwrap()]);
+}
+
+#[test]
+fn chat_template_renders_chatml() {
+    let m = tiny_model(Architecture::Qwen2);
+    let msgs = [ChatMessage::system("You are terse."), ChatMessage::user("Rate?")];
+    let prompt = m.apply_chat_template(&msgs).unwrap();
+    assert_eq!(prompt, "<|im_start|>system\nYou are terse.<|im_end|>\n<|im_start|>user\nRate?<|im_end|>\n<|im_start|>assistant\n");
+    let ids = m.tokenize(&prompt).unwrap();
+    let im_start = m.tokenizer().token_id("<|im_start|>").unwrap();
+    assert_eq!(ids.iter().filter(|&&i| i == im_start).count(), 3, "special tokens are parsed");
+    assert!(m.chat(&msgs, &GenerateParams { max_tokens: 4, ..Default::default() }).is_ok());
+    assert!(matches!(m.apply_chat_template(&[]), Err(Error::InvalidArgument { .. })));
+}
+
+#[test]
+fn bad_chat_templates_are_errors_not_panics() {
+    let m = tiny_model(Architecture::Llama);
+    for src in ["{% for m in messages %}", "{{ raise_exception('no system role') }}", "{{ messages[99].content.upper() }}"] {
+        let t = finllm::ChatTemplate::new(src, m.tokenizer());
+        let r = t.and_then(|t| t.render(&[ChatMessage::user("x")], true));
+        assert!(matches!(r, Err(Error::ChatTemplate(_))), "{src}: {r:?}");
+    }
+}
+
+#[test]
+fn request_errors_are_typed() {
+    let m = tiny_model(Architecture::Llama);
+    let ctx = m.config().context_length;
+    let too_long = GenerateParams { max_tokens: ctx, ..Default::default() };
+    assert!(matches!(m.generate("the rate", &too_long), Err(Error::ContextOverflow { .. })));
+    let bad = GenerateParams { sampling: SamplingParams { top_p: 1.5, ..Default::default() }, ..Default::default() };
+    assert!(matches!(m.generate("x", &bad), Err(Error::InvalidArgument { .. })));
+    let mut cache = m.transformer().new_cache();
+    let vocab = m.config().vocab_size as u32;
+    assert!(matches!(m.transformer().forward(&[vocab], &mut cache), Err(Error::TokenOutOfRange { .. })));
+    assert!(matches!(m.transformer().forward(&[], &mut cache), Err(Error::InvalidArgument { .. })));
+    assert!(cache.is_empty(), "a failed call leaves the cache untouched");
+    assert!(matches!(m.generate("", &GenerateParams::default()), Err(Error::InvalidArgument { .. })));
+    assert!(matches!(Model::load("/nonexistent.gguf", &LoadOptions::default()), Err(Error::Io { .. })));
+    assert!(matches!(
+        Model::load(write_gguf(&SyntheticSpec::tiny(Architecture::Llama, 2), QuantType::F32), &LoadOptions { threads: Some(0), ..Default::default() }),
+        Err(Error::InvalidArgument { .. })
+    ));
+}
