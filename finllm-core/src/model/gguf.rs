@@ -597,6 +597,18 @@ impl GgufWriter {
         self
     }
 
+    /// Remove a metadata key, if present.
+    pub fn remove_meta(&mut self, key: &str) -> &mut Self {
+        self.metadata.retain(|(k, _)| k != key);
+        self
+    }
+
+    /// Remove a tensor, if present.
+    pub fn remove_tensor(&mut self, name: &str) -> &mut Self {
+        self.tensors.retain(|(n, ..)| n != name);
+        self
+    }
+
     /// Add a tensor. `shape` is row-major (outermost first, as in candle); `data` must already be
     /// encoded as `dtype`.
     pub fn tensor(&mut self, name: &str, shape: &[usize], dtype: QuantType, data: Vec<u8>) -> Result<&mut Self> {
