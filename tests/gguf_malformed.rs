@@ -65,7 +65,10 @@ fn gguf_err(r: Result<GgufFile, Error>) -> GgufError {
 
 /// One f32 tensor of 2x32 after a `general.alignment` key.
 fn valid() -> Raw {
-    Raw::header(3, 1, 1).kv_u32("general.alignment", 32).tensor("t", &[32, 2], 0, 0).pad_and_data(256)
+    Raw::header(3, 1, 1)
+        .kv_u32("general.alignment", 32)
+        .tensor("t", &[32, 2], 0, 0)
+        .pad_and_data(256)
 }
 
 #[test]
@@ -100,10 +103,15 @@ fn unknown_versions() {
 fn every_truncation_is_an_error() {
     let full = valid().buf;
     for len in 0..full.len() {
-        let r = Raw { buf: full[..len].to_vec() };
+        let r = Raw {
+            buf: full[..len].to_vec(),
+        };
         let e = gguf_err(open(r));
         assert!(
-            matches!(e, GgufError::Truncated { .. } | GgufError::CountTooLarge { .. } | GgufError::TensorOutOfBounds { .. }),
+            matches!(
+                e,
+                GgufError::Truncated { .. } | GgufError::CountTooLarge { .. } | GgufError::TensorOutOfBounds { .. }
+            ),
             "cut at {len}: {e:?}"
         );
     }
@@ -127,7 +135,10 @@ fn counts_of_u64_max() {
     assert!(matches!(gguf_err(open(r)), GgufError::CountTooLarge { .. }));
     // A string claiming 2^64-1 bytes.
     let r = Raw::header(3, 0, 1).str("s").u32(8).u64(u64::MAX).bytes(b"abc");
-    assert!(matches!(gguf_err(open(r)), GgufError::Truncated { needed: u64::MAX, .. }));
+    assert!(matches!(
+        gguf_err(open(r)),
+        GgufError::Truncated { needed: u64::MAX, .. }
+    ));
 }
 
 #[test]
@@ -148,15 +159,23 @@ fn bad_alignment() {
 fn tensor_offsets_out_of_bounds_or_misaligned() {
     let r = Raw::header(3, 1, 0).tensor("t", &[32], 0, 1 << 20).pad_and_data(128);
     assert!(matches!(gguf_err(open(r)), GgufError::TensorOutOfBounds { .. }));
-    let r = Raw::header(3, 1, 0).tensor("t", &[32], 0, u64::MAX - 31).pad_and_data(128);
+    let r = Raw::header(3, 1, 0)
+        .tensor("t", &[32], 0, u64::MAX - 31)
+        .pad_and_data(128);
     assert!(matches!(gguf_err(open(r)), GgufError::TensorOutOfBounds { .. }));
     let r = Raw::header(3, 1, 0).tensor("t", &[32], 0, 4).pad_and_data(256);
-    assert!(matches!(gguf_err(open(r)), GgufError::MisalignedTensor { offset: 4, .. }));
+    assert!(matches!(
+        gguf_err(open(r)),
+        GgufError::MisalignedTensor { offset: 4, .. }
+    ));
 }
 
 #[test]
 fn duplicate_names() {
-    let r = Raw::header(3, 2, 0).tensor("t", &[32], 0, 0).tensor("t", &[32], 0, 128).pad_and_data(256);
+    let r = Raw::header(3, 2, 0)
+        .tensor("t", &[32], 0, 0)
+        .tensor("t", &[32], 0, 128)
+        .pad_and_data(256);
     assert_eq!(gguf_err(open(r)), GgufError::DuplicateTensor { name: "t".into() });
     let r = Raw::header(3, 0, 2).kv_u32("k", 1).kv_u32("k", 2);
     assert_eq!(gguf_err(open(r)), GgufError::DuplicateKey { key: "k".into() });
@@ -166,19 +185,32 @@ fn duplicate_names() {
 fn unknown_types() {
     for ty in [4, 5, 99, u32::MAX] {
         let r = Raw::header(3, 1, 0).tensor("t", &[32], ty, 0).pad_and_data(256);
-        assert_eq!(gguf_err(open(r)), GgufError::UnknownTensorType { name: "t".into(), type_id: ty });
+        assert_eq!(
+            gguf_err(open(r)),
+            GgufError::UnknownTensorType {
+                name: "t".into(),
+                type_id: ty
+            }
+        );
     }
     let r = Raw::header(3, 0, 1).str("k").u32(13).u32(0);
-    assert!(matches!(gguf_err(open(r)), GgufError::UnknownValueType { type_id: 13, .. }));
+    assert!(matches!(
+        gguf_err(open(r)),
+        GgufError::UnknownValueType { type_id: 13, .. }
+    ));
 }
 
 #[test]
 fn impossible_dimensions() {
-    let r = Raw::header(3, 1, 0).tensor("t", &[1 << 32, 1 << 32, 2], 0, 0).pad_and_data(64);
+    let r = Raw::header(3, 1, 0)
+        .tensor("t", &[1 << 32, 1 << 32, 2], 0, 0)
+        .pad_and_data(64);
     assert!(matches!(gguf_err(open(r)), GgufError::BadDims { .. }));
     let r = Raw::header(3, 1, 0).tensor("t", &[32, 0], 0, 0).pad_and_data(64);
     assert!(matches!(gguf_err(open(r)), GgufError::BadDims { .. }));
-    let r = Raw::header(3, 1, 0).tensor("t", &[1, 1, 1, 1, 1], 0, 0).pad_and_data(64);
+    let r = Raw::header(3, 1, 0)
+        .tensor("t", &[1, 1, 1, 1, 1], 0, 0)
+        .pad_and_data(64);
     assert!(matches!(gguf_err(open(r)), GgufError::TooManyDims { n_dims: 5, .. }));
     // Q4_0 rows must be whole 32-element blocks.
     let r = Raw::header(3, 1, 0).tensor("t", &[33], 2, 0).pad_and_data(64);
@@ -192,12 +224,23 @@ fn impossible_dimensions() {
 fn invalid_utf8_and_deep_nesting() {
     let r = Raw::header(3, 0, 1).u64(2).bytes(&[0xff, 0xfe]).u32(4).u32(0);
     assert!(matches!(gguf_err(open(r)), GgufError::InvalidUtf8 { .. }));
-    let r = Raw::header(3, 0, 1).str("a").u32(9).u32(9).u64(1).u32(9).u64(1).u32(4).u64(1).u32(0);
+    let r = Raw::header(3, 0, 1)
+        .str("a")
+        .u32(9)
+        .u32(9)
+        .u64(1)
+        .u32(9)
+        .u64(1)
+        .u32(4)
+        .u64(1)
+        .u32(0);
     assert!(matches!(gguf_err(open(r)), GgufError::NestingTooDeep { .. }));
 }
 
 fn tiny() -> GgufWriter {
-    SyntheticSpec::tiny(Architecture::Llama, 1).gguf_writer(QuantType::F32).unwrap()
+    SyntheticSpec::tiny(Architecture::Llama, 1)
+        .gguf_writer(QuantType::F32)
+        .unwrap()
 }
 
 fn load(g: &GgufWriter) -> Result<(Transformer, Tokenizer), Error> {
@@ -253,7 +296,11 @@ fn random_corruption_never_panics() {
         let mut bytes = image.clone();
         let flips = 1 + (rng.next_u64() % 4) as usize;
         for _ in 0..flips {
-            let span = if trial % 4 == 0 { bytes.len() } else { header_len.min(bytes.len()) };
+            let span = if trial % 4 == 0 {
+                bytes.len()
+            } else {
+                header_len.min(bytes.len())
+            };
             let at = (rng.next_u64() % span as u64) as usize;
             bytes[at] = rng.next_u64() as u8;
         }

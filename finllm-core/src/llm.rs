@@ -75,7 +75,10 @@ impl Model {
             let transformer = pool.install(|| Transformer::from_gguf(&file))?;
             report(0.9);
             let beside = path.with_file_name("tokenizer.json");
-            let override_json = opts.tokenizer_json.clone().or_else(|| beside.is_file().then_some(beside));
+            let override_json = opts
+                .tokenizer_json
+                .clone()
+                .or_else(|| beside.is_file().then_some(beside));
             let gguf_tok = Tokenizer::from_gguf(&file)?;
             let tokenizer = match override_json {
                 Some(json) => {
@@ -105,7 +108,10 @@ impl Model {
         let transformer = pool.install(|| Transformer::from_safetensors(dir))?;
         let config = crate::model::read_hf_config(dir)?;
         let tok_config = read_json_if_present(&dir.join("tokenizer_config.json"))?;
-        let json = opts.tokenizer_json.clone().unwrap_or_else(|| dir.join("tokenizer.json"));
+        let json = opts
+            .tokenizer_json
+            .clone()
+            .unwrap_or_else(|| dir.join("tokenizer.json"));
         let id_of = |v: Option<&serde_json::Value>| -> Vec<u32> {
             match v {
                 Some(serde_json::Value::Number(n)) => n.as_u64().map(|x| x as u32).into_iter().collect(),
@@ -121,7 +127,11 @@ impl Model {
             .and_then(|v| v.as_bool())
             .unwrap_or(false);
         let tokenizer = Tokenizer::from_json_file(&json, bos, &eos, add_bos)?;
-        let chat_template = match tok_config.as_ref().and_then(|c| c.get("chat_template")).and_then(|v| v.as_str()) {
+        let chat_template = match tok_config
+            .as_ref()
+            .and_then(|c| c.get("chat_template"))
+            .and_then(|v| v.as_str())
+        {
             Some(src) => Some(ChatTemplate::new(src, &tokenizer)?),
             None => None,
         };
@@ -210,9 +220,10 @@ impl Model {
 
     /// Render `messages` with the model's chat template (with the assistant prompt appended).
     pub fn apply_chat_template(&self, messages: &[ChatMessage]) -> Result<String> {
-        let template = self.chat_template.as_ref().ok_or_else(|| {
-            Error::ChatTemplate("the model has no chat template (tokenizer.chat_template)".into())
-        })?;
+        let template = self
+            .chat_template
+            .as_ref()
+            .ok_or_else(|| Error::ChatTemplate("the model has no chat template (tokenizer.chat_template)".into()))?;
         template.render(messages, true)
     }
 

@@ -18,7 +18,10 @@ pub fn smollm2_path() -> PathBuf {
 
 /// `../shared/reference/<name>` beside the checkout.
 pub fn reference(name: &str) -> serde_json::Value {
-    let candidates = [root().join("../shared/reference").join(name), root().join("shared/reference").join(name)];
+    let candidates = [
+        root().join("../shared/reference").join(name),
+        root().join("shared/reference").join(name),
+    ];
     let path = candidates
         .iter()
         .find(|p| p.is_file())

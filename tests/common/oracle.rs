@@ -17,7 +17,13 @@ fn get<'a>(w: &'a Weights, name: &str) -> &'a [f32] {
 fn matvec(w: &[f32], x: &[f64], rows: usize) -> Vec<f64> {
     let cols = x.len();
     (0..rows)
-        .map(|r| w[r * cols..(r + 1) * cols].iter().zip(x).map(|(a, b)| f64::from(*a) * b).sum())
+        .map(|r| {
+            w[r * cols..(r + 1) * cols]
+                .iter()
+                .zip(x)
+                .map(|(a, b)| f64::from(*a) * b)
+                .sum()
+        })
         .collect()
 }
 
@@ -71,7 +77,11 @@ pub fn logits(spec: &SyntheticSpec, w: &Weights, tokens: &[u32], sliding_window:
             let mut k = matvec(get(w, &p("attn_k.weight")), &hn, nkv * hd);
             let mut v = matvec(get(w, &p("attn_v.weight")), &hn, nkv * hd);
             if spec.arch == Architecture::Qwen2 {
-                for (y, b) in [(&mut q, "attn_q.bias"), (&mut k, "attn_k.bias"), (&mut v, "attn_v.bias")] {
+                for (y, b) in [
+                    (&mut q, "attn_q.bias"),
+                    (&mut k, "attn_k.bias"),
+                    (&mut v, "attn_v.bias"),
+                ] {
                     y.iter_mut().zip(get(w, &p(b))).for_each(|(a, b)| *a += f64::from(*b));
                 }
             }
@@ -97,7 +107,13 @@ pub fn logits(spec: &SyntheticSpec, w: &Weights, tokens: &[u32], sliding_window:
                 let visible: Vec<usize> = (0..=pos).filter(|&j| global || pos - j < sliding_window).collect();
                 let scores: Vec<f64> = visible
                     .iter()
-                    .map(|&j| q.iter().zip(&ks[j][kvh * hd..(kvh + 1) * hd]).map(|(a, b)| a * b).sum::<f64>() / (hd as f64).sqrt())
+                    .map(|&j| {
+                        q.iter()
+                            .zip(&ks[j][kvh * hd..(kvh + 1) * hd])
+                            .map(|(a, b)| a * b)
+                            .sum::<f64>()
+                            / (hd as f64).sqrt()
+                    })
                     .collect();
                 let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let exps: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
@@ -116,7 +132,11 @@ pub fn logits(spec: &SyntheticSpec, w: &Weights, tokens: &[u32], sliding_window:
             let hn = rms_norm(x, get(w, &p("ffn_norm.weight")), eps);
             let g = matvec(get(w, &p("ffn_gate.weight")), &hn, spec.ffn);
             let u = matvec(get(w, &p("ffn_up.weight")), &hn, spec.ffn);
-            let act: Vec<f64> = g.iter().zip(&u).map(|(g, u)| if gemma { gelu_tanh(*g) * u } else { silu(*g) * u }).collect();
+            let act: Vec<f64> = g
+                .iter()
+                .zip(&u)
+                .map(|(g, u)| if gemma { gelu_tanh(*g) * u } else { silu(*g) * u })
+                .collect();
             let mut m = matvec(get(w, &p("ffn_down.weight")), &act, h);
             if gemma {
                 m = rms_norm(&m, get(w, &p("post_ffw_norm.weight")), eps);
@@ -124,7 +144,11 @@ pub fn logits(spec: &SyntheticSpec, w: &Weights, tokens: &[u32], sliding_window:
             x.iter_mut().zip(&m).for_each(|(a, b)| *a += b);
         }
     }
-    let head = if spec.untied_output { get(w, "output.weight") } else { emb };
+    let head = if spec.untied_output {
+        get(w, "output.weight")
+    } else {
+        emb
+    };
     xs.iter()
         .map(|x| matvec(head, &rms_norm(x, get(w, "output_norm.weight"), eps), spec.vocab))
         .collect()

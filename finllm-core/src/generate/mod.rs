@@ -144,7 +144,11 @@ impl<'m> TokenStream<'m> {
             history: prompt_ids,
             next_logits: Some(logits),
             generated: 0,
-            finished: if params.max_tokens == 0 { Some(FinishReason::Length) } else { None },
+            finished: if params.max_tokens == 0 {
+                Some(FinishReason::Length)
+            } else {
+                None
+            },
             model,
             params,
             cache,

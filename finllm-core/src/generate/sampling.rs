@@ -38,13 +38,22 @@ impl Default for SamplingParams {
 impl SamplingParams {
     pub fn validate(&self) -> Result<()> {
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
-            return Err(Error::invalid("temperature", format!("must be >= 0, got {}", self.temperature)));
+            return Err(Error::invalid(
+                "temperature",
+                format!("must be >= 0, got {}", self.temperature),
+            ));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return Err(Error::invalid("top_p", format!("must be in (0, 1], got {}", self.top_p)));
+            return Err(Error::invalid(
+                "top_p",
+                format!("must be in (0, 1], got {}", self.top_p),
+            ));
         }
         if !(0.0..=1.0).contains(&self.min_p) {
-            return Err(Error::invalid("min_p", format!("must be in [0, 1], got {}", self.min_p)));
+            return Err(Error::invalid(
+                "min_p",
+                format!("must be in [0, 1], got {}", self.min_p),
+            ));
         }
         if !(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite()) {
             return Err(Error::invalid(
@@ -266,11 +275,26 @@ mod tests {
     #[test]
     fn invalid_params_are_rejected() {
         for p in [
-            SamplingParams { temperature: -1.0, ..Default::default() },
-            SamplingParams { top_p: 0.0, ..Default::default() },
-            SamplingParams { min_p: 2.0, ..Default::default() },
-            SamplingParams { repetition_penalty: 0.0, ..Default::default() },
-            SamplingParams { temperature: f32::NAN, ..Default::default() },
+            SamplingParams {
+                temperature: -1.0,
+                ..Default::default()
+            },
+            SamplingParams {
+                top_p: 0.0,
+                ..Default::default()
+            },
+            SamplingParams {
+                min_p: 2.0,
+                ..Default::default()
+            },
+            SamplingParams {
+                repetition_penalty: 0.0,
+                ..Default::default()
+            },
+            SamplingParams {
+                temperature: f32::NAN,
+                ..Default::default()
+            },
         ] {
             assert!(matches!(Sampler::new(p), Err(Error::InvalidArgument { .. })));
         }

@@ -137,11 +137,13 @@ pub(crate) trait HyperParams {
     fn get_float(&self, key: &str) -> Result<Option<f64>>;
 
     fn usize(&self, key: &str) -> Result<usize> {
-        self.get_usize(key)?.ok_or_else(|| Error::MissingKey { key: key.to_string() })
+        self.get_usize(key)?
+            .ok_or_else(|| Error::MissingKey { key: key.to_string() })
     }
 
     fn float(&self, key: &str) -> Result<f64> {
-        self.get_float(key)?.ok_or_else(|| Error::MissingKey { key: key.to_string() })
+        self.get_float(key)?
+            .ok_or_else(|| Error::MissingKey { key: key.to_string() })
     }
 }
 
@@ -210,14 +212,14 @@ impl ModelConfig {
         check("head_dim", self.head_dim, 4096)?;
         check("ffn_size", self.ffn_size, MAX_DIM)?;
         check("context_length", self.context_length, 1 << 24)?;
-        if self.n_heads % self.n_kv_heads != 0 {
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return Err(Error::bad_key(
                 "n_kv_heads",
                 &format!("a divisor of n_heads = {}", self.n_heads),
                 self.n_kv_heads,
             ));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return Err(Error::bad_key("head_dim", "an even number", self.head_dim));
         }
         if !(self.rms_eps > 0.0 && self.rms_eps < 1.0) {
@@ -256,7 +258,11 @@ pub(crate) fn base_from_gguf(f: &GgufFile, arch: Architecture, prefix: &str) -> 
         Some(v) => v,
         None => match f.tensor("token_embd.weight") {
             Some(t) => t.shape()[0],
-            None => return Err(Error::MissingTensor { name: "token_embd.weight".into() }),
+            None => {
+                return Err(Error::MissingTensor {
+                    name: "token_embd.weight".into(),
+                })
+            }
         },
     };
     Ok(ModelConfig {

@@ -15,7 +15,9 @@ const DEFAULT_WINDOW: usize = 512;
 
 pub(crate) fn config_from_gguf(f: &GgufFile) -> Result<ModelConfig> {
     let mut cfg = base_from_gguf(f, Architecture::Gemma3, "gemma3")?;
-    let window = f.get_usize("gemma3.attention.sliding_window")?.unwrap_or(DEFAULT_WINDOW);
+    let window = f
+        .get_usize("gemma3.attention.sliding_window")?
+        .unwrap_or(DEFAULT_WINDOW);
     cfg.spans = (0..cfg.spans.len())
         .map(|i| {
             if (i + 1) % GLOBAL_EVERY == 0 {

@@ -305,9 +305,7 @@ impl GgufFile {
     }
 
     pub fn require(&self, key: &str) -> Result<&Value> {
-        self.get(key).ok_or_else(|| Error::MissingKey {
-            key: key.to_string(),
-        })
+        self.get(key).ok_or_else(|| Error::MissingKey { key: key.to_string() })
     }
 }
 
@@ -521,7 +519,7 @@ fn parse(buf: &[u8]) -> Result<Parsed, GgufError> {
             return Err(GgufError::BadDims { name, dims });
         };
         let ne0 = dims.first().copied().unwrap_or(1);
-        if ne0 % dtype.block_size() != 0 {
+        if !ne0.is_multiple_of(dtype.block_size()) {
             return Err(GgufError::NotBlockAligned {
                 name,
                 dtype: dtype.to_string(),
@@ -532,7 +530,7 @@ fn parse(buf: &[u8]) -> Result<Parsed, GgufError> {
         let Some(n_bytes) = dtype.bytes_for(n_elems) else {
             return Err(GgufError::BadDims { name, dims });
         };
-        if offset % alignment != 0 {
+        if !offset.is_multiple_of(alignment) {
             return Err(GgufError::MisalignedTensor {
                 name,
                 offset,
@@ -617,7 +615,10 @@ impl GgufWriter {
         if dtype.bytes_for(n) != Some(data.len() as u64) {
             return Err(Error::invalid(
                 "data",
-                format!("tensor '{name}': {} bytes do not encode {n} {dtype} elements", data.len()),
+                format!(
+                    "tensor '{name}': {} bytes do not encode {n} {dtype} elements",
+                    data.len()
+                ),
             ));
         }
         self.tensors.push((name.to_string(), dims, dtype, data));
@@ -632,7 +633,10 @@ impl GgufWriter {
 
     /// Serialise the whole file.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let alignment = self.alignment.filter(|a| a.is_power_of_two()).unwrap_or(DEFAULT_ALIGNMENT);
+        let alignment = self
+            .alignment
+            .filter(|a| a.is_power_of_two())
+            .unwrap_or(DEFAULT_ALIGNMENT);
         let mut out = Vec::new();
         out.extend_from_slice(&MAGIC);
         out.extend_from_slice(&3u32.to_le_bytes());

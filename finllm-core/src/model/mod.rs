@@ -112,7 +112,9 @@ fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
         .ok_or_else(|| bad("missing 'weight_map' object".into()))?;
     let mut shards: Vec<String> = Vec::new();
     for file in map.values() {
-        let file = file.as_str().ok_or_else(|| bad("weight_map values must be file names".into()))?;
+        let file = file
+            .as_str()
+            .ok_or_else(|| bad("weight_map values must be file names".into()))?;
         // Shards must sit beside the index: no paths, so an index cannot point elsewhere.
         if file.contains('/') || file.contains('\\') || file == ".." {
             return Err(bad(format!("shard name '{file}' is not a plain file name")));

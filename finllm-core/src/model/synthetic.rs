@@ -17,6 +17,9 @@ use crate::model::config::Architecture;
 use crate::model::gguf::{GgufWriter, Value};
 use crate::quant::QuantType;
 
+/// Weights by GGUF name: row-major shape and values.
+pub type NamedWeights = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
+
 /// The shape of a synthetic model.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SyntheticSpec {
@@ -46,7 +49,11 @@ impl SyntheticSpec {
             layers: if arch == Architecture::Gemma3 { 6 } else { 2 },
             heads: 4,
             kv_heads: 2,
-            head_dim: if arch == Architecture::Qwen3 || arch == Architecture::Gemma3 { 32 } else { 16 },
+            head_dim: if arch == Architecture::Qwen3 || arch == Architecture::Gemma3 {
+                32
+            } else {
+                16
+            },
             ffn: 128,
             context: 256,
             vocab: tokenizer_vocab().len(),
@@ -86,7 +93,7 @@ impl SyntheticSpec {
     }
 
     /// Weights in HF orientation (Q/K rows not permuted), keyed by GGUF name, row-major.
-    pub fn weights(&self) -> Result<BTreeMap<String, (Vec<usize>, Vec<f32>)>> {
+    pub fn weights(&self) -> Result<NamedWeights> {
         if self.vocab < tokenizer_vocab().len() {
             return Err(Error::invalid(
                 "vocab",
@@ -95,10 +102,17 @@ impl SyntheticSpec {
         }
         let mut rng = Rng::new(self.seed);
         let mut w = BTreeMap::new();
-        let (h, q, kv, f) = (self.hidden, self.heads * self.head_dim, self.kv_heads * self.head_dim, self.ffn);
+        let (h, q, kv, f) = (
+            self.hidden,
+            self.heads * self.head_dim,
+            self.kv_heads * self.head_dim,
+            self.ffn,
+        );
         let mut matrix = |w: &mut BTreeMap<_, _>, name: String, rows: usize, cols: usize| {
             let scale = 1.0 / (cols as f64).sqrt();
-            let data = (0..rows * cols).map(|_| ((rng.next_f64() * 2.0 - 1.0) * 1.7 * scale) as f32).collect();
+            let data = (0..rows * cols)
+                .map(|_| ((rng.next_f64() * 2.0 - 1.0) * 1.7 * scale) as f32)
+                .collect();
             w.insert(name, (vec![rows, cols], data));
         };
         let mut vectors: Vec<(String, usize, f64, f64)> = Vec::new(); // name, len, centre, spread
@@ -133,7 +147,9 @@ impl SyntheticSpec {
             }
         }
         for (name, len, centre, spread) in vectors {
-            let data = (0..len).map(|_| (centre + (rng.next_f64() * 2.0 - 1.0) * spread) as f32).collect();
+            let data = (0..len)
+                .map(|_| (centre + (rng.next_f64() * 2.0 - 1.0) * spread) as f32)
+                .collect();
             w.insert(name, (vec![len], data));
         }
         Ok(w)
@@ -150,7 +166,10 @@ impl SyntheticSpec {
         let mut g = GgufWriter::new();
         let u32v = |v: usize| Value::U32(v as u32);
         g.meta("general.architecture", Value::String(arch.into()));
-        g.meta("general.name", Value::String(format!("finllm synthetic {arch} seed {}", self.seed)));
+        g.meta(
+            "general.name",
+            Value::String(format!("finllm synthetic {arch} seed {}", self.seed)),
+        );
         g.meta(&format!("{arch}.context_length"), u32v(self.context));
         g.meta(&format!("{arch}.embedding_length"), u32v(self.hidden));
         g.meta(&format!("{arch}.block_count"), u32v(self.layers));
@@ -168,9 +187,15 @@ impl SyntheticSpec {
         }
         write_tokenizer(&mut g, self.vocab);
         for (name, (shape, data)) in self.weights()? {
-            let data = if self.arch == Architecture::Llama && (name.ends_with("attn_q.weight") || name.ends_with("attn_k.weight")) {
+            let data = if self.arch == Architecture::Llama
+                && (name.ends_with("attn_q.weight") || name.ends_with("attn_k.weight"))
+            {
                 // GGUF llama stores Q/K rows permuted for interleaved RoPE (as llama.cpp's converter).
-                let heads = if name.ends_with("attn_q.weight") { self.heads } else { self.kv_heads };
+                let heads = if name.ends_with("attn_q.weight") {
+                    self.heads
+                } else {
+                    self.kv_heads
+                };
                 permute_for_interleaved_rope(&data, heads, self.head_dim, shape[1])
             } else {
                 data
@@ -221,21 +246,38 @@ impl SyntheticSpec {
             QuantType::F32 => safetensors::Dtype::F32,
             QuantType::F16 => safetensors::Dtype::F16,
             QuantType::BF16 => safetensors::Dtype::BF16,
-            other => return Err(Error::invalid("dtype", format!("safetensors are f32, f16 or bf16, not {other}"))),
+            other => {
+                return Err(Error::invalid(
+                    "dtype",
+                    format!("safetensors are f32, f16 or bf16, not {other}"),
+                ))
+            }
         };
         let mut blobs = Vec::new();
         for (name, (shape, data)) in self.weights()? {
             let hf = names.get(&name).cloned().unwrap_or(name);
             let bytes: Vec<u8> = match dtype {
                 QuantType::F32 => data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-                QuantType::F16 => data.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect(),
-                _ => data.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect(),
+                QuantType::F16 => data
+                    .iter()
+                    .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+                    .collect(),
+                _ => data
+                    .iter()
+                    .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+                    .collect(),
             };
             blobs.push((hf, shape, bytes));
         }
         let views = blobs
             .iter()
-            .map(|(n, s, b)| Ok((n.clone(), safetensors::tensor::TensorView::new(st_dtype, s.clone(), b).map_err(|e| Error::invalid("tensor", e.to_string()))?)))
+            .map(|(n, s, b)| {
+                Ok((
+                    n.clone(),
+                    safetensors::tensor::TensorView::new(st_dtype, s.clone(), b)
+                        .map_err(|e| Error::invalid("tensor", e.to_string()))?,
+                ))
+            })
             .collect::<Result<Vec<_>>>()?;
         let path = dir.join("model.safetensors");
         safetensors::serialize_to_file(views, None, &path).map_err(|e| Error::Safetensors {
@@ -274,10 +316,13 @@ pub fn permute_for_interleaved_rope(data: &[f32], heads: usize, head_dim: usize,
 /// Encode f32 values of a row-major matrix as GGML blocks of `quant`.
 pub fn encode(data: &[f32], shape: &[usize], quant: QuantType) -> Result<Vec<u8>> {
     let cols = shape.last().copied().unwrap_or(0) as u64;
-    if cols % quant.block_size() != 0 {
+    if !cols.is_multiple_of(quant.block_size()) {
         return Err(Error::invalid(
             "quant",
-            format!("rows of {cols} values are not a whole number of {quant} blocks ({})", quant.block_size()),
+            format!(
+                "rows of {cols} values are not a whole number of {quant} blocks ({})",
+                quant.block_size()
+            ),
         ));
     }
     let t = Tensor::from_slice(data, shape, &Device::Cpu)?;
@@ -336,7 +381,10 @@ fn write_tokenizer(g: &mut GgufWriter, vocab: usize) {
     }
     g.meta("tokenizer.ggml.model", Value::String("gpt2".into()));
     g.meta("tokenizer.ggml.pre", Value::String("default".into()));
-    g.meta("tokenizer.ggml.tokens", Value::Array(tokens.into_iter().map(Value::String).collect()));
+    g.meta(
+        "tokenizer.ggml.tokens",
+        Value::Array(tokens.into_iter().map(Value::String).collect()),
+    );
     g.meta("tokenizer.ggml.token_type", Value::Array(types));
     g.meta(
         "tokenizer.ggml.merges",

@@ -189,7 +189,9 @@ pub struct Transformer {
 
 impl std::fmt::Debug for Transformer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Transformer").field("cfg", &self.cfg).finish_non_exhaustive()
+        f.debug_struct("Transformer")
+            .field("cfg", &self.cfg)
+            .finish_non_exhaustive()
     }
 }
 
@@ -219,7 +221,12 @@ impl Transformer {
             })
         };
 
-        let inv_freq_global = Arc::new(inverse_frequencies(&cfg, cfg.rope_theta, cfg.rope_linear_factor, rope_freq_factors.as_deref())?);
+        let inv_freq_global = Arc::new(inverse_frequencies(
+            &cfg,
+            cfg.rope_theta,
+            cfg.rope_linear_factor,
+            rope_freq_factors.as_deref(),
+        )?);
         let inv_freq_local = match cfg.rope_theta_local {
             Some(theta) => Arc::new(inverse_frequencies(&cfg, theta, 1.0, None)?),
             None => inv_freq_global.clone(),
@@ -320,7 +327,10 @@ impl Transformer {
 
     fn check_input(&self, tokens: &[u32], cache: &KvCache) -> Result<()> {
         if tokens.is_empty() {
-            return Err(Error::invalid("tokens", "a forward call needs at least one token per sequence"));
+            return Err(Error::invalid(
+                "tokens",
+                "a forward call needs at least one token per sequence",
+            ));
         }
         if cache.layers.len() != self.cfg.n_layers {
             return Err(Error::invalid("cache", "the KV cache belongs to a different model"));
@@ -389,7 +399,11 @@ impl Transformer {
             let h = block.attn_norm.forward(&x)?;
             let q = self.heads(&block.q.forward(&h)?, cfg.n_heads, block.q_norm.as_ref())?;
             let k = self.heads(&block.k.forward(&h)?, cfg.n_kv_heads, block.k_norm.as_ref())?;
-            let v = block.v.forward(&h)?.reshape((total, cfg.n_kv_heads, cfg.head_dim))?.transpose(0, 1)?;
+            let v = block
+                .v
+                .forward(&h)?
+                .reshape((total, cfg.n_kv_heads, cfg.head_dim))?
+                .transpose(0, 1)?;
             let q = apply_rope(&q, &cos, &sin, cfg.rope_style)?;
             let k = apply_rope(&k, &cos, &sin, cfg.rope_style)?;
 
@@ -468,7 +482,14 @@ impl Transformer {
 
     /// Causal attention of `q: [n_heads, t, d]` over `k, v: [n_kv, past + t, d]`.
     /// Returns the output `[t, n_heads*d]` and the probabilities `[n_heads, t, past + t]`.
-    fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, past: usize, span: AttentionSpan) -> Result<(Tensor, Tensor)> {
+    fn attention(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        past: usize,
+        span: AttentionSpan,
+    ) -> Result<(Tensor, Tensor)> {
         let cfg = &self.cfg;
         let (t, d) = (q.dim(1)?, cfg.head_dim);
         let total = k.dim(1)?;
@@ -518,9 +539,16 @@ fn attention_mask(t: usize, past: usize, total: usize, span: AttentionSpan) -> O
 }
 
 /// Inverse frequencies `theta^(-2i/d) / linear_factor / freq_factor[i]`.
-fn inverse_frequencies(cfg: &ModelConfig, theta: f64, linear_factor: f64, freq_factors: Option<&[f64]>) -> Result<Vec<f64>> {
+fn inverse_frequencies(
+    cfg: &ModelConfig,
+    theta: f64,
+    linear_factor: f64,
+    freq_factors: Option<&[f64]>,
+) -> Result<Vec<f64>> {
     let half = cfg.head_dim / 2;
-    let base: Vec<f64> = (0..half).map(|i| theta.powf(-2.0 * i as f64 / cfg.head_dim as f64)).collect();
+    let base: Vec<f64> = (0..half)
+        .map(|i| theta.powf(-2.0 * i as f64 / cfg.head_dim as f64))
+        .collect();
     let factors: Vec<f64> = match (freq_factors, &cfg.rope_llama3) {
         (Some(f), _) => {
             if f.len() != half {

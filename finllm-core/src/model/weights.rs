@@ -63,11 +63,12 @@ impl WeightStore {
                 if info.dtype == QuantType::F32 {
                     Weight::Dense(Tensor::from_raw_buffer(bytes, DType::F32, shape, &Device::Cpu)?)
                 } else {
-                    let q = qtensor_from_ggml(info.dtype.to_candle(), bytes, shape.to_vec(), &Device::Cpu)
-                        .map_err(|e| Error::UnsupportedTensorType {
+                    let q = qtensor_from_ggml(info.dtype.to_candle(), bytes, shape.to_vec(), &Device::Cpu).map_err(
+                        |e| Error::UnsupportedTensorType {
                             name: name.to_string(),
                             dtype: format!("{} ({e})", info.dtype),
-                        })?;
+                        },
+                    )?;
                     Weight::Quantized(Arc::new(q))
                 }
             }
@@ -88,9 +89,7 @@ impl WeightStore {
 }
 
 fn missing(name: &str) -> Error {
-    Error::MissingTensor {
-        name: name.to_string(),
-    }
+    Error::MissingTensor { name: name.to_string() }
 }
 
 fn check_shape(name: &str, expected: &[usize], found: &[usize]) -> Result<()> {

@@ -109,7 +109,7 @@ impl QuantType {
     /// Bytes needed to store `n_elems` elements, or `None` when `n_elems` is not a whole number
     /// of blocks or the size overflows.
     pub fn bytes_for(self, n_elems: u64) -> Option<u64> {
-        if n_elems % self.block_size() != 0 {
+        if !n_elems.is_multiple_of(self.block_size()) {
             return None;
         }
         (n_elems / self.block_size()).checked_mul(self.block_bytes())

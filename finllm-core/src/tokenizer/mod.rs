@@ -122,13 +122,20 @@ impl Tokenizer {
             .zip(&types)
             .map(|(t, &ty)| piece_bytes(t, ty, kind))
             .collect();
-        let control = types.iter().map(|&t| t == TOKEN_CONTROL || t == TOKEN_UNKNOWN).collect();
+        let control = types
+            .iter()
+            .map(|&t| t == TOKEN_CONTROL || t == TOKEN_UNKNOWN)
+            .collect();
         let id = |key: &str| -> Result<Option<u32>> {
             match f.get(key) {
                 None => Ok(None),
                 Some(v) => match v.as_u64() {
                     Some(id) if (id as usize) < n => Ok(Some(id as u32)),
-                    _ => Err(Error::bad_key(key, &format!("a token id below the vocabulary size {n}"), v.describe())),
+                    _ => Err(Error::bad_key(
+                        key,
+                        &format!("a token id below the vocabulary size {n}"),
+                        v.describe(),
+                    )),
                 },
             }
         };
@@ -157,7 +164,8 @@ impl Tokenizer {
 
     /// Load a `tokenizer.json`; special-token ids come from the caller (GGUF or HF config).
     pub fn from_json_file(path: &Path, bos: Option<u32>, eos: &[u32], add_bos: bool) -> Result<Self> {
-        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
+        let inner =
+            tokenizers::Tokenizer::from_file(path).map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
         let vocab = inner.get_vocab(true);
         let n = vocab.values().map(|&id| id as usize + 1).max().unwrap_or(0);
         let mut tokens = vec![String::new(); n];
@@ -185,7 +193,11 @@ impl Tokenizer {
                 }
             }
         }
-        let pieces = tokens.iter().zip(&types).map(|(t, &ty)| piece_bytes(t, ty, kind)).collect();
+        let pieces = tokens
+            .iter()
+            .zip(&types)
+            .map(|(t, &ty)| piece_bytes(t, ty, kind))
+            .collect();
         let control = types.iter().map(|&t| t == TOKEN_CONTROL).collect();
         for &id in bos.iter().chain(eos) {
             if id as usize >= n {
@@ -246,7 +258,9 @@ impl Tokenizer {
 
     /// The text of a token (special tokens as written, bytes lossily).
     pub fn token_text(&self, id: u32) -> Option<String> {
-        self.pieces.get(id as usize).map(|p| String::from_utf8_lossy(p).into_owned())
+        self.pieces
+            .get(id as usize)
+            .map(|p| String::from_utf8_lossy(p).into_owned())
     }
 
     /// The id of a token written exactly as `text`.
@@ -290,7 +304,11 @@ impl Tokenizer {
             id,
             vocab_size: self.pieces.len(),
         })?;
-        Ok(if skip_control && self.control[id as usize] { &[] } else { p })
+        Ok(if skip_control && self.control[id as usize] {
+            &[]
+        } else {
+            p
+        })
     }
 
     /// Save the encoder as an HF `tokenizer.json`.
@@ -336,9 +354,10 @@ fn string_array(f: &GgufFile, key: &str) -> Result<Vec<String>> {
 }
 
 fn int_array(v: &Value, key: &str, n: usize) -> Result<Vec<i64>> {
-    let arr = v.as_array().filter(|a| a.len() == n).ok_or_else(|| {
-        Error::bad_key(key, &format!("an array of {n} integers"), v.describe())
-    })?;
+    let arr = v
+        .as_array()
+        .filter(|a| a.len() == n)
+        .ok_or_else(|| Error::bad_key(key, &format!("an array of {n} integers"), v.describe()))?;
     arr.iter()
         .map(|x| match *x {
             Value::I32(i) => Ok(i64::from(i)),
@@ -351,9 +370,10 @@ fn int_array(v: &Value, key: &str, n: usize) -> Result<Vec<i64>> {
 }
 
 fn float_array(v: &Value, key: &str, n: usize) -> Result<Vec<f64>> {
-    let arr = v.as_array().filter(|a| a.len() == n).ok_or_else(|| {
-        Error::bad_key(key, &format!("an array of {n} numbers"), v.describe())
-    })?;
+    let arr = v
+        .as_array()
+        .filter(|a| a.len() == n)
+        .ok_or_else(|| Error::bad_key(key, &format!("an array of {n} numbers"), v.describe()))?;
     arr.iter()
         .map(|x| x.as_f64().ok_or_else(|| Error::bad_key(key, "numbers", x.describe())))
         .collect()
@@ -362,7 +382,8 @@ fn float_array(v: &Value, key: &str, n: usize) -> Result<Vec<f64>> {
 /// The regex llama.cpp and HF use for Llama 3 style pre-tokenisation.
 const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 /// Qwen 2 splits digits one by one.
-const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_SPLIT: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 fn byte_level_bpe(tokens: &[String], merges: &[String], pre: &str) -> Result<tokenizers::Tokenizer> {
     let vocab: tokenizers::models::bpe::Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
@@ -380,8 +401,16 @@ fn byte_level_bpe(tokens: &[String], merges: &[String], pre: &str) -> Result<tok
         .map_err(tok_err)?;
     let byte_level = |use_regex| PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, use_regex));
     let regex_then_bytes = |re: &str| -> Result<PreTokenizerWrapper> {
-        let split = Split::new(SplitPattern::Regex(re.to_string()), SplitDelimiterBehavior::Isolated, false).map_err(tok_err)?;
-        Ok(PreTokenizerWrapper::Sequence(PreSequence::new(vec![split.into(), byte_level(false)])))
+        let split = Split::new(
+            SplitPattern::Regex(re.to_string()),
+            SplitDelimiterBehavior::Isolated,
+            false,
+        )
+        .map_err(tok_err)?;
+        Ok(PreTokenizerWrapper::Sequence(PreSequence::new(vec![
+            split.into(),
+            byte_level(false),
+        ])))
     };
     let pre_tokenizer = match pre {
         "default" | "gpt-2" | "gpt2" => byte_level(true),
@@ -403,7 +432,12 @@ fn byte_level_bpe(tokens: &[String], merges: &[String], pre: &str) -> Result<tok
 }
 
 /// SentencePiece BPE: merges are implied by scores (a merge is ranked by its result's score).
-fn sentencepiece_bpe(tokens: &[String], scores: &[f64], types: &[i64], add_space: bool) -> Result<tokenizers::Tokenizer> {
+fn sentencepiece_bpe(
+    tokens: &[String],
+    scores: &[f64],
+    types: &[i64],
+    add_space: bool,
+) -> Result<tokenizers::Tokenizer> {
     let vocab: tokenizers::models::bpe::Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
     let mut merges: Vec<(f64, u32, u32, String, String)> = Vec::new();
     for (id, piece) in tokens.iter().enumerate() {
