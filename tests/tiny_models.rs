@@ -522,3 +522,32 @@ fn one_model_serves_many_threads() {
     let concurrent: Vec<Vec<u32>> = handles.into_iter().map(|h| h.join().unwrap()).collect();
     assert_eq!(concurrent, sequential);
 }
+
+#[test]
+fn rope_frequency_factors_equal_linear_scaling_when_uniform() {
+    // Llama 3 GGUFs carry per-frequency divisors in `rope_freqs.weight`; dividing every
+    // frequency by 2 is exactly linear position scaling by 2.
+    let spec = SyntheticSpec::tiny(Architecture::Llama, 8);
+    let mut with_freqs = spec.gguf_writer(QuantType::F32).unwrap();
+    with_freqs
+        .tensor_f32("rope_freqs.weight", &[spec.head_dim / 2], &vec![2.0; spec.head_dim / 2])
+        .unwrap();
+    let mut linear = spec.gguf_writer(QuantType::F32).unwrap();
+    linear.meta("llama.rope.scaling.type", finllm::model::Value::String("linear".into()));
+    linear.meta("llama.rope.scaling.factor", finllm::model::Value::F32(2.0));
+    let plain = spec.gguf_writer(QuantType::F32).unwrap();
+    let run = |g: &finllm::model::GgufWriter| {
+        let f = std::sync::Arc::new(GgufFile::from_vec("m.gguf", g.to_bytes()).unwrap());
+        all_logits(&Transformer::from_gguf(&f).unwrap(), &SEQ, KvPrecision::F32)
+    };
+    let (a, b, c) = (run(&with_freqs), run(&linear), run(&plain));
+    let diff = |x: &Vec<Vec<f32>>, y: &Vec<Vec<f32>>| {
+        x.iter()
+            .flatten()
+            .zip(y.iter().flatten())
+            .map(|(p, q)| (p - q).abs())
+            .fold(0f32, f32::max)
+    };
+    assert!(diff(&a, &b) < 1e-5, "{}", diff(&a, &b));
+    assert!(diff(&a, &c) > 1e-3, "scaling must change the logits");
+}

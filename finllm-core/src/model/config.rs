@@ -335,3 +335,49 @@ pub(crate) fn base_from_hf(c: &serde_json::Value, arch: Architecture) -> Result<
         sandwich_norms: false,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn llama3_frequency_factors() {
+        // Llama 3.1 8B's parameters.
+        let l3 = Llama3Rope {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_context: 8192.0,
+        };
+        let d = 128;
+        let inv: Vec<f64> = (0..d / 2)
+            .map(|i| 500_000f64.powf(-2.0 * i as f64 / d as f64))
+            .collect();
+        let f = l3.freq_factors(&inv);
+        for (&freq, &factor) in inv.iter().zip(&f) {
+            let wavelen = 2.0 * std::f64::consts::PI / freq;
+            if wavelen < 8192.0 / 4.0 {
+                assert_eq!(factor, 1.0, "short wavelengths are untouched");
+            } else if wavelen > 8192.0 {
+                assert_eq!(factor, 8.0, "long wavelengths are divided by the factor");
+            } else {
+                assert!(factor > 1.0 && factor < 8.0);
+            }
+        }
+        // Monotone in wavelength.
+        assert!(f.windows(2).all(|w| w[0] <= w[1]));
+        assert_eq!(f[0], 1.0);
+        assert_eq!(f[d / 2 - 1], 8.0);
+    }
+
+    #[test]
+    fn unknown_architecture_names_itself() {
+        match Architecture::parse("falcon") {
+            Err(Error::UnknownArchitecture { found, supported }) => {
+                assert_eq!(found, "falcon");
+                assert!(supported.contains("qwen3"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
