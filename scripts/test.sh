@@ -7,3 +7,5 @@ scripts/fetch_models.sh
 cargo fmt --all -- --check
 cargo clippy --release --workspace --all-targets --locked -- -D warnings
 cargo test --release --workspace --locked
+# C ABI: error-path tests and the C++ example, under AddressSanitizer/UBSan with leak checking.
+make -C examples/cpp check
