@@ -6,6 +6,12 @@ cd "$(dirname "$0")/.."
 scripts/fetch_models.sh
 cargo fmt --all -- --check
 cargo clippy --release --workspace --all-targets --locked -- -D warnings
-cargo test --release --workspace --locked
+# finllm-py is built and tested through pip + pytest below (it links against Python).
+cargo test --release --workspace --locked --exclude finllm-py
 # C ABI: error-path tests and the C++ example, under AddressSanitizer/UBSan with leak checking.
 make -C examples/cpp check
+# Python: install the package into a fresh venv the way a user would, then pytest.
+rm -rf target/pytest-venv
+python3 -m venv target/pytest-venv
+target/pytest-venv/bin/python -m pip install --quiet --disable-pip-version-check "./finllm-py[test]"
+(cd finllm-py && ../target/pytest-venv/bin/python -m pytest -q -p no:cacheprovider)

@@ -1,0 +1,521 @@
+//! `finllm._finllm`: the native half of the Python package. Thin: converts arguments and
+//! errors, releases the GIL around all compute, and calls `finllm-core`.
+
+use std::ops::ControlFlow;
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::{Arc, Mutex};
+
+use finllm_core as core;
+use pyo3::create_exception;
+use pyo3::exceptions::PyException;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyTuple};
+
+create_exception!(
+    finllm.errors,
+    FinllmError,
+    PyException,
+    "Base class of every finllm error."
+);
+create_exception!(
+    finllm.errors,
+    ModelLoadError,
+    FinllmError,
+    "A model file could not be read, parsed or used."
+);
+create_exception!(
+    finllm.errors,
+    TokenizerError,
+    FinllmError,
+    "The tokenizer could not be built or used."
+);
+create_exception!(
+    finllm.errors,
+    ChatTemplateError,
+    FinllmError,
+    "The chat template failed to parse or render."
+);
+create_exception!(
+    finllm.errors,
+    InvalidArgument,
+    FinllmError,
+    "An argument is out of range."
+);
+create_exception!(
+    finllm.errors,
+    ContextOverflowError,
+    InvalidArgument,
+    "The prompt plus max_tokens exceed the model's context length."
+);
+create_exception!(finllm.errors, BackendError, FinllmError, "The tensor backend failed.");
+
+/// The one place core errors become Python exceptions.
+fn to_py(e: core::Error) -> PyErr {
+    use core::Error as E;
+    let msg = e.to_string();
+    match e {
+        E::Io { .. }
+        | E::Gguf { .. }
+        | E::Safetensors { .. }
+        | E::UnknownArchitecture { .. }
+        | E::MissingKey { .. }
+        | E::BadKey { .. }
+        | E::MissingTensor { .. }
+        | E::TensorShape { .. }
+        | E::UnsupportedTensorType { .. } => ModelLoadError::new_err(msg),
+        E::Tokenizer(_) => TokenizerError::new_err(msg),
+        E::ChatTemplate(_) => ChatTemplateError::new_err(msg),
+        E::InvalidArgument { .. } | E::TokenOutOfRange { .. } => InvalidArgument::new_err(msg),
+        E::ContextOverflow { .. } => ContextOverflowError::new_err(msg),
+        E::Backend(_) => BackendError::new_err(msg),
+        _ => FinllmError::new_err(msg),
+    }
+}
+
+/// Keyword arguments shared by every generation method.
+#[allow(clippy::too_many_arguments)]
+fn params(
+    max_tokens: usize,
+    temperature: f32,
+    top_k: usize,
+    top_p: f32,
+    min_p: f32,
+    repetition_penalty: f32,
+    seed: u64,
+    stop: Option<Vec<String>>,
+    top_logits: usize,
+) -> core::GenerateParams {
+    core::GenerateParams {
+        sampling: core::SamplingParams {
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            repetition_penalty,
+            seed,
+            ..Default::default()
+        },
+        max_tokens,
+        stop: stop.unwrap_or_default(),
+        top_logits,
+    }
+}
+
+/// Accept `[{"role": ..., "content": ...}]` or `[(role, content)]`.
+fn messages(items: Vec<Bound<'_, PyAny>>) -> PyResult<Vec<core::ChatMessage>> {
+    items
+        .into_iter()
+        .map(|item| {
+            if let Ok(d) = item.cast::<PyDict>() {
+                let get = |k: &str| -> PyResult<String> {
+                    d.get_item(k)?
+                        .ok_or_else(|| InvalidArgument::new_err(format!("chat message is missing '{k}'")))?
+                        .extract()
+                };
+                Ok(core::ChatMessage::new(get("role")?, get("content")?))
+            } else if let Ok(t) = item.cast::<PyTuple>() {
+                let (role, content): (String, String) = t.extract()?;
+                Ok(core::ChatMessage::new(role, content))
+            } else {
+                Err(InvalidArgument::new_err(
+                    "chat messages must be dicts with 'role' and 'content', or (role, content) tuples",
+                ))
+            }
+        })
+        .collect()
+}
+
+/// The result of a generation.
+#[pyclass(frozen, module = "finllm._finllm")]
+struct Generation {
+    #[pyo3(get)]
+    text: String,
+    #[pyo3(get)]
+    ids: Vec<u32>,
+    #[pyo3(get)]
+    prompt_ids: Vec<u32>,
+    #[pyo3(get)]
+    finish_reason: &'static str,
+    #[pyo3(get)]
+    steps: Vec<Vec<(u32, f32)>>,
+    #[pyo3(get)]
+    prefill_ms: f64,
+    #[pyo3(get)]
+    decode_ms: f64,
+}
+
+impl From<core::Generation> for Generation {
+    fn from(g: core::Generation) -> Self {
+        Self {
+            text: g.text,
+            ids: g.ids,
+            prompt_ids: g.prompt_ids,
+            finish_reason: g.finish.as_str(),
+            steps: g.steps,
+            prefill_ms: g.timings.prefill.as_secs_f64() * 1e3,
+            decode_ms: g.timings.decode.as_secs_f64() * 1e3,
+        }
+    }
+}
+
+#[pymethods]
+impl Generation {
+    /// Generated tokens per second of decoding.
+    #[getter]
+    fn tokens_per_second(&self) -> f64 {
+        if self.decode_ms > 0.0 {
+            self.ids.len() as f64 / (self.decode_ms / 1e3)
+        } else {
+            0.0
+        }
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Generation(text={:?}, tokens={}, finish_reason={:?})",
+            self.text,
+            self.ids.len(),
+            self.finish_reason
+        )
+    }
+
+    fn _repr_html_(&self) -> String {
+        let escaped = self
+            .text
+            .replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;");
+        format!(
+            "<div><pre style=\"white-space:pre-wrap\">{escaped}</pre><small>{} prompt tokens, {} generated, \
+             finish: {}, prefill {:.1} ms, decode {:.1} ms</small></div>",
+            self.prompt_ids.len(),
+            self.ids.len(),
+            self.finish_reason,
+            self.prefill_ms,
+            self.decode_ms
+        )
+    }
+}
+
+/// One streamed step.
+#[pyclass(frozen, module = "finllm._finllm")]
+struct Token {
+    #[pyo3(get)]
+    id: u32,
+    #[pyo3(get)]
+    text: String,
+    #[pyo3(get)]
+    finish_reason: Option<&'static str>,
+}
+
+#[pymethods]
+impl Token {
+    fn __repr__(&self) -> String {
+        let finish = self.finish_reason.map_or("None".to_string(), |f| format!("{f:?}"));
+        format!("Token(id={}, text={:?}, finish_reason={finish})", self.id, self.text)
+    }
+}
+
+type Event = Result<core::TokenEvent, core::Error>;
+
+/// Iterator over a generation running on its own thread; dropping it stops the generation.
+#[pyclass(module = "finllm._finllm")]
+struct TokenIterator {
+    rx: Mutex<Option<Receiver<Event>>>,
+}
+
+#[pymethods]
+impl TokenIterator {
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __next__(&self, py: Python<'_>) -> PyResult<Option<Token>> {
+        let next = py.detach(|| {
+            let guard = self.rx.lock().unwrap_or_else(|p| p.into_inner());
+            guard.as_ref().and_then(|rx| rx.recv().ok())
+        });
+        match next {
+            None => {
+                *self.rx.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                Ok(None)
+            }
+            Some(Err(e)) => Err(to_py(e)),
+            Some(Ok(ev)) => Ok(Some(Token {
+                id: ev.id,
+                text: ev.text,
+                finish_reason: ev.finish.map(core::FinishReason::as_str),
+            })),
+        }
+    }
+}
+
+/// What a streaming generation starts from.
+enum Request {
+    Prompt(String),
+    Chat(Vec<core::ChatMessage>),
+}
+
+fn spawn_stream(model: Arc<core::Model>, request: Request, params: core::GenerateParams) -> TokenIterator {
+    // Capacity 1: the model runs at most one token ahead of the Python consumer.
+    let (tx, rx) = sync_channel::<Event>(1);
+    std::thread::spawn(move || {
+        let stream = match &request {
+            Request::Prompt(p) => model.stream(p, &params),
+            Request::Chat(m) => model.chat_stream(m, &params),
+        };
+        let stream = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = tx.send(Err(e));
+                return;
+            }
+        };
+        let result = stream.run_with(|ev| {
+            // The receiver is gone when Python dropped the iterator: stop generating.
+            match tx.send(Ok(ev.clone())) {
+                Ok(()) => ControlFlow::Continue(()),
+                Err(_) => ControlFlow::Break(()),
+            }
+        });
+        if let Err(e) = result {
+            let _ = tx.send(Err(e));
+        }
+    });
+    TokenIterator {
+        rx: Mutex::new(Some(rx)),
+    }
+}
+
+/// A loaded model. Thread-safe: several Python threads may generate from one model at once.
+#[pyclass(frozen, module = "finllm._finllm")]
+struct Model {
+    inner: Arc<core::Model>,
+}
+
+#[pymethods]
+impl Model {
+    /// Load a .gguf file or an HF safetensors directory.
+    #[staticmethod]
+    #[pyo3(signature = (path, *, threads=None, tokenizer_json=None))]
+    fn load(
+        py: Python<'_>,
+        path: std::path::PathBuf,
+        threads: Option<usize>,
+        tokenizer_json: Option<std::path::PathBuf>,
+    ) -> PyResult<Self> {
+        let opts = core::LoadOptions {
+            threads,
+            tokenizer_json,
+            progress: None,
+        };
+        let model = py.detach(|| core::Model::load(&path, &opts)).map_err(to_py)?;
+        Ok(Self { inner: Arc::new(model) })
+    }
+
+    /// Generate a continuation of raw prompt text (special tokens parsed, no chat template).
+    #[pyo3(signature = (prompt, *, max_tokens=256, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0,
+                        repetition_penalty=1.0, seed=0, stop=None, top_logits=0))]
+    #[allow(clippy::too_many_arguments)]
+    fn generate(
+        &self,
+        py: Python<'_>,
+        prompt: String,
+        max_tokens: usize,
+        temperature: f32,
+        top_k: usize,
+        top_p: f32,
+        min_p: f32,
+        repetition_penalty: f32,
+        seed: u64,
+        stop: Option<Vec<String>>,
+        top_logits: usize,
+    ) -> PyResult<Generation> {
+        let p = params(
+            max_tokens,
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            repetition_penalty,
+            seed,
+            stop,
+            top_logits,
+        );
+        let model = &self.inner;
+        let g = py.detach(|| model.generate(&prompt, &p)).map_err(to_py)?;
+        Ok(g.into())
+    }
+
+    /// Like generate(), but an iterator of Token as they are produced.
+    #[pyo3(signature = (prompt, *, max_tokens=256, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0,
+                        repetition_penalty=1.0, seed=0, stop=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn stream(
+        &self,
+        prompt: String,
+        max_tokens: usize,
+        temperature: f32,
+        top_k: usize,
+        top_p: f32,
+        min_p: f32,
+        repetition_penalty: f32,
+        seed: u64,
+        stop: Option<Vec<String>>,
+    ) -> TokenIterator {
+        let p = params(
+            max_tokens,
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            repetition_penalty,
+            seed,
+            stop,
+            0,
+        );
+        spawn_stream(self.inner.clone(), Request::Prompt(prompt), p)
+    }
+
+    /// Answer a conversation with the model's chat template.
+    #[pyo3(signature = (messages, *, max_tokens=256, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0,
+                        repetition_penalty=1.0, seed=0, stop=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn chat(
+        &self,
+        py: Python<'_>,
+        messages: Vec<Bound<'_, PyAny>>,
+        max_tokens: usize,
+        temperature: f32,
+        top_k: usize,
+        top_p: f32,
+        min_p: f32,
+        repetition_penalty: f32,
+        seed: u64,
+        stop: Option<Vec<String>>,
+    ) -> PyResult<Generation> {
+        let msgs = self::messages(messages)?;
+        let p = params(
+            max_tokens,
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            repetition_penalty,
+            seed,
+            stop,
+            0,
+        );
+        let model = &self.inner;
+        let g = py.detach(|| model.chat(&msgs, &p)).map_err(to_py)?;
+        Ok(g.into())
+    }
+
+    /// Like chat(), but an iterator of Token.
+    #[pyo3(signature = (messages, *, max_tokens=256, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0,
+                        repetition_penalty=1.0, seed=0, stop=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn chat_stream(
+        &self,
+        messages: Vec<Bound<'_, PyAny>>,
+        max_tokens: usize,
+        temperature: f32,
+        top_k: usize,
+        top_p: f32,
+        min_p: f32,
+        repetition_penalty: f32,
+        seed: u64,
+        stop: Option<Vec<String>>,
+    ) -> PyResult<TokenIterator> {
+        let msgs = self::messages(messages)?;
+        let p = params(
+            max_tokens,
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            repetition_penalty,
+            seed,
+            stop,
+            0,
+        );
+        Ok(spawn_stream(self.inner.clone(), Request::Chat(msgs), p))
+    }
+
+    /// The prompt text the chat template renders for `messages`.
+    fn apply_chat_template(&self, messages: Vec<Bound<'_, PyAny>>) -> PyResult<String> {
+        let msgs = self::messages(messages)?;
+        self.inner.apply_chat_template(&msgs).map_err(to_py)
+    }
+
+    /// Token ids of raw text (special tokens parsed, BOS as the model says).
+    fn tokenize(&self, py: Python<'_>, text: String) -> PyResult<Vec<u32>> {
+        py.detach(|| self.inner.tokenize(&text)).map_err(to_py)
+    }
+
+    /// Text of token ids (control tokens skipped).
+    fn detokenize(&self, py: Python<'_>, ids: Vec<u32>) -> PyResult<String> {
+        py.detach(|| self.inner.detokenize(&ids)).map_err(to_py)
+    }
+
+    #[getter]
+    fn architecture(&self) -> &'static str {
+        self.inner.config().arch.name()
+    }
+
+    #[getter]
+    fn vocab_size(&self) -> usize {
+        self.inner.config().vocab_size
+    }
+
+    #[getter]
+    fn context_length(&self) -> usize {
+        self.inner.config().context_length
+    }
+
+    #[getter]
+    fn threads(&self) -> usize {
+        self.inner.threads()
+    }
+
+    fn __repr__(&self) -> String {
+        let c = self.inner.config();
+        format!(
+            "Model(architecture={:?}, layers={}, hidden={}, vocab={}, context={})",
+            c.arch.name(),
+            c.n_layers,
+            c.hidden_size,
+            c.vocab_size,
+            c.context_length
+        )
+    }
+}
+
+#[pymodule]
+fn _finllm(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add("__version__", core::VERSION)?;
+    m.add("build_info", build_info())?;
+    m.add_class::<Model>()?;
+    m.add_class::<Generation>()?;
+    m.add_class::<Token>()?;
+    m.add_class::<TokenIterator>()?;
+    m.add("FinllmError", py.get_type::<FinllmError>())?;
+    m.add("ModelLoadError", py.get_type::<ModelLoadError>())?;
+    m.add("TokenizerError", py.get_type::<TokenizerError>())?;
+    m.add("ChatTemplateError", py.get_type::<ChatTemplateError>())?;
+    m.add("InvalidArgument", py.get_type::<InvalidArgument>())?;
+    m.add("ContextOverflowError", py.get_type::<ContextOverflowError>())?;
+    m.add("BackendError", py.get_type::<BackendError>())?;
+    Ok(())
+}
+
+fn build_info() -> String {
+    format!(
+        "finllm {} ({} {}, {})",
+        core::VERSION,
+        std::env::consts::OS,
+        std::env::consts::ARCH,
+        if cfg!(debug_assertions) { "debug" } else { "release" }
+    )
+}
