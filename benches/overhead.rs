@@ -16,9 +16,21 @@ fn per_call_us(n: usize, mut f: impl FnMut()) -> f64 {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let path = std::env::args().skip(1).find(|a| !a.starts_with("--")).ok_or("usage: overhead MODEL.gguf")?;
-    let model = Model::load(&path, &LoadOptions { threads: Some(1), ..Default::default() })?;
-    let params = GenerateParams { max_tokens: 1, ..Default::default() };
+    let path = std::env::args()
+        .skip(1)
+        .find(|a| !a.starts_with("--"))
+        .ok_or("usage: overhead MODEL.gguf")?;
+    let model = Model::load(
+        &path,
+        &LoadOptions {
+            threads: Some(1),
+            ..Default::default()
+        },
+    )?;
+    let params = GenerateParams {
+        max_tokens: 1,
+        ..Default::default()
+    };
     let tokenize = per_call_us(20_000, || {
         model.tokenize("The rate").unwrap();
     });
