@@ -283,6 +283,11 @@ impl GgufFile {
         &self.bytes[info.start as usize..(info.start + info.n_bytes) as usize]
     }
 
+    /// The file's bytes from `start` (a tensor start checked at open) to the end.
+    pub(crate) fn tensor_bytes_from(&self, start: usize) -> &[u8] {
+        &self.bytes[start..]
+    }
+
     /// The architecture named by `general.architecture`.
     pub fn architecture(&self) -> Result<&str> {
         self.get_str("general.architecture")

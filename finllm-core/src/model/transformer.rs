@@ -6,12 +6,12 @@
 //! their tokens stacked together, attention runs per sequence against its own KV cache.
 
 use candle_core::quantized::{QMatMul, QTensor};
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{DType, Device, Tensor};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::model::config::{Activation, AttentionSpan, ModelConfig, RopeStyle};
-use crate::model::weights::{Weight, WeightStore};
+use crate::model::weights::{Matrix, Weight, WeightStore};
 
 /// Keys and values of one sequence, per layer: `[n_kv_heads, len, head_dim]`, stored in f16
 /// by default.
@@ -120,7 +120,7 @@ pub struct SeqOutput {
 }
 
 struct Linear {
-    w: QMatMul,
+    w: Matrix,
     b: Option<Tensor>,
 }
 
@@ -184,7 +184,7 @@ pub struct Transformer {
     embed: Embedding,
     blocks: Vec<Block>,
     norm: RmsNorm,
-    lm_head: QMatMul,
+    lm_head: Matrix,
 }
 
 impl std::fmt::Debug for Transformer {
@@ -216,7 +216,7 @@ impl Transformer {
                 None
             };
             Ok(Linear {
-                w: store.linear(name, out, input)?,
+                w: store.matrix(name, out, input)?,
                 b,
             })
         };
@@ -266,11 +266,14 @@ impl Transformer {
 
         let embed_w = store.get("token_embd.weight", &[cfg.vocab_size, h])?;
         let lm_head = if store.contains("output.weight") {
-            store.linear("output.weight", cfg.vocab_size, h)?
+            store.matrix("output.weight", cfg.vocab_size, h)?
         } else {
-            match &embed_w {
-                Weight::Quantized(q) => QMatMul::from_arc(q.clone())?,
-                Weight::Dense(t) => QMatMul::Tensor(t.clone()),
+            match store.matrix("token_embd.weight", cfg.vocab_size, h)? {
+                kernel @ Matrix::Kernel(_) => kernel,
+                Matrix::Candle(_) => Matrix::Candle(match &embed_w {
+                    Weight::Quantized(q) => QMatMul::from_arc(q.clone())?,
+                    Weight::Dense(t) => QMatMul::Tensor(t.clone()),
+                }),
             }
         };
         let embed = match embed_w {

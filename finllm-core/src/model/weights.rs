@@ -13,6 +13,7 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Error, Result};
 use crate::model::gguf::GgufFile;
+use crate::quant::matmul::QMatrix;
 use crate::quant::QuantType;
 
 /// A weight tensor together with how it is stored.
@@ -36,6 +37,27 @@ impl Weight {
             Weight::Quantized(q) => q.dequantize(&Device::Cpu)?,
             Weight::Dense(t) => t.clone(),
         })
+    }
+}
+
+/// A weight matrix and the code that multiplies by it.
+pub(crate) enum Matrix {
+    Kernel(QMatrix),
+    Candle(QMatMul),
+}
+
+impl Matrix {
+    /// `x: [tokens, in]` → `[tokens, out]`.
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Matrix::Candle(m) => Ok(candle_core::Module::forward(m, x)?),
+            Matrix::Kernel(m) => {
+                let (t, k) = x.dims2()?;
+                debug_assert_eq!(k, m.cols());
+                let v = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+                Ok(Tensor::from_vec(m.matmul(&v, t), (t, m.rows()), &Device::Cpu)?)
+            }
+        }
     }
 }
 
@@ -85,6 +107,17 @@ impl WeightStore {
     /// Load a matrix of `out x in` for `x @ W^T`.
     pub(crate) fn linear(&self, name: &str, out: usize, input: usize) -> Result<QMatMul> {
         self.get(name, &[out, input])?.into_matmul()
+    }
+
+    /// A matrix for `x @ W^T`: read in place by finllm's kernels when its format has one,
+    /// otherwise through candle.
+    pub(crate) fn matrix(&self, name: &str, out: usize, input: usize) -> Result<Matrix> {
+        if let WeightStore::Gguf(f) = self {
+            if let Some(m) = QMatrix::from_gguf(f, name, out, input)? {
+                return Ok(Matrix::Kernel(m));
+            }
+        }
+        Ok(Matrix::Candle(self.linear(name, out, input)?))
     }
 }
 

@@ -1,4 +1,8 @@
-//! Quantized block formats (the GGML type table) and, later, our own kernels over them.
+//! Quantized block formats (the GGML type table) and our own kernels over them.
+
+pub mod blocks;
+pub mod kernels;
+pub mod matmul;
 
 use std::fmt;
 

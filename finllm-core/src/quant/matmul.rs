@@ -1,0 +1,124 @@
+//! `y = x · Wᵀ` for quantized `W` read in place from the model file, on the model's threads.
+//!
+//! The activations are quantized to 8-bit blocks once per call; weight rows are split into
+//! chunks across threads, and each chunk is multiplied with every token while its rows are hot
+//! in cache, so a prefill of many tokens reads the weights once rather than once per token.
+
+use std::sync::Arc;
+
+use rayon::prelude::*;
+
+use super::blocks::{quantize_q8, BlockQ8, QK};
+use super::kernels::{block_bytes, dot_fn, DotFn, Isa};
+use super::QuantType;
+use crate::error::{Error, Result};
+use crate::model::GgufFile;
+
+/// Weight rows handed to one task.
+const ROWS_PER_TASK: usize = 16;
+
+/// A quantized matrix `[rows, cols]` in a GGUF file, in a format finllm has kernels for.
+pub struct QMatrix {
+    file: Arc<GgufFile>,
+    start: usize,
+    rows: usize,
+    cols: usize,
+    row_bytes: usize,
+    dtype: QuantType,
+    dot: DotFn,
+}
+
+impl std::fmt::Debug for QMatrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QMatrix")
+            .field("dtype", &self.dtype)
+            .field("rows", &self.rows)
+            .field("cols", &self.cols)
+            .finish()
+    }
+}
+
+impl QMatrix {
+    /// The matrix `name` of `file`, or `Ok(None)` when its format has no finllm kernel.
+    pub fn from_gguf(file: &Arc<GgufFile>, name: &str, rows: usize, cols: usize) -> Result<Option<Self>> {
+        let info = file.tensor(name).ok_or_else(|| Error::MissingTensor { name: name.to_string() })?;
+        let Some(dot) = dot_fn(info.dtype, Isa::detect()) else {
+            return Ok(None);
+        };
+        if info.shape() != [rows, cols] {
+            return Err(Error::TensorShape {
+                name: name.to_string(),
+                expected: vec![rows, cols],
+                found: info.shape(),
+            });
+        }
+        let row_bytes = cols / QK * block_bytes(info.dtype);
+        Ok(Some(Self {
+            file: file.clone(),
+            // In bounds: the reader checked start + n_bytes against the file size.
+            start: info.start as usize,
+            rows,
+            cols,
+            row_bytes,
+            dtype: info.dtype,
+            dot,
+        }))
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    pub fn dtype(&self) -> QuantType {
+        self.dtype
+    }
+
+    fn data(&self) -> &[u8] {
+        let all = self.file.tensor_bytes_from(self.start);
+        &all[..self.rows * self.row_bytes]
+    }
+
+    /// `x` is `[n, cols]` row-major; returns `[n, rows]` row-major.
+    pub fn matmul(&self, x: &[f32], n: usize) -> Vec<f32> {
+        assert_eq!(x.len(), n * self.cols, "activation shape");
+        let blocks = self.cols / QK;
+        let mut xq = vec![BlockQ8::default(); n * blocks];
+        xq.par_chunks_mut(blocks)
+            .zip(x.par_chunks(self.cols))
+            .for_each(|(q, row)| quantize_q8(row, q));
+        let data = self.data();
+        let dot = self.dot;
+        if n == 1 {
+            let mut y = vec![0f32; self.rows];
+            y.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(c, out)| {
+                for (i, o) in out.iter_mut().enumerate() {
+                    let r = c * ROWS_PER_TASK + i;
+                    *o = dot(&data[r * self.row_bytes..(r + 1) * self.row_bytes], &xq);
+                }
+            });
+            return y;
+        }
+        // Output transposed ([rows, n]) so each task writes one contiguous stripe.
+        let mut yt = vec![0f32; self.rows * n];
+        yt.par_chunks_mut(ROWS_PER_TASK * n).enumerate().for_each(|(c, out)| {
+            for (i, stripe) in out.chunks_mut(n).enumerate() {
+                let r = c * ROWS_PER_TASK + i;
+                let row = &data[r * self.row_bytes..(r + 1) * self.row_bytes];
+                for (t, o) in stripe.iter_mut().enumerate() {
+                    *o = dot(row, &xq[t * blocks..(t + 1) * blocks]);
+                }
+            }
+        });
+        let mut y = vec![0f32; n * self.rows];
+        for (r, stripe) in yt.chunks(n).enumerate() {
+            for (t, v) in stripe.iter().enumerate() {
+                y[t * self.rows + r] = *v;
+            }
+        }
+        y
+    }
+}
