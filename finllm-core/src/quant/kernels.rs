@@ -24,7 +24,7 @@ impl Isa {
                 return Isa::Scalar;
             }
             #[cfg(target_arch = "x86_64")]
-            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            if has_avx2() {
                 return Isa::Avx2;
             }
             Isa::Scalar
@@ -35,11 +35,18 @@ impl Isa {
     pub fn available() -> Vec<Isa> {
         let mut v = vec![Isa::Scalar];
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        if has_avx2() {
             v.push(Isa::Avx2);
         }
         v
     }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn has_avx2() -> bool {
+    std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma")
+        && std::arch::is_x86_feature_detected!("f16c")
 }
 
 /// The kernel for `dtype` on `isa`, or `None` if finllm has no kernel for the format.
@@ -117,8 +124,10 @@ mod avx2 {
     use super::*;
     use std::arch::x86_64::*;
 
+    const PREFETCH_DISTANCE: usize = 1024;
+
     // The safe wrappers are only handed out by `dot_fn` after `Isa::detect` / `Isa::available`
-    // confirmed AVX2 and FMA on this CPU.
+    // confirmed AVX2, FMA and F16C on this CPU.
 
     pub fn q4_0(row: &[u8], a: &[BlockQ8]) -> f32 {
         assert!(row.len() >= a.len() * Q4_0_BYTES);
@@ -139,7 +148,8 @@ mod avx2 {
     }
 
     /// 32 nibbles from 16 bytes: low nibbles in lanes 0..16, high nibbles in lanes 16..32.
-    #[inline(always)]
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn nibbles(p: *const u8) -> __m256i {
         // SAFETY: the caller guarantees 16 readable bytes at p.
         let raw = unsafe { _mm_loadu_si128(p.cast()) };
@@ -150,13 +160,15 @@ mod avx2 {
     }
 
     /// Sum of u8 × i8 products as 8 i32 lanes converted to f32.
-    #[inline(always)]
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn dot_u8_i8(u: __m256i, s: __m256i) -> __m256 {
         let p16 = _mm256_maddubs_epi16(u, s);
         _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)))
     }
 
-    #[inline(always)]
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn hsum(v: __m256) -> f32 {
         let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -164,14 +176,33 @@ mod avx2 {
         _mm_cvtss_f32(s)
     }
 
-    #[target_feature(enable = "avx2,fma")]
+    /// Ask for the weights a few cache lines ahead: on the VMs we run on, the hardware
+    /// prefetcher alone leaves a single core at a third of its cache-resident speed.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn prefetch(p: *const u8) {
+        // Prefetching never faults, even past the end of the mapping.
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_DISTANCE).cast());
+    }
+
+    /// An f16 at `p` (unaligned) as f32, with the F16C instruction.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn f16(p: *const u8) -> f32 {
+        // SAFETY: the caller guarantees 2 readable bytes at p.
+        let bits = unsafe { p.cast::<u16>().read_unaligned() };
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn q4_0_impl(row: &[u8], a: &[BlockQ8]) -> f32 {
         let mut acc = _mm256_setzero_ps();
         let mut correction = 0f32;
         for (i, y) in a.iter().enumerate() {
-            let b = row.as_ptr().add(i * Q4_0_BYTES);
-            let dd = f16_at(row, i * Q4_0_BYTES) * y.d;
             // SAFETY: bounds asserted by the wrapper; BlockQ8::qs is 32 bytes.
+            let b = unsafe { row.as_ptr().add(i * Q4_0_BYTES) };
+            prefetch(b);
+            let dd = unsafe { f16(b) } * y.d;
             let q = unsafe { nibbles(b.add(2)) };
             let s = unsafe { _mm256_loadu_si256(y.qs.as_ptr().cast()) };
             acc = _mm256_fmadd_ps(_mm256_set1_ps(dd), dot_u8_i8(q, s), acc);
@@ -181,33 +212,35 @@ mod avx2 {
         hsum(acc) - correction
     }
 
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn q4_1_impl(row: &[u8], a: &[BlockQ8]) -> f32 {
         let mut acc = _mm256_setzero_ps();
         let mut offsets = 0f32;
         for (i, y) in a.iter().enumerate() {
-            let off = i * Q4_1_BYTES;
-            let b = row.as_ptr().add(off);
             // SAFETY: bounds asserted by the wrapper; BlockQ8::qs is 32 bytes.
+            let b = unsafe { row.as_ptr().add(i * Q4_1_BYTES) };
+            prefetch(b);
             let q = unsafe { nibbles(b.add(4)) };
             let s = unsafe { _mm256_loadu_si256(y.qs.as_ptr().cast()) };
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_at(row, off) * y.d), dot_u8_i8(q, s), acc);
-            offsets += f16_at(row, off + 2) * y.s;
+            let d = unsafe { f16(b) };
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(d * y.d), dot_u8_i8(q, s), acc);
+            offsets += unsafe { f16(b.add(2)) } * y.s;
         }
         hsum(acc) + offsets
     }
 
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn q8_0_impl(row: &[u8], a: &[BlockQ8]) -> f32 {
         let mut acc = _mm256_setzero_ps();
         for (i, y) in a.iter().enumerate() {
-            let off = i * Q8_0_BYTES;
             // SAFETY: bounds asserted by the wrapper; BlockQ8::qs is 32 bytes.
-            let w = unsafe { _mm256_loadu_si256(row.as_ptr().add(off + 2).cast()) };
+            let b = unsafe { row.as_ptr().add(i * Q8_0_BYTES) };
+            prefetch(b);
+            let w = unsafe { _mm256_loadu_si256(b.add(2).cast()) };
             let s = unsafe { _mm256_loadu_si256(y.qs.as_ptr().cast()) };
             // |w| as unsigned times activations carrying w's sign.
             let p = dot_u8_i8(_mm256_sign_epi8(w, w), _mm256_sign_epi8(s, w));
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_at(row, off) * y.d), p, acc);
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(unsafe { f16(b) } * y.d), p, acc);
         }
         hsum(acc)
     }
