@@ -7,6 +7,11 @@ use super::QuantType;
 /// A row · activations kernel: `row` holds `a.len()` blocks of the weight format.
 pub type DotFn = fn(row: &[u8], a: &[BlockQ8]) -> f32;
 
+/// One row against four tokens' activations at once (each unpacked weight block is reused four
+/// times). Each result is bit-identical to [`DotFn`] on that token, so batching never changes
+/// the numbers.
+pub type Dot4Fn = fn(row: &[u8], a: [&[BlockQ8]; 4]) -> [f32; 4];
+
 /// Instruction sets a kernel can use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Isa {
@@ -66,6 +71,23 @@ pub fn dot_fn(dtype: QuantType, isa: Isa) -> Option<DotFn> {
     Some(f)
 }
 
+/// The four-token kernel for `dtype` on `isa`.
+pub fn dot4_fn(dtype: QuantType, isa: Isa) -> Option<Dot4Fn> {
+    let f: Dot4Fn = match (dtype, isa) {
+        (QuantType::Q4_0, Isa::Scalar) => |r, a| a.map(|a| scalar::q4_0(r, a)),
+        (QuantType::Q4_1, Isa::Scalar) => |r, a| a.map(|a| scalar::q4_1(r, a)),
+        (QuantType::Q8_0, Isa::Scalar) => |r, a| a.map(|a| scalar::q8_0(r, a)),
+        #[cfg(target_arch = "x86_64")]
+        (QuantType::Q4_0, Isa::Avx2) => avx2::q4_0_x4,
+        #[cfg(target_arch = "x86_64")]
+        (QuantType::Q4_1, Isa::Avx2) => avx2::q4_1_x4,
+        #[cfg(target_arch = "x86_64")]
+        (QuantType::Q8_0, Isa::Avx2) => avx2::q8_0_x4,
+        _ => return None,
+    };
+    Some(f)
+}
+
 /// Bytes of one weight block of a format with a kernel.
 pub fn block_bytes(dtype: QuantType) -> usize {
     match dtype {
@@ -99,7 +121,8 @@ pub mod scalar {
         for (b, y) in row.chunks_exact(Q4_1_BYTES).zip(a) {
             let mut isum = 0i32;
             for j in 0..QK / 2 {
-                isum += i32::from(b[4 + j] & 0x0f) * i32::from(y.qs[j]) + i32::from(b[4 + j] >> 4) * i32::from(y.qs[j + QK / 2]);
+                isum += i32::from(b[4 + j] & 0x0f) * i32::from(y.qs[j])
+                    + i32::from(b[4 + j] >> 4) * i32::from(y.qs[j + QK / 2]);
             }
             acc += f16_at(b, 0) * y.d * isum as f32 + f16_at(b, 2) * y.s;
         }
@@ -244,6 +267,91 @@ mod avx2 {
         }
         hsum(acc)
     }
+
+    pub fn q4_0_x4(row: &[u8], a: [&[BlockQ8]; 4]) -> [f32; 4] {
+        let n = a[0].len();
+        assert!(a.iter().all(|x| x.len() == n) && row.len() >= n * Q4_0_BYTES);
+        // SAFETY: AVX2+FMA+F16C present (see above); the assert bounds every load.
+        unsafe { q4_0_x4_impl(row, a) }
+    }
+
+    pub fn q4_1_x4(row: &[u8], a: [&[BlockQ8]; 4]) -> [f32; 4] {
+        let n = a[0].len();
+        assert!(a.iter().all(|x| x.len() == n) && row.len() >= n * Q4_1_BYTES);
+        // SAFETY: AVX2+FMA+F16C present (see above); the assert bounds every load.
+        unsafe { q4_1_x4_impl(row, a) }
+    }
+
+    pub fn q8_0_x4(row: &[u8], a: [&[BlockQ8]; 4]) -> [f32; 4] {
+        let n = a[0].len();
+        assert!(a.iter().all(|x| x.len() == n) && row.len() >= n * Q8_0_BYTES);
+        // SAFETY: AVX2+FMA+F16C present (see above); the assert bounds every load.
+        unsafe { q8_0_x4_impl(row, a) }
+    }
+
+    // The x4 kernels repeat the single-token arithmetic per token, in the same order, so each
+    // lane's result is bit-identical to the single-token kernel's.
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q4_0_x4_impl(row: &[u8], a: [&[BlockQ8]; 4]) -> [f32; 4] {
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut correction = [0f32; 4];
+        for i in 0..a[0].len() {
+            // SAFETY: bounds asserted by the wrapper.
+            let b = unsafe { row.as_ptr().add(i * Q4_0_BYTES) };
+            prefetch(b);
+            let d = unsafe { f16(b) };
+            let q = unsafe { nibbles(b.add(2)) };
+            for t in 0..4 {
+                let y = &a[t][i];
+                let dd = d * y.d;
+                let s = unsafe { _mm256_loadu_si256(y.qs.as_ptr().cast()) };
+                acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dd), dot_u8_i8(q, s), acc[t]);
+                correction[t] += dd * (8 * y.sum) as f32;
+            }
+        }
+        std::array::from_fn(|t| hsum(acc[t]) - correction[t])
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q4_1_x4_impl(row: &[u8], a: [&[BlockQ8]; 4]) -> [f32; 4] {
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut offsets = [0f32; 4];
+        for i in 0..a[0].len() {
+            // SAFETY: bounds asserted by the wrapper.
+            let b = unsafe { row.as_ptr().add(i * Q4_1_BYTES) };
+            prefetch(b);
+            let q = unsafe { nibbles(b.add(4)) };
+            let (d, m) = unsafe { (f16(b), f16(b.add(2))) };
+            for t in 0..4 {
+                let y = &a[t][i];
+                let s = unsafe { _mm256_loadu_si256(y.qs.as_ptr().cast()) };
+                acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * y.d), dot_u8_i8(q, s), acc[t]);
+                offsets[t] += m * y.s;
+            }
+        }
+        std::array::from_fn(|t| hsum(acc[t]) + offsets[t])
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q8_0_x4_impl(row: &[u8], a: [&[BlockQ8]; 4]) -> [f32; 4] {
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for i in 0..a[0].len() {
+            // SAFETY: bounds asserted by the wrapper.
+            let b = unsafe { row.as_ptr().add(i * Q8_0_BYTES) };
+            prefetch(b);
+            let w = unsafe { _mm256_loadu_si256(b.add(2).cast()) };
+            let d = unsafe { f16(b) };
+            let aw = _mm256_sign_epi8(w, w);
+            for t in 0..4 {
+                let y = &a[t][i];
+                let s = unsafe { _mm256_loadu_si256(y.qs.as_ptr().cast()) };
+                let p = dot_u8_i8(aw, _mm256_sign_epi8(s, w));
+                acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * y.d), p, acc[t]);
+            }
+        }
+        std::array::from_fn(|t| hsum(acc[t]))
+    }
 }
 
 #[cfg(test)]
@@ -261,7 +369,9 @@ mod tests {
     fn f64_dot(dtype: QuantType, row: &[u8], a: &[BlockQ8]) -> f64 {
         let mut w = vec![0f32; a.len() * QK];
         dequantize_row(dtype, row, &mut w);
-        let act = a.iter().flat_map(|b| b.qs.iter().map(move |&q| f64::from(q) * f64::from(b.d)));
+        let act = a
+            .iter()
+            .flat_map(|b| b.qs.iter().map(move |&q| f64::from(q) * f64::from(b.d)));
         w.iter().zip(act).map(|(w, x)| f64::from(*w) * x).sum()
     }
 
@@ -279,13 +389,45 @@ mod tests {
                 let want = f64_dot(dtype, &row, &a);
                 let scalar = f64::from(dot_fn(dtype, Isa::Scalar).unwrap()(&row, &a));
                 let tol = 1e-3 * (1.0 + want.abs()) * if dtype == QuantType::Q4_1 { 4.0 } else { 1.0 };
-                assert!((scalar - want).abs() <= tol, "{dtype} scalar {blocks} blocks: {scalar} vs {want}");
+                assert!(
+                    (scalar - want).abs() <= tol,
+                    "{dtype} scalar {blocks} blocks: {scalar} vs {want}"
+                );
                 for isa in Isa::available() {
                     let got = f64::from(dot_fn(dtype, isa).unwrap()(&row, &a));
                     assert!(
                         (got - scalar).abs() <= 1e-5 * (1.0 + scalar.abs()),
                         "{dtype} {isa:?} {blocks} blocks: {got} vs scalar {scalar}"
                     );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn four_token_kernels_are_bit_identical_to_single_token_ones() {
+        let mut rng = Rng::new(5);
+        for blocks in [1, 5, 18, 48] {
+            let acts: Vec<Vec<BlockQ8>> = (0..4)
+                .map(|_| {
+                    let x: Vec<f32> = (0..blocks * QK).map(|_| (rng.next_f64() * 4.0 - 2.0) as f32).collect();
+                    let mut a = vec![BlockQ8::default(); blocks];
+                    quantize_q8(&x, &mut a);
+                    a
+                })
+                .collect();
+            for dtype in [QuantType::Q4_0, QuantType::Q4_1, QuantType::Q8_0] {
+                let row = random_row(&mut rng, dtype, blocks);
+                for isa in Isa::available() {
+                    let one = dot_fn(dtype, isa).unwrap();
+                    let four = dot4_fn(dtype, isa).unwrap()(&row, [&acts[0], &acts[1], &acts[2], &acts[3]]);
+                    for t in 0..4 {
+                        assert_eq!(
+                            four[t].to_bits(),
+                            one(&row, &acts[t]).to_bits(),
+                            "{dtype} {isa:?} token {t}"
+                        );
+                    }
                 }
             }
         }

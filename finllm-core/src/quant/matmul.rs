@@ -9,7 +9,7 @@ use std::sync::Arc;
 use rayon::prelude::*;
 
 use super::blocks::{quantize_q8, BlockQ8, QK};
-use super::kernels::{block_bytes, dot_fn, DotFn, Isa};
+use super::kernels::{block_bytes, dot4_fn, dot_fn, Dot4Fn, DotFn, Isa};
 use super::QuantType;
 use crate::error::{Error, Result};
 use crate::model::GgufFile;
@@ -26,6 +26,7 @@ pub struct QMatrix {
     row_bytes: usize,
     dtype: QuantType,
     dot: DotFn,
+    dot4: Dot4Fn,
 }
 
 impl std::fmt::Debug for QMatrix {
@@ -41,8 +42,11 @@ impl std::fmt::Debug for QMatrix {
 impl QMatrix {
     /// The matrix `name` of `file`, or `Ok(None)` when its format has no finllm kernel.
     pub fn from_gguf(file: &Arc<GgufFile>, name: &str, rows: usize, cols: usize) -> Result<Option<Self>> {
-        let info = file.tensor(name).ok_or_else(|| Error::MissingTensor { name: name.to_string() })?;
-        let Some(dot) = dot_fn(info.dtype, Isa::detect()) else {
+        let info = file
+            .tensor(name)
+            .ok_or_else(|| Error::MissingTensor { name: name.to_string() })?;
+        let isa = Isa::detect();
+        let (Some(dot), Some(dot4)) = (dot_fn(info.dtype, isa), dot4_fn(info.dtype, isa)) else {
             return Ok(None);
         };
         if info.shape() != [rows, cols] {
@@ -62,6 +66,7 @@ impl QMatrix {
             row_bytes,
             dtype: info.dtype,
             dot,
+            dot4,
         }))
     }
 
@@ -91,7 +96,7 @@ impl QMatrix {
             .zip(x.par_chunks(self.cols))
             .for_each(|(q, row)| quantize_q8(row, q));
         let data = self.data();
-        let dot = self.dot;
+        let (dot, dot4) = (self.dot, self.dot4);
         if n == 1 {
             let mut y = vec![0f32; self.rows];
             y.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(c, out)| {
@@ -108,8 +113,15 @@ impl QMatrix {
             for (i, stripe) in out.chunks_mut(n).enumerate() {
                 let r = c * ROWS_PER_TASK + i;
                 let row = &data[r * self.row_bytes..(r + 1) * self.row_bytes];
-                for (t, o) in stripe.iter_mut().enumerate() {
-                    *o = dot(row, &xq[t * blocks..(t + 1) * blocks]);
+                let act = |t: usize| &xq[t * blocks..(t + 1) * blocks];
+                let mut groups = stripe.chunks_exact_mut(4);
+                for (g, out4) in (&mut groups).enumerate() {
+                    let t = g * 4;
+                    out4.copy_from_slice(&dot4(row, [act(t), act(t + 1), act(t + 2), act(t + 3)]));
+                }
+                let done = n - groups.into_remainder().len();
+                for t in done..n {
+                    stripe[t] = dot(row, act(t));
                 }
             }
         });
