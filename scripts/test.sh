@@ -8,6 +8,8 @@ cargo fmt --all -- --check
 cargo clippy --release --workspace --all-targets --locked -- -D warnings
 # finllm-py is built and tested through pip + pytest below (it links against Python).
 cargo test --release --workspace --locked --exclude finllm-py
+# The scalar reference kernels on their own, end to end (SIMD is chosen at run time otherwise).
+FINLLM_FORCE_SCALAR=1 cargo test --release --locked --test tiny_models --test reference_smollm2
 # C ABI: error-path tests and the C++ example, under AddressSanitizer/UBSan with leak checking.
 make -C examples/cpp check
 # Python: install the package into a fresh venv the way a user would, then pytest.
