@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::model::config::{Activation, AttentionSpan, ModelConfig, RopeStyle};
-use crate::model::weights::{Matrix, Weight, WeightStore};
+use crate::model::weights::{forward_group, Matrix, Weight, WeightStore};
 
 /// Keys and values of one sequence, per layer: `[n_kv_heads, len, head_dim]`, stored in f16
 /// by default.
@@ -126,11 +126,24 @@ struct Linear {
 
 impl Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = self.w.forward(x)?;
+        self.add_bias(self.w.forward(x)?)
+    }
+
+    fn add_bias(&self, y: Tensor) -> Result<Tensor> {
         Ok(match &self.b {
             Some(b) => y.broadcast_add(b)?,
             None => y,
         })
+    }
+
+    /// Several projections of the same input in one pass.
+    fn forward_all<const N: usize>(layers: [&Linear; N], x: &Tensor) -> Result<[Tensor; N]> {
+        let ys = forward_group(&layers.map(|l| &l.w), x)?;
+        let mut out = Vec::with_capacity(N);
+        for (l, y) in layers.iter().zip(ys) {
+            out.push(l.add_bias(y)?);
+        }
+        Ok(out.try_into().expect("N results for N layers"))
     }
 }
 
@@ -435,12 +448,12 @@ impl Transformer {
 
             let residual = x.clone();
             let h = block.ffn_norm.forward(&x)?;
-            let gate = block.gate.forward(&h)?;
+            let [gate, up] = Linear::forward_all([&block.gate, &block.up], &h)?;
             let gate = match cfg.activation {
                 Activation::Silu => candle_nn::ops::silu(&gate)?,
                 Activation::GeluTanh => gate.gelu()?,
             };
-            let mut mlp = block.down.forward(&(gate * block.up.forward(&h)?)?)?;
+            let mut mlp = block.down.forward(&(gate * up)?)?;
             if let Some(norm) = &block.post_ffn_norm {
                 mlp = norm.forward(&mlp)?;
             }

@@ -61,6 +61,30 @@ impl Matrix {
     }
 }
 
+/// `x @ W^T` for several matrices sharing `x`: one parallel pass when finllm's kernels cover
+/// them all.
+pub(crate) fn forward_group(mats: &[&Matrix], x: &Tensor) -> Result<Vec<Tensor>> {
+    let kernels: Option<Vec<&QMatrix>> = mats
+        .iter()
+        .map(|m| match m {
+            Matrix::Kernel(k) => Some(k),
+            Matrix::Candle(_) => None,
+        })
+        .collect();
+    match kernels {
+        Some(ks) if ks.len() > 1 => {
+            let (t, _) = x.dims2()?;
+            let v = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+            crate::quant::matmul::matmul_group(&ks, &v, t)
+                .into_iter()
+                .zip(&ks)
+                .map(|(y, k)| Ok(Tensor::from_vec(y, (t, k.rows()), &Device::Cpu)?))
+                .collect()
+        }
+        _ => mats.iter().map(|m| m.forward(x)).collect(),
+    }
+}
+
 /// A source of named weight tensors.
 pub(crate) enum WeightStore {
     Gguf(Arc<GgufFile>),

@@ -89,48 +89,67 @@ impl QMatrix {
 
     /// `x` is `[n, cols]` row-major; returns `[n, rows]` row-major.
     pub fn matmul(&self, x: &[f32], n: usize) -> Vec<f32> {
-        assert_eq!(x.len(), n * self.cols, "activation shape");
-        let blocks = self.cols / QK;
-        let mut xq = vec![BlockQ8::default(); n * blocks];
-        xq.par_chunks_mut(blocks)
-            .zip(x.par_chunks(self.cols))
-            .for_each(|(q, row)| quantize_q8(row, q));
-        let data = self.data();
-        let (dot, dot4) = (self.dot, self.dot4);
-        if n == 1 {
-            let mut y = vec![0f32; self.rows];
-            y.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(c, out)| {
-                for (i, o) in out.iter_mut().enumerate() {
-                    let r = c * ROWS_PER_TASK + i;
-                    *o = dot(&data[r * self.row_bytes..(r + 1) * self.row_bytes], &xq);
-                }
-            });
-            return y;
-        }
-        // Output transposed ([rows, n]) so each task writes one contiguous stripe.
-        let mut yt = vec![0f32; self.rows * n];
-        yt.par_chunks_mut(ROWS_PER_TASK * n).enumerate().for_each(|(c, out)| {
-            for (i, stripe) in out.chunks_mut(n).enumerate() {
-                let r = c * ROWS_PER_TASK + i;
-                let row = &data[r * self.row_bytes..(r + 1) * self.row_bytes];
-                let act = |t: usize| &xq[t * blocks..(t + 1) * blocks];
-                let mut groups = stripe.chunks_exact_mut(4);
-                for (g, out4) in (&mut groups).enumerate() {
-                    let t = g * 4;
-                    out4.copy_from_slice(&dot4(row, [act(t), act(t + 1), act(t + 2), act(t + 3)]));
-                }
-                let done = n - groups.into_remainder().len();
-                for t in done..n {
-                    stripe[t] = dot(row, act(t));
-                }
-            }
-        });
-        let mut y = vec![0f32; n * self.rows];
-        for (r, stripe) in yt.chunks(n).enumerate() {
-            for (t, v) in stripe.iter().enumerate() {
-                y[t * self.rows + r] = *v;
-            }
-        }
-        y
+        matmul_group(&[self], x, n).pop().expect("one matrix in, one result out")
     }
+
+    /// Rows `first..first + out.len() / n` times every token, into `out` as `[rows, n]`.
+    fn rows_times(&self, first: usize, out: &mut [f32], xq: &[BlockQ8], n: usize) {
+        let blocks = self.cols / QK;
+        let data = self.data();
+        let act = |t: usize| &xq[t * blocks..(t + 1) * blocks];
+        for (i, stripe) in out.chunks_mut(n).enumerate() {
+            let r = first + i;
+            let row = &data[r * self.row_bytes..(r + 1) * self.row_bytes];
+            let mut groups = stripe.chunks_exact_mut(4);
+            for (g, out4) in (&mut groups).enumerate() {
+                let t = g * 4;
+                out4.copy_from_slice(&(self.dot4)(row, [act(t), act(t + 1), act(t + 2), act(t + 3)]));
+            }
+            let done = n - groups.into_remainder().len();
+            for (t, o) in stripe.iter_mut().enumerate().skip(done) {
+                *o = (self.dot)(row, act(t));
+            }
+        }
+    }
+}
+
+/// Multiply the same activations `x` (`[n, cols]`) by several matrices with `cols` columns in
+/// one parallel pass (Q/K/V, gate/up): the activations are quantized once and every thread
+/// draws row chunks from all matrices, so there is one fork-join instead of one per matrix.
+/// Returns one `[n, rows]` row-major result per matrix.
+pub fn matmul_group(mats: &[&QMatrix], x: &[f32], n: usize) -> Vec<Vec<f32>> {
+    let cols = mats.first().map_or(0, |m| m.cols);
+    assert!(mats.iter().all(|m| m.cols == cols), "matrices in a group share their input size");
+    assert_eq!(x.len(), n * cols, "activation shape");
+    let blocks = cols / QK;
+    let mut xq = vec![BlockQ8::default(); n * blocks];
+    xq.par_chunks_mut(blocks.max(1))
+        .zip(x.par_chunks(cols.max(1)))
+        .for_each(|(q, row)| quantize_q8(row, q));
+    // Results are built transposed ([rows, n]) so each task writes one contiguous stripe.
+    let mut outs: Vec<Vec<f32>> = mats.iter().map(|m| vec![0f32; m.rows * n]).collect();
+    let mut tasks: Vec<(&QMatrix, usize, &mut [f32])> = Vec::new();
+    for (m, out) in mats.iter().zip(outs.iter_mut()) {
+        for (c, chunk) in out.chunks_mut(ROWS_PER_TASK * n).enumerate() {
+            tasks.push((m, c * ROWS_PER_TASK, chunk));
+        }
+    }
+    tasks
+        .into_par_iter()
+        .for_each(|(m, first, out)| m.rows_times(first, out, &xq, n));
+    if n == 1 {
+        return outs;
+    }
+    outs.iter()
+        .zip(mats)
+        .map(|(yt, m)| {
+            let mut y = vec![0f32; n * m.rows];
+            for (r, stripe) in yt.chunks(n).enumerate() {
+                for (t, v) in stripe.iter().enumerate() {
+                    y[t * m.rows + r] = *v;
+                }
+            }
+            y
+        })
+        .collect()
 }
