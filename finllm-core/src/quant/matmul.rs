@@ -89,7 +89,9 @@ impl QMatrix {
 
     /// `x` is `[n, cols]` row-major; returns `[n, rows]` row-major.
     pub fn matmul(&self, x: &[f32], n: usize) -> Vec<f32> {
-        matmul_group(&[self], x, n).pop().expect("one matrix in, one result out")
+        matmul_group(&[self], x, n)
+            .pop()
+            .expect("one matrix in, one result out")
     }
 
     /// Rows `first..first + out.len() / n` times every token, into `out` as `[rows, n]`.
@@ -119,7 +121,10 @@ impl QMatrix {
 /// Returns one `[n, rows]` row-major result per matrix.
 pub fn matmul_group(mats: &[&QMatrix], x: &[f32], n: usize) -> Vec<Vec<f32>> {
     let cols = mats.first().map_or(0, |m| m.cols);
-    assert!(mats.iter().all(|m| m.cols == cols), "matrices in a group share their input size");
+    assert!(
+        mats.iter().all(|m| m.cols == cols),
+        "matrices in a group share their input size"
+    );
     assert_eq!(x.len(), n * cols, "activation shape");
     let blocks = cols / QK;
     let mut xq = vec![BlockQ8::default(); n * blocks];
