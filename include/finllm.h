@@ -77,6 +77,8 @@ typedef enum {
   FINLLM_FINISH_STOP = 2,
   // The callback returned non-zero, or the cancel handle was triggered.
   FINLLM_FINISH_CANCELLED = 3,
+  // The output policy blocked the answer; the text ends before the blocked phrase.
+  FINLLM_FINISH_BLOCKED = 4,
 } finllm_finish_reason;
 
 // A cancellation flag: trigger it from any thread to stop generations that were given it.

@@ -69,6 +69,8 @@ pub enum finllm_finish_reason {
     FINLLM_FINISH_STOP = 2,
     /// The callback returned non-zero, or the cancel handle was triggered.
     FINLLM_FINISH_CANCELLED = 3,
+    /// The output policy blocked the answer; the text ends before the blocked phrase.
+    FINLLM_FINISH_BLOCKED = 4,
 }
 
 /// A loaded model. Thread safety: one handle may be used by any number of threads at once
@@ -620,6 +622,7 @@ fn into_handle(gen: Generation) -> *mut finllm_generation {
             FinishReason::Length => finllm_finish_reason::FINLLM_FINISH_LENGTH,
             FinishReason::Stop => finllm_finish_reason::FINLLM_FINISH_STOP,
             FinishReason::Cancelled => finllm_finish_reason::FINLLM_FINISH_CANCELLED,
+            FinishReason::Blocked => finllm_finish_reason::FINLLM_FINISH_BLOCKED,
         },
         prefill_ms: gen.timings.prefill.as_secs_f64() * 1e3,
         decode_ms: gen.timings.decode.as_secs_f64() * 1e3,

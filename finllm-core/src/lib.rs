@@ -10,6 +10,7 @@
 
 pub mod bench;
 pub mod chat;
+pub mod compliance;
 pub mod error;
 pub mod generate;
 mod llm;

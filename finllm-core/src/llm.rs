@@ -44,6 +44,8 @@ pub struct Model {
     chat_template: Option<ChatTemplate>,
     source: ModelSource,
     pool: rayon::ThreadPool,
+    /// SHA-256 of the model's files, computed on first use (audit records name the exact model).
+    sha256: std::sync::OnceLock<String>,
 }
 
 impl std::fmt::Debug for Model {
@@ -97,6 +99,7 @@ impl Model {
                 chat_template,
                 source: ModelSource::Gguf(file),
                 pool,
+                sha256: Default::default(),
             }
         };
         model.check_vocab()?;
@@ -141,6 +144,7 @@ impl Model {
             chat_template,
             source: ModelSource::Safetensors(dir.to_path_buf()),
             pool,
+            sha256: Default::default(),
         })
     }
 
@@ -168,6 +172,20 @@ impl Model {
 
     pub fn source(&self) -> &ModelSource {
         &self.source
+    }
+
+    /// SHA-256 (lower-case hex) identifying the exact weights served: of the GGUF file's bytes,
+    /// or, for an HF directory, of every `*.safetensors`, `*.json` and tokenizer file in it (name
+    /// and contents, in name order). Computed once, on first call.
+    pub fn sha256(&self) -> Result<String> {
+        if let Some(h) = self.sha256.get() {
+            return Ok(h.clone());
+        }
+        let hash = match &self.source {
+            ModelSource::Gguf(file) => file.sha256(),
+            ModelSource::Safetensors(dir) => sha256_of_dir(dir)?,
+        };
+        Ok(self.sha256.get_or_init(|| hash).clone())
     }
 
     pub fn chat_template(&self) -> Option<&ChatTemplate> {
@@ -250,6 +268,41 @@ fn thread_pool(threads: Option<usize>) -> Result<rayon::ThreadPool> {
         .thread_name(|i| format!("finllm-compute-{i}"))
         .build()
         .map_err(|e| Error::invalid("threads", e.to_string()))
+}
+
+fn sha256_of_dir(dir: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let io_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Error::Io { path, source }
+    };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(io_err(dir))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_file()
+                && p.extension()
+                    .and_then(|e| e.to_str())
+                    .is_some_and(|e| matches!(e, "safetensors" | "json" | "model"))
+        })
+        .collect();
+    files.sort();
+    let mut hasher = Sha256::new();
+    for path in &files {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        hasher.update((name.len() as u64).to_le_bytes());
+        hasher.update(name.as_bytes());
+        let mut file = std::fs::File::open(path).map_err(io_err(path))?;
+        std::io::copy(&mut file, &mut hasher).map_err(io_err(path))?;
+    }
+    Ok(hex(&hasher.finalize()))
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn read_json_if_present(path: &Path) -> Result<Option<serde_json::Value>> {

@@ -48,6 +48,8 @@ pub enum FinishReason {
     Stop,
     /// The caller's callback asked to stop.
     Cancelled,
+    /// The output policy blocked the answer (see [`compliance::Guard`](crate::compliance::Guard)).
+    Blocked,
 }
 
 impl FinishReason {
@@ -57,6 +59,7 @@ impl FinishReason {
             Self::Length => "length",
             Self::Stop => "stop",
             Self::Cancelled => "cancelled",
+            Self::Blocked => "blocked",
         }
     }
 }

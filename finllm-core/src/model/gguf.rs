@@ -248,6 +248,12 @@ impl GgufFile {
         &self.path
     }
 
+    /// SHA-256 (lower-case hex) of the whole file.
+    pub fn sha256(&self) -> String {
+        use sha2::Digest;
+        crate::llm::hex(&sha2::Sha256::digest(&self.bytes[..]))
+    }
+
     pub fn version(&self) -> u32 {
         self.version
     }

@@ -292,6 +292,8 @@ mod avx2 {
     // The x4 kernels repeat the single-token arithmetic per token, in the same order, so each
     // lane's result is bit-identical to the single-token kernel's.
 
+    // The block index walks the row and four token arrays in lockstep.
+    #[allow(clippy::needless_range_loop)]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn q4_0_x4_impl(row: &[u8], a: [&[BlockQ8]; 4]) -> [f32; 4] {
         let mut acc = [_mm256_setzero_ps(); 4];
@@ -313,6 +315,8 @@ mod avx2 {
         std::array::from_fn(|t| hsum(acc[t]) - correction[t])
     }
 
+    // The block index walks the row and four token arrays in lockstep.
+    #[allow(clippy::needless_range_loop)]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn q4_1_x4_impl(row: &[u8], a: [&[BlockQ8]; 4]) -> [f32; 4] {
         let mut acc = [_mm256_setzero_ps(); 4];
@@ -333,6 +337,8 @@ mod avx2 {
         std::array::from_fn(|t| hsum(acc[t]) + offsets[t])
     }
 
+    // The block index walks the row and four token arrays in lockstep.
+    #[allow(clippy::needless_range_loop)]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn q8_0_x4_impl(row: &[u8], a: [&[BlockQ8]; 4]) -> [f32; 4] {
         let mut acc = [_mm256_setzero_ps(); 4];

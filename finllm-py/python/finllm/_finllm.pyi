@@ -36,7 +36,7 @@ class Generation:
     ids: list[int]
     prompt_ids: list[int]
     finish_reason: str
-    """One of "eos", "length", "stop", "cancelled"."""
+    """One of "eos", "length", "stop", "cancelled", "blocked" (by an output policy)."""
     steps: list[list[tuple[int, float]]]
     """Top-k (id, logit) before each generated token, when top_logits > 0."""
     prefill_ms: float

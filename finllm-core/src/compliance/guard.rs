@@ -1,0 +1,593 @@
+//! [`Guard`]: the compliance controls wrapped around one generation request.
+//!
+//! For each request the guard, as configured:
+//! 1. masks personal data in the prompt with reversible placeholders (`<ID_1>`), so the model
+//!    never sees it, and keeps the mapping in a per-request [`Vault`];
+//! 2. observes the prompt's tokens in the drift monitor;
+//! 3. passes the generated text through the output policy's [`StreamFilter`], so a blocked
+//!    phrase never reaches the caller, and stops generation on a block;
+//! 4. restores the placeholders in the answer for a caller authorised to see them;
+//! 5. appends an audit record (masked prompt, output with personal data redacted, model hash,
+//!    sampling parameters and seed, policy decisions, latency) and returns the answer, or the
+//!    final piece of a stream, only once that record is durable. If the record cannot be written
+//!    the request fails: an answer is never given without its record.
+
+use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use super::audit::{AuditDecision, AuditLog, AuditRecord, AuditSampling, RecordReceipt};
+use super::drift::{DriftConfig, DriftMetrics, DriftMonitor};
+use super::pii::{Entity, PiiDetector, Vault};
+use super::policy::{Decision, Policy, StreamFilter, Verdict};
+use crate::chat::ChatMessage;
+use crate::generate::{FinishReason, GenerateParams, Generation, TokenEvent};
+use crate::{Error, Model, Result};
+
+/// What a [`Guard`] does. Every part is optional; an empty config passes requests through.
+#[derive(Default)]
+pub struct GuardConfig {
+    /// Mask personal data in prompts before the model sees them.
+    pub pii: Option<Arc<PiiDetector>>,
+    /// Put the original values back into the answer where the model repeated a placeholder.
+    /// Only for callers authorised to see the data; the audit record never gets them.
+    pub unmask_output: bool,
+    /// Filter the output (block, redact, append disclaimers, flag).
+    pub policy: Option<Policy>,
+    /// Record every request; answers are returned only once their record is durable.
+    pub audit: Option<Arc<AuditLog>>,
+    /// Watch the token distribution of prompts.
+    pub drift: Option<DriftConfig>,
+}
+
+/// Who asks, and what the request drew on, for the audit record.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RequestInfo {
+    /// Unique id of the request; one is made up when empty.
+    pub request_id: String,
+    /// The authenticated caller (user, service or desk) on whose behalf the model runs.
+    pub caller_id: String,
+    /// Fine-tuning adapter in use, if any.
+    pub adapter: Option<String>,
+    /// Ids of documents retrieved into the prompt.
+    pub source_ids: Vec<String>,
+}
+
+/// The answer to a guarded request, with what the guard did.
+#[derive(Debug, Clone)]
+pub struct GuardedGeneration {
+    /// What the caller sees: `text` is filtered (and unmasked if configured); `finish` is
+    /// [`FinishReason::Blocked`] when the policy stopped the answer.
+    pub generation: Generation,
+    pub request_id: String,
+    /// The prompt as the model saw it (personal data replaced by placeholders).
+    pub masked_prompt: String,
+    /// Personal data found in the prompt (spans refer to the original prompt).
+    pub prompt_entities: Vec<Entity>,
+    /// The output policy's decision, when a policy is configured.
+    pub decision: Option<Decision>,
+    /// Where the audit record went, when an audit log is configured.
+    pub receipt: Option<RecordReceipt>,
+    /// Drift after this request's prompt, when drift monitoring is configured.
+    pub drift: Option<DriftMetrics>,
+}
+
+/// Compliance controls shared by every request to one or more models. `Send + Sync`: share it
+/// behind an `Arc`.
+pub struct Guard {
+    config: GuardConfig,
+    drift: Option<Mutex<DriftMonitor>>,
+}
+
+impl std::fmt::Debug for Guard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guard")
+            .field("pii", &self.config.pii.is_some())
+            .field("unmask_output", &self.config.unmask_output)
+            .field("policy", &self.config.policy)
+            .field("audit", &self.config.audit.as_ref().map(|a| a.path().to_path_buf()))
+            .field("drift", &self.config.drift)
+            .finish()
+    }
+}
+
+impl Guard {
+    pub fn new(config: GuardConfig) -> Result<Self> {
+        let drift = match &config.drift {
+            Some(c) => Some(Mutex::new(DriftMonitor::new(c.clone())?)),
+            None => None,
+        };
+        Ok(Self { config, drift })
+    }
+
+    pub fn config(&self) -> &GuardConfig {
+        &self.config
+    }
+
+    /// Current drift metrics, when drift monitoring is configured.
+    pub fn drift_metrics(&self) -> Option<DriftMetrics> {
+        self.drift.as_ref().map(|m| lock(m).metrics())
+    }
+
+    /// Guarded [`Model::generate`].
+    pub fn generate(
+        &self,
+        model: &Model,
+        prompt: &str,
+        params: &GenerateParams,
+        request: &RequestInfo,
+    ) -> Result<GuardedGeneration> {
+        self.generate_with(model, prompt, params, request, |_| ControlFlow::Continue(()))
+    }
+
+    /// Guarded [`Model::generate_with`]: `on_token` sees only released text, and the last event
+    /// only after the audit record is durable.
+    pub fn generate_with(
+        &self,
+        model: &Model,
+        prompt: &str,
+        params: &GenerateParams,
+        request: &RequestInfo,
+        on_token: impl FnMut(&TokenEvent) -> ControlFlow<()>,
+    ) -> Result<GuardedGeneration> {
+        let mut vault = Vault::new();
+        let (masked, entities) = self.mask(prompt, &mut vault);
+        self.run(model, masked, entities, vault, params, request, on_token)
+    }
+
+    /// Guarded [`Model::chat`]: every message is masked with one vault, so `<ID_1>` means the
+    /// same value in every turn.
+    pub fn chat(
+        &self,
+        model: &Model,
+        messages: &[ChatMessage],
+        params: &GenerateParams,
+        request: &RequestInfo,
+    ) -> Result<GuardedGeneration> {
+        self.chat_with(model, messages, params, request, |_| ControlFlow::Continue(()))
+    }
+
+    /// Guarded streaming chat; see [`generate_with`](Self::generate_with).
+    pub fn chat_with(
+        &self,
+        model: &Model,
+        messages: &[ChatMessage],
+        params: &GenerateParams,
+        request: &RequestInfo,
+        on_token: impl FnMut(&TokenEvent) -> ControlFlow<()>,
+    ) -> Result<GuardedGeneration> {
+        let mut vault = Vault::new();
+        let mut entities = Vec::new();
+        let masked: Vec<ChatMessage> = messages
+            .iter()
+            .map(|m| {
+                let (content, found) = self.mask(&m.content, &mut vault);
+                entities.extend(found);
+                ChatMessage { content, ..m.clone() }
+            })
+            .collect();
+        let prompt = model.apply_chat_template(&masked)?;
+        self.run(model, prompt, entities, vault, params, request, on_token)
+    }
+
+    fn mask(&self, text: &str, vault: &mut Vault) -> (String, Vec<Entity>) {
+        match &self.config.pii {
+            Some(detector) => (detector.pseudonymise_with(text, vault), detector.detect(text)),
+            None => (text.to_string(), Vec::new()),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        &self,
+        model: &Model,
+        masked_prompt: String,
+        prompt_entities: Vec<Entity>,
+        vault: Vault,
+        params: &GenerateParams,
+        request: &RequestInfo,
+        mut on_token: impl FnMut(&TokenEvent) -> ControlFlow<()>,
+    ) -> Result<GuardedGeneration> {
+        let started = Instant::now();
+        let started_at_ms = unix_ms();
+        let request_id = if request.request_id.is_empty() {
+            new_request_id()
+        } else {
+            request.request_id.clone()
+        };
+        let record = |output: &str, finish: &str, decision: Option<&Decision>, error: Option<String>| AuditRecord {
+            request_id: request_id.clone(),
+            caller_id: request.caller_id.clone(),
+            started_at_ms,
+            finished_at_ms: unix_ms(),
+            model_sha256: String::new(),
+            adapter: request.adapter.clone(),
+            sampling: AuditSampling::new(&params.sampling, params.max_tokens),
+            masked_prompt: masked_prompt.clone(),
+            output: self.redact_for_log(output),
+            source_ids: request.source_ids.clone(),
+            decisions: decision.map_or_else(Vec::new, |d| d.matches.iter().map(AuditDecision::from).collect()),
+            latency_ms: started.elapsed().as_secs_f64() * 1e3,
+            finish_reason: finish.to_string(),
+            error,
+        };
+
+        let prompt_ids = model.tokenize(&masked_prompt)?;
+        let drift = match &self.drift {
+            Some(m) => Some(lock(m).observe(&prompt_ids)?),
+            None => None,
+        };
+        let mut stream = match model.stream_ids(prompt_ids, params) {
+            Ok(s) => s,
+            Err(e) => return Err(self.record_failure(model, record("", "error", None, Some(e.to_string())), e)),
+        };
+
+        let mut output = Output {
+            filter: self.config.policy.as_ref().map(Policy::stream),
+            unmask: self.config.unmask_output.then(|| Unmasker::new(&vault)),
+            filtered: String::new(),
+            shown: String::new(),
+        };
+        let mut steps = Vec::new();
+        let mut decision = None;
+        let mut finish = FinishReason::Length;
+        let mut last: Option<TokenEvent> = None;
+        loop {
+            let Some(event) = stream.next() else { break };
+            let event = match event.and_then(|ev| output.push(&ev.text).map(|r| (ev, r))) {
+                Ok(e) => e,
+                Err(e) => {
+                    let rec = record(&output.filtered, "error", None, Some(e.to_string()));
+                    return Err(self.record_failure(model, rec, e));
+                }
+            };
+            let (mut ev, (text, blocked)) = event;
+            if params.top_logits > 0 {
+                steps.push(ev.top_logits.clone());
+            }
+            ev.text = text;
+            if let Some(d) = blocked {
+                decision = Some(d);
+                finish = FinishReason::Blocked;
+                ev.finish = Some(finish);
+                last = Some(ev);
+                break;
+            }
+            if let Some(reason) = ev.finish {
+                finish = reason;
+                let (tail, d) = output.finish()?;
+                ev.text.push_str(&tail);
+                decision = d;
+                last = Some(ev);
+                break;
+            }
+            if on_token(&ev).is_break() {
+                finish = FinishReason::Cancelled;
+                decision = output.finish()?.1;
+                break;
+            }
+        }
+
+        let receipt = match &self.config.audit {
+            Some(log) => {
+                let mut rec = record(&output.filtered, finish.as_str(), decision.as_ref(), None);
+                rec.model_sha256 = model.sha256()?;
+                Some(log.append(&rec)?)
+            }
+            None => None,
+        };
+        if let Some(ev) = &last {
+            // The caller asked to stop only before the last event, so its answer is ignored.
+            let _ = on_token(ev);
+        }
+        let mut timings = stream.timings();
+        // A stream left early (blocked, cancelled) has not counted its tokens yet.
+        timings.generated_tokens = stream.generated_ids().len();
+        let generation = Generation {
+            prompt_ids: stream.prompt_ids().to_vec(),
+            ids: stream.generated_ids().to_vec(),
+            text: output.shown,
+            steps,
+            finish,
+            timings,
+        };
+        Ok(GuardedGeneration {
+            generation,
+            request_id,
+            masked_prompt,
+            prompt_entities,
+            decision,
+            receipt,
+            drift,
+        })
+    }
+
+    /// Record a failed request (when auditing), then hand back the error that ended it; an
+    /// audit failure takes precedence, since it means the log is no longer complete.
+    fn record_failure(&self, model: &Model, mut record: AuditRecord, error: Error) -> Error {
+        let Some(log) = &self.config.audit else {
+            return error;
+        };
+        match model.sha256() {
+            Ok(hash) => record.model_sha256 = hash,
+            Err(e) => return e,
+        }
+        match log.append(&record) {
+            Ok(_) => error,
+            Err(audit_error) => audit_error,
+        }
+    }
+
+    fn redact_for_log(&self, text: &str) -> String {
+        match &self.config.pii {
+            Some(detector) => detector.redact(text),
+            None => text.to_string(),
+        }
+    }
+}
+
+/// The output side of a request: policy filter, then unmasking.
+struct Output<'v> {
+    filter: Option<StreamFilter>,
+    unmask: Option<Unmasker<'v>>,
+    /// Filtered text before unmasking (what the audit record gets, redacted).
+    filtered: String,
+    /// What the caller has been shown.
+    shown: String,
+}
+
+impl Output<'_> {
+    /// Text to show now, and the decision if the policy blocked the stream.
+    fn push(&mut self, piece: &str) -> Result<(String, Option<Decision>)> {
+        let (released, decision) = match &mut self.filter {
+            Some(f) => {
+                let out = f.push(piece)?;
+                (out.release, out.decision.filter(|d| d.verdict == Verdict::Block))
+            }
+            None => (piece.to_string(), None),
+        };
+        self.filtered.push_str(&released);
+        let mut shown = match &mut self.unmask {
+            Some(u) => u.push(&released),
+            None => released,
+        };
+        if decision.is_some() {
+            if let Some(u) = &mut self.unmask {
+                shown.push_str(&u.finish());
+            }
+        }
+        self.shown.push_str(&shown);
+        Ok((shown, decision))
+    }
+
+    /// End of the stream: everything still held, with disclaimers.
+    fn finish(&mut self) -> Result<(String, Option<Decision>)> {
+        let (released, decision) = match &mut self.filter {
+            Some(f) => {
+                let out = f.finish()?;
+                (out.release, out.decision)
+            }
+            None => (String::new(), None),
+        };
+        self.filtered.push_str(&released);
+        let shown = match &mut self.unmask {
+            Some(u) => {
+                let mut s = u.push(&released);
+                s.push_str(&u.finish());
+                s
+            }
+            None => released,
+        };
+        self.shown.push_str(&shown);
+        Ok((shown, decision))
+    }
+}
+
+/// Longest placeholder held back while it may still be completing (`<` + tag + `_` + 9 digits + `>`).
+const MAX_PLACEHOLDER_BYTES: usize = 32;
+
+/// Restores placeholders in a stream, holding back a `<TAG_12` that may still be completing.
+struct Unmasker<'v> {
+    vault: &'v Vault,
+    held: String,
+}
+
+impl<'v> Unmasker<'v> {
+    fn new(vault: &'v Vault) -> Self {
+        Self {
+            vault,
+            held: String::new(),
+        }
+    }
+
+    fn push(&mut self, piece: &str) -> String {
+        self.held.push_str(piece);
+        let keep_from = self
+            .held
+            .rfind('<')
+            .filter(|&i| could_be_placeholder(&self.held[i..]))
+            .unwrap_or(self.held.len());
+        let ready: String = self.held.drain(..keep_from).collect();
+        self.vault.unmask(&ready)
+    }
+
+    fn finish(&mut self) -> String {
+        let rest = std::mem::take(&mut self.held);
+        self.vault.unmask(&rest)
+    }
+}
+
+/// Whether `s` (starting with `<`) is an unfinished `<TAG_n>` placeholder.
+fn could_be_placeholder(s: &str) -> bool {
+    if s.len() >= MAX_PLACEHOLDER_BYTES || s.contains('>') {
+        return false;
+    }
+    let body = &s[1..];
+    let (tag, digits) = body.split_once('_').unwrap_or((body, ""));
+    tag.bytes().all(|b| b.is_ascii_uppercase()) && digits.bytes().all(|b| b.is_ascii_digit())
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding the drift monitor leaves counts that are still consistent.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// A request id unique within this process and very likely across processes: start time,
+/// process id and a counter.
+fn new_request_id() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("req-{:x}-{:x}-{n}", unix_ms(), std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compliance::audit::{self, AuditConfig, SegmentIo};
+    use crate::model::synthetic::SyntheticSpec;
+    use crate::quant::QuantType;
+    use crate::{Architecture, LoadOptions};
+    use std::path::PathBuf;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("finllm-guard-unit-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn tiny_model(dir: &std::path::Path) -> Model {
+        let path = dir.join("tiny.gguf");
+        SyntheticSpec::tiny(Architecture::Llama, 3)
+            .write_gguf(&path, QuantType::Q8_0)
+            .unwrap();
+        Model::load(
+            &path,
+            &LoadOptions {
+                threads: Some(1),
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn placeholder_prefixes() {
+        for s in ["<", "<I", "<ID", "<ID_", "<ID_12"] {
+            assert!(could_be_placeholder(s), "{s}");
+        }
+        for s in ["<id", "<ID_1>", "<ID_x", "< ID", "<ID_1 "] {
+            assert!(!could_be_placeholder(s), "{s}");
+        }
+    }
+
+    #[test]
+    fn unmasking_a_stream_split_anywhere_equals_unmasking_the_whole() {
+        let mut vault = Vault::new();
+        vault.placeholder_for("ID", "11010519491231002X".into(), "11010519491231002X");
+        vault.placeholder_for("PHONE", "13800138000".into(), "13800138000");
+        let text = "客户<ID_1>的手机是<PHONE_1>，<ID_2>未知，a<b and <ID_1>.";
+        let whole = vault.unmask(text);
+        assert!(whole.contains("11010519491231002X") && whole.contains("<ID_2>"));
+        let chars: Vec<char> = text.chars().collect();
+        for step in 1..=7 {
+            let mut u = Unmasker::new(&vault);
+            let mut out = String::new();
+            for piece in chars.chunks(step) {
+                out.push_str(&u.push(&piece.iter().collect::<String>()));
+            }
+            out.push_str(&u.finish());
+            assert_eq!(out, whole, "pieces of {step} characters");
+        }
+    }
+
+    /// A log file whose fsync fails: every append fails.
+    struct FailingSync(std::fs::File);
+
+    impl SegmentIo for FailingSync {
+        fn write_all(&self, buf: &[u8]) -> std::io::Result<()> {
+            SegmentIo::write_all(&self.0, buf)
+        }
+        fn sync(&self) -> std::io::Result<()> {
+            Err(std::io::Error::other("EIO (simulated)"))
+        }
+    }
+
+    #[test]
+    fn no_answer_without_a_durable_record() {
+        let dir = temp_dir("fail-closed");
+        let model = tiny_model(&dir);
+        let wrap: Arc<dyn Fn(std::fs::File) -> Arc<dyn SegmentIo> + Send + Sync> =
+            Arc::new(|f| Arc::new(FailingSync(f)) as Arc<dyn SegmentIo>);
+        let log = AuditLog::open_with_io(&dir.join("audit.log"), AuditConfig::default(), wrap).unwrap();
+        let guard = Guard::new(GuardConfig {
+            audit: Some(Arc::new(log)),
+            ..Default::default()
+        })
+        .unwrap();
+        let params = GenerateParams {
+            max_tokens: 6,
+            ..Default::default()
+        };
+        let mut final_events = 0;
+        let result = guard.generate_with(&model, "hello", &params, &RequestInfo::default(), |ev| {
+            final_events += usize::from(ev.finish.is_some());
+            ControlFlow::Continue(())
+        });
+        assert!(matches!(result, Err(Error::AuditPoisoned { .. })), "{result:?}");
+        assert_eq!(final_events, 0, "the last event was delivered without its record");
+    }
+
+    #[test]
+    fn records_carry_the_request() {
+        let dir = temp_dir("records");
+        let model = tiny_model(&dir);
+        let path = dir.join("audit.log");
+        let guard = Guard::new(GuardConfig {
+            pii: Some(Arc::new(PiiDetector::new(Default::default()).unwrap())),
+            audit: Some(Arc::new(AuditLog::open(&path, AuditConfig::default()).unwrap())),
+            ..Default::default()
+        })
+        .unwrap();
+        let params = GenerateParams {
+            max_tokens: 5,
+            sampling: crate::SamplingParams {
+                temperature: 0.8,
+                seed: 77,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let request = RequestInfo {
+            request_id: "r-1".into(),
+            caller_id: "desk-9".into(),
+            adapter: None,
+            source_ids: vec!["doc-3".into()],
+        };
+        let out = guard
+            .generate(&model, "call 13800138000 now", &params, &request)
+            .unwrap();
+        assert_eq!(out.masked_prompt, "call <PHONE_1> now");
+        assert_eq!(out.generation.prompt_ids, model.tokenize("call <PHONE_1> now").unwrap());
+        let stored = audit::read_records(&path).unwrap();
+        assert_eq!(stored.len(), 1);
+        let r = &stored[0].record;
+        assert_eq!((r.request_id.as_str(), r.caller_id.as_str()), ("r-1", "desk-9"));
+        assert_eq!(r.masked_prompt, "call <PHONE_1> now");
+        assert_eq!(r.source_ids, vec!["doc-3".to_string()]);
+        assert_eq!((r.sampling.seed, r.sampling.max_tokens), (77, 5));
+        assert_eq!(r.finish_reason, out.generation.finish.as_str());
+        use sha2::Digest;
+        let expected = crate::llm::hex(&sha2::Sha256::digest(std::fs::read(dir.join("tiny.gguf")).unwrap()));
+        assert_eq!(r.model_sha256, expected);
+        assert_eq!(out.receipt.unwrap().seq, 1);
+    }
+}

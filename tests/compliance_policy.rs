@@ -1,0 +1,174 @@
+//! The streaming output filter: a banned phrase split across any number of pieces never reaches
+//! the caller, and allowed text is held back no longer than a rule could still need it.
+
+mod common;
+
+use finllm::compliance::{Policy, Verdict};
+use finllm::{LoadOptions, Model};
+
+/// SplitMix64, for reproducible random splits.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        usize::try_from(self.next() % u64::try_from(n).unwrap()).unwrap()
+    }
+}
+
+/// `text` cut into random pieces of 1..=max_chars characters.
+fn random_pieces(text: &str, rng: &mut Rng, max_chars: usize) -> Vec<String> {
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < chars.len() {
+        let n = (1 + rng.below(max_chars)).min(chars.len() - at);
+        out.push(chars[at..at + n].iter().collect());
+        at += n;
+    }
+    out
+}
+
+#[test]
+fn banned_phrases_split_anywhere_never_stream_out() {
+    let policy = Policy::default_packs().unwrap();
+    let cases = [
+        (
+            "Our desk believes this fund offers guaranteed returns to every client.",
+            "guaranteed returns",
+        ),
+        ("经理表示，本理财产品保本保收益，欢迎购买。", "保本保收益"),
+        (
+            "My cousin on the board gave me an INSIDE TIP about the merger.",
+            "inside tip",
+        ),
+    ];
+    let mut rng = Rng(7);
+    for (text, phrase) in cases {
+        let cut = text.to_lowercase().find(phrase).unwrap();
+        for trial in 0..200 {
+            let mut stream = policy.stream();
+            let mut released = String::new();
+            let mut blocked = false;
+            for piece in random_pieces(text, &mut rng, 1 + trial % 7) {
+                let out = stream.push(&piece).unwrap();
+                released.push_str(&out.release);
+                assert!(
+                    !released.to_lowercase().contains(phrase),
+                    "{phrase:?} leaked: {released:?}"
+                );
+                if let Some(d) = out.decision {
+                    assert_eq!(d.verdict, Verdict::Block);
+                    blocked = true;
+                    break;
+                }
+            }
+            assert!(blocked, "{text:?} was not blocked");
+            assert!(stream.is_stopped());
+            // Everything before the phrase was released: the block cuts no more than it must.
+            assert_eq!(released, text[..cut], "trial {trial}");
+        }
+    }
+}
+
+/// The longest suffix of `text` that is a proper prefix of one of `words` (ASCII case folded).
+fn longest_pending_prefix(text: &str, words: &[&str]) -> usize {
+    let text = text.to_ascii_lowercase();
+    (1..=text.len())
+        .rev()
+        .filter(|&n| text.is_char_boundary(text.len() - n))
+        .find(|&n| {
+            let suffix = &text[text.len() - n..];
+            words
+                .iter()
+                .any(|w| w.len() > n && w.to_ascii_lowercase().starts_with(suffix))
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn keyword_rules_hold_back_only_a_pending_prefix() {
+    let words = ["bond fraud", "boiler room", "pump and dump"];
+    let policy = Policy::from_toml_str(
+        "[[rules]]\nid = 'k'\ncategory = 'market_manipulation'\naction = 'flag'\n\
+         keywords = ['bond fraud', 'boiler room', 'pump and dump']\n",
+    )
+    .unwrap();
+    // Text over the keywords' own letters, so partial matches are frequent.
+    let alphabet: Vec<char> = "bondfraulimpajdu ".chars().collect();
+    let mut rng = Rng(11);
+    for _ in 0..300 {
+        let text: String = (0..60).map(|_| alphabet[rng.below(alphabet.len())]).collect();
+        let mut stream = policy.stream();
+        let mut received = String::new();
+        let mut released = String::new();
+        for piece in random_pieces(&text, &mut rng, 4) {
+            received.push_str(&piece);
+            released.push_str(&stream.push(&piece).unwrap().release);
+            let expected = longest_pending_prefix(&received, &words);
+            assert_eq!(stream.held_bytes(), expected, "after {received:?}");
+            assert_eq!(released, received[..received.len() - expected]);
+        }
+        released.push_str(&stream.finish().unwrap().release);
+        assert_eq!(released, text, "flagging never changes the text");
+    }
+}
+
+/// How far the released text lags the generated text with the shipped packs, in tokens of the
+/// default model's tokenizer, over an allowed finance answer. Reported, and bounded by what the
+/// packs declare (the longest regex window).
+#[test]
+fn hold_back_delay_of_the_default_packs_in_tokens() {
+    let model = Model::load(
+        common::smollm2_path(),
+        &LoadOptions {
+            threads: Some(1),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let text = "Duration measures how sensitive a bond's price is to changes in interest rates. \
+                A bond with a duration of seven years loses roughly seven percent of its value when \
+                yields rise by one percentage point. Investors who expect rates to fall often \
+                extend duration, while those worried about inflation shorten it. 久期衡量债券价格对利率变化的敏感度。";
+    let ids = model.tokenize(text).unwrap();
+    let policy = Policy::default_packs().unwrap();
+    let mut stream = policy.stream();
+    let mut decoded = String::new();
+    let mut released = String::new();
+    let mut token_ends = Vec::new();
+    let mut lags = Vec::new();
+    let mut worst_chars = 0;
+    let mut decoder = model.tokenizer().stream_decoder();
+    for &id in &ids {
+        let piece = decoder.push(id).unwrap();
+        decoded.push_str(&piece);
+        token_ends.push(decoded.len());
+        released.push_str(&stream.push(&piece).unwrap().release);
+        // Tokens whose text is not yet wholly released.
+        lags.push(token_ends.iter().filter(|&&end| end > released.len()).count());
+        worst_chars = worst_chars.max(decoded.chars().count() - released.chars().count());
+    }
+    let out = stream.finish().unwrap();
+    released.push_str(&out.release);
+    assert_eq!(out.decision.unwrap().verdict, Verdict::Allow);
+    assert!(released.starts_with(&decoded), "allowed text came out unchanged");
+    let max_lag = *lags.iter().max().unwrap();
+    let mean_lag = lags.iter().sum::<usize>() as f64 / lags.len() as f64;
+    println!(
+        "default packs hold back at most {max_lag} tokens (mean {mean_lag:.1}) of {} tokens; regex window {} chars",
+        ids.len(),
+        policy.max_regex_holdback_chars()
+    );
+    // Held text never exceeds the longest regex window plus one token.
+    println!("at most {worst_chars} characters held");
+    let held_chars_bound = policy.max_regex_holdback_chars() + 16;
+    assert!(worst_chars <= held_chars_bound);
+    assert!(max_lag < ids.len() / 2, "the filter held back most of the answer");
+}
