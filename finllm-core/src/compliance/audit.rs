@@ -941,16 +941,21 @@ pub fn verify_with(path: impl AsRef<Path>, options: &VerifyOptions) -> Result<Ve
         return Err(audit_err(base, "no such audit log (no file at this path)"));
     }
     let mut v = Verifier::new(options);
-    let mut expected_segment = numbers[0];
+    // The log starts at file 0 (`PATH` itself): files missing before the first one present are
+    // deleted records too.
+    let mut expected_segment = 0;
     for &n in &numbers {
         let file = segment_path(base, n);
         if n != expected_segment {
-            v.issue(
-                IssueKind::MissingFile,
-                &file,
-                0,
-                format!("files {expected_segment}..{n} of the log are missing"),
-            );
+            let which = if n == expected_segment + 1 {
+                format!(
+                    "file {} of the log is missing",
+                    segment_path(base, expected_segment).display()
+                )
+            } else {
+                format!("files {expected_segment}..={} of the log are missing", n - 1)
+            };
+            v.issue(IssueKind::MissingFile, &file, 0, which);
         }
         expected_segment = n + 1;
         v.verify_file(&file, n == numbers[numbers.len() - 1], Some(n == 0))?;
@@ -1003,6 +1008,8 @@ struct Verifier<'a> {
     next_seq: Option<u64>,
     prev: Option<[u8; 32]>,
     key_warned: bool,
+    /// Hash of the record whose seq the caller's head receipt names, once read.
+    head_hash: Option<String>,
 }
 
 impl<'a> Verifier<'a> {
@@ -1013,6 +1020,7 @@ impl<'a> Verifier<'a> {
             next_seq: None,
             prev: None,
             key_warned: false,
+            head_hash: None,
         }
     }
 
@@ -1117,6 +1125,11 @@ impl<'a> Verifier<'a> {
         }
         self.report.last_seq = Some(env.seq);
         self.report.last_hash = Some(hex(&f.hash));
+        if let Some((seq, _)) = &self.options.expected_head {
+            if env.seq == *seq {
+                self.head_hash = Some(hex(&f.hash));
+            }
+        }
         let _ = env.segment; // informational: rotation order is checked by file name
         self.advance(env.seq, f.hash);
     }
@@ -1196,22 +1209,23 @@ impl<'a> Verifier<'a> {
             return;
         };
         let found_seq = self.report.last_seq.unwrap_or(0);
-        let hash_known = self.report.issues.is_empty() || found_seq >= seq;
-        if found_seq < seq {
-            self.issue(
-                IssueKind::HeadMismatch,
-                last_file,
-                0,
-                format!("the log ends at record {found_seq} but record {seq} was acknowledged: its end was cut off"),
-            );
-        } else if hash_known && found_seq == seq && self.report.last_hash.as_deref() != Some(hash.as_str()) {
-            self.issue(
-                IssueKind::HeadMismatch,
-                last_file,
-                0,
-                format!("record {seq} has a different hash than its receipt"),
-            );
-        }
+        let issue = if found_seq < seq {
+            format!("the log ends at record {found_seq} but record {seq} was acknowledged: its end was cut off")
+        } else {
+            match &self.head_hash {
+                Some(h) if *h == hash => return,
+                Some(_) => format!("record {seq} has a different hash than its receipt (the log was rewritten)"),
+                // The record was unreadable; that is reported already.
+                None => return,
+            }
+        };
+        self.report.issues.push(VerifyIssue {
+            kind: IssueKind::HeadMismatch,
+            record: seq.min(found_seq + 1),
+            file: last_file.to_path_buf(),
+            offset: 0,
+            detail: issue,
+        });
     }
 }
 
