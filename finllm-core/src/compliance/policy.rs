@@ -48,6 +48,7 @@ use std::sync::Arc;
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use regex::{Regex, RegexBuilder};
+use regex_automata::{hybrid, Anchored, Input};
 
 use crate::{Error, Result};
 
@@ -259,6 +260,10 @@ enum Matcher {
     Regex {
         re: Regex,
         max_len: usize,
+        /// The same pattern as a lazy DFA, to tell whether a match may still be in progress at
+        /// the end of a stream (None when the pattern needs features a DFA lacks: then the
+        /// whole `max_len` window is held).
+        dfa: Option<Arc<hybrid::dfa::DFA>>,
     },
     Semantic {
         examples: Vec<String>,
@@ -382,7 +387,12 @@ fn regex_matcher(pattern: &str, max_len: Option<usize>) -> std::result::Result<M
     if re.is_match("") {
         return Err("regex matches the empty string, so it would fire everywhere".into());
     }
-    Ok(Matcher::Regex { re, max_len })
+    let dfa = hybrid::dfa::DFA::builder()
+        .configure(hybrid::dfa::DFA::config().unicode_word_boundary(true))
+        .build(pattern)
+        .ok()
+        .map(Arc::new);
+    Ok(Matcher::Regex { re, max_len, dfa })
 }
 
 // ---- the policy --------------------------------------------------------------------------------
@@ -584,6 +594,29 @@ fn cosine(a: &[f32], b: &[f32]) -> Option<f32> {
 
 // ---- streaming ---------------------------------------------------------------------------------
 
+/// Whether a match of `dfa` starting at `at` may still be in progress at the end of `hay` (more
+/// text could complete or extend it). Answers yes when the DFA cannot tell (a Unicode word
+/// boundary next to non-ASCII text, a full cache).
+fn may_still_match(dfa: &hybrid::dfa::DFA, cache: &mut hybrid::dfa::Cache, hay: &str, at: usize) -> bool {
+    let input = Input::new(hay).range(at..).anchored(Anchored::Yes);
+    let Ok(mut state) = dfa.start_state_forward(cache, &input) else {
+        return true;
+    };
+    for &byte in &hay.as_bytes()[at..] {
+        state = match dfa.next_state(cache, state, byte) {
+            Ok(s) => s,
+            Err(_) => return true,
+        };
+        if state.is_dead() {
+            return false;
+        }
+        if state.is_quit() {
+            return true;
+        }
+    }
+    true
+}
+
 fn is_sentence_end(c: char) -> bool {
     matches!(c, '.' | '!' | '?' | '\n' | '。' | '！' | '？' | '；' | ';')
 }
@@ -598,6 +631,8 @@ pub struct StreamFilter {
     released: usize,
     /// Per regex rule: absolute offset where the next match may start (no double reports).
     regex_next: Vec<usize>,
+    /// Per regex rule with a DFA, its search cache.
+    regex_caches: Vec<Option<hybrid::dfa::Cache>>,
     /// Absolute start of the sentence not yet judged by semantic rules.
     sentence_start: usize,
     /// Accepted redactions not yet released: (absolute span, replacement), sorted.
@@ -639,6 +674,7 @@ impl StreamFilter {
             base: 0,
             released: 0,
             regex_next: vec![0; n],
+            regex_caches: (0..n).map(|_| None).collect(),
             sentence_start: 0,
             redactions: Vec::new(),
             matches: Vec::new(),
@@ -941,16 +977,48 @@ impl StreamFilter {
     }
 
     /// The furthest point no rule can still claim.
-    fn safe_point(&self) -> usize {
+    fn safe_point(&mut self) -> usize {
         let inner = &self.policy.inner;
         let mut safe = self.end() - self.keyword_holdback();
         if inner.max_regex_chars > 0 {
-            safe = safe.min(self.chars_back_from_end(inner.max_regex_chars));
+            safe = safe.min(self.regex_pending_start());
         }
         if self.semantic_may_hold() {
             safe = safe.min(self.sentence_start);
         }
         safe.max(self.released)
+    }
+
+    /// The earliest position where a regex match may have started and still be growing at the
+    /// end of the text: from there on, text must be held. Starts are tried oldest first, within
+    /// each rule's `max_len` window of not yet released text.
+    fn regex_pending_start(&mut self) -> usize {
+        let inner = Arc::clone(&self.policy.inner);
+        let end = self.end();
+        let mut earliest = end;
+        for (i, rule) in inner.rules.iter().enumerate() {
+            let Matcher::Regex { max_len, dfa, .. } = &rule.matcher else {
+                continue;
+            };
+            let window = self.chars_back_from_end(*max_len).max(self.released);
+            let Some(dfa) = dfa else {
+                earliest = earliest.min(window);
+                continue;
+            };
+            let cache = self.regex_caches[i].get_or_insert_with(|| dfa.create_cache());
+            let from = window - self.base;
+            for (offset, _) in self.buf[from..].char_indices() {
+                let at = from + offset;
+                if self.base + at >= earliest {
+                    break;
+                }
+                if may_still_match(dfa, cache, &self.buf, at) {
+                    earliest = self.base + at;
+                    break;
+                }
+            }
+        }
+        earliest
     }
 
     fn semantic_may_hold(&self) -> bool {
@@ -1114,6 +1182,26 @@ keywords = ["inside tip"]
         assert_eq!(out.release, "");
         assert!(out.decision.unwrap().is_blocked());
         assert!(s.is_stopped());
+    }
+
+    #[test]
+    fn stream_holds_only_a_regex_match_in_progress() {
+        let p = Policy::from_toml_str(
+            "[[rules]]\nid='pct'\ncategory='x'\naction='redact'\nregex='(?i)\\bsure \\d{1,3}%'\nmax_len=10\n",
+        )
+        .unwrap();
+        let mut s = p.stream();
+        assert_eq!(s.push("nothing to see").unwrap().release, "nothing to see");
+        assert_eq!(s.push(" here, su").unwrap().release, " here, ");
+        assert_eq!(s.held_chars(), 2);
+        assert_eq!(s.push("re 4").unwrap().release, "");
+        assert_eq!(s.held_chars(), 6);
+        assert_eq!(s.push("2% more").unwrap().release, "[removed] more");
+        assert_eq!(s.push(" unsure").unwrap().release, " unsure");
+        // Next to non-ASCII text the DFA cannot judge `\b`: the whole window is held, never less.
+        let mut s = p.stream();
+        s.push("收益sure").unwrap();
+        assert!(s.held_chars() >= 4);
     }
 
     #[test]
