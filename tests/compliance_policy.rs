@@ -172,3 +172,100 @@ fn hold_back_delay_of_the_default_packs_in_tokens() {
     assert!(worst_chars <= held_chars_bound);
     assert!(max_lag < ids.len() / 2, "the filter held back most of the answer");
 }
+
+/// A deterministic bag-of-words embedder: each lower-cased word hashed (FNV-1a) into one of 256
+/// dimensions. Sentences sharing most words are close in cosine; unrelated ones are not.
+struct BagOfWords;
+
+impl finllm::compliance::Embedder for BagOfWords {
+    fn embed(&self, texts: &[&str]) -> finllm::Result<Vec<Vec<f32>>> {
+        Ok(texts
+            .iter()
+            .map(|t| {
+                let mut v = vec![0f32; 256];
+                for word in t.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()) {
+                    let h = word.to_lowercase().bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+                    });
+                    v[usize::try_from(h % 256).unwrap()] += 1.0;
+                }
+                v
+            })
+            .collect())
+    }
+}
+
+/// Cosine similarity in f64, the oracle for the rule's threshold.
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
+    let norm = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    dot / (norm(a) * norm(b))
+}
+
+const SEMANTIC_PACK: &str = r#"
+[[rules]]
+id = "advice"
+category = "unlicensed_advice"
+action = "block"
+examples = ["you should move all of your savings into this one stock now"]
+threshold = 0.75
+"#;
+
+#[test]
+fn semantic_rules_judge_whole_sentences_by_embedding_similarity() {
+    use finllm::compliance::Embedder;
+    let example = "you should move all of your savings into this one stock now";
+    let close = "Honestly, you should move all your savings into this one stock now!";
+    let far = "Bond prices fall when interest rates rise.";
+    let e = BagOfWords;
+    let v = e.embed(&[example, close.trim_end_matches('!'), far]).unwrap();
+    assert!(
+        cosine(&v[0], &v[1]) >= 0.75 && cosine(&v[0], &v[2]) < 0.75,
+        "test premise"
+    );
+
+    let plain = Policy::from_toml_str(SEMANTIC_PACK).unwrap();
+    let without = plain.check(&format!("{far} {close}")).unwrap();
+    assert_eq!(without.verdict, Verdict::Allow, "no embedder: the rule is skipped");
+    assert!(without.notes.iter().any(|n| n.contains("no embedder")));
+
+    let policy = plain.with_embedder(std::sync::Arc::new(BagOfWords)).unwrap();
+    let decision = policy.check(&format!("{far} {close}")).unwrap();
+    assert!(decision.is_blocked());
+    let m = decision.blocked_by().unwrap();
+    assert_eq!(m.rule_id, "advice");
+    assert!(m.score.unwrap() >= 0.75);
+    assert_eq!(decision.text, far, "the sentence before the advice passes");
+    assert_eq!(policy.check(far).unwrap().verdict, Verdict::Allow);
+
+    // Streamed word by word, no part of the blocked sentence is released.
+    let mut stream = policy.stream();
+    let mut released = String::new();
+    for piece in format!("{far} {close} More text.").split_inclusive(' ') {
+        let out = stream.push(piece).unwrap();
+        released.push_str(&out.release);
+        if out.decision.is_some() {
+            break;
+        }
+    }
+    assert!(stream.is_stopped());
+    assert_eq!(released.trim_end(), far);
+}
+
+struct WrongDimensions;
+
+impl finllm::compliance::Embedder for WrongDimensions {
+    fn embed(&self, texts: &[&str]) -> finllm::Result<Vec<Vec<f32>>> {
+        Ok(texts.iter().enumerate().map(|(i, _)| vec![1.0; 3 + i]).collect())
+    }
+}
+
+#[test]
+fn a_broken_embedder_is_a_typed_error_when_attached() {
+    let pack = "[[rules]]\nid = 'a'\ncategory = 'x'\naction = 'flag'\nexamples = ['one', 'two']\n";
+    let err = Policy::from_toml_str(pack)
+        .unwrap()
+        .with_embedder(std::sync::Arc::new(WrongDimensions))
+        .unwrap_err();
+    assert!(matches!(err, finllm::Error::Policy { .. }), "{err}");
+}

@@ -467,11 +467,14 @@ impl Policy {
     /// embedder fails here rather than in the middle of a stream.
     pub fn with_embedder(&self, embedder: Arc<dyn Embedder>) -> Result<Policy> {
         let mut example_vectors = Vec::with_capacity(self.inner.rules.len());
+        let mut dim = None;
         for rule in &self.inner.rules {
             example_vectors.push(match &rule.matcher {
                 Matcher::Semantic { examples, .. } => {
                     let refs: Vec<&str> = examples.iter().map(String::as_str).collect();
-                    Some(embed_checked(embedder.as_ref(), &refs, &self.inner.origin)?)
+                    let vectors = embed_checked(embedder.as_ref(), &refs, &self.inner.origin, dim)?;
+                    dim = vectors.first().map(Vec::len);
+                    Some(vectors)
                 }
                 _ => None,
             });
@@ -568,7 +571,10 @@ impl Policy {
     }
 }
 
-fn embed_checked(embedder: &dyn Embedder, texts: &[&str], origin: &str) -> Result<Vec<Vec<f32>>> {
+/// Embed `texts`, checking the embedder's answer: one finite vector per text, all of one
+/// dimension (`dim` when given). A rule must never go quiet because its vectors cannot be
+/// compared, so a mismatch is an error, not a skipped rule.
+fn embed_checked(embedder: &dyn Embedder, texts: &[&str], origin: &str, dim: Option<usize>) -> Result<Vec<Vec<f32>>> {
     let vectors = embedder.embed(texts)?;
     if vectors.len() != texts.len() {
         return Err(policy_err(
@@ -578,6 +584,17 @@ fn embed_checked(embedder: &dyn Embedder, texts: &[&str], origin: &str) -> Resul
     }
     if vectors.iter().any(|v| v.is_empty() || v.iter().any(|x| !x.is_finite())) {
         return Err(policy_err(origin, "embedder returned an empty or non-finite vector"));
+    }
+    let expected = dim.or_else(|| vectors.first().map(Vec::len));
+    if let Some(bad) = vectors.iter().find(|v| Some(v.len()) != expected) {
+        return Err(policy_err(
+            origin,
+            format!(
+                "embedder returned vectors of {} and {} dimensions; they must all have one dimension",
+                expected.unwrap_or(0),
+                bad.len()
+            ),
+        ));
     }
     Ok(vectors)
 }
@@ -823,7 +840,8 @@ impl StreamFilter {
             return Ok(Vec::new());
         }
         let refs: Vec<&str> = judged.iter().map(|(_, t)| *t).collect();
-        let vectors = embed_checked(embedder.as_ref(), &refs, &inner.origin)?;
+        let dim = inner.example_vectors.iter().flatten().flatten().next().map(Vec::len);
+        let vectors = embed_checked(embedder.as_ref(), &refs, &inner.origin, dim)?;
         let mut out = Vec::new();
         for ((span, _), v) in judged.iter().zip(&vectors) {
             for (i, rule) in inner.rules.iter().enumerate() {
