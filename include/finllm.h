@@ -65,6 +65,15 @@ typedef enum {
   FINLLM_ERROR_PANIC = 13,
   // An error this version of the header has no code for.
   FINLLM_ERROR_OTHER = 14,
+  // A compliance policy (TOML rule pack) is invalid; the message says where.
+  FINLLM_ERROR_POLICY = 15,
+  // The audit log cannot be opened, read or appended to (or a verified log does not exist);
+  // the message says what to do.
+  FINLLM_ERROR_AUDIT = 16,
+  // An earlier write or fsync of the guard's audit log failed, so the log accepts no further
+  // record and no guarded answer is given (fail-closed). Fix the disk, then make a new guard
+  // (reopening the log truncates a torn tail).
+  FINLLM_ERROR_AUDIT_POISONED = 17,
 } finllm_status;
 
 // Why a generation ended.
@@ -81,6 +90,20 @@ typedef enum {
   FINLLM_FINISH_BLOCKED = 4,
 } finllm_finish_reason;
 
+// What the output policy decided about a text, from mildest to strongest.
+typedef enum {
+  // No rule fired (also: no policy configured).
+  FINLLM_VERDICT_ALLOW = 0,
+  // A rule recorded a match; the text passed unchanged.
+  FINLLM_VERDICT_FLAG = 1,
+  // The text passed with a disclaimer appended.
+  FINLLM_VERDICT_APPEND_DISCLAIMER = 2,
+  // Matched text was replaced by the rule's replacement.
+  FINLLM_VERDICT_REDACT = 3,
+  // Nothing from the blocked phrase on was released.
+  FINLLM_VERDICT_BLOCK = 4,
+} finllm_verdict;
+
 // A cancellation flag: trigger it from any thread to stop generations that were given it.
 // Thread safety: fully thread-safe; must outlive the calls that use it.
 typedef struct finllm_cancel finllm_cancel;
@@ -88,9 +111,19 @@ typedef struct finllm_cancel finllm_cancel;
 // The result of one generation. Thread safety: read-only after creation, shareable.
 typedef struct finllm_generation finllm_generation;
 
+// Compliance controls (PII masking, output policy, audit log, drift monitor) wrapped around
+// generations with finllm_generate_guarded / finllm_chat_guarded. Thread safety: one guard may
+// be used by any number of threads at once, with any models (audit records are appended in
+// order, one chain per log); it must not be freed while a call is using it.
+typedef struct finllm_guard finllm_guard;
+
 // A loaded model. Thread safety: one handle may be used by any number of threads at once
 // (each call keeps its own state); it must not be freed while a call is using it.
 typedef struct finllm_model finllm_model;
+
+// A compiled output policy (TOML rule packs). Thread safety: read-only, shareable by any
+// number of threads; must not be freed while a call is using it.
+typedef struct finllm_policy finllm_policy;
 
 // Options for finllm_model_load. Get defaults from finllm_load_default_params().
 typedef struct {
@@ -142,6 +175,83 @@ typedef struct {
   // NUL-terminated UTF-8.
   const char *content;
 } finllm_chat_message;
+
+// When the audit log syncs to stable storage: one of the FINLLM_FSYNC_* values. An integer
+// rather than a C enum so that an out-of-range value is reported as
+// FINLLM_ERROR_INVALID_ARGUMENT instead of being undefined behaviour.
+typedef uint32_t finllm_fsync_policy;
+
+// Options for finllm_guard_new. Get defaults from finllm_guard_default_params(): nothing is
+// enabled, so the guard passes requests through (and still reports a request id).
+typedef struct {
+  // sizeof(finllm_guard_params) as the caller compiled it.
+  uint32_t struct_size;
+  // Replace personal data in prompts by placeholders (<ID_1>) before the model sees them.
+  bool mask_pii;
+  // Put the original values back where the answer repeats a placeholder. Only for callers
+  // authorised to see the data; the audit record never gets them.
+  bool unmask_output;
+  // Output policy, or NULL for none. The guard keeps its own reference: the handle may be
+  // freed once finllm_guard_new returns.
+  const finllm_policy *policy;
+  // Path of the audit log (created if absent; rotated files are PATH.000001, ...), or NULL
+  // for none. Every guarded answer is returned only once its record is durable. Open each log
+  // in one guard only: share the guard between threads instead.
+  const char *audit_log_path;
+  // Key of an HMAC-SHA256 chain (recommended: at least 32 random bytes kept off the log
+  // host), copied; NULL or length 0 for a plain SHA-256 chain.
+  const uint8_t *audit_hmac_key;
+  size_t audit_hmac_key_len;
+  // A FINLLM_FSYNC_* value.
+  finllm_fsync_policy audit_fsync;
+  // Start a new log file when the current one would grow past this many bytes (at least 4096).
+  uint64_t audit_max_file_bytes;
+  // Vocabulary size for the input drift monitor (use finllm_model_vocab_size), or 0 for no
+  // drift monitoring.
+  uint32_t drift_vocab_size;
+  // Number of most recent prompt tokens compared with the reference window.
+  uint32_t drift_window_tokens;
+  // Pseudo-count added to every token id of both distributions (> 0).
+  double drift_smoothing;
+  // KL divergence (nats) at or above which the prompts count as drifted.
+  double drift_threshold;
+} finllm_guard_params;
+
+// Who asks, and what the request drew on, for the audit record. Get defaults from
+// finllm_request_default_params(). Strings are copied during the call.
+typedef struct {
+  // sizeof(finllm_request_params) as the caller compiled it.
+  uint32_t struct_size;
+  // Unique id of the request, or NULL (or "") to have one made up.
+  const char *request_id;
+  // The authenticated caller (user, service or desk) on whose behalf the model runs, or NULL.
+  const char *caller_id;
+  // Fine-tuning adapter in use, or NULL.
+  const char *adapter;
+  // Array of n_source_ids ids of documents retrieved into the prompt (may be NULL when
+  // n_source_ids is 0).
+  const char *const *source_ids;
+  size_t n_source_ids;
+} finllm_request_params;
+
+// Options for finllm_audit_verify. Get defaults from finllm_audit_verify_default_params().
+typedef struct {
+  // sizeof(finllm_audit_verify_params) as the caller compiled it.
+  uint32_t struct_size;
+  // The HMAC key the log was written with, or NULL (length 0) for a plain SHA-256 chain.
+  const uint8_t *hmac_key;
+  size_t hmac_key_len;
+  // The last receipt known from outside the log (finllm_generation_audit_seq and _audit_hash
+  // of the latest answer), to detect a cut-off end; expected_head_hash NULL for none.
+  uint64_t expected_head_seq;
+  const char *expected_head_hash;
+} finllm_audit_verify_params;
+
+// Concurrent requests share one fsync (same guarantee as every-record, more throughput).
+#define FINLLM_FSYNC_GROUP_COMMIT 0
+
+// fsync after every record.
+#define FINLLM_FSYNC_EVERY_RECORD 1
 
 #ifdef __cplusplus
 extern "C" {
@@ -287,6 +397,68 @@ finllm_finish_reason finllm_generation_finish_reason(const finllm_generation *ge
 // `gen` NULL or live; the out-pointers NULL or writable.
 void finllm_generation_timings(const finllm_generation *gen, double *prefill_ms, double *decode_ms);
 
+// The request id of a guarded generation (the caller's, or the one made up for it), owned by
+// `gen`; "" for an unguarded generation, NULL if `gen` is NULL.
+//
+// # Safety
+// `gen` NULL or live.
+const char *finllm_generation_request_id(const finllm_generation *gen);
+
+// The prompt as the model saw it (personal data replaced by placeholders when the guard masks
+// it; the rendered chat template for finllm_chat_guarded), UTF-8, NUL-terminated and owned by
+// `gen`; its byte length goes to `*len` when `len` is not NULL. "" for an unguarded
+// generation, NULL if `gen` is NULL.
+//
+// # Safety
+// `gen` NULL or live; `len` NULL or writable.
+const char *finllm_generation_masked_prompt(const finllm_generation *gen, size_t *len);
+
+// Number of personal identifiers the guard found (and masked) in the prompt; 0 when it does
+// not mask, for an unguarded generation, or if `gen` is NULL.
+//
+// # Safety
+// `gen` NULL or live.
+size_t finllm_generation_pii_entities(const finllm_generation *gen);
+
+// The output policy's verdict on the answer; ALLOW when the guard has no policy, for an
+// unguarded generation, or if `gen` is NULL. A BLOCK also shows as finish reason BLOCKED.
+//
+// # Safety
+// `gen` NULL or live.
+finllm_verdict finllm_generation_verdict(const finllm_generation *gen);
+
+// The id of the first policy rule whose action gave the verdict (the blocking rule on a
+// block), owned by `gen`; "" when the verdict is ALLOW or the generation is unguarded, NULL if
+// `gen` is NULL.
+//
+// # Safety
+// `gen` NULL or live.
+const char *finllm_generation_policy_rule(const finllm_generation *gen);
+
+// The 1-based sequence number of the answer's audit record over the whole log; 0 when the
+// guard has no audit log, for an unguarded generation, or if `gen` is NULL. Keep the latest
+// (seq, hash) outside the log host to detect a cut-off end with finllm_audit_verify.
+//
+// # Safety
+// `gen` NULL or live.
+uint64_t finllm_generation_audit_seq(const finllm_generation *gen);
+
+// The chain hash (64 hex digits) after the answer's audit record, owned by `gen`; "" when not
+// audited, NULL if `gen` is NULL.
+//
+// # Safety
+// `gen` NULL or live.
+const char *finllm_generation_audit_hash(const finllm_generation *gen);
+
+// Input drift after this request's prompt. Returns false (and leaves the out-pointers alone)
+// when the guard does not monitor drift, for an unguarded generation, or if `gen` is NULL;
+// otherwise stores the KL divergence D(recent || reference) in nats (NaN until both windows
+// hold tokens) and whether it reached the threshold.
+//
+// # Safety
+// `gen` NULL or live; the out-pointers NULL or writable.
+bool finllm_generation_drift(const finllm_generation *gen, double *kl_divergence, bool *drifting);
+
 // Free a generation result. NULL is allowed.
 //
 // # Safety
@@ -314,6 +486,137 @@ void finllm_cancel_reset(const finllm_cancel *cancel);
 // # Safety
 // `cancel` NULL or a handle not yet freed.
 void finllm_cancel_free(finllm_cancel *cancel);
+
+// Default guard options: nothing enabled (a pass-through guard); audit and drift settings as
+// the core's defaults (group commit, 64 MiB files, a 4096-token window, threshold 0.5 nats).
+finllm_guard_params finllm_guard_default_params(void);
+
+// Make a guard: PII masking (default detector), output policy, audit log (opened now: a torn
+// tail from a crash is truncated, anything else that does not verify is an error) and drift
+// monitor, each as `params` enables it. `params` may be NULL for a pass-through guard. On
+// success `*out` receives a handle to free with finllm_guard_free; the guard keeps the audit
+// log open until then.
+//
+// # Safety
+// `params` NULL or valid, with its pointers NULL or valid as documented on its fields; `out`
+// writable.
+finllm_status finllm_guard_new(const finllm_guard_params *params, finllm_guard **out);
+
+// Free a guard (closing its audit log; every returned answer's record is already durable).
+// NULL is allowed. No call may be using the guard.
+//
+// # Safety
+// `guard` must be NULL or a handle from finllm_guard_new not yet freed.
+void finllm_guard_free(finllm_guard *guard);
+
+// Default request options: a made-up request id, an empty caller id, no adapter, no sources.
+finllm_request_params finllm_request_default_params(void);
+
+// finllm_generate through a guard: the prompt is masked before the model sees it, the output
+// is filtered by the guard's policy (a blocked phrase never reaches `callback`; the answer
+// then finishes as BLOCKED), and the answer's audit record is durable before the last token
+// is passed to `callback` and before this returns. `callback`, `user_data` and `cancel` work
+// as in finllm_generate. `request` may be NULL for defaults. On success `*out` receives a
+// result to free with finllm_generation_free; read what the guard did with
+// finllm_generation_request_id, _masked_prompt, _verdict, _audit_seq and _audit_hash.
+//
+// Fail-closed: if the audit record cannot be written the call fails (FINLLM_ERROR_AUDIT or
+// FINLLM_ERROR_AUDIT_POISONED) and no result is returned, although `callback` may already
+// have seen all but the last piece of text.
+//
+// # Safety
+// As finllm_generate; `guard` live; `request` NULL or valid.
+finllm_status finllm_generate_guarded(const finllm_guard *guard,
+                                      const finllm_model *model,
+                                      const char *prompt,
+                                      const finllm_generate_params *params,
+                                      const finllm_request_params *request,
+                                      finllm_token_callback callback,
+                                      void *user_data,
+                                      const finllm_cancel *cancel,
+                                      finllm_generation **out);
+
+// finllm_chat through a guard: every message is masked with one vault (so <ID_1> means the
+// same value in every turn); otherwise as finllm_generate_guarded.
+//
+// # Safety
+// As finllm_generate_guarded; `messages` valid for `n_messages` reads, each with
+// NUL-terminated strings.
+finllm_status finllm_chat_guarded(const finllm_guard *guard,
+                                  const finllm_model *model,
+                                  const finllm_chat_message *messages,
+                                  size_t n_messages,
+                                  const finllm_generate_params *params,
+                                  const finllm_request_params *request,
+                                  finllm_token_callback callback,
+                                  void *user_data,
+                                  const finllm_cancel *cancel,
+                                  finllm_generation **out);
+
+// Mask the personal data in `text` with the default detector (checksum-validated resident
+// IDs, USCC, phones, bank and credit cards, IBAN, US SSN, e-mail, IP): numbered placeholders
+// such as <ID_1> (the same value always gets the same one), or with `redact` irreversible
+// labels such as [ID], for logs. The result goes to `buf` as NUL-terminated UTF-8; `*needed`
+// is set to its length plus 1 on FINLLM_OK and FINLLM_ERROR_BUFFER_TOO_SMALL. Any thread.
+//
+// # Safety
+// `text` NUL-terminated; `buf` NULL or valid for `buf_len` writes; `needed` writable.
+finllm_status finllm_pii_mask(const char *text,
+                              bool redact,
+                              char *buf,
+                              size_t buf_len,
+                              size_t *needed);
+
+// Load an output policy: a TOML rule-pack file, or "default" for the English and Chinese packs
+// shipped with finllm (write ./default for a file of that name). On success `*out` receives a
+// handle to free with finllm_policy_free. A bad pack gives FINLLM_ERROR_POLICY, an unreadable
+// file FINLLM_ERROR_IO.
+//
+// # Safety
+// `path` NUL-terminated; `out` writable.
+finllm_status finllm_policy_load(const char *path, finllm_policy **out);
+
+// Free a policy. NULL is allowed. No call may be using it (guards made with it keep their own
+// reference).
+//
+// # Safety
+// `policy` must be NULL or a handle from finllm_policy_load not yet freed.
+void finllm_policy_free(finllm_policy *policy);
+
+// Check a whole text against `policy` (the same decision as streaming it): `*out_verdict`
+// receives the verdict. When `rule_needed` is not NULL, the id of the first rule whose action
+// gave the verdict ("" for ALLOW) goes to `rule_buf` as in finllm_detokenize: `*rule_needed`
+// is set to its length plus 1 on FINLLM_OK and FINLLM_ERROR_BUFFER_TOO_SMALL. When
+// `rule_needed` is NULL, `rule_buf` is ignored. Any thread.
+//
+// # Safety
+// `policy` live; `text` NUL-terminated; `out_verdict` writable; `rule_buf` NULL or valid for
+// `rule_buf_len` writes; `rule_needed` NULL or writable.
+finllm_status finllm_policy_check(const finllm_policy *policy,
+                                  const char *text,
+                                  finllm_verdict *out_verdict,
+                                  char *rule_buf,
+                                  size_t rule_buf_len,
+                                  size_t *rule_needed);
+
+// Default verification options: no HMAC key, no expected head.
+finllm_audit_verify_params finllm_audit_verify_default_params(void);
+
+// Verify the whole audit log whose first file is `path` (and its rotated files): every CRC,
+// the hash chain, sequence numbers and file continuity. Returns FINLLM_OK when the check ran,
+// whatever it found: `*out_issues` is the number of problems (0: intact), `*out_records` the
+// records read, `*out_first_issue_record` the 1-based record number of the first problem (the
+// one to investigate; 0 when none). Each out-pointer may be NULL when not wanted. A log that
+// does not exist gives FINLLM_ERROR_AUDIT. `params` may be NULL for defaults. Any thread.
+//
+// # Safety
+// `path` NUL-terminated; `params` NULL or valid, with its pointers NULL or valid as documented
+// on its fields; the out-pointers NULL or writable.
+finllm_status finllm_audit_verify(const char *path,
+                                  const finllm_audit_verify_params *params,
+                                  uint64_t *out_records,
+                                  uint64_t *out_issues,
+                                  uint64_t *out_first_issue_record);
 
 #ifdef __cplusplus
 }  // extern "C"

