@@ -87,6 +87,33 @@ enum Command {
         #[arg(long)]
         safetensors: bool,
     },
+    /// Write a model (GGUF, or an HF safetensors directory) as a GGUF of another weight type.
+    Quantize {
+        /// A .gguf file or an HF directory (config.json, *.safetensors, tokenizer.json).
+        #[arg(long)]
+        model: PathBuf,
+        /// Output .gguf file.
+        #[arg(long)]
+        out: PathBuf,
+        /// Weight type of the matrices: f32, f16, bf16, q8_0, q4_0, q4_1, q4_k, q5_k, q6_k.
+        #[arg(long)]
+        quant: String,
+    },
+    /// Perplexity of a text file under a model (windows of --context tokens).
+    Perplexity {
+        #[arg(long, default_value = DEFAULT_MODEL)]
+        model: PathBuf,
+        /// UTF-8 text file (default: the finance text shipped in data/).
+        #[arg(long, default_value = "data/finance_eval.txt")]
+        text: PathBuf,
+        #[arg(long, default_value_t = 256)]
+        context: usize,
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Find personal data in text on stdin; print it masked (or the entities, with --json).
     Pii {
         /// Print a JSON object: the masked text and every entity (kind, span, confidence).
@@ -319,6 +346,14 @@ fn main() -> ExitCode {
             redact,
             threshold,
         } => pii(json, redact, threshold),
+        Command::Quantize { model, out, quant } => quantize(&model, &out, &quant),
+        Command::Perplexity {
+            model,
+            text,
+            context,
+            threads,
+            json,
+        } => perplexity(&model, &text, context, threads, json),
         Command::Policy {
             command: PolicyCommand::Check { policy, json },
         } => policy_check(policy.as_deref(), json),
@@ -758,6 +793,49 @@ fn synth(arch: &str, preset: &str, out: &Path, quant: &str, seed: u64, safetenso
         out.display(),
         arch.name()
     );
+    Ok(())
+}
+
+fn quantize(model: &Path, out: &Path, quant: &str) -> CliResult {
+    let quant =
+        finllm_core::quant::QuantType::from_name(quant).ok_or_else(|| format!("unknown weight type '{quant}'"))?;
+    let started = std::time::Instant::now();
+    let (writer, report) = finllm_core::model::quantize::quantize_model(model, quant)?;
+    writer.write(out)?;
+    eprintln!(
+        "wrote {} ({quant}): {} matrices quantized, {} tensors kept, tensor data {:.1} MiB -> {:.1} MiB, {:.1} s",
+        out.display(),
+        report.quantized,
+        report.kept,
+        report.bytes_in as f64 / (1 << 20) as f64,
+        report.bytes_out as f64 / (1 << 20) as f64,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn perplexity(model: &Path, text: &Path, context: usize, threads: Option<usize>, json: bool) -> CliResult {
+    let m = Model::load(
+        model,
+        &LoadOptions {
+            threads,
+            ..Default::default()
+        },
+    )?;
+    let bytes = std::fs::read(text).map_err(|e| format!("cannot read {}: {e}", text.display()))?;
+    let text_str = String::from_utf8(bytes).map_err(|_| format!("{} is not UTF-8", text.display()))?;
+    let p = finllm_core::eval::perplexity(&m, &text_str, context)?;
+    if json {
+        let mut v = serde_json::to_value(&p)?;
+        v["model"] = serde_json::Value::String(model.display().to_string());
+        v["text"] = serde_json::Value::String(text.display().to_string());
+        println!("{v}");
+    } else {
+        println!(
+            "perplexity {:.4} (mean NLL {:.5} nats) over {} tokens in {} windows of {}",
+            p.perplexity, p.mean_nll, p.scored_tokens, p.windows, p.context
+        );
+    }
     Ok(())
 }
 

@@ -12,6 +12,7 @@ pub mod bench;
 pub mod chat;
 pub mod compliance;
 pub mod error;
+pub mod eval;
 pub mod generate;
 mod llm;
 pub mod model;

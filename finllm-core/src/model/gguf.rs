@@ -596,6 +596,11 @@ impl GgufWriter {
         Self::default()
     }
 
+    /// Bytes of tensor data added so far.
+    pub fn tensor_bytes(&self) -> u64 {
+        self.tensors.iter().map(|(_, _, _, data)| data.len() as u64).sum()
+    }
+
     /// Add (or replace) a metadata value.
     pub fn meta(&mut self, key: &str, value: Value) -> &mut Self {
         if key == "general.alignment" {

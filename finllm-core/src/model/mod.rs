@@ -4,6 +4,7 @@ pub mod config;
 mod gemma3;
 pub mod gguf;
 mod llama;
+pub mod quantize;
 mod qwen2;
 mod qwen3;
 pub mod synthetic;
@@ -91,7 +92,7 @@ pub fn read_hf_config(dir: &Path) -> Result<serde_json::Value> {
 }
 
 /// The shard files of an HF checkpoint: `model.safetensors`, or those an index names.
-fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
+pub(crate) fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let single = dir.join("model.safetensors");
     if single.is_file() {
         return Ok(vec![single]);
@@ -128,7 +129,7 @@ fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// GGUF name → HF name for the llama-style layout shared by llama, qwen2 and qwen3.
-fn hf_tensor_names(n_layers: usize) -> HashMap<String, String> {
+pub(crate) fn hf_tensor_names(n_layers: usize) -> HashMap<String, String> {
     let mut m = HashMap::new();
     let mut add = |gguf: String, hf: String| {
         m.insert(gguf, hf);

@@ -202,6 +202,37 @@ impl SafetensorsStore {
             .filter(|hf| self.location.contains_key(*hf))
     }
 
+    /// Whether the checkpoint holds the tensor the model calls `name`.
+    pub(crate) fn contains(&self, name: &str) -> bool {
+        self.hf_name(name).is_some()
+    }
+
+    /// The stored shape of `name`.
+    pub(crate) fn shape(&self, name: &str) -> Result<Vec<usize>> {
+        let hf = self.hf_name(name).ok_or_else(|| missing(name))?;
+        let (path, mmap) = &self.shards[self.location[hf]];
+        let st = safetensors::SafeTensors::deserialize(mmap).map_err(|e| st_err(path, e))?;
+        Ok(st.tensor(hf).map_err(|e| st_err(path, e))?.shape().to_vec())
+    }
+
+    /// `name` as f32 values, with the number of bytes it takes in the checkpoint.
+    pub(crate) fn load_f32_vec(&self, name: &str, shape: &[usize]) -> Result<(Vec<f32>, u64)> {
+        let t = self.load_f32(name, shape)?;
+        let n = t.elem_count() as u64;
+        let stored = match self.stored_dtype(name)? {
+            safetensors::Dtype::F32 => 4,
+            _ => 2,
+        };
+        Ok((t.flatten_all()?.to_vec1::<f32>()?, n * stored))
+    }
+
+    fn stored_dtype(&self, name: &str) -> Result<safetensors::Dtype> {
+        let hf = self.hf_name(name).ok_or_else(|| missing(name))?;
+        let (path, mmap) = &self.shards[self.location[hf]];
+        let st = safetensors::SafeTensors::deserialize(mmap).map_err(|e| st_err(path, e))?;
+        Ok(st.tensor(hf).map_err(|e| st_err(path, e))?.dtype())
+    }
+
     fn load_f32(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let hf = self.hf_name(name).ok_or_else(|| missing(name))?;
         let (path, mmap) = &self.shards[self.location[hf]];

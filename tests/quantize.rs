@@ -1,0 +1,205 @@
+//! `finllm quantize` and perplexity: an HF checkpoint written as GGUF computes the same logits;
+//! requantized GGUFs keep their metadata and track the f32 model; perplexity agrees with an
+//! independent token-by-token computation.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use finllm::eval::perplexity;
+use finllm::model::quantize::quantize_model;
+use finllm::model::synthetic::SyntheticSpec;
+use finllm::model::{ForwardOptions, GgufFile, KvPrecision, SeqInput, Transformer};
+use finllm::quant::QuantType;
+use finllm::{Architecture, Error, LoadOptions, Model};
+
+const SEQ: [u32; 12] = [5, 77, 260, 101, 32, 116, 104, 101, 32, 114, 97, 116];
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("finllm-quantize-tests-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+fn logits(t: &Transformer, tokens: &[u32]) -> Vec<f32> {
+    let mut cache = t.new_cache_with(KvPrecision::F32);
+    let opts = ForwardOptions {
+        all_logits: true,
+        ..Default::default()
+    };
+    let out = t
+        .forward_batch(
+            &mut [SeqInput {
+                tokens,
+                cache: &mut cache,
+            }],
+            &opts,
+        )
+        .unwrap();
+    out[0].logits.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+}
+
+fn gguf_transformer(path: &std::path::Path) -> Transformer {
+    Transformer::from_gguf(&Arc::new(GgufFile::open(path).unwrap())).unwrap()
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// Pearson correlation in f64.
+fn correlation(a: &[f32], b: &[f32]) -> f64 {
+    let n = a.len() as f64;
+    let (ma, mb) = (
+        a.iter().map(|&x| f64::from(x)).sum::<f64>() / n,
+        b.iter().map(|&x| f64::from(x)).sum::<f64>() / n,
+    );
+    let (mut sab, mut saa, mut sbb) = (0.0, 0.0, 0.0);
+    for (&x, &y) in a.iter().zip(b) {
+        let (dx, dy) = (f64::from(x) - ma, f64::from(y) - mb);
+        sab += dx * dy;
+        saa += dx * dx;
+        sbb += dy * dy;
+    }
+    sab / (saa * sbb).sqrt()
+}
+
+#[test]
+fn hf_checkpoints_written_as_gguf_compute_the_same_logits() {
+    for arch in [Architecture::Llama, Architecture::Qwen2, Architecture::Qwen3] {
+        let spec = SyntheticSpec::tiny(arch, 31);
+        let dir = tmp(&format!("hf-{}", arch.name()));
+        spec.write_safetensors_dir(&dir, QuantType::F32).unwrap();
+        let (writer, report) = quantize_model(&dir, QuantType::F32).unwrap();
+        assert!(report.quantized > 0 && report.kept > 0, "{report:?}");
+        let out = tmp(&format!("from-hf-{}.gguf", arch.name()));
+        writer.write(&out).unwrap();
+
+        let from_hf = Transformer::from_safetensors(&dir).unwrap();
+        let diff = max_abs_diff(&logits(&from_hf, &SEQ), &logits(&gguf_transformer(&out), &SEQ));
+        assert!(diff < 1e-4, "{arch:?}: {diff}");
+        // The tokenizer went along: the GGUF model tokenizes as the directory's tokenizer.json.
+        let (a, b) = (
+            Model::load(&dir, &LoadOptions::default()).unwrap(),
+            Model::load(&out, &LoadOptions::default()).unwrap(),
+        );
+        let text = "the rate rose 12% <|im_start|>";
+        assert_eq!(a.tokenize(text).unwrap(), b.tokenize(text).unwrap(), "{arch:?}");
+        assert_eq!(a.config().n_kv_heads, b.config().n_kv_heads);
+    }
+}
+
+#[test]
+fn requantized_gguf_keeps_metadata_and_tracks_the_f32_model() {
+    let spec = SyntheticSpec::tiny(Architecture::Llama, 5);
+    let f32_path = tmp("llama-f32.gguf");
+    spec.write_gguf(&f32_path, QuantType::F32).unwrap();
+    let source = GgufFile::open(&f32_path).unwrap();
+    let reference = logits(&gguf_transformer(&f32_path), &SEQ);
+    for (quant, min_corr) in [
+        (QuantType::Q8_0, 0.999),
+        (QuantType::Q4_0, 0.95),
+        (QuantType::F16, 0.99999),
+    ] {
+        let (writer, report) = quantize_model(&f32_path, quant).unwrap();
+        let out = tmp(&format!("llama-{quant}.gguf"));
+        writer.write(&out).unwrap();
+        let file = GgufFile::open(&out).unwrap();
+        for (key, value) in source.metadata() {
+            if key != "general.file_type" {
+                assert_eq!(file.get(key), Some(value), "{key} changed");
+            }
+        }
+        let matrices = source.tensors().iter().filter(|t| t.shape().len() == 2).count();
+        assert_eq!(report.quantized, matrices);
+        for t in file.tensors() {
+            let expected = if t.shape().len() == 2 { quant } else { QuantType::F32 };
+            assert_eq!(t.dtype, expected, "{}", t.name);
+        }
+        let corr = correlation(&reference, &logits(&gguf_transformer(&out), &SEQ));
+        assert!(corr > min_corr, "{quant}: correlation {corr}");
+    }
+}
+
+#[test]
+fn k_quants_fall_back_where_rows_are_not_whole_super_blocks() {
+    // The tiny model's rows (64 or 128 values) are not whole 256-element blocks.
+    let spec = SyntheticSpec::tiny(Architecture::Qwen2, 6);
+    let path = tmp("qwen2-f32.gguf");
+    spec.write_gguf(&path, QuantType::F32).unwrap();
+    for (quant, fallback) in [
+        (QuantType::Q4K, QuantType::Q5_0),
+        (QuantType::Q5K, QuantType::Q5_1),
+        (QuantType::Q6K, QuantType::Q8_0),
+    ] {
+        let (writer, _) = quantize_model(&path, quant).unwrap();
+        let out = tmp(&format!("qwen2-{quant}.gguf"));
+        writer.write(&out).unwrap();
+        let file = GgufFile::open(&out).unwrap();
+        for t in file.tensors().iter().filter(|t| t.shape().len() == 2) {
+            let cols = t.shape()[1] as u64;
+            let expected = if cols % 256 == 0 { quant } else { fallback };
+            assert_eq!(t.dtype, expected, "{}", t.name);
+        }
+        // And it runs.
+        assert!(logits(&gguf_transformer(&out), &SEQ).iter().all(|v| v.is_finite()));
+    }
+}
+
+#[test]
+fn bad_quantize_requests_are_typed_errors() {
+    let path = tmp("llama-bad.gguf");
+    SyntheticSpec::tiny(Architecture::Llama, 1)
+        .write_gguf(&path, QuantType::F32)
+        .unwrap();
+    assert!(matches!(
+        quantize_model(&path, QuantType::Q2K),
+        Err(Error::InvalidArgument { .. })
+    ));
+    assert!(matches!(
+        quantize_model(&tmp("missing.gguf"), QuantType::Q8_0),
+        Err(Error::Io { .. })
+    ));
+}
+
+#[test]
+fn perplexity_agrees_with_token_by_token_scoring() {
+    let path = tmp("llama-ppl.gguf");
+    SyntheticSpec::tiny(Architecture::Llama, 9)
+        .write_gguf(&path, QuantType::F32)
+        .unwrap();
+    let model = Model::load(
+        &path,
+        &LoadOptions {
+            threads: Some(1),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let text = "the rate rose and the rate fell, the yield rose";
+    let context = 8;
+    let p = perplexity(&model, text, context).unwrap();
+
+    // Independent: each window decoded one token at a time through the KV cache, f64 softmax.
+    let ids = model.tokenize(text).unwrap();
+    let (mut nll, mut n) = (0f64, 0usize);
+    for window in ids.chunks(context).filter(|w| w.len() >= 2) {
+        let mut cache = model.transformer().new_cache();
+        for pair in window.windows(2) {
+            let row = model.transformer().forward(&pair[..1], &mut cache).unwrap();
+            let z: f64 = row.iter().map(|&v| f64::from(v).exp()).sum();
+            nll -= (f64::from(row[pair[1] as usize]).exp() / z).ln();
+            n += 1;
+        }
+    }
+    assert_eq!(p.scored_tokens, n);
+    let expected = (nll / n as f64).exp();
+    assert!(
+        (p.perplexity - expected).abs() / expected < 1e-3,
+        "{} vs {expected}",
+        p.perplexity
+    );
+    assert!(matches!(
+        perplexity(&model, text, 1),
+        Err(Error::InvalidArgument { .. })
+    ));
+}
