@@ -616,6 +616,13 @@ struct GuardedGeneration {
     audit_seq: Option<u64>,
     #[pyo3(get)]
     audit_hash: Option<String>,
+    /// KL divergence (nats) of recent prompts from the reference window, when the guard monitors
+    /// drift and both windows hold tokens.
+    #[pyo3(get)]
+    drift_kl: Option<f64>,
+    /// Whether drift_kl reached the guard's threshold.
+    #[pyo3(get)]
+    drifting: Option<bool>,
 }
 
 impl From<core::compliance::GuardedGeneration> for GuardedGeneration {
@@ -630,6 +637,8 @@ impl From<core::compliance::GuardedGeneration> for GuardedGeneration {
             decision: g.decision.map(|d| Decision::new(d, None)),
             audit_seq,
             audit_hash,
+            drift_kl: g.drift.as_ref().and_then(|d| d.kl_divergence),
+            drifting: g.drift.as_ref().map(|d| d.drifting),
         }
     }
 }
@@ -748,21 +757,33 @@ struct Guard {
 #[pymethods]
 impl Guard {
     #[new]
-    #[pyo3(signature = (*, mask_pii=MaskPii::Flag(false), unmask_output=false, policy=None, audit=None),
-           text_signature = "(*, mask_pii=False, unmask_output=False, policy=None, audit=None)")]
+    #[pyo3(signature = (*, mask_pii=MaskPii::Flag(false), unmask_output=false, policy=None, audit=None,
+                        drift_vocab_size=None, drift_window=4096, drift_threshold=0.5),
+           text_signature = "(*, mask_pii=False, unmask_output=False, policy=None, audit=None, \
+                             drift_vocab_size=None, drift_window=4096, drift_threshold=0.5)")]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         mask_pii: MaskPii,
         unmask_output: bool,
         policy: Option<PyRef<'_, Policy>>,
         audit: Option<PyRef<'_, AuditLog>>,
+        drift_vocab_size: Option<usize>,
+        drift_window: usize,
+        drift_threshold: f64,
     ) -> PyResult<Self> {
+        let drift = drift_vocab_size.map(|vocab_size| core::compliance::DriftConfig {
+            vocab_size,
+            window_tokens: drift_window,
+            threshold: drift_threshold,
+            ..Default::default()
+        });
         let config = GuardConfig {
             pii: mask_pii.detector(py)?,
             unmask_output,
             policy: policy.map(|p| p.inner.clone()),
             audit: audit.map(|a| a.inner.clone()),
-            drift: None,
+            drift,
         };
         let guard = core::compliance::Guard::new(config).map_err(to_py)?;
         Ok(Self { inner: Arc::new(guard) })

@@ -264,6 +264,36 @@ def test_threads_share_one_guard_and_one_log(smollm2, tmp_path):
     assert report.ok and report.records == 4
 
 
+def _smoothed_kl(recent, reference, vocab, alpha=0.5):
+    """D(recent || reference) summed over the whole vocabulary: the oracle for drift_kl."""
+    from collections import Counter
+
+    rc, qc = Counter(recent), Counter(reference)
+    p_den, q_den = len(recent) + alpha * vocab, len(reference) + alpha * vocab
+    kl = 0.0
+    for token in range(vocab):
+        p = (rc[token] + alpha) / p_den
+        q = (qc[token] + alpha) / q_den
+        kl += p * __import__("math").log(p / q)
+    return kl
+
+
+def test_drift_of_prompt_tokens(smollm2):
+    window = 16
+    guard = finllm.Guard(drift_vocab_size=smollm2.vocab_size, drift_window=window, drift_threshold=0.5)
+    assert guard.generate(smollm2, "hello", max_tokens=1).drift_kl is None
+    first = "The central bank held its policy rate steady while bond yields rose across the curve."
+    second = "央行宣布下调存款准备金率0.5个百分点，释放长期资金。"
+    guard.generate(smollm2, first, max_tokens=1)
+    out = guard.generate(smollm2, second, max_tokens=1)
+    stream = smollm2.tokenize("hello") + smollm2.tokenize(first) + smollm2.tokenize(second)
+    reference, recent = stream[:window], stream[window:][-window:]
+    expected = _smoothed_kl(recent, reference, smollm2.vocab_size)
+    assert out.drift_kl == pytest.approx(expected, rel=1e-9)
+    assert out.drifting == (expected >= 0.5)
+    assert finllm.Guard().generate(smollm2, "hello", max_tokens=1).drifting is None
+
+
 def test_repr_html_escapes_the_answer(smollm2):
     out = finllm.Guard(mask_pii=True).generate(smollm2, CLIENT, max_tokens=4, request_id="<r&1>")
     html = out._repr_html_()

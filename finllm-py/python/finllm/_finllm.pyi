@@ -324,6 +324,11 @@ class GuardedGeneration:
     audit_seq: Optional[int]
     """Sequence number of the audit record, when the guard has an audit log."""
     audit_hash: Optional[str]
+    drift_kl: Optional[float]
+    """KL divergence (nats) of recent prompts from the reference window, when the guard monitors
+    drift and both windows hold tokens."""
+    drifting: Optional[bool]
+    """Whether drift_kl reached the guard's threshold."""
     @property
     def text(self) -> str:
         """What the caller may see: filtered by the policy (and unmasked if configured)."""
@@ -348,6 +353,9 @@ class Guard:
         unmask_output: bool = False,
         policy: Optional[Policy] = None,
         audit: Optional[AuditLog] = None,
+        drift_vocab_size: Optional[int] = None,
+        drift_window: int = 4096,
+        drift_threshold: float = 0.5,
     ) -> None: ...
     def generate(
         self,
