@@ -6,17 +6,85 @@
 
 use half::f16;
 
-/// Elements per block of the 32-element formats.
+/// Elements per block of the 32-element formats (and per activation block).
 pub const QK: usize = 32;
+
+/// Elements per super-block of the K-quant formats.
+pub const QK_K: usize = 256;
 
 /// Bytes per block.
 pub const Q4_0_BYTES: usize = 18; // f16 d, 16 bytes of nibbles
 pub const Q4_1_BYTES: usize = 20; // f16 d, f16 m, 16 bytes of nibbles
 pub const Q8_0_BYTES: usize = 34; // f16 d, 32 i8
+/// f16 d, f16 dmin, 12 bytes of 6-bit scales and mins (see [`k_scales_mins`]), 128 bytes of
+/// nibbles: byte `32 * p + l` holds element `l` of sub-block `2p` (low nibble) and of `2p + 1`.
+pub const Q4_K_BYTES: usize = 144;
+/// As Q4_K with 32 bytes of fifth bits after the scales (bit `j` of byte `l`: element `l` of
+/// sub-block `j`), then the 128 bytes of nibbles.
+pub const Q5_K_BYTES: usize = 176;
+/// 128 bytes of low nibbles, 64 bytes of high bit pairs, 16 i8 scales (one per 16 elements),
+/// f16 d last; `q6_k_value` says where an element's bits live.
+pub const Q6_K_BYTES: usize = 210;
+
+/// Offsets of the fields inside the K-quant blocks.
+pub(crate) const K_SCALES_AT: usize = 4;
+pub(crate) const Q4_K_QS_AT: usize = 16;
+pub(crate) const Q5_K_QH_AT: usize = 16;
+pub(crate) const Q5_K_QS_AT: usize = 48;
+pub(crate) const Q6_K_QH_AT: usize = 128;
+pub(crate) const Q6_K_SCALES_AT: usize = 192;
+pub(crate) const Q6_K_D_AT: usize = 208;
 
 #[inline(always)]
 pub(crate) fn f16_at(bytes: &[u8], at: usize) -> f32 {
     f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32()
+}
+
+/// The eight 6-bit scales and eight 6-bit mins of a Q4_K / Q5_K super-block, from its 12 packed
+/// bytes (GGML's `get_scale_min_k4`): sub-blocks 0..4 keep theirs in the low six bits of bytes
+/// 0..4 (scales) and 4..8 (mins); sub-blocks 4..8 have their low four bits in the nibbles of
+/// bytes 8..12 and their top two bits in the spare top bits of bytes 0..8.
+#[inline]
+pub fn k_scales_mins(packed: &[u8]) -> ([u8; 8], [u8; 8]) {
+    let word = |i: usize| u32::from_le_bytes([packed[4 * i], packed[4 * i + 1], packed[4 * i + 2], packed[4 * i + 3]]);
+    let (w0, w1, w2) = (word(0), word(1), word(2));
+    // Four bytes at a time: the masks keep every byte's bits inside that byte.
+    let sc_lo = w0 & 0x3f3f_3f3f;
+    let m_lo = w1 & 0x3f3f_3f3f;
+    let sc_hi = (w2 & 0x0f0f_0f0f) | (((w0 >> 6) & 0x0303_0303) << 4);
+    let m_hi = ((w2 >> 4) & 0x0f0f_0f0f) | (((w1 >> 6) & 0x0303_0303) << 4);
+    let join = |lo: u32, hi: u32| (u64::from(lo) | (u64::from(hi) << 32)).to_le_bytes();
+    (join(sc_lo, sc_hi), join(m_lo, m_hi))
+}
+
+/// Element `e` (0..256) of a Q4_K super-block `b`, as its 4-bit value.
+#[inline]
+fn q4_k_value(b: &[u8], e: usize) -> u8 {
+    let (j, l) = (e / QK, e % QK);
+    (b[Q4_K_QS_AT + QK * (j / 2) + l] >> (4 * (j % 2))) & 0x0f
+}
+
+/// Element `e` (0..256) of a Q5_K super-block `b`, as its 5-bit value.
+#[inline]
+fn q5_k_value(b: &[u8], e: usize) -> u8 {
+    let (j, l) = (e / QK, e % QK);
+    let low = (b[Q5_K_QS_AT + QK * (j / 2) + l] >> (4 * (j % 2))) & 0x0f;
+    let high = (b[Q5_K_QH_AT + l] >> j) & 1;
+    low | (high << 4)
+}
+
+/// Element `e` (0..256) of a Q6_K super-block `b`, as its 6-bit value (the weight is
+/// `d * scale[e / 16] * (value - 32)`).
+///
+/// Each half of 128 elements has 64 bytes of `ql` and 32 of `qh`; its four runs of 32 elements
+/// take the low nibbles of `ql[0..32]`, of `ql[32..64]`, then their high nibbles, and bit
+/// pairs 0-1, 2-3, 4-5, 6-7 of `qh[0..32]`.
+#[inline]
+fn q6_k_value(b: &[u8], e: usize) -> u8 {
+    let (n, g, l) = (e / 128, (e % 128) / QK, e % QK);
+    let low = (b[64 * n + QK * (g % 2) + l] >> (4 * (g / 2))) & 0x0f;
+    let high = (b[Q6_K_QH_AT + QK * n + l] >> (2 * g)) & 3;
+    low | (high << 4)
 }
 
 /// An activation block: 32 values quantized to i8 with one scale.
@@ -97,6 +165,30 @@ pub fn dequantize_row(dtype: super::QuantType, row: &[u8], out: &mut [f32]) {
                 }
             }
         }
+        T::Q4K => dequantize_q4_5_k(row, out, Q4_K_BYTES, q4_k_value),
+        T::Q5K => dequantize_q4_5_k(row, out, Q5_K_BYTES, q5_k_value),
+        T::Q6K => {
+            for (b, o) in row.chunks_exact(Q6_K_BYTES).zip(out.chunks_exact_mut(QK_K)) {
+                let d = f16_at(b, Q6_K_D_AT);
+                for (e, o) in o.iter_mut().enumerate() {
+                    // The scales are i8 stored as bytes.
+                    let scale = f32::from(b[Q6_K_SCALES_AT + e / 16] as i8);
+                    *o = d * scale * (f32::from(q6_k_value(b, e)) - 32.0);
+                }
+            }
+        }
         other => unreachable!("dequantize_row called for {other}, which has no finllm kernel"),
+    }
+}
+
+/// Q4_K and Q5_K: `d * scale_j * value - dmin * min_j` for the elements of sub-block `j`.
+fn dequantize_q4_5_k(row: &[u8], out: &mut [f32], bytes: usize, value: fn(&[u8], usize) -> u8) {
+    for (b, o) in row.chunks_exact(bytes).zip(out.chunks_exact_mut(QK_K)) {
+        let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+        let (sc, m) = k_scales_mins(&b[K_SCALES_AT..]);
+        for (e, o) in o.iter_mut().enumerate() {
+            let j = e / QK;
+            *o = d * f32::from(sc[j]) * f32::from(value(b, e)) - dmin * f32::from(m[j]);
+        }
     }
 }

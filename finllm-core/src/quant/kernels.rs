@@ -1,10 +1,17 @@
 //! Dot products of one quantized weight row with 8-bit activation blocks, in a scalar reference
 //! version and SIMD versions chosen at run time from the CPU's features.
 
-use super::blocks::{f16_at, BlockQ8, Q4_0_BYTES, Q4_1_BYTES, Q8_0_BYTES, QK};
+use super::blocks::{
+    f16_at, k_scales_mins, BlockQ8, K_SCALES_AT, Q4_0_BYTES, Q4_1_BYTES, Q4_K_BYTES, Q4_K_QS_AT, Q5_K_BYTES,
+    Q5_K_QH_AT, Q5_K_QS_AT, Q6_K_BYTES, Q6_K_D_AT, Q6_K_QH_AT, Q6_K_SCALES_AT, Q8_0_BYTES, QK, QK_K,
+};
 use super::QuantType;
 
-/// A row · activations kernel: `row` holds `a.len()` blocks of the weight format.
+/// Activation blocks per K-quant super-block.
+const SUBS: usize = QK_K / QK;
+
+/// A row · activations kernel: `row` holds the `a.len() * 32` weights of one row in the weight
+/// format (`a.len()` blocks of a 32-element format, `a.len() / 8` super-blocks of a K-quant).
 pub type DotFn = fn(row: &[u8], a: &[BlockQ8]) -> f32;
 
 /// One row against four tokens' activations at once (each unpacked weight block is reused four
@@ -17,6 +24,9 @@ pub type Dot4Fn = fn(row: &[u8], a: [&[BlockQ8]; 4]) -> [f32; 4];
 pub enum Isa {
     Scalar,
     Avx2,
+    /// AVX-512 F/BW/VL with VNNI (on top of AVX2, FMA and F16C). Formats without an AVX-512
+    /// kernel use their AVX2 one.
+    Avx512,
 }
 
 impl Isa {
@@ -27,6 +37,10 @@ impl Isa {
         *ISA.get_or_init(|| {
             if std::env::var_os("FINLLM_FORCE_SCALAR").is_some_and(|v| v != "0") {
                 return Isa::Scalar;
+            }
+            #[cfg(target_arch = "x86_64")]
+            if has_avx512() {
+                return Isa::Avx512;
             }
             #[cfg(target_arch = "x86_64")]
             if has_avx2() {
@@ -43,6 +57,10 @@ impl Isa {
         if has_avx2() {
             v.push(Isa::Avx2);
         }
+        #[cfg(target_arch = "x86_64")]
+        if has_avx512() {
+            v.push(Isa::Avx512);
+        }
         v
     }
 }
@@ -54,18 +72,43 @@ fn has_avx2() -> bool {
         && std::arch::is_x86_feature_detected!("f16c")
 }
 
+#[cfg(target_arch = "x86_64")]
+fn has_avx512() -> bool {
+    has_avx2()
+        && std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+        && std::arch::is_x86_feature_detected!("avx512vl")
+        && std::arch::is_x86_feature_detected!("avx512vnni")
+}
+
 /// The kernel for `dtype` on `isa`, or `None` if finllm has no kernel for the format.
 pub fn dot_fn(dtype: QuantType, isa: Isa) -> Option<DotFn> {
     let f: DotFn = match (dtype, isa) {
+        #[cfg(target_arch = "x86_64")]
+        (QuantType::Q4K, Isa::Avx512) => avx512::q4_k,
+        #[cfg(target_arch = "x86_64")]
+        (QuantType::Q4_1, Isa::Avx512) => avx512::q4_1,
+        #[cfg(target_arch = "x86_64")]
+        (QuantType::Q8_0, Isa::Avx512) => avx512::q8_0,
+        (_, Isa::Avx512) => return dot_fn(dtype, Isa::Avx2),
         (QuantType::Q4_0, Isa::Scalar) => scalar::q4_0,
         (QuantType::Q4_1, Isa::Scalar) => scalar::q4_1,
         (QuantType::Q8_0, Isa::Scalar) => scalar::q8_0,
+        (QuantType::Q4K, Isa::Scalar) => scalar::q4_k,
+        (QuantType::Q5K, Isa::Scalar) => scalar::q5_k,
+        (QuantType::Q6K, Isa::Scalar) => scalar::q6_k,
         #[cfg(target_arch = "x86_64")]
         (QuantType::Q4_0, Isa::Avx2) => avx2::q4_0,
         #[cfg(target_arch = "x86_64")]
         (QuantType::Q4_1, Isa::Avx2) => avx2::q4_1,
         #[cfg(target_arch = "x86_64")]
         (QuantType::Q8_0, Isa::Avx2) => avx2::q8_0,
+        #[cfg(target_arch = "x86_64")]
+        (QuantType::Q4K, Isa::Avx2) => avx2::q4_k,
+        #[cfg(target_arch = "x86_64")]
+        (QuantType::Q5K, Isa::Avx2) => avx2::q5_k,
+        #[cfg(target_arch = "x86_64")]
+        (QuantType::Q6K, Isa::Avx2) => avx2::q6_k,
         _ => return None,
     };
     Some(f)
@@ -74,15 +117,31 @@ pub fn dot_fn(dtype: QuantType, isa: Isa) -> Option<DotFn> {
 /// The four-token kernel for `dtype` on `isa`.
 pub fn dot4_fn(dtype: QuantType, isa: Isa) -> Option<Dot4Fn> {
     let f: Dot4Fn = match (dtype, isa) {
+        #[cfg(target_arch = "x86_64")]
+        (QuantType::Q4K, Isa::Avx512) => avx512::q4_k_x4,
+        #[cfg(target_arch = "x86_64")]
+        (QuantType::Q4_1, Isa::Avx512) => avx512::q4_1_x4,
+        #[cfg(target_arch = "x86_64")]
+        (QuantType::Q8_0, Isa::Avx512) => avx512::q8_0_x4,
+        (_, Isa::Avx512) => return dot4_fn(dtype, Isa::Avx2),
         (QuantType::Q4_0, Isa::Scalar) => |r, a| a.map(|a| scalar::q4_0(r, a)),
         (QuantType::Q4_1, Isa::Scalar) => |r, a| a.map(|a| scalar::q4_1(r, a)),
         (QuantType::Q8_0, Isa::Scalar) => |r, a| a.map(|a| scalar::q8_0(r, a)),
+        (QuantType::Q4K, Isa::Scalar) => |r, a| a.map(|a| scalar::q4_k(r, a)),
+        (QuantType::Q5K, Isa::Scalar) => |r, a| a.map(|a| scalar::q5_k(r, a)),
+        (QuantType::Q6K, Isa::Scalar) => |r, a| a.map(|a| scalar::q6_k(r, a)),
         #[cfg(target_arch = "x86_64")]
         (QuantType::Q4_0, Isa::Avx2) => avx2::q4_0_x4,
         #[cfg(target_arch = "x86_64")]
         (QuantType::Q4_1, Isa::Avx2) => avx2::q4_1_x4,
         #[cfg(target_arch = "x86_64")]
         (QuantType::Q8_0, Isa::Avx2) => avx2::q8_0_x4,
+        #[cfg(target_arch = "x86_64")]
+        (QuantType::Q4K, Isa::Avx2) => avx2::q4_k_x4,
+        #[cfg(target_arch = "x86_64")]
+        (QuantType::Q5K, Isa::Avx2) => avx2::q5_k_x4,
+        #[cfg(target_arch = "x86_64")]
+        (QuantType::Q6K, Isa::Avx2) => avx2::q6_k_x4,
         _ => return None,
     };
     Some(f)
@@ -94,6 +153,9 @@ pub fn block_bytes(dtype: QuantType) -> usize {
         QuantType::Q4_0 => Q4_0_BYTES,
         QuantType::Q4_1 => Q4_1_BYTES,
         QuantType::Q8_0 => Q8_0_BYTES,
+        QuantType::Q4K => Q4_K_BYTES,
+        QuantType::Q5K => Q5_K_BYTES,
+        QuantType::Q6K => Q6_K_BYTES,
         _ => dtype.block_bytes() as usize,
     }
 }
@@ -140,6 +202,81 @@ pub mod scalar {
         }
         acc
     }
+
+    /// Q4_K and Q5_K: per 32-element sub-block `j`, `d * scale_j * Σ q·y - dmin * min_j * Σ y`;
+    /// the minimum term takes the activation block's exact integer sum. `sub_dot(b, j, y)` is
+    /// the integer dot product of sub-block `j` of super-block `b` with `y`.
+    fn q4_5_k(row: &[u8], a: &[BlockQ8], bytes: usize, sub_dot: impl Fn(&[u8], usize, &BlockQ8) -> i32) -> f32 {
+        debug_assert!(a.len().is_multiple_of(SUBS));
+        let mut acc = 0f32;
+        for (b, ys) in row.chunks_exact(bytes).zip(a.chunks_exact(SUBS)) {
+            let (sc, m) = k_scales_mins(&b[K_SCALES_AT..]);
+            let (mut scaled, mut mins) = (0f32, 0f32);
+            for (j, y) in ys.iter().enumerate() {
+                // |dot| <= 32 * 31 * 127 and |sum| <= 32 * 127: both exact in f32.
+                scaled += f32::from(sc[j]) * y.d * sub_dot(b, j, y) as f32;
+                mins += f32::from(m[j]) * y.d * y.sum as f32;
+            }
+            acc += f16_at(b, 0) * scaled - f16_at(b, 2) * mins;
+        }
+        acc
+    }
+
+    pub fn q4_k(row: &[u8], a: &[BlockQ8]) -> f32 {
+        q4_5_k(row, a, Q4_K_BYTES, |b, j, y| {
+            let qs = &b[Q4_K_QS_AT + QK * (j / 2)..][..QK];
+            let shift = 4 * (j % 2);
+            qs.iter()
+                .zip(&y.qs)
+                .map(|(&q, &s)| i32::from((q >> shift) & 0x0f) * i32::from(s))
+                .sum()
+        })
+    }
+
+    pub fn q5_k(row: &[u8], a: &[BlockQ8]) -> f32 {
+        q4_5_k(row, a, Q5_K_BYTES, |b, j, y| {
+            let qs = &b[Q5_K_QS_AT + QK * (j / 2)..][..QK];
+            let qh = &b[Q5_K_QH_AT..][..QK];
+            let shift = 4 * (j % 2);
+            let mut dot = 0i32;
+            for l in 0..QK {
+                let q = ((qs[l] >> shift) & 0x0f) | (((qh[l] >> j) & 1) << 4);
+                dot += i32::from(q) * i32::from(y.qs[l]);
+            }
+            dot
+        })
+    }
+
+    /// Q6_K: each 32-element activation block covers two 16-element sub-blocks with their own
+    /// i8 scales; their integer sums are scaled and added before `y.d` is applied.
+    pub fn q6_k(row: &[u8], a: &[BlockQ8]) -> f32 {
+        debug_assert!(a.len().is_multiple_of(SUBS));
+        let mut acc = 0f32;
+        for (b, ys) in row.chunks_exact(Q6_K_BYTES).zip(a.chunks_exact(SUBS)) {
+            let mut scaled = 0f32;
+            for (k, y) in ys.iter().enumerate() {
+                // Activation block k is run g of half n (see `q6_k_value`).
+                let (n, g) = (k / 4, k % 4);
+                let ql = &b[64 * n + QK * (g % 2)..][..QK];
+                let qh = &b[Q6_K_QH_AT + QK * n..][..QK];
+                let (lo_shift, hi_shift) = (4 * (g / 2), 2 * g);
+                let mut isum = 0i32;
+                for h in 0..2 {
+                    let mut part = 0i32;
+                    for l in 16 * h..16 * (h + 1) {
+                        let q = ((ql[l] >> lo_shift) & 0x0f) | (((qh[l] >> hi_shift) & 3) << 4);
+                        part += (i32::from(q) - 32) * i32::from(y.qs[l]);
+                    }
+                    // The scales are i8 stored as bytes.
+                    isum += i32::from(b[Q6_K_SCALES_AT + 2 * k + h] as i8) * part;
+                }
+                // |isum| <= 2 * 16 * 32 * 127 * 128 < 2^24: exact in f32.
+                scaled += y.d * isum as f32;
+            }
+            acc += f16_at(b, Q6_K_D_AT) * scaled;
+        }
+        acc
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -173,7 +310,7 @@ mod avx2 {
     /// 32 nibbles from 16 bytes: low nibbles in lanes 0..16, high nibbles in lanes 16..32.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn nibbles(p: *const u8) -> __m256i {
+    pub(super) unsafe fn nibbles(p: *const u8) -> __m256i {
         // SAFETY: the caller guarantees 16 readable bytes at p.
         let raw = unsafe { _mm_loadu_si128(p.cast()) };
         let mask = _mm_set1_epi8(0x0f);
@@ -185,14 +322,14 @@ mod avx2 {
     /// Sum of u8 × i8 products as 8 i32 lanes converted to f32.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn dot_u8_i8(u: __m256i, s: __m256i) -> __m256 {
+    pub(super) unsafe fn dot_u8_i8(u: __m256i, s: __m256i) -> __m256 {
         let p16 = _mm256_maddubs_epi16(u, s);
         _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)))
     }
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn hsum(v: __m256) -> f32 {
+    pub(super) unsafe fn hsum(v: __m256) -> f32 {
         let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         let s = _mm_add_ss(s, _mm_movehdup_ps(s));
@@ -203,7 +340,7 @@ mod avx2 {
     /// prefetcher alone leaves a single core at a third of its cache-resident speed.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn prefetch(p: *const u8) {
+    pub(super) fn prefetch(p: *const u8) {
         // Prefetching never faults, even past the end of the mapping.
         _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_DISTANCE).cast());
     }
@@ -211,7 +348,7 @@ mod avx2 {
     /// An f16 at `p` (unaligned) as f32, with the F16C instruction.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn f16(p: *const u8) -> f32 {
+    pub(super) unsafe fn f16(p: *const u8) -> f32 {
         // SAFETY: the caller guarantees 2 readable bytes at p.
         let bits = unsafe { p.cast::<u16>().read_unaligned() };
         _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
@@ -358,18 +495,555 @@ mod avx2 {
         }
         std::array::from_fn(|t| hsum(acc[t]))
     }
+
+    // K-quants: one generic body serves the single-token kernel (N = 1) and the four-token one,
+    // so every token sees exactly the same sequence of operations.
+
+    pub fn q4_k(row: &[u8], a: &[BlockQ8]) -> f32 {
+        check_k(row, &[a], Q4_K_BYTES);
+        // SAFETY: AVX2+FMA+F16C present (see above); loads stay inside bounds-checked slices.
+        unsafe { q4_5_k_impl::<1, false>(row, [a])[0] }
+    }
+
+    pub fn q4_k_x4(row: &[u8], a: [&[BlockQ8]; 4]) -> [f32; 4] {
+        check_k(row, &a, Q4_K_BYTES);
+        // SAFETY: as for q4_k.
+        unsafe { q4_5_k_impl::<4, false>(row, a) }
+    }
+
+    pub fn q5_k(row: &[u8], a: &[BlockQ8]) -> f32 {
+        check_k(row, &[a], Q5_K_BYTES);
+        // SAFETY: as for q4_k.
+        unsafe { q4_5_k_impl::<1, true>(row, [a])[0] }
+    }
+
+    pub fn q5_k_x4(row: &[u8], a: [&[BlockQ8]; 4]) -> [f32; 4] {
+        check_k(row, &a, Q5_K_BYTES);
+        // SAFETY: as for q4_k.
+        unsafe { q4_5_k_impl::<4, true>(row, a) }
+    }
+
+    pub fn q6_k(row: &[u8], a: &[BlockQ8]) -> f32 {
+        check_k(row, &[a], Q6_K_BYTES);
+        // SAFETY: as for q4_k.
+        unsafe { q6_k_impl::<1>(row, [a])[0] }
+    }
+
+    pub fn q6_k_x4(row: &[u8], a: [&[BlockQ8]; 4]) -> [f32; 4] {
+        check_k(row, &a, Q6_K_BYTES);
+        // SAFETY: as for q4_k.
+        unsafe { q6_k_impl::<4>(row, a) }
+    }
+
+    /// Whole super-blocks, every token as long as the first, and the row long enough.
+    pub(super) fn check_k(row: &[u8], a: &[&[BlockQ8]], bytes: usize) {
+        let n = a[0].len();
+        assert!(
+            n.is_multiple_of(SUBS) && a.iter().all(|x| x.len() == n) && row.len() >= n / SUBS * bytes,
+            "K-quant row of {} bytes against {n} activation blocks",
+            row.len()
+        );
+    }
+
+    /// Prefetch every cache line of a super-block (see [`prefetch`]).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) fn prefetch_block(b: *const u8, bytes: usize) {
+        for off in (0..bytes).step_by(64) {
+            prefetch(b.wrapping_add(off));
+        }
+    }
+
+    /// `d * v[j]` for eight 6-bit scales or mins.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) fn times8(d: f32, v: [u8; SUBS]) -> __m256 {
+        let w = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(i64::from_le_bytes(v))));
+        _mm256_mul_ps(_mm256_set1_ps(d), w)
+    }
+
+    /// The scales `d` and the exact sums of a super-block's eight activation blocks, as two
+    /// vectors (lane `j` from block `j`): the first 16 bytes of each block are `d, s, sum, pad`,
+    /// and a 4 × 4 transpose brings the `d`s and the `sum`s together.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) fn scales_and_sums(ys: &[BlockQ8; SUBS]) -> (__m256, __m256) {
+        let p = ys.as_ptr().cast::<f32>();
+        let stride = size_of::<BlockQ8>() / size_of::<f32>();
+        // SAFETY: each load reads the first 16 bytes of one of the eight blocks, which are
+        // 16-byte aligned (`repr(align(16))`).
+        let (v04, v15, v26, v37) = unsafe {
+            let head = |j: usize| p.add(j * stride);
+            (
+                _mm256_set_m128(_mm_load_ps(head(4)), _mm_load_ps(head(0))),
+                _mm256_set_m128(_mm_load_ps(head(5)), _mm_load_ps(head(1))),
+                _mm256_set_m128(_mm_load_ps(head(6)), _mm_load_ps(head(2))),
+                _mm256_set_m128(_mm_load_ps(head(7)), _mm_load_ps(head(3))),
+            )
+        };
+        // [d0 d1 s0 s1 | d4 d5 s4 s5], [d2 d3 s2 s3 | d6 d7 s6 s7] -> [d0 d1 d2 d3 | d4 d5 d6 d7]
+        let lo = (_mm256_unpacklo_ps(v04, v15), _mm256_unpacklo_ps(v26, v37));
+        let d = _mm256_shuffle_ps::<0b01_00_01_00>(lo.0, lo.1);
+        let hi = (_mm256_unpackhi_ps(v04, v15), _mm256_unpackhi_ps(v26, v37));
+        let sum_bits = _mm256_castps_si256(_mm256_shuffle_ps::<0b01_00_01_00>(hi.0, hi.1));
+        // |sum| <= 32 * 127: exact in f32.
+        (d, _mm256_cvtepi32_ps(sum_bits))
+    }
+
+    /// The eight sub-blocks of a Q4_K / Q5_K super-block as unsigned bytes (0..16 or 0..32).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn unpack_q4_5_k<const HIGH: bool>(b: *const u8) -> [__m256i; SUBS] {
+        let m4 = _mm256_set1_epi8(0x0f);
+        let qs_at = if HIGH { Q5_K_QS_AT } else { Q4_K_QS_AT };
+        let mut q = [_mm256_setzero_si256(); SUBS];
+        // SAFETY (all loads): the caller guarantees a whole super-block at b.
+        let qh = if HIGH {
+            unsafe { _mm256_loadu_si256(b.add(Q5_K_QH_AT).cast()) }
+        } else {
+            _mm256_setzero_si256()
+        };
+        for p in 0..SUBS / 2 {
+            let raw = unsafe { _mm256_loadu_si256(b.add(qs_at + QK * p).cast()) };
+            q[2 * p] = _mm256_and_si256(raw, m4);
+            q[2 * p + 1] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
+            if HIGH {
+                // Bits 2p and 2p + 1 of each qh byte are the fifth bits of this pair; a 16-bit
+                // shift by at most 6 leaves them uncontaminated by the next byte.
+                let h = _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * p as i32));
+                let one = _mm256_and_si256(h, _mm256_set1_epi8(1));
+                let two = _mm256_and_si256(h, _mm256_set1_epi8(2));
+                q[2 * p] = _mm256_or_si256(q[2 * p], _mm256_slli_epi16(one, 4));
+                q[2 * p + 1] = _mm256_or_si256(q[2 * p + 1], _mm256_slli_epi16(two, 3));
+            }
+        }
+        q
+    }
+
+    /// The activation blocks of super-block `i` for one token.
+    #[inline(always)]
+    pub(super) fn super_block(a: &[BlockQ8], i: usize) -> &[BlockQ8; SUBS] {
+        a[SUBS * i..SUBS * (i + 1)].try_into().expect("eight blocks")
+    }
+
+    /// Q4_K (`HIGH = false`) and Q5_K (`HIGH = true`, the fifth bits in 32 bytes before the
+    /// nibbles) for `N` tokens. Per token the weights of a super-block are unpacked once and its
+    /// eight sub-blocks run in order, into two accumulators (even and odd sub-blocks, halving
+    /// the FMA dependency chain); the minimum term `-Σ_j dmin·min_j · d_j·sum_j` joins them as
+    /// one vector FMA per super-block, since only the sum of their lanes matters.
+    // The token index walks the token arrays and their accumulators in lockstep.
+    #[allow(clippy::needless_range_loop)]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q4_5_k_impl<const N: usize, const HIGH: bool>(row: &[u8], a: [&[BlockQ8]; N]) -> [f32; N] {
+        let bytes = if HIGH { Q5_K_BYTES } else { Q4_K_BYTES };
+        let mut acc = [[_mm256_setzero_ps(); 2]; N];
+        for (i, blk) in row.chunks_exact(bytes).take(a[0].len() / SUBS).enumerate() {
+            let b = blk.as_ptr();
+            prefetch_block(b, bytes);
+            // SAFETY: blk holds a whole super-block.
+            let (d, dmin) = unsafe { (f16(b), f16(b.add(2))) };
+            let q = unsafe { unpack_q4_5_k::<HIGH>(b) };
+            let (sc, m) = k_scales_mins(&blk[K_SCALES_AT..]);
+            let (dsc, dmm) = (times8(d, sc), times8(dmin, m));
+            for t in 0..N {
+                let ys = super_block(a[t], i);
+                let (yd, ysum) = scales_and_sums(ys);
+                let mut scale = [0f32; SUBS];
+                // SAFETY: scale holds eight f32.
+                unsafe { _mm256_storeu_ps(scale.as_mut_ptr(), _mm256_mul_ps(dsc, yd)) };
+                let [mut even, mut odd] = acc[t];
+                even = _mm256_fnmadd_ps(dmm, _mm256_mul_ps(yd, ysum), even);
+                for p in 0..SUBS / 2 {
+                    let (j, k) = (2 * p, 2 * p + 1);
+                    // SAFETY: BlockQ8::qs is 32 bytes.
+                    let (sj, sk) = unsafe {
+                        (
+                            _mm256_loadu_si256(ys[j].qs.as_ptr().cast()),
+                            _mm256_loadu_si256(ys[k].qs.as_ptr().cast()),
+                        )
+                    };
+                    even = _mm256_fmadd_ps(_mm256_set1_ps(scale[j]), dot_u8_i8(q[j], sj), even);
+                    odd = _mm256_fmadd_ps(_mm256_set1_ps(scale[k]), dot_u8_i8(q[k], sk), odd);
+                }
+                acc[t] = [even, odd];
+            }
+        }
+        std::array::from_fn(|t| hsum(_mm256_add_ps(acc[t][0], acc[t][1])))
+    }
+
+    /// One half (128 elements) of a Q6_K super-block: four runs of 32 six-bit values minus 32,
+    /// as signed bytes.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn unpack_q6_k_half(b: *const u8, n: usize) -> [__m256i; 4] {
+        let m4 = _mm256_set1_epi8(0x0f);
+        // SAFETY: the caller guarantees a whole super-block at b.
+        let (ql0, ql1, qh) = unsafe {
+            (
+                _mm256_loadu_si256(b.add(64 * n).cast()),
+                _mm256_loadu_si256(b.add(64 * n + QK).cast()),
+                _mm256_loadu_si256(b.add(Q6_K_QH_AT + QK * n).cast()),
+            )
+        };
+        // The bit pairs of qh moved to bits 4-5 of each byte (16-bit shifts, masked after the
+        // shift so nothing leaks in from the neighbouring byte).
+        let q = [
+            _mm256_or_si256(
+                _mm256_and_si256(ql0, m4),
+                _mm256_slli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8(0x03)), 4),
+            ),
+            _mm256_or_si256(
+                _mm256_and_si256(ql1, m4),
+                _mm256_slli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8(0x0c)), 2),
+            ),
+            _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
+                _mm256_and_si256(qh, _mm256_set1_epi8(0x30)),
+            ),
+            _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                _mm256_and_si256(_mm256_srli_epi16(qh, 2), _mm256_set1_epi8(0x30)),
+            ),
+        ];
+        let m32 = _mm256_set1_epi8(32);
+        [
+            _mm256_sub_epi8(q[0], m32),
+            _mm256_sub_epi8(q[1], m32),
+            _mm256_sub_epi8(q[2], m32),
+            _mm256_sub_epi8(q[3], m32),
+        ]
+    }
+
+    /// Q6_K for `N` tokens. The 6-bit values minus 32 are signed, so (as for Q8_0) their
+    /// magnitudes multiply activations that carry their signs; the two i8 scales of the
+    /// 16-element halves of an activation block enter through the pairwise i16 → i32 sum.
+    // The token index walks the token arrays and their accumulators in lockstep.
+    #[allow(clippy::needless_range_loop)]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q6_k_impl<const N: usize>(row: &[u8], a: [&[BlockQ8]; N]) -> [f32; N] {
+        let mut acc = [[_mm256_setzero_ps(); 2]; N];
+        for (i, blk) in row.chunks_exact(Q6_K_BYTES).take(a[0].len() / SUBS).enumerate() {
+            let b = blk.as_ptr();
+            prefetch_block(b, Q6_K_BYTES);
+            // SAFETY: blk holds a whole super-block.
+            let d = unsafe { f16(b.add(Q6_K_D_AT)) };
+            let scales = unsafe { _mm_loadu_si128(b.add(Q6_K_SCALES_AT).cast()) };
+            for n in 0..2 {
+                let w = unsafe { unpack_q6_k_half(b, n) };
+                let aw = [
+                    _mm256_abs_epi8(w[0]),
+                    _mm256_abs_epi8(w[1]),
+                    _mm256_abs_epi8(w[2]),
+                    _mm256_abs_epi8(w[3]),
+                ];
+                // Scales 2k and 2k + 1 as i16, each spread over the eight pair sums of its
+                // 16 elements (k = 4n + g <= 7, so the byte patterns fit).
+                let mut sc = [_mm256_setzero_si256(); 4];
+                for (g, sc) in sc.iter_mut().enumerate() {
+                    let k = (4 * n + g) as i64;
+                    let pick = _mm_set_epi64x(0x0101_0101_0101_0101 * (2 * k + 1), 0x0101_0101_0101_0101 * (2 * k));
+                    *sc = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, pick));
+                }
+                for t in 0..N {
+                    let ys = super_block(a[t], i);
+                    let [mut even, mut odd] = acc[t];
+                    for g in 0..4 {
+                        let y = &ys[4 * n + g];
+                        // SAFETY: BlockQ8::qs is 32 bytes.
+                        let s = unsafe { _mm256_loadu_si256(y.qs.as_ptr().cast()) };
+                        let p = _mm256_madd_epi16(_mm256_maddubs_epi16(aw[g], _mm256_sign_epi8(s, w[g])), sc[g]);
+                        let dd = _mm256_set1_ps(d * y.d);
+                        if g % 2 == 0 {
+                            even = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(p), even);
+                        } else {
+                            odd = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(p), odd);
+                        }
+                    }
+                    acc[t] = [even, odd];
+                }
+            }
+        }
+        std::array::from_fn(|t| hsum(_mm256_add_ps(acc[t][0], acc[t][1])))
+    }
+}
+
+/// AVX-512 with VNNI: 64-byte vectors hold two 32-element blocks, and `vpdpbusd` multiplies
+/// unsigned by signed bytes and sums each four products straight into i32 lanes (no i16
+/// saturation, one instruction instead of two).
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::avx2::{check_k, f16, prefetch, prefetch_block, scales_and_sums, super_block, times8};
+    use super::*;
+    use std::arch::x86_64::*;
+
+    // The safe wrappers are only handed out by `dot_fn` after `Isa::detect` / `Isa::available`
+    // confirmed AVX-512 F/BW/VL/VNNI, AVX2, FMA and F16C on this CPU.
+
+    pub fn q4_1(row: &[u8], a: &[BlockQ8]) -> f32 {
+        check_32(row, &[a], Q4_1_BYTES);
+        // SAFETY: the features are present (see above); check_32 bounds every load.
+        unsafe { q4_1_impl::<1>(row, [a])[0] }
+    }
+
+    pub fn q4_1_x4(row: &[u8], a: [&[BlockQ8]; 4]) -> [f32; 4] {
+        check_32(row, &a, Q4_1_BYTES);
+        // SAFETY: as for q4_1.
+        unsafe { q4_1_impl::<4>(row, a) }
+    }
+
+    pub fn q8_0(row: &[u8], a: &[BlockQ8]) -> f32 {
+        check_32(row, &[a], Q8_0_BYTES);
+        // SAFETY: as for q4_1.
+        unsafe { q8_0_impl::<1>(row, [a])[0] }
+    }
+
+    pub fn q8_0_x4(row: &[u8], a: [&[BlockQ8]; 4]) -> [f32; 4] {
+        check_32(row, &a, Q8_0_BYTES);
+        // SAFETY: as for q4_1.
+        unsafe { q8_0_impl::<4>(row, a) }
+    }
+
+    /// Every token as long as the first, and the row long enough.
+    fn check_32(row: &[u8], a: &[&[BlockQ8]], bytes: usize) {
+        let n = a[0].len();
+        assert!(
+            a.iter().all(|x| x.len() == n) && row.len() >= n * bytes,
+            "row of {} bytes against {n} activation blocks",
+            row.len()
+        );
+    }
+
+    /// Sixteen lanes: `lo` in the first eight, `hi` in the last eight.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    fn halves(lo: f32, hi: f32) -> __m512 {
+        _mm512_mask_blend_ps(0xff00, _mm512_set1_ps(lo), _mm512_set1_ps(hi))
+    }
+
+    /// Q4_1 for `N` tokens, two blocks per vector: `Σ d·y.d·(q·y) + m·y.s` as in AVX2.
+    // The token index walks the token arrays and their accumulators in lockstep.
+    #[allow(clippy::needless_range_loop)]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    unsafe fn q4_1_impl<const N: usize>(row: &[u8], a: [&[BlockQ8]; N]) -> [f32; N] {
+        let mut acc = [_mm512_setzero_ps(); N];
+        let mut offsets = [0f32; N];
+        let m4 = _mm256_set1_epi8(0x0f);
+        let zero = BlockQ8::default();
+        let n = a[0].len();
+        let mut i = 0;
+        while i < n {
+            let two = i + 1 < n;
+            // SAFETY: the wrapper checked n blocks in row; the second block is read only when
+            // it exists.
+            let b = unsafe { row.as_ptr().add(i * Q4_1_BYTES) };
+            prefetch(b);
+            let (d0, m0) = unsafe { (f16(b), f16(b.add(2))) };
+            let first = unsafe { _mm_loadu_si128(b.add(4).cast()) };
+            let (d1, m1, second) = if two {
+                let c = unsafe { b.add(Q4_1_BYTES) };
+                unsafe { (f16(c), f16(c.add(2)), _mm_loadu_si128(c.add(4).cast())) }
+            } else {
+                (0.0, 0.0, _mm_setzero_si128())
+            };
+            // [first | second] -> low nibbles, high nibbles -> [first lo, first hi, second lo, second hi]
+            let x = _mm256_set_m128i(second, first);
+            let split = _mm512_inserti64x4::<1>(
+                _mm512_castsi256_si512(_mm256_and_si256(x, m4)),
+                _mm256_and_si256(_mm256_srli_epi16(x, 4), m4),
+            );
+            let q = _mm512_shuffle_i64x2::<0b11_01_10_00>(split, split);
+            for t in 0..N {
+                let y0 = &a[t][i];
+                let y1 = if two { &a[t][i + 1] } else { &zero };
+                let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, pair(y0, y1));
+                acc[t] = _mm512_fmadd_ps(halves(d0 * y0.d, d1 * y1.d), _mm512_cvtepi32_ps(dot), acc[t]);
+                offsets[t] += m0 * y0.s;
+                if two {
+                    offsets[t] += m1 * y1.s;
+                }
+            }
+            i += 2;
+        }
+        std::array::from_fn(|t| _mm512_reduce_add_ps(acc[t]) + offsets[t])
+    }
+
+    /// Q8_0 for `N` tokens, two blocks per vector: |w| times activations carrying w's sign
+    /// (AVX-512 has no `vpsignb`: the activations are negated under a mask of w's sign bits).
+    // The token index walks the token arrays and their accumulators in lockstep.
+    #[allow(clippy::needless_range_loop)]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    unsafe fn q8_0_impl<const N: usize>(row: &[u8], a: [&[BlockQ8]; N]) -> [f32; N] {
+        let mut acc = [_mm512_setzero_ps(); N];
+        let zero = BlockQ8::default();
+        let n = a[0].len();
+        let mut i = 0;
+        while i < n {
+            let two = i + 1 < n;
+            // SAFETY: the wrapper checked n blocks in row; the second block is read only when
+            // it exists.
+            let b = unsafe { row.as_ptr().add(i * Q8_0_BYTES) };
+            // Two blocks are 68 bytes: two prefetches reach every cache line.
+            prefetch(b);
+            prefetch(b.wrapping_add(64));
+            let d0 = unsafe { f16(b) };
+            let first = unsafe { _mm256_loadu_si256(b.add(2).cast()) };
+            let (d1, second) = if two {
+                let c = unsafe { b.add(Q8_0_BYTES) };
+                unsafe { (f16(c), _mm256_loadu_si256(c.add(2).cast())) }
+            } else {
+                (0.0, _mm256_setzero_si256())
+            };
+            let w = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(first), second);
+            let aw = _mm512_abs_epi8(w);
+            let negative = _mm512_movepi8_mask(w);
+            for t in 0..N {
+                let y0 = &a[t][i];
+                let y1 = if two { &a[t][i + 1] } else { &zero };
+                let y = pair(y0, y1);
+                let signed = _mm512_mask_sub_epi8(y, negative, _mm512_setzero_si512(), y);
+                let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), aw, signed);
+                acc[t] = _mm512_fmadd_ps(halves(d0 * y0.d, d1 * y1.d), _mm512_cvtepi32_ps(dot), acc[t]);
+            }
+            i += 2;
+        }
+        std::array::from_fn(|t| _mm512_reduce_add_ps(acc[t]))
+    }
+
+    pub fn q4_k(row: &[u8], a: &[BlockQ8]) -> f32 {
+        check_k(row, &[a], Q4_K_BYTES);
+        // SAFETY: the features are present (see above); loads stay inside bounds-checked slices.
+        unsafe { q4_k_impl::<1>(row, [a])[0] }
+    }
+
+    pub fn q4_k_x4(row: &[u8], a: [&[BlockQ8]; 4]) -> [f32; 4] {
+        check_k(row, &a, Q4_K_BYTES);
+        // SAFETY: as for q4_k.
+        unsafe { q4_k_impl::<4>(row, a) }
+    }
+
+    /// Two activation blocks' 32 values each, side by side.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    fn pair(a: &BlockQ8, b: &BlockQ8) -> __m512i {
+        // SAFETY: BlockQ8::qs is 32 bytes.
+        unsafe {
+            _mm512_inserti64x4::<1>(
+                _mm512_castsi256_si512(_mm256_loadu_si256(a.qs.as_ptr().cast())),
+                _mm256_loadu_si256(b.qs.as_ptr().cast()),
+            )
+        }
+    }
+
+    /// Q4_K for `N` tokens: sub-blocks 2p and 2p + 1 share the 32 bytes p of nibbles, so one
+    /// vector holds both, against their two activation blocks.
+    // The token index walks the token arrays and their accumulators in lockstep.
+    #[allow(clippy::needless_range_loop)]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    unsafe fn q4_k_impl<const N: usize>(row: &[u8], a: [&[BlockQ8]; N]) -> [f32; N] {
+        let mut acc = [[_mm512_setzero_ps(); 2]; N];
+        let m4 = _mm512_set1_epi8(0x0f);
+        for (i, blk) in row.chunks_exact(Q4_K_BYTES).take(a[0].len() / SUBS).enumerate() {
+            let b = blk.as_ptr();
+            prefetch_block(b, Q4_K_BYTES);
+            // SAFETY: blk holds a whole super-block.
+            let (d, dmin) = unsafe { (f16(b), f16(b.add(2))) };
+            let mut q = [_mm512_setzero_si512(); SUBS / 2];
+            for (p, q) in q.iter_mut().enumerate() {
+                let raw = unsafe { _mm256_loadu_si256(b.add(Q4_K_QS_AT + QK * p).cast()) };
+                let both = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(raw), _mm256_srli_epi16(raw, 4));
+                *q = _mm512_and_si512(both, m4);
+            }
+            let (sc, m) = k_scales_mins(&blk[K_SCALES_AT..]);
+            let (dsc, dmm) = (times8(d, sc), times8(dmin, m));
+            for t in 0..N {
+                let ys = super_block(a[t], i);
+                let (yd, ysum) = scales_and_sums(ys);
+                let scale = _mm512_castps256_ps512(_mm256_mul_ps(dsc, yd));
+                let [mut even, mut odd] = acc[t];
+                let mins = _mm512_zextps256_ps512(_mm256_mul_ps(dmm, _mm256_mul_ps(yd, ysum)));
+                even = _mm512_sub_ps(even, mins);
+                for p in 0..SUBS / 2 {
+                    let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[p], pair(&ys[2 * p], &ys[2 * p + 1]));
+                    // Lanes 0..8 take sub-block 2p's scale, lanes 8..16 sub-block 2p + 1's.
+                    let idx = _mm512_inserti64x4::<1>(
+                        _mm512_castsi256_si512(_mm256_set1_epi32(2 * p as i32)),
+                        _mm256_set1_epi32(2 * p as i32 + 1),
+                    );
+                    let sv = _mm512_permutexvar_ps(idx, scale);
+                    if p % 2 == 0 {
+                        even = _mm512_fmadd_ps(sv, _mm512_cvtepi32_ps(dot), even);
+                    } else {
+                        odd = _mm512_fmadd_ps(sv, _mm512_cvtepi32_ps(dot), odd);
+                    }
+                }
+                acc[t] = [even, odd];
+            }
+        }
+        std::array::from_fn(|t| _mm512_reduce_add_ps(_mm512_add_ps(acc[t][0], acc[t][1])))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::generate::Rng;
+    use crate::quant::blocks::Q6_K_D_AT;
     use crate::quant::blocks::{dequantize_row, quantize_q8};
 
-    fn random_row(rng: &mut Rng, dtype: QuantType, blocks: usize) -> Vec<u8> {
-        let n = blocks * QK;
+    /// Every format with a kernel.
+    const KERNEL_TYPES: [QuantType; 6] = [
+        QuantType::Q4_0,
+        QuantType::Q4_1,
+        QuantType::Q8_0,
+        QuantType::Q4K,
+        QuantType::Q5K,
+        QuantType::Q6K,
+    ];
+
+    /// A row of `n` weights quantized by candle from uniform values.
+    fn random_row(rng: &mut Rng, dtype: QuantType, n: usize) -> Vec<u8> {
         let values: Vec<f32> = (0..n).map(|_| (rng.next_f64() * 2.0 - 1.0) as f32).collect();
         crate::model::synthetic::encode(&values, &[1, n], dtype).unwrap()
+    }
+
+    /// A row of `n` weights as random bytes, with finite f16 scales: reaches bit patterns a
+    /// quantizer may never write (all 6-bit scales and mins, every sign of `d`).
+    fn random_bytes(rng: &mut Rng, dtype: QuantType, n: usize) -> Vec<u8> {
+        let bytes = block_bytes(dtype);
+        let scale_at: &[usize] = match dtype {
+            QuantType::Q4_0 | QuantType::Q8_0 => &[0],
+            QuantType::Q4_1 | QuantType::Q4K | QuantType::Q5K => &[0, 2],
+            QuantType::Q6K => &[Q6_K_D_AT],
+            other => unreachable!("{other} has no kernel"),
+        };
+        let mut row: Vec<u8> = (0..n / dtype.block_size() as usize * bytes)
+            .map(|_| rng.next_u64() as u8)
+            .collect();
+        for b in row.chunks_exact_mut(bytes) {
+            for &at in scale_at {
+                let v = half::f16::from_f32(((rng.next_f64() * 2.0 - 1.0) * 0.05) as f32);
+                b[at..at + 2].copy_from_slice(&v.to_le_bytes());
+            }
+        }
+        row
+    }
+
+    fn activations(rng: &mut Rng, blocks: usize, spread: f64) -> Vec<BlockQ8> {
+        let x: Vec<f32> = (0..blocks * QK)
+            .map(|_| ((rng.next_f64() * 2.0 - 1.0) * spread) as f32)
+            .collect();
+        let mut a = vec![BlockQ8::default(); blocks];
+        quantize_q8(&x, &mut a);
+        a
+    }
+
+    /// Awkward lengths in weight blocks: one block, odd counts, long rows.
+    fn block_counts(dtype: QuantType) -> &'static [usize] {
+        if dtype.block_size() as usize == QK {
+            &[1, 2, 3, 7, 18, 48, 129]
+        } else {
+            &[1, 2, 3, 5, 18]
+        }
     }
 
     fn f64_dot(dtype: QuantType, row: &[u8], a: &[BlockQ8]) -> f64 {
@@ -384,27 +1058,27 @@ mod tests {
     #[test]
     fn every_kernel_matches_the_f64_dequantized_dot() {
         let mut rng = Rng::new(99);
-        // Awkward lengths: one block, odd counts, long rows.
-        for blocks in [1, 2, 3, 7, 18, 48, 129] {
-            let x: Vec<f32> = (0..blocks * QK).map(|_| (rng.next_f64() * 6.0 - 3.0) as f32).collect();
-            let mut a = vec![BlockQ8::default(); blocks];
-            quantize_q8(&x, &mut a);
-            for dtype in [QuantType::Q4_0, QuantType::Q4_1, QuantType::Q8_0] {
-                let row = random_row(&mut rng, dtype, blocks);
-                // Q4_1's offset term uses s = d * sum rounded through f16.
-                let want = f64_dot(dtype, &row, &a);
-                let scalar = f64::from(dot_fn(dtype, Isa::Scalar).unwrap()(&row, &a));
-                let tol = 1e-3 * (1.0 + want.abs()) * if dtype == QuantType::Q4_1 { 4.0 } else { 1.0 };
-                assert!(
-                    (scalar - want).abs() <= tol,
-                    "{dtype} scalar {blocks} blocks: {scalar} vs {want}"
-                );
-                for isa in Isa::available() {
-                    let got = f64::from(dot_fn(dtype, isa).unwrap()(&row, &a));
+        for dtype in KERNEL_TYPES {
+            for &blocks in block_counts(dtype) {
+                let n = blocks * dtype.block_size() as usize;
+                let a = activations(&mut rng, n / QK, 3.0);
+                let rows = [random_row(&mut rng, dtype, n), random_bytes(&mut rng, dtype, n)];
+                for (source, row) in ["quantized", "random bytes"].iter().zip(&rows) {
+                    // Q4_1's offset term uses s = d * sum rounded through f16.
+                    let want = f64_dot(dtype, row, &a);
+                    let scalar = f64::from(dot_fn(dtype, Isa::Scalar).unwrap()(row, &a));
+                    let tol = 1e-3 * (1.0 + want.abs()) * if dtype == QuantType::Q4_1 { 4.0 } else { 1.0 };
                     assert!(
-                        (got - scalar).abs() <= 1e-5 * (1.0 + scalar.abs()),
-                        "{dtype} {isa:?} {blocks} blocks: {got} vs scalar {scalar}"
+                        (scalar - want).abs() <= tol,
+                        "{dtype} scalar {blocks} blocks ({source}): {scalar} vs {want}"
                     );
+                    for isa in Isa::available() {
+                        let got = f64::from(dot_fn(dtype, isa).unwrap()(row, &a));
+                        assert!(
+                            (got - scalar).abs() <= 1e-5 * (1.0 + scalar.abs()),
+                            "{dtype} {isa:?} {blocks} blocks ({source}): {got} vs scalar {scalar}"
+                        );
+                    }
                 }
             }
         }
@@ -413,17 +1087,11 @@ mod tests {
     #[test]
     fn four_token_kernels_are_bit_identical_to_single_token_ones() {
         let mut rng = Rng::new(5);
-        for blocks in [1, 5, 18, 48] {
-            let acts: Vec<Vec<BlockQ8>> = (0..4)
-                .map(|_| {
-                    let x: Vec<f32> = (0..blocks * QK).map(|_| (rng.next_f64() * 4.0 - 2.0) as f32).collect();
-                    let mut a = vec![BlockQ8::default(); blocks];
-                    quantize_q8(&x, &mut a);
-                    a
-                })
-                .collect();
-            for dtype in [QuantType::Q4_0, QuantType::Q4_1, QuantType::Q8_0] {
-                let row = random_row(&mut rng, dtype, blocks);
+        for dtype in KERNEL_TYPES {
+            for &blocks in &block_counts(dtype)[..5] {
+                let n = blocks * dtype.block_size() as usize;
+                let acts: Vec<Vec<BlockQ8>> = (0..4).map(|_| activations(&mut rng, n / QK, 2.0)).collect();
+                let row = random_row(&mut rng, dtype, n);
                 for isa in Isa::available() {
                     let one = dot_fn(dtype, isa).unwrap();
                     let four = dot4_fn(dtype, isa).unwrap()(&row, [&acts[0], &acts[1], &acts[2], &acts[3]]);
@@ -431,10 +1099,37 @@ mod tests {
                         assert_eq!(
                             four[t].to_bits(),
                             one(&row, &acts[t]).to_bits(),
-                            "{dtype} {isa:?} token {t}"
+                            "{dtype} {isa:?} {blocks} blocks token {t}"
                         );
                     }
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn dequantization_equals_candles() {
+        use candle_core::quantized::ggml_file::qtensor_from_ggml;
+        use candle_core::Device;
+        let mut rng = Rng::new(17);
+        for dtype in KERNEL_TYPES {
+            let (rows, cols) = (3, 2 * dtype.block_size() as usize);
+            let bytes = random_bytes(&mut rng, dtype, rows * cols);
+            let q = qtensor_from_ggml(dtype.to_candle(), &bytes, vec![rows, cols], &Device::Cpu).unwrap();
+            let want = q
+                .dequantize(&Device::Cpu)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let mut got = vec![0f32; rows * cols];
+            let row_bytes = bytes.len() / rows;
+            for (r, out) in got.chunks_exact_mut(cols).enumerate() {
+                dequantize_row(dtype, &bytes[r * row_bytes..(r + 1) * row_bytes], out);
+            }
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(g.to_bits(), w.to_bits(), "{dtype} element {i}: {g} vs candle {w}");
             }
         }
     }

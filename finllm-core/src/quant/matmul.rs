@@ -40,7 +40,8 @@ impl std::fmt::Debug for QMatrix {
 }
 
 impl QMatrix {
-    /// The matrix `name` of `file`, or `Ok(None)` when its format has no finllm kernel.
+    /// The matrix `name` of `file`, or `Ok(None)` when its format has no finllm kernel (or its
+    /// rows are not whole blocks of the format: 32 elements, 256 for the K-quants).
     pub fn from_gguf(file: &Arc<GgufFile>, name: &str, rows: usize, cols: usize) -> Result<Option<Self>> {
         let info = file
             .tensor(name)
@@ -56,7 +57,13 @@ impl QMatrix {
                 found: info.shape(),
             });
         }
-        let row_bytes = cols / QK * block_bytes(info.dtype);
+        // The GGUF reader already rejects rows that are not whole blocks; should one get
+        // through, candle serves it.
+        let block = info.dtype.block_size() as usize; // at most 256
+        if !cols.is_multiple_of(block) {
+            return Ok(None);
+        }
+        let row_bytes = cols / block * block_bytes(info.dtype);
         Ok(Some(Self {
             file: file.clone(),
             // In bounds: the reader checked start + n_bytes against the file size.
@@ -157,4 +164,74 @@ pub fn matmul_group(mats: &[&QMatrix], x: &[f32], n: usize) -> Vec<Vec<f32>> {
             y
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::generate::Rng;
+    use crate::model::GgufWriter;
+    use crate::quant::blocks::dequantize_row;
+
+    fn file_with(shape: &[usize], dtype: QuantType, data: Vec<u8>) -> Arc<GgufFile> {
+        let mut g = GgufWriter::new();
+        g.tensor("w", shape, dtype, data).unwrap();
+        Arc::new(GgufFile::from_vec("test.gguf", g.to_bytes()).unwrap())
+    }
+
+    #[test]
+    fn every_kernel_format_multiplies_like_its_dequantized_matrix() {
+        let mut rng = Rng::new(11);
+        let (rows, cols) = (37, 512);
+        let mut uniform = |n: usize, spread: f64| -> Vec<f32> {
+            (0..n).map(|_| ((rng.next_f64() * 2.0 - 1.0) * spread) as f32).collect()
+        };
+        for dtype in [
+            QuantType::Q4_0,
+            QuantType::Q4_1,
+            QuantType::Q8_0,
+            QuantType::Q4K,
+            QuantType::Q5K,
+            QuantType::Q6K,
+        ] {
+            let data = crate::model::synthetic::encode(&uniform(rows * cols, 1.0), &[rows, cols], dtype).unwrap();
+            let row_bytes = data.len() / rows;
+            let mut w = vec![0f32; rows * cols];
+            for (r, out) in w.chunks_exact_mut(cols).enumerate() {
+                dequantize_row(dtype, &data[r * row_bytes..(r + 1) * row_bytes], out);
+            }
+            let m = QMatrix::from_gguf(&file_with(&[rows, cols], dtype, data), "w", rows, cols)
+                .unwrap()
+                .unwrap_or_else(|| panic!("{dtype} has a kernel"));
+            // Q4_1's offset term takes d * sum rounded through f16, as llama.cpp does; the
+            // K-quants' minimum terms take the exact sum.
+            let tol = if dtype == QuantType::Q4_1 { 3e-2 } else { 2e-3 };
+            // 1 token, the four-token kernel with a remainder, and two groups of four.
+            for n in [1, 6, 8] {
+                let x = uniform(n * cols, 2.0);
+                let y = m.matmul(&x, n);
+                for t in 0..n {
+                    // The kernels see the activations quantized to 8 bits.
+                    let mut xq = vec![BlockQ8::default(); cols / QK];
+                    quantize_q8(&x[t * cols..(t + 1) * cols], &mut xq);
+                    let xd: Vec<f64> = xq
+                        .iter()
+                        .flat_map(|b| b.qs.iter().map(move |&q| f64::from(q) * f64::from(b.d)))
+                        .collect();
+                    for r in 0..rows {
+                        let want: f64 = w[r * cols..(r + 1) * cols]
+                            .iter()
+                            .zip(&xd)
+                            .map(|(w, x)| f64::from(*w) * x)
+                            .sum();
+                        let got = f64::from(y[t * rows + r]);
+                        assert!(
+                            (got - want).abs() <= tol * (1.0 + want.abs()),
+                            "{dtype} n={n} token {t} row {r}: {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 }
