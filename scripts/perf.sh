@@ -61,7 +61,7 @@ cargo bench --quiet --locked --bench overhead -- "$tiny" 2>/dev/null
 make --no-print-directory -s -C examples/cpp overhead 2>/dev/null
 py="$work/venv"
 rm -rf "$work/wheel" "$py"
-CARGO_TARGET_DIR="${FINLLM_PY_TARGET:-target/py-build}" \
+CARGO_TARGET_DIR="$(realpath -m "${FINLLM_PY_TARGET:-target/py-build}")" \
   python3 -m pip wheel --quiet --disable-pip-version-check --no-deps ./finllm-py -w "$work/wheel"
 python3 -m venv "$py"
 "$py/bin/pip" install --quiet --disable-pip-version-check "$work"/wheel/*.whl
