@@ -229,6 +229,11 @@ impl Guard {
             filtered: String::new(),
             shown: String::new(),
         };
+        // A request that fails after it started is recorded too, with what was released.
+        let fail = |output: &Output<'_>, e: Error| {
+            let rec = record(&output.filtered, "error", None, Some(e.to_string()));
+            self.record_failure(model, rec, e)
+        };
         let mut steps = Vec::new();
         let mut decision = None;
         let mut finish = FinishReason::Length;
@@ -237,10 +242,7 @@ impl Guard {
             let Some(event) = stream.next() else { break };
             let event = match event.and_then(|ev| output.push(&ev.text).map(|r| (ev, r))) {
                 Ok(e) => e,
-                Err(e) => {
-                    let rec = record(&output.filtered, "error", None, Some(e.to_string()));
-                    return Err(self.record_failure(model, rec, e));
-                }
+                Err(e) => return Err(fail(&output, e)),
             };
             let (mut ev, (text, blocked)) = event;
             if params.top_logits > 0 {
@@ -256,7 +258,7 @@ impl Guard {
             }
             if let Some(reason) = ev.finish {
                 finish = reason;
-                let (tail, d) = output.finish()?;
+                let (tail, d) = output.finish().map_err(|e| fail(&output, e))?;
                 ev.text.push_str(&tail);
                 decision = d;
                 last = Some(ev);
@@ -264,7 +266,7 @@ impl Guard {
             }
             if on_token(&ev).is_break() {
                 finish = FinishReason::Cancelled;
-                decision = output.finish()?.1;
+                decision = output.finish().map_err(|e| fail(&output, e))?.1;
                 break;
             }
         }
@@ -589,5 +591,52 @@ mod tests {
         let expected = crate::llm::hex(&sha2::Sha256::digest(std::fs::read(dir.join("tiny.gguf")).unwrap()));
         assert_eq!(r.model_sha256, expected);
         assert_eq!(out.receipt.unwrap().seq, 1);
+    }
+
+    /// Embeds the rule's examples, then fails: the filter breaks in the middle of a stream.
+    struct FailsAfterFirstCall(std::sync::atomic::AtomicUsize);
+
+    impl crate::compliance::Embedder for FailsAfterFirstCall {
+        fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+            if self.0.fetch_add(1, Ordering::SeqCst) > 0 {
+                return Err(Error::invalid("embedder", "service unavailable (simulated)"));
+            }
+            Ok(texts.iter().map(|_| vec![1.0, 0.0]).collect())
+        }
+    }
+
+    #[test]
+    fn a_request_that_fails_mid_stream_is_recorded() {
+        let dir = temp_dir("mid-stream");
+        let model = tiny_model(&dir);
+        let path = dir.join("audit.log");
+        let pack = "[[rules]]\nid = 's'\ncategory = 'x'\naction = 'block'\nexamples = ['sell everything']\n";
+        let policy = Policy::from_toml_str(pack)
+            .unwrap()
+            .with_embedder(Arc::new(FailsAfterFirstCall(Default::default())))
+            .unwrap();
+        let guard = Guard::new(GuardConfig {
+            policy: Some(policy),
+            audit: Some(Arc::new(AuditLog::open(&path, AuditConfig::default()).unwrap())),
+            ..Default::default()
+        })
+        .unwrap();
+        let params = GenerateParams {
+            max_tokens: 8,
+            ..Default::default()
+        };
+        let err = guard
+            .generate(&model, "hello", &params, &RequestInfo::default())
+            .unwrap_err();
+        assert!(err.to_string().contains("service unavailable"), "{err}");
+        let stored = audit::read_records(&path).unwrap();
+        assert_eq!(stored.len(), 1);
+        assert_eq!(stored[0].record.finish_reason, "error");
+        assert!(stored[0]
+            .record
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("service unavailable"));
     }
 }
