@@ -4,6 +4,10 @@
 //! (12-byte header `FLAR` + length + CRC, payload, 32-byte chain hash, 4-byte CRC), which this file
 //! checks on its own with `crc32fast` before it damages anything; never from the verifier's code.
 
+mod common;
+
+#[cfg(unix)]
+use common::Rng;
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -39,25 +43,6 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A tiny deterministic PRNG (SplitMix64).
-#[cfg(unix)]
-struct Rng(u64);
-
-#[cfg(unix)]
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
     }
 }
 
@@ -939,11 +924,11 @@ fn torn_tail(rng: &mut Rng) -> Vec<u8> {
         bytes.extend_from_slice(&500u32.to_le_bytes());
         bytes.extend_from_slice(&crc32fast::hash(&bytes).to_le_bytes());
         bytes.extend_from_slice(&[b'{'; 100]);
-        let keep = 1 + usize::try_from(rng.below(bytes.len() as u64)).unwrap();
+        let keep = 1 + rng.below(bytes.len());
         bytes.truncate(keep);
         bytes
     } else {
-        vec![0; 1 + usize::try_from(rng.below(200)).unwrap()]
+        vec![0; 1 + rng.below(200)]
     }
 }
 
@@ -970,7 +955,7 @@ fn sigkill_during_appends_loses_no_acknowledged_record() {
     let (mut injected, mut repaired_by_child, mut repaired_by_parent) = (0, 0, 0);
     for trial in 0..CRASH_TRIALS {
         let early = rng.below(8) == 0;
-        let delay = Duration::from_millis(rng.below(31));
+        let delay = Duration::from_millis(rng.next() % 31);
         let child = run_and_kill_child(&path, early, delay, trial);
         if child.opened_truncating.is_none() {
             killed_before_open += 1;

@@ -3,24 +3,9 @@
 
 mod common;
 
+use common::Rng;
 use finllm::compliance::{Policy, Verdict};
 use finllm::{LoadOptions, Model};
-
-/// SplitMix64, for reproducible random splits.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        usize::try_from(self.next() % u64::try_from(n).unwrap()).unwrap()
-    }
-}
 
 /// `text` cut into random pieces of 1..=max_chars characters.
 fn random_pieces(text: &str, rng: &mut Rng, max_chars: usize) -> Vec<String> {
