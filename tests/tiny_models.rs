@@ -218,6 +218,74 @@ fn batched_forward_equals_separate_calls() {
     }
 }
 
+/// Logits of one new token per sequence through the general forward pass (asking for
+/// attentions keeps a call off the decode step).
+fn general_path_logits(t: &Transformer, seqs: &mut [SeqInput]) -> Vec<Vec<f32>> {
+    let opts = ForwardOptions {
+        attentions: true,
+        ..Default::default()
+    };
+    let out = t.forward_batch(seqs, &opts).unwrap();
+    out.iter()
+        .map(|o| o.logits.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+        .collect()
+}
+
+#[test]
+fn decode_step_equals_the_general_path() {
+    // Dense f32 weights (candle matmul), and formats with finllm kernels; both cache precisions;
+    // three sequences at different positions, one of them past the Gemma 3 sliding window.
+    for arch in ARCHS {
+        for quant in [QuantType::F32, QuantType::Q8_0, QuantType::Q4_0] {
+            let t = load_transformer(&write_gguf(&SyntheticSpec::tiny(arch, 13), quant));
+            for precision in [KvPrecision::F32, KvPrecision::F16] {
+                let prefixes: [&[u32]; 3] = [&SEQ[..1], &SEQ[3..23], &SEQ[..7]];
+                let mut fast: Vec<_> = prefixes
+                    .iter()
+                    .map(|p| {
+                        let mut c = t.new_cache_with(precision);
+                        t.forward(p, &mut c).unwrap();
+                        c
+                    })
+                    .collect();
+                let mut general = fast.clone();
+                for step in 0..3 {
+                    let tokens: Vec<[u32; 1]> = (0..3).map(|s| [SEQ[(5 * s + step) % SEQ.len()]]).collect();
+                    let mut inputs: Vec<SeqInput> = fast
+                        .iter_mut()
+                        .zip(&tokens)
+                        .map(|(cache, t)| SeqInput { tokens: t, cache })
+                        .collect();
+                    let got: Vec<Vec<f32>> = t
+                        .forward_batch(&mut inputs, &ForwardOptions::default())
+                        .unwrap()
+                        .iter()
+                        .map(|o| o.logits.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+                        .collect();
+                    let mut inputs: Vec<SeqInput> = general
+                        .iter_mut()
+                        .zip(&tokens)
+                        .map(|(cache, t)| SeqInput { tokens: t, cache })
+                        .collect();
+                    let want = general_path_logits(&t, &mut inputs);
+                    for (s, (g, w)) in got.iter().zip(&want).enumerate() {
+                        assert_eq!(g.len(), t.config().vocab_size);
+                        let diff = g.iter().zip(w).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                        assert!(
+                            diff < 1e-4,
+                            "{arch:?} {quant} {precision:?} step {step} seq {s}: {diff}"
+                        );
+                    }
+                }
+                for (f, g) in fast.iter().zip(&general) {
+                    assert_eq!(f.len(), g.len());
+                    assert_eq!(f.size_bytes(), g.size_bytes());
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn safetensors_and_gguf_f32_give_the_same_logits() {
     for arch in [Architecture::Llama, Architecture::Qwen2, Architecture::Qwen3] {

@@ -59,19 +59,34 @@ impl Matrix {
             }
         }
     }
+
+    /// The same on plain row-major buffers: `x` is `[n, in]`, the result `[n, out]`.
+    pub(crate) fn forward_vec(&self, x: &[f32], n: usize) -> Result<Vec<f32>> {
+        match self {
+            Matrix::Kernel(m) => Ok(m.matmul(x, n)),
+            Matrix::Candle(m) => {
+                let cols = x.len() / n.max(1);
+                let x = Tensor::from_slice(x, (n, cols), &Device::Cpu)?;
+                Ok(candle_core::Module::forward(m, &x)?.flatten_all()?.to_vec1::<f32>()?)
+            }
+        }
+    }
+}
+
+/// The kernel matrices of `mats`, when finllm's kernels cover every one.
+fn all_kernels<'a>(mats: &[&'a Matrix]) -> Option<Vec<&'a QMatrix>> {
+    mats.iter()
+        .map(|m| match m {
+            Matrix::Kernel(k) => Some(k),
+            Matrix::Candle(_) => None,
+        })
+        .collect()
 }
 
 /// `x @ W^T` for several matrices sharing `x`: one parallel pass when finllm's kernels cover
 /// them all.
 pub(crate) fn forward_group(mats: &[&Matrix], x: &Tensor) -> Result<Vec<Tensor>> {
-    let kernels: Option<Vec<&QMatrix>> = mats
-        .iter()
-        .map(|m| match m {
-            Matrix::Kernel(k) => Some(k),
-            Matrix::Candle(_) => None,
-        })
-        .collect();
-    match kernels {
+    match all_kernels(mats) {
         Some(ks) if ks.len() > 1 => {
             let (t, _) = x.dims2()?;
             let v = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
@@ -82,6 +97,14 @@ pub(crate) fn forward_group(mats: &[&Matrix], x: &Tensor) -> Result<Vec<Tensor>>
                 .collect()
         }
         _ => mats.iter().map(|m| m.forward(x)).collect(),
+    }
+}
+
+/// [`forward_group`] on plain row-major buffers (`x` is `[n, in]`).
+pub(crate) fn forward_group_vec(mats: &[&Matrix], x: &[f32], n: usize) -> Result<Vec<Vec<f32>>> {
+    match all_kernels(mats) {
+        Some(ks) => Ok(crate::quant::matmul::matmul_group(&ks, x, n)),
+        None => mats.iter().map(|m| m.forward_vec(x, n)).collect(),
     }
 }
 

@@ -3,6 +3,7 @@
 pub mod blocks;
 pub mod kernels;
 pub mod matmul;
+pub mod vector;
 
 use std::fmt;
 

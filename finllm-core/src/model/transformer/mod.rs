@@ -6,91 +6,17 @@
 //! their tokens stacked together, attention runs per sequence against its own KV cache.
 
 use candle_core::quantized::{QMatMul, QTensor};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::model::config::{Activation, AttentionSpan, ModelConfig, RopeStyle};
-use crate::model::weights::{forward_group, Matrix, Weight, WeightStore};
+use crate::model::weights::{forward_group, forward_group_vec, Matrix, Weight, WeightStore};
 
-/// Keys and values of one sequence, per layer: `[n_kv_heads, len, head_dim]`, stored in f16
-/// by default.
-#[derive(Debug, Clone)]
-pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
-    len: usize,
-    dtype: DType,
-}
+mod decode;
+mod kv_cache;
 
-/// Storage precision of a [`KvCache`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum KvPrecision {
-    /// Half the memory; llama.cpp's default, so logits compare most closely with it.
-    #[default]
-    F16,
-    /// Exact: for tests that compare two weight layouts bit for bit.
-    F32,
-}
-
-impl KvCache {
-    /// An empty cache for a model with `n_layers` layers.
-    pub fn new(n_layers: usize, precision: KvPrecision) -> Self {
-        Self {
-            layers: vec![None; n_layers],
-            len: 0,
-            dtype: match precision {
-                KvPrecision::F16 => DType::F16,
-                KvPrecision::F32 => DType::F32,
-            },
-        }
-    }
-
-    /// Number of positions cached.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Forget everything after the first `len` positions.
-    pub fn truncate(&mut self, len: usize) -> Result<()> {
-        if len >= self.len {
-            return Ok(());
-        }
-        for layer in &mut self.layers {
-            *layer = match layer.take() {
-                Some((k, v)) if len > 0 => Some((k.narrow(1, 0, len)?, v.narrow(1, 0, len)?)),
-                _ => None,
-            };
-        }
-        self.len = len;
-        Ok(())
-    }
-
-    /// Bytes held by the cache.
-    pub fn size_bytes(&self) -> usize {
-        self.layers
-            .iter()
-            .flatten()
-            .map(|(k, v)| (k.elem_count() + v.elem_count()) * self.dtype.size_in_bytes())
-            .sum()
-    }
-
-    /// Append new keys/values and return the whole cache for this layer in f32.
-    ///
-    fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
-        let (k, v) = (k.to_dtype(self.dtype)?, v.to_dtype(self.dtype)?);
-        let (k_all, v_all) = match &self.layers[layer] {
-            None => (k.contiguous()?, v.contiguous()?),
-            Some((ck, cv)) => (Tensor::cat(&[ck, &k], 1)?, Tensor::cat(&[cv, &v], 1)?),
-        };
-        let out = (k_all.to_dtype(DType::F32)?, v_all.to_dtype(DType::F32)?);
-        self.layers[layer] = Some((k_all, v_all));
-        Ok(out)
-    }
-}
+pub use kv_cache::{KvCache, KvPrecision};
 
 /// One sequence in a batched forward call.
 pub struct SeqInput<'a> {
@@ -121,7 +47,7 @@ pub struct SeqOutput {
 
 struct Linear {
     w: Matrix,
-    b: Option<Tensor>,
+    b: Option<Vec<f32>>,
 }
 
 impl Linear {
@@ -131,9 +57,18 @@ impl Linear {
 
     fn add_bias(&self, y: Tensor) -> Result<Tensor> {
         Ok(match &self.b {
-            Some(b) => y.broadcast_add(b)?,
+            Some(b) => y.broadcast_add(&Tensor::from_slice(b, b.len(), &Device::Cpu)?)?,
             None => y,
         })
+    }
+
+    /// Add the bias, if any, to every row of `y`.
+    fn add_bias_vec(&self, y: &mut [f32]) {
+        if let Some(b) = &self.b {
+            for row in y.chunks_exact_mut(b.len()) {
+                row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
+            }
+        }
     }
 
     /// Several projections of the same input in one pass.
@@ -145,16 +80,60 @@ impl Linear {
         }
         Ok(out.try_into().expect("N results for N layers"))
     }
+
+    /// [`Linear::forward_all`] on plain row-major buffers (`x` is `[n, in]`).
+    fn forward_all_vec<const N: usize>(layers: [&Linear; N], x: &[f32], n: usize) -> Result<[Vec<f32>; N]> {
+        let mut ys = forward_group_vec(&layers.map(|l| &l.w), x, n)?;
+        for (l, y) in layers.iter().zip(ys.iter_mut()) {
+            l.add_bias_vec(y);
+        }
+        Ok(ys.try_into().expect("N results for N layers"))
+    }
 }
 
 struct RmsNorm {
     w: Tensor,
+    /// The same weights, for the decode path.
+    w_vec: Vec<f32>,
     eps: f32,
 }
 
 impl RmsNorm {
+    fn new(w: Tensor, eps: f32) -> Result<Self> {
+        Ok(Self {
+            w_vec: w.to_vec1::<f32>()?,
+            w,
+            eps,
+        })
+    }
+
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(candle_nn::ops::rms_norm(&x.contiguous()?, &self.w, self.eps)?)
+    }
+
+    /// Normalise every row of `x` (rows as long as the weights) into `out`, in the order
+    /// candle's CPU kernel sums, so both paths agree to the last bit where they can.
+    fn forward_rows(&self, x: &[f32], out: &mut [f32]) {
+        let dim = self.w_vec.len();
+        for (row, dst) in x.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
+            let sum2: f32 = row.iter().map(|v| v * v).sum();
+            let m = (sum2 / dim as f32 + self.eps).sqrt();
+            for ((d, &v), &w) in dst.iter_mut().zip(row).zip(&self.w_vec) {
+                *d = v / m * w;
+            }
+        }
+    }
+
+    /// Normalise every row of `x` in place.
+    fn forward_rows_in_place(&self, x: &mut [f32]) {
+        let dim = self.w_vec.len();
+        for row in x.chunks_exact_mut(dim) {
+            let sum2: f32 = row.iter().map(|v| v * v).sum();
+            let m = (sum2 / dim as f32 + self.eps).sqrt();
+            for (v, &w) in row.iter_mut().zip(&self.w_vec) {
+                *v = *v / m * w;
+            }
+        }
     }
 }
 
@@ -216,15 +195,10 @@ impl Transformer {
         cfg.validate()?;
         let (h, q_dim, kv_dim) = (cfg.hidden_size, cfg.q_dim(), cfg.kv_dim());
         let eps = cfg.rms_eps as f32;
-        let norm = |name: &str, len: usize| -> Result<RmsNorm> {
-            Ok(RmsNorm {
-                w: store.vector(name, len)?,
-                eps,
-            })
-        };
+        let norm = |name: &str, len: usize| -> Result<RmsNorm> { RmsNorm::new(store.vector(name, len)?, eps) };
         let linear = |name: &str, out: usize, input: usize, bias: bool| -> Result<Linear> {
             let b = if bias {
-                Some(store.vector(&name.replace(".weight", ".bias"), out)?)
+                Some(store.vector(&name.replace(".weight", ".bias"), out)?.to_vec1::<f32>()?)
             } else {
                 None
             };
@@ -332,7 +306,12 @@ impl Transformer {
             self.check_input(s.tokens, s.cache)?;
         }
         let before: Vec<usize> = seqs.iter().map(|s| s.cache.len()).collect();
-        let result = self.forward_inner(seqs, opts);
+        let one_token_each = seqs.iter().all(|s| s.tokens.len() == 1);
+        let result = if one_token_each && !opts.attentions && !opts.hidden_states {
+            self.decode_step(seqs)
+        } else {
+            self.forward_inner(seqs, opts)
+        };
         if result.is_err() {
             for (s, &len) in seqs.iter_mut().zip(&before) {
                 s.cache.truncate(len)?;
@@ -348,7 +327,7 @@ impl Transformer {
                 "a forward call needs at least one token per sequence",
             ));
         }
-        if cache.layers.len() != self.cfg.n_layers {
+        if cache.n_layers() != self.cfg.n_layers {
             return Err(Error::invalid("cache", "the KV cache belongs to a different model"));
         }
         if let Some(&id) = tokens.iter().find(|&&id| id as usize >= self.cfg.vocab_size) {
@@ -463,7 +442,7 @@ impl Transformer {
             }
         }
         for seq in seqs.iter_mut() {
-            seq.cache.len += seq.tokens.len();
+            seq.cache.commit(seq.tokens.len());
         }
 
         // Final norm and LM head only on the rows we return.
@@ -582,11 +561,10 @@ fn inverse_frequencies(
     Ok(base.iter().zip(&factors).map(|(b, f)| b / f / linear_factor).collect())
 }
 
-/// cos/sin tables `[tokens, head_dim/2]` for the given absolute positions.
-fn rope_tables(positions: &[usize], inv_freq: &[f64]) -> Result<(Tensor, Tensor)> {
-    let half = inv_freq.len();
-    let mut cos = Vec::with_capacity(positions.len() * half);
-    let mut sin = Vec::with_capacity(positions.len() * half);
+/// cos/sin values `[tokens, head_dim/2]` for the given absolute positions.
+fn rope_values(positions: &[usize], inv_freq: &[f64]) -> (Vec<f32>, Vec<f32>) {
+    let mut cos = Vec::with_capacity(positions.len() * inv_freq.len());
+    let mut sin = Vec::with_capacity(positions.len() * inv_freq.len());
     for &p in positions {
         for &f in inv_freq {
             let angle = p as f64 * f;
@@ -594,7 +572,13 @@ fn rope_tables(positions: &[usize], inv_freq: &[f64]) -> Result<(Tensor, Tensor)
             sin.push(angle.sin() as f32);
         }
     }
-    let shape = (positions.len(), half);
+    (cos, sin)
+}
+
+/// [`rope_values`] as tensors.
+fn rope_tables(positions: &[usize], inv_freq: &[f64]) -> Result<(Tensor, Tensor)> {
+    let (cos, sin) = rope_values(positions, inv_freq);
+    let shape = (positions.len(), inv_freq.len());
     Ok((
         Tensor::from_vec(cos, shape, &Device::Cpu)?,
         Tensor::from_vec(sin, shape, &Device::Cpu)?,
