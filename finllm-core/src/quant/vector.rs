@@ -9,63 +9,107 @@ use half::f16;
 use super::kernels::Isa;
 
 /// An element type the KV cache stores.
+///
+/// Both operations walk `n` rows of `d` values that lie `stride` elements apart in `rows`
+/// (one KV head inside token-major cache rows), so a whole head is one call.
 pub trait KvElem: Copy + Send + Sync + 'static {
-    /// `Σ q[i] · row[i]` over the common length.
-    fn dot(q: &[f32], row: &[Self]) -> f32;
-    /// `out[i] += a · row[i]`.
-    fn axpy(a: f32, row: &[Self], out: &mut [f32]);
+    /// `out[t] = scale · (q · row t)` for `t < out.len()`, rows `q.len()` long.
+    fn scores(q: &[f32], rows: &[Self], stride: usize, scale: f32, out: &mut [f32]);
+    /// `out += Σ_t p[t] · row t`, rows `out.len()` long.
+    fn weighted_sum(p: &[f32], rows: &[Self], stride: usize, out: &mut [f32]);
+}
+
+/// Row `t` of `d` values, `stride` apart.
+fn row<T>(rows: &[T], t: usize, stride: usize, d: usize) -> &[T] {
+    &rows[t * stride..t * stride + d]
 }
 
 impl KvElem for f32 {
-    fn dot(q: &[f32], row: &[f32]) -> f32 {
-        // Eight partial sums so the compiler can keep them in vector registers.
-        let mut acc = [0f32; 8];
-        let (qc, rc) = (q.chunks_exact(8), row.chunks_exact(8));
-        let (qt, rt) = (qc.remainder(), rc.remainder());
-        for (a, b) in qc.zip(rc) {
-            for i in 0..8 {
-                acc[i] += a[i] * b[i];
-            }
+    fn scores(q: &[f32], rows: &[f32], stride: usize, scale: f32, out: &mut [f32]) {
+        for (t, o) in out.iter_mut().enumerate() {
+            *o = scale * dot_f32(q, row(rows, t, stride, q.len()));
         }
-        let tail: f32 = qt.iter().zip(rt).map(|(a, b)| a * b).sum();
-        acc.iter().sum::<f32>() + tail
     }
 
-    fn axpy(a: f32, row: &[f32], out: &mut [f32]) {
-        out.iter_mut().zip(row).for_each(|(o, &r)| *o += a * r);
+    fn weighted_sum(p: &[f32], rows: &[f32], stride: usize, out: &mut [f32]) {
+        let d = out.len();
+        for (t, &w) in p.iter().enumerate() {
+            out.iter_mut()
+                .zip(row(rows, t, stride, d))
+                .for_each(|(o, &r)| *o += w * r);
+        }
     }
 }
 
+fn dot_f32(q: &[f32], r: &[f32]) -> f32 {
+    // Eight partial sums so the compiler can keep them in vector registers.
+    let mut acc = [0f32; 8];
+    let (qc, rc) = (q.chunks_exact(8), r.chunks_exact(8));
+    let tail: f32 = qc.remainder().iter().zip(rc.remainder()).map(|(a, b)| a * b).sum();
+    for (a, b) in qc.zip(rc) {
+        for i in 0..8 {
+            acc[i] += a[i] * b[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
 impl KvElem for f16 {
-    fn dot(q: &[f32], row: &[f16]) -> f32 {
+    fn scores(q: &[f32], rows: &[f16], stride: usize, scale: f32, out: &mut [f32]) {
+        check_rows(rows, out.len(), stride, q.len());
         #[cfg(target_arch = "x86_64")]
         if Isa::detect() != Isa::Scalar {
-            // SAFETY: `Isa::detect` returned a SIMD level, which implies AVX2, FMA and F16C.
-            return unsafe { avx2::dot_f16(q, row) };
+            // SAFETY: `Isa::detect` returned a SIMD level, which implies AVX2, FMA and F16C;
+            // check_rows bounded every row.
+            return unsafe { avx2::scores_f16(q, rows, stride, scale, out) };
         }
-        scalar::dot_f16(q, row)
+        scalar::scores_f16(q, rows, stride, scale, out)
     }
 
-    fn axpy(a: f32, row: &[f16], out: &mut [f32]) {
+    fn weighted_sum(p: &[f32], rows: &[f16], stride: usize, out: &mut [f32]) {
+        check_rows(rows, p.len(), stride, out.len());
         #[cfg(target_arch = "x86_64")]
         if Isa::detect() != Isa::Scalar {
-            // SAFETY: as in `dot`.
-            return unsafe { avx2::axpy_f16(a, row, out) };
+            // SAFETY: as in `scores`.
+            return unsafe { avx2::weighted_sum_f16(p, rows, stride, out) };
         }
-        scalar::axpy_f16(a, row, out)
+        scalar::weighted_sum_f16(p, rows, stride, out)
     }
+}
+
+/// `n` rows of `d` values `stride` apart fit in `rows`.
+fn check_rows<T>(rows: &[T], n: usize, stride: usize, d: usize) {
+    assert!(
+        n == 0 || (d <= stride && (n - 1) * stride + d <= rows.len()),
+        "{n} rows of {d} values {stride} apart in {} values",
+        rows.len()
+    );
 }
 
 /// Reference versions.
 pub mod scalar {
     use half::f16;
 
-    pub fn dot_f16(q: &[f32], row: &[f16]) -> f32 {
-        q.iter().zip(row).map(|(a, b)| a * b.to_f32()).sum()
+    use super::row;
+
+    pub fn scores_f16(q: &[f32], rows: &[f16], stride: usize, scale: f32, out: &mut [f32]) {
+        for (t, o) in out.iter_mut().enumerate() {
+            let dot: f32 = q
+                .iter()
+                .zip(row(rows, t, stride, q.len()))
+                .map(|(a, b)| a * b.to_f32())
+                .sum();
+            *o = scale * dot;
+        }
     }
 
-    pub fn axpy_f16(a: f32, row: &[f16], out: &mut [f32]) {
-        out.iter_mut().zip(row).for_each(|(o, r)| *o += a * r.to_f32());
+    pub fn weighted_sum_f16(p: &[f32], rows: &[f16], stride: usize, out: &mut [f32]) {
+        let d = out.len();
+        for (t, &w) in p.iter().enumerate() {
+            out.iter_mut()
+                .zip(row(rows, t, stride, d))
+                .for_each(|(o, r)| *o += w * r.to_f32());
+        }
     }
 }
 
@@ -75,54 +119,83 @@ pub mod avx2 {
     use std::arch::x86_64::*;
 
     /// # Safety
-    /// The CPU must support AVX2, FMA and F16C.
+    /// The CPU must support AVX2, FMA and F16C, and `rows` must hold `out.len()` rows of
+    /// `q.len()` values `stride` apart.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_f16(q: &[f32], row: &[f16]) -> f32 {
-        let n = q.len().min(row.len());
-        let (qp, rp) = (q.as_ptr(), row.as_ptr().cast::<u16>());
-        let mut acc = [_mm256_setzero_ps(); 2];
-        let mut i = 0;
-        // SAFETY (all loads): `i + 8 <= n` (or `i + 16 <= n`) keeps every load inside both slices.
-        while i + 16 <= n {
-            for (j, a) in acc.iter_mut().enumerate() {
-                let k = _mm256_cvtph_ps(_mm_loadu_si128(rp.add(i + 8 * j).cast()));
-                *a = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(i + 8 * j)), k, *a);
+    pub unsafe fn scores_f16(q: &[f32], rows: &[f16], stride: usize, scale: f32, out: &mut [f32]) {
+        let d = q.len();
+        let (qp, base) = (q.as_ptr(), rows.as_ptr().cast::<u16>());
+        for (t, o) in out.iter_mut().enumerate() {
+            // SAFETY: the caller guarantees row t lies in `rows`; `i + 8 <= d` keeps every
+            // load inside it and inside `q`.
+            let rp = unsafe { base.add(t * stride) };
+            let mut acc = [_mm256_setzero_ps(); 2];
+            let mut i = 0;
+            while i + 16 <= d {
+                for (j, a) in acc.iter_mut().enumerate() {
+                    let k = unsafe { _mm256_cvtph_ps(_mm_loadu_si128(rp.add(i + 8 * j).cast())) };
+                    *a = unsafe { _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(i + 8 * j)), k, *a) };
+                }
+                i += 16;
             }
-            i += 16;
+            if i + 8 <= d {
+                let k = unsafe { _mm256_cvtph_ps(_mm_loadu_si128(rp.add(i).cast())) };
+                acc[0] = unsafe { _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(i)), k, acc[0]) };
+                i += 8;
+            }
+            let mut sum = horizontal_sum(_mm256_add_ps(acc[0], acc[1]));
+            for (j, &qj) in q.iter().enumerate().skip(i) {
+                sum += qj * f16::from_bits(unsafe { *rp.add(j) }).to_f32();
+            }
+            *o = scale * sum;
         }
-        if i + 8 <= n {
-            let k = _mm256_cvtph_ps(_mm_loadu_si128(rp.add(i).cast()));
-            acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(i)), k, acc[0]);
-            i += 8;
-        }
-        let mut sum = horizontal_sum(_mm256_add_ps(acc[0], acc[1]));
-        for j in i..n {
-            sum += q[j] * row[j].to_f32();
-        }
-        sum
     }
 
     /// # Safety
-    /// The CPU must support AVX2, FMA and F16C.
+    /// The CPU must support AVX2, FMA and F16C, and `rows` must hold `p.len()` rows of
+    /// `out.len()` values `stride` apart.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn axpy_f16(a: f32, row: &[f16], out: &mut [f32]) {
-        let n = out.len().min(row.len());
-        let (op, rp) = (out.as_mut_ptr(), row.as_ptr().cast::<u16>());
-        let av = _mm256_set1_ps(a);
-        let mut i = 0;
-        // SAFETY (all loads and stores): `i + 8 <= n` keeps them inside both slices.
-        while i + 8 <= n {
-            let v = _mm256_cvtph_ps(_mm_loadu_si128(rp.add(i).cast()));
-            _mm256_storeu_ps(op.add(i), _mm256_fmadd_ps(av, v, _mm256_loadu_ps(op.add(i))));
-            i += 8;
+    pub unsafe fn weighted_sum_f16(p: &[f32], rows: &[f16], stride: usize, out: &mut [f32]) {
+        let d = out.len();
+        let base = rows.as_ptr().cast::<u16>();
+        let op = out.as_mut_ptr();
+        // 32 output columns at a time stay in registers while every row is added in.
+        let mut c = 0;
+        while c + 32 <= d {
+            // SAFETY: columns c..c + 32 are inside `out` and inside every row.
+            let mut acc: [__m256; 4] = std::array::from_fn(|j| unsafe { _mm256_loadu_ps(op.add(c + 8 * j)) });
+            for (t, &w) in p.iter().enumerate() {
+                let wv = _mm256_set1_ps(w);
+                let rp = unsafe { base.add(t * stride + c) };
+                for (j, a) in acc.iter_mut().enumerate() {
+                    let v = unsafe { _mm256_cvtph_ps(_mm_loadu_si128(rp.add(8 * j).cast())) };
+                    *a = _mm256_fmadd_ps(wv, v, *a);
+                }
+            }
+            for (j, a) in acc.iter().enumerate() {
+                unsafe { _mm256_storeu_ps(op.add(c + 8 * j), *a) };
+            }
+            c += 32;
         }
-        for j in i..n {
-            out[j] += a * row[j].to_f32();
+        while c + 8 <= d {
+            // SAFETY: as above, for columns c..c + 8.
+            let mut acc = unsafe { _mm256_loadu_ps(op.add(c)) };
+            for (t, &w) in p.iter().enumerate() {
+                let v = unsafe { _mm256_cvtph_ps(_mm_loadu_si128(base.add(t * stride + c).cast())) };
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(w), v, acc);
+            }
+            unsafe { _mm256_storeu_ps(op.add(c), acc) };
+            c += 8;
+        }
+        for (j, o) in out.iter_mut().enumerate().skip(c) {
+            for (t, &w) in p.iter().enumerate() {
+                *o += w * f16::from_bits(unsafe { *base.add(t * stride + j) }).to_f32();
+            }
         }
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn horizontal_sum(v: __m256) -> f32 {
+    fn horizontal_sum(v: __m256) -> f32 {
         let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
@@ -139,79 +212,82 @@ mod tests {
         (0..n).map(|_| (rng.next_f64() * 4.0 - 2.0) as f32).collect()
     }
 
-    /// Lengths around the 8- and 16-wide steps, and typical head sizes.
-    const LENGTHS: [usize; 12] = [0, 1, 7, 8, 9, 15, 16, 17, 33, 64, 128, 257];
+    /// Head sizes around the 8-, 16- and 32-wide steps, and typical ones.
+    const HEAD_DIMS: [usize; 11] = [1, 7, 8, 9, 16, 17, 33, 40, 64, 128, 130];
+
+    /// Float64 oracles of both operations over rows `stride` apart starting at `offset`.
+    fn oracle(q: &[f32], p: &[f32], rows: &[f64], stride: usize, d: usize) -> (Vec<f64>, Vec<f64>) {
+        let n = p.len();
+        let scores = (0..n)
+            .map(|t| (0..d).map(|i| f64::from(q[i]) * rows[t * stride + i]).sum())
+            .collect();
+        let sums = (0..d)
+            .map(|i| (0..n).map(|t| f64::from(p[t]) * rows[t * stride + i]).sum())
+            .collect();
+        (scores, sums)
+    }
 
     #[test]
-    fn dot_and_axpy_match_a_float64_oracle() {
+    fn attention_kernels_match_a_float64_oracle() {
         let mut rng = Rng::new(3);
-        for n in LENGTHS {
-            let q = random(&mut rng, n);
-            let row32 = random(&mut rng, n);
-            let row16: Vec<f16> = row32.iter().map(|&x| f16::from_f32(x)).collect();
-            let want16: f64 = q
-                .iter()
-                .zip(&row16)
-                .map(|(a, b)| f64::from(*a) * f64::from(b.to_f32()))
-                .sum();
-            let want32: f64 = q.iter().zip(&row32).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum();
-            let tol = 1e-5 * (1.0 + n as f64);
-            for (name, got, want) in [
-                ("f16 dispatched", f64::from(f16::dot(&q, &row16)), want16),
-                ("f16 scalar", f64::from(scalar::dot_f16(&q, &row16)), want16),
-                ("f32", f64::from(f32::dot(&q, &row32)), want32),
-            ] {
-                assert!((got - want).abs() <= tol, "{name} n={n}: {got} vs {want}");
-            }
+        for d in HEAD_DIMS {
+            for (n, gap) in [(1, 0), (5, 3), (37, 24)] {
+                let stride = d + gap;
+                let q = random(&mut rng, d);
+                let p: Vec<f32> = random(&mut rng, n).iter().map(|v| v.abs() / n as f32).collect();
+                let values = random(&mut rng, (n - 1) * stride + d);
+                let rows16: Vec<f16> = values.iter().map(|&x| f16::from_f32(x)).collect();
+                let as64 = |r: &[f16]| r.iter().map(|v| f64::from(v.to_f32())).collect::<Vec<_>>();
+                let (want_scores16, want_sums16) = oracle(&q, &p, &as64(&rows16), stride, d);
+                let values64: Vec<f64> = values.iter().map(|&v| f64::from(v)).collect();
+                let (want_scores32, want_sums32) = oracle(&q, &p, &values64, stride, d);
 
-            let a = 0.37f32;
-            let start = random(&mut rng, n);
-            let mut out16 = start.clone();
-            f16::axpy(a, &row16, &mut out16);
-            let mut out16_ref = start.clone();
-            scalar::axpy_f16(a, &row16, &mut out16_ref);
-            let mut out32 = start.clone();
-            f32::axpy(a, &row32, &mut out32);
-            for i in 0..n {
-                let want = f64::from(start[i]) + f64::from(a) * f64::from(row16[i].to_f32());
-                assert!((f64::from(out16[i]) - want).abs() <= 1e-6, "f16 axpy n={n} i={i}");
-                assert!(
-                    (f64::from(out16_ref[i]) - want).abs() <= 1e-6,
-                    "f16 scalar axpy n={n} i={i}"
-                );
-                let want = f64::from(start[i]) + f64::from(a) * f64::from(row32[i]);
-                assert!((f64::from(out32[i]) - want).abs() <= 1e-6, "f32 axpy n={n} i={i}");
+                type Scores<T> = fn(&[f32], &[T], usize, f32, &mut [f32]);
+                type Sums<T> = fn(&[f32], &[T], usize, &mut [f32]);
+                let f16_impls: [(&str, Scores<f16>, Sums<f16>); 2] = [
+                    ("f16 dispatched", <f16 as KvElem>::scores, <f16 as KvElem>::weighted_sum),
+                    ("f16 scalar", scalar::scores_f16, scalar::weighted_sum_f16),
+                ];
+                let tol = 1e-5 * (1.0 + d as f64);
+                let close = |name: &str, got: &[f32], want: &[f64]| {
+                    assert_eq!(got.len(), want.len());
+                    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+                        assert!((f64::from(*g) - w).abs() <= tol, "{name} d={d} n={n} [{i}]: {g} vs {w}");
+                    }
+                };
+                for (name, scores, sums) in f16_impls {
+                    let mut s = vec![0f32; n];
+                    scores(&q, &rows16, stride, 1.0, &mut s);
+                    close(name, &s, &want_scores16);
+                    let mut o = vec![0f32; d];
+                    sums(&p, &rows16, stride, &mut o);
+                    close(name, &o, &want_sums16);
+                }
+                let mut s = vec![0f32; n];
+                f32::scores(&q, &values, stride, 0.5, &mut s);
+                let half: Vec<f64> = want_scores32.iter().map(|v| v * 0.5).collect();
+                close("f32", &s, &half);
+                let mut o = vec![0f32; d];
+                f32::weighted_sum(&p, &values, stride, &mut o);
+                close("f32", &o, &want_sums32);
             }
         }
     }
 
-    #[cfg(target_arch = "x86_64")]
     #[test]
-    fn simd_f16_kernels_agree_with_scalar_on_unaligned_slices() {
-        if !Isa::available().contains(&Isa::Avx2) {
-            return;
-        }
-        let mut rng = Rng::new(8);
-        let q = random(&mut rng, 300);
-        let row: Vec<f16> = random(&mut rng, 300).iter().map(|&x| f16::from_f32(x)).collect();
-        for offset in 0..4 {
-            for n in LENGTHS.iter().map(|&n| n.min(300 - offset)) {
-                let (q, r) = (&q[offset..offset + n], &row[offset..offset + n]);
-                // SAFETY: AVX2 (with FMA and F16C) was detected above.
-                let simd = unsafe { avx2::dot_f16(q, r) };
-                let reference = scalar::dot_f16(q, r);
-                assert!(
-                    (simd - reference).abs() <= 1e-4 * (1.0 + n as f32),
-                    "offset {offset} n={n}"
-                );
-                let mut a = vec![1f32; n];
-                let mut b = a.clone();
-                // SAFETY: as above.
-                unsafe { avx2::axpy_f16(-0.5, r, &mut a) };
-                scalar::axpy_f16(-0.5, r, &mut b);
-                // -0.5 · r is exact, so the fused and the separate multiply-add round alike.
-                assert_eq!(a, b, "offset {offset} n={n}");
-            }
-        }
+    fn weighted_sum_adds_to_what_is_there() {
+        let rows = [f16::from_f32(2.0); 10];
+        let mut out = vec![1f32; 10];
+        f16::weighted_sum(&[0.25], &rows, 10, &mut out);
+        assert!(out.iter().all(|&v| v == 1.5));
+    }
+
+    #[test]
+    #[should_panic(expected = "rows of")]
+    fn rows_past_the_end_are_refused() {
+        let rows = [f16::ZERO; 20];
+        let mut out = vec![0f32; 3];
+        // Three rows of 8 values 8 apart need 24 values.
+        f16::scores(&[0.0; 8], &rows, 8, 1.0, &mut out);
     }
 }

@@ -183,14 +183,12 @@ struct Head<'a> {
 impl Head<'_> {
     /// Softmax-weighted sum of the value rows in `keys` into `out`.
     fn attend<T: KvElem>(&self, k: &[T], v: &[T], keys: std::ops::Range<usize>, out: &mut [f32]) {
-        let d = self.q.len();
-        let row = |t: usize| t * self.kv_dim + self.offset..t * self.kv_dim + self.offset + d;
-        let mut probs: Vec<f32> = keys.clone().map(|t| T::dot(self.q, &k[row(t)]) * self.scale).collect();
+        let first = keys.start * self.kv_dim + self.offset;
+        let mut probs = vec![0f32; keys.len()];
+        T::scores(self.q, &k[first..], self.kv_dim, self.scale, &mut probs);
         softmax_in_place(&mut probs);
         out.fill(0.0);
-        for (t, &p) in keys.zip(&probs) {
-            T::axpy(p, &v[row(t)], out);
-        }
+        T::weighted_sum(&probs, &v[first..], self.kv_dim, out);
     }
 }
 
