@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use finllm::generate::Rng;
 use finllm::quant::blocks::{quantize_q8, BlockQ8, QK};
-use finllm::quant::kernels::{block_bytes, dot4_fn, dot_fn, Isa};
+use finllm::quant::kernels::{block_bytes, dot4_fn, dot_fn, tile_fns, Isa};
 use finllm::quant::QuantType;
 
 const PASSES: usize = 5;
@@ -61,6 +61,24 @@ fn main() {
                 });
                 report(dtype, isa, label, secs, reps * data.len(), reps * rows * cols, sink);
             }
+            // Four rows per call against one token (decode), where the format has it.
+            for isa in Isa::available() {
+                let Some((rows4, _)) = tile_fns(dtype, isa) else {
+                    continue;
+                };
+                let (secs, sink) = best_of(|| {
+                    let mut sink = 0f32;
+                    for _ in 0..reps {
+                        for r in data.chunks_exact(4 * row_bytes) {
+                            let four = std::array::from_fn(|k| &r[k * row_bytes..(k + 1) * row_bytes]);
+                            sink += rows4(four, &acts[0]).iter().sum::<f32>();
+                        }
+                    }
+                    sink
+                });
+                let label = format!("rows4 {label}");
+                report(dtype, isa, &label, secs, reps * data.len(), reps * rows * cols, sink);
+            }
             if label != "L2 512 KiB" {
                 continue;
             }
@@ -84,6 +102,25 @@ fn main() {
                     4 * reps * rows * cols,
                     sink,
                 );
+            }
+            // Two rows by four tokens per call (prefill), where the format has it.
+            for isa in Isa::available() {
+                let Some((_, rows2x4)) = tile_fns(dtype, isa) else {
+                    continue;
+                };
+                let acts4 = [&acts[0][..], &acts[1][..], &acts[2][..], &acts[3][..]];
+                let (secs, sink) = best_of(|| {
+                    let mut sink = 0f32;
+                    for _ in 0..reps {
+                        for r in data.chunks_exact(2 * row_bytes) {
+                            let y = rows2x4([&r[..row_bytes], &r[row_bytes..]], acts4);
+                            sink += y.iter().flatten().sum::<f32>();
+                        }
+                    }
+                    sink
+                });
+                let macs = 4 * reps * rows / 2 * 2 * cols;
+                report(dtype, isa, "2x4 L2 512 KiB", secs, reps * data.len(), macs, sink);
             }
         }
     }

@@ -19,6 +19,14 @@ pub type DotFn = fn(row: &[u8], a: &[BlockQ8]) -> f32;
 /// the numbers.
 pub type Dot4Fn = fn(row: &[u8], a: [&[BlockQ8]; 4]) -> [f32; 4];
 
+/// Four weight rows against one token's activations (decode): the activation side is loaded
+/// and spread once for all four rows. Each result is bit-identical to [`DotFn`] on that row.
+pub type Rows4Fn = fn(rows: [&[u8]; 4], a: &[BlockQ8]) -> [f32; 4];
+
+/// Two weight rows against four tokens (prefill), results `[row][token]`, each bit-identical
+/// to [`DotFn`].
+pub type Rows2x4Fn = fn(rows: [&[u8]; 2], a: [&[BlockQ8]; 4]) -> [[f32; 4]; 2];
+
 /// Instruction sets a kernel can use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Isa {
@@ -145,6 +153,18 @@ pub fn dot4_fn(dtype: QuantType, isa: Isa) -> Option<Dot4Fn> {
         _ => return None,
     };
     Some(f)
+}
+
+/// The multi-row kernels for `dtype` on `isa`, where finllm has them; other formats run one
+/// row at a time with [`dot_fn`] and [`dot4_fn`].
+pub fn tile_fns(dtype: QuantType, isa: Isa) -> Option<(Rows4Fn, Rows2x4Fn)> {
+    match (dtype, isa) {
+        #[cfg(target_arch = "x86_64")]
+        (QuantType::Q4_1, Isa::Avx512) => Some((avx512::q4_1_rows4, avx512::q4_1_rows2_x4)),
+        #[cfg(target_arch = "x86_64")]
+        (QuantType::Q8_0, Isa::Avx512) => Some((avx512::q8_0_rows4, avx512::q8_0_rows2_x4)),
+        _ => None,
+    }
 }
 
 /// Bytes of one weight block of a format with a kernel.
@@ -780,36 +800,60 @@ mod avx512 {
     // confirmed AVX-512 F/BW/VL/VNNI, AVX2, FMA and F16C on this CPU.
 
     pub fn q4_1(row: &[u8], a: &[BlockQ8]) -> f32 {
-        check_32(row, &[a], Q4_1_BYTES);
+        check_32(&[row], &[a], Q4_1_BYTES);
         // SAFETY: the features are present (see above); check_32 bounds every load.
-        unsafe { q4_1_impl::<1>(row, [a])[0] }
+        unsafe { q4_1_tile::<1, 1>([row], [a])[0][0] }
     }
 
     pub fn q4_1_x4(row: &[u8], a: [&[BlockQ8]; 4]) -> [f32; 4] {
-        check_32(row, &a, Q4_1_BYTES);
+        check_32(&[row], &a, Q4_1_BYTES);
         // SAFETY: as for q4_1.
-        unsafe { q4_1_impl::<4>(row, a) }
+        unsafe { q4_1_tile::<1, 4>([row], a)[0] }
+    }
+
+    pub fn q4_1_rows4(rows: [&[u8]; 4], a: &[BlockQ8]) -> [f32; 4] {
+        check_32(&rows, &[a], Q4_1_BYTES);
+        // SAFETY: as for q4_1.
+        unsafe { q4_1_tile::<4, 1>(rows, [a]).map(|r| r[0]) }
+    }
+
+    pub fn q4_1_rows2_x4(rows: [&[u8]; 2], a: [&[BlockQ8]; 4]) -> [[f32; 4]; 2] {
+        check_32(&rows, &a, Q4_1_BYTES);
+        // SAFETY: as for q4_1.
+        unsafe { q4_1_tile::<2, 4>(rows, a) }
     }
 
     pub fn q8_0(row: &[u8], a: &[BlockQ8]) -> f32 {
-        check_32(row, &[a], Q8_0_BYTES);
+        check_32(&[row], &[a], Q8_0_BYTES);
         // SAFETY: as for q4_1.
-        unsafe { q8_0_impl::<1>(row, [a])[0] }
+        unsafe { q8_0_tile::<1, 1>([row], [a])[0][0] }
     }
 
     pub fn q8_0_x4(row: &[u8], a: [&[BlockQ8]; 4]) -> [f32; 4] {
-        check_32(row, &a, Q8_0_BYTES);
+        check_32(&[row], &a, Q8_0_BYTES);
         // SAFETY: as for q4_1.
-        unsafe { q8_0_impl::<4>(row, a) }
+        unsafe { q8_0_tile::<1, 4>([row], a)[0] }
     }
 
-    /// Every token as long as the first, and the row long enough.
-    fn check_32(row: &[u8], a: &[&[BlockQ8]], bytes: usize) {
+    pub fn q8_0_rows4(rows: [&[u8]; 4], a: &[BlockQ8]) -> [f32; 4] {
+        check_32(&rows, &[a], Q8_0_BYTES);
+        // SAFETY: as for q4_1.
+        unsafe { q8_0_tile::<4, 1>(rows, [a]).map(|r| r[0]) }
+    }
+
+    pub fn q8_0_rows2_x4(rows: [&[u8]; 2], a: [&[BlockQ8]; 4]) -> [[f32; 4]; 2] {
+        check_32(&rows, &a, Q8_0_BYTES);
+        // SAFETY: as for q4_1.
+        unsafe { q8_0_tile::<2, 4>(rows, a) }
+    }
+
+    /// Every token as long as the first, and every row long enough.
+    fn check_32(rows: &[&[u8]], a: &[&[BlockQ8]], bytes: usize) {
         let n = a[0].len();
         assert!(
-            a.iter().all(|x| x.len() == n) && row.len() >= n * bytes,
-            "row of {} bytes against {n} activation blocks",
-            row.len()
+            a.iter().all(|x| x.len() == n) && rows.iter().all(|r| r.len() >= n * bytes),
+            "rows of {:?} bytes against {n} activation blocks",
+            rows.iter().map(|r| r.len()).collect::<Vec<_>>()
         );
     }
 
@@ -820,93 +864,118 @@ mod avx512 {
         _mm512_mask_blend_ps(0xff00, _mm512_set1_ps(lo), _mm512_set1_ps(hi))
     }
 
-    /// Q4_1 for `N` tokens, two blocks per vector: `Σ d·y.d·(q·y) + m·y.s` as in AVX2.
-    // The token index walks the token arrays and their accumulators in lockstep.
+    /// Q4_1, `R` rows times `N` tokens, two blocks per vector:
+    /// `Σ (d·y.d)·(q·y) + m·y.s`, the `m·y.s` term spread over the block's eight lanes.
+    /// Weight scales are spread once per row and activation scales once per token, so wider
+    /// tiles share that work; each (row, token) result takes the same operations in the same
+    /// order whatever the tile size, so every tile size gives bit-identical numbers.
+    // The row and token indices walk their arrays and the accumulators in lockstep.
     #[allow(clippy::needless_range_loop)]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    unsafe fn q4_1_impl<const N: usize>(row: &[u8], a: [&[BlockQ8]; N]) -> [f32; N] {
-        let mut acc = [_mm512_setzero_ps(); N];
-        let mut offsets = [0f32; N];
+    unsafe fn q4_1_tile<const R: usize, const N: usize>(rows: [&[u8]; R], a: [&[BlockQ8]; N]) -> [[f32; N]; R] {
+        let mut acc = [[_mm512_setzero_ps(); N]; R];
         let m4 = _mm256_set1_epi8(0x0f);
         let zero = BlockQ8::default();
         let n = a[0].len();
         let mut i = 0;
         while i < n {
             let two = i + 1 < n;
-            // SAFETY: the wrapper checked n blocks in row; the second block is read only when
-            // it exists.
-            let b = unsafe { row.as_ptr().add(i * Q4_1_BYTES) };
-            prefetch(b);
-            let (d0, m0) = unsafe { (f16(b), f16(b.add(2))) };
-            let first = unsafe { _mm_loadu_si128(b.add(4).cast()) };
-            let (d1, m1, second) = if two {
-                let c = unsafe { b.add(Q4_1_BYTES) };
-                unsafe { (f16(c), f16(c.add(2)), _mm_loadu_si128(c.add(4).cast())) }
-            } else {
-                (0.0, 0.0, _mm_setzero_si128())
-            };
-            // [first | second] -> low nibbles, high nibbles -> [first lo, first hi, second lo, second hi]
-            let x = _mm256_set_m128i(second, first);
-            let split = _mm512_inserti64x4::<1>(
-                _mm512_castsi256_si512(_mm256_and_si256(x, m4)),
-                _mm256_and_si256(_mm256_srli_epi16(x, 4), m4),
-            );
-            let q = _mm512_shuffle_i64x2::<0b11_01_10_00>(split, split);
+            let mut q = [_mm512_setzero_si512(); R];
+            let mut wd = [_mm512_setzero_ps(); R];
+            let mut wm = [_mm512_setzero_ps(); R];
+            for r in 0..R {
+                // SAFETY: the wrapper checked n blocks in every row; the second block is read
+                // only when it exists.
+                let b = unsafe { rows[r].as_ptr().add(i * Q4_1_BYTES) };
+                prefetch(b);
+                let (d0, m0) = unsafe { (f16(b), f16(b.add(2))) };
+                let first = unsafe { _mm_loadu_si128(b.add(4).cast()) };
+                let (d1, m1, second) = if two {
+                    let c = unsafe { b.add(Q4_1_BYTES) };
+                    unsafe { (f16(c), f16(c.add(2)), _mm_loadu_si128(c.add(4).cast())) }
+                } else {
+                    (0.0, 0.0, _mm_setzero_si128())
+                };
+                // [first | second] -> low, high nibbles -> [first lo, first hi, second lo, second hi]
+                let x = _mm256_set_m128i(second, first);
+                let split = _mm512_inserti64x4::<1>(
+                    _mm512_castsi256_si512(_mm256_and_si256(x, m4)),
+                    _mm256_and_si256(_mm256_srli_epi16(x, 4), m4),
+                );
+                q[r] = _mm512_shuffle_i64x2::<0b11_01_10_00>(split, split);
+                wd[r] = halves(d0, d1);
+                wm[r] = halves(m0, m1);
+            }
             for t in 0..N {
                 let y0 = &a[t][i];
                 let y1 = if two { &a[t][i + 1] } else { &zero };
-                let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, pair(y0, y1));
-                acc[t] = _mm512_fmadd_ps(halves(d0 * y0.d, d1 * y1.d), _mm512_cvtepi32_ps(dot), acc[t]);
-                offsets[t] += m0 * y0.s;
-                if two {
-                    offsets[t] += m1 * y1.s;
+                let y = pair(y0, y1);
+                let yd = halves(y0.d, y1.d);
+                // An eighth in each of the block's eight lanes: exact, the sum restores it.
+                let ys = halves(y0.s * 0.125, y1.s * 0.125);
+                for r in 0..R {
+                    let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[r], y);
+                    let scale = _mm512_mul_ps(wd[r], yd);
+                    acc[r][t] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(dot), acc[r][t]);
+                    acc[r][t] = _mm512_fmadd_ps(wm[r], ys, acc[r][t]);
                 }
             }
             i += 2;
         }
-        std::array::from_fn(|t| _mm512_reduce_add_ps(acc[t]) + offsets[t])
+        std::array::from_fn(|r| std::array::from_fn(|t| _mm512_reduce_add_ps(acc[r][t])))
     }
 
-    /// Q8_0 for `N` tokens, two blocks per vector: |w| times activations carrying w's sign
-    /// (AVX-512 has no `vpsignb`: the activations are negated under a mask of w's sign bits).
-    // The token index walks the token arrays and their accumulators in lockstep.
+    /// Q8_0, `R` rows times `N` tokens, two blocks per vector: |w| times activations carrying
+    /// w's sign (AVX-512 has no `vpsignb`: the activations are negated under a mask of w's sign
+    /// bits). Bit-identical across tile sizes, as for Q4_1.
+    // The row and token indices walk their arrays and the accumulators in lockstep.
     #[allow(clippy::needless_range_loop)]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    unsafe fn q8_0_impl<const N: usize>(row: &[u8], a: [&[BlockQ8]; N]) -> [f32; N] {
-        let mut acc = [_mm512_setzero_ps(); N];
+    unsafe fn q8_0_tile<const R: usize, const N: usize>(rows: [&[u8]; R], a: [&[BlockQ8]; N]) -> [[f32; N]; R] {
+        let mut acc = [[_mm512_setzero_ps(); N]; R];
         let zero = BlockQ8::default();
         let n = a[0].len();
         let mut i = 0;
         while i < n {
             let two = i + 1 < n;
-            // SAFETY: the wrapper checked n blocks in row; the second block is read only when
-            // it exists.
-            let b = unsafe { row.as_ptr().add(i * Q8_0_BYTES) };
-            // Two blocks are 68 bytes: two prefetches reach every cache line.
-            prefetch(b);
-            prefetch(b.wrapping_add(64));
-            let d0 = unsafe { f16(b) };
-            let first = unsafe { _mm256_loadu_si256(b.add(2).cast()) };
-            let (d1, second) = if two {
-                let c = unsafe { b.add(Q8_0_BYTES) };
-                unsafe { (f16(c), _mm256_loadu_si256(c.add(2).cast())) }
-            } else {
-                (0.0, _mm256_setzero_si256())
-            };
-            let w = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(first), second);
-            let aw = _mm512_abs_epi8(w);
-            let negative = _mm512_movepi8_mask(w);
+            let mut aw = [_mm512_setzero_si512(); R];
+            let mut negative = [0u64; R];
+            let mut wd = [_mm512_setzero_ps(); R];
+            for r in 0..R {
+                // SAFETY: the wrapper checked n blocks in every row; the second block is read
+                // only when it exists.
+                let b = unsafe { rows[r].as_ptr().add(i * Q8_0_BYTES) };
+                // Two blocks are 68 bytes: two prefetches reach every cache line.
+                prefetch(b);
+                prefetch(b.wrapping_add(64));
+                let d0 = unsafe { f16(b) };
+                let first = unsafe { _mm256_loadu_si256(b.add(2).cast()) };
+                let (d1, second) = if two {
+                    let c = unsafe { b.add(Q8_0_BYTES) };
+                    unsafe { (f16(c), _mm256_loadu_si256(c.add(2).cast())) }
+                } else {
+                    (0.0, _mm256_setzero_si256())
+                };
+                let w = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(first), second);
+                aw[r] = _mm512_abs_epi8(w);
+                negative[r] = _mm512_movepi8_mask(w);
+                wd[r] = halves(d0, d1);
+            }
             for t in 0..N {
                 let y0 = &a[t][i];
                 let y1 = if two { &a[t][i + 1] } else { &zero };
                 let y = pair(y0, y1);
-                let signed = _mm512_mask_sub_epi8(y, negative, _mm512_setzero_si512(), y);
-                let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), aw, signed);
-                acc[t] = _mm512_fmadd_ps(halves(d0 * y0.d, d1 * y1.d), _mm512_cvtepi32_ps(dot), acc[t]);
+                let yd = halves(y0.d, y1.d);
+                for r in 0..R {
+                    let signed = _mm512_mask_sub_epi8(y, negative[r], _mm512_setzero_si512(), y);
+                    let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), aw[r], signed);
+                    let scale = _mm512_mul_ps(wd[r], yd);
+                    acc[r][t] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(dot), acc[r][t]);
+                }
             }
             i += 2;
         }
-        std::array::from_fn(|t| _mm512_reduce_add_ps(acc[t]))
+        std::array::from_fn(|r| std::array::from_fn(|t| _mm512_reduce_add_ps(acc[r][t])))
     }
 
     pub fn q4_k(row: &[u8], a: &[BlockQ8]) -> f32 {
@@ -1101,6 +1170,40 @@ mod tests {
                             one(&row, &acts[t]).to_bits(),
                             "{dtype} {isa:?} {blocks} blocks token {t}"
                         );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn multi_row_kernels_are_bit_identical_to_single_row_ones() {
+        let mut rng = Rng::new(6);
+        for dtype in KERNEL_TYPES {
+            for &blocks in &block_counts(dtype)[..5] {
+                let n = blocks * dtype.block_size() as usize;
+                let acts: Vec<Vec<BlockQ8>> = (0..4).map(|_| activations(&mut rng, n / QK, 2.0)).collect();
+                let rows: Vec<Vec<u8>> = (0..4).map(|_| random_row(&mut rng, dtype, n)).collect();
+                for isa in Isa::available() {
+                    let Some((rows4, rows2x4)) = tile_fns(dtype, isa) else {
+                        continue;
+                    };
+                    let one = dot_fn(dtype, isa).unwrap();
+                    let four = rows4(std::array::from_fn(|r| rows[r].as_slice()), &acts[0]);
+                    let tile = rows2x4([&rows[1], &rows[3]], [&acts[0], &acts[1], &acts[2], &acts[3]]);
+                    for r in 0..4 {
+                        let want = one(&rows[r], &acts[0]).to_bits();
+                        assert_eq!(four[r].to_bits(), want, "{dtype} {isa:?} {blocks} blocks row {r}");
+                    }
+                    for (k, r) in [1, 3].into_iter().enumerate() {
+                        for t in 0..4 {
+                            let want = one(&rows[r], &acts[t]).to_bits();
+                            assert_eq!(
+                                tile[k][t].to_bits(),
+                                want,
+                                "{dtype} {isa:?} {blocks} blocks row {r} token {t}"
+                            );
+                        }
                     }
                 }
             }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use rayon::prelude::*;
 
 use super::blocks::{quantize_q8, BlockQ8, QK};
-use super::kernels::{block_bytes, dot4_fn, dot_fn, Dot4Fn, DotFn, Isa};
+use super::kernels::{block_bytes, dot4_fn, dot_fn, tile_fns, Dot4Fn, DotFn, Isa, Rows2x4Fn, Rows4Fn};
 use super::QuantType;
 use crate::error::{Error, Result};
 use crate::model::GgufFile;
@@ -27,6 +27,7 @@ pub struct QMatrix {
     dtype: QuantType,
     dot: DotFn,
     dot4: Dot4Fn,
+    tiles: Option<(Rows4Fn, Rows2x4Fn)>,
 }
 
 impl std::fmt::Debug for QMatrix {
@@ -74,6 +75,7 @@ impl QMatrix {
             dtype: info.dtype,
             dot,
             dot4,
+            tiles: tile_fns(info.dtype, isa),
         }))
     }
 
@@ -106,19 +108,64 @@ impl QMatrix {
         let blocks = self.cols / QK;
         let data = self.data();
         let act = |t: usize| &xq[t * blocks..(t + 1) * blocks];
-        for (i, stripe) in out.chunks_mut(n).enumerate() {
+        let row = |i: usize| {
             let r = first + i;
-            let row = &data[r * self.row_bytes..(r + 1) * self.row_bytes];
+            &data[r * self.row_bytes..(r + 1) * self.row_bytes]
+        };
+        let rows = out.len() / n;
+        let tiled = self.tiled_rows(out, &row, &act, n);
+        for i in tiled..rows {
+            let stripe = &mut out[i * n..(i + 1) * n];
             let mut groups = stripe.chunks_exact_mut(4);
             for (g, out4) in (&mut groups).enumerate() {
                 let t = g * 4;
-                out4.copy_from_slice(&(self.dot4)(row, [act(t), act(t + 1), act(t + 2), act(t + 3)]));
+                out4.copy_from_slice(&(self.dot4)(row(i), [act(t), act(t + 1), act(t + 2), act(t + 3)]));
             }
             let done = n - groups.into_remainder().len();
             for (t, o) in stripe.iter_mut().enumerate().skip(done) {
-                *o = (self.dot)(row, act(t));
+                *o = (self.dot)(row(i), act(t));
             }
         }
+    }
+
+    /// The leading rows of `out` (`[rows, n]`) that the multi-row kernels cover, if the format
+    /// has them: four rows at a time for one token, two rows by four tokens for more. Returns
+    /// how many rows are done.
+    fn tiled_rows<'a>(
+        &self,
+        out: &mut [f32],
+        row: &dyn Fn(usize) -> &'a [u8],
+        act: &dyn Fn(usize) -> &'a [BlockQ8],
+        n: usize,
+    ) -> usize {
+        let Some((rows4, rows2x4)) = self.tiles else {
+            return 0;
+        };
+        let rows = out.len() / n;
+        let mut i = 0;
+        if n == 1 {
+            while i + 4 <= rows {
+                out[i..i + 4].copy_from_slice(&rows4(std::array::from_fn(|k| row(i + k)), act(0)));
+                i += 4;
+            }
+        } else if n >= 4 {
+            while i + 2 <= rows {
+                let whole = n / 4 * 4;
+                for t in (0..whole).step_by(4) {
+                    let y = rows2x4([row(i), row(i + 1)], [act(t), act(t + 1), act(t + 2), act(t + 3)]);
+                    for (k, yk) in y.iter().enumerate() {
+                        out[(i + k) * n + t..(i + k) * n + t + 4].copy_from_slice(yk);
+                    }
+                }
+                for k in 0..2 {
+                    for t in whole..n {
+                        out[(i + k) * n + t] = (self.dot)(row(i + k), act(t));
+                    }
+                }
+                i += 2;
+            }
+        }
+        i
     }
 }
 
@@ -206,8 +253,8 @@ mod tests {
             // Q4_1's offset term takes d * sum rounded through f16, as llama.cpp does; the
             // K-quants' minimum terms take the exact sum.
             let tol = if dtype == QuantType::Q4_1 { 3e-2 } else { 2e-3 };
-            // 1 token, the four-token kernel with a remainder, and two groups of four.
-            for n in [1, 6, 8] {
+            // 1 token, fewer than four, the four-token kernel with a remainder, two groups of four.
+            for n in [1, 3, 6, 8] {
                 let x = uniform(n * cols, 2.0);
                 let y = m.matmul(&x, n);
                 for t in 0..n {
