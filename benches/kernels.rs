@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use finllm::generate::Rng;
 use finllm::quant::blocks::{quantize_q8, BlockQ8, QK};
-use finllm::quant::kernels::{block_bytes, dot4_fn, dot_fn, tile_fns, Isa};
+use finllm::quant::kernels::{block_bytes, dot4_fn, dot_fn, rows2x4_fn, rows4_fn, Isa};
 use finllm::quant::QuantType;
 
 const PASSES: usize = 5;
@@ -18,6 +18,8 @@ fn main() {
     for dtype in [
         QuantType::Q4_0,
         QuantType::Q4_1,
+        QuantType::Q5_0,
+        QuantType::Q5_1,
         QuantType::Q8_0,
         QuantType::Q4K,
         QuantType::Q5K,
@@ -63,7 +65,7 @@ fn main() {
             }
             // Four rows per call against one token (decode), where the format has it.
             for isa in Isa::available() {
-                let Some((rows4, _)) = tile_fns(dtype, isa) else {
+                let Some(rows4) = rows4_fn(dtype, isa) else {
                     continue;
                 };
                 let (secs, sink) = best_of(|| {
@@ -105,7 +107,7 @@ fn main() {
             }
             // Two rows by four tokens per call (prefill), where the format has it.
             for isa in Isa::available() {
-                let Some((_, rows2x4)) = tile_fns(dtype, isa) else {
+                let Some(rows2x4) = rows2x4_fn(dtype, isa) else {
                     continue;
                 };
                 let acts4 = [&acts[0][..], &acts[1][..], &acts[2][..], &acts[3][..]];

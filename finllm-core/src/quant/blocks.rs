@@ -15,6 +15,11 @@ pub const QK_K: usize = 256;
 /// Bytes per block.
 pub const Q4_0_BYTES: usize = 18; // f16 d, 16 bytes of nibbles
 pub const Q4_1_BYTES: usize = 20; // f16 d, f16 m, 16 bytes of nibbles
+/// f16 d, 4 bytes of fifth bits (bit `j`: element `j`), 16 bytes of nibbles (element `j` in the
+/// low nibble of byte `j`, element `j + 16` in its high nibble).
+pub const Q5_0_BYTES: usize = 22;
+/// As Q5_0 with an f16 minimum `m` after `d`.
+pub const Q5_1_BYTES: usize = 24;
 pub const Q8_0_BYTES: usize = 34; // f16 d, 32 i8
 /// f16 d, f16 dmin, 12 bytes of 6-bit scales and mins (see [`k_scales_mins`]), 128 bytes of
 /// nibbles: byte `32 * p + l` holds element `l` of sub-block `2p` (low nibble) and of `2p + 1`.
@@ -55,6 +60,15 @@ pub fn k_scales_mins(packed: &[u8]) -> ([u8; 8], [u8; 8]) {
     let m_hi = ((w2 >> 4) & 0x0f0f_0f0f) | (((w1 >> 6) & 0x0303_0303) << 4);
     let join = |lo: u32, hi: u32| (u64::from(lo) | (u64::from(hi) << 32)).to_le_bytes();
     (join(sc_lo, sc_hi), join(m_lo, m_hi))
+}
+
+/// Element `j` (0..32) of a Q5_0 / Q5_1 block whose fifth bits start at `b[0]` (the nibbles
+/// follow them), as its 5-bit value.
+#[inline]
+pub(crate) fn q5_value(b: &[u8], j: usize) -> u8 {
+    let qh = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    let low = (b[4 + j % 16] >> (4 * (j / 16))) & 0x0f;
+    low | ((((qh >> j) & 1) as u8) << 4)
 }
 
 /// Element `e` (0..256) of a Q4_K super-block `b`, as its 4-bit value.
@@ -154,6 +168,22 @@ pub fn dequantize_row(dtype: super::QuantType, row: &[u8], out: &mut [f32]) {
                 for j in 0..16 {
                     o[j] = d * f32::from(b[4 + j] & 0x0f) + m;
                     o[j + 16] = d * f32::from(b[4 + j] >> 4) + m;
+                }
+            }
+        }
+        T::Q5_0 => {
+            for (b, o) in row.chunks_exact(Q5_0_BYTES).zip(out.chunks_exact_mut(QK)) {
+                let d = f16_at(b, 0);
+                for (j, o) in o.iter_mut().enumerate() {
+                    *o = d * (f32::from(q5_value(&b[2..], j)) - 16.0);
+                }
+            }
+        }
+        T::Q5_1 => {
+            for (b, o) in row.chunks_exact(Q5_1_BYTES).zip(out.chunks_exact_mut(QK)) {
+                let (d, m) = (f16_at(b, 0), f16_at(b, 2));
+                for (j, o) in o.iter_mut().enumerate() {
+                    *o = d * f32::from(q5_value(&b[4..], j)) + m;
                 }
             }
         }

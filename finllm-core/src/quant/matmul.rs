@@ -9,7 +9,7 @@ use std::sync::Arc;
 use rayon::prelude::*;
 
 use super::blocks::{quantize_q8, BlockQ8, QK};
-use super::kernels::{block_bytes, dot4_fn, dot_fn, tile_fns, Dot4Fn, DotFn, Isa, Rows2x4Fn, Rows4Fn};
+use super::kernels::{block_bytes, dot4_fn, dot_fn, rows2x4_fn, rows4_fn, Dot4Fn, DotFn, Isa, Rows2x4Fn, Rows4Fn};
 use super::QuantType;
 use crate::error::{Error, Result};
 use crate::model::GgufFile;
@@ -27,7 +27,8 @@ pub struct QMatrix {
     dtype: QuantType,
     dot: DotFn,
     dot4: Dot4Fn,
-    tiles: Option<(Rows4Fn, Rows2x4Fn)>,
+    rows4: Option<Rows4Fn>,
+    rows2x4: Option<Rows2x4Fn>,
 }
 
 impl std::fmt::Debug for QMatrix {
@@ -75,7 +76,8 @@ impl QMatrix {
             dtype: info.dtype,
             dot,
             dot4,
-            tiles: tile_fns(info.dtype, isa),
+            rows4: rows4_fn(info.dtype, isa),
+            rows2x4: rows2x4_fn(info.dtype, isa),
         }))
     }
 
@@ -138,32 +140,33 @@ impl QMatrix {
         act: &dyn Fn(usize) -> &'a [BlockQ8],
         n: usize,
     ) -> usize {
-        let Some((rows4, rows2x4)) = self.tiles else {
-            return 0;
-        };
         let rows = out.len() / n;
         let mut i = 0;
-        if n == 1 {
-            while i + 4 <= rows {
-                out[i..i + 4].copy_from_slice(&rows4(std::array::from_fn(|k| row(i + k)), act(0)));
-                i += 4;
-            }
-        } else if n >= 4 {
-            while i + 2 <= rows {
-                let whole = n / 4 * 4;
-                for t in (0..whole).step_by(4) {
-                    let y = rows2x4([row(i), row(i + 1)], [act(t), act(t + 1), act(t + 2), act(t + 3)]);
-                    for (k, yk) in y.iter().enumerate() {
-                        out[(i + k) * n + t..(i + k) * n + t + 4].copy_from_slice(yk);
-                    }
+        match (n, self.rows4, self.rows2x4) {
+            (1, Some(rows4), _) => {
+                while i + 4 <= rows {
+                    out[i..i + 4].copy_from_slice(&rows4(std::array::from_fn(|k| row(i + k)), act(0)));
+                    i += 4;
                 }
-                for k in 0..2 {
-                    for t in whole..n {
-                        out[(i + k) * n + t] = (self.dot)(row(i + k), act(t));
-                    }
-                }
-                i += 2;
             }
+            (4.., _, Some(rows2x4)) => {
+                while i + 2 <= rows {
+                    let whole = n / 4 * 4;
+                    for t in (0..whole).step_by(4) {
+                        let y = rows2x4([row(i), row(i + 1)], [act(t), act(t + 1), act(t + 2), act(t + 3)]);
+                        for (k, yk) in y.iter().enumerate() {
+                            out[(i + k) * n + t..(i + k) * n + t + 4].copy_from_slice(yk);
+                        }
+                    }
+                    for k in 0..2 {
+                        for t in whole..n {
+                            out[(i + k) * n + t] = (self.dot)(row(i + k), act(t));
+                        }
+                    }
+                    i += 2;
+                }
+            }
+            _ => {}
         }
         i
     }
@@ -236,6 +239,8 @@ mod tests {
         for dtype in [
             QuantType::Q4_0,
             QuantType::Q4_1,
+            QuantType::Q5_0,
+            QuantType::Q5_1,
             QuantType::Q8_0,
             QuantType::Q4K,
             QuantType::Q5K,
@@ -250,9 +255,13 @@ mod tests {
             let m = QMatrix::from_gguf(&file_with(&[rows, cols], dtype, data), "w", rows, cols)
                 .unwrap()
                 .unwrap_or_else(|| panic!("{dtype} has a kernel"));
-            // Q4_1's offset term takes d * sum rounded through f16, as llama.cpp does; the
+            // Q4_1's and Q5_1's offset terms take d * sum rounded through f16, as llama.cpp does; the
             // K-quants' minimum terms take the exact sum.
-            let tol = if dtype == QuantType::Q4_1 { 3e-2 } else { 2e-3 };
+            let tol = if matches!(dtype, QuantType::Q4_1 | QuantType::Q5_1) {
+                3e-2
+            } else {
+                2e-3
+            };
             // 1 token, fewer than four, the four-token kernel with a remainder, two groups of four.
             for n in [1, 3, 6, 8] {
                 let x = uniform(n * cols, 2.0);
