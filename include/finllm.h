@@ -74,6 +74,9 @@ typedef enum {
   // record and no guarded answer is given (fail-closed). Fix the disk, then make a new guard
   // (reopening the log truncates a torn tail).
   FINLLM_ERROR_AUDIT_POISONED = 17,
+  // The requested device cannot be used: CUDA asked for in a build without it, no such
+  // GPU, or no driver. The message says which.
+  FINLLM_ERROR_DEVICE = 18,
 } finllm_status;
 
 // Why a generation ended.
@@ -133,6 +136,9 @@ typedef struct {
   uint32_t threads;
   // Path of a tokenizer.json to use instead of the model's own tokenizer, or NULL.
   const char *tokenizer_json;
+  // Where to run: "cpu", "cuda:N" or "auto"; NULL means "cpu". (Added in 0.1; callers
+  // compiled against a header without it get "cpu".)
+  const char *device;
 } finllm_load_params;
 
 // Options for one generation. Get defaults from finllm_generate_default_params().

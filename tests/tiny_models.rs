@@ -8,8 +8,9 @@ mod oracle;
 
 use std::path::{Path, PathBuf};
 
+use finllm::device::Device;
 use finllm::model::synthetic::SyntheticSpec;
-use finllm::model::{ForwardOptions, GgufFile, KvPrecision, SeqInput, Transformer};
+use finllm::model::{Backend, ForwardOptions, GgufFile, KvPrecision, SeqInput, Transformer};
 use finllm::quant::QuantType;
 use finllm::{Architecture, ChatMessage, Error, FinishReason, GenerateParams, LoadOptions, Model, SamplingParams};
 
@@ -284,6 +285,100 @@ fn decode_step_equals_the_general_path() {
             }
         }
     }
+}
+
+/// Largest |a - b| over two sets of logit rows.
+fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    a.iter()
+        .flatten()
+        .zip(b.iter().flatten())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max)
+}
+
+#[test]
+fn candle_backend_matches_the_kernels() {
+    // The code CUDA runs (candle tensors, quantized matmuls, a tensor KV cache), here on the CPU
+    // against finllm's kernels, for the formats the GPU checks cover.
+    for arch in ARCHS {
+        for quant in [QuantType::F32, QuantType::F16, QuantType::Q8_0, QuantType::Q4_0] {
+            let file = std::sync::Arc::new(GgufFile::open(write_gguf(&SyntheticSpec::tiny(arch, 17), quant)).unwrap());
+            let kernels = Transformer::from_gguf(&file).unwrap();
+            let candle = Transformer::from_gguf_on(&file, &Backend::Candle(Device::Cpu)).unwrap();
+            let want = all_logits(&kernels, &SEQ, KvPrecision::F32);
+            let got = all_logits(&candle, &SEQ, KvPrecision::F32);
+            let scale = want.iter().flatten().fold(0f32, |m, v| m.max(v.abs()));
+            // Float weights: only summation order differs. Quantized: both quantize the
+            // activations to 8 bits, rounding a few values differently.
+            let tol = if matches!(quant, QuantType::F32 | QuantType::F16) {
+                1e-4
+            } else {
+                2e-2
+            } * scale.max(1.0);
+            let diff = max_diff(&got, &want);
+            eprintln!("{arch:?} {quant}: candle vs kernels max |diff| {diff:.2e} (logits up to {scale:.1})");
+            assert!(diff <= tol, "{arch:?} {quant}: {diff} > {tol}");
+
+            // Its tensor cache: a prefill then single tokens give the full pass's logits (to the
+            // same tolerance: candle quantizes one token's activations differently from many).
+            let mut cache = candle.new_cache_with(KvPrecision::F32);
+            let mut last = candle.forward(&SEQ[..10], &mut cache).unwrap();
+            for (i, &tok) in SEQ.iter().enumerate().skip(10) {
+                let d = last
+                    .iter()
+                    .zip(&got[i - 1])
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f32, f32::max);
+                assert!(d <= tol, "{arch:?} {quant} position {i}: {d}");
+                last = candle.forward(&[tok], &mut cache).unwrap();
+            }
+            assert_eq!(cache.len(), SEQ.len());
+            cache.truncate(4).unwrap();
+            assert_eq!(cache.len(), 4);
+            let again = candle.forward(&SEQ[4..5], &mut cache).unwrap();
+            let d = again
+                .iter()
+                .zip(&got[4])
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(d <= tol, "{arch:?} {quant} after truncate: {d}");
+
+            // A cache of the other backend is refused, not misused.
+            let mut host = kernels.new_cache();
+            assert!(matches!(
+                candle.forward(&SEQ[..2], &mut host),
+                Err(Error::InvalidArgument { .. })
+            ));
+            let mut device = candle.new_cache();
+            assert!(matches!(
+                kernels.forward(&SEQ[..2], &mut device),
+                Err(Error::InvalidArgument { .. })
+            ));
+        }
+    }
+}
+
+#[test]
+fn logit_comparison_counts_agreement_and_differences() {
+    let file = std::sync::Arc::new(
+        GgufFile::open(write_gguf(
+            &SyntheticSpec::tiny(Architecture::Llama, 23),
+            QuantType::Q8_0,
+        ))
+        .unwrap(),
+    );
+    let kernels = Transformer::from_gguf(&file).unwrap();
+    let candle = Transformer::from_gguf_on(&file, &Backend::Candle(Device::Cpu)).unwrap();
+    let same = finllm::bench::compare_logits(&kernels, &kernels, &SEQ[..5], 12).unwrap();
+    assert_eq!((same.steps, same.top1_agree, same.max_abs_diff), (12, 12, 0.0));
+    assert!(same.max_abs_logit > 0.0);
+    let c = finllm::bench::compare_logits(&kernels, &candle, &SEQ[..5], 12).unwrap();
+    assert_eq!(c.steps, 12);
+    assert!(c.max_abs_diff > 0.0 && c.max_abs_diff < 0.02 * c.max_abs_logit, "{c:?}");
+    assert!(c.median_step_max_diff <= c.max_abs_diff);
+    assert!(c.top1_agree >= 10, "{c:?}");
+    assert!(finllm::bench::compare_logits(&kernels, &candle, &[], 3).is_err());
+    assert!(finllm::bench::compare_logits(&kernels, &candle, &SEQ[..2], 0).is_err());
 }
 
 #[test]

@@ -17,7 +17,8 @@ use finllm_core::compliance::{
     Decision, DriftConfig, Guard, GuardConfig, GuardedGeneration, PiiConfig, PiiDetector, Policy, RequestInfo, Verdict,
 };
 use finllm_core::{
-    ChatMessage, Error, FinishReason, GenerateParams, Generation, LoadOptions, Model, SamplingParams, TokenEvent,
+    ChatMessage, DeviceSpec, Error, FinishReason, GenerateParams, Generation, LoadOptions, Model, SamplingParams,
+    TokenEvent,
 };
 
 /// Major version of the library this header belongs to.
@@ -69,6 +70,9 @@ pub enum finllm_status {
     /// record and no guarded answer is given (fail-closed). Fix the disk, then make a new guard
     /// (reopening the log truncates a torn tail).
     FINLLM_ERROR_AUDIT_POISONED = 17,
+    /// The requested device cannot be used: CUDA asked for in a build without it, no such
+    /// GPU, or no driver. The message says which.
+    FINLLM_ERROR_DEVICE = 18,
 }
 
 use finllm_status::*;
@@ -175,6 +179,9 @@ pub struct finllm_load_params {
     pub threads: u32,
     /// Path of a tokenizer.json to use instead of the model's own tokenizer, or NULL.
     pub tokenizer_json: *const c_char,
+    /// Where to run: "cpu", "cuda:N" or "auto"; NULL means "cpu". (Added in 0.1; callers
+    /// compiled against a header without it get "cpu".)
+    pub device: *const c_char,
 }
 
 /// Options for one generation. Get defaults from finllm_generate_default_params().
@@ -321,6 +328,7 @@ impl From<Error> for Failure {
             Error::Policy { .. } => FINLLM_ERROR_POLICY,
             Error::Audit { .. } => FINLLM_ERROR_AUDIT,
             Error::AuditPoisoned { .. } => FINLLM_ERROR_AUDIT_POISONED,
+            Error::DeviceUnavailable { .. } => FINLLM_ERROR_DEVICE,
             _ => FINLLM_ERROR_OTHER,
         };
         Failure(status, e.to_string())
@@ -512,6 +520,7 @@ pub extern "C" fn finllm_status_name(status: i32) -> *const c_char {
         15 => "FINLLM_ERROR_POLICY\0",
         16 => "FINLLM_ERROR_AUDIT\0",
         17 => "FINLLM_ERROR_AUDIT_POISONED\0",
+        18 => "FINLLM_ERROR_DEVICE\0",
         _ => "FINLLM_ERROR_UNKNOWN_STATUS\0",
     };
     name.as_ptr().cast()
@@ -550,7 +559,35 @@ pub extern "C" fn finllm_load_default_params() -> finllm_load_params {
         struct_size: std::mem::size_of::<finllm_load_params>() as u32,
         threads: 0,
         tokenizer_json: std::ptr::null(),
+        device: std::ptr::null(),
     }
+}
+
+/// The caller's load params, with fields added after its header's version at their defaults.
+///
+/// # Safety
+/// `params` must be NULL or valid for reads of its `struct_size` bytes.
+unsafe fn load_params(params: *const finllm_load_params) -> Result<finllm_load_params, Failure> {
+    let mut p = finllm_load_default_params();
+    if params.is_null() {
+        return Ok(p);
+    }
+    // SAFETY: non-NULL and at least as large as the first field per the contract.
+    let size = unsafe { *params.cast::<u32>() } as usize;
+    // The first version of the struct ended before `device`.
+    check_size(
+        size as u32,
+        std::mem::offset_of!(finllm_load_params, device),
+        "finllm_load_params",
+    )?;
+    let n = size.min(std::mem::size_of::<finllm_load_params>());
+    // SAFETY: the caller's struct has `size` readable bytes; we copy at most our own size, into
+    // a struct of ours whose later fields keep their defaults.
+    unsafe {
+        std::ptr::copy_nonoverlapping(params.cast::<u8>(), (&mut p as *mut finllm_load_params).cast::<u8>(), n);
+    }
+    p.struct_size = std::mem::size_of::<finllm_load_params>() as u32;
+    Ok(p)
 }
 
 /// Load a .gguf file or an HF safetensors directory. `params` may be NULL for defaults. On
@@ -570,24 +607,20 @@ pub unsafe extern "C" fn finllm_model_load(
         if out.is_null() {
             return fail(FINLLM_ERROR_NULL_POINTER, "out is NULL");
         }
-        let p = match unsafe { params.as_ref() } {
-            Some(p) => {
-                check_size(
-                    p.struct_size,
-                    std::mem::size_of::<finllm_load_params>(),
-                    "finllm_load_params",
-                )?;
-                *p
-            }
-            None => finllm_load_default_params(),
-        };
+        // SAFETY: params is NULL or valid for struct_size bytes per the contract.
+        let p = unsafe { load_params(params) }?;
         let tokenizer_json = if p.tokenizer_json.is_null() {
             None
         } else {
             Some(unsafe { c_str(p.tokenizer_json, "tokenizer_json") }?.into())
         };
+        let device = match unsafe { opt_c_str(p.device, "device") }? {
+            Some(d) => d.parse()?,
+            None => DeviceSpec::Cpu,
+        };
         let opts = LoadOptions {
             threads: (p.threads > 0).then_some(p.threads as usize),
+            device,
             tokenizer_json,
             progress: None,
         };

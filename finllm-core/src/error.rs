@@ -109,6 +109,10 @@ pub enum Error {
     AuditPoisoned { path: PathBuf, cause: String },
 
     // ---- compute -----------------------------------------------------------------------------
+    /// The requested device cannot be used: no CUDA in this build, no such GPU, no driver.
+    #[error("device {device} is not available: {reason}")]
+    DeviceUnavailable { device: String, reason: String },
+
     /// The tensor backend failed (shape bug, out of memory).
     #[error("tensor backend: {0}")]
     Backend(#[from] candle_core::Error),

@@ -11,6 +11,7 @@
 pub mod bench;
 pub mod chat;
 pub mod compliance;
+pub mod device;
 pub mod error;
 pub mod eval;
 pub mod generate;
@@ -20,6 +21,7 @@ pub mod quant;
 pub mod tokenizer;
 
 pub use chat::{ChatMessage, ChatTemplate};
+pub use device::DeviceSpec;
 pub use error::{Error, GgufError, Result};
 pub use generate::{FinishReason, GenerateParams, Generation, SamplingParams, TokenEvent, TokenStream};
 pub use llm::{LoadOptions, Model, ModelSource};

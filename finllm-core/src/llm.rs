@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::chat::{ChatMessage, ChatTemplate};
 use crate::error::{Error, Result};
 use crate::generate::{GenerateParams, Generation, TokenEvent, TokenStream};
-use crate::model::{GgufFile, ModelConfig, Transformer};
+use crate::model::{Backend, GgufFile, ModelConfig, Transformer};
 use crate::tokenizer::Tokenizer;
 
 /// How to load a model.
@@ -15,6 +15,9 @@ use crate::tokenizer::Tokenizer;
 pub struct LoadOptions {
     /// Compute threads for this model (default: the number of physical cores).
     pub threads: Option<usize>,
+    /// Where to run: the CPU (default), `cuda:N`, or `auto` (the first GPU when this build has
+    /// CUDA and the machine a GPU, else the CPU).
+    pub device: crate::DeviceSpec,
     /// Use this `tokenizer.json` instead of the tokenizer in the GGUF file.
     pub tokenizer_json: Option<PathBuf>,
     /// Called with the fraction of the load done, for progress bars.
@@ -25,6 +28,7 @@ impl std::fmt::Debug for LoadOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LoadOptions")
             .field("threads", &self.threads)
+            .field("device", &self.device)
             .field("tokenizer_json", &self.tokenizer_json)
             .finish_non_exhaustive()
     }
@@ -68,13 +72,17 @@ impl Model {
             }
         };
         report(0.0);
+        let backend = match opts.device.resolve()? {
+            d if d.is_cpu() => Backend::CpuKernels,
+            d => Backend::Candle(d),
+        };
         let pool = thread_pool(opts.threads)?;
         let model = if path.is_dir() {
-            Self::load_hf_dir(path, opts, pool)?
+            Self::load_hf_dir(path, opts, pool, &backend)?
         } else {
             let file = Arc::new(GgufFile::open(path)?);
             report(0.2);
-            let transformer = pool.install(|| Transformer::from_gguf(&file))?;
+            let transformer = pool.install(|| Transformer::from_gguf_on(&file, &backend))?;
             report(0.9);
             let beside = path.with_file_name("tokenizer.json");
             let override_json = opts
@@ -107,8 +115,8 @@ impl Model {
         Ok(model)
     }
 
-    fn load_hf_dir(dir: &Path, opts: &LoadOptions, pool: rayon::ThreadPool) -> Result<Self> {
-        let transformer = pool.install(|| Transformer::from_safetensors(dir))?;
+    fn load_hf_dir(dir: &Path, opts: &LoadOptions, pool: rayon::ThreadPool, backend: &Backend) -> Result<Self> {
+        let transformer = pool.install(|| Transformer::from_safetensors_on(dir, backend))?;
         let config = crate::model::read_hf_config(dir)?;
         let tok_config = read_json_if_present(&dir.join("tokenizer_config.json"))?;
         let json = opts
@@ -194,6 +202,11 @@ impl Model {
 
     pub fn threads(&self) -> usize {
         self.pool.current_num_threads()
+    }
+
+    /// Where the model runs: `"cpu"` or `"cuda:N"`.
+    pub fn device(&self) -> String {
+        crate::device::device_name(self.transformer.backend().device())
     }
 
     /// Run `f` on this model's compute threads.

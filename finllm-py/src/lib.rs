@@ -53,6 +53,12 @@ create_exception!(
 create_exception!(finllm.errors, BackendError, FinllmError, "The tensor backend failed.");
 create_exception!(
     finllm.errors,
+    DeviceError,
+    FinllmError,
+    "The requested device cannot be used: no CUDA in this build, no such GPU, or no driver."
+);
+create_exception!(
+    finllm.errors,
     PolicyError,
     FinllmError,
     "A compliance policy (TOML rule pack) is invalid or cannot be read."
@@ -117,6 +123,7 @@ fn to_py_in(domain: Domain, e: core::Error) -> PyErr {
         E::InvalidArgument { .. } | E::TokenOutOfRange { .. } => InvalidArgument::new_err(msg),
         E::ContextOverflow { .. } => ContextOverflowError::new_err(msg),
         E::Backend(_) => BackendError::new_err(msg),
+        E::DeviceUnavailable { .. } => DeviceError::new_err(msg),
         E::Policy { .. } => PolicyError::new_err(msg),
         E::Audit { .. } => AuditError::new_err(msg),
         E::AuditPoisoned { .. } => AuditPoisonedError::new_err(msg),
@@ -366,17 +373,20 @@ struct Model {
 
 #[pymethods]
 impl Model {
-    /// Load a .gguf file or an HF safetensors directory.
+    /// Load a .gguf file or an HF safetensors directory, to run on `device` ("cpu",
+    /// "cuda:N" or "auto").
     #[staticmethod]
-    #[pyo3(signature = (path, *, threads=None, tokenizer_json=None))]
+    #[pyo3(signature = (path, *, threads=None, tokenizer_json=None, device="cpu"))]
     fn load(
         py: Python<'_>,
         path: std::path::PathBuf,
         threads: Option<usize>,
         tokenizer_json: Option<std::path::PathBuf>,
+        device: &str,
     ) -> PyResult<Self> {
         let opts = core::LoadOptions {
             threads,
+            device: device.parse().map_err(to_py)?,
             tokenizer_json,
             progress: None,
         };
@@ -555,6 +565,12 @@ impl Model {
         self.inner.threads()
     }
 
+    /// Where the model runs: "cpu" or "cuda:N".
+    #[getter]
+    fn device(&self) -> String {
+        self.inner.device()
+    }
+
     fn __repr__(&self) -> String {
         let c = self.inner.config();
         format!(
@@ -587,6 +603,7 @@ fn _finllm(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("PolicyError", py.get_type::<PolicyError>())?;
     m.add("AuditError", py.get_type::<AuditError>())?;
     m.add("AuditPoisonedError", py.get_type::<AuditPoisonedError>())?;
+    m.add("DeviceError", py.get_type::<DeviceError>())?;
     compliance::register(m)?;
     Ok(())
 }

@@ -33,6 +33,22 @@ def test_bad_load_options(tiny_path, tmp_path):
         finllm.Model.load(tiny_path, tokenizer_json=tmp_path / "none.json")
 
 
+def test_devices(tiny_path):
+    assert finllm.Model.load(tiny_path, device="cpu").device == "cpu"
+    assert finllm.Model.load(tiny_path).device == "cpu"
+    with pytest.raises(errors.InvalidArgument, match="device"):
+        finllm.Model.load(tiny_path, device="tpu:0")
+    try:
+        gpu = finllm.Model.load(tiny_path, device="cuda:0")
+    except errors.DeviceError as e:
+        # A build without CUDA, or a machine without a GPU: the message says which device.
+        assert "cuda:0" in str(e)
+    else:
+        assert gpu.device == "cuda:0"
+    # "auto" takes the GPU when there is one, else the CPU.
+    assert finllm.Model.load(tiny_path, device="auto").device in ("cpu", "cuda:0")
+
+
 def test_bad_generation_arguments(tiny):
     with pytest.raises(errors.InvalidArgument, match="top_p"):
         tiny.generate("x", top_p=2.0)

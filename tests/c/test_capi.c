@@ -4,6 +4,7 @@
 #include <finllm.h>
 
 #include <pthread.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -70,6 +71,33 @@ static void test_load_errors(const char *tiny) {
   p = finllm_load_default_params();
   p.tokenizer_json = "/nonexistent/tokenizer.json";
   EXPECT_STATUS(finllm_model_load(tiny, &p, &out), FINLLM_ERROR_TOKENIZER);
+  CHECK(out == sentinel);
+
+  /* A struct compiled against the header before `device` was added still loads, on the CPU. */
+  p = finllm_load_default_params();
+  p.struct_size = (uint32_t)offsetof(finllm_load_params, device);
+  p.device = "not read: past the caller's struct";
+  finllm_model *old = NULL;
+  EXPECT_STATUS(finllm_model_load(tiny, &p, &old), FINLLM_OK);
+  finllm_model_free(old);
+
+  /* Devices: a bad name is an argument error; CUDA is FINLLM_ERROR_DEVICE unless this library
+     was built with it and the machine has a GPU. */
+  p = finllm_load_default_params();
+  p.device = "tpu:0";
+  EXPECT_STATUS(finllm_model_load(tiny, &p, &out), FINLLM_ERROR_INVALID_ARGUMENT);
+  p.device = "cuda:0";
+  finllm_model *gpu = NULL;
+  finllm_status s = finllm_model_load(tiny, &p, &gpu);
+  CHECK(s == FINLLM_OK || s == FINLLM_ERROR_DEVICE);
+  if (s == FINLLM_ERROR_DEVICE) {
+    CHECK(gpu == NULL);
+    char msg[512];
+    finllm_last_error_message(msg, sizeof msg);
+    CHECK(strstr(msg, "cuda:0") != NULL);
+  }
+  finllm_model_free(gpu);
+  CHECK(strcmp(finllm_status_name(FINLLM_ERROR_DEVICE), "FINLLM_ERROR_DEVICE") == 0);
   CHECK(out == sentinel);
 
   finllm_model_free(NULL);

@@ -17,7 +17,9 @@ use std::sync::Arc;
 
 pub use config::{Architecture, ModelConfig};
 pub use gguf::{GgufFile, GgufWriter, TensorInfo, Value};
-pub use transformer::{ForwardOptions, KvCache, KvPrecision, SeqInput, SeqOutput, Transformer};
+pub use transformer::{Backend, ForwardOptions, KvCache, KvPrecision, SeqInput, SeqOutput, Transformer};
+
+use candle_core::Device;
 
 use crate::error::{Error, Result};
 use weights::{SafetensorsStore, WeightStore};
@@ -52,29 +54,40 @@ pub fn config_from_hf(config: &serde_json::Value) -> Result<ModelConfig> {
 }
 
 impl Transformer {
-    /// Build the model in a GGUF file.
+    /// Build the model in a GGUF file, on finllm's CPU kernels.
     pub fn from_gguf(file: &Arc<GgufFile>) -> Result<Self> {
+        Self::from_gguf_on(file, &Backend::CpuKernels)
+    }
+
+    /// Build the model in a GGUF file to run on `backend`.
+    pub fn from_gguf_on(file: &Arc<GgufFile>, backend: &Backend) -> Result<Self> {
         let cfg = config_from_gguf(file)?;
         let freq_factors = match file.tensor("rope_freqs.weight") {
             Some(info) => {
                 let store = WeightStore::Gguf(file.clone());
-                let t = store.vector("rope_freqs.weight", info.shape().iter().product())?;
+                let t = store.vector("rope_freqs.weight", info.shape().iter().product(), &Device::Cpu)?;
                 Some(t.to_vec1::<f32>()?.into_iter().map(f64::from).collect())
             }
             None => None,
         };
-        Self::load(cfg, &WeightStore::Gguf(file.clone()), freq_factors)
+        Self::load(cfg, &WeightStore::Gguf(file.clone()), freq_factors, backend)
     }
 
-    /// Build the model in an HF directory (`config.json` + one or many `*.safetensors`).
+    /// Build the model in an HF directory (`config.json` + one or many `*.safetensors`), on
+    /// finllm's CPU kernels.
     pub fn from_safetensors(dir: impl AsRef<Path>) -> Result<Self> {
+        Self::from_safetensors_on(dir, &Backend::CpuKernels)
+    }
+
+    /// Build the model in an HF directory to run on `backend`.
+    pub fn from_safetensors_on(dir: impl AsRef<Path>, backend: &Backend) -> Result<Self> {
         let dir = dir.as_ref();
         let config = read_hf_config(dir)?;
         let cfg = config_from_hf(&config)?;
         let files = safetensors_files(dir)?;
         let names = hf_tensor_names(cfg.n_layers.min(4096));
         let store = SafetensorsStore::open(&files, names)?;
-        Self::load(cfg, &WeightStore::Safetensors(store), None)
+        Self::load(cfg, &WeightStore::Safetensors(store), None, backend)
     }
 }
 

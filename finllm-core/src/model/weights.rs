@@ -31,13 +31,6 @@ impl Weight {
             Weight::Dense(t) => QMatMul::Tensor(t),
         })
     }
-
-    pub(crate) fn to_dense(&self) -> Result<Tensor> {
-        Ok(match self {
-            Weight::Quantized(q) => q.dequantize(&Device::Cpu)?,
-            Weight::Dense(t) => t.clone(),
-        })
-    }
 }
 
 /// A weight matrix and the code that multiplies by it.
@@ -122,49 +115,60 @@ impl WeightStore {
         }
     }
 
-    /// Load `name`, checking its row-major shape.
+    /// Load `name` into host memory, checking its row-major shape.
     pub(crate) fn get(&self, name: &str, shape: &[usize]) -> Result<Weight> {
+        self.get_on(name, shape, &Device::Cpu)
+    }
+
+    /// Load `name` onto `device`, checking its row-major shape. Quantized blocks stay
+    /// quantized (candle has CUDA kernels for the GGML formats).
+    pub(crate) fn get_on(&self, name: &str, shape: &[usize], device: &Device) -> Result<Weight> {
         let weight = match self {
             WeightStore::Gguf(f) => {
                 let info = f.tensor(name).ok_or_else(|| missing(name))?;
                 check_shape(name, shape, &info.shape())?;
                 let bytes = f.tensor_data(info);
                 if info.dtype == QuantType::F32 {
-                    Weight::Dense(Tensor::from_raw_buffer(bytes, DType::F32, shape, &Device::Cpu)?)
+                    Weight::Dense(Tensor::from_raw_buffer(bytes, DType::F32, shape, device)?)
                 } else {
-                    let q = qtensor_from_ggml(info.dtype.to_candle(), bytes, shape.to_vec(), &Device::Cpu).map_err(
-                        |e| Error::UnsupportedTensorType {
+                    let q = qtensor_from_ggml(info.dtype.to_candle(), bytes, shape.to_vec(), device).map_err(|e| {
+                        Error::UnsupportedTensorType {
                             name: name.to_string(),
                             dtype: format!("{} ({e})", info.dtype),
-                        },
-                    )?;
+                        }
+                    })?;
                     Weight::Quantized(Arc::new(q))
                 }
             }
-            WeightStore::Safetensors(s) => Weight::Dense(s.load_f32(name, shape)?),
+            WeightStore::Safetensors(s) => Weight::Dense(s.load_f32(name, shape)?.to_device(device)?),
         };
         Ok(weight)
     }
 
-    /// Load a 1-D f32 vector (norm weights, biases).
-    pub(crate) fn vector(&self, name: &str, len: usize) -> Result<Tensor> {
-        self.get(name, &[len])?.to_dense()
+    /// Load a 1-D f32 vector (norm weights, biases) onto `device`.
+    pub(crate) fn vector(&self, name: &str, len: usize, device: &Device) -> Result<Tensor> {
+        match self.get_on(name, &[len], device)? {
+            Weight::Quantized(q) => Ok(q.dequantize(device)?),
+            Weight::Dense(t) => Ok(t),
+        }
     }
 
-    /// Load a matrix of `out x in` for `x @ W^T`.
-    pub(crate) fn linear(&self, name: &str, out: usize, input: usize) -> Result<QMatMul> {
-        self.get(name, &[out, input])?.into_matmul()
-    }
-
-    /// A matrix for `x @ W^T`: read in place by finllm's kernels when its format has one,
-    /// otherwise through candle.
-    pub(crate) fn matrix(&self, name: &str, out: usize, input: usize) -> Result<Matrix> {
-        if let WeightStore::Gguf(f) = self {
+    /// A matrix for `x @ W^T`: with `kernels`, read in place by finllm's CPU kernels when its
+    /// format has one; otherwise a candle matmul on `device`.
+    pub(crate) fn matrix(
+        &self,
+        name: &str,
+        out: usize,
+        input: usize,
+        device: &Device,
+        kernels: bool,
+    ) -> Result<Matrix> {
+        if let (WeightStore::Gguf(f), true) = (self, kernels && device.is_cpu()) {
             if let Some(m) = QMatrix::from_gguf(f, name, out, input)? {
                 return Ok(Matrix::Kernel(m));
             }
         }
-        Ok(Matrix::Candle(self.linear(name, out, input)?))
+        Ok(Matrix::Candle(self.get_on(name, &[out, input], device)?.into_matmul()?))
     }
 }
 

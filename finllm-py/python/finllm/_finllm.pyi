@@ -30,6 +30,9 @@ class ContextOverflowError(InvalidArgument):
 class BackendError(FinllmError):
     """The tensor backend failed."""
 
+class DeviceError(FinllmError):
+    """The requested device cannot be used: no CUDA in this build, no such GPU, or no driver."""
+
 class PolicyError(FinllmError):
     """A compliance policy (TOML rule pack) is invalid or cannot be read."""
 
@@ -82,8 +85,10 @@ class Model:
         *,
         threads: Optional[int] = None,
         tokenizer_json: Optional[Union[str, PathLike[str]]] = None,
+        device: str = "cpu",
     ) -> Model:
-        """Load a .gguf file or an HF safetensors directory."""
+        """Load a .gguf file or an HF safetensors directory, to run on `device` ("cpu",
+        "cuda:N" or "auto")."""
     def generate(
         self,
         prompt: str,
@@ -155,6 +160,9 @@ class Model:
     def context_length(self) -> int: ...
     @property
     def threads(self) -> int: ...
+    @property
+    def device(self) -> str:
+        """Where the model runs: "cpu" or "cuda:N"."""
 
 # ---- compliance --------------------------------------------------------------------------------
 

@@ -1,8 +1,9 @@
 //! Keys and values of one sequence, kept in flat growable buffers.
 //!
-//! Rows are token-major (`[len, n_kv_heads * head_dim]`) so a new token is one append and the
-//! single-token decode path reads them in place; the general path builds a candle tensor from
-//! them when it needs one.
+//! In host memory rows are token-major (`[len, n_kv_heads * head_dim]`) so a new token is one
+//! append and the single-token decode path reads them in place; the general path builds a
+//! candle tensor from them when it needs one. On a device (the candle backend) each layer is a
+//! tensor `[n_kv_heads, len, head_dim]` that grows by concatenation.
 
 use candle_core::{DType, Device, Tensor};
 use half::f16;
@@ -19,11 +20,22 @@ pub enum KvPrecision {
     F32,
 }
 
+impl KvPrecision {
+    fn dtype(self) -> DType {
+        match self {
+            KvPrecision::F16 => DType::F16,
+            KvPrecision::F32 => DType::F32,
+        }
+    }
+}
+
 /// One layer's keys or values.
 #[derive(Debug, Clone)]
 pub(super) enum KvRows {
     F16(Vec<f16>),
     F32(Vec<f32>),
+    /// `[n_kv, len, head_dim]` on a device, in the cache's precision; `None` while empty.
+    Device(Option<Tensor>),
 }
 
 impl KvRows {
@@ -34,35 +46,66 @@ impl KvRows {
         }
     }
 
+    /// Values stored.
     fn len(&self) -> usize {
         match self {
             KvRows::F16(v) => v.len(),
             KvRows::F32(v) => v.len(),
+            KvRows::Device(t) => t.as_ref().map_or(0, Tensor::elem_count),
         }
     }
 
-    fn truncate(&mut self, n: usize) {
+    /// Keep the first `rows` token rows of `width` values.
+    fn truncate(&mut self, rows: usize, width: usize) -> Result<()> {
         match self {
-            KvRows::F16(v) => v.truncate(n),
-            KvRows::F32(v) => v.truncate(n),
+            KvRows::F16(v) => v.truncate(rows * width),
+            KvRows::F32(v) => v.truncate(rows * width),
+            KvRows::Device(slot) => {
+                *slot = match slot.take() {
+                    Some(t) if rows > 0 => Some(t.narrow(1, 0, rows.min(t.dim(1)?))?),
+                    _ => None,
+                }
+            }
         }
+        Ok(())
     }
 
-    fn extend(&mut self, values: &[f32]) {
+    fn extend(&mut self, values: &[f32]) -> Result<()> {
         match self {
             KvRows::F16(v) => v.extend(values.iter().map(|&x| f16::from_f32(x))),
             KvRows::F32(v) => v.extend_from_slice(values),
+            KvRows::Device(_) => {
+                return Err(Error::invalid(
+                    "cache",
+                    "a device KV cache takes tensors, not host rows",
+                ));
+            }
         }
+        Ok(())
     }
 
-    /// Every stored row as an f32 tensor `[rows, n_kv, head_dim]`.
-    fn to_tensor(&self, n_kv: usize, head_dim: usize) -> Result<Tensor> {
+    /// Append `x: [n_kv, tokens, head_dim]` and return every row as f32 `[n_kv, len, head_dim]`.
+    fn append_tensor(&mut self, x: &Tensor, precision: KvPrecision) -> Result<Tensor> {
+        let (n_kv, _, head_dim) = x.dims3()?;
+        if let KvRows::Device(slot) = self {
+            let x = x.to_dtype(precision.dtype())?;
+            let all = match slot {
+                None => x.contiguous()?,
+                Some(prev) => Tensor::cat(&[&*prev, &x], 1)?,
+            };
+            *slot = Some(all.clone());
+            return Ok(all.to_dtype(DType::F32)?);
+        }
+        let token_major = x.transpose(0, 1)?.flatten_all()?.to_vec1::<f32>()?;
+        self.extend(&token_major)?;
         let rows = self.len() / (n_kv * head_dim);
         let shape = (rows, n_kv, head_dim);
-        Ok(match self {
+        let all = match self {
             KvRows::F16(v) => Tensor::from_slice(v, shape, &Device::Cpu)?.to_dtype(DType::F32)?,
             KvRows::F32(v) => Tensor::from_slice(v, shape, &Device::Cpu)?,
-        })
+            KvRows::Device(_) => unreachable!("handled above"),
+        };
+        Ok(all.transpose(0, 1)?.contiguous()?)
     }
 }
 
@@ -76,6 +119,8 @@ pub struct KvCache {
     /// Values per token row (`n_kv_heads * head_dim`), fixed by the first append.
     width: usize,
     precision: KvPrecision,
+    /// Where the rows live: `None` for host rows, else the device of the candle backend.
+    device: Option<Device>,
 }
 
 impl KvCache {
@@ -88,6 +133,29 @@ impl KvCache {
             len: 0,
             width: 0,
             precision,
+            device: None,
+        }
+    }
+
+    /// An empty cache whose layers are tensors on `device` (for the candle backend).
+    pub(super) fn on_device(n_layers: usize, precision: KvPrecision, device: &Device) -> Self {
+        Self {
+            layers: (0..n_layers)
+                .map(|_| (KvRows::Device(None), KvRows::Device(None)))
+                .collect(),
+            len: 0,
+            width: 0,
+            precision,
+            device: Some(device.clone()),
+        }
+    }
+
+    /// Whether this cache is kept where `backend` needs it.
+    pub(super) fn fits(&self, backend: &super::Backend) -> bool {
+        match (backend, &self.device) {
+            (super::Backend::CpuKernels, None) => true,
+            (super::Backend::Candle(d), Some(mine)) => d.same_device(mine),
+            _ => false,
         }
     }
 
@@ -115,8 +183,8 @@ impl KvCache {
             return Ok(());
         }
         for (k, v) in &mut self.layers {
-            k.truncate(len * self.width);
-            v.truncate(len * self.width);
+            k.truncate(len, self.width)?;
+            v.truncate(len, self.width)?;
         }
         self.len = len;
         Ok(())
@@ -139,8 +207,8 @@ impl KvCache {
             return Err(Error::invalid("cache", "the KV cache belongs to a different model"));
         }
         let (kr, vr) = &mut self.layers[layer];
-        kr.extend(k);
-        vr.extend(v);
+        kr.extend(k)?;
+        vr.extend(v)?;
         Ok(())
     }
 
@@ -155,11 +223,15 @@ impl KvCache {
     /// decode path).
     pub(super) fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
         let (n_kv, _, head_dim) = k.dims3()?;
-        let token_major = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.transpose(0, 1)?.flatten_all()?.to_vec1::<f32>()?) };
-        self.append_rows(layer, &token_major(k)?, &token_major(v)?, n_kv * head_dim)?;
-        let (kr, vr) = self.rows(layer);
-        let back = |r: &KvRows| -> Result<Tensor> { Ok(r.to_tensor(n_kv, head_dim)?.transpose(0, 1)?.contiguous()?) };
-        Ok((back(kr)?, back(vr)?))
+        let width = n_kv * head_dim;
+        if self.width == 0 {
+            self.width = width;
+        } else if self.width != width {
+            return Err(Error::invalid("cache", "the KV cache belongs to a different model"));
+        }
+        let precision = self.precision;
+        let (kr, vr) = &mut self.layers[layer];
+        Ok((kr.append_tensor(k, precision)?, vr.append_tensor(v, precision)?))
     }
 
     /// Count `tokens` new positions as cached, once every layer holds them.

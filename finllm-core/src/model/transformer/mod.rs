@@ -57,7 +57,7 @@ impl Linear {
 
     fn add_bias(&self, y: Tensor) -> Result<Tensor> {
         Ok(match &self.b {
-            Some(b) => y.broadcast_add(&Tensor::from_slice(b, b.len(), &Device::Cpu)?)?,
+            Some(b) => y.broadcast_add(&Tensor::from_slice(b, b.len(), y.device())?)?,
             None => y,
         })
     }
@@ -170,9 +170,31 @@ impl Embedding {
     }
 }
 
+/// Which code runs the forward pass.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// finllm's own kernels, reading quantized weights in place from the file; single-token
+    /// steps take the fused decode path. The default.
+    CpuKernels,
+    /// candle tensors and quantized matmuls on `device`: a CUDA GPU, or the CPU as the reference
+    /// that the GPU path is tested against on machines without one.
+    Candle(Device),
+}
+
+impl Backend {
+    /// The device tensors live on.
+    pub fn device(&self) -> &Device {
+        match self {
+            Backend::CpuKernels => &Device::Cpu,
+            Backend::Candle(d) => d,
+        }
+    }
+}
+
 /// A loaded decoder-only transformer.
 pub struct Transformer {
     cfg: ModelConfig,
+    backend: Backend,
     embed: Embedding,
     blocks: Vec<Block>,
     norm: RmsNorm,
@@ -191,19 +213,29 @@ impl Transformer {
     /// Build the model from weights named the GGUF way.
     ///
     /// `rope_freq_factors`: per-frequency divisors (GGUF `rope_freqs.weight`), if any.
-    pub(crate) fn load(cfg: ModelConfig, store: &WeightStore, rope_freq_factors: Option<Vec<f64>>) -> Result<Self> {
+    pub(crate) fn load(
+        cfg: ModelConfig,
+        store: &WeightStore,
+        rope_freq_factors: Option<Vec<f64>>,
+        backend: &Backend,
+    ) -> Result<Self> {
         cfg.validate()?;
         let (h, q_dim, kv_dim) = (cfg.hidden_size, cfg.q_dim(), cfg.kv_dim());
         let eps = cfg.rms_eps as f32;
-        let norm = |name: &str, len: usize| -> Result<RmsNorm> { RmsNorm::new(store.vector(name, len)?, eps) };
+        let (device, kernels) = (backend.device(), matches!(backend, Backend::CpuKernels));
+        let norm = |name: &str, len: usize| -> Result<RmsNorm> { RmsNorm::new(store.vector(name, len, device)?, eps) };
         let linear = |name: &str, out: usize, input: usize, bias: bool| -> Result<Linear> {
             let b = if bias {
-                Some(store.vector(&name.replace(".weight", ".bias"), out)?.to_vec1::<f32>()?)
+                Some(
+                    store
+                        .vector(&name.replace(".weight", ".bias"), out, device)?
+                        .to_vec1::<f32>()?,
+                )
             } else {
                 None
             };
             Ok(Linear {
-                w: store.matrix(name, out, input)?,
+                w: store.matrix(name, out, input, device, kernels)?,
                 b,
             })
         };
@@ -251,12 +283,17 @@ impl Transformer {
             });
         }
 
+        // The embedding table stays in host memory on every backend: a lookup touches a few
+        // rows, which then move to the device.
         let embed_w = store.get("token_embd.weight", &[cfg.vocab_size, h])?;
         let lm_head = if store.contains("output.weight") {
-            store.matrix("output.weight", cfg.vocab_size, h)?
+            store.matrix("output.weight", cfg.vocab_size, h, device, kernels)?
+        } else if !device.is_cpu() {
+            store.matrix("token_embd.weight", cfg.vocab_size, h, device, kernels)?
         } else {
-            match store.matrix("token_embd.weight", cfg.vocab_size, h)? {
+            match store.matrix("token_embd.weight", cfg.vocab_size, h, device, kernels)? {
                 kernel @ Matrix::Kernel(_) => kernel,
+                // Tied weights on the CPU: one copy serves both.
                 Matrix::Candle(_) => Matrix::Candle(match &embed_w {
                     Weight::Quantized(q) => QMatMul::from_arc(q.clone())?,
                     Weight::Dense(t) => QMatMul::Tensor(t.clone()),
@@ -270,6 +307,7 @@ impl Transformer {
         Ok(Self {
             norm: norm("output_norm.weight", h)?,
             cfg,
+            backend: backend.clone(),
             embed,
             blocks,
             lm_head,
@@ -280,14 +318,22 @@ impl Transformer {
         &self.cfg
     }
 
-    /// A fresh, empty KV cache for this model (f16 entries).
-    pub fn new_cache(&self) -> KvCache {
-        KvCache::new(self.cfg.n_layers, KvPrecision::F16)
+    /// What runs this model.
+    pub fn backend(&self) -> &Backend {
+        &self.backend
     }
 
-    /// A fresh, empty KV cache with the given precision.
+    /// A fresh, empty KV cache for this model (f16 entries).
+    pub fn new_cache(&self) -> KvCache {
+        self.new_cache_with(KvPrecision::F16)
+    }
+
+    /// A fresh, empty KV cache with the given precision, where this model's backend keeps it.
     pub fn new_cache_with(&self, precision: KvPrecision) -> KvCache {
-        KvCache::new(self.cfg.n_layers, precision)
+        match &self.backend {
+            Backend::CpuKernels => KvCache::new(self.cfg.n_layers, precision),
+            Backend::Candle(device) => KvCache::on_device(self.cfg.n_layers, precision, device),
+        }
     }
 
     /// Run `tokens` after what `cache` holds; returns the last token's logits as a `Vec`.
@@ -307,7 +353,8 @@ impl Transformer {
         }
         let before: Vec<usize> = seqs.iter().map(|s| s.cache.len()).collect();
         let one_token_each = seqs.iter().all(|s| s.tokens.len() == 1);
-        let result = if one_token_each && !opts.attentions && !opts.hidden_states {
+        let kernels = matches!(self.backend, Backend::CpuKernels);
+        let result = if kernels && one_token_each && !opts.attentions && !opts.hidden_states {
             self.decode_step(seqs)
         } else {
             self.forward_inner(seqs, opts)
@@ -327,7 +374,7 @@ impl Transformer {
                 "a forward call needs at least one token per sequence",
             ));
         }
-        if cache.n_layers() != self.cfg.n_layers {
+        if cache.n_layers() != self.cfg.n_layers || !cache.fits(&self.backend) {
             return Err(Error::invalid("cache", "the KV cache belongs to a different model"));
         }
         if let Some(&id) = tokens.iter().find(|&&id| id as usize >= self.cfg.vocab_size) {
@@ -348,7 +395,7 @@ impl Transformer {
 
     fn forward_inner(&self, seqs: &mut [SeqInput<'_>], opts: &ForwardOptions) -> Result<Vec<SeqOutput>> {
         let cfg = &self.cfg;
-        let dev = Device::Cpu;
+        let dev = self.backend.device().clone();
         let lens: Vec<usize> = seqs.iter().map(|s| s.tokens.len()).collect();
         let total: usize = lens.iter().sum();
         let ids: Vec<u32> = seqs.iter().flat_map(|s| s.tokens.iter().copied()).collect();
@@ -357,7 +404,10 @@ impl Transformer {
             .flat_map(|s| (s.cache.len()..s.cache.len() + s.tokens.len()).collect::<Vec<_>>())
             .collect();
 
-        let mut x = self.embed.lookup(&Tensor::new(ids.as_slice(), &dev)?)?;
+        let mut x = self
+            .embed
+            .lookup(&Tensor::new(ids.as_slice(), &Device::Cpu)?)?
+            .to_device(&dev)?;
         if cfg.scale_embeddings {
             x = (x * (cfg.hidden_size as f64).sqrt())?;
         }
@@ -384,7 +434,7 @@ impl Transformer {
             let (cos, sin) = match rope_cache.iter().find(|(f, _, _)| Arc::ptr_eq(f, &block.inv_freq)) {
                 Some((_, c, s)) => (c.clone(), s.clone()),
                 None => {
-                    let (c, s) = rope_tables(&positions, &block.inv_freq)?;
+                    let (c, s) = rope_tables(&positions, &block.inv_freq, &dev)?;
                     rope_cache.push((block.inv_freq.clone(), c.clone(), s.clone()));
                     (c, s)
                 }
@@ -494,7 +544,7 @@ impl Transformer {
         let scores = (q.matmul(&k.t()?)? * cfg.attn_scale)?;
         let scores = match attention_mask(t, past, total, span) {
             Some(mask) => {
-                let mask = Tensor::from_vec(mask, (t, total), &Device::Cpu)?;
+                let mask = Tensor::from_vec(mask, (t, total), q.device())?;
                 scores
                     .reshape((cfg.n_kv_heads, group, t, total))?
                     .broadcast_add(&mask)?
@@ -575,13 +625,13 @@ fn rope_values(positions: &[usize], inv_freq: &[f64]) -> (Vec<f32>, Vec<f32>) {
     (cos, sin)
 }
 
-/// [`rope_values`] as tensors.
-fn rope_tables(positions: &[usize], inv_freq: &[f64]) -> Result<(Tensor, Tensor)> {
+/// [`rope_values`] as tensors on `device`.
+fn rope_tables(positions: &[usize], inv_freq: &[f64], device: &Device) -> Result<(Tensor, Tensor)> {
     let (cos, sin) = rope_values(positions, inv_freq);
     let shape = (positions.len(), inv_freq.len());
     Ok((
-        Tensor::from_vec(cos, shape, &Device::Cpu)?,
-        Tensor::from_vec(sin, shape, &Device::Cpu)?,
+        Tensor::from_vec(cos, shape, device)?,
+        Tensor::from_vec(sin, shape, device)?,
     ))
 }
 
