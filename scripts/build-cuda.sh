@@ -16,6 +16,8 @@ CUDA_WHEELS=(
   "nvidia-cuda-nvcc==13.0.88"
   "nvidia-cuda-runtime==13.0.96"
   "nvidia-cuda-cccl==13.0.85"
+  "nvidia-cuda-crt==13.0.88"
+  "nvidia-nvvm==13.0.88"
   "nvidia-cuda-nvrtc==13.0.88"
   "nvidia-cublas==13.0.2.14"
   "nvidia-curand==10.4.0.35"
@@ -24,7 +26,9 @@ root="$PWD/target/cuda-toolkit"
 cuda_home="$root/nvidia/cu13"
 
 fetch_toolkit() {
-  if [ -x "$cuda_home/bin/nvcc" ] && [ -f "$root/.complete" ]; then
+  local stamp
+  stamp="$(printf '%s\n' "${CUDA_WHEELS[@]}")"
+  if [ -x "$cuda_home/bin/nvcc" ] && [ "$(cat "$root/.complete" 2>/dev/null)" = "$stamp" ]; then
     return
   fi
   mkdir -p "$root/wheels"
@@ -39,7 +43,7 @@ fetch_toolkit() {
     [ -e "$base" ] || ln -s "$(basename "$lib")" "$base"
   done
   make_driver_stub
-  touch "$root/.complete"
+  echo "$stamp" > "$root/.complete"
 }
 
 # libcuda comes with the NVIDIA driver, not with any wheel. Linking needs only its symbol

@@ -686,6 +686,43 @@ fn one_model_serves_many_threads() {
     assert_eq!(concurrent, sequential);
 }
 
+/// OS threads of this process whose name starts with `prefix` (Linux).
+fn threads_named(prefix: &str) -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).ok())
+        .filter(|name| name.starts_with(prefix))
+        .count()
+}
+
+#[test]
+fn models_asking_for_the_same_threads_share_them() {
+    // Five threads: no other test asks for that many, so the count is this test's alone.
+    let opts = LoadOptions {
+        threads: Some(5),
+        ..Default::default()
+    };
+    let path = write_gguf(&SyntheticSpec::tiny(Architecture::Llama, 31), QuantType::Q8_0);
+    let a = Model::load(&path, &opts).unwrap();
+    let b = Model::load(&path, &opts).unwrap();
+    // Rayon starts its threads lazily: make both pools do work.
+    let params = GenerateParams {
+        max_tokens: 2,
+        ..Default::default()
+    };
+    a.generate("the rate", &params).unwrap();
+    b.generate("the rate", &params).unwrap();
+    assert_eq!((a.threads(), b.threads()), (5, 5));
+    assert_eq!(threads_named("finllm-5t-"), 5, "two models, one pool of five threads");
+    drop((a, b));
+    // The pool goes with its last model (rayon stops its threads asynchronously).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while threads_named("finllm-5t-") > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(threads_named("finllm-5t-"), 0);
+}
+
 #[test]
 fn rope_frequency_factors_equal_linear_scaling_when_uniform() {
     // Llama 3 GGUFs carry per-frequency divisors in `rope_freqs.weight`; dividing every

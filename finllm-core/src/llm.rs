@@ -47,7 +47,8 @@ pub struct Model {
     tokenizer: Tokenizer,
     chat_template: Option<ChatTemplate>,
     source: ModelSource,
-    pool: rayon::ThreadPool,
+    /// Compute threads, shared with every other model of this process that asked for as many.
+    pool: Arc<rayon::ThreadPool>,
     /// SHA-256 of the model's files, computed on first use (audit records name the exact model).
     sha256: std::sync::OnceLock<String>,
 }
@@ -115,7 +116,7 @@ impl Model {
         Ok(model)
     }
 
-    fn load_hf_dir(dir: &Path, opts: &LoadOptions, pool: rayon::ThreadPool, backend: &Backend) -> Result<Self> {
+    fn load_hf_dir(dir: &Path, opts: &LoadOptions, pool: Arc<rayon::ThreadPool>, backend: &Backend) -> Result<Self> {
         let transformer = pool.install(|| Transformer::from_safetensors_on(dir, backend))?;
         let config = crate::model::read_hf_config(dir)?;
         let tok_config = read_json_if_present(&dir.join("tokenizer_config.json"))?;
@@ -269,18 +270,37 @@ impl Model {
     }
 }
 
-fn thread_pool(threads: Option<usize>) -> Result<rayon::ThreadPool> {
+/// The compute pool for `threads` threads (default: one per core). Models asking for the same
+/// number share one pool, so several models in one process do not multiply the threads beyond
+/// what was asked for; their work queues on the shared threads instead.
+fn thread_pool(threads: Option<usize>) -> Result<Arc<rayon::ThreadPool>> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, Weak};
+    static POOLS: Mutex<Option<HashMap<usize, Weak<rayon::ThreadPool>>>> = Mutex::new(None);
+
     let n = match threads {
         Some(0) => return Err(Error::invalid("threads", "must be at least 1")),
         Some(n) if n > 1024 => return Err(Error::invalid("threads", format!("{n} is more than 1024"))),
         Some(n) => n,
         None => std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(n)
-        .thread_name(|i| format!("finllm-compute-{i}"))
-        .build()
-        .map_err(|e| Error::invalid("threads", e.to_string()))
+    // A poisoned lock only means another thread panicked while holding the map, which stays valid.
+    let mut pools = POOLS.lock().unwrap_or_else(|e| e.into_inner());
+    let pools = pools.get_or_insert_with(HashMap::new);
+    pools.retain(|_, weak| weak.strong_count() > 0);
+    if let Some(pool) = pools.get(&n).and_then(Weak::upgrade) {
+        return Ok(pool);
+    }
+    let pool = Arc::new(
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            // Named by pool size ("finllm-2t-0"): fits Linux's 15-byte thread names.
+            .thread_name(move |i| format!("finllm-{n}t-{i}"))
+            .build()
+            .map_err(|e| Error::invalid("threads", e.to_string()))?,
+    );
+    pools.insert(n, Arc::downgrade(&pool));
+    Ok(pool)
 }
 
 fn sha256_of_dir(dir: &Path) -> Result<String> {
