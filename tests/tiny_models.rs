@@ -219,28 +219,16 @@ fn batched_forward_equals_separate_calls() {
     }
 }
 
-/// Logits of one new token per sequence through the general forward pass (asking for
-/// attentions keeps a call off the decode step).
-fn general_path_logits(t: &Transformer, seqs: &mut [SeqInput]) -> Vec<Vec<f32>> {
-    let opts = ForwardOptions {
-        attentions: true,
-        ..Default::default()
-    };
-    let out = t.forward_batch(seqs, &opts).unwrap();
-    out.iter()
-        .map(|o| o.logits.flatten_all().unwrap().to_vec1::<f32>().unwrap())
-        .collect()
-}
-
 #[test]
-fn decode_step_equals_the_general_path() {
+fn host_path_equals_the_general_path() {
     // Dense f32 weights (candle matmul), and formats with finllm kernels; both cache precisions;
-    // three sequences at different positions, one of them past the Gemma 3 sliding window.
+    // three sequences at different positions (one past the Gemma 3 sliding window), first with
+    // several new tokens each (all logits), then single-token steps.
     for arch in ARCHS {
         for quant in [QuantType::F32, QuantType::Q8_0, QuantType::Q4_0] {
             let t = load_transformer(&write_gguf(&SyntheticSpec::tiny(arch, 13), quant));
             for precision in [KvPrecision::F32, KvPrecision::F16] {
-                let prefixes: [&[u32]; 3] = [&SEQ[..1], &SEQ[3..23], &SEQ[..7]];
+                let prefixes: [&[u32]; 3] = [&SEQ[..1], &SEQ[3..20], &SEQ[..7]];
                 let mut fast: Vec<_> = prefixes
                     .iter()
                     .map(|p| {
@@ -250,32 +238,55 @@ fn decode_step_equals_the_general_path() {
                     })
                     .collect();
                 let mut general = fast.clone();
-                for step in 0..3 {
-                    let tokens: Vec<[u32; 1]> = (0..3).map(|s| [SEQ[(5 * s + step) % SEQ.len()]]).collect();
+                let chunks: [&[u32]; 3] = [&SEQ[5..8], &SEQ[20..21], &SEQ[9..14]];
+                for step in 0..4 {
+                    let singles: Vec<[u32; 1]> = (0..3).map(|s| [SEQ[(5 * s + step) % SEQ.len()]]).collect();
+                    let tokens: Vec<&[u32]> = if step == 0 {
+                        chunks.to_vec()
+                    } else {
+                        singles.iter().map(|t| &t[..]).collect()
+                    };
                     let mut inputs: Vec<SeqInput> = fast
                         .iter_mut()
                         .zip(&tokens)
                         .map(|(cache, t)| SeqInput { tokens: t, cache })
                         .collect();
-                    let got: Vec<Vec<f32>> = t
-                        .forward_batch(&mut inputs, &ForwardOptions::default())
+                    let opts = ForwardOptions {
+                        all_logits: true,
+                        ..Default::default()
+                    };
+                    let got: Vec<Vec<Vec<f32>>> = t
+                        .forward_batch(&mut inputs, &opts)
                         .unwrap()
                         .iter()
-                        .map(|o| o.logits.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+                        .map(|o| o.logits.to_vec2::<f32>().unwrap())
                         .collect();
                     let mut inputs: Vec<SeqInput> = general
                         .iter_mut()
                         .zip(&tokens)
                         .map(|(cache, t)| SeqInput { tokens: t, cache })
                         .collect();
-                    let want = general_path_logits(&t, &mut inputs);
+                    let opts = ForwardOptions {
+                        all_logits: true,
+                        attentions: true,
+                        ..Default::default()
+                    };
+                    let want: Vec<Vec<Vec<f32>>> = t
+                        .forward_batch(&mut inputs, &opts)
+                        .unwrap()
+                        .iter()
+                        .map(|o| o.logits.to_vec2::<f32>().unwrap())
+                        .collect();
                     for (s, (g, w)) in got.iter().zip(&want).enumerate() {
-                        assert_eq!(g.len(), t.config().vocab_size);
-                        let diff = g.iter().zip(w).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-                        assert!(
-                            diff < 1e-4,
-                            "{arch:?} {quant} {precision:?} step {step} seq {s}: {diff}"
-                        );
+                        assert_eq!(g.len(), tokens[s].len());
+                        assert_eq!(g[0].len(), t.config().vocab_size);
+                        // Attention sums in a different order (candle's gemm against our
+                        // kernels); with quantized weights a last-bit difference can also flip
+                        // the 8-bit rounding of an activation downstream. Relative to the logits.
+                        let scale = w.iter().flatten().fold(1f32, |m, v| m.max(v.abs()));
+                        let tol = if quant == QuantType::F32 { 1e-4 } else { 2e-2 } * scale;
+                        let diff = max_diff(g, w);
+                        assert!(diff < tol, "{arch:?} {quant} {precision:?} step {step} seq {s}: {diff}");
                     }
                 }
                 for (f, g) in fast.iter().zip(&general) {
@@ -713,14 +724,18 @@ fn models_asking_for_the_same_threads_share_them() {
     a.generate("the rate", &params).unwrap();
     b.generate("the rate", &params).unwrap();
     assert_eq!((a.threads(), b.threads()), (5, 5));
-    assert_eq!(threads_named("finllm-5t-"), 5, "two models, one pool of five threads");
+    // Threads name themselves once they first run, and stop asynchronously: wait for the
+    // count to settle (it can only reach 5 if the two models share one pool).
+    let settles_at = |want: usize| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while threads_named("finllm-5t-") != want && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        threads_named("finllm-5t-")
+    };
+    assert_eq!(settles_at(5), 5, "two models, one pool of five threads");
     drop((a, b));
-    // The pool goes with its last model (rayon stops its threads asynchronously).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while threads_named("finllm-5t-") > 0 && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    assert_eq!(threads_named("finllm-5t-"), 0);
+    assert_eq!(settles_at(0), 0, "the pool goes with its last model");
 }
 
 #[test]

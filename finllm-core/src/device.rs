@@ -42,9 +42,14 @@ impl DeviceSpec {
 
 #[cfg(feature = "cuda")]
 fn cuda_device(ordinal: usize) -> Result<Device> {
-    Device::new_cuda(ordinal).map_err(|e| Error::DeviceUnavailable {
-        device: DeviceSpec::Cuda(ordinal).to_string(),
-        reason: format!("{e} (is the NVIDIA driver installed, and does the machine have GPU {ordinal}?)"),
+    Device::new_cuda(ordinal).map_err(|e| {
+        // candle appends a backtrace to its message: the first line says what failed.
+        let msg = e.to_string();
+        let first = msg.lines().next().unwrap_or_default().to_string();
+        Error::DeviceUnavailable {
+            device: DeviceSpec::Cuda(ordinal).to_string(),
+            reason: format!("{first} (is the NVIDIA driver installed, and does the machine have GPU {ordinal}?)"),
+        }
     })
 }
 

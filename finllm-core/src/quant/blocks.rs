@@ -138,8 +138,7 @@ pub fn quantize_q8(x: &[f32], out: &mut [BlockQ8]) {
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
         let mut sum = 0i32;
         for (q, &v) in block.qs.iter_mut().zip(chunk) {
-            // round half away from zero, like C's roundf; |v * id| <= 127 so the cast is exact.
-            let r = (v * id).round() as i32;
+            let r = round_half_away(v * id);
             *q = r as i8;
             sum += r;
         }
@@ -147,6 +146,16 @@ pub fn quantize_q8(x: &[f32], out: &mut [BlockQ8]) {
         block.s = f16::from_f32(d * sum as f32).to_f32();
         block.sum = sum;
     }
+}
+
+/// `y` rounded half away from zero, as C's `roundf`, for |y| < 2^31. Without SSE4.1 `f32::round`
+/// is a libm call per value; this is a truncating conversion, an exact subtraction (what is
+/// left is the fraction) and two compares, which the compiler vectorises.
+#[inline(always)]
+pub fn round_half_away(y: f32) -> i32 {
+    let t = y as i32;
+    let frac = y - t as f32;
+    t + i32::from(frac >= 0.5) - i32::from(frac <= -0.5)
 }
 
 /// Dequantize one row of `n` elements of a supported format into `out` (scalar reference).

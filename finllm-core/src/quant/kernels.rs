@@ -1384,6 +1384,27 @@ mod tests {
     }
 
     #[test]
+    fn rounding_equals_roundf() {
+        let mut rng = Rng::new(12);
+        let halves = (-300..=300).map(|i| i as f32 * 0.5);
+        let near_halves = (-300..=300).flat_map(|i| {
+            let h = i as f32 * 0.5;
+            [
+                f32::from_bits(h.to_bits() + 1),
+                f32::from_bits(h.to_bits().saturating_sub(1)),
+            ]
+        });
+        let random = (0..100_000).map(|_| ((rng.next_f64() * 2.0 - 1.0) * 130.0) as f32);
+        for y in halves
+            .chain(near_halves)
+            .chain(random)
+            .chain([0.0, -0.0, 0.49999997, -0.49999997])
+        {
+            assert_eq!(crate::quant::blocks::round_half_away(y), y.round() as i32, "{y:e}");
+        }
+    }
+
+    #[test]
     fn q8_quantization_rounds_like_llama_cpp() {
         let mut x = vec![0f32; QK];
         x[0] = 127.0; // scale 1.0

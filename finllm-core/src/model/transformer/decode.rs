@@ -1,12 +1,14 @@
-//! The decode step: one new token per sequence, logits only.
+//! The host path: the forward pass on plain buffers with finllm's kernels, for calls that want
+//! logits only (decode steps, prefills, batches of both).
 //!
-//! For a single token the general forward pass spends more time around the weight matmuls than
-//! in them: every op allocates a candle tensor, the whole KV cache is read back as f32 tensors
-//! each step, and candle's matmul (which probes the CPU on every call) runs attention over a
-//! handful of rows. This path runs the same computation on plain buffers: norms, RoPE and
-//! activations in place, keys and values appended to the cache rows and attended to where they
-//! lie (f16 converted in registers), one parallel pass per weight group and one for attention.
-//! `tests/tiny_models.rs` checks it against the general path for every architecture.
+//! The general forward pass spends much of its time around the weight matmuls: every op
+//! allocates a candle tensor (and candle runs element-wise ops on threads of its own, beside
+//! ours), the whole KV cache is read back as f32 tensors each call, and candle's matmul (which
+//! probes the CPU on every call) runs attention. This path runs the same computation on plain
+//! buffers: norms, RoPE and activations in place, keys and values appended to the cache rows and
+//! attended to where they lie (f16 converted in registers), one parallel pass per weight group
+//! and one for attention. `tests/tiny_models.rs` checks it against the general path for every
+//! architecture.
 
 use std::sync::Arc;
 
@@ -33,13 +35,26 @@ impl Linear {
 }
 
 impl Transformer {
-    /// One token per sequence after what its cache holds; returns `[1, vocab]` logits each.
-    /// The caller has checked the inputs; on error the caller rolls the caches back.
-    pub(super) fn decode_step(&self, seqs: &mut [SeqInput<'_>]) -> Result<Vec<SeqOutput>> {
+    /// Every sequence's new tokens after what its cache holds; returns `[1, vocab]` logits per
+    /// sequence (its last token), or `[tokens, vocab]` with `all_logits`. The caller has checked
+    /// the inputs; on error the caller rolls the caches back.
+    pub(super) fn forward_host(&self, seqs: &mut [SeqInput<'_>], all_logits: bool) -> Result<Vec<SeqOutput>> {
         let cfg = &self.cfg;
-        let (n, hidden, kv_dim) = (seqs.len(), cfg.hidden_size, cfg.kv_dim());
-        let ids: Vec<u32> = seqs.iter().map(|s| s.tokens[0]).collect();
-        let positions: Vec<usize> = seqs.iter().map(|s| s.cache.len()).collect();
+        let (hidden, kv_dim) = (cfg.hidden_size, cfg.kv_dim());
+        let ids: Vec<u32> = seqs.iter().flat_map(|s| s.tokens.iter().copied()).collect();
+        let n = ids.len();
+        // Per token: its sequence and absolute position.
+        let rows: Vec<TokenRow> = seqs
+            .iter()
+            .enumerate()
+            .flat_map(|(seq, s)| {
+                (0..s.tokens.len()).map(move |j| TokenRow {
+                    seq,
+                    pos: s.cache.len() + j,
+                })
+            })
+            .collect();
+        let positions: Vec<usize> = rows.iter().map(|r| r.pos).collect();
 
         let mut x = self
             .embed
@@ -79,11 +94,13 @@ impl Transformer {
             }
             rotate(&mut q, cfg.head_dim, cos, sin, cfg.rope_style);
             rotate(&mut k, cfg.head_dim, cos, sin, cfg.rope_style);
-            for (s, seq) in seqs.iter_mut().enumerate() {
-                let rows = s * kv_dim..(s + 1) * kv_dim;
-                seq.cache.append_rows(layer, &k[rows.clone()], &v[rows], kv_dim)?;
+            let mut start = 0;
+            for seq in seqs.iter_mut() {
+                let span = start * kv_dim..(start + seq.tokens.len()) * kv_dim;
+                seq.cache.append_rows(layer, &k[span.clone()], &v[span], kv_dim)?;
+                start += seq.tokens.len();
             }
-            let attn = self.attend(seqs, layer, &q, &positions, block.span);
+            let attn = self.attend(seqs, layer, &q, &rows, block.span);
             let mut out = block.o.forward_vec(&attn, n)?;
             if let Some(norm) = &block.post_attn_norm {
                 norm.forward_rows_in_place(&mut out);
@@ -100,33 +117,48 @@ impl Transformer {
             add_in_place(&mut x, &out);
         }
         for seq in seqs.iter_mut() {
-            seq.cache.commit(1);
+            seq.cache.commit(seq.tokens.len());
         }
 
-        self.norm.forward_rows(&x, &mut normed);
-        let logits = self.lm_head.forward_vec(&normed, n)?;
-        let vocab = logits.len() / n;
-        logits
-            .chunks_exact(vocab)
-            .map(|row| {
-                Ok(SeqOutput {
-                    logits: Tensor::from_slice(row, (1, vocab), &Device::Cpu)?,
-                    attentions: Vec::new(),
-                    hidden_states: Vec::new(),
-                })
-            })
-            .collect()
+        // Final norm and LM head only on the rows returned, all sequences in one matmul.
+        let returned: Vec<usize> = seqs
+            .iter()
+            .map(|s| if all_logits { s.tokens.len() } else { 1 })
+            .collect();
+        let mut picked = Vec::with_capacity(returned.iter().sum::<usize>() * hidden);
+        let mut end = 0;
+        for (seq, &r) in seqs.iter().zip(&returned) {
+            end += seq.tokens.len();
+            picked.extend_from_slice(&x[(end - r) * hidden..end * hidden]);
+        }
+        let m = picked.len() / hidden;
+        let mut normed = vec![0f32; picked.len()];
+        self.norm.forward_rows(&picked, &mut normed);
+        let logits = self.lm_head.forward_vec(&normed, m)?;
+        let vocab = logits.len() / m;
+        let mut outputs = Vec::with_capacity(seqs.len());
+        let mut row = 0;
+        for &r in &returned {
+            outputs.push(SeqOutput {
+                logits: Tensor::from_slice(&logits[row * vocab..(row + r) * vocab], (r, vocab), &Device::Cpu)?,
+                attentions: Vec::new(),
+                hidden_states: Vec::new(),
+            });
+            row += r;
+        }
+        Ok(outputs)
     }
 
-    /// Attention of each sequence's one query (`q`: `[n, n_heads * head_dim]`, rotated) over
-    /// its cached keys and values of `layer`, which already include this token.
-    /// Returns `[n, n_heads * head_dim]`.
+    /// Causal attention of every new token's query (`q`: `[tokens, n_heads * head_dim]`,
+    /// rotated) over the cached keys and values of its sequence in `layer`, which already hold
+    /// the new tokens: each token sees the positions up to its own (within the layer's window).
+    /// Returns `[tokens, n_heads * head_dim]`.
     fn attend(
         &self,
         seqs: &[SeqInput<'_>],
         layer: usize,
         q: &[f32],
-        positions: &[usize],
+        rows: &[TokenRow],
         span: AttentionSpan,
     ) -> Vec<f32> {
         let cfg = &self.cfg;
@@ -138,23 +170,23 @@ impl Transformer {
         };
         let scale = cfg.attn_scale as f32;
         let head = |(i, out): (usize, &mut [f32])| {
-            let (s, h) = (i / n_heads, i % n_heads);
-            let pos = positions[s];
+            let (t, h) = (i / n_heads, i % n_heads);
+            let TokenRow { seq, pos } = rows[t];
             let keys = (pos + 1).saturating_sub(window)..pos + 1;
             let head = Head {
-                q: &q[s * q_dim + h * d..][..d],
+                q: &q[t * q_dim + h * d..][..d],
                 offset: (h / group) * d,
                 kv_dim,
                 scale,
             };
-            match seqs[s].cache.rows(layer) {
+            match seqs[seq].cache.rows(layer) {
                 (KvRows::F16(k), KvRows::F16(v)) => head.attend::<f16>(k, v, keys, out),
                 (KvRows::F32(k), KvRows::F32(v)) => head.attend::<f32>(k, v, keys, out),
-                _ => unreachable!("keys and values of a cache share one precision"),
+                _ => unreachable!("the kernels backend keeps its caches in host memory"),
             }
         };
-        let work: usize = positions.iter().map(|p| (p + 1).min(window)).sum::<usize>() * n_heads * d;
-        let mut out = vec![0f32; seqs.len() * q_dim];
+        let work: usize = rows.iter().map(|r| (r.pos + 1).min(window)).sum::<usize>() * n_heads * d;
+        let mut out = vec![0f32; rows.len() * q_dim];
         if work >= PARALLEL_ATTENTION_WORK {
             out.par_chunks_mut(d).enumerate().for_each(head);
         } else {
@@ -162,6 +194,13 @@ impl Transformer {
         }
         out
     }
+}
+
+/// Where a new token belongs: its sequence in the call and its absolute position.
+#[derive(Clone, Copy)]
+struct TokenRow {
+    seq: usize,
+    pos: usize,
 }
 
 /// cos/sin of every sequence's position for one set of RoPE frequencies.

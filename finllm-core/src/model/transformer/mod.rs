@@ -352,10 +352,9 @@ impl Transformer {
             self.check_input(s.tokens, s.cache)?;
         }
         let before: Vec<usize> = seqs.iter().map(|s| s.cache.len()).collect();
-        let one_token_each = seqs.iter().all(|s| s.tokens.len() == 1);
         let kernels = matches!(self.backend, Backend::CpuKernels);
-        let result = if kernels && one_token_each && !opts.attentions && !opts.hidden_states {
-            self.decode_step(seqs)
+        let result = if kernels && !opts.attentions && !opts.hidden_states {
+            self.forward_host(seqs, opts.all_logits)
         } else {
             self.forward_inner(seqs, opts)
         };
