@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use finllm::device::Device;
 use finllm::model::synthetic::SyntheticSpec;
-use finllm::model::{Backend, ForwardOptions, GgufFile, KvPrecision, SeqInput, Transformer};
+use finllm::model::{Backend, ForwardOptions, GgufFile, KvCache, KvPrecision, SeqInput, Transformer};
 use finllm::quant::QuantType;
 use finllm::{Architecture, ChatMessage, Error, FinishReason, GenerateParams, LoadOptions, Model, SamplingParams};
 
@@ -219,11 +219,32 @@ fn batched_forward_equals_separate_calls() {
     }
 }
 
+/// All-position logits of one forward call over `caches` with `tokens` each; asking for
+/// attentions keeps the call on the general path.
+fn batch_logits(t: &Transformer, caches: &mut [KvCache], tokens: &[&[u32]], attentions: bool) -> Vec<Vec<Vec<f32>>> {
+    let mut inputs: Vec<SeqInput> = caches
+        .iter_mut()
+        .zip(tokens)
+        .map(|(cache, tokens)| SeqInput { tokens, cache })
+        .collect();
+    let opts = ForwardOptions {
+        all_logits: true,
+        attentions,
+        ..Default::default()
+    };
+    t.forward_batch(&mut inputs, &opts)
+        .unwrap()
+        .iter()
+        .map(|o| o.logits.to_vec2::<f32>().unwrap())
+        .collect()
+}
+
 #[test]
 fn host_path_equals_the_general_path() {
     // Dense f32 weights (candle matmul), and formats with finllm kernels; both cache precisions;
     // three sequences at different positions (one past the Gemma 3 sliding window), first with
-    // several new tokens each (all logits), then single-token steps.
+    // several new tokens each (all logits; such calls take the general path too, so this step
+    // checks that mixing the paths on one cache is seamless), then single-token steps.
     for arch in ARCHS {
         for quant in [QuantType::F32, QuantType::Q8_0, QuantType::Q4_0] {
             let t = load_transformer(&write_gguf(&SyntheticSpec::tiny(arch, 13), quant));
@@ -246,37 +267,8 @@ fn host_path_equals_the_general_path() {
                     } else {
                         singles.iter().map(|t| &t[..]).collect()
                     };
-                    let mut inputs: Vec<SeqInput> = fast
-                        .iter_mut()
-                        .zip(&tokens)
-                        .map(|(cache, t)| SeqInput { tokens: t, cache })
-                        .collect();
-                    let opts = ForwardOptions {
-                        all_logits: true,
-                        ..Default::default()
-                    };
-                    let got: Vec<Vec<Vec<f32>>> = t
-                        .forward_batch(&mut inputs, &opts)
-                        .unwrap()
-                        .iter()
-                        .map(|o| o.logits.to_vec2::<f32>().unwrap())
-                        .collect();
-                    let mut inputs: Vec<SeqInput> = general
-                        .iter_mut()
-                        .zip(&tokens)
-                        .map(|(cache, t)| SeqInput { tokens: t, cache })
-                        .collect();
-                    let opts = ForwardOptions {
-                        all_logits: true,
-                        attentions: true,
-                        ..Default::default()
-                    };
-                    let want: Vec<Vec<Vec<f32>>> = t
-                        .forward_batch(&mut inputs, &opts)
-                        .unwrap()
-                        .iter()
-                        .map(|o| o.logits.to_vec2::<f32>().unwrap())
-                        .collect();
+                    let got = batch_logits(&t, &mut fast, &tokens, false);
+                    let want = batch_logits(&t, &mut general, &tokens, true);
                     for (s, (g, w)) in got.iter().zip(&want).enumerate() {
                         assert_eq!(g.len(), tokens[s].len());
                         assert_eq!(g[0].len(), t.config().vocab_size);
