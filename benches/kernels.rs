@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use finllm::generate::Rng;
 use finllm::quant::blocks::{quantize_q8, BlockQ8, QK};
-use finllm::quant::kernels::{block_bytes, dot4_fn, dot_fn, rows2x4_fn, rows4_fn, Isa};
+use finllm::quant::kernels::{block_bytes, dot4_fn, dot_fn, rows2x4_fn, rows4_fn, Isa, KERNEL_FORMATS};
 use finllm::quant::QuantType;
 
 const PASSES: usize = 5;
@@ -15,16 +15,7 @@ const PASSES: usize = 5;
 fn main() {
     let only: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
     let mut rng = Rng::new(1);
-    for dtype in [
-        QuantType::Q4_0,
-        QuantType::Q4_1,
-        QuantType::Q5_0,
-        QuantType::Q5_1,
-        QuantType::Q8_0,
-        QuantType::Q4K,
-        QuantType::Q5K,
-        QuantType::Q6K,
-    ] {
+    for dtype in KERNEL_FORMATS {
         if !only.is_empty() && !only.iter().any(|f| f.eq_ignore_ascii_case(dtype.name())) {
             continue;
         }

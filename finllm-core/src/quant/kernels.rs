@@ -20,6 +20,19 @@ pub type DotFn = fn(row: &[u8], a: &[BlockQ8]) -> f32;
 /// the numbers.
 pub type Dot4Fn = fn(row: &[u8], a: [&[BlockQ8]; 4]) -> [f32; 4];
 
+/// Every weight format finllm has kernels for (a scalar reference on every CPU, SIMD where
+/// [`dot_fn`] finds one).
+pub const KERNEL_FORMATS: [QuantType; 8] = [
+    QuantType::Q4_0,
+    QuantType::Q4_1,
+    QuantType::Q5_0,
+    QuantType::Q5_1,
+    QuantType::Q8_0,
+    QuantType::Q4K,
+    QuantType::Q5K,
+    QuantType::Q6K,
+];
+
 /// Four weight rows against one token's activations (decode): the activation side is loaded
 /// and spread once for all four rows. Each result is bit-identical to [`DotFn`] on that row.
 pub type Rows4Fn = fn(rows: [&[u8]; 4], a: &[BlockQ8]) -> [f32; 4];
@@ -1191,17 +1204,6 @@ mod tests {
     use crate::quant::blocks::{dequantize_row, quantize_q8};
 
     /// Every format with a kernel.
-    const KERNEL_TYPES: [QuantType; 8] = [
-        QuantType::Q4_0,
-        QuantType::Q4_1,
-        QuantType::Q5_0,
-        QuantType::Q5_1,
-        QuantType::Q8_0,
-        QuantType::Q4K,
-        QuantType::Q5K,
-        QuantType::Q6K,
-    ];
-
     /// A row of `n` weights quantized by candle from uniform values.
     fn random_row(rng: &mut Rng, dtype: QuantType, n: usize) -> Vec<u8> {
         let values: Vec<f32> = (0..n).map(|_| (rng.next_f64() * 2.0 - 1.0) as f32).collect();
@@ -1265,7 +1267,7 @@ mod tests {
     #[test]
     fn every_kernel_matches_the_f64_dequantized_dot() {
         let mut rng = Rng::new(99);
-        for dtype in KERNEL_TYPES {
+        for dtype in KERNEL_FORMATS {
             for &blocks in block_counts(dtype) {
                 let n = blocks * dtype.block_size() as usize;
                 let a = activations(&mut rng, n / QK, 3.0);
@@ -1300,7 +1302,7 @@ mod tests {
     #[test]
     fn four_token_kernels_are_bit_identical_to_single_token_ones() {
         let mut rng = Rng::new(5);
-        for dtype in KERNEL_TYPES {
+        for dtype in KERNEL_FORMATS {
             for &blocks in &block_counts(dtype)[..5] {
                 let n = blocks * dtype.block_size() as usize;
                 let acts: Vec<Vec<BlockQ8>> = (0..4).map(|_| activations(&mut rng, n / QK, 2.0)).collect();
@@ -1323,7 +1325,7 @@ mod tests {
     #[test]
     fn multi_row_kernels_are_bit_identical_to_single_row_ones() {
         let mut rng = Rng::new(6);
-        for dtype in KERNEL_TYPES {
+        for dtype in KERNEL_FORMATS {
             for &blocks in &block_counts(dtype)[..5] {
                 let n = blocks * dtype.block_size() as usize;
                 let acts: Vec<Vec<BlockQ8>> = (0..4).map(|_| activations(&mut rng, n / QK, 2.0)).collect();
@@ -1361,7 +1363,7 @@ mod tests {
         use candle_core::quantized::ggml_file::qtensor_from_ggml;
         use candle_core::Device;
         let mut rng = Rng::new(17);
-        for dtype in KERNEL_TYPES {
+        for dtype in KERNEL_FORMATS {
             let (rows, cols) = (3, 2 * dtype.block_size() as usize);
             let bytes = random_bytes(&mut rng, dtype, rows * cols);
             let q = qtensor_from_ggml(dtype.to_candle(), &bytes, vec![rows, cols], &Device::Cpu).unwrap();

@@ -236,16 +236,7 @@ mod tests {
         let mut uniform = |n: usize, spread: f64| -> Vec<f32> {
             (0..n).map(|_| ((rng.next_f64() * 2.0 - 1.0) * spread) as f32).collect()
         };
-        for dtype in [
-            QuantType::Q4_0,
-            QuantType::Q4_1,
-            QuantType::Q5_0,
-            QuantType::Q5_1,
-            QuantType::Q8_0,
-            QuantType::Q4K,
-            QuantType::Q5K,
-            QuantType::Q6K,
-        ] {
+        for dtype in crate::quant::kernels::KERNEL_FORMATS {
             let data = crate::model::synthetic::encode(&uniform(rows * cols, 1.0), &[rows, cols], dtype).unwrap();
             let row_bytes = data.len() / rows;
             let mut w = vec![0f32; rows * cols];
