@@ -10,6 +10,8 @@ cargo clippy --release --workspace --all-targets --locked -- -D warnings
 cargo test --release --workspace --locked --exclude finllm-py
 # The scalar reference kernels on their own, end to end (SIMD is chosen at run time otherwise).
 FINLLM_FORCE_SCALAR=1 cargo test --release --locked --test tiny_models --test reference_smollm2
+# The NEON kernels: the kernel tests cross-compiled for aarch64 and run under qemu-user.
+bash scripts/test-aarch64.sh
 # C ABI: error-path tests and the C++ example, under AddressSanitizer/UBSan with leak checking.
 make -C examples/cpp check
 # Python: install the package into a fresh venv the way a user would, then pytest.

@@ -45,10 +45,18 @@ pub type Rows2x4Fn = fn(rows: [&[u8]; 2], a: [&[BlockQ8]; 4]) -> [[f32; 4]; 2];
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Isa {
     Scalar,
+    /// x86-64: AVX2 with FMA and F16C.
     Avx2,
-    /// AVX-512 F/BW/VL with VNNI (on top of AVX2, FMA and F16C). Formats without an AVX-512
-    /// kernel use their AVX2 one.
+    /// x86-64: AVX-512 F/BW/VL with VNNI (on top of AVX2, FMA and F16C). Formats without an
+    /// AVX-512 kernel use their AVX2 one.
     Avx512,
+    /// AArch64: NEON (Advanced SIMD), byte dot products by widening multiplies.
+    Neon,
+    /// AArch64: NEON with the dot-product extension (`dotprod`: SDOT, Armv8.4, optional from
+    /// v8.2). A level of its own rather than a branch inside the kernels, so that tests on a
+    /// CPU with `dotprod` run both versions. Both NEON levels reproduce the scalar kernels bit
+    /// for bit (`kernels/neon.rs` says how).
+    NeonDot,
 }
 
 impl Isa {
@@ -68,11 +76,19 @@ impl Isa {
             if has_avx2() {
                 return Isa::Avx2;
             }
+            #[cfg(target_arch = "aarch64")]
+            if has_dotprod() {
+                return Isa::NeonDot;
+            }
+            #[cfg(target_arch = "aarch64")]
+            if has_neon() {
+                return Isa::Neon;
+            }
             Isa::Scalar
         })
     }
 
-    /// Every ISA usable on this CPU (for tests).
+    /// Every ISA usable on this CPU, weakest first (for tests).
     pub fn available() -> Vec<Isa> {
         let mut v = vec![Isa::Scalar];
         #[cfg(target_arch = "x86_64")]
@@ -83,7 +99,21 @@ impl Isa {
         if has_avx512() {
             v.push(Isa::Avx512);
         }
+        #[cfg(target_arch = "aarch64")]
+        if has_neon() {
+            v.push(Isa::Neon);
+        }
+        #[cfg(target_arch = "aarch64")]
+        if has_dotprod() {
+            v.push(Isa::NeonDot);
+        }
         v
+    }
+
+    /// Whether this level implies AVX2, FMA and F16C (the x86-64 levels), for code outside
+    /// the quantized kernels that has its own AVX2 path.
+    pub fn implies_avx2(self) -> bool {
+        matches!(self, Isa::Avx2 | Isa::Avx512)
     }
 }
 
@@ -103,9 +133,21 @@ fn has_avx512() -> bool {
         && std::arch::is_x86_feature_detected!("avx512vnni")
 }
 
+#[cfg(target_arch = "aarch64")]
+fn has_neon() -> bool {
+    std::arch::is_aarch64_feature_detected!("neon")
+}
+
+#[cfg(target_arch = "aarch64")]
+fn has_dotprod() -> bool {
+    has_neon() && std::arch::is_aarch64_feature_detected!("dotprod")
+}
+
 /// The kernel for `dtype` on `isa`, or `None` if finllm has no kernel for the format.
 pub fn dot_fn(dtype: QuantType, isa: Isa) -> Option<DotFn> {
     let f: DotFn = match (dtype, isa) {
+        #[cfg(target_arch = "aarch64")]
+        (_, Isa::Neon | Isa::NeonDot) => return neon::kernels(dtype, isa == Isa::NeonDot).map(|(dot, _)| dot),
         #[cfg(target_arch = "x86_64")]
         (QuantType::Q4K, Isa::Avx512) => avx512::q4_k,
         #[cfg(target_arch = "x86_64")]
@@ -145,6 +187,8 @@ pub fn dot_fn(dtype: QuantType, isa: Isa) -> Option<DotFn> {
 /// The four-token kernel for `dtype` on `isa`.
 pub fn dot4_fn(dtype: QuantType, isa: Isa) -> Option<Dot4Fn> {
     let f: Dot4Fn = match (dtype, isa) {
+        #[cfg(target_arch = "aarch64")]
+        (_, Isa::Neon | Isa::NeonDot) => return neon::kernels(dtype, isa == Isa::NeonDot).map(|(_, dot4)| dot4),
         #[cfg(target_arch = "x86_64")]
         (QuantType::Q4K, Isa::Avx512) => avx512::q4_k_x4,
         #[cfg(target_arch = "x86_64")]
@@ -923,6 +967,9 @@ mod avx2 {
     }
 }
 
+#[cfg(target_arch = "aarch64")]
+mod neon;
+
 /// AVX-512 with VNNI: 64-byte vectors hold two 32-element blocks, and `vpdpbusd` multiplies
 /// unsigned by signed bytes and sums each four products straight into i32 lanes (no i16
 /// saturation, one instruction instead of two).
@@ -1316,6 +1363,48 @@ mod tests {
                             one(&row, &acts[t]).to_bits(),
                             "{dtype} {isa:?} {blocks} blocks token {t}"
                         );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Scripts that run these tests on several (emulated) CPUs name the best level each must
+    /// offer (`FINLLM_EXPECT_ISA=NeonDot`): a CPU that lacks it, or has more, fails instead of
+    /// quietly leaving a level's kernels untested.
+    #[test]
+    fn the_best_level_is_the_expected_one() {
+        let Ok(want) = std::env::var("FINLLM_EXPECT_ISA") else {
+            return;
+        };
+        let available = Isa::available();
+        let best = available.last().expect("scalar is always available");
+        assert_eq!(format!("{best:?}"), want, "levels on this CPU: {available:?}");
+    }
+
+    /// The NEON kernels keep the scalar reference's f32 operations and order (only the exact
+    /// integer sums are vectorised), so they reproduce it bit for bit, on every bit pattern.
+    #[cfg(target_arch = "aarch64")]
+    #[test]
+    fn neon_kernels_are_bit_identical_to_scalar() {
+        let neon: Vec<Isa> = Isa::available()
+            .into_iter()
+            .filter(|isa| matches!(isa, Isa::Neon | Isa::NeonDot))
+            .collect();
+        assert!(!neon.is_empty(), "no NEON level detected on an AArch64 CPU");
+        let mut rng = Rng::new(7);
+        for dtype in KERNEL_FORMATS {
+            for &blocks in block_counts(dtype) {
+                let n = blocks * dtype.block_size() as usize;
+                let acts: Vec<Vec<BlockQ8>> = (0..4).map(|_| activations(&mut rng, n / QK, 3.0)).collect();
+                let a = [&acts[0][..], &acts[1], &acts[2], &acts[3]];
+                for row in [random_row(&mut rng, dtype, n), random_bytes(&mut rng, dtype, n)] {
+                    let want = a.map(|a| dot_fn(dtype, Isa::Scalar).unwrap()(&row, a).to_bits());
+                    for &isa in &neon {
+                        let one = a.map(|a| dot_fn(dtype, isa).unwrap()(&row, a).to_bits());
+                        let four = dot4_fn(dtype, isa).unwrap()(&row, a).map(f32::to_bits);
+                        assert_eq!(one, want, "{dtype} {isa:?} {blocks} blocks, one token");
+                        assert_eq!(four, want, "{dtype} {isa:?} {blocks} blocks, four tokens");
                     }
                 }
             }

@@ -6,6 +6,7 @@
 
 use half::f16;
 
+#[cfg(target_arch = "x86_64")]
 use super::kernels::Isa;
 
 /// An element type the KV cache stores.
@@ -58,8 +59,8 @@ impl KvElem for f16 {
     fn scores(q: &[f32], rows: &[f16], stride: usize, scale: f32, out: &mut [f32]) {
         check_rows(rows, out.len(), stride, q.len());
         #[cfg(target_arch = "x86_64")]
-        if Isa::detect() != Isa::Scalar {
-            // SAFETY: `Isa::detect` returned a SIMD level, which implies AVX2, FMA and F16C;
+        if Isa::detect().implies_avx2() {
+            // SAFETY: `Isa::detect` returned an x86 SIMD level, which implies AVX2, FMA and F16C;
             // check_rows bounded every row.
             return unsafe { avx2::scores_f16(q, rows, stride, scale, out) };
         }
@@ -69,7 +70,7 @@ impl KvElem for f16 {
     fn weighted_sum(p: &[f32], rows: &[f16], stride: usize, out: &mut [f32]) {
         check_rows(rows, p.len(), stride, out.len());
         #[cfg(target_arch = "x86_64")]
-        if Isa::detect() != Isa::Scalar {
+        if Isa::detect().implies_avx2() {
             // SAFETY: as in `scores`.
             return unsafe { avx2::weighted_sum_f16(p, rows, stride, out) };
         }
