@@ -1,12 +1,15 @@
 //! `cargo bench --bench kernels [-- FORMAT...]`: throughput of each quantized dot-product kernel
 //! on every ISA this CPU has, on a 512 KiB matrix that stays in L2 and on one far larger than the caches,
-//! for one token and (in L2) for the four-token kernels prefill uses. Each figure is
-//! the best of five timed passes, so other work on the machine disturbs it less.
+//! for one token and (in L2) for the four-token kernels prefill uses; then the same for the
+//! float formats (f32, f16, bf16): one row by one token, a tile of rows by one token (decode) and
+//! a tile of rows by tokens (prefill). Each figure is the best of five timed passes, so other work
+//! on the machine disturbs it less. One thread; a multiply-add is two FLOPs.
 
 use std::time::Instant;
 
 use finllm::generate::Rng;
 use finllm::quant::blocks::{quantize_q8, BlockQ8, QK};
+use finllm::quant::float::{float_kernels, FLOAT_FORMATS, MAX_TILE_ROWS};
 use finllm::quant::kernels::{block_bytes, dot4_fn, dot_fn, rows2x4_fn, rows4_fn, Isa, KERNEL_FORMATS};
 use finllm::quant::QuantType;
 
@@ -117,6 +120,94 @@ fn main() {
             }
         }
     }
+    for dtype in FLOAT_FORMATS {
+        if only.is_empty() || only.iter().any(|f| f.eq_ignore_ascii_case(dtype.name())) {
+            float_format(dtype, &mut rng);
+        }
+    }
+}
+
+/// The float kernels of `dtype` on rows of SmolLM2's hidden size.
+fn float_format(dtype: QuantType, rng: &mut Rng) {
+    let cols = 576;
+    let row_bytes = cols * usize::try_from(dtype.block_bytes()).expect("small");
+    let xs: Vec<Vec<f32>> = (0..4)
+        .map(|_| (0..cols).map(|_| (rng.next_f64() * 2.0 - 1.0) as f32).collect())
+        .collect();
+    for (label, rows) in [
+        ("L2 512 KiB", (512 << 10) / row_bytes),
+        ("streamed 64 MiB", (64 << 20) / row_bytes),
+    ] {
+        // Finite values of every format: small f32s, then their top or bottom halves.
+        let data: Vec<u8> = (0..rows * cols)
+            .flat_map(|_| {
+                let v = (rng.next_f64() * 2.0 - 1.0) as f32;
+                match dtype {
+                    QuantType::F32 => v.to_le_bytes().to_vec(),
+                    QuantType::F16 => half::f16::from_f32(v).to_le_bytes().to_vec(),
+                    _ => half::bf16::from_f32(v).to_le_bytes().to_vec(),
+                }
+            })
+            .collect();
+        let reps = (64 << 20) / data.len() + 1;
+        for isa in Isa::available() {
+            let k = float_kernels(dtype, isa).expect("a float format");
+            let (secs, sink) = best_of(|| {
+                let mut sink = 0f32;
+                for _ in 0..reps {
+                    for r in data.chunks_exact(row_bytes) {
+                        sink += (k.dot)(r, &xs[0]);
+                    }
+                }
+                sink
+            });
+            report(
+                dtype,
+                isa,
+                &format!("1x1 {label}"),
+                secs,
+                reps * data.len(),
+                reps * rows * cols,
+                sink,
+            );
+            // Four rows by one token (decode takes `decode_rows`, one: the "1x1" line), then the
+            // ISA's prefill tile and others beside it.
+            let mut shapes = vec![(4, 1)];
+            if label == "L2 512 KiB" {
+                let own = (k.tile_rows, k.tile_tokens);
+                shapes.push(own);
+                shapes.extend([(2, 4), (4, 2), (4, 3), (4, 4)].into_iter().filter(|s| *s != own));
+            }
+            for (tr, tt) in shapes {
+                let x_refs: Vec<&[f32]> = xs[..tt].iter().map(Vec::as_slice).collect();
+                let mut out = vec![0f32; tr * tt];
+                let (secs, sink) = best_of(|| {
+                    let mut sink = 0f32;
+                    for _ in 0..reps {
+                        for r in data.chunks_exact(tr * row_bytes) {
+                            let mut w: [&[u8]; MAX_TILE_ROWS] = [&[]; MAX_TILE_ROWS];
+                            for (slot, row) in w.iter_mut().zip(r.chunks_exact(row_bytes)) {
+                                *slot = row;
+                            }
+                            (k.tile)(&w[..tr], &x_refs, &mut out);
+                            sink += out.iter().sum::<f32>();
+                        }
+                    }
+                    sink
+                });
+                let macs = reps * rows / tr * tr * tt * cols;
+                report(
+                    dtype,
+                    isa,
+                    &format!("{tr}x{tt} {label}"),
+                    secs,
+                    reps * data.len(),
+                    macs,
+                    sink,
+                );
+            }
+        }
+    }
 }
 
 /// Seconds of the fastest of [`PASSES`] runs of `pass`, and its result.
@@ -137,7 +228,7 @@ fn report(dtype: QuantType, isa: Isa, label: &str, secs: f64, bytes: usize, macs
     let gbs = bytes as f64 / secs / 1e9;
     let gmacs = macs as f64 / secs / 1e9;
     println!(
-        "{:5} {:6} {label:16}: {gbs:6.2} GB/s, {gmacs:6.2} GMAC/s (sink {sink:.1})",
+        "{:5} {:6} {label:20}: {gbs:6.2} GB/s, {gmacs:6.2} GMAC/s (sink {sink:.1})",
         dtype.name(),
         format!("{isa:?}")
     );

@@ -41,13 +41,22 @@ print(json.dumps({"copy_gb_s": round(best, 1), "model_mb": round(size / 1e6, 1),
                   "decode_ceiling_tok_s": round(best * 1e9 / size, 1)}))
 EOF
 
-echo "# quantizer and perplexity (data/finance_eval.txt, windows of 256 tokens)"
+echo "# quantizer and perplexity (data/finance_eval.txt, windows of 256 tokens; finllm, then llama.cpp)"
 "$finllm" quantize --model "$model" --out "$work/f32.gguf" --quant f32 2>/dev/null
-for q in q8_0 q4_k; do
-  "$finllm" quantize --model "$work/f32.gguf" --out "$work/$q.gguf" --quant "$q" 2>/dev/null
+# Plain (least-squares scales) and calibrated on data/calibration.txt (importance-weighted).
+for q in q8_0 q4_k q4_k_m; do
+  "$finllm" quantize --model "$work/f32.gguf" --out "$work/$q-plain.gguf" --quant "$q" 2>/dev/null
+  "$finllm" quantize --model "$work/f32.gguf" --out "$work/$q.gguf" --quant "$q" \
+    --calibration data/calibration.txt --threads 2 2>/dev/null
 done
-for m in "$work/f32.gguf" "$work/q8_0.gguf" "$work/q4_k.gguf" "$model"; do
+for m in "$work/f32.gguf" "$work/q8_0-plain.gguf" "$work/q8_0.gguf" "$work/q4_k-plain.gguf" "$work/q4_k.gguf" \
+  "$work/q4_k_m.gguf" "$model"; do
   "$finllm" perplexity --model "$m" --threads 2 --json
+  "$llama_py" scripts/perplexity_llamacpp.py "$m" --threads 2
+done
+echo "# numerical noise floor: the same models with the scalar reference kernels (other rounding)"
+for m in "$work/f32.gguf" "$work/q8_0.gguf" "$model"; do
+  FINLLM_FORCE_SCALAR=1 "$finllm" perplexity --model "$m" --threads 2 --json
 done
 for q in q8_0 q4_k; do
   "$finllm" bench --model "$work/$q.gguf" --prompt-tokens 256 --gen-tokens 128 --threads 2 --runs "$runs" --json

@@ -241,7 +241,7 @@ fn batch_logits(t: &Transformer, caches: &mut [KvCache], tokens: &[&[u32]], atte
 
 #[test]
 fn host_path_equals_the_general_path() {
-    // Dense f32 weights (candle matmul), and formats with finllm kernels; both cache precisions;
+    // Float weights (f32 kernels) and block formats (8-bit activations); both cache precisions;
     // three sequences at different positions (one past the Gemma 3 sliding window), first with
     // several new tokens each (all logits; such calls take the general path too, so this step
     // checks that mixing the paths on one cache is seamless), then single-token steps.
@@ -357,6 +357,78 @@ fn candle_backend_matches_the_kernels() {
                 kernels.forward(&SEQ[..2], &mut device),
                 Err(Error::InvalidArgument { .. })
             ));
+        }
+    }
+}
+
+/// Bytes of a synthetic model's projection and output matrices at `elem_bytes` per weight.
+fn matrix_bytes(spec: &SyntheticSpec, elem_bytes: u64) -> u64 {
+    let (h, q, kv, f) = (
+        spec.hidden,
+        spec.heads * spec.head_dim,
+        spec.kv_heads * spec.head_dim,
+        spec.ffn,
+    );
+    let per_layer = h * q + 2 * h * kv + q * h + 3 * h * f;
+    (spec.layers * per_layer + spec.vocab * h) as u64 * elem_bytes
+}
+
+#[test]
+fn float_weights_run_in_place_on_the_kernels_and_match_candle() {
+    // f32, f16 and bf16 matrices, from GGUF and from safetensors, tied output (Llama, Qwen3,
+    // Gemma 3) or not (Qwen2): finllm's float kernels read them in place, and give the logits of
+    // candle, which multiplies f32 copies. Only summation order differs.
+    let check = |what: &str, spec: &SyntheticSpec, kernels: &Transformer, candle: &Transformer, elem_bytes: u64| {
+        let in_place = kernels.matrix_memory();
+        assert_eq!(in_place.copied, 0, "{what}: no matrix copied");
+        assert_eq!(in_place.in_place, matrix_bytes(spec, elem_bytes), "{what}");
+        let copies = candle.matrix_memory();
+        assert_eq!(
+            (copies.in_place, copies.copied),
+            (0, matrix_bytes(spec, 4)),
+            "{what}: candle's f32 copies"
+        );
+
+        let want = all_logits(candle, &SEQ, KvPrecision::F32);
+        let got = all_logits(kernels, &SEQ, KvPrecision::F32);
+        let scale = want.iter().flatten().fold(1f32, |m, v| m.max(v.abs()));
+        let diff = max_diff(&got, &want);
+        eprintln!("{what}: kernels vs candle max |diff| {diff:.2e} (logits up to {scale:.1})");
+        assert!(diff <= 2e-5 * scale, "{what}: {diff}");
+        // The host path: a prefill, then single-token steps.
+        let mut cache = kernels.new_cache_with(KvPrecision::F32);
+        let mut last = kernels.forward(&SEQ[..10], &mut cache).unwrap();
+        for (i, &tok) in SEQ.iter().enumerate().skip(10) {
+            let d = last
+                .iter()
+                .zip(&want[i - 1])
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(d <= 2e-5 * scale, "{what} position {i}: {d}");
+            last = kernels.forward(&[tok], &mut cache).unwrap();
+        }
+    };
+    for arch in ARCHS {
+        let spec = SyntheticSpec::tiny(arch, 29);
+        for (dtype, elem_bytes) in [(QuantType::F32, 4), (QuantType::F16, 2), (QuantType::BF16, 2)] {
+            let file = std::sync::Arc::new(GgufFile::open(write_gguf(&spec, dtype)).unwrap());
+            let kernels = Transformer::from_gguf(&file).unwrap();
+            let candle = Transformer::from_gguf_on(&file, &Backend::Candle(Device::Cpu)).unwrap();
+            check(&format!("{arch:?} {dtype} GGUF"), &spec, &kernels, &candle, elem_bytes);
+            if arch == Architecture::Gemma3 {
+                continue; // GGUF only
+            }
+            let dir = tmp(&format!("hf-in-place-{}-{dtype}", arch.name()));
+            spec.write_safetensors_dir(&dir, dtype).unwrap();
+            let kernels = Transformer::from_safetensors(&dir).unwrap();
+            let candle = Transformer::from_safetensors_on(&dir, &Backend::Candle(Device::Cpu)).unwrap();
+            check(
+                &format!("{arch:?} {dtype} safetensors"),
+                &spec,
+                &kernels,
+                &candle,
+                elem_bytes,
+            );
         }
     }
 }

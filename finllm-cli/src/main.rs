@@ -100,9 +100,20 @@ enum Command {
         /// Output .gguf file.
         #[arg(long)]
         out: PathBuf,
-        /// Weight type of the matrices: f32, f16, bf16, q8_0, q4_0, q4_1, q4_k, q5_k, q6_k.
+        /// Weight type of the matrices: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k,
+        /// q6_k; or a mixed K-quant recipe (more bits for the value and FFN-down projections of
+        /// some layers, as llama.cpp's _M files): q4_k_m, q5_k_m.
         #[arg(long)]
         quant: String,
+        /// A UTF-8 text to calibrate on: the model is run over it first, and each matrix is then
+        /// encoded to be most accurate where its input activations are largest.
+        #[arg(long)]
+        calibration: Option<PathBuf>,
+        /// Calibration window, in tokens.
+        #[arg(long, default_value_t = 256)]
+        calibration_context: usize,
+        #[arg(long)]
+        threads: Option<usize>,
     },
     /// Perplexity of a text file under a model (windows of --context tokens).
     Perplexity {
@@ -355,7 +366,21 @@ fn main() -> ExitCode {
             redact,
             threshold,
         } => pii(json, redact, threshold),
-        Command::Quantize { model, out, quant } => quantize(&model, &out, &quant),
+        Command::Quantize {
+            model,
+            out,
+            quant,
+            calibration,
+            calibration_context,
+            threads,
+        } => quantize(
+            &model,
+            &out,
+            &quant,
+            calibration.as_deref(),
+            calibration_context,
+            threads,
+        ),
         Command::Perplexity {
             model,
             text,
@@ -805,11 +830,37 @@ fn synth(arch: &str, preset: &str, out: &Path, quant: &str, seed: u64, safetenso
     Ok(())
 }
 
-fn quantize(model: &Path, out: &Path, quant: &str) -> CliResult {
-    let quant =
-        finllm_core::quant::QuantType::from_name(quant).ok_or_else(|| format!("unknown weight type '{quant}'"))?;
+fn quantize(
+    model: &Path,
+    out: &Path,
+    quant: &str,
+    calibration: Option<&Path>,
+    context: usize,
+    threads: Option<usize>,
+) -> CliResult {
+    let mut spec = finllm_core::model::quantize::QuantizeSpec::from_name(quant)
+        .ok_or_else(|| format!("unknown weight type or recipe '{quant}'"))?;
     let started = std::time::Instant::now();
-    let (writer, report) = finllm_core::model::quantize::quantize_model(model, quant)?;
+    if let Some(text_path) = calibration {
+        let text = read_text(text_path)?;
+        let source = Model::load(
+            model,
+            &LoadOptions {
+                threads,
+                ..Default::default()
+            },
+        )?;
+        let importance = finllm_core::eval::calibrate(&source, &text, context)?;
+        eprintln!(
+            "calibrated on {} tokens of {} ({} matrices, {:.1} s)",
+            importance.tokens,
+            text_path.display(),
+            importance.columns.len(),
+            started.elapsed().as_secs_f64()
+        );
+        spec.importance = Some(importance);
+    }
+    let (writer, report) = finllm_core::model::quantize::quantize_model_with(model, &spec)?;
     writer.write(out)?;
     eprintln!(
         "wrote {} ({quant}): {} matrices quantized, {} tensors kept, tensor data {:.1} MiB -> {:.1} MiB, {:.1} s",
@@ -823,6 +874,12 @@ fn quantize(model: &Path, out: &Path, quant: &str) -> CliResult {
     Ok(())
 }
 
+/// A UTF-8 text file, whole.
+fn read_text(path: &Path) -> Result<String, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    String::from_utf8(bytes).map_err(|_| format!("{} is not UTF-8", path.display()))
+}
+
 fn perplexity(model: &Path, text: &Path, context: usize, threads: Option<usize>, json: bool) -> CliResult {
     let m = Model::load(
         model,
@@ -831,8 +888,7 @@ fn perplexity(model: &Path, text: &Path, context: usize, threads: Option<usize>,
             ..Default::default()
         },
     )?;
-    let bytes = std::fs::read(text).map_err(|e| format!("cannot read {}: {e}", text.display()))?;
-    let text_str = String::from_utf8(bytes).map_err(|_| format!("{} is not UTF-8", text.display()))?;
+    let text_str = read_text(text)?;
     let p = finllm_core::eval::perplexity(&m, &text_str, context)?;
     if json {
         let mut v = serde_json::to_value(&p)?;

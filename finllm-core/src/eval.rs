@@ -74,6 +74,35 @@ pub fn perplexity(model: &Model, text: &str, context: usize) -> Result<Perplexit
     })
 }
 
+/// Calibrate importance-weighted quantization: run `text` through the model in windows of
+/// `context` tokens and return, for every weight matrix, the mean square of the activations each
+/// of its input columns met. Use a text other than the one the quantized model is judged on.
+pub fn calibrate(model: &Model, text: &str, context: usize) -> Result<crate::model::quantize::Importance> {
+    if context < 1 || context > model.config().context_length {
+        return Err(Error::invalid(
+            "context",
+            format!(
+                "{context} must be in 1..={} (the model's context)",
+                model.config().context_length
+            ),
+        ));
+    }
+    let ids = model.tokenize(text)?;
+    if ids.is_empty() {
+        return Err(Error::invalid("calibration text", "has no tokens"));
+    }
+    let mut sums = crate::model::InputStats::new();
+    for window in ids.chunks(context) {
+        model.run(|| model.transformer().accumulate_input_stats(window, &mut sums))?;
+    }
+    let tokens = ids.len();
+    let columns = sums
+        .into_iter()
+        .map(|(name, v)| (name, v.into_iter().map(|s| (s / tokens as f64) as f32).collect()))
+        .collect();
+    Ok(crate::model::quantize::Importance { columns, tokens })
+}
+
 /// `log softmax(row)[at]`, in f64.
 fn log_softmax_at(row: &[f32], at: usize) -> f64 {
     let max = row.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(f64::from(v)));

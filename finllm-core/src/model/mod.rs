@@ -17,7 +17,9 @@ use std::sync::Arc;
 
 pub use config::{Architecture, ModelConfig};
 pub use gguf::{GgufFile, GgufWriter, TensorInfo, Value};
-pub use transformer::{Backend, ForwardOptions, KvCache, KvPrecision, SeqInput, SeqOutput, Transformer};
+pub use transformer::{
+    Backend, ForwardOptions, InputStats, KvCache, KvPrecision, MatrixMemory, SeqInput, SeqOutput, Transformer,
+};
 
 use candle_core::Device;
 

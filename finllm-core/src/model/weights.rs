@@ -13,6 +13,7 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Error, Result};
 use crate::model::gguf::GgufFile;
+use crate::model::transformer::MatrixMemory;
 use crate::quant::matmul::QMatrix;
 use crate::quant::QuantType;
 
@@ -62,6 +63,25 @@ impl Matrix {
                 let x = Tensor::from_slice(x, (n, cols), &Device::Cpu)?;
                 Ok(candle_core::Module::forward(m, &x)?.flatten_all()?.to_vec1::<f32>()?)
             }
+        }
+    }
+}
+
+impl Matrix {
+    /// Bytes of the weights, by where they live.
+    pub(crate) fn memory(&self) -> MatrixMemory {
+        match self {
+            Matrix::Kernel(m) => MatrixMemory {
+                in_place: m.size_bytes() as u64,
+                copied: 0,
+            },
+            Matrix::Candle(m) => MatrixMemory {
+                in_place: 0,
+                copied: match m {
+                    QMatMul::QTensor(q) => q.storage_size_in_bytes() as u64,
+                    QMatMul::Tensor(t) | QMatMul::TensorF16(t) => (t.elem_count() * t.dtype().size_in_bytes()) as u64,
+                },
+            },
         }
     }
 }
@@ -153,8 +173,9 @@ impl WeightStore {
         }
     }
 
-    /// A matrix for `x @ W^T`: with `kernels`, read in place by finllm's CPU kernels when its
-    /// format has one; otherwise a candle matmul on `device`.
+    /// A matrix for `x @ W^T`: with `kernels` on the CPU, read in place from the file's bytes by
+    /// finllm's kernels when its format has one (every GGUF format finllm has kernels for; f32,
+    /// f16 and bf16 safetensors); otherwise a candle matmul on `device`.
     pub(crate) fn matrix(
         &self,
         name: &str,
@@ -163,8 +184,12 @@ impl WeightStore {
         device: &Device,
         kernels: bool,
     ) -> Result<Matrix> {
-        if let (WeightStore::Gguf(f), true) = (self, kernels && device.is_cpu()) {
-            if let Some(m) = QMatrix::from_gguf(f, name, out, input)? {
+        if kernels && device.is_cpu() {
+            let in_place = match self {
+                WeightStore::Gguf(f) => QMatrix::from_gguf(f, name, out, input)?,
+                WeightStore::Safetensors(s) => s.matrix(name, out, input)?,
+            };
+            if let Some(m) = in_place {
                 return Ok(Matrix::Kernel(m));
             }
         }
@@ -189,7 +214,8 @@ fn check_shape(name: &str, expected: &[usize], found: &[usize]) -> Result<()> {
 
 /// Memory-mapped safetensors shards with a GGUF-name → HF-name map.
 pub(crate) struct SafetensorsStore {
-    shards: Vec<(PathBuf, memmap2::Mmap)>,
+    /// Shared with the kernel matrices that read their weights in place.
+    shards: Vec<(PathBuf, Arc<memmap2::Mmap>)>,
     /// HF tensor name → shard index.
     location: HashMap<String, usize>,
     /// GGUF name → HF name.
@@ -213,7 +239,7 @@ impl SafetensorsStore {
             for name in st.names() {
                 location.insert(name.to_string(), i);
             }
-            shards.push((path.clone(), mmap));
+            shards.push((path.clone(), Arc::new(mmap)));
         }
         Ok(Self {
             shards,
@@ -260,6 +286,25 @@ impl SafetensorsStore {
         Ok(st.tensor(hf).map_err(|e| st_err(path, e))?.dtype())
     }
 
+    /// `name` as a `[rows, cols]` matrix read in place from its shard by finllm's kernels, or
+    /// `None` when they have none for its type.
+    pub(crate) fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Option<QMatrix>> {
+        let hf = self.hf_name(name).ok_or_else(|| missing(name))?;
+        let (path, mmap) = &self.shards[self.location[hf]];
+        let st = safetensors::SafeTensors::deserialize(mmap).map_err(|e| st_err(path, e))?;
+        let view = st.tensor(hf).map_err(|e| st_err(path, e))?;
+        check_shape(name, &[rows, cols], view.shape())?;
+        let dtype = match view.dtype() {
+            safetensors::Dtype::F32 => QuantType::F32,
+            safetensors::Dtype::F16 => QuantType::F16,
+            safetensors::Dtype::BF16 => QuantType::BF16,
+            _ => return Ok(None),
+        };
+        // The view borrows the map: its offset in the map is where the matrix starts.
+        let start = view.data().as_ptr() as usize - mmap.as_ptr() as usize;
+        Ok(QMatrix::in_map(mmap, start, dtype, rows, cols))
+    }
+
     fn load_f32(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let hf = self.hf_name(name).ok_or_else(|| missing(name))?;
         let (path, mmap) = &self.shards[self.location[hf]];
@@ -286,5 +331,104 @@ fn st_err(path: &Path, e: safetensors::SafeTensorError) -> Error {
     Error::Safetensors {
         path: path.to_path_buf(),
         reason: e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::generate::Rng;
+
+    /// A safetensors file written by hand: the header padded with spaces so the data starts at
+    /// an odd offset, and the first tensor of an even size, so no float matrix is even 2-aligned.
+    fn misaligned_safetensors(path: &Path, tensors: &[(&str, &str, Vec<usize>, Vec<u8>)]) {
+        let mut header = serde_json::Map::new();
+        let mut offset = 0;
+        for (name, dtype, shape, bytes) in tensors {
+            header.insert(
+                name.to_string(),
+                serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + bytes.len()]}),
+            );
+            offset += bytes.len();
+        }
+        let mut json = serde_json::Value::Object(header).to_string();
+        while (8 + json.len()).is_multiple_of(2) {
+            json.push(' ');
+        }
+        let mut file = (json.len() as u64).to_le_bytes().to_vec();
+        file.extend_from_slice(json.as_bytes());
+        for (_, _, _, bytes) in tensors {
+            assert!(
+                bytes.len() % 2 == 0 && file.len() % 2 == 1,
+                "every tensor at an odd offset"
+            );
+            file.extend_from_slice(bytes);
+        }
+        std::fs::write(path, file).unwrap();
+    }
+
+    #[test]
+    fn safetensors_float_matrices_are_read_in_place() {
+        let mut rng = Rng::new(7);
+        let mut values = |n: usize| -> Vec<f32> { (0..n).map(|_| (rng.next_f64() * 2.0 - 1.0) as f32).collect() };
+        let (w16, wb16, w32) = (values(7 * 100), values(5 * 17), values(3 * 33));
+        let tensors = [
+            ("u8", "U8", vec![1, 2], vec![1, 2]),
+            (
+                "f16",
+                "F16",
+                vec![7, 100],
+                w16.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect(),
+            ),
+            (
+                "bf16",
+                "BF16",
+                vec![5, 17],
+                wb16.iter()
+                    .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+                    .collect(),
+            ),
+            (
+                "f32",
+                "F32",
+                vec![3, 33],
+                w32.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ),
+        ];
+        let dir = std::env::temp_dir().join(format!("finllm-weights-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("model.safetensors");
+        misaligned_safetensors(&path, &tensors);
+        let names = tensors.iter().map(|t| (t.0.to_string(), t.0.to_string())).collect();
+        let store = SafetensorsStore::open(std::slice::from_ref(&path), names).unwrap();
+
+        let x = values(100);
+        for (name, dtype, shape, bytes) in &tensors[1..] {
+            let (rows, cols) = (shape[0], shape[1]);
+            let m = store.matrix(name, rows, cols).unwrap().expect("a float matrix");
+            assert_eq!((m.rows(), m.cols(), m.size_bytes()), (rows, cols, bytes.len()));
+            assert_eq!(m.dtype().name(), dtype.to_lowercase());
+            // The same numbers as the candle path's f32 copy, to f32 summation order.
+            let dense = store.load_f32(name, shape).unwrap().to_vec2::<f32>().unwrap();
+            let y = m.matmul(&x[..cols], 1);
+            for (r, w) in dense.iter().enumerate() {
+                let want: f64 = w.iter().zip(&x).map(|(w, x)| f64::from(*w) * f64::from(*x)).sum();
+                let magnitude: f64 = w
+                    .iter()
+                    .zip(&x)
+                    .map(|(w, x)| (f64::from(*w) * f64::from(*x)).abs())
+                    .sum();
+                let bound = (cols as f64 + 1.0) * f64::from(f32::EPSILON) * magnitude;
+                assert!(
+                    (f64::from(y[r]) - want).abs() <= bound,
+                    "{name} row {r}: {} vs {want}",
+                    y[r]
+                );
+            }
+        }
+        // Not a float type: no kernel here (the candle path reports the type).
+        assert!(store.matrix("u8", 1, 2).unwrap().is_none());
+        assert!(matches!(store.matrix("f16", 100, 7), Err(Error::TensorShape { .. })));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,14 +1,17 @@
-//! `y = x · Wᵀ` for quantized `W` read in place from the model file, on the model's threads.
+//! `y = x · Wᵀ` for `W` read in place from the model file, on the model's threads: GGML block
+//! formats and f32/f16/bf16 rows, from a GGUF file or a safetensors shard.
 //!
-//! The activations are quantized to 8-bit blocks once per call; weight rows are split into
-//! chunks across threads, and each chunk is multiplied with every token while its rows are hot
-//! in cache, so a prefill of many tokens reads the weights once rather than once per token.
+//! For the block formats the activations are quantized to 8-bit blocks once per call; the float
+//! formats take them as they are. Weight rows are split into chunks across threads, and each
+//! chunk is multiplied with every token while its rows are hot in cache, so a prefill of many
+//! tokens reads the weights once rather than once per token.
 
 use std::sync::Arc;
 
 use rayon::prelude::*;
 
 use super::blocks::{quantize_q8, BlockQ8, QK};
+use super::float::{float_kernels, FloatKernels, MAX_TILE_ROWS, MAX_TILE_TOKENS};
 use super::kernels::{block_bytes, dot4_fn, dot_fn, rows2x4_fn, rows4_fn, Dot4Fn, DotFn, Isa, Rows2x4Fn, Rows4Fn};
 use super::QuantType;
 use crate::error::{Error, Result};
@@ -17,18 +20,59 @@ use crate::model::GgufFile;
 /// Weight rows handed to one task.
 const ROWS_PER_TASK: usize = 16;
 
-/// A quantized matrix `[rows, cols]` in a GGUF file, in a format finllm has kernels for.
+/// A matrix `[rows, cols]` in a format finllm has kernels for, read in place from the bytes of
+/// a model file (a GGUF file, or a memory-mapped safetensors shard): nothing is copied.
 pub struct QMatrix {
-    file: Arc<GgufFile>,
+    source: Source,
     start: usize,
     rows: usize,
     cols: usize,
     row_bytes: usize,
     dtype: QuantType,
-    dot: DotFn,
-    dot4: Dot4Fn,
-    rows4: Option<Rows4Fn>,
-    rows2x4: Option<Rows2x4Fn>,
+    kernels: RowKernels,
+}
+
+/// The shared buffer a matrix's bytes live in.
+enum Source {
+    Gguf(Arc<GgufFile>),
+    Map(Arc<memmap2::Mmap>),
+}
+
+impl Source {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Source::Gguf(f) => f.tensor_bytes_from(0),
+            Source::Map(m) => m,
+        }
+    }
+}
+
+/// The kernels that multiply a matrix's rows.
+#[derive(Clone, Copy)]
+enum RowKernels {
+    /// GGML blocks against 8-bit activation blocks.
+    Blocks {
+        dot: DotFn,
+        dot4: Dot4Fn,
+        rows4: Option<Rows4Fn>,
+        rows2x4: Option<Rows2x4Fn>,
+    },
+    /// f32 / f16 / bf16 rows against f32 activations.
+    Float(FloatKernels),
+}
+
+impl RowKernels {
+    fn for_format(dtype: QuantType, isa: Isa) -> Option<Self> {
+        if let Some(k) = float_kernels(dtype, isa) {
+            return Some(RowKernels::Float(k));
+        }
+        Some(RowKernels::Blocks {
+            dot: dot_fn(dtype, isa)?,
+            dot4: dot4_fn(dtype, isa)?,
+            rows4: rows4_fn(dtype, isa),
+            rows2x4: rows2x4_fn(dtype, isa),
+        })
+    }
 }
 
 impl std::fmt::Debug for QMatrix {
@@ -48,8 +92,7 @@ impl QMatrix {
         let info = file
             .tensor(name)
             .ok_or_else(|| Error::MissingTensor { name: name.to_string() })?;
-        let isa = Isa::detect();
-        let (Some(dot), Some(dot4)) = (dot_fn(info.dtype, isa), dot4_fn(info.dtype, isa)) else {
+        let Some(kernels) = RowKernels::for_format(info.dtype, Isa::detect()) else {
             return Ok(None);
         };
         if info.shape() != [rows, cols] {
@@ -66,19 +109,46 @@ impl QMatrix {
             return Ok(None);
         }
         let row_bytes = cols / block * block_bytes(info.dtype);
+        // In bounds: the reader checked start + n_bytes against the file size, and n_bytes is
+        // what `rows` rows of `cols` take.
+        let start = usize::try_from(info.start).expect("the tensor lies inside a file in memory");
         Ok(Some(Self {
-            file: file.clone(),
-            // In bounds: the reader checked start + n_bytes against the file size.
-            start: info.start as usize,
+            source: Source::Gguf(file.clone()),
+            start,
             rows,
             cols,
             row_bytes,
             dtype: info.dtype,
-            dot,
-            dot4,
-            rows4: rows4_fn(info.dtype, isa),
-            rows2x4: rows2x4_fn(info.dtype, isa),
+            kernels,
         }))
+    }
+
+    /// The `[rows, cols]` float matrix (f32, f16 or bf16) whose bytes start at `start` in `map`,
+    /// or `None` for another format. Panics if the bytes run past the end of the map.
+    pub(crate) fn in_map(
+        map: &Arc<memmap2::Mmap>,
+        start: usize,
+        dtype: QuantType,
+        rows: usize,
+        cols: usize,
+    ) -> Option<Self> {
+        let kernels = float_kernels(dtype, Isa::detect())?;
+        let row_bytes = cols * block_bytes(dtype);
+        assert!(
+            rows.checked_mul(row_bytes)
+                .and_then(|n| n.checked_add(start))
+                .is_some_and(|end| end <= map.len()),
+            "matrix bytes inside the map"
+        );
+        Some(Self {
+            source: Source::Map(map.clone()),
+            start,
+            rows,
+            cols,
+            row_bytes,
+            dtype,
+            kernels: RowKernels::Float(kernels),
+        })
     }
 
     pub fn rows(&self) -> usize {
@@ -93,9 +163,13 @@ impl QMatrix {
         self.dtype
     }
 
+    /// Bytes of the weights, all read in place from the model file.
+    pub fn size_bytes(&self) -> usize {
+        self.rows * self.row_bytes
+    }
+
     fn data(&self) -> &[u8] {
-        let all = self.file.tensor_bytes_from(self.start);
-        &all[..self.rows * self.row_bytes]
+        &self.source.bytes()[self.start..self.start + self.rows * self.row_bytes]
     }
 
     /// `x` is `[n, cols]` row-major; returns `[n, rows]` row-major.
@@ -105,8 +179,62 @@ impl QMatrix {
             .expect("one matrix in, one result out")
     }
 
-    /// Rows `first..first + out.len() / n` times every token, into `out` as `[rows, n]`.
-    fn rows_times(&self, first: usize, out: &mut [f32], xq: &[BlockQ8], n: usize) {
+    /// Rows `first..first + out[0].len()` times every token: `out[t]` receives token `t`'s
+    /// results for those rows.
+    fn rows_times(&self, first: usize, out: &mut [&mut [f32]], act: &Activations<'_>) {
+        match self.kernels {
+            RowKernels::Blocks {
+                dot,
+                dot4,
+                rows4,
+                rows2x4,
+            } => self.block_rows_times(
+                first,
+                out,
+                act.blocks,
+                BlockKernels {
+                    dot,
+                    dot4,
+                    rows4,
+                    rows2x4,
+                },
+            ),
+            RowKernels::Float(k) => self.float_rows_times(first, out, act.x, k),
+        }
+    }
+
+    /// [`QMatrix::rows_times`] for a float format: tiles of rows by tokens, tokens outermost so
+    /// that a tile's activations stay in L1 while the task's rows go by.
+    fn float_rows_times(&self, first: usize, out: &mut [&mut [f32]], x: &[f32], k: FloatKernels) {
+        let (n, rows) = (out.len(), out[0].len());
+        let data = self.data();
+        let row = |i: usize| {
+            let r = first + i;
+            &data[r * self.row_bytes..(r + 1) * self.row_bytes]
+        };
+        let token = |t: usize| &x[t * self.cols..(t + 1) * self.cols];
+        let mut tile = [0f32; MAX_TILE_ROWS * MAX_TILE_TOKENS];
+        let tile_rows = if n == 1 { k.decode_rows } else { k.tile_rows };
+        for t0 in (0..n).step_by(k.tile_tokens) {
+            let tn = k.tile_tokens.min(n - t0);
+            // Unused slots repeat the last token; only the first `tn` are passed.
+            let xs: [&[f32]; MAX_TILE_TOKENS] = std::array::from_fn(|j| token((t0 + j).min(n - 1)));
+            for i0 in (0..rows).step_by(tile_rows) {
+                let rn = tile_rows.min(rows - i0);
+                let ws: [&[u8]; MAX_TILE_ROWS] = std::array::from_fn(|j| row((i0 + j).min(rows - 1)));
+                (k.tile)(&ws[..rn], &xs[..tn], &mut tile[..rn * tn]);
+                for (r, ys) in tile[..rn * tn].chunks_exact(tn).enumerate() {
+                    for (y, o) in ys.iter().zip(&mut out[t0..t0 + tn]) {
+                        o[i0 + r] = *y;
+                    }
+                }
+            }
+        }
+    }
+
+    /// [`QMatrix::rows_times`] for a block format.
+    fn block_rows_times(&self, first: usize, out: &mut [&mut [f32]], xq: &[BlockQ8], k: BlockKernels) {
+        let (n, rows) = (out.len(), out[0].len());
         let blocks = self.cols / QK;
         let data = self.data();
         let act = |t: usize| &xq[t * blocks..(t + 1) * blocks];
@@ -114,68 +242,84 @@ impl QMatrix {
             let r = first + i;
             &data[r * self.row_bytes..(r + 1) * self.row_bytes]
         };
-        let rows = out.len() / n;
-        let tiled = self.tiled_rows(out, &row, &act, n);
+        let tiled = tiled_rows(out, &row, &act, &k);
         for i in tiled..rows {
-            let stripe = &mut out[i * n..(i + 1) * n];
-            let mut groups = stripe.chunks_exact_mut(4);
-            for (g, out4) in (&mut groups).enumerate() {
-                let t = g * 4;
-                out4.copy_from_slice(&(self.dot4)(row(i), [act(t), act(t + 1), act(t + 2), act(t + 3)]));
-            }
-            let done = n - groups.into_remainder().len();
-            for (t, o) in stripe.iter_mut().enumerate().skip(done) {
-                *o = (self.dot)(row(i), act(t));
-            }
-        }
-    }
-
-    /// The leading rows of `out` (`[rows, n]`) that the multi-row kernels cover, if the format
-    /// has them: four rows at a time for one token, two rows by four tokens for more. Returns
-    /// how many rows are done.
-    fn tiled_rows<'a>(
-        &self,
-        out: &mut [f32],
-        row: &dyn Fn(usize) -> &'a [u8],
-        act: &dyn Fn(usize) -> &'a [BlockQ8],
-        n: usize,
-    ) -> usize {
-        let rows = out.len() / n;
-        let mut i = 0;
-        match (n, self.rows4, self.rows2x4) {
-            (1, Some(rows4), _) => {
-                while i + 4 <= rows {
-                    out[i..i + 4].copy_from_slice(&rows4(std::array::from_fn(|k| row(i + k)), act(0)));
-                    i += 4;
+            let whole = n / 4 * 4;
+            for t in (0..whole).step_by(4) {
+                let y = (k.dot4)(row(i), [act(t), act(t + 1), act(t + 2), act(t + 3)]);
+                for (o, y) in out[t..t + 4].iter_mut().zip(y) {
+                    o[i] = y;
                 }
             }
-            (4.., _, Some(rows2x4)) => {
-                while i + 2 <= rows {
-                    let whole = n / 4 * 4;
-                    for t in (0..whole).step_by(4) {
-                        let y = rows2x4([row(i), row(i + 1)], [act(t), act(t + 1), act(t + 2), act(t + 3)]);
-                        for (k, yk) in y.iter().enumerate() {
-                            out[(i + k) * n + t..(i + k) * n + t + 4].copy_from_slice(yk);
-                        }
-                    }
-                    for k in 0..2 {
-                        for t in whole..n {
-                            out[(i + k) * n + t] = (self.dot)(row(i + k), act(t));
-                        }
-                    }
-                    i += 2;
-                }
+            for (t, o) in out.iter_mut().enumerate().skip(whole) {
+                o[i] = (k.dot)(row(i), act(t));
             }
-            _ => {}
         }
-        i
     }
 }
 
+/// A block format's kernels, unpacked from [`RowKernels::Blocks`].
+struct BlockKernels {
+    dot: DotFn,
+    dot4: Dot4Fn,
+    rows4: Option<Rows4Fn>,
+    rows2x4: Option<Rows2x4Fn>,
+}
+
+/// The leading rows of a task (`out[t]`: token `t`'s results) that the multi-row block kernels
+/// cover, if the format has them: four rows at a time for one token, two rows by four tokens for
+/// more. Returns how many rows are done.
+fn tiled_rows<'a>(
+    out: &mut [&mut [f32]],
+    row: &dyn Fn(usize) -> &'a [u8],
+    act: &dyn Fn(usize) -> &'a [BlockQ8],
+    k: &BlockKernels,
+) -> usize {
+    let (n, rows) = (out.len(), out[0].len());
+    let mut i = 0;
+    match (n, k.rows4, k.rows2x4) {
+        (1, Some(rows4), _) => {
+            while i + 4 <= rows {
+                out[0][i..i + 4].copy_from_slice(&rows4(std::array::from_fn(|j| row(i + j)), act(0)));
+                i += 4;
+            }
+        }
+        (4.., _, Some(rows2x4)) => {
+            while i + 2 <= rows {
+                let whole = n / 4 * 4;
+                for t in (0..whole).step_by(4) {
+                    let y = rows2x4([row(i), row(i + 1)], [act(t), act(t + 1), act(t + 2), act(t + 3)]);
+                    for (j, yj) in y.iter().enumerate() {
+                        for (o, v) in out[t..t + 4].iter_mut().zip(yj) {
+                            o[i + j] = *v;
+                        }
+                    }
+                }
+                for j in 0..2 {
+                    for (t, o) in out.iter_mut().enumerate().skip(whole) {
+                        o[i + j] = (k.dot)(row(i + j), act(t));
+                    }
+                }
+                i += 2;
+            }
+        }
+        _ => {}
+    }
+    i
+}
+
+/// One call's activations: as given (`[n, cols]`, for the float formats) and as 8-bit blocks
+/// (for the block formats; empty when no matrix of the call needs them).
+struct Activations<'a> {
+    x: &'a [f32],
+    blocks: &'a [BlockQ8],
+}
+
 /// Multiply the same activations `x` (`[n, cols]`) by several matrices with `cols` columns in
-/// one parallel pass (Q/K/V, gate/up): the activations are quantized once and every thread
-/// draws row chunks from all matrices, so there is one fork-join instead of one per matrix.
-/// Returns one `[n, rows]` row-major result per matrix.
+/// one parallel pass (Q/K/V, gate/up), whatever their formats: the activations are quantized
+/// once if any matrix is in a block format, and every thread draws row chunks from all matrices,
+/// so there is one fork-join instead of one per matrix. Returns one `[n, rows]` row-major result
+/// per matrix.
 pub fn matmul_group(mats: &[&QMatrix], x: &[f32], n: usize) -> Vec<Vec<f32>> {
     let cols = mats.first().map_or(0, |m| m.cols);
     assert!(
@@ -183,37 +327,49 @@ pub fn matmul_group(mats: &[&QMatrix], x: &[f32], n: usize) -> Vec<Vec<f32>> {
         "matrices in a group share their input size"
     );
     assert_eq!(x.len(), n * cols, "activation shape");
-    let blocks = cols / QK;
-    let mut xq = vec![BlockQ8::default(); n * blocks];
-    xq.par_chunks_mut(blocks.max(1))
-        .zip(x.par_chunks(cols.max(1)))
-        .for_each(|(q, row)| quantize_q8(row, q));
-    // Results are built transposed ([rows, n]) so each task writes one contiguous stripe.
-    let mut outs: Vec<Vec<f32>> = mats.iter().map(|m| vec![0f32; m.rows * n]).collect();
-    let mut tasks: Vec<(&QMatrix, usize, &mut [f32])> = Vec::new();
-    for (m, out) in mats.iter().zip(outs.iter_mut()) {
-        for (c, chunk) in out.chunks_mut(ROWS_PER_TASK * n).enumerate() {
-            tasks.push((m, c * ROWS_PER_TASK, chunk));
+    let any_blocks = mats.iter().any(|m| matches!(m.kernels, RowKernels::Blocks { .. }));
+    let mut xq = Vec::new();
+    if any_blocks {
+        // Block formats have whole 32-element blocks per row (checked at load).
+        let blocks = cols / QK;
+        xq = vec![BlockQ8::default(); n * blocks];
+        xq.par_chunks_mut(blocks.max(1))
+            .zip(x.par_chunks(cols.max(1)))
+            .for_each(|(q, row)| quantize_q8(row, q));
+    }
+    let act = Activations { x, blocks: &xq };
+    let mut outs: Vec<Vec<f32>> = mats.iter().map(|m| vec![0f32; n * m.rows]).collect();
+    if n == 0 {
+        return outs;
+    }
+    // Each task takes ROWS_PER_TASK rows of one matrix for every token: the pieces of the
+    // `[n, rows]` results it writes, one per token, so results need no transposing.
+    let mut pieces: Vec<Vec<&mut [f32]>> = outs
+        .iter_mut()
+        .zip(mats)
+        .map(|(y, m)| {
+            if m.rows == 0 {
+                return Vec::new();
+            }
+            let mut tokens: Vec<_> = y.chunks_mut(m.rows).map(|r| r.chunks_mut(ROWS_PER_TASK)).collect();
+            let mut table = Vec::with_capacity(m.rows.div_ceil(ROWS_PER_TASK) * n);
+            while let Some(first) = tokens[0].next() {
+                table.push(first);
+                table.extend(tokens[1..].iter_mut().map(|t| t.next().expect("rows of one length")));
+            }
+            table
+        })
+        .collect();
+    let mut tasks: Vec<(&QMatrix, usize, &mut [&mut [f32]])> = Vec::new();
+    for (m, table) in mats.iter().zip(pieces.iter_mut()) {
+        for (c, out) in table.chunks_mut(n).enumerate() {
+            tasks.push((m, c * ROWS_PER_TASK, out));
         }
     }
     tasks
         .into_par_iter()
-        .for_each(|(m, first, out)| m.rows_times(first, out, &xq, n));
-    if n == 1 {
-        return outs;
-    }
-    outs.iter()
-        .zip(mats)
-        .map(|(yt, m)| {
-            let mut y = vec![0f32; n * m.rows];
-            for (r, stripe) in yt.chunks(n).enumerate() {
-                for (t, v) in stripe.iter().enumerate() {
-                    y[t * m.rows + r] = *v;
-                }
-            }
-            y
-        })
-        .collect()
+        .for_each(|(m, first, out)| m.rows_times(first, out, &act));
+    outs
 }
 
 #[cfg(test)]
@@ -277,6 +433,121 @@ mod tests {
                             "{dtype} n={n} token {t} row {r}: {got} vs {want}"
                         );
                     }
+                }
+            }
+        }
+    }
+
+    /// `values` in the float format `dtype`, little-endian, and the values the bytes hold.
+    fn float_bytes(values: &[f32], dtype: QuantType) -> (Vec<u8>, Vec<f32>) {
+        match dtype {
+            QuantType::F32 => (values.iter().flat_map(|v| v.to_le_bytes()).collect(), values.to_vec()),
+            QuantType::F16 => {
+                let h: Vec<half::f16> = values.iter().map(|&v| half::f16::from_f32(v)).collect();
+                (
+                    h.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                    h.iter().map(|v| v.to_f32()).collect(),
+                )
+            }
+            QuantType::BF16 => {
+                let h: Vec<half::bf16> = values.iter().map(|&v| half::bf16::from_f32(v)).collect();
+                (
+                    h.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                    h.iter().map(|v| v.to_f32()).collect(),
+                )
+            }
+            other => unreachable!("{other} is not a float format"),
+        }
+    }
+
+    fn uniform(rng: &mut Rng, n: usize, spread: f64) -> Vec<f32> {
+        (0..n).map(|_| ((rng.next_f64() * 2.0 - 1.0) * spread) as f32).collect()
+    }
+
+    #[test]
+    fn float_matrices_equal_the_one_row_kernel_and_the_exact_product() {
+        let mut rng = Rng::new(12);
+        // 37 rows: two whole 16-row tasks and a remainder, whole 4-row tiles and a remainder.
+        let rows = 37;
+        for dtype in crate::quant::float::FLOAT_FORMATS {
+            let one_row = float_kernels(dtype, Isa::detect()).unwrap().dot;
+            for cols in [1, 15, 17, 33, 100, 576] {
+                let (bytes, w) = float_bytes(&uniform(&mut rng, rows * cols, 1.0), dtype);
+                let m = QMatrix::from_gguf(&file_with(&[rows, cols], dtype, bytes.clone()), "w", rows, cols)
+                    .unwrap()
+                    .unwrap_or_else(|| panic!("{dtype} has a kernel"));
+                assert_eq!(m.size_bytes(), bytes.len());
+                // One token, whole tiles of tokens, and every remainder.
+                for n in 1..=9 {
+                    let x = uniform(&mut rng, n * cols, 2.0);
+                    let y = m.matmul(&x, n);
+                    assert_eq!(y.len(), n * rows);
+                    for t in 0..n {
+                        let xt = &x[t * cols..(t + 1) * cols];
+                        for r in 0..rows {
+                            let got = y[t * rows + r];
+                            let row = &bytes[r * bytes.len() / rows..(r + 1) * bytes.len() / rows];
+                            assert_eq!(
+                                got.to_bits(),
+                                one_row(row, xt).to_bits(),
+                                "{dtype} cols {cols} n={n} token {t} row {r}"
+                            );
+                            let (want, magnitude) = w[r * cols..(r + 1) * cols]
+                                .iter()
+                                .zip(xt)
+                                .map(|(w, x)| f64::from(*w) * f64::from(*x))
+                                .fold((0.0, 0.0), |(s, m), p| (s + p, m + p.abs()));
+                            let bound = (cols as f64 + 1.0) * f64::from(f32::EPSILON) * magnitude;
+                            assert!(
+                                (f64::from(got) - want).abs() <= bound,
+                                "{dtype} cols {cols} n={n} token {t} row {r}: {got} vs {want}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_group_of_mixed_formats_equals_separate_calls() {
+        let mut rng = Rng::new(13);
+        let cols = 512;
+        let formats = [
+            (QuantType::Q8_0, 20),
+            (QuantType::F16, 37),
+            (QuantType::Q4K, 16),
+            (QuantType::BF16, 5),
+            (QuantType::F32, 33),
+            (QuantType::Q4_1, 3),
+        ];
+        let mut g = GgufWriter::new();
+        for (i, &(dtype, rows)) in formats.iter().enumerate() {
+            let values = uniform(&mut rng, rows * cols, 1.0);
+            let data = crate::model::synthetic::encode(&values, &[rows, cols], dtype).unwrap();
+            g.tensor(&format!("w{i}"), &[rows, cols], dtype, data).unwrap();
+        }
+        let file = Arc::new(GgufFile::from_vec("group.gguf", g.to_bytes()).unwrap());
+        let mats: Vec<QMatrix> = formats
+            .iter()
+            .enumerate()
+            .map(|(i, &(_, rows))| {
+                QMatrix::from_gguf(&file, &format!("w{i}"), rows, cols)
+                    .unwrap()
+                    .unwrap()
+            })
+            .collect();
+        let all: Vec<&QMatrix> = mats.iter().collect();
+        let floats: Vec<&QMatrix> = mats.iter().filter(|m| m.dtype().block_size() == 1).collect();
+        for n in [1, 2, 4, 5, 9] {
+            let x = uniform(&mut rng, n * cols, 2.0);
+            for group in [&all, &floats] {
+                let together = matmul_group(group, &x, n);
+                assert_eq!(together.len(), group.len());
+                for (m, y) in group.iter().zip(&together) {
+                    let alone = m.matmul(&x, n);
+                    let same = y.iter().zip(&alone).all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same && y.len() == alone.len(), "{} n={n}", m.dtype());
                 }
             }
         }

@@ -1,6 +1,8 @@
 //! Quantized block formats (the GGML type table) and our own kernels over them.
 
 pub mod blocks;
+pub mod encode;
+pub mod float;
 pub mod kernels;
 pub mod matmul;
 pub mod vector;

@@ -6,7 +6,7 @@
 //! their tokens stacked together, attention runs per sequence against its own KV cache.
 
 use candle_core::quantized::{QMatMul, QTensor};
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
@@ -24,6 +24,10 @@ pub struct SeqInput<'a> {
     pub tokens: &'a [u32],
     pub cache: &'a mut KvCache,
 }
+
+/// Per weight matrix (by GGUF tensor name; the output projection is `output.weight` even when
+/// tied to the embedding), the sum over tokens of the square of each input column's activation.
+pub type InputStats = std::collections::HashMap<String, Vec<f64>>;
 
 /// What a forward call returns besides next-token logits.
 #[derive(Debug, Clone, Copy, Default)]
@@ -191,6 +195,28 @@ impl Backend {
     }
 }
 
+/// Where a model's weight matrices live (the projections and the output matrix; the embedding
+/// table and the norm vectors aside).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MatrixMemory {
+    /// Bytes read in place from the model file (its memory map) by finllm's kernels.
+    pub in_place: u64,
+    /// Bytes held in candle tensors built at load time (host or device memory): dequantized or
+    /// converted copies, or the file's blocks copied. An output matrix tied to the embedding
+    /// table shares the table's storage and is counted here too.
+    pub copied: u64,
+}
+
+impl std::ops::Add for MatrixMemory {
+    type Output = MatrixMemory;
+    fn add(self, other: MatrixMemory) -> MatrixMemory {
+        MatrixMemory {
+            in_place: self.in_place + other.in_place,
+            copied: self.copied + other.copied,
+        }
+    }
+}
+
 /// A loaded decoder-only transformer.
 pub struct Transformer {
     cfg: ModelConfig,
@@ -323,6 +349,16 @@ impl Transformer {
         &self.backend
     }
 
+    /// Where the weight matrices' bytes live: read in place from the file, or copied at load.
+    pub fn matrix_memory(&self) -> MatrixMemory {
+        self.blocks
+            .iter()
+            .flat_map(|b| [&b.q, &b.k, &b.v, &b.o, &b.gate, &b.up, &b.down])
+            .map(|l| l.w.memory())
+            .chain([self.lm_head.memory()])
+            .fold(MatrixMemory::default(), |sum, m| sum + m)
+    }
+
     /// A fresh, empty KV cache for this model (f16 entries).
     pub fn new_cache(&self) -> KvCache {
         self.new_cache_with(KvPrecision::F16)
@@ -353,16 +389,16 @@ impl Transformer {
         }
         let before: Vec<usize> = seqs.iter().map(|s| s.cache.len()).collect();
         let kernels = matches!(self.backend, Backend::CpuKernels);
-        // Multi-token calls (prefill) stay on the general path for now: on SmolLM2 the host path's
-        // prefill equals token-by-token decoding bit for bit, but its perplexity on
-        // data/finance_eval.txt is 46.33 against the general path's 46.00 and llama.cpp's 45.97
-        // (llama.cpp's own batch and one-token results differ as much at the same positions);
-        // until that is understood, prefill keeps the numbers that match llama.cpp.
-        let one_token_each = seqs.iter().all(|s| s.tokens.len() == 1);
-        let result = if kernels && one_token_each && !opts.attentions && !opts.hidden_states {
+        // Every logits-only call on the kernels backend, prefill included, takes the host path.
+        // (Prefill once stayed on the general path because its SmolLM2 perplexity on
+        // data/finance_eval.txt read 46.33 against 46.00. That gap is numerical noise: scaling
+        // the attention scores by 1 ± 1e-6 moves the host path's figure between 45.91 and 46.33,
+        // and with an f32 cache between 45.88 and 46.10; this model's large attention logits
+        // make single-token log-probabilities swing by up to half a nat under such changes.)
+        let result = if kernels && !opts.attentions && !opts.hidden_states {
             self.forward_host(seqs, opts.all_logits)
         } else {
-            self.forward_inner(seqs, opts)
+            self.forward_inner(seqs, opts, None)
         };
         if result.is_err() {
             for (s, &len) in seqs.iter_mut().zip(&before) {
@@ -398,7 +434,46 @@ impl Transformer {
         Ok(())
     }
 
-    fn forward_inner(&self, seqs: &mut [SeqInput<'_>], opts: &ForwardOptions) -> Result<Vec<SeqOutput>> {
+    /// Run `tokens` on a fresh cache and add to `stats`, for every weight matrix, the squares of
+    /// the activations each of its input columns met (for importance-weighted quantization).
+    pub fn accumulate_input_stats(&self, tokens: &[u32], stats: &mut InputStats) -> Result<()> {
+        let mut cache = self.new_cache();
+        self.check_input(tokens, &cache)?;
+        let opts = ForwardOptions {
+            all_logits: true,
+            ..Default::default()
+        };
+        self.forward_inner(
+            &mut [SeqInput {
+                tokens,
+                cache: &mut cache,
+            }],
+            &opts,
+            Some(stats),
+        )?;
+        Ok(())
+    }
+
+    fn forward_inner(
+        &self,
+        seqs: &mut [SeqInput<'_>],
+        opts: &ForwardOptions,
+        mut stats: Option<&mut InputStats>,
+    ) -> Result<Vec<SeqOutput>> {
+        let mut record = |names: &[&str], layer: Option<usize>, x: &Tensor| -> Result<()> {
+            if let Some(stats) = stats.as_deref_mut() {
+                let squares = x.sqr()?.sum(0)?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+                for name in names {
+                    let key = match layer {
+                        Some(l) => format!("blk.{l}.{name}.weight"),
+                        None => format!("{name}.weight"),
+                    };
+                    let sums = stats.entry(key).or_insert_with(|| vec![0.0; squares.len()]);
+                    sums.iter_mut().zip(&squares).for_each(|(s, v)| *s += v);
+                }
+            }
+            Ok(())
+        };
         let cfg = &self.cfg;
         let dev = self.backend.device().clone();
         let lens: Vec<usize> = seqs.iter().map(|s| s.tokens.len()).collect();
@@ -447,6 +522,7 @@ impl Transformer {
 
             let residual = x.clone();
             let h = block.attn_norm.forward(&x)?;
+            record(&["attn_q", "attn_k", "attn_v"], Some(layer), &h)?;
             let q = self.heads(&block.q.forward(&h)?, cfg.n_heads, block.q_norm.as_ref())?;
             let k = self.heads(&block.k.forward(&h)?, cfg.n_kv_heads, block.k_norm.as_ref())?;
             let v = block
@@ -474,6 +550,7 @@ impl Transformer {
                 start += len;
             }
             let attn = Tensor::cat(&outs, 0)?;
+            record(&["attn_output"], Some(layer), &attn)?;
             let mut attn = block.o.forward(&attn)?;
             if let Some(norm) = &block.post_attn_norm {
                 attn = norm.forward(&attn)?;
@@ -482,12 +559,15 @@ impl Transformer {
 
             let residual = x.clone();
             let h = block.ffn_norm.forward(&x)?;
+            record(&["ffn_gate", "ffn_up"], Some(layer), &h)?;
             let [gate, up] = Linear::forward_all([&block.gate, &block.up], &h)?;
             let gate = match cfg.activation {
                 Activation::Silu => candle_nn::ops::silu(&gate)?,
                 Activation::GeluTanh => gate.gelu()?,
             };
-            let mut mlp = block.down.forward(&(gate * up)?)?;
+            let inner = (gate * up)?;
+            record(&["ffn_down"], Some(layer), &inner)?;
+            let mut mlp = block.down.forward(&inner)?;
             if let Some(norm) = &block.post_ffn_norm {
                 mlp = norm.forward(&mlp)?;
             }
@@ -509,7 +589,9 @@ impl Transformer {
             } else {
                 x.narrow(0, start + len - 1, 1)?
             };
-            let logits = self.lm_head.forward(&self.norm.forward(&rows)?)?;
+            let normed = self.norm.forward(&rows)?;
+            record(&["output"], None, &normed)?;
+            let logits = self.lm_head.forward(&normed)?;
             outputs.push(SeqOutput {
                 logits,
                 attentions: std::mem::take(&mut attentions[s]),
