@@ -470,6 +470,30 @@ mod avx512 {
     }
 }
 
+/// (Tests) `values` in the float format `dtype`, little-endian, and the values the bytes hold
+/// exactly.
+#[cfg(test)]
+pub(crate) fn float_bytes(values: &[f32], dtype: QuantType) -> (Vec<u8>, Vec<f32>) {
+    match dtype {
+        QuantType::F32 => (values.iter().flat_map(|v| v.to_le_bytes()).collect(), values.to_vec()),
+        QuantType::F16 => {
+            let h: Vec<half::f16> = values.iter().map(|&v| half::f16::from_f32(v)).collect();
+            (
+                h.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                h.iter().map(|v| v.to_f32()).collect(),
+            )
+        }
+        QuantType::BF16 => {
+            let h: Vec<half::bf16> = values.iter().map(|&v| half::bf16::from_f32(v)).collect();
+            (
+                h.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                h.iter().map(|v| v.to_f32()).collect(),
+            )
+        }
+        other => unreachable!("{other} is not a float format"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -477,28 +501,6 @@ mod tests {
 
     /// Row lengths: one element, around the 8- and 16-lane vectors, odd, SmolLM2's hidden size.
     const COLS: [usize; 9] = [1, 7, 8, 15, 16, 17, 33, 100, 576];
-
-    /// `values` in format `dtype`, little-endian, and the values the bytes hold exactly.
-    fn encode(values: &[f32], dtype: QuantType) -> (Vec<u8>, Vec<f32>) {
-        match dtype {
-            QuantType::F32 => (values.iter().flat_map(|v| v.to_le_bytes()).collect(), values.to_vec()),
-            QuantType::F16 => {
-                let h: Vec<half::f16> = values.iter().map(|&v| half::f16::from_f32(v)).collect();
-                (
-                    h.iter().flat_map(|v| v.to_le_bytes()).collect(),
-                    h.iter().map(|v| v.to_f32()).collect(),
-                )
-            }
-            QuantType::BF16 => {
-                let h: Vec<half::bf16> = values.iter().map(|&v| half::bf16::from_f32(v)).collect();
-                (
-                    h.iter().flat_map(|v| v.to_le_bytes()).collect(),
-                    h.iter().map(|v| v.to_f32()).collect(),
-                )
-            }
-            other => unreachable!("{other} is not a float format"),
-        }
-    }
 
     fn uniform(rng: &mut Rng, n: usize, spread: f64) -> Vec<f32> {
         (0..n).map(|_| ((rng.next_f64() * 2.0 - 1.0) * spread) as f32).collect()
@@ -531,7 +533,7 @@ mod tests {
         for dtype in FLOAT_FORMATS {
             let dot = float_kernels(dtype, Isa::Scalar).unwrap().dot;
             for cols in COLS {
-                let (bytes, w) = encode(&uniform(&mut rng, cols, 1.0), dtype);
+                let (bytes, w) = float_bytes(&uniform(&mut rng, cols, 1.0), dtype);
                 let x = uniform(&mut rng, cols, 3.0);
                 let (want, magnitude) = f64_dot(&w, &x);
                 let got = f64::from(dot(&bytes, &x));
@@ -549,7 +551,7 @@ mod tests {
         for dtype in FLOAT_FORMATS {
             let reference = float_kernels(dtype, Isa::Scalar).unwrap().dot;
             for cols in COLS {
-                let (bytes, w) = encode(&uniform(&mut rng, cols, 1.0), dtype);
+                let (bytes, w) = float_bytes(&uniform(&mut rng, cols, 1.0), dtype);
                 let bytes = misaligned(&bytes);
                 let x = uniform(&mut rng, cols, 3.0);
                 let (_, magnitude) = f64_dot(&w, &x);
@@ -572,7 +574,7 @@ mod tests {
         for dtype in FLOAT_FORMATS {
             for cols in COLS {
                 let rows: Vec<Vec<u8>> = (0..MAX_TILE_ROWS)
-                    .map(|_| misaligned(&encode(&uniform(&mut rng, cols, 1.0), dtype).0))
+                    .map(|_| misaligned(&float_bytes(&uniform(&mut rng, cols, 1.0), dtype).0))
                     .collect();
                 let xs: Vec<Vec<f32>> = (0..MAX_TILE_TOKENS).map(|_| uniform(&mut rng, cols, 2.0)).collect();
                 for isa in Isa::available() {

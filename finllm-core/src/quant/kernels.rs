@@ -1129,8 +1129,12 @@ mod avx512 {
         let mut i = 0;
         while i < n {
             let two = i + 1 < n;
-            let mut aw = [_mm512_setzero_si512(); R];
-            let mut negative = [0u64; R];
+            // VNNI multiplies unsigned by signed bytes: the activations go in offset by 128
+            // (x ^ 0x80 read unsigned is x + 128), and each row's accumulators start at
+            // -128 * (its weights' sums per lane), so the integer dot is exact without a
+            // per-pair sign fix-up.
+            let mut w = [_mm512_setzero_si512(); R];
+            let mut start = [_mm512_setzero_si512(); R];
             let mut wd = [_mm512_setzero_ps(); R];
             for r in 0..R {
                 // SAFETY: the wrapper checked n blocks in every row; the second block is read
@@ -1147,19 +1151,18 @@ mod avx512 {
                 } else {
                     (0.0, _mm256_setzero_si256())
                 };
-                let w = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(first), second);
-                aw[r] = _mm512_abs_epi8(w);
-                negative[r] = _mm512_movepi8_mask(w);
+                w[r] = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(first), second);
+                let lane_sums = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(1), w[r]);
+                start[r] = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32::<7>(lane_sums));
                 wd[r] = halves(d0, d1);
             }
             for t in 0..N {
                 let y0 = &a[t][i];
                 let y1 = if two { &a[t][i + 1] } else { &zero };
-                let y = pair(y0, y1);
+                let offset = _mm512_xor_si512(pair(y0, y1), _mm512_set1_epi8(i8::MIN));
                 let yd = halves(y0.d, y1.d);
                 for r in 0..R {
-                    let signed = _mm512_mask_sub_epi8(y, negative[r], _mm512_setzero_si512(), y);
-                    let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), aw[r], signed);
+                    let dot = _mm512_dpbusd_epi32(start[r], offset, w[r]);
                     let scale = _mm512_mul_ps(wd[r], yd);
                     acc[r][t] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(dot), acc[r][t]);
                 }

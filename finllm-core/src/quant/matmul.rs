@@ -438,28 +438,6 @@ mod tests {
         }
     }
 
-    /// `values` in the float format `dtype`, little-endian, and the values the bytes hold.
-    fn float_bytes(values: &[f32], dtype: QuantType) -> (Vec<u8>, Vec<f32>) {
-        match dtype {
-            QuantType::F32 => (values.iter().flat_map(|v| v.to_le_bytes()).collect(), values.to_vec()),
-            QuantType::F16 => {
-                let h: Vec<half::f16> = values.iter().map(|&v| half::f16::from_f32(v)).collect();
-                (
-                    h.iter().flat_map(|v| v.to_le_bytes()).collect(),
-                    h.iter().map(|v| v.to_f32()).collect(),
-                )
-            }
-            QuantType::BF16 => {
-                let h: Vec<half::bf16> = values.iter().map(|&v| half::bf16::from_f32(v)).collect();
-                (
-                    h.iter().flat_map(|v| v.to_le_bytes()).collect(),
-                    h.iter().map(|v| v.to_f32()).collect(),
-                )
-            }
-            other => unreachable!("{other} is not a float format"),
-        }
-    }
-
     fn uniform(rng: &mut Rng, n: usize, spread: f64) -> Vec<f32> {
         (0..n).map(|_| ((rng.next_f64() * 2.0 - 1.0) * spread) as f32).collect()
     }
@@ -472,7 +450,7 @@ mod tests {
         for dtype in crate::quant::float::FLOAT_FORMATS {
             let one_row = float_kernels(dtype, Isa::detect()).unwrap().dot;
             for cols in [1, 15, 17, 33, 100, 576] {
-                let (bytes, w) = float_bytes(&uniform(&mut rng, rows * cols, 1.0), dtype);
+                let (bytes, w) = crate::quant::float::float_bytes(&uniform(&mut rng, rows * cols, 1.0), dtype);
                 let m = QMatrix::from_gguf(&file_with(&[rows, cols], dtype, bytes.clone()), "w", rows, cols)
                     .unwrap()
                     .unwrap_or_else(|| panic!("{dtype} has a kernel"));
