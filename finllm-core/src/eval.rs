@@ -23,19 +23,7 @@ pub struct Perplexity {
 /// empty KV cache, so the result does not depend on the model's context length). Log-softmax is
 /// taken in f64.
 pub fn perplexity(model: &Model, text: &str, context: usize) -> Result<Perplexity> {
-    if context < 2 || context > model.config().context_length {
-        return Err(Error::invalid(
-            "context",
-            format!(
-                "{context} must be in 2..={} (the model's context)",
-                model.config().context_length
-            ),
-        ));
-    }
-    let ids = model.tokenize(text)?;
-    if ids.len() < 2 {
-        return Err(Error::invalid("text", "needs at least two tokens to score"));
-    }
+    let ids = windowed_tokens(model, text, context, 2)?;
     let (mut nll, mut scored, mut windows) = (0f64, 0usize, 0usize);
     for window in ids.chunks(context).filter(|w| w.len() >= 2) {
         let logits = model.run(|| -> Result<Vec<f32>> {
@@ -78,19 +66,7 @@ pub fn perplexity(model: &Model, text: &str, context: usize) -> Result<Perplexit
 /// `context` tokens and return, for every weight matrix, the mean square of the activations each
 /// of its input columns met. Use a text other than the one the quantized model is judged on.
 pub fn calibrate(model: &Model, text: &str, context: usize) -> Result<crate::model::quantize::Importance> {
-    if context < 1 || context > model.config().context_length {
-        return Err(Error::invalid(
-            "context",
-            format!(
-                "{context} must be in 1..={} (the model's context)",
-                model.config().context_length
-            ),
-        ));
-    }
-    let ids = model.tokenize(text)?;
-    if ids.is_empty() {
-        return Err(Error::invalid("calibration text", "has no tokens"));
-    }
+    let ids = windowed_tokens(model, text, context, 1)?;
     let mut sums = crate::model::InputStats::new();
     for window in ids.chunks(context) {
         model.run(|| model.transformer().accumulate_input_stats(window, &mut sums))?;
@@ -101,6 +77,23 @@ pub fn calibrate(model: &Model, text: &str, context: usize) -> Result<crate::mod
         .map(|(name, v)| (name, v.into_iter().map(|s| (s / tokens as f64) as f32).collect()))
         .collect();
     Ok(crate::model::quantize::Importance { columns, tokens })
+}
+
+/// The tokens of `text`, checked to be at least `min` of them, for windows of `context` tokens
+/// (`min..=` the model's context).
+fn windowed_tokens(model: &Model, text: &str, context: usize, min: usize) -> Result<Vec<u32>> {
+    let max = model.config().context_length;
+    if context < min || context > max {
+        return Err(Error::invalid(
+            "context",
+            format!("{context} must be in {min}..={max} (the model's context)"),
+        ));
+    }
+    let ids = model.tokenize(text)?;
+    if ids.len() < min {
+        return Err(Error::invalid("text", format!("needs at least {min} token(s)")));
+    }
+    Ok(ids)
 }
 
 /// `log softmax(row)[at]`, in f64.
