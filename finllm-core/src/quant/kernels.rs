@@ -1247,7 +1247,7 @@ mod avx512 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::generate::Rng;
     use crate::quant::blocks::Q6_K_D_AT;
@@ -1255,14 +1255,14 @@ mod tests {
 
     /// Every format with a kernel.
     /// A row of `n` weights quantized by candle from uniform values.
-    fn random_row(rng: &mut Rng, dtype: QuantType, n: usize) -> Vec<u8> {
+    pub(crate) fn random_row(rng: &mut Rng, dtype: QuantType, n: usize) -> Vec<u8> {
         let values: Vec<f32> = (0..n).map(|_| (rng.next_f64() * 2.0 - 1.0) as f32).collect();
         crate::model::synthetic::encode(&values, &[1, n], dtype).unwrap()
     }
 
     /// A row of `n` weights as random bytes, with finite f16 scales: reaches bit patterns a
     /// quantizer may never write (all 6-bit scales and mins, every sign of `d`).
-    fn random_bytes(rng: &mut Rng, dtype: QuantType, n: usize) -> Vec<u8> {
+    pub(crate) fn random_bytes(rng: &mut Rng, dtype: QuantType, n: usize) -> Vec<u8> {
         let bytes = block_bytes(dtype);
         let scale_at: &[usize] = match dtype {
             QuantType::Q4_0 | QuantType::Q5_0 | QuantType::Q8_0 => &[0],
@@ -1282,7 +1282,7 @@ mod tests {
         row
     }
 
-    fn activations(rng: &mut Rng, blocks: usize, spread: f64) -> Vec<BlockQ8> {
+    pub(crate) fn activations(rng: &mut Rng, blocks: usize, spread: f64) -> Vec<BlockQ8> {
         let x: Vec<f32> = (0..blocks * QK)
             .map(|_| ((rng.next_f64() * 2.0 - 1.0) * spread) as f32)
             .collect();
@@ -1292,7 +1292,7 @@ mod tests {
     }
 
     /// Awkward lengths in weight blocks: one block, odd counts, long rows.
-    fn block_counts(dtype: QuantType) -> &'static [usize] {
+    pub(crate) fn block_counts(dtype: QuantType) -> &'static [usize] {
         if dtype.block_size() as usize == QK {
             &[1, 2, 3, 7, 18, 48, 129]
         } else {
@@ -1302,7 +1302,7 @@ mod tests {
 
     /// The f64 dot product of the dequantized row with the activations, and the sum of the
     /// products' magnitudes (what f32 rounding errors scale with when terms cancel).
-    fn f64_dot(dtype: QuantType, row: &[u8], a: &[BlockQ8]) -> (f64, f64) {
+    pub(crate) fn f64_dot(dtype: QuantType, row: &[u8], a: &[BlockQ8]) -> (f64, f64) {
         let mut w = vec![0f32; a.len() * QK];
         dequantize_row(dtype, row, &mut w);
         let act = a

@@ -13,6 +13,7 @@ use rayon::prelude::*;
 use super::blocks::{quantize_q8, BlockQ8, QK};
 use super::float::{float_kernels, FloatKernels, MAX_TILE_ROWS, MAX_TILE_TOKENS};
 use super::kernels::{block_bytes, dot4_fn, dot_fn, rows2x4_fn, rows4_fn, Dot4Fn, DotFn, Isa, Rows2x4Fn, Rows4Fn};
+use super::ktile::{super_kernels, supers_from_blocks, SuperKernels, SuperQ8, SUBS};
 use super::QuantType;
 use crate::error::{Error, Result};
 use crate::model::GgufFile;
@@ -59,12 +60,20 @@ enum RowKernels {
     },
     /// f32 / f16 / bf16 rows against f32 activations.
     Float(FloatKernels),
+    /// K-quant super-blocks against activations laid out per super-block, in tiles.
+    Super(SuperKernels),
 }
+
+// One tile buffer serves both tiled kinds.
+const _: () = assert!(super::ktile::MAX_TILE_ROWS <= MAX_TILE_ROWS && super::ktile::MAX_TILE_TOKENS <= MAX_TILE_TOKENS);
 
 impl RowKernels {
     fn for_format(dtype: QuantType, isa: Isa) -> Option<Self> {
         if let Some(k) = float_kernels(dtype, isa) {
             return Some(RowKernels::Float(k));
+        }
+        if let Some(k) = super_kernels(dtype, isa) {
+            return Some(RowKernels::Super(k));
         }
         Some(RowKernels::Blocks {
             dot: dot_fn(dtype, isa)?,
@@ -200,36 +209,37 @@ impl QMatrix {
                 },
             ),
             RowKernels::Float(k) => self.float_rows_times(first, out, act.x, k),
+            RowKernels::Super(k) => self.super_rows_times(first, out, act.supers, k),
         }
     }
 
-    /// [`QMatrix::rows_times`] for a float format: tiles of rows by tokens, tokens outermost so
-    /// that a tile's activations stay in L1 while the task's rows go by.
+    /// This task's row `i` (matrix row `first + i`).
+    fn row(&self, first: usize, i: usize) -> &[u8] {
+        let r = first + i;
+        &self.data()[r * self.row_bytes..(r + 1) * self.row_bytes]
+    }
+
+    /// [`QMatrix::rows_times`] for a float format.
     fn float_rows_times(&self, first: usize, out: &mut [&mut [f32]], x: &[f32], k: FloatKernels) {
-        let (n, rows) = (out.len(), out[0].len());
-        let data = self.data();
-        let row = |i: usize| {
-            let r = first + i;
-            &data[r * self.row_bytes..(r + 1) * self.row_bytes]
-        };
         let token = |t: usize| &x[t * self.cols..(t + 1) * self.cols];
-        let mut tile = [0f32; MAX_TILE_ROWS * MAX_TILE_TOKENS];
-        let tile_rows = if n == 1 { k.decode_rows } else { k.tile_rows };
-        for t0 in (0..n).step_by(k.tile_tokens) {
-            let tn = k.tile_tokens.min(n - t0);
-            // Unused slots repeat the last token; only the first `tn` are passed.
-            let xs: [&[f32]; MAX_TILE_TOKENS] = std::array::from_fn(|j| token((t0 + j).min(n - 1)));
-            for i0 in (0..rows).step_by(tile_rows) {
-                let rn = tile_rows.min(rows - i0);
-                let ws: [&[u8]; MAX_TILE_ROWS] = std::array::from_fn(|j| row((i0 + j).min(rows - 1)));
-                (k.tile)(&ws[..rn], &xs[..tn], &mut tile[..rn * tn]);
-                for (r, ys) in tile[..rn * tn].chunks_exact(tn).enumerate() {
-                    for (y, o) in ys.iter().zip(&mut out[t0..t0 + tn]) {
-                        o[i0 + r] = *y;
-                    }
-                }
-            }
-        }
+        let shape = TileShape {
+            rows: k.tile_rows,
+            tokens: k.tile_tokens,
+            decode_rows: k.decode_rows,
+        };
+        tiles(out, &|i| self.row(first, i), &token, k.tile, shape);
+    }
+
+    /// [`QMatrix::rows_times`] for a K-quant format with tile kernels.
+    fn super_rows_times(&self, first: usize, out: &mut [&mut [f32]], supers: &[SuperQ8], k: SuperKernels) {
+        let per_token = self.cols / (SUBS * QK);
+        let token = |t: usize| &supers[t * per_token..(t + 1) * per_token];
+        let shape = TileShape {
+            rows: k.tile_rows,
+            tokens: k.tile_tokens,
+            decode_rows: k.decode_rows,
+        };
+        tiles(out, &|i| self.row(first, i), &token, k.tile, shape);
     }
 
     /// [`QMatrix::rows_times`] for a block format.
@@ -253,6 +263,44 @@ impl QMatrix {
             }
             for (t, o) in out.iter_mut().enumerate().skip(whole) {
                 o[i] = (k.dot)(row(i), act(t));
+            }
+        }
+    }
+}
+
+/// Rows by tokens per tile call: `rows` by `tokens` when there are several tokens, `decode_rows`
+/// by one for a single token.
+struct TileShape {
+    rows: usize,
+    tokens: usize,
+    decode_rows: usize,
+}
+
+/// A task's rows (`row(i)`, `out[0].len()` of them) times every token (`token(t)`, `out.len()`
+/// of them) with a tile kernel, tokens outermost so that a tile's activations stay in L1 while
+/// the task's rows go by: `out[t][i]` receives row `i` · token `t`.
+fn tiles<'a, A: 'a>(
+    out: &mut [&mut [f32]],
+    row: &dyn Fn(usize) -> &'a [u8],
+    token: &dyn Fn(usize) -> &'a [A],
+    tile: fn(&[&[u8]], &[&[A]], &mut [f32]),
+    shape: TileShape,
+) {
+    let (n, rows) = (out.len(), out[0].len());
+    let mut results = [0f32; MAX_TILE_ROWS * MAX_TILE_TOKENS];
+    let tile_rows = if n == 1 { shape.decode_rows } else { shape.rows };
+    for t0 in (0..n).step_by(shape.tokens) {
+        let tn = shape.tokens.min(n - t0);
+        // Unused slots repeat the last token; only the first `tn` are passed.
+        let xs: [&[A]; MAX_TILE_TOKENS] = std::array::from_fn(|j| token((t0 + j).min(n - 1)));
+        for i0 in (0..rows).step_by(tile_rows) {
+            let rn = tile_rows.min(rows - i0);
+            let ws: [&[u8]; MAX_TILE_ROWS] = std::array::from_fn(|j| row((i0 + j).min(rows - 1)));
+            tile(&ws[..rn], &xs[..tn], &mut results[..rn * tn]);
+            for (r, ys) in results[..rn * tn].chunks_exact(tn).enumerate() {
+                for (y, o) in ys.iter().zip(&mut out[t0..t0 + tn]) {
+                    o[i0 + r] = *y;
+                }
             }
         }
     }
@@ -313,6 +361,8 @@ fn tiled_rows<'a>(
 struct Activations<'a> {
     x: &'a [f32],
     blocks: &'a [BlockQ8],
+    /// The blocks laid out per super-block (empty unless a matrix of the call has K-quant tiles).
+    supers: &'a [SuperQ8],
 }
 
 /// Multiply the same activations `x` (`[n, cols]`) by several matrices with `cols` columns in
@@ -327,7 +377,8 @@ pub fn matmul_group(mats: &[&QMatrix], x: &[f32], n: usize) -> Vec<Vec<f32>> {
         "matrices in a group share their input size"
     );
     assert_eq!(x.len(), n * cols, "activation shape");
-    let any_blocks = mats.iter().any(|m| matches!(m.kernels, RowKernels::Blocks { .. }));
+    let any_supers = mats.iter().any(|m| matches!(m.kernels, RowKernels::Super(_)));
+    let any_blocks = any_supers || mats.iter().any(|m| matches!(m.kernels, RowKernels::Blocks { .. }));
     let mut xq = Vec::new();
     if any_blocks {
         // Block formats have whole 32-element blocks per row (checked at load).
@@ -337,7 +388,21 @@ pub fn matmul_group(mats: &[&QMatrix], x: &[f32], n: usize) -> Vec<Vec<f32>> {
             .zip(x.par_chunks(cols.max(1)))
             .for_each(|(q, row)| quantize_q8(row, q));
     }
-    let act = Activations { x, blocks: &xq };
+    let mut supers = Vec::new();
+    if any_supers {
+        // K-quant rows are whole 256-element super-blocks (checked at load).
+        let blocks = cols / QK;
+        supers = vec![SuperQ8::default(); n * blocks / SUBS];
+        supers
+            .par_chunks_mut((blocks / SUBS).max(1))
+            .zip(xq.par_chunks(blocks.max(1)))
+            .for_each(|(s, b)| supers_from_blocks(b, s));
+    }
+    let act = Activations {
+        x,
+        blocks: &xq,
+        supers: &supers,
+    };
     let mut outs: Vec<Vec<f32>> = mats.iter().map(|m| vec![0f32; n * m.rows]).collect();
     if n == 0 {
         return outs;

@@ -4,6 +4,7 @@ pub mod blocks;
 pub mod encode;
 pub mod float;
 pub mod kernels;
+pub mod ktile;
 pub mod matmul;
 pub mod vector;
 
