@@ -64,8 +64,17 @@ enum RowKernels {
     Super(SuperKernels),
 }
 
-// One tile buffer serves both tiled kinds.
-const _: () = assert!(super::ktile::MAX_TILE_ROWS <= MAX_TILE_ROWS && super::ktile::MAX_TILE_TOKENS <= MAX_TILE_TOKENS);
+/// Most rows and tokens of one tile call, over both tiled kinds.
+const MOST_TILE_ROWS: usize = max(MAX_TILE_ROWS, super::ktile::MAX_TILE_ROWS);
+const MOST_TILE_TOKENS: usize = max(MAX_TILE_TOKENS, super::ktile::MAX_TILE_TOKENS);
+
+const fn max(a: usize, b: usize) -> usize {
+    if a > b {
+        a
+    } else {
+        b
+    }
+}
 
 impl RowKernels {
     fn for_format(dtype: QuantType, isa: Isa) -> Option<Self> {
@@ -268,6 +277,10 @@ impl QMatrix {
     }
 }
 
+/// A tile kernel over activations of type `A` ([`FloatTileFn`](super::float::FloatTileFn),
+/// [`SuperTileFn`](super::ktile::SuperTileFn)).
+type TileFn<A> = fn(&[&[u8]], &[&[A]], &mut [f32]);
+
 /// Rows by tokens per tile call: `rows` by `tokens` when there are several tokens, `decode_rows`
 /// by one for a single token.
 struct TileShape {
@@ -283,19 +296,19 @@ fn tiles<'a, A: 'a>(
     out: &mut [&mut [f32]],
     row: &dyn Fn(usize) -> &'a [u8],
     token: &dyn Fn(usize) -> &'a [A],
-    tile: fn(&[&[u8]], &[&[A]], &mut [f32]),
+    tile: TileFn<A>,
     shape: TileShape,
 ) {
     let (n, rows) = (out.len(), out[0].len());
-    let mut results = [0f32; MAX_TILE_ROWS * MAX_TILE_TOKENS];
+    let mut results = [0f32; MOST_TILE_ROWS * MOST_TILE_TOKENS];
     let tile_rows = if n == 1 { shape.decode_rows } else { shape.rows };
     for t0 in (0..n).step_by(shape.tokens) {
         let tn = shape.tokens.min(n - t0);
         // Unused slots repeat the last token; only the first `tn` are passed.
-        let xs: [&[A]; MAX_TILE_TOKENS] = std::array::from_fn(|j| token((t0 + j).min(n - 1)));
+        let xs: [&[A]; MOST_TILE_TOKENS] = std::array::from_fn(|j| token((t0 + j).min(n - 1)));
         for i0 in (0..rows).step_by(tile_rows) {
             let rn = tile_rows.min(rows - i0);
-            let ws: [&[u8]; MAX_TILE_ROWS] = std::array::from_fn(|j| row((i0 + j).min(rows - 1)));
+            let ws: [&[u8]; MOST_TILE_ROWS] = std::array::from_fn(|j| row((i0 + j).min(rows - 1)));
             tile(&ws[..rn], &xs[..tn], &mut results[..rn * tn]);
             for (r, ys) in results[..rn * tn].chunks_exact(tn).enumerate() {
                 for (y, o) in ys.iter().zip(&mut out[t0..t0 + tn]) {
