@@ -248,8 +248,16 @@ fn tensor_order(name: &str) -> (usize, String) {
 /// "_M" files: q4_k_m, q5_k_m) also gives the value and FFN-down projections of the first and
 /// last eighth of the layers, and of every third layer between, Q6_K: those two carry most of
 /// the quantization loss.
+///
+/// A Q8_0 target keeps the value projections at f16 (about 2.5% of a model's weights). Their
+/// rounding reaches every later layer unattenuated: on SmolLM2-135M, Q8_0 value projections alone
+/// cost 0.23 of the 0.56 points of perplexity Q8_0 weights cost in all (measured with f32
+/// activations on data/finance_eval.txt), while taking 2.1% of the file's bytes.
 fn tensor_quant(name: &str, spec: &QuantizeSpec, tied: bool, n_layers: usize) -> QuantType {
     let quant = spec.quant;
+    if quant == QuantType::Q8_0 && name.ends_with("attn_v.weight") {
+        return QuantType::F16;
+    }
     let k_quant = matches!(quant, QuantType::Q4K | QuantType::Q5K);
     let is_output = name == "output.weight" || (tied && name == "token_embd.weight");
     if is_output && k_quant {
