@@ -241,7 +241,7 @@ impl QMatrix {
 
     /// [`QMatrix::rows_times`] for a K-quant format with tile kernels.
     fn super_rows_times(&self, first: usize, out: &mut [&mut [f32]], supers: &[SuperQ8], k: SuperKernels) {
-        let per_token = self.cols / (SUBS * QK);
+        let per_token = (self.cols / QK).div_ceil(SUBS);
         let token = |t: usize| &supers[t * per_token..(t + 1) * per_token];
         let shape = TileShape {
             rows: k.tile_rows,
@@ -403,11 +403,13 @@ pub fn matmul_group(mats: &[&QMatrix], x: &[f32], n: usize) -> Vec<Vec<f32>> {
     }
     let mut supers = Vec::new();
     if any_supers {
-        // K-quant rows are whole 256-element super-blocks (checked at load).
+        // Eight blocks per super-block, the last one padded (only Q8_0 rows can end in one: K-quant
+        // rows are whole 256-element super-blocks, checked at load).
         let blocks = cols / QK;
-        supers = vec![SuperQ8::default(); n * blocks / SUBS];
+        let per_token = blocks.div_ceil(SUBS);
+        supers = vec![SuperQ8::default(); n * per_token];
         supers
-            .par_chunks_mut((blocks / SUBS).max(1))
+            .par_chunks_mut(per_token.max(1))
             .zip(xq.par_chunks(blocks.max(1)))
             .for_each(|(s, b)| supers_from_blocks(b, s));
     }
