@@ -59,8 +59,19 @@ for m in "$work/f32.gguf" "$work/q8_0.gguf" "$model"; do
   FINLLM_FORCE_SCALAR=1 "$finllm" perplexity --model "$m" --threads 2 --json
 done
 for q in q8_0 q4_k; do
-  "$finllm" bench --model "$work/$q.gguf" --prompt-tokens 256 --gen-tokens 128 --threads 2 --runs "$runs" --json
-  "$llama_py" scripts/bench_llamacpp.py "$work/$q.gguf" --prompt-tokens 256 --gen-tokens 128 --threads 2 --runs "$runs" --json
+  for threads in 1 2; do
+    "$finllm" bench --model "$work/$q.gguf" --prompt-tokens 256 --gen-tokens 128 --threads "$threads" --runs "$runs" --json
+    "$llama_py" scripts/bench_llamacpp.py "$work/$q.gguf" --prompt-tokens 256 --gen-tokens 128 --threads "$threads" \
+      --runs "$runs" --json
+  done
+done
+
+echo "# K-quant files whose rows are whole super-blocks: random-weight llama-1b shapes (128/32 tokens, 2 threads)"
+for q in q4_k q5_k q6_k; do
+  m="$work/llama-1b-$q.gguf"
+  [ -f "$m" ] || "$finllm" synth --preset llama-1b --quant "$q" --seed 3 --out "$m" 2>/dev/null
+  "$finllm" bench --model "$m" --prompt-tokens 128 --gen-tokens 32 --threads 2 --runs 3 --json
+  "$llama_py" scripts/bench_llamacpp.py "$m" --prompt-tokens 128 --gen-tokens 32 --threads 2 --runs 3 --json
 done
 
 echo "# binding overhead on a tiny model (1 thread): Rust core, C ABI, Python"

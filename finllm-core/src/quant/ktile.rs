@@ -94,6 +94,10 @@ pub struct SuperKernels {
     pub tile_tokens: usize,
     /// ...and rows per tile for a single token (decode).
     pub decode_rows: usize,
+    /// A one-row kernel over plain activation blocks that serves a single token instead of
+    /// the tile, where that is faster (Q8_0). Its results agree with the tile's to float
+    /// rounding, not bit for bit.
+    pub single_token: Option<super::kernels::DotFn>,
 }
 
 impl std::fmt::Debug for SuperKernels {
@@ -122,13 +126,19 @@ pub fn super_kernels(dtype: QuantType, isa: Isa) -> Option<SuperKernels> {
         // tokens, the activations' by two rows (2x8 measured 10-20% faster than 2x4 on llama-1b
         // Q4_K/Q5_K prefill; 1x8, 1x12 and 1x16 in between). One row for decode streams the
         // weights in one sequential run (two or four interleaved rows measured 30-35% slower).
-        // Q8_0 decodes through the tile too, though its one-row kernel is 5-10% faster at one
-        // token: a sequence's numbers then never depend on how many others share its batch.
+        // Q8_0 decodes one token with its one-row kernel, which streams the rows 15-25% faster
+        // than the tile at one token (llama-1b and SmolLM2 Q8_0 decode); the K-quants' one-row
+        // kernels are no faster than their tiles, so they keep one kernel for every batch size.
+        let single_token = match dtype {
+            QuantType::Q8_0 => super::kernels::dot_fn(dtype, isa),
+            _ => None,
+        };
         return Some(SuperKernels {
             tile,
             tile_rows: 2,
             tile_tokens: 8,
             decode_rows: 1,
+            single_token,
         });
     }
     let _ = (dtype, isa);

@@ -218,7 +218,14 @@ impl QMatrix {
                 },
             ),
             RowKernels::Float(k) => self.float_rows_times(first, out, act.x, k),
-            RowKernels::Super(k) => self.super_rows_times(first, out, act.supers, k),
+            RowKernels::Super(k) => match (out.len(), k.single_token) {
+                (1, Some(dot)) => {
+                    for (i, o) in out[0].iter_mut().enumerate() {
+                        *o = dot(self.row(first, i), act.blocks);
+                    }
+                }
+                _ => self.super_rows_times(first, out, act.supers, k),
+            },
         }
     }
 
@@ -390,8 +397,12 @@ pub fn matmul_group(mats: &[&QMatrix], x: &[f32], n: usize) -> Vec<Vec<f32>> {
         "matrices in a group share their input size"
     );
     assert_eq!(x.len(), n * cols, "activation shape");
-    let any_supers = mats.iter().any(|m| matches!(m.kernels, RowKernels::Super(_)));
-    let any_blocks = any_supers || mats.iter().any(|m| matches!(m.kernels, RowKernels::Blocks { .. }));
+    let any_supers = mats
+        .iter()
+        .any(|m| matches!(m.kernels, RowKernels::Super(k) if n > 1 || k.single_token.is_none()));
+    let any_blocks = mats
+        .iter()
+        .any(|m| matches!(m.kernels, RowKernels::Blocks { .. } | RowKernels::Super(_)));
     let mut xq = Vec::new();
     if any_blocks {
         // Block formats have whole 32-element blocks per row (checked at load).
