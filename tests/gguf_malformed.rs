@@ -315,3 +315,36 @@ fn random_corruption_never_panics() {
         assert!(result.is_ok(), "trial {trial}: panicked");
     }
 }
+
+#[test]
+fn rewriting_a_mapped_file_leaves_its_readers_intact() {
+    // A served model's file rewritten under it (`finllm quantize --out` onto the same path, a
+    // test regenerating a fixture) must not truncate the pages the reader has mapped: that
+    // faults with SIGBUS on the next read, which no error handling can catch.
+    let dir = std::env::temp_dir().join(format!("finllm-rewrite-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("w.gguf");
+    let image = |fill: u8, len: usize| {
+        let mut g = GgufWriter::new();
+        g.tensor("w", &[len], QuantType::F32, vec![fill; len * 4]).unwrap();
+        g
+    };
+    image(7, 4096).write(&path).unwrap();
+    let old = GgufFile::open(&path).unwrap();
+    image(9, 16).write(&path).unwrap();
+    let info = old.tensor("w").unwrap();
+    assert!(
+        old.tensor_data(info).iter().all(|&b| b == 7),
+        "the old mapping still reads the old bytes"
+    );
+    let new = GgufFile::open(&path).unwrap();
+    assert!(new.tensor_data(new.tensor("w").unwrap()).iter().all(|&b| b == 9));
+    assert_eq!(new.tensor("w").unwrap().shape(), vec![16]);
+    // Nothing staged is left behind.
+    let names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("w.gguf")]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -686,16 +686,32 @@ impl GgufWriter {
         out
     }
 
-    /// Write the file to `path`.
+    /// Write the file to `path`, replacing it atomically (see below).
     pub fn write(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
         let io_err = |source| Error::Io {
             path: path.to_path_buf(),
             source,
         };
-        let mut f = File::create(path).map_err(io_err)?;
-        f.write_all(&self.to_bytes()).map_err(io_err)?;
-        f.sync_all().map_err(io_err)
+        // Written beside the target and renamed over it: a process that has the old file
+        // memory-mapped (a model being served, a test reading it) keeps its pages, where
+        // truncating the file in place would make its next read fault with SIGBUS.
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut staged = path.as_os_str().to_owned();
+        staged.push(format!(".{}.{n}.partial", std::process::id()));
+        let staged = std::path::PathBuf::from(staged);
+        let written = File::create(&staged).and_then(|mut f| {
+            f.write_all(&self.to_bytes())?;
+            f.sync_all()
+        });
+        match written.and_then(|()| std::fs::rename(&staged, path)) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let _ = std::fs::remove_file(&staged);
+                Err(io_err(e))
+            }
+        }
     }
 }
 
