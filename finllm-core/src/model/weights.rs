@@ -71,6 +71,10 @@ impl Matrix {
     /// Bytes of the weights, by where they live.
     pub(crate) fn memory(&self) -> MatrixMemory {
         match self {
+            Matrix::Kernel(m) if m.is_packed() => MatrixMemory {
+                in_place: 0,
+                copied: m.size_bytes() as u64,
+            },
             Matrix::Kernel(m) => MatrixMemory {
                 in_place: m.size_bytes() as u64,
                 copied: 0,

@@ -22,7 +22,9 @@ use crate::model::GgufFile;
 const ROWS_PER_TASK: usize = 16;
 
 /// A matrix `[rows, cols]` in a format finllm has kernels for, read in place from the bytes of
-/// a model file (a GGUF file, or a memory-mapped safetensors shard): nothing is copied.
+/// a model file (a GGUF file, or a memory-mapped safetensors shard), or for a format whose tile
+/// reads its own layout (Q8_0 on AVX-512) rearranged once at load into a buffer of about the
+/// same size, the file's pages for it handed back to the kernel.
 pub struct QMatrix {
     source: Source,
     start: usize,
@@ -37,6 +39,7 @@ pub struct QMatrix {
 enum Source {
     Gguf(Arc<GgufFile>),
     Map(Arc<memmap2::Mmap>),
+    Packed(Packed),
 }
 
 impl Source {
@@ -44,7 +47,31 @@ impl Source {
         match self {
             Source::Gguf(f) => f.tensor_bytes_from(0),
             Source::Map(m) => m,
+            Source::Packed(p) => p.bytes(),
         }
+    }
+}
+
+/// Packed rows in a buffer whose bytes start on a 64-byte boundary (a cache line, one vector).
+struct Packed {
+    buf: Vec<u8>,
+    at: usize,
+    len: usize,
+}
+
+impl Packed {
+    fn zeroed(len: usize) -> Self {
+        let buf = vec![0u8; len + 63];
+        let at = buf.as_ptr().align_offset(64).min(63);
+        Self { buf, at, len }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.buf[self.at..self.at + self.len]
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[self.at..self.at + self.len]
     }
 }
 
@@ -62,18 +89,6 @@ enum RowKernels {
     Float(FloatKernels),
     /// K-quant super-blocks against activations laid out per super-block, in tiles.
     Super(SuperKernels),
-}
-
-/// Most rows and tokens of one tile call, over both tiled kinds.
-const MOST_TILE_ROWS: usize = max(MAX_TILE_ROWS, super::ktile::MAX_TILE_ROWS);
-const MOST_TILE_TOKENS: usize = max(MAX_TILE_TOKENS, super::ktile::MAX_TILE_TOKENS);
-
-const fn max(a: usize, b: usize) -> usize {
-    if a > b {
-        a
-    } else {
-        b
-    }
 }
 
 impl RowKernels {
@@ -130,6 +145,32 @@ impl QMatrix {
         // In bounds: the reader checked start + n_bytes against the file size, and n_bytes is
         // what `rows` rows of `cols` take.
         let start = usize::try_from(info.start).expect("the tensor lies inside a file in memory");
+        if let RowKernels::Super(SuperKernels {
+            packing: Some(packing), ..
+        }) = kernels
+        {
+            let file_rows = &file.tensor_bytes_from(start)[..rows * row_bytes];
+            let packed_row = (packing.row_bytes)(cols / block);
+            let mut packed = Packed::zeroed(rows * packed_row);
+            for (src, dst) in file_rows
+                .chunks_exact(row_bytes)
+                .zip(packed.bytes_mut().chunks_exact_mut(packed_row))
+            {
+                (packing.pack_row)(src, dst);
+            }
+            // The kernels read only the packed copy: the file's pages for this tensor can go
+            // (another reader faults them back in from the file).
+            file.release(start, rows * row_bytes);
+            return Ok(Some(Self {
+                source: Source::Packed(packed),
+                start: 0,
+                rows,
+                cols,
+                row_bytes: packed_row,
+                dtype: info.dtype,
+                kernels,
+            }));
+        }
         Ok(Some(Self {
             source: Source::Gguf(file.clone()),
             start,
@@ -181,9 +222,15 @@ impl QMatrix {
         self.dtype
     }
 
-    /// Bytes of the weights, all read in place from the model file.
+    /// Bytes of the weights as the kernels read them.
     pub fn size_bytes(&self) -> usize {
         self.rows * self.row_bytes
+    }
+
+    /// Whether the weights were rearranged into memory of their own at load, rather than read
+    /// in place from the model file.
+    pub fn is_packed(&self) -> bool {
+        matches!(self.source, Source::Packed(_))
     }
 
     fn data(&self) -> &[u8] {
@@ -218,14 +265,7 @@ impl QMatrix {
                 },
             ),
             RowKernels::Float(k) => self.float_rows_times(first, out, act.x, k),
-            RowKernels::Super(k) => match (out.len(), k.single_token) {
-                (1, Some(dot)) => {
-                    for (i, o) in out[0].iter_mut().enumerate() {
-                        *o = dot(self.row(first, i), act.blocks);
-                    }
-                }
-                _ => self.super_rows_times(first, out, act.supers, k),
-            },
+            RowKernels::Super(k) => self.super_rows_times(first, out, act.supers, k),
         }
     }
 
@@ -246,16 +286,11 @@ impl QMatrix {
         tiles(out, &|i| self.row(first, i), &token, k.tile, shape);
     }
 
-    /// [`QMatrix::rows_times`] for a K-quant format with tile kernels.
+    /// [`QMatrix::rows_times`] for a format with [`SuperKernels`].
     fn super_rows_times(&self, first: usize, out: &mut [&mut [f32]], supers: &[SuperQ8], k: SuperKernels) {
-        let per_token = (self.cols / QK).div_ceil(SUBS);
-        let token = |t: usize| &supers[t * per_token..(t + 1) * per_token];
-        let shape = TileShape {
-            rows: k.tile_rows,
-            tokens: k.tile_tokens,
-            decode_rows: k.decode_rows,
-        };
-        tiles(out, &|i| self.row(first, i), &token, k.tile, shape);
+        let rows = out[0].len();
+        let bytes = &self.data()[first * self.row_bytes..(first + rows) * self.row_bytes];
+        (k.tile)(bytes, self.row_bytes, supers, out);
     }
 
     /// [`QMatrix::rows_times`] for a block format.
@@ -284,8 +319,7 @@ impl QMatrix {
     }
 }
 
-/// A tile kernel over activations of type `A` ([`FloatTileFn`](super::float::FloatTileFn),
-/// [`SuperTileFn`](super::ktile::SuperTileFn)).
+/// A tile kernel over activations of type `A` ([`FloatTileFn`](super::float::FloatTileFn)).
 type TileFn<A> = fn(&[&[u8]], &[&[A]], &mut [f32]);
 
 /// Rows by tokens per tile call: `rows` by `tokens` when there are several tokens, `decode_rows`
@@ -307,15 +341,15 @@ fn tiles<'a, A: 'a>(
     shape: TileShape,
 ) {
     let (n, rows) = (out.len(), out[0].len());
-    let mut results = [0f32; MOST_TILE_ROWS * MOST_TILE_TOKENS];
+    let mut results = [0f32; MAX_TILE_ROWS * MAX_TILE_TOKENS];
     let tile_rows = if n == 1 { shape.decode_rows } else { shape.rows };
     for t0 in (0..n).step_by(shape.tokens) {
         let tn = shape.tokens.min(n - t0);
         // Unused slots repeat the last token; only the first `tn` are passed.
-        let xs: [&[A]; MOST_TILE_TOKENS] = std::array::from_fn(|j| token((t0 + j).min(n - 1)));
+        let xs: [&[A]; MAX_TILE_TOKENS] = std::array::from_fn(|j| token((t0 + j).min(n - 1)));
         for i0 in (0..rows).step_by(tile_rows) {
             let rn = tile_rows.min(rows - i0);
-            let ws: [&[u8]; MOST_TILE_ROWS] = std::array::from_fn(|j| row((i0 + j).min(rows - 1)));
+            let ws: [&[u8]; MAX_TILE_ROWS] = std::array::from_fn(|j| row((i0 + j).min(rows - 1)));
             tile(&ws[..rn], &xs[..tn], &mut results[..rn * tn]);
             for (r, ys) in results[..rn * tn].chunks_exact(tn).enumerate() {
                 for (y, o) in ys.iter().zip(&mut out[t0..t0 + tn]) {
@@ -397,9 +431,7 @@ pub fn matmul_group(mats: &[&QMatrix], x: &[f32], n: usize) -> Vec<Vec<f32>> {
         "matrices in a group share their input size"
     );
     assert_eq!(x.len(), n * cols, "activation shape");
-    let any_supers = mats
-        .iter()
-        .any(|m| matches!(m.kernels, RowKernels::Super(k) if n > 1 || k.single_token.is_none()));
+    let any_supers = mats.iter().any(|m| matches!(m.kernels, RowKernels::Super(_)));
     let any_blocks = mats
         .iter()
         .any(|m| matches!(m.kernels, RowKernels::Blocks { .. } | RowKernels::Super(_)));
