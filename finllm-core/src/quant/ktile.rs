@@ -290,9 +290,14 @@ mod avx512 {
         let bytes = q8_0_packed_row_bytes(groups.saturating_sub(1) * SUBS + last);
         assert!(row_bytes == bytes || groups == 0, "packed Q8_0 rows of {bytes} bytes");
         // SAFETY: as for q4_k; the rows hold the packed layout of as many blocks as `a`.
-        drive(rows, row_bytes, a, out, |w, y, o| unsafe {
-            by_shape!(q8_0_tile, false, w, y, o)
-        });
+        drive(
+            rows,
+            row_bytes,
+            a,
+            out,
+            |w, y, o| unsafe { by_shape!(q8_0_tile, false, w, y, o) },
+            |w, y, o| unsafe { q8_0_one_token(w, row_bytes, y, o) },
+        );
     }
 
     pub fn q4_k(rows: &[u8], row_bytes: usize, a: &[SuperQ8], out: &mut [&mut [f32]]) {
@@ -300,27 +305,42 @@ mod avx512 {
         assert!(row_bytes >= groups * Q4_K_BYTES, "rows of {groups} super-blocks");
         // SAFETY: the features are present (see above); every load lies inside the row of
         // `groups` super-blocks checked here.
-        drive(rows, row_bytes, a, out, |w, y, o| unsafe {
-            by_shape!(q4_5_k_tile, false, w, y, o)
-        });
+        drive(
+            rows,
+            row_bytes,
+            a,
+            out,
+            |w, y, o| unsafe { by_shape!(q4_5_k_tile, false, w, y, o) },
+            |w, y, o| unsafe { q4_k_one_token(w, row_bytes, y, o) },
+        );
     }
 
     pub fn q5_k(rows: &[u8], row_bytes: usize, a: &[SuperQ8], out: &mut [&mut [f32]]) {
         let groups = check(rows, row_bytes, a, out);
         assert!(row_bytes >= groups * Q5_K_BYTES, "rows of {groups} super-blocks");
         // SAFETY: as for q4_k.
-        drive(rows, row_bytes, a, out, |w, y, o| unsafe {
-            by_shape!(q4_5_k_tile, true, w, y, o)
-        });
+        drive(
+            rows,
+            row_bytes,
+            a,
+            out,
+            |w, y, o| unsafe { by_shape!(q4_5_k_tile, true, w, y, o) },
+            |w, y, o| unsafe { q5_k_one_token(w, row_bytes, y, o) },
+        );
     }
 
     pub fn q6_k(rows: &[u8], row_bytes: usize, a: &[SuperQ8], out: &mut [&mut [f32]]) {
         let groups = check(rows, row_bytes, a, out);
         assert!(row_bytes >= groups * Q6_K_BYTES, "rows of {groups} super-blocks");
         // SAFETY: as for q4_k.
-        drive(rows, row_bytes, a, out, |w, y, o| unsafe {
-            by_shape!(q6_k_tile, false, w, y, o)
-        });
+        drive(
+            rows,
+            row_bytes,
+            a,
+            out,
+            |w, y, o| unsafe { by_shape!(q6_k_tile, false, w, y, o) },
+            |w, y, o| unsafe { q6_k_one_token(w, row_bytes, y, o) },
+        );
     }
 
     /// Panics unless `rows` is whole rows, `a` holds as many groups for every token and `out`
@@ -334,8 +354,31 @@ mod avx512 {
         a.len() / n
     }
 
-    /// The tiles of a call: tokens in runs of up to eight, outermost; rows two at a time (one
-    /// for a single token: the weights then stream in one sequential run).
+    /// `$name(rows, row_bytes, a, out)`: every row times a single token, one row at a time
+    /// (the weights stream in one sequential run; two or four interleaved rows measured 30-35%
+    /// slower), each by the format's one-row, one-token tile `$imp`, inlined into the loop so
+    /// that nothing but its own work runs per row.
+    macro_rules! one_token {
+        ($name:ident, $imp:ident, $c:expr) => {
+            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+            unsafe fn $name(rows: &[u8], row_bytes: usize, a: &[SuperQ8], out: &mut [f32]) {
+                for (o, row) in out.iter_mut().zip(rows.chunks_exact(row_bytes)) {
+                    let mut y = [0f32];
+                    // SAFETY: as for the tile's caller: the rows and activations were checked.
+                    unsafe { $imp::<{ $c }, 1, 1>(&[row], &[a], &mut y) };
+                    *o = y[0];
+                }
+            }
+        };
+    }
+
+    one_token!(q8_0_one_token, q8_0_tile, false);
+    one_token!(q4_k_one_token, q4_5_k_tile, false);
+    one_token!(q5_k_one_token, q4_5_k_tile, true);
+    one_token!(q6_k_one_token, q6_k_tile, false);
+
+    /// The tiles of a call: tokens in runs of up to eight, outermost, rows two at a time; a
+    /// single token goes to `one_token`.
     #[inline(always)]
     fn drive(
         rows: &[u8],
@@ -343,6 +386,7 @@ mod avx512 {
         a: &[SuperQ8],
         out: &mut [&mut [f32]],
         tile: impl Fn(&[&[u8]], &[&[SuperQ8]], &mut [f32]),
+        one_token: impl Fn(&[u8], &[SuperQ8], &mut [f32]),
     ) {
         let n = out.len();
         let groups = a.len() / n;
@@ -351,11 +395,14 @@ mod avx512 {
             out.iter_mut().for_each(|o| o.fill(0.0));
             return;
         }
+        if n == 1 {
+            one_token(rows, a, out[0]);
+            return;
+        }
         // Two rows by eight tokens: the weights' unpacking (shuffles, scales) is shared by eight
         // tokens, the activations' by two rows (2x8 measured 10-20% faster than 2x4 on llama-1b
-        // Q4_K/Q5_K prefill; 1x8, 1x12 and 1x16 in between). One row for decode (two or four
-        // interleaved rows measured 30-35% slower).
-        let tile_rows = if n == 1 { 1 } else { MAX_TILE_ROWS };
+        // Q4_K/Q5_K prefill; 1x8, 1x12 and 1x16 in between).
+        let tile_rows = MAX_TILE_ROWS;
         let mut results = [0f32; MAX_TILE_ROWS * MAX_TILE_TOKENS];
         for t0 in (0..n).step_by(MAX_TILE_TOKENS) {
             let tn = MAX_TILE_TOKENS.min(n - t0);
@@ -447,6 +494,7 @@ mod avx512 {
     /// chained in integers and both terms spread over the sub-block's two lanes.
     // The row and token indices walk their arrays and the accumulators in lockstep.
     #[allow(clippy::needless_range_loop)]
+    #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     unsafe fn q4_5_k_tile<const HIGH: bool, const R: usize, const N: usize>(
         rows: &[&[u8]],
@@ -522,6 +570,7 @@ mod avx512 {
     /// one) chain into one accumulator, scaled once by `d_w·d_y` per lane. VNNI multiplies
     /// unsigned by signed bytes: the packed weights are `w + 128`, and the chain starts at
     /// `−128 Σ y` of the lane's values, so the integer dot is exact.
+    #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     unsafe fn q8_0_tile<const _UNUSED: bool, const R: usize, const N: usize>(
         rows: &[&[u8]],
@@ -661,6 +710,7 @@ mod avx512 {
     /// of its two lanes) and the i8 scales as one integer multiply per group.
     // The row and token indices walk their arrays and the accumulators in lockstep.
     #[allow(clippy::needless_range_loop)]
+    #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     unsafe fn q6_k_tile<const _UNUSED: bool, const R: usize, const N: usize>(
         rows: &[&[u8]],

@@ -21,6 +21,9 @@ use crate::model::GgufFile;
 /// Weight rows handed to one task.
 const ROWS_PER_TASK: usize = 16;
 
+/// Bytes of a file's tensor packed before their pages are handed back.
+const RELEASE_BYTES: usize = 1 << 20;
+
 /// A matrix `[rows, cols]` in a format finllm has kernels for, read in place from the bytes of
 /// a model file (a GGUF file, or a memory-mapped safetensors shard), or for a format whose tile
 /// reads its own layout (Q8_0 on AVX-512) rearranged once at load into a buffer of about the
@@ -152,15 +155,20 @@ impl QMatrix {
             let file_rows = &file.tensor_bytes_from(start)[..rows * row_bytes];
             let packed_row = (packing.row_bytes)(cols / block);
             let mut packed = Packed::zeroed(rows * packed_row);
-            for (src, dst) in file_rows
-                .chunks_exact(row_bytes)
-                .zip(packed.bytes_mut().chunks_exact_mut(packed_row))
+            // The kernels read only the packed copy, so the file's pages for this tensor are
+            // handed back as each run of rows is packed (another reader faults them back in from
+            // the file): loading never holds much more than the model's size.
+            let run = (RELEASE_BYTES / row_bytes).max(1);
+            for (i, (src, dst)) in file_rows
+                .chunks(run * row_bytes)
+                .zip(packed.bytes_mut().chunks_mut(run * packed_row))
+                .enumerate()
             {
-                (packing.pack_row)(src, dst);
+                for (s, d) in src.chunks_exact(row_bytes).zip(dst.chunks_exact_mut(packed_row)) {
+                    (packing.pack_row)(s, d);
+                }
+                file.release(start + i * run * row_bytes, src.len());
             }
-            // The kernels read only the packed copy: the file's pages for this tensor can go
-            // (another reader faults them back in from the file).
-            file.release(start, rows * row_bytes);
             return Ok(Some(Self {
                 source: Source::Packed(packed),
                 start: 0,
