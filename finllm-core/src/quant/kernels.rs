@@ -149,11 +149,7 @@ pub fn dot_fn(dtype: QuantType, isa: Isa) -> Option<DotFn> {
         #[cfg(target_arch = "aarch64")]
         (_, Isa::Neon | Isa::NeonDot) => return neon::kernels(dtype, isa == Isa::NeonDot).map(|(dot, _)| dot),
         #[cfg(target_arch = "x86_64")]
-        (QuantType::Q4K, Isa::Avx512) => avx512::q4_k,
-        #[cfg(target_arch = "x86_64")]
         (QuantType::Q4_1, Isa::Avx512) => avx512::q4_1,
-        #[cfg(target_arch = "x86_64")]
-        (QuantType::Q8_0, Isa::Avx512) => avx512::q8_0,
         (_, Isa::Avx512) => return dot_fn(dtype, Isa::Avx2),
         (QuantType::Q4_0, Isa::Scalar) => scalar::q4_0,
         (QuantType::Q4_1, Isa::Scalar) => scalar::q4_1,
@@ -190,11 +186,7 @@ pub fn dot4_fn(dtype: QuantType, isa: Isa) -> Option<Dot4Fn> {
         #[cfg(target_arch = "aarch64")]
         (_, Isa::Neon | Isa::NeonDot) => return neon::kernels(dtype, isa == Isa::NeonDot).map(|(_, dot4)| dot4),
         #[cfg(target_arch = "x86_64")]
-        (QuantType::Q4K, Isa::Avx512) => avx512::q4_k_x4,
-        #[cfg(target_arch = "x86_64")]
         (QuantType::Q4_1, Isa::Avx512) => avx512::q4_1_x4,
-        #[cfg(target_arch = "x86_64")]
-        (QuantType::Q8_0, Isa::Avx512) => avx512::q8_0_x4,
         (_, Isa::Avx512) => return dot4_fn(dtype, Isa::Avx2),
         (QuantType::Q4_0, Isa::Scalar) => |r, a| a.map(|a| scalar::q4_0(r, a)),
         (QuantType::Q4_1, Isa::Scalar) => |r, a| a.map(|a| scalar::q4_1(r, a)),
@@ -242,8 +234,6 @@ pub fn rows2x4_fn(dtype: QuantType, isa: Isa) -> Option<Rows2x4Fn> {
     match (dtype, isa) {
         #[cfg(target_arch = "x86_64")]
         (QuantType::Q4_1, Isa::Avx512) => Some(avx512::q4_1_rows2_x4),
-        #[cfg(target_arch = "x86_64")]
-        (QuantType::Q8_0, Isa::Avx512) => Some(avx512::q8_0_rows2_x4),
         _ => None,
     }
 }
@@ -975,7 +965,7 @@ mod neon;
 /// saturation, one instruction instead of two).
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::avx2::{check_k, f16, prefetch, prefetch_block, scales_and_sums, super_block, times8};
+    use super::avx2::{f16, prefetch};
     use super::*;
     use std::arch::x86_64::*;
 
@@ -1006,24 +996,6 @@ mod avx512 {
         unsafe { q4_1_tile::<2, 4>(rows, a) }
     }
 
-    pub fn q8_0(row: &[u8], a: &[BlockQ8]) -> f32 {
-        check_32(&[row], &[a], Q8_0_BYTES);
-        // SAFETY: as for q4_1.
-        unsafe { q8_0_tile::<1, 1>([row], [a])[0][0] }
-    }
-
-    pub fn q8_0_x4(row: &[u8], a: [&[BlockQ8]; 4]) -> [f32; 4] {
-        check_32(&[row], &a, Q8_0_BYTES);
-        // SAFETY: as for q4_1.
-        unsafe { q8_0_tile::<1, 4>([row], a)[0] }
-    }
-
-    pub fn q8_0_rows2_x4(rows: [&[u8]; 2], a: [&[BlockQ8]; 4]) -> [[f32; 4]; 2] {
-        check_32(&rows, &a, Q8_0_BYTES);
-        // SAFETY: as for q4_1.
-        unsafe { q8_0_tile::<2, 4>(rows, a) }
-    }
-
     /// Every token as long as the first, and every row long enough.
     fn check_32(rows: &[&[u8]], a: &[&[BlockQ8]], bytes: usize) {
         let n = a[0].len();
@@ -1045,6 +1017,19 @@ mod avx512 {
         } else {
             // Prefetching never faults, even past the end of the mapping.
             _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(r * row_len).cast());
+        }
+    }
+
+    /// Two activation blocks' 32 values each, side by side.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    fn pair(a: &BlockQ8, b: &BlockQ8) -> __m512i {
+        // SAFETY: BlockQ8::qs is 32 bytes.
+        unsafe {
+            _mm512_inserti64x4::<1>(
+                _mm512_castsi256_si512(_mm256_loadu_si256(a.qs.as_ptr().cast())),
+                _mm256_loadu_si256(b.qs.as_ptr().cast()),
+            )
         }
     }
 
@@ -1114,135 +1099,6 @@ mod avx512 {
             i += 2;
         }
         std::array::from_fn(|r| std::array::from_fn(|t| _mm512_reduce_add_ps(acc[r][t])))
-    }
-
-    /// Q8_0, `R` rows times `N` tokens, two blocks per vector: |w| times activations carrying
-    /// w's sign (AVX-512 has no `vpsignb`: the activations are negated under a mask of w's sign
-    /// bits). Bit-identical across tile sizes, as for Q4_1.
-    // The row and token indices walk their arrays and the accumulators in lockstep.
-    #[allow(clippy::needless_range_loop)]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    unsafe fn q8_0_tile<const R: usize, const N: usize>(rows: [&[u8]; R], a: [&[BlockQ8]; N]) -> [[f32; N]; R] {
-        let mut acc = [[_mm512_setzero_ps(); N]; R];
-        let zero = BlockQ8::default();
-        let n = a[0].len();
-        let mut i = 0;
-        while i < n {
-            let two = i + 1 < n;
-            // VNNI multiplies unsigned by signed bytes: the activations go in offset by 128
-            // (x ^ 0x80 read unsigned is x + 128), and each row's accumulators start at
-            // -128 * (its weights' sums per lane), so the integer dot is exact without a
-            // per-pair sign fix-up.
-            let mut w = [_mm512_setzero_si512(); R];
-            let mut start = [_mm512_setzero_si512(); R];
-            let mut wd = [_mm512_setzero_ps(); R];
-            for r in 0..R {
-                // SAFETY: the wrapper checked n blocks in every row; the second block is read
-                // only when it exists.
-                let b = unsafe { rows[r].as_ptr().add(i * Q8_0_BYTES) };
-                // Two blocks are 68 bytes: two prefetches reach every cache line.
-                ahead(b, R, rows[r].len());
-                ahead(b.wrapping_add(64), R, rows[r].len());
-                let d0 = unsafe { f16(b) };
-                let first = unsafe { _mm256_loadu_si256(b.add(2).cast()) };
-                let (d1, second) = if two {
-                    let c = unsafe { b.add(Q8_0_BYTES) };
-                    unsafe { (f16(c), _mm256_loadu_si256(c.add(2).cast())) }
-                } else {
-                    (0.0, _mm256_setzero_si256())
-                };
-                w[r] = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(first), second);
-                let lane_sums = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(1), w[r]);
-                start[r] = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32::<7>(lane_sums));
-                wd[r] = halves(d0, d1);
-            }
-            for t in 0..N {
-                let y0 = &a[t][i];
-                let y1 = if two { &a[t][i + 1] } else { &zero };
-                let offset = _mm512_xor_si512(pair(y0, y1), _mm512_set1_epi8(i8::MIN));
-                let yd = halves(y0.d, y1.d);
-                for r in 0..R {
-                    let dot = _mm512_dpbusd_epi32(start[r], offset, w[r]);
-                    let scale = _mm512_mul_ps(wd[r], yd);
-                    acc[r][t] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(dot), acc[r][t]);
-                }
-            }
-            i += 2;
-        }
-        std::array::from_fn(|r| std::array::from_fn(|t| _mm512_reduce_add_ps(acc[r][t])))
-    }
-
-    pub fn q4_k(row: &[u8], a: &[BlockQ8]) -> f32 {
-        check_k(row, &[a], Q4_K_BYTES);
-        // SAFETY: the features are present (see above); loads stay inside bounds-checked slices.
-        unsafe { q4_k_impl::<1>(row, [a])[0] }
-    }
-
-    pub fn q4_k_x4(row: &[u8], a: [&[BlockQ8]; 4]) -> [f32; 4] {
-        check_k(row, &a, Q4_K_BYTES);
-        // SAFETY: as for q4_k.
-        unsafe { q4_k_impl::<4>(row, a) }
-    }
-
-    /// Two activation blocks' 32 values each, side by side.
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    fn pair(a: &BlockQ8, b: &BlockQ8) -> __m512i {
-        // SAFETY: BlockQ8::qs is 32 bytes.
-        unsafe {
-            _mm512_inserti64x4::<1>(
-                _mm512_castsi256_si512(_mm256_loadu_si256(a.qs.as_ptr().cast())),
-                _mm256_loadu_si256(b.qs.as_ptr().cast()),
-            )
-        }
-    }
-
-    /// Q4_K for `N` tokens: sub-blocks 2p and 2p + 1 share the 32 bytes p of nibbles, so one
-    /// vector holds both, against their two activation blocks.
-    // The token index walks the token arrays and their accumulators in lockstep.
-    #[allow(clippy::needless_range_loop)]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    unsafe fn q4_k_impl<const N: usize>(row: &[u8], a: [&[BlockQ8]; N]) -> [f32; N] {
-        let mut acc = [[_mm512_setzero_ps(); 2]; N];
-        let m4 = _mm512_set1_epi8(0x0f);
-        for (i, blk) in row.chunks_exact(Q4_K_BYTES).take(a[0].len() / SUBS).enumerate() {
-            let b = blk.as_ptr();
-            prefetch_block(b, Q4_K_BYTES);
-            // SAFETY: blk holds a whole super-block.
-            let (d, dmin) = unsafe { (f16(b), f16(b.add(2))) };
-            let mut q = [_mm512_setzero_si512(); SUBS / 2];
-            for (p, q) in q.iter_mut().enumerate() {
-                let raw = unsafe { _mm256_loadu_si256(b.add(Q4_K_QS_AT + QK * p).cast()) };
-                let both = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(raw), _mm256_srli_epi16(raw, 4));
-                *q = _mm512_and_si512(both, m4);
-            }
-            let (sc, m) = k_scales_mins(&blk[K_SCALES_AT..]);
-            let (dsc, dmm) = (times8(d, sc), times8(dmin, m));
-            for t in 0..N {
-                let ys = super_block(a[t], i);
-                let (yd, ysum) = scales_and_sums(ys);
-                let scale = _mm512_castps256_ps512(_mm256_mul_ps(dsc, yd));
-                let [mut even, mut odd] = acc[t];
-                let mins = _mm512_zextps256_ps512(_mm256_mul_ps(dmm, _mm256_mul_ps(yd, ysum)));
-                even = _mm512_sub_ps(even, mins);
-                for p in 0..SUBS / 2 {
-                    let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[p], pair(&ys[2 * p], &ys[2 * p + 1]));
-                    // Lanes 0..8 take sub-block 2p's scale, lanes 8..16 sub-block 2p + 1's.
-                    let idx = _mm512_inserti64x4::<1>(
-                        _mm512_castsi256_si512(_mm256_set1_epi32(2 * p as i32)),
-                        _mm256_set1_epi32(2 * p as i32 + 1),
-                    );
-                    let sv = _mm512_permutexvar_ps(idx, scale);
-                    if p % 2 == 0 {
-                        even = _mm512_fmadd_ps(sv, _mm512_cvtepi32_ps(dot), even);
-                    } else {
-                        odd = _mm512_fmadd_ps(sv, _mm512_cvtepi32_ps(dot), odd);
-                    }
-                }
-                acc[t] = [even, odd];
-            }
-        }
-        std::array::from_fn(|t| _mm512_reduce_add_ps(_mm512_add_ps(acc[t][0], acc[t][1])))
     }
 }
 
