@@ -10,7 +10,7 @@ use std::time::Instant;
 use finllm::generate::Rng;
 use finllm::quant::blocks::{quantize_q8, BlockQ8, QK};
 use finllm::quant::float::{float_kernels, FLOAT_FORMATS, MAX_TILE_ROWS};
-use finllm::quant::kernels::{block_bytes, dot4_fn, dot_fn, rows2x4_fn, rows4_fn, Isa, KERNEL_FORMATS};
+use finllm::quant::kernels::{block_bytes, dot4_fn, dot_fn, Isa, KERNEL_FORMATS};
 use finllm::quant::QuantType;
 
 const PASSES: usize = 5;
@@ -57,24 +57,6 @@ fn main() {
                 });
                 report(dtype, isa, label, secs, reps * data.len(), reps * rows * cols, sink);
             }
-            // Four rows per call against one token (decode), where the format has it.
-            for isa in Isa::available() {
-                let Some(rows4) = rows4_fn(dtype, isa) else {
-                    continue;
-                };
-                let (secs, sink) = best_of(|| {
-                    let mut sink = 0f32;
-                    for _ in 0..reps {
-                        for r in data.chunks_exact(4 * row_bytes) {
-                            let four = std::array::from_fn(|k| &r[k * row_bytes..(k + 1) * row_bytes]);
-                            sink += rows4(four, &acts[0]).iter().sum::<f32>();
-                        }
-                    }
-                    sink
-                });
-                let label = format!("rows4 {label}");
-                report(dtype, isa, &label, secs, reps * data.len(), reps * rows * cols, sink);
-            }
             if label != "L2 512 KiB" {
                 continue;
             }
@@ -98,25 +80,6 @@ fn main() {
                     4 * reps * rows * cols,
                     sink,
                 );
-            }
-            // Two rows by four tokens per call (prefill), where the format has it.
-            for isa in Isa::available() {
-                let Some(rows2x4) = rows2x4_fn(dtype, isa) else {
-                    continue;
-                };
-                let acts4 = [&acts[0][..], &acts[1][..], &acts[2][..], &acts[3][..]];
-                let (secs, sink) = best_of(|| {
-                    let mut sink = 0f32;
-                    for _ in 0..reps {
-                        for r in data.chunks_exact(2 * row_bytes) {
-                            let y = rows2x4([&r[..row_bytes], &r[row_bytes..]], acts4);
-                            sink += y.iter().flatten().sum::<f32>();
-                        }
-                    }
-                    sink
-                });
-                let macs = 4 * reps * rows / 2 * 2 * cols;
-                report(dtype, isa, "2x4 L2 512 KiB", secs, reps * data.len(), macs, sink);
             }
         }
     }

@@ -1,5 +1,7 @@
 //! Dot products of one quantized weight row with 8-bit activation blocks, in a scalar reference
-//! version and SIMD versions chosen at run time from the CPU's features.
+//! version and SIMD versions chosen at run time from the CPU's features. On AVX-512 VNNI the
+//! formats the models use (Q4_1, Q8_0, Q4_K, Q5_K, Q6_K) run on the tiles of [`super::ktile`];
+//! every other format there takes these AVX2 kernels.
 
 use super::blocks::{
     f16_at, k_scales_mins, q5_value, BlockQ8, K_SCALES_AT, Q4_0_BYTES, Q4_1_BYTES, Q4_K_BYTES, Q4_K_QS_AT, Q5_0_BYTES,
@@ -32,14 +34,6 @@ pub const KERNEL_FORMATS: [QuantType; 8] = [
     QuantType::Q5K,
     QuantType::Q6K,
 ];
-
-/// Four weight rows against one token's activations (decode): the activation side is loaded
-/// and spread once for all four rows. Each result is bit-identical to [`DotFn`] on that row.
-pub type Rows4Fn = fn(rows: [&[u8]; 4], a: &[BlockQ8]) -> [f32; 4];
-
-/// Two weight rows against four tokens (prefill), results `[row][token]`, each bit-identical
-/// to [`DotFn`].
-pub type Rows2x4Fn = fn(rows: [&[u8]; 2], a: [&[BlockQ8]; 4]) -> [[f32; 4]; 2];
 
 /// Instruction sets a kernel can use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,8 +142,6 @@ pub fn dot_fn(dtype: QuantType, isa: Isa) -> Option<DotFn> {
     let f: DotFn = match (dtype, isa) {
         #[cfg(target_arch = "aarch64")]
         (_, Isa::Neon | Isa::NeonDot) => return neon::kernels(dtype, isa == Isa::NeonDot).map(|(dot, _)| dot),
-        #[cfg(target_arch = "x86_64")]
-        (QuantType::Q4_1, Isa::Avx512) => avx512::q4_1,
         (_, Isa::Avx512) => return dot_fn(dtype, Isa::Avx2),
         (QuantType::Q4_0, Isa::Scalar) => scalar::q4_0,
         (QuantType::Q4_1, Isa::Scalar) => scalar::q4_1,
@@ -185,8 +177,6 @@ pub fn dot4_fn(dtype: QuantType, isa: Isa) -> Option<Dot4Fn> {
     let f: Dot4Fn = match (dtype, isa) {
         #[cfg(target_arch = "aarch64")]
         (_, Isa::Neon | Isa::NeonDot) => return neon::kernels(dtype, isa == Isa::NeonDot).map(|(_, dot4)| dot4),
-        #[cfg(target_arch = "x86_64")]
-        (QuantType::Q4_1, Isa::Avx512) => avx512::q4_1_x4,
         (_, Isa::Avx512) => return dot4_fn(dtype, Isa::Avx2),
         (QuantType::Q4_0, Isa::Scalar) => |r, a| a.map(|a| scalar::q4_0(r, a)),
         (QuantType::Q4_1, Isa::Scalar) => |r, a| a.map(|a| scalar::q4_1(r, a)),
@@ -215,27 +205,6 @@ pub fn dot4_fn(dtype: QuantType, isa: Isa) -> Option<Dot4Fn> {
         _ => return None,
     };
     Some(f)
-}
-
-/// The four-row decode kernel for `dtype` on `isa`, where finllm has one; other formats run
-/// one row at a time with [`dot_fn`]. Q8_0 has none on purpose: it streams twice the bytes of
-/// Q4_1 per weight, and four interleaved row streams measured slower than one (kernels bench).
-pub fn rows4_fn(dtype: QuantType, isa: Isa) -> Option<Rows4Fn> {
-    match (dtype, isa) {
-        #[cfg(target_arch = "x86_64")]
-        (QuantType::Q4_1, Isa::Avx512) => Some(avx512::q4_1_rows4),
-        _ => None,
-    }
-}
-
-/// The two-row, four-token prefill kernel for `dtype` on `isa`, where finllm has one; other
-/// formats run one row at a time with [`dot4_fn`].
-pub fn rows2x4_fn(dtype: QuantType, isa: Isa) -> Option<Rows2x4Fn> {
-    match (dtype, isa) {
-        #[cfg(target_arch = "x86_64")]
-        (QuantType::Q4_1, Isa::Avx512) => Some(avx512::q4_1_rows2_x4),
-        _ => None,
-    }
 }
 
 /// Bytes of one weight block of a format with a kernel.
@@ -960,148 +929,6 @@ mod avx2 {
 #[cfg(target_arch = "aarch64")]
 mod neon;
 
-/// AVX-512 with VNNI: 64-byte vectors hold two 32-element blocks, and `vpdpbusd` multiplies
-/// unsigned by signed bytes and sums each four products straight into i32 lanes (no i16
-/// saturation, one instruction instead of two).
-#[cfg(target_arch = "x86_64")]
-mod avx512 {
-    use super::avx2::{f16, prefetch};
-    use super::*;
-    use std::arch::x86_64::*;
-
-    // The safe wrappers are only handed out by `dot_fn` after `Isa::detect` / `Isa::available`
-    // confirmed AVX-512 F/BW/VL/VNNI, AVX2, FMA and F16C on this CPU.
-
-    pub fn q4_1(row: &[u8], a: &[BlockQ8]) -> f32 {
-        check_32(&[row], &[a], Q4_1_BYTES);
-        // SAFETY: the features are present (see above); check_32 bounds every load.
-        unsafe { q4_1_tile::<1, 1>([row], [a])[0][0] }
-    }
-
-    pub fn q4_1_x4(row: &[u8], a: [&[BlockQ8]; 4]) -> [f32; 4] {
-        check_32(&[row], &a, Q4_1_BYTES);
-        // SAFETY: as for q4_1.
-        unsafe { q4_1_tile::<1, 4>([row], a)[0] }
-    }
-
-    pub fn q4_1_rows4(rows: [&[u8]; 4], a: &[BlockQ8]) -> [f32; 4] {
-        check_32(&rows, &[a], Q4_1_BYTES);
-        // SAFETY: as for q4_1.
-        unsafe { q4_1_tile::<4, 1>(rows, [a]).map(|r| r[0]) }
-    }
-
-    pub fn q4_1_rows2_x4(rows: [&[u8]; 2], a: [&[BlockQ8]; 4]) -> [[f32; 4]; 2] {
-        check_32(&rows, &a, Q4_1_BYTES);
-        // SAFETY: as for q4_1.
-        unsafe { q4_1_tile::<2, 4>(rows, a) }
-    }
-
-    /// Every token as long as the first, and every row long enough.
-    fn check_32(rows: &[&[u8]], a: &[&[BlockQ8]], bytes: usize) {
-        let n = a[0].len();
-        assert!(
-            a.iter().all(|x| x.len() == n) && rows.iter().all(|r| r.len() >= n * bytes),
-            "rows of {:?} bytes against {n} activation blocks",
-            rows.iter().map(|r| r.len()).collect::<Vec<_>>()
-        );
-    }
-
-    /// Prefetch for a tile of `r` consecutive rows of `row_len` bytes: one row reads ahead as
-    /// the other kernels do; several rows read the same place in the next tile, which is where
-    /// the stream continues (a fixed distance would land inside rows being read now).
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    fn ahead(p: *const u8, r: usize, row_len: usize) {
-        if r == 1 {
-            prefetch(p);
-        } else {
-            // Prefetching never faults, even past the end of the mapping.
-            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(r * row_len).cast());
-        }
-    }
-
-    /// Two activation blocks' 32 values each, side by side.
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    fn pair(a: &BlockQ8, b: &BlockQ8) -> __m512i {
-        // SAFETY: BlockQ8::qs is 32 bytes.
-        unsafe {
-            _mm512_inserti64x4::<1>(
-                _mm512_castsi256_si512(_mm256_loadu_si256(a.qs.as_ptr().cast())),
-                _mm256_loadu_si256(b.qs.as_ptr().cast()),
-            )
-        }
-    }
-
-    /// Sixteen lanes: `lo` in the first eight, `hi` in the last eight.
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    fn halves(lo: f32, hi: f32) -> __m512 {
-        _mm512_mask_blend_ps(0xff00, _mm512_set1_ps(lo), _mm512_set1_ps(hi))
-    }
-
-    /// Q4_1, `R` rows times `N` tokens, two blocks per vector:
-    /// `Σ (d·y.d)·(q·y) + m·y.s`, the `m·y.s` term spread over the block's eight lanes.
-    /// Weight scales are spread once per row and activation scales once per token, so wider
-    /// tiles share that work; each (row, token) result takes the same operations in the same
-    /// order whatever the tile size, so every tile size gives bit-identical numbers.
-    // The row and token indices walk their arrays and the accumulators in lockstep.
-    #[allow(clippy::needless_range_loop)]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    unsafe fn q4_1_tile<const R: usize, const N: usize>(rows: [&[u8]; R], a: [&[BlockQ8]; N]) -> [[f32; N]; R] {
-        let mut acc = [[_mm512_setzero_ps(); N]; R];
-        let m4 = _mm256_set1_epi8(0x0f);
-        let zero = BlockQ8::default();
-        let n = a[0].len();
-        let mut i = 0;
-        while i < n {
-            let two = i + 1 < n;
-            let mut q = [_mm512_setzero_si512(); R];
-            let mut wd = [_mm512_setzero_ps(); R];
-            let mut wm = [_mm512_setzero_ps(); R];
-            for r in 0..R {
-                // SAFETY: the wrapper checked n blocks in every row; the second block is read
-                // only when it exists.
-                let b = unsafe { rows[r].as_ptr().add(i * Q4_1_BYTES) };
-                ahead(b, R, rows[r].len());
-                let (d0, m0) = unsafe { (f16(b), f16(b.add(2))) };
-                let first = unsafe { _mm_loadu_si128(b.add(4).cast()) };
-                let (d1, m1, second) = if two {
-                    let c = unsafe { b.add(Q4_1_BYTES) };
-                    unsafe { (f16(c), f16(c.add(2)), _mm_loadu_si128(c.add(4).cast())) }
-                } else {
-                    (0.0, 0.0, _mm_setzero_si128())
-                };
-                // [first | second] -> low, high nibbles -> [first lo, first hi, second lo, second hi]
-                let x = _mm256_set_m128i(second, first);
-                let split = _mm512_inserti64x4::<1>(
-                    _mm512_castsi256_si512(_mm256_and_si256(x, m4)),
-                    _mm256_and_si256(_mm256_srli_epi16(x, 4), m4),
-                );
-                q[r] = _mm512_shuffle_i64x2::<0b11_01_10_00>(split, split);
-                wd[r] = halves(d0, d1);
-                wm[r] = halves(m0, m1);
-            }
-            for t in 0..N {
-                let y0 = &a[t][i];
-                let y1 = if two { &a[t][i + 1] } else { &zero };
-                let y = pair(y0, y1);
-                let yd = halves(y0.d, y1.d);
-                // An eighth in each of the block's eight lanes: exact, the sum restores it.
-                let ys = halves(y0.s * 0.125, y1.s * 0.125);
-                for r in 0..R {
-                    let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[r], y);
-                    let scale = _mm512_mul_ps(wd[r], yd);
-                    acc[r][t] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(dot), acc[r][t]);
-                    acc[r][t] = _mm512_fmadd_ps(wm[r], ys, acc[r][t]);
-                }
-            }
-            i += 2;
-        }
-        std::array::from_fn(|r| std::array::from_fn(|t| _mm512_reduce_add_ps(acc[r][t])))
-    }
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -1264,42 +1091,6 @@ pub(crate) mod tests {
                         let four = dot4_fn(dtype, isa).unwrap()(&row, a).map(f32::to_bits);
                         assert_eq!(one, want, "{dtype} {isa:?} {blocks} blocks, one token");
                         assert_eq!(four, want, "{dtype} {isa:?} {blocks} blocks, four tokens");
-                    }
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn multi_row_kernels_are_bit_identical_to_single_row_ones() {
-        let mut rng = Rng::new(6);
-        for dtype in KERNEL_FORMATS {
-            for &blocks in &block_counts(dtype)[..5] {
-                let n = blocks * dtype.block_size() as usize;
-                let acts: Vec<Vec<BlockQ8>> = (0..4).map(|_| activations(&mut rng, n / QK, 2.0)).collect();
-                let rows: Vec<Vec<u8>> = (0..4).map(|_| random_row(&mut rng, dtype, n)).collect();
-                for isa in Isa::available() {
-                    let one = dot_fn(dtype, isa).unwrap();
-                    if let Some(rows4) = rows4_fn(dtype, isa) {
-                        let four = rows4(std::array::from_fn(|r| rows[r].as_slice()), &acts[0]);
-                        for r in 0..4 {
-                            let want = one(&rows[r], &acts[0]).to_bits();
-                            assert_eq!(four[r].to_bits(), want, "{dtype} {isa:?} {blocks} blocks row {r}");
-                        }
-                    }
-                    let Some(rows2x4) = rows2x4_fn(dtype, isa) else {
-                        continue;
-                    };
-                    let tile = rows2x4([&rows[1], &rows[3]], [&acts[0], &acts[1], &acts[2], &acts[3]]);
-                    for (k, r) in [1, 3].into_iter().enumerate() {
-                        for t in 0..4 {
-                            let want = one(&rows[r], &acts[t]).to_bits();
-                            assert_eq!(
-                                tile[k][t].to_bits(),
-                                want,
-                                "{dtype} {isa:?} {blocks} blocks row {r} token {t}"
-                            );
-                        }
                     }
                 }
             }

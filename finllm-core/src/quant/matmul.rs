@@ -12,7 +12,7 @@ use rayon::prelude::*;
 
 use super::blocks::{quantize_q8, BlockQ8, QK};
 use super::float::{float_kernels, FloatKernels, MAX_TILE_ROWS, MAX_TILE_TOKENS};
-use super::kernels::{block_bytes, dot4_fn, dot_fn, rows2x4_fn, rows4_fn, Dot4Fn, DotFn, Isa, Rows2x4Fn, Rows4Fn};
+use super::kernels::{block_bytes, dot4_fn, dot_fn, Dot4Fn, DotFn, Isa};
 use super::ktile::{super_kernels, supers_from_blocks, SuperKernels, SuperQ8, SUBS};
 use super::QuantType;
 use crate::error::{Error, Result};
@@ -82,12 +82,7 @@ impl Packed {
 #[derive(Clone, Copy)]
 enum RowKernels {
     /// GGML blocks against 8-bit activation blocks.
-    Blocks {
-        dot: DotFn,
-        dot4: Dot4Fn,
-        rows4: Option<Rows4Fn>,
-        rows2x4: Option<Rows2x4Fn>,
-    },
+    Blocks { dot: DotFn, dot4: Dot4Fn },
     /// f32 / f16 / bf16 rows against f32 activations.
     Float(FloatKernels),
     /// K-quant super-blocks against activations laid out per super-block, in tiles.
@@ -105,8 +100,6 @@ impl RowKernels {
         Some(RowKernels::Blocks {
             dot: dot_fn(dtype, isa)?,
             dot4: dot4_fn(dtype, isa)?,
-            rows4: rows4_fn(dtype, isa),
-            rows2x4: rows2x4_fn(dtype, isa),
         })
     }
 }
@@ -256,22 +249,7 @@ impl QMatrix {
     /// results for those rows.
     fn rows_times(&self, first: usize, out: &mut [&mut [f32]], act: &Activations<'_>) {
         match self.kernels {
-            RowKernels::Blocks {
-                dot,
-                dot4,
-                rows4,
-                rows2x4,
-            } => self.block_rows_times(
-                first,
-                out,
-                act.blocks,
-                BlockKernels {
-                    dot,
-                    dot4,
-                    rows4,
-                    rows2x4,
-                },
-            ),
+            RowKernels::Blocks { dot, dot4 } => self.block_rows_times(first, out, act.blocks, dot, dot4),
             RowKernels::Float(k) => self.float_rows_times(first, out, act.x, k),
             RowKernels::Super(k) => self.super_rows_times(first, out, act.supers, k),
         }
@@ -302,7 +280,7 @@ impl QMatrix {
     }
 
     /// [`QMatrix::rows_times`] for a block format.
-    fn block_rows_times(&self, first: usize, out: &mut [&mut [f32]], xq: &[BlockQ8], k: BlockKernels) {
+    fn block_rows_times(&self, first: usize, out: &mut [&mut [f32]], xq: &[BlockQ8], dot: DotFn, dot4: Dot4Fn) {
         let (n, rows) = (out.len(), out[0].len());
         let blocks = self.cols / QK;
         let data = self.data();
@@ -311,17 +289,16 @@ impl QMatrix {
             let r = first + i;
             &data[r * self.row_bytes..(r + 1) * self.row_bytes]
         };
-        let tiled = tiled_rows(out, &row, &act, &k);
-        for i in tiled..rows {
+        for i in 0..rows {
             let whole = n / 4 * 4;
             for t in (0..whole).step_by(4) {
-                let y = (k.dot4)(row(i), [act(t), act(t + 1), act(t + 2), act(t + 3)]);
+                let y = dot4(row(i), [act(t), act(t + 1), act(t + 2), act(t + 3)]);
                 for (o, y) in out[t..t + 4].iter_mut().zip(y) {
                     o[i] = y;
                 }
             }
             for (t, o) in out.iter_mut().enumerate().skip(whole) {
-                o[i] = (k.dot)(row(i), act(t));
+                o[i] = dot(row(i), act(t));
             }
         }
     }
@@ -366,56 +343,6 @@ fn tiles<'a, A: 'a>(
             }
         }
     }
-}
-
-/// A block format's kernels, unpacked from [`RowKernels::Blocks`].
-struct BlockKernels {
-    dot: DotFn,
-    dot4: Dot4Fn,
-    rows4: Option<Rows4Fn>,
-    rows2x4: Option<Rows2x4Fn>,
-}
-
-/// The leading rows of a task (`out[t]`: token `t`'s results) that the multi-row block kernels
-/// cover, if the format has them: four rows at a time for one token, two rows by four tokens for
-/// more. Returns how many rows are done.
-fn tiled_rows<'a>(
-    out: &mut [&mut [f32]],
-    row: &dyn Fn(usize) -> &'a [u8],
-    act: &dyn Fn(usize) -> &'a [BlockQ8],
-    k: &BlockKernels,
-) -> usize {
-    let (n, rows) = (out.len(), out[0].len());
-    let mut i = 0;
-    match (n, k.rows4, k.rows2x4) {
-        (1, Some(rows4), _) => {
-            while i + 4 <= rows {
-                out[0][i..i + 4].copy_from_slice(&rows4(std::array::from_fn(|j| row(i + j)), act(0)));
-                i += 4;
-            }
-        }
-        (4.., _, Some(rows2x4)) => {
-            while i + 2 <= rows {
-                let whole = n / 4 * 4;
-                for t in (0..whole).step_by(4) {
-                    let y = rows2x4([row(i), row(i + 1)], [act(t), act(t + 1), act(t + 2), act(t + 3)]);
-                    for (j, yj) in y.iter().enumerate() {
-                        for (o, v) in out[t..t + 4].iter_mut().zip(yj) {
-                            o[i + j] = *v;
-                        }
-                    }
-                }
-                for j in 0..2 {
-                    for (t, o) in out.iter_mut().enumerate().skip(whole) {
-                        o[i + j] = (k.dot)(row(i + j), act(t));
-                    }
-                }
-                i += 2;
-            }
-        }
-        _ => {}
-    }
-    i
 }
 
 /// One call's activations: as given (`[n, cols]`, for the float formats) and as 8-bit blocks
