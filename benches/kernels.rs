@@ -1,9 +1,10 @@
 //! `cargo bench --bench kernels [-- FORMAT...]`: throughput of each quantized dot-product kernel
-//! on every ISA this CPU has, on a 512 KiB matrix that stays in L2 and on one far larger than the caches,
-//! for one token and (in L2) for the four-token kernels prefill uses; then the same for the
+//! on every ISA this CPU has, on a 512 KiB matrix that stays in L2 and on one far larger than the
+//! caches, for one token and (in L2) for the four-token kernels; then the AVX-512 super-block
+//! tiles as the model calls them (a whole matrix per call, one token and 64 tokens); then the
 //! float formats (f32, f16, bf16): one row by one token, a tile of rows by one token (decode) and
-//! a tile of rows by tokens (prefill). Each figure is the best of five timed passes, so other work
-//! on the machine disturbs it less. One thread; a multiply-add is two FLOPs.
+//! a tile of rows by tokens (prefill). Each figure is the best of five timed passes, so other
+//! work on the machine disturbs it less. One thread; a multiply-add is two FLOPs.
 
 use std::time::Instant;
 
@@ -11,6 +12,7 @@ use finllm::generate::Rng;
 use finllm::quant::blocks::{quantize_q8, BlockQ8, QK};
 use finllm::quant::float::{float_kernels, FLOAT_FORMATS, MAX_TILE_ROWS};
 use finllm::quant::kernels::{block_bytes, dot4_fn, dot_fn, Isa, KERNEL_FORMATS};
+use finllm::quant::ktile::{super_kernels, supers_from_blocks, SuperQ8, SUBS};
 use finllm::quant::QuantType;
 
 const PASSES: usize = 5;
@@ -44,7 +46,7 @@ fn main() {
             let data: Vec<u8> = (0..rows * row_bytes).map(|_| rng.next_u64() as u8 & 0x77).collect();
             // At least 64 MB of weights per pass.
             let reps = (64 << 20) / data.len() + 1;
-            for isa in Isa::available() {
+            for isa in one_row_isas() {
                 let dot = dot_fn(dtype, isa).unwrap();
                 let (secs, sink) = best_of(|| {
                     let mut sink = 0f32;
@@ -60,7 +62,7 @@ fn main() {
             if label != "L2 512 KiB" {
                 continue;
             }
-            for isa in Isa::available() {
+            for isa in one_row_isas() {
                 let dot4 = dot4_fn(dtype, isa).unwrap();
                 let (secs, sink) = best_of(|| {
                     let mut sink = 0f32;
@@ -83,10 +85,85 @@ fn main() {
             }
         }
     }
+    for dtype in KERNEL_FORMATS {
+        if only.is_empty() || only.iter().any(|f| f.eq_ignore_ascii_case(dtype.name())) {
+            super_tiles(dtype, &mut rng);
+        }
+    }
     for dtype in FLOAT_FORMATS {
         if only.is_empty() || only.iter().any(|f| f.eq_ignore_ascii_case(dtype.name())) {
             float_format(dtype, &mut rng);
         }
+    }
+}
+
+/// The ISAs with their own one-row kernels: on AVX-512 the one-row kernels are the AVX2 ones
+/// (the formats the models use run on the super-block tiles there).
+fn one_row_isas() -> Vec<Isa> {
+    Isa::available().into_iter().filter(|&isa| isa != Isa::Avx512).collect()
+}
+
+/// The super-block tiles of `dtype` (AVX-512 VNNI), as the model calls them: a whole matrix per
+/// call, one token (decode) in L2 and streamed, 64 tokens (prefill) in L2; rows packed first
+/// where the format's tile reads its own layout.
+fn super_tiles(dtype: QuantType, rng: &mut Rng) {
+    let Some(k) = Isa::available().into_iter().find_map(|isa| super_kernels(dtype, isa)) else {
+        return;
+    };
+    let block = usize::try_from(dtype.block_size()).expect("small");
+    let cols = if block == QK { 576 } else { 1536 };
+    let blocks = cols / QK;
+    let file_row = cols / block * block_bytes(dtype);
+    let row_bytes = k.packing.map_or(file_row, |p| (p.row_bytes)(blocks));
+    let tokens = 64;
+    let acts: Vec<SuperQ8> = (0..tokens)
+        .flat_map(|_| {
+            let x: Vec<f32> = (0..cols).map(|_| (rng.next_f64() * 2.0 - 1.0) as f32).collect();
+            let mut a = vec![BlockQ8::default(); blocks];
+            quantize_q8(&x, &mut a);
+            let mut s = vec![SuperQ8::default(); blocks.div_ceil(SUBS)];
+            supers_from_blocks(&a, &mut s);
+            s
+        })
+        .collect();
+    let per_token = blocks.div_ceil(SUBS);
+    for (label, rows, n) in [
+        ("1 token, L2 512 KiB", (512 << 10) / row_bytes, 1),
+        ("1 token, streamed 64 MiB", (64 << 20) / row_bytes, 1),
+        ("64 tokens, L2 512 KiB", (512 << 10) / row_bytes, tokens),
+    ] {
+        // Masked bytes keep every f16 scale finite.
+        let file: Vec<u8> = (0..rows * file_row).map(|_| rng.next_u64() as u8 & 0x77).collect();
+        let data = match k.packing {
+            Some(p) => {
+                let mut packed = vec![0u8; rows * row_bytes];
+                for (src, dst) in file.chunks_exact(file_row).zip(packed.chunks_exact_mut(row_bytes)) {
+                    (p.pack_row)(src, dst);
+                }
+                packed
+            }
+            None => file,
+        };
+        let reps = (64 << 20) / data.len() / n + 1;
+        let mut out = vec![vec![0f32; rows]; n];
+        let (secs, sink) = best_of(|| {
+            let mut sink = 0f32;
+            for _ in 0..reps {
+                let mut views: Vec<&mut [f32]> = out.iter_mut().map(|o| &mut o[..]).collect();
+                (k.tile)(&data, row_bytes, &acts[..n * per_token], &mut views);
+                sink += out.iter().map(|o| o[0]).sum::<f32>();
+            }
+            sink
+        });
+        report(
+            dtype,
+            Isa::Avx512,
+            &format!("tiles {label}"),
+            secs,
+            reps * data.len(),
+            reps * rows * n * cols,
+            sink,
+        );
     }
 }
 
@@ -191,7 +268,7 @@ fn report(dtype: QuantType, isa: Isa, label: &str, secs: f64, bytes: usize, macs
     let gbs = bytes as f64 / secs / 1e9;
     let gmacs = macs as f64 / secs / 1e9;
     println!(
-        "{:5} {:6} {label:20}: {gbs:6.2} GB/s, {gmacs:6.2} GMAC/s (sink {sink:.1})",
+        "{:5} {:6} {label:32}: {gbs:6.2} GB/s, {gmacs:6.2} GMAC/s (sink {sink:.1})",
         dtype.name(),
         format!("{isa:?}")
     );

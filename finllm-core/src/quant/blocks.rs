@@ -130,7 +130,27 @@ impl Default for BlockQ8 {
 }
 
 /// Quantize `x` (a multiple of 32 long) into `out` (x.len() / 32 blocks).
+///
+/// The same arithmetic runs on every CPU; where AVX2 is present it is compiled for it (the
+/// default build targets baseline x86-64), which changes no result: each value takes the same
+/// IEEE operations, the block maximum is exact in any order and the sums are integers.
 pub fn quantize_q8(x: &[f32], out: &mut [BlockQ8]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 is present on this CPU.
+        return unsafe { quantize_q8_avx2(x, out) };
+    }
+    quantize_q8_blocks(x, out);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn quantize_q8_avx2(x: &[f32], out: &mut [BlockQ8]) {
+    quantize_q8_blocks(x, out);
+}
+
+#[inline(always)]
+fn quantize_q8_blocks(x: &[f32], out: &mut [BlockQ8]) {
     debug_assert_eq!(x.len(), out.len() * QK);
     for (chunk, block) in x.chunks_exact(QK).zip(out.iter_mut()) {
         let amax = chunk.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -228,6 +248,53 @@ fn dequantize_q4_5_k(row: &[u8], out: &mut [f32], bytes: usize, value: fn(&[u8],
         for (e, o) in o.iter_mut().enumerate() {
             let j = e / QK;
             *o = d * f32::from(sc[j]) * f32::from(value(b, e)) - dmin * f32::from(m[j]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::generate::Rng;
+
+    /// The dispatched quantizer gives the baseline build's bits, on values that sit exactly
+    /// halfway between integers after scaling, zeros, denormals and wide ranges.
+    #[test]
+    fn quantizing_activations_gives_the_same_bits_on_every_cpu() {
+        let mut rng = Rng::new(31);
+        for spread in [0.0, 1e-40, 1.0, 3.5, 1e30] {
+            let mut x: Vec<f32> = (0..QK * 37)
+                .map(|_| ((rng.next_f64() * 2.0 - 1.0) * spread) as f32)
+                .collect();
+            // One block's values on the rounding boundary: 127 / amax scaling keeps k + 0.5.
+            for (i, v) in x[..QK].iter_mut().enumerate() {
+                *v = if i == 0 { 127.0 } else { i as f32 - 15.5 };
+            }
+            let (mut fast, mut base) = (vec![BlockQ8::default(); 37], vec![BlockQ8::default(); 37]);
+            quantize_q8(&x, &mut fast);
+            quantize_q8_blocks(&x, &mut base);
+            for (f, b) in fast.iter().zip(&base) {
+                assert_eq!(
+                    (f.d.to_bits(), f.s.to_bits(), f.sum, f.qs),
+                    (b.d.to_bits(), b.s.to_bits(), b.sum, b.qs)
+                );
+            }
+            // And the values themselves: q = round(x · 127 / amax), |q| <= 127, where the scale
+            // is a normal float (a subnormal block's reciprocal overflows: it quantizes to zeros).
+            for (chunk, b) in x.chunks_exact(QK).zip(&base) {
+                let amax = chunk.iter().fold(0f32, |m, v| m.max(v.abs()));
+                if amax / 127.0 < f32::MIN_POSITIVE {
+                    continue;
+                }
+                for (&v, &q) in chunk.iter().zip(&b.qs) {
+                    let want = if amax == 0.0 {
+                        0.0
+                    } else {
+                        (f64::from(v) * 127.0 / f64::from(amax)).round()
+                    };
+                    assert!((f64::from(q) - want).abs() <= 1.0, "{v} -> {q}, want {want}");
+                }
+            }
         }
     }
 }

@@ -104,8 +104,15 @@ impl SuperQ8 {
             ..Self::default()
         };
         for (j, b) in blocks.iter().enumerate() {
-            for (e, &q) in b.qs.iter().enumerate() {
-                s.qs[tile_position(width, j, e)] = q;
+            if width == SUBS {
+                // Runs of eight values: the common case, without a division per value.
+                for v in 0..QK / 8 {
+                    s.qs[64 * v + 8 * j..64 * v + 8 * j + 8].copy_from_slice(&b.qs[8 * v..8 * v + 8]);
+                }
+            } else {
+                for (e, &q) in b.qs.iter().enumerate() {
+                    s.qs[tile_position(width, j, e)] = q;
+                }
             }
             let lanes = LANES / width;
             s.d[j * lanes..(j + 1) * lanes].fill(b.d);
@@ -118,10 +125,13 @@ impl SuperQ8 {
             }
         }
         for (l, start) in s.q8_start.iter_mut().enumerate() {
-            let sum: i32 = (0..width / 2)
-                .flat_map(|v| &s.qs[64 * v + 4 * l..64 * v + 4 * l + 4])
-                .map(|&q| i32::from(q))
-                .sum();
+            let mut sum = 0i32;
+            for v in 0..width / 2 {
+                sum += s.qs[64 * v + 4 * l..64 * v + 4 * l + 4]
+                    .iter()
+                    .map(|&q| i32::from(q))
+                    .sum::<i32>();
+            }
             *start = -128 * sum;
         }
         s
@@ -710,8 +720,7 @@ mod avx512 {
     /// `scales_at + 16 g`, spread to the lanes by `lane_blocks`.
     // The row and token indices walk their arrays and the accumulators in lockstep.
     #[allow(clippy::needless_range_loop)]
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    #[inline(always)]
     unsafe fn q8_0_group<const V: usize, const R: usize, const N: usize>(
         rows: &[&[u8]],
         a: &[&[SuperQ8]],
@@ -812,12 +821,18 @@ mod avx512 {
         )
     }
 
+    /// The low and high nibbles of every byte of `x`.
+    #[inline(always)]
+    fn nibbles(x: __m512i, m4: __m512i) -> (__m512i, __m512i) {
+        // SAFETY: only inlined into the tiles, which run where AVX-512 BW is present.
+        unsafe { (_mm512_and_si512(x, m4), _mm512_and_si512(_mm512_srli_epi16::<4>(x), m4)) }
+    }
+
     /// Group `g` of a [`q4_1_tile`]: `16 · 2V` bytes of values at `g · 128`, eight f16 scales
     /// and eight f16 minima at `scales_at + 32 g`, spread to the lanes by `lane_blocks`.
     // The row and token indices walk their arrays and the accumulators in lockstep.
     #[allow(clippy::needless_range_loop)]
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    #[inline(always)]
     unsafe fn q4_1_group<const V: usize, const R: usize, const N: usize>(
         rows: &[&[u8]],
         a: &[&[SuperQ8]],
@@ -835,15 +850,14 @@ mod avx512 {
             let at = g * SUBS * QK / 2;
             ahead(b.wrapping_add(at), 32 * V, R, rows[r].len());
             // SAFETY (loads): the caller guarantees the group's values and scales inside the row.
-            let nibbles = |x: __m512i| (_mm512_and_si512(x, m4), _mm512_and_si512(_mm512_srli_epi16::<4>(x), m4));
             match V {
                 4 => {
-                    let (v0, v2) = nibbles(unsafe { _mm512_loadu_si512(b.add(at).cast()) });
-                    let (v1, v3) = nibbles(unsafe { _mm512_loadu_si512(b.add(at + 64).cast()) });
+                    let (v0, v2) = nibbles(unsafe { _mm512_loadu_si512(b.add(at).cast()) }, m4);
+                    let (v1, v3) = nibbles(unsafe { _mm512_loadu_si512(b.add(at + 64).cast()) }, m4);
                     w[r] = std::array::from_fn(|v| [v0, v1, v2, v3][v]);
                 }
                 2 => {
-                    let (v0, v1) = nibbles(unsafe { _mm512_loadu_si512(b.add(at).cast()) });
+                    let (v0, v1) = nibbles(unsafe { _mm512_loadu_si512(b.add(at).cast()) }, m4);
                     w[r] = std::array::from_fn(|v| [v0, v1][v]);
                 }
                 _ => {
