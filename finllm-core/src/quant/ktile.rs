@@ -368,30 +368,30 @@ mod avx512 {
     /// How far ahead of a lone row the weights are prefetched.
     const PREFETCH_DISTANCE: usize = 1024;
 
+    /// Every row of a call through `drive`, tiles by `$imp::<$c, R, N>`, a single token by
+    /// `$one`. SAFETY (of the expansion): only called after the entry's checks, which bound
+    /// every load of the tile; the features are present (see above).
+    macro_rules! run {
+        ($imp:ident, $c:expr, $one:ident, $rows:expr, $row_bytes:expr, $a:expr, $out:expr) => {
+            drive(
+                $rows,
+                $row_bytes,
+                $a,
+                $out,
+                |w, y, o| unsafe { by_shape!($imp, $c, w, y, o) },
+                |w, y, o| unsafe { $one(w, $row_bytes, y, o) },
+            )
+        };
+    }
+
     pub fn q8_0(rows: &[u8], row_bytes: usize, a: &[SuperQ8], out: &mut [&mut [f32]]) {
         check_packed(rows, row_bytes, a, out, q8_0_packed_row_bytes);
-        // SAFETY: as for q4_k; the rows hold the packed layout of as many blocks as `a`.
-        drive(
-            rows,
-            row_bytes,
-            a,
-            out,
-            |w, y, o| unsafe { by_shape!(q8_0_tile, false, w, y, o) },
-            |w, y, o| unsafe { q8_0_one_token(w, row_bytes, y, o) },
-        );
+        run!(q8_0_tile, false, q8_0_one_token, rows, row_bytes, a, out);
     }
 
     pub fn q4_1(rows: &[u8], row_bytes: usize, a: &[SuperQ8], out: &mut [&mut [f32]]) {
         check_packed(rows, row_bytes, a, out, q4_1_packed_row_bytes);
-        // SAFETY: as for q8_0.
-        drive(
-            rows,
-            row_bytes,
-            a,
-            out,
-            |w, y, o| unsafe { by_shape!(q4_1_tile, false, w, y, o) },
-            |w, y, o| unsafe { q4_1_one_token(w, row_bytes, y, o) },
-        );
+        run!(q4_1_tile, false, q4_1_one_token, rows, row_bytes, a, out);
     }
 
     /// [`check`], and that every token's groups are whole but the last (of one size for all)
@@ -418,46 +418,24 @@ mod avx512 {
     }
 
     pub fn q4_k(rows: &[u8], row_bytes: usize, a: &[SuperQ8], out: &mut [&mut [f32]]) {
-        let groups = check(rows, row_bytes, a, out);
-        assert!(row_bytes >= groups * Q4_K_BYTES, "rows of {groups} super-blocks");
-        // SAFETY: the features are present (see above); every load lies inside the row of
-        // `groups` super-blocks checked here.
-        drive(
-            rows,
-            row_bytes,
-            a,
-            out,
-            |w, y, o| unsafe { by_shape!(q4_5_k_tile, false, w, y, o) },
-            |w, y, o| unsafe { q4_k_one_token(w, row_bytes, y, o) },
-        );
+        check_k(rows, row_bytes, a, out, Q4_K_BYTES);
+        run!(q4_5_k_tile, false, q4_k_one_token, rows, row_bytes, a, out);
     }
 
     pub fn q5_k(rows: &[u8], row_bytes: usize, a: &[SuperQ8], out: &mut [&mut [f32]]) {
-        let groups = check(rows, row_bytes, a, out);
-        assert!(row_bytes >= groups * Q5_K_BYTES, "rows of {groups} super-blocks");
-        // SAFETY: as for q4_k.
-        drive(
-            rows,
-            row_bytes,
-            a,
-            out,
-            |w, y, o| unsafe { by_shape!(q4_5_k_tile, true, w, y, o) },
-            |w, y, o| unsafe { q5_k_one_token(w, row_bytes, y, o) },
-        );
+        check_k(rows, row_bytes, a, out, Q5_K_BYTES);
+        run!(q4_5_k_tile, true, q5_k_one_token, rows, row_bytes, a, out);
     }
 
     pub fn q6_k(rows: &[u8], row_bytes: usize, a: &[SuperQ8], out: &mut [&mut [f32]]) {
+        check_k(rows, row_bytes, a, out, Q6_K_BYTES);
+        run!(q6_k_tile, false, q6_k_one_token, rows, row_bytes, a, out);
+    }
+
+    /// [`check`], and that the rows hold a super-block of `bytes` per group.
+    fn check_k(rows: &[u8], row_bytes: usize, a: &[SuperQ8], out: &[&mut [f32]], bytes: usize) {
         let groups = check(rows, row_bytes, a, out);
-        assert!(row_bytes >= groups * Q6_K_BYTES, "rows of {groups} super-blocks");
-        // SAFETY: as for q4_k.
-        drive(
-            rows,
-            row_bytes,
-            a,
-            out,
-            |w, y, o| unsafe { by_shape!(q6_k_tile, false, w, y, o) },
-            |w, y, o| unsafe { q6_k_one_token(w, row_bytes, y, o) },
-        );
+        assert!(row_bytes >= groups * bytes, "rows of {groups} super-blocks");
     }
 
     /// Panics unless `rows` is whole rows, `a` holds as many groups for every token and `out`
@@ -683,6 +661,34 @@ mod avx512 {
         }
     }
 
+    /// The body of a packed format's tile (`R` rows by `N` tokens): every whole group by
+    /// `$group::<4, R, N>`, then the last at its width (4, 2 or 1 vectors), then each result's
+    /// sixteen lanes summed. `$value_bytes`: bytes of values per block in the packed row.
+    macro_rules! packed_groups {
+        ($group:ident, $value_bytes:expr, $rows:expr, $a:expr, $out:expr) => {{
+            let groups = $a[0].len();
+            let width = group_width($a[0][groups - 1].blocks);
+            let scales_at = ((groups - 1) * SUBS + width) * $value_bytes;
+            let mut acc = [[_mm512_setzero_ps(); N]; R];
+            let whole = lane_blocks(2);
+            // SAFETY (all four calls): the wrapper checked the rows' packed length.
+            for g in 0..groups - 1 {
+                unsafe { $group::<4, R, N>($rows, $a, g, scales_at, whole, &mut acc) };
+            }
+            let last = groups - 1;
+            match width {
+                SUBS => unsafe { $group::<4, R, N>($rows, $a, last, scales_at, whole, &mut acc) },
+                4 => unsafe { $group::<2, R, N>($rows, $a, last, scales_at, lane_blocks(4), &mut acc) },
+                _ => unsafe { $group::<1, R, N>($rows, $a, last, scales_at, lane_blocks(8), &mut acc) },
+            }
+            for r in 0..R {
+                for t in 0..N {
+                    $out[r * N + t] = _mm512_reduce_add_ps(acc[r][t]);
+                }
+            }
+        }};
+    }
+
     /// Q8_0, `R` rows by `N` tokens, on rows packed by [`pack_q8_0_row`]: each group's values
     /// load as they are, and its `V` dot products (four in a whole group, fewer in a short last
     /// one) chain into one accumulator, scaled once by `d_w·d_y` per lane. VNNI multiplies
@@ -695,25 +701,7 @@ mod avx512 {
         a: &[&[SuperQ8]],
         out: &mut [f32],
     ) {
-        let groups = a[0].len();
-        let width = group_width(a[0][groups - 1].blocks);
-        let scales_at = (groups - 1) * QK_K + width * QK;
-        let mut acc = [[_mm512_setzero_ps(); N]; R];
-        let whole = lane_blocks(2);
-        for g in 0..groups - 1 {
-            // SAFETY (all three): the wrapper checked the rows' packed length.
-            unsafe { q8_0_group::<4, R, N>(rows, a, g, scales_at, whole, &mut acc) };
-        }
-        match width {
-            SUBS => unsafe { q8_0_group::<4, R, N>(rows, a, groups - 1, scales_at, whole, &mut acc) },
-            4 => unsafe { q8_0_group::<2, R, N>(rows, a, groups - 1, scales_at, lane_blocks(4), &mut acc) },
-            _ => unsafe { q8_0_group::<1, R, N>(rows, a, groups - 1, scales_at, lane_blocks(8), &mut acc) },
-        }
-        for r in 0..R {
-            for t in 0..N {
-                out[r * N + t] = _mm512_reduce_add_ps(acc[r][t]);
-            }
-        }
+        packed_groups!(q8_0_group, QK, rows, a, out);
     }
 
     /// Group `g` of a [`q8_0_tile`]: `V` vectors of values at `g · 256`, eight f16 scales at
@@ -776,25 +764,7 @@ mod avx512 {
         a: &[&[SuperQ8]],
         out: &mut [f32],
     ) {
-        let groups = a[0].len();
-        let width = group_width(a[0][groups - 1].blocks);
-        let scales_at = ((groups - 1) * SUBS + width) * (QK / 2);
-        let mut acc = [[_mm512_setzero_ps(); N]; R];
-        let whole = lane_blocks(2);
-        for g in 0..groups - 1 {
-            // SAFETY (all three): the wrapper checked the rows' packed length.
-            unsafe { q4_1_group::<4, R, N>(rows, a, g, scales_at, whole, &mut acc) };
-        }
-        match width {
-            SUBS => unsafe { q4_1_group::<4, R, N>(rows, a, groups - 1, scales_at, whole, &mut acc) },
-            4 => unsafe { q4_1_group::<2, R, N>(rows, a, groups - 1, scales_at, lane_blocks(4), &mut acc) },
-            _ => unsafe { q4_1_group::<1, R, N>(rows, a, groups - 1, scales_at, lane_blocks(8), &mut acc) },
-        }
-        for r in 0..R {
-            for t in 0..N {
-                out[r * N + t] = _mm512_reduce_add_ps(acc[r][t]);
-            }
-        }
+        packed_groups!(q4_1_group, QK / 2, rows, a, out);
     }
 
     /// Lane `l` takes block `l / per`'s scale (2 in a whole group, 4 or 8 in a short one).
