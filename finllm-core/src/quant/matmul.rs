@@ -85,7 +85,8 @@ enum RowKernels {
     Blocks { dot: DotFn, dot4: Dot4Fn },
     /// f32 / f16 / bf16 rows against f32 activations.
     Float(FloatKernels),
-    /// K-quant super-blocks against activations laid out per super-block, in tiles.
+    /// Tiles against activations laid out per group of eight blocks (Q4_1, Q8_0 and the
+    /// K-quants on AVX-512 VNNI; Q4_1 and Q8_0 rows packed at load).
     Super(SuperKernels),
 }
 
