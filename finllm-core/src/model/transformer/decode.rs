@@ -20,6 +20,7 @@ use super::kv_cache::KvRows;
 use super::{rope_values, Linear, SeqInput, SeqOutput, Transformer};
 use crate::error::Result;
 use crate::model::config::{Activation, AttentionSpan, RopeStyle};
+use crate::quant::elementwise::{gate_in_place, softmax_in_place, Gate};
 use crate::quant::vector::KvElem;
 
 /// Below this many multiply-adds, attention runs on the calling thread: a fork-join costs more
@@ -109,7 +110,11 @@ impl Transformer {
 
             block.ffn_norm.forward_rows(&x, &mut normed);
             let [mut gate, up] = Linear::forward_all_vec([&block.gate, &block.up], &normed, n)?;
-            activate_and_gate(&mut gate, &up, cfg.activation);
+            let act = match cfg.activation {
+                Activation::Silu => Gate::Silu,
+                Activation::GeluTanh => Gate::GeluTanh,
+            };
+            gate_in_place(&mut gate, &up, act);
             let mut out = block.down.forward_vec(&gate, n)?;
             if let Some(norm) = &block.post_ffn_norm {
                 norm.forward_rows_in_place(&mut out);
@@ -231,16 +236,6 @@ impl Head<'_> {
     }
 }
 
-fn softmax_in_place(x: &mut [f32]) {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f32;
-    for v in x.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v;
-    }
-    x.iter_mut().for_each(|v| *v /= sum);
-}
-
 /// Rotate every `head_dim`-long head of each token row of `x` by that token's angles
 /// (`cos`, `sin`: `[tokens, head_dim / 2]`).
 fn rotate(x: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32], style: RopeStyle) {
@@ -260,19 +255,6 @@ fn rotate(x: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32], style: RopeS
                 head[b] = x0 * s[i] + x1 * c[i];
             }
         }
-    }
-}
-
-/// `gate = act(gate) * up`, element-wise.
-fn activate_and_gate(gate: &mut [f32], up: &[f32], activation: Activation) {
-    const SQRT_TWO_OVER_PI: f32 = 0.797_884_6;
-    for (g, &u) in gate.iter_mut().zip(up) {
-        let v = *g;
-        let a = match activation {
-            Activation::Silu => v / (1.0 + (-v).exp()),
-            Activation::GeluTanh => 0.5 * v * (1.0 + (SQRT_TWO_OVER_PI * v * (1.0 + 0.044715 * v * v)).tanh()),
-        };
-        *g = a * u;
     }
 }
 

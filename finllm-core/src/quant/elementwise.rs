@@ -1,0 +1,301 @@
+//! The element-wise work of the forward pass that needs `exp`: softmax over attention scores and
+//! the gated activations of the feed-forward block (SiLU, tanh-GELU).
+//!
+//! libm's `expf` is one call per value (about 5 ns here: at 300 cached positions, softmax alone
+//! cost more than the scores it normalises). Where the CPU has FMA (x86-64 AVX2 level, AArch64
+//! NEON) these run a vector `exp` instead: a power of two from the exponent bits times a degree-7
+//! polynomial on the remainder, within 2 ulp of the true value over the whole f32 range. The
+//! scalar versions keep libm's `exp` and are the reference; `FINLLM_FORCE_SCALAR` selects them.
+
+use super::kernels::Isa;
+
+/// `x · log2(e)` rounds to the exponent `n`; `ln 2` in two parts so that `x − n · ln 2` is exact
+/// to about 2^-40 for every `n` in range.
+const LOG2_E: f32 = std::f32::consts::LOG2_E;
+const LN_2_HI: f32 = 0.693_145_75;
+const LN_2_LO: f32 = 1.428_606_8e-6;
+/// 1.5 · 2^23: adding it rounds to an integer (the sum's ulp is 1) and leaves that integer in
+/// the low mantissa bits.
+const ROUNDER: f32 = 12_582_912.0;
+/// Inputs are clamped to this (where 2^n, n = 127, is the largest power of two f32 holds;
+/// ln(f32::MAX) ≈ 88.72); below [`EXP_MIN`] the result is below the smallest normal float and
+/// returned as zero.
+const EXP_MAX: f32 = 88.0;
+const EXP_MIN: f32 = -87.3;
+
+/// `e^x`: exact-to-2-ulp for `EXP_MIN <= x <= EXP_MAX`, zero below, `e^EXP_MAX` above (no
+/// infinities: callers divide by `1 + e^x`), NaN for NaN. Inlined into loops that the compiler
+/// vectorises in the `target_feature` functions below.
+#[inline(always)]
+fn exp_poly(x: f32) -> f32 {
+    // NaN fails both comparisons and stays NaN.
+    let c = if x > EXP_MAX { EXP_MAX } else { x };
+    let c = if c < EXP_MIN { EXP_MIN } else { c };
+    let t = c.mul_add(LOG2_E, ROUNDER);
+    let n = t - ROUNDER;
+    // |n| <= 128 fits the low mantissa bits of t; 2^n is n + 127 in the exponent field.
+    let e = t.to_bits().wrapping_sub(ROUNDER.to_bits()).wrapping_add(127) << 23;
+    let r = n.mul_add(-LN_2_LO, n.mul_add(-LN_2_HI, c));
+    // Taylor series of e^r to r^7: |r| <= ln(2) / 2, so the first term left out is below 2^-27.
+    let mut p: f32 = 1.0 / 5040.0;
+    let k: [f32; 7] = [720.0, 120.0, 24.0, 6.0, 2.0, 1.0, 1.0];
+    for k in k {
+        p = p.mul_add(r, 1.0 / k);
+    }
+    let y = p * f32::from_bits(e);
+    if x < EXP_MIN {
+        0.0
+    } else {
+        y
+    }
+}
+
+/// What the activation of a gated feed-forward block applies to the gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    /// `v · σ(v)`.
+    Silu,
+    /// `0.5 · v · (1 + tanh(√(2/π) · (v + 0.044715 v³)))`, computed as `v · σ(2 u)`.
+    GeluTanh,
+}
+
+const SQRT_TWO_OVER_PI: f32 = 0.797_884_6;
+
+/// The argument `z` of the logistic function each activation is `v · σ(z)` of.
+#[inline(always)]
+fn logistic_arg(v: f32, gate: Gate) -> f32 {
+    match gate {
+        Gate::Silu => v,
+        Gate::GeluTanh => 2.0 * SQRT_TWO_OVER_PI * (v + 0.044715 * v * v * v),
+    }
+}
+
+/// `gate[i] = act(gate[i]) · up[i]`.
+pub fn gate_in_place(gate: &mut [f32], up: &[f32], act: Gate) {
+    assert_eq!(gate.len(), up.len(), "gate and up projections of one size");
+    match simd() {
+        // SAFETY: `simd` found the features the function is compiled for.
+        Some(Simd::Avx2) => unsafe { x86::gate(gate, up, act) },
+        Some(Simd::Neon) => gate_with(gate, up, act, exp_poly),
+        None => gate_with(gate, up, act, f32::exp),
+    }
+}
+
+#[inline(always)]
+fn gate_with(gate: &mut [f32], up: &[f32], act: Gate, exp: impl Fn(f32) -> f32) {
+    // One branch per call, not per value, so that each loop vectorises.
+    match act {
+        Gate::Silu => gate_loop(gate, up, |v| logistic_arg(v, Gate::Silu), exp),
+        Gate::GeluTanh => gate_loop(gate, up, |v| logistic_arg(v, Gate::GeluTanh), exp),
+    }
+}
+
+#[inline(always)]
+fn gate_loop(gate: &mut [f32], up: &[f32], arg: impl Fn(f32) -> f32, exp: impl Fn(f32) -> f32) {
+    for (g, &u) in gate.iter_mut().zip(up) {
+        let v = *g;
+        *g = v / (1.0 + exp(-arg(v))) * u;
+    }
+}
+
+/// `x = softmax(x)`: `e^(x_i − max) / Σ`. An empty slice stays empty.
+pub fn softmax_in_place(x: &mut [f32]) {
+    match simd() {
+        // SAFETY: as in `gate_in_place`.
+        Some(Simd::Avx2) => unsafe { x86::softmax(x) },
+        Some(Simd::Neon) => softmax_with(x, exp_poly),
+        None => softmax_with(x, f32::exp),
+    }
+}
+
+#[inline(always)]
+fn softmax_with(x: &mut [f32], exp: impl Fn(f32) -> f32) {
+    let max = max_of(x);
+    // Eight partial sums, so that the loop vectorises.
+    let mut sums = [0f32; 8];
+    let mut chunks = x.chunks_exact_mut(8);
+    for c in &mut chunks {
+        for (v, s) in c.iter_mut().zip(&mut sums) {
+            *v = exp(*v - max);
+            *s += *v;
+        }
+    }
+    let mut sum: f32 = 0.0;
+    for v in chunks.into_remainder() {
+        *v = exp(*v - max);
+        sum += *v;
+    }
+    let inv = 1.0 / (sums.iter().sum::<f32>() + sum);
+    x.iter_mut().for_each(|v| *v *= inv);
+}
+
+/// The largest value (NaN if any is NaN, as the sum that follows would be).
+#[inline(always)]
+fn max_of(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 8];
+    let mut nan = false;
+    let chunks = x.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            nan |= v.is_nan();
+            *a = if v > *a { v } else { *a };
+        }
+    }
+    for &v in rest {
+        nan |= v.is_nan();
+        acc[0] = if v > acc[0] { v } else { acc[0] };
+    }
+    if nan {
+        return f32::NAN;
+    }
+    acc.iter().copied().fold(f32::NEG_INFINITY, f32::max)
+}
+
+/// The vector `exp` paths this CPU can run.
+#[derive(Clone, Copy)]
+enum Simd {
+    Avx2,
+    Neon,
+}
+
+fn simd() -> Option<Simd> {
+    match Isa::detect() {
+        Isa::Avx2 | Isa::Avx512 => Some(Simd::Avx2),
+        Isa::Neon | Isa::NeonDot => Some(Simd::Neon),
+        Isa::Scalar => None,
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::*;
+
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn gate(gate: &mut [f32], up: &[f32], act: Gate) {
+        gate_with(gate, up, act, exp_poly)
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn softmax(x: &mut [f32]) {
+        softmax_with(x, exp_poly)
+    }
+}
+
+/// On other architectures `Simd::Avx2` is never chosen.
+#[cfg(not(target_arch = "x86_64"))]
+mod x86 {
+    use super::*;
+
+    pub unsafe fn gate(gate: &mut [f32], up: &[f32], act: Gate) {
+        gate_with(gate, up, act, f32::exp)
+    }
+
+    pub unsafe fn softmax(x: &mut [f32]) {
+        softmax_with(x, f32::exp)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::generate::Rng;
+
+    /// |a − b| in units of b's last place (f32).
+    fn ulps(a: f32, b: f64) -> f64 {
+        let b32 = b as f32;
+        let ulp = f64::from(f32::from_bits(b32.abs().to_bits() + 1) - b32.abs());
+        (f64::from(a) - b).abs() / ulp
+    }
+
+    #[test]
+    fn vector_exp_is_within_two_ulp_of_the_float64_exp() {
+        // Every 997th f32 up to 88, both signs, and the edges.
+        let mut worst = 0f64;
+        let mut bits = 0u32;
+        while bits <= EXP_MAX.to_bits() {
+            for x in [f32::from_bits(bits), -f32::from_bits(bits)] {
+                if (EXP_MIN..=EXP_MAX).contains(&x) {
+                    let got = exp_poly(x);
+                    let want = f64::from(x).exp();
+                    worst = worst.max(ulps(got, want));
+                }
+            }
+            bits += 997;
+        }
+        assert!(worst <= 2.0, "worst error {worst} ulp");
+        assert_eq!(exp_poly(0.0), 1.0);
+        assert_eq!(exp_poly(-100.0), 0.0);
+        assert_eq!(exp_poly(f32::NEG_INFINITY), 0.0);
+        assert!(ulps(exp_poly(EXP_MAX), f64::from(EXP_MAX).exp()) <= 2.0);
+        assert!(ulps(exp_poly(EXP_MIN), f64::from(EXP_MIN).exp()) <= 2.0);
+        assert!(exp_poly(1000.0).is_finite() && exp_poly(1000.0) > 1e38);
+        assert!(exp_poly(f32::INFINITY).is_finite());
+        assert!(exp_poly(f32::NAN).is_nan());
+    }
+
+    /// Both paths (the dispatched one and libm's) of both operations against float64, over
+    /// lengths around the eight-wide steps.
+    #[test]
+    fn softmax_and_gates_match_float64() {
+        let mut rng = Rng::new(5);
+        for n in [0, 1, 7, 8, 9, 31, 300] {
+            let x: Vec<f32> = (0..n).map(|_| (rng.next_f64() * 60.0 - 30.0) as f32).collect();
+            let up: Vec<f32> = (0..n).map(|_| (rng.next_f64() * 4.0 - 2.0) as f32).collect();
+            // The oracle takes x − max as the kernels do, in f32: its rounding is the input's.
+            let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let e: Vec<f64> = x.iter().map(|&v| f64::from(v - max).exp()).collect();
+            let total: f64 = e.iter().sum();
+            let mut fast = x.clone();
+            softmax_in_place(&mut fast);
+            let mut libm = x.clone();
+            softmax_with(&mut libm, f32::exp);
+            for (i, want) in e.iter().map(|v| v / total).enumerate() {
+                for (name, got) in [("dispatched", fast[i]), ("libm", libm[i])] {
+                    assert!(
+                        (f64::from(got) - want).abs() <= 1e-6 * want + 1e-30,
+                        "{name} softmax n={n} [{i}]"
+                    );
+                }
+            }
+            for act in [Gate::Silu, Gate::GeluTanh] {
+                let mut fast = x.clone();
+                gate_in_place(&mut fast, &up, act);
+                let mut libm = x.clone();
+                gate_with(&mut libm, &up, act, f32::exp);
+                for i in 0..n {
+                    let v = f64::from(x[i]);
+                    let a = match act {
+                        Gate::Silu => v / (1.0 + (-v).exp()),
+                        Gate::GeluTanh => {
+                            0.5 * v * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (v + 0.044715 * v.powi(3))).tanh())
+                        }
+                    };
+                    let want = a * f64::from(up[i]);
+                    for (name, got) in [("dispatched", fast[i]), ("libm", libm[i])] {
+                        let err = (f64::from(got) - want).abs();
+                        assert!(
+                            err <= 1e-6 * want.abs() + 1e-6,
+                            "{name} {act:?} n={n} [{i}]: {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn softmax_survives_extremes() {
+        // One huge score takes all the weight; -inf scores take none; a NaN poisons the row.
+        let mut x = vec![1e30, 0.0, f32::NEG_INFINITY, -1e30];
+        softmax_in_place(&mut x);
+        assert_eq!(x, [1.0, 0.0, 0.0, 0.0]);
+        let mut x = vec![0.5, f32::NAN, 1.0];
+        softmax_in_place(&mut x);
+        assert!(x.iter().all(|v| v.is_nan()));
+    }
+}
