@@ -14,7 +14,7 @@ use candle_core::{DType, Device, Tensor};
 use crate::error::{Error, Result};
 use crate::model::gguf::GgufFile;
 use crate::model::transformer::MatrixMemory;
-use crate::quant::matmul::QMatrix;
+use crate::quant::matmul::{QMatrix, Scratch};
 use crate::quant::QuantType;
 
 /// A weight tensor together with how it is stored.
@@ -41,6 +41,15 @@ pub(crate) enum Matrix {
 }
 
 impl Matrix {
+    /// Output size (rows of the weight).
+    pub(crate) fn rows(&self) -> usize {
+        match self {
+            Matrix::Kernel(m) => m.rows(),
+            Matrix::Candle(QMatMul::QTensor(t)) => t.shape().dims()[0],
+            Matrix::Candle(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => t.dims()[0],
+        }
+    }
+
     /// `x: [tokens, in]` → `[tokens, out]`.
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
@@ -117,12 +126,24 @@ pub(crate) fn forward_group(mats: &[&Matrix], x: &Tensor) -> Result<Vec<Tensor>>
     }
 }
 
-/// [`forward_group`] on plain row-major buffers (`x` is `[n, in]`).
-pub(crate) fn forward_group_vec(mats: &[&Matrix], x: &[f32], n: usize) -> Result<Vec<Vec<f32>>> {
+/// [`forward_group`] on plain row-major buffers (`x` is `[n, in]`), into `outs` (`[n, rows]`
+/// each, overwritten), with the caller's kernel scratch.
+pub(crate) fn forward_group_into(
+    mats: &[&Matrix],
+    x: &[f32],
+    n: usize,
+    outs: &mut [&mut [f32]],
+    scratch: &mut Scratch,
+) -> Result<()> {
     match all_kernels(mats) {
-        Some(ks) => Ok(crate::quant::matmul::matmul_group(&ks, x, n)),
-        None => mats.iter().map(|m| m.forward_vec(x, n)).collect(),
+        Some(ks) => crate::quant::matmul::matmul_group_into(&ks, x, n, outs, scratch),
+        None => {
+            for (m, out) in mats.iter().zip(outs.iter_mut()) {
+                out.copy_from_slice(&m.forward_vec(x, n)?);
+            }
+        }
     }
+    Ok(())
 }
 
 /// A source of named weight tensors.

@@ -355,51 +355,70 @@ struct Activations<'a> {
     supers: &'a [SuperQ8],
 }
 
+/// The activation buffers of [`matmul_group_into`], kept by a caller that multiplies again and
+/// again (a forward pass, layer after layer) so that they are allocated once, not per call: a
+/// prefill's buffers are megabytes, and fresh ones cost page faults on every call.
+#[derive(Default)]
+pub struct Scratch {
+    blocks: Vec<BlockQ8>,
+    supers: Vec<SuperQ8>,
+}
+
 /// Multiply the same activations `x` (`[n, cols]`) by several matrices with `cols` columns in
 /// one parallel pass (Q/K/V, gate/up), whatever their formats: the activations are quantized
 /// once if any matrix is in a block format, and every thread draws row chunks from all matrices,
 /// so there is one fork-join instead of one per matrix. Returns one `[n, rows]` row-major result
 /// per matrix.
 pub fn matmul_group(mats: &[&QMatrix], x: &[f32], n: usize) -> Vec<Vec<f32>> {
+    let mut outs: Vec<Vec<f32>> = mats.iter().map(|m| vec![0f32; n * m.rows]).collect();
+    let mut views: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
+    matmul_group_into(mats, x, n, &mut views, &mut Scratch::default());
+    outs
+}
+
+/// [`matmul_group`] into the caller's buffers: `outs[i]` (`[n, rows]` of matrix `i`) is
+/// overwritten whole.
+pub fn matmul_group_into(mats: &[&QMatrix], x: &[f32], n: usize, outs: &mut [&mut [f32]], scratch: &mut Scratch) {
     let cols = mats.first().map_or(0, |m| m.cols);
     assert!(
         mats.iter().all(|m| m.cols == cols),
         "matrices in a group share their input size"
     );
     assert_eq!(x.len(), n * cols, "activation shape");
+    assert!(
+        outs.len() == mats.len() && outs.iter().zip(mats).all(|(o, m)| o.len() == n * m.rows),
+        "one [n, rows] result per matrix"
+    );
     let any_supers = mats.iter().any(|m| matches!(m.kernels, RowKernels::Super(_)));
     let any_blocks = mats
         .iter()
         .any(|m| matches!(m.kernels, RowKernels::Blocks { .. } | RowKernels::Super(_)));
-    let mut xq = Vec::new();
+    let (mut xq, mut supers): (&mut [BlockQ8], &mut [SuperQ8]) = (&mut [], &mut []);
     if any_blocks {
-        // Block formats have whole 32-element blocks per row (checked at load).
+        // Block formats have whole 32-element blocks per row (checked at load). Every block is
+        // overwritten, so what a buffer held before does not matter.
         let blocks = cols / QK;
-        xq = vec![BlockQ8::default(); n * blocks];
+        scratch.blocks.resize(n * blocks, BlockQ8::default());
+        xq = &mut scratch.blocks[..n * blocks];
         xq.par_chunks_mut(blocks.max(1))
             .zip(x.par_chunks(cols.max(1)))
             .for_each(|(q, row)| quantize_q8(row, q));
     }
-    let mut supers = Vec::new();
     if any_supers {
         // Eight blocks per super-block, the last one padded (only Q8_0 rows can end in one: K-quant
         // rows are whole 256-element super-blocks, checked at load).
         let blocks = cols / QK;
         let per_token = blocks.div_ceil(SUBS);
-        supers = vec![SuperQ8::default(); n * per_token];
+        scratch.supers.resize(n * per_token, SuperQ8::default());
+        supers = &mut scratch.supers[..n * per_token];
         supers
             .par_chunks_mut(per_token.max(1))
             .zip(xq.par_chunks(blocks.max(1)))
             .for_each(|(s, b)| supers_from_blocks(b, s));
     }
-    let act = Activations {
-        x,
-        blocks: &xq,
-        supers: &supers,
-    };
-    let mut outs: Vec<Vec<f32>> = mats.iter().map(|m| vec![0f32; n * m.rows]).collect();
+    let act = Activations { x, blocks: xq, supers };
     if n == 0 {
-        return outs;
+        return;
     }
     // Each task takes ROWS_PER_TASK rows of one matrix for every token: the pieces of the
     // `[n, rows]` results it writes, one per token, so results need no transposing.
@@ -428,7 +447,6 @@ pub fn matmul_group(mats: &[&QMatrix], x: &[f32], n: usize) -> Vec<Vec<f32>> {
     tasks
         .into_par_iter()
         .for_each(|(m, first, out)| m.rows_times(first, out, &act));
-    outs
 }
 
 #[cfg(test)]
@@ -576,15 +594,32 @@ mod tests {
             .collect();
         let all: Vec<&QMatrix> = mats.iter().collect();
         let floats: Vec<&QMatrix> = mats.iter().filter(|m| m.dtype().block_size() == 1).collect();
-        for n in [1, 2, 4, 5, 9] {
+        // One scratch and one set of output buffers, poisoned with NaN before every call, through
+        // calls that grow and shrink: what a forward pass reuses layer after layer.
+        let mut scratch = Scratch::default();
+        let mut reused: Vec<Vec<f32>> = vec![Vec::new(); mats.len()];
+        for n in [9, 1, 5, 2, 4] {
             let x = uniform(&mut rng, n * cols, 2.0);
             for group in [&all, &floats] {
                 let together = matmul_group(group, &x, n);
                 assert_eq!(together.len(), group.len());
-                for (m, y) in group.iter().zip(&together) {
+                let mut views: Vec<&mut [f32]> = reused
+                    .iter_mut()
+                    .zip(group.iter())
+                    .map(|(b, m)| {
+                        b.resize(n * m.rows(), 0.0);
+                        b.fill(f32::NAN);
+                        b.as_mut_slice()
+                    })
+                    .collect();
+                matmul_group_into(group, &x, n, &mut views, &mut scratch);
+                for ((m, y), r) in group.iter().zip(&together).zip(&views) {
                     let alone = m.matmul(&x, n);
-                    let same = y.iter().zip(&alone).all(|(a, b)| a.to_bits() == b.to_bits());
-                    assert!(same && y.len() == alone.len(), "{} n={n}", m.dtype());
+                    let same = |a: &[f32]| {
+                        a.len() == alone.len() && a.iter().zip(&alone).all(|(a, b)| a.to_bits() == b.to_bits())
+                    };
+                    assert!(same(y), "{} n={n}", m.dtype());
+                    assert!(same(r), "{} n={n}, reused buffers", m.dtype());
                 }
             }
         }

@@ -20,20 +20,14 @@ use super::kv_cache::KvRows;
 use super::{rope_values, Linear, SeqInput, SeqOutput, Transformer};
 use crate::error::Result;
 use crate::model::config::{Activation, AttentionSpan, RopeStyle};
+use crate::model::weights::forward_group_into;
 use crate::quant::elementwise::{gate_in_place, softmax_in_place, Gate};
+use crate::quant::matmul::Scratch;
 use crate::quant::vector::KvElem;
 
 /// Below this many multiply-adds, attention runs on the calling thread: a fork-join costs more
 /// than it saves.
 const PARALLEL_ATTENTION_WORK: usize = 1 << 15;
-
-impl Linear {
-    fn forward_vec(&self, x: &[f32], n: usize) -> Result<Vec<f32>> {
-        let mut y = self.w.forward_vec(x, n)?;
-        self.add_bias_vec(&mut y);
-        Ok(y)
-    }
-}
 
 impl Transformer {
     /// Every sequence's new tokens after what its cache holds; returns `[1, vocab]` logits per
@@ -68,6 +62,7 @@ impl Transformer {
         }
 
         let mut normed = vec![0f32; n * hidden];
+        let mut buf = Buffers::default();
         // Rotation angles per distinct frequency set (global / local layers).
         let mut angles: Vec<Angles> = Vec::new();
         for (layer, block) in self.blocks.iter().enumerate() {
@@ -86,40 +81,50 @@ impl Transformer {
             let (cos, sin) = (&angles[a].cos, &angles[a].sin);
 
             block.attn_norm.forward_rows(&x, &mut normed);
-            let [mut q, mut k, v] = Linear::forward_all_vec([&block.q, &block.k, &block.v], &normed, n)?;
+            let Buffers {
+                q,
+                k,
+                v,
+                attn,
+                proj,
+                gate,
+                up,
+                scratch,
+            } = &mut buf;
+            Linear::forward_all_into([&block.q, &block.k, &block.v], &normed, n, [q, k, v], scratch)?;
             if let Some(norm) = &block.q_norm {
-                norm.forward_rows_in_place(&mut q);
+                norm.forward_rows_in_place(q);
             }
             if let Some(norm) = &block.k_norm {
-                norm.forward_rows_in_place(&mut k);
+                norm.forward_rows_in_place(k);
             }
-            rotate(&mut q, cfg.head_dim, cos, sin, cfg.rope_style);
-            rotate(&mut k, cfg.head_dim, cos, sin, cfg.rope_style);
+            rotate(q, cfg.head_dim, cos, sin, cfg.rope_style);
+            rotate(k, cfg.head_dim, cos, sin, cfg.rope_style);
             let mut start = 0;
             for seq in seqs.iter_mut() {
                 let span = start * kv_dim..(start + seq.tokens.len()) * kv_dim;
                 seq.cache.append_rows(layer, &k[span.clone()], &v[span], kv_dim)?;
                 start += seq.tokens.len();
             }
-            let attn = self.attend(seqs, layer, &q, &rows, block.span);
-            let mut out = block.o.forward_vec(&attn, n)?;
+            self.attend(seqs, layer, q, &rows, block.span, attn);
+            Linear::forward_all_into([&block.o], attn, n, [&mut *proj], scratch)?;
             if let Some(norm) = &block.post_attn_norm {
-                norm.forward_rows_in_place(&mut out);
+                norm.forward_rows_in_place(proj);
             }
-            add_in_place(&mut x, &out);
+            add_in_place(&mut x, proj);
 
             block.ffn_norm.forward_rows(&x, &mut normed);
-            let [mut gate, up] = Linear::forward_all_vec([&block.gate, &block.up], &normed, n)?;
+            Linear::forward_all_into([&block.gate, &block.up], &normed, n, [&mut *gate, &mut *up], scratch)?;
             let act = match cfg.activation {
                 Activation::Silu => Gate::Silu,
                 Activation::GeluTanh => Gate::GeluTanh,
             };
-            gate_in_place(&mut gate, &up, act);
-            let mut out = block.down.forward_vec(&gate, n)?;
+            gate_in_place(gate, up, act);
+            Linear::forward_all_into([&block.down], gate, n, [&mut *proj], scratch)?;
             if let Some(norm) = &block.post_ffn_norm {
-                norm.forward_rows_in_place(&mut out);
+                norm.forward_rows_in_place(proj);
             }
-            add_in_place(&mut x, &out);
+            add_in_place(&mut x, proj);
         }
         for seq in seqs.iter_mut() {
             seq.cache.commit(seq.tokens.len());
@@ -139,7 +144,8 @@ impl Transformer {
         let m = picked.len() / hidden;
         let mut normed = vec![0f32; picked.len()];
         self.norm.forward_rows(&picked, &mut normed);
-        let logits = self.lm_head.forward_vec(&normed, m)?;
+        let mut logits = vec![0f32; m * self.lm_head.rows()];
+        forward_group_into(&[&self.lm_head], &normed, m, &mut [&mut logits], &mut buf.scratch)?;
         let vocab = logits.len() / m;
         let mut outputs = Vec::with_capacity(seqs.len());
         let mut row = 0;
@@ -157,7 +163,7 @@ impl Transformer {
     /// Causal attention of every new token's query (`q`: `[tokens, n_heads * head_dim]`,
     /// rotated) over the cached keys and values of its sequence in `layer`, which already hold
     /// the new tokens: each token sees the positions up to its own (within the layer's window).
-    /// Returns `[tokens, n_heads * head_dim]`.
+    /// Writes `[tokens, n_heads * head_dim]` into `out` (resized to that).
     fn attend(
         &self,
         seqs: &[SeqInput<'_>],
@@ -165,7 +171,8 @@ impl Transformer {
         q: &[f32],
         rows: &[TokenRow],
         span: AttentionSpan,
-    ) -> Vec<f32> {
+        out: &mut Vec<f32>,
+    ) {
         let cfg = &self.cfg;
         let (d, n_heads, q_dim, kv_dim) = (cfg.head_dim, cfg.n_heads, cfg.q_dim(), cfg.kv_dim());
         let group = n_heads / cfg.n_kv_heads;
@@ -191,14 +198,28 @@ impl Transformer {
             }
         };
         let work: usize = rows.iter().map(|r| (r.pos + 1).min(window)).sum::<usize>() * n_heads * d;
-        let mut out = vec![0f32; rows.len() * q_dim];
+        out.resize(rows.len() * q_dim, 0.0);
         if work >= PARALLEL_ATTENTION_WORK {
             out.par_chunks_mut(d).enumerate().for_each(head);
         } else {
             out.chunks_mut(d).enumerate().for_each(head);
         }
-        out
     }
+}
+
+/// The buffers of one forward call, reused by every layer.
+#[derive(Default)]
+struct Buffers {
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    /// Attention's output, the input of the output projection.
+    attn: Vec<f32>,
+    /// The output and down projections' results.
+    proj: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    scratch: Scratch,
 }
 
 /// Where a new token belongs: its sequence in the call and its absolute position.

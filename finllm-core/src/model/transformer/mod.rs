@@ -11,7 +11,8 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::model::config::{Activation, AttentionSpan, ModelConfig, RopeStyle};
-use crate::model::weights::{forward_group, forward_group_vec, Matrix, Weight, WeightStore};
+use crate::model::weights::{forward_group, forward_group_into, Matrix, Weight, WeightStore};
+use crate::quant::matmul::Scratch;
 
 mod decode;
 mod kv_cache;
@@ -85,13 +86,25 @@ impl Linear {
         Ok(out.try_into().expect("N results for N layers"))
     }
 
-    /// [`Linear::forward_all`] on plain row-major buffers (`x` is `[n, in]`).
-    fn forward_all_vec<const N: usize>(layers: [&Linear; N], x: &[f32], n: usize) -> Result<[Vec<f32>; N]> {
-        let mut ys = forward_group_vec(&layers.map(|l| &l.w), x, n)?;
-        for (l, y) in layers.iter().zip(ys.iter_mut()) {
+    /// [`Linear::forward_all`] on plain row-major buffers (`x` is `[n, in]`), into `outs`
+    /// (resized to `[n, out]` each: buffers reused layer after layer keep their memory).
+    fn forward_all_into<const N: usize>(
+        layers: [&Linear; N],
+        x: &[f32],
+        n: usize,
+        outs: [&mut Vec<f32>; N],
+        scratch: &mut Scratch,
+    ) -> Result<()> {
+        let mut views: [&mut [f32]; N] = std::array::from_fn(|_| <&mut [f32]>::default());
+        for ((l, out), v) in layers.iter().zip(outs).zip(views.iter_mut()) {
+            out.resize(n * l.w.rows(), 0.0);
+            *v = out.as_mut_slice();
+        }
+        forward_group_into(&layers.map(|l| &l.w), x, n, &mut views, scratch)?;
+        for (l, y) in layers.iter().zip(views.iter_mut()) {
             l.add_bias_vec(y);
         }
-        Ok(ys.try_into().expect("N results for N layers"))
+        Ok(())
     }
 }
 
