@@ -954,7 +954,7 @@ fn bench(a: &BenchArgs) -> CliResult {
     v["device"] = serde_json::Value::String(m.device());
     if a.bandwidth {
         let device = m.transformer().backend().device().clone();
-        let copy = finllm_core::bench::copy_bandwidth_gb_s(&device, 1024)?;
+        let copy = m.run(|| finllm_core::bench::copy_bandwidth_gb_s(&device, 1024))?;
         let bytes = std::fs::metadata(&a.model)?.len() as f64;
         let floor_ms = bytes / (copy * 1e9) * 1e3;
         v["copy_gb_s"] = serde_json::json!(copy);

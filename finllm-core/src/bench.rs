@@ -137,8 +137,14 @@ fn decode_step(t: &Transformer, caches: &mut [crate::model::KvCache], tokens: &[
 }
 
 /// Best-of-five device-to-device copy bandwidth in GB/s (bytes read plus bytes written), over
-/// a buffer of `mib` MiB: the denominator of the decode bandwidth floor.
+/// a buffer of `mib` MiB: the denominator of the decode bandwidth floor. On the CPU the copy
+/// runs on the calling rayon pool's threads (call it inside [`crate::Model::run`] to measure
+/// with the model's thread count) between buffers that are written before timing, so that
+/// neither page faults nor the kernel's shared zero page enter the figure.
 pub fn copy_bandwidth_gb_s(device: &Device, mib: usize) -> Result<f64> {
+    if device.is_cpu() {
+        return Ok(host_copy_bandwidth_gb_s(mib));
+    }
     let n = mib << 18; // f32 elements
     let src = Tensor::zeros(n, DType::F32, device)?;
     device.synchronize()?;
@@ -152,6 +158,26 @@ pub fn copy_bandwidth_gb_s(device: &Device, mib: usize) -> Result<f64> {
         best = best.max(2.0 * (n * 4) as f64 / secs / 1e9);
     }
     Ok(best)
+}
+
+fn host_copy_bandwidth_gb_s(mib: usize) -> f64 {
+    use rayon::prelude::*;
+    let n = (mib << 18).max(1);
+    let src: Vec<f32> = (0..n).map(|i| i as f32).collect();
+    let mut dst = vec![1f32; n];
+    // Several pieces per thread, each long enough to stream (64 KiB at least).
+    let piece = n.div_ceil(4 * rayon::current_num_threads()).max(1 << 14);
+    let mut best = 0f64;
+    for _ in 0..5 {
+        let start = Instant::now();
+        dst.par_chunks_mut(piece)
+            .zip(src.par_chunks(piece))
+            .for_each(|(d, s)| d.copy_from_slice(s));
+        let secs = start.elapsed().as_secs_f64();
+        best = best.max(2.0 * (n * 4) as f64 / secs / 1e9);
+    }
+    assert_eq!(dst[n - 1], (n - 1) as f32, "the copy happened");
+    best
 }
 
 /// How two backends' logits compare over a greedy continuation.
