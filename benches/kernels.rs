@@ -114,7 +114,7 @@ fn super_tiles(dtype: QuantType, rng: &mut Rng) {
     let cols = if block == QK { 576 } else { 1536 };
     let blocks = cols / QK;
     let file_row = cols / block * block_bytes(dtype);
-    let row_bytes = k.packing.map_or(file_row, |p| (p.row_bytes)(blocks));
+    let row_bytes = k.packing.map_or(file_row, |p| (p.row_bytes)(cols / block));
     let tokens = 64;
     let acts: Vec<SuperQ8> = (0..tokens)
         .flat_map(|_| {

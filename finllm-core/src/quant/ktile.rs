@@ -5,9 +5,10 @@
 //! 64-byte `vpdpbusd` covers two sub-blocks and every product has to be scaled on its own before
 //! the next sub-block's can be added. Here a super-block's activations are laid out once per call
 //! ([`SuperQ8`]) so that in each of the four 64-byte vectors lanes `2j` and `2j + 1` hold eight
-//! values of sub-block `j`, and the weights are put in the same order: the K-quants' as they are
-//! unpacked, Q8_0's once at load ([`pack_q8_0_row`]; its 34-byte blocks cost more shuffles per
-//! call than the dot products). Every lane then belongs to one sub-block in all four vectors:
+//! values of sub-block `j`, and the weights are put in the same order: Q6_K's as they are
+//! unpacked, Q8_0's, Q4_1's, Q4_K's and Q5_K's once at load ([`pack_q8_0_row`],
+//! [`pack_q4_1_row`], [`pack_q4_k_row`], [`pack_q5_k_row`]; regrouping them on every call cost
+//! more instructions than the dot products). Every lane then belongs to one sub-block in all four vectors:
 //! the four integer dot products chain into one accumulator, and one multiply by the per-lane
 //! scales finishes the super-block. A Q8_0 row's short last group is laid out two or four blocks
 //! wide, so it takes one or two vectors rather than four of mostly zeros.
@@ -263,6 +264,74 @@ pub fn pack_q4_1_row(row: &[u8], out: &mut [u8]) {
     }
 }
 
+/// Bytes of a Q4_K super-block in the tile layout ([`pack_q4_k_row`]): 128 of 4-bit values,
+/// 16 of scales and minima, 4 of `d` and `dmin`.
+pub const Q4_K_PACKED_BYTES: usize = 148;
+
+/// Bytes of a Q5_K super-block in the tile layout ([`pack_q5_k_row`]): as Q4_K's, with the 32
+/// bytes of fifth bits after the 4-bit values.
+pub const Q5_K_PACKED_BYTES: usize = 180;
+
+/// Where the fifth bits of a packed Q5_K super-block start (one 64-bit mask per vector).
+const Q5_K_PACKED_HIGH_AT: usize = 128;
+
+/// Bytes of a Q4_K row of `blocks` super-blocks in the tile layout.
+pub fn q4_k_packed_row_bytes(blocks: usize) -> usize {
+    blocks * Q4_K_PACKED_BYTES
+}
+
+/// Bytes of a Q5_K row of `blocks` super-blocks in the tile layout.
+pub fn q5_k_packed_row_bytes(blocks: usize) -> usize {
+    blocks * Q5_K_PACKED_BYTES
+}
+
+/// A Q4_K row in the tile layout, super-block by super-block: the 4-bit values at
+/// [`tile_position`] kept as [`nibble_at`] says (two loads and masks give the four vectors, where
+/// the file's order needs two permutes per vector), then the eight 6-bit scales and eight minima
+/// as bytes (decoded from their 12-byte packing once, here, rather than on every call), then `d`
+/// and `dmin` as in the file. `out` holds [`q4_k_packed_row_bytes`].
+pub fn pack_q4_k_row(row: &[u8], out: &mut [u8]) {
+    pack_k_row(row, out, false);
+}
+
+/// [`pack_q4_k_row`] for Q5_K: the fifth bits follow the 4-bit values as four 64-bit masks,
+/// bit `i` of mask `v` for tile position `64 v + i`. `out` holds [`q5_k_packed_row_bytes`].
+pub fn pack_q5_k_row(row: &[u8], out: &mut [u8]) {
+    pack_k_row(row, out, true);
+}
+
+fn pack_k_row(row: &[u8], out: &mut [u8], high: bool) {
+    use super::blocks::{k_scales_mins, k_value, K_SCALES_AT, Q4_K_BYTES, Q5_K_BYTES};
+    let (bytes, packed) = if high {
+        (Q5_K_BYTES, Q5_K_PACKED_BYTES)
+    } else {
+        (Q4_K_BYTES, Q4_K_PACKED_BYTES)
+    };
+    assert!(
+        row.len().is_multiple_of(bytes) && out.len() == row.len() / bytes * packed,
+        "a K-quant row of whole super-blocks and room for its packed layout"
+    );
+    let tail = if high { Q5_K_PACKED_HIGH_AT + 32 } else { 128 };
+    for (b, o) in row.chunks_exact(bytes).zip(out.chunks_exact_mut(packed)) {
+        o.fill(0);
+        for j in 0..SUBS {
+            for e in 0..QK {
+                let v = k_value(b, high, j * QK + e);
+                let p = tile_position(SUBS, j, e);
+                let (byte, shift) = nibble_at(SUBS, p);
+                o[byte] |= (v & 0x0f) << shift;
+                if v & 0x10 != 0 {
+                    o[Q5_K_PACKED_HIGH_AT + p / 8] |= 1 << (p % 8);
+                }
+            }
+        }
+        let (sc, m) = k_scales_mins(&b[K_SCALES_AT..]);
+        o[tail..tail + SUBS].copy_from_slice(&sc);
+        o[tail + SUBS..tail + 2 * SUBS].copy_from_slice(&m);
+        o[tail + 2 * SUBS..tail + 2 * SUBS + 4].copy_from_slice(&b[..4]);
+    }
+}
+
 /// Every row of `rows` (whole rows of `row_bytes`) times every token of `a` (`out.len()` tokens
 /// of `a.len() / out.len()` groups each): `out[t][i]` receives row `i` · token `t`. A K-quant
 /// row holds one super-block per group; a Q8_0 row is packed ([`pack_q8_0_row`]) for as many
@@ -272,7 +341,8 @@ pub fn pack_q4_1_row(row: &[u8], out: &mut [u8]) {
 pub type SuperTileFn = fn(rows: &[u8], row_bytes: usize, a: &[SuperQ8], out: &mut [&mut [f32]]);
 
 /// How a format's rows are rearranged once, at load, for its tile: the packed size of a row of
-/// `n` blocks, and the packing of one row.
+/// `n` blocks (of the format's own size: super-blocks for the K-quants), and the packing of one
+/// row.
 #[derive(Clone, Copy)]
 pub struct Packing {
     pub row_bytes: fn(blocks: usize) -> usize,
@@ -319,6 +389,14 @@ pub fn super_kernels(dtype: QuantType, isa: Isa) -> Option<SuperKernels> {
                 row_bytes: q4_1_packed_row_bytes,
                 pack_row: pack_q4_1_row,
             }),
+            QuantType::Q4K => Some(Packing {
+                row_bytes: q4_k_packed_row_bytes,
+                pack_row: pack_q4_k_row,
+            }),
+            QuantType::Q5K => Some(Packing {
+                row_bytes: q5_k_packed_row_bytes,
+                pack_row: pack_q5_k_row,
+            }),
             _ => None,
         };
         return Some(SuperKernels { tile, packing });
@@ -330,10 +408,7 @@ pub fn super_kernels(dtype: QuantType, isa: Isa) -> Option<SuperKernels> {
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use super::*;
-    use crate::quant::blocks::{
-        k_scales_mins, K_SCALES_AT, Q4_K_BYTES, Q4_K_QS_AT, Q5_K_BYTES, Q5_K_QH_AT, Q5_K_QS_AT, Q6_K_BYTES, Q6_K_D_AT,
-        Q6_K_QH_AT, Q6_K_SCALES_AT,
-    };
+    use crate::quant::blocks::{Q6_K_BYTES, Q6_K_D_AT, Q6_K_QH_AT, Q6_K_SCALES_AT};
     use std::arch::x86_64::*;
 
     /// Calls `$imp::<$c, R, T>` for the tile's shape (checked first); `$c` is the kernel's
@@ -418,12 +493,12 @@ mod avx512 {
     }
 
     pub fn q4_k(rows: &[u8], row_bytes: usize, a: &[SuperQ8], out: &mut [&mut [f32]]) {
-        check_k(rows, row_bytes, a, out, Q4_K_BYTES);
+        check_k(rows, row_bytes, a, out, Q4_K_PACKED_BYTES);
         run!(q4_5_k_tile, false, q4_k_one_token, rows, row_bytes, a, out);
     }
 
     pub fn q5_k(rows: &[u8], row_bytes: usize, a: &[SuperQ8], out: &mut [&mut [f32]]) {
-        check_k(rows, row_bytes, a, out, Q5_K_BYTES);
+        check_k(rows, row_bytes, a, out, Q5_K_PACKED_BYTES);
         run!(q4_5_k_tile, true, q5_k_one_token, rows, row_bytes, a, out);
     }
 
@@ -564,30 +639,11 @@ mod avx512 {
         unsafe { _mm512_load_si512(y.qs.as_ptr().add(64 * v).cast()) }
     }
 
-    /// The 4-bit values of a Q4_K / Q5_K super-block in the tile layout: vector `v`, 64-bit lane
-    /// `j` holds values `8 v..8 v + 8` of sub-block `j`. Sub-blocks `2p` and `2p + 1` share bytes
-    /// `32 p..32 p + 32` of `qs` (low and high nibbles), so lane `j` of vector `v` is the `v`-th
-    /// eight bytes of that run, shifted down by four bits for odd `j`.
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    unsafe fn nibbles_k(qs: *const u8) -> [__m512i; 4] {
-        // SAFETY: the caller guarantees 128 bytes at qs.
-        let (lo, hi) = unsafe { (_mm512_loadu_si512(qs.cast()), _mm512_loadu_si512(qs.add(64).cast())) };
-        let shifts = _mm512_set_epi64(4, 0, 4, 0, 4, 0, 4, 0);
-        let m4 = _mm512_set1_epi8(0x0f);
-        std::array::from_fn(|v| {
-            let v = v as i64;
-            // Indices 8.. pick from `hi`: the runs p = 0, 1 are in `lo`, p = 2, 3 in `hi`.
-            let pick = _mm512_set_epi64(12 + v, 12 + v, 8 + v, 8 + v, 4 + v, 4 + v, v, v);
-            let x = _mm512_permutex2var_epi64(lo, pick, hi);
-            _mm512_and_si512(_mm512_srlv_epi64(x, shifts), m4)
-        })
-    }
-
-    /// Q4_K (`HIGH = false`) and Q5_K (`HIGH = true`: a fifth bit per value, bit `j` of byte `l`
-    /// of `qh` for value `l` of sub-block `j`), `R` rows by `N` tokens:
+    /// Q4_K (`HIGH = false`) and Q5_K (`HIGH = true`), `R` rows by `N` tokens, on rows packed by
+    /// [`pack_q4_k_row`] / [`pack_q5_k_row`]:
     /// `Σ_j d·sc_j·dy_j·(q·y)_j − dmin·m_j·dy_j·Σy_j` with the four dot products of a super-block
-    /// chained in integers and both terms spread over the sub-block's two lanes.
+    /// chained in integers and both terms spread over the sub-block's two lanes. The 4-bit values
+    /// are two loads and four masks; Q5_K's fifth bits add 16 under one 64-bit mask per vector.
     // The row and token indices walk their arrays and the accumulators in lockstep.
     #[allow(clippy::needless_range_loop)]
     #[inline]
@@ -597,47 +653,46 @@ mod avx512 {
         a: &[&[SuperQ8]],
         out: &mut [f32],
     ) {
-        let (bytes, qs_at) = if HIGH {
-            (Q5_K_BYTES, Q5_K_QS_AT)
+        let (bytes, tail) = if HIGH {
+            (Q5_K_PACKED_BYTES, Q5_K_PACKED_HIGH_AT + 32)
         } else {
-            (Q4_K_BYTES, Q4_K_QS_AT)
+            (Q4_K_PACKED_BYTES, 128)
         };
+        let m4 = _mm512_set1_epi8(0x0f);
         let mut acc = [[_mm512_setzero_ps(); N]; R];
-        // Byte masks 1 << j in 64-bit lane j.
-        let bit_of_lane = _mm512_set_epi64(
-            0x8080_8080_8080_8080u64 as i64,
-            0x4040_4040_4040_4040,
-            0x2020_2020_2020_2020,
-            0x1010_1010_1010_1010,
-            0x0808_0808_0808_0808,
-            0x0404_0404_0404_0404,
-            0x0202_0202_0202_0202,
-            0x0101_0101_0101_0101,
-        );
         for i in 0..a[0].len() {
             let mut q = [[_mm512_setzero_si512(); 4]; R];
             let mut sc = [_mm512_setzero_ps(); R];
             let mut mins = [_mm512_setzero_ps(); R];
             for r in 0..R {
-                let blk = &rows[r][i * bytes..(i + 1) * bytes];
-                let b = blk.as_ptr();
+                // SAFETY (this block): the wrapper checked that every row holds a packed
+                // super-block per group, `bytes` long.
+                let b = unsafe { rows[r].as_ptr().add(i * bytes) };
                 ahead(b, bytes, R, rows[r].len());
-                // SAFETY: blk holds a whole super-block.
-                let (d, dmin) = unsafe { (f16(b), f16(b.add(2))) };
-                let (s8, m8) = k_scales_mins(&blk[K_SCALES_AT..]);
-                sc[r] = spread_times(d, s8);
-                // Half in each of the sub-block's two lanes (exact: a power of two).
-                mins[r] = spread_times(dmin * 0.5, m8);
-                q[r] = unsafe { nibbles_k(b.add(qs_at)) };
+                let (lo, hi) = unsafe { (_mm512_loadu_si512(b.cast()), _mm512_loadu_si512(b.add(64).cast())) };
+                q[r] = [
+                    _mm512_and_si512(lo, m4),
+                    _mm512_and_si512(hi, m4),
+                    _mm512_and_si512(_mm512_srli_epi16::<4>(lo), m4),
+                    _mm512_and_si512(_mm512_srli_epi16::<4>(hi), m4),
+                ];
                 if HIGH {
                     for v in 0..4 {
-                        // The eight bytes of qh for values 8v..8v + 8 in every lane; lane j
-                        // keeps bit j of each byte as bit 4.
-                        let h = _mm512_set1_epi64(unsafe { b.add(Q5_K_QH_AT + 8 * v).cast::<i64>().read_unaligned() });
-                        let set = _mm512_test_epi8_mask(h, bit_of_lane);
+                        let set = unsafe { b.add(Q5_K_PACKED_HIGH_AT + 8 * v).cast::<u64>().read_unaligned() };
                         q[r][v] = _mm512_mask_add_epi8(q[r][v], set, q[r][v], _mm512_set1_epi8(16));
                     }
                 }
+                let (s8, m8, d, dmin) = unsafe {
+                    (
+                        b.add(tail).cast::<[u8; SUBS]>().read_unaligned(),
+                        b.add(tail + SUBS).cast::<[u8; SUBS]>().read_unaligned(),
+                        f16(b.add(tail + 2 * SUBS)),
+                        f16(b.add(tail + 2 * SUBS + 2)),
+                    )
+                };
+                sc[r] = spread_times(d, s8);
+                // Half in each of the sub-block's two lanes (exact: a power of two).
+                mins[r] = spread_times(dmin * 0.5, m8);
             }
             for t in 0..N {
                 let y = &a[t][i];
@@ -1183,6 +1238,64 @@ mod tests {
 
     /// The same for Q4_1: every 4-bit value where the activation it multiplies sits, every
     /// block's scale and minimum where its lanes find them.
+    /// A packed Q4_K / Q5_K row, read back value by value from its layout, is the row the
+    /// reference dequantization gives.
+    #[test]
+    fn a_packed_k_quant_row_holds_the_same_weights() {
+        use crate::quant::blocks::dequantize_row;
+        let mut rng = Rng::new(26);
+        for (dtype, packed_bytes, high) in [
+            (QuantType::Q4K, Q4_K_PACKED_BYTES, false),
+            (QuantType::Q5K, Q5_K_PACKED_BYTES, true),
+        ] {
+            for blocks in [1, 2, 6] {
+                let row = random_bytes(&mut rng, dtype, blocks * QK_K);
+                let mut want = vec![0f32; blocks * QK_K];
+                dequantize_row(dtype, &row, &mut want);
+                let kernels = super_kernels(dtype, Isa::Avx512).and_then(|k| k.packing);
+                let bytes = if high {
+                    q5_k_packed_row_bytes(blocks)
+                } else {
+                    q4_k_packed_row_bytes(blocks)
+                };
+                let mut packed = vec![0xee; bytes];
+                assert_eq!(bytes, blocks * packed_bytes);
+                // The packing the tiles are handed where the CPU runs them, else the function.
+                let pack: fn(&[u8], &mut [u8]) = match kernels {
+                    Some(p) => {
+                        assert_eq!((p.row_bytes)(blocks), bytes);
+                        p.pack_row
+                    }
+                    None if high => pack_q5_k_row,
+                    None => pack_q4_k_row,
+                };
+                pack(&row, &mut packed);
+                let tail = if high { Q5_K_PACKED_HIGH_AT + 32 } else { 128 };
+                for (i, b) in packed.chunks_exact(packed_bytes).enumerate() {
+                    let f16 = |at: usize| half::f16::from_le_bytes([b[at], b[at + 1]]).to_f32();
+                    let (d, dmin) = (f16(tail + 2 * SUBS), f16(tail + 2 * SUBS + 2));
+                    for j in 0..SUBS {
+                        for e in 0..QK {
+                            let p = tile_position(SUBS, j, e);
+                            let (byte, shift) = nibble_at(SUBS, p);
+                            let mut q = (b[byte] >> shift) & 15;
+                            if high {
+                                q |= ((b[Q5_K_PACKED_HIGH_AT + p / 8] >> (p % 8)) & 1) << 4;
+                            }
+                            let (sc, m) = (f32::from(b[tail + j]), f32::from(b[tail + SUBS + j]));
+                            let got = d * sc * f32::from(q) - dmin * m;
+                            assert_eq!(
+                                got.to_bits(),
+                                want[i * QK_K + j * QK + e].to_bits(),
+                                "{dtype} {i} {j} {e}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn a_packed_q4_1_row_lines_up_with_its_activations() {
         use crate::quant::blocks::Q4_1_BYTES;
