@@ -87,15 +87,6 @@ fn q5_k_value(b: &[u8], e: usize) -> u8 {
     low | (high << 4)
 }
 
-/// Element `e` (0..256) of a Q5_K (`high`) or Q4_K super-block `b`, as its 5- or 4-bit value.
-pub(crate) fn k_value(b: &[u8], high: bool, e: usize) -> u8 {
-    if high {
-        q5_k_value(b, e)
-    } else {
-        q4_k_value(b, e)
-    }
-}
-
 /// Element `e` (0..256) of a Q6_K super-block `b`, as its 6-bit value (the weight is
 /// `d * scale[e / 16] * (value - 32)`).
 ///

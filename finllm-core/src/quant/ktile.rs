@@ -301,29 +301,42 @@ pub fn pack_q5_k_row(row: &[u8], out: &mut [u8]) {
 }
 
 fn pack_k_row(row: &[u8], out: &mut [u8], high: bool) {
-    use super::blocks::{k_scales_mins, k_value, K_SCALES_AT, Q4_K_BYTES, Q5_K_BYTES};
-    let (bytes, packed) = if high {
-        (Q5_K_BYTES, Q5_K_PACKED_BYTES)
+    use super::blocks::{k_scales_mins, K_SCALES_AT, Q4_K_BYTES, Q4_K_QS_AT, Q5_K_BYTES, Q5_K_QH_AT, Q5_K_QS_AT};
+    let (bytes, packed, qs_at) = if high {
+        (Q5_K_BYTES, Q5_K_PACKED_BYTES, Q5_K_QS_AT)
     } else {
-        (Q4_K_BYTES, Q4_K_PACKED_BYTES)
+        (Q4_K_BYTES, Q4_K_PACKED_BYTES, Q4_K_QS_AT)
     };
     assert!(
         row.len().is_multiple_of(bytes) && out.len() == row.len() / bytes * packed,
         "a K-quant row of whole super-blocks and room for its packed layout"
     );
     let tail = if high { Q5_K_PACKED_HIGH_AT + 32 } else { 128 };
+    let word = |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("eight bytes"));
+    const LOW_NIBBLES: u64 = 0x0f0f_0f0f_0f0f_0f0f;
+    const LOW_BITS: u64 = 0x0101_0101_0101_0101;
     for (b, o) in row.chunks_exact(bytes).zip(out.chunks_exact_mut(packed)) {
-        o.fill(0);
+        // Eight values at a time: values 8v..8v + 8 of sub-block j are the file's bytes
+        // 32 (j / 2) + 8v.. (nibble j % 2) and go to tile positions 64 v + 8 j.. (see
+        // `tile_position`), which `nibble_at` keeps in bytes 64 (v % 2) + 8 j.., nibble v / 2.
+        let mut values = [0u64; 16];
+        let mut high_bits = [0u8; 32];
         for j in 0..SUBS {
-            for e in 0..QK {
-                let v = k_value(b, high, j * QK + e);
-                let p = tile_position(SUBS, j, e);
-                let (byte, shift) = nibble_at(SUBS, p);
-                o[byte] |= (v & 0x0f) << shift;
-                if v & 0x10 != 0 {
-                    o[Q5_K_PACKED_HIGH_AT + p / 8] |= 1 << (p % 8);
+            for v in 0..4 {
+                let nibbles = (word(b, qs_at + 32 * (j / 2) + 8 * v) >> (4 * (j % 2))) & LOW_NIBBLES;
+                values[8 * (v % 2) + j] |= nibbles << (4 * (v / 2));
+                if high {
+                    // Bit j of qh bytes 8v..8v + 8, gathered into one byte (bit i from byte i).
+                    let bits = (word(b, Q5_K_QH_AT + 8 * v) >> j) & LOW_BITS;
+                    high_bits[8 * v + j] = (bits.wrapping_mul(0x0102_0408_1020_4080) >> 56) as u8;
                 }
             }
+        }
+        for (dst, w) in o[..128].chunks_exact_mut(8).zip(values) {
+            dst.copy_from_slice(&w.to_le_bytes());
+        }
+        if high {
+            o[Q5_K_PACKED_HIGH_AT..Q5_K_PACKED_HIGH_AT + 32].copy_from_slice(&high_bits);
         }
         let (sc, m) = k_scales_mins(&b[K_SCALES_AT..]);
         o[tail..tail + SUBS].copy_from_slice(&sc);
