@@ -5,10 +5,10 @@
 //! 64-byte `vpdpbusd` covers two sub-blocks and every product has to be scaled on its own before
 //! the next sub-block's can be added. Here a super-block's activations are laid out once per call
 //! ([`SuperQ8`]) so that in each of the four 64-byte vectors lanes `2j` and `2j + 1` hold eight
-//! values of sub-block `j`, and the weights are put in the same order: Q6_K's as they are
-//! unpacked, Q8_0's, Q4_1's, Q4_K's and Q5_K's once at load ([`pack_q8_0_row`],
-//! [`pack_q4_1_row`], [`pack_q4_k_row`], [`pack_q5_k_row`]; regrouping them on every call cost
-//! more instructions than the dot products). Every lane then belongs to one sub-block in all four vectors:
+//! values of sub-block `j`, and the weights are put in the same order, once at load
+//! ([`pack_q8_0_row`], [`pack_q4_1_row`], [`pack_q4_k_row`], [`pack_q5_k_row`],
+//! [`pack_q6_k_row`]; regrouping them on every call cost more instructions than the dot
+//! products). Every lane then belongs to one sub-block in all four vectors:
 //! the four integer dot products chain into one accumulator, and one multiply by the per-lane
 //! scales finishes the super-block. A Q8_0 row's short last group is laid out two or four blocks
 //! wide, so it takes one or two vectors rather than four of mostly zeros.
@@ -345,6 +345,47 @@ fn pack_k_row(row: &[u8], out: &mut [u8], high: bool) {
     }
 }
 
+/// Bytes of a Q6_K row of `blocks` super-blocks in the tile layout: the file's size.
+pub fn q6_k_packed_row_bytes(blocks: usize) -> usize {
+    blocks * super::blocks::Q6_K_BYTES
+}
+
+/// A Q6_K row in the tile layout, super-block by super-block, in the file's 210 bytes: the low
+/// four bits of each value at [`tile_position`] kept as [`nibble_at`] says, then 64 bytes of
+/// high bits (bits `2 v, 2 v + 1` of byte `k` for tile position `64 v + k`), then the scales and
+/// `d` where the file has them. One load and a shift give the high bits of all four vectors, where
+/// the file's order needs a permute and two shifts per vector for each half.
+pub fn pack_q6_k_row(row: &[u8], out: &mut [u8]) {
+    use super::blocks::{Q6_K_BYTES, Q6_K_QH_AT, Q6_K_SCALES_AT};
+    assert!(
+        row.len().is_multiple_of(Q6_K_BYTES) && out.len() == row.len(),
+        "a Q6_K row of whole super-blocks and room for its packed layout"
+    );
+    let word = |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("eight bytes"));
+    for (b, o) in row.chunks_exact(Q6_K_BYTES).zip(out.chunks_exact_mut(Q6_K_BYTES)) {
+        let (mut values, mut highs) = ([0u64; 16], [0u64; SUBS]);
+        // Eight values at a time: values 8v..8v + 8 of sub-block j = 4 n + g (half n) are the
+        // file's low nibbles at 64 n + 32 (g % 2) + 8v.. (nibble g / 2) and bits 2g, 2g + 1 of
+        // its high bytes at 32 n + 8v..; they go to tile positions 64 v + 8 j...
+        for j in 0..SUBS {
+            let (n, g) = (j / 4, j % 4);
+            for v in 0..4 {
+                let low = (word(b, 64 * n + 32 * (g % 2) + 8 * v) >> (4 * (g / 2))) & 0x0f0f_0f0f_0f0f_0f0f;
+                let high = (word(b, Q6_K_QH_AT + 32 * n + 8 * v) >> (2 * g)) & 0x0303_0303_0303_0303;
+                values[8 * (v % 2) + j] |= low << (4 * (v / 2));
+                highs[j] |= high << (2 * v);
+            }
+        }
+        for (dst, w) in o[..Q6_K_QH_AT + 64]
+            .chunks_exact_mut(8)
+            .zip(values.iter().chain(&highs))
+        {
+            dst.copy_from_slice(&w.to_le_bytes());
+        }
+        o[Q6_K_SCALES_AT..].copy_from_slice(&b[Q6_K_SCALES_AT..]);
+    }
+}
+
 /// Every row of `rows` (whole rows of `row_bytes`) times every token of `a` (`out.len()` tokens
 /// of `a.len() / out.len()` groups each): `out[t][i]` receives row `i` · token `t`. A K-quant
 /// row holds one super-block per group; a Q8_0 row is packed ([`pack_q8_0_row`]) for as many
@@ -409,6 +450,10 @@ pub fn super_kernels(dtype: QuantType, isa: Isa) -> Option<SuperKernels> {
             QuantType::Q5K => Some(Packing {
                 row_bytes: q5_k_packed_row_bytes,
                 pack_row: pack_q5_k_row,
+            }),
+            QuantType::Q6K => Some(Packing {
+                row_bytes: q6_k_packed_row_bytes,
+                pack_row: pack_q6_k_row,
             }),
             _ => None,
         };
@@ -929,39 +974,38 @@ mod avx512 {
         }
     }
 
-    /// The 6-bit values (0..64, before the −32) of a Q6_K super-block in the tile layout.
-    /// Sub-block `j = 4 n + g` of half `n` takes value `l` from byte `64 n + 32 (g % 2) + l` of
-    /// `ql` (low nibble for g < 2, high for g >= 2) and bits `2 g, 2 g + 1` of byte `32 n + l`
-    /// of `qh`.
+    /// The 6-bit values (0..64, before the −32) of a super-block packed by [`pack_q6_k_row`]:
+    /// vector `v` is its low nibbles (two loads, a shift and masks, as Q4_K's) with bits
+    /// `2 v, 2 v + 1` of the high bytes as bits 4 and 5.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     unsafe fn values_q6_k(b: *const u8) -> [__m512i; 4] {
         // SAFETY: the caller guarantees a whole super-block at b.
-        let (ql0, ql1, qh) = unsafe {
+        let (lo, hi, hb) = unsafe {
             (
                 _mm512_loadu_si512(b.cast()),
                 _mm512_loadu_si512(b.add(64).cast()),
                 _mm512_loadu_si512(b.add(Q6_K_QH_AT).cast()),
             )
         };
-        let low_shifts = _mm512_set_epi64(4, 4, 0, 0, 4, 4, 0, 0);
-        let high_shifts = _mm512_set_epi64(6, 4, 2, 0, 6, 4, 2, 0);
         let m4 = _mm512_set1_epi8(0x0f);
-        let m2 = _mm512_set1_epi8(0x03);
-        std::array::from_fn(|v| {
-            let v = v as i64;
-            let pick_low = _mm512_set_epi64(12 + v, 8 + v, 12 + v, 8 + v, 4 + v, v, 4 + v, v);
-            let low = _mm512_and_si512(
-                _mm512_srlv_epi64(_mm512_permutex2var_epi64(ql0, pick_low, ql1), low_shifts),
-                m4,
-            );
-            let pick_high = _mm512_set_epi64(4 + v, 4 + v, 4 + v, 4 + v, v, v, v, v);
-            let high = _mm512_and_si512(
-                _mm512_srlv_epi64(_mm512_permutexvar_epi64(pick_high, qh), high_shifts),
-                m2,
-            );
-            _mm512_or_si512(low, _mm512_slli_epi64::<4>(high))
-        })
+        let m30 = _mm512_set1_epi32(0x3030_3030);
+        let low = [
+            _mm512_and_si512(lo, m4),
+            _mm512_and_si512(hi, m4),
+            _mm512_and_si512(_mm512_srli_epi16::<4>(lo), m4),
+            _mm512_and_si512(_mm512_srli_epi16::<4>(hi), m4),
+        ];
+        // Bits 2v, 2v + 1 of every byte moved to bits 4, 5 (the mask drops what the 16-bit
+        // shifts carry in from neighbouring bytes).
+        let high = [
+            _mm512_slli_epi16::<4>(hb),
+            _mm512_slli_epi16::<2>(hb),
+            hb,
+            _mm512_srli_epi16::<2>(hb),
+        ];
+        // low | (high & 0x30): ternary-logic table 0xf8 (A | B & C).
+        std::array::from_fn(|v| _mm512_ternarylogic_epi32::<0xf8>(low[v], high[v], m30))
     }
 
     /// Q6_K, `R` rows by `N` tokens: `d · Σ_g sc_g · Σ (q − 32)·y` over the sixteen 16-value
@@ -1303,6 +1347,42 @@ mod tests {
                                 "{dtype} {i} {j} {e}"
                             );
                         }
+                    }
+                }
+            }
+        }
+    }
+
+    /// A packed Q6_K row, read back value by value, is the row the reference dequantization
+    /// gives, and the tiles are handed this packing where the CPU runs them.
+    #[test]
+    fn a_packed_q6_k_row_holds_the_same_weights() {
+        use crate::quant::blocks::{dequantize_row, Q6_K_BYTES, Q6_K_D_AT, Q6_K_QH_AT, Q6_K_SCALES_AT};
+        let mut rng = Rng::new(27);
+        for blocks in [1, 2, 6] {
+            let row = random_bytes(&mut rng, QuantType::Q6K, blocks * QK_K);
+            let mut want = vec![0f32; blocks * QK_K];
+            dequantize_row(QuantType::Q6K, &row, &mut want);
+            let mut packed = vec![0xee; q6_k_packed_row_bytes(blocks)];
+            let pack: fn(&[u8], &mut [u8]) = match super_kernels(QuantType::Q6K, Isa::Avx512).and_then(|k| k.packing) {
+                Some(p) => {
+                    assert_eq!((p.row_bytes)(blocks), packed.len());
+                    p.pack_row
+                }
+                None => pack_q6_k_row,
+            };
+            pack(&row, &mut packed);
+            for (i, b) in packed.chunks_exact(Q6_K_BYTES).enumerate() {
+                let d = half::f16::from_le_bytes([b[Q6_K_D_AT], b[Q6_K_D_AT + 1]]).to_f32();
+                for j in 0..SUBS {
+                    for e in 0..QK {
+                        let p = tile_position(SUBS, j, e);
+                        let (byte, shift) = nibble_at(SUBS, p);
+                        let high = (b[Q6_K_QH_AT + p % 64] >> (2 * (p / 64))) & 3;
+                        let q = ((b[byte] >> shift) & 15) | (high << 4);
+                        let scale = f32::from(b[Q6_K_SCALES_AT + (j * QK + e) / 16] as i8);
+                        let got = d * scale * (f32::from(q) - 32.0);
+                        assert_eq!(got.to_bits(), want[i * QK_K + j * QK + e].to_bits(), "{i} {j} {e}");
                     }
                 }
             }
