@@ -65,9 +65,10 @@ pub struct SuperQ8 {
     pub d: [f32; LANES],
     /// `d · Σ values` of the block each lane belongs to (the exact integer sum, scaled once).
     pub ds: [f32; LANES],
-    /// In a whole group, sums of sixteen values: `[2 j]` over values 0..16 of block `j`,
-    /// `[2 j + 1]` over 16..32 (Q6_K's two chains); zeros in a short group.
-    pub half_sums: [i32; LANES],
+    /// Where Q6_K's two chains start (its weights enter offset by 32): `q6_start[0][2 j]` is
+    /// `−32 ·` the sum of values 0..16 of block `j`, `q6_start[1][2 j + 1]` of values 16..32,
+    /// every other lane zero; all zeros in a short group (Q6_K rows are whole groups).
+    pub q6_start: [[i32; LANES]; 2],
     /// `−128 ·` the sum of the values each lane multiplies: where Q8_0's dot products start (its
     /// weights enter offset by 128).
     pub q8_start: [i32; LANES],
@@ -84,7 +85,7 @@ impl Default for SuperQ8 {
             qs: [0; QK_K],
             d: [0.0; LANES],
             ds: [0.0; LANES],
-            half_sums: [0; LANES],
+            q6_start: [[0; LANES]; 2],
             q8_start: [0; LANES],
             s: [0.0; LANES],
             blocks: 0,
@@ -120,9 +121,9 @@ impl SuperQ8 {
             s.ds[j * lanes..(j + 1) * lanes].fill(b.d * b.sum as f32);
             s.s[j * lanes..(j + 1) * lanes].fill(b.s / lanes as f32);
             if width == SUBS {
-                let half = |r: std::ops::Range<usize>| b.qs[r].iter().map(|&q| i32::from(q)).sum();
-                s.half_sums[2 * j] = half(0..16);
-                s.half_sums[2 * j + 1] = half(16..32);
+                let half = |r: std::ops::Range<usize>| b.qs[r].iter().map(|&q| i32::from(q)).sum::<i32>();
+                s.q6_start[0][2 * j] = -32 * half(0..16);
+                s.q6_start[1][2 * j + 1] = -32 * half(16..32);
             }
         }
         for (l, start) in s.q8_start.iter_mut().enumerate() {
@@ -1050,11 +1051,13 @@ mod avx512 {
                 let y = &a[t][i];
                 let ys = [act(y, 0), act(y, 1), act(y, 2), act(y, 3)];
                 let (yd, _) = lanes_f32(y);
-                // −32 Σ y of group 2j in lane 2j, of group 2j + 1 in lane 2j + 1.
-                // SAFETY: half_sums holds sixteen i32.
-                let halves = unsafe { _mm512_loadu_si512(y.half_sums.as_ptr().cast()) };
-                let neg = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32::<5>(halves));
-                let start = [_mm512_maskz_mov_epi32(0x5555, neg), _mm512_maskz_mov_epi32(0xaaaa, neg)];
+                // SAFETY: q6_start holds two vectors of sixteen i32.
+                let start = unsafe {
+                    [
+                        _mm512_loadu_si512(y.q6_start[0].as_ptr().cast()),
+                        _mm512_loadu_si512(y.q6_start[1].as_ptr().cast()),
+                    ]
+                };
                 for r in 0..R {
                     let first = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(start[0], q[r][0], ys[0]), q[r][1], ys[1]);
                     let second = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(start[1], q[r][2], ys[2]), q[r][3], ys[3]);
@@ -1243,7 +1246,11 @@ mod tests {
                 assert_eq!(shared, b.s, "{count} blocks: block {j}'s s over its lanes");
                 if width == SUBS {
                     let first: i32 = b.qs[..16].iter().map(|&q| i32::from(q)).sum();
-                    assert_eq!((s.half_sums[2 * j], s.half_sums[2 * j + 1]), (first, b.sum - first));
+                    assert_eq!(
+                        (s.q6_start[0][2 * j], s.q6_start[1][2 * j + 1]),
+                        (-32 * first, -32 * (b.sum - first))
+                    );
+                    assert_eq!((s.q6_start[0][2 * j + 1], s.q6_start[1][2 * j]), (0, 0));
                 }
                 // The lanes' starts add up to −128 times the block's sum.
                 let starts: i32 = s.q8_start[j * per_lane..(j + 1) * per_lane].iter().sum();
