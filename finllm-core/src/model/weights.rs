@@ -173,7 +173,7 @@ impl WeightStore {
                 let info = f.tensor(name).ok_or_else(|| missing(name))?;
                 check_shape(name, shape, &info.shape())?;
                 let bytes = f.tensor_data(info);
-                if info.dtype == QuantType::F32 {
+                let weight = if info.dtype == QuantType::F32 {
                     Weight::Dense(Tensor::from_raw_buffer(bytes, DType::F32, shape, device)?)
                 } else {
                     let q = qtensor_from_ggml(info.dtype.to_candle(), bytes, shape.to_vec(), device).map_err(|e| {
@@ -183,7 +183,13 @@ impl WeightStore {
                         }
                     })?;
                     Weight::Quantized(Arc::new(q))
-                }
+                };
+                // Both branches copied the bytes (candle owns its storage), so the file's pages for
+                // this tensor are not needed and are handed back: otherwise the embedding table
+                // is held twice, once as the copy and once as the pages the copy read. A reader
+                // of the same bytes in place faults them back in from the file.
+                f.release(info.start as usize, bytes.len());
+                weight
             }
             WeightStore::Safetensors(s) => Weight::Dense(s.load_f32(name, shape)?.to_device(device)?),
         };
