@@ -114,7 +114,7 @@ fn super_tiles(dtype: QuantType, rng: &mut Rng) {
     let cols = if block == QK { 576 } else { 1536 };
     let blocks = cols / QK;
     let file_row = cols / block * block_bytes(dtype);
-    let row_bytes = k.packing.map_or(file_row, |p| (p.row_bytes)(cols / block));
+    let row_bytes = (k.packing.row_bytes)(cols / block);
     let tokens = 64;
     let acts: Vec<SuperQ8> = (0..tokens)
         .flat_map(|_| {
@@ -134,16 +134,10 @@ fn super_tiles(dtype: QuantType, rng: &mut Rng) {
     ] {
         // Masked bytes keep every f16 scale finite.
         let file: Vec<u8> = (0..rows * file_row).map(|_| rng.next_u64() as u8 & 0x77).collect();
-        let data = match k.packing {
-            Some(p) => {
-                let mut packed = vec![0u8; rows * row_bytes];
-                for (src, dst) in file.chunks_exact(file_row).zip(packed.chunks_exact_mut(row_bytes)) {
-                    (p.pack_row)(src, dst);
-                }
-                packed
-            }
-            None => file,
-        };
+        let mut data = vec![0u8; rows * row_bytes];
+        for (src, dst) in file.chunks_exact(file_row).zip(data.chunks_exact_mut(row_bytes)) {
+            (k.packing.pack_row)(src, dst);
+        }
         let reps = (64 << 20) / data.len() / n + 1;
         let mut out = vec![vec![0f32; rows]; n];
         let (secs, sink) = best_of(|| {

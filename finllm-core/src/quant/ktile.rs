@@ -408,55 +408,30 @@ pub struct Packing {
 #[derive(Clone, Copy)]
 pub struct SuperKernels {
     pub tile: SuperTileFn,
-    /// The layout the tile reads rows in, when it is not the file's (Q8_0).
-    pub packing: Option<Packing>,
+    /// The layout the tile reads rows in (every tile reads rows packed at load: regrouping the
+    /// file's blocks on every call took more instructions than the dot products).
+    pub packing: Packing,
 }
 
 impl std::fmt::Debug for SuperKernels {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SuperKernels")
-            .field("packed", &self.packing.is_some())
-            .finish_non_exhaustive()
+        f.debug_struct("SuperKernels").finish_non_exhaustive()
     }
 }
 
-/// The tile kernels for `dtype` on `isa`: Q8_0, Q4_K, Q5_K and Q6_K on AVX-512 VNNI. Other
+/// The tile kernels for `dtype` on `isa`: Q4_1, Q8_0, Q4_K, Q5_K and Q6_K on AVX-512 VNNI. Other
 /// formats and ISAs use the one-row kernels of [`super::kernels`].
 pub fn super_kernels(dtype: QuantType, isa: Isa) -> Option<SuperKernels> {
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512 {
-        let tile: SuperTileFn = match dtype {
-            QuantType::Q4_1 => avx512::q4_1,
-            QuantType::Q8_0 => avx512::q8_0,
-            QuantType::Q4K => avx512::q4_k,
-            QuantType::Q5K => avx512::q5_k,
-            QuantType::Q6K => avx512::q6_k,
+        let packing = |row_bytes, pack_row| Packing { row_bytes, pack_row };
+        let (tile, packing): (SuperTileFn, _) = match dtype {
+            QuantType::Q4_1 => (avx512::q4_1, packing(q4_1_packed_row_bytes, pack_q4_1_row)),
+            QuantType::Q8_0 => (avx512::q8_0, packing(q8_0_packed_row_bytes, pack_q8_0_row)),
+            QuantType::Q4K => (avx512::q4_k, packing(q4_k_packed_row_bytes, pack_q4_k_row)),
+            QuantType::Q5K => (avx512::q5_k, packing(q5_k_packed_row_bytes, pack_q5_k_row)),
+            QuantType::Q6K => (avx512::q6_k, packing(q6_k_packed_row_bytes, pack_q6_k_row)),
             _ => return None,
-        };
-        // Q8_0 and Q4_1 rows are packed at load: their blocks (34 and 20 bytes) carry their own
-        // scales, so regrouping them per call took more instructions than the dot products.
-        let packing = match dtype {
-            QuantType::Q8_0 => Some(Packing {
-                row_bytes: q8_0_packed_row_bytes,
-                pack_row: pack_q8_0_row,
-            }),
-            QuantType::Q4_1 => Some(Packing {
-                row_bytes: q4_1_packed_row_bytes,
-                pack_row: pack_q4_1_row,
-            }),
-            QuantType::Q4K => Some(Packing {
-                row_bytes: q4_k_packed_row_bytes,
-                pack_row: pack_q4_k_row,
-            }),
-            QuantType::Q5K => Some(Packing {
-                row_bytes: q5_k_packed_row_bytes,
-                pack_row: pack_q5_k_row,
-            }),
-            QuantType::Q6K => Some(Packing {
-                row_bytes: q6_k_packed_row_bytes,
-                pack_row: pack_q6_k_row,
-            }),
-            _ => None,
         };
         return Some(SuperKernels { tile, packing });
     }
@@ -1093,16 +1068,11 @@ mod tests {
         QuantType::Q6K,
     ];
 
-    /// `row` as the tile reads it: packed where the format's tile wants its own layout.
+    /// `row` as the tile reads it: packed.
     fn tile_row(k: &SuperKernels, row: &[u8], blocks: usize) -> Vec<u8> {
-        match k.packing {
-            Some(p) => {
-                let mut out = vec![0; (p.row_bytes)(blocks)];
-                (p.pack_row)(row, &mut out);
-                out
-            }
-            None => row.to_vec(),
-        }
+        let mut out = vec![0; (k.packing.row_bytes)(blocks)];
+        (k.packing.pack_row)(row, &mut out);
+        out
     }
 
     /// Block counts for the tiles: the kernels' awkward lengths, and for Q8_0 every width of a
@@ -1316,7 +1286,7 @@ mod tests {
                 let row = random_bytes(&mut rng, dtype, blocks * QK_K);
                 let mut want = vec![0f32; blocks * QK_K];
                 dequantize_row(dtype, &row, &mut want);
-                let kernels = super_kernels(dtype, Isa::Avx512).and_then(|k| k.packing);
+                let kernels = super_kernels(dtype, Isa::Avx512).map(|k| k.packing);
                 let bytes = if high {
                     q5_k_packed_row_bytes(blocks)
                 } else {
@@ -1371,7 +1341,7 @@ mod tests {
             let mut want = vec![0f32; blocks * QK_K];
             dequantize_row(QuantType::Q6K, &row, &mut want);
             let mut packed = vec![0xee; q6_k_packed_row_bytes(blocks)];
-            let pack: fn(&[u8], &mut [u8]) = match super_kernels(QuantType::Q6K, Isa::Avx512).and_then(|k| k.packing) {
+            let pack: fn(&[u8], &mut [u8]) = match super_kernels(QuantType::Q6K, Isa::Avx512).map(|k| k.packing) {
                 Some(p) => {
                     assert_eq!((p.row_bytes)(blocks), packed.len());
                     p.pack_row

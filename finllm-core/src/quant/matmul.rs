@@ -142,10 +142,7 @@ impl QMatrix {
         // In bounds: the reader checked start + n_bytes against the file size, and n_bytes is
         // what `rows` rows of `cols` take.
         let start = usize::try_from(info.start).expect("the tensor lies inside a file in memory");
-        if let RowKernels::Super(SuperKernels {
-            packing: Some(packing), ..
-        }) = kernels
-        {
+        if let RowKernels::Super(SuperKernels { packing, .. }) = kernels {
             let file_rows = &file.tensor_bytes_from(start)[..rows * row_bytes];
             let packed_row = (packing.row_bytes)(cols / block);
             let mut packed = Packed::zeroed(rows * packed_row);
