@@ -228,6 +228,67 @@ impl WeightStore {
     }
 }
 
+/// An embedding table read in place from a GGUF memory map: each lookup dequantizes only the
+/// rows it asks for (the scalar reference, as candle's lookup does), so the table is never
+/// copied and only the pages of rows in use become resident.
+pub(crate) struct InPlaceRows {
+    file: Arc<GgufFile>,
+    start: usize,
+    rows: usize,
+    cols: usize,
+    row_bytes: usize,
+    dtype: QuantType,
+}
+
+impl InPlaceRows {
+    /// Values per row.
+    pub(crate) fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// `[ids.len(), cols]` row-major.
+    pub(crate) fn lookup(&self, ids: &[u32]) -> Result<Vec<f32>> {
+        let mut out = vec![0f32; ids.len() * self.cols];
+        let bytes = self.file.tensor_bytes_from(self.start);
+        for (&id, dst) in ids.iter().zip(out.chunks_exact_mut(self.cols.max(1))) {
+            let r = id as usize;
+            if r >= self.rows {
+                return Err(Error::TokenOutOfRange {
+                    id,
+                    vocab_size: self.rows,
+                });
+            }
+            crate::quant::blocks::dequantize_row(self.dtype, &bytes[r * self.row_bytes..][..self.row_bytes], dst);
+        }
+        Ok(out)
+    }
+}
+
+impl WeightStore {
+    /// `name` (`[rows, cols]`) as rows to look up in place, when it is in a GGUF file in a block
+    /// format finllm dequantizes itself; `None` otherwise (the caller copies it as a tensor).
+    pub(crate) fn rows_in_place(&self, name: &str, rows: usize, cols: usize) -> Result<Option<InPlaceRows>> {
+        let WeightStore::Gguf(f) = self else {
+            return Ok(None);
+        };
+        let info = f.tensor(name).ok_or_else(|| missing(name))?;
+        check_shape(name, &[rows, cols], &info.shape())?;
+        let block = info.dtype.block_size() as usize;
+        if !crate::quant::kernels::KERNEL_FORMATS.contains(&info.dtype) || !cols.is_multiple_of(block) {
+            return Ok(None);
+        }
+        Ok(Some(InPlaceRows {
+            file: f.clone(),
+            // In bounds: the reader checked the tensor against the file's size at open.
+            start: usize::try_from(info.start).expect("the tensor lies inside a file in memory"),
+            rows,
+            cols,
+            row_bytes: cols / block * crate::quant::kernels::block_bytes(info.dtype),
+            dtype: info.dtype,
+        }))
+    }
+}
+
 fn missing(name: &str) -> Error {
     Error::MissingTensor { name: name.to_string() }
 }
@@ -369,6 +430,46 @@ fn st_err(path: &Path, e: safetensors::SafeTensorError) -> Error {
 mod tests {
     use super::*;
     use crate::generate::Rng;
+
+    /// An embedding table looked up in place gives candle's lookup of its copy, bit for bit, in
+    /// every format read in place; an id past the table is a typed error.
+    #[test]
+    fn in_place_embedding_rows_match_candles_lookup() {
+        let mut rng = Rng::new(41);
+        let (rows, cols) = (13, 512);
+        for dtype in crate::quant::kernels::KERNEL_FORMATS {
+            let values: Vec<f32> = (0..rows * cols).map(|_| (rng.next_f64() * 2.0 - 1.0) as f32).collect();
+            let data = crate::model::synthetic::encode(&values, &[rows, cols], dtype).unwrap();
+            let mut g = crate::model::GgufWriter::new();
+            g.tensor("token_embd.weight", &[rows, cols], dtype, data).unwrap();
+            let store = WeightStore::Gguf(Arc::new(GgufFile::from_vec("e.gguf", g.to_bytes()).unwrap()));
+            let in_place = store
+                .rows_in_place("token_embd.weight", rows, cols)
+                .unwrap()
+                .unwrap_or_else(|| panic!("{dtype} is read in place"));
+            let ids = [0u32, 12, 5, 5, 7];
+            let got = in_place.lookup(&ids).unwrap();
+            let Weight::Quantized(q) = store.get("token_embd.weight", &[rows, cols]).unwrap() else {
+                panic!("{dtype} loads quantized")
+            };
+            let want = q
+                .embedding(&Tensor::new(&ids[..], &Device::Cpu).unwrap())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            assert_eq!(got.len(), want.len());
+            assert!(
+                got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{dtype}"
+            );
+            assert!(matches!(
+                in_place.lookup(&[3, 13]),
+                Err(Error::TokenOutOfRange { id: 13, vocab_size: 13 })
+            ));
+        }
+    }
 
     /// A safetensors file written by hand: the header padded with spaces so the data starts at
     /// an odd offset, and the first tensor of an even size, so no float matrix is even 2-aligned.

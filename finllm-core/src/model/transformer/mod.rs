@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::model::config::{Activation, AttentionSpan, ModelConfig, RopeStyle};
-use crate::model::weights::{forward_group, forward_group_into, Matrix, Weight, WeightStore};
+use crate::model::weights::{forward_group, forward_group_into, InPlaceRows, Matrix, Weight, WeightStore};
 use crate::quant::matmul::Scratch;
 
 mod decode;
@@ -176,6 +176,17 @@ struct Block {
 enum Embedding {
     Quantized(Arc<QTensor>),
     Dense(Tensor),
+    /// Read in place from the model file's memory map, row by row.
+    InPlace(InPlaceRows),
+}
+
+impl From<Weight> for Embedding {
+    fn from(w: Weight) -> Self {
+        match w {
+            Weight::Quantized(q) => Embedding::Quantized(q),
+            Weight::Dense(t) => Embedding::Dense(t),
+        }
+    }
 }
 
 impl Embedding {
@@ -183,6 +194,11 @@ impl Embedding {
         Ok(match self {
             Embedding::Quantized(q) => q.embedding(ids)?,
             Embedding::Dense(t) => t.index_select(ids, 0)?,
+            Embedding::InPlace(rows) => {
+                let ids = ids.to_vec1::<u32>()?;
+                let n = ids.len();
+                Tensor::from_vec(rows.lookup(&ids)?, (n, rows.cols()), &Device::Cpu)?
+            }
         })
     }
 }
@@ -323,8 +339,9 @@ impl Transformer {
         }
 
         // The embedding table stays in host memory on every backend: a lookup touches a few
-        // rows, which then move to the device.
-        let embed_w = store.get("token_embd.weight", &[cfg.vocab_size, h])?;
+        // rows, which then move to the device. A GGUF table in a block format is read in place
+        // (a lookup dequantizes its rows); otherwise it is copied as a tensor.
+        let mut embed_w = None;
         let lm_head = if store.contains("output.weight") {
             store.matrix("output.weight", cfg.vocab_size, h, device, kernels)?
         } else if !device.is_cpu() {
@@ -333,15 +350,23 @@ impl Transformer {
             match store.matrix("token_embd.weight", cfg.vocab_size, h, device, kernels)? {
                 kernel @ Matrix::Kernel(_) => kernel,
                 // Tied weights on the CPU: one copy serves both.
-                Matrix::Candle(_) => Matrix::Candle(match &embed_w {
-                    Weight::Quantized(q) => QMatMul::from_arc(q.clone())?,
-                    Weight::Dense(t) => QMatMul::Tensor(t.clone()),
-                }),
+                Matrix::Candle(_) => {
+                    let w = store.get("token_embd.weight", &[cfg.vocab_size, h])?;
+                    let m = Matrix::Candle(match &w {
+                        Weight::Quantized(q) => QMatMul::from_arc(q.clone())?,
+                        Weight::Dense(t) => QMatMul::Tensor(t.clone()),
+                    });
+                    embed_w = Some(w);
+                    m
+                }
             }
         };
         let embed = match embed_w {
-            Weight::Quantized(q) => Embedding::Quantized(q),
-            Weight::Dense(t) => Embedding::Dense(t),
+            Some(w) => Embedding::from(w),
+            None => match store.rows_in_place("token_embd.weight", cfg.vocab_size, h)? {
+                Some(rows) => Embedding::InPlace(rows),
+                None => Embedding::from(store.get("token_embd.weight", &[cfg.vocab_size, h])?),
+            },
         };
         Ok(Self {
             norm: norm("output_norm.weight", h)?,
