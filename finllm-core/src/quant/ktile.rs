@@ -704,12 +704,8 @@ mod avx512 {
                 let b = unsafe { rows[r].as_ptr().add(i * bytes) };
                 ahead(b, bytes, R, rows[r].len());
                 let (lo, hi) = unsafe { (_mm512_loadu_si512(b.cast()), _mm512_loadu_si512(b.add(64).cast())) };
-                q[r] = [
-                    _mm512_and_si512(lo, m4),
-                    _mm512_and_si512(hi, m4),
-                    _mm512_and_si512(_mm512_srli_epi16::<4>(lo), m4),
-                    _mm512_and_si512(_mm512_srli_epi16::<4>(hi), m4),
-                ];
+                let ((l0, h0), (l1, h1)) = (nibbles(lo, m4), nibbles(hi, m4));
+                q[r] = [l0, l1, h0, h1];
                 if HIGH {
                     for v in 0..4 {
                         let set = unsafe { b.add(Q5_K_PACKED_HIGH_AT + 8 * v).cast::<u64>().read_unaligned() };
@@ -966,12 +962,8 @@ mod avx512 {
         };
         let m4 = _mm512_set1_epi8(0x0f);
         let m30 = _mm512_set1_epi32(0x3030_3030);
-        let low = [
-            _mm512_and_si512(lo, m4),
-            _mm512_and_si512(hi, m4),
-            _mm512_and_si512(_mm512_srli_epi16::<4>(lo), m4),
-            _mm512_and_si512(_mm512_srli_epi16::<4>(hi), m4),
-        ];
+        let ((l0, h0), (l1, h1)) = (nibbles(lo, m4), nibbles(hi, m4));
+        let low = [l0, l1, h0, h1];
         // Bits 2v, 2v + 1 of every byte moved to bits 4, 5 (the mask drops what the 16-bit
         // shifts carry in from neighbouring bytes).
         let high = [
