@@ -79,7 +79,7 @@ def test_tokenize_roundtrip(smollm2):
     assert smollm2.tokenize("<|im_start|>user") [0] == 1  # special tokens are parsed
 
 
-def test_threads_share_one_model_and_release_the_gil(tiny):
+def test_threads_share_one_model(tiny):
     prompts = ["the rate", "bonds", "on the", "a b c"]
     sequential = [tiny.generate(p, max_tokens=20).ids for p in prompts]
     results = [None] * len(prompts)
@@ -94,7 +94,11 @@ def test_threads_share_one_model_and_release_the_gil(tiny):
         t.join()
     assert results == sequential
 
-    # While a long generation runs, another Python thread keeps running.
+
+def test_generation_releases_the_gil(smollm2):
+    # While a generation runs, another Python thread keeps running. The real model, not the tiny
+    # one: 150 tokens of the tiny model now take about as long as five of the counter's ticks,
+    # while 64 of SmolLM2's take hundreds (a held GIL would allow none during the call).
     ticks = 0
     done = threading.Event()
 
@@ -106,10 +110,11 @@ def test_threads_share_one_model_and_release_the_gil(tiny):
 
     counter = threading.Thread(target=count)
     counter.start()
-    tiny.generate("the rate", max_tokens=150)
+    g = smollm2.generate("The yield curve", max_tokens=64)
     done.set()
     counter.join()
-    assert ticks > 5
+    assert len(g.ids) == 64, "the generation ran its full length"
+    assert ticks > 20
 
 
 def test_model_properties_and_repr(tiny):
