@@ -73,12 +73,15 @@ fn logistic_arg(v: f32, gate: Gate) -> f32 {
 /// `gate[i] = act(gate[i]) · up[i]`.
 pub fn gate_in_place(gate: &mut [f32], up: &[f32], act: Gate) {
     assert_eq!(gate.len(), up.len(), "gate and up projections of one size");
-    match simd() {
-        // SAFETY: `simd` found the features the function is compiled for.
-        Some(Simd::Avx2) => unsafe { x86::gate(gate, up, act) },
-        Some(Simd::Neon) => gate_with(gate, up, act, exp_poly),
-        None => gate_with(gate, up, act, f32::exp),
+    #[cfg(target_arch = "x86_64")]
+    if Isa::detect().implies_avx2() {
+        // SAFETY: the AVX2 level implies AVX2 and FMA, which the function is compiled for.
+        return unsafe { x86::gate(gate, up, act) };
     }
+    if neon() {
+        return gate_with(gate, up, act, exp_poly);
+    }
+    gate_with(gate, up, act, f32::exp)
 }
 
 #[inline(always)]
@@ -100,12 +103,15 @@ fn gate_loop(gate: &mut [f32], up: &[f32], arg: impl Fn(f32) -> f32, exp: impl F
 
 /// `x = softmax(x)`: `e^(x_i − max) / Σ`. An empty slice stays empty.
 pub fn softmax_in_place(x: &mut [f32]) {
-    match simd() {
+    #[cfg(target_arch = "x86_64")]
+    if Isa::detect().implies_avx2() {
         // SAFETY: as in `gate_in_place`.
-        Some(Simd::Avx2) => unsafe { x86::softmax(x) },
-        Some(Simd::Neon) => softmax_with(x, exp_poly),
-        None => softmax_with(x, f32::exp),
+        return unsafe { x86::softmax(x) };
     }
+    if neon() {
+        return softmax_with(x, exp_poly);
+    }
+    softmax_with(x, f32::exp)
 }
 
 #[inline(always)]
@@ -152,19 +158,9 @@ fn max_of(x: &[f32]) -> f32 {
     acc.iter().copied().fold(f32::NEG_INFINITY, f32::max)
 }
 
-/// The vector `exp` paths this CPU can run.
-#[derive(Clone, Copy)]
-enum Simd {
-    Avx2,
-    Neon,
-}
-
-fn simd() -> Option<Simd> {
-    match Isa::detect() {
-        Isa::Avx2 | Isa::Avx512 => Some(Simd::Avx2),
-        Isa::Neon | Isa::NeonDot => Some(Simd::Neon),
-        Isa::Scalar => None,
-    }
+/// AArch64 NEON (which has FMA): the baseline build vectorises the polynomial as it is.
+fn neon() -> bool {
+    matches!(Isa::detect(), Isa::Neon | Isa::NeonDot)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -183,20 +179,6 @@ mod x86 {
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn softmax(x: &mut [f32]) {
         softmax_with(x, exp_poly)
-    }
-}
-
-/// On other architectures `Simd::Avx2` is never chosen.
-#[cfg(not(target_arch = "x86_64"))]
-mod x86 {
-    use super::*;
-
-    pub unsafe fn gate(gate: &mut [f32], up: &[f32], act: Gate) {
-        gate_with(gate, up, act, f32::exp)
-    }
-
-    pub unsafe fn softmax(x: &mut [f32]) {
-        softmax_with(x, f32::exp)
     }
 }
 
