@@ -1,5 +1,6 @@
-//! SmolLM2-135M Q4_1 against llama.cpp's reference outputs (../shared/reference), with the
-//! tolerances its README derives from llama.cpp's own run-to-run noise.
+//! SmolLM2-135M Q4_1 against llama.cpp's reference outputs (committed in tests/data/reference,
+//! copied from the shared reference folder), with the tolerances its README derives from
+//! llama.cpp's own run-to-run noise.
 
 mod common;
 

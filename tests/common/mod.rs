@@ -16,17 +16,13 @@ pub fn smollm2_path() -> PathBuf {
     p
 }
 
-/// `../shared/reference/<name>` beside the checkout.
+/// A reference output committed in `tests/data/reference/<name>` (copied unchanged from the
+/// shared reference folder; see `PROVENANCE.md` there), so a plain clone runs its own tests.
 pub fn reference(name: &str) -> serde_json::Value {
-    let candidates = [
-        root().join("../shared/reference").join(name),
-        root().join("shared/reference").join(name),
-    ];
-    let path = candidates
-        .iter()
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("reference file {name} not found in ../shared/reference"));
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    let path = root().join("tests/data/reference").join(name);
+    let text =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reference file {} unreadable: {e}", path.display()));
+    serde_json::from_str(&text).unwrap()
 }
 
 /// Quantile of a sorted slice (nearest rank).
