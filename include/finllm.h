@@ -139,6 +139,10 @@ typedef struct {
   // Where to run: "cpu", "cuda:N" or "auto"; NULL means "cpu". (Added in 0.1; callers
   // compiled against a header without it get "cpu".)
   const char *device;
+  // Non-zero: scan every weight for NaN and infinity before building the model (reads the
+  // whole file once); a corrupt tensor fails the load with FINLLM_ERROR_BACKEND naming it.
+  // (Added in 0.1; callers compiled against a header without it get 0.)
+  uint8_t check_weights;
 } finllm_load_params;
 
 // Options for one generation. Get defaults from finllm_generate_default_params().

@@ -680,3 +680,30 @@ fn pseudonymise_and_unmask_round_trip() {
         assert_eq!(redacted, "身份证号[ID]的客户用卡号[CARD]消费，身份证号[ID]已核实。");
     }
 }
+
+#[test]
+fn masking_is_linear_in_the_input() {
+    // Identifier-dense text (this took 6.7 s at 1.6 MB and over a minute at 10 MB when every
+    // entity was matched against every candidate). The 10 MB input must mask within the bomb
+    // bound of 10 s, and every identifier must be found: the count is the oracle.
+    let detector = PiiDetector::new(PiiConfig::default()).unwrap();
+    let mut rng = Rng(99);
+    let mut text = String::new();
+    let mut planted = 0;
+    while text.len() < 10 << 20 {
+        text.push_str(&format!(
+            "客户手机 {}，邮箱 {}，银行卡 {}。",
+            gen_mobile(&mut rng),
+            gen_email(&mut rng),
+            gen_credit_card(&mut rng)
+        ));
+        planted += 3;
+    }
+    let started = std::time::Instant::now();
+    let (masked, vault) = detector.pseudonymise(&text);
+    let elapsed = started.elapsed();
+    assert!(elapsed.as_secs() < 10, "10 MB masked in {elapsed:?}");
+    let placeholders = masked.matches('<').count();
+    assert_eq!(placeholders, planted, "every planted identifier is masked exactly once");
+    assert!(vault.len() > planted / 2, "distinct values get distinct placeholders");
+}

@@ -254,3 +254,94 @@ fn a_broken_embedder_is_a_typed_error_when_attached() {
         .unwrap_err();
     assert!(matches!(err, finllm::Error::Policy { .. }), "{err}");
 }
+
+#[test]
+fn regex_rules_must_bound_their_matches() {
+    let rule = |regex: &str, max_len: Option<usize>| {
+        let max_len = max_len.map_or(String::new(), |n| format!("max_len = {n}\n"));
+        format!(
+            "name = \"t\"\n[[rules]]\nid = \"r\"\ncategory = \"guaranteed_return\"\naction = \"block\"\n\
+             regex = '{regex}'\n{max_len}"
+        )
+    };
+    // Unbounded repetitions cannot be held back by any window.
+    for unbounded in [r"guaranteed \d+%", r"promise.*profit", r"x{3,}"] {
+        let err = Policy::from_toml_str(&rule(unbounded, Some(80)))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unbounded"), "{unbounded}: {err}");
+    }
+    // A declared max_len below what the regex can match is refused, naming the bound.
+    let err = Policy::from_toml_str(&rule(r"guaranteed \d{1,3}% a year", Some(10)))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("up to 22 characters"), "{err}");
+    // Omitted, it is computed (characters, not bytes: a Chinese phrase of 4 characters is 12
+    // bytes) and the rule works.
+    let p = Policy::from_toml_str(&rule("保证收益\\d{1,2}%", None)).unwrap();
+    assert_eq!(p.max_regex_holdback_chars(), 7);
+    assert!(p.check("产品保证收益12%。").unwrap().is_blocked());
+    let p = Policy::from_toml_str(&rule(r"guaranteed \d{1,3}% a year", Some(30))).unwrap();
+    assert_eq!(p.max_regex_holdback_chars(), 30);
+}
+
+#[test]
+fn streaming_and_whole_text_verdicts_agree() {
+    // Property: for the shipped packs, any text and any split into pieces, the stream's verdict
+    // (block or not, and by which rule) equals the whole-text check's. The fragments exercise the
+    // regex rules' longest matches (long decimals, the widest gaps), keywords and noise.
+    let policy = Policy::default_packs().unwrap();
+    let fragments = [
+        "We guarantee you ",
+        "a return of 12.3456% per year",
+        "12.5% annual",
+        " 7% return",
+        "certain that it pays 3.25% each month",
+        " the firm promised investors that the product would yield ",
+        "99.9999% yield",
+        "保证年化收益率达到 8.88%",
+        "承诺回报 12.5％",
+        "本产品保本保收益",
+        " guaranteed returns ",
+        ". ",
+        "The central bank held rates at 5.25%. ",
+        "Duration measures rate sensitivity. ",
+        "\n",
+        "返回 ",
+    ];
+    let mut rng = Rng(2026);
+    let (mut blocked_cases, mut total) = (0, 0);
+    for _ in 0..400 {
+        let n = 1 + rng.below(6);
+        let text: String = (0..n).map(|_| *rng.pick(&fragments)).collect();
+        let whole = policy.check(&text).unwrap();
+        for split in 0..4 {
+            let mut stream = policy.stream();
+            let mut decision = None;
+            for piece in random_pieces(&text, &mut rng, 1 + split * 3) {
+                let out = stream.push(&piece).unwrap();
+                if out.decision.is_some() {
+                    decision = out.decision;
+                    break;
+                }
+            }
+            let decision = match decision {
+                Some(d) => d,
+                None => stream.finish().unwrap().decision.unwrap(),
+            };
+            assert_eq!(decision.is_blocked(), whole.is_blocked(), "{text:?}");
+            assert_eq!(
+                decision.blocked_by().map(|m| m.rule_id.clone()),
+                whole.blocked_by().map(|m| m.rule_id.clone()),
+                "{text:?}"
+            );
+            total += 1;
+            blocked_cases += usize::from(whole.is_blocked());
+        }
+    }
+    // Both outcomes were exercised.
+    assert!(
+        blocked_cases > total / 10 && blocked_cases < total * 9 / 10,
+        "{blocked_cases}/{total}"
+    );
+}

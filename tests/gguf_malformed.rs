@@ -348,3 +348,233 @@ fn rewriting_a_mapped_file_leaves_its_readers_intact() {
     assert_eq!(names, vec![std::ffi::OsString::from("w.gguf")]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A sparse file: `header` then zeros up to `len` bytes, written without touching the disk's
+/// blocks, so a test can hand the reader a file of gigabytes.
+fn sparse_file(name: &str, header: &[u8], len: u64) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("finllm-bombs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, header).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(len)
+        .unwrap();
+    path
+}
+
+#[test]
+fn a_metadata_array_bomb_is_refused_before_allocating() {
+    // 2^30 one-byte elements, all really in the file: the file justifies the count, but decoded
+    // as 32-byte values they would take 34 GB (this aborted the process before).
+    let n = 1u64 << 30;
+    let header = Raw::header(3, 0, 1).str("bomb").u32(9).u32(0).u64(n).buf;
+    let path = sparse_file("array.gguf", &header, header.len() as u64 + n);
+    let started = std::time::Instant::now();
+    match gguf_err(GgufFile::open(&path)) {
+        GgufError::HeaderTooLarge { what, needed, limit } => {
+            assert!(what.contains("bomb"), "{what}");
+            assert!(needed > limit);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(started.elapsed().as_secs() < 10);
+    // An array of a size real tokenizers have still opens.
+    let n = 300_000u64;
+    let mut raw = Raw::header(3, 0, 1).str("tokenizer.ggml.scores").u32(9).u32(6).u64(n);
+    raw.buf.resize(raw.buf.len() + 4 * n as usize, 0);
+    let f = open(raw).unwrap();
+    assert_eq!(
+        f.get("tokenizer.ggml.scores").unwrap().as_array().unwrap().len(),
+        n as usize
+    );
+    std::fs::remove_file(path).ok();
+}
+
+#[test]
+fn a_key_count_bomb_in_a_large_file_is_refused_before_allocating() {
+    // 6 GB of (sparse) file allow 460 million 13-byte keys by size; reserving them would take
+    // 26 GB.
+    let len = 6u64 << 30;
+    let n_kv = (len - 24) / 13;
+    let header = Raw::header(3, 0, n_kv).buf;
+    let path = sparse_file("keys.gguf", &header, len);
+    assert!(matches!(
+        gguf_err(GgufFile::open(&path)),
+        GgufError::HeaderTooLarge { what, .. } if what.contains("metadata")
+    ));
+    let n_tensors = (len - 24) / 24;
+    let header = Raw::header(3, n_tensors, 0).buf;
+    std::fs::write(&path, &header).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(len)
+        .unwrap();
+    assert!(matches!(
+        gguf_err(GgufFile::open(&path)),
+        GgufError::HeaderTooLarge { what, .. } if what.contains("tensor")
+    ));
+    std::fs::remove_file(path).ok();
+}
+
+#[test]
+fn overlapping_tensors_are_refused() {
+    let r = Raw::header(3, 2, 0)
+        .tensor("a", &[32, 2], 0, 0)
+        .tensor("b", &[32], 0, 128)
+        .pad_and_data(512);
+    match gguf_err(open(r)) {
+        GgufError::OverlappingTensors { first, second, .. } => {
+            assert_eq!((first.as_str(), second.as_str()), ("a", "b"))
+        }
+        other => panic!("{other:?}"),
+    }
+    // Adjacent is fine.
+    let r = Raw::header(3, 2, 0)
+        .tensor("a", &[32, 2], 0, 0)
+        .tensor("b", &[32], 0, 256)
+        .pad_and_data(512);
+    assert_eq!(open(r).unwrap().tensors().len(), 2);
+}
+
+fn bad_key_named(r: Result<(Transformer, Tokenizer), Error>, expected_key: &str) {
+    match r {
+        Err(Error::BadKey { key, .. }) => assert_eq!(key, expected_key),
+        other => panic!("expected a bad {expected_key}, got {other:?}"),
+    }
+}
+
+#[test]
+fn nonsense_hyper_parameters_name_their_key() {
+    // head_dim of the tiny llama is 16.
+    for dims in [0u32, 8, 17, 1 << 20] {
+        let mut g = tiny();
+        g.meta("llama.rope.dimension_count", Value::U32(dims));
+        bad_key_named(load(&g), "llama.rope.dimension_count");
+    }
+    for factor in [0.0f32, -1.0, f32::NAN, f32::INFINITY] {
+        let mut g = tiny();
+        g.meta("llama.rope.scaling.type", Value::String("linear".into()));
+        g.meta("llama.rope.scaling.factor", Value::F32(factor));
+        bad_key_named(load(&g), "llama.rope.scaling.factor");
+        let mut g = SyntheticSpec::tiny(Architecture::Gemma3, 1)
+            .gguf_writer(QuantType::F32)
+            .unwrap();
+        g.meta("gemma3.rope.scaling.factor", Value::F32(factor));
+        bad_key_named(load(&g), "gemma3.rope.scaling.factor");
+        let mut g = tiny();
+        g.meta("llama.rope.freq_base", Value::F32(factor));
+        bad_key_named(load(&g), "llama.rope.freq_base");
+    }
+    let mut g = SyntheticSpec::tiny(Architecture::Gemma3, 1)
+        .gguf_writer(QuantType::F32)
+        .unwrap();
+    g.meta("gemma3.attention.sliding_window", Value::U32(0));
+    bad_key_named(load(&g), "gemma3.attention.sliding_window");
+    // The tiny llama has two layers: a block count of one would silently drop layer 1.
+    let mut g = tiny();
+    g.meta("llama.block_count", Value::U32(1));
+    bad_key_named(load(&g), "llama.block_count");
+    for key in ["tokenizer.ggml.unknown_token_id", "tokenizer.ggml.padding_token_id"] {
+        let mut g = tiny();
+        g.meta(key, Value::U32(1_000_000));
+        bad_key_named(load(&g), key);
+    }
+}
+
+fn write_model(name: &str, g: &GgufWriter) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("finllm-nonsense-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    g.write(&path).unwrap();
+    path
+}
+
+#[test]
+fn nan_weights_are_a_typed_error_not_an_empty_answer() {
+    use finllm::{GenerateParams, LoadOptions, Model};
+    let spec = SyntheticSpec::tiny(Architecture::Llama, 1);
+    let mut g = tiny();
+    let mut norm = vec![1.0f32; spec.hidden];
+    norm[5] = f32::NAN;
+    g.remove_tensor("output_norm.weight");
+    g.tensor_f32("output_norm.weight", &[spec.hidden], &norm).unwrap();
+    let path = write_model("nan.gguf", &g);
+    // Loaded plainly, generation refuses the first non-finite logits.
+    let model = Model::load(&path, &LoadOptions::default()).unwrap();
+    let params = GenerateParams {
+        max_tokens: 4,
+        ..Default::default()
+    };
+    assert!(matches!(
+        model.generate("the rate", &params),
+        Err(Error::NonFinite { .. })
+    ));
+    // With the weight check, the load names the tensor and element.
+    let opts = LoadOptions {
+        check_weights: true,
+        ..Default::default()
+    };
+    match Model::load(&path, &opts) {
+        Err(Error::NonFinite { what }) => assert!(
+            what.contains("output_norm.weight") && what.contains("element 5"),
+            "{what}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    // Every stored format: an infinite or NaN scale is found.
+    for quant in [
+        QuantType::F16,
+        QuantType::BF16,
+        QuantType::Q8_0,
+        QuantType::Q4_0,
+        QuantType::Q4_1,
+    ] {
+        let g = spec.gguf_writer(quant).unwrap();
+        let clean = write_model(&format!("clean-{quant}.gguf"), &g);
+        GgufFile::open(&clean).unwrap().check_finite().unwrap();
+        let mut bytes = std::fs::read(&clean).unwrap();
+        let f = GgufFile::open(&clean).unwrap();
+        let t = f.tensors().iter().find(|t| t.dtype == quant).unwrap();
+        // The first block's first two bytes: the f16 scale of these block formats, and the first
+        // value of the float ones; a NaN in each encoding (f16 0x7e00, bf16 0x7fc0).
+        let at = t.start as usize;
+        let nan = if quant == QuantType::BF16 {
+            [0xc0, 0x7f]
+        } else {
+            [0x00, 0x7e]
+        };
+        bytes[at..at + 2].copy_from_slice(&nan);
+        let broken = f.path().with_file_name(format!("broken-{quant}.gguf"));
+        std::fs::write(&broken, &bytes).unwrap();
+        match GgufFile::open(&broken).unwrap().check_finite() {
+            Err(Error::NonFinite { what }) => assert!(what.contains(&t.name), "{quant}: {what}"),
+            other => panic!("{quant}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn max_tokens_near_usize_max_is_a_context_error() {
+    use finllm::{GenerateParams, LoadOptions, Model};
+    let path = write_model("ctx.gguf", &tiny());
+    let model = Model::load(&path, &LoadOptions::default()).unwrap();
+    let params = GenerateParams {
+        max_tokens: usize::MAX,
+        ..Default::default()
+    };
+    assert!(matches!(
+        model.generate("the rate", &params),
+        Err(Error::ContextOverflow { .. })
+    ));
+    // A prompt that could never fit is refused before tokenising it.
+    let huge = "rate ".repeat(2_000_000);
+    assert!(matches!(
+        model.generate(&huge, &GenerateParams::default()),
+        Err(Error::InvalidArgument { name, .. }) if name == "prompt"
+    ));
+}

@@ -447,11 +447,30 @@ fn logit_comparison_counts_agreement_and_differences() {
     let same = finllm::bench::compare_logits(&kernels, &kernels, &SEQ[..5], 12).unwrap();
     assert_eq!((same.steps, same.top1_agree, same.max_abs_diff), (12, 12, 0.0));
     assert!(same.max_abs_logit > 0.0);
+    // The kernels and candle may or may not sum in the same order, depending on the ISA the
+    // dispatcher picks (bit-identical on some AVX2 machines): only the bound must hold.
     let c = finllm::bench::compare_logits(&kernels, &candle, &SEQ[..5], 12).unwrap();
     assert_eq!(c.steps, 12);
-    assert!(c.max_abs_diff > 0.0 && c.max_abs_diff < 0.02 * c.max_abs_logit, "{c:?}");
+    assert!(c.max_abs_diff < 0.02 * c.max_abs_logit, "{c:?}");
     assert!(c.median_step_max_diff <= c.max_abs_diff);
     assert!(c.top1_agree >= 10, "{c:?}");
+    // Differences are counted: the same weights in f32 against their Q8_0 rounding differ on
+    // every ISA (the rounding is in the weights, not in the summation order).
+    let f32_file = std::sync::Arc::new(
+        GgufFile::open(write_gguf(
+            &SyntheticSpec::tiny(Architecture::Llama, 23),
+            QuantType::F32,
+        ))
+        .unwrap(),
+    );
+    let exact = Transformer::from_gguf(&f32_file).unwrap();
+    let q = finllm::bench::compare_logits(&kernels, &exact, &SEQ[..5], 12).unwrap();
+    assert_eq!(q.steps, 12);
+    assert!(q.max_abs_diff > 0.0 && q.max_abs_diff < 0.05 * q.max_abs_logit, "{q:?}");
+    assert!(
+        q.median_step_max_diff > 0.0 && q.median_step_max_diff <= q.max_abs_diff,
+        "{q:?}"
+    );
     assert!(finllm::bench::compare_logits(&kernels, &candle, &[], 3).is_err());
     assert!(finllm::bench::compare_logits(&kernels, &candle, &SEQ[..2], 0).is_err());
 }
@@ -686,6 +705,45 @@ fn bad_chat_templates_are_errors_not_panics() {
         let r = t.and_then(|t| t.render(&[ChatMessage::user("x")], true));
         assert!(matches!(r, Err(Error::ChatTemplate(_))), "{src}: {r:?}");
     }
+}
+
+#[test]
+fn template_bombs_end_quickly_with_a_typed_error() {
+    let m = tiny_model(Architecture::Llama);
+    let bombs = [
+        // prints ~100 MB (this exhausted memory in tokenisation before)
+        ("output", "{% for i in range(100000) %}{{ 'x' * 1000 }}{% endfor %}"),
+        // nested loops: 10^15 iterations
+        (
+            "loops",
+            "{% for a in range(100000) %}{% for b in range(100000) %}{% for c in range(100000) %}{% endfor %}{% endfor %}{% endfor %}",
+        ),
+        // a doubly recursive macro: 2^40 calls
+        (
+            "recursion",
+            "{% macro f(n) %}{% if n > 0 %}{{ f(n - 1) }}{{ f(n - 1) }}{% endif %}{% endmacro %}{{ f(40) }}",
+        ),
+    ];
+    for (what, src) in bombs {
+        let started = std::time::Instant::now();
+        let t = finllm::ChatTemplate::new(src, m.tokenizer()).unwrap();
+        let r = t.render(&[ChatMessage::user("x")], true);
+        assert!(
+            matches!(&r, Err(Error::ChatTemplate(_))),
+            "{what}: {:?}",
+            r.as_ref().map(|s| s.len())
+        );
+        assert!(started.elapsed().as_secs() < 10, "{what} took {:?}", started.elapsed());
+    }
+    // A long real conversation still renders through a ChatML template within the budgets.
+    let chatml = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}\
+                  {% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+    let t = finllm::ChatTemplate::new(chatml, m.tokenizer()).unwrap();
+    let conversation: Vec<ChatMessage> = (0..2000)
+        .map(|i| ChatMessage::user(format!("message {i}: what is the duration of a ten-year bond?")))
+        .collect();
+    let text = t.render(&conversation, true).unwrap();
+    assert!(text.ends_with("<|im_start|>assistant\n") && text.matches("<|im_start|>user").count() == 2000);
 }
 
 #[test]

@@ -182,6 +182,10 @@ pub struct finllm_load_params {
     /// Where to run: "cpu", "cuda:N" or "auto"; NULL means "cpu". (Added in 0.1; callers
     /// compiled against a header without it get "cpu".)
     pub device: *const c_char,
+    /// Non-zero: scan every weight for NaN and infinity before building the model (reads the
+    /// whole file once); a corrupt tensor fails the load with FINLLM_ERROR_BACKEND naming it.
+    /// (Added in 0.1; callers compiled against a header without it get 0.)
+    pub check_weights: u8,
 }
 
 /// Options for one generation. Get defaults from finllm_generate_default_params().
@@ -324,7 +328,7 @@ impl From<Error> for Failure {
             Error::ChatTemplate(_) => FINLLM_ERROR_CHAT_TEMPLATE,
             Error::InvalidArgument { .. } | Error::TokenOutOfRange { .. } => FINLLM_ERROR_INVALID_ARGUMENT,
             Error::ContextOverflow { .. } => FINLLM_ERROR_CONTEXT_OVERFLOW,
-            Error::Backend(_) => FINLLM_ERROR_BACKEND,
+            Error::Backend(_) | Error::NonFinite { .. } => FINLLM_ERROR_BACKEND,
             Error::Policy { .. } => FINLLM_ERROR_POLICY,
             Error::Audit { .. } => FINLLM_ERROR_AUDIT,
             Error::AuditPoisoned { .. } => FINLLM_ERROR_AUDIT_POISONED,
@@ -560,6 +564,7 @@ pub extern "C" fn finllm_load_default_params() -> finllm_load_params {
         threads: 0,
         tokenizer_json: std::ptr::null(),
         device: std::ptr::null(),
+        check_weights: 0,
     }
 }
 
@@ -623,6 +628,7 @@ pub unsafe extern "C" fn finllm_model_load(
             device,
             tokenizer_json,
             progress: None,
+            check_weights: p.check_weights != 0,
         };
         let model = Model::load(path, &opts)?;
         let handle = Box::into_raw(Box::new(finllm_model { inner: model }));

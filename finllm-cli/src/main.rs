@@ -38,6 +38,9 @@ enum Command {
         /// Also list every tensor.
         #[arg(long)]
         tensors: bool,
+        /// Scan every weight for NaN and infinity (reads the whole file).
+        #[arg(long)]
+        check_weights: bool,
     },
     /// Generate a continuation of raw prompt text (special tokens parsed, no chat template).
     Generate {
@@ -302,6 +305,9 @@ struct Common {
     /// Hide the loading progress bar.
     #[arg(long)]
     quiet: bool,
+    /// Scan every weight for NaN and infinity before loading (reads the whole file once).
+    #[arg(long)]
+    check_weights: bool,
     #[command(flatten)]
     compliance: ComplianceArgs,
 }
@@ -342,6 +348,7 @@ impl Common {
             threads: self.threads,
             device: self.device.parse()?,
             progress: Some(Arc::new(move |f| progress_bar.set_position((f * 100.0) as u64))),
+            check_weights: self.check_weights,
             ..Default::default()
         };
         let model = Model::load(&self.model, &opts);
@@ -351,9 +358,20 @@ impl Common {
 }
 
 fn main() -> ExitCode {
+    // Die quietly on a closed pipe (`finllm info --tensors | head -1`), as other Unix tools do,
+    // instead of panicking in println! when the reader goes away.
+    #[cfg(unix)]
+    // SAFETY: setting a signal's disposition to the default before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Info { model, tensors } => info(&model, tensors),
+        Command::Info {
+            model,
+            tensors,
+            check_weights,
+        } => info(&model, tensors, check_weights),
         Command::Generate {
             common,
             prompt,
@@ -437,7 +455,7 @@ fn main() -> ExitCode {
 
 type CliResult = Result<(), Box<dyn std::error::Error>>;
 
-fn info(path: &Path, list_tensors: bool) -> CliResult {
+fn info(path: &Path, list_tensors: bool, check_weights: bool) -> CliResult {
     if path.is_dir() {
         let model = Model::load(path, &LoadOptions::default())?;
         println!("source: safetensors directory {}", path.display());
@@ -477,6 +495,10 @@ fn info(path: &Path, list_tensors: bool) -> CliResult {
         for t in file.tensors() {
             println!("  {:40} {:6} {:?}", t.name, t.dtype.to_string(), t.shape());
         }
+    }
+    if check_weights {
+        file.check_finite()?;
+        println!("weights: all {} tensors finite", file.tensors().len());
     }
     Ok(())
 }

@@ -77,7 +77,7 @@ pub fn run(model: &Model, cfg: &BenchConfig) -> Result<BenchResult> {
         ));
     }
     let context = model.config().context_length;
-    if cfg.prompt_tokens + cfg.gen_tokens > context {
+    if cfg.prompt_tokens.saturating_add(cfg.gen_tokens) > context {
         return Err(Error::ContextOverflow {
             tokens: cfg.prompt_tokens,
             max_new: cfg.gen_tokens,

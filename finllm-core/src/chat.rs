@@ -48,10 +48,44 @@ impl std::fmt::Debug for ChatTemplate {
 
 const NAME: &str = "chat";
 
+/// Template instructions one render may execute. Real chat templates spend a few hundred per
+/// message; a hostile one (nested loops, doubly recursive macros) stops here with an error
+/// after well under a second.
+pub const TEMPLATE_FUEL: u64 = 20_000_000;
+
+/// Rendered bytes allowed beyond the messages' own: role markers, the system preamble some
+/// templates add. The output may also repeat the messages a few times (tool templates do).
+const OUTPUT_SLACK_BYTES: usize = 1 << 20;
+const OUTPUT_PER_INPUT_BYTE: usize = 8;
+
+/// Collects rendered output and refuses to grow past a limit, so a template that prints
+/// without end fails early instead of exhausting memory in rendering or tokenisation.
+struct CappedOutput {
+    out: Vec<u8>,
+    limit: usize,
+    exceeded: bool,
+}
+
+impl std::io::Write for CappedOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.out.len() + buf.len() > self.limit {
+            self.exceeded = true;
+            return Err(std::io::Error::other("output limit"));
+        }
+        self.out.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 impl ChatTemplate {
     /// Compile `source`; BOS/EOS strings come from the tokenizer.
     pub fn new(source: &str, tokenizer: &Tokenizer) -> Result<Self> {
         let mut env = minijinja::Environment::new();
+        env.set_fuel(Some(TEMPLATE_FUEL));
         // HF templates call Python string methods (`.strip()`, `.startswith()`).
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function(
@@ -79,13 +113,32 @@ impl ChatTemplate {
             .env
             .get_template(NAME)
             .map_err(|e| Error::ChatTemplate(e.to_string()))?;
-        template
-            .render(minijinja::context! {
-                messages => messages,
-                add_generation_prompt => add_generation_prompt,
-                bos_token => self.bos,
-                eos_token => self.eos,
-            })
-            .map_err(|e| Error::ChatTemplate(format!("rendering failed: {e:#}")))
+        let input: usize = messages.iter().map(|m| m.role.len() + m.content.len()).sum();
+        let limit = OUTPUT_SLACK_BYTES.saturating_add(input.saturating_mul(OUTPUT_PER_INPUT_BYTE));
+        let mut out = CappedOutput {
+            out: Vec::new(),
+            limit,
+            exceeded: false,
+        };
+        let ctx = minijinja::context! {
+            messages => messages,
+            add_generation_prompt => add_generation_prompt,
+            bos_token => self.bos,
+            eos_token => self.eos,
+        };
+        match template.render_captured_to(ctx, &mut out) {
+            Ok(_) => {
+                String::from_utf8(out.out).map_err(|_| Error::ChatTemplate("rendering produced invalid UTF-8".into()))
+            }
+            Err(_) if out.exceeded => Err(Error::ChatTemplate(format!(
+                "the rendered prompt exceeds {limit} bytes ({OUTPUT_PER_INPUT_BYTE} x the messages' {input} \
+                     bytes + {OUTPUT_SLACK_BYTES}): the template prints without bound"
+            ))),
+            Err(e) if e.kind() == minijinja::ErrorKind::OutOfFuel => Err(Error::ChatTemplate(format!(
+                "rendering stopped after {TEMPLATE_FUEL} template instructions: the template loops \
+                 without bound"
+            ))),
+            Err(e) => Err(Error::ChatTemplate(format!("rendering failed: {e:#}"))),
+        }
     }
 }

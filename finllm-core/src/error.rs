@@ -113,6 +113,13 @@ pub enum Error {
     #[error("device {device} is not available: {reason}")]
     DeviceUnavailable { device: String, reason: String },
 
+    /// A weight holds NaN or infinity, or the forward pass produced a non-finite logit.
+    #[error(
+        "{what} is not finite (NaN or infinity): the model's weights are corrupt; find the tensor with \
+         `finllm info --check-weights`"
+    )]
+    NonFinite { what: String },
+
     /// The tensor backend failed (shape bug, out of memory).
     #[error("tensor backend: {0}")]
     Backend(#[from] candle_core::Error),
@@ -186,4 +193,18 @@ pub enum GgufError {
     },
     #[error("tensor '{name}' appears twice")]
     DuplicateTensor { name: String },
+    #[error(
+        "decoding {what} would take {needed} bytes of memory, over the {limit}-byte limit for a GGUF \
+         header (metadata and tensor table); real models need a few megabytes"
+    )]
+    HeaderTooLarge { what: String, needed: u64, limit: u64 },
+    #[error("tensors '{first}' [{first_start}, {first_end}) and '{second}' [{second_start}, {second_end}) overlap in the file")]
+    OverlappingTensors {
+        first: String,
+        first_start: u64,
+        first_end: u64,
+        second: String,
+        second_start: u64,
+        second_end: u64,
+    },
 }

@@ -22,6 +22,10 @@ pub struct LoadOptions {
     pub tokenizer_json: Option<PathBuf>,
     /// Called with the fraction of the load done, for progress bars.
     pub progress: Option<Arc<dyn Fn(f32) + Send + Sync>>,
+    /// Scan every weight of a GGUF file for NaN and infinity before building the model (reads
+    /// the whole file once); a corrupt tensor is an [`Error::NonFinite`] naming it. Generation
+    /// checks every step's logits either way.
+    pub check_weights: bool,
 }
 
 impl std::fmt::Debug for LoadOptions {
@@ -30,6 +34,7 @@ impl std::fmt::Debug for LoadOptions {
             .field("threads", &self.threads)
             .field("device", &self.device)
             .field("tokenizer_json", &self.tokenizer_json)
+            .field("check_weights", &self.check_weights)
             .finish_non_exhaustive()
     }
 }
@@ -82,6 +87,9 @@ impl Model {
             Self::load_hf_dir(path, opts, pool, &backend)?
         } else {
             let file = Arc::new(GgufFile::open(path)?);
+            if opts.check_weights {
+                file.check_finite()?;
+            }
             report(0.2);
             let transformer = pool.install(|| Transformer::from_gguf_on(&file, &backend))?;
             report(0.9);
@@ -227,6 +235,18 @@ impl Model {
 
     /// Start generating from raw prompt text; iterate the result for streamed tokens.
     pub fn stream(&self, prompt: &str, params: &GenerateParams) -> Result<TokenStream<'_>> {
+        let context = self.config().context_length;
+        let max = self.tokenizer.max_text_bytes(context);
+        if prompt.len() > max {
+            return Err(Error::invalid(
+                "prompt",
+                format!(
+                    "{} bytes can never fit the context of {context} tokens (at most {max} bytes for this \
+                     tokenizer)",
+                    prompt.len()
+                ),
+            ));
+        }
         self.stream_ids(self.tokenize(prompt)?, params)
     }
 

@@ -122,7 +122,7 @@ fn to_py_in(domain: Domain, e: core::Error) -> PyErr {
         E::ChatTemplate(_) => ChatTemplateError::new_err(msg),
         E::InvalidArgument { .. } | E::TokenOutOfRange { .. } => InvalidArgument::new_err(msg),
         E::ContextOverflow { .. } => ContextOverflowError::new_err(msg),
-        E::Backend(_) => BackendError::new_err(msg),
+        E::Backend(_) | E::NonFinite { .. } => BackendError::new_err(msg),
         E::DeviceUnavailable { .. } => DeviceError::new_err(msg),
         E::Policy { .. } => PolicyError::new_err(msg),
         E::Audit { .. } => AuditError::new_err(msg),
@@ -376,19 +376,22 @@ impl Model {
     /// Load a .gguf file or an HF safetensors directory, to run on `device` ("cpu",
     /// "cuda:N" or "auto").
     #[staticmethod]
-    #[pyo3(signature = (path, *, threads=None, tokenizer_json=None, device="cpu"))]
+    /// `check_weights=True` scans every weight for NaN and infinity first.
+    #[pyo3(signature = (path, *, threads=None, tokenizer_json=None, device="cpu", check_weights=false))]
     fn load(
         py: Python<'_>,
         path: std::path::PathBuf,
         threads: Option<usize>,
         tokenizer_json: Option<std::path::PathBuf>,
         device: &str,
+        check_weights: bool,
     ) -> PyResult<Self> {
         let opts = core::LoadOptions {
             threads,
             device: device.parse().map_err(to_py)?,
             tokenizer_json,
             progress: None,
+            check_weights,
         };
         let model = py.detach(|| core::Model::load(&path, &opts)).map_err(to_py)?;
         Ok(Self { inner: Arc::new(model) })

@@ -1,7 +1,8 @@
 //! Output policy: rules over generated text, from TOML rule packs, on whole texts and on streams.
 //!
-//! A rule matches by **keywords** (Aho-Corasick, ASCII case-insensitive), by a **regex** (with a
-//! declared `max_len`, the longest text it can match, in characters), or **semantically** (cosine
+//! A rule matches by **keywords** (Aho-Corasick, ASCII case-insensitive), by a **regex** (whose
+//! every repetition is bounded: the longest text it can match, in characters, is computed from
+//! the regex, and an optional `max_len` may only raise it), or **semantically** (cosine
 //! similarity of a sentence to example phrases through an [`Embedder`]; without an embedder these
 //! rules are skipped and the decision says so). Each rule has a category and an action: block,
 //! redact, append a disclaimer, or flag.
@@ -372,13 +373,58 @@ fn keyword_matcher(keywords: &[String], except: Vec<String>) -> std::result::Res
     Ok(Matcher::Keywords { except })
 }
 
+/// The most characters (Unicode scalars) a match of `hir` can span, or `None` when a repetition
+/// is unbounded (`*`, `+`, `{n,}`).
+fn max_match_chars(hir: &regex_syntax::hir::Hir) -> Option<usize> {
+    use regex_syntax::hir::HirKind;
+    match hir.kind() {
+        HirKind::Empty | HirKind::Look(_) => Some(0),
+        // Count UTF-8 lead bytes: the literal's characters.
+        HirKind::Literal(lit) => Some(lit.0.iter().filter(|&&b| b & 0xC0 != 0x80).count()),
+        HirKind::Class(_) => Some(1),
+        HirKind::Repetition(rep) => {
+            let sub = max_match_chars(&rep.sub)?;
+            (sub as u64)
+                .checked_mul(u64::from(rep.max?))
+                .and_then(|n| usize::try_from(n).ok())
+        }
+        HirKind::Capture(cap) => max_match_chars(&cap.sub),
+        HirKind::Concat(parts) => parts
+            .iter()
+            .try_fold(0usize, |acc, h| acc.checked_add(max_match_chars(h)?)),
+        HirKind::Alternation(alts) => alts
+            .iter()
+            .try_fold(0usize, |acc, h| Some(acc.max(max_match_chars(h)?))),
+    }
+}
+
 fn regex_matcher(pattern: &str, max_len: Option<usize>) -> std::result::Result<Matcher, String> {
-    let max_len = max_len.ok_or_else(|| {
-        "regex rules need `max_len`, the most characters a match can span (the stream filter holds back that many)"
+    let hir = regex_syntax::ParserBuilder::new()
+        .build()
+        .parse(pattern)
+        .map_err(|e| format!("invalid regex: {e}"))?;
+    // The stream filter holds back `max_len` characters: a match longer than that could be
+    // released in part before the regex can see it, so streaming and whole-text checks would
+    // disagree. The bound comes from the regex itself; a declared `max_len` may only raise it.
+    let bound = max_match_chars(&hir).ok_or_else(|| {
+        "the regex can match text of unbounded length (`*`, `+` or `{n,}`): bound every repetition \
+         (e.g. `\\d{1,6}` instead of `\\d+`) so the stream filter knows how much text to hold back"
             .to_string()
     })?;
+    let max_len = match max_len {
+        None => bound,
+        Some(declared) if declared < bound => {
+            return Err(format!(
+                "the regex can match up to {bound} characters, more than its max_len {declared}: raise max_len \
+                 to at least {bound} (or omit it) so streams catch every match"
+            ))
+        }
+        Some(declared) => declared,
+    };
     if max_len == 0 || max_len > MAX_REGEX_LEN {
-        return Err(format!("max_len {max_len} must be in 1..={MAX_REGEX_LEN}"));
+        return Err(format!(
+            "max_len {max_len} must be in 1..={MAX_REGEX_LEN} (the longest match the regex allows)"
+        ));
     }
     let re = RegexBuilder::new(pattern)
         .size_limit(1 << 20)
@@ -1226,8 +1272,9 @@ keywords = ["inside tip"]
     fn bad_packs_are_rejected_with_reasons() {
         let cases = [
             ("[[rules]]\nid='a'\ncategory='x'\naction='block'\n", "exactly one"),
-            ("[[rules]]\nid='a'\ncategory='x'\naction='block'\nregex='a+'\n", "max_len"),
-            ("[[rules]]\nid='a'\ncategory='x'\naction='block'\nregex='a*'\nmax_len=3\n", "empty string"),
+            ("[[rules]]\nid='a'\ncategory='x'\naction='block'\nregex='a+'\n", "unbounded"),
+            ("[[rules]]\nid='a'\ncategory='x'\naction='block'\nregex='ab{2,9}'\nmax_len=3\n", "up to 10 characters"),
+            ("[[rules]]\nid='a'\ncategory='x'\naction='block'\nregex='a?'\nmax_len=3\n", "empty string"),
             ("[[rules]]\nid='a'\ncategory='x'\naction='append_disclaimer'\nkeywords=['k']\n", "disclaimer"),
             ("[[rules]]\nid='a'\ncategory='x'\naction='flag'\nkeywords=['k']\nexcept=['no']\n", "negating"),
             ("[[rules]]\nid='a'\ncategory='Bad Cat'\naction='flag'\nkeywords=['k']\n", "snake_case"),

@@ -125,7 +125,7 @@ impl<'m> TokenStream<'m> {
             return Err(Error::invalid("prompt", "the prompt encodes to no tokens"));
         }
         let context = model.config().context_length;
-        if prompt_ids.len() + params.max_tokens > context {
+        if prompt_ids.len().saturating_add(params.max_tokens) > context {
             return Err(Error::ContextOverflow {
                 tokens: prompt_ids.len(),
                 max_new: params.max_tokens,
@@ -181,6 +181,13 @@ impl<'m> TokenStream<'m> {
 
     fn step(&mut self) -> Result<TokenEvent> {
         let logits = self.next_logits.take().expect("logits are ready while not finished");
+        // NaN weights make every logit NaN, and sampling would then pick token 0 or stop at once:
+        // an empty or garbage answer that looks like success.
+        if let Some(i) = logits.iter().position(|x| x.is_nan() || *x == f32::INFINITY) {
+            return Err(Error::NonFinite {
+                what: format!("the logit of token {i} at generation step {}", self.generated),
+            });
+        }
         let top = if self.params.top_logits > 0 {
             top_logits(&logits, self.params.top_logits)
         } else {

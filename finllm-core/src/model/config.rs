@@ -145,6 +145,15 @@ pub(crate) trait HyperParams {
         self.get_float(key)?
             .ok_or_else(|| Error::MissingKey { key: key.to_string() })
     }
+
+    /// An optional number that must be finite and positive when present (scaling factors,
+    /// frequency bases): 0, NaN, infinities and negatives name the key.
+    fn get_positive(&self, key: &str) -> Result<Option<f64>> {
+        match self.get_float(key)? {
+            Some(v) if !(v > 0.0 && v.is_finite()) => Err(Error::bad_key(key, "a finite positive number", v)),
+            v => Ok(v),
+        }
+    }
 }
 
 impl HyperParams for GgufFile {
@@ -231,6 +240,37 @@ impl ModelConfig {
         if self.spans.len() != self.n_layers {
             return Err(Error::bad_key("spans", "one per layer", self.spans.len()));
         }
+        if let Some(w) = self.spans.iter().find_map(|s| match s {
+            AttentionSpan::Sliding(w) if *w == 0 => Some(*w),
+            _ => None,
+        }) {
+            return Err(Error::bad_key("sliding_window", "a window of at least one token", w));
+        }
+        let positive = |key: &str, v: f64| -> Result<()> {
+            if v > 0.0 && v.is_finite() {
+                Ok(())
+            } else {
+                Err(Error::bad_key(key, "a finite positive number", v))
+            }
+        };
+        if let Some(theta) = self.rope_theta_local {
+            positive("rope_theta_local", theta)?;
+        }
+        positive("rope.scaling.factor", self.rope_linear_factor)?;
+        positive("attn_scale", self.attn_scale)?;
+        if let Some(l3) = &self.rope_llama3 {
+            positive("rope_scaling.factor", l3.factor)?;
+            positive("rope_scaling.low_freq_factor", l3.low_freq_factor)?;
+            positive("rope_scaling.high_freq_factor", l3.high_freq_factor)?;
+            positive("rope_scaling.original_max_position_embeddings", l3.original_context)?;
+            if l3.high_freq_factor <= l3.low_freq_factor {
+                return Err(Error::bad_key(
+                    "rope_scaling.high_freq_factor",
+                    &format!("greater than low_freq_factor = {}", l3.low_freq_factor),
+                    l3.high_freq_factor,
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -254,6 +294,32 @@ pub(crate) fn base_from_gguf(f: &GgufFile, arch: Architecture, prefix: &str) -> 
         None if n_heads > 0 => hidden_size / n_heads,
         None => return Err(Error::bad_key(&key("attention.head_count"), "> 0", 0)),
     };
+    // finllm rotates whole heads; a partial rotary dimension (or a nonsensical one) is refused
+    // rather than silently rotated in full.
+    if let Some(rope_dims) = f.get_usize(&key("rope.dimension_count"))? {
+        if rope_dims != head_dim {
+            return Err(Error::bad_key(
+                &key("rope.dimension_count"),
+                &format!("the head dimension {head_dim} (finllm rotates whole heads)"),
+                rope_dims,
+            ));
+        }
+    }
+    // Layers in the file beyond `block_count` would be silently ignored: the count is wrong.
+    if let Some(found) = f
+        .tensors()
+        .iter()
+        .filter_map(|t| t.name.strip_prefix("blk.")?.split('.').next()?.parse::<usize>().ok())
+        .max()
+    {
+        if found >= n_layers {
+            return Err(Error::bad_key(
+                &key("block_count"),
+                &format!("at least {} (the file has tensors for layer {found})", found + 1),
+                n_layers,
+            ));
+        }
+    }
     let vocab_size = match f.get_usize(&key("vocab_size"))? {
         Some(v) => v,
         None => match f.tensor("token_embd.weight") {
@@ -276,7 +342,7 @@ pub(crate) fn base_from_gguf(f: &GgufFile, arch: Architecture, prefix: &str) -> 
         ffn_size: f.usize(&key("feed_forward_length"))?,
         rms_eps: f.float(&key("attention.layer_norm_rms_epsilon"))?,
         context_length: f.usize(&key("context_length"))?,
-        rope_theta: f.get_float(&key("rope.freq_base"))?.unwrap_or(10_000.0),
+        rope_theta: f.get_positive(&key("rope.freq_base"))?.unwrap_or(10_000.0),
         rope_theta_local: None,
         rope_linear_factor: 1.0,
         rope_llama3: None,
@@ -303,7 +369,9 @@ pub(crate) fn base_from_hf(c: &serde_json::Value, arch: Architecture) -> Result<
     };
     let rope_llama3 = match c.get("rope_scaling") {
         Some(s) if s.get("rope_type").and_then(|t| t.as_str()) == Some("llama3") => Some(Llama3Rope {
-            factor: s.float("factor")?,
+            factor: s.get_positive("factor")?.ok_or_else(|| Error::MissingKey {
+                key: "rope_scaling.factor".into(),
+            })?,
             low_freq_factor: s.float("low_freq_factor")?,
             high_freq_factor: s.float("high_freq_factor")?,
             original_context: s.float("original_max_position_embeddings")?,
@@ -321,7 +389,7 @@ pub(crate) fn base_from_hf(c: &serde_json::Value, arch: Architecture) -> Result<
         ffn_size: c.usize("intermediate_size")?,
         rms_eps: c.float("rms_norm_eps")?,
         context_length: c.usize("max_position_embeddings")?,
-        rope_theta: c.get_float("rope_theta")?.unwrap_or(10_000.0),
+        rope_theta: c.get_positive("rope_theta")?.unwrap_or(10_000.0),
         rope_theta_local: None,
         rope_linear_factor: 1.0,
         rope_llama3,

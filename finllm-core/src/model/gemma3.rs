@@ -18,17 +18,24 @@ pub(crate) fn config_from_gguf(f: &GgufFile) -> Result<ModelConfig> {
     let window = f
         .get_usize("gemma3.attention.sliding_window")?
         .unwrap_or(DEFAULT_WINDOW);
+    if window == 0 {
+        return Err(crate::Error::bad_key(
+            "gemma3.attention.sliding_window",
+            "a window of at least one token",
+            window,
+        ));
+    }
     cfg.spans = (0..cfg.spans.len())
         .map(|i| {
             if (i + 1) % GLOBAL_EVERY == 0 {
                 AttentionSpan::Global
             } else {
-                AttentionSpan::Sliding(window.max(1))
+                AttentionSpan::Sliding(window)
             }
         })
         .collect();
     cfg.rope_theta_local = Some(LOCAL_ROPE_BASE);
-    cfg.rope_linear_factor = f.get_float("gemma3.rope.scaling.factor")?.unwrap_or(1.0);
+    cfg.rope_linear_factor = f.get_positive("gemma3.rope.scaling.factor")?.unwrap_or(1.0);
     cfg.activation = Activation::GeluTanh;
     cfg.scale_embeddings = true;
     cfg.qk_norm = true;

@@ -19,6 +19,12 @@ const MAGIC: [u8; 4] = *b"GGUF";
 const DEFAULT_ALIGNMENT: u64 = 32;
 const MAX_ARRAY_NESTING: usize = 2;
 const MAX_DIMS: u32 = 4;
+/// The most memory the decoded header (metadata values and the tensor table) may take. Decoded
+/// values are larger than their bytes on disk (a one-byte array element becomes a 32-byte
+/// [`Value`]), so "bounded by the file" is not bound enough: a file holding an array of 2^30 bytes
+/// would otherwise ask for 34 GB. The largest real headers (262k-token vocabularies with scores,
+/// types and merges) decode to well under 100 MiB.
+pub const MAX_HEADER_MEMORY: u64 = 256 << 20;
 
 /// One metadata value.
 #[derive(Debug, Clone, PartialEq)]
@@ -309,6 +315,19 @@ impl GgufFile {
     }
 
     /// The architecture named by `general.architecture`.
+    /// Scan every tensor for NaN or infinite values (`--check-weights`): the first one found is a
+    /// [`Error::NonFinite`] naming the tensor and the element. Reads the whole file once.
+    pub fn check_finite(&self) -> Result<()> {
+        for t in &self.tensors {
+            if let Some(i) = crate::quant::blocks::first_non_finite(t.dtype, self.tensor_data(t)) {
+                return Err(Error::NonFinite {
+                    what: format!("tensor '{}' ({}) element {i}", t.name, t.dtype),
+                });
+            }
+        }
+        Ok(())
+    }
+
     pub fn architecture(&self) -> Result<&str> {
         self.get_str("general.architecture")
     }
@@ -345,13 +364,31 @@ struct Parsed {
     tensors: Vec<TensorInfo>,
 }
 
-/// A bounds-checked little-endian cursor.
+/// A bounds-checked little-endian cursor that also accounts for the memory its decoded values
+/// take (see [`MAX_HEADER_MEMORY`]).
 struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
+    /// Bytes of decoded header memory still allowed.
+    budget: u64,
 }
 
 impl<'a> Reader<'a> {
+    /// Charge `items` decoded items of `item_bytes` each against the memory budget, before
+    /// allocating them.
+    fn charge(&mut self, what: &str, items: u64, item_bytes: usize) -> Result<(), GgufError> {
+        let needed = items.saturating_mul(item_bytes as u64);
+        if needed > self.budget {
+            return Err(GgufError::HeaderTooLarge {
+                what: what.to_string(),
+                needed: (MAX_HEADER_MEMORY - self.budget).saturating_add(needed),
+                limit: MAX_HEADER_MEMORY,
+            });
+        }
+        self.budget -= needed;
+        Ok(())
+    }
+
     fn file_len(&self) -> u64 {
         self.buf.len() as u64
     }
@@ -405,6 +442,7 @@ impl<'a> Reader<'a> {
         let len = self.u64(what)?;
         let offset = self.pos as u64;
         let bytes = self.take(len, what)?;
+        self.charge(what, len, 1)?;
         String::from_utf8(bytes.to_vec()).map_err(|_| GgufError::InvalidUtf8 {
             what: what.to_string(),
             offset,
@@ -434,8 +472,11 @@ impl<'a> Reader<'a> {
                     key: key.to_string(),
                     type_id: elem_type,
                 })?;
-                let len = self.count(&format!("array '{key}'"), min)?;
-                // `len * min <= remaining`, so this capacity is bounded by the file size.
+                let what = format!("array '{key}'");
+                let len = self.count(&what, min)?;
+                // `len * min <= remaining` bounds the count by the file; the budget bounds the
+                // memory its decoded values take.
+                self.charge(&what, len, std::mem::size_of::<Value>())?;
                 let mut items = Vec::with_capacity(len as usize);
                 for _ in 0..len {
                     items.push(self.value(key, elem_type, depth + 1)?);
@@ -469,7 +510,11 @@ fn min_value_bytes(type_id: u32) -> Option<u64> {
 }
 
 fn parse(buf: &[u8]) -> Result<Parsed, GgufError> {
-    let mut r = Reader { buf, pos: 0 };
+    let mut r = Reader {
+        buf,
+        pos: 0,
+        budget: MAX_HEADER_MEMORY,
+    };
     let magic = r.array::<4>("magic")?;
     if magic != MAGIC {
         return Err(GgufError::BadMagic { found: magic });
@@ -483,6 +528,12 @@ fn parse(buf: &[u8]) -> Result<Parsed, GgufError> {
     // A key-value pair is at least: key length (8) + type (4) + a one-byte value.
     let n_kv = r.count("metadata key-value", 13)?;
 
+    r.charge("metadata key-values", n_kv, std::mem::size_of::<(String, Value)>())?;
+    r.charge(
+        "tensor table",
+        n_tensors,
+        std::mem::size_of::<TensorInfo>() + 3 * 8 + 24,
+    )?;
     let mut metadata: Vec<(String, Value)> = Vec::with_capacity(n_kv as usize);
     let mut seen_keys = std::collections::HashSet::new();
     for _ in 0..n_kv {
@@ -514,6 +565,7 @@ fn parse(buf: &[u8]) -> Result<Parsed, GgufError> {
         if n_dims > MAX_DIMS {
             return Err(GgufError::TooManyDims { name, n_dims });
         }
+        r.charge(&name, u64::from(n_dims), 8)?;
         let mut dims = Vec::with_capacity(n_dims as usize);
         for _ in 0..n_dims {
             dims.push(r.u64(&name)?);
@@ -580,6 +632,24 @@ fn parse(buf: &[u8]) -> Result<Parsed, GgufError> {
                     file_len,
                 })
             }
+        }
+    }
+
+    // Tensors must not share bytes: an overlap would let one weight's edits (or a packed copy's
+    // page release) change another's.
+    let mut by_start: Vec<&TensorInfo> = tensors.iter().collect();
+    by_start.sort_by_key(|t| t.start);
+    for pair in by_start.windows(2) {
+        let (a, b) = (pair[0], pair[1]);
+        if b.start < a.start + a.n_bytes {
+            return Err(GgufError::OverlappingTensors {
+                first: a.name.clone(),
+                first_start: a.start,
+                first_end: a.start + a.n_bytes,
+                second: b.name.clone(),
+                second_start: b.start,
+                second_end: b.start + b.n_bytes,
+            });
         }
     }
 

@@ -178,6 +178,59 @@ pub fn round_half_away(y: f32) -> i32 {
     t + i32::from(frac >= 0.5) - i32::from(frac <= -0.5)
 }
 
+/// The index of the first element of `data` (whole blocks of `dtype`) whose value is NaN or
+/// infinite, or `None` when every value is finite. For block formats without a finllm kernel
+/// (Q8_1, Q2_K, Q3_K, Q8_K) the block's float scales are checked (its integers cannot be
+/// non-finite) and the block's first element is reported.
+pub fn first_non_finite(dtype: super::QuantType, data: &[u8]) -> Option<u64> {
+    use super::QuantType as T;
+    let block = dtype.block_bytes() as usize;
+    let per_block = dtype.block_size();
+    let scale_at = |offsets: &[usize]| -> Option<u64> {
+        data.chunks_exact(block)
+            .position(|b| offsets.iter().any(|&o| !f16_at(b, o).is_finite()))
+            .map(|i| i as u64 * per_block)
+    };
+    match dtype {
+        T::F32 => data
+            .chunks_exact(4)
+            .position(|b| !f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_finite())
+            .map(|i| i as u64),
+        T::F16 => data
+            .chunks_exact(2)
+            .position(|b| !half::f16::from_le_bytes([b[0], b[1]]).is_finite())
+            .map(|i| i as u64),
+        T::BF16 => data
+            .chunks_exact(2)
+            .position(|b| !half::bf16::from_le_bytes([b[0], b[1]]).is_finite())
+            .map(|i| i as u64),
+        T::Q8_1 => scale_at(&[0, 2]),
+        T::Q2K => scale_at(&[80, 82]),
+        T::Q3K => scale_at(&[108]),
+        T::Q8K => data
+            .chunks_exact(block)
+            .position(|b| !f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_finite())
+            .map(|i| i as u64 * per_block),
+        T::Q4_0 | T::Q4_1 | T::Q5_0 | T::Q5_1 | T::Q8_0 | T::Q4K | T::Q5K | T::Q6K => {
+            // Dequantize a bounded run of blocks at a time: a scale of inf times a zero quant
+            // is NaN, which only the dequantized value shows.
+            const BLOCKS: usize = 64;
+            let mut out = vec![0f32; BLOCKS * per_block as usize];
+            let mut base = 0u64;
+            for run in data.chunks(BLOCKS * block) {
+                let whole = run.len() / block * block;
+                let n = whole / block * per_block as usize;
+                dequantize_row(dtype, &run[..whole], &mut out[..n]);
+                if let Some(i) = out[..n].iter().position(|v| !v.is_finite()) {
+                    return Some(base + i as u64);
+                }
+                base += n as u64;
+            }
+            None
+        }
+    }
+}
+
 /// Dequantize one row of `n` elements of a supported format into `out` (scalar reference).
 pub fn dequantize_row(dtype: super::QuantType, row: &[u8], out: &mut [f32]) {
     use super::QuantType as T;
@@ -254,6 +307,43 @@ fn dequantize_q4_5_k(row: &[u8], out: &mut [f32], bytes: usize, value: fn(&[u8],
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn non_finite_scales_are_found_in_every_format() {
+        use crate::quant::QuantType as T;
+        // Where each block keeps its (first) float scale: an infinite scale times a zero quant is
+        // NaN in the dequantized values, and the scale itself for formats without a kernel.
+        let scale_at = [
+            (T::Q4_0, 0),
+            (T::Q4_1, 0),
+            (T::Q5_0, 0),
+            (T::Q5_1, 0),
+            (T::Q8_0, 0),
+            (T::Q8_1, 0),
+            (T::Q2K, 80),
+            (T::Q3K, 108),
+            (T::Q4K, 0),
+            (T::Q5K, 0),
+            (T::Q6K, 208),
+        ];
+        for (dtype, at) in scale_at {
+            let bytes = dtype.block_bytes() as usize;
+            let mut data = vec![0u8; 3 * bytes];
+            assert_eq!(first_non_finite(dtype, &data), None, "{dtype}");
+            data[2 * bytes + at..2 * bytes + at + 2].copy_from_slice(&half::f16::INFINITY.to_le_bytes());
+            assert_eq!(first_non_finite(dtype, &data), Some(2 * dtype.block_size()), "{dtype}");
+        }
+        let mut q8k = vec![0u8; 2 * T::Q8K.block_bytes() as usize];
+        assert_eq!(first_non_finite(T::Q8K, &q8k), None);
+        q8k[292..296].copy_from_slice(&f32::NAN.to_le_bytes());
+        assert_eq!(first_non_finite(T::Q8K, &q8k), Some(256));
+        let f32s: Vec<u8> = [1.0f32, 2.0, f32::NEG_INFINITY]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        assert_eq!(first_non_finite(T::F32, &f32s), Some(2));
+    }
+
     use super::*;
     use crate::generate::Rng;
 

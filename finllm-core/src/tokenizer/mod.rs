@@ -142,6 +142,17 @@ impl Tokenizer {
         let bos = id("tokenizer.ggml.bos_token_id")?;
         let eos = id("tokenizer.ggml.eos_token_id")?;
         let eot = id("tokenizer.ggml.eot_token_id")?;
+        // Ids finllm does not use itself are still checked: a file that names a token outside its
+        // vocabulary is broken, and another reader of it could index out of bounds.
+        for key in [
+            "tokenizer.ggml.unknown_token_id",
+            "tokenizer.ggml.padding_token_id",
+            "tokenizer.ggml.seperator_token_id",
+            "tokenizer.ggml.cls_token_id",
+            "tokenizer.ggml.mask_token_id",
+        ] {
+            id(key)?;
+        }
         let add_bos = f
             .get("tokenizer.ggml.add_bos_token")
             .and_then(Value::as_bool)
@@ -266,6 +277,16 @@ impl Tokenizer {
     /// The id of a token written exactly as `text`.
     pub fn token_id(&self, text: &str) -> Option<u32> {
         self.inner.token_to_id(text)
+    }
+
+    /// The longest text that could possibly encode to at most `tokens` tokens: every token
+    /// stands for at most the longest piece's bytes, with a factor of four for normalisers that
+    /// shrink text (NFKC) and for the spaces SentencePiece writes as three-byte `▁`. Longer text
+    /// can never fit, and is refused before tokenising (which takes ~40 bytes of memory per
+    /// input byte).
+    pub fn max_text_bytes(&self, tokens: usize) -> usize {
+        let longest = self.pieces.iter().map(Vec::len).max().unwrap_or(1).max(4);
+        tokens.saturating_mul(longest).saturating_mul(4)
     }
 
     /// Encode raw text. Special tokens written in it (`<|im_start|>`) are parsed; BOS is

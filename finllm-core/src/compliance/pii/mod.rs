@@ -224,35 +224,11 @@ impl PiiDetector {
     }
 
     /// The identifiers in `text` whose confidence reaches the threshold, in text order, without
-    /// overlaps.
+    /// overlaps. Linear in the text (candidates are found by regex, scored over bounded windows,
+    /// and resolved through an ordered map).
     pub fn detect(&self, text: &str) -> Vec<Entity> {
-        let mut scored: Vec<(scan::Candidate, f32)> = self
-            .scanners
-            .scan(text)
-            .into_iter()
-            .filter(|c| self.config.kinds.contains(&c.kind))
-            .map(|c| {
-                let adj = context::adjustment(text, c.span.start, c.span.end, c.kind, self.config.context_window);
-                let confidence = (c.base + adj).clamp(0.0, 1.0);
-                (c, confidence)
-            })
-            .filter(|(_, conf)| *conf >= self.config.threshold)
-            .collect();
-        let kept = resolve_overlaps(&mut scored);
-        let char_spans = char_spans(text, kept.iter().map(|(c, _)| c.span.clone()));
-        kept.into_iter()
-            .zip(char_spans)
-            .map(|((c, confidence), char_span)| Entity {
-                kind: c.kind,
-                text: text[c.span.clone()].to_string(),
-                span: c.span,
-                char_span,
-                confidence,
-                detail: c.detail,
-            })
-            .collect()
+        self.detect_keyed(text).into_iter().map(|(e, _)| e).collect()
     }
-
     /// Replace identifiers by numbered placeholders (`<ID_1>`, `<CARD_1>`, `<PHONE_2>`) and return
     /// the vault that maps them back. The same value always gets the same placeholder.
     pub fn pseudonymise(&self, text: &str) -> (String, Vault) {
@@ -306,22 +282,40 @@ impl PiiDetector {
     /// Entities with their normalised values (the key that makes "138 0013 8000" and
     /// "+86 13800138000" the same phone).
     fn detect_keyed(&self, text: &str) -> Vec<(Entity, String)> {
-        let entities = self.detect(text);
-        let candidates = self.scanners.scan(text);
-        entities
+        let mut scored: Vec<(scan::Candidate, f32)> = self
+            .scanners
+            .scan(text)
             .into_iter()
-            .map(|e| {
-                let key = candidates
-                    .iter()
-                    .find(|c| c.kind == e.kind && c.span == e.span)
-                    .map_or_else(|| e.text.clone(), |c| c.key.clone());
-                (e, key)
+            .filter(|c| self.config.kinds.contains(&c.kind))
+            .map(|c| {
+                let adj = context::adjustment(text, c.span.start, c.span.end, c.kind, self.config.context_window);
+                let confidence = (c.base + adj).clamp(0.0, 1.0);
+                (c, confidence)
+            })
+            .filter(|(_, conf)| *conf >= self.config.threshold)
+            .collect();
+        let kept = resolve_overlaps(&mut scored);
+        let char_spans = char_spans(text, kept.iter().map(|(c, _)| c.span.clone()));
+        kept.into_iter()
+            .zip(char_spans)
+            .map(|((c, confidence), char_span)| {
+                let entity = Entity {
+                    kind: c.kind,
+                    text: text[c.span.clone()].to_string(),
+                    span: c.span,
+                    char_span,
+                    confidence,
+                    detail: c.detail,
+                };
+                (entity, c.key)
             })
             .collect()
     }
 }
 
 /// Keep the best of overlapping candidates: highest confidence, then longest, then earliest.
+/// The kept spans are disjoint, so in an ordered map the one starting last before a candidate's
+/// end is the only one that can overlap it: O(n log n) rather than comparing every pair.
 fn resolve_overlaps(scored: &mut [(scan::Candidate, f32)]) -> Vec<(scan::Candidate, f32)> {
     scored.sort_by(|(a, ca), (b, cb)| {
         cb.total_cmp(ca)
@@ -329,17 +323,18 @@ fn resolve_overlaps(scored: &mut [(scan::Candidate, f32)]) -> Vec<(scan::Candida
             .then_with(|| a.span.start.cmp(&b.span.start))
             .then_with(|| a.kind.cmp(&b.kind))
     });
-    let mut kept: Vec<(scan::Candidate, f32)> = Vec::new();
+    let mut kept: std::collections::BTreeMap<usize, (scan::Candidate, f32)> = Default::default();
     for (c, conf) in scored.iter() {
         let overlaps = kept
-            .iter()
-            .any(|(k, _)| k.span.start < c.span.end && c.span.start < k.span.end);
-        if !overlaps {
-            kept.push((c.clone(), *conf));
+            .range(..c.span.end)
+            .next_back()
+            .is_some_and(|(_, (k, _))| k.span.end > c.span.start);
+        // An empty span (never produced by the scanners) would slip between two kept ones.
+        if !overlaps && !c.span.is_empty() {
+            kept.insert(c.span.start, (c.clone(), *conf));
         }
     }
-    kept.sort_by_key(|(c, _)| c.span.start);
-    kept
+    kept.into_values().collect()
 }
 
 /// Character ranges for sorted, non-overlapping byte ranges, in one pass over the text.

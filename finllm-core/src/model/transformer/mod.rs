@@ -462,7 +462,7 @@ impl Transformer {
                 vocab_size: self.cfg.vocab_size,
             });
         }
-        if cache.len() + tokens.len() > self.cfg.context_length {
+        if cache.len().saturating_add(tokens.len()) > self.cfg.context_length {
             return Err(Error::ContextOverflow {
                 tokens: cache.len() + tokens.len(),
                 max_new: 0,
