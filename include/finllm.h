@@ -512,6 +512,16 @@ finllm_guard_params finllm_guard_default_params(void);
 // writable.
 finllm_status finllm_guard_new(const finllm_guard_params *params, finllm_guard **out);
 
+// Bytes of a torn last record (left by a crash or a failed write) that were cut off the guard's
+// audit log when finllm_guard_new opened it; 0 when there was none, when the guard has no audit
+// log, or if `guard` is NULL. A non-zero value deserves a warning in the caller's logs: the
+// request whose record was torn never got an answer, but an operator should know it happened.
+// Any thread.
+//
+// # Safety
+// `guard` must be NULL or a live handle from finllm_guard_new.
+uint64_t finllm_guard_audit_truncated_bytes(const finllm_guard *guard);
+
 // Free a guard (closing its audit log; every returned answer's record is already durable).
 // NULL is allowed. No call may be using the guard.
 //
@@ -530,9 +540,14 @@ finllm_request_params finllm_request_default_params(void);
 // result to free with finllm_generation_free; read what the guard did with
 // finllm_generation_request_id, _masked_prompt, _verdict, _audit_seq and _audit_hash.
 //
-// Fail-closed: if the audit record cannot be written the call fails (FINLLM_ERROR_AUDIT or
-// FINLLM_ERROR_AUDIT_POISONED) and no result is returned, although `callback` may already
-// have seen all but the last piece of text.
+// Audit records: with no `callback` and no `cancel` one complete record, durable before this
+// returns. With either, the request streams: an "opened" record (request, caller, model hash,
+// masked prompt, sampling) is durable before the first token reaches `callback`, and the
+// closing record (output, decisions, finish reason) before the last one.
+//
+// Fail-closed: if a record cannot be written the call fails (FINLLM_ERROR_AUDIT or
+// FINLLM_ERROR_AUDIT_POISONED) and no result is returned; `callback` sees no token if the opened
+// record failed, and never the last piece if the closing one did.
 //
 // # Safety
 // As finllm_generate; `guard` live; `request` NULL or valid.

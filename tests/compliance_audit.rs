@@ -11,6 +11,8 @@ use common::Rng;
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
+#[cfg(unix)]
+use std::process::Command;
 use std::sync::Arc;
 use std::thread;
 
@@ -95,6 +97,7 @@ fn config(fsync: FsyncPolicy, max_file_bytes: u64) -> AuditConfig {
         fsync,
         max_file_bytes,
         hmac_key: None,
+        ..Default::default()
     }
 }
 
@@ -322,7 +325,13 @@ impl Fixture {
     fn new(name: &str, records: usize, max_file_bytes: u64, pad: usize) -> Self {
         let dir = TempDir::new(name);
         let path = dir.log_path();
-        let log = AuditLog::open(&path, config(FsyncPolicy::GroupCommit, max_file_bytes)).unwrap();
+        // These tests damage the log alone, as a writer without checkpoints leaves it; checkpoints,
+        // which report every cut, are tested on their own (section 4).
+        let no_checkpoints = AuditConfig {
+            checkpoint_every: 0,
+            ..config(FsyncPolicy::GroupCommit, max_file_bytes)
+        };
+        let log = AuditLog::open(&path, no_checkpoints).unwrap();
         let receipts: Vec<RecordReceipt> = (0..records)
             .map(|i| log.append(&small_record(i, pad)).unwrap())
             .collect();
@@ -366,6 +375,8 @@ impl Fixture {
         for (file, bytes) in self.files.iter().zip(&self.snapshot) {
             fs::write(file, bytes).unwrap();
         }
+        // A test that reopened the log with checkpoints left some for its own records.
+        let _ = fs::remove_file(audit::checkpoints_path(&self.path));
     }
 
     /// The untouched log verifies, with and without its head receipt, across all its files.
@@ -1066,4 +1077,365 @@ fn sigkill_during_appends_loses_no_acknowledged_record() {
         repaired_by_child + repaired_by_parent > injected / 2,
         "most torn tails must be seen being cut off"
     );
+}
+
+// ---- 4. checkpoints ------------------------------------------------------------------------------
+
+/// A log of 20 records with a checkpoint every 8 and one at close: checkpoints at 8, 16 and 20.
+fn checkpointed_fixture(name: &str, key: Option<Vec<u8>>) -> (TempDir, PathBuf, Vec<RecordReceipt>, Vec<u8>) {
+    let dir = TempDir::new(name);
+    let path = dir.log_path();
+    let log = AuditLog::open(
+        &path,
+        AuditConfig {
+            checkpoint_every: 8,
+            hmac_key: key,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let receipts: Vec<RecordReceipt> = (0..20).map(|i| log.append(&small_record(i, 0)).unwrap()).collect();
+    drop(log);
+    let snapshot = fs::read(&path).unwrap();
+    (dir, path, receipts, snapshot)
+}
+
+fn checkpoint_frames(path: &Path) -> Vec<(usize, usize)> {
+    let bytes = fs::read(audit::checkpoints_path(path)).unwrap();
+    let mut frames = Vec::new();
+    let mut at = 0;
+    while at < bytes.len() {
+        assert_eq!(&bytes[at..at + 4], b"FLAR", "checkpoint frame at {at}");
+        let len = usize::try_from(u32_at(&bytes, at + 4)).unwrap();
+        let end = at + HEADER_LEN + len + TRAILER_LEN;
+        frames.push((at, end));
+        at = end;
+    }
+    frames
+}
+
+#[test]
+fn checkpoints_detect_a_log_cut_at_any_frame_boundary() {
+    let (_dir, path, receipts, snapshot) = checkpointed_fixture("ckpt-cut", None);
+    assert_eq!(
+        checkpoint_frames(&path).len(),
+        3,
+        "checkpoints at 8, 16 and on close at 20"
+    );
+    assert!(verify(&path).is_ok(), "{:?}", verify(&path).issues);
+    let frames = locate_frames(&receipts);
+    for k in 1..=receipts.len() as u64 {
+        let cut = frames[usize::try_from(k - 1).unwrap()].start;
+        fs::write(&path, &snapshot[..cut]).unwrap();
+        let report = verify(&path);
+        assert_eq!(
+            kinds(&report),
+            [IssueKind::TruncatedBelowCheckpoint],
+            "log cut before record {k}: {report:?}"
+        );
+        assert_eq!(report.issues[0].record, k, "the first lost record");
+        // A writer must not continue such a log either.
+        let err = AuditLog::open(&path, AuditConfig::default()).unwrap_err();
+        assert!(err.to_string().contains("checkpoint"), "{err}");
+    }
+    fs::write(&path, &snapshot).unwrap();
+    assert!(verify(&path).is_ok());
+}
+
+#[test]
+fn checkpoints_detect_an_emptied_log() {
+    let (_dir, path, _, _) = checkpointed_fixture("ckpt-empty", None);
+    fs::write(&path, b"").unwrap();
+    let report = verify(&path);
+    assert_eq!(kinds(&report), [IssueKind::TruncatedBelowCheckpoint], "{report:?}");
+    assert_eq!(report.issues[0].record, 1);
+}
+
+#[test]
+fn intact_log_with_checkpoints_verifies_with_and_without_key() {
+    let key = vec![7u8; 32];
+    let (_dir, path, receipts, _) = checkpointed_fixture("ckpt-intact", Some(key.clone()));
+    let options = VerifyOptions {
+        hmac_key: Some(key),
+        ..head_of(receipts.last().unwrap())
+    };
+    let report = audit::verify_with(&path, &options).unwrap();
+    assert!(report.is_ok(), "{report:?}");
+    // Reopening and appending continues the checkpoint chain.
+    let log = AuditLog::open(
+        &path,
+        AuditConfig {
+            checkpoint_every: 8,
+            hmac_key: options.hmac_key.clone(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    for i in 20..30 {
+        log.append(&small_record(i, 0)).unwrap();
+    }
+    drop(log);
+    assert_eq!(checkpoint_frames(&path).len(), 5, "28 and 30 added");
+    assert!(audit::verify_with(&path, &options).unwrap().is_ok());
+}
+
+#[test]
+fn tampered_checkpoints_are_detected() {
+    let key = vec![9u8; 32];
+    let (_dir, path, _, snapshot) = checkpointed_fixture("ckpt-tamper", Some(key.clone()));
+    let with_key = VerifyOptions {
+        hmac_key: Some(key),
+        ..Default::default()
+    };
+    let sidecar = audit::checkpoints_path(&path);
+    let original = fs::read(&sidecar).unwrap();
+    let frames = checkpoint_frames(&path);
+    // Any flipped byte of any checkpoint.
+    for at in (0..original.len()).step_by(7) {
+        let mut bytes = original.clone();
+        bytes[at] ^= 0x20;
+        fs::write(&sidecar, &bytes).unwrap();
+        let report = audit::verify_with(&path, &with_key).unwrap();
+        assert!(
+            kinds(&report).contains(&IssueKind::CheckpointCorrupt),
+            "byte {at} of the checkpoint file flipped: {report:?}"
+        );
+    }
+    // A checkpoint removed from the middle breaks the checkpoint chain.
+    let mut without_middle = original[..frames[1].0].to_vec();
+    without_middle.extend_from_slice(&original[frames[1].1..]);
+    fs::write(&sidecar, &without_middle).unwrap();
+    let report = audit::verify_with(&path, &with_key).unwrap();
+    assert_eq!(kinds(&report), [IssueKind::CheckpointCorrupt], "{report:?}");
+    fs::write(&sidecar, &original).unwrap();
+    assert!(audit::verify_with(&path, &with_key).unwrap().is_ok());
+    // The log rewritten under intact checkpoints: its records no longer have their hashes.
+    let forger = TempDir::new("ckpt-forger");
+    let forged = AuditLog::open(
+        forger.log_path(),
+        AuditConfig {
+            checkpoint_every: 0,
+            hmac_key: with_key.hmac_key.clone(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    for i in 0..20 {
+        let mut r = small_record(i, 0);
+        r.output = "nothing to see here".into();
+        forged.append(&r).unwrap();
+    }
+    drop(forged);
+    fs::copy(forger.log_path(), &path).unwrap();
+    let report = audit::verify_with(&path, &with_key).unwrap();
+    assert!(
+        kinds(&report).iter().all(|k| *k == IssueKind::CheckpointMismatch),
+        "{report:?}"
+    );
+    assert_eq!(report.issues.len(), 3, "one per checkpoint: {report:?}");
+    fs::write(&path, &snapshot).unwrap();
+    assert!(audit::verify_with(&path, &with_key).unwrap().is_ok());
+}
+
+// ---- 5. several processes on one log -------------------------------------------------------------
+
+#[cfg(unix)]
+const MP_CHILD_ENV: &str = "FINLLM_AUDIT_MP_CHILD";
+#[cfg(unix)]
+const MP_TEST: &str = "two_processes_appending_to_one_log_keep_one_chain";
+#[cfg(unix)]
+const MP_RECORDS: usize = 500;
+#[cfg(unix)]
+const MP_MAX_FILE_BYTES: u64 = 64 << 10;
+
+/// The child: wait for the go file, then append MP_RECORDS records from 4 threads and print each
+/// receipt.
+#[cfg(unix)]
+fn run_multi_process_child(path: &Path) -> ! {
+    use std::io::Write;
+    use std::time::{Duration, Instant};
+
+    let go = path.with_extension("go");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !go.exists() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(1));
+    }
+    let log = Arc::new(AuditLog::open(path, config(FsyncPolicy::GroupCommit, MP_MAX_FILE_BYTES)).unwrap());
+    let pid = std::process::id();
+    let writers: Vec<_> = (0..4)
+        .map(|t| {
+            let log = Arc::clone(&log);
+            thread::spawn(move || {
+                (t..MP_RECORDS)
+                    .step_by(4)
+                    .map(|i| {
+                        let r = log.append(&sample_record(&format!("p{pid}-{i:04}"), i, 100)).unwrap();
+                        format!("ACK {} {} {pid}-{i:04}\n", r.seq, r.hash)
+                    })
+                    .collect::<String>()
+            })
+        })
+        .collect();
+    let mut out = std::io::stdout().lock();
+    out.write_all(b"\n").unwrap();
+    for w in writers {
+        out.write_all(w.join().unwrap().as_bytes()).unwrap();
+    }
+    out.flush().unwrap();
+    drop(out);
+    drop(log);
+    std::process::exit(0);
+}
+
+/// Two processes (each with four threads) append 500 records each to one log at the same time,
+/// rotating it as they go: every record must be there once, in one chain, with the hash each
+/// process was given.
+#[cfg(unix)]
+#[test]
+fn two_processes_appending_to_one_log_keep_one_chain() {
+    use std::process::{Command, Stdio};
+
+    if let Some(path) = std::env::var_os(MP_CHILD_ENV) {
+        run_multi_process_child(Path::new(&path));
+    }
+    let dir = TempDir::new("two-processes");
+    let path = dir.log_path();
+    let children: Vec<_> = (0..2)
+        .map(|_| {
+            Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", MP_TEST, "--nocapture", "--test-threads=1"])
+                .env(MP_CHILD_ENV, &path)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    fs::write(path.with_extension("go"), b"").unwrap();
+    let mut acked: HashMap<u64, (String, String)> = HashMap::new();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "child failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            if let Some(ack) = line.strip_prefix("ACK ") {
+                let parts: Vec<&str> = ack.split(' ').collect();
+                let seq: u64 = parts[0].parse().unwrap();
+                let previous = acked.insert(seq, (parts[1].to_string(), parts[2].to_string()));
+                assert!(previous.is_none(), "record {seq} acknowledged to two appends");
+            }
+        }
+    }
+    assert_eq!(acked.len(), 2 * MP_RECORDS, "acknowledged appends");
+
+    let report = verify(&path);
+    assert!(report.is_ok(), "{:?}", report.issues);
+    assert_eq!(report.records, 2 * MP_RECORDS as u64);
+    assert!(report.files.len() >= 3, "rotated: {:?}", report.files);
+    let stored = audit::read_records(&path).unwrap();
+    assert_eq!(stored.len(), 2 * MP_RECORDS);
+    let mut switches = 0;
+    for (i, s) in stored.iter().enumerate() {
+        assert_eq!(s.seq, i as u64 + 1);
+        let (hash, id) = &acked[&s.seq];
+        assert_eq!(&s.hash, hash, "record {}", s.seq);
+        assert!(s.record.request_id.ends_with(id.as_str()), "record {}", s.seq);
+        let writer = |r: &audit::StoredRecord| r.record.request_id.split_once('-').map(|(p, _)| p.to_string());
+        if i > 0 && writer(&stored[i - 1]) != writer(s) {
+            switches += 1;
+        }
+    }
+    let ids: HashSet<&str> = stored.iter().map(|s| s.record.request_id.as_str()).collect();
+    assert_eq!(ids.len(), 2 * MP_RECORDS);
+    println!(
+        "two processes: {switches} switches between writers in {} records",
+        stored.len()
+    );
+    assert!(
+        switches >= 2,
+        "the two processes never interleaved ({switches} switches)"
+    );
+}
+
+// ---- 6. only regular files -----------------------------------------------------------------------
+
+#[cfg(unix)]
+fn assert_refused(path: &Path, what: &str) {
+    match AuditLog::open(path, AuditConfig::default()) {
+        Err(finllm::Error::AuditNotRegularFile { path: p, found }) => {
+            assert!(found.contains(what), "{}: found {found:?}", path.display());
+            let _ = p;
+        }
+        other => panic!("{}: expected AuditNotRegularFile, got {other:?}", path.display()),
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn devices_fifos_and_symlinks_are_refused_at_open() {
+    use std::time::Duration;
+
+    for dev in ["/dev/null", "/dev/full", "/dev/zero"] {
+        if Path::new(dev).exists() {
+            let err = AuditLog::open(dev, AuditConfig::default()).unwrap_err();
+            assert!(
+                matches!(&err, finllm::Error::AuditNotRegularFile { path, .. } if path == Path::new(dev)),
+                "{dev}: {err:?}"
+            );
+            assert!(err.to_string().contains(dev), "{err}");
+            assert!(!Path::new(&format!("{dev}.lock")).exists());
+        }
+    }
+
+    let dir = TempDir::new("special");
+    // A FIFO must be refused promptly, not block the open (or verify) forever.
+    let fifo = dir.0.join("fifo.log");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let f = fifo.clone();
+    thread::spawn(move || {
+        let _ = tx.send((
+            AuditLog::open(&f, AuditConfig::default()).map(|_| ()),
+            audit::verify(&f).map(|_| ()),
+        ));
+    });
+    let (opened, verified) = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("open blocked on a FIFO");
+    assert!(
+        matches!(opened, Err(finllm::Error::AuditNotRegularFile { .. })),
+        "{opened:?}"
+    );
+    assert!(
+        matches!(verified, Err(finllm::Error::AuditNotRegularFile { .. })),
+        "{verified:?}"
+    );
+    assert_refused(&fifo, "FIFO");
+
+    // Symbolic links: the log, a rotated file, the checkpoint file.
+    let target = dir.0.join("target.log");
+    fs::write(&target, b"").unwrap();
+    let link = dir.0.join("link.log");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    assert_refused(&link, "symbolic link");
+    let base = dir.0.join("rot.log");
+    AuditLog::open(&base, AuditConfig::default()).unwrap();
+    std::os::unix::fs::symlink(&target, audit::segment_path(&base, 1)).unwrap();
+    assert_refused(&audit::segment_path(&base, 1), "symbolic link");
+    let err = AuditLog::open(&base, AuditConfig::default()).unwrap_err();
+    assert!(matches!(err, finllm::Error::AuditNotRegularFile { .. }), "{err:?}");
+    fs::remove_file(audit::segment_path(&base, 1)).unwrap();
+    std::os::unix::fs::symlink(&target, audit::checkpoints_path(&base)).unwrap();
+    let err = AuditLog::open(&base, AuditConfig::default()).unwrap_err();
+    assert!(matches!(err, finllm::Error::AuditNotRegularFile { .. }), "{err:?}");
+
+    // A directory.
+    let sub = dir.0.join("dir.log");
+    fs::create_dir(&sub).unwrap();
+    assert_refused(&sub, "directory");
 }

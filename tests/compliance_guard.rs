@@ -7,7 +7,7 @@ mod common;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
-use finllm::compliance::audit::{self, AuditConfig, AuditLog};
+use finllm::compliance::audit::{self, AuditConfig, AuditLog, RecordPhase};
 use finllm::compliance::pii::{PiiConfig, PiiDetector};
 use finllm::compliance::{Guard, GuardConfig, Policy, RequestInfo, Verdict};
 use finllm::{FinishReason, GenerateParams, LoadOptions, Model};
@@ -92,11 +92,17 @@ fn a_phrase_the_model_would_say_never_streams_out() {
     assert_eq!(decision.verdict, Verdict::Block);
     assert_eq!(decision.blocked_by().unwrap().rule_id, "t.block");
 
+    // A stream: an opened record before the first token, the closing one before the last.
     let records = audit::read_records(&log_path).unwrap();
-    assert_eq!(records.len(), 1);
-    assert_eq!(records[0].record.finish_reason, "blocked");
-    assert_eq!(records[0].record.output, streamed);
-    assert_eq!(records[0].record.decisions[0].rule_id, "t.block");
+    assert_eq!(records.len(), 2);
+    assert_eq!(records[0].record.phase, RecordPhase::Opened);
+    assert!(records[0].record.output.is_empty());
+    let closed = &records[1].record;
+    assert_eq!((closed.phase, closed.opened_seq), (RecordPhase::Closed, Some(1)));
+    assert_eq!(closed.request_id, records[0].record.request_id);
+    assert_eq!(closed.finish_reason, "blocked");
+    assert_eq!(closed.output, streamed);
+    assert_eq!(closed.decisions[0].rule_id, "t.block");
     assert!(audit::verify(&log_path).unwrap().is_ok());
 }
 

@@ -332,6 +332,7 @@ impl From<Error> for Failure {
             Error::Policy { .. } => FINLLM_ERROR_POLICY,
             Error::Audit { .. } => FINLLM_ERROR_AUDIT,
             Error::AuditPoisoned { .. } => FINLLM_ERROR_AUDIT_POISONED,
+            Error::AuditNotRegularFile { .. } => FINLLM_ERROR_AUDIT,
             Error::DeviceUnavailable { .. } => FINLLM_ERROR_DEVICE,
             _ => FINLLM_ERROR_OTHER,
         };
@@ -1370,6 +1371,7 @@ pub unsafe extern "C" fn finllm_guard_new(
                     fsync,
                     max_file_bytes: p.audit_max_file_bytes,
                     hmac_key,
+                    ..AuditConfig::default()
                 };
                 Some(Arc::new(AuditLog::open(path, config)?))
             }
@@ -1384,6 +1386,22 @@ pub unsafe extern "C" fn finllm_guard_new(
         })?;
         unsafe { put(out, Box::into_raw(Box::new(finllm_guard { inner })), "out") }
     })
+}
+
+/// Bytes of a torn last record (left by a crash or a failed write) that were cut off the guard's
+/// audit log when finllm_guard_new opened it; 0 when there was none, when the guard has no audit
+/// log, or if `guard` is NULL. A non-zero value deserves a warning in the caller's logs: the
+/// request whose record was torn never got an answer, but an operator should know it happened.
+/// Any thread.
+///
+/// # Safety
+/// `guard` must be NULL or a live handle from finllm_guard_new.
+#[no_mangle]
+pub unsafe extern "C" fn finllm_guard_audit_truncated_bytes(guard: *const finllm_guard) -> u64 {
+    // SAFETY: NULL or live per the contract.
+    unsafe { guard.as_ref() }
+        .and_then(|g| g.inner.config().audit.as_ref())
+        .map_or(0, |log| log.open_report().truncated_bytes)
 }
 
 /// Free a guard (closing its audit log; every returned answer's record is already durable).
@@ -1448,9 +1466,14 @@ unsafe fn request_info(p: *const finllm_request_params) -> Result<RequestInfo, F
 /// result to free with finllm_generation_free; read what the guard did with
 /// finllm_generation_request_id, _masked_prompt, _verdict, _audit_seq and _audit_hash.
 ///
-/// Fail-closed: if the audit record cannot be written the call fails (FINLLM_ERROR_AUDIT or
-/// FINLLM_ERROR_AUDIT_POISONED) and no result is returned, although `callback` may already
-/// have seen all but the last piece of text.
+/// Audit records: with no `callback` and no `cancel` one complete record, durable before this
+/// returns. With either, the request streams: an "opened" record (request, caller, model hash,
+/// masked prompt, sampling) is durable before the first token reaches `callback`, and the
+/// closing record (output, decisions, finish reason) before the last one.
+///
+/// Fail-closed: if a record cannot be written the call fails (FINLLM_ERROR_AUDIT or
+/// FINLLM_ERROR_AUDIT_POISONED) and no result is returned; `callback` sees no token if the opened
+/// record failed, and never the last piece if the closing one did.
 ///
 /// # Safety
 /// As finllm_generate; `guard` live; `request` NULL or valid.
@@ -1477,10 +1500,16 @@ pub unsafe extern "C" fn finllm_generate_guarded(
         if out.is_null() {
             return fail(FINLLM_ERROR_NULL_POINTER, "out is NULL");
         }
-        let sink = token_sink(callback, user_data, unsafe { cancel.as_ref() });
-        let result = guard
-            .inner
-            .generate_with(&model.inner, prompt, &params, &request, sink)?;
+        // Without a callback or cancel handle nothing streams: one complete audit record, as
+        // Guard::generate writes; otherwise an opened and a closing one, as Guard::generate_with.
+        let result = if callback.is_none() && cancel.is_null() {
+            guard.inner.generate(&model.inner, prompt, &params, &request)?
+        } else {
+            let sink = token_sink(callback, user_data, unsafe { cancel.as_ref() });
+            guard
+                .inner
+                .generate_with(&model.inner, prompt, &params, &request, sink)?
+        };
         unsafe { put(out, guarded_handle(result), "out") }
     })
 }
@@ -1515,8 +1544,12 @@ pub unsafe extern "C" fn finllm_chat_guarded(
         if out.is_null() {
             return fail(FINLLM_ERROR_NULL_POINTER, "out is NULL");
         }
-        let sink = token_sink(callback, user_data, unsafe { cancel.as_ref() });
-        let result = guard.inner.chat_with(&model.inner, &msgs, &params, &request, sink)?;
+        let result = if callback.is_none() && cancel.is_null() {
+            guard.inner.chat(&model.inner, &msgs, &params, &request)?
+        } else {
+            let sink = token_sink(callback, user_data, unsafe { cancel.as_ref() });
+            guard.inner.chat_with(&model.inner, &msgs, &params, &request, sink)?
+        };
         unsafe { put(out, guarded_handle(result), "out") }
     })
 }

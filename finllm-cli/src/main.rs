@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
-use finllm_core::compliance::audit::{self, AuditConfig, AuditLog, VerifyOptions};
+use finllm_core::compliance::audit::{self, AuditConfig, AuditLog, IssueKind, VerifyOptions};
 use finllm_core::compliance::pii::{PiiConfig, PiiDetector};
 use finllm_core::compliance::{Guard, GuardConfig, GuardedGeneration, Policy, RequestInfo};
 use finllm_core::model::Backend;
@@ -234,7 +234,9 @@ impl ComplianceArgs {
                     hmac_key: self.audit_hmac_key_file.as_deref().map(read_key).transpose()?,
                     ..Default::default()
                 };
-                Some(Arc::new(AuditLog::open(path, config)?))
+                let log = AuditLog::open(path, config)?;
+                warn_torn_tail(&log);
+                Some(Arc::new(log))
             }
             None => None,
         };
@@ -774,6 +776,20 @@ fn policy_check(path: Option<&Path>, json: bool) -> CliResult {
     Ok(())
 }
 
+/// Say on stderr that opening the log cut off a torn last frame: the request it belonged to got
+/// no answer, but an operator should know a write was interrupted.
+fn warn_torn_tail(log: &AuditLog) {
+    let report = log.open_report();
+    if report.truncated_bytes > 0 {
+        eprintln!(
+            "warning: audit log {}: a torn last record ({} bytes at byte {}) from an interrupted write was cut off",
+            log.path().display(),
+            report.truncated_bytes,
+            report.truncated_at.unwrap_or(0)
+        );
+    }
+}
+
 fn audit_verify(file: &Path, key_file: Option<&Path>, expect_head: Option<&str>, json: bool) -> CliResult {
     let expected_head = match expect_head {
         Some(h) => {
@@ -790,6 +806,14 @@ fn audit_verify(file: &Path, key_file: Option<&Path>, expect_head: Option<&str>,
         expected_head,
     };
     let report = audit::verify_with(file, &options)?;
+    for torn in report.issues.iter().filter(|i| i.kind == IssueKind::TornTail) {
+        eprintln!(
+            "warning: {} ends in a torn frame at byte {} (an interrupted write); it is cut off when the log is \
+             next opened for writing",
+            torn.file.display(),
+            torn.offset
+        );
+    }
     if json {
         println!("{}", serde_json::to_string(&report)?);
     } else {

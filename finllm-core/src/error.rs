@@ -108,6 +108,15 @@ pub enum Error {
     )]
     AuditPoisoned { path: PathBuf, cause: String },
 
+    /// A path of the audit log (the log itself, a rotated file, its checkpoint or lock file) is
+    /// not a regular file: a symbolic link, FIFO, device, socket or directory. Such paths are
+    /// refused, so that records can neither block, vanish (`/dev/null`) nor be redirected.
+    #[error(
+        "audit log {path}: {found}, not a regular file; give the path of a regular file (symbolic links are \
+         refused too)"
+    )]
+    AuditNotRegularFile { path: PathBuf, found: String },
+
     // ---- compute -----------------------------------------------------------------------------
     /// The requested device cannot be used: no CUDA in this build, no such GPU, no driver.
     #[error("device {device} is not available: {reason}")]

@@ -383,13 +383,14 @@ struct AuditLog {
 impl AuditLog {
     #[new]
     // 64 MiB, written out so that Python's signature shows the value.
-    #[pyo3(signature = (path, *, fsync="group", hmac_key=None, max_file_bytes=67108864))]
+    #[pyo3(signature = (path, *, fsync="group", hmac_key=None, max_file_bytes=67108864, checkpoint_every=64))]
     fn new(
         py: Python<'_>,
         path: PathBuf,
         fsync: &str,
         hmac_key: Option<Vec<u8>>,
         max_file_bytes: u64,
+        checkpoint_every: u64,
     ) -> PyResult<Self> {
         let fsync = match fsync {
             "group" => FsyncPolicy::GroupCommit,
@@ -404,10 +405,23 @@ impl AuditLog {
             fsync,
             max_file_bytes,
             hmac_key,
+            checkpoint_every,
         };
         let log = py
             .detach(|| core::compliance::AuditLog::open(&path, config))
             .map_err(audit_to_py)?;
+        let report = log.open_report();
+        if report.truncated_bytes > 0 {
+            let message = format!(
+                "audit log {}: a torn last record ({} bytes at offset {}) from an interrupted write was cut off",
+                path.display(),
+                report.truncated_bytes,
+                report.truncated_at.unwrap_or(0)
+            );
+            let message = std::ffi::CString::new(message).unwrap_or_default();
+            let category = py.get_type::<pyo3::exceptions::PyUserWarning>();
+            PyErr::warn(py, category.as_any(), &message, 1)?;
+        }
         Ok(Self { inner: Arc::new(log) })
     }
 
@@ -498,6 +512,9 @@ fn issue_kind(kind: audit::IssueKind) -> String {
         K::MissingFile => "missing_file",
         K::KeyRequired => "key_required",
         K::HeadMismatch => "head_mismatch",
+        K::TruncatedBelowCheckpoint => "truncated_below_checkpoint",
+        K::CheckpointMismatch => "checkpoint_mismatch",
+        K::CheckpointCorrupt => "checkpoint_corrupt",
     }
     .to_string()
 }
@@ -565,6 +582,8 @@ fn record_dict(py: Python<'_>, stored: StoredRecord) -> PyResult<Bound<'_, PyDic
     d.set_item("latency_ms", r.latency_ms)?;
     d.set_item("finish_reason", r.finish_reason)?;
     d.set_item("error", r.error)?;
+    d.set_item("phase", r.phase.as_str())?;
+    d.set_item("opened_seq", r.opened_seq)?;
     Ok(d)
 }
 

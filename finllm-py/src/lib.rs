@@ -127,6 +127,7 @@ fn to_py_in(domain: Domain, e: core::Error) -> PyErr {
         E::Policy { .. } => PolicyError::new_err(msg),
         E::Audit { .. } => AuditError::new_err(msg),
         E::AuditPoisoned { .. } => AuditPoisonedError::new_err(msg),
+        E::AuditNotRegularFile { .. } => AuditError::new_err(msg),
         _ => FinllmError::new_err(msg),
     }
 }

@@ -198,7 +198,10 @@ def test_streams_end_with_their_result(smollm2, tmp_path):
     it = guard.stream(smollm2, CLIENT, max_tokens=6)
     tokens = list(it)
     result = it.result
-    assert result.audit_seq == 1 and result.finish_reason == tokens[-1].finish_reason == "length"
+    # A stream: an opened record (1) durable before the first token, the closing one (2).
+    assert result.audit_seq == 2 and result.finish_reason == tokens[-1].finish_reason == "length"
+    opened, closed = finllm.audit_records(path)
+    assert (opened["phase"], closed["phase"], closed["opened_seq"]) == ("opened", "closed", 1)
     assert "".join(t.text for t in tokens) == result.text
     assert [t.id for t in tokens] == result.ids
     assert list(it) == [] and it.result is result
@@ -228,9 +231,10 @@ def test_dropping_a_guarded_stream_records_a_cancelled_request(smollm2, tmp_path
     next(it)
     del it
     deadline = time.monotonic() + 30
-    while not finllm.audit_records(path) and time.monotonic() < deadline:
+    while len(finllm.audit_records(path)) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
-    (record,) = finllm.audit_records(path)
+    opened, record = finllm.audit_records(path)
+    assert opened["phase"] == "opened" and record["phase"] == "closed"
     assert record["finish_reason"] == "cancelled"
     assert finllm.audit_verify(path).ok
 
@@ -316,6 +320,28 @@ def test_policy_errors(tmp_path):
         finllm.Policy.from_file(tmp_path / "missing.toml")
     with pytest.raises(TypeError):
         finllm.Policy.from_toml(b"name = 'x'")
+
+
+def test_a_torn_tail_is_cut_off_with_a_warning(tmp_path):
+    path = tmp_path / "audit.log"
+    log = finllm.AuditLog(path)
+    assert log.truncated_bytes == 0
+    del log
+    with open(path, "ab") as f:
+        f.write(b"FLAR\x00")  # a frame cut short by a crash
+    with pytest.warns(UserWarning, match="torn last record"):
+        log = finllm.AuditLog(path)
+    assert log.truncated_bytes == 5
+    assert finllm.audit_verify(path).ok
+
+
+def test_special_files_are_refused(tmp_path):
+    with pytest.raises(errors.AuditError, match="not a regular file"):
+        finllm.AuditLog("/dev/null")
+    (tmp_path / "target.log").write_bytes(b"")
+    (tmp_path / "link.log").symlink_to(tmp_path / "target.log")
+    with pytest.raises(errors.AuditError, match="symbolic link"):
+        finllm.AuditLog(tmp_path / "link.log")
 
 
 def test_audit_errors(tmp_path):

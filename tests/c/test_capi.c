@@ -539,19 +539,20 @@ static void test_guarded(const finllm_model *m) {
                 FINLLM_OK);
   CHECK(count == 3);
   CHECK(finllm_generation_finish_reason(out) == FINLLM_FINISH_CANCELLED);
-  CHECK(finllm_generation_audit_seq(out) == 2);
+  /* Streamed (a callback): an opened record (2) before the first token, the closing one (3). */
+  CHECK(finllm_generation_audit_seq(out) == 3);
   CHECK(strncmp(finllm_generation_request_id(out), "req-", 4) == 0); /* made up */
   CHECK(strcmp(finllm_generation_masked_prompt(out, NULL), "the rate") == 0);
   char head[65];
   snprintf(head, sizeof head, "%s", finllm_generation_audit_hash(out));
   finllm_generation_free(out);
 
-  verify_log(log, NULL, 2, 0);
+  verify_log(log, NULL, 3, 0);
   finllm_audit_verify_params vp = finllm_audit_verify_default_params();
-  vp.expected_head_seq = 2;
+  vp.expected_head_seq = 3;
   vp.expected_head_hash = head;
-  verify_log(log, &vp, 2, 0);
-  vp.expected_head_seq = 3; /* a receipt the log does not reach: its end was cut off */
+  verify_log(log, &vp, 3, 0);
+  vp.expected_head_seq = 4; /* a receipt the log does not reach: its end was cut off */
   uint64_t issues = 0;
   EXPECT_STATUS(finllm_audit_verify(log, &vp, NULL, &issues, NULL), FINLLM_OK);
   CHECK(issues > 0);
@@ -563,14 +564,14 @@ static void test_guarded(const finllm_model *m) {
   EXPECT_STATUS(finllm_generate_guarded(guard, m, "x", &badp, &rp, NULL, NULL, NULL, &out),
                 FINLLM_ERROR_INVALID_ARGUMENT);
   CHECK(out == sentinel);
-  verify_log(log, NULL, 3, 0);
+  verify_log(log, NULL, 4, 0);
 
   /* Chat through the guard: every message masked. */
   finllm_chat_message msgs[2] = {{"system", "terse"}, {"user", "my phone is 13800138000"}};
   EXPECT_STATUS(finllm_chat_guarded(guard, m, msgs, 2, &p, &rp, NULL, NULL, NULL, &out), FINLLM_OK);
   CHECK(strstr(finllm_generation_masked_prompt(out, NULL), "<PHONE_1>") != NULL);
   CHECK(strstr(finllm_generation_masked_prompt(out, NULL), "13800138000") == NULL);
-  CHECK(finllm_generation_audit_seq(out) == 4);
+  CHECK(finllm_generation_audit_seq(out) == 5);
   finllm_generation_free(out);
   out = sentinel;
   EXPECT_STATUS(finllm_chat_guarded(guard, m, NULL, 1, &p, &rp, NULL, NULL, NULL, &out), FINLLM_ERROR_NULL_POINTER);
@@ -590,7 +591,7 @@ static void test_guarded(const finllm_model *m) {
   pthread_join(t, NULL);
   finllm_generation_tokens(out, &n);
   CHECK(finllm_generation_finish_reason(out) == FINLLM_FINISH_CANCELLED && n < 200);
-  CHECK(finllm_generation_audit_seq(out) == 5);
+  CHECK(finllm_generation_audit_seq(out) == 7); /* streamed: opened 6, closed 7 */
   finllm_generation_free(out);
   finllm_cancel_free(cancel);
 
@@ -605,23 +606,25 @@ static void test_guarded(const finllm_model *m) {
   for (int i = 0; i < 4; i++) {
     pthread_join(threads[i], NULL);
     CHECK(jobs[i].status == FINLLM_OK);
-    CHECK(jobs[i].seq >= 6 && jobs[i].seq <= 9);
-    if (jobs[i].seq >= 6 && jobs[i].seq <= 9) seen |= 1u << (jobs[i].seq - 6);
+    CHECK(jobs[i].seq >= 8 && jobs[i].seq <= 11);
+    if (jobs[i].seq >= 8 && jobs[i].seq <= 11) seen |= 1u << (jobs[i].seq - 8);
   }
   CHECK(seen == 0xF);
+  CHECK(finllm_guard_audit_truncated_bytes(guard) == 0);
+  CHECK(finllm_guard_audit_truncated_bytes(NULL) == 0);
   finllm_guard_free(guard);
-  verify_log(log, NULL, 9, 0);
+  verify_log(log, NULL, 11, 0);
 
   /* Reopening continues the chain. */
   gp.policy = NULL;
   EXPECT_STATUS(finllm_guard_new(&gp, &guard), FINLLM_OK);
   p.max_tokens = 2;
   EXPECT_STATUS(finllm_generate_guarded(guard, m, "the rate", &p, NULL, NULL, NULL, NULL, &out), FINLLM_OK);
-  CHECK(finllm_generation_audit_seq(out) == 10);
+  CHECK(finllm_generation_audit_seq(out) == 12);
   CHECK(finllm_generation_verdict(out) == FINLLM_VERDICT_ALLOW); /* no policy */
   finllm_generation_free(out);
   finllm_guard_free(guard);
-  verify_log(log, NULL, 10, 0);
+  verify_log(log, NULL, 12, 0);
 
   /* A flipped byte in the last record is found, at that record. */
   FILE *f = fopen(log, "r+b");
@@ -634,7 +637,7 @@ static void test_guarded(const finllm_model *m) {
     fclose(f);
     uint64_t first = 0;
     EXPECT_STATUS(finllm_audit_verify(log, NULL, NULL, &issues, &first), FINLLM_OK);
-    CHECK(issues > 0 && first == 10);
+    CHECK(issues > 0 && first == 12);
   }
   unlink(log);
 

@@ -7,17 +7,27 @@
 //! 3. passes the generated text through the output policy's [`StreamFilter`], so a blocked
 //!    phrase never reaches the caller, and stops generation on a block;
 //! 4. restores the placeholders in the answer for a caller authorised to see them;
-//! 5. appends an audit record (masked prompt, output with personal data redacted, model hash,
-//!    sampling parameters and seed, policy decisions, latency) and returns the answer, or the
-//!    final piece of a stream, only once that record is durable. If the record cannot be written
-//!    the request fails: an answer is never given without its record.
+//! 5. records the request in the audit log (masked prompt, output with personal data redacted,
+//!    model hash, sampling parameters and seed, policy decisions, latency), failing closed:
+//!    - [`generate`](Guard::generate) and [`chat`](Guard::chat) write one
+//!      [`Complete`](RecordPhase::Complete) record and return the answer only once it is durable;
+//!    - streams ([`generate_with`](Guard::generate_with), [`chat_with`](Guard::chat_with)) first
+//!      write an [`Opened`](RecordPhase::Opened) record (request and caller ids, model hash,
+//!      masked prompt, sampling; no output) and release the first token only once it is durable,
+//!      then write the [`Closed`](RecordPhase::Closed) record (the full record, with the same
+//!      request id and the opened record's `opened_seq`) before the last piece is released.
+//!
+//!    If the opened record cannot be written the request fails with the audit error and no token
+//!    is delivered; if the closing one cannot, the stream ends with the audit error instead of its
+//!    last piece (and, when the log still takes records, a short closing record says it failed).
+//!    A request that fails for another reason is recorded too, with `finish_reason` `error`.
 
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use super::audit::{AuditDecision, AuditLog, AuditRecord, AuditSampling, RecordReceipt};
+use super::audit::{AuditDecision, AuditLog, AuditRecord, AuditSampling, RecordPhase, RecordReceipt};
 use super::drift::{DriftConfig, DriftMetrics, DriftMonitor};
 use super::pii::{Entity, PiiDetector, Vault};
 use super::policy::{Decision, Policy, StreamFilter, Verdict};
@@ -110,7 +120,7 @@ impl Guard {
         self.drift.as_ref().map(|m| lock(m).metrics())
     }
 
-    /// Guarded [`Model::generate`].
+    /// Guarded [`Model::generate`]: the answer is returned once its one audit record is durable.
     pub fn generate(
         &self,
         model: &Model,
@@ -118,11 +128,16 @@ impl Guard {
         params: &GenerateParams,
         request: &RequestInfo,
     ) -> Result<GuardedGeneration> {
-        self.generate_with(model, prompt, params, request, |_| ControlFlow::Continue(()))
+        let mut vault = Vault::new();
+        let (masked, entities) = self.mask(prompt, &mut vault);
+        self.run(model, masked, entities, vault, params, request, false, |_| {
+            ControlFlow::Continue(())
+        })
     }
 
-    /// Guarded [`Model::generate_with`]: `on_token` sees only released text, and the last event
-    /// only after the audit record is durable.
+    /// Guarded [`Model::generate_with`]: `on_token` sees only released text, the first event only
+    /// after the request's opened audit record is durable, and the last only after its closing
+    /// record is (see the module documentation).
     pub fn generate_with(
         &self,
         model: &Model,
@@ -133,7 +148,7 @@ impl Guard {
     ) -> Result<GuardedGeneration> {
         let mut vault = Vault::new();
         let (masked, entities) = self.mask(prompt, &mut vault);
-        self.run(model, masked, entities, vault, params, request, on_token)
+        self.run(model, masked, entities, vault, params, request, true, on_token)
     }
 
     /// Guarded [`Model::chat`]: every message is masked with one vault, so `<ID_1>` means the
@@ -145,7 +160,10 @@ impl Guard {
         params: &GenerateParams,
         request: &RequestInfo,
     ) -> Result<GuardedGeneration> {
-        self.chat_with(model, messages, params, request, |_| ControlFlow::Continue(()))
+        let (prompt, vault, entities) = self.mask_chat(model, messages)?;
+        self.run(model, prompt, entities, vault, params, request, false, |_| {
+            ControlFlow::Continue(())
+        })
     }
 
     /// Guarded streaming chat; see [`generate_with`](Self::generate_with).
@@ -157,6 +175,12 @@ impl Guard {
         request: &RequestInfo,
         on_token: impl FnMut(&TokenEvent) -> ControlFlow<()>,
     ) -> Result<GuardedGeneration> {
+        let (prompt, vault, entities) = self.mask_chat(model, messages)?;
+        self.run(model, prompt, entities, vault, params, request, true, on_token)
+    }
+
+    /// Mask every message with one vault and render the chat template.
+    fn mask_chat(&self, model: &Model, messages: &[ChatMessage]) -> Result<(String, Vault, Vec<Entity>)> {
         let mut vault = Vault::new();
         let mut entities = Vec::new();
         let masked: Vec<ChatMessage> = messages
@@ -167,8 +191,7 @@ impl Guard {
                 ChatMessage { content, ..m.clone() }
             })
             .collect();
-        let prompt = model.apply_chat_template(&masked)?;
-        self.run(model, prompt, entities, vault, params, request, on_token)
+        Ok((model.apply_chat_template(&masked)?, vault, entities))
     }
 
     fn mask(&self, text: &str, vault: &mut Vault) -> (String, Vec<Entity>) {
@@ -187,30 +210,34 @@ impl Guard {
         vault: Vault,
         params: &GenerateParams,
         request: &RequestInfo,
+        streaming: bool,
         mut on_token: impl FnMut(&TokenEvent) -> ControlFlow<()>,
     ) -> Result<GuardedGeneration> {
         let started = Instant::now();
-        let started_at_ms = unix_ms();
         let request_id = if request.request_id.is_empty() {
             new_request_id()
         } else {
             request.request_id.clone()
         };
-        let record = |output: &str, finish: &str, decision: Option<&Decision>, error: Option<String>| AuditRecord {
-            request_id: request_id.clone(),
-            caller_id: request.caller_id.clone(),
-            started_at_ms,
-            finished_at_ms: unix_ms(),
-            model_sha256: String::new(),
-            adapter: request.adapter.clone(),
-            sampling: AuditSampling::new(&params.sampling, params.max_tokens),
-            masked_prompt: masked_prompt.clone(),
-            output: self.redact_for_log(output),
-            source_ids: request.source_ids.clone(),
-            decisions: decision.map_or_else(Vec::new, |d| d.matches.iter().map(AuditDecision::from).collect()),
-            latency_ms: started.elapsed().as_secs_f64() * 1e3,
-            finish_reason: finish.to_string(),
-            error,
+        let mut recorder = Recorder {
+            guard: self,
+            log: self.config.audit.as_deref(),
+            started,
+            opened_seq: None,
+            base: AuditRecord {
+                request_id: request_id.clone(),
+                caller_id: request.caller_id.clone(),
+                started_at_ms: unix_ms(),
+                model_sha256: match &self.config.audit {
+                    Some(_) => model.sha256()?,
+                    None => String::new(),
+                },
+                adapter: request.adapter.clone(),
+                sampling: AuditSampling::new(&params.sampling, params.max_tokens),
+                masked_prompt: masked_prompt.clone(),
+                source_ids: request.source_ids.clone(),
+                ..Default::default()
+            },
         };
 
         let prompt_ids = model.tokenize(&masked_prompt)?;
@@ -220,8 +247,12 @@ impl Guard {
         };
         let mut stream = match model.stream_ids(prompt_ids, params) {
             Ok(s) => s,
-            Err(e) => return Err(self.record_failure(model, record("", "error", None, Some(e.to_string())), e)),
+            Err(e) => return Err(recorder.fail("", e)),
         };
+        if streaming {
+            // Fail closed: no token leaves the guard before the request is on record.
+            recorder.open()?;
+        }
 
         let mut output = Output {
             filter: self.config.policy.as_ref().map(Policy::stream),
@@ -230,10 +261,7 @@ impl Guard {
             shown: String::new(),
         };
         // A request that fails after it started is recorded too, with what was released.
-        let fail = |output: &Output<'_>, e: Error| {
-            let rec = record(&output.filtered, "error", None, Some(e.to_string()));
-            self.record_failure(model, rec, e)
-        };
+        let fail = |output: &Output<'_>, e: Error| recorder.fail(&output.filtered, e);
         let mut steps = Vec::new();
         let mut decision = None;
         let mut finish = FinishReason::Length;
@@ -271,14 +299,7 @@ impl Guard {
             }
         }
 
-        let receipt = match &self.config.audit {
-            Some(log) => {
-                let mut rec = record(&output.filtered, finish.as_str(), decision.as_ref(), None);
-                rec.model_sha256 = model.sha256()?;
-                Some(log.append(&rec)?)
-            }
-            None => None,
-        };
+        let receipt = recorder.close(&output.filtered, finish.as_str(), decision.as_ref())?;
         if let Some(ev) = &last {
             // The caller asked to stop only before the last event, so its answer is ignored.
             let _ = on_token(ev);
@@ -305,26 +326,80 @@ impl Guard {
         })
     }
 
-    /// Record a failed request (when auditing), then hand back the error that ended it; an
-    /// audit failure takes precedence, since it means the log is no longer complete.
-    fn record_failure(&self, model: &Model, mut record: AuditRecord, error: Error) -> Error {
-        let Some(log) = &self.config.audit else {
-            return error;
-        };
-        match model.sha256() {
-            Ok(hash) => record.model_sha256 = hash,
-            Err(e) => return e,
-        }
-        match log.append(&record) {
-            Ok(_) => error,
-            Err(audit_error) => audit_error,
-        }
-    }
-
     fn redact_for_log(&self, text: &str) -> String {
         match &self.config.pii {
             Some(detector) => detector.redact(text),
             None => text.to_string(),
+        }
+    }
+}
+
+/// Writes a request's audit records: one complete record for `generate`/`chat`; for streams, an
+/// opened record before the first token and a closing one before the last piece.
+struct Recorder<'g> {
+    guard: &'g Guard,
+    log: Option<&'g AuditLog>,
+    /// The request's facts (ids, model hash, masked prompt, sampling); no output yet.
+    base: AuditRecord,
+    started: Instant,
+    /// Sequence number of the opened record, once it is durable.
+    opened_seq: Option<u64>,
+}
+
+impl Recorder<'_> {
+    fn record(&self, output: &str, finish: &str, decision: Option<&Decision>, error: Option<String>) -> AuditRecord {
+        AuditRecord {
+            finished_at_ms: unix_ms(),
+            output: self.guard.redact_for_log(output),
+            decisions: decision.map_or_else(Vec::new, |d| d.matches.iter().map(AuditDecision::from).collect()),
+            latency_ms: self.started.elapsed().as_secs_f64() * 1e3,
+            finish_reason: finish.to_string(),
+            error,
+            phase: if self.opened_seq.is_some() {
+                RecordPhase::Closed
+            } else {
+                RecordPhase::Complete
+            },
+            opened_seq: self.opened_seq,
+            ..self.base.clone()
+        }
+    }
+
+    /// Append the opened record and wait until it is durable.
+    fn open(&mut self) -> Result<()> {
+        let Some(log) = self.log else { return Ok(()) };
+        let opened = AuditRecord {
+            phase: RecordPhase::Opened,
+            ..self.base.clone()
+        };
+        self.opened_seq = Some(log.append(&opened)?.seq);
+        Ok(())
+    }
+
+    /// Append the request's complete or closing record. If a stream's closing record cannot be
+    /// written but the log still takes records (the record was too large, say), a short closing
+    /// record says it failed; the error that stopped the full one is returned either way.
+    fn close(&self, output: &str, finish: &str, decision: Option<&Decision>) -> Result<Option<RecordReceipt>> {
+        let Some(log) = self.log else { return Ok(None) };
+        match log.append(&self.record(output, finish, decision, None)) {
+            Ok(receipt) => Ok(Some(receipt)),
+            Err(e) => {
+                if self.opened_seq.is_some() && !log.is_poisoned() {
+                    let why = format!("the closing record could not be written: {e}");
+                    let _ = log.append(&self.record("", "error", None, Some(why)));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Record a failed request (when auditing), then hand back the error that ended it; an
+    /// audit failure takes precedence, since it means the log is no longer complete.
+    fn fail(&self, output: &str, error: Error) -> Error {
+        let Some(log) = self.log else { return error };
+        match log.append(&self.record(output, "error", None, Some(error.to_string()))) {
+            Ok(_) => error,
+            Err(audit_error) => audit_error,
         }
     }
 }
@@ -548,6 +623,192 @@ mod tests {
         assert_eq!(final_events, 0, "the last event was delivered without its record");
     }
 
+    /// A log file whose writes fail with ENOSPC from the `ok_writes`+1-th on, after writing half.
+    struct DiskFullAfter {
+        file: std::fs::File,
+        writes: std::sync::atomic::AtomicUsize,
+        ok_writes: usize,
+    }
+
+    impl SegmentIo for DiskFullAfter {
+        fn write_all(&self, buf: &[u8]) -> std::io::Result<()> {
+            if self.writes.fetch_add(1, Ordering::SeqCst) >= self.ok_writes {
+                let _ = SegmentIo::write_all(&self.file, &buf[..buf.len() / 2]);
+                return Err(std::io::Error::from_raw_os_error(28)); // ENOSPC
+            }
+            SegmentIo::write_all(&self.file, buf)
+        }
+        fn sync(&self) -> std::io::Result<()> {
+            self.file.sync_data()
+        }
+    }
+
+    fn disk_full_after(path: &std::path::Path, ok_writes: usize) -> AuditLog {
+        let wrap: Arc<dyn Fn(std::fs::File) -> Arc<dyn SegmentIo> + Send + Sync> = Arc::new(move |file| {
+            Arc::new(DiskFullAfter {
+                file,
+                writes: Default::default(),
+                ok_writes,
+            }) as Arc<dyn SegmentIo>
+        });
+        AuditLog::open_with_io(path, AuditConfig::default(), wrap).unwrap()
+    }
+
+    fn audited_guard(log: AuditLog) -> Guard {
+        Guard::new(GuardConfig {
+            audit: Some(Arc::new(log)),
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    /// ENOSPC on the first write: the opened record is not durable, so no token may leave.
+    #[test]
+    fn a_stream_delivers_no_token_without_a_durable_opened_record() {
+        let dir = temp_dir("opened-fails");
+        let model = tiny_model(&dir);
+        let guard = audited_guard(disk_full_after(&dir.join("audit.log"), 0));
+        let params = GenerateParams {
+            max_tokens: 6,
+            ..Default::default()
+        };
+        let mut events = 0;
+        let result = guard.generate_with(&model, "hello", &params, &RequestInfo::default(), |_| {
+            events += 1;
+            ControlFlow::Continue(())
+        });
+        assert!(matches!(result, Err(Error::AuditPoisoned { .. })), "{result:?}");
+        assert_eq!(events, 0, "a token left the guard without its opened record");
+        assert!(audit::read_records(dir.join("audit.log")).unwrap().is_empty());
+    }
+
+    /// ENOSPC on the second write (the closing record): every token seen was preceded by a
+    /// durable opened record, the last piece is withheld, and the stream ends with a typed error.
+    #[test]
+    fn a_stream_whose_closing_record_fails_ends_with_an_error() {
+        let dir = temp_dir("closing-fails");
+        let model = tiny_model(&dir);
+        let path = dir.join("audit.log");
+        let guard = audited_guard(disk_full_after(&path, 1));
+        let params = GenerateParams {
+            max_tokens: 6,
+            ..Default::default()
+        };
+        let request = RequestInfo {
+            request_id: "r-stream".into(),
+            ..Default::default()
+        };
+        let (mut events, mut finals) = (0, 0);
+        let result = guard.generate_with(&model, "hello", &params, &request, |ev| {
+            if events == 0 {
+                let stored = audit::read_records(&path).unwrap();
+                assert_eq!(
+                    stored.len(),
+                    1,
+                    "the opened record is in the log before the first token"
+                );
+                assert_eq!(stored[0].record.phase, RecordPhase::Opened);
+                assert_eq!(stored[0].record.request_id, "r-stream");
+                assert!(stored[0].record.output.is_empty() && !stored[0].record.model_sha256.is_empty());
+            }
+            events += 1;
+            finals += usize::from(ev.finish.is_some());
+            ControlFlow::Continue(())
+        });
+        assert!(matches!(result, Err(Error::AuditPoisoned { .. })), "{result:?}");
+        assert!(events > 0, "tokens stream once the opened record is durable");
+        assert_eq!(finals, 0, "the last piece was released without its closing record");
+        let stored = audit::read_records(&path).unwrap();
+        assert_eq!(stored.len(), 1, "only the opened record; the closing one is torn");
+    }
+
+    /// A closing record too large for a frame is refused without closing the log: a short closing
+    /// record says it failed, and the stream still ends with the error.
+    #[test]
+    fn a_closing_record_that_cannot_be_framed_is_recorded_as_failed() {
+        let dir = temp_dir("closing-too-large");
+        let model = tiny_model(&dir);
+        let path = dir.join("audit.log");
+        let log = Arc::new(AuditLog::open(&path, AuditConfig::default()).unwrap());
+        let guard = Guard::new(GuardConfig {
+            audit: Some(Arc::clone(&log)),
+            ..Default::default()
+        })
+        .unwrap();
+        let mut recorder = Recorder {
+            guard: &guard,
+            log: Some(&log),
+            base: AuditRecord {
+                request_id: "big".into(),
+                ..Default::default()
+            },
+            started: Instant::now(),
+            opened_seq: None,
+        };
+        recorder.open().unwrap();
+        let huge = "x".repeat(usize::try_from(audit::MAX_RECORD_BYTES).unwrap());
+        let err = recorder.close(&huge, "length", None).unwrap_err();
+        assert!(matches!(err, Error::Audit { .. }), "{err:?}");
+        assert!(!log.is_poisoned());
+        let stored = audit::read_records(&path).unwrap();
+        assert_eq!(stored.len(), 2);
+        let closing = &stored[1].record;
+        assert_eq!((closing.phase, closing.opened_seq), (RecordPhase::Closed, Some(1)));
+        assert_eq!(closing.finish_reason, "error");
+        assert!(closing
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("closing record could not be written"));
+        let _ = model;
+    }
+
+    #[test]
+    fn a_stream_is_recorded_as_opened_then_closed() {
+        let dir = temp_dir("opened-closed");
+        let model = tiny_model(&dir);
+        let path = dir.join("audit.log");
+        let guard = audited_guard(AuditLog::open(&path, AuditConfig::default()).unwrap());
+        let params = GenerateParams {
+            max_tokens: 4,
+            ..Default::default()
+        };
+        let request = RequestInfo {
+            request_id: "r-7".into(),
+            ..Default::default()
+        };
+        let out = guard
+            .generate_with(&model, "hello", &params, &request, |_| ControlFlow::Continue(()))
+            .unwrap();
+        let stored = audit::read_records(&path).unwrap();
+        assert_eq!(stored.len(), 2);
+        let (opened, closed) = (&stored[0].record, &stored[1].record);
+        assert_eq!((opened.phase, closed.phase), (RecordPhase::Opened, RecordPhase::Closed));
+        assert_eq!((opened.request_id.as_str(), closed.request_id.as_str()), ("r-7", "r-7"));
+        assert_eq!(closed.opened_seq, Some(1));
+        assert_eq!(closed.output, out.generation.text);
+        assert_eq!(out.receipt.unwrap().seq, 2);
+        // Non-streamed requests keep one complete record.
+        let out = guard.generate(&model, "hello", &params, &request).unwrap();
+        let stored = audit::read_records(&path).unwrap();
+        assert_eq!(stored.len(), 3);
+        assert_eq!(stored[2].record.phase, RecordPhase::Complete);
+        assert_eq!(stored[2].record.opened_seq, None);
+        assert_eq!(out.receipt.unwrap().seq, 3);
+    }
+
+    /// /dev/full (like any device, FIFO or symlink) is refused when the log is opened, so no guard
+    /// can be built on it and no token can be produced without a durable record.
+    #[cfg(unix)]
+    #[test]
+    fn a_device_is_refused_as_audit_log() {
+        let err = AuditLog::open("/dev/full", AuditConfig::default()).unwrap_err();
+        assert!(
+            matches!(&err, Error::AuditNotRegularFile { path, .. } if path == std::path::Path::new("/dev/full")),
+            "{err:?}"
+        );
+    }
+
     #[test]
     fn records_carry_the_request() {
         let dir = temp_dir("records");
@@ -587,6 +848,7 @@ mod tests {
         assert_eq!(r.source_ids, vec!["doc-3".to_string()]);
         assert_eq!((r.sampling.seed, r.sampling.max_tokens), (77, 5));
         assert_eq!(r.finish_reason, out.generation.finish.as_str());
+        assert_eq!((r.phase, r.opened_seq), (RecordPhase::Complete, None));
         use sha2::Digest;
         let expected = crate::llm::hex(&sha2::Sha256::digest(std::fs::read(dir.join("tiny.gguf")).unwrap()));
         assert_eq!(r.model_sha256, expected);

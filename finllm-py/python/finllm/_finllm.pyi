@@ -279,7 +279,12 @@ class AuditLog:
         fsync: str = "group",
         hmac_key: Optional[bytes] = None,
         max_file_bytes: int = 67108864,  # 64 MiB
-    ) -> None: ...
+        checkpoint_every: int = 64,
+    ) -> None:
+        """Open (or create) the log. A torn last record from an interrupted write is cut off and
+        reported with a UserWarning (and in truncated_bytes). Symbolic links, FIFOs and devices
+        are refused with AuditError. checkpoint_every: records between checkpoints in
+        PATH.checkpoints (0: none), which let audit_verify detect a log cut short."""
     @property
     def path(self) -> Path:
         """The log's first file."""
