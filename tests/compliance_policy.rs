@@ -345,3 +345,39 @@ fn streaming_and_whole_text_verdicts_agree() {
         "{blocked_cases}/{total}"
     );
 }
+
+#[test]
+fn oversized_packs_and_special_files_are_refused_quickly() {
+    let keyword_rule = |keyword: &str| {
+        format!("[[rules]]\nid = \"k\"\ncategory = \"x\"\naction = \"flag\"\nkeywords = [\"{keyword}\"]\n")
+    };
+    // A 10,000-character keyword would make every stream hold back 10,000 characters.
+    let err = Policy::from_toml_str(&keyword_rule(&"a".repeat(10_000)))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("more than the 256 allowed"), "{err}");
+    assert!(Policy::from_toml_str(&keyword_rule(&"a".repeat(256))).is_ok());
+    // Too many rules; a pack too large.
+    let many: String = (0..10_001)
+        .map(|i| format!("[[rules]]\nid = \"r{i}\"\ncategory = \"x\"\naction = \"flag\"\nkeywords = [\"w{i}\"]\n"))
+        .collect();
+    let err = Policy::from_toml_str(&many).unwrap_err().to_string();
+    assert!(err.contains("10001 rules"), "{err}");
+    let huge = format!("# {}\n{}", "x".repeat(5 << 20), keyword_rule("k"));
+    let err = Policy::from_toml_str(&huge).unwrap_err().to_string();
+    assert!(err.contains("bytes, more than"), "{err}");
+    // Devices and FIFOs are not rule packs (reading /dev/zero never ended; a FIFO blocked).
+    let started = std::time::Instant::now();
+    for special in ["/dev/zero", "/dev/null"] {
+        let err = Policy::from_file(special).unwrap_err().to_string();
+        assert!(err.contains("not a regular file"), "{special}: {err}");
+    }
+    let fifo = std::env::temp_dir().join(format!("finllm-policy-fifo-{}", std::process::id()));
+    let _ = std::fs::remove_file(&fifo);
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    let err = Policy::from_file(&fifo).unwrap_err().to_string();
+    assert!(err.contains("not a regular file"), "{err}");
+    std::fs::remove_file(&fifo).ok();
+    assert!(started.elapsed().as_secs() < 10);
+}

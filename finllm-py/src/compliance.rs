@@ -511,6 +511,7 @@ fn issue_kind(kind: audit::IssueKind) -> String {
         K::Truncated => "truncated",
         K::MissingFile => "missing_file",
         K::KeyRequired => "key_required",
+        K::Unkeyed => "unkeyed",
         K::HeadMismatch => "head_mismatch",
         K::TruncatedBelowCheckpoint => "truncated_below_checkpoint",
         K::CheckpointMismatch => "checkpoint_mismatch",

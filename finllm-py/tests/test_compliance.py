@@ -312,8 +312,10 @@ def test_repr_html_escapes_the_answer(smollm2):
 def test_policy_errors(tmp_path):
     with pytest.raises(errors.PolicyError, match="invalid TOML"):
         finllm.Policy.from_toml("[[rules]\nid = ")
-    with pytest.raises(errors.PolicyError, match="max_len"):
+    with pytest.raises(errors.PolicyError, match="unbounded length"):
         finllm.Policy.from_toml('[[rules]]\nid = "r"\ncategory = "x"\naction = "block"\nregex = "a+"\n')
+    with pytest.raises(errors.PolicyError, match="more than its max_len 2"):
+        finllm.Policy.from_toml('[[rules]]\nid = "r"\ncategory = "x"\naction = "block"\nregex = "a{3}"\nmax_len = 2\n')
     with pytest.raises(errors.PolicyError, match="appears twice"):
         finllm.Policy.default().merge(finllm.Policy.default())
     with pytest.raises(errors.PolicyError, match="cannot read"):

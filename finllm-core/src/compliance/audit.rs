@@ -1472,6 +1472,9 @@ pub enum IssueKind {
     MissingFile,
     /// Records are HMAC-chained and no key was given.
     KeyRequired,
+    /// A record is chained with plain SHA-256 although a key was given: it was written, or
+    /// rewritten, without the key.
+    Unkeyed,
     /// The log ends before the head the caller expected.
     HeadMismatch,
     /// The log ends before a record that `PATH.checkpoints` names: records were cut off its end
@@ -1802,7 +1805,20 @@ impl<'a> Verifier<'a> {
 
     fn check_hash(&mut self, file: &Path, f: &RawFrame, env: &Envelope, prev: [u8; 32]) {
         let key = match (env.chain.as_str(), &self.options.hmac_key) {
-            ("sha256", _) => None,
+            // Verified with a key, every record must carry the keyed chain: otherwise anyone
+            // could rewrite the log under plain SHA-256 and still pass.
+            ("sha256", Some(_)) => {
+                self.issue(
+                    IssueKind::Unkeyed,
+                    file,
+                    f.offset,
+                    "record is chained with plain SHA-256, not the HMAC key the log is verified with: \
+                     written or rewritten without the key"
+                        .into(),
+                );
+                return;
+            }
+            ("sha256", None) => None,
             ("hmac-sha256", Some(k)) => Some(k.as_slice()),
             ("hmac-sha256", None) => {
                 if !self.key_warned {
@@ -1916,7 +1932,10 @@ impl<'a> Verifier<'a> {
             return Err("has a malformed record hash".into());
         }
         let key = match (ck.chain.as_str(), &self.options.hmac_key) {
-            ("sha256", _) => None,
+            ("sha256", Some(_)) => {
+                return Err("is chained with plain SHA-256, not the HMAC key the log is verified with".into())
+            }
+            ("sha256", None) => None,
             ("hmac-sha256", Some(k)) => Some(k.as_slice()),
             // Without the key its hash cannot be checked; the log's records say KeyRequired.
             ("hmac-sha256", None) => {

@@ -63,6 +63,16 @@ pub const MAX_REGEX_LEN: usize = 1024;
 /// A sentence longer than this (in characters) is judged by semantic rules without waiting for
 /// its end, so a semantic hold-back is bounded too.
 pub const MAX_SENTENCE_CHARS: usize = 400;
+/// Largest rule pack, in bytes of TOML (the shipped packs are ~5 KB).
+pub const MAX_PACK_BYTES: usize = 4 << 20;
+/// Most rules in one pack, and most keywords or examples in one rule.
+pub const MAX_RULES: usize = 10_000;
+pub const MAX_RULE_ITEMS: usize = 100_000;
+/// Longest keyword or exception, in characters: a stream holds back up to this many characters
+/// while a keyword may still be completing.
+pub const MAX_KEYWORD_CHARS: usize = 256;
+/// Longest regex pattern, in bytes.
+pub const MAX_PATTERN_BYTES: usize = 16 << 10;
 
 // ---- public types ------------------------------------------------------------------------------
 
@@ -292,7 +302,25 @@ fn policy_err(origin: &str, reason: impl Into<String>) -> Error {
 }
 
 fn parse_pack(text: &str, origin: &str) -> Result<Vec<Rule>> {
+    if text.len() > MAX_PACK_BYTES {
+        return Err(policy_err(
+            origin,
+            format!(
+                "the pack is {} bytes, more than the {MAX_PACK_BYTES} allowed",
+                text.len()
+            ),
+        ));
+    }
     let pack: PackToml = toml::from_str(text).map_err(|e| policy_err(origin, format!("invalid TOML: {e}")))?;
+    if pack.rules.len() > MAX_RULES {
+        return Err(policy_err(
+            origin,
+            format!(
+                "{} rules, more than the {MAX_RULES} allowed in one pack",
+                pack.rules.len()
+            ),
+        ));
+    }
     let pack_name = pack.name.unwrap_or_else(|| origin.to_string());
     pack.rules
         .into_iter()
@@ -319,6 +347,39 @@ fn parse_rule(r: RuleToml, pack_disclaimer: Option<&str>, origin: &str) -> Resul
     let kinds = usize::from(r.keywords.is_some()) + usize::from(r.regex.is_some()) + usize::from(r.examples.is_some());
     if kinds != 1 {
         return Err(err("give exactly one of `keywords`, `regex` or `examples`".into()));
+    }
+    for (what, items) in [
+        ("keywords", r.keywords.as_deref()),
+        ("except", Some(r.except.as_slice())),
+        ("examples", r.examples.as_deref()),
+    ] {
+        let items = items.unwrap_or_default();
+        if items.len() > MAX_RULE_ITEMS {
+            return Err(err(format!(
+                "{} {what}, more than the {MAX_RULE_ITEMS} allowed in one rule",
+                items.len()
+            )));
+        }
+        let limit = if what == "examples" {
+            MAX_SENTENCE_CHARS
+        } else {
+            MAX_KEYWORD_CHARS
+        };
+        if let Some(long) = items.iter().find(|k| k.chars().count() > limit) {
+            return Err(err(format!(
+                "an entry of `{what}` is {} characters long, more than the {limit} allowed: '{}...'",
+                long.chars().count(),
+                long.chars().take(40).collect::<String>()
+            )));
+        }
+    }
+    if let Some(pattern) = &r.regex {
+        if pattern.len() > MAX_PATTERN_BYTES {
+            return Err(err(format!(
+                "the regex is {} bytes long, more than the {MAX_PATTERN_BYTES} allowed",
+                pattern.len()
+            )));
+        }
     }
     let disclaimer = r.disclaimer.or_else(|| pack_disclaimer.map(str::to_string));
     if r.action == Action::AppendDisclaimer && disclaimer.as_deref().is_none_or(|d| d.trim().is_empty()) {
@@ -484,12 +545,27 @@ impl Policy {
 
     /// Read and parse a TOML rule pack file.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Policy> {
+        use std::io::Read;
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        let io_err = |source| Error::Io {
             path: path.to_path_buf(),
             source,
-        })?;
+        };
         let origin = path.display().to_string();
+        // A regular file only: a FIFO would block and a device such as /dev/zero never end.
+        let meta = std::fs::metadata(path).map_err(io_err)?;
+        if !meta.is_file() {
+            return Err(policy_err(
+                &origin,
+                "is not a regular file; give the path of a TOML rule pack",
+            ));
+        }
+        let mut text = String::new();
+        std::fs::File::open(path)
+            .map_err(io_err)?
+            .take(MAX_PACK_BYTES as u64 + 1)
+            .read_to_string(&mut text)
+            .map_err(io_err)?;
         Self::build(&origin, parse_pack(&text, &origin)?)
     }
 
