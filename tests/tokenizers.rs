@@ -108,3 +108,33 @@ fn tokenizer_json_beside_the_model_overrides_the_gguf() {
         " the rate"
     );
 }
+
+#[test]
+fn hostile_tokenizer_json_files_are_typed_errors() {
+    use finllm::Error;
+    let dir = std::env::temp_dir().join(format!("finllm-tok-hostile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let load = |path: &std::path::Path| Tokenizer::from_json_file(path, None, &[], false);
+    // Found by the tokenizer_json fuzz target: a syntax error inside `decoder` made the
+    // tokenizers crate panic (`expect("Helper")`) instead of returning an error.
+    let regression = env!("CARGO_MANIFEST_DIR").to_string()
+        + "/tests/data/fuzz-regressions/tokenizer_json-decoder-syntax-panic.json";
+    match load(std::path::Path::new(&regression)) {
+        Err(Error::Tokenizer(msg)) => assert!(msg.contains("invalid JSON"), "{msg}"),
+        other => panic!("{other:?}"),
+    }
+    // A vocabulary whose one id is 4e9 would size a 100 GB table.
+    let sparse = dir.join("sparse.json");
+    std::fs::write(
+        &sparse,
+        r#"{"version":"1.0","model":{"type":"WordLevel","vocab":{"a":4000000000,"[UNK]":0},"unk_token":"[UNK]"}}"#,
+    )
+    .unwrap();
+    match load(&sparse) {
+        Err(Error::Tokenizer(msg)) => assert!(msg.contains("dense"), "{msg}"),
+        other => panic!("{other:?}"),
+    }
+    // Devices are not tokenizer files.
+    assert!(matches!(load(std::path::Path::new("/dev/zero")), Err(Error::Tokenizer(m)) if m.contains("regular file")));
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -69,6 +69,9 @@ impl std::fmt::Debug for Tokenizer {
     }
 }
 
+/// Largest `tokenizer.json` read (real ones are up to ~30 MB).
+pub const MAX_TOKENIZER_JSON_BYTES: u64 = 256 << 20;
+
 fn tok_err(e: impl std::fmt::Display) -> Error {
     Error::Tokenizer(e.to_string())
 }
@@ -175,10 +178,42 @@ impl Tokenizer {
 
     /// Load a `tokenizer.json`; special-token ids come from the caller (GGUF or HF config).
     pub fn from_json_file(path: &Path, bos: Option<u32>, eos: &[u32], add_bos: bool) -> Result<Self> {
-        let inner =
-            tokenizers::Tokenizer::from_file(path).map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
+        use std::io::Read;
+        let fail = |reason: String| Error::Tokenizer(format!("{}: {reason}", path.display()));
+        let io_err = |source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        // A regular file of bounded size: a FIFO would block, a device never end.
+        if !std::fs::metadata(path).map_err(io_err)?.is_file() {
+            return Err(fail("is not a regular file".into()));
+        }
+        let mut bytes = Vec::new();
+        std::fs::File::open(path)
+            .map_err(io_err)?
+            .take(MAX_TOKENIZER_JSON_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(io_err)?;
+        if bytes.len() as u64 > MAX_TOKENIZER_JSON_BYTES {
+            return Err(fail(format!("larger than {MAX_TOKENIZER_JSON_BYTES} bytes")));
+        }
+        // The tokenizers crate panics (`expect("Helper")`) on some syntax errors inside a
+        // `decoder`; a syntactically valid document cannot reach that. Any other panic in it
+        // becomes an error here too, not an unwinding through the caller.
+        serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).map_err(|e| fail(format!("invalid JSON: {e}")))?;
+        let inner = std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(&bytes))
+            .map_err(|_| fail("the tokenizers library failed on this file".into()))?
+            .map_err(|e| fail(e.to_string()))?;
         let vocab = inner.get_vocab(true);
         let n = vocab.values().map(|&id| id as usize + 1).max().unwrap_or(0);
+        // Ids index a table below: a vocabulary with an id of 4e9 would ask for 100 GB.
+        if n > 2 * vocab.len() + 1024 {
+            return Err(fail(format!(
+                "token ids reach {} for a vocabulary of {} tokens; ids must be (nearly) dense",
+                n - 1,
+                vocab.len()
+            )));
+        }
         let mut tokens = vec![String::new(); n];
         for (tok, &id) in &vocab {
             tokens[id as usize] = tok.clone();
