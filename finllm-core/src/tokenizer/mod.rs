@@ -180,10 +180,7 @@ impl Tokenizer {
     pub fn from_json_file(path: &Path, bos: Option<u32>, eos: &[u32], add_bos: bool) -> Result<Self> {
         use std::io::Read;
         let fail = |reason: String| Error::Tokenizer(format!("{}: {reason}", path.display()));
-        let io_err = |source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        };
+        let io_err = |e: std::io::Error| fail(e.to_string());
         // A regular file of bounded size: a FIFO would block, a device never end.
         if !std::fs::metadata(path).map_err(io_err)?.is_file() {
             return Err(fail("is not a regular file".into()));
