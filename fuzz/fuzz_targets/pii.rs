@@ -16,8 +16,12 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(&text[e.span.clone()], e.text);
     }
     let (masked, vault) = detector.pseudonymise(&text);
-    // Placeholders look like <ID_1>; text that already holds such a string cannot round-trip.
-    if !text.contains('<') {
+    // Unmasking restores the text exactly when each placeholder stands for one spelling: the
+    // same value written twice differently ("001:db8::1", "01:db8::1"; "138 0013 8000",
+    // "13800138000") shares a placeholder by design and comes back in its first spelling.
+    // Placeholders look like <ID_1>, so text that already holds '<' cannot round-trip either.
+    let spellings: std::collections::HashSet<&str> = entities.iter().map(|e| e.text.as_str()).collect();
+    if !text.contains('<') && spellings.len() == vault.len() {
         assert_eq!(vault.unmask(&masked), text);
     }
     let _ = detector.redact(&text);
