@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run every fuzz target (fuzz/fuzz_targets/) for SECONDS each (default 60), as CI does:
 #   scripts/fuzz.sh [SECONDS] [TARGET...]
-# Each target starts from the committed seeds (fuzz/seeds/TARGET) plus what earlier runs found
+# Each target starts from the committed seeds (fuzz/seeds/TARGET; the model-file targets' seeds are
+# tiny random-weight models written here by `finllm synth`) plus what earlier runs found
 # (fuzz/corpus/TARGET, git-ignored). A crash, timeout (10 s per input) or out-of-memory (2 GiB)
 # fails the run; libFuzzer leaves the input in fuzz/artifacts/TARGET/. Needs the nightly
 # toolchain (AddressSanitizer) and cargo-fuzz, installed from crates.io when missing.
@@ -16,9 +17,24 @@ fi
 cargo +nightly --version >/dev/null 2>&1 || { echo "error: the nightly toolchain is required for fuzzing" >&2; exit 1; }
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked --version 0.13.2
 cargo +nightly fuzz build --fuzz-dir fuzz
+# Model-file seeds are random-weight tiny models written by `finllm synth` (never committed).
+cargo build --release --quiet -p finllm-cli
+finllm=target/release/finllm
+mkdir -p fuzz/corpus/gguf fuzz/corpus/safetensors
+if [ ! -s fuzz/corpus/gguf/seed-llama-q8_0.gguf ]; then
+  "$finllm" synth --arch llama --quant q8_0 --out fuzz/corpus/gguf/seed-llama-q8_0.gguf >/dev/null
+  "$finllm" synth --arch gemma3 --quant q4_0 --out fuzz/corpus/gguf/seed-gemma3-q4_0.gguf >/dev/null
+fi
+if [ ! -s fuzz/corpus/safetensors/seed-llama-f16.safetensors ]; then
+  st="$(mktemp -d)"
+  "$finllm" synth --arch llama --quant f16 --safetensors --out "$st" >/dev/null
+  cp "$st/model.safetensors" fuzz/corpus/safetensors/seed-llama-f16.safetensors
+  { cat "$st/model.safetensors"; printf '\xff\x00'; cat "$st/config.json"; } >fuzz/corpus/safetensors/seed-with-config
+  rm -rf "$st"
+fi
 summary=""
 for t in "${targets[@]}"; do
-  mkdir -p "fuzz/corpus/$t" "fuzz/artifacts/$t"
+  mkdir -p "fuzz/corpus/$t" "fuzz/artifacts/$t" "fuzz/seeds/$t"
   log="fuzz/artifacts/$t/last-run.log"
   echo "fuzz: $t for ${secs}s" >&2
   if ! cargo +nightly fuzz run --fuzz-dir fuzz "$t" "fuzz/corpus/$t" "fuzz/seeds/$t" -- \
