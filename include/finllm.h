@@ -225,6 +225,10 @@ typedef struct {
   double drift_smoothing;
   // KL divergence (nats) at or above which the prompts count as drifted.
   double drift_threshold;
+  // Write a checkpoint of the log's head to PATH.checkpoints every this many records (HMAC'd
+  // with audit_hmac_key when there is one), so that cutting records off the end is detected
+  // by verify; 0 for no checkpoints.
+  uint64_t audit_checkpoint_every;
 } finllm_guard_params;
 
 // Who asks, and what the request drew on, for the audit record. Get defaults from

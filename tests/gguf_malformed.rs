@@ -553,6 +553,46 @@ fn nan_weights_are_a_typed_error_not_an_empty_answer() {
 }
 
 #[test]
+fn nan_weights_in_safetensors_are_found_by_the_weight_check() {
+    use finllm::{LoadOptions, Model};
+    let spec = SyntheticSpec::tiny(Architecture::Llama, 2);
+    let opts = LoadOptions {
+        check_weights: true,
+        ..Default::default()
+    };
+    for (dtype, width, nan) in [
+        (QuantType::F32, 4, f32::NAN.to_le_bytes().to_vec()),
+        (QuantType::F16, 2, vec![0x00, 0x7e]),
+        (QuantType::BF16, 2, vec![0x80, 0x7f]),
+    ] {
+        let dir = std::env::temp_dir().join(format!("finllm-st-nan-{}-{dtype}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        spec.write_safetensors_dir(&dir, dtype).unwrap();
+        Model::load(&dir, &opts).unwrap();
+        // Put a NaN (or +inf for bf16: 0x7f80) at element 3 of the final norm.
+        let file = dir.join("model.safetensors");
+        let mut bytes = std::fs::read(&file).unwrap();
+        let at = {
+            let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+            let view = st.tensor("model.norm.weight").unwrap();
+            view.data().as_ptr() as usize - bytes.as_ptr() as usize + 3 * width
+        };
+        bytes[at..at + width].copy_from_slice(&nan);
+        std::fs::write(&file, &bytes).unwrap();
+        // A plain load does not read every weight; the check does, and names the place.
+        Model::load(&dir, &LoadOptions::default()).unwrap();
+        match Model::load(&dir, &opts) {
+            Err(Error::NonFinite { what }) => assert!(
+                what.contains("model.norm.weight") && what.contains("element 3"),
+                "{dtype}: {what}"
+            ),
+            other => panic!("{dtype}: {other:?}"),
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+#[test]
 fn max_tokens_near_usize_max_is_a_context_error() {
     use finllm::{GenerateParams, LoadOptions, Model};
     let path = write_model("ctx.gguf", &tiny());

@@ -261,6 +261,10 @@ pub struct finllm_guard_params {
     pub drift_smoothing: f64,
     /// KL divergence (nats) at or above which the prompts count as drifted.
     pub drift_threshold: f64,
+    /// Write a checkpoint of the log's head to PATH.checkpoints every this many records (HMAC'd
+    /// with audit_hmac_key when there is one), so that cutting records off the end is detected
+    /// by verify; 0 for no checkpoints.
+    pub audit_checkpoint_every: u64,
 }
 
 /// Who asks, and what the request drew on, for the audit record. Get defaults from
@@ -1312,6 +1316,7 @@ pub extern "C" fn finllm_guard_default_params() -> finllm_guard_params {
         drift_window_tokens: u32::try_from(drift.window_tokens).unwrap_or(u32::MAX),
         drift_smoothing: drift.smoothing,
         drift_threshold: drift.threshold,
+        audit_checkpoint_every: audit.checkpoint_every,
     }
 }
 
@@ -1371,7 +1376,7 @@ pub unsafe extern "C" fn finllm_guard_new(
                     fsync,
                     max_file_bytes: p.audit_max_file_bytes,
                     hmac_key,
-                    ..AuditConfig::default()
+                    checkpoint_every: p.audit_checkpoint_every,
                 };
                 Some(Arc::new(AuditLog::open(path, config)?))
             }

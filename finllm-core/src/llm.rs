@@ -125,6 +125,9 @@ impl Model {
     }
 
     fn load_hf_dir(dir: &Path, opts: &LoadOptions, pool: Arc<rayon::ThreadPool>, backend: &Backend) -> Result<Self> {
+        if opts.check_weights {
+            crate::model::check_safetensors_finite(dir)?;
+        }
         let transformer = pool.install(|| Transformer::from_safetensors_on(dir, backend))?;
         let config = crate::model::read_hf_config(dir)?;
         let tok_config = read_json_if_present(&dir.join("tokenizer_config.json"))?;

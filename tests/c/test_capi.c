@@ -668,6 +668,50 @@ static void test_guarded(const finllm_model *m) {
   CHECK(issues > 0);
   unlink(log);
 
+  /* Checkpoints: none with audit_checkpoint_every = 0; with 2, cutting whole records off the end
+     of the log is found by verify and refused by the next open. */
+  tmp_path(log, sizeof log, "ckpt.log");
+  char ckpt[160];
+  snprintf(ckpt, sizeof ckpt, "%s.checkpoints", log);
+  gp = finllm_guard_default_params();
+  CHECK(gp.audit_checkpoint_every == 64);
+  gp.audit_log_path = log;
+  gp.audit_checkpoint_every = 0;
+  EXPECT_STATUS(finllm_guard_new(&gp, &guard), FINLLM_OK);
+  for (int i = 0; i < 2; i++) {
+    EXPECT_STATUS(finllm_generate_guarded(guard, m, "the rate", &p, NULL, NULL, NULL, NULL, &out), FINLLM_OK);
+    finllm_generation_free(out);
+  }
+  finllm_guard_free(guard);
+  CHECK(access(ckpt, F_OK) != 0);
+  FILE *lf = fopen(log, "rb");
+  CHECK(lf != NULL);
+  long two_records = 0;
+  if (lf) {
+    fseek(lf, 0, SEEK_END);
+    two_records = ftell(lf);
+    fclose(lf);
+  }
+  gp.audit_checkpoint_every = 2;
+  EXPECT_STATUS(finllm_guard_new(&gp, &guard), FINLLM_OK);
+  for (int i = 0; i < 2; i++) {
+    EXPECT_STATUS(finllm_generate_guarded(guard, m, "the rate", &p, NULL, NULL, NULL, NULL, &out), FINLLM_OK);
+    CHECK(finllm_generation_audit_seq(out) == (uint64_t)(3 + i));
+    finllm_generation_free(out);
+  }
+  finllm_guard_free(guard);
+  CHECK(access(ckpt, F_OK) == 0);
+  verify_log(log, NULL, 4, 0);
+  CHECK(two_records > 0 && truncate(log, two_records) == 0);
+  uint64_t cut_first = 0;
+  EXPECT_STATUS(finllm_audit_verify(log, NULL, NULL, &issues, &cut_first), FINLLM_OK);
+  CHECK(issues > 0);
+  guard = NULL;
+  EXPECT_STATUS(finllm_guard_new(&gp, &guard), FINLLM_ERROR_AUDIT);
+  CHECK(guard == NULL);
+  unlink(log);
+  unlink(ckpt);
+
   /* Verification's own error paths leave the out-values alone. */
   uint64_t records = 77;
   EXPECT_STATUS(finllm_audit_verify(NULL, NULL, &records, NULL, NULL), FINLLM_ERROR_NULL_POINTER);

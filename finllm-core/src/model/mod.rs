@@ -93,6 +93,12 @@ impl Transformer {
     }
 }
 
+/// Scan the float tensors of the HF checkpoint in `dir` for NaN or infinite values; the first
+/// one found is an [`Error::NonFinite`] naming it. Reads every shard once.
+pub fn check_safetensors_finite(dir: &Path) -> Result<()> {
+    SafetensorsStore::open(&safetensors_files(dir)?, HashMap::new())?.check_finite()
+}
+
 /// Parse `dir/config.json`.
 pub fn read_hf_config(dir: &Path) -> Result<serde_json::Value> {
     let path = dir.join("config.json");

@@ -340,6 +340,32 @@ impl SafetensorsStore {
         })
     }
 
+    /// Scan every float tensor of every shard for NaN or infinite values (`check_weights`): the
+    /// first one found is an [`Error::NonFinite`] naming the shard, the tensor and the element.
+    /// Tensors of other types (integers, bool) cannot be non-finite and are skipped.
+    pub(crate) fn check_finite(&self) -> Result<()> {
+        for (path, mmap) in &self.shards {
+            let st = safetensors::SafeTensors::deserialize(mmap).map_err(|e| st_err(path, e))?;
+            let mut names: Vec<&str> = st.names().into_iter().collect();
+            names.sort_unstable();
+            for name in names {
+                let view = st.tensor(name).map_err(|e| st_err(path, e))?;
+                let dtype = match view.dtype() {
+                    safetensors::Dtype::F32 => QuantType::F32,
+                    safetensors::Dtype::F16 => QuantType::F16,
+                    safetensors::Dtype::BF16 => QuantType::BF16,
+                    _ => continue,
+                };
+                if let Some(i) = crate::quant::blocks::first_non_finite(dtype, view.data()) {
+                    return Err(Error::NonFinite {
+                        what: format!("tensor '{name}' ({dtype}) element {i} in {}", path.display()),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn hf_name(&self, name: &str) -> Option<&str> {
         self.names
             .get(name)
