@@ -765,7 +765,8 @@ fn request_errors_are_typed() {
         },
         ..Default::default()
     };
-    assert!(matches!(m.generate("x", &bad), Err(Error::InvalidArgument { .. })));
+    let r = m.generate("x", &bad);
+    assert!(matches!(r, Err(Error::InvalidArgument { .. })), "{r:?}");
     let mut cache = m.transformer().new_cache();
     let vocab = m.config().vocab_size as u32;
     assert!(matches!(

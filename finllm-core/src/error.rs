@@ -91,6 +91,26 @@ pub enum Error {
     #[error("token id {id} is outside the vocabulary of {vocab_size}")]
     TokenOutOfRange { id: u32, vocab_size: usize },
 
+    // ---- engine ------------------------------------------------------------------------------
+    /// The engine's queue is full (requests or prompt tokens waiting); nothing was queued. Retry
+    /// later, or submit with a wait.
+    #[error("engine busy: {reason}; the request was not queued")]
+    Busy { reason: String },
+
+    /// The request can never run on this engine: its prompt plus `max_tokens` needs more KV
+    /// cache than the engine's whole budget, or its prompt more than the queue holds.
+    #[error("request needs {needed} tokens of {what}, more than the engine's {limit}")]
+    RequestTooLarge { what: String, needed: usize, limit: usize },
+
+    /// The request's deadline passed before it finished (`generated` tokens had been sent).
+    #[error("deadline exceeded after {generated} generated tokens")]
+    DeadlineExceeded { generated: usize },
+
+    /// The engine could not serve the request: its scheduler stopped, or a batched forward
+    /// pass failed (every request of that step gets this error).
+    #[error("engine: {reason}")]
+    Engine { reason: String },
+
     // ---- compliance --------------------------------------------------------------------------
     /// A compliance policy (TOML rule pack) is invalid, or a semantic rule's embedder failed.
     #[error("compliance policy {origin}: {reason}")]

@@ -12,6 +12,7 @@ pub mod bench;
 pub mod chat;
 pub mod compliance;
 pub mod device;
+pub mod engine;
 pub mod error;
 pub mod eval;
 pub mod generate;
@@ -22,6 +23,7 @@ pub mod tokenizer;
 
 pub use chat::{ChatMessage, ChatTemplate};
 pub use device::DeviceSpec;
+pub use engine::{Engine, EngineConfig, KvBudget, Prompt, Request, RequestStream};
 pub use error::{Error, GgufError, Result};
 pub use generate::{FinishReason, GenerateParams, Generation, SamplingParams, TokenEvent, TokenStream};
 pub use llm::{LoadOptions, Model, ModelSource};

@@ -238,6 +238,12 @@ impl Model {
 
     /// Start generating from raw prompt text; iterate the result for streamed tokens.
     pub fn stream(&self, prompt: &str, params: &GenerateParams) -> Result<TokenStream<'_>> {
+        self.stream_ids(self.tokenize_prompt(prompt)?, params)
+    }
+
+    /// Encode a prompt, first refusing text too long to ever fit the context (so a hostile
+    /// prompt costs no tokenisation time).
+    pub fn tokenize_prompt(&self, prompt: &str) -> Result<Vec<u32>> {
         let context = self.config().context_length;
         let max = self.tokenizer.max_text_bytes(context);
         if prompt.len() > max {
@@ -250,12 +256,18 @@ impl Model {
                 ),
             ));
         }
-        self.stream_ids(self.tokenize(prompt)?, params)
+        self.tokenize(prompt)
     }
 
     /// Start generating from prompt token ids.
     pub fn stream_ids(&self, prompt_ids: Vec<u32>, params: &GenerateParams) -> Result<TokenStream<'_>> {
-        TokenStream::new(self, prompt_ids, params.clone())
+        TokenStream::new(
+            &self.transformer,
+            &self.tokenizer,
+            &self.pool,
+            prompt_ids,
+            params.clone(),
+        )
     }
 
     /// Generate a whole answer to raw prompt text.

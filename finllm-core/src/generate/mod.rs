@@ -10,9 +10,8 @@ pub use sampling::{top_logits, Rng, Sampler, SamplingParams};
 pub use stop::StopMatcher;
 
 use crate::error::{Error, Result};
-use crate::llm::Model;
-use crate::model::KvCache;
-use crate::tokenizer::StreamDecoder;
+use crate::model::{KvCache, Transformer};
+use crate::tokenizer::{StreamDecoder, Tokenizer};
 
 /// Everything one generation request asks for.
 #[derive(Debug, Clone, PartialEq)]
@@ -101,86 +100,96 @@ pub struct Generation {
     pub timings: Timings,
 }
 
-/// A running generation: an iterator of [`TokenEvent`]s.
-pub struct TokenStream<'m> {
-    model: &'m Model,
+/// The decoding state of one request, whatever runs its forward passes: sampling, stop
+/// strings, incremental detokenisation and the record of what was generated. [`TokenStream`]
+/// drives it for one caller; the [`engine`](crate::engine) drives many in one batch. Both feed
+/// it the logits of each step and get back the step's event, so a request's tokens do not
+/// depend on the path it took.
+pub(crate) struct Decoding<'t> {
+    tokenizer: &'t Tokenizer,
     params: GenerateParams,
-    cache: KvCache,
     sampler: Sampler,
-    decoder: StreamDecoder<'m>,
+    decoder: StreamDecoder<'t>,
     stops: StopMatcher,
     history: Vec<u32>,
     prompt_len: usize,
-    next_logits: Option<Vec<f32>>,
     generated: usize,
     finished: Option<FinishReason>,
+    text: String,
+    steps: Vec<Vec<(u32, f32)>>,
     started: Instant,
     timings: Timings,
 }
 
-impl<'m> TokenStream<'m> {
-    pub(crate) fn new(model: &'m Model, prompt_ids: Vec<u32>, params: GenerateParams) -> Result<Self> {
+impl<'t> Decoding<'t> {
+    /// Check the request (a prompt of at least one token that fits `context` with `max_tokens`)
+    /// and set up its state; the clock of its timings starts now.
+    pub(crate) fn new(
+        tokenizer: &'t Tokenizer,
+        prompt_ids: Vec<u32>,
+        params: GenerateParams,
+        context: usize,
+    ) -> Result<Self> {
         let sampler = Sampler::new(params.sampling.clone())?;
-        if prompt_ids.is_empty() {
-            return Err(Error::invalid("prompt", "the prompt encodes to no tokens"));
-        }
-        let context = model.config().context_length;
-        if prompt_ids.len().saturating_add(params.max_tokens) > context {
-            return Err(Error::ContextOverflow {
-                tokens: prompt_ids.len(),
-                max_new: params.max_tokens,
-                context,
-            });
-        }
-        let started = Instant::now();
-        let mut cache = model.transformer().new_cache();
-        let logits = model.run(|| model.transformer().forward(&prompt_ids, &mut cache))?;
-        let timings = Timings {
-            prompt_tokens: prompt_ids.len(),
-            prefill: started.elapsed(),
-            ..Default::default()
-        };
+        check_request(&prompt_ids, &params, context)?;
         Ok(Self {
-            decoder: model.tokenizer().stream_decoder(),
+            tokenizer,
+            decoder: tokenizer.stream_decoder(),
             stops: StopMatcher::new(&params.stop),
             prompt_len: prompt_ids.len(),
-            history: prompt_ids,
-            next_logits: Some(logits),
-            generated: 0,
-            finished: if params.max_tokens == 0 {
-                Some(FinishReason::Length)
-            } else {
-                None
+            timings: Timings {
+                prompt_tokens: prompt_ids.len(),
+                ..Default::default()
             },
-            model,
+            history: prompt_ids,
+            generated: 0,
+            finished: (params.max_tokens == 0).then_some(FinishReason::Length),
+            text: String::new(),
+            steps: Vec::new(),
+            started: Instant::now(),
             params,
-            cache,
             sampler,
-            started,
-            timings,
         })
     }
 
-    /// Tokens generated so far.
-    pub fn generated_ids(&self) -> &[u32] {
-        &self.history[self.prompt_len..]
-    }
-
-    pub fn prompt_ids(&self) -> &[u32] {
+    pub(crate) fn prompt_ids(&self) -> &[u32] {
         &self.history[..self.prompt_len]
     }
 
-    /// Why the stream ended, once it has.
-    pub fn finish_reason(&self) -> Option<FinishReason> {
+    pub(crate) fn generated_ids(&self) -> &[u32] {
+        &self.history[self.prompt_len..]
+    }
+
+    pub(crate) fn finished(&self) -> Option<FinishReason> {
         self.finished
     }
 
-    pub fn timings(&self) -> Timings {
+    pub(crate) fn timings(&self) -> Timings {
         self.timings
     }
 
-    fn step(&mut self) -> Result<TokenEvent> {
-        let logits = self.next_logits.take().expect("logits are ready while not finished");
+    /// The prompt's logits are ready: what came before was prefill.
+    pub(crate) fn prefilled(&mut self) {
+        self.timings.prefill = self.started.elapsed();
+    }
+
+    /// Sample the next token from `logits` and return the step's event. Unless the event
+    /// finishes the request, the event's token is the next forward pass's input.
+    pub(crate) fn step(&mut self, logits: &[f32]) -> Result<TokenEvent> {
+        let result = self.step_inner(logits);
+        match &result {
+            Ok(event) => {
+                self.text.push_str(&event.text);
+                if self.params.top_logits > 0 {
+                    self.steps.push(event.top_logits.clone());
+                }
+            }
+            Err(_) => self.end(FinishReason::Cancelled),
+        }
+        result
+    }
+
+    fn step_inner(&mut self, logits: &[f32]) -> Result<TokenEvent> {
         // NaN weights make every logit NaN, and sampling would then pick token 0 or stop at once:
         // an empty or garbage answer that looks like success.
         if let Some(i) = logits.iter().position(|x| x.is_nan() || *x == f32::INFINITY) {
@@ -189,12 +198,12 @@ impl<'m> TokenStream<'m> {
             });
         }
         let top = if self.params.top_logits > 0 {
-            top_logits(&logits, self.params.top_logits)
+            top_logits(logits, self.params.top_logits)
         } else {
             Vec::new()
         };
-        let id = self.sampler.sample(&logits, &self.history);
-        if self.model.tokenizer().stop_ids().contains(&id) {
+        let id = self.sampler.sample(logits, &self.history);
+        if self.tokenizer.stop_ids().contains(&id) {
             return Ok(self.finish(id, String::new(), top, FinishReason::Eos));
         }
         self.history.push(id);
@@ -207,9 +216,6 @@ impl<'m> TokenStream<'m> {
         if self.generated >= self.params.max_tokens {
             return Ok(self.finish(id, text, top, FinishReason::Length));
         }
-        let model = self.model;
-        let cache = &mut self.cache;
-        self.next_logits = Some(model.run(|| model.transformer().forward(&[id], cache))?);
         Ok(TokenEvent {
             id,
             text,
@@ -224,9 +230,7 @@ impl<'m> TokenStream<'m> {
             self.decoder.finish();
             text.push_str(&self.stops.flush());
         }
-        self.finished = Some(reason);
-        self.timings.generated_tokens = self.generated;
-        self.timings.decode = self.started.elapsed().saturating_sub(self.timings.prefill);
+        self.end(reason);
         TokenEvent {
             id,
             text,
@@ -235,32 +239,114 @@ impl<'m> TokenStream<'m> {
         }
     }
 
+    /// End the request now (a caller's cancellation, or an error) with `reason`.
+    pub(crate) fn end(&mut self, reason: FinishReason) {
+        if self.finished.is_some() {
+            return;
+        }
+        self.finished = Some(reason);
+        self.timings.generated_tokens = self.generated;
+        self.timings.decode = self.started.elapsed().saturating_sub(self.timings.prefill);
+    }
+
+    /// The finished request (`Length` if it was never ended).
+    pub(crate) fn into_generation(self) -> Generation {
+        Generation {
+            prompt_ids: self.prompt_ids().to_vec(),
+            ids: self.generated_ids().to_vec(),
+            finish: self.finished.unwrap_or(FinishReason::Length),
+            text: self.text,
+            steps: self.steps,
+            timings: self.timings,
+        }
+    }
+}
+
+/// A request that can never run: an empty prompt, or one that with `max_tokens` overflows the
+/// context.
+pub(crate) fn check_request(prompt_ids: &[u32], params: &GenerateParams, context: usize) -> Result<()> {
+    if prompt_ids.is_empty() {
+        return Err(Error::invalid("prompt", "the prompt encodes to no tokens"));
+    }
+    if prompt_ids.len().saturating_add(params.max_tokens) > context {
+        return Err(Error::ContextOverflow {
+            tokens: prompt_ids.len(),
+            max_new: params.max_tokens,
+            context,
+        });
+    }
+    Ok(())
+}
+
+/// A running generation on the caller's thread: an iterator of [`TokenEvent`]s.
+pub struct TokenStream<'m> {
+    transformer: &'m Transformer,
+    pool: &'m rayon::ThreadPool,
+    cache: KvCache,
+    decoding: Decoding<'m>,
+    next_logits: Option<Vec<f32>>,
+}
+
+impl<'m> TokenStream<'m> {
+    /// Prefill `prompt_ids` on `pool` and get ready to generate.
+    pub(crate) fn new(
+        transformer: &'m Transformer,
+        tokenizer: &'m Tokenizer,
+        pool: &'m rayon::ThreadPool,
+        prompt_ids: Vec<u32>,
+        params: GenerateParams,
+    ) -> Result<Self> {
+        let mut decoding = Decoding::new(tokenizer, prompt_ids, params, transformer.config().context_length)?;
+        let mut cache = transformer.new_cache();
+        let logits = pool.install(|| transformer.forward(decoding.prompt_ids(), &mut cache))?;
+        decoding.prefilled();
+        Ok(Self {
+            transformer,
+            pool,
+            cache,
+            decoding,
+            next_logits: Some(logits),
+        })
+    }
+
+    /// Tokens generated so far.
+    pub fn generated_ids(&self) -> &[u32] {
+        self.decoding.generated_ids()
+    }
+
+    pub fn prompt_ids(&self) -> &[u32] {
+        self.decoding.prompt_ids()
+    }
+
+    /// Why the stream ended, once it has.
+    pub fn finish_reason(&self) -> Option<FinishReason> {
+        self.decoding.finished()
+    }
+
+    pub fn timings(&self) -> Timings {
+        self.decoding.timings()
+    }
+
+    fn step(&mut self) -> Result<TokenEvent> {
+        let logits = self.next_logits.take().expect("logits are ready while not finished");
+        let event = self.decoding.step(&logits)?;
+        if event.finish.is_none() {
+            let (transformer, cache) = (self.transformer, &mut self.cache);
+            self.next_logits = Some(self.pool.install(|| transformer.forward(&[event.id], cache))?);
+        }
+        Ok(event)
+    }
+
     /// Drive the stream to the end, calling `on_event` for each step; the callback may stop it.
     pub fn run_with(mut self, mut on_event: impl FnMut(&TokenEvent) -> ControlFlow<()>) -> Result<Generation> {
-        let mut text = String::new();
-        let mut steps = Vec::new();
         while let Some(event) = self.next() {
             let event = event?;
-            text.push_str(&event.text);
-            if self.params.top_logits > 0 {
-                steps.push(event.top_logits.clone());
-            }
             if on_event(&event).is_break() && event.finish.is_none() {
-                self.finished = Some(FinishReason::Cancelled);
-                self.timings.generated_tokens = self.generated;
-                self.timings.decode = self.started.elapsed().saturating_sub(self.timings.prefill);
+                self.decoding.end(FinishReason::Cancelled);
                 break;
             }
         }
-        let finish = self.finished.unwrap_or(FinishReason::Length);
-        Ok(Generation {
-            prompt_ids: self.prompt_ids().to_vec(),
-            ids: self.generated_ids().to_vec(),
-            text,
-            steps,
-            finish,
-            timings: self.timings,
-        })
+        Ok(self.decoding.into_generation())
     }
 }
 
@@ -268,12 +354,12 @@ impl Iterator for TokenStream<'_> {
     type Item = Result<TokenEvent>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.finished.is_some() {
+        if self.decoding.finished().is_some() {
             return None;
         }
         let event = self.step();
         if event.is_err() {
-            self.finished = Some(FinishReason::Cancelled);
+            self.decoding.end(FinishReason::Cancelled);
         }
         Some(event)
     }

@@ -155,7 +155,12 @@ fn quantize_q8_blocks(x: &[f32], out: &mut [BlockQ8]) {
     for (chunk, block) in x.chunks_exact(QK).zip(out.iter_mut()) {
         let amax = chunk.iter().fold(0f32, |m, v| m.max(v.abs()));
         let d = amax / 127.0;
+        // A block of subnormal values has a scale whose reciprocal overflows; it quantizes to
+        // zeros (its f16 scale is zero anyway). Left infinite, `v * id` would be infinite and
+        // its rounding overflow i32 (found by the gguf fuzz target, whose models may compute
+        // such activations).
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let id = if id.is_finite() { id } else { 0.0 };
         let mut sum = 0i32;
         for (q, &v) in block.qs.iter_mut().zip(chunk) {
             let r = round_half_away(v * id);
@@ -370,9 +375,13 @@ mod tests {
                 );
             }
             // And the values themselves: q = round(x · 127 / amax), |q| <= 127, where the scale
-            // is a normal float (a subnormal block's reciprocal overflows: it quantizes to zeros).
+            // is a normal float; a block whose scale's reciprocal overflows quantizes to zeros.
             for (chunk, b) in x.chunks_exact(QK).zip(&base) {
                 let amax = chunk.iter().fold(0f32, |m, v| m.max(v.abs()));
+                if !(127.0 / amax).is_finite() || (1.0 / (amax / 127.0)).is_infinite() {
+                    assert_eq!((b.qs, b.sum, b.d, b.s), ([0; QK], 0, 0.0, 0.0), "amax {amax:e}");
+                    continue;
+                }
                 if amax / 127.0 < f32::MIN_POSITIVE {
                     continue;
                 }

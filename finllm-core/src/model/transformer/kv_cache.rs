@@ -137,6 +137,23 @@ impl KvCache {
         }
     }
 
+    /// An empty host cache with room for `tokens` rows of `width` values in every layer, so that
+    /// it never grows beyond what was asked for (the engine reserves each request's whole KV
+    /// budget up front).
+    pub(super) fn with_capacity(n_layers: usize, precision: KvPrecision, tokens: usize, width: usize) -> Self {
+        let rows = |precision| match precision {
+            KvPrecision::F16 => KvRows::F16(Vec::with_capacity(tokens * width)),
+            KvPrecision::F32 => KvRows::F32(Vec::with_capacity(tokens * width)),
+        };
+        Self {
+            layers: (0..n_layers).map(|_| (rows(precision), rows(precision))).collect(),
+            len: 0,
+            width,
+            precision,
+            device: None,
+        }
+    }
+
     /// An empty cache whose layers are tensors on `device` (for the candle backend).
     pub(super) fn on_device(n_layers: usize, precision: KvPrecision, device: &Device) -> Self {
         Self {

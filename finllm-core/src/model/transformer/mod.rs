@@ -410,6 +410,31 @@ impl Transformer {
         }
     }
 
+    /// A fresh f16 cache with room for `tokens` positions reserved up front where the backend
+    /// allows it (host memory); a device cache grows as it goes.
+    pub fn new_cache_for(&self, tokens: usize) -> KvCache {
+        match &self.backend {
+            Backend::CpuKernels => {
+                KvCache::with_capacity(self.cfg.n_layers, KvPrecision::F16, tokens, self.cfg.kv_dim())
+            }
+            Backend::Candle(_) => self.new_cache(),
+        }
+    }
+
+    /// Bytes of f16 KV cache one position takes (keys and values of every layer).
+    pub fn kv_bytes_per_token(&self) -> usize {
+        self.cfg.n_layers * 2 * self.cfg.kv_dim() * 2
+    }
+
+    /// Run several sequences in one call and return each one's last-token logits as a `Vec`.
+    /// On error every cache is left as it was.
+    pub fn forward_last_logits(&self, seqs: &mut [SeqInput<'_>]) -> Result<Vec<Vec<f32>>> {
+        self.forward_batch(seqs, &ForwardOptions::default())?
+            .into_iter()
+            .map(|o| Ok(o.logits.flatten_all()?.to_vec1::<f32>()?))
+            .collect()
+    }
+
     /// Run `tokens` after what `cache` holds; returns the last token's logits as a `Vec`.
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
         let mut out = self.forward_batch(&mut [SeqInput { tokens, cache }], &ForwardOptions::default())?;

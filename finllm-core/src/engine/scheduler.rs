@@ -1,0 +1,376 @@
+//! The scheduler thread: admits waiting requests, builds each step's batch, runs it and hands
+//! every request its token.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::metrics::Outcome;
+use super::stream::Msg;
+use super::{cancelled, Pending, Shared};
+use crate::error::{Error, Result};
+use crate::generate::{Decoding, FinishReason};
+use crate::llm::Model;
+use crate::model::{KvCache, SeqInput};
+
+/// Start the scheduler thread.
+pub(super) fn spawn(model: Arc<Model>, shared: Arc<Shared>) -> Result<()> {
+    std::thread::Builder::new()
+        .name("finllm-engine".into())
+        .spawn(move || {
+            let mut stopper = Stopper { shared: &shared };
+            run(&model, &shared);
+            stopper.stop();
+        })
+        .map(drop)
+        .map_err(|e| Error::Engine {
+            reason: format!("cannot start the scheduler thread: {e}"),
+        })
+}
+
+/// Closes the queue when the scheduler ends, however it ends, failing what still waits: no
+/// request is left without an answer.
+struct Stopper<'a> {
+    shared: &'a Shared,
+}
+
+impl Stopper<'_> {
+    fn stop(&mut self) {
+        let waiting: Vec<Pending> = {
+            let mut state = self.shared.lock();
+            state.open = false;
+            state.waiting_tokens = 0;
+            state.waiting.drain(..).collect()
+        };
+        self.shared.room.notify_all();
+        for p in waiting {
+            self.shared.metrics.ended(Outcome::Failed, 0, None);
+            let _ = p.tx.send(Msg::Failed(Error::Engine {
+                reason: "the engine's scheduler stopped".into(),
+            }));
+        }
+    }
+}
+
+impl Drop for Stopper<'_> {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A request in the running batch.
+struct Running<'m> {
+    decoding: Decoding<'m>,
+    cache: KvCache,
+    /// Prompt tokens already in the cache.
+    prefilled: usize,
+    /// The token to run next once the prompt is in (the last sampled one).
+    next: Option<u32>,
+    reserve: usize,
+    submitted: Instant,
+    first_token: Option<Instant>,
+    deadline: Option<Instant>,
+    cancel: Arc<std::sync::atomic::AtomicBool>,
+    tx: std::sync::mpsc::Sender<Msg>,
+}
+
+impl Running<'_> {
+    fn prompt_len(&self) -> usize {
+        self.decoding.prompt_ids().len()
+    }
+}
+
+/// What one step asks of one running request.
+#[derive(Clone, Copy)]
+enum Work {
+    Decode,
+    /// The prompt tokens after those already cached, up to `to`.
+    Prefill {
+        to: usize,
+    },
+}
+
+struct Batch {
+    /// Scheduler state across steps.
+    kv_reserved: usize,
+}
+
+fn run(model: &Model, shared: &Shared) {
+    let mut running: Vec<Running<'_>> = Vec::new();
+    let mut batch = Batch { kv_reserved: 0 };
+    loop {
+        // Admit, or sleep until there is something to do.
+        {
+            let mut state = shared.lock();
+            loop {
+                expire_waiting(shared, &mut state);
+                let mut admitted = false;
+                while running.len() < shared.config.max_running {
+                    let fits = state
+                        .waiting
+                        .front()
+                        .is_some_and(|p| batch.kv_reserved + p.reserve() <= shared.kv_tokens);
+                    if !fits {
+                        break;
+                    }
+                    let p = state.waiting.pop_front().expect("checked above");
+                    state.waiting_tokens -= p.ids.len();
+                    admitted = true;
+                    if let Some(r) = start(model, shared, p) {
+                        shared.metrics.admitted(r.submitted.elapsed());
+                        batch.kv_reserved += r.reserve;
+                        running.push(r);
+                    }
+                }
+                if admitted {
+                    shared.room.notify_all();
+                }
+                if !running.is_empty() {
+                    break;
+                }
+                if state.closing && state.waiting.is_empty() {
+                    return;
+                }
+                shared.metrics.gauges(0, batch.kv_reserved);
+                state = shared.work.wait(state).unwrap_or_else(|e| e.into_inner());
+            }
+        }
+        retire_stopped(shared, &mut running, &mut batch);
+        if running.is_empty() {
+            continue;
+        }
+        let started = Instant::now();
+        let outcome = catch_unwind(AssertUnwindSafe(|| step(model, shared, &mut running, &mut batch)));
+        let (generated, size) = match outcome {
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => {
+                fail_all(
+                    shared,
+                    &mut running,
+                    &mut batch,
+                    &format!("a batched forward pass failed: {e}"),
+                );
+                (0, 0)
+            }
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                fail_all(
+                    shared,
+                    &mut running,
+                    &mut batch,
+                    &format!("internal error in a step: {what}"),
+                );
+                (0, 0)
+            }
+        };
+        shared
+            .metrics
+            .step(size, generated, started.elapsed(), running.len(), batch.kv_reserved);
+    }
+}
+
+/// Set up a waiting request to run; one that cannot (its checks at submit make that unlikely)
+/// gets its error here.
+fn start<'m>(model: &'m Model, shared: &Shared, p: Pending) -> Option<Running<'m>> {
+    let reserve = p.reserve();
+    let context = model.config().context_length;
+    match Decoding::new(model.tokenizer(), p.ids, p.params, context) {
+        Ok(decoding) => Some(Running {
+            decoding,
+            cache: model.transformer().new_cache_for(reserve),
+            prefilled: 0,
+            next: None,
+            reserve,
+            submitted: p.submitted,
+            first_token: None,
+            deadline: p.deadline,
+            cancel: p.cancel,
+            tx: p.tx,
+        }),
+        Err(e) => {
+            shared.metrics.ended(Outcome::Failed, 0, None);
+            let _ = p.tx.send(Msg::Failed(e));
+            None
+        }
+    }
+}
+
+/// Answer waiting requests that were cancelled or whose deadline passed.
+fn expire_waiting(shared: &Shared, state: &mut super::QueueState) {
+    let now = Instant::now();
+    let mut i = 0;
+    let mut removed = false;
+    while i < state.waiting.len() {
+        let p = &state.waiting[i];
+        let expired = p.deadline.is_some_and(|d| now >= d);
+        if !(expired || cancelled(&p.cancel)) {
+            i += 1;
+            continue;
+        }
+        let p = state.waiting.remove(i).expect("index in range");
+        state.waiting_tokens -= p.ids.len();
+        removed = true;
+        if !cancelled(&p.cancel) {
+            shared.metrics.ended(Outcome::Failed, 0, None);
+            let _ = p.tx.send(Msg::Failed(Error::DeadlineExceeded { generated: 0 }));
+        } else {
+            let g = crate::generate::Generation {
+                prompt_ids: p.ids,
+                ids: Vec::new(),
+                text: String::new(),
+                steps: Vec::new(),
+                finish: FinishReason::Cancelled,
+                timings: Default::default(),
+            };
+            shared.metrics.ended(Outcome::Cancelled, 0, None);
+            let _ = p.tx.send(Msg::Done(Box::new(g)));
+        }
+    }
+    if removed {
+        shared.room.notify_all();
+    }
+}
+
+/// End running requests that were cancelled or ran past their deadline, freeing their caches.
+fn retire_stopped(shared: &Shared, running: &mut Vec<Running<'_>>, batch: &mut Batch) {
+    let now = Instant::now();
+    let mut i = 0;
+    while i < running.len() {
+        let r = &running[i];
+        let expired = r.deadline.is_some_and(|d| now >= d);
+        if !(expired || cancelled(&r.cancel)) {
+            i += 1;
+            continue;
+        }
+        let mut r = running.remove(i);
+        batch.kv_reserved -= r.reserve;
+        // A cancelled request is cancelled, even if its deadline has passed too.
+        if !cancelled(&r.cancel) {
+            let generated = r.decoding.generated_ids().len();
+            shared.metrics.ended(Outcome::Failed, generated, None);
+            let _ = r.tx.send(Msg::Failed(Error::DeadlineExceeded { generated }));
+        } else {
+            r.decoding.end(FinishReason::Cancelled);
+            finish(shared, r, Outcome::Cancelled);
+        }
+    }
+}
+
+/// Send the finished generation and free the request's cache.
+fn finish(shared: &Shared, r: Running<'_>, outcome: Outcome) {
+    let decode = r.first_token.map(|t| t.elapsed());
+    let g = r.decoding.into_generation();
+    shared.metrics.ended(outcome, g.ids.len(), decode);
+    let _ = r.tx.send(Msg::Done(Box::new(g)));
+}
+
+fn fail_all(shared: &Shared, running: &mut Vec<Running<'_>>, batch: &mut Batch, reason: &str) {
+    for r in running.drain(..) {
+        batch.kv_reserved -= r.reserve;
+        shared
+            .metrics
+            .ended(Outcome::Failed, r.decoding.generated_ids().len(), None);
+        let _ = r.tx.send(Msg::Failed(Error::Engine {
+            reason: reason.to_string(),
+        }));
+    }
+}
+
+/// One forward step over the running batch: every decoding request's next token, then prompt
+/// chunks in admission order while the step's token budget lasts. Returns the tokens generated
+/// and the requests that ran.
+fn step(model: &Model, shared: &Shared, running: &mut Vec<Running<'_>>, batch: &mut Batch) -> Result<(usize, usize)> {
+    let mut budget = shared.config.step_tokens;
+    let mut work: Vec<Option<Work>> = vec![None; running.len()];
+    for (w, r) in work.iter_mut().zip(running.iter()) {
+        if r.next.is_some() {
+            *w = Some(Work::Decode);
+            budget -= 1;
+        }
+    }
+    for (w, r) in work.iter_mut().zip(running.iter()) {
+        if budget == 0 {
+            break;
+        }
+        if r.next.is_none() {
+            let to = r.prompt_len().min(r.prefilled + budget);
+            budget -= to - r.prefilled;
+            *w = Some(Work::Prefill { to });
+        }
+    }
+    let logits = {
+        let mut inputs: Vec<SeqInput<'_>> = Vec::with_capacity(running.len());
+        for (w, r) in work.iter().zip(running.iter_mut()) {
+            let Running {
+                decoding,
+                cache,
+                prefilled,
+                next,
+                ..
+            } = r;
+            let tokens = match w {
+                Some(Work::Decode) => std::slice::from_ref(next.as_ref().expect("decoding requests have a token")),
+                Some(Work::Prefill { to }) => &decoding.prompt_ids()[*prefilled..*to],
+                None => continue,
+            };
+            inputs.push(SeqInput { tokens, cache });
+        }
+        let transformer = model.transformer();
+        model.run(|| transformer.forward_last_logits(&mut inputs))?
+    };
+    let ran = logits.len();
+    let mut logits = logits.into_iter();
+    let mut generated = 0;
+    let mut ended: Vec<(usize, Option<Error>)> = Vec::new();
+    for (i, (w, r)) in work.iter().zip(running.iter_mut()).enumerate() {
+        let Some(w) = w else { continue };
+        let row = logits.next().expect("one logits row per input");
+        if let Work::Prefill { to } = *w {
+            r.prefilled = to;
+            if to < r.prompt_len() {
+                continue;
+            }
+            r.decoding.prefilled();
+        }
+        match r.decoding.step(&row) {
+            Ok(event) => {
+                generated += 1;
+                if r.first_token.is_none() {
+                    r.first_token = Some(Instant::now());
+                    shared.metrics.first_token(r.submitted.elapsed());
+                }
+                let done = event.finish.is_some();
+                r.next = (!done).then_some(event.id);
+                let delivered = super::send(&r.tx, event);
+                if done || !delivered {
+                    ended.push((i, None));
+                }
+            }
+            Err(e) => ended.push((i, Some(e))),
+        }
+    }
+    // Remove from the back so the indices stay valid; the rest keep their admission order.
+    for (i, error) in ended.into_iter().rev() {
+        let mut r = running.remove(i);
+        batch.kv_reserved -= r.reserve;
+        match error {
+            Some(e) => {
+                shared
+                    .metrics
+                    .ended(Outcome::Failed, r.decoding.generated_ids().len(), None);
+                let _ = r.tx.send(Msg::Failed(e));
+            }
+            None if r.decoding.finished().is_some() => finish(shared, r, Outcome::Completed),
+            None => {
+                // The stream was dropped: nobody reads the rest.
+                r.decoding.end(FinishReason::Cancelled);
+                finish(shared, r, Outcome::Cancelled);
+            }
+        }
+    }
+    Ok((generated, ran))
+}

@@ -1,0 +1,540 @@
+//! The engine: every request gets exactly the tokens it gets alone, whatever else runs beside
+//! it; bounded queue, KV budget, cancellation and deadlines; a soak test with many callers.
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::Rng;
+use finllm::engine::{Engine, EngineConfig, KvBudget, Prompt, Request};
+use finllm::model::synthetic::SyntheticSpec;
+use finllm::quant::QuantType;
+use finllm::{Architecture, Error, FinishReason, GenerateParams, Generation, LoadOptions, Model, SamplingParams};
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("finllm-engine-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+fn tiny_model(arch: Architecture, quant: QuantType, context: usize, seed: u64) -> Arc<Model> {
+    let mut spec = SyntheticSpec::tiny(arch, seed);
+    spec.context = context;
+    let path = tmp(&format!("{}-{quant}-{context}-{seed}.gguf", arch.name()));
+    spec.write_gguf(&path, quant).unwrap();
+    let opts = LoadOptions {
+        threads: Some(2),
+        ..Default::default()
+    };
+    Arc::new(Model::load(&path, &opts).unwrap())
+}
+
+/// The same request run alone on the caller's thread.
+fn solo(model: &Model, ids: &[u32], params: &GenerateParams) -> Generation {
+    model
+        .stream_ids(ids.to_vec(), params)
+        .unwrap()
+        .run_with(|_| std::ops::ControlFlow::Continue(()))
+        .unwrap()
+}
+
+struct Case {
+    ids: Vec<u32>,
+    params: GenerateParams,
+}
+
+fn cases(model: &Model, n: usize, seed: u64) -> Vec<Case> {
+    let mut rng = Rng(seed);
+    let vocab = model.config().vocab_size as u32;
+    (0..n)
+        .map(|i| {
+            let len = 1 + rng.below(70);
+            let ids = (0..len).map(|_| rng.range(3, vocab - 1)).collect();
+            let sampling = if i % 3 == 2 {
+                SamplingParams {
+                    temperature: 0.9,
+                    top_k: 20,
+                    seed: rng.next(),
+                    ..Default::default()
+                }
+            } else {
+                SamplingParams::default()
+            };
+            Case {
+                ids,
+                params: GenerateParams {
+                    sampling,
+                    max_tokens: 1 + rng.below(30),
+                    top_logits: if i % 4 == 1 { 3 } else { 0 },
+                    ..Default::default()
+                },
+            }
+        })
+        .collect()
+}
+
+/// Submit every case from its own thread after a random delay, and return what each got.
+fn run_concurrently(engine: &Engine, cases: &[Case], seed: u64) -> Vec<Generation> {
+    let mut rng = Rng(seed);
+    let delays: Vec<u64> = cases.iter().map(|_| rng.below(15) as u64).collect();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = cases
+            .iter()
+            .zip(&delays)
+            .map(|(c, &d)| {
+                s.spawn(move || {
+                    std::thread::sleep(Duration::from_millis(d));
+                    let request = Request {
+                        prompt: Prompt::Ids(c.ids.clone()),
+                        params: c.params.clone(),
+                        deadline: None,
+                    };
+                    let mut stream = engine.submit(request).unwrap();
+                    // Streamed text and the final result agree.
+                    let mut text = String::new();
+                    for event in stream.by_ref() {
+                        text.push_str(&event.unwrap().text);
+                    }
+                    let g = stream.generation().unwrap().clone();
+                    assert_eq!(text, g.text);
+                    g
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+#[test]
+fn every_request_gets_the_tokens_it_gets_alone() {
+    for (arch, quant) in [
+        (Architecture::Llama, QuantType::Q8_0),
+        (Architecture::Gemma3, QuantType::Q4_0),
+        (Architecture::Qwen2, QuantType::Q4_1),
+    ] {
+        let model = tiny_model(arch, quant, 256, 7);
+        for (n, max_running, step_tokens) in [(1, 16, 128), (2, 16, 128), (16, 16, 128), (16, 4, 8), (9, 16, 17)] {
+            let cases = cases(&model, n, 100 + n as u64);
+            let expected: Vec<Generation> = cases.iter().map(|c| solo(&model, &c.ids, &c.params)).collect();
+            let config = EngineConfig {
+                max_running,
+                step_tokens,
+                ..Default::default()
+            };
+            let engine = Engine::new(model.clone(), config).unwrap();
+            let got = run_concurrently(&engine, &cases, n as u64);
+            for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
+                let what = format!("{arch:?} {quant} n={n} running={max_running} step={step_tokens} request {i}");
+                assert_eq!(g.ids, e.ids, "{what}");
+                assert_eq!(g.text, e.text, "{what}");
+                assert_eq!(g.finish, e.finish, "{what}");
+                assert_eq!(g.prompt_ids, e.prompt_ids, "{what}");
+                assert_eq!(g.steps, e.steps, "{what}");
+            }
+            let m = engine.metrics();
+            assert_eq!((m.submitted, m.completed, m.failed), (n as u64, n as u64, 0));
+            assert!(m.batch_size.max <= max_running as f64);
+            wait_until("the cache to be freed", || engine.metrics().kv_tokens_reserved == 0);
+        }
+    }
+}
+
+#[test]
+fn text_and_chat_prompts_take_the_same_path_as_ids() {
+    let model = tiny_model(Architecture::Llama, QuantType::Q8_0, 256, 3);
+    let engine = Engine::new(model.clone(), EngineConfig::default()).unwrap();
+    let params = GenerateParams {
+        max_tokens: 12,
+        ..Default::default()
+    };
+    let by_text = engine.generate(Request::text("the rate", params.clone())).unwrap();
+    let alone = model.generate("the rate", &params).unwrap();
+    assert_eq!(
+        (&by_text.ids, &by_text.text, by_text.finish),
+        (&alone.ids, &alone.text, alone.finish)
+    );
+    let ids = model.tokenize("the rate").unwrap();
+    let by_ids = engine
+        .generate(Request {
+            prompt: Prompt::Ids(ids),
+            params,
+            deadline: None,
+        })
+        .unwrap();
+    assert_eq!(by_ids.ids, by_text.ids);
+}
+
+/// A prompt whose greedy answer runs `tokens` tokens without an end-of-sequence token, so a
+/// request for it stays in the batch until it is cancelled.
+fn long_request(model: &Model, tokens: usize) -> Request {
+    let params = GenerateParams {
+        max_tokens: tokens,
+        ..Default::default()
+    };
+    for seed in 0..50u64 {
+        let ids: Vec<u32> = (0..8).map(|i| 3 + ((seed * 31 + i * 7) % 200) as u32).collect();
+        // Only the first tokens are checked here; long runs of a random model repeat a cycle.
+        let probe = GenerateParams {
+            max_tokens: 300,
+            ..params.clone()
+        };
+        if solo(model, &ids, &probe).finish == FinishReason::Length {
+            return Request {
+                prompt: Prompt::Ids(ids),
+                params,
+                deadline: None,
+            };
+        }
+    }
+    panic!("no prompt of this model runs 300 tokens without EOS");
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn full_queue_is_busy_at_once_or_after_the_callers_wait() {
+    let model = tiny_model(Architecture::Llama, QuantType::Q8_0, 8192, 5);
+    let long = long_request(&model, 8000);
+    let config = EngineConfig {
+        max_running: 1,
+        step_tokens: 16,
+        kv_budget: KvBudget::Tokens(8100),
+        queue_requests: 2,
+        queue_tokens: 1000,
+    };
+    let engine = Engine::new(model.clone(), config).unwrap();
+    let mut a = engine.submit(long.clone()).unwrap();
+    a.next().unwrap().unwrap(); // running now
+    let small = Request {
+        prompt: Prompt::Ids(vec![5, 6, 7]),
+        params: GenerateParams {
+            max_tokens: 4,
+            ..Default::default()
+        },
+        deadline: None,
+    };
+    let b = engine.submit(small.clone()).unwrap();
+    let c = engine.submit(small.clone()).unwrap();
+    assert!(matches!(engine.submit(small.clone()), Err(Error::Busy { .. })));
+    let t = Instant::now();
+    assert!(matches!(
+        engine.submit_timeout(small.clone(), Duration::from_millis(50)),
+        Err(Error::Busy { .. })
+    ));
+    assert!(t.elapsed() >= Duration::from_millis(50));
+    // Never fits: prompt + max_tokens over the whole KV budget; a prompt over the queue's tokens.
+    let huge = Request {
+        params: GenerateParams {
+            max_tokens: 8098,
+            ..Default::default()
+        },
+        ..small.clone()
+    };
+    assert!(matches!(
+        engine.submit(huge),
+        Err(Error::RequestTooLarge {
+            needed: 8101,
+            limit: 8100,
+            ..
+        })
+    ));
+    let long_prompt = Request {
+        prompt: Prompt::Ids(vec![9; 1001]),
+        ..small.clone()
+    };
+    assert!(matches!(engine.submit(long_prompt), Err(Error::RequestTooLarge { .. })));
+    // Cancelling the running request frees its budget: the queue moves and a waiting submit
+    // gets in.
+    let waiter = {
+        let engine = engine.clone();
+        let small = small.clone();
+        std::thread::spawn(move || engine.submit_timeout(small, Duration::from_secs(10)).map(|s| s.wait()))
+    };
+    std::thread::sleep(Duration::from_millis(20));
+    a.cancel();
+    let mut events = 1;
+    for e in a.by_ref() {
+        e.unwrap();
+        events += 1;
+    }
+    let g = a.generation().unwrap();
+    assert_eq!(g.finish, FinishReason::Cancelled);
+    assert_eq!(g.ids.len(), events);
+    for s in [b, c] {
+        assert_eq!(s.wait().unwrap().ids.len(), 4);
+    }
+    assert_eq!(waiter.join().unwrap().unwrap().unwrap().ids.len(), 4);
+    let m = engine.metrics();
+    assert_eq!((m.submitted, m.completed, m.cancelled, m.failed), (4, 4, 1, 0));
+    assert_eq!(m.rejected, 4);
+    wait_until("the gauges to settle", || engine.metrics().running == 0);
+    assert_eq!(engine.metrics().kv_tokens_reserved, 0);
+}
+
+#[test]
+fn dropping_a_stream_cancels_and_deadlines_end_requests() {
+    let model = tiny_model(Architecture::Llama, QuantType::Q8_0, 8192, 5);
+    let long = long_request(&model, 8000);
+    let engine = Engine::new(model.clone(), EngineConfig::default()).unwrap();
+    let mut s = engine.submit(long.clone()).unwrap();
+    s.next().unwrap().unwrap();
+    drop(s);
+    wait_until("the dropped request to leave", || {
+        let m = engine.metrics();
+        m.cancelled == 1 && m.kv_tokens_reserved == 0
+    });
+    // A deadline ends a running request with a typed error naming what it had generated.
+    let with_deadline = Request {
+        deadline: Some(Duration::from_millis(30)),
+        ..long.clone()
+    };
+    let mut s = engine.submit(with_deadline).unwrap();
+    let mut streamed = 0;
+    let err = loop {
+        match s.next().unwrap() {
+            Ok(_) => streamed += 1,
+            Err(e) => break e,
+        }
+    };
+    match err {
+        Error::DeadlineExceeded { generated } => assert_eq!(generated, streamed),
+        other => panic!("{other:?}"),
+    }
+    assert!(s.next().is_none());
+    // A cancel handle works from another thread; the stream reports the cancellation.
+    let s = engine.submit(long).unwrap();
+    let handle = s.cancel_handle();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(10));
+        handle.cancel();
+    });
+    assert_eq!(s.wait().unwrap().finish, FinishReason::Cancelled);
+    let m = engine.metrics();
+    assert_eq!((m.submitted, m.cancelled, m.failed), (3, 2, 1));
+    wait_until("the cache to be freed", || engine.metrics().kv_tokens_reserved == 0);
+}
+
+#[test]
+fn bad_requests_and_configs_are_typed_errors() {
+    let model = tiny_model(Architecture::Llama, QuantType::Q8_0, 256, 1);
+    for bad in [
+        EngineConfig {
+            max_running: 0,
+            ..Default::default()
+        },
+        EngineConfig {
+            step_tokens: 3,
+            max_running: 4,
+            ..Default::default()
+        },
+        EngineConfig {
+            kv_budget: KvBudget::Bytes(1),
+            ..Default::default()
+        },
+        EngineConfig {
+            queue_requests: 0,
+            ..Default::default()
+        },
+    ] {
+        assert!(matches!(
+            Engine::new(model.clone(), bad),
+            Err(Error::InvalidArgument { .. })
+        ));
+    }
+    let engine = Engine::new(model.clone(), EngineConfig::default()).unwrap();
+    let vocab = model.config().vocab_size as u32;
+    let ids = |ids: Vec<u32>, max_tokens| Request {
+        prompt: Prompt::Ids(ids),
+        params: GenerateParams {
+            max_tokens,
+            ..Default::default()
+        },
+        deadline: None,
+    };
+    assert!(matches!(
+        engine.submit(ids(vec![], 4)),
+        Err(Error::InvalidArgument { .. })
+    ));
+    assert!(matches!(
+        engine.submit(ids(vec![1, vocab], 4)),
+        Err(Error::TokenOutOfRange { .. })
+    ));
+    assert!(matches!(
+        engine.submit(ids(vec![1; 200], 100)),
+        Err(Error::ContextOverflow { .. })
+    ));
+    let mut bad_sampling = ids(vec![1, 2], 4);
+    bad_sampling.params.sampling.temperature = f32::NAN;
+    assert!(matches!(
+        engine.submit(bad_sampling),
+        Err(Error::InvalidArgument { .. })
+    ));
+    assert!(matches!(
+        engine.submit(Request::new(Prompt::Chat(Vec::new()))),
+        Err(Error::InvalidArgument { .. } | Error::ChatTemplate(_))
+    ));
+    assert_eq!(engine.metrics().rejected, 5);
+    assert_eq!(engine.metrics().submitted, 0);
+}
+
+/// 32 caller threads: random prompts, cancellations, dropped streams, deadlines, oversized
+/// prompts and a small queue. Every request ends exactly once, with a result or a typed error,
+/// and the KV budget returns to zero.
+#[test]
+fn soak_with_32_callers() {
+    let model = tiny_model(Architecture::Llama, QuantType::Q4_0, 512, 11);
+    let config = EngineConfig {
+        max_running: 8,
+        step_tokens: 24,
+        kv_budget: KvBudget::Tokens(600),
+        queue_requests: 6,
+        queue_tokens: 400,
+    };
+    let engine = Engine::new(model.clone(), config).unwrap();
+    let vocab = model.config().vocab_size as u32;
+    let per_thread = 12;
+    let results: Vec<(u64, u64, u64, u64)> = std::thread::scope(|s| {
+        (0..32u64)
+            .map(|t| {
+                let engine = &engine;
+                s.spawn(move || {
+                    let mut rng = Rng(1000 + t);
+                    let (mut ok, mut cancelled, mut failed, mut refused) = (0u64, 0u64, 0u64, 0u64);
+                    for _ in 0..per_thread {
+                        let oversized = rng.below(10) == 0;
+                        let len = if oversized { 520 } else { 1 + rng.below(60) };
+                        let request = Request {
+                            prompt: Prompt::Ids((0..len).map(|_| rng.range(3, vocab - 1)).collect()),
+                            params: GenerateParams {
+                                max_tokens: 1 + rng.below(40),
+                                ..Default::default()
+                            },
+                            deadline: (rng.below(6) == 0).then(|| Duration::from_millis(rng.below(20) as u64)),
+                        };
+                        let submitted = if rng.below(2) == 0 {
+                            engine.submit(request)
+                        } else {
+                            engine.submit_timeout(request, Duration::from_millis(rng.below(50) as u64))
+                        };
+                        let mut stream = match submitted {
+                            Ok(s) => s,
+                            Err(Error::Busy { .. } | Error::RequestTooLarge { .. } | Error::ContextOverflow { .. }) => {
+                                refused += 1;
+                                continue;
+                            }
+                            Err(e) => panic!("unexpected submit error {e}"),
+                        };
+                        match rng.below(4) {
+                            // Drop after a few events: counted by the engine as cancelled.
+                            0 => {
+                                let k = rng.below(4);
+                                let mut early_end = None;
+                                for _ in 0..k {
+                                    match stream.next() {
+                                        Some(Ok(_)) => {}
+                                        Some(Err(e)) => {
+                                            early_end = Some(e);
+                                            break;
+                                        }
+                                        None => break,
+                                    }
+                                }
+                                match early_end {
+                                    Some(Error::DeadlineExceeded { .. }) => failed += 1,
+                                    Some(e) => panic!("{e}"),
+                                    None if stream.generation().is_some() => ok += 1,
+                                    None => cancelled += 1, // dropped here
+                                }
+                                drop(stream);
+                            }
+                            1 => {
+                                stream.cancel();
+                                match stream.wait() {
+                                    Ok(g) if g.finish == FinishReason::Cancelled => cancelled += 1,
+                                    Ok(_) => ok += 1,
+                                    Err(Error::DeadlineExceeded { .. }) => failed += 1,
+                                    Err(e) => panic!("{e}"),
+                                }
+                            }
+                            _ => match stream.wait() {
+                                Ok(g) => {
+                                    assert_ne!(g.finish, FinishReason::Cancelled);
+                                    ok += 1
+                                }
+                                Err(Error::DeadlineExceeded { .. }) => failed += 1,
+                                Err(e) => panic!("{e}"),
+                            },
+                        }
+                    }
+                    (ok, cancelled, failed, refused)
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .collect()
+    });
+    let sum = results
+        .iter()
+        .fold((0, 0, 0, 0), |a, r| (a.0 + r.0, a.1 + r.1, a.2 + r.2, a.3 + r.3));
+    assert_eq!(sum.0 + sum.1 + sum.2 + sum.3, 32 * per_thread);
+    wait_until("every request to end", || {
+        let m = engine.metrics();
+        m.completed + m.failed == m.submitted && m.running == 0 && m.queued == 0
+    });
+    let m = engine.metrics();
+    assert_eq!(m.submitted + m.rejected, 32 * per_thread);
+    assert_eq!(m.rejected, sum.3);
+    // Every accepted request ended exactly once. A stream dropped unread may have ended in the
+    // engine first (finished, or past its deadline), so only the totals and bounds compare.
+    assert_eq!(m.completed + m.failed, sum.0 + sum.1 + sum.2);
+    assert!(m.failed >= sum.2 && m.cancelled <= sum.1, "{m:?} {sum:?}");
+    assert_eq!(m.kv_tokens_reserved, 0);
+    assert!(m.batch_size.max <= 8.0);
+}
+
+#[test]
+fn smollm2_through_the_engine_matches_solo_generation() {
+    let opts = LoadOptions {
+        threads: Some(2),
+        ..Default::default()
+    };
+    let model = Arc::new(Model::load(common::smollm2_path(), &opts).unwrap());
+    let prompts = [
+        "The yield curve inverted because",
+        "Write a short note on counterparty credit risk.",
+        "Basel III requires banks to",
+        "A bond's duration measures",
+    ];
+    let params = GenerateParams {
+        max_tokens: 12,
+        ..Default::default()
+    };
+    let config = EngineConfig {
+        max_running: 4,
+        step_tokens: 8,
+        ..Default::default()
+    };
+    let engine = Engine::new(model.clone(), config).unwrap();
+    let streams: Vec<_> = prompts
+        .iter()
+        .map(|p| engine.submit(Request::text(*p, params.clone())).unwrap())
+        .collect();
+    for (p, s) in prompts.iter().zip(streams) {
+        let g = s.wait().unwrap();
+        let alone = model.generate(p, &params).unwrap();
+        assert_eq!(g.ids, alone.ids, "{p}");
+        assert_eq!(g.text, alone.text, "{p}");
+    }
+}
