@@ -329,6 +329,7 @@ impl Common {
             max_tokens: self.max_tokens,
             stop: self.stop.clone(),
             top_logits,
+            ..Default::default()
         }
     }
 
@@ -978,9 +979,77 @@ struct BenchArgs {
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
+    /// Serve N concurrent streams through the engine instead: aggregate decode tok/s of the N
+    /// streams, then the time to first token of --probes requests (of --prompt-tokens tokens)
+    /// arriving every --probe-interval-ms while N streams run, and on the idle engine.
+    #[arg(long)]
+    concurrency: Option<usize>,
+    #[arg(long, default_value_t = 16, requires = "concurrency")]
+    probes: usize,
+    #[arg(long, default_value_t = 250, requires = "concurrency")]
+    probe_interval_ms: u64,
+    /// Engine: most requests in the running batch (default: max(16, N)).
+    #[arg(long, requires = "concurrency")]
+    max_running: Option<usize>,
+    /// Engine: most tokens per forward step (decode tokens plus prefill chunks).
+    #[arg(long, requires = "concurrency")]
+    step_tokens: Option<usize>,
+}
+
+fn serve_bench(a: &BenchArgs, concurrency: usize) -> CliResult {
+    use finllm_core::engine::{bench, Engine, EngineConfig};
+    let opts = LoadOptions {
+        threads: a.threads,
+        device: a.device.parse()?,
+        ..Default::default()
+    };
+    let model = Arc::new(Model::load(&a.model, &opts)?);
+    let defaults = EngineConfig::default();
+    let max_running = a.max_running.unwrap_or(defaults.max_running.max(concurrency + 1));
+    let config = EngineConfig {
+        max_running,
+        step_tokens: a.step_tokens.unwrap_or(defaults.step_tokens.max(max_running)),
+        ..defaults
+    };
+    let engine = Engine::new(model.clone(), config)?;
+    let cfg = bench::ServeBenchConfig {
+        concurrency,
+        prompt_tokens: a.prompt_tokens,
+        gen_tokens: a.gen_tokens,
+        probes: a.probes,
+        probe_prompt_tokens: a.prompt_tokens,
+        probe_interval: std::time::Duration::from_millis(a.probe_interval_ms),
+    };
+    let r = bench::run(&engine, &cfg)?;
+    let mut v = serde_json::to_value(&r)?;
+    v["engine"] = serde_json::Value::String(format!("finllm {}", finllm_core::VERSION));
+    v["model"] = serde_json::Value::String(a.model.display().to_string());
+    v["device"] = serde_json::Value::String(model.device());
+    if a.json {
+        println!("{v}");
+    } else {
+        println!(
+            "{} streams: aggregate decode {:.1} tok/s ({:.1} ms per token each), makespan {:.0} ms; TTFT of {}-token \
+             prompts under load p50 {:.1} ms p99 {:.1} ms, idle {:.1} ms; {} threads, {}",
+            r.concurrency,
+            r.aggregate_decode_tok_s,
+            r.tpot_p50_ms,
+            r.makespan_ms,
+            r.probe_prompt_tokens,
+            r.ttft_p50_ms,
+            r.ttft_p99_ms,
+            r.ttft_idle_ms,
+            r.threads,
+            model.device()
+        );
+    }
+    Ok(())
 }
 
 fn bench(a: &BenchArgs) -> CliResult {
+    if let Some(n) = a.concurrency {
+        return serve_bench(a, n);
+    }
     let opts = LoadOptions {
         threads: a.threads,
         device: a.device.parse()?,

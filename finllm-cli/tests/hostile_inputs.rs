@@ -30,12 +30,18 @@ struct Outcome {
     elapsed: Duration,
 }
 
+/// The binary under test: this build's, or `FINLLM_HOSTILE_BIN` (to show an older build failing
+/// these tests).
+fn finllm_bin() -> std::ffi::OsString {
+    std::env::var_os("FINLLM_HOSTILE_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_finllm").into())
+}
+
 /// Run `finllm ARGS` under `prlimit --as=LIMIT` with `stdin`, killed at the deadline.
 fn run_limited(address_space: u64, args: &[&str], stdin: &[u8]) -> Outcome {
     let mut child = Command::new("prlimit")
         .arg(format!("--as={address_space}"))
         .arg("--")
-        .arg(env!("CARGO_BIN_EXE_finllm"))
+        .arg(finllm_bin())
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -200,7 +206,7 @@ fn a_closed_pipe_ends_quietly() {
         .write(&path)
         .unwrap();
     // `finllm info --tensors | head -1`: the reader goes away after one line.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_finllm"))
+    let mut child = Command::new(finllm_bin())
         .args(["info", "--tensors", path.to_str().unwrap()])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -57,6 +57,12 @@ costs, while loan growth slowed to 2.3% year over year. ";
 
 /// A prompt of exactly `n` tokens for `model`.
 pub fn prompt_ids(model: &Model, n: usize) -> Result<Vec<u32>> {
+    prompt_ids_from(model, n, 0)
+}
+
+/// A prompt of exactly `n` tokens for `model`, starting `offset` tokens into the benchmark text
+/// (distinct offsets give distinct prompts of the same cost).
+pub fn prompt_ids_from(model: &Model, n: usize, offset: usize) -> Result<Vec<u32>> {
     let one = model.tokenize(TEXT)?;
     if one.is_empty() {
         return Err(Error::invalid(
@@ -64,7 +70,7 @@ pub fn prompt_ids(model: &Model, n: usize) -> Result<Vec<u32>> {
             "the tokenizer produced no tokens for the benchmark text",
         ));
     }
-    Ok(one.iter().cycle().take(n).copied().collect())
+    Ok(one.iter().cycle().skip(offset % one.len()).take(n).copied().collect())
 }
 
 /// Run the benchmark: each run prefills the prompt into a fresh cache, then decodes greedily

@@ -158,6 +158,7 @@ fn params(
         max_tokens,
         stop: stop.unwrap_or_default(),
         top_logits,
+        ..Default::default()
     }
 }
 

@@ -22,6 +22,7 @@
 //! deadlines ([`Request::deadline`]) are checked before every step; the request's cache is freed
 //! at that step.
 
+pub mod bench;
 mod metrics;
 mod scheduler;
 mod stream;

@@ -23,6 +23,9 @@ pub struct GenerateParams {
     pub stop: Vec<String>,
     /// Record the top-k `(id, logit)` before each generated token (0: off).
     pub top_logits: usize,
+    /// Keep generating past end-of-sequence tokens until `max_tokens` or a stop string, as
+    /// benchmarks do so that every run generates the same number of tokens.
+    pub ignore_eos: bool,
 }
 
 impl Default for GenerateParams {
@@ -32,6 +35,7 @@ impl Default for GenerateParams {
             max_tokens: 256,
             stop: Vec::new(),
             top_logits: 0,
+            ignore_eos: false,
         }
     }
 }
@@ -203,7 +207,7 @@ impl<'t> Decoding<'t> {
             Vec::new()
         };
         let id = self.sampler.sample(logits, &self.history);
-        if self.tokenizer.stop_ids().contains(&id) {
+        if !self.params.ignore_eos && self.tokenizer.stop_ids().contains(&id) {
             return Ok(self.finish(id, String::new(), top, FinishReason::Eos));
         }
         self.history.push(id);
