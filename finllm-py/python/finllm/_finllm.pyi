@@ -2,7 +2,7 @@
 
 from os import PathLike
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, Mapping, Optional, Sequence, Tuple, Union
 
 __version__: str
 build_info: str
@@ -41,6 +41,15 @@ class AuditError(FinllmError):
 
 class AuditPoisonedError(AuditError):
     """An earlier write of the audit log failed, so it refuses all further records."""
+
+class EngineBusyError(FinllmError):
+    """The engine's queue is full; nothing was queued. Retry later or pass wait_s."""
+
+class DeadlineExceededError(FinllmError):
+    """The request's deadline passed before it finished."""
+
+class EngineError(FinllmError):
+    """The engine could not serve the request (its scheduler stopped, or a batched step failed)."""
 
 class Generation:
     """The result of a generation."""
@@ -449,3 +458,90 @@ class Guard:
         adapter: Optional[str] = None,
     ) -> TokenIterator:
         """Like chat(), but an iterator of Token; see stream()."""
+
+class EngineStream:
+    """A request's stream of Token from an Engine; iterate it, or `async for` it. Dropping it, or
+    cancel(), stops the request."""
+
+    def __iter__(self) -> EngineStream: ...
+    def __next__(self) -> Token: ...
+    def __aiter__(self) -> EngineStream: ...
+    async def __anext__(self) -> Token: ...
+    def next_token(self) -> Optional[Token]:
+        """The next Token, or None at the end."""
+    def cancel(self) -> None:
+        """Stop the request before its next step; iteration then ends."""
+    @property
+    def result(self) -> Optional[Generation]:
+        """The whole Generation once the stream has ended normally; None before."""
+
+class Engine:
+    """One model served to many callers: requests from any thread or asyncio task join one
+    running batch between forward steps. Thread-safe; the GIL is released while waiting."""
+
+    def __init__(
+        self,
+        model: Model,
+        *,
+        max_running: int = 16,
+        step_tokens: int = 128,
+        kv_budget_tokens: Optional[int] = None,
+        kv_budget_bytes: Optional[int] = None,
+        queue_requests: int = 256,
+        queue_tokens: int = 1048576,
+    ) -> None: ...
+    def generate(
+        self,
+        prompt: str,
+        *,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        min_p: float = 0.0,
+        repetition_penalty: float = 1.0,
+        seed: int = 0,
+        stop: Optional[Sequence[str]] = None,
+        top_logits: int = 0,
+        deadline_s: Optional[float] = None,
+        wait_s: Optional[float] = None,
+    ) -> Generation:
+        """Generate a continuation of raw prompt text; returns what Model.generate returns.
+        `deadline_s` bounds the whole request; `wait_s` waits that long for room in a full queue
+        (default: EngineBusyError at once)."""
+    def chat(
+        self,
+        messages: Sequence[Any],
+        *,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        min_p: float = 0.0,
+        repetition_penalty: float = 1.0,
+        seed: int = 0,
+        stop: Optional[Sequence[str]] = None,
+        top_logits: int = 0,
+        deadline_s: Optional[float] = None,
+        wait_s: Optional[float] = None,
+    ) -> Generation:
+        """Answer a conversation with the model's chat template."""
+    def stream(
+        self,
+        prompt: Optional[str] = None,
+        *,
+        messages: Optional[Sequence[Any]] = None,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        min_p: float = 0.0,
+        repetition_penalty: float = 1.0,
+        seed: int = 0,
+        stop: Optional[Sequence[str]] = None,
+        deadline_s: Optional[float] = None,
+        wait_s: Optional[float] = None,
+    ) -> EngineStream:
+        """Like generate(), but a stream of Token as they are produced."""
+    def metrics(self) -> Dict[str, Any]:
+        """Counters, gauges and latency percentiles (milliseconds) as a dict."""

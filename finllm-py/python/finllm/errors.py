@@ -6,7 +6,10 @@ from finllm._finllm import (
     BackendError,
     ChatTemplateError,
     ContextOverflowError,
+    DeadlineExceededError,
     DeviceError,
+    EngineBusyError,
+    EngineError,
     FinllmError,
     InvalidArgument,
     ModelLoadError,
@@ -26,4 +29,7 @@ __all__ = [
     "PolicyError",
     "AuditError",
     "AuditPoisonedError",
+    "EngineBusyError",
+    "DeadlineExceededError",
+    "EngineError",
 ]

@@ -1,0 +1,327 @@
+//! `finllm.Engine`: many Python threads (or asyncio tasks) served by one continuous batch.
+//! Only conversion lives here; requests go through `finllm_core::engine`.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use finllm_core as core;
+use finllm_core::engine as eng;
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use crate::{params, to_py, Generation, Model, Token};
+
+fn invalid(name: &str, reason: String) -> PyErr {
+    to_py(core::Error::InvalidArgument {
+        name: name.into(),
+        reason,
+    })
+}
+
+/// Seconds from Python as a Duration (None stays None).
+fn seconds(name: &str, s: Option<f64>) -> PyResult<Option<Duration>> {
+    s.map(|s| Duration::try_from_secs_f64(s).map_err(|e| invalid(name, format!("{s} seconds: {e}"))))
+        .transpose()
+}
+
+/// One model served to many callers: requests from any thread join one running batch between
+/// forward steps. Thread-safe; the GIL is released while waiting.
+#[pyclass(frozen, module = "finllm._finllm")]
+pub(crate) struct Engine {
+    inner: eng::Engine,
+}
+
+/// A request's stream of Token; iterate it (or `async for` it through finllm.Engine.astream).
+/// Dropping it, or cancel(), stops the request.
+#[pyclass(module = "finllm._finllm")]
+pub(crate) struct EngineStream {
+    inner: Mutex<Option<eng::RequestStream>>,
+    cancel: eng::CancelHandle,
+    result: Mutex<Option<Generation>>,
+}
+
+impl Engine {
+    fn submit(
+        &self,
+        py: Python<'_>,
+        prompt: eng::Prompt,
+        p: core::GenerateParams,
+        deadline_s: Option<f64>,
+        wait_s: Option<f64>,
+    ) -> PyResult<eng::RequestStream> {
+        let request = eng::Request {
+            prompt,
+            params: p,
+            deadline: seconds("deadline_s", deadline_s)?,
+        };
+        let wait = seconds("wait_s", wait_s)?;
+        let engine = &self.inner;
+        py.detach(|| match wait {
+            Some(w) => engine.submit_timeout(request, w),
+            None => engine.submit(request),
+        })
+        .map_err(to_py)
+    }
+}
+
+#[pymethods]
+impl Engine {
+    /// Start serving `model`. `kv_budget_tokens` / `kv_budget_bytes` bound the KV cache of all
+    /// running requests together (default 1 GiB); `queue_requests` / `queue_tokens` bound what
+    /// waits; `step_tokens` is the most tokens one forward step runs.
+    #[new]
+    #[pyo3(signature = (model, *, max_running=16, step_tokens=128, kv_budget_tokens=None, kv_budget_bytes=None,
+                        queue_requests=256, queue_tokens=1048576))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        model: &Model,
+        max_running: usize,
+        step_tokens: usize,
+        kv_budget_tokens: Option<usize>,
+        kv_budget_bytes: Option<u64>,
+        queue_requests: usize,
+        queue_tokens: usize,
+    ) -> PyResult<Self> {
+        let kv_budget = match (kv_budget_tokens, kv_budget_bytes) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "kv_budget_tokens",
+                    "give kv_budget_tokens or kv_budget_bytes, not both".into(),
+                ))
+            }
+            (Some(t), None) => eng::KvBudget::Tokens(t),
+            (None, Some(b)) => eng::KvBudget::Bytes(b),
+            (None, None) => eng::EngineConfig::default().kv_budget,
+        };
+        let config = eng::EngineConfig {
+            max_running,
+            step_tokens,
+            kv_budget,
+            queue_requests,
+            queue_tokens,
+        };
+        let inner = eng::Engine::new(model.inner.clone(), config).map_err(to_py)?;
+        Ok(Self { inner })
+    }
+
+    /// Generate a continuation of raw prompt text; returns what Model.generate returns.
+    /// `deadline_s` bounds the whole request; `wait_s` waits that long for room in a full queue
+    /// (default: EngineBusyError at once).
+    #[pyo3(signature = (prompt, *, max_tokens=256, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0,
+                        repetition_penalty=1.0, seed=0, stop=None, top_logits=0, deadline_s=None,
+                        wait_s=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn generate(
+        &self,
+        py: Python<'_>,
+        prompt: String,
+        max_tokens: usize,
+        temperature: f32,
+        top_k: usize,
+        top_p: f32,
+        min_p: f32,
+        repetition_penalty: f32,
+        seed: u64,
+        stop: Option<Vec<String>>,
+        top_logits: usize,
+        deadline_s: Option<f64>,
+        wait_s: Option<f64>,
+    ) -> PyResult<Generation> {
+        let p = params(
+            max_tokens,
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            repetition_penalty,
+            seed,
+            stop,
+            top_logits,
+        );
+        let stream = self.submit(py, eng::Prompt::Text(prompt), p, deadline_s, wait_s)?;
+        Ok(py.detach(|| stream.wait()).map_err(to_py)?.into())
+    }
+
+    /// Answer a conversation with the model's chat template.
+    #[pyo3(signature = (messages, *, max_tokens=256, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0,
+                        repetition_penalty=1.0, seed=0, stop=None, top_logits=0, deadline_s=None,
+                        wait_s=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn chat(
+        &self,
+        py: Python<'_>,
+        messages: Vec<Bound<'_, PyAny>>,
+        max_tokens: usize,
+        temperature: f32,
+        top_k: usize,
+        top_p: f32,
+        min_p: f32,
+        repetition_penalty: f32,
+        seed: u64,
+        stop: Option<Vec<String>>,
+        top_logits: usize,
+        deadline_s: Option<f64>,
+        wait_s: Option<f64>,
+    ) -> PyResult<Generation> {
+        let p = params(
+            max_tokens,
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            repetition_penalty,
+            seed,
+            stop,
+            top_logits,
+        );
+        let prompt = eng::Prompt::Chat(crate::messages(messages)?);
+        let stream = self.submit(py, prompt, p, deadline_s, wait_s)?;
+        Ok(py.detach(|| stream.wait()).map_err(to_py)?.into())
+    }
+
+    /// Like generate(), but an iterator of Token as they are produced. Pass `messages` instead
+    /// of `prompt` for a conversation.
+    #[pyo3(signature = (prompt=None, *, messages=None, max_tokens=256, temperature=0.0, top_k=0, top_p=1.0,
+                        min_p=0.0, repetition_penalty=1.0, seed=0, stop=None, deadline_s=None, wait_s=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn stream(
+        &self,
+        py: Python<'_>,
+        prompt: Option<String>,
+        messages: Option<Vec<Bound<'_, PyAny>>>,
+        max_tokens: usize,
+        temperature: f32,
+        top_k: usize,
+        top_p: f32,
+        min_p: f32,
+        repetition_penalty: f32,
+        seed: u64,
+        stop: Option<Vec<String>>,
+        deadline_s: Option<f64>,
+        wait_s: Option<f64>,
+    ) -> PyResult<EngineStream> {
+        let prompt = match (prompt, messages) {
+            (Some(p), None) => eng::Prompt::Text(p),
+            (None, Some(m)) => eng::Prompt::Chat(crate::messages(m)?),
+            _ => return Err(invalid("prompt", "give a prompt or messages (one of them)".into())),
+        };
+        let p = params(
+            max_tokens,
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            repetition_penalty,
+            seed,
+            stop,
+            0,
+        );
+        let stream = self.submit(py, prompt, p, deadline_s, wait_s)?;
+        Ok(EngineStream {
+            cancel: stream.cancel_handle(),
+            inner: Mutex::new(Some(stream)),
+            result: Mutex::new(None),
+        })
+    }
+
+    /// Counters, gauges and latency percentiles (milliseconds) as a dict.
+    fn metrics<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let m = self.inner.metrics();
+        let d = PyDict::new(py);
+        d.set_item("queued", m.queued)?;
+        d.set_item("running", m.running)?;
+        d.set_item("kv_tokens_reserved", m.kv_tokens_reserved)?;
+        d.set_item("kv_tokens_budget", m.kv_tokens_budget)?;
+        d.set_item("submitted", m.submitted)?;
+        d.set_item("completed", m.completed)?;
+        d.set_item("cancelled", m.cancelled)?;
+        d.set_item("failed", m.failed)?;
+        d.set_item("rejected", m.rejected)?;
+        d.set_item("prompt_tokens", m.prompt_tokens)?;
+        d.set_item("generated_tokens", m.generated_tokens)?;
+        d.set_item("steps", m.steps)?;
+        d.set_item("decode_tokens_per_s", m.decode_tokens_per_s)?;
+        for (name, p) in [
+            ("queue_ms", m.queue_ms),
+            ("ttft_ms", m.ttft_ms),
+            ("tpot_ms", m.tpot_ms),
+            ("batch_size", m.batch_size),
+        ] {
+            let q = PyDict::new(py);
+            q.set_item("count", p.count)?;
+            q.set_item("p50", p.p50)?;
+            q.set_item("p95", p.p95)?;
+            q.set_item("p99", p.p99)?;
+            q.set_item("max", p.max)?;
+            d.set_item(name, q)?;
+        }
+        Ok(d)
+    }
+}
+
+#[pymethods]
+impl EngineStream {
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __next__(&self, py: Python<'_>) -> PyResult<Option<Token>> {
+        self.next_token(py)
+    }
+
+    /// `async for token in stream`: each step waits on a thread of the event loop's default
+    /// executor, so the loop keeps running.
+    fn __aiter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __anext__<'py>(slf: Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        py.import("finllm._aio")?.call_method1("anext", (slf,))
+    }
+
+    /// The next Token, or None at the end (for callers that do not iterate).
+    fn next_token(&self, py: Python<'_>) -> PyResult<Option<Token>> {
+        let next = py.detach(|| {
+            let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            let stream = guard.as_mut()?;
+            let next = stream.next();
+            if next.is_none() {
+                // Ended normally: keep the result, release the stream.
+                let generation = stream.generation().cloned();
+                *guard = None;
+                *self.result.lock().unwrap_or_else(|p| p.into_inner()) = generation.map(Generation::from);
+            } else if matches!(next, Some(Err(_))) {
+                *guard = None;
+            }
+            next
+        });
+        match next {
+            Some(Ok(ev)) => Ok(Some(Token {
+                id: ev.id,
+                text: ev.text,
+                finish_reason: ev.finish.map(core::FinishReason::as_str),
+            })),
+            Some(Err(e)) => Err(to_py(e)),
+            None => Ok(None),
+        }
+    }
+
+    /// Stop the request before its next step; iteration then ends (result.finish_reason is
+    /// "cancelled").
+    fn cancel(&self) {
+        self.cancel.cancel();
+    }
+
+    /// The whole Generation once the stream has ended normally; None before.
+    #[getter]
+    fn result(&self) -> Option<Generation> {
+        self.result.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Engine>()?;
+    m.add_class::<EngineStream>()?;
+    Ok(())
+}
