@@ -86,6 +86,10 @@ impl ChatTemplate {
     pub fn new(source: &str, tokenizer: &Tokenizer) -> Result<Self> {
         let mut env = minijinja::Environment::new();
         env.set_fuel(Some(TEMPLATE_FUEL));
+        // No source excerpts in errors: minijinja 2.24 builds them with a column subtraction
+        // that overflows on some hostile templates (found by the chat_template fuzz target);
+        // errors name the line instead (see `describe`).
+        env.set_debug(false);
         // HF templates call Python string methods (`.strip()`, `.startswith()`).
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function(
@@ -95,7 +99,7 @@ impl ChatTemplate {
             },
         );
         env.add_template_owned(NAME, source.to_string())
-            .map_err(|e| Error::ChatTemplate(format!("cannot parse the template: {e:#}")))?;
+            .map_err(|e| Error::ChatTemplate(format!("cannot parse the template: {}", describe(&e))))?;
         let text = |id: Option<u32>| id.and_then(|i| tokenizer.token_text(i)).unwrap_or_default();
         Ok(Self {
             env,
@@ -138,7 +142,18 @@ impl ChatTemplate {
                 "rendering stopped after {TEMPLATE_FUEL} template instructions: the template loops \
                  without bound"
             ))),
-            Err(e) => Err(Error::ChatTemplate(format!("rendering failed: {e:#}"))),
+            Err(e) => Err(Error::ChatTemplate(format!("rendering failed: {}", describe(&e)))),
         }
     }
+}
+
+/// A template error and its causes in one line, with the template line where known.
+fn describe(e: &minijinja::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    text
 }
