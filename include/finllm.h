@@ -77,6 +77,18 @@ typedef enum {
   // The requested device cannot be used: CUDA asked for in a build without it, no such
   // GPU, or no driver. The message says which.
   FINLLM_ERROR_DEVICE = 18,
+  // The engine's queue is full; nothing was queued. Retry later, or set wait_ms.
+  FINLLM_ERROR_BUSY = 19,
+  // The request can never run on this engine: prompt plus max_tokens need more KV cache than
+  // its whole budget, or the prompt more tokens than its queue holds.
+  FINLLM_ERROR_REQUEST_TOO_LARGE = 20,
+  // The request's deadline passed before it finished.
+  FINLLM_ERROR_DEADLINE_EXCEEDED = 21,
+  // The engine could not serve the request (its scheduler stopped, or a batched step
+  // failed); the message says which.
+  FINLLM_ERROR_ENGINE = 22,
+  // Nothing arrived within the caller's timeout; call again.
+  FINLLM_ERROR_TIMEOUT = 23,
 } finllm_status;
 
 // Why a generation ended.
@@ -111,6 +123,12 @@ typedef enum {
 // Thread safety: fully thread-safe; must outlive the calls that use it.
 typedef struct finllm_cancel finllm_cancel;
 
+// Many requests, one model: a scheduler thread runs every submitted request in one batch
+// (continuous batching), within a KV-cache budget and a bounded queue. Thread safety: fully
+// thread-safe; free it only when no call is using it (requests already submitted keep running
+// and stay valid after the engine is freed).
+typedef struct finllm_engine finllm_engine;
+
 // The result of one generation. Thread safety: read-only after creation, shareable.
 typedef struct finllm_generation finllm_generation;
 
@@ -127,6 +145,12 @@ typedef struct finllm_model finllm_model;
 // A compiled output policy (TOML rule packs). Thread safety: read-only, shareable by any
 // number of threads; must not be freed while a call is using it.
 typedef struct finllm_policy finllm_policy;
+
+// A submitted request: pull its tokens with finllm_request_next, or wait for the whole answer
+// with finllm_request_wait. Thread safety: finllm_request_cancel may be called from any
+// thread at any time; the other calls on one request must not run at the same time.
+// finllm_request_free cancels a request that has not ended.
+typedef struct finllm_request finllm_request;
 
 // Options for finllm_model_load. Get defaults from finllm_load_default_params().
 typedef struct {
@@ -260,6 +284,60 @@ typedef struct {
   uint64_t expected_head_seq;
   const char *expected_head_hash;
 } finllm_audit_verify_params;
+
+// Options for finllm_engine_new. Get defaults from finllm_engine_default_params().
+typedef struct {
+  // sizeof(finllm_engine_params) as the caller compiled it.
+  uint32_t struct_size;
+  // Most requests in the running batch at once.
+  uint32_t max_running;
+  // Most tokens one forward step runs (a decode token per running request plus prompt
+  // chunks); at least max_running.
+  uint32_t step_tokens;
+  // KV cache of all running requests together, in positions; 0 to use kv_budget_bytes.
+  uint64_t kv_budget_tokens;
+  // The same budget in bytes of f16 keys and values (used when kv_budget_tokens is 0).
+  uint64_t kv_budget_bytes;
+  // Most requests waiting to start.
+  uint32_t queue_requests;
+  // Most prompt tokens waiting to start, summed over the queue.
+  uint64_t queue_tokens;
+} finllm_engine_params;
+
+// One request for finllm_engine_submit / finllm_engine_generate. Get defaults from
+// finllm_submit_default_params(). Give exactly one prompt: `prompt`, `messages` or `ids`.
+// Everything is copied during the call.
+typedef struct {
+  // sizeof(finllm_submit_params) as the caller compiled it.
+  uint32_t struct_size;
+  // Raw prompt text (NUL-terminated UTF-8), or NULL.
+  const char *prompt;
+  // A conversation rendered with the model's chat template, or NULL.
+  const finllm_chat_message *messages;
+  size_t n_messages;
+  // Prompt token ids, or NULL.
+  const uint32_t *ids;
+  size_t n_ids;
+  // Generation options, or NULL for the defaults.
+  const finllm_generate_params *generate;
+  // Milliseconds allowed from submission to the last token (0: no deadline); past it the
+  // request ends with FINLLM_ERROR_DEADLINE_EXCEEDED.
+  uint64_t deadline_ms;
+  // Milliseconds to wait for room when the queue is full (0: FINLLM_ERROR_BUSY at once).
+  uint64_t wait_ms;
+} finllm_submit_params;
+
+// One streamed step of a request, filled by finllm_request_next.
+typedef struct {
+  // 1 when the request has ended (nothing else is set); 0 for a token.
+  int32_t done;
+  // The generated token.
+  uint32_t token_id;
+  // Text released by this step (NUL-terminated UTF-8, possibly empty), owned by the request
+  // and valid until the next call on it.
+  const char *text;
+  size_t text_len;
+} finllm_token_event;
 
 // Concurrent requests share one fsync (same guarantee as every-record, more throughput).
 #define FINLLM_FSYNC_GROUP_COMMIT 0
@@ -646,6 +724,92 @@ finllm_status finllm_audit_verify(const char *path,
                                   uint64_t *out_records,
                                   uint64_t *out_issues,
                                   uint64_t *out_first_issue_record);
+
+// Default engine options: 16 running requests, 128 tokens per step, a 1 GiB KV budget, a
+// queue of 256 requests and 1 Mi prompt tokens.
+finllm_engine_params finllm_engine_default_params(void);
+
+// Default request options: no prompt yet, default generation, no deadline, no wait.
+finllm_submit_params finllm_submit_default_params(void);
+
+// Start an engine serving `model` (which must outlive the engine). `params` NULL for the
+// defaults.
+//
+// # Safety
+// `model` live; `params` NULL or valid for its struct_size bytes; `out` writable.
+finllm_status finllm_engine_new(const finllm_model *model,
+                                const finllm_engine_params *params,
+                                finllm_engine **out);
+
+// Free an engine handle (NULL is fine). Running requests finish; their handles stay valid.
+//
+// # Safety
+// `engine` NULL or a live handle not used by any other call.
+void finllm_engine_free(finllm_engine *engine);
+
+// Queue a request and get its handle at once (free it with finllm_request_free). A full
+// queue is FINLLM_ERROR_BUSY (after waiting up to wait_ms); a request that can never run on
+// this engine is FINLLM_ERROR_REQUEST_TOO_LARGE (or another typed error) here.
+//
+// # Safety
+// `engine` live; `params` valid as documented on finllm_submit_params; `out` writable.
+finllm_status finllm_engine_submit(const finllm_engine *engine,
+                                   const finllm_submit_params *params,
+                                   finllm_request **out);
+
+// Submit a request and wait for its whole answer, calling `callback` (may be NULL) with each
+// piece of text; a non-zero return from the callback cancels the request (the result then
+// says FINLLM_FINISH_CANCELLED). Free the result with finllm_generation_free.
+//
+// # Safety
+// As finllm_engine_submit; `callback` NULL or callable with `user_data`; `out` writable.
+finllm_status finllm_engine_generate(const finllm_engine *engine,
+                                     const finllm_submit_params *params,
+                                     finllm_token_callback callback,
+                                     void *user_data,
+                                     finllm_generation **out);
+
+// Wait for the request's next token and describe it in `*event` (its text is owned by the
+// request until the next call). When the request has ended, `event->done` is 1. A failed
+// request returns its error (FINLLM_ERROR_DEADLINE_EXCEEDED, ...). `timeout_ms` 0 waits as
+// long as it takes; otherwise FINLLM_ERROR_TIMEOUT when nothing came in time (call again).
+//
+// # Safety
+// `request` live, not used by another call at the same time (except cancel); `event` writable.
+finllm_status finllm_request_next(const finllm_request *request,
+                                  uint64_t timeout_ms,
+                                  finllm_token_event *event);
+
+// Read the request to its end and return the whole answer (what was not yet pulled with
+// finllm_request_next is included in the text; the ids are all of them). Free the result with
+// finllm_generation_free; the request handle still needs finllm_request_free.
+//
+// # Safety
+// As finllm_request_next; `out` writable.
+finllm_status finllm_request_wait(const finllm_request *request, finllm_generation **out);
+
+// Stop the request before its next step (from any thread); its cache is freed then, and
+// reading it ends with FINLLM_FINISH_CANCELLED. NULL is fine.
+//
+// # Safety
+// `request` NULL or live.
+void finllm_request_cancel(const finllm_request *request);
+
+// Free a request handle (NULL is fine), cancelling the request if it has not ended.
+//
+// # Safety
+// `request` NULL or a live handle not used by any other call.
+void finllm_request_free(finllm_request *request);
+
+// The engine's metrics in the Prometheus text exposition format (counters, gauges, and
+// latency summaries with P50/P95/P99), copied into `buf` as with the other string-out calls.
+//
+// # Safety
+// `engine` live; `buf` NULL or valid for `buf_len` writes; `needed` writable.
+finllm_status finllm_engine_metrics_text(const finllm_engine *engine,
+                                         char *buf,
+                                         size_t buf_len,
+                                         size_t *needed);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -5,6 +5,8 @@
 //! `FINLLM_ERROR_PANIC`, and errors into a status code plus a per-thread message.
 #![allow(non_camel_case_types)]
 
+mod engine;
+
 use std::cell::RefCell;
 use std::ffi::{c_char, c_void, CStr};
 use std::ops::ControlFlow;
@@ -73,6 +75,18 @@ pub enum finllm_status {
     /// The requested device cannot be used: CUDA asked for in a build without it, no such
     /// GPU, or no driver. The message says which.
     FINLLM_ERROR_DEVICE = 18,
+    /// The engine's queue is full; nothing was queued. Retry later, or set wait_ms.
+    FINLLM_ERROR_BUSY = 19,
+    /// The request can never run on this engine: prompt plus max_tokens need more KV cache than
+    /// its whole budget, or the prompt more tokens than its queue holds.
+    FINLLM_ERROR_REQUEST_TOO_LARGE = 20,
+    /// The request's deadline passed before it finished.
+    FINLLM_ERROR_DEADLINE_EXCEEDED = 21,
+    /// The engine could not serve the request (its scheduler stopped, or a batched step
+    /// failed); the message says which.
+    FINLLM_ERROR_ENGINE = 22,
+    /// Nothing arrived within the caller's timeout; call again.
+    FINLLM_ERROR_TIMEOUT = 23,
 }
 
 use finllm_status::*;
@@ -121,7 +135,7 @@ pub const FINLLM_FSYNC_EVERY_RECORD: finllm_fsync_policy = 1;
 /// A loaded model. Thread safety: one handle may be used by any number of threads at once
 /// (each call keeps its own state); it must not be freed while a call is using it.
 pub struct finllm_model {
-    inner: Model,
+    inner: Arc<Model>,
 }
 
 /// The result of one generation. Thread safety: read-only after creation, shareable.
@@ -338,6 +352,10 @@ impl From<Error> for Failure {
             Error::AuditPoisoned { .. } => FINLLM_ERROR_AUDIT_POISONED,
             Error::AuditNotRegularFile { .. } => FINLLM_ERROR_AUDIT,
             Error::DeviceUnavailable { .. } => FINLLM_ERROR_DEVICE,
+            Error::Busy { .. } => FINLLM_ERROR_BUSY,
+            Error::RequestTooLarge { .. } => FINLLM_ERROR_REQUEST_TOO_LARGE,
+            Error::DeadlineExceeded { .. } => FINLLM_ERROR_DEADLINE_EXCEEDED,
+            Error::Engine { .. } => FINLLM_ERROR_ENGINE,
             _ => FINLLM_ERROR_OTHER,
         };
         Failure(status, e.to_string())
@@ -530,6 +548,11 @@ pub extern "C" fn finllm_status_name(status: i32) -> *const c_char {
         16 => "FINLLM_ERROR_AUDIT\0",
         17 => "FINLLM_ERROR_AUDIT_POISONED\0",
         18 => "FINLLM_ERROR_DEVICE\0",
+        19 => "FINLLM_ERROR_BUSY\0",
+        20 => "FINLLM_ERROR_REQUEST_TOO_LARGE\0",
+        21 => "FINLLM_ERROR_DEADLINE_EXCEEDED\0",
+        22 => "FINLLM_ERROR_ENGINE\0",
+        23 => "FINLLM_ERROR_TIMEOUT\0",
         _ => "FINLLM_ERROR_UNKNOWN_STATUS\0",
     };
     name.as_ptr().cast()
@@ -636,7 +659,7 @@ pub unsafe extern "C" fn finllm_model_load(
             check_weights: p.check_weights != 0,
         };
         let model = Model::load(path, &opts)?;
-        let handle = Box::into_raw(Box::new(finllm_model { inner: model }));
+        let handle = Box::into_raw(Box::new(finllm_model { inner: Arc::new(model) }));
         unsafe { put(out, handle, "out") }
     })
 }
@@ -823,6 +846,7 @@ unsafe fn generate_params(p: *const finllm_generate_params) -> Result<GeneratePa
         max_tokens: p.max_tokens as usize,
         stop,
         top_logits: 0,
+        ignore_eos: false,
     })
 }
 

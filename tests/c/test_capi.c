@@ -811,6 +811,256 @@ static void test_guarded_fail_closed(void) {
   }
 }
 
+/* ---- engine ------------------------------------------------------------------------------ */
+
+static const char *ENGINE_PROMPTS[] = {"the rate", "the bond yield", "a rate of interest", "the credit", "rate"};
+#define N_ENGINE_PROMPTS 5
+
+struct engine_job {
+  const finllm_engine *engine;
+  const char *prompt;
+  finllm_status status;
+  char text[512];
+};
+
+static void *engine_thread(void *arg) {
+  struct engine_job *job = arg;
+  finllm_generate_params g = finllm_generate_default_params();
+  g.max_tokens = 12;
+  finllm_submit_params sp = finllm_submit_default_params();
+  sp.prompt = job->prompt;
+  sp.generate = &g;
+  sp.wait_ms = 10000;
+  finllm_generation *out = NULL;
+  job->status = finllm_engine_generate(job->engine, &sp, NULL, NULL, &out);
+  if (out) {
+    snprintf(job->text, sizeof job->text, "%s", finllm_generation_text(out, NULL));
+    finllm_generation_free(out);
+  }
+  return NULL;
+}
+
+/* Random submits, pulls, cancels, frees and deadlines from several threads: every call returns a
+   status the contract allows, and ASan sees no leak or bad access. */
+struct soak_job {
+  const finllm_engine *engine;
+  unsigned seed;
+  int bad;
+};
+
+static void *soak_thread(void *arg) {
+  struct soak_job *job = arg;
+  for (int i = 0; i < 12; i++) {
+    unsigned r = (job->seed = job->seed * 1103515245u + 12345u) >> 8;
+    finllm_generate_params g = finllm_generate_default_params();
+    g.max_tokens = 1 + r % 30;
+    finllm_submit_params sp = finllm_submit_default_params();
+    sp.prompt = ENGINE_PROMPTS[r % N_ENGINE_PROMPTS];
+    sp.generate = &g;
+    sp.deadline_ms = (r % 5 == 0) ? 1 + r % 10 : 0;
+    sp.wait_ms = (r % 3 == 0) ? 0 : 50;
+    finllm_request *req = NULL;
+    finllm_status st = finllm_engine_submit(job->engine, &sp, &req);
+    if (st == FINLLM_ERROR_BUSY) continue;
+    if (st != FINLLM_OK) {
+      job->bad++;
+      continue;
+    }
+    finllm_token_event ev;
+    int pulls = (int)(r % 4);
+    for (int k = 0; k < pulls; k++) {
+      st = finllm_request_next(req, 0, &ev);
+      if (st != FINLLM_OK || ev.done) break;
+    }
+    if (st != FINLLM_OK && st != FINLLM_ERROR_DEADLINE_EXCEEDED) job->bad++;
+    if (r % 7 == 0) finllm_request_cancel(req);
+    if (r % 2 == 0) {
+      finllm_generation *out = NULL;
+      st = finllm_request_wait(req, &out);
+      if (st != FINLLM_OK && st != FINLLM_ERROR_DEADLINE_EXCEEDED && st != FINLLM_ERROR_ENGINE) job->bad++;
+      finllm_generation_free(out);
+    }
+    finllm_request_free(req); /* cancels an unfinished request */
+  }
+  return NULL;
+}
+
+static void test_engine(const finllm_model *m) {
+  finllm_engine_params ep = finllm_engine_default_params();
+  CHECK(ep.max_running == 16 && ep.step_tokens == 128 && ep.kv_budget_bytes == (1ull << 30));
+  ep.max_running = 4;
+  ep.step_tokens = 8; /* prompts are prefilled in chunks */
+  finllm_engine *engine = NULL;
+  EXPECT_STATUS(finllm_engine_new(m, &ep, &engine), FINLLM_OK);
+  if (!engine) return;
+
+  /* Threads through the engine get what finllm_generate gives each prompt alone. */
+  struct engine_job jobs[N_ENGINE_PROMPTS];
+  pthread_t threads[N_ENGINE_PROMPTS];
+  for (int i = 0; i < N_ENGINE_PROMPTS; i++) {
+    jobs[i] = (struct engine_job){engine, ENGINE_PROMPTS[i], FINLLM_ERROR_OTHER, {0}};
+    pthread_create(&threads[i], NULL, engine_thread, &jobs[i]);
+  }
+  for (int i = 0; i < N_ENGINE_PROMPTS; i++) {
+    pthread_join(threads[i], NULL);
+    CHECK(jobs[i].status == FINLLM_OK);
+    finllm_generate_params g = finllm_generate_default_params();
+    g.max_tokens = 12;
+    finllm_generation *alone = NULL;
+    EXPECT_STATUS(finllm_generate(m, ENGINE_PROMPTS[i], &g, NULL, NULL, NULL, &alone), FINLLM_OK);
+    if (alone) CHECK(strcmp(finllm_generation_text(alone, NULL), jobs[i].text) == 0);
+    finllm_generation_free(alone);
+  }
+
+  /* Pull-based: the pieces add up to the result's text; ids of every step are kept. */
+  finllm_generate_params g = finllm_generate_default_params();
+  g.max_tokens = 10;
+  finllm_submit_params sp = finllm_submit_default_params();
+  sp.prompt = "the rate";
+  sp.generate = &g;
+  finllm_request *req = NULL;
+  EXPECT_STATUS(finllm_engine_submit(engine, &sp, &req), FINLLM_OK);
+  char pieces[512] = {0};
+  size_t used = 0;
+  int steps = 0;
+  finllm_token_event ev;
+  for (;;) {
+    finllm_status st = finllm_request_next(req, 0, &ev);
+    CHECK(st == FINLLM_OK);
+    if (st != FINLLM_OK || ev.done) break;
+    CHECK(strlen(ev.text) == ev.text_len);
+    if (used + ev.text_len < sizeof pieces) {
+      memcpy(pieces + used, ev.text, ev.text_len);
+      used += ev.text_len;
+    }
+    steps++;
+  }
+  finllm_generation *whole = NULL;
+  EXPECT_STATUS(finllm_request_wait(req, &whole), FINLLM_OK);
+  if (whole) {
+    CHECK(strcmp(finllm_generation_text(whole, NULL), pieces) == 0);
+    finllm_generation_free(whole);
+  }
+  EXPECT_STATUS(finllm_request_next(req, 0, &ev), FINLLM_OK); /* ended: stays ended */
+  CHECK(ev.done == 1);
+  finllm_request_free(req);
+  CHECK(steps > 0);
+
+  /* Token ids and chat messages are prompts too; exactly one kind per request. */
+  uint32_t ids[2] = {5, 6};
+  finllm_chat_message msg = {"user", "hi"};
+  sp = finllm_submit_default_params();
+  sp.ids = ids;
+  sp.n_ids = 2;
+  sp.generate = &g;
+  finllm_generation *out = NULL;
+  EXPECT_STATUS(finllm_engine_generate(engine, &sp, NULL, NULL, &out), FINLLM_OK);
+  finllm_generation_free(out);
+  sp.prompt = "the rate"; /* and ids: two prompts */
+  EXPECT_STATUS(finllm_engine_submit(engine, &sp, &req), FINLLM_ERROR_INVALID_ARGUMENT);
+  sp = finllm_submit_default_params();
+  EXPECT_STATUS(finllm_engine_submit(engine, &sp, &req), FINLLM_ERROR_INVALID_ARGUMENT); /* none */
+  sp.messages = &msg;
+  sp.n_messages = 1;
+  sp.generate = &g;
+  out = NULL;
+  finllm_status chat = finllm_engine_generate(engine, &sp, NULL, NULL, &out);
+  CHECK(chat == FINLLM_OK || chat == FINLLM_ERROR_CHAT_TEMPLATE);
+  finllm_generation_free(out);
+  sp = finllm_submit_default_params();
+  sp.ids = NULL;
+  sp.n_ids = 3;
+  EXPECT_STATUS(finllm_engine_submit(engine, &sp, &req), FINLLM_ERROR_NULL_POINTER);
+  uint32_t out_of_range = 0xFFFFFFu;
+  sp.ids = &out_of_range;
+  sp.n_ids = 1;
+  EXPECT_STATUS(finllm_engine_submit(engine, &sp, &req), FINLLM_ERROR_INVALID_ARGUMENT);
+  sp = finllm_submit_default_params();
+  sp.struct_size = 8;
+  sp.prompt = "x";
+  EXPECT_STATUS(finllm_engine_submit(engine, &sp, &req), FINLLM_ERROR_STRUCT_SIZE);
+  sp = finllm_submit_default_params();
+  sp.prompt = "\xc3\x28";
+  EXPECT_STATUS(finllm_engine_submit(engine, &sp, &req), FINLLM_ERROR_INVALID_UTF8);
+  EXPECT_STATUS(finllm_engine_submit(NULL, &sp, &req), FINLLM_ERROR_NULL_POINTER);
+  EXPECT_STATUS(finllm_engine_submit(engine, NULL, &req), FINLLM_ERROR_NULL_POINTER);
+  sp.prompt = "x";
+  EXPECT_STATUS(finllm_engine_submit(engine, &sp, NULL), FINLLM_ERROR_NULL_POINTER);
+  EXPECT_STATUS(finllm_request_next(NULL, 0, &ev), FINLLM_ERROR_NULL_POINTER);
+  EXPECT_STATUS(finllm_request_wait(NULL, &out), FINLLM_ERROR_NULL_POINTER);
+  finllm_request_cancel(NULL);
+  finllm_request_free(NULL);
+  finllm_engine_free(NULL);
+
+  /* A deadline that has passed before the first step: a typed error from the request. */
+  sp = finllm_submit_default_params();
+  sp.prompt = "the rate";
+  g.max_tokens = 100;
+  sp.generate = &g;
+  sp.deadline_ms = 1;
+  EXPECT_STATUS(finllm_engine_submit(engine, &sp, &req), FINLLM_OK);
+  usleep(5000);
+  finllm_status st = finllm_request_wait(req, &out);
+  CHECK(st == FINLLM_ERROR_DEADLINE_EXCEEDED || st == FINLLM_OK); /* OK only if it ended first */
+  if (st == FINLLM_OK) finllm_generation_free(out);
+  finllm_request_free(req);
+
+  /* Cancel from the handle: the request ends cancelled (or by itself, if it was quicker). */
+  sp.deadline_ms = 0;
+  EXPECT_STATUS(finllm_engine_submit(engine, &sp, &req), FINLLM_OK);
+  finllm_request_cancel(req);
+  out = NULL;
+  EXPECT_STATUS(finllm_request_wait(req, &out), FINLLM_OK);
+  if (out) {
+    finllm_finish_reason f = finllm_generation_finish_reason(out);
+    CHECK(f == FINLLM_FINISH_CANCELLED || f == FINLLM_FINISH_EOS || f == FINLLM_FINISH_LENGTH);
+    finllm_generation_free(out);
+  }
+  finllm_request_free(req);
+
+  /* Metrics text: the caller-buffer convention. */
+  size_t needed = 0;
+  char small[8];
+  EXPECT_STATUS(finllm_engine_metrics_text(engine, small, sizeof small, &needed), FINLLM_ERROR_BUFFER_TOO_SMALL);
+  char *text = malloc(needed);
+  EXPECT_STATUS(finllm_engine_metrics_text(engine, text, needed, &needed), FINLLM_OK);
+  CHECK(strstr(text, "# TYPE finllm_engine_requests_submitted_total counter") != NULL);
+  CHECK(strstr(text, "finllm_engine_time_to_first_token_seconds{quantile=\"0.99\"}") != NULL);
+  free(text);
+
+  /* Soak: 8 threads at once on a small queue. */
+  struct soak_job soak[8];
+  pthread_t st_threads[8];
+  for (int i = 0; i < 8; i++) {
+    soak[i] = (struct soak_job){engine, 17u * (unsigned)i + 1u, 0};
+    pthread_create(&st_threads[i], NULL, soak_thread, &soak[i]);
+  }
+  for (int i = 0; i < 8; i++) {
+    pthread_join(st_threads[i], NULL);
+    CHECK(soak[i].bad == 0);
+  }
+  finllm_engine_free(engine);
+
+  /* Engine options: typed errors. */
+  ep = finllm_engine_default_params();
+  ep.max_running = 0;
+  EXPECT_STATUS(finllm_engine_new(m, &ep, &engine), FINLLM_ERROR_INVALID_ARGUMENT);
+  ep = finllm_engine_default_params();
+  ep.struct_size = 4;
+  EXPECT_STATUS(finllm_engine_new(m, &ep, &engine), FINLLM_ERROR_STRUCT_SIZE);
+  EXPECT_STATUS(finllm_engine_new(NULL, NULL, &engine), FINLLM_ERROR_NULL_POINTER);
+  ep = finllm_engine_default_params();
+  ep.kv_budget_tokens = 8;
+  engine = NULL;
+  EXPECT_STATUS(finllm_engine_new(m, &ep, &engine), FINLLM_OK);
+  sp = finllm_submit_default_params();
+  sp.prompt = "the rate";
+  g.max_tokens = 100;
+  sp.generate = &g;
+  EXPECT_STATUS(finllm_engine_submit(engine, &sp, &req), FINLLM_ERROR_REQUEST_TOO_LARGE);
+  finllm_engine_free(engine);
+}
+
 int main(int argc, char **argv) {
   if (argc < 2) {
     fprintf(stderr, "usage: %s TINY_MODEL.gguf\n", argv[0]);
@@ -838,6 +1088,7 @@ int main(int argc, char **argv) {
     test_guarded(m);
     test_guarded_block(m);
     test_guarded_fail_closed();
+    test_engine(m);
     finllm_model_free(m);
   }
   rmdir(tmpdir);

@@ -55,6 +55,133 @@ pub struct EngineMetrics {
     pub uptime: Duration,
 }
 
+impl EngineMetrics {
+    /// The Prometheus text exposition format (version 0.0.4): counters, gauges, and each
+    /// latency as a summary with its P50/P95/P99 over the latest samples. Written here rather
+    /// than through a metrics crate: those keep a process-global recorder or bucket histograms,
+    /// while these quantiles are exact over the window and the format is a few lines.
+    pub fn prometheus_text(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
+            let _ = writeln!(out, "# HELP finllm_engine_{name} {help}");
+            let _ = writeln!(out, "# TYPE finllm_engine_{name} {kind}");
+            let _ = writeln!(out, "finllm_engine_{name} {value}");
+        };
+        metric(
+            "queued_requests",
+            "gauge",
+            "Requests waiting to start.",
+            self.queued as f64,
+        );
+        metric(
+            "running_requests",
+            "gauge",
+            "Requests in the running batch.",
+            self.running as f64,
+        );
+        metric(
+            "kv_tokens_reserved",
+            "gauge",
+            "KV cache positions reserved by running requests.",
+            self.kv_tokens_reserved as f64,
+        );
+        metric(
+            "kv_tokens_budget",
+            "gauge",
+            "KV cache positions the engine may reserve.",
+            self.kv_tokens_budget as f64,
+        );
+        metric(
+            "requests_submitted_total",
+            "counter",
+            "Requests accepted into the queue.",
+            self.submitted as f64,
+        );
+        metric(
+            "requests_completed_total",
+            "counter",
+            "Requests that ended normally (cancelled ones included).",
+            self.completed as f64,
+        );
+        metric(
+            "requests_cancelled_total",
+            "counter",
+            "Requests cancelled by their caller.",
+            self.cancelled as f64,
+        );
+        metric(
+            "requests_failed_total",
+            "counter",
+            "Requests that ended with an error (deadlines included).",
+            self.failed as f64,
+        );
+        metric(
+            "requests_rejected_total",
+            "counter",
+            "Requests refused at submit (busy, too large, invalid).",
+            self.rejected as f64,
+        );
+        metric(
+            "prompt_tokens_total",
+            "counter",
+            "Prompt tokens of accepted requests.",
+            self.prompt_tokens as f64,
+        );
+        metric(
+            "generated_tokens_total",
+            "counter",
+            "Tokens generated.",
+            self.generated_tokens as f64,
+        );
+        metric(
+            "prefix_hit_tokens_total",
+            "counter",
+            "Prompt tokens served from the shared-prefix cache.",
+            self.prefix_hit_tokens as f64,
+        );
+        metric("steps_total", "counter", "Forward steps run.", self.steps as f64);
+        metric(
+            "busy_seconds_total",
+            "counter",
+            "Time spent in forward steps.",
+            self.busy.as_secs_f64(),
+        );
+        for (name, help, p, scale) in [
+            (
+                "queue_seconds",
+                "Time from submission to admission.",
+                self.queue_ms,
+                1e-3,
+            ),
+            (
+                "time_to_first_token_seconds",
+                "Time from submission to the first token.",
+                self.ttft_ms,
+                1e-3,
+            ),
+            (
+                "time_per_output_token_seconds",
+                "Time per output token after the first.",
+                self.tpot_ms,
+                1e-3,
+            ),
+            ("batch_size", "Requests per forward step.", self.batch_size, 1.0),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP finllm_engine_{name} {help} Quantiles over the latest samples."
+            );
+            let _ = writeln!(out, "# TYPE finllm_engine_{name} summary");
+            for (q, v) in [("0.5", p.p50), ("0.95", p.p95), ("0.99", p.p99)] {
+                let _ = writeln!(out, "finllm_engine_{name}{{quantile=\"{q}\"}} {}", v * scale);
+            }
+            let _ = writeln!(out, "finllm_engine_{name}_count {}", p.count);
+        }
+        out
+    }
+}
+
 #[derive(Default)]
 struct Series {
     count: u64,
@@ -249,5 +376,39 @@ mod tests {
         assert_eq!(p.count, WINDOW as u64 + 10);
         assert_eq!(p.max, (WINDOW + 9) as f64);
         assert_eq!(p.p50, (10 + WINDOW / 2 - 1) as f64);
+    }
+
+    #[test]
+    fn prometheus_text_is_well_formed() {
+        let m = EngineMetrics {
+            queued: 3,
+            submitted: 7,
+            ttft_ms: Percentiles {
+                count: 5,
+                p50: 12.0,
+                p95: 40.0,
+                p99: 50.0,
+                max: 50.0,
+            },
+            ..Default::default()
+        };
+        let text = m.prometheus_text();
+        assert!(text.contains("finllm_engine_queued_requests 3\n"));
+        assert!(text.contains("finllm_engine_requests_submitted_total 7\n"));
+        assert!(text.contains("finllm_engine_time_to_first_token_seconds{quantile=\"0.99\"} 0.05\n"));
+        assert!(text.contains("finllm_engine_time_to_first_token_seconds_count 5\n"));
+        // Every sample line belongs to a metric declared by a TYPE line before it.
+        let mut declared = std::collections::HashSet::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                declared.insert(rest.split(' ').next().unwrap().to_string());
+            } else if !line.starts_with('#') {
+                let name = line.split(['{', ' ']).next().unwrap();
+                let base = name.strip_suffix("_count").unwrap_or(name);
+                assert!(declared.contains(base), "{line}");
+                let value: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+                assert!(value.is_finite(), "{line}");
+            }
+        }
     }
 }
