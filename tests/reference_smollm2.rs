@@ -110,7 +110,7 @@ fn teacher_forced_logits_and_argmax_match_llama_cpp() {
             }
             if margin(step) > 1.0 {
                 assert_eq!(
-                    finllm::model::transformer::argmax(logits),
+                    finllm::generate::argmax(logits),
                     step[0].0,
                     "argmax differs at step {i} of {:?} (reference margin {:.2})",
                     c.text,

@@ -5,8 +5,8 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Error, Result};
+use crate::generate::argmax;
 use crate::llm::Model;
-use crate::model::transformer::argmax;
 use crate::model::{ForwardOptions, SeqInput, Transformer};
 
 /// What to measure.

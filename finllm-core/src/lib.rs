@@ -20,6 +20,7 @@ mod llm;
 pub mod model;
 pub mod quant;
 pub mod tokenizer;
+pub mod util;
 
 pub use chat::{ChatMessage, ChatTemplate};
 pub use device::DeviceSpec;

@@ -366,11 +366,7 @@ fn sha256_of_dir(dir: &Path) -> Result<String> {
         let mut file = std::fs::File::open(path).map_err(io_err(path))?;
         std::io::copy(&mut file, &mut hasher).map_err(io_err(path))?;
     }
-    Ok(hex(&hasher.finalize()))
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    Ok(crate::util::hex(&hasher.finalize()))
 }
 
 fn read_json_if_present(path: &Path) -> Result<Option<serde_json::Value>> {

@@ -850,7 +850,7 @@ mod tests {
         assert_eq!(r.finish_reason, out.generation.finish.as_str());
         assert_eq!((r.phase, r.opened_seq), (RecordPhase::Complete, None));
         use sha2::Digest;
-        let expected = crate::llm::hex(&sha2::Sha256::digest(std::fs::read(dir.join("tiny.gguf")).unwrap()));
+        let expected = crate::util::hex(&sha2::Sha256::digest(std::fs::read(dir.join("tiny.gguf")).unwrap()));
         assert_eq!(r.model_sha256, expected);
         assert_eq!(out.receipt.unwrap().seq, 1);
     }

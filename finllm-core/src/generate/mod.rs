@@ -6,7 +6,7 @@ pub mod stop;
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
-pub use sampling::{top_logits, Rng, Sampler, SamplingParams};
+pub use sampling::{argmax, top_logits, Rng, Sampler, SamplingParams};
 pub use stop::StopMatcher;
 
 use crate::error::{Error, Result};

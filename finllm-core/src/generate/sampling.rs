@@ -69,44 +69,17 @@ impl SamplingParams {
     }
 }
 
-/// xoshiro256** seeded through splitmix64: small, fast, and fixed forever, so a seed recorded in
-/// an audit log reproduces the same tokens in any later finllm version.
-#[derive(Debug, Clone)]
-pub struct Rng {
-    s: [u64; 4],
-}
+pub use crate::util::Rng;
 
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        let mut x = seed;
-        let mut next = || {
-            x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = x;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        };
-        Self {
-            s: [next(), next(), next(), next()],
+/// Greedy argmax over logits, lowest id on ties.
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in logits.iter().enumerate() {
+        if v > logits[best] {
+            best = i;
         }
     }
-
-    pub fn next_u64(&mut self) -> u64 {
-        let result = self.s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
-        let t = self.s[1] << 17;
-        self.s[2] ^= self.s[0];
-        self.s[3] ^= self.s[1];
-        self.s[1] ^= self.s[2];
-        self.s[0] ^= self.s[3];
-        self.s[2] ^= t;
-        self.s[3] = self.s[3].rotate_left(45);
-        result
-    }
-
-    /// Uniform in [0, 1) with 53 bits of precision.
-    pub fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-    }
+    best as u32
 }
 
 /// Chooses tokens from logits under [`SamplingParams`].
@@ -133,7 +106,7 @@ impl Sampler {
             apply_repetition_penalty(&mut logits, history, p.repetition_penalty, p.repeat_last_n);
         }
         if p.is_greedy() {
-            return crate::model::transformer::argmax(&logits);
+            return argmax(&logits);
         }
         // Candidates sorted by logit, best first (ties by id for determinism).
         let mut cand: Vec<(u32, f32)> = logits
@@ -143,7 +116,7 @@ impl Sampler {
             .map(|(i, &l)| (i as u32, l / p.temperature))
             .collect();
         if cand.is_empty() {
-            return crate::model::transformer::argmax(&logits);
+            return argmax(&logits);
         }
         cand.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         if p.top_k > 0 {

@@ -257,7 +257,7 @@ impl GgufFile {
     /// SHA-256 (lower-case hex) of the whole file.
     pub fn sha256(&self) -> String {
         use sha2::Digest;
-        crate::llm::hex(&sha2::Sha256::digest(&self.bytes[..]))
+        crate::util::hex(&sha2::Sha256::digest(&self.bytes[..]))
     }
 
     pub fn version(&self) -> u32 {
@@ -832,5 +832,16 @@ fn write_value(out: &mut Vec<u8>, v: &Value) {
                 write_value(out, item);
             }
         }
+    }
+}
+
+/// The kernels read matrices in place from the file's bytes.
+impl crate::quant::matmul::WeightBytes for GgufFile {
+    fn weight_bytes(&self) -> &[u8] {
+        self.tensor_bytes_from(0)
+    }
+
+    fn release(&self, start: usize, len: usize) {
+        GgufFile::release(self, start, len)
     }
 }

@@ -12,10 +12,10 @@ use candle_core::quantized::QTensor;
 use candle_core::{Device, Tensor};
 
 use crate::error::{Error, Result};
-use crate::generate::Rng;
 use crate::model::config::Architecture;
 use crate::model::gguf::{GgufWriter, Value};
 use crate::quant::QuantType;
+use crate::util::Rng;
 
 /// Weights by GGUF name: row-major shape and values.
 pub type NamedWeights = BTreeMap<String, (Vec<usize>, Vec<f32>)>;

@@ -13,9 +13,30 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Error, Result};
 use crate::model::gguf::GgufFile;
-use crate::model::transformer::MatrixMemory;
 use crate::quant::matmul::{QMatrix, Scratch};
 use crate::quant::QuantType;
+
+/// Where a model's weight matrices live (the projections and the output matrix; the embedding
+/// table and the norm vectors aside).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MatrixMemory {
+    /// Bytes read in place from the model file (its memory map) by finllm's kernels.
+    pub in_place: u64,
+    /// Bytes held in candle tensors built at load time (host or device memory): dequantized or
+    /// converted copies, or the file's blocks copied. An output matrix tied to the embedding
+    /// table shares the table's storage and is counted here too.
+    pub copied: u64,
+}
+
+impl std::ops::Add for MatrixMemory {
+    type Output = MatrixMemory;
+    fn add(self, other: MatrixMemory) -> MatrixMemory {
+        MatrixMemory {
+            in_place: self.in_place + other.in_place,
+            copied: self.copied + other.copied,
+        }
+    }
+}
 
 /// A weight tensor together with how it is stored.
 pub(crate) enum Weight {
@@ -217,7 +238,7 @@ impl WeightStore {
     ) -> Result<Matrix> {
         if kernels && device.is_cpu() {
             let in_place = match self {
-                WeightStore::Gguf(f) => QMatrix::from_gguf(f, name, out, input)?,
+                WeightStore::Gguf(f) => gguf_matrix(f, name, out, input)?,
                 WeightStore::Safetensors(s) => s.matrix(name, out, input)?,
             };
             if let Some(m) = in_place {
@@ -287,6 +308,18 @@ impl WeightStore {
             dtype: info.dtype,
         }))
     }
+}
+
+/// The matrix `name` of `file` read in place by finllm's kernels, or `Ok(None)` when its format
+/// has none.
+fn gguf_matrix(file: &Arc<GgufFile>, name: &str, rows: usize, cols: usize) -> Result<Option<QMatrix>> {
+    let info = file.tensor(name).ok_or_else(|| missing(name))?;
+    check_shape(name, &[rows, cols], &info.shape())?;
+    // In bounds: the reader checked start + n_bytes against the file size, and n_bytes is what
+    // `rows` rows of `cols` take.
+    let start = usize::try_from(info.start).map_err(|_| Error::invalid("model", "tensor offset"))?;
+    let bytes: Arc<dyn crate::quant::matmul::WeightBytes> = file.clone();
+    Ok(QMatrix::in_shared(&bytes, start, info.dtype, rows, cols))
 }
 
 fn missing(name: &str) -> Error {
@@ -455,7 +488,7 @@ fn st_err(path: &Path, e: safetensors::SafeTensorError) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::generate::Rng;
+    use crate::util::Rng;
 
     /// An embedding table looked up in place gives candle's lookup of its copy, bit for bit, in
     /// every format read in place; an id past the table is a typed error.

@@ -350,7 +350,7 @@ mod tests {
     }
 
     use super::*;
-    use crate::generate::Rng;
+    use crate::util::Rng;
 
     /// The dispatched quantizer gives the baseline build's bits, on values that sit exactly
     /// halfway between integers after scaling, zeros, denormals and wide ranges.

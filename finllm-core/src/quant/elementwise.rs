@@ -185,7 +185,7 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::generate::Rng;
+    use crate::util::Rng;
 
     /// |a − b| in units of b's last place (f32).
     fn ulps(a: f32, b: f64) -> f64 {

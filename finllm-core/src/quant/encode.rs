@@ -218,9 +218,9 @@ fn affine(x: &[f32; QK], w: &[f32; QK], hi: u8) -> (f32, f32, [u8; QK]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::generate::Rng;
     use crate::model::synthetic;
     use crate::quant::blocks::dequantize_row;
+    use crate::util::Rng;
 
     const FORMATS: [QuantType; 5] = [
         QuantType::Q4_0,

@@ -497,7 +497,7 @@ pub(crate) fn float_bytes(values: &[f32], dtype: QuantType) -> (Vec<u8>, Vec<f32
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::generate::Rng;
+    use crate::util::Rng;
 
     /// Row lengths: one element, around the 8- and 16-lane vectors, odd, SmolLM2's hidden size.
     const COLS: [usize; 9] = [1, 7, 8, 15, 16, 17, 33, 100, 576];

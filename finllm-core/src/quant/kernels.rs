@@ -932,9 +932,9 @@ mod neon;
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::generate::Rng;
     use crate::quant::blocks::Q6_K_D_AT;
     use crate::quant::blocks::{dequantize_row, quantize_q8};
+    use crate::util::Rng;
 
     /// Every format with a kernel.
     /// A row of `n` weights quantized by candle from uniform values.

@@ -1048,9 +1048,9 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::generate::Rng;
     use crate::quant::kernels::tests::{activations, block_counts, f64_dot, random_bytes, random_row};
     use crate::quant::kernels::{dot_fn, Isa};
+    use crate::util::Rng;
 
     const FORMATS: [QuantType; 5] = [
         QuantType::Q4_1,

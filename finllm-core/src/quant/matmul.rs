@@ -15,8 +15,6 @@ use super::float::{float_kernels, FloatKernels, MAX_TILE_ROWS, MAX_TILE_TOKENS};
 use super::kernels::{block_bytes, dot4_fn, dot_fn, Dot4Fn, DotFn, Isa};
 use super::ktile::{super_kernels, supers_from_blocks, SuperKernels, SuperQ8, SUBS};
 use super::QuantType;
-use crate::error::{Error, Result};
-use crate::model::GgufFile;
 
 /// Weight rows handed to one task.
 const ROWS_PER_TASK: usize = 16;
@@ -38,9 +36,18 @@ pub struct QMatrix {
     kernels: RowKernels,
 }
 
+/// An immutable byte buffer shared by the matrices that read their weights in place (a model
+/// file in memory). The kernels know nothing of the file's format.
+pub trait WeightBytes: Send + Sync {
+    fn weight_bytes(&self) -> &[u8];
+    /// `[start, start + len)` will not be read through this buffer again (a packed copy was
+    /// made): the memory may be handed back.
+    fn release(&self, _start: usize, _len: usize) {}
+}
+
 /// The shared buffer a matrix's bytes live in.
 enum Source {
-    Gguf(Arc<GgufFile>),
+    Shared(Arc<dyn WeightBytes>),
     Map(Arc<memmap2::Mmap>),
     Packed(Packed),
 }
@@ -48,7 +55,7 @@ enum Source {
 impl Source {
     fn bytes(&self) -> &[u8] {
         match self {
-            Source::Gguf(f) => f.tensor_bytes_from(0),
+            Source::Shared(f) => f.weight_bytes(),
             Source::Map(m) => m,
             Source::Packed(p) => p.bytes(),
         }
@@ -116,34 +123,27 @@ impl std::fmt::Debug for QMatrix {
 }
 
 impl QMatrix {
-    /// The matrix `name` of `file`, or `Ok(None)` when its format has no finllm kernel (or its
-    /// rows are not whole blocks of the format: 32 elements, 256 for the K-quants).
-    pub fn from_gguf(file: &Arc<GgufFile>, name: &str, rows: usize, cols: usize) -> Result<Option<Self>> {
-        let info = file
-            .tensor(name)
-            .ok_or_else(|| Error::MissingTensor { name: name.to_string() })?;
-        let Some(kernels) = RowKernels::for_format(info.dtype, Isa::detect()) else {
-            return Ok(None);
-        };
-        if info.shape() != [rows, cols] {
-            return Err(Error::TensorShape {
-                name: name.to_string(),
-                expected: vec![rows, cols],
-                found: info.shape(),
-            });
-        }
+    /// The `[rows, cols]` matrix of type `dtype` whose bytes start at `start` in `bytes`, or
+    /// `None` when the format has no finllm kernel (or its rows are not whole blocks: 32
+    /// elements, 256 for the K-quants). The caller has checked that the rows lie inside `bytes`.
+    pub fn in_shared(
+        bytes: &Arc<dyn WeightBytes>,
+        start: usize,
+        dtype: QuantType,
+        rows: usize,
+        cols: usize,
+    ) -> Option<Self> {
+        let kernels = RowKernels::for_format(dtype, Isa::detect())?;
         // The GGUF reader already rejects rows that are not whole blocks; should one get
         // through, candle serves it.
-        let block = info.dtype.block_size() as usize; // at most 256
+        let block = dtype.block_size() as usize; // at most 256
         if !cols.is_multiple_of(block) {
-            return Ok(None);
+            return None;
         }
-        let row_bytes = cols / block * block_bytes(info.dtype);
-        // In bounds: the reader checked start + n_bytes against the file size, and n_bytes is
-        // what `rows` rows of `cols` take.
-        let start = usize::try_from(info.start).expect("the tensor lies inside a file in memory");
+        let row_bytes = cols / block * block_bytes(dtype);
+        let file = bytes;
         if let RowKernels::Super(SuperKernels { packing, .. }) = kernels {
-            let file_rows = &file.tensor_bytes_from(start)[..rows * row_bytes];
+            let file_rows = &file.weight_bytes()[start..start + rows * row_bytes];
             let packed_row = (packing.row_bytes)(cols / block);
             let mut packed = Packed::zeroed(rows * packed_row);
             // The kernels read only the packed copy, so the file's pages for this tensor are
@@ -160,25 +160,25 @@ impl QMatrix {
                 }
                 file.release(start + i * run * row_bytes, src.len());
             }
-            return Ok(Some(Self {
+            return Some(Self {
                 source: Source::Packed(packed),
                 start: 0,
                 rows,
                 cols,
                 row_bytes: packed_row,
-                dtype: info.dtype,
+                dtype,
                 kernels,
-            }));
+            });
         }
-        Ok(Some(Self {
-            source: Source::Gguf(file.clone()),
+        Some(Self {
+            source: Source::Shared(file.clone()),
             start,
             rows,
             cols,
             row_bytes,
-            dtype: info.dtype,
+            dtype,
             kernels,
-        }))
+        })
     }
 
     /// The `[rows, cols]` float matrix (f32, f16 or bf16) whose bytes start at `start` in `map`,
@@ -449,14 +449,23 @@ pub fn matmul_group_into(mats: &[&QMatrix], x: &[f32], n: usize, outs: &mut [&mu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::generate::Rng;
-    use crate::model::GgufWriter;
     use crate::quant::blocks::dequantize_row;
+    use crate::util::Rng;
 
-    fn file_with(shape: &[usize], dtype: QuantType, data: Vec<u8>) -> Arc<GgufFile> {
-        let mut g = GgufWriter::new();
-        g.tensor("w", shape, dtype, data).unwrap();
-        Arc::new(GgufFile::from_vec("test.gguf", g.to_bytes()).unwrap())
+    struct Bytes(Vec<u8>);
+
+    impl WeightBytes for Bytes {
+        fn weight_bytes(&self) -> &[u8] {
+            &self.0
+        }
+    }
+
+    /// The `[rows, cols]` matrix held by `data`, at an offset so that `start` is exercised.
+    fn matrix_with(dtype: QuantType, rows: usize, cols: usize, data: Vec<u8>) -> Option<QMatrix> {
+        let mut shifted = vec![0xA5u8; 96];
+        shifted.extend_from_slice(&data);
+        let bytes: Arc<dyn WeightBytes> = Arc::new(Bytes(shifted));
+        QMatrix::in_shared(&bytes, 96, dtype, rows, cols)
     }
 
     #[test]
@@ -473,9 +482,7 @@ mod tests {
             for (r, out) in w.chunks_exact_mut(cols).enumerate() {
                 dequantize_row(dtype, &data[r * row_bytes..(r + 1) * row_bytes], out);
             }
-            let m = QMatrix::from_gguf(&file_with(&[rows, cols], dtype, data), "w", rows, cols)
-                .unwrap()
-                .unwrap_or_else(|| panic!("{dtype} has a kernel"));
+            let m = matrix_with(dtype, rows, cols, data).unwrap_or_else(|| panic!("{dtype} has a kernel"));
             // Q4_1's and Q5_1's offset terms take d * sum rounded through f16, as llama.cpp does; the
             // K-quants' minimum terms take the exact sum.
             let tol = if matches!(dtype, QuantType::Q4_1 | QuantType::Q5_1) {
@@ -525,9 +532,7 @@ mod tests {
             let one_row = float_kernels(dtype, Isa::detect()).unwrap().dot;
             for cols in [1, 15, 17, 33, 100, 576] {
                 let (bytes, w) = crate::quant::float::float_bytes(&uniform(&mut rng, rows * cols, 1.0), dtype);
-                let m = QMatrix::from_gguf(&file_with(&[rows, cols], dtype, bytes.clone()), "w", rows, cols)
-                    .unwrap()
-                    .unwrap_or_else(|| panic!("{dtype} has a kernel"));
+                let m = matrix_with(dtype, rows, cols, bytes.clone()).unwrap_or_else(|| panic!("{dtype} has a kernel"));
                 assert_eq!(m.size_bytes(), bytes.len());
                 // One token, whole tiles of tokens, and every remainder.
                 for n in 1..=9 {
@@ -573,20 +578,18 @@ mod tests {
             (QuantType::F32, 33),
             (QuantType::Q4_1, 3),
         ];
-        let mut g = GgufWriter::new();
-        for (i, &(dtype, rows)) in formats.iter().enumerate() {
-            let values = uniform(&mut rng, rows * cols, 1.0);
-            let data = crate::model::synthetic::encode(&values, &[rows, cols], dtype).unwrap();
-            g.tensor(&format!("w{i}"), &[rows, cols], dtype, data).unwrap();
-        }
-        let file = Arc::new(GgufFile::from_vec("group.gguf", g.to_bytes()).unwrap());
         let mats: Vec<QMatrix> = formats
             .iter()
-            .enumerate()
-            .map(|(i, &(_, rows))| {
-                QMatrix::from_gguf(&file, &format!("w{i}"), rows, cols)
-                    .unwrap()
-                    .unwrap()
+            .map(|&(dtype, rows)| {
+                let values = uniform(&mut rng, rows * cols, 1.0);
+                let data = if dtype.block_size() == 1 {
+                    crate::quant::float::float_bytes(&values, dtype).0
+                } else {
+                    let t = candle_core::Tensor::from_slice(&values, (rows, cols), &candle_core::Device::Cpu).unwrap();
+                    let q = candle_core::quantized::QTensor::quantize(&t, dtype.to_candle()).unwrap();
+                    q.data().unwrap().into_owned()
+                };
+                matrix_with(dtype, rows, cols, data).unwrap()
             })
             .collect();
         let all: Vec<&QMatrix> = mats.iter().collect();

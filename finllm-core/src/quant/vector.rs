@@ -207,7 +207,7 @@ pub mod avx2 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::generate::Rng;
+    use crate::util::Rng;
 
     fn random(rng: &mut Rng, n: usize) -> Vec<f32> {
         (0..n).map(|_| (rng.next_f64() * 4.0 - 2.0) as f32).collect()

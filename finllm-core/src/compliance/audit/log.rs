@@ -16,7 +16,7 @@ use crate::compliance::audit::files::{
     checkpoints_path, lock_path, open_checked, refuse_special_path, segment_numbers, segment_path, sync_dir, truncate,
     FileLock,
 };
-use crate::llm::hex;
+use crate::util::hex;
 use crate::{Error, Result};
 
 // ---- the log -----------------------------------------------------------------------------------

@@ -273,7 +273,7 @@ impl PiiDetector {
                 mac.update(&[0]);
                 mac.update(key.as_bytes());
                 let digest = mac.finalize().into_bytes();
-                let hex: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+                let hex = crate::util::hex(&digest[..6]);
                 format!("[{}:{hex}]", kind.tag())
             }
         }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::model::config::{Activation, AttentionSpan, ModelConfig, RopeStyle};
+pub use crate::model::weights::MatrixMemory;
 use crate::model::weights::{forward_group, forward_group_into, InPlaceRows, Matrix, Weight, WeightStore};
 use crate::quant::matmul::Scratch;
 
@@ -220,28 +221,6 @@ impl Backend {
         match self {
             Backend::CpuKernels => &Device::Cpu,
             Backend::Candle(d) => d,
-        }
-    }
-}
-
-/// Where a model's weight matrices live (the projections and the output matrix; the embedding
-/// table and the norm vectors aside).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct MatrixMemory {
-    /// Bytes read in place from the model file (its memory map) by finllm's kernels.
-    pub in_place: u64,
-    /// Bytes held in candle tensors built at load time (host or device memory): dequantized or
-    /// converted copies, or the file's blocks copied. An output matrix tied to the embedding
-    /// table shares the table's storage and is counted here too.
-    pub copied: u64,
-}
-
-impl std::ops::Add for MatrixMemory {
-    type Output = MatrixMemory;
-    fn add(self, other: MatrixMemory) -> MatrixMemory {
-        MatrixMemory {
-            in_place: self.in_place + other.in_place,
-            copied: self.copied + other.copied,
         }
     }
 }
@@ -793,15 +772,4 @@ fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor, style: RopeStyle) -> Resul
         RopeStyle::Neox => candle_nn::rotary_emb::rope(&x, cos, sin)?,
     };
     Ok(y.squeeze(0)?)
-}
-
-/// Greedy argmax over logits, lowest id on ties.
-pub fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in logits.iter().enumerate() {
-        if v > logits[best] {
-            best = i;
-        }
-    }
-    best as u32
 }
