@@ -302,6 +302,11 @@ typedef struct {
   uint32_t queue_requests;
   // Most prompt tokens waiting to start, summed over the queue.
   uint64_t queue_tokens;
+  // Share prompt beginnings of at least this many tokens between requests (prefilled once,
+  // read by all that start with them); 0 turns sharing off.
+  uint32_t prefix_min_tokens;
+  // Most shared prefixes kept while no request reads them.
+  uint32_t prefix_max_entries;
 } finllm_engine_params;
 
 // One request for finllm_engine_submit / finllm_engine_generate. Get defaults from
@@ -726,7 +731,8 @@ finllm_status finllm_audit_verify(const char *path,
                                   uint64_t *out_first_issue_record);
 
 // Default engine options: 16 running requests, 128 tokens per step, a 1 GiB KV budget, a
-// queue of 256 requests and 1 Mi prompt tokens.
+// queue of 256 requests and 1 Mi prompt tokens, shared prefixes of 32 tokens or more (up to
+// 16 kept idle).
 finllm_engine_params finllm_engine_default_params(void);
 
 // Default request options: no prompt yet, default generation, no deadline, no wait.

@@ -136,9 +136,166 @@ fn every_request_gets_the_tokens_it_gets_alone() {
             let m = engine.metrics();
             assert_eq!((m.submitted, m.completed, m.failed), (n as u64, n as u64, 0));
             assert!(m.batch_size.max <= max_running as f64);
-            wait_until("the cache to be freed", || engine.metrics().kv_tokens_reserved == 0);
+            wait_until("the cache to be freed", || {
+                let m = engine.metrics();
+                m.kv_tokens_reserved == m.prefix_cached_tokens
+            });
         }
     }
+}
+
+/// A cache reading a frozen prefix gives the logits, bit for bit, of one that holds the same
+/// positions itself: on the host path (prefill after the prefix, decode steps, a sliding
+/// window that reaches into the prefix), on the general path (attention weights requested),
+/// and after truncating into the prefix.
+#[test]
+fn a_shared_prefix_reads_like_rows_of_its_own() {
+    use finllm::model::{ForwardOptions, SeqInput};
+    for (arch, quant) in [
+        (Architecture::Llama, QuantType::Q8_0),
+        (Architecture::Gemma3, QuantType::Q4_0),
+        (Architecture::Qwen3, QuantType::Q4_1),
+    ] {
+        let model = tiny_model(arch, quant, 256, 5);
+        let t = model.transformer();
+        let mut rng = Rng(9);
+        let vocab = model.config().vocab_size as u32;
+        let ids: Vec<u32> = (0..90).map(|_| rng.range(3, vocab - 1)).collect();
+        let n = 48;
+        let mut full = t.new_cache();
+        let want = t.forward(&ids, &mut full).unwrap();
+        let mut prefix = t.new_cache_for(n);
+        t.forward(&ids[..n], &mut prefix).unwrap();
+        let prefix = Arc::new(prefix);
+        let mut shared = t.cache_after_prefix(prefix.clone(), 64).unwrap();
+        assert_eq!((shared.len(), shared.shared_prefix_len(), shared.size_bytes()), (n, n, 0));
+        // Two chunks after the prefix, then decode steps.
+        t.forward(&ids[n..70], &mut shared).unwrap();
+        let got = t.forward(&ids[70..], &mut shared).unwrap();
+        assert_eq!(bits(&got), bits(&want), "{arch:?} prefill after a shared prefix");
+        for step in 0..6 {
+            let next = (3 + step * 17) % vocab;
+            let a = t.forward(&[next], &mut full).unwrap();
+            let b = t.forward(&[next], &mut shared).unwrap();
+            assert_eq!(bits(&a), bits(&b), "{arch:?} decode step {step}");
+        }
+        // The general path (taken when attention weights are asked for) reads it too.
+        let opts = ForwardOptions {
+            attentions: true,
+            ..Default::default()
+        };
+        let general = |cache: &mut finllm::model::KvCache| {
+            let out = t
+                .forward_batch(&mut [SeqInput { tokens: &[7, 8], cache }], &opts)
+                .unwrap()
+                .remove(0);
+            bits(&out.logits.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+        };
+        assert_eq!(general(&mut full), general(&mut shared), "{arch:?} general path");
+        // Cutting into the prefix keeps the part before the cut, copied.
+        full.truncate(30).unwrap();
+        shared.truncate(30).unwrap();
+        assert_eq!(shared.shared_prefix_len(), 0);
+        let a = t.forward(&ids[30..40], &mut full).unwrap();
+        let b = t.forward(&ids[30..40], &mut shared).unwrap();
+        assert_eq!(bits(&a), bits(&b), "{arch:?} after truncating into the prefix");
+        // The prefix itself never changed.
+        assert_eq!(prefix.len(), n);
+    }
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+/// Prompts that share beginnings (two system prompts, different questions) through an engine
+/// with the prefix cache: each gets exactly the tokens it gets alone, and the shared beginnings
+/// are read from the cache rather than prefilled again.
+#[test]
+fn shared_prefixes_are_prefilled_once_and_change_no_token() {
+    for (arch, quant) in [
+        (Architecture::Llama, QuantType::Q8_0),
+        (Architecture::Gemma3, QuantType::Q4_0),
+    ] {
+        let model = tiny_model(arch, quant, 256, 13);
+        let vocab = model.config().vocab_size as u32;
+        let mut rng = Rng(21);
+        let systems: Vec<Vec<u32>> = [40, 75]
+            .iter()
+            .map(|&n| (0..n).map(|_| rng.range(3, vocab - 1)).collect())
+            .collect();
+        let mut all = cases(&model, 14, 77);
+        for (i, c) in all.iter_mut().enumerate() {
+            let mut ids = systems[i % 2].clone();
+            ids.extend(c.ids.iter().take(1 + i));
+            c.ids = ids;
+        }
+        let expected: Vec<Generation> = all.iter().map(|c| solo(&model, &c.ids, &c.params)).collect();
+        for (max_running, step_tokens) in [(16, 128), (4, 9)] {
+            let config = EngineConfig {
+                max_running,
+                step_tokens,
+                prefix_min_tokens: 16,
+                ..Default::default()
+            };
+            let engine = Engine::new(model.clone(), config).unwrap();
+            // Two of each first, one after the other (the second builds the entry), then the
+            // rest at once.
+            let mut got: Vec<Generation> = run_concurrently(&engine, &all[..1], 1);
+            got.extend(run_concurrently(&engine, &all[1..2], 2));
+            got.extend(run_concurrently(&engine, &all[2..4], 3));
+            got.extend(run_concurrently(&engine, &all[4..], 4));
+            for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
+                let what = format!("{arch:?} running={max_running} step={step_tokens} request {i}");
+                assert_eq!((&g.ids, &g.text, g.finish), (&e.ids, &e.text, e.finish), "{what}");
+                assert_eq!(g.steps, e.steps, "{what}");
+            }
+            wait_until("every request to end", || engine.metrics().running == 0);
+            let m = engine.metrics();
+            // Entries are whole 16-token blocks of the system prompts: 32 and 64 tokens.
+            assert_eq!(m.prefix_cached_tokens, 32 + 64, "{m:?}");
+            assert_eq!(m.kv_tokens_reserved, m.prefix_cached_tokens);
+            // Requests 2.. of each system prompt read its entry (the first two of each build it
+            // or run alone).
+            assert!(m.prefix_hit_tokens >= 32 * 5 + 64 * 5, "{m:?}");
+        }
+    }
+}
+
+/// Shared prefixes nobody reads give way to requests that need their KV budget.
+#[test]
+fn idle_shared_prefixes_give_way_to_requests() {
+    let model = tiny_model(Architecture::Llama, QuantType::Q8_0, 512, 17);
+    let vocab = model.config().vocab_size as u32;
+    let mut rng = Rng(5);
+    let system: Vec<u32> = (0..64).map(|_| rng.range(3, vocab - 1)).collect();
+    let config = EngineConfig {
+        kv_budget: KvBudget::Tokens(300),
+        prefix_min_tokens: 16,
+        ..Default::default()
+    };
+    let engine = Engine::new(model.clone(), config).unwrap();
+    let params = GenerateParams {
+        max_tokens: 4,
+        ignore_eos: true,
+        ..Default::default()
+    };
+    for k in 0..3u32 {
+        let ids = [system.clone(), vec![10 + k, 11]].concat();
+        engine.generate(Request::new(Prompt::Ids(ids)).with_params(params.clone())).unwrap();
+    }
+    let m = engine.metrics();
+    assert_eq!((m.prefix_cached_tokens, m.prefix_hit_tokens), (64, 64), "{m:?}");
+    // 290 positions fit only once the idle entry is gone.
+    let big: Vec<u32> = (0..280).map(|_| rng.range(3, vocab - 1)).collect();
+    let long = GenerateParams {
+        max_tokens: 10,
+        ..Default::default()
+    };
+    let g = engine.generate(Request::new(Prompt::Ids(big.clone())).with_params(long.clone())).unwrap();
+    assert_eq!(g.ids, solo(&model, &big, &long).ids);
+    let m = engine.metrics();
+    assert_eq!((m.prefix_cached_tokens, m.kv_tokens_reserved), (0, 0), "{m:?}");
 }
 
 #[test]
@@ -212,6 +369,7 @@ fn full_queue_is_busy_at_once_or_after_the_callers_wait() {
         kv_budget: KvBudget::Tokens(8100),
         queue_requests: 2,
         queue_tokens: 1000,
+        ..Default::default()
     };
     let engine = Engine::new(model.clone(), config).unwrap();
     let mut a = engine.submit(long.clone()).unwrap();
@@ -389,8 +547,8 @@ fn bad_requests_and_configs_are_typed_errors() {
 }
 
 /// 32 caller threads: random prompts, cancellations, dropped streams, deadlines, oversized
-/// prompts and a small queue. Every request ends exactly once, with a result or a typed error,
-/// and the KV budget returns to zero.
+/// prompts, shared prompt beginnings and a small queue. Every request ends exactly once, with a
+/// result or a typed error, and the KV budget returns to what idle shared prefixes hold.
 #[test]
 fn soak_with_32_callers() {
     let model = tiny_model(Architecture::Llama, QuantType::Q4_0, 512, 11);
@@ -400,6 +558,8 @@ fn soak_with_32_callers() {
         kv_budget: KvBudget::Tokens(600),
         queue_requests: 6,
         queue_tokens: 400,
+        prefix_min_tokens: 16,
+        prefix_max_entries: 3,
     };
     let engine = Engine::new(model.clone(), config).unwrap();
     let vocab = model.config().vocab_size as u32;
@@ -414,8 +574,13 @@ fn soak_with_32_callers() {
                     for _ in 0..per_thread {
                         let oversized = rng.below(10) == 0;
                         let len = if oversized { 520 } else { 1 + rng.below(60) };
+                        // Half the prompts start with one of four shared beginnings.
+                        let shared = rng.below(8);
+                        let ids: Vec<u32> = (0..len)
+                            .map(|i| if shared < 4 && i < 40 { 3 + (shared as u32) * 50 + i as u32 } else { rng.range(3, vocab - 1) })
+                            .collect();
                         let request = Request {
-                            prompt: Prompt::Ids((0..len).map(|_| rng.range(3, vocab - 1)).collect()),
+                            prompt: Prompt::Ids(ids),
                             params: GenerateParams {
                                 max_tokens: 1 + rng.below(40),
                                 ..Default::default()
@@ -500,7 +665,10 @@ fn soak_with_32_callers() {
     // engine first (finished, or past its deadline), so only the totals and bounds compare.
     assert_eq!(m.completed + m.failed, sum.0 + sum.1 + sum.2);
     assert!(m.failed >= sum.2 && m.cancelled <= sum.1, "{m:?} {sum:?}");
-    assert_eq!(m.kv_tokens_reserved, 0);
+    // What remains held is the idle shared prefixes, at most three.
+    assert_eq!(m.kv_tokens_reserved, m.prefix_cached_tokens, "{m:?}");
+    assert!(m.prefix_cached_tokens <= 3 * 32, "{m:?}");
+    assert!(m.prefix_hit_tokens > 0, "{m:?}");
     assert!(m.batch_size.max <= 8.0);
 }
 

@@ -52,6 +52,11 @@ pub struct finllm_engine_params {
     pub queue_requests: u32,
     /// Most prompt tokens waiting to start, summed over the queue.
     pub queue_tokens: u64,
+    /// Share prompt beginnings of at least this many tokens between requests (prefilled once,
+    /// read by all that start with them); 0 turns sharing off.
+    pub prefix_min_tokens: u32,
+    /// Most shared prefixes kept while no request reads them.
+    pub prefix_max_entries: u32,
 }
 
 /// One request for finllm_engine_submit / finllm_engine_generate. Get defaults from
@@ -94,7 +99,8 @@ pub struct finllm_token_event {
 }
 
 /// Default engine options: 16 running requests, 128 tokens per step, a 1 GiB KV budget, a
-/// queue of 256 requests and 1 Mi prompt tokens.
+/// queue of 256 requests and 1 Mi prompt tokens, shared prefixes of 32 tokens or more (up to
+/// 16 kept idle).
 #[no_mangle]
 pub extern "C" fn finllm_engine_default_params() -> finllm_engine_params {
     let d = EngineConfig::default();
@@ -110,6 +116,8 @@ pub extern "C" fn finllm_engine_default_params() -> finllm_engine_params {
         kv_budget_bytes: bytes,
         queue_requests: d.queue_requests as u32,
         queue_tokens: d.queue_tokens as u64,
+        prefix_min_tokens: d.prefix_min_tokens as u32,
+        prefix_max_entries: d.prefix_max_entries as u32,
     }
 }
 
@@ -171,6 +179,8 @@ pub unsafe extern "C" fn finllm_engine_new(
             },
             queue_requests: p.queue_requests as usize,
             queue_tokens: usize_of(p.queue_tokens, "queue_tokens")?,
+            prefix_min_tokens: p.prefix_min_tokens as usize,
+            prefix_max_entries: p.prefix_max_entries as usize,
         };
         let engine = Engine::new(model.inner.clone(), config)?;
         unsafe { put(out, Box::into_raw(Box::new(finllm_engine { inner: engine })), "out") }

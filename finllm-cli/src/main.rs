@@ -994,6 +994,10 @@ struct BenchArgs {
     /// Engine: most tokens per forward step (decode tokens plus prefill chunks).
     #[arg(long, requires = "concurrency")]
     step_tokens: Option<usize>,
+    /// Every probe prompt starts with the same K tokens, which the engine's prefix cache holds
+    /// (the cached-system-prompt case).
+    #[arg(long, default_value_t = 0, requires = "concurrency")]
+    shared_prefix_tokens: usize,
 }
 
 fn serve_bench(a: &BenchArgs, concurrency: usize) -> CliResult {
@@ -1009,6 +1013,14 @@ fn serve_bench(a: &BenchArgs, concurrency: usize) -> CliResult {
     let config = EngineConfig {
         max_running,
         step_tokens: a.step_tokens.unwrap_or(defaults.step_tokens.max(max_running)),
+        // Without --shared-prefix-tokens the prefix cache is off, so that every probe's time to
+        // first token is that of a whole prompt (the benchmark's prompts are cut from one text
+        // and some begin alike).
+        prefix_min_tokens: if a.shared_prefix_tokens == 0 {
+            0
+        } else {
+            defaults.prefix_min_tokens
+        },
         ..defaults
     };
     let engine = Engine::new(model.clone(), config)?;
@@ -1019,6 +1031,7 @@ fn serve_bench(a: &BenchArgs, concurrency: usize) -> CliResult {
         probes: a.probes,
         probe_prompt_tokens: a.prompt_tokens,
         probe_interval: std::time::Duration::from_millis(a.probe_interval_ms),
+        shared_prefix_tokens: a.shared_prefix_tokens,
     };
     let r = bench::run(&engine, &cfg)?;
     let mut v = serde_json::to_value(&r)?;
@@ -1030,7 +1043,8 @@ fn serve_bench(a: &BenchArgs, concurrency: usize) -> CliResult {
     } else {
         println!(
             "{} streams: aggregate decode {:.1} tok/s ({:.1} ms per token each), makespan {:.0} ms; TTFT of {}-token \
-             prompts under load p50 {:.1} ms p99 {:.1} ms, idle {:.1} ms; {} threads, {}",
+             prompts under load p50 {:.1} ms p99 {:.1} ms, idle {:.1} ms ({} shared prefix tokens, {:.1} read from \
+             the prefix cache per probe); {} threads, {}",
             r.concurrency,
             r.aggregate_decode_tok_s,
             r.tpot_p50_ms,
@@ -1039,6 +1053,8 @@ fn serve_bench(a: &BenchArgs, concurrency: usize) -> CliResult {
             r.ttft_p50_ms,
             r.ttft_p99_ms,
             r.ttft_idle_ms,
+            r.shared_prefix_tokens,
+            r.prefix_hit_tokens_per_probe,
             r.threads,
             model.device()
         );

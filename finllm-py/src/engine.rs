@@ -68,10 +68,12 @@ impl Engine {
 impl Engine {
     /// Start serving `model`. `kv_budget_tokens` / `kv_budget_bytes` bound the KV cache of all
     /// running requests together (default 1 GiB); `queue_requests` / `queue_tokens` bound what
-    /// waits; `step_tokens` is the most tokens one forward step runs.
+    /// waits; `step_tokens` is the most tokens one forward step runs. Prompt beginnings of at
+    /// least `prefix_min_tokens` tokens (0: off) that requests share are prefilled once and
+    /// read by all of them; up to `prefix_max_entries` are kept while idle.
     #[new]
     #[pyo3(signature = (model, *, max_running=16, step_tokens=128, kv_budget_tokens=None, kv_budget_bytes=None,
-                        queue_requests=256, queue_tokens=1048576))]
+                        queue_requests=256, queue_tokens=1048576, prefix_min_tokens=32, prefix_max_entries=16))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         model: &Model,
@@ -81,6 +83,8 @@ impl Engine {
         kv_budget_bytes: Option<u64>,
         queue_requests: usize,
         queue_tokens: usize,
+        prefix_min_tokens: usize,
+        prefix_max_entries: usize,
     ) -> PyResult<Self> {
         let kv_budget = match (kv_budget_tokens, kv_budget_bytes) {
             (Some(_), Some(_)) => {
@@ -99,6 +103,8 @@ impl Engine {
             kv_budget,
             queue_requests,
             queue_tokens,
+            prefix_min_tokens,
+            prefix_max_entries,
         };
         let inner = eng::Engine::new(model.inner.clone(), config).map_err(to_py)?;
         Ok(Self { inner })

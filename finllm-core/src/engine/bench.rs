@@ -25,6 +25,9 @@ pub struct ServeBenchConfig {
     pub probe_prompt_tokens: usize,
     /// Time between two probes' arrivals.
     pub probe_interval: Duration,
+    /// Leading tokens every probe prompt has in common (a system prompt, say); 0 for none.
+    /// The engine's prefix cache holds them before the measurements start.
+    pub shared_prefix_tokens: usize,
 }
 
 impl Default for ServeBenchConfig {
@@ -36,6 +39,7 @@ impl Default for ServeBenchConfig {
             probes: 16,
             probe_prompt_tokens: 64,
             probe_interval: Duration::from_millis(250),
+            shared_prefix_tokens: 0,
         }
     }
 }
@@ -56,10 +60,14 @@ pub struct ServeBenchResult {
     /// Time to first token of the probes (arriving while `concurrency` streams run).
     pub ttft_p50_ms: f64,
     pub ttft_p99_ms: f64,
-    /// The probe prompt's time to first token on the idle engine (median of five).
+    /// A probe prompt's time to first token on the idle engine (median of five).
     pub ttft_idle_ms: f64,
     pub probes: usize,
     pub probe_prompt_tokens: usize,
+    pub shared_prefix_tokens: usize,
+    /// Probe prompt tokens the engine read from its prefix cache, per probe (mean over the idle
+    /// and loaded probes).
+    pub prefix_hit_tokens_per_probe: f64,
     pub threads: usize,
     pub max_running: usize,
     pub step_tokens: usize,
@@ -126,14 +134,32 @@ pub fn run(engine: &Engine, cfg: &ServeBenchConfig) -> Result<ServeBenchResult> 
             "concurrency and prompt tokens must be at least 1, gen_tokens at least 2",
         ));
     }
+    if cfg.shared_prefix_tokens >= cfg.probe_prompt_tokens {
+        return Err(Error::invalid(
+            "bench",
+            "the shared prefix must be shorter than the probe prompts",
+        ));
+    }
     let model = engine.model();
     // Distinct prompts (offsets into the text) of equal length.
     let prompt = |i: usize, n: usize| prompt_ids_from(model, n, 7 * i);
-    // Warm-up, then the idle time to first token of the probe prompt.
-    let probe_ids = prompt(1000, cfg.probe_prompt_tokens)?;
+    // Probe prompts: the shared prefix, then a distinct rest.
+    let shared = prompt(5000, cfg.shared_prefix_tokens)?;
+    let probe = |i: usize| -> Result<Vec<u32>> {
+        Ok([shared.clone(), prompt(i, cfg.probe_prompt_tokens - shared.len())?].concat())
+    };
+    // Warm-up (two probe-like requests put the shared prefix in the cache), then the idle
+    // time to first token of a probe prompt.
     engine.generate(request(prompt(999, cfg.prompt_tokens)?, 4))?;
+    if !shared.is_empty() {
+        engine.generate(request(probe(998)?, 1))?;
+        engine.generate(request(probe(997)?, 1))?;
+    }
+    let hits_before = engine.metrics().prefix_hit_tokens;
+    // Distinct prompts, so that none is served from the cache of another beyond the shared
+    // prefix.
     let mut idle: Vec<f64> = (0..5)
-        .map(|_| probe_ttft(engine, probe_ids.clone()))
+        .map(|k| probe_ttft(engine, probe(1000 + 13 * k)?))
         .collect::<Result<_>>()?;
     idle.sort_by(f64::total_cmp);
 
@@ -180,11 +206,20 @@ pub fn run(engine: &Engine, cfg: &ServeBenchConfig) -> Result<ServeBenchResult> 
     let per_token = tpot.get(tpot.len() / 2).copied().unwrap_or(50.0).max(1.0) / 1e3;
     let context = model.config().context_length;
     let long = ((probe_span / per_token) as usize * 2 + 64).min(context.saturating_sub(cfg.prompt_tokens + 1));
+    let first_tokens = engine.metrics().ttft_ms.count;
     let background: Vec<RequestStream> = (0..cfg.concurrency)
         .map(|i| engine.submit(request(prompt(100 + i, cfg.prompt_tokens)?, long.max(2))))
         .collect::<Result<_>>()?;
-    // Let the streams reach decode before the first probe arrives.
-    std::thread::sleep(Duration::from_millis(200));
+    // The probes arrive once every stream decodes (its prompt prefilled).
+    let waiting = Instant::now();
+    while engine.metrics().ttft_ms.count < first_tokens + cfg.concurrency as u64 {
+        if waiting.elapsed() > Duration::from_secs(600) {
+            return Err(Error::Engine {
+                reason: "the background streams did not start decoding".into(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
     let mut ttft = Vec::with_capacity(cfg.probes);
     let probes_start = Instant::now();
     for i in 0..cfg.probes {
@@ -192,9 +227,13 @@ pub fn run(engine: &Engine, cfg: &ServeBenchConfig) -> Result<ServeBenchResult> 
         if let Some(wait) = due.checked_duration_since(Instant::now()) {
             std::thread::sleep(wait);
         }
-        ttft.push(probe_ttft(engine, prompt(200 + i, cfg.probe_prompt_tokens)?)?);
+        ttft.push(probe_ttft(engine, probe(200 + i)?)?);
     }
     drop(background);
+    let hits = engine.metrics().prefix_hit_tokens - hits_before;
+    if std::env::var_os("FINLLM_BENCH_DEBUG").is_some() {
+        eprintln!("probe ttft ms: {ttft:?}");
+    }
     ttft.sort_by(f64::total_cmp);
     let c = engine.config();
     Ok(ServeBenchResult {
@@ -209,6 +248,8 @@ pub fn run(engine: &Engine, cfg: &ServeBenchConfig) -> Result<ServeBenchResult> 
         ttft_idle_ms: quantile(&idle, 0.5),
         probes: cfg.probes,
         probe_prompt_tokens: cfg.probe_prompt_tokens,
+        shared_prefix_tokens: cfg.shared_prefix_tokens,
+        prefix_hit_tokens_per_probe: hits as f64 / (idle.len() + ttft.len()) as f64,
         threads: model.threads(),
         max_running: c.max_running,
         step_tokens: c.step_tokens,

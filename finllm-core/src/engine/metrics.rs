@@ -25,9 +25,12 @@ pub struct EngineMetrics {
     pub queued: usize,
     /// Requests in the running batch.
     pub running: usize,
-    /// KV positions reserved by running requests, and the budget.
+    /// KV positions held (by running requests and shared prefixes), and the budget.
     pub kv_tokens_reserved: usize,
     pub kv_tokens_budget: usize,
+    /// KV positions held by shared prefixes (part of `kv_tokens_reserved`); those nobody reads
+    /// give way when a request needs the room.
+    pub prefix_cached_tokens: usize,
     /// Requests accepted, finished normally (cancelled ones included), cancelled, failed
     /// (errors and deadlines), and refused at submit (busy, too large, invalid).
     pub submitted: u64,
@@ -83,8 +86,14 @@ impl EngineMetrics {
         metric(
             "kv_tokens_reserved",
             "gauge",
-            "KV cache positions reserved by running requests.",
+            "KV cache positions held by running requests and shared prefixes.",
             self.kv_tokens_reserved as f64,
+        );
+        metric(
+            "prefix_cached_tokens",
+            "gauge",
+            "KV cache positions held by shared prompt prefixes.",
+            self.prefix_cached_tokens as f64,
         );
         metric(
             "kv_tokens_budget",
@@ -220,8 +229,7 @@ impl Series {
 
 #[derive(Default)]
 struct State {
-    running: usize,
-    kv_reserved: usize,
+    gauges: Gauges,
     submitted: u64,
     completed: u64,
     cancelled: u64,
@@ -244,6 +252,14 @@ pub(super) enum Outcome {
     Completed,
     Cancelled,
     Failed,
+}
+
+/// What the scheduler holds now.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Gauges {
+    pub running: usize,
+    pub kv_reserved: usize,
+    pub prefix_cached: usize,
 }
 
 pub(super) struct Metrics {
@@ -280,8 +296,13 @@ impl Metrics {
         self.with(|s| s.rejected += 1);
     }
 
-    pub(super) fn admitted(&self, queued: Duration) {
-        self.with(|s| s.queue_ms.push(ms(queued)));
+    /// A request joined the batch after `queued`, with `prefix_hit` prompt positions read from
+    /// a shared prefix.
+    pub(super) fn admitted(&self, queued: Duration, prefix_hit: usize) {
+        self.with(|s| {
+            s.queue_ms.push(ms(queued));
+            s.prefix_hit_tokens += prefix_hit as u64;
+        });
     }
 
     pub(super) fn first_token(&self, since_submit: Duration) {
@@ -305,30 +326,26 @@ impl Metrics {
         });
     }
 
-    pub(super) fn step(&self, batch: usize, generated: usize, took: Duration, running: usize, kv_reserved: usize) {
+    pub(super) fn step(&self, batch: usize, generated: usize, took: Duration) {
         self.with(|s| {
             s.steps += 1;
             s.busy += took;
             s.generated_tokens += generated as u64;
             s.batch_size.push(batch as f64);
-            s.running = running;
-            s.kv_reserved = kv_reserved;
         });
     }
 
-    pub(super) fn gauges(&self, running: usize, kv_reserved: usize) {
-        self.with(|s| {
-            s.running = running;
-            s.kv_reserved = kv_reserved;
-        });
+    pub(super) fn gauges(&self, gauges: Gauges) {
+        self.with(|s| s.gauges = gauges);
     }
 
     pub(super) fn snapshot(&self, queued: usize) -> EngineMetrics {
         self.with(|s| EngineMetrics {
             queued,
-            running: s.running,
-            kv_tokens_reserved: s.kv_reserved,
+            running: s.gauges.running,
+            kv_tokens_reserved: s.gauges.kv_reserved,
             kv_tokens_budget: self.kv_budget,
+            prefix_cached_tokens: s.gauges.prefix_cached,
             submitted: s.submitted,
             completed: s.completed,
             cancelled: s.cancelled,

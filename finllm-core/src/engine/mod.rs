@@ -21,9 +21,15 @@
 //! Cancellation ([`RequestStream::cancel`], a [`CancelHandle`], or dropping the stream) and
 //! deadlines ([`Request::deadline`]) are checked before every step; the request's cache is freed
 //! at that step.
+//!
+//! Shared prefixes: prompts that begin alike (a system prompt, a retrieval preamble) share one
+//! prefilled copy of their common beginning, found automatically and kept under the same KV
+//! budget ([`EngineConfig::prefix_min_tokens`]); a request that starts with a cached prefix
+//! prefills only the rest, and still gets exactly the tokens it would get alone.
 
 pub mod bench;
 mod metrics;
+mod prefix;
 mod scheduler;
 mod stream;
 
@@ -73,6 +79,18 @@ impl Request {
         }
     }
 
+    /// The same request with generation parameters `params`.
+    pub fn with_params(mut self, params: GenerateParams) -> Self {
+        self.params = params;
+        self
+    }
+
+    /// The same request with a deadline `d` after submission.
+    pub fn with_deadline(mut self, d: Duration) -> Self {
+        self.deadline = Some(d);
+        self
+    }
+
     /// A raw-text request.
     pub fn text(prompt: impl Into<String>, params: GenerateParams) -> Self {
         Self {
@@ -107,6 +125,13 @@ pub struct EngineConfig {
     pub queue_requests: usize,
     /// Most prompt tokens waiting to start, summed over the queue.
     pub queue_tokens: usize,
+    /// Share prompt beginnings at least this long (rounded down to 16 tokens) between requests:
+    /// prefilled once, read by every request that starts with them. 0 turns sharing off. Only
+    /// the host (kernels) backend shares; on a device backend this is ignored.
+    pub prefix_min_tokens: usize,
+    /// Most shared prefixes kept while no request reads them (least recently used go first);
+    /// they also give way whenever a request needs their KV budget.
+    pub prefix_max_entries: usize,
 }
 
 impl Default for EngineConfig {
@@ -117,6 +142,8 @@ impl Default for EngineConfig {
             kv_budget: KvBudget::Bytes(1 << 30),
             queue_requests: 256,
             queue_tokens: 1 << 20,
+            prefix_min_tokens: 32,
+            prefix_max_entries: 16,
         }
     }
 }

@@ -5,7 +5,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::metrics::Outcome;
+use super::metrics::{Gauges, Outcome};
+use super::prefix::{Plan, PrefixStore};
 use super::stream::Msg;
 use super::{cancelled, Pending, Shared};
 use crate::error::{Error, Result};
@@ -66,6 +67,11 @@ struct Running<'m> {
     prefilled: usize,
     /// The token to run next once the prompt is in (the last sampled one).
     next: Option<u32>,
+    /// While `cache` is a new shared prefix being prefilled: its length. At that position it
+    /// becomes a prefix-cache entry and the request continues in a cache of its own after it.
+    building: Option<usize>,
+    /// KV positions this request holds against the budget (a shared prefix it reads is
+    /// counted by the prefix cache instead).
     reserve: usize,
     submitted: Instant,
     first_token: Option<Instant>,
@@ -90,14 +96,57 @@ enum Work {
     },
 }
 
+/// The KV memory the scheduler holds across steps.
 struct Batch {
-    /// Scheduler state across steps.
+    /// Positions reserved by running requests.
     kv_reserved: usize,
+    /// Shared prefixes, holding positions of their own.
+    prefixes: PrefixStore,
+}
+
+impl Batch {
+    fn gauges(&self, running: usize) -> Gauges {
+        Gauges {
+            running,
+            kv_reserved: self.kv_reserved + self.prefixes.tokens(),
+            prefix_cached: self.prefixes.tokens(),
+        }
+    }
+
+    /// Whether a request needing `need` positions fits, evicting shared prefixes nobody reads
+    /// if that makes the room.
+    fn make_room(&mut self, need: usize, budget: usize) -> bool {
+        if self.kv_reserved + need > budget {
+            return false;
+        }
+        while self.kv_reserved + self.prefixes.tokens() + need > budget {
+            if !self.prefixes.evict_one() {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// A request leaves the batch: its positions go back to the budget.
+    fn release(&mut self, r: &Running<'_>) {
+        self.kv_reserved -= r.reserve;
+        if let Some(n) = r.building {
+            self.prefixes.abandon(&r.decoding.prompt_ids()[..n]);
+        }
+    }
 }
 
 fn run(model: &Model, shared: &Shared) {
     let mut running: Vec<Running<'_>> = Vec::new();
-    let mut batch = Batch { kv_reserved: 0 };
+    let min_prefix = if model.transformer().shares_prefixes() {
+        shared.config.prefix_min_tokens
+    } else {
+        0
+    };
+    let mut batch = Batch {
+        kv_reserved: 0,
+        prefixes: PrefixStore::new(min_prefix, shared.config.prefix_max_entries),
+    };
     loop {
         // Admit, or sleep until there is something to do.
         {
@@ -106,20 +155,34 @@ fn run(model: &Model, shared: &Shared) {
                 expire_waiting(shared, &mut state);
                 let mut admitted = false;
                 while running.len() < shared.config.max_running {
-                    let fits = state
-                        .waiting
-                        .front()
-                        .is_some_and(|p| batch.kv_reserved + p.reserve() <= shared.kv_tokens);
-                    if !fits {
+                    let Some(front) = state.waiting.front() else { break };
+                    let plan = batch.prefixes.plan(&front.ids);
+                    let need = match &plan {
+                        Plan::Hit(prefix) => front.reserve() - prefix.len(),
+                        Plan::Alone | Plan::Build(_) => front.reserve(),
+                    };
+                    if !batch.make_room(need, shared.kv_tokens) {
                         break;
                     }
                     let p = state.waiting.pop_front().expect("checked above");
                     state.waiting_tokens -= p.ids.len();
                     admitted = true;
-                    if let Some(r) = start(model, shared, p) {
-                        shared.metrics.admitted(r.submitted.elapsed());
-                        batch.kv_reserved += r.reserve;
-                        running.push(r);
+                    batch.prefixes.admitted(&p.ids, &plan);
+                    let building = match plan {
+                        Plan::Build(n) => Some(p.ids[..n].to_vec()),
+                        _ => None,
+                    };
+                    match start(model, shared, p, plan) {
+                        Some(r) => {
+                            shared.metrics.admitted(r.submitted.elapsed(), r.prefilled);
+                            batch.kv_reserved += r.reserve;
+                            running.push(r);
+                        }
+                        None => {
+                            if let Some(ids) = building {
+                                batch.prefixes.abandon(&ids);
+                            }
+                        }
                     }
                 }
                 if admitted {
@@ -131,7 +194,7 @@ fn run(model: &Model, shared: &Shared) {
                 if state.closing && state.waiting.is_empty() {
                     return;
                 }
-                shared.metrics.gauges(0, batch.kv_reserved);
+                shared.metrics.gauges(batch.gauges(0));
                 state = shared.work.wait(state).unwrap_or_else(|e| e.into_inner());
             }
         }
@@ -167,23 +230,37 @@ fn run(model: &Model, shared: &Shared) {
                 (0, 0)
             }
         };
-        shared
-            .metrics
-            .step(size, generated, started.elapsed(), running.len(), batch.kv_reserved);
+        shared.metrics.step(size, generated, started.elapsed());
+        shared.metrics.gauges(batch.gauges(running.len()));
     }
 }
 
-/// Set up a waiting request to run; one that cannot (its checks at submit make that unlikely)
-/// gets its error here.
-fn start<'m>(model: &'m Model, shared: &Shared, p: Pending) -> Option<Running<'m>> {
+/// Set up a waiting request to run as `plan` says; one that cannot (its checks at submit make
+/// that unlikely) gets its error here.
+fn start<'m>(model: &'m Model, shared: &Shared, p: Pending, plan: Plan) -> Option<Running<'m>> {
+    let transformer = model.transformer();
     let reserve = p.reserve();
-    let context = model.config().context_length;
-    match Decoding::new(model.tokenizer(), p.ids, p.params, context) {
-        Ok(decoding) => Some(Running {
+    let started = match plan {
+        Plan::Alone => Ok((transformer.new_cache_for(reserve), 0, None, reserve)),
+        Plan::Build(n) => Ok((transformer.new_cache_for(n), 0, Some(n), reserve)),
+        Plan::Hit(prefix) => {
+            let n = prefix.len();
+            transformer
+                .cache_after_prefix(prefix, reserve - n)
+                .map(|cache| (cache, n, None, reserve - n))
+        }
+    }
+    .and_then(|cache| {
+        let context = model.config().context_length;
+        Decoding::new(model.tokenizer(), p.ids, p.params, context).map(|d| (d, cache))
+    });
+    match started {
+        Ok((decoding, (cache, prefilled, building, reserve))) => Some(Running {
             decoding,
-            cache: model.transformer().new_cache_for(reserve),
-            prefilled: 0,
+            cache,
+            prefilled,
             next: None,
+            building,
             reserve,
             submitted: p.submitted,
             first_token: None,
@@ -247,7 +324,7 @@ fn retire_stopped(shared: &Shared, running: &mut Vec<Running<'_>>, batch: &mut B
             continue;
         }
         let mut r = running.remove(i);
-        batch.kv_reserved -= r.reserve;
+        batch.release(&r);
         // A cancelled request is cancelled, even if its deadline has passed too.
         if !cancelled(&r.cancel) {
             let generated = r.decoding.generated_ids().len();
@@ -260,6 +337,20 @@ fn retire_stopped(shared: &Shared, running: &mut Vec<Running<'_>>, batch: &mut B
     }
 }
 
+/// `r` has prefilled the shared prefix it was building: hand the cache to the prefix store and
+/// continue in a cache of its own that reads it.
+fn share_prefix(model: &Model, batch: &mut Batch, r: &mut Running<'_>) -> Result<()> {
+    let n = r.building.take().expect("the request was building a prefix");
+    let built = std::mem::replace(&mut r.cache, model.transformer().new_cache_for(0));
+    // The prefix's positions now belong to the store (or ours is dropped for the identical
+    // entry it already had).
+    let (prefix, _) = batch.prefixes.insert(&r.decoding.prompt_ids()[..n], built);
+    batch.kv_reserved -= n;
+    r.reserve -= n;
+    r.cache = model.transformer().cache_after_prefix(prefix, r.reserve)?;
+    Ok(())
+}
+
 /// Send the finished generation and free the request's cache.
 fn finish(shared: &Shared, r: Running<'_>, outcome: Outcome) {
     let decode = r.first_token.map(|t| t.elapsed());
@@ -270,7 +361,7 @@ fn finish(shared: &Shared, r: Running<'_>, outcome: Outcome) {
 
 fn fail_all(shared: &Shared, running: &mut Vec<Running<'_>>, batch: &mut Batch, reason: &str) {
     for r in running.drain(..) {
-        batch.kv_reserved -= r.reserve;
+        batch.release(&r);
         shared
             .metrics
             .ended(Outcome::Failed, r.decoding.generated_ids().len(), None);
@@ -297,7 +388,8 @@ fn step(model: &Model, shared: &Shared, running: &mut Vec<Running<'_>>, batch: &
             break;
         }
         if r.next.is_none() {
-            let to = r.prompt_len().min(r.prefilled + budget);
+            // A prefix being built ends its own chunk: the rest goes into another cache.
+            let to = r.building.unwrap_or(r.prompt_len()).min(r.prefilled + budget);
             budget -= to - r.prefilled;
             *w = Some(Work::Prefill { to });
         }
@@ -331,6 +423,12 @@ fn step(model: &Model, shared: &Shared, running: &mut Vec<Running<'_>>, batch: &
         let row = logits.next().expect("one logits row per input");
         if let Work::Prefill { to } = *w {
             r.prefilled = to;
+            if r.building == Some(to) {
+                if let Err(e) = share_prefix(model, batch, r) {
+                    ended.push((i, Some(e)));
+                    continue;
+                }
+            }
             if to < r.prompt_len() {
                 continue;
             }
@@ -356,7 +454,7 @@ fn step(model: &Model, shared: &Shared, running: &mut Vec<Running<'_>>, batch: &
     // Remove from the back so the indices stay valid; the rest keep their admission order.
     for (i, error) in ended.into_iter().rev() {
         let mut r = running.remove(i);
-        batch.kv_reserved -= r.reserve;
+        batch.release(&r);
         match error {
             Some(e) => {
                 shared

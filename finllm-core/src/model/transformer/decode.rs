@@ -191,10 +191,16 @@ impl Transformer {
                 kv_dim,
                 scale,
             };
-            match seqs[seq].cache.rows(layer) {
-                (KvRows::F16(k), KvRows::F16(v)) => head.attend::<f16>(k, v, keys, out),
-                (KvRows::F32(k), KvRows::F32(v)) => head.attend::<f32>(k, v, keys, out),
-                _ => unreachable!("the kernels backend keeps its caches in host memory"),
+            let view = seqs[seq].cache.view(layer);
+            let segments = [view.prefix.map(|p| (p, 0)), Some((view.own, view.prefix_len))];
+            match (view.prefix, view.own) {
+                (None | Some((KvRows::F16(_), KvRows::F16(_))), (KvRows::F16(_), KvRows::F16(_))) => {
+                    head.attend(segments.map(|s| s.map(|((k, v), at)| (f16_rows(k), f16_rows(v), at))), keys, out)
+                }
+                (None | Some((KvRows::F32(_), KvRows::F32(_))), (KvRows::F32(_), KvRows::F32(_))) => {
+                    head.attend(segments.map(|s| s.map(|((k, v), at)| (f32_rows(k), f32_rows(v), at))), keys, out)
+                }
+                _ => unreachable!("the kernels backend keeps its caches, prefixes included, in host memory with one precision"),
             }
         };
         let work: usize = rows.iter().map(|r| (r.pos + 1).min(window)).sum::<usize>() * n_heads * d;
@@ -245,15 +251,46 @@ struct Head<'a> {
     scale: f32,
 }
 
+/// Rows of keys and values holding positions from `.2` on.
+type Segment<'a, T> = (&'a [T], &'a [T], usize);
+
 impl Head<'_> {
-    /// Softmax-weighted sum of the value rows in `keys` into `out`.
-    fn attend<T: KvElem>(&self, k: &[T], v: &[T], keys: std::ops::Range<usize>, out: &mut [f32]) {
-        let first = keys.start * self.kv_dim + self.offset;
+    /// Softmax-weighted sum of the value rows at positions `keys` into `out`; the rows lie in
+    /// up to two segments (a shared prefix, then the sequence's own rows). Scores are per row and
+    /// the weighted sum adds rows in position order, so the split changes no bit of the result.
+    fn attend<T: KvElem>(&self, segments: [Option<Segment<'_, T>>; 2], keys: std::ops::Range<usize>, out: &mut [f32]) {
         let mut probs = vec![0f32; keys.len()];
-        T::scores(self.q, &k[first..], self.kv_dim, self.scale, &mut probs);
+        let parts = segments.map(|s| {
+            s.and_then(|(k, v, at)| {
+                let rows = k.len() / self.kv_dim;
+                let (from, to) = (keys.start.max(at), keys.end.min(at + rows));
+                (from < to).then_some((k, v, from - at, from - keys.start..to - keys.start))
+            })
+        });
+        for &(k, _, first, ref p) in parts.iter().flatten() {
+            let k = &k[first * self.kv_dim + self.offset..];
+            T::scores(self.q, k, self.kv_dim, self.scale, &mut probs[p.clone()]);
+        }
         softmax_in_place(&mut probs);
         out.fill(0.0);
-        T::weighted_sum(&probs, &v[first..], self.kv_dim, out);
+        for &(_, v, first, ref p) in parts.iter().flatten() {
+            let v = &v[first * self.kv_dim + self.offset..];
+            T::weighted_sum(&probs[p.clone()], v, self.kv_dim, out);
+        }
+    }
+}
+
+fn f16_rows(rows: &KvRows) -> &[f16] {
+    match rows {
+        KvRows::F16(v) => v,
+        _ => &[],
+    }
+}
+
+fn f32_rows(rows: &KvRows) -> &[f32] {
+    match rows {
+        KvRows::F32(v) => v,
+        _ => &[],
     }
 }
 

@@ -4,6 +4,13 @@
 //! append and the single-token decode path reads them in place; the general path builds a
 //! candle tensor from them when it needs one. On a device (the candle backend) each layer is a
 //! tensor `[n_kv_heads, len, head_dim]` that grows by concatenation.
+//!
+//! A host cache may start with a shared prefix: another, frozen cache (behind an `Arc`) whose
+//! positions it reads as its own first ones without copying them. Many sequences that begin with
+//! the same tokens (a system prompt, a retrieval preamble) then hold one copy of that prefix's
+//! keys and values; each appends only its own rows after it.
+
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use half::f16;
@@ -84,8 +91,9 @@ impl KvRows {
         Ok(())
     }
 
-    /// Append `x: [n_kv, tokens, head_dim]` and return every row as f32 `[n_kv, len, head_dim]`.
-    fn append_tensor(&mut self, x: &Tensor, precision: KvPrecision) -> Result<Tensor> {
+    /// Append `x: [n_kv, tokens, head_dim]` and return every row (after those of `prefix`, if
+    /// given) as f32 `[n_kv, len, head_dim]`.
+    fn append_tensor(&mut self, x: &Tensor, precision: KvPrecision, prefix: Option<&KvRows>) -> Result<Tensor> {
         let (n_kv, _, head_dim) = x.dims3()?;
         if let KvRows::Device(slot) = self {
             let x = x.to_dtype(precision.dtype())?;
@@ -98,12 +106,21 @@ impl KvRows {
         }
         let token_major = x.transpose(0, 1)?.flatten_all()?.to_vec1::<f32>()?;
         self.extend(&token_major)?;
-        let rows = self.len() / (n_kv * head_dim);
+        let rows = (self.len() + prefix.map_or(0, KvRows::len)) / (n_kv * head_dim);
         let shape = (rows, n_kv, head_dim);
-        let all = match self {
-            KvRows::F16(v) => Tensor::from_slice(v, shape, &Device::Cpu)?.to_dtype(DType::F32)?,
-            KvRows::F32(v) => Tensor::from_slice(v, shape, &Device::Cpu)?,
-            KvRows::Device(_) => unreachable!("handled above"),
+        let all = match (prefix, &*self) {
+            (None, KvRows::F16(v)) => Tensor::from_slice(v, shape, &Device::Cpu)?.to_dtype(DType::F32)?,
+            (None, KvRows::F32(v)) => Tensor::from_slice(v, shape, &Device::Cpu)?,
+            (Some(KvRows::F16(p)), KvRows::F16(v)) => {
+                Tensor::from_vec([p.as_slice(), v].concat(), shape, &Device::Cpu)?.to_dtype(DType::F32)?
+            }
+            (Some(KvRows::F32(p)), KvRows::F32(v)) => Tensor::from_vec([p.as_slice(), v].concat(), shape, &Device::Cpu)?,
+            _ => {
+                return Err(Error::invalid(
+                    "cache",
+                    "a shared prefix must be kept like the cache that reads it",
+                ))
+            }
         };
         Ok(all.transpose(0, 1)?.contiguous()?)
     }
@@ -121,6 +138,17 @@ pub struct KvCache {
     precision: KvPrecision,
     /// Where the rows live: `None` for host rows, else the device of the candle backend.
     device: Option<Device>,
+    /// A frozen host cache whose positions come before this cache's own rows (`len` counts
+    /// them); shared read-only with other caches.
+    prefix: Option<Arc<KvCache>>,
+}
+
+/// One layer's keys and values as attention reads them: the shared prefix's rows (if any), then
+/// the cache's own rows, which continue the positions after `prefix_len`.
+pub(super) struct LayerView<'a> {
+    pub prefix: Option<(&'a KvRows, &'a KvRows)>,
+    pub prefix_len: usize,
+    pub own: (&'a KvRows, &'a KvRows),
 }
 
 impl KvCache {
@@ -134,6 +162,7 @@ impl KvCache {
             width: 0,
             precision,
             device: None,
+            prefix: None,
         }
     }
 
@@ -151,7 +180,23 @@ impl KvCache {
             width,
             precision,
             device: None,
+            prefix: None,
         }
+    }
+
+    /// A host cache that starts with the frozen `prefix` (shared, not copied) and has room for
+    /// `tokens` more positions of its own.
+    pub(super) fn after_prefix(prefix: Arc<KvCache>, tokens: usize) -> Result<Self> {
+        if prefix.device.is_some() || prefix.prefix.is_some() {
+            return Err(Error::invalid(
+                "cache",
+                "a shared prefix must be a host cache without a prefix of its own",
+            ));
+        }
+        let mut cache = Self::with_capacity(prefix.n_layers(), prefix.precision, tokens, prefix.width);
+        cache.len = prefix.len;
+        cache.prefix = Some(prefix);
+        Ok(cache)
     }
 
     /// An empty cache whose layers are tensors on `device` (for the candle backend).
@@ -164,6 +209,7 @@ impl KvCache {
             width: 0,
             precision,
             device: Some(device.clone()),
+            prefix: None,
         }
     }
 
@@ -193,21 +239,39 @@ impl KvCache {
         self.layers.len()
     }
 
+    /// Positions read from a shared prefix (0 without one).
+    pub fn shared_prefix_len(&self) -> usize {
+        self.prefix.as_ref().map_or(0, |p| p.len)
+    }
+
     /// Forget everything after the first `len` positions (also rows that a failed forward call
-    /// appended to some layers but never committed).
+    /// appended to some layers but never committed). Cutting into a shared prefix copies the
+    /// part of it that stays.
     pub fn truncate(&mut self, len: usize) -> Result<()> {
         if len > self.len {
             return Ok(());
         }
-        for (k, v) in &mut self.layers {
-            k.truncate(len, self.width)?;
-            v.truncate(len, self.width)?;
+        let shared = self.shared_prefix_len();
+        if len < shared {
+            let prefix = self.prefix.take().expect("a shared prefix is set");
+            for ((k, v), (pk, pv)) in self.layers.iter_mut().zip(&prefix.layers) {
+                *k = pk.clone();
+                *v = pv.clone();
+                k.truncate(len, self.width)?;
+                v.truncate(len, self.width)?;
+            }
+        } else {
+            for (k, v) in &mut self.layers {
+                k.truncate(len - shared, self.width)?;
+                v.truncate(len - shared, self.width)?;
+            }
         }
         self.len = len;
         Ok(())
     }
 
-    /// Bytes held by the cache.
+    /// Bytes held by the cache itself (a shared prefix's rows are not counted: they belong to
+    /// the prefix).
     pub fn size_bytes(&self) -> usize {
         let elem = match self.precision {
             KvPrecision::F16 => 2,
@@ -229,10 +293,17 @@ impl KvCache {
         Ok(())
     }
 
-    /// Keys and values of `layer`, every row stored so far.
-    pub(super) fn rows(&self, layer: usize) -> (&KvRows, &KvRows) {
+    /// Keys and values of `layer`, every row stored so far: the shared prefix's, then its own.
+    pub(super) fn view(&self, layer: usize) -> LayerView<'_> {
         let (k, v) = &self.layers[layer];
-        (k, v)
+        LayerView {
+            prefix: self.prefix.as_ref().map(|p| {
+                let (pk, pv) = &p.layers[layer];
+                (pk, pv)
+            }),
+            prefix_len: self.shared_prefix_len(),
+            own: (k, v),
+        }
     }
 
     /// Append `k, v: [n_kv, tokens, head_dim]` to `layer` and return everything cached for it
@@ -247,8 +318,12 @@ impl KvCache {
             return Err(Error::invalid("cache", "the KV cache belongs to a different model"));
         }
         let precision = self.precision;
+        let prefix = self.prefix.as_ref().map(|p| &p.layers[layer]);
         let (kr, vr) = &mut self.layers[layer];
-        Ok((kr.append_tensor(k, precision)?, vr.append_tensor(v, precision)?))
+        Ok((
+            kr.append_tensor(k, precision, prefix.map(|p| &p.0))?,
+            vr.append_tensor(v, precision, prefix.map(|p| &p.1))?,
+        ))
     }
 
     /// Count `tokens` new positions as cached, once every layer holds them.

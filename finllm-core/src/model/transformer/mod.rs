@@ -400,6 +400,24 @@ impl Transformer {
         }
     }
 
+    /// A cache that reads the frozen `prefix` (a host cache of this model) as its first
+    /// positions without copying it, with room for `tokens` more of its own. Only the kernels
+    /// backend, which keeps caches in host memory, shares prefixes.
+    pub fn cache_after_prefix(&self, prefix: Arc<KvCache>, tokens: usize) -> Result<KvCache> {
+        if !self.shares_prefixes() {
+            return Err(Error::invalid("cache", "this backend does not share KV prefixes"));
+        }
+        if prefix.n_layers() != self.cfg.n_layers || !prefix.fits(&self.backend) {
+            return Err(Error::invalid("cache", "the shared prefix belongs to a different model"));
+        }
+        KvCache::after_prefix(prefix, tokens)
+    }
+
+    /// Whether caches can share a frozen prefix ([`cache_after_prefix`](Self::cache_after_prefix)).
+    pub fn shares_prefixes(&self) -> bool {
+        matches!(self.backend, Backend::CpuKernels)
+    }
+
     /// Bytes of f16 KV cache one position takes (keys and values of every layer).
     pub fn kv_bytes_per_token(&self) -> usize {
         self.cfg.n_layers * 2 * self.cfg.kv_dim() * 2
