@@ -333,30 +333,24 @@ struct Failure(finllm_status, String);
 
 impl From<Error> for Failure {
     fn from(e: Error) -> Self {
-        let status = match &e {
-            Error::Io { .. } => FINLLM_ERROR_IO,
-            Error::Gguf { .. } | Error::Safetensors { .. } => FINLLM_ERROR_MODEL_FORMAT,
-            Error::UnknownArchitecture { .. }
-            | Error::MissingKey { .. }
-            | Error::BadKey { .. }
-            | Error::MissingTensor { .. }
-            | Error::TensorShape { .. }
-            | Error::UnsupportedTensorType { .. } => FINLLM_ERROR_UNSUPPORTED_MODEL,
-            Error::Tokenizer(_) => FINLLM_ERROR_TOKENIZER,
-            Error::ChatTemplate(_) => FINLLM_ERROR_CHAT_TEMPLATE,
-            Error::InvalidArgument { .. } | Error::TokenOutOfRange { .. } => FINLLM_ERROR_INVALID_ARGUMENT,
-            Error::ContextOverflow { .. } => FINLLM_ERROR_CONTEXT_OVERFLOW,
-            Error::Backend(_) | Error::NonFinite { .. } => FINLLM_ERROR_BACKEND,
-            Error::Policy { .. } => FINLLM_ERROR_POLICY,
-            Error::Audit { .. } => FINLLM_ERROR_AUDIT,
-            Error::AuditPoisoned { .. } => FINLLM_ERROR_AUDIT_POISONED,
-            Error::AuditNotRegularFile { .. } => FINLLM_ERROR_AUDIT,
-            Error::DeviceUnavailable { .. } => FINLLM_ERROR_DEVICE,
-            Error::Busy { .. } => FINLLM_ERROR_BUSY,
-            Error::RequestTooLarge { .. } => FINLLM_ERROR_REQUEST_TOO_LARGE,
-            Error::DeadlineExceeded { .. } => FINLLM_ERROR_DEADLINE_EXCEEDED,
-            Error::Engine { .. } => FINLLM_ERROR_ENGINE,
-            _ => FINLLM_ERROR_OTHER,
+        use finllm_core::error::ErrorKind as K;
+        let status = match e.kind() {
+            K::Io => FINLLM_ERROR_IO,
+            K::ModelFormat => FINLLM_ERROR_MODEL_FORMAT,
+            K::UnsupportedModel => FINLLM_ERROR_UNSUPPORTED_MODEL,
+            K::Tokenizer => FINLLM_ERROR_TOKENIZER,
+            K::ChatTemplate => FINLLM_ERROR_CHAT_TEMPLATE,
+            K::InvalidArgument => FINLLM_ERROR_INVALID_ARGUMENT,
+            K::ContextOverflow => FINLLM_ERROR_CONTEXT_OVERFLOW,
+            K::Backend => FINLLM_ERROR_BACKEND,
+            K::Device => FINLLM_ERROR_DEVICE,
+            K::Policy => FINLLM_ERROR_POLICY,
+            K::Audit => FINLLM_ERROR_AUDIT,
+            K::AuditPoisoned => FINLLM_ERROR_AUDIT_POISONED,
+            K::Busy => FINLLM_ERROR_BUSY,
+            K::RequestTooLarge => FINLLM_ERROR_REQUEST_TOO_LARGE,
+            K::DeadlineExceeded => FINLLM_ERROR_DEADLINE_EXCEEDED,
+            K::Engine => FINLLM_ERROR_ENGINE,
         };
         Failure(status, e.to_string())
     }

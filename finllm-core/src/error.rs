@@ -154,7 +154,68 @@ pub enum Error {
     Backend(#[from] candle_core::Error),
 }
 
+/// What kind of failure an [`Error`] is: the classes a binding maps to its own error codes or
+/// exception types. Not `non_exhaustive`, on purpose: a binding matches every kind, so a new
+/// kind fails its build instead of falling into a catch-all; and [`Error::kind`] matches every
+/// error, so a new error variant must be given a kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// A file could not be read or written.
+    Io,
+    /// A model file is malformed (GGUF, safetensors).
+    ModelFormat,
+    /// A well-formed model that finllm cannot run (architecture, keys, tensors, types).
+    UnsupportedModel,
+    Tokenizer,
+    ChatTemplate,
+    /// A caller's argument is out of range (token ids included).
+    InvalidArgument,
+    ContextOverflow,
+    /// The tensor backend failed, or a computation produced NaN or infinity.
+    Backend,
+    /// The requested device cannot be used.
+    Device,
+    Policy,
+    Audit,
+    /// The audit log refuses further records after an earlier failure.
+    AuditPoisoned,
+    /// The engine's queue is full.
+    Busy,
+    /// The request can never fit the engine's limits.
+    RequestTooLarge,
+    DeadlineExceeded,
+    /// The engine's scheduler failed or stopped.
+    Engine,
+}
+
 impl Error {
+    /// The error's kind (one exhaustive match: every variant has one).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Io { .. } => ErrorKind::Io,
+            Error::Gguf { .. } | Error::Safetensors { .. } => ErrorKind::ModelFormat,
+            Error::UnknownArchitecture { .. }
+            | Error::MissingKey { .. }
+            | Error::BadKey { .. }
+            | Error::MissingTensor { .. }
+            | Error::TensorShape { .. }
+            | Error::UnsupportedTensorType { .. } => ErrorKind::UnsupportedModel,
+            Error::Tokenizer(_) => ErrorKind::Tokenizer,
+            Error::ChatTemplate(_) => ErrorKind::ChatTemplate,
+            Error::InvalidArgument { .. } | Error::TokenOutOfRange { .. } => ErrorKind::InvalidArgument,
+            Error::ContextOverflow { .. } => ErrorKind::ContextOverflow,
+            Error::Backend(_) | Error::NonFinite { .. } => ErrorKind::Backend,
+            Error::DeviceUnavailable { .. } => ErrorKind::Device,
+            Error::Policy { .. } => ErrorKind::Policy,
+            Error::Audit { .. } | Error::AuditNotRegularFile { .. } => ErrorKind::Audit,
+            Error::AuditPoisoned { .. } => ErrorKind::AuditPoisoned,
+            Error::Busy { .. } => ErrorKind::Busy,
+            Error::RequestTooLarge { .. } => ErrorKind::RequestTooLarge,
+            Error::DeadlineExceeded { .. } => ErrorKind::DeadlineExceeded,
+            Error::Engine { .. } => ErrorKind::Engine,
+        }
+    }
+
     pub(crate) fn invalid(name: &str, reason: impl Into<String>) -> Self {
         Error::InvalidArgument {
             name: name.to_string(),

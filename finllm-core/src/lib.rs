@@ -25,7 +25,7 @@ pub mod util;
 pub use chat::{ChatMessage, ChatTemplate};
 pub use device::DeviceSpec;
 pub use engine::{Engine, EngineConfig, KvBudget, Prompt, Request, RequestStream};
-pub use error::{Error, GgufError, Result};
+pub use error::{Error, ErrorKind, GgufError, Result};
 pub use generate::{FinishReason, GenerateParams, Generation, SamplingParams, TokenEvent, TokenStream};
 pub use llm::{LoadOptions, Model, ModelSource};
 pub use model::{Architecture, GgufFile, ModelConfig, Transformer};

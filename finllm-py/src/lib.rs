@@ -122,37 +122,27 @@ fn audit_to_py(e: core::Error) -> PyErr {
 
 /// The one place core errors become Python exceptions.
 fn to_py_in(domain: Domain, e: core::Error) -> PyErr {
-    use core::Error as E;
+    use core::error::ErrorKind as K;
     let msg = e.to_string();
-    match e {
-        E::Io { .. } => match domain {
+    match e.kind() {
+        K::Io => match domain {
             Domain::Model => ModelLoadError::new_err(msg),
             Domain::Policy => PolicyError::new_err(msg),
             Domain::Audit => AuditError::new_err(msg),
         },
-        E::Gguf { .. }
-        | E::Safetensors { .. }
-        | E::UnknownArchitecture { .. }
-        | E::MissingKey { .. }
-        | E::BadKey { .. }
-        | E::MissingTensor { .. }
-        | E::TensorShape { .. }
-        | E::UnsupportedTensorType { .. } => ModelLoadError::new_err(msg),
-        E::Tokenizer(_) => TokenizerError::new_err(msg),
-        E::ChatTemplate(_) => ChatTemplateError::new_err(msg),
-        E::InvalidArgument { .. } | E::TokenOutOfRange { .. } => InvalidArgument::new_err(msg),
-        E::ContextOverflow { .. } => ContextOverflowError::new_err(msg),
-        E::Backend(_) | E::NonFinite { .. } => BackendError::new_err(msg),
-        E::DeviceUnavailable { .. } => DeviceError::new_err(msg),
-        E::Policy { .. } => PolicyError::new_err(msg),
-        E::Audit { .. } => AuditError::new_err(msg),
-        E::AuditPoisoned { .. } => AuditPoisonedError::new_err(msg),
-        E::AuditNotRegularFile { .. } => AuditError::new_err(msg),
-        E::Busy { .. } => EngineBusyError::new_err(msg),
-        E::RequestTooLarge { .. } => InvalidArgument::new_err(msg),
-        E::DeadlineExceeded { .. } => DeadlineExceededError::new_err(msg),
-        E::Engine { .. } => EngineError::new_err(msg),
-        _ => FinllmError::new_err(msg),
+        K::ModelFormat | K::UnsupportedModel => ModelLoadError::new_err(msg),
+        K::Tokenizer => TokenizerError::new_err(msg),
+        K::ChatTemplate => ChatTemplateError::new_err(msg),
+        K::InvalidArgument | K::RequestTooLarge => InvalidArgument::new_err(msg),
+        K::ContextOverflow => ContextOverflowError::new_err(msg),
+        K::Backend => BackendError::new_err(msg),
+        K::Device => DeviceError::new_err(msg),
+        K::Policy => PolicyError::new_err(msg),
+        K::Audit => AuditError::new_err(msg),
+        K::AuditPoisoned => AuditPoisonedError::new_err(msg),
+        K::Busy => EngineBusyError::new_err(msg),
+        K::DeadlineExceeded => DeadlineExceededError::new_err(msg),
+        K::Engine => EngineError::new_err(msg),
     }
 }
 

@@ -231,9 +231,6 @@ pub fn run(engine: &Engine, cfg: &ServeBenchConfig) -> Result<ServeBenchResult> 
     }
     drop(background);
     let hits = engine.metrics().prefix_hit_tokens - hits_before;
-    if std::env::var_os("FINLLM_BENCH_DEBUG").is_some() {
-        eprintln!("probe ttft ms: {ttft:?}");
-    }
     ttft.sort_by(f64::total_cmp);
     let c = engine.config();
     Ok(ServeBenchResult {
