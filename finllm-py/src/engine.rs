@@ -245,6 +245,8 @@ impl Engine {
         d.set_item("rejected", m.rejected)?;
         d.set_item("prompt_tokens", m.prompt_tokens)?;
         d.set_item("generated_tokens", m.generated_tokens)?;
+        d.set_item("prefix_hit_tokens", m.prefix_hit_tokens)?;
+        d.set_item("prefix_cached_tokens", m.prefix_cached_tokens)?;
         d.set_item("steps", m.steps)?;
         d.set_item("decode_tokens_per_s", m.decode_tokens_per_s)?;
         for (name, p) in [

@@ -489,6 +489,8 @@ class Engine:
         kv_budget_bytes: Optional[int] = None,
         queue_requests: int = 256,
         queue_tokens: int = 1048576,
+        prefix_min_tokens: int = 32,
+        prefix_max_entries: int = 16,
     ) -> None: ...
     def generate(
         self,
