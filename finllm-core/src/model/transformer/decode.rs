@@ -5,19 +5,18 @@
 //! allocates a candle tensor (and candle runs element-wise ops on threads of its own, beside
 //! ours), the whole KV cache is read back as f32 tensors each call, and candle's matmul (which
 //! probes the CPU on every call) runs attention. This path runs the same computation on plain
-//! buffers: norms, RoPE and activations in place, keys and values appended to the cache rows and
-//! attended to where they lie (f16 converted in registers), one parallel pass per weight group
-//! and one for attention. `tests/tiny_models.rs` checks it against the general path for every
+//! buffers, ids in and logits out with no candle tensor: norms, RoPE and activations in place,
+//! keys and values appended to the cache rows and attended to where they lie (f16 converted in
+//! registers), one parallel pass per weight group and one for attention. `tests/tiny_models.rs` checks it against the general path for every
 //! architecture.
 
 use std::sync::Arc;
 
-use candle_core::{Device, Tensor};
 use half::f16;
 use rayon::prelude::*;
 
 use super::kv_cache::KvRows;
-use super::{rope_values, Linear, SeqInput, SeqOutput, Transformer};
+use super::{rope_values, Linear, SeqInput, Transformer};
 use crate::error::Result;
 use crate::model::config::{Activation, AttentionSpan, RopeStyle};
 use crate::model::weights::forward_group_into;
@@ -30,10 +29,10 @@ use crate::quant::vector::KvElem;
 const PARALLEL_ATTENTION_WORK: usize = 1 << 15;
 
 impl Transformer {
-    /// Every sequence's new tokens after what its cache holds; returns `[1, vocab]` logits per
-    /// sequence (its last token), or `[tokens, vocab]` with `all_logits`. The caller has checked
-    /// the inputs; on error the caller rolls the caches back.
-    pub(super) fn forward_host(&self, seqs: &mut [SeqInput<'_>], all_logits: bool) -> Result<Vec<SeqOutput>> {
+    /// Every sequence's new tokens after what its cache holds; returns per sequence the logits
+    /// of its last token (`vocab` values), or of every token with `all_logits` (`[tokens, vocab]`
+    /// row-major). The caller has checked the inputs; on error the caller rolls the caches back.
+    pub(super) fn forward_host(&self, seqs: &mut [SeqInput<'_>], all_logits: bool) -> Result<Vec<Vec<f32>>> {
         let cfg = &self.cfg;
         let (hidden, kv_dim) = (cfg.hidden_size, cfg.kv_dim());
         let ids: Vec<u32> = seqs.iter().flat_map(|s| s.tokens.iter().copied()).collect();
@@ -51,11 +50,7 @@ impl Transformer {
             .collect();
         let positions: Vec<usize> = rows.iter().map(|r| r.pos).collect();
 
-        let mut x = self
-            .embed
-            .lookup(&Tensor::new(ids.as_slice(), &Device::Cpu)?)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
+        let mut x = self.embed.lookup_rows(&ids)?;
         if cfg.scale_embeddings {
             let s = (hidden as f64).sqrt() as f32;
             x.iter_mut().for_each(|v| *v *= s);
@@ -150,11 +145,7 @@ impl Transformer {
         let mut outputs = Vec::with_capacity(seqs.len());
         let mut row = 0;
         for &r in &returned {
-            outputs.push(SeqOutput {
-                logits: Tensor::from_slice(&logits[row * vocab..(row + r) * vocab], (r, vocab), &Device::Cpu)?,
-                attentions: Vec::new(),
-                hidden_states: Vec::new(),
-            });
+            outputs.push(logits[row * vocab..(row + r) * vocab].to_vec());
             row += r;
         }
         Ok(outputs)

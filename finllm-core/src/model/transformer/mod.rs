@@ -191,6 +191,15 @@ impl From<Weight> for Embedding {
 }
 
 impl Embedding {
+    /// Rows of `ids`, `[ids.len(), hidden]` row-major, without a tensor where the table is
+    /// read in place.
+    fn lookup_rows(&self, ids: &[u32]) -> Result<Vec<f32>> {
+        match self {
+            Embedding::InPlace(rows) => rows.lookup(ids),
+            _ => Ok(self.lookup(&Tensor::new(ids, &Device::Cpu)?)?.flatten_all()?.to_vec1::<f32>()?),
+        }
+    }
+
     fn lookup(&self, ids: &Tensor) -> Result<Tensor> {
         Ok(match self {
             Embedding::Quantized(q) => q.embedding(ids)?,
@@ -423,9 +432,13 @@ impl Transformer {
         self.cfg.n_layers * 2 * self.cfg.kv_dim() * 2
     }
 
-    /// Run several sequences in one call and return each one's last-token logits as a `Vec`.
-    /// On error every cache is left as it was.
+    /// Run several sequences in one call and return each one's last-token logits as a `Vec`
+    /// (on the kernels backend, plain buffers from ids to logits: no tensor is made). On error
+    /// every cache is left as it was.
     pub fn forward_last_logits(&self, seqs: &mut [SeqInput<'_>]) -> Result<Vec<Vec<f32>>> {
+        if matches!(self.backend, Backend::CpuKernels) {
+            return self.checked(seqs, |seqs| self.forward_host(seqs, false));
+        }
         self.forward_batch(seqs, &ForwardOptions::default())?
             .into_iter()
             .map(|o| Ok(o.logits.flatten_all()?.to_vec1::<f32>()?))
@@ -434,20 +447,38 @@ impl Transformer {
 
     /// Run `tokens` after what `cache` holds; returns the last token's logits as a `Vec`.
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
-        let mut out = self.forward_batch(&mut [SeqInput { tokens, cache }], &ForwardOptions::default())?;
-        let logits = out.pop().expect("one output per input").logits;
-        Ok(logits.flatten_all()?.to_vec1::<f32>()?)
+        let mut out = self.forward_last_logits(&mut [SeqInput { tokens, cache }])?;
+        Ok(out.pop().expect("one output per input"))
     }
 
-    /// Run several sequences in one call. On error every cache is left as it was.
-    pub fn forward_batch(&self, seqs: &mut [SeqInput<'_>], opts: &ForwardOptions) -> Result<Vec<SeqOutput>> {
+    /// Check every input, run `f`, and roll every cache back if it fails.
+    fn checked<R: Default>(
+        &self,
+        seqs: &mut [SeqInput<'_>],
+        f: impl FnOnce(&mut [SeqInput<'_>]) -> Result<R>,
+    ) -> Result<R> {
         if seqs.is_empty() {
-            return Ok(Vec::new());
+            return Ok(R::default());
         }
         for s in seqs.iter() {
             self.check_input(s.tokens, s.cache)?;
         }
         let before: Vec<usize> = seqs.iter().map(|s| s.cache.len()).collect();
+        let result = f(seqs);
+        if result.is_err() {
+            for (s, &len) in seqs.iter_mut().zip(&before) {
+                s.cache.truncate(len)?;
+            }
+        }
+        result
+    }
+
+    /// Run several sequences in one call. On error every cache is left as it was.
+    pub fn forward_batch(&self, seqs: &mut [SeqInput<'_>], opts: &ForwardOptions) -> Result<Vec<SeqOutput>> {
+        self.checked(seqs, |seqs| self.forward_batch_unchecked(seqs, opts))
+    }
+
+    fn forward_batch_unchecked(&self, seqs: &mut [SeqInput<'_>], opts: &ForwardOptions) -> Result<Vec<SeqOutput>> {
         let kernels = matches!(self.backend, Backend::CpuKernels);
         // Every logits-only call on the kernels backend, prefill included, takes the host path.
         // (Prefill once stayed on the general path because its SmolLM2 perplexity on
@@ -455,17 +486,23 @@ impl Transformer {
         // the attention scores by 1 ± 1e-6 moves the host path's figure between 45.91 and 46.33,
         // and with an f32 cache between 45.88 and 46.10; this model's large attention logits
         // make single-token log-probabilities swing by up to half a nat under such changes.)
-        let result = if kernels && !opts.attentions && !opts.hidden_states {
-            self.forward_host(seqs, opts.all_logits)
+        if kernels && !opts.attentions && !opts.hidden_states {
+            let logits = self.forward_host(seqs, opts.all_logits)?;
+            let vocab = self.cfg.vocab_size;
+            logits
+                .into_iter()
+                .map(|l| {
+                    let rows = l.len() / vocab;
+                    Ok(SeqOutput {
+                        logits: Tensor::from_vec(l, (rows, vocab), &Device::Cpu)?,
+                        attentions: Vec::new(),
+                        hidden_states: Vec::new(),
+                    })
+                })
+                .collect()
         } else {
             self.forward_inner(seqs, opts, None)
-        };
-        if result.is_err() {
-            for (s, &len) in seqs.iter_mut().zip(&before) {
-                s.cache.truncate(len)?;
-            }
         }
-        result
     }
 
     fn check_input(&self, tokens: &[u32], cache: &KvCache) -> Result<()> {
