@@ -7,12 +7,13 @@ use std::time::Duration;
 
 use finllm_core::engine::{self as eng, CancelHandle, Engine, EngineConfig, KvBudget, Prompt, RequestStream};
 
-use crate::finllm_status::*;
-use crate::{
-    chat_messages, check_size, copy_out, fail, finllm_chat_message, finllm_generate_params, finllm_generation,
-    finllm_model, finllm_status, finllm_token_callback, generate_params, guard, into_handle, opt_c_str, put, require,
-    Failure,
+use crate::boundary::{check_size, copy_out, fail, guard, opt_c_str, put, require, Failure};
+use crate::generate::{
+    chat_messages, finllm_chat_message, finllm_generate_params, finllm_generation, finllm_token_callback,
+    generate_params, into_handle,
 };
+use crate::model::finllm_model;
+use crate::status::finllm_status::{self, *};
 
 /// Many requests, one model: a scheduler thread runs every submitted request in one batch
 /// (continuous batching), within a KV-cache budget and a bounded queue. Thread safety: fully
@@ -304,7 +305,7 @@ pub unsafe extern "C" fn finllm_engine_generate(
             return fail(FINLLM_ERROR_NULL_POINTER, "out is NULL");
         }
         let mut stream = submit(engine, request, wait)?;
-        let mut sink = crate::token_sink(callback, user_data, None);
+        let mut sink = crate::generate::token_sink(callback, user_data, None);
         while let Some(event) = stream.next() {
             if sink(&event?).is_break() {
                 stream.cancel();
