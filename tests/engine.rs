@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::Rng;
 use finllm::engine::{Engine, EngineConfig, KvBudget, Prompt, Request};
-use finllm::model::synthetic::SyntheticSpec;
+use finllm::tools::synthetic::SyntheticSpec;
 use finllm::quant::QuantType;
 use finllm::{Architecture, Error, FinishReason, GenerateParams, Generation, LoadOptions, Model, SamplingParams};
 

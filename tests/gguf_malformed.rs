@@ -5,7 +5,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use finllm::model::gguf::GgufWriter;
-use finllm::model::synthetic::SyntheticSpec;
+use finllm::tools::synthetic::SyntheticSpec;
 use finllm::model::{GgufFile, Transformer, Value};
 use finllm::quant::QuantType;
 use finllm::{Architecture, Error, GgufError, Tokenizer};

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use finllm::eval::{calibrate, perplexity};
-use finllm::model::quantize::{quantize_model, quantize_model_with, QuantizeSpec};
-use finllm::model::synthetic::SyntheticSpec;
+use finllm::tools::quantize::{quantize_model, quantize_model_with, QuantizeSpec};
+use finllm::tools::synthetic::SyntheticSpec;
 use finllm::model::{ForwardOptions, GgufFile, KvPrecision, SeqInput, Transformer, Value};
 use finllm::quant::QuantType;
 use finllm::{Architecture, Error, LoadOptions, Model};

@@ -9,7 +9,7 @@ mod oracle;
 use std::path::{Path, PathBuf};
 
 use finllm::device::Device;
-use finllm::model::synthetic::SyntheticSpec;
+use finllm::tools::synthetic::SyntheticSpec;
 use finllm::model::{Backend, ForwardOptions, GgufFile, KvCache, KvPrecision, SeqInput, Transformer};
 use finllm::quant::QuantType;
 use finllm::{Architecture, ChatMessage, Error, FinishReason, GenerateParams, LoadOptions, Model, SamplingParams};

@@ -2,7 +2,7 @@
 //! expectations, and the `tokenizer.json` override.
 
 use finllm::model::gguf::GgufWriter;
-use finllm::model::synthetic::SyntheticSpec;
+use finllm::tools::synthetic::SyntheticSpec;
 use finllm::model::{GgufFile, Value};
 use finllm::quant::QuantType;
 use finllm::tokenizer::TokenizerKind;

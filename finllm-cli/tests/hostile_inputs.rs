@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use finllm_core::model::synthetic::SyntheticSpec;
+use finllm_core::tools::synthetic::SyntheticSpec;
 use finllm_core::model::Value;
 use finllm_core::quant::QuantType;
 use finllm_core::Architecture;

@@ -65,7 +65,7 @@ pub fn perplexity(model: &Model, text: &str, context: usize) -> Result<Perplexit
 /// Calibrate importance-weighted quantization: run `text` through the model in windows of
 /// `context` tokens and return, for every weight matrix, the mean square of the activations each
 /// of its input columns met. Use a text other than the one the quantized model is judged on.
-pub fn calibrate(model: &Model, text: &str, context: usize) -> Result<crate::model::quantize::Importance> {
+pub fn calibrate(model: &Model, text: &str, context: usize) -> Result<crate::tools::quantize::Importance> {
     let ids = windowed_tokens(model, text, context, 1)?;
     let mut sums = crate::model::InputStats::new();
     for window in ids.chunks(context) {
@@ -76,7 +76,7 @@ pub fn calibrate(model: &Model, text: &str, context: usize) -> Result<crate::mod
         .into_iter()
         .map(|(name, v)| (name, v.into_iter().map(|s| (s / tokens as f64) as f32).collect()))
         .collect();
-    Ok(crate::model::quantize::Importance { columns, tokens })
+    Ok(crate::tools::quantize::Importance { columns, tokens })
 }
 
 /// The tokens of `text`, checked to be at least `min` of them, for windows of `context` tokens

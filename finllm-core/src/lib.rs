@@ -20,6 +20,7 @@ mod llm;
 pub mod model;
 pub mod quant;
 pub mod tokenizer;
+pub mod tools;
 pub mod util;
 
 pub use chat::{ChatMessage, ChatTemplate};

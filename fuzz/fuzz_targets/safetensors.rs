@@ -9,7 +9,7 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let dir = scratch().join("st");
     if !dir.join("config.json").exists() {
-        finllm_core::model::synthetic::SyntheticSpec::tiny(finllm_core::Architecture::Llama, 1)
+        finllm_core::tools::synthetic::SyntheticSpec::tiny(finllm_core::Architecture::Llama, 1)
             .write_safetensors_dir(&dir, finllm_core::quant::QuantType::F32)
             .expect("tiny checkpoint");
         std::fs::copy(dir.join("config.json"), dir.join("config.json.orig")).expect("config copy");

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
-use finllm_core::model::synthetic::SyntheticSpec;
+use finllm_core::tools::synthetic::SyntheticSpec;
 use finllm_core::model::GgufFile;
 use finllm_core::quant::QuantType;
 use finllm_core::{Architecture, Tokenizer};

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use finllm::model::synthetic::SyntheticSpec;
+use finllm::tools::synthetic::SyntheticSpec;
 use finllm::Architecture;
 
 type Weights = BTreeMap<String, (Vec<usize>, Vec<f32>)>;

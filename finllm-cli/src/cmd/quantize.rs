@@ -14,7 +14,7 @@ pub(crate) fn quantize(
     context: usize,
     threads: Option<usize>,
 ) -> CliResult {
-    let mut spec = finllm_core::model::quantize::QuantizeSpec::from_name(quant)
+    let mut spec = finllm_core::tools::quantize::QuantizeSpec::from_name(quant)
         .ok_or_else(|| format!("unknown weight type or recipe '{quant}'"))?;
     let started = std::time::Instant::now();
     if let Some(text_path) = calibration {
@@ -36,7 +36,7 @@ pub(crate) fn quantize(
         );
         spec.importance = Some(importance);
     }
-    let (writer, report) = finllm_core::model::quantize::quantize_model_with(model, &spec)?;
+    let (writer, report) = finllm_core::tools::quantize::quantize_model_with(model, &spec)?;
     writer.write(out)?;
     eprintln!(
         "wrote {} ({quant}): {} matrices quantized, {} tensors kept, tensor data {:.1} MiB -> {:.1} MiB, {:.1} s",

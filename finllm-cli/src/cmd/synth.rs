@@ -5,7 +5,7 @@ use std::path::Path;
 use crate::util::CliResult;
 
 pub(crate) fn synth(arch: &str, preset: &str, out: &Path, quant: &str, seed: u64, safetensors: bool) -> CliResult {
-    use finllm_core::model::synthetic::SyntheticSpec;
+    use finllm_core::tools::synthetic::SyntheticSpec;
     let arch = finllm_core::Architecture::parse(arch)?;
     let spec = SyntheticSpec::preset(preset, arch, seed)?;
     let quant =

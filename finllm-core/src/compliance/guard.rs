@@ -529,7 +529,7 @@ fn new_request_id() -> String {
 mod tests {
     use super::*;
     use crate::compliance::audit::{self, AuditConfig, SegmentIo};
-    use crate::model::synthetic::SyntheticSpec;
+    use crate::tools::synthetic::SyntheticSpec;
     use crate::quant::QuantType;
     use crate::{Architecture, LoadOptions};
     use std::path::PathBuf;

@@ -4,10 +4,8 @@ pub mod config;
 mod gemma3;
 pub mod gguf;
 mod llama;
-pub mod quantize;
 mod qwen2;
 mod qwen3;
-pub mod synthetic;
 pub mod transformer;
 mod weights;
 
@@ -24,7 +22,8 @@ pub use transformer::{
 use candle_core::Device;
 
 use crate::error::{Error, Result};
-use weights::{SafetensorsStore, WeightStore};
+pub(crate) use weights::SafetensorsStore;
+use weights::WeightStore;
 
 /// Hyper-parameters of a GGUF model, dispatched on `general.architecture`.
 pub fn config_from_gguf(f: &GgufFile) -> Result<ModelConfig> {

@@ -498,7 +498,7 @@ mod tests {
         let (rows, cols) = (13, 512);
         for dtype in crate::quant::kernels::KERNEL_FORMATS {
             let values: Vec<f32> = (0..rows * cols).map(|_| (rng.next_f64() * 2.0 - 1.0) as f32).collect();
-            let data = crate::model::synthetic::encode(&values, &[rows, cols], dtype).unwrap();
+            let data = crate::tools::synthetic::encode(&values, &[rows, cols], dtype).unwrap();
             let mut g = crate::model::GgufWriter::new();
             g.tensor("token_embd.weight", &[rows, cols], dtype, data).unwrap();
             let store = WeightStore::Gguf(Arc::new(GgufFile::from_vec("e.gguf", g.to_bytes()).unwrap()));

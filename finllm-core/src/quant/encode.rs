@@ -218,7 +218,7 @@ fn affine(x: &[f32; QK], w: &[f32; QK], hi: u8) -> (f32, f32, [u8; QK]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::synthetic;
+    use crate::tools::synthetic;
     use crate::quant::blocks::dequantize_row;
     use crate::util::Rng;
 

@@ -940,7 +940,7 @@ pub(crate) mod tests {
     /// A row of `n` weights quantized by candle from uniform values.
     pub(crate) fn random_row(rng: &mut Rng, dtype: QuantType, n: usize) -> Vec<u8> {
         let values: Vec<f32> = (0..n).map(|_| (rng.next_f64() * 2.0 - 1.0) as f32).collect();
-        crate::model::synthetic::encode(&values, &[1, n], dtype).unwrap()
+        crate::tools::synthetic::encode(&values, &[1, n], dtype).unwrap()
     }
 
     /// A row of `n` weights as random bytes, with finite f16 scales: reaches bit patterns a

@@ -476,7 +476,7 @@ mod tests {
             (0..n).map(|_| ((rng.next_f64() * 2.0 - 1.0) * spread) as f32).collect()
         };
         for dtype in crate::quant::kernels::KERNEL_FORMATS {
-            let data = crate::model::synthetic::encode(&uniform(rows * cols, 1.0), &[rows, cols], dtype).unwrap();
+            let data = crate::tools::synthetic::encode(&uniform(rows * cols, 1.0), &[rows, cols], dtype).unwrap();
             let row_bytes = data.len() / rows;
             let mut w = vec![0f32; rows * cols];
             for (r, out) in w.chunks_exact_mut(cols).enumerate() {

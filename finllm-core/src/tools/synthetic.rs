@@ -241,7 +241,7 @@ impl SyntheticSpec {
         let path = dir.join("config.json");
         std::fs::write(&path, serde_json::to_string_pretty(&config).expect("json")).map_err(|e| io(&path, e))?;
 
-        let names = super::hf_tensor_names(self.layers);
+        let names = crate::model::hf_tensor_names(self.layers);
         let st_dtype = match dtype {
             QuantType::F32 => safetensors::Dtype::F32,
             QuantType::F16 => safetensors::Dtype::F16,
