@@ -22,6 +22,13 @@ pub type DotFn = fn(row: &[u8], a: &[BlockQ8]) -> f32;
 /// the numbers.
 pub type Dot4Fn = fn(row: &[u8], a: [&[BlockQ8]; 4]) -> [f32; 4];
 
+/// One row against two tokens' activations (two or three running sequences in a batched step);
+/// bit-identical to [`DotFn`] per token, like [`Dot4Fn`].
+pub type Dot2Fn = fn(row: &[u8], a: [&[BlockQ8]; 2]) -> [f32; 2];
+
+/// One row against three tokens' activations; bit-identical to [`DotFn`] per token.
+pub type Dot3Fn = fn(row: &[u8], a: [&[BlockQ8]; 3]) -> [f32; 3];
+
 /// Every weight format finllm has kernels for (a scalar reference on every CPU, SIMD where
 /// [`dot_fn`] finds one).
 pub const KERNEL_FORMATS: [QuantType; 8] = [
@@ -208,6 +215,76 @@ pub fn dot4_fn(dtype: QuantType, isa: Isa) -> Option<Dot4Fn> {
 }
 
 /// Bytes of one weight block of a format with a kernel.
+/// The two-token kernel for `dtype` on `isa` (x86 levels; elsewhere `None`: callers then run
+/// the one-token kernel twice).
+pub fn dot2_fn(dtype: QuantType, isa: Isa) -> Option<Dot2Fn> {
+    #[allow(unreachable_patterns)]
+    let f: Dot2Fn = match (dtype, isa) {
+        (_, Isa::Avx512) => return dot2_fn(dtype, Isa::Avx2),
+        (QuantType::Q4_0, Isa::Scalar) => |r, a| a.map(|a| scalar::q4_0(r, a)),
+        (QuantType::Q4_1, Isa::Scalar) => |r, a| a.map(|a| scalar::q4_1(r, a)),
+        (QuantType::Q5_0, Isa::Scalar) => |r, a| a.map(|a| scalar::q5_0(r, a)),
+        (QuantType::Q5_1, Isa::Scalar) => |r, a| a.map(|a| scalar::q5_1(r, a)),
+        (QuantType::Q8_0, Isa::Scalar) => |r, a| a.map(|a| scalar::q8_0(r, a)),
+        (QuantType::Q4K, Isa::Scalar) => |r, a| a.map(|a| scalar::q4_k(r, a)),
+        (QuantType::Q5K, Isa::Scalar) => |r, a| a.map(|a| scalar::q5_k(r, a)),
+        (QuantType::Q6K, Isa::Scalar) => |r, a| a.map(|a| scalar::q6_k(r, a)),
+        #[cfg(target_arch = "x86_64")]
+        (QuantType::Q4_0, Isa::Avx2) => avx2::q4_0_xn::<2>,
+        #[cfg(target_arch = "x86_64")]
+        (QuantType::Q4_1, Isa::Avx2) => avx2::q4_1_xn::<2>,
+        #[cfg(target_arch = "x86_64")]
+        (QuantType::Q5_0, Isa::Avx2) => avx2::q5_0_xn::<2>,
+        #[cfg(target_arch = "x86_64")]
+        (QuantType::Q5_1, Isa::Avx2) => avx2::q5_1_xn::<2>,
+        #[cfg(target_arch = "x86_64")]
+        (QuantType::Q8_0, Isa::Avx2) => avx2::q8_0_xn::<2>,
+        #[cfg(target_arch = "x86_64")]
+        (QuantType::Q4K, Isa::Avx2) => avx2::q4_k_xn::<2>,
+        #[cfg(target_arch = "x86_64")]
+        (QuantType::Q5K, Isa::Avx2) => avx2::q5_k_xn::<2>,
+        #[cfg(target_arch = "x86_64")]
+        (QuantType::Q6K, Isa::Avx2) => avx2::q6_k_xn::<2>,
+        _ => return None,
+    };
+    Some(f)
+}
+
+/// The three-token kernel for `dtype` on `isa` (x86 levels; elsewhere `None`: callers then run
+/// the one-token kernel three times).
+pub fn dot3_fn(dtype: QuantType, isa: Isa) -> Option<Dot3Fn> {
+    #[allow(unreachable_patterns)]
+    let f: Dot3Fn = match (dtype, isa) {
+        (_, Isa::Avx512) => return dot3_fn(dtype, Isa::Avx2),
+        (QuantType::Q4_0, Isa::Scalar) => |r, a| a.map(|a| scalar::q4_0(r, a)),
+        (QuantType::Q4_1, Isa::Scalar) => |r, a| a.map(|a| scalar::q4_1(r, a)),
+        (QuantType::Q5_0, Isa::Scalar) => |r, a| a.map(|a| scalar::q5_0(r, a)),
+        (QuantType::Q5_1, Isa::Scalar) => |r, a| a.map(|a| scalar::q5_1(r, a)),
+        (QuantType::Q8_0, Isa::Scalar) => |r, a| a.map(|a| scalar::q8_0(r, a)),
+        (QuantType::Q4K, Isa::Scalar) => |r, a| a.map(|a| scalar::q4_k(r, a)),
+        (QuantType::Q5K, Isa::Scalar) => |r, a| a.map(|a| scalar::q5_k(r, a)),
+        (QuantType::Q6K, Isa::Scalar) => |r, a| a.map(|a| scalar::q6_k(r, a)),
+        #[cfg(target_arch = "x86_64")]
+        (QuantType::Q4_0, Isa::Avx2) => avx2::q4_0_xn::<3>,
+        #[cfg(target_arch = "x86_64")]
+        (QuantType::Q4_1, Isa::Avx2) => avx2::q4_1_xn::<3>,
+        #[cfg(target_arch = "x86_64")]
+        (QuantType::Q5_0, Isa::Avx2) => avx2::q5_0_xn::<3>,
+        #[cfg(target_arch = "x86_64")]
+        (QuantType::Q5_1, Isa::Avx2) => avx2::q5_1_xn::<3>,
+        #[cfg(target_arch = "x86_64")]
+        (QuantType::Q8_0, Isa::Avx2) => avx2::q8_0_xn::<3>,
+        #[cfg(target_arch = "x86_64")]
+        (QuantType::Q4K, Isa::Avx2) => avx2::q4_k_xn::<3>,
+        #[cfg(target_arch = "x86_64")]
+        (QuantType::Q5K, Isa::Avx2) => avx2::q5_k_xn::<3>,
+        #[cfg(target_arch = "x86_64")]
+        (QuantType::Q6K, Isa::Avx2) => avx2::q6_k_xn::<3>,
+        _ => return None,
+    };
+    Some(f)
+}
+
 pub fn block_bytes(dtype: QuantType) -> usize {
     match dtype {
         QuantType::Q4_0 => Q4_0_BYTES,
@@ -404,6 +481,13 @@ mod avx2 {
         unsafe { q5_impl::<false, 4>(row, a) }
     }
 
+    pub fn q5_0_xn<const N: usize>(row: &[u8], a: [&[BlockQ8]; N]) -> [f32; N] {
+        let n = a[0].len();
+        assert!(a.iter().all(|x| x.len() == n) && row.len() >= n * Q5_0_BYTES);
+        // SAFETY: as for q5_0.
+        unsafe { q5_impl::<false, N>(row, a) }
+    }
+
     pub fn q5_1(row: &[u8], a: &[BlockQ8]) -> f32 {
         assert!(row.len() >= a.len() * Q5_1_BYTES);
         // SAFETY: as for q5_0.
@@ -415,6 +499,13 @@ mod avx2 {
         assert!(a.iter().all(|x| x.len() == n) && row.len() >= n * Q5_1_BYTES);
         // SAFETY: as for q5_0.
         unsafe { q5_impl::<true, 4>(row, a) }
+    }
+
+    pub fn q5_1_xn<const N: usize>(row: &[u8], a: [&[BlockQ8]; N]) -> [f32; N] {
+        let n = a[0].len();
+        assert!(a.iter().all(|x| x.len() == n) && row.len() >= n * Q5_1_BYTES);
+        // SAFETY: as for q5_0.
+        unsafe { q5_impl::<true, N>(row, a) }
     }
 
     /// 0xff in lane `j` where bit `j` of the little-endian u32 at `p` is set, else 0.
@@ -568,39 +659,60 @@ mod avx2 {
         let n = a[0].len();
         assert!(a.iter().all(|x| x.len() == n) && row.len() >= n * Q4_0_BYTES);
         // SAFETY: AVX2+FMA+F16C present (see above); the assert bounds every load.
-        unsafe { q4_0_x4_impl(row, a) }
+        unsafe { q4_0_xn_impl::<4>(row, a) }
+    }
+
+    pub fn q4_0_xn<const N: usize>(row: &[u8], a: [&[BlockQ8]; N]) -> [f32; N] {
+        let n = a[0].len();
+        assert!(a.iter().all(|x| x.len() == n) && row.len() >= n * Q4_0_BYTES);
+        // SAFETY: AVX2+FMA+F16C present (see above); the assert bounds every load.
+        unsafe { q4_0_xn_impl::<N>(row, a) }
     }
 
     pub fn q4_1_x4(row: &[u8], a: [&[BlockQ8]; 4]) -> [f32; 4] {
         let n = a[0].len();
         assert!(a.iter().all(|x| x.len() == n) && row.len() >= n * Q4_1_BYTES);
         // SAFETY: AVX2+FMA+F16C present (see above); the assert bounds every load.
-        unsafe { q4_1_x4_impl(row, a) }
+        unsafe { q4_1_xn_impl::<4>(row, a) }
+    }
+
+    pub fn q4_1_xn<const N: usize>(row: &[u8], a: [&[BlockQ8]; N]) -> [f32; N] {
+        let n = a[0].len();
+        assert!(a.iter().all(|x| x.len() == n) && row.len() >= n * Q4_1_BYTES);
+        // SAFETY: AVX2+FMA+F16C present (see above); the assert bounds every load.
+        unsafe { q4_1_xn_impl::<N>(row, a) }
     }
 
     pub fn q8_0_x4(row: &[u8], a: [&[BlockQ8]; 4]) -> [f32; 4] {
         let n = a[0].len();
         assert!(a.iter().all(|x| x.len() == n) && row.len() >= n * Q8_0_BYTES);
         // SAFETY: AVX2+FMA+F16C present (see above); the assert bounds every load.
-        unsafe { q8_0_x4_impl(row, a) }
+        unsafe { q8_0_xn_impl::<4>(row, a) }
     }
 
-    // The x4 kernels repeat the single-token arithmetic per token, in the same order, so each
-    // lane's result is bit-identical to the single-token kernel's.
+    pub fn q8_0_xn<const N: usize>(row: &[u8], a: [&[BlockQ8]; N]) -> [f32; N] {
+        let n = a[0].len();
+        assert!(a.iter().all(|x| x.len() == n) && row.len() >= n * Q8_0_BYTES);
+        // SAFETY: AVX2+FMA+F16C present (see above); the assert bounds every load.
+        unsafe { q8_0_xn_impl::<N>(row, a) }
+    }
+
+    // The x4 and xn (2 or 3 tokens) kernels repeat the single-token arithmetic per token, in the
+    // same order, so each lane's result is bit-identical to the single-token kernel's.
 
     // The block index walks the row and four token arrays in lockstep.
     #[allow(clippy::needless_range_loop)]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn q4_0_x4_impl(row: &[u8], a: [&[BlockQ8]; 4]) -> [f32; 4] {
-        let mut acc = [_mm256_setzero_ps(); 4];
-        let mut correction = [0f32; 4];
+    unsafe fn q4_0_xn_impl<const N: usize>(row: &[u8], a: [&[BlockQ8]; N]) -> [f32; N] {
+        let mut acc = [_mm256_setzero_ps(); N];
+        let mut correction = [0f32; N];
         for i in 0..a[0].len() {
             // SAFETY: bounds asserted by the wrapper.
             let b = unsafe { row.as_ptr().add(i * Q4_0_BYTES) };
             prefetch(b);
             let d = unsafe { f16(b) };
             let q = unsafe { nibbles(b.add(2)) };
-            for t in 0..4 {
+            for t in 0..N {
                 let y = &a[t][i];
                 let dd = d * y.d;
                 let s = unsafe { _mm256_loadu_si256(y.qs.as_ptr().cast()) };
@@ -614,16 +726,16 @@ mod avx2 {
     // The block index walks the row and four token arrays in lockstep.
     #[allow(clippy::needless_range_loop)]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn q4_1_x4_impl(row: &[u8], a: [&[BlockQ8]; 4]) -> [f32; 4] {
-        let mut acc = [_mm256_setzero_ps(); 4];
-        let mut offsets = [0f32; 4];
+    unsafe fn q4_1_xn_impl<const N: usize>(row: &[u8], a: [&[BlockQ8]; N]) -> [f32; N] {
+        let mut acc = [_mm256_setzero_ps(); N];
+        let mut offsets = [0f32; N];
         for i in 0..a[0].len() {
             // SAFETY: bounds asserted by the wrapper.
             let b = unsafe { row.as_ptr().add(i * Q4_1_BYTES) };
             prefetch(b);
             let q = unsafe { nibbles(b.add(4)) };
             let (d, m) = unsafe { (f16(b), f16(b.add(2))) };
-            for t in 0..4 {
+            for t in 0..N {
                 let y = &a[t][i];
                 let s = unsafe { _mm256_loadu_si256(y.qs.as_ptr().cast()) };
                 acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * y.d), dot_u8_i8(q, s), acc[t]);
@@ -636,8 +748,8 @@ mod avx2 {
     // The block index walks the row and four token arrays in lockstep.
     #[allow(clippy::needless_range_loop)]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn q8_0_x4_impl(row: &[u8], a: [&[BlockQ8]; 4]) -> [f32; 4] {
-        let mut acc = [_mm256_setzero_ps(); 4];
+    unsafe fn q8_0_xn_impl<const N: usize>(row: &[u8], a: [&[BlockQ8]; N]) -> [f32; N] {
+        let mut acc = [_mm256_setzero_ps(); N];
         for i in 0..a[0].len() {
             // SAFETY: bounds asserted by the wrapper.
             let b = unsafe { row.as_ptr().add(i * Q8_0_BYTES) };
@@ -645,7 +757,7 @@ mod avx2 {
             let w = unsafe { _mm256_loadu_si256(b.add(2).cast()) };
             let d = unsafe { f16(b) };
             let aw = _mm256_sign_epi8(w, w);
-            for t in 0..4 {
+            for t in 0..N {
                 let y = &a[t][i];
                 let s = unsafe { _mm256_loadu_si256(y.qs.as_ptr().cast()) };
                 let p = dot_u8_i8(aw, _mm256_sign_epi8(s, w));
@@ -670,6 +782,12 @@ mod avx2 {
         unsafe { q4_5_k_impl::<4, false>(row, a) }
     }
 
+    pub fn q4_k_xn<const N: usize>(row: &[u8], a: [&[BlockQ8]; N]) -> [f32; N] {
+        check_k(row, &a, Q4_K_BYTES);
+        // SAFETY: as for q4_k.
+        unsafe { q4_5_k_impl::<N, false>(row, a) }
+    }
+
     pub fn q5_k(row: &[u8], a: &[BlockQ8]) -> f32 {
         check_k(row, &[a], Q5_K_BYTES);
         // SAFETY: as for q4_k.
@@ -682,6 +800,12 @@ mod avx2 {
         unsafe { q4_5_k_impl::<4, true>(row, a) }
     }
 
+    pub fn q5_k_xn<const N: usize>(row: &[u8], a: [&[BlockQ8]; N]) -> [f32; N] {
+        check_k(row, &a, Q5_K_BYTES);
+        // SAFETY: as for q4_k.
+        unsafe { q4_5_k_impl::<N, true>(row, a) }
+    }
+
     pub fn q6_k(row: &[u8], a: &[BlockQ8]) -> f32 {
         check_k(row, &[a], Q6_K_BYTES);
         // SAFETY: as for q4_k.
@@ -692,6 +816,12 @@ mod avx2 {
         check_k(row, &a, Q6_K_BYTES);
         // SAFETY: as for q4_k.
         unsafe { q6_k_impl::<4>(row, a) }
+    }
+
+    pub fn q6_k_xn<const N: usize>(row: &[u8], a: [&[BlockQ8]; N]) -> [f32; N] {
+        check_k(row, &a, Q6_K_BYTES);
+        // SAFETY: as for q4_k.
+        unsafe { q6_k_impl::<N>(row, a) }
     }
 
     /// Whole super-blocks, every token as long as the first, and the row long enough.
@@ -1033,7 +1163,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn four_token_kernels_are_bit_identical_to_single_token_ones() {
+    fn four_three_and_two_token_kernels_are_bit_identical_to_single_token_ones() {
         let mut rng = Rng::new(5);
         for dtype in KERNEL_FORMATS {
             for &blocks in &block_counts(dtype)[..5] {
@@ -1049,6 +1179,30 @@ pub(crate) mod tests {
                             one(&row, &acts[t]).to_bits(),
                             "{dtype} {isa:?} {blocks} blocks token {t}"
                         );
+                    }
+                    if let Some(dot2) = dot2_fn(dtype, isa) {
+                        let two = dot2(&row, [&acts[1], &acts[3]]);
+                        for (t, y) in [1, 3].into_iter().zip(two) {
+                            assert_eq!(
+                                y.to_bits(),
+                                one(&row, &acts[t]).to_bits(),
+                                "{dtype} {isa:?} {blocks} blocks, two tokens, token {t}"
+                            );
+                        }
+                    } else {
+                        assert!(matches!(isa, Isa::Neon | Isa::NeonDot), "{dtype} {isa:?} has no two-token kernel");
+                    }
+                    if let Some(dot3) = dot3_fn(dtype, isa) {
+                        let three = dot3(&row, [&acts[2], &acts[0], &acts[3]]);
+                        for (t, y) in [2, 0, 3].into_iter().zip(three) {
+                            assert_eq!(
+                                y.to_bits(),
+                                one(&row, &acts[t]).to_bits(),
+                                "{dtype} {isa:?} {blocks} blocks, three tokens, token {t}"
+                            );
+                        }
+                    } else {
+                        assert!(matches!(isa, Isa::Neon | Isa::NeonDot), "{dtype} {isa:?} has no three-token kernel");
                     }
                 }
             }

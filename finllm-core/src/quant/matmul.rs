@@ -12,7 +12,7 @@ use rayon::prelude::*;
 
 use super::blocks::{quantize_q8, BlockQ8, QK};
 use super::float::{float_kernels, FloatKernels, MAX_TILE_ROWS, MAX_TILE_TOKENS};
-use super::kernels::{block_bytes, dot4_fn, dot_fn, Dot4Fn, DotFn, Isa};
+use super::kernels::{block_bytes, dot2_fn, dot3_fn, dot4_fn, dot_fn, Dot2Fn, Dot3Fn, Dot4Fn, DotFn, Isa};
 use super::ktile::{super_kernels, supers_from_blocks, SuperKernels, SuperQ8, SUBS};
 use super::QuantType;
 
@@ -89,7 +89,12 @@ impl Packed {
 #[derive(Clone, Copy)]
 enum RowKernels {
     /// GGML blocks against 8-bit activation blocks.
-    Blocks { dot: DotFn, dot4: Dot4Fn },
+    Blocks {
+        dot: DotFn,
+        dot2: Option<Dot2Fn>,
+        dot3: Option<Dot3Fn>,
+        dot4: Dot4Fn,
+    },
     /// f32 / f16 / bf16 rows against f32 activations.
     Float(FloatKernels),
     /// Tiles against activations laid out per group of eight blocks (Q4_1, Q8_0 and the
@@ -107,6 +112,8 @@ impl RowKernels {
         }
         Some(RowKernels::Blocks {
             dot: dot_fn(dtype, isa)?,
+            dot2: dot2_fn(dtype, isa),
+            dot3: dot3_fn(dtype, isa),
             dot4: dot4_fn(dtype, isa)?,
         })
     }
@@ -247,7 +254,9 @@ impl QMatrix {
     /// results for those rows.
     fn rows_times(&self, first: usize, out: &mut [&mut [f32]], act: &Activations<'_>) {
         match self.kernels {
-            RowKernels::Blocks { dot, dot4 } => self.block_rows_times(first, out, act.blocks, dot, dot4),
+            RowKernels::Blocks { dot, dot2, dot3, dot4 } => {
+                self.block_rows_times(first, out, act.blocks, dot, (dot2, dot3), dot4)
+            }
             RowKernels::Float(k) => self.float_rows_times(first, out, act.x, k),
             RowKernels::Super(k) => self.super_rows_times(first, out, act.supers, k),
         }
@@ -278,7 +287,15 @@ impl QMatrix {
     }
 
     /// [`QMatrix::rows_times`] for a block format.
-    fn block_rows_times(&self, first: usize, out: &mut [&mut [f32]], xq: &[BlockQ8], dot: DotFn, dot4: Dot4Fn) {
+    fn block_rows_times(
+        &self,
+        first: usize,
+        out: &mut [&mut [f32]],
+        xq: &[BlockQ8],
+        dot: DotFn,
+        (dot2, dot3): (Option<Dot2Fn>, Option<Dot3Fn>),
+        dot4: Dot4Fn,
+    ) {
         let (n, rows) = (out.len(), out[0].len());
         let blocks = self.cols / QK;
         let data = self.data();
@@ -295,7 +312,25 @@ impl QMatrix {
                     o[i] = y;
                 }
             }
-            for (t, o) in out.iter_mut().enumerate().skip(whole) {
+            // Two or three tokens left share each unpacked weight block too.
+            let mut rest = whole;
+            match (n - whole, dot2, dot3) {
+                (3, _, Some(dot3)) => {
+                    let y = dot3(row(i), [act(whole), act(whole + 1), act(whole + 2)]);
+                    for (k, y) in y.into_iter().enumerate() {
+                        out[whole + k][i] = y;
+                    }
+                    rest += 3;
+                }
+                (2, Some(dot2), _) => {
+                    let y = dot2(row(i), [act(whole), act(whole + 1)]);
+                    out[whole][i] = y[0];
+                    out[whole + 1][i] = y[1];
+                    rest += 2;
+                }
+                _ => {}
+            }
+            for (t, o) in out.iter_mut().enumerate().skip(rest) {
                 o[i] = dot(row(i), act(t));
             }
         }
