@@ -481,6 +481,17 @@ fn dropping_a_stream_cancels_and_deadlines_end_requests() {
     let m = engine.metrics();
     assert_eq!((m.submitted, m.cancelled, m.failed), (3, 2, 1));
     wait_until("the cache to be freed", || engine.metrics().kv_tokens_reserved == 0);
+    // A cancelled request's memory is back in the budget within one step: at most the step in
+    // flight when it was cancelled finishes first.
+    let mut s = engine.submit(long_request(&model, 8000)).unwrap();
+    s.next().unwrap().unwrap();
+    let before = engine.metrics();
+    assert!(before.kv_tokens_reserved > 0);
+    s.cancel();
+    wait_until("the cancelled request's cache to be freed", || {
+        engine.metrics().kv_tokens_reserved == 0
+    });
+    assert!(engine.metrics().steps - before.steps <= 1, "{:?}", engine.metrics());
 }
 
 #[test]

@@ -68,6 +68,10 @@ pub struct ServeBenchResult {
     /// Probe prompt tokens the engine read from its prefix cache, per probe (mean over the idle
     /// and loaded probes).
     pub prefix_hit_tokens_per_probe: f64,
+    /// One of the running streams cancelled under load: milliseconds until its KV reservation
+    /// was back in the budget, and the forward steps the engine finished in between.
+    pub cancel_freed_ms: f64,
+    pub cancel_freed_steps: u64,
     pub threads: usize,
     pub max_running: usize,
     pub step_tokens: usize,
@@ -229,8 +233,28 @@ pub fn run(engine: &Engine, cfg: &ServeBenchConfig) -> Result<ServeBenchResult> 
         }
         ttft.push(probe_ttft(engine, probe(200 + i)?)?);
     }
-    drop(background);
     let hits = engine.metrics().prefix_hit_tokens - hits_before;
+    // Cancel one running stream and watch its reservation come back.
+    let mut background = background.into_iter();
+    let victim = background.next().expect("concurrency is at least 1");
+    let before = engine.metrics();
+    let cancelled = Instant::now();
+    victim.cancel();
+    let freed = loop {
+        let m = engine.metrics();
+        if m.kv_tokens_reserved < before.kv_tokens_reserved {
+            break m;
+        }
+        if cancelled.elapsed() > Duration::from_secs(60) {
+            return Err(Error::Engine {
+                reason: "a cancelled stream's KV reservation was not freed".into(),
+            });
+        }
+        std::thread::yield_now();
+    };
+    let cancel_freed_ms = cancelled.elapsed().as_secs_f64() * 1e3;
+    drop(victim);
+    drop(background);
     ttft.sort_by(f64::total_cmp);
     let c = engine.config();
     Ok(ServeBenchResult {
@@ -247,6 +271,8 @@ pub fn run(engine: &Engine, cfg: &ServeBenchConfig) -> Result<ServeBenchResult> 
         probe_prompt_tokens: cfg.probe_prompt_tokens,
         shared_prefix_tokens: cfg.shared_prefix_tokens,
         prefix_hit_tokens_per_probe: hits as f64 / (idle.len() + ttft.len()) as f64,
+        cancel_freed_ms,
+        cancel_freed_steps: freed.steps - before.steps,
         threads: model.threads(),
         max_running: c.max_running,
         step_tokens: c.step_tokens,

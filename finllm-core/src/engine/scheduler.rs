@@ -199,6 +199,8 @@ fn run(model: &Model, shared: &Shared) {
             }
         }
         retire_stopped(shared, &mut running, &mut batch);
+        // What was freed shows before the next step runs.
+        shared.metrics.gauges(batch.gauges(running.len()));
         if running.is_empty() {
             continue;
         }
