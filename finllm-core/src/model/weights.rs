@@ -406,6 +406,11 @@ impl SafetensorsStore {
             .filter(|hf| self.location.contains_key(*hf))
     }
 
+    /// Whether a shard holds the tensor named `hf_name` (a checkpoint's own name).
+    pub(crate) fn has_hf(&self, hf_name: &str) -> bool {
+        self.location.contains_key(hf_name)
+    }
+
     /// Whether the checkpoint holds the tensor the model calls `name`.
     pub(crate) fn contains(&self, name: &str) -> bool {
         self.hf_name(name).is_some()

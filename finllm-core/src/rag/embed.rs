@@ -1,0 +1,509 @@
+//! Sentence embeddings from a BERT-family encoder (all-MiniLM-L6-v2 by default).
+//!
+//! A sentence-transformers directory holds `config.json` (the BERT shape), `model.safetensors`,
+//! `tokenizer.json`, `sentence_bert_config.json` (the longest input) and `1_Pooling/config.json`
+//! (mean or CLS pooling); a `2_Normalize` module in `modules.json` asks for unit vectors. The
+//! encoder runs on finllm's own kernels, reading f32 / f16 / bf16 weights in place from the
+//! memory-mapped file. Texts in one call are stacked token by token: every linear layer is one
+//! matmul over all of them, and attention runs per text (no padding, no mask).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::model::{read_hf_config, safetensors_files, SafetensorsStore};
+use crate::quant::matmul::QMatrix;
+
+/// How a text's token vectors become one vector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pooling {
+    /// The mean over every token ([CLS] and [SEP] included).
+    Mean,
+    /// The first ([CLS]) token's vector.
+    Cls,
+}
+
+/// The encoder's shape and the pipeline around it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmbedderConfig {
+    pub hidden: usize,
+    pub heads: usize,
+    pub layers: usize,
+    pub intermediate: usize,
+    pub vocab: usize,
+    pub max_positions: usize,
+    pub type_vocab: usize,
+    pub layer_norm_eps: f32,
+    /// Longest input in tokens ([CLS] and [SEP] included); longer texts are truncated.
+    pub max_tokens: usize,
+    pub pooling: Pooling,
+    pub normalize: bool,
+}
+
+/// Limits on what a config may ask for, so a hostile config cannot size allocations.
+const MAX_DIM: usize = 1 << 16;
+const MAX_LAYERS: usize = 256;
+
+struct Linear {
+    w: QMatrix,
+    b: Vec<f32>,
+}
+
+impl Linear {
+    /// `x @ W^T + b` for `n` rows.
+    fn forward(&self, x: &[f32], n: usize) -> Vec<f32> {
+        let mut y = self.w.matmul(x, n);
+        for row in y.chunks_exact_mut(self.b.len()) {
+            row.iter_mut().zip(&self.b).for_each(|(v, b)| *v += b);
+        }
+        y
+    }
+}
+
+struct LayerNorm {
+    w: Vec<f32>,
+    b: Vec<f32>,
+    eps: f32,
+}
+
+impl LayerNorm {
+    fn forward_in_place(&self, x: &mut [f32]) {
+        let d = self.w.len();
+        for row in x.chunks_exact_mut(d) {
+            let mean = row.iter().map(|&v| f64::from(v)).sum::<f64>() / d as f64;
+            let var = row.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / d as f64;
+            let inv = 1.0 / (var + f64::from(self.eps)).sqrt();
+            for ((v, w), b) in row.iter_mut().zip(&self.w).zip(&self.b) {
+                *v = ((f64::from(*v) - mean) * inv) as f32 * w + b;
+            }
+        }
+    }
+}
+
+struct Layer {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    attn_norm: LayerNorm,
+    up: Linear,
+    down: Linear,
+    out_norm: LayerNorm,
+}
+
+/// A loaded sentence embedder. `Send + Sync`: share it behind an `Arc`.
+pub struct Embedder {
+    cfg: EmbedderConfig,
+    tokenizer: tokenizers::Tokenizer,
+    word: Vec<f32>,
+    position: Vec<f32>,
+    token_type: Vec<f32>,
+    embed_norm: LayerNorm,
+    layers: Vec<Layer>,
+    pool: Arc<rayon::ThreadPool>,
+    dir: PathBuf,
+}
+
+impl std::fmt::Debug for Embedder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Embedder")
+            .field("dir", &self.dir)
+            .field("config", &self.cfg)
+            .finish_non_exhaustive()
+    }
+}
+
+fn bad_config(path: &Path, reason: impl Into<String>) -> Error {
+    Error::Safetensors {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+fn read_json(path: &Path) -> Result<Option<serde_json::Value>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| bad_config(path, format!("not valid JSON: {e}"))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(Error::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+impl EmbedderConfig {
+    /// Read the encoder shape and the sentence-transformers settings of `dir`.
+    pub fn from_dir(dir: &Path) -> Result<Self> {
+        let config_path = dir.join("config.json");
+        let c = read_hf_config(dir)?;
+        let size = |key: &str| -> Result<usize> {
+            let v = c
+                .get(key)
+                .and_then(serde_json::Value::as_u64)
+                .ok_or_else(|| bad_config(&config_path, format!("'{key}' is missing or not a whole number")))?;
+            let v = usize::try_from(v).unwrap_or(usize::MAX);
+            if v == 0 || v > MAX_DIM * 16 {
+                return Err(bad_config(&config_path, format!("'{key}' = {v} is out of range")));
+            }
+            Ok(v)
+        };
+        let model_type = c.get("model_type").and_then(|v| v.as_str()).unwrap_or("");
+        if !matches!(model_type, "bert") {
+            return Err(Error::UnknownArchitecture {
+                found: model_type.to_string(),
+                supported: "bert (sentence embedders)".into(),
+            });
+        }
+        let act = c.get("hidden_act").and_then(|v| v.as_str()).unwrap_or("gelu");
+        if act != "gelu" {
+            return Err(bad_config(&config_path, format!("hidden_act '{act}' is not supported (gelu is)")));
+        }
+        let (hidden, heads, layers) = (
+            size("hidden_size")?,
+            size("num_attention_heads")?,
+            size("num_hidden_layers")?,
+        );
+        if hidden > MAX_DIM || layers > MAX_LAYERS || hidden % heads != 0 {
+            return Err(bad_config(
+                &config_path,
+                format!("{hidden} hidden, {heads} heads, {layers} layers is not a shape finllm runs"),
+            ));
+        }
+        let max_positions = size("max_position_embeddings")?;
+        let st = read_json(&dir.join("sentence_bert_config.json"))?;
+        let max_tokens = st
+            .as_ref()
+            .and_then(|s| s.get("max_seq_length"))
+            .and_then(serde_json::Value::as_u64)
+            .map_or(max_positions, |m| (m as usize).clamp(2, max_positions));
+        let pooling_cfg = read_json(&dir.join("1_Pooling/config.json"))?;
+        let flag = |k: &str| {
+            pooling_cfg
+                .as_ref()
+                .and_then(|p| p.get(k))
+                .and_then(serde_json::Value::as_bool)
+                .unwrap_or(false)
+        };
+        let pooling = match (flag("pooling_mode_mean_tokens"), flag("pooling_mode_cls_token")) {
+            (_, true) => Pooling::Cls,
+            (true, false) => Pooling::Mean,
+            (false, false) if pooling_cfg.is_none() => Pooling::Mean,
+            (false, false) => {
+                return Err(bad_config(
+                    &dir.join("1_Pooling/config.json"),
+                    "only mean and CLS pooling are supported",
+                ))
+            }
+        };
+        let normalize = read_json(&dir.join("modules.json"))?.is_some_and(|m| {
+            m.as_array().is_some_and(|mods| {
+                mods.iter().any(|m| {
+                    m.get("type")
+                        .and_then(|t| t.as_str())
+                        .is_some_and(|t| t.ends_with("Normalize"))
+                })
+            })
+        });
+        Ok(Self {
+            hidden,
+            heads,
+            layers,
+            intermediate: size("intermediate_size")?,
+            vocab: size("vocab_size")?,
+            max_positions,
+            type_vocab: size("type_vocab_size")?,
+            layer_norm_eps: c.get("layer_norm_eps").and_then(|v| v.as_f64()).unwrap_or(1e-12) as f32,
+            max_tokens,
+            pooling,
+            normalize,
+        })
+    }
+}
+
+impl Embedder {
+    /// Load a sentence-transformers directory, running on `threads` threads (default: one per
+    /// core).
+    pub fn load(dir: impl AsRef<Path>, threads: Option<usize>) -> Result<Self> {
+        let dir = dir.as_ref();
+        let cfg = EmbedderConfig::from_dir(dir)?;
+        let files = safetensors_files(dir)?;
+        // Checkpoints name their tensors with or without a "bert." prefix.
+        let probe = SafetensorsStore::open(&files, Default::default())?;
+        let prefix = if probe.has_hf("bert.embeddings.word_embeddings.weight") {
+            "bert."
+        } else {
+            ""
+        };
+        drop(probe);
+        let names = probe_names(cfg.layers)
+            .into_iter()
+            .map(|n| (n.clone(), format!("{prefix}{n}")))
+            .collect();
+        let store = SafetensorsStore::open(&files, names)?;
+        let vector = |name: &str, len: usize| -> Result<Vec<f32>> { Ok(store.load_f32_vec(name, &[len])?.0) };
+        let table = |name: &str, rows: usize| -> Result<Vec<f32>> {
+            Ok(store.load_f32_vec(name, &[rows, cfg.hidden])?.0)
+        };
+        let linear = |name: &str, out: usize, input: usize| -> Result<Linear> {
+            let w = store.matrix(&format!("{name}.weight"), out, input)?.ok_or_else(|| {
+                bad_config(dir, format!("{name}.weight is not f32, f16 or bf16"))
+            })?;
+            Ok(Linear {
+                w,
+                b: vector(&format!("{name}.bias"), out)?,
+            })
+        };
+        let norm = |name: &str| -> Result<LayerNorm> {
+            Ok(LayerNorm {
+                w: vector(&format!("{name}.weight"), cfg.hidden)?,
+                b: vector(&format!("{name}.bias"), cfg.hidden)?,
+                eps: cfg.layer_norm_eps,
+            })
+        };
+        let (h, i) = (cfg.hidden, cfg.intermediate);
+        let layers = (0..cfg.layers)
+            .map(|l| {
+                let p = format!("encoder.layer.{l}");
+                Ok(Layer {
+                    q: linear(&format!("{p}.attention.self.query"), h, h)?,
+                    k: linear(&format!("{p}.attention.self.key"), h, h)?,
+                    v: linear(&format!("{p}.attention.self.value"), h, h)?,
+                    o: linear(&format!("{p}.attention.output.dense"), h, h)?,
+                    attn_norm: norm(&format!("{p}.attention.output.LayerNorm"))?,
+                    up: linear(&format!("{p}.intermediate.dense"), i, h)?,
+                    down: linear(&format!("{p}.output.dense"), h, i)?,
+                    out_norm: norm(&format!("{p}.output.LayerNorm"))?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let tok_path = dir.join("tokenizer.json");
+        let mut tokenizer = tokenizers::Tokenizer::from_file(&tok_path)
+            .map_err(|e| Error::Tokenizer(format!("{}: {e}", tok_path.display())))?;
+        tokenizer.with_padding(None);
+        tokenizer
+            .with_truncation(Some(tokenizers::TruncationParams {
+                max_length: cfg.max_tokens,
+                ..Default::default()
+            }))
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        Ok(Self {
+            word: table("embeddings.word_embeddings.weight", cfg.vocab)?,
+            position: table("embeddings.position_embeddings.weight", cfg.max_positions)?,
+            token_type: table("embeddings.token_type_embeddings.weight", cfg.type_vocab)?,
+            embed_norm: norm("embeddings.LayerNorm")?,
+            layers,
+            tokenizer,
+            pool: crate::llm::thread_pool(threads)?,
+            dir: dir.to_path_buf(),
+            cfg,
+        })
+    }
+
+    pub fn config(&self) -> &EmbedderConfig {
+        &self.cfg
+    }
+
+    /// Length of every embedding.
+    pub fn dim(&self) -> usize {
+        self.cfg.hidden
+    }
+
+    /// The token ids the encoder sees for `text`: [CLS], the text's tokens, [SEP], truncated to
+    /// the model's longest input.
+    pub fn tokenize(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self
+            .tokenizer
+            .encode(text, true)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let ids = enc.get_ids().to_vec();
+        if let Some(&id) = ids.iter().find(|&&id| id as usize >= self.cfg.vocab) {
+            return Err(Error::TokenOutOfRange {
+                id,
+                vocab_size: self.cfg.vocab,
+            });
+        }
+        Ok(ids)
+    }
+
+    /// One embedding per text, in order.
+    pub fn embed<S: AsRef<str>>(&self, texts: &[S]) -> Result<Vec<Vec<f32>>> {
+        let ids = texts
+            .iter()
+            .map(|t| self.tokenize(t.as_ref()))
+            .collect::<Result<Vec<_>>>()?;
+        self.embed_ids(&ids)
+    }
+
+    /// One embedding per token sequence (each at most the model's longest input).
+    pub fn embed_ids(&self, ids: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+        for seq in ids {
+            if seq.is_empty() || seq.len() > self.cfg.max_positions {
+                return Err(Error::invalid(
+                    "ids",
+                    format!("{} tokens; an input takes 1 to {}", seq.len(), self.cfg.max_positions),
+                ));
+            }
+            if let Some(&id) = seq.iter().find(|&&id| id as usize >= self.cfg.vocab) {
+                return Err(Error::TokenOutOfRange {
+                    id,
+                    vocab_size: self.cfg.vocab,
+                });
+            }
+        }
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.pool.install(|| Ok(self.forward(ids)))
+    }
+
+    fn forward(&self, ids: &[Vec<u32>]) -> Vec<Vec<f32>> {
+        let d = self.cfg.hidden;
+        let n: usize = ids.iter().map(Vec::len).sum();
+        let mut x = Vec::with_capacity(n * d);
+        for seq in ids {
+            for (p, &id) in seq.iter().enumerate() {
+                let (w, pos, ty) = (
+                    &self.word[id as usize * d..][..d],
+                    &self.position[p * d..][..d],
+                    &self.token_type[..d],
+                );
+                x.extend((0..d).map(|j| w[j] + pos[j] + ty[j]));
+            }
+        }
+        self.embed_norm.forward_in_place(&mut x);
+        // Where each text's rows start.
+        let starts: Vec<usize> = ids
+            .iter()
+            .scan(0, |at, s| {
+                let start = *at;
+                *at += s.len();
+                Some(start)
+            })
+            .collect();
+        for layer in &self.layers {
+            let (q, k, v) = (layer.q.forward(&x, n), layer.k.forward(&x, n), layer.v.forward(&x, n));
+            let attn = self.attention(&q, &k, &v, ids, &starts);
+            let o = layer.o.forward(&attn, n);
+            x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+            layer.attn_norm.forward_in_place(&mut x);
+            let mut up = layer.up.forward(&x, n);
+            up.par_iter_mut().for_each(|v| *v = gelu(*v));
+            let down = layer.down.forward(&up, n);
+            x.iter_mut().zip(&down).for_each(|(a, b)| *a += b);
+            layer.out_norm.forward_in_place(&mut x);
+        }
+        ids.iter()
+            .zip(&starts)
+            .map(|(seq, &start)| {
+                let rows = &x[start * d..(start + seq.len()) * d];
+                let mut e = match self.cfg.pooling {
+                    Pooling::Cls => rows[..d].to_vec(),
+                    Pooling::Mean => {
+                        let mut sum = vec![0f64; d];
+                        for row in rows.chunks_exact(d) {
+                            sum.iter_mut().zip(row).for_each(|(s, &v)| *s += f64::from(v));
+                        }
+                        sum.iter().map(|s| (s / seq.len() as f64) as f32).collect()
+                    }
+                };
+                if self.cfg.normalize {
+                    let norm = e.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>().sqrt();
+                    if norm > 0.0 {
+                        e.iter_mut().for_each(|v| *v = (f64::from(*v) / norm) as f32);
+                    }
+                }
+                e
+            })
+            .collect()
+    }
+
+    /// Bidirectional attention within each text, every head; `[n, hidden]` out.
+    fn attention(&self, q: &[f32], k: &[f32], v: &[f32], ids: &[Vec<u32>], starts: &[usize]) -> Vec<f32> {
+        let (d, heads) = (self.cfg.hidden, self.cfg.heads);
+        let hd = d / heads;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let n = q.len() / d;
+        // The text each row belongs to.
+        let mut text_of = Vec::with_capacity(n);
+        for (t, seq) in ids.iter().enumerate() {
+            text_of.extend(std::iter::repeat_n(t, seq.len()));
+        }
+        let mut out = vec![0f32; n * d];
+        out.par_chunks_mut(hd).enumerate().for_each(|(i, o)| {
+            let (row, h) = (i / heads, i % heads);
+            let t = text_of[row];
+            let (start, len) = (starts[t], ids[t].len());
+            let qh = &q[row * d + h * hd..][..hd];
+            let mut scores: Vec<f32> = (start..start + len)
+                .map(|r| {
+                    let kh = &k[r * d + h * hd..][..hd];
+                    qh.iter().zip(kh).map(|(a, b)| a * b).sum::<f32>() * scale
+                })
+                .collect();
+            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut total = 0f32;
+            scores.iter_mut().for_each(|s| {
+                *s = (*s - max).exp();
+                total += *s;
+            });
+            for (r, p) in (start..start + len).zip(&scores) {
+                let vh = &v[r * d + h * hd..][..hd];
+                o.iter_mut().zip(vh).for_each(|(a, b)| *a += p / total * b);
+            }
+        });
+        out
+    }
+}
+
+/// The exact (erf) GELU BERT uses.
+fn gelu(x: f32) -> f32 {
+    let x = f64::from(x);
+    (0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2))) as f32
+}
+
+/// Every tensor name an encoder of `layers` layers reads (without a checkpoint prefix).
+fn probe_names(layers: usize) -> Vec<String> {
+    let mut names: Vec<String> = [
+        "embeddings.word_embeddings.weight",
+        "embeddings.position_embeddings.weight",
+        "embeddings.token_type_embeddings.weight",
+        "embeddings.LayerNorm.weight",
+        "embeddings.LayerNorm.bias",
+    ]
+    .map(String::from)
+    .to_vec();
+    for l in 0..layers {
+        for part in [
+            "attention.self.query",
+            "attention.self.key",
+            "attention.self.value",
+            "attention.output.dense",
+            "attention.output.LayerNorm",
+            "intermediate.dense",
+            "output.dense",
+            "output.LayerNorm",
+        ] {
+            for t in ["weight", "bias"] {
+                names.push(format!("encoder.layer.{l}.{part}.{t}"));
+            }
+        }
+    }
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::gelu;
+
+    #[test]
+    fn gelu_matches_known_values() {
+        // 0.5 x (1 + erf(x / sqrt 2)) at a few points (values from the normal CDF).
+        for (x, want) in [(0.0, 0.0), (1.0, 0.841_344_7), (-1.0, -0.158_655_3), (2.0, 1.954_500)] {
+            assert!((gelu(x) - want).abs() < 1e-6, "{x}: {}", gelu(x));
+        }
+    }
+}

