@@ -3,6 +3,7 @@
 
 mod compliance;
 mod engine;
+mod rag;
 
 use std::ops::ControlFlow;
 use std::sync::mpsc::{sync_channel, Receiver};
@@ -628,6 +629,7 @@ fn _finllm(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("EngineError", py.get_type::<EngineError>())?;
     engine::register(m)?;
     compliance::register(m)?;
+    rag::register(m)?;
     Ok(())
 }
 

@@ -19,6 +19,7 @@ from finllm import errors
 from finllm._finllm import (
     AuditLog,
     Decision,
+    Embedder,
     Engine,
     EngineStream,
     Entity,
@@ -41,6 +42,7 @@ from finllm._finllm import (
 
 __all__ = [
     "Model",
+    "Embedder",
     "Engine",
     "EngineStream",
     "Generation",

@@ -547,3 +547,18 @@ class Engine:
         """Like generate(), but a stream of Token as they are produced."""
     def metrics(self) -> Dict[str, Any]:
         """Counters, gauges and latency percentiles (milliseconds) as a dict."""
+
+class Embedder:
+    """A sentence embedder (all-MiniLM-L6-v2 and other BERT-family sentence-transformers
+    directories). Thread-safe; the GIL is released while it computes."""
+
+    @staticmethod
+    def load(path: Union[str, PathLike], *, threads: Optional[int] = None) -> Embedder:
+        """Load a sentence-transformers directory (config.json, model.safetensors, tokenizer.json)."""
+    @property
+    def dim(self) -> int:
+        """Length of every embedding."""
+    def tokenize(self, text: str) -> list[int]:
+        """The token ids the encoder sees for `text` ([CLS] ... [SEP], truncated)."""
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        """One embedding (unit length for models that normalise) per text."""
