@@ -123,6 +123,10 @@ typedef enum {
 // Thread safety: fully thread-safe; must outlive the calls that use it.
 typedef struct finllm_cancel finllm_cancel;
 
+// A loaded sentence embedder. Thread safety: one handle may be used by any number of threads
+// at once; it must not be freed while a call is using it.
+typedef struct finllm_embedder finllm_embedder;
+
 // Many requests, one model: a scheduler thread runs every submitted request in one batch
 // (continuous batching), within a KV-cache budget and a bounded queue. Thread safety: fully
 // thread-safe; free it only when no call is using it (requests already submitted keep running
@@ -816,6 +820,39 @@ finllm_status finllm_engine_metrics_text(const finllm_engine *engine,
                                          char *buf,
                                          size_t buf_len,
                                          size_t *needed);
+
+// Load a sentence-transformers directory (config.json, model.safetensors, tokenizer.json),
+// computing on `threads` threads (0: one per core). On success `*out` receives a handle to
+// free with finllm_embedder_free.
+//
+// # Safety
+// `path` must be a NUL-terminated string; `out` valid for a write.
+finllm_status finllm_embedder_load(const char *path, uint32_t threads, finllm_embedder **out);
+
+// Free an embedder. NULL is allowed. No call may be using it.
+//
+// # Safety
+// `embedder` must be NULL or a handle from finllm_embedder_load not yet freed.
+void finllm_embedder_free(finllm_embedder *embedder);
+
+// Length of every embedding (0 if `embedder` is NULL).
+//
+// # Safety
+// `embedder` must be NULL or a live handle.
+uint32_t finllm_embedder_dim(const finllm_embedder *embedder);
+
+// Embed `n_texts` NUL-terminated UTF-8 texts into `out`: `n_texts * dim` floats, row i the
+// embedding of text i. `out_len` is the capacity of `out` in floats; if it is smaller than
+// `n_texts * dim` the call fails with FINLLM_ERROR_INVALID_ARGUMENT before computing anything.
+//
+// # Safety
+// `embedder` live; `texts` valid for `n_texts` pointers to NUL-terminated strings; `out`
+// valid for writes of `out_len` floats.
+finllm_status finllm_embedder_embed(const finllm_embedder *embedder,
+                                    const char *const *texts,
+                                    size_t n_texts,
+                                    float *out,
+                                    size_t out_len);
 
 #ifdef __cplusplus
 }  // extern "C"

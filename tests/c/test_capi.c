@@ -5,6 +5,7 @@
 
 #include <pthread.h>
 #include <stddef.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1061,9 +1062,50 @@ static void test_engine(const finllm_model *m) {
   finllm_engine_free(engine);
 }
 
+/* The sentence embedder on all-MiniLM-L6-v2: unit vectors of 384 floats, the model card's
+   similarities (the reference README's sanity check of its float64 implementation), and typed
+   errors for a small buffer, NULL pointers and a directory that is not an embedder. */
+static double dot384(const float *a, const float *b) {
+  double s = 0;
+  for (int i = 0; i < 384; i++) s += (double)a[i] * b[i];
+  return s;
+}
+
+static void test_embedder(const char *dir) {
+  finllm_embedder *e = NULL;
+  EXPECT_STATUS(finllm_embedder_load(dir, 2, &e), FINLLM_OK);
+  if (!e) return;
+  CHECK(finllm_embedder_dim(e) == 384);
+  CHECK(finllm_embedder_dim(NULL) == 0);
+  const char *texts[] = {"That is a happy person", "That is a very happy person", "That is a happy dog",
+                         "Today is a sunny day"};
+  static float v[4 * 384];
+  EXPECT_STATUS(finllm_embedder_embed(e, texts, 4, v, 4 * 384), FINLLM_OK);
+  for (int i = 0; i < 4; i++) CHECK(fabs(dot384(v + 384 * i, v + 384 * i) - 1.0) < 1e-5);
+  CHECK(fabs(dot384(v, v + 384) - 0.943) < 0.005);
+  CHECK(fabs(dot384(v, v + 2 * 384) - 0.695) < 0.005);
+  CHECK(fabs(dot384(v, v + 3 * 384) - 0.257) < 0.005);
+  /* One text alone gives the same vector as in the batch. */
+  static float one[384];
+  EXPECT_STATUS(finllm_embedder_embed(e, texts + 1, 1, one, 384), FINLLM_OK);
+  CHECK(fabs(dot384(one, v + 384) - 1.0) < 1e-6);
+  EXPECT_STATUS(finllm_embedder_embed(e, texts, 4, v, 4 * 384 - 1), FINLLM_ERROR_INVALID_ARGUMENT);
+  EXPECT_STATUS(finllm_embedder_embed(e, NULL, 2, v, 4 * 384), FINLLM_ERROR_NULL_POINTER);
+  EXPECT_STATUS(finllm_embedder_embed(NULL, texts, 1, v, 384), FINLLM_ERROR_NULL_POINTER);
+  EXPECT_STATUS(finllm_embedder_embed(e, texts, 0, NULL, 0), FINLLM_OK);
+  const char *bad_utf8[] = {"\xff\xfe"};
+  EXPECT_STATUS(finllm_embedder_embed(e, bad_utf8, 1, v, 384), FINLLM_ERROR_INVALID_UTF8);
+  finllm_embedder_free(e);
+  finllm_embedder_free(NULL);
+  finllm_embedder *none = NULL;
+  EXPECT_STATUS(finllm_embedder_load(tmpdir, 1, &none), FINLLM_ERROR_IO); /* no config.json */
+  CHECK(none == NULL);
+  EXPECT_STATUS(finllm_embedder_load(NULL, 1, &none), FINLLM_ERROR_NULL_POINTER);
+}
+
 int main(int argc, char **argv) {
-  if (argc < 2) {
-    fprintf(stderr, "usage: %s TINY_MODEL.gguf\n", argv[0]);
+  if (argc < 3) {
+    fprintf(stderr, "usage: %s TINY_MODEL.gguf EMBEDDER_DIR\n", argv[0]);
     return 2;
   }
   snprintf(tmpdir, sizeof tmpdir, "/tmp/finllm-capi-XXXXXX");
@@ -1091,6 +1133,7 @@ int main(int argc, char **argv) {
     test_engine(m);
     finllm_model_free(m);
   }
+  test_embedder(argv[2]);
   rmdir(tmpdir);
   printf("%d passed, %d failed\n", checks - failures, failures);
   return failures ? 1 : 0;
