@@ -80,3 +80,40 @@ fn long_texts_are_truncated_and_bad_inputs_are_typed_errors() {
     .unwrap();
     assert!(Embedder::load(&dir, Some(1)).is_err());
 }
+
+/// The default policy packs' semantic rule (personalised advice) works with the real embedder:
+/// hand-written advice paraphrases get the rule's disclaimer, neutral finance sentences do not,
+/// and without the embedder the rule is skipped and the decision says so.
+#[test]
+fn default_policy_semantic_rules_run_on_minilm() {
+    use finllm::compliance::Policy;
+    let embedder = std::sync::Arc::new(Embedder::load(minilm_dir(), Some(2)).unwrap());
+    let plain = Policy::default_packs().unwrap();
+    let policy = plain.with_embedder(embedder).unwrap();
+    let semantic = |text: &str| {
+        let d = policy.check(text).unwrap();
+        d.matches.iter().any(|m| m.rule_id == "en.advice.semantic")
+    };
+    let advice = [
+        "Given your age, you should move your retirement savings into this fund today.",
+        "Based on your situation, buy this ETF today.",
+        "I would put most of your retirement money into this fund.",
+        "Dump your bonds and buy bank shares this week.",
+        "Take your savings out of the bank and invest them in this fund.",
+    ];
+    let neutral = [
+        "The central bank held its policy rate at 4.25% on Wednesday.",
+        "The fund returned 7% last year, net of fees.",
+        "Tech shares fell 3% as investors took profits.",
+        "Retirement savings accounts grew 5% in the quarter.",
+        "The bank sold its bond portfolio at a loss.",
+    ];
+    let caught = advice.iter().filter(|t| semantic(t)).count();
+    assert!(caught >= 4, "only {caught} of {} advice sentences caught", advice.len());
+    for t in neutral {
+        assert!(!semantic(t), "{t}");
+    }
+    let skipped = plain.check(advice[0]).unwrap();
+    assert!(!skipped.matches.iter().any(|m| m.rule_id == "en.advice.semantic"));
+    assert!(skipped.notes.iter().any(|n| n.contains("no embedder")), "{skipped:?}");
+}

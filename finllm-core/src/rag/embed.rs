@@ -459,6 +459,13 @@ impl Embedder {
     }
 }
 
+/// The policy's semantic rules embed sentences with the same encoder.
+impl crate::compliance::policy::Embedder for Embedder {
+    fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        Embedder::embed(self, texts)
+    }
+}
+
 /// The exact (erf) GELU BERT uses.
 fn gelu(x: f32) -> f32 {
     let x = f64::from(x);
