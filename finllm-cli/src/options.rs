@@ -25,6 +25,9 @@ pub(crate) struct ComplianceArgs {
     /// Filter output with this TOML policy; `default` for the shipped English and Chinese packs.
     #[arg(long)]
     policy: Option<String>,
+    /// Sentence embedder for the policy's semantic rules.
+    #[arg(long, default_value = crate::DEFAULT_EMBEDDER)]
+    embedder: PathBuf,
     /// Mask personal data in prompts before the model sees them.
     #[arg(long)]
     mask_pii: bool,
@@ -56,6 +59,7 @@ impl ComplianceArgs {
             Some(path) => Some(Policy::from_file(path)?),
             None => None,
         };
+        let policy = policy.map(|p| crate::util::with_embedder(p, &self.embedder)).transpose()?;
         let pii = if self.mask_pii {
             Some(Arc::new(PiiDetector::new(PiiConfig::default())?))
         } else {

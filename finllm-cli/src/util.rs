@@ -5,6 +5,26 @@ use std::path::Path;
 
 pub(crate) type CliResult = Result<(), Box<dyn std::error::Error>>;
 
+/// `policy` with the sentence embedder in `dir` for its semantic rules. Without the directory
+/// the rules are skipped (each decision notes it) and a note says so once.
+pub(crate) fn with_embedder(
+    policy: finllm_core::compliance::Policy,
+    dir: &Path,
+) -> Result<finllm_core::compliance::Policy, Box<dyn std::error::Error>> {
+    if !policy.has_semantic_rules() {
+        return Ok(policy);
+    }
+    if !dir.join("config.json").is_file() {
+        eprintln!(
+            "note: no sentence embedder at {} (scripts/fetch_models.sh fetches it); the policy's semantic rules are skipped",
+            dir.display()
+        );
+        return Ok(policy);
+    }
+    let embedder = finllm_core::rag::Embedder::load(dir, None)?;
+    Ok(policy.with_embedder(std::sync::Arc::new(embedder))?)
+}
+
 /// A check that ran and found a problem: exit code 3, not an error of the command itself.
 #[derive(Debug)]
 pub(crate) struct Failed(pub(crate) String);

@@ -6,11 +6,12 @@ use finllm_core::compliance::Policy;
 
 use crate::util::{read_stdin, CliResult, Failed};
 
-pub(crate) fn policy_check(path: Option<&Path>, json: bool) -> CliResult {
+pub(crate) fn policy_check(path: Option<&Path>, embedder: &Path, json: bool) -> CliResult {
     let policy = match path {
         Some(p) => Policy::from_file(p)?,
         None => Policy::default_packs()?,
     };
+    let policy = crate::util::with_embedder(policy, embedder)?;
     let text = read_stdin()?;
     let decision = policy.check(&text)?;
     if json {

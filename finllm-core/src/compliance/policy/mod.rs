@@ -321,6 +321,14 @@ impl Policy {
         Self::build(&origin, rules)
     }
 
+    /// Whether any rule matches semantically (and so needs an embedder to run).
+    pub fn has_semantic_rules(&self) -> bool {
+        self.inner
+            .rules
+            .iter()
+            .any(|r| matches!(r.matcher, Matcher::Semantic { .. }))
+    }
+
     /// Attach an embedder for semantic rules; the rules' examples are embedded now, so a broken
     /// embedder fails here rather than in the middle of a stream.
     pub fn with_embedder(&self, embedder: Arc<dyn Embedder>) -> Result<Policy> {
