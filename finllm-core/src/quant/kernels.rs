@@ -22,12 +22,9 @@ pub type DotFn = fn(row: &[u8], a: &[BlockQ8]) -> f32;
 /// the numbers.
 pub type Dot4Fn = fn(row: &[u8], a: [&[BlockQ8]; 4]) -> [f32; 4];
 
-/// One row against two tokens' activations (two or three running sequences in a batched step);
-/// bit-identical to [`DotFn`] per token, like [`Dot4Fn`].
-pub type Dot2Fn = fn(row: &[u8], a: [&[BlockQ8]; 2]) -> [f32; 2];
-
-/// One row against three tokens' activations; bit-identical to [`DotFn`] per token.
-pub type Dot3Fn = fn(row: &[u8], a: [&[BlockQ8]; 3]) -> [f32; 3];
+/// One row against `N` tokens' activations (the 2 or 3 running sequences a batched step has
+/// beside its groups of four); bit-identical to [`DotFn`] per token, like [`Dot4Fn`].
+pub type DotNFn<const N: usize> = fn(row: &[u8], a: [&[BlockQ8]; N]) -> [f32; N];
 
 /// Every weight format finllm has kernels for (a scalar reference on every CPU, SIMD where
 /// [`dot_fn`] finds one).
@@ -215,12 +212,13 @@ pub fn dot4_fn(dtype: QuantType, isa: Isa) -> Option<Dot4Fn> {
 }
 
 /// Bytes of one weight block of a format with a kernel.
-/// The two-token kernel for `dtype` on `isa` (x86 levels; elsewhere `None`: callers then run
-/// the one-token kernel twice).
-pub fn dot2_fn(dtype: QuantType, isa: Isa) -> Option<Dot2Fn> {
+/// The `N`-token kernel (2 or 3 tokens: what a batched matmul has left after its groups of four)
+/// for `dtype` on `isa`; x86 levels only (elsewhere `None`: callers run the one-token kernel per
+/// token).
+pub fn dotn_fn<const N: usize>(dtype: QuantType, isa: Isa) -> Option<DotNFn<N>> {
     #[allow(unreachable_patterns)]
-    let f: Dot2Fn = match (dtype, isa) {
-        (_, Isa::Avx512) => return dot2_fn(dtype, Isa::Avx2),
+    let f: DotNFn<N> = match (dtype, isa) {
+        (_, Isa::Avx512) => return dotn_fn::<N>(dtype, Isa::Avx2),
         (QuantType::Q4_0, Isa::Scalar) => |r, a| a.map(|a| scalar::q4_0(r, a)),
         (QuantType::Q4_1, Isa::Scalar) => |r, a| a.map(|a| scalar::q4_1(r, a)),
         (QuantType::Q5_0, Isa::Scalar) => |r, a| a.map(|a| scalar::q5_0(r, a)),
@@ -230,56 +228,21 @@ pub fn dot2_fn(dtype: QuantType, isa: Isa) -> Option<Dot2Fn> {
         (QuantType::Q5K, Isa::Scalar) => |r, a| a.map(|a| scalar::q5_k(r, a)),
         (QuantType::Q6K, Isa::Scalar) => |r, a| a.map(|a| scalar::q6_k(r, a)),
         #[cfg(target_arch = "x86_64")]
-        (QuantType::Q4_0, Isa::Avx2) => avx2::q4_0_xn::<2>,
+        (QuantType::Q4_0, Isa::Avx2) => avx2::q4_0_xn::<N>,
         #[cfg(target_arch = "x86_64")]
-        (QuantType::Q4_1, Isa::Avx2) => avx2::q4_1_xn::<2>,
+        (QuantType::Q4_1, Isa::Avx2) => avx2::q4_1_xn::<N>,
         #[cfg(target_arch = "x86_64")]
-        (QuantType::Q5_0, Isa::Avx2) => avx2::q5_0_xn::<2>,
+        (QuantType::Q5_0, Isa::Avx2) => avx2::q5_0_xn::<N>,
         #[cfg(target_arch = "x86_64")]
-        (QuantType::Q5_1, Isa::Avx2) => avx2::q5_1_xn::<2>,
+        (QuantType::Q5_1, Isa::Avx2) => avx2::q5_1_xn::<N>,
         #[cfg(target_arch = "x86_64")]
-        (QuantType::Q8_0, Isa::Avx2) => avx2::q8_0_xn::<2>,
+        (QuantType::Q8_0, Isa::Avx2) => avx2::q8_0_xn::<N>,
         #[cfg(target_arch = "x86_64")]
-        (QuantType::Q4K, Isa::Avx2) => avx2::q4_k_xn::<2>,
+        (QuantType::Q4K, Isa::Avx2) => avx2::q4_k_xn::<N>,
         #[cfg(target_arch = "x86_64")]
-        (QuantType::Q5K, Isa::Avx2) => avx2::q5_k_xn::<2>,
+        (QuantType::Q5K, Isa::Avx2) => avx2::q5_k_xn::<N>,
         #[cfg(target_arch = "x86_64")]
-        (QuantType::Q6K, Isa::Avx2) => avx2::q6_k_xn::<2>,
-        _ => return None,
-    };
-    Some(f)
-}
-
-/// The three-token kernel for `dtype` on `isa` (x86 levels; elsewhere `None`: callers then run
-/// the one-token kernel three times).
-pub fn dot3_fn(dtype: QuantType, isa: Isa) -> Option<Dot3Fn> {
-    #[allow(unreachable_patterns)]
-    let f: Dot3Fn = match (dtype, isa) {
-        (_, Isa::Avx512) => return dot3_fn(dtype, Isa::Avx2),
-        (QuantType::Q4_0, Isa::Scalar) => |r, a| a.map(|a| scalar::q4_0(r, a)),
-        (QuantType::Q4_1, Isa::Scalar) => |r, a| a.map(|a| scalar::q4_1(r, a)),
-        (QuantType::Q5_0, Isa::Scalar) => |r, a| a.map(|a| scalar::q5_0(r, a)),
-        (QuantType::Q5_1, Isa::Scalar) => |r, a| a.map(|a| scalar::q5_1(r, a)),
-        (QuantType::Q8_0, Isa::Scalar) => |r, a| a.map(|a| scalar::q8_0(r, a)),
-        (QuantType::Q4K, Isa::Scalar) => |r, a| a.map(|a| scalar::q4_k(r, a)),
-        (QuantType::Q5K, Isa::Scalar) => |r, a| a.map(|a| scalar::q5_k(r, a)),
-        (QuantType::Q6K, Isa::Scalar) => |r, a| a.map(|a| scalar::q6_k(r, a)),
-        #[cfg(target_arch = "x86_64")]
-        (QuantType::Q4_0, Isa::Avx2) => avx2::q4_0_xn::<3>,
-        #[cfg(target_arch = "x86_64")]
-        (QuantType::Q4_1, Isa::Avx2) => avx2::q4_1_xn::<3>,
-        #[cfg(target_arch = "x86_64")]
-        (QuantType::Q5_0, Isa::Avx2) => avx2::q5_0_xn::<3>,
-        #[cfg(target_arch = "x86_64")]
-        (QuantType::Q5_1, Isa::Avx2) => avx2::q5_1_xn::<3>,
-        #[cfg(target_arch = "x86_64")]
-        (QuantType::Q8_0, Isa::Avx2) => avx2::q8_0_xn::<3>,
-        #[cfg(target_arch = "x86_64")]
-        (QuantType::Q4K, Isa::Avx2) => avx2::q4_k_xn::<3>,
-        #[cfg(target_arch = "x86_64")]
-        (QuantType::Q5K, Isa::Avx2) => avx2::q5_k_xn::<3>,
-        #[cfg(target_arch = "x86_64")]
-        (QuantType::Q6K, Isa::Avx2) => avx2::q6_k_xn::<3>,
+        (QuantType::Q6K, Isa::Avx2) => avx2::q6_k_xn::<N>,
         _ => return None,
     };
     Some(f)
@@ -1180,7 +1143,7 @@ pub(crate) mod tests {
                             "{dtype} {isa:?} {blocks} blocks token {t}"
                         );
                     }
-                    if let Some(dot2) = dot2_fn(dtype, isa) {
+                    if let Some(dot2) = dotn_fn::<2>(dtype, isa) {
                         let two = dot2(&row, [&acts[1], &acts[3]]);
                         for (t, y) in [1, 3].into_iter().zip(two) {
                             assert_eq!(
@@ -1192,7 +1155,7 @@ pub(crate) mod tests {
                     } else {
                         assert!(matches!(isa, Isa::Neon | Isa::NeonDot), "{dtype} {isa:?} has no two-token kernel");
                     }
-                    if let Some(dot3) = dot3_fn(dtype, isa) {
+                    if let Some(dot3) = dotn_fn::<3>(dtype, isa) {
                         let three = dot3(&row, [&acts[2], &acts[0], &acts[3]]);
                         for (t, y) in [2, 0, 3].into_iter().zip(three) {
                             assert_eq!(

@@ -12,7 +12,7 @@ use rayon::prelude::*;
 
 use super::blocks::{quantize_q8, BlockQ8, QK};
 use super::float::{float_kernels, FloatKernels, MAX_TILE_ROWS, MAX_TILE_TOKENS};
-use super::kernels::{block_bytes, dot2_fn, dot3_fn, dot4_fn, dot_fn, Dot2Fn, Dot3Fn, Dot4Fn, DotFn, Isa};
+use super::kernels::{block_bytes, dot4_fn, dot_fn, dotn_fn, Dot4Fn, DotFn, DotNFn, Isa};
 use super::ktile::{super_kernels, supers_from_blocks, SuperKernels, SuperQ8, SUBS};
 use super::QuantType;
 
@@ -91,8 +91,8 @@ enum RowKernels {
     /// GGML blocks against 8-bit activation blocks.
     Blocks {
         dot: DotFn,
-        dot2: Option<Dot2Fn>,
-        dot3: Option<Dot3Fn>,
+        dot2: Option<DotNFn<2>>,
+        dot3: Option<DotNFn<3>>,
         dot4: Dot4Fn,
     },
     /// f32 / f16 / bf16 rows against f32 activations.
@@ -112,8 +112,8 @@ impl RowKernels {
         }
         Some(RowKernels::Blocks {
             dot: dot_fn(dtype, isa)?,
-            dot2: dot2_fn(dtype, isa),
-            dot3: dot3_fn(dtype, isa),
+            dot2: dotn_fn::<2>(dtype, isa),
+            dot3: dotn_fn::<3>(dtype, isa),
             dot4: dot4_fn(dtype, isa)?,
         })
     }
@@ -293,7 +293,7 @@ impl QMatrix {
         out: &mut [&mut [f32]],
         xq: &[BlockQ8],
         dot: DotFn,
-        (dot2, dot3): (Option<Dot2Fn>, Option<Dot3Fn>),
+        (dot2, dot3): (Option<DotNFn<2>>, Option<DotNFn<3>>),
         dot4: Dot4Fn,
     ) {
         let (n, rows) = (out.len(), out[0].len());
