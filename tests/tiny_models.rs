@@ -9,9 +9,9 @@ mod oracle;
 use std::path::{Path, PathBuf};
 
 use finllm::device::Device;
-use finllm::tools::synthetic::SyntheticSpec;
 use finllm::model::{Backend, ForwardOptions, GgufFile, KvCache, KvPrecision, SeqInput, Transformer};
 use finllm::quant::QuantType;
+use finllm::tools::synthetic::SyntheticSpec;
 use finllm::{Architecture, ChatMessage, Error, FinishReason, GenerateParams, LoadOptions, Model, SamplingParams};
 
 const ARCHS: [Architecture; 4] = [

@@ -2,10 +2,10 @@
 //! expectations, and the `tokenizer.json` override.
 
 use finllm::model::gguf::GgufWriter;
-use finllm::tools::synthetic::SyntheticSpec;
 use finllm::model::{GgufFile, Value};
 use finllm::quant::QuantType;
 use finllm::tokenizer::TokenizerKind;
+use finllm::tools::synthetic::SyntheticSpec;
 use finllm::{Architecture, LoadOptions, Model, Tokenizer};
 
 /// `<unk> <s> </s>`, 256 byte tokens, then scored pieces.

@@ -53,7 +53,9 @@ pub use model::{
     finllm_detokenize, finllm_load_default_params, finllm_load_params, finllm_model, finllm_model_architecture,
     finllm_model_context_length, finllm_model_free, finllm_model_load, finllm_model_vocab_size, finllm_tokenize,
 };
-pub use rag::{finllm_embedder, finllm_embedder_dim, finllm_embedder_embed, finllm_embedder_free, finllm_embedder_load};
+pub use rag::{
+    finllm_embedder, finllm_embedder_dim, finllm_embedder_embed, finllm_embedder_free, finllm_embedder_load,
+};
 pub use status::{
     finllm_status, finllm_status_name, finllm_version, FINLLM_VERSION_MAJOR, FINLLM_VERSION_MINOR, FINLLM_VERSION_PATCH,
 };

@@ -59,7 +59,9 @@ impl ComplianceArgs {
             Some(path) => Some(Policy::from_file(path)?),
             None => None,
         };
-        let policy = policy.map(|p| crate::util::with_embedder(p, &self.embedder)).transpose()?;
+        let policy = policy
+            .map(|p| crate::util::with_embedder(p, &self.embedder))
+            .transpose()?;
         let pii = if self.mask_pii {
             Some(Arc::new(PiiDetector::new(PiiConfig::default())?))
         } else {

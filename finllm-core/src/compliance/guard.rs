@@ -529,8 +529,8 @@ fn new_request_id() -> String {
 mod tests {
     use super::*;
     use crate::compliance::audit::{self, AuditConfig, SegmentIo};
-    use crate::tools::synthetic::SyntheticSpec;
     use crate::quant::QuantType;
+    use crate::tools::synthetic::SyntheticSpec;
     use crate::{Architecture, LoadOptions};
     use std::path::PathBuf;
 

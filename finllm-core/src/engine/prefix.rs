@@ -94,12 +94,7 @@ impl PrefixStore {
         if let Some(e) = hit {
             return Plan::Hit(e.cache.clone());
         }
-        let common = self
-            .history
-            .iter()
-            .map(|h| common_len(h, usable))
-            .max()
-            .unwrap_or(0);
+        let common = self.history.iter().map(|h| common_len(h, usable)).max().unwrap_or(0);
         let n = common / BLOCK * BLOCK;
         if n == 0 || n < self.min_tokens || self.building.iter().any(|b| b[..] == usable[..n]) {
             return Plan::Alone;
@@ -190,7 +185,9 @@ mod tests {
     }
 
     fn prompt(shared: usize, own: u32, len: usize) -> Vec<u32> {
-        (0..len as u32).map(|i| if (i as usize) < shared { i } else { 1000 + own * 100 + i }).collect()
+        (0..len as u32)
+            .map(|i| if (i as usize) < shared { i } else { 1000 + own * 100 + i })
+            .collect()
     }
 
     #[test]

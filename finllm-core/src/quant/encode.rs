@@ -218,8 +218,8 @@ fn affine(x: &[f32; QK], w: &[f32; QK], hi: u8) -> (f32, f32, [u8; QK]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tools::synthetic;
     use crate::quant::blocks::dequantize_row;
+    use crate::tools::synthetic;
     use crate::util::Rng;
 
     const FORMATS: [QuantType; 5] = [

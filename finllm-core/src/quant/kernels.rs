@@ -1153,7 +1153,10 @@ pub(crate) mod tests {
                             );
                         }
                     } else {
-                        assert!(matches!(isa, Isa::Neon | Isa::NeonDot), "{dtype} {isa:?} has no two-token kernel");
+                        assert!(
+                            matches!(isa, Isa::Neon | Isa::NeonDot),
+                            "{dtype} {isa:?} has no two-token kernel"
+                        );
                     }
                     if let Some(dot3) = dotn_fn::<3>(dtype, isa) {
                         let three = dot3(&row, [&acts[2], &acts[0], &acts[3]]);
@@ -1165,7 +1168,10 @@ pub(crate) mod tests {
                             );
                         }
                     } else {
-                        assert!(matches!(isa, Isa::Neon | Isa::NeonDot), "{dtype} {isa:?} has no three-token kernel");
+                        assert!(
+                            matches!(isa, Isa::Neon | Isa::NeonDot),
+                            "{dtype} {isa:?} has no three-token kernel"
+                        );
                     }
                 }
             }

@@ -16,11 +16,11 @@ use candle_core::quantized::QTensor;
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
-use crate::model::gguf::{GgufFile, GgufWriter, Value};
 use super::synthetic::{encode, permute_for_interleaved_rope};
-use crate::model::{config_from_hf, hf_tensor_names, read_hf_config, safetensors_files, Architecture, ModelConfig};
 use crate::error::{Error, Result};
+use crate::model::gguf::{GgufFile, GgufWriter, Value};
 use crate::model::SafetensorsStore;
+use crate::model::{config_from_hf, hf_tensor_names, read_hf_config, safetensors_files, Architecture, ModelConfig};
 use crate::quant::blocks::{dequantize_row, QK};
 use crate::quant::{encode, QuantType};
 

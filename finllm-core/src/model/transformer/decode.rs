@@ -185,13 +185,19 @@ impl Transformer {
             let view = seqs[seq].cache.view(layer);
             let segments = [view.prefix.map(|p| (p, 0)), Some((view.own, view.prefix_len))];
             match (view.prefix, view.own) {
-                (None | Some((KvRows::F16(_), KvRows::F16(_))), (KvRows::F16(_), KvRows::F16(_))) => {
-                    head.attend(segments.map(|s| s.map(|((k, v), at)| (f16_rows(k), f16_rows(v), at))), keys, out)
-                }
-                (None | Some((KvRows::F32(_), KvRows::F32(_))), (KvRows::F32(_), KvRows::F32(_))) => {
-                    head.attend(segments.map(|s| s.map(|((k, v), at)| (f32_rows(k), f32_rows(v), at))), keys, out)
-                }
-                _ => unreachable!("the kernels backend keeps its caches, prefixes included, in host memory with one precision"),
+                (None | Some((KvRows::F16(_), KvRows::F16(_))), (KvRows::F16(_), KvRows::F16(_))) => head.attend(
+                    segments.map(|s| s.map(|((k, v), at)| (f16_rows(k), f16_rows(v), at))),
+                    keys,
+                    out,
+                ),
+                (None | Some((KvRows::F32(_), KvRows::F32(_))), (KvRows::F32(_), KvRows::F32(_))) => head.attend(
+                    segments.map(|s| s.map(|((k, v), at)| (f32_rows(k), f32_rows(v), at))),
+                    keys,
+                    out,
+                ),
+                _ => unreachable!(
+                    "the kernels backend keeps its caches, prefixes included, in host memory with one precision"
+                ),
             }
         };
         let work: usize = rows.iter().map(|r| (r.pos + 1).min(window)).sum::<usize>() * n_heads * d;

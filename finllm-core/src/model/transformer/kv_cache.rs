@@ -114,7 +114,9 @@ impl KvRows {
             (Some(KvRows::F16(p)), KvRows::F16(v)) => {
                 Tensor::from_vec([p.as_slice(), v].concat(), shape, &Device::Cpu)?.to_dtype(DType::F32)?
             }
-            (Some(KvRows::F32(p)), KvRows::F32(v)) => Tensor::from_vec([p.as_slice(), v].concat(), shape, &Device::Cpu)?,
+            (Some(KvRows::F32(p)), KvRows::F32(v)) => {
+                Tensor::from_vec([p.as_slice(), v].concat(), shape, &Device::Cpu)?
+            }
             _ => {
                 return Err(Error::invalid(
                     "cache",

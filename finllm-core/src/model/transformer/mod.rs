@@ -196,7 +196,10 @@ impl Embedding {
     fn lookup_rows(&self, ids: &[u32]) -> Result<Vec<f32>> {
         match self {
             Embedding::InPlace(rows) => rows.lookup(ids),
-            _ => Ok(self.lookup(&Tensor::new(ids, &Device::Cpu)?)?.flatten_all()?.to_vec1::<f32>()?),
+            _ => Ok(self
+                .lookup(&Tensor::new(ids, &Device::Cpu)?)?
+                .flatten_all()?
+                .to_vec1::<f32>()?),
         }
     }
 
@@ -417,7 +420,10 @@ impl Transformer {
             return Err(Error::invalid("cache", "this backend does not share KV prefixes"));
         }
         if prefix.n_layers() != self.cfg.n_layers || !prefix.fits(&self.backend) {
-            return Err(Error::invalid("cache", "the shared prefix belongs to a different model"));
+            return Err(Error::invalid(
+                "cache",
+                "the shared prefix belongs to a different model",
+            ));
         }
         KvCache::after_prefix(prefix, tokens)
     }
