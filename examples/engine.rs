@@ -50,7 +50,7 @@ fn main() -> Result<(), finllm::Error> {
                     };
                     // The stream is owned and Send: read it on any thread.
                     let mut text = String::new();
-                    for event in engine.submit(Request::text(*q, params))? {
+                    for event in Request::text(*q).with_params(params).submit(&engine)? {
                         text.push_str(&event?.text);
                     }
                     Ok(text)

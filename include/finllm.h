@@ -137,7 +137,7 @@ typedef struct finllm_engine finllm_engine;
 typedef struct finllm_generation finllm_generation;
 
 // Compliance controls (PII masking, output policy, audit log, drift monitor) wrapped around
-// generations with finllm_generate_guarded / finllm_chat_guarded. Thread safety: one guard may
+// requests (finllm_request_params.guard). Thread safety: one guard may
 // be used by any number of threads at once, with any models (audit records are appended in
 // order, one chain per log); it must not be freed while a call is using it.
 typedef struct finllm_guard finllm_guard;
@@ -150,9 +150,9 @@ typedef struct finllm_model finllm_model;
 // number of threads; must not be freed while a call is using it.
 typedef struct finllm_policy finllm_policy;
 
-// A submitted request: pull its tokens with finllm_request_next, or wait for the whole answer
-// with finllm_request_wait. Thread safety: finllm_request_cancel may be called from any
-// thread at any time; the other calls on one request must not run at the same time.
+// A request submitted to an engine: pull its tokens with finllm_request_next, or wait for the
+// whole answer with finllm_request_wait. Thread safety: finllm_request_cancel may be called
+// from any thread at any time; the other calls on one request must not run at the same time.
 // finllm_request_free cancels a request that has not ended.
 typedef struct finllm_request finllm_request;
 
@@ -197,22 +197,6 @@ typedef struct {
   const char *const *stop;
   size_t n_stop;
 } finllm_generate_params;
-
-// Called for each generated token, on the calling thread. `text` points to `text_len` bytes of
-// UTF-8 (whole characters only, possibly empty) followed by a NUL; it is valid only during the
-// call. Return 0 to continue, non-zero to stop (the generation then finishes as CANCELLED).
-typedef int32_t (*finllm_token_callback)(const char *text,
-                                         size_t text_len,
-                                         uint32_t token_id,
-                                         void *user_data);
-
-// One chat message.
-typedef struct {
-  // "system", "user" or "assistant" (NUL-terminated UTF-8).
-  const char *role;
-  // NUL-terminated UTF-8.
-  const char *content;
-} finllm_chat_message;
 
 // When the audit log syncs to stable storage: one of the FINLLM_FSYNC_* values. An integer
 // rather than a C enum so that an out-of-range value is reported as
@@ -259,23 +243,6 @@ typedef struct {
   uint64_t audit_checkpoint_every;
 } finllm_guard_params;
 
-// Who asks, and what the request drew on, for the audit record. Get defaults from
-// finllm_request_default_params(). Strings are copied during the call.
-typedef struct {
-  // sizeof(finllm_request_params) as the caller compiled it.
-  uint32_t struct_size;
-  // Unique id of the request, or NULL (or "") to have one made up.
-  const char *request_id;
-  // The authenticated caller (user, service or desk) on whose behalf the model runs, or NULL.
-  const char *caller_id;
-  // Fine-tuning adapter in use, or NULL.
-  const char *adapter;
-  // Array of n_source_ids ids of documents retrieved into the prompt (may be NULL when
-  // n_source_ids is 0).
-  const char *const *source_ids;
-  size_t n_source_ids;
-} finllm_request_params;
-
 // Options for finllm_audit_verify. Get defaults from finllm_audit_verify_default_params().
 typedef struct {
   // sizeof(finllm_audit_verify_params) as the caller compiled it.
@@ -313,28 +280,61 @@ typedef struct {
   uint32_t prefix_max_entries;
 } finllm_engine_params;
 
-// One request for finllm_engine_submit / finllm_engine_generate. Get defaults from
-// finllm_submit_default_params(). Give exactly one prompt: `prompt`, `messages` or `ids`.
-// Everything is copied during the call.
+// One chat message.
 typedef struct {
-  // sizeof(finllm_submit_params) as the caller compiled it.
+  // "system", "user" or "assistant" (NUL-terminated UTF-8).
+  const char *role;
+  // NUL-terminated UTF-8.
+  const char *content;
+} finllm_chat_message;
+
+// One request, for finllm_generate, finllm_engine_generate and finllm_engine_submit. Get
+// defaults from finllm_request_default_params(). Give exactly one prompt: `prompt`, `messages`
+// or `ids`. Everything is copied during the call.
+typedef struct {
+  // sizeof(finllm_request_params) as the caller compiled it.
   uint32_t struct_size;
-  // Raw prompt text (NUL-terminated UTF-8), or NULL.
+  // Raw prompt text (NUL-terminated UTF-8, special tokens parsed, no chat template), or NULL.
   const char *prompt;
   // A conversation rendered with the model's chat template, or NULL.
   const finllm_chat_message *messages;
   size_t n_messages;
-  // Prompt token ids, or NULL.
+  // Prompt token ids, or NULL (refused with a guard that masks personal data: ids cannot be
+  // screened).
   const uint32_t *ids;
   size_t n_ids;
   // Generation options, or NULL for the defaults.
   const finllm_generate_params *generate;
+  // Compliance guard, or NULL for none. With a guard the prompt is masked before the model
+  // sees it, the output is filtered by the guard's policy (a blocked phrase never reaches the
+  // caller; the answer then finishes as BLOCKED), and the request is recorded in the guard's
+  // audit log, failing closed (see finllm_generate).
+  const finllm_guard *guard;
+  // Unique id of the request for the audit record, or NULL (or "") to have one made up.
+  const char *request_id;
+  // The authenticated caller (user, service or desk) on whose behalf the model runs, or NULL.
+  const char *caller_id;
+  // Fine-tuning adapter in use, or NULL.
+  const char *adapter;
+  // Array of n_source_ids ids of documents retrieved into the prompt (may be NULL when
+  // n_source_ids is 0).
+  const char *const *source_ids;
+  size_t n_source_ids;
   // Milliseconds allowed from submission to the last token (0: no deadline); past it the
   // request ends with FINLLM_ERROR_DEADLINE_EXCEEDED.
   uint64_t deadline_ms;
-  // Milliseconds to wait for room when the queue is full (0: FINLLM_ERROR_BUSY at once).
+  // Engine only: milliseconds to wait for room when the queue is full (0: FINLLM_ERROR_BUSY
+  // at once).
   uint64_t wait_ms;
-} finllm_submit_params;
+} finllm_request_params;
+
+// Called for each generated token, on the calling thread. `text` points to `text_len` bytes of
+// UTF-8 (whole characters only, possibly empty) followed by a NUL; it is valid only during the
+// call. Return 0 to continue, non-zero to stop (the generation then finishes as CANCELLED).
+typedef int32_t (*finllm_token_callback)(const char *text,
+                                         size_t text_len,
+                                         uint32_t token_id,
+                                         void *user_data);
 
 // One streamed step of a request, filled by finllm_request_next.
 typedef struct {
@@ -436,36 +436,6 @@ finllm_status finllm_detokenize(const finllm_model *model,
 
 // Default generation options: greedy, 256 tokens, no stop strings.
 finllm_generate_params finllm_generate_default_params(void);
-
-// Generate a continuation of raw `prompt` text (special tokens parsed, no chat template).
-// `params`, `callback` and `cancel` may be NULL. On success `*out` receives a result to free
-// with finllm_generation_free. A cancelled generation succeeds with finish reason CANCELLED.
-//
-// # Safety
-// `model` live; `prompt` NUL-terminated; `params` NULL or valid; `cancel` NULL or live;
-// `out` writable. `user_data` is passed to `callback` untouched.
-finllm_status finllm_generate(const finllm_model *model,
-                              const char *prompt,
-                              const finllm_generate_params *params,
-                              finllm_token_callback callback,
-                              void *user_data,
-                              const finllm_cancel *cancel,
-                              finllm_generation **out);
-
-// Answer a conversation of `n_messages` messages using the model's chat template. Otherwise
-// as finllm_generate.
-//
-// # Safety
-// As finllm_generate; `messages` valid for `n_messages` reads, each with NUL-terminated
-// strings.
-finllm_status finllm_chat(const finllm_model *model,
-                          const finllm_chat_message *messages,
-                          size_t n_messages,
-                          const finllm_generate_params *params,
-                          finllm_token_callback callback,
-                          void *user_data,
-                          const finllm_cancel *cancel,
-                          finllm_generation **out);
 
 // The generated text (UTF-8, NUL-terminated, owned by `gen`); its byte length goes to `*len`
 // when `len` is not NULL. NULL if `gen` is NULL.
@@ -620,55 +590,6 @@ uint64_t finllm_guard_audit_truncated_bytes(const finllm_guard *guard);
 // `guard` must be NULL or a handle from finllm_guard_new not yet freed.
 void finllm_guard_free(finllm_guard *guard);
 
-// Default request options: a made-up request id, an empty caller id, no adapter, no sources.
-finllm_request_params finllm_request_default_params(void);
-
-// finllm_generate through a guard: the prompt is masked before the model sees it, the output
-// is filtered by the guard's policy (a blocked phrase never reaches `callback`; the answer
-// then finishes as BLOCKED), and the answer's audit record is durable before the last token
-// is passed to `callback` and before this returns. `callback`, `user_data` and `cancel` work
-// as in finllm_generate. `request` may be NULL for defaults. On success `*out` receives a
-// result to free with finllm_generation_free; read what the guard did with
-// finllm_generation_request_id, _masked_prompt, _verdict, _audit_seq and _audit_hash.
-//
-// Audit records: with no `callback` and no `cancel` one complete record, durable before this
-// returns. With either, the request streams: an "opened" record (request, caller, model hash,
-// masked prompt, sampling) is durable before the first token reaches `callback`, and the
-// closing record (output, decisions, finish reason) before the last one.
-//
-// Fail-closed: if a record cannot be written the call fails (FINLLM_ERROR_AUDIT or
-// FINLLM_ERROR_AUDIT_POISONED) and no result is returned; `callback` sees no token if the opened
-// record failed, and never the last piece if the closing one did.
-//
-// # Safety
-// As finllm_generate; `guard` live; `request` NULL or valid.
-finllm_status finllm_generate_guarded(const finllm_guard *guard,
-                                      const finllm_model *model,
-                                      const char *prompt,
-                                      const finllm_generate_params *params,
-                                      const finllm_request_params *request,
-                                      finllm_token_callback callback,
-                                      void *user_data,
-                                      const finllm_cancel *cancel,
-                                      finllm_generation **out);
-
-// finllm_chat through a guard: every message is masked with one vault (so <ID_1> means the
-// same value in every turn); otherwise as finllm_generate_guarded.
-//
-// # Safety
-// As finllm_generate_guarded; `messages` valid for `n_messages` reads, each with
-// NUL-terminated strings.
-finllm_status finllm_chat_guarded(const finllm_guard *guard,
-                                  const finllm_model *model,
-                                  const finllm_chat_message *messages,
-                                  size_t n_messages,
-                                  const finllm_generate_params *params,
-                                  const finllm_request_params *request,
-                                  finllm_token_callback callback,
-                                  void *user_data,
-                                  const finllm_cancel *cancel,
-                                  finllm_generation **out);
-
 // Mask the personal data in `text` with the default detector (checksum-validated resident
 // IDs, USCC, phones, bank and credit cards, IBAN, US SSN, e-mail, IP): numbered placeholders
 // such as <ID_1> (the same value always gets the same one), or with `redact` irreversible
@@ -739,9 +660,6 @@ finllm_status finllm_audit_verify(const char *path,
 // 16 kept idle).
 finllm_engine_params finllm_engine_default_params(void);
 
-// Default request options: no prompt yet, default generation, no deadline, no wait.
-finllm_submit_params finllm_submit_default_params(void);
-
 // Start an engine serving `model` (which must outlive the engine). `params` NULL for the
 // defaults.
 //
@@ -757,30 +675,72 @@ finllm_status finllm_engine_new(const finllm_model *model,
 // `engine` NULL or a live handle not used by any other call.
 void finllm_engine_free(finllm_engine *engine);
 
-// Queue a request and get its handle at once (free it with finllm_request_free). A full
-// queue is FINLLM_ERROR_BUSY (after waiting up to wait_ms); a request that can never run on
-// this engine is FINLLM_ERROR_REQUEST_TOO_LARGE (or another typed error) here.
+// The engine's metrics in the Prometheus text exposition format (counters, gauges, and
+// latency summaries with P50/P95/P99), copied into `buf` as with the other string-out calls.
 //
 // # Safety
-// `engine` live; `params` valid as documented on finllm_submit_params; `out` writable.
-finllm_status finllm_engine_submit(const finllm_engine *engine,
-                                   const finllm_submit_params *params,
-                                   finllm_request **out);
+// `engine` live; `buf` NULL or valid for `buf_len` writes; `needed` writable.
+finllm_status finllm_engine_metrics_text(const finllm_engine *engine,
+                                         char *buf,
+                                         size_t buf_len,
+                                         size_t *needed);
 
-// Submit a request and wait for its whole answer, calling `callback` (may be NULL) with each
-// piece of text; a non-zero return from the callback cancels the request (the result then
-// says FINLLM_FINISH_CANCELLED). Free the result with finllm_generation_free.
+// Default request options: no prompt yet, default generation, no guard, a made-up request id,
+// no deadline, no wait.
+finllm_request_params finllm_request_default_params(void);
+
+// Run one request on `model` on the calling thread and return its answer: a continuation of
+// raw text, an answer to a conversation, or a continuation of token ids, with or without a
+// guard. `callback` (may be NULL) is called with each piece of text; a non-zero return, or a
+// triggered `cancel` handle (may be NULL), stops the request, which then succeeds with finish
+// reason CANCELLED. On success `*out` receives a result to free with finllm_generation_free;
+// for a guarded request read what the guard did with finllm_generation_request_id,
+// _masked_prompt, _verdict, _audit_seq and _audit_hash.
+//
+// Audit records of a guarded request: with no `callback` and no `cancel`, one complete record,
+// durable before this returns. With either, the request streams: an "opened" record (request,
+// caller, model hash, masked prompt, sampling) is durable before the first token reaches
+// `callback`, and the closing record (output, decisions, finish reason) before the last one.
+// Fail-closed: if a record cannot be written the call fails (FINLLM_ERROR_AUDIT or
+// FINLLM_ERROR_AUDIT_POISONED) and no result is returned; `callback` sees no token if the
+// opened record failed, and never the last piece if the closing one did.
 //
 // # Safety
-// As finllm_engine_submit; `callback` NULL or callable with `user_data`; `out` writable.
+// `model` live; `request` valid as documented on finllm_request_params; `cancel` NULL or live;
+// `out` writable. `user_data` is passed to `callback` untouched.
+finllm_status finllm_generate(const finllm_model *model,
+                              const finllm_request_params *request,
+                              finllm_token_callback callback,
+                              void *user_data,
+                              const finllm_cancel *cancel,
+                              finllm_generation **out);
+
+// finllm_generate through an engine's continuous batch (from any thread): the request joins
+// the running batch and gets exactly the tokens it would get alone.
+//
+// # Safety
+// As finllm_generate, with `engine` live instead of `model`.
 finllm_status finllm_engine_generate(const finllm_engine *engine,
-                                     const finllm_submit_params *params,
+                                     const finllm_request_params *request,
                                      finllm_token_callback callback,
                                      void *user_data,
+                                     const finllm_cancel *cancel,
                                      finllm_generation **out);
 
+// Queue a request on `engine` and get its handle at once (free it with finllm_request_free). A
+// full queue is FINLLM_ERROR_BUSY (after waiting up to wait_ms); a request that can never run
+// on this engine is FINLLM_ERROR_REQUEST_TOO_LARGE (or another typed error) here. A guarded
+// request streams under its audit record: the opened record is durable before this returns.
+//
+// # Safety
+// `engine` live; `request` valid as documented on finllm_request_params; `out` writable.
+finllm_status finllm_engine_submit(const finllm_engine *engine,
+                                   const finllm_request_params *request,
+                                   finllm_request **out);
+
 // Wait for the request's next token and describe it in `*event` (its text is owned by the
-// request until the next call). When the request has ended, `event->done` is 1. A failed
+// request until the next call). When the request has ended (also after finllm_request_wait),
+// `event->done` is 1. A failed
 // request returns its error (FINLLM_ERROR_DEADLINE_EXCEEDED, ...). `timeout_ms` 0 waits as
 // long as it takes; otherwise FINLLM_ERROR_TIMEOUT when nothing came in time (call again).
 //
@@ -791,8 +751,9 @@ finllm_status finllm_request_next(const finllm_request *request,
                                   finllm_token_event *event);
 
 // Read the request to its end and return the whole answer (what was not yet pulled with
-// finllm_request_next is included in the text; the ids are all of them). Free the result with
-// finllm_generation_free; the request handle still needs finllm_request_free.
+// finllm_request_next is included in the text; the ids are all of them). Once per request.
+// Free the result with finllm_generation_free; the request handle still needs
+// finllm_request_free.
 //
 // # Safety
 // As finllm_request_next; `out` writable.
@@ -810,16 +771,6 @@ void finllm_request_cancel(const finllm_request *request);
 // # Safety
 // `request` NULL or a live handle not used by any other call.
 void finllm_request_free(finllm_request *request);
-
-// The engine's metrics in the Prometheus text exposition format (counters, gauges, and
-// latency summaries with P50/P95/P99), copied into `buf` as with the other string-out calls.
-//
-// # Safety
-// `engine` live; `buf` NULL or valid for `buf_len` writes; `needed` writable.
-finllm_status finllm_engine_metrics_text(const finllm_engine *engine,
-                                         char *buf,
-                                         size_t buf_len,
-                                         size_t *needed);
 
 // Load a sentence-transformers directory (config.json, model.safetensors, tokenizer.json),
 // computing on `threads` threads (0: one per core). On success `*out` receives a handle to

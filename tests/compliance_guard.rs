@@ -10,7 +10,7 @@ use std::sync::Arc;
 use finllm::compliance::audit::{self, AuditConfig, AuditLog, RecordPhase};
 use finllm::compliance::pii::{PiiConfig, PiiDetector};
 use finllm::compliance::{Guard, GuardConfig, Policy, RequestInfo, Verdict};
-use finllm::{FinishReason, GenerateParams, LoadOptions, Model};
+use finllm::{FinishReason, GenerateParams, LoadOptions, Model, Request};
 
 const PROMPT: &str = "The Federal Reserve raised interest rates because";
 
@@ -30,6 +30,11 @@ fn greedy(max_tokens: usize) -> GenerateParams {
         max_tokens,
         ..Default::default()
     }
+}
+
+/// A guarded request for `prompt`.
+fn guarded(guard: &Arc<Guard>, prompt: &str, params: GenerateParams) -> Request {
+    Request::text(prompt).with_params(params).with_guard(Arc::clone(guard))
 }
 
 fn temp_dir(name: &str) -> std::path::PathBuf {
@@ -63,17 +68,19 @@ fn a_phrase_the_model_would_say_never_streams_out() {
     .unwrap();
     let dir = temp_dir("block");
     let log_path = dir.join("audit.log");
-    let guard = Guard::new(GuardConfig {
-        policy: Some(policy),
-        audit: Some(Arc::new(AuditLog::open(&log_path, AuditConfig::default()).unwrap())),
-        ..Default::default()
-    })
-    .unwrap();
+    let guard = Arc::new(
+        Guard::new(GuardConfig {
+            policy: Some(policy),
+            audit: Some(Arc::new(AuditLog::open(&log_path, AuditConfig::default()).unwrap())),
+            ..Default::default()
+        })
+        .unwrap(),
+    );
 
     let mut streamed = String::new();
     let mut events = 0;
-    let out = guard
-        .generate_with(&model, PROMPT, &greedy(48), &RequestInfo::default(), |ev| {
+    let out = guarded(&guard, PROMPT, greedy(48))
+        .run_streaming(&model, |ev| {
             streamed.push_str(&ev.text);
             events += 1;
             ControlFlow::Continue(())
@@ -88,7 +95,7 @@ fn a_phrase_the_model_would_say_never_streams_out() {
     assert_eq!(out.generation.text, streamed);
     assert!(!streamed.to_lowercase().contains(&phrase.to_lowercase()));
     assert!(events > 1, "text before the phrase was streamed, not held to the end");
-    let decision = out.decision.unwrap();
+    let decision = out.guard.clone().unwrap().decision.unwrap();
     assert_eq!(decision.verdict, Verdict::Block);
     assert_eq!(decision.blocked_by().unwrap().rule_id, "t.block");
 
@@ -121,15 +128,17 @@ fn disclaimers_come_with_the_last_event_and_text_is_unchanged_otherwise() {
          action = \"append_disclaimer\"\nkeywords = [{word:?}]\n"
     ))
     .unwrap();
-    let guard = Guard::new(GuardConfig {
-        policy: Some(policy),
-        ..Default::default()
-    })
-    .unwrap();
+    let guard = Arc::new(
+        Guard::new(GuardConfig {
+            policy: Some(policy),
+            ..Default::default()
+        })
+        .unwrap(),
+    );
     let mut streamed = String::new();
     let mut last_text = String::new();
-    let out = guard
-        .generate_with(&model, PROMPT, &greedy(32), &RequestInfo::default(), |ev| {
+    let out = guarded(&guard, PROMPT, greedy(32))
+        .run_streaming(&model, |ev| {
             streamed.push_str(&ev.text);
             if ev.finish.is_some() {
                 last_text = ev.text.clone();
@@ -140,7 +149,10 @@ fn disclaimers_come_with_the_last_event_and_text_is_unchanged_otherwise() {
     assert_eq!(streamed, format!("{plain}\n\nNot advice."));
     assert!(last_text.ends_with("\n\nNot advice."));
     assert_eq!(out.generation.text, streamed);
-    assert_eq!(out.decision.unwrap().verdict, Verdict::AppendDisclaimer);
+    assert_eq!(
+        out.guard.clone().unwrap().decision.unwrap().verdict,
+        Verdict::AppendDisclaimer
+    );
 }
 
 #[test]
@@ -148,20 +160,25 @@ fn personal_data_never_reaches_the_model_or_the_log() {
     let model = model();
     let dir = temp_dir("pii");
     let log_path = dir.join("audit.log");
-    let guard = Guard::new(GuardConfig {
-        pii: Some(Arc::new(PiiDetector::new(PiiConfig::default()).unwrap())),
-        audit: Some(Arc::new(AuditLog::open(&log_path, AuditConfig::default()).unwrap())),
-        ..Default::default()
-    })
-    .unwrap();
+    let guard = Arc::new(
+        Guard::new(GuardConfig {
+            pii: Some(Arc::new(PiiDetector::new(PiiConfig::default()).unwrap())),
+            audit: Some(Arc::new(AuditLog::open(&log_path, AuditConfig::default()).unwrap())),
+            ..Default::default()
+        })
+        .unwrap(),
+    );
     let prompt = "客户身份证号11010519491231002X，手机13800138000，申请贷款。";
-    let out = guard
-        .generate(&model, prompt, &greedy(16), &RequestInfo::default())
-        .unwrap();
-    assert_eq!(out.masked_prompt, "客户身份证号<ID_1>，手机<PHONE_1>，申请贷款。");
-    assert_eq!(out.prompt_entities.len(), 2);
+    let out = guarded(&guard, prompt, greedy(16)).run(&model).unwrap();
+    assert_eq!(
+        out.guard.as_ref().unwrap().masked_prompt,
+        "客户身份证号<ID_1>，手机<PHONE_1>，申请贷款。"
+    );
+    assert_eq!(out.guard.as_ref().unwrap().prompt_entities.len(), 2);
     // The model saw the masked prompt: same tokens, same answer as calling it directly with it.
-    let direct = model.generate(&out.masked_prompt, &greedy(16)).unwrap();
+    let direct = model
+        .generate(&out.guard.as_ref().unwrap().masked_prompt, &greedy(16))
+        .unwrap();
     assert_eq!(out.generation.ids, direct.ids);
     let log = std::fs::read(&log_path).unwrap();
     for secret in ["11010519491231002X", "13800138000"] {
@@ -195,10 +212,12 @@ fn concurrent_guarded_requests_each_get_one_record() {
                             request_id: format!("t{t}-{i}"),
                             ..Default::default()
                         };
-                        guard
-                            .generate(&model, PROMPT, &greedy(4), &request)
+                        guarded(&guard, PROMPT, greedy(4))
+                            .with_info(request.clone())
+                            .run(&model)
                             .unwrap()
-                            .receipt
+                            .guard
+                            .and_then(|g| g.receipt)
                             .unwrap()
                     })
                     .collect::<Vec<_>>()

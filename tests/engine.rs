@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::Rng;
-use finllm::engine::{Engine, EngineConfig, KvBudget, Prompt, Request};
+use finllm::engine::{Engine, EngineConfig, Job, KvBudget, Prompt};
 use finllm::quant::QuantType;
 use finllm::tools::synthetic::SyntheticSpec;
 use finllm::{Architecture, Error, FinishReason, GenerateParams, Generation, LoadOptions, Model, SamplingParams};
@@ -86,7 +86,7 @@ fn run_concurrently(engine: &Engine, cases: &[Case], seed: u64) -> Vec<Generatio
             .map(|(c, &d)| {
                 s.spawn(move || {
                     std::thread::sleep(Duration::from_millis(d));
-                    let request = Request {
+                    let request = Job {
                         prompt: Prompt::Ids(c.ids.clone()),
                         params: c.params.clone(),
                         deadline: None,
@@ -286,7 +286,7 @@ fn idle_shared_prefixes_give_way_to_requests() {
     for k in 0..3u32 {
         let ids = [system.clone(), vec![10 + k, 11]].concat();
         engine
-            .generate(Request::new(Prompt::Ids(ids)).with_params(params.clone()))
+            .generate(Job::new(Prompt::Ids(ids)).with_params(params.clone()))
             .unwrap();
     }
     let m = engine.metrics();
@@ -298,7 +298,7 @@ fn idle_shared_prefixes_give_way_to_requests() {
         ..Default::default()
     };
     let g = engine
-        .generate(Request::new(Prompt::Ids(big.clone())).with_params(long.clone()))
+        .generate(Job::new(Prompt::Ids(big.clone())).with_params(long.clone()))
         .unwrap();
     assert_eq!(g.ids, solo(&model, &big, &long).ids);
     let m = engine.metrics();
@@ -313,7 +313,7 @@ fn text_and_chat_prompts_take_the_same_path_as_ids() {
         max_tokens: 12,
         ..Default::default()
     };
-    let by_text = engine.generate(Request::text("the rate", params.clone())).unwrap();
+    let by_text = engine.generate(Job::text("the rate", params.clone())).unwrap();
     let alone = model.generate("the rate", &params).unwrap();
     assert_eq!(
         (&by_text.ids, &by_text.text, by_text.finish),
@@ -321,7 +321,7 @@ fn text_and_chat_prompts_take_the_same_path_as_ids() {
     );
     let ids = model.tokenize("the rate").unwrap();
     let by_ids = engine
-        .generate(Request {
+        .generate(Job {
             prompt: Prompt::Ids(ids),
             params,
             deadline: None,
@@ -332,7 +332,7 @@ fn text_and_chat_prompts_take_the_same_path_as_ids() {
 
 /// A prompt whose greedy answer runs `tokens` tokens without an end-of-sequence token, so a
 /// request for it stays in the batch until it is cancelled.
-fn long_request(model: &Model, tokens: usize) -> Request {
+fn long_request(model: &Model, tokens: usize) -> Job {
     let params = GenerateParams {
         max_tokens: tokens,
         ..Default::default()
@@ -345,7 +345,7 @@ fn long_request(model: &Model, tokens: usize) -> Request {
             ..params.clone()
         };
         if solo(model, &ids, &probe).finish == FinishReason::Length {
-            return Request {
+            return Job {
                 prompt: Prompt::Ids(ids),
                 params,
                 deadline: None,
@@ -381,7 +381,7 @@ fn full_queue_is_busy_at_once_or_after_the_callers_wait() {
     let engine = Engine::new(model.clone(), config).unwrap();
     let mut a = engine.submit(long.clone()).unwrap();
     a.next().unwrap().unwrap(); // running now
-    let small = Request {
+    let small = Job {
         prompt: Prompt::Ids(vec![5, 6, 7]),
         params: GenerateParams {
             max_tokens: 4,
@@ -399,7 +399,7 @@ fn full_queue_is_busy_at_once_or_after_the_callers_wait() {
     ));
     assert!(t.elapsed() >= Duration::from_millis(50));
     // Never fits: prompt + max_tokens over the whole KV budget; a prompt over the queue's tokens.
-    let huge = Request {
+    let huge = Job {
         params: GenerateParams {
             max_tokens: 8098,
             ..Default::default()
@@ -414,7 +414,7 @@ fn full_queue_is_busy_at_once_or_after_the_callers_wait() {
             ..
         })
     ));
-    let long_prompt = Request {
+    let long_prompt = Job {
         prompt: Prompt::Ids(vec![9; 1001]),
         ..small.clone()
     };
@@ -460,7 +460,7 @@ fn dropping_a_stream_cancels_and_deadlines_end_requests() {
         m.cancelled == 1 && m.kv_tokens_reserved == 0
     });
     // A deadline ends a running request with a typed error naming what it had generated.
-    let with_deadline = Request {
+    let with_deadline = Job {
         deadline: Some(Duration::from_millis(30)),
         ..long.clone()
     };
@@ -530,7 +530,7 @@ fn bad_requests_and_configs_are_typed_errors() {
     }
     let engine = Engine::new(model.clone(), EngineConfig::default()).unwrap();
     let vocab = model.config().vocab_size as u32;
-    let ids = |ids: Vec<u32>, max_tokens| Request {
+    let ids = |ids: Vec<u32>, max_tokens| Job {
         prompt: Prompt::Ids(ids),
         params: GenerateParams {
             max_tokens,
@@ -557,7 +557,7 @@ fn bad_requests_and_configs_are_typed_errors() {
         Err(Error::InvalidArgument { .. })
     ));
     assert!(matches!(
-        engine.submit(Request::new(Prompt::Chat(Vec::new()))),
+        engine.submit(Job::new(Prompt::Chat(Vec::new()))),
         Err(Error::InvalidArgument { .. } | Error::ChatTemplate(_))
     ));
     assert_eq!(engine.metrics().rejected, 5);
@@ -603,7 +603,7 @@ fn soak_with_32_callers() {
                                 }
                             })
                             .collect();
-                        let request = Request {
+                        let request = Job {
                             prompt: Prompt::Ids(ids),
                             params: GenerateParams {
                                 max_tokens: 1 + rng.below(40),
@@ -721,7 +721,7 @@ fn smollm2_through_the_engine_matches_solo_generation() {
     let engine = Engine::new(model.clone(), config).unwrap();
     let streams: Vec<_> = prompts
         .iter()
-        .map(|p| engine.submit(Request::text(*p, params.clone())).unwrap())
+        .map(|p| engine.submit(Job::text(*p, params.clone())).unwrap())
         .collect();
     for (p, s) in prompts.iter().zip(streams) {
         let g = s.wait().unwrap();

@@ -53,19 +53,29 @@ class Model {
   Result generate(const std::string& prompt, const finllm_generate_params& params,
                   const std::function<bool(const std::string&)>& on_text = nullptr,
                   const finllm_cancel* cancel = nullptr) const {
-    finllm_generation* raw = nullptr;
-    check(finllm_generate(handle_.get(), prompt.c_str(), &params, on_text ? &trampoline : nullptr,
-                          const_cast<void*>(static_cast<const void*>(&on_text)), cancel, &raw));
-    return collect(raw);
+    finllm_request_params request = finllm_request_default_params();
+    request.prompt = prompt.c_str();
+    request.generate = &params;
+    return run(request, on_text, cancel);
   }
 
   Result chat(const std::vector<std::pair<std::string, std::string>>& messages, const finllm_generate_params& params,
               const std::function<bool(const std::string&)>& on_text = nullptr) const {
     std::vector<finllm_chat_message> msgs;
     for (const auto& [role, content] : messages) msgs.push_back({role.c_str(), content.c_str()});
+    finllm_request_params request = finllm_request_default_params();
+    request.messages = msgs.data();
+    request.n_messages = msgs.size();
+    request.generate = &params;
+    return run(request, on_text, nullptr);
+  }
+
+  // Any request (text, chat or ids; guarded or not) through the one C entry point.
+  Result run(const finllm_request_params& request, const std::function<bool(const std::string&)>& on_text,
+             const finllm_cancel* cancel) const {
     finllm_generation* raw = nullptr;
-    check(finllm_chat(handle_.get(), msgs.data(), msgs.size(), &params, on_text ? &trampoline : nullptr,
-                      const_cast<void*>(static_cast<const void*>(&on_text)), nullptr, &raw));
+    check(finllm_generate(handle_.get(), &request, on_text ? &trampoline : nullptr,
+                          const_cast<void*>(static_cast<const void*>(&on_text)), cancel, &raw));
     return collect(raw);
   }
 

@@ -26,12 +26,15 @@ int main(int argc, char **argv) {
   double tokenize = (now_us() - t0) / 20000;
   finllm_generate_params p = finllm_generate_default_params();
   p.max_tokens = 1;
+  finllm_request_params r = finllm_request_default_params();
+  r.prompt = "The rate";
+  r.generate = &p;
   finllm_generation *g = NULL;
-  finllm_generate(m, "The rate", &p, NULL, NULL, NULL, &g);
+  finllm_generate(m, &r, NULL, NULL, NULL, &g);
   finllm_generation_free(g);
   t0 = now_us();
   for (int i = 0; i < 2000; i++) {
-    finllm_generate(m, "The rate", &p, NULL, NULL, NULL, &g);
+    finllm_generate(m, &r, NULL, NULL, NULL, &g);
     finllm_generation_free(g);
   }
   double generate = (now_us() - t0) / 2000;

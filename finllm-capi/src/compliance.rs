@@ -1,24 +1,14 @@
-//! Compliance: guards, guarded generation, PII masking, output policies and audit log
-//! verification.
+//! Compliance: guards (given to a request in finllm_request_params), PII masking, output
+//! policies and audit log verification.
 
-use std::ffi::{c_char, c_void};
+use std::ffi::c_char;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, OnceLock};
 
 use finllm_core::compliance::audit::{self, AuditConfig, AuditLog, FsyncPolicy, VerifyOptions};
-use finllm_core::compliance::{
-    Decision, DriftConfig, Guard, GuardConfig, GuardedGeneration, PiiConfig, PiiDetector, Policy, RequestInfo, Verdict,
-};
+use finllm_core::compliance::{Decision, DriftConfig, Guard, GuardConfig, PiiConfig, PiiDetector, Policy, Verdict};
 
-use crate::boundary::{
-    c_str, c_str_array, check_size, copy_out, fail, guard, key_bytes, opt_c_str, put, require, Failure,
-};
-use crate::cancel::finllm_cancel;
-use crate::generate::{
-    chat_messages, finllm_chat_message, finllm_generate_params, finllm_generation, finllm_token_callback,
-    generate_params, into_handle, nul_terminated, token_sink, GuardReport,
-};
-use crate::model::finllm_model;
+use crate::boundary::{c_str, check_size, copy_out, fail, guard, key_bytes, opt_c_str, put, require, Failure};
 use crate::status::finllm_status::{self, *};
 
 /// What the output policy decided about a text, from mildest to strongest.
@@ -47,11 +37,11 @@ pub const FINLLM_FSYNC_GROUP_COMMIT: finllm_fsync_policy = 0;
 pub const FINLLM_FSYNC_EVERY_RECORD: finllm_fsync_policy = 1;
 
 /// Compliance controls (PII masking, output policy, audit log, drift monitor) wrapped around
-/// generations with finllm_generate_guarded / finllm_chat_guarded. Thread safety: one guard may
+/// requests (finllm_request_params.guard). Thread safety: one guard may
 /// be used by any number of threads at once, with any models (audit records are appended in
 /// order, one chain per log); it must not be freed while a call is using it.
 pub struct finllm_guard {
-    inner: Guard,
+    pub(crate) inner: Arc<Guard>,
 }
 
 /// A compiled output policy (TOML rule packs). Thread safety: read-only, shareable by any
@@ -102,25 +92,6 @@ pub struct finllm_guard_params {
     pub audit_checkpoint_every: u64,
 }
 
-/// Who asks, and what the request drew on, for the audit record. Get defaults from
-/// finllm_request_default_params(). Strings are copied during the call.
-#[repr(C)]
-#[derive(Debug, Clone, Copy)]
-pub struct finllm_request_params {
-    /// sizeof(finllm_request_params) as the caller compiled it.
-    pub struct_size: u32,
-    /// Unique id of the request, or NULL (or "") to have one made up.
-    pub request_id: *const c_char,
-    /// The authenticated caller (user, service or desk) on whose behalf the model runs, or NULL.
-    pub caller_id: *const c_char,
-    /// Fine-tuning adapter in use, or NULL.
-    pub adapter: *const c_char,
-    /// Array of n_source_ids ids of documents retrieved into the prompt (may be NULL when
-    /// n_source_ids is 0).
-    pub source_ids: *const *const c_char,
-    pub n_source_ids: usize,
-}
-
 /// Options for finllm_audit_verify. Get defaults from finllm_audit_verify_default_params().
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
@@ -136,7 +107,7 @@ pub struct finllm_audit_verify_params {
     pub expected_head_hash: *const c_char,
 }
 
-fn verdict(v: Verdict) -> finllm_verdict {
+pub(crate) fn verdict(v: Verdict) -> finllm_verdict {
     match v {
         Verdict::Allow => finllm_verdict::FINLLM_VERDICT_ALLOW,
         Verdict::Flag => finllm_verdict::FINLLM_VERDICT_FLAG,
@@ -147,28 +118,11 @@ fn verdict(v: Verdict) -> finllm_verdict {
 }
 
 /// The id of the first rule whose action gave the verdict (the blocking rule on a block).
-fn deciding_rule(d: &Decision) -> &str {
+pub(crate) fn deciding_rule(d: &Decision) -> &str {
     d.matches
         .iter()
         .find(|m| Verdict::from(m.action) == d.verdict)
         .map_or("", |m| m.rule_id.as_str())
-}
-
-fn guarded_handle(g: GuardedGeneration) -> *mut finllm_generation {
-    let report = GuardReport {
-        request_id: nul_terminated(g.request_id),
-        masked_prompt: nul_terminated(g.masked_prompt),
-        pii_entities: g.prompt_entities.len(),
-        verdict: g
-            .decision
-            .as_ref()
-            .map_or(finllm_verdict::FINLLM_VERDICT_ALLOW, |d| verdict(d.verdict)),
-        rule_id: nul_terminated(g.decision.as_ref().map_or("", deciding_rule).to_string()),
-        audit_seq: g.receipt.as_ref().map_or(0, |r| r.seq),
-        audit_hash: nul_terminated(g.receipt.map_or_else(String::new, |r| r.hash)),
-        drift: g.drift.map(|d| (d.kl_divergence.unwrap_or(f64::NAN), d.drifting)),
-    };
-    into_handle(g.generation, Some(report))
 }
 
 // ------------------------------------------------------------------------------------------
@@ -282,7 +236,13 @@ pub unsafe extern "C" fn finllm_guard_new(
             audit,
             drift,
         })?;
-        unsafe { put(out, Box::into_raw(Box::new(finllm_guard { inner })), "out") }
+        unsafe {
+            put(
+                out,
+                Box::into_raw(Box::new(finllm_guard { inner: Arc::new(inner) })),
+                "out",
+            )
+        }
     })
 }
 
@@ -313,143 +273,6 @@ pub unsafe extern "C" fn finllm_guard_free(guard: *mut finllm_guard) {
         // SAFETY: per the contract the handle came from Box::into_raw and is freed once.
         let _ = catch_unwind(AssertUnwindSafe(|| drop(unsafe { Box::from_raw(guard) })));
     }
-}
-
-/// Default request options: a made-up request id, an empty caller id, no adapter, no sources.
-#[no_mangle]
-pub extern "C" fn finllm_request_default_params() -> finllm_request_params {
-    finllm_request_params {
-        struct_size: std::mem::size_of::<finllm_request_params>() as u32,
-        request_id: std::ptr::null(),
-        caller_id: std::ptr::null(),
-        adapter: std::ptr::null(),
-        source_ids: std::ptr::null(),
-        n_source_ids: 0,
-    }
-}
-
-/// # Safety
-/// `p` NULL or valid, with its strings NULL or NUL-terminated and `source_ids` valid for
-/// `n_source_ids` strings.
-unsafe fn request_info(p: *const finllm_request_params) -> Result<RequestInfo, Failure> {
-    // SAFETY: NULL or valid per the contract.
-    let p = match unsafe { p.as_ref() } {
-        None => finllm_request_default_params(),
-        Some(p) => {
-            check_size(
-                p.struct_size,
-                std::mem::size_of::<finllm_request_params>(),
-                "finllm_request_params",
-            )?;
-            *p
-        }
-    };
-    Ok(RequestInfo {
-        request_id: unsafe { opt_c_str(p.request_id, "request_id") }?
-            .unwrap_or_default()
-            .to_string(),
-        caller_id: unsafe { opt_c_str(p.caller_id, "caller_id") }?
-            .unwrap_or_default()
-            .to_string(),
-        adapter: unsafe { opt_c_str(p.adapter, "adapter") }?.map(str::to_string),
-        source_ids: unsafe { c_str_array(p.source_ids, p.n_source_ids, "source_ids") }?,
-    })
-}
-
-/// finllm_generate through a guard: the prompt is masked before the model sees it, the output
-/// is filtered by the guard's policy (a blocked phrase never reaches `callback`; the answer
-/// then finishes as BLOCKED), and the answer's audit record is durable before the last token
-/// is passed to `callback` and before this returns. `callback`, `user_data` and `cancel` work
-/// as in finllm_generate. `request` may be NULL for defaults. On success `*out` receives a
-/// result to free with finllm_generation_free; read what the guard did with
-/// finllm_generation_request_id, _masked_prompt, _verdict, _audit_seq and _audit_hash.
-///
-/// Audit records: with no `callback` and no `cancel` one complete record, durable before this
-/// returns. With either, the request streams: an "opened" record (request, caller, model hash,
-/// masked prompt, sampling) is durable before the first token reaches `callback`, and the
-/// closing record (output, decisions, finish reason) before the last one.
-///
-/// Fail-closed: if a record cannot be written the call fails (FINLLM_ERROR_AUDIT or
-/// FINLLM_ERROR_AUDIT_POISONED) and no result is returned; `callback` sees no token if the opened
-/// record failed, and never the last piece if the closing one did.
-///
-/// # Safety
-/// As finllm_generate; `guard` live; `request` NULL or valid.
-#[no_mangle]
-pub unsafe extern "C" fn finllm_generate_guarded(
-    guard: *const finllm_guard,
-    model: *const finllm_model,
-    prompt: *const c_char,
-    params: *const finllm_generate_params,
-    request: *const finllm_request_params,
-    callback: finllm_token_callback,
-    user_data: *mut c_void,
-    cancel: *const finllm_cancel,
-    out: *mut *mut finllm_generation,
-) -> finllm_status {
-    // `guard` the parameter shadows the panic boundary here, hence the path.
-    crate::boundary::guard(|| {
-        // SAFETY: contracts forwarded from this function's documentation.
-        let guard = unsafe { require(guard, "guard") }?;
-        let model = unsafe { require(model, "model") }?;
-        let prompt = unsafe { c_str(prompt, "prompt") }?;
-        let params = unsafe { generate_params(params) }?;
-        let request = unsafe { request_info(request) }?;
-        if out.is_null() {
-            return fail(FINLLM_ERROR_NULL_POINTER, "out is NULL");
-        }
-        // Without a callback or cancel handle nothing streams: one complete audit record, as
-        // Guard::generate writes; otherwise an opened and a closing one, as Guard::generate_with.
-        let result = if callback.is_none() && cancel.is_null() {
-            guard.inner.generate(&model.inner, prompt, &params, &request)?
-        } else {
-            let sink = token_sink(callback, user_data, unsafe { cancel.as_ref() });
-            guard
-                .inner
-                .generate_with(&model.inner, prompt, &params, &request, sink)?
-        };
-        unsafe { put(out, guarded_handle(result), "out") }
-    })
-}
-
-/// finllm_chat through a guard: every message is masked with one vault (so <ID_1> means the
-/// same value in every turn); otherwise as finllm_generate_guarded.
-///
-/// # Safety
-/// As finllm_generate_guarded; `messages` valid for `n_messages` reads, each with
-/// NUL-terminated strings.
-#[no_mangle]
-pub unsafe extern "C" fn finllm_chat_guarded(
-    guard: *const finllm_guard,
-    model: *const finllm_model,
-    messages: *const finllm_chat_message,
-    n_messages: usize,
-    params: *const finllm_generate_params,
-    request: *const finllm_request_params,
-    callback: finllm_token_callback,
-    user_data: *mut c_void,
-    cancel: *const finllm_cancel,
-    out: *mut *mut finllm_generation,
-) -> finllm_status {
-    // `guard` the parameter shadows the panic boundary here, hence the path.
-    crate::boundary::guard(|| {
-        // SAFETY: contracts forwarded from this function's documentation.
-        let guard = unsafe { require(guard, "guard") }?;
-        let model = unsafe { require(model, "model") }?;
-        let msgs = unsafe { chat_messages(messages, n_messages) }?;
-        let params = unsafe { generate_params(params) }?;
-        let request = unsafe { request_info(request) }?;
-        if out.is_null() {
-            return fail(FINLLM_ERROR_NULL_POINTER, "out is NULL");
-        }
-        let result = if callback.is_none() && cancel.is_null() {
-            guard.inner.chat(&model.inner, &msgs, &params, &request)?
-        } else {
-            let sink = token_sink(callback, user_data, unsafe { cancel.as_ref() });
-            guard.inner.chat_with(&model.inner, &msgs, &params, &request, sink)?
-        };
-        unsafe { put(out, guarded_handle(result), "out") }
-    })
 }
 
 /// Mask the personal data in `text` with the default detector (checksum-validated resident

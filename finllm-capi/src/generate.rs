@@ -1,17 +1,16 @@
-//! Generation: options, the token callback, finllm_generate / finllm_chat, and the result
-//! handle (including what the guard did, for guarded generations).
+//! Generation options, the token callback, and the result handle (including what the guard
+//! did, for guarded requests). Requests themselves are in `request.rs`.
 
 use std::ffi::{c_char, c_void};
 use std::ops::ControlFlow;
 use std::sync::atomic::Ordering;
 
-use finllm_core::{ChatMessage, FinishReason, GenerateParams, Generation, SamplingParams, TokenEvent};
+use finllm_core::{ChatMessage, FinishReason, GenerateParams, Generation, Response, SamplingParams, TokenEvent};
 
-use crate::boundary::{c_str, c_str_array, check_size, fail, guard, put, require, Failure};
+use crate::boundary::{c_str, c_str_array, check_size, fail, Failure};
 use crate::cancel::finllm_cancel;
-use crate::compliance::finllm_verdict;
-use crate::model::finllm_model;
-use crate::status::finllm_status::{self, *};
+use crate::compliance::{deciding_rule, finllm_verdict, verdict};
+use crate::status::finllm_status::*;
 
 /// Why a generation ended.
 #[repr(C)]
@@ -37,21 +36,21 @@ pub struct finllm_generation {
     finish: finllm_finish_reason,
     prefill_ms: f64,
     decode_ms: f64,
-    /// What the guard did, for results of finllm_generate_guarded / finllm_chat_guarded.
+    /// What the guard did, for results of guarded requests.
     guarded: Option<GuardReport>,
 }
 
 /// The guard's side of a guarded generation; strings are NUL-terminated.
-pub(crate) struct GuardReport {
-    pub(crate) request_id: Vec<u8>,
-    pub(crate) masked_prompt: Vec<u8>,
-    pub(crate) pii_entities: usize,
-    pub(crate) verdict: finllm_verdict,
-    pub(crate) rule_id: Vec<u8>,
-    pub(crate) audit_seq: u64,
-    pub(crate) audit_hash: Vec<u8>,
+struct GuardReport {
+    request_id: Vec<u8>,
+    masked_prompt: Vec<u8>,
+    pii_entities: usize,
+    verdict: finllm_verdict,
+    rule_id: Vec<u8>,
+    audit_seq: u64,
+    audit_hash: Vec<u8>,
     /// KL divergence (NaN until both windows hold tokens) and whether it reached the threshold.
-    pub(crate) drift: Option<(f64, bool)>,
+    drift: Option<(f64, bool)>,
 }
 
 /// Options for one generation. Get defaults from finllm_generate_default_params().
@@ -180,17 +179,7 @@ pub(crate) fn token_sink<'a>(
     }
 }
 
-/// Drive a stream with the C callback and the cancel flag.
-fn run_stream(
-    stream: finllm_core::TokenStream<'_>,
-    callback: finllm_token_callback,
-    user_data: *mut c_void,
-    cancel: Option<&finllm_cancel>,
-) -> Result<Generation, Failure> {
-    Ok(stream.run_with(token_sink(callback, user_data, cancel))?)
-}
-
-/// Copy the messages of finllm_chat / finllm_chat_guarded.
+/// Copy the messages of a chat request.
 ///
 /// # Safety
 /// `messages` NULL or valid for `n_messages` reads, each with NUL-terminated strings.
@@ -218,7 +207,25 @@ pub(crate) fn nul_terminated(s: String) -> Vec<u8> {
     bytes
 }
 
-pub(crate) fn into_handle(gen: Generation, guarded: Option<GuardReport>) -> *mut finllm_generation {
+/// The answer to a request as a C handle, with what its guard did.
+pub(crate) fn response_handle(response: Response) -> *mut finllm_generation {
+    let guarded = response.guard.map(|g| GuardReport {
+        request_id: nul_terminated(g.request_id),
+        masked_prompt: nul_terminated(g.masked_prompt),
+        pii_entities: g.prompt_entities.len(),
+        verdict: g
+            .decision
+            .as_ref()
+            .map_or(finllm_verdict::FINLLM_VERDICT_ALLOW, |d| verdict(d.verdict)),
+        rule_id: nul_terminated(g.decision.as_ref().map_or("", deciding_rule).to_string()),
+        audit_seq: g.receipt.as_ref().map_or(0, |r| r.seq),
+        audit_hash: nul_terminated(g.receipt.map_or_else(String::new, |r| r.hash)),
+        drift: g.drift.map(|d| (d.kl_divergence.unwrap_or(f64::NAN), d.drifting)),
+    });
+    into_handle(response.generation, guarded)
+}
+
+fn into_handle(gen: Generation, guarded: Option<GuardReport>) -> *mut finllm_generation {
     Box::into_raw(Box::new(finllm_generation {
         text: nul_terminated(gen.text),
         ids: gen.ids,
@@ -234,68 +241,6 @@ pub(crate) fn into_handle(gen: Generation, guarded: Option<GuardReport>) -> *mut
         decode_ms: gen.timings.decode.as_secs_f64() * 1e3,
         guarded,
     }))
-}
-
-/// Generate a continuation of raw `prompt` text (special tokens parsed, no chat template).
-/// `params`, `callback` and `cancel` may be NULL. On success `*out` receives a result to free
-/// with finllm_generation_free. A cancelled generation succeeds with finish reason CANCELLED.
-///
-/// # Safety
-/// `model` live; `prompt` NUL-terminated; `params` NULL or valid; `cancel` NULL or live;
-/// `out` writable. `user_data` is passed to `callback` untouched.
-#[no_mangle]
-pub unsafe extern "C" fn finllm_generate(
-    model: *const finllm_model,
-    prompt: *const c_char,
-    params: *const finllm_generate_params,
-    callback: finllm_token_callback,
-    user_data: *mut c_void,
-    cancel: *const finllm_cancel,
-    out: *mut *mut finllm_generation,
-) -> finllm_status {
-    guard(|| {
-        // SAFETY: contracts forwarded from this function's documentation.
-        let model = unsafe { require(model, "model") }?;
-        let prompt = unsafe { c_str(prompt, "prompt") }?;
-        let params = unsafe { generate_params(params) }?;
-        if out.is_null() {
-            return fail(FINLLM_ERROR_NULL_POINTER, "out is NULL");
-        }
-        let cancel = unsafe { cancel.as_ref() };
-        let gen = run_stream(model.inner.stream(prompt, &params)?, callback, user_data, cancel)?;
-        unsafe { put(out, into_handle(gen, None), "out") }
-    })
-}
-
-/// Answer a conversation of `n_messages` messages using the model's chat template. Otherwise
-/// as finllm_generate.
-///
-/// # Safety
-/// As finllm_generate; `messages` valid for `n_messages` reads, each with NUL-terminated
-/// strings.
-#[no_mangle]
-pub unsafe extern "C" fn finllm_chat(
-    model: *const finllm_model,
-    messages: *const finllm_chat_message,
-    n_messages: usize,
-    params: *const finllm_generate_params,
-    callback: finllm_token_callback,
-    user_data: *mut c_void,
-    cancel: *const finllm_cancel,
-    out: *mut *mut finllm_generation,
-) -> finllm_status {
-    guard(|| {
-        // SAFETY: contracts forwarded from this function's documentation.
-        let model = unsafe { require(model, "model") }?;
-        let msgs = unsafe { chat_messages(messages, n_messages) }?;
-        let params = unsafe { generate_params(params) }?;
-        if out.is_null() {
-            return fail(FINLLM_ERROR_NULL_POINTER, "out is NULL");
-        }
-        let cancel = unsafe { cancel.as_ref() };
-        let gen = run_stream(model.inner.chat_stream(&msgs, &params)?, callback, user_data, cancel)?;
-        unsafe { put(out, into_handle(gen, None), "out") }
-    })
 }
 
 /// The generated text (UTF-8, NUL-terminated, owned by `gen`); its byte length goes to `*len`

@@ -17,17 +17,20 @@ mod boundary;
 // Loading models, their sizes, tokenization.
 mod model;
 
-// Generation options, finllm_generate / finllm_chat, and the result handle.
+// Generation options, the token callback, and the result handle.
 mod generate;
 
 // Cancel handles.
 mod cancel;
 
-// Guards, guarded generation, PII masking, policies, audit verification.
+// Guards, PII masking, policies, audit verification.
 mod compliance;
 
 // Many requests through one continuous batch.
 mod engine;
+
+// One request struct for every prompt kind, guarded or not; run on a model or an engine.
+mod request;
 
 // Sentence embeddings.
 mod rag;
@@ -35,16 +38,19 @@ mod rag;
 pub use boundary::finllm_last_error_message;
 pub use cancel::{finllm_cancel, finllm_cancel_free, finllm_cancel_new, finllm_cancel_reset, finllm_cancel_trigger};
 pub use compliance::{
-    finllm_audit_verify, finllm_audit_verify_default_params, finllm_audit_verify_params, finllm_chat_guarded,
-    finllm_fsync_policy, finllm_generate_guarded, finllm_guard, finllm_guard_audit_truncated_bytes,
-    finllm_guard_default_params, finllm_guard_free, finllm_guard_new, finllm_guard_params, finllm_pii_mask,
-    finllm_policy, finllm_policy_check, finllm_policy_free, finllm_policy_load, finllm_request_default_params,
-    finllm_request_params, finllm_verdict, FINLLM_FSYNC_EVERY_RECORD, FINLLM_FSYNC_GROUP_COMMIT,
+    finllm_audit_verify, finllm_audit_verify_default_params, finllm_audit_verify_params, finllm_fsync_policy,
+    finllm_guard, finllm_guard_audit_truncated_bytes, finllm_guard_default_params, finllm_guard_free, finllm_guard_new,
+    finllm_guard_params, finllm_pii_mask, finllm_policy, finllm_policy_check, finllm_policy_free, finllm_policy_load,
+    finllm_verdict, FINLLM_FSYNC_EVERY_RECORD, FINLLM_FSYNC_GROUP_COMMIT,
+};
+pub use engine::{
+    finllm_engine, finllm_engine_default_params, finllm_engine_free, finllm_engine_metrics_text, finllm_engine_new,
+    finllm_engine_params,
 };
 pub use generate::{
-    finllm_chat, finllm_chat_message, finllm_finish_reason, finllm_generate, finllm_generate_default_params,
-    finllm_generate_params, finllm_generation, finllm_generation_audit_hash, finllm_generation_audit_seq,
-    finllm_generation_drift, finllm_generation_finish_reason, finllm_generation_free, finllm_generation_masked_prompt,
+    finllm_chat_message, finllm_finish_reason, finllm_generate_default_params, finllm_generate_params,
+    finllm_generation, finllm_generation_audit_hash, finllm_generation_audit_seq, finllm_generation_drift,
+    finllm_generation_finish_reason, finllm_generation_free, finllm_generation_masked_prompt,
     finllm_generation_pii_entities, finllm_generation_policy_rule, finllm_generation_prompt_tokens,
     finllm_generation_request_id, finllm_generation_text, finllm_generation_timings, finllm_generation_tokens,
     finllm_generation_verdict, finllm_token_callback,
@@ -55,6 +61,11 @@ pub use model::{
 };
 pub use rag::{
     finllm_embedder, finllm_embedder_dim, finllm_embedder_embed, finllm_embedder_free, finllm_embedder_load,
+};
+pub use request::{
+    finllm_engine_generate, finllm_engine_submit, finllm_generate, finllm_request, finllm_request_cancel,
+    finllm_request_default_params, finllm_request_free, finllm_request_next, finllm_request_params,
+    finllm_request_wait, finllm_token_event,
 };
 pub use status::{
     finllm_status, finllm_status_name, finllm_version, FINLLM_VERSION_MAJOR, FINLLM_VERSION_MINOR, FINLLM_VERSION_PATCH,

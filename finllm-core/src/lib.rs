@@ -20,17 +20,20 @@ mod llm;
 pub mod model;
 pub mod quant;
 pub mod rag;
+pub mod request;
 pub mod tokenizer;
 pub mod tools;
 pub mod util;
 
 pub use chat::{ChatMessage, ChatTemplate};
+pub use compliance::{Guard, GuardReport, RequestInfo};
 pub use device::DeviceSpec;
-pub use engine::{Engine, EngineConfig, KvBudget, Prompt, Request, RequestStream};
+pub use engine::{Engine, EngineConfig, Job, KvBudget, RequestStream};
 pub use error::{Error, ErrorKind, GgufError, Result};
 pub use generate::{FinishReason, GenerateParams, Generation, SamplingParams, TokenEvent, TokenStream};
-pub use llm::{LoadOptions, Model, ModelSource};
+pub use llm::{LoadOptions, Model, ModelSource, Prompt};
 pub use model::{Architecture, GgufFile, ModelConfig, Transformer};
+pub use request::{Executor, Request, Response, ResponseStream};
 pub use tokenizer::Tokenizer;
 
 /// finllm's version, from Cargo.toml.

@@ -10,6 +10,17 @@ use crate::generate::{GenerateParams, Generation, TokenEvent, TokenStream};
 use crate::model::{Backend, GgufFile, ModelConfig, Transformer};
 use crate::tokenizer::Tokenizer;
 
+/// What to answer: the prompt of a request, in whichever form the caller has it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Prompt {
+    /// Raw text, encoded as [`Model::tokenize_prompt`] does (special tokens parsed, no template).
+    Text(String),
+    /// A conversation, rendered with the model's chat template (assistant turn opened).
+    Chat(Vec<ChatMessage>),
+    /// Token ids, used as they are.
+    Ids(Vec<u32>),
+}
+
 /// How to load a model.
 #[derive(Clone, Default)]
 pub struct LoadOptions {
@@ -257,6 +268,23 @@ impl Model {
             ));
         }
         self.tokenize(prompt)
+    }
+
+    /// The token ids of `prompt`: text is encoded (refused at once when it could never fit the
+    /// context), a conversation rendered with the chat template first, ids checked against the
+    /// vocabulary.
+    pub fn encode(&self, prompt: &Prompt) -> Result<Vec<u32>> {
+        match prompt {
+            Prompt::Text(text) => self.tokenize_prompt(text),
+            Prompt::Chat(messages) => self.tokenize_prompt(&self.apply_chat_template(messages)?),
+            Prompt::Ids(ids) => {
+                let vocab_size = self.config().vocab_size;
+                if let Some(&id) = ids.iter().find(|&&id| id as usize >= vocab_size) {
+                    return Err(Error::TokenOutOfRange { id, vocab_size });
+                }
+                Ok(ids.clone())
+            }
+        }
     }
 
     /// Start generating from prompt token ids.

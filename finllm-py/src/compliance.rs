@@ -12,12 +12,9 @@ use pyo3::types::{PyBool, PyDict};
 
 use core::compliance::audit::{self, AuditDecision, AuditSampling, StoredRecord, VerifyOptions};
 use core::compliance::pii::{EntityKind, Redaction};
-use core::compliance::{AuditConfig, FsyncPolicy, GuardConfig, RequestInfo, Verdict};
+use core::compliance::{AuditConfig, FsyncPolicy, GuardConfig, Verdict};
 
-use crate::{
-    audit_to_py, html_escape, params, policy_to_py, spawn_stream, to_py, Generation, InvalidArgument, Model,
-    TokenIterator,
-};
+use crate::{audit_to_py, html_escape, policy_to_py, to_py, Generation, InvalidArgument};
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Entity>()?;
@@ -614,9 +611,9 @@ fn decision_dict<'py>(py: Python<'py>, x: &AuditDecision) -> PyResult<Bound<'py,
 
 // ---- guard -------------------------------------------------------------------------------------
 
-/// An answer from Guard, with what the guard did.
+/// The answer to a guarded request, with what the guard did.
 #[pyclass(frozen, module = "finllm._finllm")]
-struct GuardedGeneration {
+pub(crate) struct GuardedGeneration {
     #[pyo3(get)]
     generation: Generation,
     #[pyo3(get)]
@@ -645,11 +642,11 @@ struct GuardedGeneration {
     drifting: Option<bool>,
 }
 
-impl From<core::compliance::GuardedGeneration> for GuardedGeneration {
-    fn from(g: core::compliance::GuardedGeneration) -> Self {
+impl GuardedGeneration {
+    pub(crate) fn new(generation: core::Generation, g: core::compliance::GuardReport) -> Self {
         let (audit_seq, audit_hash) = g.receipt.map(|r| (r.seq, r.hash)).unzip();
         Self {
-            generation: g.generation.into(),
+            generation: generation.into(),
             request_id: g.request_id,
             masked_prompt: g.masked_prompt,
             entities: g.prompt_entities.into_iter().map(Entity::from).collect(),
@@ -713,21 +710,6 @@ impl GuardedGeneration {
     }
 }
 
-/// The request facts for the audit record.
-fn request_info(
-    request_id: Option<String>,
-    caller_id: &str,
-    source_ids: Option<Vec<String>>,
-    adapter: Option<String>,
-) -> RequestInfo {
-    RequestInfo {
-        request_id: request_id.unwrap_or_default(),
-        caller_id: caller_id.to_string(),
-        adapter,
-        source_ids: source_ids.unwrap_or_default(),
-    }
-}
-
 /// The `mask_pii` argument: True (a default detector), False, or a PiiDetector.
 enum MaskPii {
     Flag(bool),
@@ -768,10 +750,11 @@ impl MaskPii {
 
 /// Compliance controls around generation: mask personal data before the model sees it, filter
 /// the answer through a policy, and record every request in an audit log before answering.
-/// Thread-safe: share one guard among threads and models.
+/// Give it to a request: `model.generate(prompt, guard=guard)` (or Engine's, or stream()).
+/// Thread-safe: share one guard among threads, models and engines.
 #[pyclass(frozen, module = "finllm._finllm")]
-struct Guard {
-    inner: Arc<core::compliance::Guard>,
+pub(crate) struct Guard {
+    pub(crate) inner: Arc<core::compliance::Guard>,
 }
 
 #[pymethods]
@@ -807,173 +790,6 @@ impl Guard {
         };
         let guard = core::compliance::Guard::new(config).map_err(to_py)?;
         Ok(Self { inner: Arc::new(guard) })
-    }
-
-    /// Guarded Model.generate: mask, generate, filter, record, answer.
-    #[pyo3(signature = (model, prompt, *, max_tokens=256, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0,
-                        repetition_penalty=1.0, seed=0, stop=None, top_logits=0,
-                        request_id=None, caller_id="", source_ids=None, adapter=None))]
-    #[allow(clippy::too_many_arguments)]
-    fn generate(
-        &self,
-        py: Python<'_>,
-        model: PyRef<'_, Model>,
-        prompt: String,
-        max_tokens: usize,
-        temperature: f32,
-        top_k: usize,
-        top_p: f32,
-        min_p: f32,
-        repetition_penalty: f32,
-        seed: u64,
-        stop: Option<Vec<String>>,
-        top_logits: usize,
-        request_id: Option<String>,
-        caller_id: &str,
-        source_ids: Option<Vec<String>>,
-        adapter: Option<String>,
-    ) -> PyResult<GuardedGeneration> {
-        let p = params(
-            max_tokens,
-            temperature,
-            top_k,
-            top_p,
-            min_p,
-            repetition_penalty,
-            seed,
-            stop,
-            top_logits,
-        );
-        let request = request_info(request_id, caller_id, source_ids, adapter);
-        let (guard, model) = (&self.inner, model.inner.clone());
-        let g = py
-            .detach(|| guard.generate(&model, &prompt, &p, &request))
-            .map_err(to_py)?;
-        Ok(g.into())
-    }
-
-    /// Like generate(), but an iterator of Token; its .result is the GuardedGeneration once the
-    /// iterator is exhausted. The last token arrives only once the audit record is durable.
-    #[pyo3(signature = (model, prompt, *, max_tokens=256, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0,
-                        repetition_penalty=1.0, seed=0, stop=None,
-                        request_id=None, caller_id="", source_ids=None, adapter=None))]
-    #[allow(clippy::too_many_arguments)]
-    fn stream(
-        &self,
-        model: PyRef<'_, Model>,
-        prompt: String,
-        max_tokens: usize,
-        temperature: f32,
-        top_k: usize,
-        top_p: f32,
-        min_p: f32,
-        repetition_penalty: f32,
-        seed: u64,
-        stop: Option<Vec<String>>,
-        request_id: Option<String>,
-        caller_id: &str,
-        source_ids: Option<Vec<String>>,
-        adapter: Option<String>,
-    ) -> TokenIterator {
-        let p = params(
-            max_tokens,
-            temperature,
-            top_k,
-            top_p,
-            min_p,
-            repetition_penalty,
-            seed,
-            stop,
-            0,
-        );
-        let request = request_info(request_id, caller_id, source_ids, adapter);
-        let (guard, model) = (self.inner.clone(), model.inner.clone());
-        spawn_stream(move |on_token| -> core::Result<GuardedGeneration> {
-            Ok(guard.generate_with(&model, &prompt, &p, &request, on_token)?.into())
-        })
-    }
-
-    /// Guarded Model.chat: every message is masked with one vault, so <ID_1> means the same value
-    /// in every turn.
-    #[pyo3(signature = (model, messages, *, max_tokens=256, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0,
-                        repetition_penalty=1.0, seed=0, stop=None,
-                        request_id=None, caller_id="", source_ids=None, adapter=None))]
-    #[allow(clippy::too_many_arguments)]
-    fn chat(
-        &self,
-        py: Python<'_>,
-        model: PyRef<'_, Model>,
-        messages: Vec<Bound<'_, PyAny>>,
-        max_tokens: usize,
-        temperature: f32,
-        top_k: usize,
-        top_p: f32,
-        min_p: f32,
-        repetition_penalty: f32,
-        seed: u64,
-        stop: Option<Vec<String>>,
-        request_id: Option<String>,
-        caller_id: &str,
-        source_ids: Option<Vec<String>>,
-        adapter: Option<String>,
-    ) -> PyResult<GuardedGeneration> {
-        let msgs = crate::messages(messages)?;
-        let p = params(
-            max_tokens,
-            temperature,
-            top_k,
-            top_p,
-            min_p,
-            repetition_penalty,
-            seed,
-            stop,
-            0,
-        );
-        let request = request_info(request_id, caller_id, source_ids, adapter);
-        let (guard, model) = (&self.inner, model.inner.clone());
-        let g = py.detach(|| guard.chat(&model, &msgs, &p, &request)).map_err(to_py)?;
-        Ok(g.into())
-    }
-
-    /// Like chat(), but an iterator of Token; see stream().
-    #[pyo3(signature = (model, messages, *, max_tokens=256, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0,
-                        repetition_penalty=1.0, seed=0, stop=None,
-                        request_id=None, caller_id="", source_ids=None, adapter=None))]
-    #[allow(clippy::too_many_arguments)]
-    fn chat_stream(
-        &self,
-        model: PyRef<'_, Model>,
-        messages: Vec<Bound<'_, PyAny>>,
-        max_tokens: usize,
-        temperature: f32,
-        top_k: usize,
-        top_p: f32,
-        min_p: f32,
-        repetition_penalty: f32,
-        seed: u64,
-        stop: Option<Vec<String>>,
-        request_id: Option<String>,
-        caller_id: &str,
-        source_ids: Option<Vec<String>>,
-        adapter: Option<String>,
-    ) -> PyResult<TokenIterator> {
-        let msgs = crate::messages(messages)?;
-        let p = params(
-            max_tokens,
-            temperature,
-            top_k,
-            top_p,
-            min_p,
-            repetition_penalty,
-            seed,
-            stop,
-            0,
-        );
-        let request = request_info(request_id, caller_id, source_ids, adapter);
-        let (guard, model) = (self.inner.clone(), model.inner.clone());
-        Ok(spawn_stream(move |on_token| -> core::Result<GuardedGeneration> {
-            Ok(guard.chat_with(&model, &msgs, &p, &request, on_token)?.into())
-        }))
     }
 
     fn __repr__(&self) -> String {

@@ -1,28 +1,15 @@
 //! `finllm.Engine`: many Python threads (or asyncio tasks) served by one continuous batch.
-//! Only conversion lives here; requests go through `finllm_core::engine`.
+//! Only conversion lives here; requests go through the core's one request path.
 
 use std::sync::Mutex;
-use std::time::Duration;
 
 use finllm_core as core;
 use finllm_core::engine as eng;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use crate::{params, to_py, Generation, Model, Token};
-
-fn invalid(name: &str, reason: String) -> PyErr {
-    to_py(core::Error::InvalidArgument {
-        name: name.into(),
-        reason,
-    })
-}
-
-/// Seconds from Python as a Duration (None stays None).
-fn seconds(name: &str, s: Option<f64>) -> PyResult<Option<Duration>> {
-    s.map(|s| Duration::try_from_secs_f64(s).map_err(|e| invalid(name, format!("{s} seconds: {e}"))))
-        .transpose()
-}
+use crate::compliance::Guard;
+use crate::{request, to_py, Model, Token};
 
 /// One model served to many callers: requests from any thread join one running batch between
 /// forward steps. Thread-safe; the GIL is released while waiting.
@@ -35,33 +22,10 @@ pub(crate) struct Engine {
 /// Dropping it, or cancel(), stops the request.
 #[pyclass(module = "finllm._finllm")]
 pub(crate) struct EngineStream {
-    inner: Mutex<Option<eng::RequestStream>>,
+    inner: Mutex<Option<core::ResponseStream>>,
     cancel: eng::CancelHandle,
-    result: Mutex<Option<Generation>>,
-}
-
-impl Engine {
-    fn submit(
-        &self,
-        py: Python<'_>,
-        prompt: eng::Prompt,
-        p: core::GenerateParams,
-        deadline_s: Option<f64>,
-        wait_s: Option<f64>,
-    ) -> PyResult<eng::RequestStream> {
-        let request = eng::Request {
-            prompt,
-            params: p,
-            deadline: seconds("deadline_s", deadline_s)?,
-        };
-        let wait = seconds("wait_s", wait_s)?;
-        let engine = &self.inner;
-        py.detach(|| match wait {
-            Some(w) => engine.submit_timeout(request, w),
-            None => engine.submit(request),
-        })
-        .map_err(to_py)
-    }
+    /// The answer once the stream has ended normally.
+    result: Mutex<Option<core::Response>>,
 }
 
 #[pymethods]
@@ -88,10 +52,10 @@ impl Engine {
     ) -> PyResult<Self> {
         let kv_budget = match (kv_budget_tokens, kv_budget_bytes) {
             (Some(_), Some(_)) => {
-                return Err(invalid(
-                    "kv_budget_tokens",
-                    "give kv_budget_tokens or kv_budget_bytes, not both".into(),
-                ))
+                return Err(to_py(core::Error::InvalidArgument {
+                    name: "kv_budget_tokens".into(),
+                    reason: "give kv_budget_tokens or kv_budget_bytes, not both".into(),
+                }))
             }
             (Some(t), None) => eng::KvBudget::Tokens(t),
             (None, Some(b)) => eng::KvBudget::Bytes(b),
@@ -110,119 +74,53 @@ impl Engine {
         Ok(Self { inner })
     }
 
-    /// Generate a continuation of raw prompt text; returns what Model.generate returns.
-    /// `deadline_s` bounds the whole request; `wait_s` waits that long for room in a full queue
-    /// (default: EngineBusyError at once).
-    #[pyo3(signature = (prompt, *, max_tokens=256, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0,
-                        repetition_penalty=1.0, seed=0, stop=None, top_logits=0, deadline_s=None,
-                        wait_s=None))]
-    #[allow(clippy::too_many_arguments)]
+    /// Model.generate through the engine's running batch (the same arguments, the same answer);
+    /// also `deadline_s`, the time the whole request may take, and `wait_s`, how long to wait
+    /// for room in a full queue (default: EngineBusyError at once).
+    #[pyo3(signature = (prompt=None, *, messages=None, guard=None, **options))]
     fn generate(
         &self,
         py: Python<'_>,
-        prompt: String,
-        max_tokens: usize,
-        temperature: f32,
-        top_k: usize,
-        top_p: f32,
-        min_p: f32,
-        repetition_penalty: f32,
-        seed: u64,
-        stop: Option<Vec<String>>,
-        top_logits: usize,
-        deadline_s: Option<f64>,
-        wait_s: Option<f64>,
-    ) -> PyResult<Generation> {
-        let p = params(
-            max_tokens,
-            temperature,
-            top_k,
-            top_p,
-            min_p,
-            repetition_penalty,
-            seed,
-            stop,
-            top_logits,
-        );
-        let stream = self.submit(py, eng::Prompt::Text(prompt), p, deadline_s, wait_s)?;
-        Ok(py.detach(|| stream.wait()).map_err(to_py)?.into())
+        prompt: Option<String>,
+        messages: Option<Vec<Bound<'_, PyAny>>>,
+        guard: Option<PyRef<'_, Guard>>,
+        options: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Py<PyAny>> {
+        let request = request::build("generate", prompt, messages, guard, options)?;
+        let engine = &self.inner;
+        let r = py.detach(|| request.run(engine)).map_err(to_py)?;
+        request::response(py, r)
     }
 
-    /// Answer a conversation with the model's chat template.
-    #[pyo3(signature = (messages, *, max_tokens=256, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0,
-                        repetition_penalty=1.0, seed=0, stop=None, top_logits=0, deadline_s=None,
-                        wait_s=None))]
-    #[allow(clippy::too_many_arguments)]
+    /// Answer a conversation: generate(messages=messages, ...).
+    #[pyo3(signature = (messages, *, guard=None, **options))]
     fn chat(
         &self,
         py: Python<'_>,
         messages: Vec<Bound<'_, PyAny>>,
-        max_tokens: usize,
-        temperature: f32,
-        top_k: usize,
-        top_p: f32,
-        min_p: f32,
-        repetition_penalty: f32,
-        seed: u64,
-        stop: Option<Vec<String>>,
-        top_logits: usize,
-        deadline_s: Option<f64>,
-        wait_s: Option<f64>,
-    ) -> PyResult<Generation> {
-        let p = params(
-            max_tokens,
-            temperature,
-            top_k,
-            top_p,
-            min_p,
-            repetition_penalty,
-            seed,
-            stop,
-            top_logits,
-        );
-        let prompt = eng::Prompt::Chat(crate::messages(messages)?);
-        let stream = self.submit(py, prompt, p, deadline_s, wait_s)?;
-        Ok(py.detach(|| stream.wait()).map_err(to_py)?.into())
+        guard: Option<PyRef<'_, Guard>>,
+        options: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Py<PyAny>> {
+        let request = request::build("chat", None, Some(messages), guard, options)?;
+        let engine = &self.inner;
+        let r = py.detach(|| request.run(engine)).map_err(to_py)?;
+        request::response(py, r)
     }
 
-    /// Like generate(), but an iterator of Token as they are produced. Pass `messages` instead
-    /// of `prompt` for a conversation.
-    #[pyo3(signature = (prompt=None, *, messages=None, max_tokens=256, temperature=0.0, top_k=0, top_p=1.0,
-                        min_p=0.0, repetition_penalty=1.0, seed=0, stop=None, deadline_s=None, wait_s=None))]
-    #[allow(clippy::too_many_arguments)]
+    /// Like generate(), but a stream of Token as they are produced (iterate it, or `async for`
+    /// it); its .result is what generate() would return once it has ended.
+    #[pyo3(signature = (prompt=None, *, messages=None, guard=None, **options))]
     fn stream(
         &self,
         py: Python<'_>,
         prompt: Option<String>,
         messages: Option<Vec<Bound<'_, PyAny>>>,
-        max_tokens: usize,
-        temperature: f32,
-        top_k: usize,
-        top_p: f32,
-        min_p: f32,
-        repetition_penalty: f32,
-        seed: u64,
-        stop: Option<Vec<String>>,
-        deadline_s: Option<f64>,
-        wait_s: Option<f64>,
+        guard: Option<PyRef<'_, Guard>>,
+        options: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<EngineStream> {
-        let prompt = match (prompt, messages) {
-            (Some(p), None) => eng::Prompt::Text(p),
-            (None, Some(m)) => eng::Prompt::Chat(crate::messages(m)?),
-            _ => return Err(invalid("prompt", "give a prompt or messages (one of them)".into())),
-        };
-        let p = params(
-            max_tokens,
-            temperature,
-            top_k,
-            top_p,
-            min_p,
-            repetition_penalty,
-            seed,
-            stop,
-            0,
-        );
-        let stream = self.submit(py, prompt, p, deadline_s, wait_s)?;
+        let request = request::build("stream", prompt, messages, guard, options)?;
+        let engine = &self.inner;
+        let stream = py.detach(|| request.submit(engine)).map_err(to_py)?;
         Ok(EngineStream {
             cancel: stream.cancel_handle(),
             inner: Mutex::new(Some(stream)),
@@ -295,10 +193,12 @@ impl EngineStream {
             let stream = guard.as_mut()?;
             let next = stream.next();
             if next.is_none() {
-                // Ended normally: keep the result, release the stream.
-                let generation = stream.generation().cloned();
-                *guard = None;
-                *self.result.lock().unwrap_or_else(|p| p.into_inner()) = generation.map(Generation::from);
+                // Ended normally: keep the answer, release the stream.
+                match guard.take().map(core::ResponseStream::wait) {
+                    Some(Ok(r)) => *self.result.lock().unwrap_or_else(|p| p.into_inner()) = Some(r),
+                    Some(Err(e)) => return Some(Err(e)),
+                    None => {}
+                }
             } else if matches!(next, Some(Err(_))) {
                 *guard = None;
             }
@@ -321,10 +221,11 @@ impl EngineStream {
         self.cancel.cancel();
     }
 
-    /// The whole Generation once the stream has ended normally; None before.
+    /// What generate() would have returned, once the stream has ended normally; None before.
     #[getter]
-    fn result(&self) -> Option<Generation> {
-        self.result.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    fn result(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        let r = self.result.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        r.map(|r| request::response(py, r)).transpose()
     }
 }
 

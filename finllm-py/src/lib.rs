@@ -4,6 +4,7 @@
 mod compliance;
 mod engine;
 mod rag;
+mod request;
 
 use std::ops::ControlFlow;
 use std::sync::mpsc::{sync_channel, Receiver};
@@ -14,7 +15,6 @@ use pyo3::create_exception;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
-use pyo3::IntoPyObjectExt;
 
 create_exception!(
     finllm.errors,
@@ -144,36 +144,6 @@ fn to_py_in(domain: Domain, e: core::Error) -> PyErr {
         K::Busy => EngineBusyError::new_err(msg),
         K::DeadlineExceeded => DeadlineExceededError::new_err(msg),
         K::Engine => EngineError::new_err(msg),
-    }
-}
-
-/// Keyword arguments shared by every generation method.
-#[allow(clippy::too_many_arguments)]
-fn params(
-    max_tokens: usize,
-    temperature: f32,
-    top_k: usize,
-    top_p: f32,
-    min_p: f32,
-    repetition_penalty: f32,
-    seed: u64,
-    stop: Option<Vec<String>>,
-    top_logits: usize,
-) -> core::GenerateParams {
-    core::GenerateParams {
-        sampling: core::SamplingParams {
-            temperature,
-            top_k,
-            top_p,
-            min_p,
-            repetition_penalty,
-            seed,
-            ..Default::default()
-        },
-        max_tokens,
-        stop: stop.unwrap_or_default(),
-        top_logits,
-        ..Default::default()
     }
 }
 
@@ -357,10 +327,7 @@ impl TokenIterator {
 
 /// Run `job` on its own thread, streaming its events to the returned iterator. Capacity 1: the
 /// model runs at most one token ahead of the Python consumer.
-fn spawn_stream<R>(job: impl FnOnce(OnToken<'_>) -> core::Result<R> + Send + 'static) -> TokenIterator
-where
-    R: for<'py> IntoPyObject<'py> + Send + 'static,
-{
+fn spawn_stream(job: impl FnOnce(OnToken<'_>) -> core::Result<core::Response> + Send + 'static) -> TokenIterator {
     let (tx, rx) = sync_channel::<Event>(1);
     std::thread::spawn(move || {
         let mut forward = |ev: &core::TokenEvent| {
@@ -371,7 +338,7 @@ where
             }
         };
         let last = match job(&mut forward) {
-            Ok(result) => Event::Done(Box::new(move |py: Python<'_>| result.into_py_any(py))),
+            Ok(r) => Event::Done(Box::new(move |py: Python<'_>| request::response(py, r))),
             Err(e) => Event::Failed(e),
         };
         let _ = tx.send(last);
@@ -414,139 +381,56 @@ impl Model {
         Ok(Self { inner: Arc::new(model) })
     }
 
-    /// Generate a continuation of raw prompt text (special tokens parsed, no chat template).
-    #[pyo3(signature = (prompt, *, max_tokens=256, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0,
-                        repetition_penalty=1.0, seed=0, stop=None, top_logits=0))]
-    #[allow(clippy::too_many_arguments)]
+    /// Generate a continuation of raw prompt text (special tokens parsed, no chat template), or
+    /// with `messages=` an answer to a conversation. With `guard=` the request runs under the
+    /// guard's controls and the answer is a GuardedGeneration. Keyword options: max_tokens,
+    /// temperature, top_k, top_p, min_p, repetition_penalty, seed, stop, top_logits, request_id,
+    /// caller_id, source_ids, adapter, deadline_s.
+    #[pyo3(signature = (prompt=None, *, messages=None, guard=None, **options))]
     fn generate(
         &self,
         py: Python<'_>,
-        prompt: String,
-        max_tokens: usize,
-        temperature: f32,
-        top_k: usize,
-        top_p: f32,
-        min_p: f32,
-        repetition_penalty: f32,
-        seed: u64,
-        stop: Option<Vec<String>>,
-        top_logits: usize,
-    ) -> PyResult<Generation> {
-        let p = params(
-            max_tokens,
-            temperature,
-            top_k,
-            top_p,
-            min_p,
-            repetition_penalty,
-            seed,
-            stop,
-            top_logits,
-        );
+        prompt: Option<String>,
+        messages: Option<Vec<Bound<'_, PyAny>>>,
+        guard: Option<PyRef<'_, compliance::Guard>>,
+        options: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Py<PyAny>> {
+        let request = request::build("generate", prompt, messages, guard, options)?;
         let model = &self.inner;
-        let g = py.detach(|| model.generate(&prompt, &p)).map_err(to_py)?;
-        Ok(g.into())
+        let r = py.detach(|| request.run(model)).map_err(to_py)?;
+        request::response(py, r)
     }
 
-    /// Like generate(), but an iterator of Token as they are produced.
-    #[pyo3(signature = (prompt, *, max_tokens=256, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0,
-                        repetition_penalty=1.0, seed=0, stop=None))]
-    #[allow(clippy::too_many_arguments)]
-    fn stream(
-        &self,
-        prompt: String,
-        max_tokens: usize,
-        temperature: f32,
-        top_k: usize,
-        top_p: f32,
-        min_p: f32,
-        repetition_penalty: f32,
-        seed: u64,
-        stop: Option<Vec<String>>,
-    ) -> TokenIterator {
-        let p = params(
-            max_tokens,
-            temperature,
-            top_k,
-            top_p,
-            min_p,
-            repetition_penalty,
-            seed,
-            stop,
-            0,
-        );
-        let model = self.inner.clone();
-        spawn_stream(move |on_token| -> core::Result<Generation> {
-            Ok(model.stream(&prompt, &p)?.run_with(on_token)?.into())
-        })
-    }
-
-    /// Answer a conversation with the model's chat template.
-    #[pyo3(signature = (messages, *, max_tokens=256, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0,
-                        repetition_penalty=1.0, seed=0, stop=None))]
-    #[allow(clippy::too_many_arguments)]
+    /// Answer a conversation with the model's chat template: generate(messages=messages, ...).
+    #[pyo3(signature = (messages, *, guard=None, **options))]
     fn chat(
         &self,
         py: Python<'_>,
         messages: Vec<Bound<'_, PyAny>>,
-        max_tokens: usize,
-        temperature: f32,
-        top_k: usize,
-        top_p: f32,
-        min_p: f32,
-        repetition_penalty: f32,
-        seed: u64,
-        stop: Option<Vec<String>>,
-    ) -> PyResult<Generation> {
-        let msgs = self::messages(messages)?;
-        let p = params(
-            max_tokens,
-            temperature,
-            top_k,
-            top_p,
-            min_p,
-            repetition_penalty,
-            seed,
-            stop,
-            0,
-        );
+        guard: Option<PyRef<'_, compliance::Guard>>,
+        options: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Py<PyAny>> {
+        let request = request::build("chat", None, Some(messages), guard, options)?;
         let model = &self.inner;
-        let g = py.detach(|| model.chat(&msgs, &p)).map_err(to_py)?;
-        Ok(g.into())
+        let r = py.detach(|| request.run(model)).map_err(to_py)?;
+        request::response(py, r)
     }
 
-    /// Like chat(), but an iterator of Token.
-    #[pyo3(signature = (messages, *, max_tokens=256, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0,
-                        repetition_penalty=1.0, seed=0, stop=None))]
-    #[allow(clippy::too_many_arguments)]
-    fn chat_stream(
+    /// Like generate(), but an iterator of Token as they are produced; its .result is what
+    /// generate() would return, once the iterator is exhausted. A guarded stream releases its
+    /// first token only once its opened audit record is durable, and its last once the closing
+    /// one is.
+    #[pyo3(signature = (prompt=None, *, messages=None, guard=None, **options))]
+    fn stream(
         &self,
-        messages: Vec<Bound<'_, PyAny>>,
-        max_tokens: usize,
-        temperature: f32,
-        top_k: usize,
-        top_p: f32,
-        min_p: f32,
-        repetition_penalty: f32,
-        seed: u64,
-        stop: Option<Vec<String>>,
+        prompt: Option<String>,
+        messages: Option<Vec<Bound<'_, PyAny>>>,
+        guard: Option<PyRef<'_, compliance::Guard>>,
+        options: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<TokenIterator> {
-        let msgs = self::messages(messages)?;
-        let p = params(
-            max_tokens,
-            temperature,
-            top_k,
-            top_p,
-            min_p,
-            repetition_penalty,
-            seed,
-            stop,
-            0,
-        );
+        let request = request::build("stream", prompt, messages, guard, options)?;
         let model = self.inner.clone();
-        Ok(spawn_stream(move |on_token| -> core::Result<Generation> {
-            Ok(model.chat_stream(&msgs, &p)?.run_with(on_token)?.into())
-        }))
+        Ok(spawn_stream(move |on_token| request.run_streaming(&model, on_token)))
     }
 
     /// The prompt text the chat template renders for `messages`.

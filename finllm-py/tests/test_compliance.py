@@ -110,8 +110,8 @@ def test_guarded_generations_are_audited(smollm2, tmp_path):
     path = tmp_path / "audit.log"
     log = finllm.AuditLog(path)
     guard = finllm.Guard(mask_pii=True, policy=finllm.Policy.default(), audit=log)
-    first = guard.generate(smollm2, CLIENT, max_tokens=8, caller_id="desk-7", source_ids=["doc-1"])
-    second = guard.generate(smollm2, CLIENT, max_tokens=8, request_id="r-2")
+    first = smollm2.generate(CLIENT, guard=guard, max_tokens=8, caller_id="desk-7", source_ids=["doc-1"])
+    second = smollm2.generate(CLIENT, guard=guard, max_tokens=8, request_id="r-2")
     assert (first.audit_seq, second.audit_seq) == (1, 2)
     assert second.request_id == "r-2" and first.request_id
     assert log.head() == (2, second.audit_hash)
@@ -147,7 +147,7 @@ def test_hmac_chain(smollm2, tmp_path):
     path = tmp_path / "keyed.log"
     key = b"0123456789abcdef0123456789abcdef"
     guard = finllm.Guard(audit=finllm.AuditLog(path, hmac_key=key, fsync="every_record"))
-    guard.generate(smollm2, "Bonds", max_tokens=2)
+    smollm2.generate("Bonds", guard=guard, max_tokens=2)
     assert finllm.audit_verify(path, hmac_key=key).ok
     without_key = finllm.audit_verify(path)
     assert not without_key.ok and without_key.issues[0][0] == "key_required"
@@ -175,14 +175,14 @@ def test_a_blocked_phrase_never_reaches_the_caller(smollm2):
     assert len(phrase) == 10 and cut > 0
     guard = finllm.Guard(policy=block_policy(phrase))
 
-    out = guard.generate(smollm2, PROMPT, max_tokens=40)
+    out = smollm2.generate(PROMPT, guard=guard, max_tokens=40)
     assert out.finish_reason == "blocked"
     assert out.text == free.text[:cut]
     assert out.decision.blocked and out.decision.matches[0].rule_id == "test.block"
     assert out.decision.matches[0].start is None  # the raw output the offsets refer to is not returned
     assert out.ids == free.ids[: len(out.ids)]
 
-    it = guard.stream(smollm2, PROMPT, max_tokens=40)
+    it = smollm2.stream(PROMPT, guard=guard, max_tokens=40)
     assert it.result is None
     tokens = list(it)
     assert "".join(t.text for t in tokens) == free.text[:cut]
@@ -195,7 +195,7 @@ def test_a_blocked_phrase_never_reaches_the_caller(smollm2):
 def test_streams_end_with_their_result(smollm2, tmp_path):
     path = tmp_path / "audit.log"
     guard = finllm.Guard(mask_pii=True, audit=finllm.AuditLog(path))
-    it = guard.stream(smollm2, CLIENT, max_tokens=6)
+    it = smollm2.stream(CLIENT, guard=guard, max_tokens=6)
     tokens = list(it)
     result = it.result
     # A stream: an opened record (1) durable before the first token, the closing one (2).
@@ -215,19 +215,19 @@ def test_streams_end_with_their_result(smollm2, tmp_path):
 def test_chat_masks_every_message(smollm2, tmp_path):
     guard = finllm.Guard(mask_pii=True, audit=finllm.AuditLog(tmp_path / "audit.log"))
     msgs = [("system", "Answer briefly."), {"role": "user", "content": "我的手机13800138000，身份证" + RAW_ID}]
-    out = guard.chat(smollm2, msgs, max_tokens=6)
+    out = smollm2.chat(msgs, guard=guard, max_tokens=6)
     expected = smollm2.apply_chat_template([msgs[0], ("user", "我的手机<PHONE_1>，身份证<ID_1>")])
     assert out.masked_prompt == expected
     assert out.prompt_ids == smollm2.tokenize(expected)
     assert [(e.start, e.end) for e in out.entities] == [(4, 15), (19, 37)]
-    tokens = list(guard.chat_stream(smollm2, msgs, max_tokens=6))
+    tokens = list(smollm2.stream(messages=msgs, guard=guard, max_tokens=6))
     assert "".join(t.text for t in tokens) == out.text
 
 
 def test_dropping_a_guarded_stream_records_a_cancelled_request(smollm2, tmp_path):
     path = tmp_path / "audit.log"
     guard = finllm.Guard(audit=finllm.AuditLog(path))
-    it = guard.stream(smollm2, PROMPT, max_tokens=200)
+    it = smollm2.stream(PROMPT, guard=guard, max_tokens=200)
     next(it)
     del it
     deadline = time.monotonic() + 30
@@ -250,7 +250,7 @@ def test_threads_share_one_guard_and_one_log(smollm2, tmp_path):
 
     def work(i):
         try:
-            results[i] = guard.generate(smollm2, prompts[i], max_tokens=6, request_id=f"t-{i}")
+            results[i] = smollm2.generate(prompts[i], guard=guard, max_tokens=6, request_id=f"t-{i}")
         except Exception as e:  # surfaced below: an exception in a thread would be lost
             failures.append(e)
 
@@ -285,11 +285,11 @@ def _smoothed_kl(recent, reference, vocab, alpha=0.5):
 def test_drift_of_prompt_tokens(smollm2):
     window = 16
     guard = finllm.Guard(drift_vocab_size=smollm2.vocab_size, drift_window=window, drift_threshold=0.5)
-    assert guard.generate(smollm2, "hello", max_tokens=1).drift_kl is None
+    assert smollm2.generate("hello", guard=guard, max_tokens=1).drift_kl is None
     first = "The central bank held its policy rate steady while bond yields rose across the curve."
     second = "央行宣布下调存款准备金率0.5个百分点，释放长期资金。"
-    guard.generate(smollm2, first, max_tokens=1)
-    out = guard.generate(smollm2, second, max_tokens=1)
+    smollm2.generate(first, guard=guard, max_tokens=1)
+    out = smollm2.generate(second, guard=guard, max_tokens=1)
     stream = smollm2.tokenize("hello") + smollm2.tokenize(first) + smollm2.tokenize(second)
     reference, recent = stream[:window], stream[window:][-window:]
     expected = _smoothed_kl(recent, reference, smollm2.vocab_size)
@@ -385,15 +385,15 @@ def test_argument_errors(smollm2, tmp_path):
         finllm.Guard(audit=str(tmp_path / "audit.log"))
     guard = finllm.Guard()
     with pytest.raises(TypeError):
-        guard.generate("not a model", "x")
+        smollm2.generate("x", guard="not a guard")
     with pytest.raises(TypeError):
-        guard.generate(smollm2, "x", source_ids="doc-1")
+        smollm2.generate("x", guard=guard, source_ids="doc-1")
     with pytest.raises(errors.InvalidArgument, match="top_p"):
-        guard.generate(smollm2, "x", top_p=2.0)
+        smollm2.generate("x", guard=guard, top_p=2.0)
     with pytest.raises(errors.ContextOverflowError):
-        list(guard.stream(smollm2, "x", max_tokens=10**6))
+        list(smollm2.stream("x", guard=guard, max_tokens=10**6))
     with pytest.raises(errors.InvalidArgument, match="role"):
-        guard.chat(smollm2, [{"content": "no role"}])
+        smollm2.chat([{"content": "no role"}], guard=guard)
 
 
 # ---- stubs ---------------------------------------------------------------------------------------

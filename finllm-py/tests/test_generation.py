@@ -69,7 +69,7 @@ def test_chat_accepts_dicts_and_tuples(tiny):
     assert prompt == "<|im_start|>system\nterse<|im_end|>\n<|im_start|>user\nrate?<|im_end|>\n<|im_start|>assistant\n"
     a = tiny.chat(msgs, max_tokens=6)
     assert a.ids == tiny.generate(prompt, max_tokens=6).ids
-    assert "".join(t.text for t in tiny.chat_stream(msgs, max_tokens=6)) == a.text
+    assert "".join(t.text for t in tiny.stream(messages=msgs, max_tokens=6)) == a.text
 
 
 def test_tokenize_roundtrip(smollm2):

@@ -139,6 +139,26 @@ static void test_tokenize(const finllm_model *m) {
   free(buf);
 }
 
+/* One request through finllm_generate: text, or a conversation when msgs is not NULL, under
+ * guard g (NULL for none), with the request ids of `info` (NULL for defaults). */
+static finllm_status gen(const finllm_model *m, const finllm_guard *g, const char *prompt,
+                         const finllm_chat_message *msgs, size_t n_msgs, const finllm_generate_params *p,
+                         const finllm_request_params *info, finllm_token_callback cb, void *ud,
+                         const finllm_cancel *cancel, finllm_generation **out) {
+  finllm_request_params r = info ? *info : finllm_request_default_params();
+  r.prompt = prompt;
+  r.messages = msgs;
+  r.n_messages = n_msgs;
+  r.generate = p;
+  r.guard = g;
+  return finllm_generate(m, &r, cb, ud, cancel, out);
+}
+#define generate_text(m, prompt, p, cb, ud, cancel, out) gen(m, NULL, prompt, NULL, 0, p, NULL, cb, ud, cancel, out)
+#define chat(m, msgs, n, p, cb, ud, cancel, out) gen(m, NULL, NULL, msgs, n, p, NULL, cb, ud, cancel, out)
+#define generate_guarded(g, m, prompt, p, rp, cb, ud, cancel, out) \
+  gen(m, g, prompt, NULL, 0, p, rp, cb, ud, cancel, out)
+#define chat_guarded(g, m, msgs, n, p, rp, cb, ud, cancel, out) gen(m, g, NULL, msgs, n, p, rp, cb, ud, cancel, out)
+
 static int stop_after_three(const char *text, size_t len, uint32_t id, void *user_data) {
   (void)text;
   (void)len;
@@ -168,34 +188,44 @@ static int slow_callback(const char *text, size_t len, uint32_t id, void *user_d
 }
 
 static void test_generate(const finllm_model *m) {
+  const finllm_request_params empty = finllm_request_default_params();
   finllm_generate_params p = finllm_generate_default_params();
   p.max_tokens = 8;
   finllm_generation *sentinel = (finllm_generation *)0x1, *out = sentinel;
 
-  EXPECT_STATUS(finllm_generate(m, NULL, &p, NULL, NULL, NULL, &out), FINLLM_ERROR_NULL_POINTER);
-  EXPECT_STATUS(finllm_generate(m, "x", &p, NULL, NULL, NULL, NULL), FINLLM_ERROR_NULL_POINTER);
-  EXPECT_STATUS(finllm_generate(m, "\xff", &p, NULL, NULL, NULL, &out), FINLLM_ERROR_INVALID_UTF8);
+  EXPECT_STATUS(finllm_generate(m, NULL, NULL, NULL, NULL, &out), FINLLM_ERROR_NULL_POINTER);
+  EXPECT_STATUS(finllm_generate(NULL, &empty, NULL, NULL, NULL, &out), FINLLM_ERROR_NULL_POINTER);
+  /* Exactly one prompt: none, or text and a conversation at once, is refused. */
+  EXPECT_STATUS(finllm_generate(m, &empty, NULL, NULL, NULL, &out), FINLLM_ERROR_INVALID_ARGUMENT);
+  finllm_chat_message one[1] = {{"user", "x"}};
+  finllm_request_params both = finllm_request_default_params();
+  both.prompt = "x";
+  both.messages = one;
+  both.n_messages = 1;
+  EXPECT_STATUS(finllm_generate(m, &both, NULL, NULL, NULL, &out), FINLLM_ERROR_INVALID_ARGUMENT);
+  EXPECT_STATUS(generate_text(m, "x", &p, NULL, NULL, NULL, NULL), FINLLM_ERROR_NULL_POINTER);
+  EXPECT_STATUS(generate_text(m, "\xff", &p, NULL, NULL, NULL, &out), FINLLM_ERROR_INVALID_UTF8);
   finllm_generate_params bad = p;
   bad.temperature = -1.0f;
-  EXPECT_STATUS(finllm_generate(m, "x", &bad, NULL, NULL, NULL, &out), FINLLM_ERROR_INVALID_ARGUMENT);
+  EXPECT_STATUS(generate_text(m, "x", &bad, NULL, NULL, NULL, &out), FINLLM_ERROR_INVALID_ARGUMENT);
   bad = p;
   bad.struct_size = 8;
-  EXPECT_STATUS(finllm_generate(m, "x", &bad, NULL, NULL, NULL, &out), FINLLM_ERROR_STRUCT_SIZE);
+  EXPECT_STATUS(generate_text(m, "x", &bad, NULL, NULL, NULL, &out), FINLLM_ERROR_STRUCT_SIZE);
   bad = p;
   bad.max_tokens = 1000000;
-  EXPECT_STATUS(finllm_generate(m, "x", &bad, NULL, NULL, NULL, &out), FINLLM_ERROR_CONTEXT_OVERFLOW);
+  EXPECT_STATUS(generate_text(m, "x", &bad, NULL, NULL, NULL, &out), FINLLM_ERROR_CONTEXT_OVERFLOW);
   bad = p;
   bad.n_stop = 2;
   bad.stop = NULL;
-  EXPECT_STATUS(finllm_generate(m, "x", &bad, NULL, NULL, NULL, &out), FINLLM_ERROR_NULL_POINTER);
+  EXPECT_STATUS(generate_text(m, "x", &bad, NULL, NULL, NULL, &out), FINLLM_ERROR_NULL_POINTER);
   const char *stops[2] = {"ok", NULL};
   bad.stop = stops;
-  EXPECT_STATUS(finllm_generate(m, "x", &bad, NULL, NULL, NULL, &out), FINLLM_ERROR_NULL_POINTER);
-  EXPECT_STATUS(finllm_generate(m, "", &p, NULL, NULL, NULL, &out), FINLLM_ERROR_INVALID_ARGUMENT);
+  EXPECT_STATUS(generate_text(m, "x", &bad, NULL, NULL, NULL, &out), FINLLM_ERROR_NULL_POINTER);
+  EXPECT_STATUS(generate_text(m, "", &p, NULL, NULL, NULL, &out), FINLLM_ERROR_INVALID_ARGUMENT);
   CHECK(out == sentinel);
 
   /* NULL params means defaults; a plain run. */
-  EXPECT_STATUS(finllm_generate(m, "the rate", &p, NULL, NULL, NULL, &out), FINLLM_OK);
+  EXPECT_STATUS(generate_text(m, "the rate", &p, NULL, NULL, NULL, &out), FINLLM_OK);
   size_t n = 0;
   finllm_generation_tokens(out, &n);
   CHECK(n == 8);
@@ -205,7 +235,7 @@ static void test_generate(const finllm_model *m) {
 
   /* The callback stops generation. */
   int count = 0;
-  EXPECT_STATUS(finllm_generate(m, "the rate", &p, stop_after_three, &count, NULL, &out), FINLLM_OK);
+  EXPECT_STATUS(generate_text(m, "the rate", &p, stop_after_three, &count, NULL, &out), FINLLM_OK);
   finllm_generation_tokens(out, &n);
   CHECK(count == 3 && n == 3);
   CHECK(finllm_generation_finish_reason(out) == FINLLM_FINISH_CANCELLED);
@@ -217,7 +247,7 @@ static void test_generate(const finllm_model *m) {
   pthread_t t;
   p.max_tokens = 200;
   pthread_create(&t, NULL, trigger_later, &job);
-  EXPECT_STATUS(finllm_generate(m, "the rate", &p, slow_callback, NULL, cancel, &out), FINLLM_OK);
+  EXPECT_STATUS(generate_text(m, "the rate", &p, slow_callback, NULL, cancel, &out), FINLLM_OK);
   pthread_join(t, NULL);
   finllm_generation_tokens(out, &n);
   CHECK(finllm_generation_finish_reason(out) == FINLLM_FINISH_CANCELLED);
@@ -228,12 +258,12 @@ static void test_generate(const finllm_model *m) {
   /* Chat. */
   finllm_chat_message msgs[2] = {{"system", "terse"}, {"user", "rate?"}};
   p.max_tokens = 4;
-  EXPECT_STATUS(finllm_chat(m, msgs, 2, &p, NULL, NULL, NULL, &out), FINLLM_OK);
+  EXPECT_STATUS(chat(m, msgs, 2, &p, NULL, NULL, NULL, &out), FINLLM_OK);
   finllm_generation_free(out);
   finllm_chat_message broken[1] = {{NULL, "x"}};
-  EXPECT_STATUS(finllm_chat(m, broken, 1, &p, NULL, NULL, NULL, &out), FINLLM_ERROR_NULL_POINTER);
-  EXPECT_STATUS(finllm_chat(m, NULL, 1, &p, NULL, NULL, NULL, &out), FINLLM_ERROR_NULL_POINTER);
-  EXPECT_STATUS(finllm_chat(m, msgs, 0, &p, NULL, NULL, NULL, &out), FINLLM_ERROR_INVALID_ARGUMENT);
+  EXPECT_STATUS(chat(m, broken, 1, &p, NULL, NULL, NULL, &out), FINLLM_ERROR_NULL_POINTER);
+  EXPECT_STATUS(chat(m, NULL, 1, &p, NULL, NULL, NULL, &out), FINLLM_ERROR_NULL_POINTER);
+  EXPECT_STATUS(chat(m, msgs, 0, &p, NULL, NULL, NULL, &out), FINLLM_ERROR_INVALID_ARGUMENT);
 }
 
 /* ---- compliance ------------------------------------------------------------------------------ */
@@ -413,7 +443,7 @@ static void test_unguarded_accessors(const finllm_model *m) {
   finllm_generate_params p = finllm_generate_default_params();
   p.max_tokens = 2;
   finllm_generation *out = NULL;
-  EXPECT_STATUS(finllm_generate(m, "the rate", &p, NULL, NULL, NULL, &out), FINLLM_OK);
+  EXPECT_STATUS(generate_text(m, "the rate", &p, NULL, NULL, NULL, &out), FINLLM_OK);
   size_t len = 99;
   CHECK(strcmp(finllm_generation_request_id(out), "") == 0);
   CHECK(strcmp(finllm_generation_masked_prompt(out, &len), "") == 0 && len == 0);
@@ -448,7 +478,7 @@ static void *guarded_thread(void *arg) {
   finllm_generate_params p = finllm_generate_default_params();
   p.max_tokens = 3;
   finllm_generation *out = NULL;
-  job->status = finllm_generate_guarded(job->guard, job->model, "the rate", &p, NULL, NULL, NULL, NULL, &out);
+  job->status = generate_guarded(job->guard, job->model, "the rate", &p, NULL, NULL, NULL, NULL, &out);
   job->seq = finllm_generation_audit_seq(out);
   finllm_generation_free(out);
   return NULL;
@@ -491,32 +521,31 @@ static void test_guarded(const finllm_model *m) {
   finllm_generation *sentinel = (finllm_generation *)0x1, *out = sentinel;
 
   /* Error paths leave *out alone and write no record. */
-  EXPECT_STATUS(finllm_generate_guarded(NULL, m, "x", &p, &rp, NULL, NULL, NULL, &out), FINLLM_ERROR_NULL_POINTER);
-  EXPECT_STATUS(finllm_generate_guarded(guard, NULL, "x", &p, &rp, NULL, NULL, NULL, &out),
+  EXPECT_STATUS(generate_guarded(guard, NULL, "x", &p, &rp, NULL, NULL, NULL, &out),
                 FINLLM_ERROR_NULL_POINTER);
-  EXPECT_STATUS(finllm_generate_guarded(guard, m, NULL, &p, &rp, NULL, NULL, NULL, &out), FINLLM_ERROR_NULL_POINTER);
-  EXPECT_STATUS(finllm_generate_guarded(guard, m, "x", &p, &rp, NULL, NULL, NULL, NULL), FINLLM_ERROR_NULL_POINTER);
-  EXPECT_STATUS(finllm_generate_guarded(guard, m, "\xc3\x28", &p, &rp, NULL, NULL, NULL, &out),
+  EXPECT_STATUS(generate_guarded(guard, m, NULL, &p, &rp, NULL, NULL, NULL, &out), FINLLM_ERROR_INVALID_ARGUMENT);
+  EXPECT_STATUS(generate_guarded(guard, m, "x", &p, &rp, NULL, NULL, NULL, NULL), FINLLM_ERROR_NULL_POINTER);
+  EXPECT_STATUS(generate_guarded(guard, m, "\xc3\x28", &p, &rp, NULL, NULL, NULL, &out),
                 FINLLM_ERROR_INVALID_UTF8);
   finllm_request_params bad = rp;
   bad.struct_size = 4;
-  EXPECT_STATUS(finllm_generate_guarded(guard, m, "x", &p, &bad, NULL, NULL, NULL, &out), FINLLM_ERROR_STRUCT_SIZE);
+  EXPECT_STATUS(generate_guarded(guard, m, "x", &p, &bad, NULL, NULL, NULL, &out), FINLLM_ERROR_STRUCT_SIZE);
   bad = rp;
   bad.source_ids = NULL;
-  EXPECT_STATUS(finllm_generate_guarded(guard, m, "x", &p, &bad, NULL, NULL, NULL, &out),
+  EXPECT_STATUS(generate_guarded(guard, m, "x", &p, &bad, NULL, NULL, NULL, &out),
                 FINLLM_ERROR_NULL_POINTER);
   const char *bad_sources[2] = {"doc-1", NULL};
   bad.source_ids = bad_sources;
-  EXPECT_STATUS(finllm_generate_guarded(guard, m, "x", &p, &bad, NULL, NULL, NULL, &out),
+  EXPECT_STATUS(generate_guarded(guard, m, "x", &p, &bad, NULL, NULL, NULL, &out),
                 FINLLM_ERROR_NULL_POINTER);
   bad = rp;
   bad.caller_id = "desk\xff";
-  EXPECT_STATUS(finllm_generate_guarded(guard, m, "x", &p, &bad, NULL, NULL, NULL, &out),
+  EXPECT_STATUS(generate_guarded(guard, m, "x", &p, &bad, NULL, NULL, NULL, &out),
                 FINLLM_ERROR_INVALID_UTF8);
   CHECK(out == sentinel);
 
   /* Two audited requests: records 1 and 2, the prompt masked before the model sees it. */
-  EXPECT_STATUS(finllm_generate_guarded(guard, m, "客户身份证号11010519491231002X", &p, &rp, NULL, NULL, NULL, &out),
+  EXPECT_STATUS(generate_guarded(guard, m, "客户身份证号11010519491231002X", &p, &rp, NULL, NULL, NULL, &out),
                 FINLLM_OK);
   if (out == sentinel) return;
   size_t len = 0;
@@ -536,7 +565,7 @@ static void test_guarded(const finllm_model *m) {
   finllm_generation_free(out);
 
   int count = 0;
-  EXPECT_STATUS(finllm_generate_guarded(guard, m, "the rate", &p, NULL, stop_after_three, &count, NULL, &out),
+  EXPECT_STATUS(generate_guarded(guard, m, "the rate", &p, NULL, stop_after_three, &count, NULL, &out),
                 FINLLM_OK);
   CHECK(count == 3);
   CHECK(finllm_generation_finish_reason(out) == FINLLM_FINISH_CANCELLED);
@@ -562,23 +591,30 @@ static void test_guarded(const finllm_model *m) {
   finllm_generate_params badp = p;
   badp.temperature = -1.0f;
   out = sentinel;
-  EXPECT_STATUS(finllm_generate_guarded(guard, m, "x", &badp, &rp, NULL, NULL, NULL, &out),
+  EXPECT_STATUS(generate_guarded(guard, m, "x", &badp, &rp, NULL, NULL, NULL, &out),
                 FINLLM_ERROR_INVALID_ARGUMENT);
   CHECK(out == sentinel);
   verify_log(log, NULL, 4, 0);
 
   /* Chat through the guard: every message masked. */
   finllm_chat_message msgs[2] = {{"system", "terse"}, {"user", "my phone is 13800138000"}};
-  EXPECT_STATUS(finllm_chat_guarded(guard, m, msgs, 2, &p, &rp, NULL, NULL, NULL, &out), FINLLM_OK);
+  EXPECT_STATUS(chat_guarded(guard, m, msgs, 2, &p, &rp, NULL, NULL, NULL, &out), FINLLM_OK);
   CHECK(strstr(finllm_generation_masked_prompt(out, NULL), "<PHONE_1>") != NULL);
   CHECK(strstr(finllm_generation_masked_prompt(out, NULL), "13800138000") == NULL);
   CHECK(finllm_generation_audit_seq(out) == 5);
   finllm_generation_free(out);
   out = sentinel;
-  EXPECT_STATUS(finllm_chat_guarded(guard, m, NULL, 1, &p, &rp, NULL, NULL, NULL, &out), FINLLM_ERROR_NULL_POINTER);
-  EXPECT_STATUS(finllm_chat_guarded(NULL, m, msgs, 2, &p, &rp, NULL, NULL, NULL, &out), FINLLM_ERROR_NULL_POINTER);
+  EXPECT_STATUS(chat_guarded(guard, m, NULL, 1, &p, &rp, NULL, NULL, NULL, &out), FINLLM_ERROR_NULL_POINTER);
+  /* Token ids cannot be screened for personal data: refused by a guard that masks it. */
+  uint32_t ids[2] = {1, 2};
+  finllm_request_params by_ids = rp;
+  by_ids.ids = ids;
+  by_ids.n_ids = 2;
+  by_ids.generate = &p;
+  by_ids.guard = guard;
+  EXPECT_STATUS(finllm_generate(m, &by_ids, NULL, NULL, NULL, &out), FINLLM_ERROR_INVALID_ARGUMENT);
   finllm_chat_message broken[1] = {{"user", "\xff"}};
-  EXPECT_STATUS(finllm_chat_guarded(guard, m, broken, 1, &p, &rp, NULL, NULL, NULL, &out),
+  EXPECT_STATUS(chat_guarded(guard, m, broken, 1, &p, &rp, NULL, NULL, NULL, &out),
                 FINLLM_ERROR_INVALID_UTF8);
   CHECK(out == sentinel);
 
@@ -588,7 +624,7 @@ static void test_guarded(const finllm_model *m) {
   pthread_t t;
   p.max_tokens = 200;
   pthread_create(&t, NULL, trigger_later, &cj);
-  EXPECT_STATUS(finllm_generate_guarded(guard, m, "the rate", &p, NULL, slow_callback, NULL, cancel, &out), FINLLM_OK);
+  EXPECT_STATUS(generate_guarded(guard, m, "the rate", &p, NULL, slow_callback, NULL, cancel, &out), FINLLM_OK);
   pthread_join(t, NULL);
   finllm_generation_tokens(out, &n);
   CHECK(finllm_generation_finish_reason(out) == FINLLM_FINISH_CANCELLED && n < 200);
@@ -620,7 +656,7 @@ static void test_guarded(const finllm_model *m) {
   gp.policy = NULL;
   EXPECT_STATUS(finllm_guard_new(&gp, &guard), FINLLM_OK);
   p.max_tokens = 2;
-  EXPECT_STATUS(finllm_generate_guarded(guard, m, "the rate", &p, NULL, NULL, NULL, NULL, &out), FINLLM_OK);
+  EXPECT_STATUS(generate_guarded(guard, m, "the rate", &p, NULL, NULL, NULL, NULL, &out), FINLLM_OK);
   CHECK(finllm_generation_audit_seq(out) == 12);
   CHECK(finllm_generation_verdict(out) == FINLLM_VERDICT_ALLOW); /* no policy */
   finllm_generation_free(out);
@@ -654,7 +690,7 @@ static void test_guarded(const finllm_model *m) {
   gp.audit_hmac_key = key;
   gp.audit_hmac_key_len = sizeof key;
   EXPECT_STATUS(finllm_guard_new(&gp, &guard), FINLLM_OK);
-  EXPECT_STATUS(finllm_generate_guarded(guard, m, "the rate", &p, NULL, NULL, NULL, NULL, &out), FINLLM_OK);
+  EXPECT_STATUS(generate_guarded(guard, m, "the rate", &p, NULL, NULL, NULL, NULL, &out), FINLLM_OK);
   CHECK(finllm_generation_audit_seq(out) == 1);
   finllm_generation_free(out);
   finllm_guard_free(guard);
@@ -680,7 +716,7 @@ static void test_guarded(const finllm_model *m) {
   gp.audit_checkpoint_every = 0;
   EXPECT_STATUS(finllm_guard_new(&gp, &guard), FINLLM_OK);
   for (int i = 0; i < 2; i++) {
-    EXPECT_STATUS(finllm_generate_guarded(guard, m, "the rate", &p, NULL, NULL, NULL, NULL, &out), FINLLM_OK);
+    EXPECT_STATUS(generate_guarded(guard, m, "the rate", &p, NULL, NULL, NULL, NULL, &out), FINLLM_OK);
     finllm_generation_free(out);
   }
   finllm_guard_free(guard);
@@ -696,7 +732,7 @@ static void test_guarded(const finllm_model *m) {
   gp.audit_checkpoint_every = 2;
   EXPECT_STATUS(finllm_guard_new(&gp, &guard), FINLLM_OK);
   for (int i = 0; i < 2; i++) {
-    EXPECT_STATUS(finllm_generate_guarded(guard, m, "the rate", &p, NULL, NULL, NULL, NULL, &out), FINLLM_OK);
+    EXPECT_STATUS(generate_guarded(guard, m, "the rate", &p, NULL, NULL, NULL, NULL, &out), FINLLM_OK);
     CHECK(finllm_generation_audit_seq(out) == (uint64_t)(3 + i));
     finllm_generation_free(out);
   }
@@ -746,7 +782,7 @@ static void test_guarded_block(const finllm_model *m) {
   finllm_generate_params p = finllm_generate_default_params();
   p.max_tokens = 16;
   finllm_generation *out = NULL;
-  EXPECT_STATUS(finllm_generate(m, "the rate", &p, NULL, NULL, NULL, &out), FINLLM_OK);
+  EXPECT_STATUS(generate_text(m, "the rate", &p, NULL, NULL, NULL, &out), FINLLM_OK);
   if (!out) return;
   char plain[4096];
   snprintf(plain, sizeof plain, "%s", finllm_generation_text(out, NULL));
@@ -779,7 +815,7 @@ static void test_guarded_block(const finllm_model *m) {
   finllm_policy_free(policy);
   if (!guard) return;
   char streamed[4096] = "";
-  EXPECT_STATUS(finllm_generate_guarded(guard, m, "the rate", &p, NULL, collect_text, streamed, NULL, &out),
+  EXPECT_STATUS(generate_guarded(guard, m, "the rate", &p, NULL, collect_text, streamed, NULL, &out),
                 FINLLM_OK);
   if (out) {
     size_t len = 0;
@@ -828,12 +864,12 @@ static void *engine_thread(void *arg) {
   struct engine_job *job = arg;
   finllm_generate_params g = finllm_generate_default_params();
   g.max_tokens = 12;
-  finllm_submit_params sp = finllm_submit_default_params();
+  finllm_request_params sp = finllm_request_default_params();
   sp.prompt = job->prompt;
   sp.generate = &g;
   sp.wait_ms = 10000;
   finllm_generation *out = NULL;
-  job->status = finllm_engine_generate(job->engine, &sp, NULL, NULL, &out);
+  job->status = finllm_engine_generate(job->engine, &sp, NULL, NULL, NULL, &out);
   if (out) {
     snprintf(job->text, sizeof job->text, "%s", finllm_generation_text(out, NULL));
     finllm_generation_free(out);
@@ -855,7 +891,7 @@ static void *soak_thread(void *arg) {
     unsigned r = (job->seed = job->seed * 1103515245u + 12345u) >> 8;
     finllm_generate_params g = finllm_generate_default_params();
     g.max_tokens = 1 + r % 30;
-    finllm_submit_params sp = finllm_submit_default_params();
+    finllm_request_params sp = finllm_request_default_params();
     sp.prompt = ENGINE_PROMPTS[r % N_ENGINE_PROMPTS];
     sp.generate = &g;
     sp.deadline_ms = (r % 5 == 0) ? 1 + r % 10 : 0;
@@ -908,7 +944,7 @@ static void test_engine(const finllm_model *m) {
     finllm_generate_params g = finllm_generate_default_params();
     g.max_tokens = 12;
     finllm_generation *alone = NULL;
-    EXPECT_STATUS(finllm_generate(m, ENGINE_PROMPTS[i], &g, NULL, NULL, NULL, &alone), FINLLM_OK);
+    EXPECT_STATUS(generate_text(m, ENGINE_PROMPTS[i], &g, NULL, NULL, NULL, &alone), FINLLM_OK);
     if (alone) CHECK(strcmp(finllm_generation_text(alone, NULL), jobs[i].text) == 0);
     finllm_generation_free(alone);
   }
@@ -916,7 +952,7 @@ static void test_engine(const finllm_model *m) {
   /* Pull-based: the pieces add up to the result's text; ids of every step are kept. */
   finllm_generate_params g = finllm_generate_default_params();
   g.max_tokens = 10;
-  finllm_submit_params sp = finllm_submit_default_params();
+  finllm_request_params sp = finllm_request_default_params();
   sp.prompt = "the rate";
   sp.generate = &g;
   finllm_request *req = NULL;
@@ -947,28 +983,62 @@ static void test_engine(const finllm_model *m) {
   finllm_request_free(req);
   CHECK(steps > 0);
 
+  /* A guarded request on the engine: the same tokens as on the model alone, and on record
+   * (streamed through finllm_engine_submit: opened and closing records). */
+  {
+    char log[128];
+    tmp_path(log, sizeof log, "engine-audit.log");
+    finllm_guard_params gp = finllm_guard_default_params();
+    gp.audit_log_path = log;
+    finllm_guard *guard = NULL;
+    EXPECT_STATUS(finllm_guard_new(&gp, &guard), FINLLM_OK);
+    finllm_request_params gr = finllm_request_default_params();
+    gr.prompt = ENGINE_PROMPTS[0];
+    gr.generate = &g;
+    gr.guard = guard;
+    gr.request_id = "engine-1";
+    finllm_generation *alone = NULL, *batched = NULL;
+    EXPECT_STATUS(finllm_generate(m, &gr, NULL, NULL, NULL, &alone), FINLLM_OK);
+    finllm_request *greq = NULL;
+    EXPECT_STATUS(finllm_engine_submit(engine, &gr, &greq), FINLLM_OK);
+    EXPECT_STATUS(finllm_request_wait(greq, &batched), FINLLM_OK);
+    if (alone && batched) {
+      size_t na = 0, nb = 0;
+      const uint32_t *ta = finllm_generation_tokens(alone, &na), *tb = finllm_generation_tokens(batched, &nb);
+      CHECK(na == nb && na > 0 && memcmp(ta, tb, na * sizeof *ta) == 0);
+      CHECK(strcmp(finllm_generation_request_id(batched), "engine-1") == 0);
+      CHECK(finllm_generation_audit_seq(alone) == 1);   /* one complete record */
+      CHECK(finllm_generation_audit_seq(batched) == 3); /* opened 2, closed 3 */
+    }
+    finllm_generation_free(alone);
+    finllm_generation_free(batched);
+    finllm_request_free(greq);
+    finllm_guard_free(guard);
+    verify_log(log, NULL, 3, 0);
+  }
+
   /* Token ids and chat messages are prompts too; exactly one kind per request. */
   uint32_t ids[2] = {5, 6};
   finllm_chat_message msg = {"user", "hi"};
-  sp = finllm_submit_default_params();
+  sp = finllm_request_default_params();
   sp.ids = ids;
   sp.n_ids = 2;
   sp.generate = &g;
   finllm_generation *out = NULL;
-  EXPECT_STATUS(finllm_engine_generate(engine, &sp, NULL, NULL, &out), FINLLM_OK);
+  EXPECT_STATUS(finllm_engine_generate(engine, &sp, NULL, NULL, NULL, &out), FINLLM_OK);
   finllm_generation_free(out);
   sp.prompt = "the rate"; /* and ids: two prompts */
   EXPECT_STATUS(finllm_engine_submit(engine, &sp, &req), FINLLM_ERROR_INVALID_ARGUMENT);
-  sp = finllm_submit_default_params();
+  sp = finllm_request_default_params();
   EXPECT_STATUS(finllm_engine_submit(engine, &sp, &req), FINLLM_ERROR_INVALID_ARGUMENT); /* none */
   sp.messages = &msg;
   sp.n_messages = 1;
   sp.generate = &g;
   out = NULL;
-  finllm_status chat = finllm_engine_generate(engine, &sp, NULL, NULL, &out);
+  finllm_status chat = finllm_engine_generate(engine, &sp, NULL, NULL, NULL, &out);
   CHECK(chat == FINLLM_OK || chat == FINLLM_ERROR_CHAT_TEMPLATE);
   finllm_generation_free(out);
-  sp = finllm_submit_default_params();
+  sp = finllm_request_default_params();
   sp.ids = NULL;
   sp.n_ids = 3;
   EXPECT_STATUS(finllm_engine_submit(engine, &sp, &req), FINLLM_ERROR_NULL_POINTER);
@@ -976,11 +1046,11 @@ static void test_engine(const finllm_model *m) {
   sp.ids = &out_of_range;
   sp.n_ids = 1;
   EXPECT_STATUS(finllm_engine_submit(engine, &sp, &req), FINLLM_ERROR_INVALID_ARGUMENT);
-  sp = finllm_submit_default_params();
+  sp = finllm_request_default_params();
   sp.struct_size = 8;
   sp.prompt = "x";
   EXPECT_STATUS(finllm_engine_submit(engine, &sp, &req), FINLLM_ERROR_STRUCT_SIZE);
-  sp = finllm_submit_default_params();
+  sp = finllm_request_default_params();
   sp.prompt = "\xc3\x28";
   EXPECT_STATUS(finllm_engine_submit(engine, &sp, &req), FINLLM_ERROR_INVALID_UTF8);
   EXPECT_STATUS(finllm_engine_submit(NULL, &sp, &req), FINLLM_ERROR_NULL_POINTER);
@@ -994,7 +1064,7 @@ static void test_engine(const finllm_model *m) {
   finllm_engine_free(NULL);
 
   /* A deadline that has passed before the first step: a typed error from the request. */
-  sp = finllm_submit_default_params();
+  sp = finllm_request_default_params();
   sp.prompt = "the rate";
   g.max_tokens = 100;
   sp.generate = &g;
@@ -1054,7 +1124,7 @@ static void test_engine(const finllm_model *m) {
   ep.kv_budget_tokens = 8;
   engine = NULL;
   EXPECT_STATUS(finllm_engine_new(m, &ep, &engine), FINLLM_OK);
-  sp = finllm_submit_default_params();
+  sp = finllm_request_default_params();
   sp.prompt = "the rate";
   g.max_tokens = 100;
   sp.generate = &g;

@@ -3,40 +3,32 @@
 use std::io::{BufRead, Write};
 use std::ops::ControlFlow;
 
-use finllm_core::ChatMessage;
+use finllm_core::{ChatMessage, Prompt, Request};
 
-use super::generate::{report_guard, run_request, Input};
+use super::generate::{report_guard, request};
 use crate::options::Common;
 use crate::util::CliResult;
 
 pub(crate) fn chat(common: &Common, system: Option<String>, prompt: Option<String>) -> CliResult {
     let model = common.load()?;
-    let params = common.params(0);
-    let guard = common
-        .compliance
-        .enabled()
-        .then(|| common.compliance.guard())
-        .transpose()?;
-    let request = common.compliance.request();
+    // One guard (and audit log) for the whole conversation.
+    let template = request(common, Prompt::Chat(Vec::new()), 0)?;
     let mut messages: Vec<ChatMessage> = system.into_iter().map(ChatMessage::system).collect();
     let answer_to = |messages: &[ChatMessage]| -> Result<String, finllm_core::Error> {
-        let (out, guarded) = run_request(
-            &model,
-            guard.as_ref(),
-            &request,
-            Input::Messages(messages),
-            &params,
-            |ev| {
-                print!("{}", ev.text);
-                let _ = std::io::stdout().flush();
-                ControlFlow::Continue(())
-            },
-        )?;
+        let turn = Request {
+            prompt: Prompt::Chat(messages.to_vec()),
+            ..template.clone()
+        };
+        let response = turn.run_streaming(&model, |ev| {
+            print!("{}", ev.text);
+            let _ = std::io::stdout().flush();
+            ControlFlow::Continue(())
+        })?;
         println!();
-        if let Some(g) = &guarded {
+        if let Some(g) = &response.guard {
             report_guard(g);
         }
-        Ok(out.text)
+        Ok(response.generation.text)
     };
     if let Some(question) = prompt {
         messages.push(ChatMessage::user(question));

@@ -1,45 +1,34 @@
-//! `finllm generate`, and running one request through the optional guard (shared with `chat`).
+//! `finllm generate`, and the request the command line describes (shared with `chat`).
 
 use std::io::Write;
 use std::ops::ControlFlow;
 
-use finllm_core::compliance::{Guard, GuardedGeneration, RequestInfo};
-use finllm_core::{ChatMessage, GenerateParams, Generation, Model, TokenEvent};
+use finllm_core::compliance::GuardReport;
+use finllm_core::{Prompt, Request};
 
 use crate::options::Common;
 use crate::util::CliResult;
 
-/// What a request asks the model: raw text, or a conversation for the chat template.
-pub(crate) enum Input<'a> {
-    Prompt(&'a str),
-    Messages(&'a [ChatMessage]),
-}
-
-/// Run one request, through the compliance guard when one is configured.
-pub(crate) fn run_request(
-    model: &Model,
-    guard: Option<&Guard>,
-    request: &RequestInfo,
-    input: Input<'_>,
-    params: &GenerateParams,
-    on_token: impl FnMut(&TokenEvent) -> ControlFlow<()>,
-) -> Result<(Generation, Option<GuardedGeneration>), finllm_core::Error> {
-    match (guard, input) {
-        (Some(g), Input::Prompt(p)) => {
-            let r = g.generate_with(model, p, params, request, on_token)?;
-            Ok((r.generation.clone(), Some(r)))
-        }
-        (Some(g), Input::Messages(m)) => {
-            let r = g.chat_with(model, m, params, request, on_token)?;
-            Ok((r.generation.clone(), Some(r)))
-        }
-        (None, Input::Prompt(p)) => Ok((model.generate_with(p, params, on_token)?, None)),
-        (None, Input::Messages(m)) => Ok((model.chat_stream(m, params)?.run_with(on_token)?, None)),
-    }
+/// The request for `prompt` with the command line's parameters, guard and request ids.
+pub(crate) fn request(
+    common: &Common,
+    prompt: Prompt,
+    top_logits: usize,
+) -> Result<Request, Box<dyn std::error::Error>> {
+    let guard = common
+        .compliance
+        .enabled()
+        .then(|| common.compliance.guard())
+        .transpose()?;
+    Ok(Request {
+        guard: guard.map(std::sync::Arc::new),
+        info: common.compliance.request(),
+        ..Request::new(prompt).with_params(common.params(top_logits))
+    })
 }
 
 /// One line on stderr about what the guard did.
-pub(crate) fn report_guard(g: &GuardedGeneration) {
+pub(crate) fn report_guard(g: &GuardReport) {
     let mut parts = vec![format!("request {}", g.request_id)];
     if !g.prompt_entities.is_empty() {
         parts.push(format!("{} personal identifiers masked", g.prompt_entities.len()));
@@ -66,7 +55,7 @@ pub(crate) fn report_guard(g: &GuardedGeneration) {
     eprintln!("[{}]", parts.join("; "));
 }
 
-fn guard_json(g: &GuardedGeneration) -> serde_json::Value {
+fn guard_json(g: &GuardReport) -> serde_json::Value {
     serde_json::json!({
         "request_id": g.request_id,
         "masked_prompt": g.masked_prompt,
@@ -80,15 +69,13 @@ fn guard_json(g: &GuardedGeneration) -> serde_json::Value {
 
 pub(crate) fn generate(common: &Common, prompt: &str, json: bool, top_logits: usize) -> CliResult {
     let model = common.load()?;
-    let params = common.params(if json { top_logits } else { 0 });
-    let guard = common
-        .compliance
-        .enabled()
-        .then(|| common.compliance.guard())
-        .transpose()?;
-    let request = common.compliance.request();
+    let request = request(
+        common,
+        Prompt::Text(prompt.to_string()),
+        if json { top_logits } else { 0 },
+    )?;
     let mut stdout = std::io::stdout().lock();
-    let (out, guarded) = run_request(&model, guard.as_ref(), &request, Input::Prompt(prompt), &params, |ev| {
+    let response = request.run_streaming(&model, |ev| {
         if !json {
             let _ = stdout.write_all(ev.text.as_bytes());
             let _ = stdout.flush();
@@ -96,6 +83,7 @@ pub(crate) fn generate(common: &Common, prompt: &str, json: bool, top_logits: us
         ControlFlow::Continue(())
     })?;
     drop(stdout);
+    let (out, guarded) = (response.generation, response.guard);
     if json {
         let mut obj = serde_json::json!({
             "prompt": prompt,

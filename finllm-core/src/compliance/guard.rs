@@ -1,28 +1,31 @@
-//! [`Guard`]: the compliance controls wrapped around one generation request.
+//! [`Guard`]: the compliance controls wrapped around generation requests.
 //!
-//! For each request the guard, as configured:
+//! A guarded [`Request`](crate::Request) runs through one [`GuardSession`], which, as the guard
+//! is configured:
 //! 1. masks personal data in the prompt with reversible placeholders (`<ID_1>`), so the model
-//!    never sees it, and keeps the mapping in a per-request [`Vault`];
+//!    never sees it, and keeps the mapping in a per-request [`Vault`] (every chat message with
+//!    the same vault, so `<ID_1>` means one value in every turn);
 //! 2. observes the prompt's tokens in the drift monitor;
 //! 3. passes the generated text through the output policy's [`StreamFilter`], so a blocked
 //!    phrase never reaches the caller, and stops generation on a block;
 //! 4. restores the placeholders in the answer for a caller authorised to see them;
 //! 5. records the request in the audit log (masked prompt, output with personal data redacted,
 //!    model hash, sampling parameters and seed, policy decisions, latency), failing closed:
-//!    - [`generate`](Guard::generate) and [`chat`](Guard::chat) write one
-//!      [`Complete`](RecordPhase::Complete) record and return the answer only once it is durable;
-//!    - streams ([`generate_with`](Guard::generate_with), [`chat_with`](Guard::chat_with)) first
-//!      write an [`Opened`](RecordPhase::Opened) record (request and caller ids, model hash,
-//!      masked prompt, sampling; no output) and release the first token only once it is durable,
-//!      then write the [`Closed`](RecordPhase::Closed) record (the full record, with the same
-//!      request id and the opened record's `opened_seq`) before the last piece is released.
+//!    - a request answered as a whole gets one [`Complete`](RecordPhase::Complete) record, and
+//!      its answer is returned only once the record is durable;
+//!    - a streamed request first gets an [`Opened`](RecordPhase::Opened) record (request and
+//!      caller ids, model hash, masked prompt, sampling; no output), and releases its first token
+//!      only once that is durable, then the [`Closed`](RecordPhase::Closed) record (the full
+//!      record, with the same request id and the opened record's `opened_seq`) before its last
+//!      piece is released.
 //!
 //!    If the opened record cannot be written the request fails with the audit error and no token
 //!    is delivered; if the closing one cannot, the stream ends with the audit error instead of its
 //!    last piece (and, when the log still takes records, a short closing record says it failed).
 //!    A request that fails for another reason is recorded too, with `finish_reason` `error`.
+//!
+//! The request path ([`crate::request`]) drives the session; nothing here runs the model.
 
-use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -32,8 +35,9 @@ use super::drift::{DriftConfig, DriftMetrics, DriftMonitor};
 use super::pii::{Entity, PiiDetector, Vault};
 use super::policy::{Decision, Policy, StreamFilter, Verdict};
 use crate::chat::ChatMessage;
-use crate::generate::{FinishReason, GenerateParams, Generation, TokenEvent};
-use crate::{Error, Model, Result};
+use crate::generate::{FinishReason, GenerateParams};
+use crate::llm::{Model, Prompt};
+use crate::{Error, Result};
 
 /// What a [`Guard`] does. Every part is optional; an empty config passes requests through.
 #[derive(Default)]
@@ -64,16 +68,15 @@ pub struct RequestInfo {
     pub source_ids: Vec<String>,
 }
 
-/// The answer to a guarded request, with what the guard did.
+/// What the guard did for one request.
 #[derive(Debug, Clone)]
-pub struct GuardedGeneration {
-    /// What the caller sees: `text` is filtered (and unmasked if configured); `finish` is
-    /// [`FinishReason::Blocked`] when the policy stopped the answer.
-    pub generation: Generation,
+pub struct GuardReport {
     pub request_id: String,
-    /// The prompt as the model saw it (personal data replaced by placeholders).
+    /// The prompt as the model saw it (personal data replaced by placeholders; a conversation
+    /// rendered with the chat template).
     pub masked_prompt: String,
-    /// Personal data found in the prompt (spans refer to the original prompt).
+    /// Personal data found in the prompt (spans refer to the original text, message by message
+    /// for a conversation).
     pub prompt_entities: Vec<Entity>,
     /// The output policy's decision, when a policy is configured.
     pub decision: Option<Decision>,
@@ -120,78 +123,92 @@ impl Guard {
         self.drift.as_ref().map(|m| lock(m).metrics())
     }
 
-    /// Guarded [`Model::generate`]: the answer is returned once its one audit record is durable.
-    pub fn generate(
-        &self,
+    /// Start guarding one request to `model`: mask personal data in `prompt` and prepare the
+    /// request's audit record. Returns the prompt the model may see and the session that
+    /// filters, unmasks and records the answer. Token ids cannot be screened for personal data:
+    /// with PII masking on, an [`Ids`](Prompt::Ids) prompt is refused.
+    pub fn begin(
+        self: &Arc<Self>,
         model: &Model,
-        prompt: &str,
+        prompt: &Prompt,
         params: &GenerateParams,
-        request: &RequestInfo,
-    ) -> Result<GuardedGeneration> {
-        let mut vault = Vault::new();
-        let (masked, entities) = self.mask(prompt, &mut vault);
-        self.run(model, masked, entities, vault, params, request, false, |_| {
-            ControlFlow::Continue(())
-        })
-    }
-
-    /// Guarded [`Model::generate_with`]: `on_token` sees only released text, the first event only
-    /// after the request's opened audit record is durable, and the last only after its closing
-    /// record is (see the module documentation).
-    pub fn generate_with(
-        &self,
-        model: &Model,
-        prompt: &str,
-        params: &GenerateParams,
-        request: &RequestInfo,
-        on_token: impl FnMut(&TokenEvent) -> ControlFlow<()>,
-    ) -> Result<GuardedGeneration> {
-        let mut vault = Vault::new();
-        let (masked, entities) = self.mask(prompt, &mut vault);
-        self.run(model, masked, entities, vault, params, request, true, on_token)
-    }
-
-    /// Guarded [`Model::chat`]: every message is masked with one vault, so `<ID_1>` means the
-    /// same value in every turn.
-    pub fn chat(
-        &self,
-        model: &Model,
-        messages: &[ChatMessage],
-        params: &GenerateParams,
-        request: &RequestInfo,
-    ) -> Result<GuardedGeneration> {
-        let (prompt, vault, entities) = self.mask_chat(model, messages)?;
-        self.run(model, prompt, entities, vault, params, request, false, |_| {
-            ControlFlow::Continue(())
-        })
-    }
-
-    /// Guarded streaming chat; see [`generate_with`](Self::generate_with).
-    pub fn chat_with(
-        &self,
-        model: &Model,
-        messages: &[ChatMessage],
-        params: &GenerateParams,
-        request: &RequestInfo,
-        on_token: impl FnMut(&TokenEvent) -> ControlFlow<()>,
-    ) -> Result<GuardedGeneration> {
-        let (prompt, vault, entities) = self.mask_chat(model, messages)?;
-        self.run(model, prompt, entities, vault, params, request, true, on_token)
-    }
-
-    /// Mask every message with one vault and render the chat template.
-    fn mask_chat(&self, model: &Model, messages: &[ChatMessage]) -> Result<(String, Vault, Vec<Entity>)> {
+        info: &RequestInfo,
+    ) -> Result<(Prompt, GuardSession)> {
+        let started = Instant::now();
         let mut vault = Vault::new();
         let mut entities = Vec::new();
-        let masked: Vec<ChatMessage> = messages
-            .iter()
-            .map(|m| {
-                let (content, found) = self.mask(&m.content, &mut vault);
-                entities.extend(found);
-                ChatMessage { content, ..m.clone() }
-            })
-            .collect();
-        Ok((model.apply_chat_template(&masked)?, vault, entities))
+        let (masked, masked_text) = match prompt {
+            Prompt::Text(text) => {
+                let (masked, found) = self.mask(text, &mut vault);
+                entities = found;
+                (Prompt::Text(masked.clone()), masked)
+            }
+            Prompt::Chat(messages) => {
+                let masked: Vec<ChatMessage> = messages
+                    .iter()
+                    .map(|m| {
+                        let (content, found) = self.mask(&m.content, &mut vault);
+                        entities.extend(found);
+                        ChatMessage { content, ..m.clone() }
+                    })
+                    .collect();
+                let text = model.apply_chat_template(&masked)?;
+                (Prompt::Chat(masked), text)
+            }
+            Prompt::Ids(ids) => {
+                if self.config.pii.is_some() {
+                    return Err(Error::invalid(
+                        "prompt",
+                        "token ids cannot be screened for personal data: give a guard that masks PII text or \
+                         chat messages",
+                    ));
+                }
+                (Prompt::Ids(ids.clone()), model.detokenize(ids)?)
+            }
+        };
+        let request_id = if info.request_id.is_empty() {
+            new_request_id()
+        } else {
+            info.request_id.clone()
+        };
+        let recorder = Recorder {
+            guard: Arc::clone(self),
+            started,
+            opened_seq: None,
+            base: AuditRecord {
+                request_id: request_id.clone(),
+                caller_id: info.caller_id.clone(),
+                started_at_ms: unix_ms(),
+                model_sha256: match &self.config.audit {
+                    Some(_) => model.sha256()?,
+                    None => String::new(),
+                },
+                adapter: info.adapter.clone(),
+                sampling: AuditSampling::new(&params.sampling, params.max_tokens),
+                masked_prompt: masked_text.clone(),
+                source_ids: info.source_ids.clone(),
+                ..Default::default()
+            },
+        };
+        let output = Output {
+            filter: self.config.policy.as_ref().map(Policy::stream),
+            unmask: self.config.unmask_output.then(|| Unmasker::new(vault)),
+            filtered: String::new(),
+            shown: String::new(),
+        };
+        let session = GuardSession {
+            recorder,
+            output,
+            report: GuardReport {
+                request_id,
+                masked_prompt: masked_text,
+                prompt_entities: entities,
+                decision: None,
+                receipt: None,
+                drift: None,
+            },
+        };
+        Ok((masked, session))
     }
 
     fn mask(&self, text: &str, vault: &mut Vault) -> (String, Vec<Entity>) {
@@ -199,131 +216,6 @@ impl Guard {
             Some(detector) => (detector.pseudonymise_with(text, vault), detector.detect(text)),
             None => (text.to_string(), Vec::new()),
         }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn run(
-        &self,
-        model: &Model,
-        masked_prompt: String,
-        prompt_entities: Vec<Entity>,
-        vault: Vault,
-        params: &GenerateParams,
-        request: &RequestInfo,
-        streaming: bool,
-        mut on_token: impl FnMut(&TokenEvent) -> ControlFlow<()>,
-    ) -> Result<GuardedGeneration> {
-        let started = Instant::now();
-        let request_id = if request.request_id.is_empty() {
-            new_request_id()
-        } else {
-            request.request_id.clone()
-        };
-        let mut recorder = Recorder {
-            guard: self,
-            log: self.config.audit.as_deref(),
-            started,
-            opened_seq: None,
-            base: AuditRecord {
-                request_id: request_id.clone(),
-                caller_id: request.caller_id.clone(),
-                started_at_ms: unix_ms(),
-                model_sha256: match &self.config.audit {
-                    Some(_) => model.sha256()?,
-                    None => String::new(),
-                },
-                adapter: request.adapter.clone(),
-                sampling: AuditSampling::new(&params.sampling, params.max_tokens),
-                masked_prompt: masked_prompt.clone(),
-                source_ids: request.source_ids.clone(),
-                ..Default::default()
-            },
-        };
-
-        let prompt_ids = model.tokenize(&masked_prompt)?;
-        let drift = match &self.drift {
-            Some(m) => Some(lock(m).observe(&prompt_ids)?),
-            None => None,
-        };
-        let mut stream = match model.stream_ids(prompt_ids, params) {
-            Ok(s) => s,
-            Err(e) => return Err(recorder.fail("", e)),
-        };
-        if streaming {
-            // Fail closed: no token leaves the guard before the request is on record.
-            recorder.open()?;
-        }
-
-        let mut output = Output {
-            filter: self.config.policy.as_ref().map(Policy::stream),
-            unmask: self.config.unmask_output.then(|| Unmasker::new(&vault)),
-            filtered: String::new(),
-            shown: String::new(),
-        };
-        // A request that fails after it started is recorded too, with what was released.
-        let fail = |output: &Output<'_>, e: Error| recorder.fail(&output.filtered, e);
-        let mut steps = Vec::new();
-        let mut decision = None;
-        let mut finish = FinishReason::Length;
-        let mut last: Option<TokenEvent> = None;
-        loop {
-            let Some(event) = stream.next() else { break };
-            let event = match event.and_then(|ev| output.push(&ev.text).map(|r| (ev, r))) {
-                Ok(e) => e,
-                Err(e) => return Err(fail(&output, e)),
-            };
-            let (mut ev, (text, blocked)) = event;
-            if params.top_logits > 0 {
-                steps.push(ev.top_logits.clone());
-            }
-            ev.text = text;
-            if let Some(d) = blocked {
-                decision = Some(d);
-                finish = FinishReason::Blocked;
-                ev.finish = Some(finish);
-                last = Some(ev);
-                break;
-            }
-            if let Some(reason) = ev.finish {
-                finish = reason;
-                let (tail, d) = output.finish().map_err(|e| fail(&output, e))?;
-                ev.text.push_str(&tail);
-                decision = d;
-                last = Some(ev);
-                break;
-            }
-            if on_token(&ev).is_break() {
-                finish = FinishReason::Cancelled;
-                decision = output.finish().map_err(|e| fail(&output, e))?.1;
-                break;
-            }
-        }
-
-        let receipt = recorder.close(&output.filtered, finish.as_str(), decision.as_ref())?;
-        if let Some(ev) = &last {
-            // The caller asked to stop only before the last event, so its answer is ignored.
-            let _ = on_token(ev);
-        }
-        let mut timings = stream.timings();
-        // A stream left early (blocked, cancelled) has not counted its tokens yet.
-        timings.generated_tokens = stream.generated_ids().len();
-        let generation = Generation {
-            prompt_ids: stream.prompt_ids().to_vec(),
-            ids: stream.generated_ids().to_vec(),
-            text: output.shown,
-            steps,
-            finish,
-            timings,
-        };
-        Ok(GuardedGeneration {
-            generation,
-            request_id,
-            masked_prompt,
-            prompt_entities,
-            decision,
-            receipt,
-            drift,
-        })
     }
 
     fn redact_for_log(&self, text: &str) -> String {
@@ -334,11 +226,88 @@ impl Guard {
     }
 }
 
-/// Writes a request's audit records: one complete record for `generate`/`chat`; for streams, an
-/// opened record before the first token and a closing one before the last piece.
-struct Recorder<'g> {
-    guard: &'g Guard,
-    log: Option<&'g AuditLog>,
+/// One request under a [`Guard`], from its masked prompt to its audit record. The request path
+/// calls, in order: [`observe_prompt`](Self::observe_prompt); for a streamed request
+/// [`open`](Self::open) before releasing anything; [`push`](Self::push) for each generated
+/// piece; at the end [`finish`](Self::finish) and then [`close`](Self::close) before the last
+/// piece is released; or [`fail`](Self::fail) when the request fails.
+pub struct GuardSession {
+    recorder: Recorder,
+    output: Output,
+    report: GuardReport,
+}
+
+impl std::fmt::Debug for GuardSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuardSession")
+            .field("request_id", &self.report.request_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GuardSession {
+    /// Count the prompt's tokens in the drift monitor (when one is configured).
+    pub fn observe_prompt(&mut self, ids: &[u32]) -> Result<()> {
+        if let Some(m) = &self.recorder.guard.drift {
+            self.report.drift = Some(lock(m).observe(ids)?);
+        }
+        Ok(())
+    }
+
+    /// A streamed request: write the opened record and wait until it is durable. Fail closed:
+    /// nothing may be released before this returns `Ok`.
+    pub fn open(&mut self) -> Result<()> {
+        self.recorder.open()
+    }
+
+    /// Filter one generated piece: the text the caller may see now, and whether the policy
+    /// blocked the answer (generation must stop then; the decision is kept for the record).
+    pub fn push(&mut self, piece: &str) -> Result<(String, bool)> {
+        let (shown, blocked) = self.output.push(piece)?;
+        let is_blocked = blocked.is_some();
+        if is_blocked {
+            self.report.decision = blocked;
+        }
+        Ok((shown, is_blocked))
+    }
+
+    /// The answer ended: the text still held back (disclaimers, an unfinished placeholder).
+    pub fn finish(&mut self) -> Result<String> {
+        let (tail, decision) = self.output.finish()?;
+        self.report.decision = decision;
+        Ok(tail)
+    }
+
+    /// Write the request's complete (or, after [`open`](Self::open), closing) record with its
+    /// finish reason and wait until it is durable; the last piece may be released only after.
+    pub fn close(&mut self, finish: FinishReason) -> Result<()> {
+        self.report.receipt =
+            self.recorder
+                .close(&self.output.filtered, finish.as_str(), self.report.decision.as_ref())?;
+        Ok(())
+    }
+
+    /// Record the failed request (with what was released) and return the error to report: the
+    /// audit error if the record could not be written, else `error`.
+    pub fn fail(&mut self, error: Error) -> Error {
+        self.recorder.fail(&self.output.filtered, error)
+    }
+
+    /// What the caller has been shown so far (filtered, unmasked if configured).
+    pub fn shown(&self) -> &str {
+        &self.output.shown
+    }
+
+    /// What the guard did.
+    pub fn into_report(self) -> GuardReport {
+        self.report
+    }
+}
+
+/// Writes a request's audit records: one complete record for a request answered as a whole;
+/// for streams, an opened record before the first token and a closing one before the last piece.
+struct Recorder {
+    guard: Arc<Guard>,
     /// The request's facts (ids, model hash, masked prompt, sampling); no output yet.
     base: AuditRecord,
     started: Instant,
@@ -346,7 +315,11 @@ struct Recorder<'g> {
     opened_seq: Option<u64>,
 }
 
-impl Recorder<'_> {
+impl Recorder {
+    fn log(&self) -> Option<&AuditLog> {
+        self.guard.config.audit.as_deref()
+    }
+
     fn record(&self, output: &str, finish: &str, decision: Option<&Decision>, error: Option<String>) -> AuditRecord {
         AuditRecord {
             finished_at_ms: unix_ms(),
@@ -367,7 +340,7 @@ impl Recorder<'_> {
 
     /// Append the opened record and wait until it is durable.
     fn open(&mut self) -> Result<()> {
-        let Some(log) = self.log else { return Ok(()) };
+        let Some(log) = self.log() else { return Ok(()) };
         let opened = AuditRecord {
             phase: RecordPhase::Opened,
             ..self.base.clone()
@@ -380,7 +353,7 @@ impl Recorder<'_> {
     /// written but the log still takes records (the record was too large, say), a short closing
     /// record says it failed; the error that stopped the full one is returned either way.
     fn close(&self, output: &str, finish: &str, decision: Option<&Decision>) -> Result<Option<RecordReceipt>> {
-        let Some(log) = self.log else { return Ok(None) };
+        let Some(log) = self.log() else { return Ok(None) };
         match log.append(&self.record(output, finish, decision, None)) {
             Ok(receipt) => Ok(Some(receipt)),
             Err(e) => {
@@ -396,7 +369,7 @@ impl Recorder<'_> {
     /// Record a failed request (when auditing), then hand back the error that ended it; an
     /// audit failure takes precedence, since it means the log is no longer complete.
     fn fail(&self, output: &str, error: Error) -> Error {
-        let Some(log) = self.log else { return error };
+        let Some(log) = self.log() else { return error };
         match log.append(&self.record(output, "error", None, Some(error.to_string()))) {
             Ok(_) => error,
             Err(audit_error) => audit_error,
@@ -405,16 +378,16 @@ impl Recorder<'_> {
 }
 
 /// The output side of a request: policy filter, then unmasking.
-struct Output<'v> {
+struct Output {
     filter: Option<StreamFilter>,
-    unmask: Option<Unmasker<'v>>,
+    unmask: Option<Unmasker>,
     /// Filtered text before unmasking (what the audit record gets, redacted).
     filtered: String,
     /// What the caller has been shown.
     shown: String,
 }
 
-impl Output<'_> {
+impl Output {
     /// Text to show now, and the decision if the policy blocked the stream.
     fn push(&mut self, piece: &str) -> Result<(String, Option<Decision>)> {
         let (released, decision) = match &mut self.filter {
@@ -465,13 +438,13 @@ impl Output<'_> {
 const MAX_PLACEHOLDER_BYTES: usize = 32;
 
 /// Restores placeholders in a stream, holding back a `<TAG_12` that may still be completing.
-struct Unmasker<'v> {
-    vault: &'v Vault,
+struct Unmasker {
+    vault: Vault,
     held: String,
 }
 
-impl<'v> Unmasker<'v> {
-    fn new(vault: &'v Vault) -> Self {
+impl Unmasker {
+    fn new(vault: Vault) -> Self {
         Self {
             vault,
             held: String::new(),
@@ -529,9 +502,11 @@ fn new_request_id() -> String {
 mod tests {
     use super::*;
     use crate::compliance::audit::{self, AuditConfig, SegmentIo};
+    use crate::generate::GenerateParams;
     use crate::quant::QuantType;
     use crate::tools::synthetic::SyntheticSpec;
     use crate::{Architecture, LoadOptions};
+    use std::ops::ControlFlow;
     use std::path::PathBuf;
 
     fn temp_dir(name: &str) -> PathBuf {
@@ -576,13 +551,14 @@ mod tests {
         assert!(whole.contains("11010519491231002X") && whole.contains("<ID_2>"));
         let chars: Vec<char> = text.chars().collect();
         for step in 1..=7 {
-            let mut u = Unmasker::new(&vault);
+            let mut u = Unmasker::new(std::mem::take(&mut vault));
             let mut out = String::new();
             for piece in chars.chunks(step) {
                 out.push_str(&u.push(&piece.iter().collect::<String>()));
             }
             out.push_str(&u.finish());
             assert_eq!(out, whole, "pieces of {step} characters");
+            vault = u.vault;
         }
     }
 
@@ -605,17 +581,19 @@ mod tests {
         let wrap: Arc<dyn Fn(std::fs::File) -> Arc<dyn SegmentIo> + Send + Sync> =
             Arc::new(|f| Arc::new(FailingSync(f)) as Arc<dyn SegmentIo>);
         let log = AuditLog::open_with_io(&dir.join("audit.log"), AuditConfig::default(), wrap).unwrap();
-        let guard = Guard::new(GuardConfig {
-            audit: Some(Arc::new(log)),
-            ..Default::default()
-        })
-        .unwrap();
+        let guard = Arc::new(
+            Guard::new(GuardConfig {
+                audit: Some(Arc::new(log)),
+                ..Default::default()
+            })
+            .unwrap(),
+        );
         let params = GenerateParams {
             max_tokens: 6,
             ..Default::default()
         };
         let mut final_events = 0;
-        let result = guard.generate_with(&model, "hello", &params, &RequestInfo::default(), |ev| {
+        let result = guarded(&guard, "hello", &params, &RequestInfo::default()).run_streaming(&model, |ev| {
             final_events += usize::from(ev.finish.is_some());
             ControlFlow::Continue(())
         });
@@ -654,12 +632,22 @@ mod tests {
         AuditLog::open_with_io(path, AuditConfig::default(), wrap).unwrap()
     }
 
-    fn audited_guard(log: AuditLog) -> Guard {
-        Guard::new(GuardConfig {
-            audit: Some(Arc::new(log)),
-            ..Default::default()
-        })
-        .unwrap()
+    fn audited_guard(log: AuditLog) -> Arc<Guard> {
+        Arc::new(
+            Guard::new(GuardConfig {
+                audit: Some(Arc::new(log)),
+                ..Default::default()
+            })
+            .unwrap(),
+        )
+    }
+
+    /// A guarded request for `prompt`.
+    fn guarded(guard: &Arc<Guard>, prompt: &str, params: &GenerateParams, info: &RequestInfo) -> crate::Request {
+        crate::Request::text(prompt)
+            .with_params(params.clone())
+            .with_guard(Arc::clone(guard))
+            .with_info(info.clone())
     }
 
     /// ENOSPC on the first write: the opened record is not durable, so no token may leave.
@@ -673,7 +661,7 @@ mod tests {
             ..Default::default()
         };
         let mut events = 0;
-        let result = guard.generate_with(&model, "hello", &params, &RequestInfo::default(), |_| {
+        let result = guarded(&guard, "hello", &params, &RequestInfo::default()).run_streaming(&model, |_| {
             events += 1;
             ControlFlow::Continue(())
         });
@@ -699,7 +687,7 @@ mod tests {
             ..Default::default()
         };
         let (mut events, mut finals) = (0, 0);
-        let result = guard.generate_with(&model, "hello", &params, &request, |ev| {
+        let result = guarded(&guard, "hello", &params, &request).run_streaming(&model, |ev| {
             if events == 0 {
                 let stored = audit::read_records(&path).unwrap();
                 assert_eq!(
@@ -730,14 +718,15 @@ mod tests {
         let model = tiny_model(&dir);
         let path = dir.join("audit.log");
         let log = Arc::new(AuditLog::open(&path, AuditConfig::default()).unwrap());
-        let guard = Guard::new(GuardConfig {
-            audit: Some(Arc::clone(&log)),
-            ..Default::default()
-        })
-        .unwrap();
+        let guard = Arc::new(
+            Guard::new(GuardConfig {
+                audit: Some(Arc::clone(&log)),
+                ..Default::default()
+            })
+            .unwrap(),
+        );
         let mut recorder = Recorder {
-            guard: &guard,
-            log: Some(&log),
+            guard: Arc::clone(&guard),
             base: AuditRecord {
                 request_id: "big".into(),
                 ..Default::default()
@@ -777,8 +766,8 @@ mod tests {
             request_id: "r-7".into(),
             ..Default::default()
         };
-        let out = guard
-            .generate_with(&model, "hello", &params, &request, |_| ControlFlow::Continue(()))
+        let out = guarded(&guard, "hello", &params, &request)
+            .run_streaming(&model, |_| ControlFlow::Continue(()))
             .unwrap();
         let stored = audit::read_records(&path).unwrap();
         assert_eq!(stored.len(), 2);
@@ -787,14 +776,14 @@ mod tests {
         assert_eq!((opened.request_id.as_str(), closed.request_id.as_str()), ("r-7", "r-7"));
         assert_eq!(closed.opened_seq, Some(1));
         assert_eq!(closed.output, out.generation.text);
-        assert_eq!(out.receipt.unwrap().seq, 2);
+        assert_eq!(out.guard.as_ref().unwrap().receipt.as_ref().unwrap().seq, 2);
         // Non-streamed requests keep one complete record.
-        let out = guard.generate(&model, "hello", &params, &request).unwrap();
+        let out = guarded(&guard, "hello", &params, &request).run(&model).unwrap();
         let stored = audit::read_records(&path).unwrap();
         assert_eq!(stored.len(), 3);
         assert_eq!(stored[2].record.phase, RecordPhase::Complete);
         assert_eq!(stored[2].record.opened_seq, None);
-        assert_eq!(out.receipt.unwrap().seq, 3);
+        assert_eq!(out.guard.as_ref().unwrap().receipt.as_ref().unwrap().seq, 3);
     }
 
     /// /dev/full (like any device, FIFO or symlink) is refused when the log is opened, so no guard
@@ -814,12 +803,14 @@ mod tests {
         let dir = temp_dir("records");
         let model = tiny_model(&dir);
         let path = dir.join("audit.log");
-        let guard = Guard::new(GuardConfig {
-            pii: Some(Arc::new(PiiDetector::new(Default::default()).unwrap())),
-            audit: Some(Arc::new(AuditLog::open(&path, AuditConfig::default()).unwrap())),
-            ..Default::default()
-        })
-        .unwrap();
+        let guard = Arc::new(
+            Guard::new(GuardConfig {
+                pii: Some(Arc::new(PiiDetector::new(Default::default()).unwrap())),
+                audit: Some(Arc::new(AuditLog::open(&path, AuditConfig::default()).unwrap())),
+                ..Default::default()
+            })
+            .unwrap(),
+        );
         let params = GenerateParams {
             max_tokens: 5,
             sampling: crate::SamplingParams {
@@ -835,10 +826,10 @@ mod tests {
             adapter: None,
             source_ids: vec!["doc-3".into()],
         };
-        let out = guard
-            .generate(&model, "call 13800138000 now", &params, &request)
+        let out = guarded(&guard, "call 13800138000 now", &params, &request)
+            .run(&model)
             .unwrap();
-        assert_eq!(out.masked_prompt, "call <PHONE_1> now");
+        assert_eq!(out.guard.as_ref().unwrap().masked_prompt, "call <PHONE_1> now");
         assert_eq!(out.generation.prompt_ids, model.tokenize("call <PHONE_1> now").unwrap());
         let stored = audit::read_records(&path).unwrap();
         assert_eq!(stored.len(), 1);
@@ -852,7 +843,7 @@ mod tests {
         use sha2::Digest;
         let expected = crate::util::hex(&sha2::Sha256::digest(std::fs::read(dir.join("tiny.gguf")).unwrap()));
         assert_eq!(r.model_sha256, expected);
-        assert_eq!(out.receipt.unwrap().seq, 1);
+        assert_eq!(out.guard.as_ref().unwrap().receipt.as_ref().unwrap().seq, 1);
     }
 
     /// Embeds the rule's examples, then fails: the filter breaks in the middle of a stream.
@@ -877,18 +868,20 @@ mod tests {
             .unwrap()
             .with_embedder(Arc::new(FailsAfterFirstCall(Default::default())))
             .unwrap();
-        let guard = Guard::new(GuardConfig {
-            policy: Some(policy),
-            audit: Some(Arc::new(AuditLog::open(&path, AuditConfig::default()).unwrap())),
-            ..Default::default()
-        })
-        .unwrap();
+        let guard = Arc::new(
+            Guard::new(GuardConfig {
+                policy: Some(policy),
+                audit: Some(Arc::new(AuditLog::open(&path, AuditConfig::default()).unwrap())),
+                ..Default::default()
+            })
+            .unwrap(),
+        );
         let params = GenerateParams {
             max_tokens: 8,
             ..Default::default()
         };
-        let err = guard
-            .generate(&model, "hello", &params, &RequestInfo::default())
+        let err = guarded(&guard, "hello", &params, &RequestInfo::default())
+            .run(&model)
             .unwrap_err();
         assert!(err.to_string().contains("service unavailable"), "{err}");
         let stored = audit::read_records(&path).unwrap();

@@ -10,7 +10,8 @@
 //! - [`audit`]: an append-only, CRC-framed, hash-chained audit log with group commit, torn-tail
 //!   recovery, rotation and verification.
 //! - [`drift`]: a KL-divergence monitor of the token distribution of recent inputs.
-//! - [`guard`]: all of the above wrapped around a generation request ([`Guard`]).
+//! - [`guard`]: all of the above wrapped around a generation request ([`Guard`]; a guarded
+//!   [`Request`](crate::Request) carries one).
 //!
 //! ```
 //! use finllm_core::compliance::pii::{PiiConfig, PiiDetector};
@@ -29,6 +30,6 @@ pub mod policy;
 
 pub use audit::{AuditConfig, AuditLog, AuditRecord, FsyncPolicy, RecordReceipt, VerifyReport};
 pub use drift::{DriftConfig, DriftMetrics, DriftMonitor};
-pub use guard::{Guard, GuardConfig, GuardedGeneration, RequestInfo};
+pub use guard::{Guard, GuardConfig, GuardReport, GuardSession, RequestInfo};
 pub use pii::{Entity, EntityKind, PiiConfig, PiiDetector, Vault};
 pub use policy::{Action, Category, Decision, Embedder, Policy, RuleMatch, StreamFilter, Verdict};

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{Engine, Prompt, Request, RequestStream};
+use super::{Engine, Job, Prompt, RequestStream};
 use crate::bench::{peak_rss_mb, prompt_ids_from};
 use crate::error::{Error, Result};
 use crate::generate::GenerateParams;
@@ -96,8 +96,8 @@ fn drain(stream: RequestStream, submitted: Instant) -> Result<Vec<Instant>> {
     Ok(times)
 }
 
-fn request(ids: Vec<u32>, max_tokens: usize) -> Request {
-    Request {
+fn request(ids: Vec<u32>, max_tokens: usize) -> Job {
+    Job {
         prompt: Prompt::Ids(ids),
         params: GenerateParams {
             max_tokens,

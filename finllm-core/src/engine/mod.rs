@@ -1,7 +1,7 @@
 //! The engine: many callers, one model, one running batch.
 //!
 //! An [`Engine`] is a cheap, `Send + Sync` handle over a scheduler thread that owns the running
-//! batch. Callers on any thread [`submit`](Engine::submit) a [`Request`] and get back an owned
+//! batch. Callers on any thread [`submit`](Engine::submit) a [`Job`] and get back an owned
 //! [`RequestStream`] (no borrow of the model): iterate it for [`TokenEvent`]s, or
 //! [`wait`](RequestStream::wait) for the whole [`Generation`].
 //!
@@ -19,7 +19,7 @@
 //! bounded in requests and prompt tokens: [`Engine::submit`] fails at once with
 //! [`Error::Busy`] when it is full, [`Engine::submit_timeout`] waits for room first.
 //! Cancellation ([`RequestStream::cancel`], a [`CancelHandle`], or dropping the stream) and
-//! deadlines ([`Request::deadline`]) are checked before every step; the request's cache is freed
+//! deadlines ([`Job::deadline`]) are checked before every step; the request's cache is freed
 //! at that step.
 //!
 //! Shared prefixes: prompts that begin alike (a system prompt, a retrieval preamble) share one
@@ -41,27 +41,18 @@ use std::time::{Duration, Instant};
 pub use metrics::{EngineMetrics, Percentiles};
 pub use stream::{CancelHandle, RequestStream};
 
-use crate::chat::ChatMessage;
 use crate::error::{Error, Result};
 use crate::generate::{check_request, GenerateParams, Generation, TokenEvent};
 use crate::llm::Model;
+pub use crate::llm::Prompt;
 use metrics::Metrics;
 use stream::Msg;
 
-/// What to answer.
+/// One job for the engine: a prompt and how to answer it. Callers build a
+/// [`Request`](crate::Request) (which adds the compliance guard and who asks) and hand it to
+/// [`crate::request`]; this is what reaches the scheduler.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Prompt {
-    /// Raw text, encoded as [`Model::tokenize_prompt`] does.
-    Text(String),
-    /// A conversation, rendered with the model's chat template (assistant turn opened).
-    Chat(Vec<ChatMessage>),
-    /// Token ids, used as they are.
-    Ids(Vec<u32>),
-}
-
-/// One request: a prompt and how to answer it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Request {
+pub struct Job {
     pub prompt: Prompt,
     pub params: GenerateParams,
     /// Time allowed from submission to the last token; past it the request ends with
@@ -69,8 +60,8 @@ pub struct Request {
     pub deadline: Option<Duration>,
 }
 
-impl Request {
-    /// A request for `prompt` with default parameters and no deadline.
+impl Job {
+    /// A job for `prompt` with default parameters and no deadline.
     pub fn new(prompt: Prompt) -> Self {
         Self {
             prompt,
@@ -294,18 +285,18 @@ impl Engine {
     /// Queue a request and return its stream at once; [`Error::Busy`] if the queue is full.
     /// The prompt is encoded on the calling thread, and a request that can never run is refused
     /// here with a typed error.
-    pub fn submit(&self, request: Request) -> Result<RequestStream> {
+    pub fn submit(&self, request: Job) -> Result<RequestStream> {
         self.submit_inner(request, None)
     }
 
     /// As [`submit`](Self::submit), but wait up to `wait` for room in a full queue before
     /// answering [`Error::Busy`].
-    pub fn submit_timeout(&self, request: Request, wait: Duration) -> Result<RequestStream> {
+    pub fn submit_timeout(&self, request: Job, wait: Duration) -> Result<RequestStream> {
         self.submit_inner(request, Some(wait))
     }
 
     /// Submit and wait for the whole answer.
-    pub fn generate(&self, request: Request) -> Result<Generation> {
+    pub fn generate(&self, request: Job) -> Result<Generation> {
         self.submit(request)?.wait()
     }
 
@@ -315,7 +306,7 @@ impl Engine {
         self.inner.shared.metrics.snapshot(queued)
     }
 
-    fn submit_inner(&self, request: Request, wait: Option<Duration>) -> Result<RequestStream> {
+    fn submit_inner(&self, request: Job, wait: Option<Duration>) -> Result<RequestStream> {
         let submitted = Instant::now();
         let shared = &self.inner.shared;
         let result = self.admit(request, submitted, wait);
@@ -325,25 +316,15 @@ impl Engine {
         result
     }
 
-    fn admit(&self, request: Request, submitted: Instant, wait: Option<Duration>) -> Result<RequestStream> {
+    fn admit(&self, request: Job, submitted: Instant, wait: Option<Duration>) -> Result<RequestStream> {
         let model = &self.inner.model;
         let shared = &self.inner.shared;
-        let Request {
+        let Job {
             prompt,
             params,
             deadline,
         } = request;
-        let ids = match prompt {
-            Prompt::Text(text) => model.tokenize_prompt(&text)?,
-            Prompt::Chat(messages) => model.tokenize_prompt(&model.apply_chat_template(&messages)?)?,
-            Prompt::Ids(ids) => {
-                let vocab_size = model.config().vocab_size;
-                if let Some(&id) = ids.iter().find(|&&id| id as usize >= vocab_size) {
-                    return Err(Error::TokenOutOfRange { id, vocab_size });
-                }
-                ids
-            }
-        };
+        let ids = model.encode(&prompt)?;
         params.sampling.validate()?;
         check_request(&ids, &params, model.config().context_length)?;
         let reserve = ids.len().saturating_add(params.max_tokens);

@@ -341,6 +341,16 @@ impl<'m> TokenStream<'m> {
         Ok(event)
     }
 
+    /// Stop here: the stream ends as [`FinishReason::Cancelled`] (unless it already ended).
+    pub fn cancel(&mut self) {
+        self.decoding.end(FinishReason::Cancelled);
+    }
+
+    /// What was generated so far (the whole answer once the stream has ended).
+    pub fn into_generation(self) -> Generation {
+        self.decoding.into_generation()
+    }
+
     /// Drive the stream to the end, calling `on_event` for each step; the callback may stop it.
     pub fn run_with(mut self, mut on_event: impl FnMut(&TokenEvent) -> ControlFlow<()>) -> Result<Generation> {
         while let Some(event) = self.next() {

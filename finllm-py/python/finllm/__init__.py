@@ -9,10 +9,10 @@ Many threads or asyncio tasks share one model through an :class:`Engine` (contin
 >>> engine = finllm.Engine(model, max_running=8)  # doctest: +SKIP
 >>> engine.generate("Basel III requires banks to", max_tokens=32).text  # doctest: +SKIP
 
-Compliance controls wrap generation in a :class:`Guard`:
+Compliance controls wrap any request (on a model or an engine) in a :class:`Guard`:
 
 >>> guard = finllm.Guard(mask_pii=True, policy=finllm.Policy.default(), audit=finllm.AuditLog("audit.log"))  # doctest: +SKIP
->>> guard.generate(model, "客户身份证号11010519491231002X，想了解国债收益率。").audit_seq  # doctest: +SKIP
+>>> model.generate("客户身份证号11010519491231002X，想了解国债收益率。", guard=guard).audit_seq  # doctest: +SKIP
 """
 
 from finllm import errors

@@ -100,8 +100,10 @@ class Model:
         "cuda:N" or "auto")."""
     def generate(
         self,
-        prompt: str,
+        prompt: Optional[str] = None,
         *,
+        messages: Optional[Sequence[Message]] = None,
+        guard: Optional[Guard] = None,
         max_tokens: int = 256,
         temperature: float = 0.0,
         top_k: int = 0,
@@ -111,26 +113,22 @@ class Model:
         seed: int = 0,
         stop: Optional[Sequence[str]] = None,
         top_logits: int = 0,
-    ) -> Generation:
-        """Generate a continuation of raw prompt text (special tokens parsed, no chat template)."""
-    def stream(
-        self,
-        prompt: str,
-        *,
-        max_tokens: int = 256,
-        temperature: float = 0.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
-        min_p: float = 0.0,
-        repetition_penalty: float = 1.0,
-        seed: int = 0,
-        stop: Optional[Sequence[str]] = None,
-    ) -> TokenIterator:
-        """Like generate(), but an iterator of Token as they are produced."""
+        request_id: Optional[str] = None,
+        caller_id: str = "",
+        source_ids: Optional[Sequence[str]] = None,
+        adapter: Optional[str] = None,
+        deadline_s: Optional[float] = None,
+    ) -> Union[Generation, GuardedGeneration]:
+        """Generate a continuation of raw prompt text (special tokens parsed, no chat template), or
+        with `messages=` an answer to a conversation. With `guard=` the request runs under the
+        guard's controls and the answer is a GuardedGeneration. Keyword options: max_tokens,
+        temperature, top_k, top_p, min_p, repetition_penalty, seed, stop, top_logits, request_id,
+        caller_id, source_ids, adapter, deadline_s."""
     def chat(
         self,
         messages: Sequence[Message],
         *,
+        guard: Optional[Guard] = None,
         max_tokens: int = 256,
         temperature: float = 0.0,
         top_k: int = 0,
@@ -139,12 +137,20 @@ class Model:
         repetition_penalty: float = 1.0,
         seed: int = 0,
         stop: Optional[Sequence[str]] = None,
-    ) -> Generation:
-        """Answer a conversation with the model's chat template."""
-    def chat_stream(
+        top_logits: int = 0,
+        request_id: Optional[str] = None,
+        caller_id: str = "",
+        source_ids: Optional[Sequence[str]] = None,
+        adapter: Optional[str] = None,
+        deadline_s: Optional[float] = None,
+    ) -> Union[Generation, GuardedGeneration]:
+        """Answer a conversation with the model's chat template: generate(messages=messages, ...)."""
+    def stream(
         self,
-        messages: Sequence[Message],
+        prompt: Optional[str] = None,
         *,
+        messages: Optional[Sequence[Message]] = None,
+        guard: Optional[Guard] = None,
         max_tokens: int = 256,
         temperature: float = 0.0,
         top_k: int = 0,
@@ -153,8 +159,17 @@ class Model:
         repetition_penalty: float = 1.0,
         seed: int = 0,
         stop: Optional[Sequence[str]] = None,
+        top_logits: int = 0,
+        request_id: Optional[str] = None,
+        caller_id: str = "",
+        source_ids: Optional[Sequence[str]] = None,
+        adapter: Optional[str] = None,
+        deadline_s: Optional[float] = None,
     ) -> TokenIterator:
-        """Like chat(), but an iterator of Token."""
+        """Like generate(), but an iterator of Token as they are produced; its .result is what
+        generate() would return, once the iterator is exhausted. A guarded stream releases its
+        first token only once its opened audit record is durable, and its last once the closing
+        one is."""
     def apply_chat_template(self, messages: Sequence[Message]) -> str:
         """The prompt text the chat template renders for `messages`."""
     def tokenize(self, text: str) -> list[int]:
@@ -366,7 +381,8 @@ class GuardedGeneration:
 class Guard:
     """Compliance controls around generation: mask personal data before the model sees it, filter
     the answer through a policy, and record every request in an audit log before answering.
-    Thread-safe: share one guard among threads and models."""
+    Give it to a request: `model.generate(prompt, guard=guard)` (or Engine's, or stream()).
+    Thread-safe: share one guard among threads, models and engines."""
 
     def __init__(
         self,
@@ -379,85 +395,6 @@ class Guard:
         drift_window: int = 4096,
         drift_threshold: float = 0.5,
     ) -> None: ...
-    def generate(
-        self,
-        model: Model,
-        prompt: str,
-        *,
-        max_tokens: int = 256,
-        temperature: float = 0.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
-        min_p: float = 0.0,
-        repetition_penalty: float = 1.0,
-        seed: int = 0,
-        stop: Optional[Sequence[str]] = None,
-        top_logits: int = 0,
-        request_id: Optional[str] = None,
-        caller_id: str = "",
-        source_ids: Optional[Sequence[str]] = None,
-        adapter: Optional[str] = None,
-    ) -> GuardedGeneration:
-        """Guarded Model.generate: mask, generate, filter, record, answer."""
-    def stream(
-        self,
-        model: Model,
-        prompt: str,
-        *,
-        max_tokens: int = 256,
-        temperature: float = 0.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
-        min_p: float = 0.0,
-        repetition_penalty: float = 1.0,
-        seed: int = 0,
-        stop: Optional[Sequence[str]] = None,
-        request_id: Optional[str] = None,
-        caller_id: str = "",
-        source_ids: Optional[Sequence[str]] = None,
-        adapter: Optional[str] = None,
-    ) -> TokenIterator:
-        """Like generate(), but an iterator of Token; its .result is the GuardedGeneration once the
-        iterator is exhausted. The last token arrives only once the audit record is durable."""
-    def chat(
-        self,
-        model: Model,
-        messages: Sequence[Message],
-        *,
-        max_tokens: int = 256,
-        temperature: float = 0.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
-        min_p: float = 0.0,
-        repetition_penalty: float = 1.0,
-        seed: int = 0,
-        stop: Optional[Sequence[str]] = None,
-        request_id: Optional[str] = None,
-        caller_id: str = "",
-        source_ids: Optional[Sequence[str]] = None,
-        adapter: Optional[str] = None,
-    ) -> GuardedGeneration:
-        """Guarded Model.chat: every message is masked with one vault, so <ID_1> means the same value
-        in every turn."""
-    def chat_stream(
-        self,
-        model: Model,
-        messages: Sequence[Message],
-        *,
-        max_tokens: int = 256,
-        temperature: float = 0.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
-        min_p: float = 0.0,
-        repetition_penalty: float = 1.0,
-        seed: int = 0,
-        stop: Optional[Sequence[str]] = None,
-        request_id: Optional[str] = None,
-        caller_id: str = "",
-        source_ids: Optional[Sequence[str]] = None,
-        adapter: Optional[str] = None,
-    ) -> TokenIterator:
-        """Like chat(), but an iterator of Token; see stream()."""
 
 class EngineStream:
     """A request's stream of Token from an Engine; iterate it, or `async for` it. Dropping it, or
@@ -472,8 +409,8 @@ class EngineStream:
     def cancel(self) -> None:
         """Stop the request before its next step; iteration then ends."""
     @property
-    def result(self) -> Optional[Generation]:
-        """The whole Generation once the stream has ended normally; None before."""
+    def result(self) -> Optional[Union[Generation, GuardedGeneration]]:
+        """What generate() would have returned, once the stream has ended normally; None before."""
 
 class Engine:
     """One model served to many callers: requests from any thread or asyncio task join one
@@ -494,8 +431,10 @@ class Engine:
     ) -> None: ...
     def generate(
         self,
-        prompt: str,
+        prompt: Optional[str] = None,
         *,
+        messages: Optional[Sequence[Message]] = None,
+        guard: Optional[Guard] = None,
         max_tokens: int = 256,
         temperature: float = 0.0,
         top_k: int = 0,
@@ -505,16 +444,21 @@ class Engine:
         seed: int = 0,
         stop: Optional[Sequence[str]] = None,
         top_logits: int = 0,
+        request_id: Optional[str] = None,
+        caller_id: str = "",
+        source_ids: Optional[Sequence[str]] = None,
+        adapter: Optional[str] = None,
         deadline_s: Optional[float] = None,
         wait_s: Optional[float] = None,
-    ) -> Generation:
-        """Generate a continuation of raw prompt text; returns what Model.generate returns.
-        `deadline_s` bounds the whole request; `wait_s` waits that long for room in a full queue
-        (default: EngineBusyError at once)."""
+    ) -> Union[Generation, GuardedGeneration]:
+        """Model.generate through the engine's running batch (the same arguments, the same answer);
+        also `deadline_s`, the time the whole request may take, and `wait_s`, how long to wait
+        for room in a full queue (default: EngineBusyError at once)."""
     def chat(
         self,
-        messages: Sequence[Any],
+        messages: Sequence[Message],
         *,
+        guard: Optional[Guard] = None,
         max_tokens: int = 256,
         temperature: float = 0.0,
         top_k: int = 0,
@@ -524,15 +468,20 @@ class Engine:
         seed: int = 0,
         stop: Optional[Sequence[str]] = None,
         top_logits: int = 0,
+        request_id: Optional[str] = None,
+        caller_id: str = "",
+        source_ids: Optional[Sequence[str]] = None,
+        adapter: Optional[str] = None,
         deadline_s: Optional[float] = None,
         wait_s: Optional[float] = None,
-    ) -> Generation:
-        """Answer a conversation with the model's chat template."""
+    ) -> Union[Generation, GuardedGeneration]:
+        """Answer a conversation: generate(messages=messages, ...)."""
     def stream(
         self,
         prompt: Optional[str] = None,
         *,
-        messages: Optional[Sequence[Any]] = None,
+        messages: Optional[Sequence[Message]] = None,
+        guard: Optional[Guard] = None,
         max_tokens: int = 256,
         temperature: float = 0.0,
         top_k: int = 0,
@@ -541,10 +490,16 @@ class Engine:
         repetition_penalty: float = 1.0,
         seed: int = 0,
         stop: Optional[Sequence[str]] = None,
+        top_logits: int = 0,
+        request_id: Optional[str] = None,
+        caller_id: str = "",
+        source_ids: Optional[Sequence[str]] = None,
+        adapter: Optional[str] = None,
         deadline_s: Optional[float] = None,
         wait_s: Optional[float] = None,
     ) -> EngineStream:
-        """Like generate(), but a stream of Token as they are produced."""
+        """Like generate(), but a stream of Token as they are produced (iterate it, or `async for`
+        it); its .result is what generate() would return once it has ended."""
     def metrics(self) -> Dict[str, Any]:
         """Counters, gauges and latency percentiles (milliseconds) as a dict."""
 

@@ -1,0 +1,552 @@
+//! The one request path. Every surface (Rust, C, Python, CLI) builds a [`Request`] (a prompt in
+//! any form, generation parameters, an optional deadline, an optional compliance [`Guard`], and
+//! who asks) and hands it to the same code here, whichever way the answer is wanted:
+//!
+//! - [`Request::run`]: the whole answer at once (a guarded request gets one complete audit
+//!   record);
+//! - [`Request::run_streaming`]: each released piece to a callback, which may stop it (a guarded
+//!   request gets an opened record before the first piece and a closing one before the last);
+//! - [`Request::submit`]: queued on an [`Engine`], an owned [`ResponseStream`] back at once.
+//!
+//! A request runs on an [`Executor`]: a [`Model`] alone (the caller's thread, one request) or an
+//! [`Engine`] (one continuous batch for every caller). The guard's session (masking, output
+//! filter, unmasking, audit) and the bookkeeping of the answer are the same code for both, so a
+//! request's tokens, text and records do not depend on the path it took.
+
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::chat::ChatMessage;
+use crate::compliance::{Guard, GuardReport, GuardSession, RequestInfo};
+use crate::engine::{CancelHandle, Engine, Job, RequestStream};
+use crate::error::{Error, Result};
+use crate::generate::{FinishReason, GenerateParams, Generation, TokenEvent, TokenStream};
+use crate::llm::{Model, Prompt};
+
+/// One request: what to answer, how, and under which controls.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub prompt: Prompt,
+    pub params: GenerateParams,
+    /// Time allowed from submission to the last token; past it the request ends with
+    /// [`Error::DeadlineExceeded`] (checked before every step, queue time included).
+    pub deadline: Option<Duration>,
+    /// Compliance controls: PII masking, output policy, audit record, drift.
+    pub guard: Option<Arc<Guard>>,
+    /// Who asks and what the prompt drew on, for the audit record.
+    pub info: RequestInfo,
+    /// On an engine whose queue is full: how long to wait for room before failing with
+    /// [`Error::Busy`] (`None`: fail at once).
+    pub queue_wait: Option<Duration>,
+}
+
+impl Request {
+    /// A request for `prompt` with default parameters, no deadline and no guard.
+    pub fn new(prompt: Prompt) -> Self {
+        Self {
+            prompt,
+            params: GenerateParams::default(),
+            deadline: None,
+            guard: None,
+            info: RequestInfo::default(),
+            queue_wait: None,
+        }
+    }
+
+    /// Continue raw text (special tokens parsed, no chat template).
+    pub fn text(prompt: impl Into<String>) -> Self {
+        Self::new(Prompt::Text(prompt.into()))
+    }
+
+    /// Answer a conversation with the model's chat template.
+    pub fn chat(messages: Vec<ChatMessage>) -> Self {
+        Self::new(Prompt::Chat(messages))
+    }
+
+    /// Continue prompt token ids.
+    pub fn ids(ids: Vec<u32>) -> Self {
+        Self::new(Prompt::Ids(ids))
+    }
+
+    pub fn with_params(mut self, params: GenerateParams) -> Self {
+        self.params = params;
+        self
+    }
+
+    /// End the request with [`Error::DeadlineExceeded`] if it has not finished `d` after
+    /// submission.
+    pub fn with_deadline(mut self, d: Duration) -> Self {
+        self.deadline = Some(d);
+        self
+    }
+
+    pub fn with_guard(mut self, guard: Arc<Guard>) -> Self {
+        self.guard = Some(guard);
+        self
+    }
+
+    pub fn with_info(mut self, info: RequestInfo) -> Self {
+        self.info = info;
+        self
+    }
+
+    /// On a full engine queue, wait up to `d` for room before failing with [`Error::Busy`].
+    pub fn with_queue_wait(mut self, d: Duration) -> Self {
+        self.queue_wait = Some(d);
+        self
+    }
+
+    /// Run the request on `on` and return the whole answer. A guarded request writes one
+    /// complete audit record, durable before this returns.
+    pub fn run<'a>(self, on: impl Into<Executor<'a>>) -> Result<Response> {
+        Pipeline::start(on.into(), self, false)?.into_response()
+    }
+
+    /// Run the request on `on`, calling `on_event` with each released piece (the last one
+    /// carries the finish reason); return `ControlFlow::Break` to stop it (it then finishes as
+    /// [`FinishReason::Cancelled`]). A guarded request streams under its audit record: the
+    /// opened record is durable before the first call, the closing one before the last.
+    pub fn run_streaming<'a>(
+        self,
+        on: impl Into<Executor<'a>>,
+        mut on_event: impl FnMut(&TokenEvent) -> ControlFlow<()>,
+    ) -> Result<Response> {
+        let mut pipeline = Pipeline::start(on.into(), self, true)?;
+        while let Some(event) = pipeline.next_event(None) {
+            let event = event.map_err(|e| e.unwrap_or_else(timeout_without_limit))?;
+            if on_event(&event).is_break() && event.finish.is_none() {
+                pipeline.cancel_requested = true;
+            }
+        }
+        pipeline.into_response()
+    }
+
+    /// Queue the request on `engine` and return its stream at once: [`Error::Busy`] if the
+    /// queue is full (after waiting up to [`queue_wait`](Self::queue_wait) for room), or another
+    /// typed error for a request that can never run there. A guarded request streams under its
+    /// audit record, as with [`run_streaming`](Self::run_streaming).
+    pub fn submit(self, engine: &Engine) -> Result<ResponseStream> {
+        let pipeline = Pipeline::start(Executor::Engine(engine), self, true)?;
+        let Pipeline {
+            source: Source::Engine(stream),
+            session,
+            keep_steps,
+            text,
+            steps,
+            released,
+            finish,
+            cancel_requested,
+            done,
+        } = pipeline
+        else {
+            return Err(Error::Engine {
+                reason: "an engine request got no engine stream".into(),
+            });
+        };
+        // The engine's stream borrows nothing: the pipeline outlives the call.
+        let cancel = stream.cancel_handle();
+        let pipeline = Pipeline {
+            source: Source::Engine(stream),
+            session,
+            keep_steps,
+            text,
+            steps,
+            released,
+            finish,
+            cancel_requested,
+            done,
+        };
+        Ok(ResponseStream { pipeline, cancel })
+    }
+}
+
+/// What runs a request.
+#[derive(Debug, Clone, Copy)]
+pub enum Executor<'a> {
+    /// The model alone, on the caller's thread, one request at a time.
+    Model(&'a Model),
+    /// An engine's continuous batch, shared by every caller.
+    Engine(&'a Engine),
+}
+
+impl<'a> Executor<'a> {
+    pub fn model(&self) -> &'a Model {
+        match *self {
+            Self::Model(m) => m,
+            Self::Engine(e) => e.model(),
+        }
+    }
+}
+
+impl<'a> From<&'a Model> for Executor<'a> {
+    fn from(m: &'a Model) -> Self {
+        Self::Model(m)
+    }
+}
+
+impl<'a> From<&'a Arc<Model>> for Executor<'a> {
+    fn from(m: &'a Arc<Model>) -> Self {
+        Self::Model(m)
+    }
+}
+
+impl<'a> From<&'a Engine> for Executor<'a> {
+    fn from(e: &'a Engine) -> Self {
+        Self::Engine(e)
+    }
+}
+
+/// The answer to a request.
+#[derive(Debug, Clone)]
+pub struct Response {
+    /// What the caller sees: with a guard, `text` is filtered (and unmasked if configured) and
+    /// `finish` is [`FinishReason::Blocked`] when the policy stopped the answer.
+    pub generation: Generation,
+    /// What the guard did, for a guarded request.
+    pub guard: Option<GuardReport>,
+}
+
+/// A request queued on an [`Engine`]: iterate it for its released events (the last carries the
+/// finish reason), or [`wait`](Self::wait) for the whole [`Response`]. Owned and `Send`: hand it
+/// to any thread. Dropping it cancels the request.
+pub struct ResponseStream {
+    pipeline: Pipeline<'static>,
+    cancel: CancelHandle,
+}
+
+impl std::fmt::Debug for ResponseStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseStream")
+            .field("done", &self.pipeline.done)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ResponseStream {
+    /// Stop the request before its next step; keep reading to get what it generated (it ends
+    /// as [`FinishReason::Cancelled`]).
+    pub fn cancel(&self) {
+        self.cancel.cancel();
+    }
+
+    /// A handle that cancels this request from another thread.
+    pub fn cancel_handle(&self) -> CancelHandle {
+        self.cancel.clone()
+    }
+
+    /// The next event, waiting at most `timeout`: `Ok(None)` when the stream has ended,
+    /// `Err(None)` when nothing came in time, `Err(Some(error))` when the request failed.
+    pub fn next_timeout(&mut self, timeout: Duration) -> std::result::Result<Option<TokenEvent>, Option<Error>> {
+        self.pipeline.next_event(Some(timeout)).transpose()
+    }
+
+    /// Read the stream to its end and return the whole answer (events not read yet are part of
+    /// its text).
+    pub fn wait(self) -> Result<Response> {
+        self.pipeline.into_response()
+    }
+}
+
+impl Iterator for ResponseStream {
+    type Item = Result<TokenEvent>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.pipeline
+            .next_event(None)
+            .map(|r| r.map_err(|e| e.unwrap_or_else(timeout_without_limit)))
+    }
+}
+
+/// Waiting without a limit never times out; this only keeps the types honest.
+fn timeout_without_limit() -> Error {
+    Error::Engine {
+        reason: "a wait without a time limit timed out".into(),
+    }
+}
+
+/// Where a request's events come from.
+enum Source<'m> {
+    /// A stream on the caller's thread; the deadline is checked before each step.
+    Direct {
+        stream: Box<TokenStream<'m>>,
+        deadline: Option<Instant>,
+    },
+    Engine(RequestStream),
+}
+
+/// One pull from a source.
+enum Pulled {
+    Event(TokenEvent),
+    /// The source ended without a final event (the engine cancelled it).
+    Ended,
+    Failed(Error),
+    TimedOut,
+}
+
+impl Source<'_> {
+    fn pull(&mut self, timeout: Option<Duration>) -> Pulled {
+        match self {
+            Self::Direct { stream, deadline } => {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Pulled::Failed(Error::DeadlineExceeded {
+                        generated: stream.generated_ids().len(),
+                    });
+                }
+                match stream.next() {
+                    Some(Ok(ev)) => Pulled::Event(ev),
+                    Some(Err(e)) => Pulled::Failed(e),
+                    None => Pulled::Ended,
+                }
+            }
+            Self::Engine(stream) => match timeout {
+                None => match stream.next() {
+                    Some(Ok(ev)) => Pulled::Event(ev),
+                    Some(Err(e)) => Pulled::Failed(e),
+                    None => Pulled::Ended,
+                },
+                Some(t) => match stream.next_timeout(t) {
+                    Ok(Some(ev)) => Pulled::Event(ev),
+                    Ok(None) => Pulled::Ended,
+                    Err(Some(e)) => Pulled::Failed(e),
+                    Err(None) => Pulled::TimedOut,
+                },
+            },
+        }
+    }
+
+    /// Stop generating, and for the engine read what is left so that its record arrives.
+    fn stop(&mut self) {
+        match self {
+            Self::Direct { stream, .. } => stream.cancel(),
+            Self::Engine(stream) => {
+                stream.cancel();
+                for _ in stream.by_ref() {}
+            }
+        }
+    }
+
+    /// What the model generated: prompt ids, generated ids and timings (after [`stop`]
+    /// (Self::stop) or the last event).
+    fn into_generation(self) -> Result<Generation> {
+        match self {
+            Self::Direct { stream, .. } => Ok(stream.into_generation()),
+            Self::Engine(mut stream) => {
+                for _ in stream.by_ref() {}
+                stream.generation().cloned().ok_or_else(|| Error::Engine {
+                    reason: "the request ended without a result".into(),
+                })
+            }
+        }
+    }
+}
+
+/// One request on its way: the source's events through the guard's session to the caller.
+struct Pipeline<'m> {
+    source: Source<'m>,
+    session: Option<GuardSession>,
+    keep_steps: bool,
+    /// What the caller has been shown.
+    text: String,
+    steps: Vec<Vec<(u32, f32)>>,
+    /// Events released to the caller (the generated ids are cut to this many).
+    released: usize,
+    finish: Option<FinishReason>,
+    cancel_requested: bool,
+    done: bool,
+}
+
+impl<'m> Pipeline<'m> {
+    fn start(on: Executor<'m>, request: Request, streaming: bool) -> Result<Self> {
+        let submitted = Instant::now();
+        let Request {
+            prompt,
+            params,
+            deadline,
+            guard,
+            info,
+            queue_wait,
+        } = request;
+        let model = on.model();
+        let (prompt, mut session) = match &guard {
+            Some(g) => {
+                let (masked, session) = g.begin(model, &prompt, &params, &info)?;
+                (masked, Some(session))
+            }
+            None => (prompt, None),
+        };
+        let keep_steps = params.top_logits > 0;
+        let source = match Self::source(on, model, prompt, params, deadline, submitted, queue_wait, &mut session) {
+            Ok(s) => s,
+            // A request refused after its guard started is on record too.
+            Err(e) => {
+                return Err(match session.as_mut() {
+                    Some(s) => s.fail(e),
+                    None => e,
+                })
+            }
+        };
+        if streaming {
+            if let Some(s) = &mut session {
+                // Fail closed: nothing leaves before the request is on record.
+                s.open()?;
+            }
+        }
+        Ok(Self {
+            source,
+            session,
+            keep_steps,
+            text: String::new(),
+            steps: Vec::new(),
+            released: 0,
+            finish: None,
+            cancel_requested: false,
+            done: false,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn source(
+        on: Executor<'m>,
+        model: &Model,
+        prompt: Prompt,
+        params: GenerateParams,
+        deadline: Option<Duration>,
+        submitted: Instant,
+        wait: Option<Duration>,
+        session: &mut Option<GuardSession>,
+    ) -> Result<Source<'m>> {
+        let ids = model.encode(&prompt)?;
+        if let Some(s) = session {
+            s.observe_prompt(&ids)?;
+        }
+        Ok(match on {
+            Executor::Model(m) => {
+                let deadline = match deadline {
+                    Some(d) => Some(
+                        submitted
+                            .checked_add(d)
+                            .ok_or_else(|| Error::invalid("deadline", "too far away"))?,
+                    ),
+                    None => None,
+                };
+                Source::Direct {
+                    stream: Box::new(m.stream_ids(ids, &params)?),
+                    deadline,
+                }
+            }
+            Executor::Engine(engine) => {
+                let job = Job {
+                    prompt: Prompt::Ids(ids),
+                    params,
+                    deadline,
+                };
+                Source::Engine(match wait {
+                    Some(w) => engine.submit_timeout(job, w)?,
+                    None => engine.submit(job)?,
+                })
+            }
+        })
+    }
+
+    /// The next released event; `Err(None)` only when `timeout` passed with nothing new.
+    fn next_event(&mut self, timeout: Option<Duration>) -> Option<std::result::Result<TokenEvent, Option<Error>>> {
+        if self.done {
+            return None;
+        }
+        if self.cancel_requested {
+            return self.end_early(FinishReason::Cancelled).err().map(|e| Err(Some(e)));
+        }
+        match self.source.pull(timeout) {
+            Pulled::Event(ev) => Some(self.release(ev).map_err(Some)),
+            Pulled::Ended => self.end_early(FinishReason::Cancelled).err().map(|e| Err(Some(e))),
+            Pulled::Failed(e) => Some(Err(Some(self.fail(e)))),
+            Pulled::TimedOut => Some(Err(None)),
+        }
+    }
+
+    /// Pass one generated event through the guard; the last one only once its record is
+    /// durable.
+    fn release(&mut self, mut ev: TokenEvent) -> Result<TokenEvent> {
+        self.released += 1;
+        if self.keep_steps {
+            self.steps.push(ev.top_logits.clone());
+        }
+        if let Some(session) = &mut self.session {
+            let filtered = session.push(&ev.text).and_then(|(text, blocked)| {
+                if blocked {
+                    Ok((text, Some(FinishReason::Blocked)))
+                } else if ev.finish.is_some() {
+                    session.finish().map(|tail| (text + &tail, ev.finish))
+                } else {
+                    Ok((text, None))
+                }
+            });
+            match filtered {
+                Ok((text, finish)) => {
+                    ev.text = text;
+                    ev.finish = finish;
+                }
+                Err(e) => return Err(self.fail(e)),
+            }
+        }
+        self.text.push_str(&ev.text);
+        if let Some(reason) = ev.finish {
+            if reason == FinishReason::Blocked {
+                self.source.stop();
+            }
+            self.close(reason)?;
+        }
+        Ok(ev)
+    }
+
+    /// The request ends before its last event (the caller stopped it, or the engine did).
+    fn end_early(&mut self, reason: FinishReason) -> Result<()> {
+        self.source.stop();
+        if let Some(session) = &mut self.session {
+            // What the filter still held is not shown; its decision is recorded.
+            if let Err(e) = session.finish() {
+                return Err(self.fail(e));
+            }
+        }
+        self.close(reason)
+    }
+
+    fn close(&mut self, reason: FinishReason) -> Result<()> {
+        self.done = true;
+        self.finish = Some(reason);
+        match &mut self.session {
+            Some(session) => session.close(reason),
+            None => Ok(()),
+        }
+    }
+
+    fn fail(&mut self, error: Error) -> Error {
+        self.done = true;
+        self.source.stop();
+        match &mut self.session {
+            Some(session) => session.fail(error),
+            None => error,
+        }
+    }
+
+    /// Read to the end and assemble the answer.
+    fn into_response(mut self) -> Result<Response> {
+        while let Some(event) = self.next_event(None) {
+            event.map_err(|e| e.unwrap_or_else(timeout_without_limit))?;
+        }
+        let finish = self.finish.ok_or_else(|| Error::Engine {
+            reason: "the request ended without a result (it failed earlier)".into(),
+        })?;
+        let mut generation = self.source.into_generation()?;
+        generation.ids.truncate(self.released);
+        generation.timings.generated_tokens = generation.ids.len();
+        generation.text = self.text;
+        generation.steps = self.steps;
+        generation.finish = finish;
+        Ok(Response {
+            generation,
+            guard: self.session.map(GuardSession::into_report),
+        })
+    }
+}
