@@ -17,7 +17,7 @@ print(g.text)
 print(f"{len(g.ids)} tokens, {g.tokens_per_second:.1f} tok/s, finish: {g.finish_reason}")
 
 # %% Streaming chat: tokens arrive as they are generated (whole characters only).
-for token in model.chat_stream([{"role": "user", "content": "What is a bond yield?"}], max_tokens=64):
+for token in model.stream(messages=[{"role": "user", "content": "What is a bond yield?"}], max_tokens=64):
     print(token.text, end="", flush=True)
 print()
 

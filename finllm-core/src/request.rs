@@ -376,7 +376,7 @@ impl<'m> Pipeline<'m> {
             None => (prompt, None),
         };
         let keep_steps = params.top_logits > 0;
-        let source = match Self::source(on, model, prompt, params, deadline, submitted, queue_wait, &mut session) {
+        let source = match Self::source(on, prompt, params, deadline, submitted, queue_wait, &mut session) {
             Ok(s) => s,
             // A request refused after its guard started is on record too.
             Err(e) => {
@@ -408,7 +408,6 @@ impl<'m> Pipeline<'m> {
     #[allow(clippy::too_many_arguments)]
     fn source(
         on: Executor<'m>,
-        model: &Model,
         prompt: Prompt,
         params: GenerateParams,
         deadline: Option<Duration>,
@@ -416,12 +415,12 @@ impl<'m> Pipeline<'m> {
         wait: Option<Duration>,
         session: &mut Option<GuardSession>,
     ) -> Result<Source<'m>> {
-        let ids = model.encode(&prompt)?;
-        if let Some(s) = session {
-            s.observe_prompt(&ids)?;
-        }
-        Ok(match on {
+        match on {
             Executor::Model(m) => {
+                let ids = m.encode(&prompt)?;
+                if let Some(s) = session {
+                    s.observe_prompt(&ids)?;
+                }
                 let deadline = match deadline {
                     Some(d) => Some(
                         submitted
@@ -430,23 +429,29 @@ impl<'m> Pipeline<'m> {
                     ),
                     None => None,
                 };
-                Source::Direct {
+                Ok(Source::Direct {
                     stream: Box::new(m.stream_ids(ids, &params)?),
                     deadline,
-                }
+                })
             }
             Executor::Engine(engine) => {
+                // The engine encodes the prompt itself (on this thread), so that it counts every
+                // request it refuses.
                 let job = Job {
-                    prompt: Prompt::Ids(ids),
+                    prompt,
                     params,
                     deadline,
                 };
-                Source::Engine(match wait {
+                let stream = match wait {
                     Some(w) => engine.submit_timeout(job, w)?,
                     None => engine.submit(job)?,
-                })
+                };
+                if let Some(s) = session {
+                    s.observe_prompt(stream.prompt_ids())?;
+                }
+                Ok(Source::Engine(stream))
             }
-        })
+        }
     }
 
     /// The next released event; `Err(None)` only when `timeout` passed with nothing new.

@@ -159,7 +159,7 @@ def test_hmac_chain(smollm2, tmp_path):
 
 
 def test_the_model_sees_the_masked_prompt(smollm2):
-    guarded = finllm.Guard(mask_pii=finllm.PiiDetector()).generate(smollm2, CLIENT, max_tokens=12)
+    guarded = smollm2.generate(CLIENT, guard=finllm.Guard(mask_pii=finllm.PiiDetector()), max_tokens=12)
     plain = smollm2.generate(guarded.masked_prompt, max_tokens=12)
     assert guarded.prompt_ids == plain.prompt_ids == smollm2.tokenize("客户身份证号<ID_1>，手机<PHONE_1>")
     assert guarded.ids == plain.ids
@@ -295,11 +295,11 @@ def test_drift_of_prompt_tokens(smollm2):
     expected = _smoothed_kl(recent, reference, smollm2.vocab_size)
     assert out.drift_kl == pytest.approx(expected, rel=1e-9)
     assert out.drifting == (expected >= 0.5)
-    assert finllm.Guard().generate(smollm2, "hello", max_tokens=1).drifting is None
+    assert smollm2.generate("hello", guard=finllm.Guard(), max_tokens=1).drifting is None
 
 
 def test_repr_html_escapes_the_answer(smollm2):
-    out = finllm.Guard(mask_pii=True).generate(smollm2, CLIENT, max_tokens=4, request_id="<r&1>")
+    out = smollm2.generate(CLIENT, guard=finllm.Guard(mask_pii=True), max_tokens=4, request_id="<r&1>")
     html = out._repr_html_()
     assert html.startswith("<div><pre") and "request &lt;r&amp;1&gt;" in html
     assert "2 personal identifiers masked" in html and "not audited" in html

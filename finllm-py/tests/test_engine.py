@@ -101,3 +101,40 @@ def test_bad_requests_raise_typed_errors(tiny):
         engine.stream()
     assert issubclass(finllm.errors.EngineBusyError, finllm.errors.FinllmError)
     assert engine.metrics()["rejected"] == 1
+
+
+def test_one_request_path_guarded_on_the_model_and_the_engine(smollm2, tmp_path):
+    """The same arguments on Model and Engine, guarded or not, whole or streamed: one answer, and
+    the audit log records each request (streams as opened + closed)."""
+    log = tmp_path / "audit.log"
+    guard = finllm.Guard(mask_pii=True, audit=finllm.AuditLog(str(log)))
+    engine = finllm.Engine(smollm2)
+    prompt = "My phone is 13800138000. Bond yields rose because"
+    kwargs = dict(max_tokens=8, guard=guard, caller_id="desk-3")
+    answers = [smollm2.generate(prompt, **kwargs), engine.generate(prompt, **kwargs)]
+    for start in (smollm2.stream, engine.stream):
+        stream = start(prompt, **kwargs)
+        pieces = [t.text for t in stream]
+        assert "".join(pieces) == stream.result.text
+        answers.append(stream.result)
+    masked = smollm2.generate("My phone is <PHONE_1>. Bond yields rose because", max_tokens=8)
+    for a in answers:
+        assert isinstance(a, finllm.GuardedGeneration)
+        assert a.masked_prompt == "My phone is <PHONE_1>. Bond yields rose because"
+        assert a.ids == masked.ids and a.text == answers[0].text
+    assert [a.audit_seq for a in answers] == [1, 2, 4, 6]
+    records = finllm.audit_records(str(log))
+    assert [r["phase"] for r in records] == ["complete", "complete", "opened", "closed", "opened", "closed"]
+    assert {r["caller_id"] for r in records} == {"desk-3"}
+    assert finllm.audit_verify(str(log)).ok
+
+
+def test_unknown_request_options_are_refused(tiny):
+    engine = finllm.Engine(tiny)
+    for call in (tiny.generate, tiny.stream, engine.generate, engine.stream):
+        with pytest.raises(TypeError, match="unexpected keyword argument 'max_token'"):
+            call("the rate", max_token=3)
+    with pytest.raises(finllm.errors.InvalidArgument, match="prompt or messages"):
+        tiny.generate("the rate", messages=[("user", "hi")])
+    with pytest.raises(TypeError):
+        tiny.generate("the rate", guard="not a guard")

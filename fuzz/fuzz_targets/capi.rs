@@ -124,9 +124,13 @@ fuzz_target!(|data: &[u8]| {
                 };
                 let buf = sized(p, size);
                 let params = if input.byte() % 8 == 0 { null() } else { buf.as_ptr().cast() };
+                let mut request = finllm_request_default_params();
+                request.prompt = ptr(&prompt);
+                request.generate = params;
+                request.deadline_ms = u64::from(input.byte() % 3);
                 let mut out = null_mut();
                 // SAFETY: as above; no callback, no cancel.
-                let status = unsafe { finllm_generate(model, ptr(&prompt), params, None, null_mut(), null(), &mut out) };
+                let status = unsafe { finllm_generate(model, &request, None, null_mut(), null(), &mut out) };
                 if status as i32 == 0 {
                     let mut len = 0usize;
                     // SAFETY: out is a live generation.
@@ -192,11 +196,13 @@ fuzz_target!(|data: &[u8]| {
                 }];
                 let mut p = finllm_generate_default_params();
                 p.max_tokens = u32::from(input.byte() % 4);
+                let mut request = finllm_request_default_params();
+                request.messages = messages.as_ptr();
+                request.n_messages = (input.byte() % 2) as usize;
+                request.generate = &p;
                 let mut out = null_mut();
-                let n = (input.byte() % 2) as usize;
-                // SAFETY: messages holds n (<= 1) entries; the rest as above.
-                let status =
-                    unsafe { finllm_chat(model, messages.as_ptr(), n, &p, None, null_mut(), null(), &mut out) };
+                // SAFETY: messages holds n_messages (<= 1) entries; the rest as above.
+                let status = unsafe { finllm_generate(model, &request, None, null_mut(), null(), &mut out) };
                 if status as i32 == 0 {
                     // SAFETY: out is a live generation.
                     unsafe { finllm_generation_free(out) };

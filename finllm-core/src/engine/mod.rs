@@ -352,6 +352,7 @@ impl Engine {
         };
         let (tx, rx) = std::sync::mpsc::channel();
         let cancel = Arc::new(AtomicBool::new(false));
+        let prompt_ids = ids.clone();
         let pending = Pending {
             params,
             deadline,
@@ -402,7 +403,7 @@ impl Engine {
         state.waiting.push_back(pending);
         drop(state);
         shared.work.notify_one();
-        Ok(RequestStream::new(rx, cancel, Arc::downgrade(shared)))
+        Ok(RequestStream::new(rx, prompt_ids, cancel, Arc::downgrade(shared)))
     }
 }
 

@@ -44,6 +44,7 @@ impl CancelHandle {
 /// thread. Dropping it cancels the request.
 pub struct RequestStream {
     rx: Receiver<Msg>,
+    prompt_ids: Vec<u32>,
     cancel: CancelHandle,
     generation: Option<Generation>,
     done: bool,
@@ -58,13 +59,19 @@ impl std::fmt::Debug for RequestStream {
 }
 
 impl RequestStream {
-    pub(super) fn new(rx: Receiver<Msg>, flag: Arc<AtomicBool>, shared: Weak<Shared>) -> Self {
+    pub(super) fn new(rx: Receiver<Msg>, prompt_ids: Vec<u32>, flag: Arc<AtomicBool>, shared: Weak<Shared>) -> Self {
         Self {
             rx,
+            prompt_ids,
             cancel: CancelHandle { flag, shared },
             generation: None,
             done: false,
         }
+    }
+
+    /// The prompt's token ids, as the engine runs them.
+    pub fn prompt_ids(&self) -> &[u32] {
+        &self.prompt_ids
     }
 
     /// Stop the request (see [`CancelHandle::cancel`]); keep reading to get what it generated.

@@ -347,7 +347,7 @@ def audit_records(path: Union[str, PathLike[str]]) -> list[dict[str, Any]]:
     investigations; use audit_verify to judge integrity."""
 
 class GuardedGeneration:
-    """An answer from Guard, with what the guard did."""
+    """The answer to a guarded request, with what the guard did."""
 
     generation: Generation
     request_id: str
