@@ -224,17 +224,36 @@ fn cancelling_and_deadlines_are_recorded_on_both_executors() {
         assert_eq!(response.generation.finish, FinishReason::Cancelled);
         assert_eq!(response.generation.ids.len(), 3, "on_engine={on_engine}");
     }
+    // A stream the caller lets go after one event is closed on record as cancelled, and on the
+    // engine it no longer runs.
+    let mut on_model = chat.clone().stream(&model).unwrap();
+    assert!(on_model.next().unwrap().is_ok());
+    drop(on_model);
+    let mut on_engine = chat.clone().submit(&engine).unwrap();
+    assert!(on_engine.next().unwrap().is_ok());
+    drop(on_engine);
     // A deadline already past: the request fails with its typed error, and is on record.
     let late = chat.clone().with_deadline(Duration::ZERO);
     for result in [late.clone().run(&*model), late.run(&engine)] {
         assert!(matches!(result, Err(Error::DeadlineExceeded { .. })), "{result:?}");
     }
+    let m = engine.metrics();
+    // What stays reserved is the shared prefix the engine keeps for the next chat request.
+    assert_eq!(
+        (m.running, m.kv_tokens_reserved),
+        (0, m.prefix_cached_tokens),
+        "nothing left running"
+    );
     let records: Vec<(RecordPhase, String)> = audit::read_records(&log)
         .unwrap()
         .into_iter()
         .map(|r| (r.record.phase, r.record.finish_reason))
         .collect();
     let expected = [
+        (RecordPhase::Opened, ""),
+        (RecordPhase::Closed, "cancelled"),
+        (RecordPhase::Opened, ""),
+        (RecordPhase::Closed, "cancelled"),
         (RecordPhase::Opened, ""),
         (RecordPhase::Closed, "cancelled"),
         (RecordPhase::Opened, ""),

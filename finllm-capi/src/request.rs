@@ -69,8 +69,8 @@ pub struct finllm_request_params {
 /// finllm_request_free cancels a request that has not ended.
 pub struct finllm_request {
     /// None once finllm_request_wait has taken the answer.
-    stream: Mutex<Option<ResponseStream>>,
-    cancel: CancelHandle,
+    stream: Mutex<Option<ResponseStream<'static>>>,
+    cancel: Option<CancelHandle>,
     /// The text of the last event, NUL-terminated, valid until the next call.
     text: Mutex<Vec<u8>>,
 }
@@ -391,7 +391,7 @@ fn catch(f: impl FnOnce()) -> std::thread::Result<()> {
 pub unsafe extern "C" fn finllm_request_cancel(request: *const finllm_request) {
     // SAFETY: NULL or live per the contract.
     if let Some(r) = unsafe { request.as_ref() } {
-        let _ = catch(|| r.cancel.cancel());
+        let _ = catch(|| r.cancel.iter().for_each(CancelHandle::cancel));
     }
 }
 

@@ -1,12 +1,11 @@
 //! [`Model`]: a loaded LLM with its tokenizer and chat template, ready to generate.
 
-use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::chat::{ChatMessage, ChatTemplate};
 use crate::error::{Error, Result};
-use crate::generate::{GenerateParams, Generation, TokenEvent, TokenStream};
+use crate::generate::{GenerateParams, TokenStream};
 use crate::model::{Backend, GgufFile, ModelConfig, Transformer};
 use crate::tokenizer::Tokenizer;
 
@@ -247,11 +246,6 @@ impl Model {
         self.tokenizer.decode(ids)
     }
 
-    /// Start generating from raw prompt text; iterate the result for streamed tokens.
-    pub fn stream(&self, prompt: &str, params: &GenerateParams) -> Result<TokenStream<'_>> {
-        self.stream_ids(self.tokenize_prompt(prompt)?, params)
-    }
-
     /// Encode a prompt, first refusing text too long to ever fit the context (so a hostile
     /// prompt costs no tokenisation time).
     pub fn tokenize_prompt(&self, prompt: &str) -> Result<Vec<u32>> {
@@ -287,7 +281,9 @@ impl Model {
         }
     }
 
-    /// Start generating from prompt token ids.
+    /// Start generating from prompt token ids on the caller's thread: the low-level stream under
+    /// every request on a model alone (see [`crate::request`] for requests and the conveniences
+    /// `generate`, `chat`, `stream`).
     pub fn stream_ids(&self, prompt_ids: Vec<u32>, params: &GenerateParams) -> Result<TokenStream<'_>> {
         TokenStream::new(
             &self.transformer,
@@ -298,21 +294,6 @@ impl Model {
         )
     }
 
-    /// Generate a whole answer to raw prompt text.
-    pub fn generate(&self, prompt: &str, params: &GenerateParams) -> Result<Generation> {
-        self.stream(prompt, params)?.run_with(|_| ControlFlow::Continue(()))
-    }
-
-    /// Generate, calling `on_token` as text is released; return `ControlFlow::Break` to stop.
-    pub fn generate_with(
-        &self,
-        prompt: &str,
-        params: &GenerateParams,
-        on_token: impl FnMut(&TokenEvent) -> ControlFlow<()>,
-    ) -> Result<Generation> {
-        self.stream(prompt, params)?.run_with(on_token)
-    }
-
     /// Render `messages` with the model's chat template (with the assistant prompt appended).
     pub fn apply_chat_template(&self, messages: &[ChatMessage]) -> Result<String> {
         let template = self
@@ -320,16 +301,6 @@ impl Model {
             .as_ref()
             .ok_or_else(|| Error::ChatTemplate("the model has no chat template (tokenizer.chat_template)".into()))?;
         template.render(messages, true)
-    }
-
-    /// Answer a conversation.
-    pub fn chat(&self, messages: &[ChatMessage], params: &GenerateParams) -> Result<Generation> {
-        self.generate(&self.apply_chat_template(messages)?, params)
-    }
-
-    /// Stream the answer to a conversation.
-    pub fn chat_stream(&self, messages: &[ChatMessage], params: &GenerateParams) -> Result<TokenStream<'_>> {
-        self.stream(&self.apply_chat_template(messages)?, params)
     }
 }
 

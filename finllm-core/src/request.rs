@@ -122,11 +122,19 @@ impl Request {
         pipeline.into_response()
     }
 
+    /// Start the request on `model` (on the thread that reads the stream) and return its stream.
+    /// A guarded request streams under its audit record, as with
+    /// [`run_streaming`](Self::run_streaming).
+    pub fn stream(self, model: &Model) -> Result<ResponseStream<'_>> {
+        let pipeline = Pipeline::start(Executor::Model(model), self, true)?;
+        Ok(ResponseStream { pipeline, cancel: None })
+    }
+
     /// Queue the request on `engine` and return its stream at once: [`Error::Busy`] if the
     /// queue is full (after waiting up to [`queue_wait`](Self::queue_wait) for room), or another
     /// typed error for a request that can never run there. A guarded request streams under its
     /// audit record, as with [`run_streaming`](Self::run_streaming).
-    pub fn submit(self, engine: &Engine) -> Result<ResponseStream> {
+    pub fn submit(self, engine: &Engine) -> Result<ResponseStream<'static>> {
         let pipeline = Pipeline::start(Executor::Engine(engine), self, true)?;
         let Pipeline {
             source: Source::Engine(stream),
@@ -145,7 +153,7 @@ impl Request {
             });
         };
         // The engine's stream borrows nothing: the pipeline outlives the call.
-        let cancel = stream.cancel_handle();
+        let cancel = Some(stream.cancel_handle());
         let pipeline = Pipeline {
             source: Source::Engine(stream),
             session,
@@ -207,15 +215,18 @@ pub struct Response {
     pub guard: Option<GuardReport>,
 }
 
-/// A request queued on an [`Engine`]: iterate it for its released events (the last carries the
-/// finish reason), or [`wait`](Self::wait) for the whole [`Response`]. Owned and `Send`: hand it
-/// to any thread. Dropping it cancels the request.
-pub struct ResponseStream {
-    pipeline: Pipeline<'static>,
-    cancel: CancelHandle,
+/// A running request: iterate it for its released events (the last carries the finish reason),
+/// or [`wait`](Self::wait) for the whole [`Response`]. A request queued on an [`Engine`]
+/// ([`Request::submit`]) borrows nothing (`ResponseStream<'static>`, `Send`: hand it to any
+/// thread); one on a model alone ([`Model::stream`]) runs on the thread that reads it. Dropping it
+/// cancels the request.
+pub struct ResponseStream<'m> {
+    pipeline: Pipeline<'m>,
+    /// The engine's switch, for other threads; none on a model alone.
+    cancel: Option<CancelHandle>,
 }
 
-impl std::fmt::Debug for ResponseStream {
+impl std::fmt::Debug for ResponseStream<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResponseStream")
             .field("done", &self.pipeline.done)
@@ -223,15 +234,18 @@ impl std::fmt::Debug for ResponseStream {
     }
 }
 
-impl ResponseStream {
-    /// Stop the request before its next step; keep reading to get what it generated (it ends
-    /// as [`FinishReason::Cancelled`]).
-    pub fn cancel(&self) {
-        self.cancel.cancel();
+impl<'m> ResponseStream<'m> {
+    /// Stop the request before its next step: the stream then ends as
+    /// [`FinishReason::Cancelled`].
+    pub fn cancel(&mut self) {
+        if let Some(c) = &self.cancel {
+            c.cancel();
+        }
+        self.pipeline.cancel_requested = true;
     }
 
-    /// A handle that cancels this request from another thread.
-    pub fn cancel_handle(&self) -> CancelHandle {
+    /// A handle that cancels this request from another thread (a request on an engine).
+    pub fn cancel_handle(&self) -> Option<CancelHandle> {
         self.cancel.clone()
     }
 
@@ -248,13 +262,51 @@ impl ResponseStream {
     }
 }
 
-impl Iterator for ResponseStream {
+impl Iterator for ResponseStream<'_> {
     type Item = Result<TokenEvent>;
 
     fn next(&mut self) -> Option<Self::Item> {
         self.pipeline
             .next_event(None)
             .map(|r| r.map_err(|e| e.unwrap_or_else(timeout_without_limit)))
+    }
+}
+
+/// Conveniences on a model alone: each builds a [`Request`] and runs it on the one path.
+impl Model {
+    /// Continue raw prompt text and return the whole answer.
+    pub fn generate(&self, prompt: &str, params: &GenerateParams) -> Result<Generation> {
+        Ok(Request::text(prompt).with_params(params.clone()).run(self)?.generation)
+    }
+
+    /// Continue raw prompt text, calling `on_token` as text is released; return
+    /// `ControlFlow::Break` to stop.
+    pub fn generate_with(
+        &self,
+        prompt: &str,
+        params: &GenerateParams,
+        on_token: impl FnMut(&TokenEvent) -> ControlFlow<()>,
+    ) -> Result<Generation> {
+        let request = Request::text(prompt).with_params(params.clone());
+        Ok(request.run_streaming(self, on_token)?.generation)
+    }
+
+    /// Answer a conversation with the chat template.
+    pub fn chat(&self, messages: &[ChatMessage], params: &GenerateParams) -> Result<Generation> {
+        let request = Request::chat(messages.to_vec()).with_params(params.clone());
+        Ok(request.run(self)?.generation)
+    }
+
+    /// Start continuing raw prompt text; iterate the stream for the released events.
+    pub fn stream(&self, prompt: &str, params: &GenerateParams) -> Result<ResponseStream<'_>> {
+        Request::text(prompt).with_params(params.clone()).stream(self)
+    }
+
+    /// Start answering a conversation; iterate the stream for the released events.
+    pub fn chat_stream(&self, messages: &[ChatMessage], params: &GenerateParams) -> Result<ResponseStream<'_>> {
+        Request::chat(messages.to_vec())
+            .with_params(params.clone())
+            .stream(self)
     }
 }
 

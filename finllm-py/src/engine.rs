@@ -22,8 +22,8 @@ pub(crate) struct Engine {
 /// Dropping it, or cancel(), stops the request.
 #[pyclass(module = "finllm._finllm")]
 pub(crate) struct EngineStream {
-    inner: Mutex<Option<core::ResponseStream>>,
-    cancel: eng::CancelHandle,
+    inner: Mutex<Option<core::ResponseStream<'static>>>,
+    cancel: Option<eng::CancelHandle>,
     /// The answer once the stream has ended normally.
     result: Mutex<Option<core::Response>>,
 }
@@ -218,7 +218,7 @@ impl EngineStream {
     /// Stop the request before its next step; iteration then ends (result.finish_reason is
     /// "cancelled").
     fn cancel(&self) {
-        self.cancel.cancel();
+        self.cancel.iter().for_each(eng::CancelHandle::cancel);
     }
 
     /// What generate() would have returned, once the stream has ended normally; None before.

@@ -69,7 +69,7 @@ pub struct RequestInfo {
 }
 
 /// What the guard did for one request.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct GuardReport {
     pub request_id: String,
     /// The prompt as the model saw it (personal data replaced by placeholders; a conversation
@@ -207,6 +207,7 @@ impl Guard {
                 receipt: None,
                 drift: None,
             },
+            ended: false,
         };
         Ok((masked, session))
     }
@@ -231,10 +232,14 @@ impl Guard {
 /// [`open`](Self::open) before releasing anything; [`push`](Self::push) for each generated
 /// piece; at the end [`finish`](Self::finish) and then [`close`](Self::close) before the last
 /// piece is released; or [`fail`](Self::fail) when the request fails.
+/// A session dropped before its request was recorded as ended (a stream the caller let go)
+/// writes its closing record then, as cancelled: no opened record stays without its end.
 pub struct GuardSession {
     recorder: Recorder,
     output: Output,
     report: GuardReport,
+    /// The request's final record was written (or its failure recorded).
+    ended: bool,
 }
 
 impl std::fmt::Debug for GuardSession {
@@ -290,6 +295,7 @@ impl GuardSession {
     /// Record the failed request (with what was released) and return the error to report: the
     /// audit error if the record could not be written, else `error`.
     pub fn fail(&mut self, error: Error) -> Error {
+        self.ended = true;
         self.recorder.fail(&self.output.filtered, error)
     }
 
@@ -299,8 +305,21 @@ impl GuardSession {
     }
 
     /// What the guard did.
-    pub fn into_report(self) -> GuardReport {
-        self.report
+    pub fn into_report(mut self) -> GuardReport {
+        self.ended = true;
+        std::mem::take(&mut self.report)
+    }
+}
+
+impl Drop for GuardSession {
+    fn drop(&mut self) {
+        if !self.ended && self.recorder.opened_seq.is_some() {
+            // Nobody is left to hand an error to; the log itself reports a failed append.
+            let finish = FinishReason::Cancelled.as_str();
+            let _ = self
+                .recorder
+                .close(&self.output.filtered, finish, self.report.decision.as_ref());
+        }
     }
 }
 
