@@ -42,6 +42,24 @@ impl KvElem for f32 {
     }
 }
 
+/// `a · b` over the shorter of the two, with AVX2 and FMA when the CPU has them (vector search
+/// over embeddings); [`dot_f32_scalar`] elsewhere.
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    #[cfg(target_arch = "x86_64")]
+    if Isa::detect().implies_avx2() {
+        // SAFETY: `Isa::detect` returned an x86 SIMD level, which implies AVX2, FMA and F16C.
+        return unsafe { avx2::dot_f32(&a[..n], &b[..n]) };
+    }
+    dot_f32(&a[..n], &b[..n])
+}
+
+/// The portable dot product (eight partial sums).
+pub fn dot_f32_scalar(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    dot_f32(&a[..n], &b[..n])
+}
+
 fn dot_f32(q: &[f32], r: &[f32]) -> f32 {
     // Eight partial sums so the compiler can keep them in vector registers.
     let mut acc = [0f32; 8];
@@ -118,6 +136,35 @@ pub mod scalar {
 pub mod avx2 {
     use half::f16;
     use std::arch::x86_64::*;
+
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+        let d = a.len().min(b.len());
+        let (ap, bp) = (a.as_ptr(), b.as_ptr());
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        // SAFETY (every load): `i + 8 * (j + 1) <= d` keeps it inside both slices.
+        while i + 32 <= d {
+            for (j, s) in acc.iter_mut().enumerate() {
+                let (x, y) = unsafe { (_mm256_loadu_ps(ap.add(i + 8 * j)), _mm256_loadu_ps(bp.add(i + 8 * j))) };
+                *s = _mm256_fmadd_ps(x, y, *s);
+            }
+            i += 32;
+        }
+        while i + 8 <= d {
+            let (x, y) = unsafe { (_mm256_loadu_ps(ap.add(i)), _mm256_loadu_ps(bp.add(i))) };
+            acc[0] = _mm256_fmadd_ps(x, y, acc[0]);
+            i += 8;
+        }
+        let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        let mut sum = horizontal_sum(v);
+        for j in i..d {
+            sum += a[j] * b[j];
+        }
+        sum
+    }
 
     /// # Safety
     /// The CPU must support AVX2, FMA and F16C, and `rows` must hold `out.len()` rows of

@@ -1,0 +1,570 @@
+//! The embedded vector index: approximate nearest neighbours by cosine similarity through a
+//! hierarchical navigable small-world graph (HNSW, Malkov & Yashunin), with exact search beside
+//! it as the ground truth and for selective filters.
+//!
+//! - Vectors are normalised when added, so cosine similarity is a dot product (AVX2 + FMA when
+//!   the CPU has them).
+//! - Every search may carry a filter (a caller's entitlements, metadata conditions): the graph is
+//!   walked through every node, but only admitted nodes enter the results, so a query never
+//!   returns a vector it may not see and still returns `k` results when `k` admitted ones exist
+//!   and the walk reaches them. When the filter admits few vectors
+//!   ([`IndexConfig::exact_below`]), the search is exact over the admitted ones instead.
+//! - Deleting marks a vector: it is never returned, and still routes searches until the index
+//!   is rebuilt.
+//! - Building is deterministic: the same vectors added in the same order give the same graph.
+
+use std::cmp::{Ordering, Reverse};
+use std::collections::BinaryHeap;
+
+use crate::error::{Error, Result};
+use crate::quant::vector::dot;
+use crate::util::Rng;
+
+/// Graph settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct IndexConfig {
+    /// Neighbours kept per node on the upper layers (twice as many on the bottom one).
+    pub m: usize,
+    /// Candidates examined while linking a new vector.
+    pub ef_construction: usize,
+    /// Candidates examined by a search (at least `k`).
+    pub ef_search: usize,
+    /// Search exactly when a filter admits fewer than this fraction of the vectors.
+    pub exact_below: f64,
+    /// Seed of the layer draw.
+    pub seed: u64,
+}
+
+impl Default for IndexConfig {
+    fn default() -> Self {
+        Self {
+            m: 16,
+            ef_construction: 200,
+            ef_search: 64,
+            exact_below: 0.02,
+            seed: 0x5eed,
+        }
+    }
+}
+
+/// One search result: the vector's key and its cosine similarity to the query.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Hit {
+    pub key: u64,
+    pub score: f32,
+}
+
+/// A distance-ordered node (smaller distance first in a min-heap through `Reverse`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Scored {
+    dist: f32,
+    node: u32,
+}
+
+impl Eq for Scored {}
+
+impl PartialOrd for Scored {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Scored {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.dist.total_cmp(&other.dist).then(self.node.cmp(&other.node))
+    }
+}
+
+/// Nodes seen by one search: a bit per node.
+struct Visited(Vec<u64>);
+
+impl Visited {
+    fn new(n: usize) -> Self {
+        Self(vec![0; n.div_ceil(64)])
+    }
+
+    /// Mark `node`; whether it was new.
+    fn insert(&mut self, node: u32) -> bool {
+        let (w, b) = (node as usize / 64, node % 64);
+        let new = self.0[w] & (1 << b) == 0;
+        self.0[w] |= 1 << b;
+        new
+    }
+}
+
+/// Vectors with their keys, an HNSW graph over them, and tombstones.
+#[derive(Debug, Clone)]
+pub struct VectorIndex {
+    dim: usize,
+    config: IndexConfig,
+    /// Node `i`'s normalised vector: `vectors[i * dim..(i + 1) * dim]`.
+    vectors: Vec<f32>,
+    keys: Vec<u64>,
+    deleted: Vec<bool>,
+    live: usize,
+    /// `links[i][l]`: node `i`'s neighbours on layer `l` (a node has layers `0..=level`).
+    links: Vec<Vec<Vec<u32>>>,
+    entry: Option<u32>,
+    rng: Rng,
+}
+
+impl VectorIndex {
+    /// An empty index of `dim`-dimensional vectors.
+    pub fn new(dim: usize, config: IndexConfig) -> Result<Self> {
+        if dim == 0 {
+            return Err(Error::invalid("dim", "must be at least 1"));
+        }
+        if config.m < 2 {
+            return Err(Error::invalid("m", "must be at least 2"));
+        }
+        if config.ef_construction == 0 || config.ef_search == 0 {
+            return Err(Error::invalid("ef", "ef_construction and ef_search must be at least 1"));
+        }
+        Ok(Self {
+            dim,
+            config,
+            vectors: Vec::new(),
+            keys: Vec::new(),
+            deleted: Vec::new(),
+            live: 0,
+            links: Vec::new(),
+            entry: None,
+            rng: Rng::new(config.seed),
+        })
+    }
+
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    pub fn config(&self) -> &IndexConfig {
+        &self.config
+    }
+
+    /// Vectors that searches may return (added and not deleted).
+    pub fn len(&self) -> usize {
+        self.live
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+
+    /// Change how many candidates a search examines.
+    pub fn set_ef_search(&mut self, ef: usize) {
+        self.config.ef_search = ef.max(1);
+    }
+
+    fn vector(&self, node: u32) -> &[f32] {
+        let i = node as usize * self.dim;
+        &self.vectors[i..i + self.dim]
+    }
+
+    fn dist(&self, q: &[f32], node: u32) -> f32 {
+        1.0 - dot(q, self.vector(node))
+    }
+
+    /// `v` scaled to unit length; a zero or non-finite vector is refused.
+    fn normalised(&self, v: &[f32]) -> Result<Vec<f32>> {
+        if v.len() != self.dim {
+            return Err(Error::invalid(
+                "vector",
+                format!("has {} dimensions, the index {}", v.len(), self.dim),
+            ));
+        }
+        if v.iter().any(|x| !x.is_finite()) {
+            return Err(Error::invalid("vector", "holds NaN or infinity"));
+        }
+        let norm = v.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt();
+        if norm == 0.0 {
+            return Err(Error::invalid("vector", "is zero: it has no direction"));
+        }
+        Ok(v.iter().map(|&x| (f64::from(x) / norm) as f32).collect())
+    }
+
+    /// Add `vector` under `key` (keys need not be unique; each addition is its own entry).
+    pub fn add(&mut self, key: u64, vector: &[f32]) -> Result<()> {
+        let v = self.normalised(vector)?;
+        let node = u32::try_from(self.keys.len())
+            .ok()
+            .filter(|&n| n < u32::MAX)
+            .ok_or_else(|| Error::invalid("index", "holds 2^32 - 1 vectors already"))?;
+        let level = self.draw_level();
+        self.vectors.extend_from_slice(&v);
+        self.keys.push(key);
+        self.deleted.push(false);
+        self.links.push(vec![Vec::new(); level + 1]);
+        self.live += 1;
+        let Some(entry) = self.entry else {
+            self.entry = Some(node);
+            return Ok(());
+        };
+        let top = self.links[entry as usize].len() - 1;
+        // Greedy descent through the layers above the new node's.
+        let mut nearest = Scored {
+            dist: self.dist(&v, entry),
+            node: entry,
+        };
+        for layer in (level + 1..=top).rev() {
+            nearest = self.greedy(&v, nearest, layer);
+        }
+        let mut entries = vec![nearest];
+        for layer in (0..=level.min(top)).rev() {
+            let found = self.search_layer(&v, &entries, self.config.ef_construction, layer, None);
+            let max = self.max_links(layer);
+            let chosen = self.select(&found, self.config.m);
+            self.links[node as usize][layer] = chosen.iter().map(|s| s.node).collect();
+            for s in &chosen {
+                self.link(s.node, node, layer, max);
+            }
+            entries = found;
+        }
+        if level > top {
+            self.entry = Some(node);
+        }
+        Ok(())
+    }
+
+    /// Mark every entry under `key` deleted; how many there were.
+    pub fn delete(&mut self, key: u64) -> usize {
+        let mut n = 0;
+        for (i, k) in self.keys.iter().enumerate() {
+            if *k == key && !self.deleted[i] {
+                self.deleted[i] = true;
+                n += 1;
+            }
+        }
+        self.live -= n;
+        n
+    }
+
+    fn max_links(&self, layer: usize) -> usize {
+        if layer == 0 {
+            2 * self.config.m
+        } else {
+            self.config.m
+        }
+    }
+
+    fn draw_level(&mut self) -> usize {
+        let ml = 1.0 / (self.config.m as f64).ln();
+        // A uniform draw in (0, 1]: never 0, so the logarithm is finite.
+        let u = ((self.rng.next_u64() >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
+        ((-u.ln() * ml) as usize).min(32)
+    }
+
+    /// Follow the closest neighbour on `layer` until none is closer.
+    fn greedy(&self, q: &[f32], mut best: Scored, layer: usize) -> Scored {
+        loop {
+            let mut moved = false;
+            for &n in &self.links[best.node as usize][layer] {
+                let d = self.dist(q, n);
+                if d < best.dist {
+                    best = Scored { dist: d, node: n };
+                    moved = true;
+                }
+            }
+            if !moved {
+                return best;
+            }
+        }
+    }
+
+    /// The `ef` nodes closest to `q` on `layer` reachable from `entries`, closest first. With
+    /// `admit`, every node is walked through but only admitted, undeleted ones are returned.
+    fn search_layer(
+        &self,
+        q: &[f32],
+        entries: &[Scored],
+        ef: usize,
+        layer: usize,
+        admit: Option<&dyn Fn(u32) -> bool>,
+    ) -> Vec<Scored> {
+        let mut visited = Visited::new(self.keys.len());
+        let mut candidates: BinaryHeap<Reverse<Scored>> = BinaryHeap::new();
+        let mut results: BinaryHeap<Scored> = BinaryHeap::new();
+        let keep = |s: &Scored| admit.is_none_or(|a| a(s.node));
+        for &e in entries {
+            if visited.insert(e.node) {
+                candidates.push(Reverse(e));
+                if keep(&e) {
+                    results.push(e);
+                }
+            }
+        }
+        while results.len() > ef {
+            results.pop();
+        }
+        while let Some(Reverse(c)) = candidates.pop() {
+            if results.len() >= ef && results.peek().is_some_and(|w| c.dist > w.dist) {
+                break;
+            }
+            for &n in &self.links[c.node as usize][layer] {
+                if !visited.insert(n) {
+                    continue;
+                }
+                let d = self.dist(q, n);
+                let s = Scored { dist: d, node: n };
+                if results.len() < ef || results.peek().is_some_and(|w| d < w.dist) {
+                    candidates.push(Reverse(s));
+                    if keep(&s) {
+                        results.push(s);
+                        if results.len() > ef {
+                            results.pop();
+                        }
+                    }
+                }
+            }
+        }
+        results.into_sorted_vec()
+    }
+
+    /// Up to `m` of `found` (closest first) that are not better reached through one another:
+    /// a candidate is kept when it is closer to the base than to every node kept so far.
+    fn select(&self, found: &[Scored], m: usize) -> Vec<Scored> {
+        let mut chosen: Vec<Scored> = Vec::with_capacity(m);
+        for &c in found {
+            if chosen.len() == m {
+                break;
+            }
+            let v = self.vector(c.node);
+            if chosen.iter().all(|s| 1.0 - dot(v, self.vector(s.node)) > c.dist) {
+                chosen.push(c);
+            }
+        }
+        // Fill up with the closest of the rest, so sparse regions stay connected.
+        for &c in found {
+            if chosen.len() == m {
+                break;
+            }
+            if !chosen.iter().any(|s| s.node == c.node) {
+                chosen.push(c);
+            }
+        }
+        chosen
+    }
+
+    /// Add `to` to `from`'s neighbours on `layer`, pruning them back to `max`.
+    fn link(&mut self, from: u32, to: u32, layer: usize, max: usize) {
+        let list = &mut self.links[from as usize][layer];
+        list.push(to);
+        if list.len() <= max {
+            return;
+        }
+        let base = self.vector(from).to_vec();
+        let mut scored: Vec<Scored> = self.links[from as usize][layer]
+            .iter()
+            .map(|&n| Scored {
+                dist: self.dist(&base, n),
+                node: n,
+            })
+            .collect();
+        scored.sort();
+        let kept = self.select(&scored, max);
+        self.links[from as usize][layer] = kept.iter().map(|s| s.node).collect();
+    }
+
+    /// The `k` vectors most similar to `query` that `admit` lets through (all when `None`),
+    /// most similar first. Approximate: see [`IndexConfig::ef_search`].
+    pub fn search(&self, query: &[f32], k: usize, admit: Option<&dyn Fn(u64) -> bool>) -> Result<Vec<Hit>> {
+        let q = self.normalised(query)?;
+        let Some(entry) = self.entry else {
+            return Ok(Vec::new());
+        };
+        if k == 0 {
+            return Ok(Vec::new());
+        }
+        let node_ok = |n: u32| !self.deleted[n as usize] && admit.is_none_or(|a| a(self.keys[n as usize]));
+        let mut ef = self.config.ef_search.max(k);
+        if let Some(admit) = admit {
+            let admitted = self
+                .keys
+                .iter()
+                .zip(&self.deleted)
+                .filter(|(k, d)| !**d && admit(**k))
+                .count();
+            if (admitted as f64) < self.config.exact_below * self.keys.len() as f64 || admitted <= k {
+                return Ok(self.exact_normalised(&q, k, Some(admit)));
+            }
+            // Fewer admitted nodes per step: examine proportionally more candidates.
+            let share = admitted as f64 / self.live.max(1) as f64;
+            ef = ((ef as f64 / share).ceil() as usize).min(self.keys.len());
+        }
+        let top = self.links[entry as usize].len() - 1;
+        let mut nearest = Scored {
+            dist: self.dist(&q, entry),
+            node: entry,
+        };
+        for layer in (1..=top).rev() {
+            nearest = self.greedy(&q, nearest, layer);
+        }
+        let found = self.search_layer(&q, &[nearest], ef, 0, Some(&node_ok));
+        Ok(found
+            .into_iter()
+            .take(k)
+            .map(|s| Hit {
+                key: self.keys[s.node as usize],
+                score: 1.0 - s.dist,
+            })
+            .collect())
+    }
+
+    /// The `k` vectors most similar to `query` that `admit` lets through, by comparing it with
+    /// every one: the ground truth for [`search`](Self::search).
+    pub fn exact(&self, query: &[f32], k: usize, admit: Option<&dyn Fn(u64) -> bool>) -> Result<Vec<Hit>> {
+        let q = self.normalised(query)?;
+        Ok(self.exact_normalised(&q, k, admit))
+    }
+
+    fn exact_normalised(&self, q: &[f32], k: usize, admit: Option<&dyn Fn(u64) -> bool>) -> Vec<Hit> {
+        let mut best: BinaryHeap<Scored> = BinaryHeap::new();
+        for node in 0..self.keys.len() as u32 {
+            let i = node as usize;
+            if self.deleted[i] || admit.is_some_and(|a| !a(self.keys[i])) {
+                continue;
+            }
+            let s = Scored {
+                dist: self.dist(q, node),
+                node,
+            };
+            if best.len() < k {
+                best.push(s);
+            } else if best.peek().is_some_and(|w| s < *w) {
+                best.pop();
+                best.push(s);
+            }
+        }
+        best.into_sorted_vec()
+            .into_iter()
+            .map(|s| Hit {
+                key: self.keys[s.node as usize],
+                score: 1.0 - s.dist,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn random_vectors(n: usize, dim: usize, seed: u64) -> Vec<Vec<f32>> {
+        let mut rng = Rng::new(seed);
+        (0..n)
+            .map(|_| (0..dim).map(|_| rng.next_f64() as f32 * 2.0 - 1.0).collect())
+            .collect()
+    }
+
+    fn recall(index: &VectorIndex, queries: &[Vec<f32>], k: usize, admit: Option<&dyn Fn(u64) -> bool>) -> f64 {
+        let (mut found, mut wanted) = (0, 0);
+        for q in queries {
+            let truth: Vec<u64> = index.exact(q, k, admit).unwrap().iter().map(|h| h.key).collect();
+            let got = index.search(q, k, admit).unwrap();
+            assert!(got.len() <= k);
+            if let Some(a) = admit {
+                assert!(got.iter().all(|h| a(h.key)), "a result the filter refuses");
+            }
+            found += got.iter().filter(|h| truth.contains(&h.key)).count();
+            wanted += truth.len();
+        }
+        found as f64 / wanted as f64
+    }
+
+    #[test]
+    fn exact_search_ranks_by_cosine() {
+        let mut index = VectorIndex::new(2, IndexConfig::default()).unwrap();
+        index.add(1, &[1.0, 0.0]).unwrap();
+        index.add(2, &[0.0, 3.0]).unwrap();
+        index.add(3, &[1.0, 1.0]).unwrap();
+        let hits = index.exact(&[2.0, 0.1], 3, None).unwrap();
+        assert_eq!(hits.iter().map(|h| h.key).collect::<Vec<_>>(), [1, 3, 2]);
+        let cos = |a: [f32; 2], b: [f32; 2]| (a[0] * b[0] + a[1] * b[1]) / ((a[0].hypot(a[1])) * (b[0].hypot(b[1])));
+        assert!((hits[1].score - cos([2.0, 0.1], [1.0, 1.0])).abs() < 1e-6);
+        assert_eq!(index.search(&[2.0, 0.1], 3, None).unwrap(), hits);
+    }
+
+    #[test]
+    fn bad_vectors_are_refused() {
+        let mut index = VectorIndex::new(3, IndexConfig::default()).unwrap();
+        assert!(index.add(1, &[1.0, 2.0]).is_err());
+        assert!(index.add(1, &[0.0; 3]).is_err());
+        assert!(index.add(1, &[f32::NAN, 1.0, 1.0]).is_err());
+        assert!(index.search(&[1.0, 0.0], 1, None).is_err());
+        assert!(index.search(&[1.0, 0.0, 0.0], 5, None).unwrap().is_empty());
+        assert!(VectorIndex::new(0, IndexConfig::default()).is_err());
+    }
+
+    #[test]
+    fn the_graph_finds_almost_every_true_neighbour() {
+        let (n, dim) = (3000, 32);
+        let vectors = random_vectors(n, dim, 1);
+        let mut index = VectorIndex::new(dim, IndexConfig::default()).unwrap();
+        for (i, v) in vectors.iter().enumerate() {
+            index.add(i as u64, v).unwrap();
+        }
+        let queries = random_vectors(50, dim, 2);
+        let r = recall(&index, &queries, 10, None);
+        assert!(r >= 0.95, "recall@10 {r}");
+        // A vector in the index is its own nearest neighbour.
+        for i in (0..n).step_by(97) {
+            assert_eq!(index.search(&vectors[i], 1, None).unwrap()[0].key, i as u64);
+        }
+    }
+
+    #[test]
+    fn filters_hold_inside_the_search_and_still_fill_k() {
+        let (n, dim) = (3000, 16);
+        let vectors = random_vectors(n, dim, 3);
+        let mut index = VectorIndex::new(dim, IndexConfig::default()).unwrap();
+        for (i, v) in vectors.iter().enumerate() {
+            index.add(i as u64, v).unwrap();
+        }
+        let queries = random_vectors(30, dim, 4);
+        for modulus in [2u64, 10, 100, 1000] {
+            let admit = move |key: u64| key % modulus == 0;
+            let r = recall(&index, &queries, 10, Some(&admit));
+            assert!(r >= 0.95, "recall@10 {r} with 1/{modulus} admitted");
+            for q in &queries {
+                let want = (n as u64).div_ceil(modulus).min(10) as usize;
+                assert_eq!(index.search(q, 10, Some(&admit)).unwrap().len(), want);
+            }
+        }
+    }
+
+    #[test]
+    fn deleted_vectors_never_come_back() {
+        let (n, dim) = (1000, 8);
+        let vectors = random_vectors(n, dim, 5);
+        let mut index = VectorIndex::new(dim, IndexConfig::default()).unwrap();
+        for (i, v) in vectors.iter().enumerate() {
+            index.add(i as u64, v).unwrap();
+        }
+        for key in (0..n as u64).filter(|k| k % 3 == 0) {
+            assert_eq!(index.delete(key), 1);
+        }
+        assert_eq!(index.delete(0), 0);
+        assert_eq!(index.len(), n - n.div_ceil(3));
+        for (i, v) in vectors.iter().enumerate().step_by(7) {
+            let hits = index.search(v, 5, None).unwrap();
+            assert!(hits.iter().all(|h| h.key % 3 != 0));
+            if i % 3 != 0 {
+                assert_eq!(hits[0].key, i as u64);
+            }
+        }
+    }
+
+    #[test]
+    fn building_is_deterministic() {
+        let vectors = random_vectors(500, 8, 6);
+        let build = || {
+            let mut index = VectorIndex::new(8, IndexConfig::default()).unwrap();
+            for (i, v) in vectors.iter().enumerate() {
+                index.add(i as u64, v).unwrap();
+            }
+            index
+        };
+        let (a, b) = (build(), build());
+        assert_eq!(a.links, b.links);
+        assert_eq!(a.entry, b.entry);
+    }
+}
