@@ -71,7 +71,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "build_s": build_s,
     });
     for (name, modulus) in [("all", 1u64), ("filter_10pct", 10), ("filter_0.1pct", 1000)] {
-        let admit = move |key: u64| key % modulus == 0;
+        let admit = move |key: u64| key.is_multiple_of(modulus);
         let filter: Option<&dyn Fn(u64) -> bool> = if modulus == 1 { None } else { Some(&admit) };
         let truth: Vec<Vec<u64>> = queries
             .iter()
