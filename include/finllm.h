@@ -751,7 +751,9 @@ finllm_status finllm_request_next(const finllm_request *request,
                                   finllm_token_event *event);
 
 // Read the request to its end and return the whole answer (what was not yet pulled with
-// finllm_request_next is included in the text; the ids are all of them). Once per request.
+// finllm_request_next is included in the text; the ids are those of the released text, cut
+// where a policy block or a cancellation stopped it). Once per request; after a failed
+// finllm_request_next it fails too (FINLLM_ERROR_ENGINE, naming the earlier error).
 // Free the result with finllm_generation_free; the request handle still needs
 // finllm_request_free.
 //

@@ -267,3 +267,40 @@ fn cancelling_and_deadlines_are_recorded_on_both_executors() {
     let ids = Request::new(Prompt::Ids(vec![1, 2, 3])).with_guard(guard);
     assert!(matches!(ids.run(&*model), Err(Error::InvalidArgument { .. })));
 }
+
+#[test]
+fn nothing_to_generate_and_streams_left_after_their_end_are_recorded_once() {
+    let model = model();
+    let engine = Engine::new(model.clone(), EngineConfig::default()).unwrap();
+    let log = temp_log("once");
+    let guard = guard(None, &log);
+    let nothing = Request::text("Bond yields")
+        .with_params(greedy(0))
+        .with_guard(guard.clone());
+    for r in [nothing.clone().run(&*model).unwrap(), nothing.run(&engine).unwrap()] {
+        assert_eq!(r.generation.finish, FinishReason::Length);
+        assert!(r.generation.ids.is_empty() && r.generation.text.is_empty());
+    }
+    // Read to the end, then let go without wait(): one opened and one closing record each.
+    let short = Request::text("Bond yields").with_params(greedy(3)).with_guard(guard);
+    let mut on_model = short.clone().stream(&model).unwrap();
+    assert_eq!(on_model.by_ref().count(), 3);
+    drop(on_model);
+    let mut on_engine = short.submit(&engine).unwrap();
+    assert_eq!(on_engine.by_ref().count(), 3);
+    drop(on_engine);
+    let got: Vec<(RecordPhase, String)> = audit::read_records(&log)
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.record.phase, r.record.finish_reason))
+        .collect();
+    let want = [
+        (RecordPhase::Complete, "length"),
+        (RecordPhase::Complete, "length"),
+        (RecordPhase::Opened, ""),
+        (RecordPhase::Closed, "length"),
+        (RecordPhase::Opened, ""),
+        (RecordPhase::Closed, "length"),
+    ];
+    assert_eq!(got.iter().map(|(p, f)| (*p, f.as_str())).collect::<Vec<_>>(), want);
+}

@@ -4,6 +4,7 @@
 //! `finllm_core::request`, the path every surface shares.
 
 use std::ffi::{c_char, c_void};
+use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -169,7 +170,8 @@ unsafe fn request(p: *const finllm_request_params) -> Result<Request, Failure> {
 }
 
 /// Run a request to its end on `on`: as a whole without callback and cancel handle, streamed
-/// otherwise.
+/// otherwise. On an engine the cancel handle is also watched while the request waits in the
+/// queue.
 fn run(
     on: Executor<'_>,
     request: Request,
@@ -177,12 +179,36 @@ fn run(
     user_data: *mut c_void,
     cancel: Option<&finllm_cancel>,
 ) -> Result<Response, Failure> {
-    Ok(if callback.is_none() && cancel.is_none() {
-        request.run(on)?
-    } else {
-        request.run_streaming(on, token_sink(callback, user_data, cancel))?
-    })
+    if callback.is_none() && cancel.is_none() {
+        return Ok(request.run(on)?);
+    }
+    let mut sink = token_sink(callback, user_data, cancel);
+    let engine = match on {
+        Executor::Model(_) => return Ok(request.run_streaming(on, sink)?),
+        Executor::Engine(engine) => engine,
+    };
+    let mut stream = request.submit(engine)?;
+    let triggered = || cancel.is_some_and(|c| c.flag.load(Ordering::Acquire));
+    loop {
+        if triggered() {
+            stream.cancel();
+        }
+        match stream.next_timeout(CANCEL_POLL) {
+            Ok(Some(event)) => {
+                if sink(&event).is_break() && event.finish.is_none() {
+                    stream.cancel();
+                }
+            }
+            Ok(None) => break,
+            Err(None) => {}
+            Err(Some(e)) => return Err(e.into()),
+        }
+    }
+    Ok(stream.wait()?)
 }
+
+/// How often a request waiting on an engine looks at its cancel handle.
+const CANCEL_POLL: Duration = Duration::from_millis(10);
 
 /// Run one request on `model` on the calling thread and return its answer: a continuation of
 /// raw text, an answer to a conversation, or a continuation of token ids, with or without a
@@ -350,7 +376,9 @@ pub unsafe extern "C" fn finllm_request_next(
 }
 
 /// Read the request to its end and return the whole answer (what was not yet pulled with
-/// finllm_request_next is included in the text; the ids are all of them). Once per request.
+/// finllm_request_next is included in the text; the ids are those of the released text, cut
+/// where a policy block or a cancellation stopped it). Once per request; after a failed
+/// finllm_request_next it fails too (FINLLM_ERROR_ENGINE, naming the earlier error).
 /// Free the result with finllm_generation_free; the request handle still needs
 /// finllm_request_free.
 ///

@@ -146,6 +146,7 @@ impl Request {
             finish,
             cancel_requested,
             done,
+            failure,
         } = pipeline
         else {
             return Err(Error::Engine {
@@ -164,6 +165,7 @@ impl Request {
             finish,
             cancel_requested,
             done,
+            failure,
         };
         Ok(ResponseStream { pipeline, cancel })
     }
@@ -367,6 +369,16 @@ impl Source<'_> {
         }
     }
 
+    /// Why a source that ended without a final event ended: a model's stream that had nothing
+    /// to generate (`max_tokens` 0) says so; otherwise it was cancelled.
+    fn ended_reason(&self) -> FinishReason {
+        match self {
+            Self::Direct { stream, .. } => stream.finish_reason(),
+            Self::Engine(stream) => stream.generation().map(|g| g.finish),
+        }
+        .unwrap_or(FinishReason::Cancelled)
+    }
+
     /// Stop generating, and for the engine read what is left so that its record arrives.
     fn stop(&mut self) {
         match self {
@@ -406,6 +418,8 @@ struct Pipeline<'m> {
     finish: Option<FinishReason>,
     cancel_requested: bool,
     done: bool,
+    /// Why the request failed, once it has (its error went to the caller already).
+    failure: Option<String>,
 }
 
 impl<'m> Pipeline<'m> {
@@ -454,6 +468,7 @@ impl<'m> Pipeline<'m> {
             finish: None,
             cancel_requested: false,
             done: false,
+            failure: None,
         })
     }
 
@@ -516,7 +531,10 @@ impl<'m> Pipeline<'m> {
         }
         match self.source.pull(timeout) {
             Pulled::Event(ev) => Some(self.release(ev).map_err(Some)),
-            Pulled::Ended => self.end_early(FinishReason::Cancelled).err().map(|e| Err(Some(e))),
+            Pulled::Ended => {
+                let reason = self.source.ended_reason();
+                self.end_early(reason).err().map(|e| Err(Some(e)))
+            }
             Pulled::Failed(e) => Some(Err(Some(self.fail(e)))),
             Pulled::TimedOut => Some(Err(None)),
         }
@@ -547,44 +565,56 @@ impl<'m> Pipeline<'m> {
                 Err(e) => return Err(self.fail(e)),
             }
         }
-        self.text.push_str(&ev.text);
         if let Some(reason) = ev.finish {
             if reason == FinishReason::Blocked {
                 self.source.stop();
             }
+            // The last piece is the caller's only once the request is on record.
             self.close(reason)?;
         }
+        self.text.push_str(&ev.text);
         Ok(ev)
     }
 
     /// The request ends before its last event (the caller stopped it, or the engine did).
     fn end_early(&mut self, reason: FinishReason) -> Result<()> {
         self.source.stop();
+        let mut tail = String::new();
         if let Some(session) = &mut self.session {
-            // What the filter still held is not shown; its decision is recorded.
-            if let Err(e) = session.finish() {
-                return Err(self.fail(e));
+            // What the filter still held (a disclaimer, a held-back placeholder) ends the answer,
+            // in the record and in the text alike.
+            match session.finish() {
+                Ok(t) => tail = t,
+                Err(e) => return Err(self.fail(e)),
             }
         }
-        self.close(reason)
+        self.close(reason)?;
+        self.text.push_str(&tail);
+        Ok(())
     }
 
+    /// The request ends with `reason`: its closing (or complete) record first.
     fn close(&mut self, reason: FinishReason) -> Result<()> {
         self.done = true;
-        self.finish = Some(reason);
-        match &mut self.session {
-            Some(session) => session.close(reason),
-            None => Ok(()),
+        if let Some(session) = &mut self.session {
+            if let Err(e) = session.close(reason) {
+                self.failure = Some(e.to_string());
+                return Err(e);
+            }
         }
+        self.finish = Some(reason);
+        Ok(())
     }
 
     fn fail(&mut self, error: Error) -> Error {
         self.done = true;
         self.source.stop();
-        match &mut self.session {
+        let error = match &mut self.session {
             Some(session) => session.fail(error),
             None => error,
-        }
+        };
+        self.failure = Some(error.to_string());
+        error
     }
 
     /// Read to the end and assemble the answer.
@@ -593,7 +623,10 @@ impl<'m> Pipeline<'m> {
             event.map_err(|e| e.unwrap_or_else(timeout_without_limit))?;
         }
         let finish = self.finish.ok_or_else(|| Error::Engine {
-            reason: "the request ended without a result (it failed earlier)".into(),
+            reason: format!(
+                "the request failed earlier: {}",
+                self.failure.as_deref().unwrap_or("it ended without a result")
+            ),
         })?;
         let mut generation = self.source.into_generation()?;
         generation.ids.truncate(self.released);

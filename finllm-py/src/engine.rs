@@ -86,7 +86,7 @@ impl Engine {
         guard: Option<PyRef<'_, Guard>>,
         options: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Py<PyAny>> {
-        let request = request::build("generate", prompt, messages, guard, options)?;
+        let request = request::build("generate", true, prompt, messages, guard, options)?;
         let engine = &self.inner;
         let r = py.detach(|| request.run(engine)).map_err(to_py)?;
         request::response(py, r)
@@ -101,7 +101,7 @@ impl Engine {
         guard: Option<PyRef<'_, Guard>>,
         options: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Py<PyAny>> {
-        let request = request::build("chat", None, Some(messages), guard, options)?;
+        let request = request::build("chat", true, None, Some(messages), guard, options)?;
         let engine = &self.inner;
         let r = py.detach(|| request.run(engine)).map_err(to_py)?;
         request::response(py, r)
@@ -118,7 +118,7 @@ impl Engine {
         guard: Option<PyRef<'_, Guard>>,
         options: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<EngineStream> {
-        let request = request::build("stream", prompt, messages, guard, options)?;
+        let request = request::build("stream", true, prompt, messages, guard, options)?;
         let engine = &self.inner;
         let stream = py.detach(|| request.submit(engine)).map_err(to_py)?;
         Ok(EngineStream {

@@ -395,7 +395,7 @@ impl Model {
         guard: Option<PyRef<'_, compliance::Guard>>,
         options: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Py<PyAny>> {
-        let request = request::build("generate", prompt, messages, guard, options)?;
+        let request = request::build("generate", false, prompt, messages, guard, options)?;
         let model = &self.inner;
         let r = py.detach(|| request.run(model)).map_err(to_py)?;
         request::response(py, r)
@@ -410,7 +410,7 @@ impl Model {
         guard: Option<PyRef<'_, compliance::Guard>>,
         options: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Py<PyAny>> {
-        let request = request::build("chat", None, Some(messages), guard, options)?;
+        let request = request::build("chat", false, None, Some(messages), guard, options)?;
         let model = &self.inner;
         let r = py.detach(|| request.run(model)).map_err(to_py)?;
         request::response(py, r)
@@ -428,7 +428,7 @@ impl Model {
         guard: Option<PyRef<'_, compliance::Guard>>,
         options: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<TokenIterator> {
-        let request = request::build("stream", prompt, messages, guard, options)?;
+        let request = request::build("stream", false, prompt, messages, guard, options)?;
         let model = self.inner.clone();
         Ok(spawn_stream(move |on_token| request.run_streaming(&model, on_token)))
     }

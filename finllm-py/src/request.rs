@@ -43,6 +43,7 @@ fn prompt(prompt: Option<String>, messages: Option<Vec<Bound<'_, PyAny>>>) -> Py
 /// an engine `wait_s`).
 pub(crate) fn build(
     method: &str,
+    on_engine: bool,
     text: Option<String>,
     messages: Option<Vec<Bound<'_, PyAny>>>,
     guard: Option<PyRef<'_, Guard>>,
@@ -68,7 +69,7 @@ pub(crate) fn build(
             "source_ids" => info.source_ids = value.extract::<Option<Vec<String>>>()?.unwrap_or_default(),
             "adapter" => info.adapter = value.extract()?,
             "deadline_s" => request.deadline = seconds("deadline_s", value.extract()?)?,
-            "wait_s" => request.queue_wait = seconds("wait_s", value.extract()?)?,
+            "wait_s" if on_engine => request.queue_wait = seconds("wait_s", value.extract()?)?,
             other => {
                 return Err(PyTypeError::new_err(format!(
                     "{method}() got an unexpected keyword argument '{other}'"

@@ -138,3 +138,6 @@ def test_unknown_request_options_are_refused(tiny):
         tiny.generate("the rate", messages=[("user", "hi")])
     with pytest.raises(TypeError):
         tiny.generate("the rate", guard="not a guard")
+    with pytest.raises(TypeError, match="wait_s"):  # a queue wait means nothing on a model alone
+        tiny.generate("the rate", wait_s=1.0)
+    assert engine.generate("the rate", wait_s=1.0, max_tokens=2).ids == tiny.generate("the rate", max_tokens=2).ids

@@ -286,6 +286,9 @@ impl GuardSession {
     /// Write the request's complete (or, after [`open`](Self::open), closing) record with its
     /// finish reason and wait until it is durable; the last piece may be released only after.
     pub fn close(&mut self, finish: FinishReason) -> Result<()> {
+        // Written or not, this was the request's one closing attempt (a failed one leaves its own
+        // short record when the log still takes records).
+        self.ended = true;
         self.report.receipt =
             self.recorder
                 .close(&self.output.filtered, finish.as_str(), self.report.decision.as_ref())?;
@@ -727,6 +730,28 @@ mod tests {
         assert_eq!(finals, 0, "the last piece was released without its closing record");
         let stored = audit::read_records(&path).unwrap();
         assert_eq!(stored.len(), 1, "only the opened record; the closing one is torn");
+    }
+
+    /// The same through a stream read by the caller: the last piece is withheld, and waiting
+    /// for the answer afterwards fails too instead of handing it over.
+    #[test]
+    fn a_stream_whose_closing_record_fails_never_hands_over_its_last_piece() {
+        let dir = temp_dir("closing-fails-stream");
+        let model = tiny_model(&dir);
+        let guard = audited_guard(disk_full_after(&dir.join("audit.log"), 1));
+        let params = GenerateParams {
+            max_tokens: 6,
+            ..Default::default()
+        };
+        let mut stream = guarded(&guard, "hello", &params, &RequestInfo::default())
+            .stream(&model)
+            .unwrap();
+        let events: Vec<_> = stream.by_ref().collect();
+        let (last, delivered) = events.split_last().unwrap();
+        assert!(matches!(last, Err(Error::AuditPoisoned { .. })), "{last:?}");
+        assert!(delivered.iter().all(|e| e.as_ref().is_ok_and(|e| e.finish.is_none())));
+        let after = stream.wait();
+        assert!(after.is_err(), "the answer came out after its record failed: {after:?}");
     }
 
     /// A closing record too large for a frame is refused without closing the log: a short closing

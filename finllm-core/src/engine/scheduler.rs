@@ -436,6 +436,11 @@ fn step(model: &Model, shared: &Shared, running: &mut Vec<Running<'_>>, batch: &
             }
             r.decoding.prefilled();
         }
+        if r.decoding.finished().is_some() {
+            // Nothing to generate (max_tokens 0): the prompt is read, the request is done.
+            ended.push((i, None));
+            continue;
+        }
         match r.decoding.step(&row) {
             Ok(event) => {
                 generated += 1;
