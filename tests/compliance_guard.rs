@@ -44,23 +44,11 @@ fn temp_dir(name: &str) -> std::path::PathBuf {
     dir
 }
 
-/// Three consecutive words from the middle of `text`, as written there.
-fn phrase_from_middle(text: &str) -> String {
-    let words: Vec<(usize, &str)> = text
-        .split_whitespace()
-        .map(|w| (w.as_ptr() as usize - text.as_ptr() as usize, w))
-        .collect();
-    assert!(words.len() >= 8, "the unguarded answer is too short: {text:?}");
-    let (start, _) = words[words.len() / 2];
-    let (last, last_word) = words[words.len() / 2 + 2];
-    text[start..last + last_word.len()].to_string()
-}
-
 #[test]
 fn a_phrase_the_model_would_say_never_streams_out() {
     let model = model();
     let plain = model.generate(PROMPT, &greedy(48)).unwrap().text;
-    let phrase = phrase_from_middle(&plain);
+    let phrase = common::phrase_from_middle(&plain);
     let cut = plain.to_lowercase().find(&phrase.to_lowercase()).unwrap();
     let policy = Policy::from_toml_str(&format!(
         "name = \"test\"\n[[rules]]\nid = \"t.block\"\ncategory = \"insider_trading\"\naction = \"block\"\nkeywords = [{phrase:?}]\n"

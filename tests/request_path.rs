@@ -130,25 +130,13 @@ fn a_guarded_request_answers_alike_on_the_model_and_the_engine() {
     assert!(audit::verify(&log).unwrap().issues.is_empty());
 }
 
-/// Three consecutive words from the middle of `text`, as written there.
-fn phrase_from_middle(text: &str) -> String {
-    let words: Vec<(usize, &str)> = text
-        .split_whitespace()
-        .map(|w| (w.as_ptr() as usize - text.as_ptr() as usize, w))
-        .collect();
-    assert!(words.len() >= 8, "the unguarded answer is too short: {text:?}");
-    let (start, _) = words[words.len() / 2];
-    let (last, last_word) = words[words.len() / 2 + 2];
-    text[start..last + last_word.len()].to_string()
-}
-
 #[test]
 fn a_phrase_blocked_on_the_engine_never_streams_out_and_frees_the_request() {
     let model = model();
     let engine = Engine::new(model.clone(), EngineConfig::default()).unwrap();
     let prompt = "The Federal Reserve raised interest rates because";
     let plain = model.generate(prompt, &greedy(48)).unwrap().text;
-    let phrase = phrase_from_middle(&plain);
+    let phrase = common::phrase_from_middle(&plain);
     let policy = Policy::from_toml_str(&format!(
         "[[rules]]\nid = 'b'\ncategory = 'insider_trading'\naction = 'block'\nkeywords = [{phrase:?}]\n"
     ))

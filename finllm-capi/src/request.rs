@@ -241,14 +241,7 @@ pub unsafe extern "C" fn finllm_generate(
     guard(|| {
         // SAFETY: contracts forwarded from this function's documentation.
         let model = unsafe { require(model, "model") }?;
-        let request = unsafe { self::request(request) }?;
-        if out.is_null() {
-            return fail(FINLLM_ERROR_NULL_POINTER, "out is NULL");
-        }
-        let response = run(Executor::Model(&model.inner), request, callback, user_data, unsafe {
-            cancel.as_ref()
-        })?;
-        unsafe { put(out, response_handle(response), "out") }
+        unsafe { generate_on(Executor::Model(&model.inner), request, callback, user_data, cancel, out) }
     })
 }
 
@@ -269,15 +262,38 @@ pub unsafe extern "C" fn finllm_engine_generate(
     guard(|| {
         // SAFETY: contracts forwarded from this function's documentation.
         let engine = unsafe { require(engine, "engine") }?;
-        let request = unsafe { self::request(request) }?;
-        if out.is_null() {
-            return fail(FINLLM_ERROR_NULL_POINTER, "out is NULL");
+        unsafe {
+            generate_on(
+                Executor::Engine(&engine.inner),
+                request,
+                callback,
+                user_data,
+                cancel,
+                out,
+            )
         }
-        let response = run(Executor::Engine(&engine.inner), request, callback, user_data, unsafe {
-            cancel.as_ref()
-        })?;
-        unsafe { put(out, response_handle(response), "out") }
     })
+}
+
+/// The body of finllm_generate and finllm_engine_generate once the executor is known.
+///
+/// # Safety
+/// As finllm_generate.
+unsafe fn generate_on(
+    on: Executor<'_>,
+    request: *const finllm_request_params,
+    callback: finllm_token_callback,
+    user_data: *mut c_void,
+    cancel: *const finllm_cancel,
+    out: *mut *mut finllm_generation,
+) -> Result<(), Failure> {
+    // SAFETY: contracts forwarded from the callers' documentation.
+    let request = unsafe { self::request(request) }?;
+    if out.is_null() {
+        return fail(FINLLM_ERROR_NULL_POINTER, "out is NULL");
+    }
+    let response = run(on, request, callback, user_data, unsafe { cancel.as_ref() })?;
+    unsafe { put(out, response_handle(response), "out") }
 }
 
 /// Queue a request on `engine` and get its handle at once (free it with finllm_request_free). A

@@ -63,3 +63,16 @@ impl Rng {
         &xs[self.below(xs.len())]
     }
 }
+
+/// Three consecutive words from the middle of `text`, as written there (a phrase the model is
+/// about to say, for policy tests).
+pub fn phrase_from_middle(text: &str) -> String {
+    let words: Vec<(usize, &str)> = text
+        .split_whitespace()
+        .map(|w| (w.as_ptr() as usize - text.as_ptr() as usize, w))
+        .collect();
+    assert!(words.len() >= 8, "the unguarded answer is too short: {text:?}");
+    let (start, _) = words[words.len() / 2];
+    let (last, last_word) = words[words.len() / 2 + 2];
+    text[start..last + last_word.len()].to_string()
+}
