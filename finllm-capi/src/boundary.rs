@@ -41,6 +41,9 @@ impl From<Error> for Failure {
             K::RequestTooLarge => FINLLM_ERROR_REQUEST_TOO_LARGE,
             K::DeadlineExceeded => FINLLM_ERROR_DEADLINE_EXCEEDED,
             K::Engine => FINLLM_ERROR_ENGINE,
+            K::Document => FINLLM_ERROR_DOCUMENT,
+            K::IndexFile => FINLLM_ERROR_INDEX_FILE,
+            K::Retriever => FINLLM_ERROR_RETRIEVER,
         };
         Failure(status, e.to_string())
     }

@@ -66,6 +66,14 @@ pub enum finllm_status {
     FINLLM_ERROR_ENGINE = 22,
     /// Nothing arrived within the caller's timeout; call again.
     FINLLM_ERROR_TIMEOUT = 23,
+    /// A document cannot be read as text (unsupported type, invalid UTF-8, a malformed PDF or
+    /// one without a text layer, over the size limit).
+    FINLLM_ERROR_DOCUMENT = 24,
+    /// An index file is corrupt, truncated or of another version: rebuild it.
+    FINLLM_ERROR_INDEX_FILE = 25,
+    /// A retriever failed (an external store, a caller's retrieval callback, or an index used
+    /// with another embedder than the one that built it).
+    FINLLM_ERROR_RETRIEVER = 26,
 }
 
 // ------------------------------------------------------------------------------------------
@@ -108,6 +116,9 @@ pub extern "C" fn finllm_status_name(status: i32) -> *const c_char {
         21 => "FINLLM_ERROR_DEADLINE_EXCEEDED\0",
         22 => "FINLLM_ERROR_ENGINE\0",
         23 => "FINLLM_ERROR_TIMEOUT\0",
+        24 => "FINLLM_ERROR_DOCUMENT\0",
+        25 => "FINLLM_ERROR_INDEX_FILE\0",
+        26 => "FINLLM_ERROR_RETRIEVER\0",
         _ => "FINLLM_ERROR_UNKNOWN_STATUS\0",
     };
     name.as_ptr().cast()

@@ -137,6 +137,22 @@ pub enum Error {
     )]
     AuditNotRegularFile { path: PathBuf, found: String },
 
+    // ---- retrieval ---------------------------------------------------------------------------
+    /// A document cannot be read as text: an unsupported type, invalid UTF-8, a malformed PDF or
+    /// one without a text layer, or a file over the size limit.
+    #[error("document {name}: {reason}")]
+    Document { name: String, reason: String },
+
+    /// An index file is not one finllm wrote, is of another version, or is truncated or
+    /// corrupted (its checksum does not match): rebuild it with `finllm index`.
+    #[error("index file {path}: {reason}")]
+    IndexFile { path: PathBuf, reason: String },
+
+    /// A retriever failed: an external store (PostgreSQL), a caller's retrieval function, or
+    /// an index used with an embedder other than the one that built it.
+    #[error("retriever {name}: {reason}")]
+    Retriever { name: String, reason: String },
+
     // ---- compute -----------------------------------------------------------------------------
     /// The requested device cannot be used: no CUDA in this build, no such GPU, no driver.
     #[error("device {device} is not available: {reason}")]
@@ -186,6 +202,12 @@ pub enum ErrorKind {
     DeadlineExceeded,
     /// The engine's scheduler failed or stopped.
     Engine,
+    /// A document cannot be read as text.
+    Document,
+    /// An index file is corrupt, truncated or of another version.
+    IndexFile,
+    /// A retriever (an external store, a caller's function) failed.
+    Retriever,
 }
 
 impl Error {
@@ -213,6 +235,9 @@ impl Error {
             Error::RequestTooLarge { .. } => ErrorKind::RequestTooLarge,
             Error::DeadlineExceeded { .. } => ErrorKind::DeadlineExceeded,
             Error::Engine { .. } => ErrorKind::Engine,
+            Error::Document { .. } => ErrorKind::Document,
+            Error::IndexFile { .. } => ErrorKind::IndexFile,
+            Error::Retriever { .. } => ErrorKind::Retriever,
         }
     }
 

@@ -96,6 +96,24 @@ create_exception!(
     FinllmError,
     "The engine could not serve the request (its scheduler stopped, or a batched step failed)."
 );
+create_exception!(
+    finllm.errors,
+    DocumentError,
+    FinllmError,
+    "A document cannot be read as text (type, UTF-8, a malformed PDF or one without a text layer, size)."
+);
+create_exception!(
+    finllm.errors,
+    IndexFileError,
+    FinllmError,
+    "An index file is corrupt, truncated or of another version: rebuild it."
+);
+create_exception!(
+    finllm.errors,
+    RetrieverError,
+    FinllmError,
+    "A retriever failed (an external store, a retrieval callback, or an index built by another embedder)."
+);
 
 /// What a call was doing: decides the exception for errors, such as a file that cannot be read,
 /// that do not say by themselves which part of finllm they come from.
@@ -144,6 +162,9 @@ fn to_py_in(domain: Domain, e: core::Error) -> PyErr {
         K::Busy => EngineBusyError::new_err(msg),
         K::DeadlineExceeded => DeadlineExceededError::new_err(msg),
         K::Engine => EngineError::new_err(msg),
+        K::Document => DocumentError::new_err(msg),
+        K::IndexFile => IndexFileError::new_err(msg),
+        K::Retriever => RetrieverError::new_err(msg),
     }
 }
 
@@ -511,6 +532,9 @@ fn _finllm(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("EngineBusyError", py.get_type::<EngineBusyError>())?;
     m.add("DeadlineExceededError", py.get_type::<DeadlineExceededError>())?;
     m.add("EngineError", py.get_type::<EngineError>())?;
+    m.add("DocumentError", py.get_type::<DocumentError>())?;
+    m.add("IndexFileError", py.get_type::<IndexFileError>())?;
+    m.add("RetrieverError", py.get_type::<RetrieverError>())?;
     engine::register(m)?;
     compliance::register(m)?;
     rag::register(m)?;

@@ -104,6 +104,19 @@ pub struct Embedder {
     layers: Vec<Layer>,
     pool: Arc<rayon::ThreadPool>,
     dir: PathBuf,
+    fingerprint: String,
+}
+
+/// SHA-256 over the encoder's shape, every position embedding and every 61st value of the
+/// word embeddings: tells one embedder's vectors from another's, cheaply.
+fn fingerprint(cfg: &EmbedderConfig, word: &[f32], position: &[f32]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(format!("{cfg:?}").as_bytes());
+    for x in position.iter().chain(word.iter().step_by(61)) {
+        h.update(x.to_le_bytes());
+    }
+    crate::util::hex(&h.finalize())
 }
 
 impl std::fmt::Debug for Embedder {
@@ -292,9 +305,13 @@ impl Embedder {
                 ..Default::default()
             }))
             .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let word = table("embeddings.word_embeddings.weight", cfg.vocab)?;
+        let position = table("embeddings.position_embeddings.weight", cfg.max_positions)?;
+        let fingerprint = fingerprint(&cfg, &word, &position);
         Ok(Self {
-            word: table("embeddings.word_embeddings.weight", cfg.vocab)?,
-            position: table("embeddings.position_embeddings.weight", cfg.max_positions)?,
+            word,
+            position,
+            fingerprint,
             token_type: table("embeddings.token_type_embeddings.weight", cfg.type_vocab)?,
             embed_norm: norm("embeddings.LayerNorm")?,
             layers,
@@ -307,6 +324,17 @@ impl Embedder {
 
     pub fn config(&self) -> &EmbedderConfig {
         &self.cfg
+    }
+
+    /// Identifies the embedder's weights and settings: an index built with one embedder
+    /// refuses queries embedded by another.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// Tokens of `text` without [CLS] and [SEP] (at most the model's longest input minus two).
+    pub fn count_tokens(&self, text: &str) -> Result<usize> {
+        Ok(self.tokenize(text)?.len().saturating_sub(2))
     }
 
     /// Length of every embedding.

@@ -18,6 +18,7 @@ use std::collections::BinaryHeap;
 
 use crate::error::{Error, Result};
 use crate::quant::vector::dot;
+use crate::rag::codec::{Reader, Writer};
 use crate::util::Rng;
 
 /// Graph settings.
@@ -444,6 +445,125 @@ impl VectorIndex {
     }
 }
 
+impl VectorIndex {
+    /// Write the index (settings, vectors, keys, tombstones, graph and the layer draw's state).
+    pub(crate) fn encode(&self, w: &mut Writer) {
+        w.len(self.dim);
+        w.len(self.config.m);
+        w.len(self.config.ef_construction);
+        w.len(self.config.ef_search);
+        w.f64(self.config.exact_below);
+        w.u64(self.config.seed);
+        for x in self.rng.state() {
+            w.u64(x);
+        }
+        w.len(self.keys.len());
+        for (key, deleted) in self.keys.iter().zip(&self.deleted) {
+            w.u64(*key);
+            w.u8(u8::from(*deleted));
+        }
+        w.f32s(&self.vectors);
+        for node in &self.links {
+            w.len(node.len());
+            for layer in node {
+                w.len(layer.len());
+                for &n in layer {
+                    w.u32(n);
+                }
+            }
+        }
+        w.u32(self.entry.unwrap_or(u32::MAX));
+    }
+
+    /// Read what [`encode`](Self::encode) wrote, checking the graph as it comes: every
+    /// neighbour is a node, no node has more layers or links than the settings allow.
+    pub(crate) fn decode(r: &mut Reader<'_>) -> Result<Self> {
+        let dim = r.len(1)?;
+        let config = IndexConfig {
+            m: r.len(1)?,
+            ef_construction: r.len(1)?,
+            ef_search: r.len(1)?,
+            exact_below: r.f64()?,
+            seed: r.u64()?,
+        };
+        let mut index = Self::new(dim, config).map_err(|e| r.error(format!("bad index settings: {e}")))?;
+        if !(0.0..=1.0).contains(&config.exact_below) {
+            return Err(r.error("bad index settings: exact_below is not a fraction"));
+        }
+        let state = [r.u64()?, r.u64()?, r.u64()?, r.u64()?];
+        index.rng = Rng::from_state(state).ok_or_else(|| r.error("bad random state"))?;
+        let n = r.len(9)?;
+        if n >= u32::MAX as usize {
+            return Err(r.error("too many vectors"));
+        }
+        for _ in 0..n {
+            index.keys.push(r.u64()?);
+            let deleted = match r.u8()? {
+                0 => false,
+                1 => true,
+                _ => return Err(r.error("bad tombstone")),
+            };
+            index.deleted.push(deleted);
+        }
+        index.live = index.deleted.iter().filter(|d| !**d).count();
+        index.vectors = r.f32s()?;
+        if index.vectors.len() != n * dim {
+            return Err(r.error(format!("{} vector values for {n} vectors of {dim}", index.vectors.len())));
+        }
+        for v in index.vectors.chunks_exact(dim) {
+            let norm: f64 = v.iter().map(|&x| f64::from(x) * f64::from(x)).sum();
+            if !norm.is_finite() || (norm - 1.0).abs() > 1e-3 {
+                return Err(r.error("a stored vector is not of unit length"));
+            }
+        }
+        index.links.reserve(n);
+        for _ in 0..n {
+            let layers = r.len(8)?;
+            if layers == 0 || layers > 33 {
+                return Err(r.error(format!("a node with {layers} layers")));
+            }
+            let mut node = Vec::with_capacity(layers);
+            for layer in 0..layers {
+                let count = r.len(4)?;
+                if count > index.max_links(layer) {
+                    return Err(r.error(format!("a node with {count} links on layer {layer}")));
+                }
+                let mut list = Vec::with_capacity(count);
+                for _ in 0..count {
+                    let to = r.u32()?;
+                    if to as usize >= n {
+                        return Err(r.error(format!("a link to node {to} of {n}")));
+                    }
+                    list.push(to);
+                }
+                node.push(list);
+            }
+            index.links.push(node);
+        }
+        let entry = r.u32()?;
+        index.entry = match entry {
+            u32::MAX if n == 0 => None,
+            e if (e as usize) < n => Some(e),
+            _ => return Err(r.error("bad entry point")),
+        };
+        // Every link on a layer must point to a node that has that layer.
+        for node in &index.links {
+            for (layer, list) in node.iter().enumerate() {
+                if list.iter().any(|&to| index.links[to as usize].len() <= layer) {
+                    return Err(r.error("a link to a node without that layer"));
+                }
+            }
+        }
+        if let Some(e) = index.entry {
+            let top = index.links[e as usize].len();
+            if index.links.iter().any(|node| node.len() > top) {
+                return Err(r.error("the entry point is not on the top layer"));
+            }
+        }
+        Ok(index)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -566,5 +686,35 @@ mod tests {
         let (a, b) = (build(), build());
         assert_eq!(a.links, b.links);
         assert_eq!(a.entry, b.entry);
+    }
+
+    #[test]
+    fn an_encoded_index_searches_and_grows_like_the_original() {
+        let vectors = random_vectors(800, 12, 7);
+        let mut index = VectorIndex::new(12, IndexConfig::default()).unwrap();
+        for (i, v) in vectors.iter().enumerate().take(600) {
+            index.add(i as u64, v).unwrap();
+        }
+        index.delete(5);
+        let mut w = Writer::default();
+        index.encode(&mut w);
+        let mut r = Reader::new(&w.buf, std::path::Path::new("mem"));
+        let mut back = VectorIndex::decode(&mut r).unwrap();
+        r.finish().unwrap();
+        assert_eq!(back.links, index.links);
+        assert_eq!(back.len(), index.len());
+        for (i, v) in vectors.iter().enumerate().skip(600) {
+            index.add(i as u64, v).unwrap();
+            back.add(i as u64, v).unwrap();
+        }
+        assert_eq!(back.links, index.links, "the layer draw continues where it stopped");
+        for q in random_vectors(20, 12, 8) {
+            assert_eq!(back.search(&q, 10, None).unwrap(), index.search(&q, 10, None).unwrap());
+        }
+        // Every truncation is an error, never a panic.
+        for cut in (0..w.buf.len()).step_by(97) {
+            let mut r = Reader::new(&w.buf[..cut], std::path::Path::new("mem"));
+            assert!(VectorIndex::decode(&mut r).and_then(|_| r.finish()).is_err(), "cut at {cut}");
+        }
     }
 }

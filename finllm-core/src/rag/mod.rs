@@ -1,11 +1,34 @@
 //! Retrieval-augmented generation: the pieces that put today's documents into a prompt.
 //!
 //! - [`embed`]: sentence embeddings from a BERT-family encoder (all-MiniLM-L6-v2 by default).
+//! - [`ingest`]: documents as text (plain text, Markdown, HTML, PDF) with their pages.
+//! - [`chunk`]: chunks by tokens with overlap, ending at sentence ends.
 //! - [`index`]: the embedded vector index (HNSW with exact search beside it, filters inside the
 //!   search).
+//! - [`keyword`]: BM25 with Chinese word segmentation.
+//! - [`collection`]: all of it over a folder of documents, searched by vector, keyword or both
+//!   fused, saved to one checksummed file.
+//! - [`retriever`]: queries, filters, passages and the [`Retriever`] trait.
+//! - [`answer`]: retrieve, build the prompt with numbered sources, generate, cite.
+//!
+//! A [`Retriever`] is anything that answers a [`Query`] with [`Passage`]s: a [`Collection`], a
+//! bank's own search service, a Python function or a C callback.
 
+pub mod answer;
+pub(crate) mod codec;
+pub mod chunk;
+pub mod collection;
 pub mod embed;
 pub mod index;
+pub mod ingest;
+pub mod keyword;
+pub mod retriever;
 
+pub use answer::{ask, ask_streaming, Answer, AskOptions, Citation};
+pub use chunk::ChunkerConfig;
+pub use collection::{Chunk, Collection, CollectionConfig, IngestReport, Ingested, Metadata, Progress};
 pub use embed::{Embedder, EmbedderConfig, Pooling};
 pub use index::{Hit, IndexConfig, VectorIndex};
+pub use ingest::{DocKind, Document};
+pub use retriever::{DocMeta, Filter, Passage, Query, Retriever, SearchMode};
+

@@ -51,6 +51,15 @@ class DeadlineExceededError(FinllmError):
 class EngineError(FinllmError):
     """The engine could not serve the request (its scheduler stopped, or a batched step failed)."""
 
+class DocumentError(FinllmError):
+    """A document cannot be read as text (type, UTF-8, a malformed PDF or one without a text layer, size)."""
+
+class IndexFileError(FinllmError):
+    """An index file is corrupt, truncated or of another version: rebuild it."""
+
+class RetrieverError(FinllmError):
+    """A retriever failed (an external store, a retrieval callback, or an index built by another embedder)."""
+
 class Generation:
     """The result of a generation."""
 

@@ -8,12 +8,15 @@ from finllm._finllm import (
     ContextOverflowError,
     DeadlineExceededError,
     DeviceError,
+    DocumentError,
     EngineBusyError,
     EngineError,
     FinllmError,
+    IndexFileError,
     InvalidArgument,
     ModelLoadError,
     PolicyError,
+    RetrieverError,
     TokenizerError,
 )
 
@@ -32,4 +35,7 @@ __all__ = [
     "EngineBusyError",
     "DeadlineExceededError",
     "EngineError",
+    "DocumentError",
+    "IndexFileError",
+    "RetrieverError",
 ]
