@@ -25,7 +25,7 @@ rustup target list --installed | grep -qx "$target" || rustup target add "$targe
 
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu"
-# No dependency compiles C today; should one start to, it must use the cross compiler.
+# C in dependencies (zstd, for jieba's compressed dictionary) must use the cross compiler.
 export CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc
 
 run_tests() {

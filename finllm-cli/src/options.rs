@@ -25,7 +25,7 @@ pub(crate) struct ComplianceArgs {
     /// Filter output with this TOML policy; `default` for the shipped English and Chinese packs.
     #[arg(long)]
     policy: Option<String>,
-    /// Sentence embedder for the policy's semantic rules.
+    /// Sentence embedder: for the policy's semantic rules, and for `ask` the one that built the index.
     #[arg(long, default_value = crate::DEFAULT_EMBEDDER)]
     embedder: PathBuf,
     /// Mask personal data in prompts before the model sees them.
@@ -37,6 +37,10 @@ pub(crate) struct ComplianceArgs {
 }
 
 impl ComplianceArgs {
+    pub(crate) fn embedder(&self) -> &std::path::Path {
+        &self.embedder
+    }
+
     pub(crate) fn enabled(&self) -> bool {
         self.audit_log.is_some() || self.policy.is_some() || self.mask_pii
     }
@@ -139,6 +143,10 @@ impl Common {
             top_logits,
             ..Default::default()
         }
+    }
+
+    pub(crate) fn threads(&self) -> Option<usize> {
+        self.threads
     }
 
     pub(crate) fn load(&self) -> Result<Model, finllm_core::Error> {

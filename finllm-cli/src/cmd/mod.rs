@@ -12,4 +12,5 @@ pub(crate) mod perplexity;
 pub(crate) mod pii;
 pub(crate) mod policy;
 pub(crate) mod quantize;
+pub(crate) mod rag;
 pub(crate) mod synth;

@@ -38,6 +38,8 @@ pub struct AskOptions {
     /// The audit record's ids; the passages' ids are added to `source_ids`.
     pub info: RequestInfo,
     pub deadline: Option<Duration>,
+    /// On an engine: how long to wait for room in a full queue.
+    pub queue_wait: Option<Duration>,
 }
 
 impl Default for AskOptions {
@@ -52,6 +54,7 @@ impl Default for AskOptions {
             guard: None,
             info: RequestInfo::default(),
             deadline: None,
+            queue_wait: None,
         }
     }
 }
@@ -81,7 +84,12 @@ impl Answer {
 }
 
 /// Retrieve, prompt, generate; see the module docs.
-pub fn ask<'a>(on: impl Into<Executor<'a>>, retriever: &dyn Retriever, question: &str, options: &AskOptions) -> Result<Answer> {
+pub fn ask<'a>(
+    on: impl Into<Executor<'a>>,
+    retriever: &dyn Retriever,
+    question: &str,
+    options: &AskOptions,
+) -> Result<Answer> {
     let on = on.into();
     let (request, sources) = prepare(on, retriever, question, options)?;
     let response = request.run(on)?;
@@ -117,7 +125,12 @@ fn finish(response: Response, sources: Vec<Passage>) -> Answer {
 }
 
 /// The request for `question` and the passages its prompt holds.
-fn prepare(on: Executor<'_>, retriever: &dyn Retriever, question: &str, options: &AskOptions) -> Result<(Request, Vec<Passage>)> {
+fn prepare(
+    on: Executor<'_>,
+    retriever: &dyn Retriever,
+    question: &str,
+    options: &AskOptions,
+) -> Result<(Request, Vec<Passage>)> {
     let question = question.trim();
     if question.is_empty() {
         return Err(Error::invalid("question", "is empty"));
@@ -170,12 +183,17 @@ fn prepare(on: Executor<'_>, retriever: &dyn Retriever, question: &str, options:
     ];
     let mut info = options.info.clone();
     info.source_ids.extend(sources.iter().map(|p| p.id.clone()));
-    let mut request = Request::chat(messages).with_params(options.params.clone()).with_info(info);
+    let mut request = Request::chat(messages)
+        .with_params(options.params.clone())
+        .with_info(info);
     if let Some(g) = &options.guard {
         request = request.with_guard(Arc::clone(g));
     }
     if let Some(d) = options.deadline {
         request = request.with_deadline(d);
+    }
+    if let Some(d) = options.queue_wait {
+        request = request.with_queue_wait(d);
     }
     Ok((request, sources))
 }
@@ -186,5 +204,8 @@ fn source_block(n: usize, p: &Passage) -> String {
     if p.page > 1 {
         title.push_str(&format!(", page {}", p.page));
     }
-    format!("[{n}] ({title}) {}\n", p.text.split_whitespace().collect::<Vec<_>>().join(" "))
+    format!(
+        "[{n}] ({title}) {}\n",
+        p.text.split_whitespace().collect::<Vec<_>>().join(" ")
+    )
 }

@@ -61,7 +61,11 @@ struct Sentence {
 }
 
 /// Cut `doc` into chunks; `count` gives a text's length in tokens.
-pub fn chunk_document(doc: &Document, config: &ChunkerConfig, count: &dyn Fn(&str) -> Result<usize>) -> Result<Vec<Piece>> {
+pub fn chunk_document(
+    doc: &Document,
+    config: &ChunkerConfig,
+    count: &dyn Fn(&str) -> Result<usize>,
+) -> Result<Vec<Piece>> {
     config.validate()?;
     let mut pieces = Vec::new();
     let mut heading = String::new();
@@ -70,9 +74,17 @@ pub fn chunk_document(doc: &Document, config: &ChunkerConfig, count: &dyn Fn(&st
     let mut char_at = 0usize;
     for page in &doc.pages {
         // Move to the page's start.
-        let skip: usize = doc.text[byte_at..].chars().take(page.start - char_at).map(char::len_utf8).sum();
+        let skip: usize = doc.text[byte_at..]
+            .chars()
+            .take(page.start - char_at)
+            .map(char::len_utf8)
+            .sum();
         byte_at += skip;
-        let len: usize = doc.text[byte_at..].chars().take(page.end - page.start).map(char::len_utf8).sum();
+        let len: usize = doc.text[byte_at..]
+            .chars()
+            .take(page.end - page.start)
+            .map(char::len_utf8)
+            .sum();
         let text = &doc.text[byte_at..byte_at + len];
         let sentences = split_sentences(text, page.start);
         let mut units: Vec<(Sentence, usize)> = Vec::with_capacity(sentences.len());
@@ -201,9 +213,9 @@ fn is_closing(c: char) -> bool {
 }
 
 const ABBREVIATIONS: &[&str] = &[
-    "mr", "mrs", "ms", "dr", "prof", "inc", "ltd", "co", "corp", "plc", "no", "vs", "etc", "e.g", "i.e", "u.s",
-    "u.k", "fig", "approx", "st", "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept", "oct", "nov",
-    "dec", "est", "p.a", "cf", "al",
+    "mr", "mrs", "ms", "dr", "prof", "inc", "ltd", "co", "corp", "plc", "no", "vs", "etc", "e.g", "i.e", "u.s", "u.k",
+    "fig", "approx", "st", "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept", "oct", "nov", "dec", "est",
+    "p.a", "cf", "al",
 ];
 
 /// Split a page into sentences: paragraphs at blank lines, block lines alone, sentence ends at
@@ -318,7 +330,7 @@ fn sentence_spans(text: &str, a: usize, b: usize, out: &mut Vec<(usize, usize)>)
             let ends = match next {
                 None => true,
                 Some(n) if n.is_whitespace() => {
-                    !(c == '.' && is_abbreviation(&run[start..i])) && !after_space.is_some_and(char::is_lowercase)
+                    !(after_space.is_some_and(char::is_lowercase) || c == '.' && is_abbreviation(&run[start..i]))
                 }
                 _ => false,
             };
@@ -351,7 +363,12 @@ fn is_abbreviation(before: &str) -> bool {
 }
 
 /// Cut a sentence longer than `max` tokens at word boundaries (each CJK character is a word).
-fn cut_long(text: &str, s: &Sentence, max: usize, count: &dyn Fn(&str) -> Result<usize>) -> Result<Vec<(Sentence, usize)>> {
+fn cut_long(
+    text: &str,
+    s: &Sentence,
+    max: usize,
+    count: &dyn Fn(&str) -> Result<usize>,
+) -> Result<Vec<(Sentence, usize)>> {
     // Word boundaries: byte offsets where a piece may end.
     let piece = &text[s.bytes.0..s.bytes.1];
     let mut words: Vec<(usize, usize)> = Vec::new();
@@ -419,7 +436,9 @@ mod tests {
 
     /// One token per word and per CJK character: easy to reason about in tests.
     fn words(s: &str) -> Result<usize> {
-        Ok(s.split_whitespace().map(|w| w.chars().filter(|&c| is_cjk(c)).count().max(1)).sum())
+        Ok(s.split_whitespace()
+            .map(|w| w.chars().filter(|&c| is_cjk(c)).count().max(1))
+            .sum())
     }
 
     fn doc(text: &str) -> Document {
@@ -428,11 +447,23 @@ mod tests {
 
     #[test]
     fn sentences_end_at_stops_not_at_abbreviations_or_decimals() {
-        let text = "Revenue rose 4.5% to $1.2 bn. Mr. Smith said U.S. demand held! Was it? Yes. 利润增长。风险提示；完。";
-        let s: Vec<&str> = split_sentences(text, 0).iter().map(|s| &text[s.bytes.0..s.bytes.1]).collect();
+        let text =
+            "Revenue rose 4.5% to $1.2 bn. Mr. Smith said U.S. demand held! Was it? Yes. 利润增长。风险提示；完。";
+        let s: Vec<&str> = split_sentences(text, 0)
+            .iter()
+            .map(|s| &text[s.bytes.0..s.bytes.1])
+            .collect();
         assert_eq!(
             s,
-            ["Revenue rose 4.5% to $1.2 bn.", "Mr. Smith said U.S. demand held!", "Was it?", "Yes.", "利润增长。", "风险提示；", "完。"]
+            [
+                "Revenue rose 4.5% to $1.2 bn.",
+                "Mr. Smith said U.S. demand held!",
+                "Was it?",
+                "Yes.",
+                "利润增长。",
+                "风险提示；",
+                "完。"
+            ]
         );
     }
 
@@ -458,9 +489,17 @@ mod tests {
         assert!(pieces.len() > 5);
         let chars: Vec<char> = d.text.chars().collect();
         for p in &pieces {
-            assert_eq!(p.text, chars[p.start..p.end].iter().collect::<String>(), "span and text agree");
+            assert_eq!(
+                p.text,
+                chars[p.start..p.end].iter().collect::<String>(),
+                "span and text agree"
+            );
             assert!(words(&p.text).unwrap() <= 30, "{p:?}");
-            assert!(p.text.ends_with(['.', '。', '！', '？', '；']) || p.text.starts_with('#'), "{:?}", p.text);
+            assert!(
+                p.text.ends_with(['.', '。', '！', '？', '；']) || p.text.starts_with('#'),
+                "{:?}",
+                p.text
+            );
         }
         // Every sentence of the document is in some chunk.
         let mut covered = vec![false; chars.len()];
@@ -471,7 +510,10 @@ mod tests {
             assert!(covered[i] || c.is_whitespace(), "character {i} {c:?} is in no chunk");
         }
         // The heading starts a chunk and names the chunks below it.
-        let risks = pieces.iter().position(|p| p.text.starts_with("## Risks")).expect("a chunk starts at the heading");
+        let risks = pieces
+            .iter()
+            .position(|p| p.text.starts_with("## Risks"))
+            .expect("a chunk starts at the heading");
         assert!(pieces[risks..].iter().all(|p| p.context == "Report › Risks"));
         assert_eq!(pieces[0].context, "Report");
     }

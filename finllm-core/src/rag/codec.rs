@@ -62,7 +62,10 @@ impl<'a> Reader<'a> {
 
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
         if self.buf.len() - self.pos < n {
-            return Err(self.error(format!("truncated: {n} bytes needed, {} left", self.buf.len() - self.pos)));
+            return Err(self.error(format!(
+                "truncated: {n} bytes needed, {} left",
+                self.buf.len() - self.pos
+            )));
         }
         let s = &self.buf[self.pos..self.pos + n];
         self.pos += n;

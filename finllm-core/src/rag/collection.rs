@@ -280,7 +280,11 @@ impl Collection {
                 slots,
             },
         );
-        Ok(if replaced { Ingested::Replaced(n) } else { Ingested::Added(n) })
+        Ok(if replaced {
+            Ingested::Replaced(n)
+        } else {
+            Ingested::Added(n)
+        })
     }
 
     /// Remove `source`'s chunks; how many there were (`None`: not in the collection).
@@ -343,7 +347,11 @@ impl Collection {
             report.chunks_removed += self.remove_file(&source).unwrap_or(0);
             report.removed.push(source);
         }
-        progress(Progress { done, total, file: None });
+        progress(Progress {
+            done,
+            total,
+            file: None,
+        });
         Ok(report)
     }
 
@@ -373,9 +381,12 @@ impl Collection {
         let keyword_hits = if query.mode == SearchMode::Vector {
             Vec::new()
         } else {
-            self.keywords.search(&query.text, n, Some(&|slot: u32| admit(u64::from(slot))))
+            self.keywords
+                .search(&query.text, n, Some(&|slot: u32| admit(u64::from(slot))))
         };
-        let mut fused: HashMap<u32, (f64, Option<f32>, Option<f32>)> = HashMap::new();
+        // Per slot: fused score, cosine, BM25.
+        type Scores = (f64, Option<f32>, Option<f32>);
+        let mut fused: HashMap<u32, Scores> = HashMap::new();
         for (rank, &(slot, score)) in vector_hits.iter().enumerate() {
             let e = fused.entry(slot).or_default();
             e.0 += 1.0 / (self.config.rrf_k + rank as f64 + 1.0);
@@ -386,7 +397,7 @@ impl Collection {
             e.0 += 1.0 / (self.config.rrf_k + rank as f64 + 1.0);
             e.2 = Some(score);
         }
-        let mut ranked: Vec<(u32, (f64, Option<f32>, Option<f32>))> = fused.into_iter().collect();
+        let mut ranked: Vec<(u32, Scores)> = fused.into_iter().collect();
         ranked.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0).then(a.0.cmp(&b.0)));
         ranked.truncate(query.k);
         Ok(ranked
@@ -417,8 +428,8 @@ impl Collection {
 
     // ---- persistence ---------------------------------------------------------------------
 
-    /// Write the collection to `path` atomically (a temporary file, synced, renamed over it).
-    pub fn save(&self, path: &Path) -> Result<()> {
+    /// The bytes of the index file [`save`](Self::save) writes.
+    pub fn to_bytes(&self) -> Vec<u8> {
         let mut w = Writer::default();
         self.encode(&mut w);
         let mut file = Vec::with_capacity(HEADER + w.buf.len());
@@ -428,6 +439,12 @@ impl Collection {
         file.extend_from_slice(&(w.buf.len() as u64).to_le_bytes());
         file.extend_from_slice(&Sha256::digest(&w.buf));
         file.extend_from_slice(&w.buf);
+        file
+    }
+
+    /// Write the collection to `path` atomically (a temporary file, synced, renamed over it).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let file = self.to_bytes();
         let io = |e| Error::Io {
             path: path.to_path_buf(),
             source: e,
@@ -462,17 +479,23 @@ impl Collection {
         Self::from_bytes(&bytes, path, embedder)
     }
 
-    fn from_bytes(bytes: &[u8], path: &Path, embedder: Arc<Embedder>) -> Result<Self> {
+    /// Read a collection from the bytes of an index file (kept in a database, a blob store);
+    /// `path` names it in errors.
+    pub fn from_bytes(bytes: &[u8], path: &Path, embedder: Arc<Embedder>) -> Result<Self> {
         let bad = |reason: String| Error::IndexFile {
             path: path.to_path_buf(),
             reason,
         };
         if bytes.len() < HEADER || &bytes[..8] != MAGIC {
-            return Err(bad("not a finllm index file (bad magic or shorter than the header)".into()));
+            return Err(bad(
+                "not a finllm index file (bad magic or shorter than the header)".into()
+            ));
         }
         let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
         if version != VERSION {
-            return Err(bad(format!("format version {version}; this finllm reads version {VERSION}: rebuild the index")));
+            return Err(bad(format!(
+                "format version {version}; this finllm reads version {VERSION}: rebuild the index"
+            )));
         }
         let len = u64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes"));
         if len != (bytes.len() - HEADER) as u64 {
@@ -562,7 +585,18 @@ impl Collection {
             let n = r.len(4)?;
             let slots = (0..n).map(|_| r.u32()).collect::<Result<Vec<_>>>()?;
             names.push((source.clone(), Arc::clone(&meta)));
-            if files.insert(source, FileEntry { hash, kind, meta, slots }).is_some() {
+            if files
+                .insert(
+                    source,
+                    FileEntry {
+                        hash,
+                        kind,
+                        meta,
+                        slots,
+                    },
+                )
+                .is_some()
+            {
                 return Err(r.error("a file listed twice"));
             }
         }
@@ -575,7 +609,10 @@ impl Collection {
                 continue;
             }
             let file = r.len(1)?;
-            let (source, meta) = names.get(file).ok_or_else(|| r.error("a chunk of an unknown file"))?.clone();
+            let (source, meta) = names
+                .get(file)
+                .ok_or_else(|| r.error("a chunk of an unknown file"))?
+                .clone();
             let page = r.u32()?;
             let (start, end) = (r.len(0)?, r.len(0)?);
             let text = r.str()?;
@@ -736,7 +773,11 @@ impl Metadata {
                         out.files.insert(name.clone(), meta);
                     }
                 }
-                other => return Err(bad(format!("unknown key {other:?} (expected [defaults] or [files.\"NAME\"])"))),
+                other => {
+                    return Err(bad(format!(
+                        "unknown key {other:?} (expected [defaults] or [files.\"NAME\"])"
+                    )))
+                }
             }
         }
         Ok(out)

@@ -508,7 +508,10 @@ impl VectorIndex {
         index.live = index.deleted.iter().filter(|d| !**d).count();
         index.vectors = r.f32s()?;
         if index.vectors.len() != n * dim {
-            return Err(r.error(format!("{} vector values for {n} vectors of {dim}", index.vectors.len())));
+            return Err(r.error(format!(
+                "{} vector values for {n} vectors of {dim}",
+                index.vectors.len()
+            )));
         }
         for v in index.vectors.chunks_exact(dim) {
             let norm: f64 = v.iter().map(|&x| f64::from(x) * f64::from(x)).sum();
@@ -714,7 +717,10 @@ mod tests {
         // Every truncation is an error, never a panic.
         for cut in (0..w.buf.len()).step_by(97) {
             let mut r = Reader::new(&w.buf[..cut], std::path::Path::new("mem"));
-            assert!(VectorIndex::decode(&mut r).and_then(|_| r.finish()).is_err(), "cut at {cut}");
+            assert!(
+                VectorIndex::decode(&mut r).and_then(|_| r.finish()).is_err(),
+                "cut at {cut}"
+            );
         }
     }
 }

@@ -75,12 +75,8 @@ fn doc_error(source: &str, reason: impl Into<String>) -> Error {
 /// Read the file at `path` (named `source` in errors and chunks) as a document of the kind its
 /// extension implies.
 pub fn read_document(path: &Path, source: &str) -> Result<Document> {
-    let kind = DocKind::from_path(path).ok_or_else(|| {
-        doc_error(
-            source,
-            "unsupported file type (expected .txt, .md, .html or .pdf)",
-        )
-    })?;
+    let kind = DocKind::from_path(path)
+        .ok_or_else(|| doc_error(source, "unsupported file type (expected .txt, .md, .html or .pdf)"))?;
     let io = |e: std::io::Error| Error::Io {
         path: path.to_path_buf(),
         source: e,
@@ -121,12 +117,8 @@ pub fn parse_document(bytes: &[u8], kind: DocKind, source: &str) -> Result<Docum
 }
 
 fn utf8<'a>(bytes: &'a [u8], source: &str) -> Result<&'a str> {
-    let text = std::str::from_utf8(bytes).map_err(|e| {
-        doc_error(
-            source,
-            format!("not valid UTF-8 (byte {})", e.valid_up_to()),
-        )
-    })?;
+    let text = std::str::from_utf8(bytes)
+        .map_err(|e| doc_error(source, format!("not valid UTF-8 (byte {})", e.valid_up_to())))?;
     Ok(text.strip_prefix('\u{feff}').unwrap_or(text))
 }
 
@@ -225,11 +217,41 @@ fn clean_pdf_page(page: &str) -> String {
 // HTML
 
 const BLOCK_TAGS: &[&str] = &[
-    "p", "div", "section", "article", "header", "footer", "main", "aside", "nav", "ul", "ol",
-    "li", "table", "thead", "tbody", "tfoot", "tr", "blockquote", "pre", "figure", "figcaption",
-    "dl", "dt", "dd", "hr", "address", "caption", "form", "fieldset", "body", "html",
+    "p",
+    "div",
+    "section",
+    "article",
+    "header",
+    "footer",
+    "main",
+    "aside",
+    "nav",
+    "ul",
+    "ol",
+    "li",
+    "table",
+    "thead",
+    "tbody",
+    "tfoot",
+    "tr",
+    "blockquote",
+    "pre",
+    "figure",
+    "figcaption",
+    "dl",
+    "dt",
+    "dd",
+    "hr",
+    "address",
+    "caption",
+    "form",
+    "fieldset",
+    "body",
+    "html",
 ];
-const SKIPPED_TAGS: &[&str] = &["script", "style", "noscript", "template", "svg", "head", "iframe", "object"];
+const SKIPPED_TAGS: &[&str] = &[
+    "script", "style", "noscript", "template", "svg", "head", "iframe", "object",
+];
 
 /// The visible text of an HTML page and its `<title>`. Linear in the input, whatever it holds.
 pub fn html_to_text(html: &str) -> (String, String) {
@@ -283,7 +305,10 @@ pub fn html_to_text(html: &str) -> (String, String) {
                 let head = &html[i..end];
                 if let Some(t) = head.to_ascii_lowercase().find("<title") {
                     let after = head[t..].find('>').map_or(head.len(), |g| t + g + 1);
-                    let stop = head[after..].to_ascii_lowercase().find("</title").map_or(head.len(), |e| after + e);
+                    let stop = head[after..]
+                        .to_ascii_lowercase()
+                        .find("</title")
+                        .map_or(head.len(), |e| after + e);
                     title = collapse_spaces(&decode_entities(&head[after..stop])).trim().to_string();
                 }
             }
@@ -412,7 +437,9 @@ pub fn decode_entities(s: &str) -> String {
     while let Some(amp) = rest.find('&') {
         out.push_str(&rest[..amp]);
         rest = &rest[amp..];
-        let end = rest[1..].find(|c: char| c == ';' || c == '&' || c.is_whitespace()).map(|e| e + 1);
+        let end = rest[1..]
+            .find(|c: char| c == ';' || c == '&' || c.is_whitespace())
+            .map(|e| e + 1);
         let decoded = match end {
             Some(e) if rest.as_bytes()[e] == b';' && e <= 12 => entity(&rest[1..e]).map(|c| (c, e + 1)),
             _ => None,
@@ -506,7 +533,15 @@ mod tests {
 
     #[test]
     fn broken_html_is_still_text_not_an_error() {
-        for html in ["<p>open", "a < b and c > d", "<", "&", "&#xffffffff;", "<!-- never closed", "<script>x"] {
+        for html in [
+            "<p>open",
+            "a < b and c > d",
+            "<",
+            "&",
+            "&#xffffffff;",
+            "<!-- never closed",
+            "<script>x",
+        ] {
             let (text, _) = html_to_text(html);
             assert!(!text.contains("script"), "{html:?} -> {text:?}");
         }
@@ -515,10 +550,22 @@ mod tests {
 
     #[test]
     fn text_documents_are_the_file_itself() {
-        let doc = parse_document("\u{feff}# Title\r\n\r\nBody 中文.".as_bytes(), DocKind::Markdown, "a.md").unwrap();
+        let doc = parse_document(
+            "\u{feff}# Title\r\n\r\nBody 中文.".as_bytes(),
+            DocKind::Markdown,
+            "a.md",
+        )
+        .unwrap();
         assert_eq!(doc.text, "# Title\n\nBody 中文.");
         assert_eq!(doc.title, "Title");
-        assert_eq!(doc.pages, [Page { number: 1, start: 0, end: doc.text.chars().count() }]);
+        assert_eq!(
+            doc.pages,
+            [Page {
+                number: 1,
+                start: 0,
+                end: doc.text.chars().count()
+            }]
+        );
         let err = parse_document(b"ok \xff bad", DocKind::Text, "b.txt").unwrap_err();
         assert!(matches!(err, Error::Document { .. }), "{err}");
     }

@@ -13,15 +13,15 @@ const K1: f32 = 1.2;
 const B: f32 = 0.75;
 
 const STOP_EN: &[&str] = &[
-    "a", "s", "t", "an", "and", "are", "as", "at", "be", "been", "but", "by", "did", "do", "does", "for", "from", "had",
-    "has", "have", "how", "i", "if", "in", "into", "is", "it", "its", "of", "on", "or", "our", "so", "than",
+    "a", "s", "t", "an", "and", "are", "as", "at", "be", "been", "but", "by", "did", "do", "does", "for", "from",
+    "had", "has", "have", "how", "i", "if", "in", "into", "is", "it", "its", "of", "on", "or", "our", "so", "than",
     "that", "the", "their", "them", "then", "there", "these", "they", "this", "those", "to", "was", "we", "were",
     "what", "when", "where", "which", "while", "who", "whom", "why", "will", "with", "would", "you", "your",
 ];
 const STOP_ZH: &[&str] = &[
-    "的", "了", "和", "是", "在", "与", "及", "或", "为", "对", "其", "将", "等", "由", "于", "以", "把", "被", "之", "而", "中",
-    "上", "下", "也", "都", "就", "并", "从", "到", "向", "这", "那", "个", "有", "吗", "呢", "什么", "多少", "哪些", "如何",
-    "是否", "公司", "年",
+    "的", "了", "和", "是", "在", "与", "及", "或", "为", "对", "其", "将", "等", "由", "于", "以", "把", "被", "之",
+    "而", "中", "上", "下", "也", "都", "就", "并", "从", "到", "向", "这", "那", "个", "有", "吗", "呢", "什么",
+    "多少", "哪些", "如何", "是否", "公司", "年",
 ];
 
 fn jieba() -> &'static jieba_rs::Jieba {
@@ -220,7 +220,10 @@ mod tests {
             ["acmb", "cet1", "ratio", "rose", "14.2", "revenue", "1250.5m", "q3"]
         );
         let zh = terms("中国人民银行宣布下调存款准备金率");
-        assert!(zh.contains(&"中国人民银行".to_string()) && zh.contains(&"银行".to_string()), "{zh:?}");
+        assert!(
+            zh.contains(&"中国人民银行".to_string()) && zh.contains(&"银行".to_string()),
+            "{zh:?}"
+        );
         assert!(zh.contains(&"准备金".to_string()), "{zh:?}");
         assert!(terms("的 了 the of").is_empty());
     }
@@ -254,7 +257,11 @@ mod tests {
         let mut rng = crate::util::Rng::new(9);
         let vocab = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"];
         let docs: Vec<Vec<String>> = (0..60)
-            .map(|_| (0..1 + rng.next_u64() % 12).map(|_| vocab[(rng.next_u64() % 8) as usize].to_string()).collect())
+            .map(|_| {
+                (0..1 + rng.next_u64() % 12)
+                    .map(|_| vocab[(rng.next_u64() % 8) as usize].to_string())
+                    .collect()
+            })
             .collect();
         let mut index = Bm25::new();
         for (i, d) in docs.iter().enumerate() {
@@ -270,21 +277,35 @@ mod tests {
             index.add_terms(100 + i as u32, &docs[i]);
             slots.push(i);
         }
-        let slot_of = |doc: usize| if doc % 3 == 0 { 100 + doc as u32 } else { doc as u32 };
-        for query in [vec!["alpha"], vec!["beta", "theta", "beta"], vec!["zeta", "eta", "nothing"]] {
+        let slot_of = |doc: usize| {
+            if doc.is_multiple_of(3) {
+                100 + doc as u32
+            } else {
+                doc as u32
+            }
+        };
+        for query in [
+            vec!["alpha"],
+            vec!["beta", "theta", "beta"],
+            vec!["zeta", "eta", "nothing"],
+        ] {
             let q: Vec<String> = query.iter().map(|s| s.to_string()).collect();
             let want = bm25_oracle(&docs, &q);
             let got = index.search(&q.join(" "), 100, None);
             for &(slot, score) in &got {
                 let doc = slots.iter().copied().find(|&d| slot_of(d) == slot).unwrap();
-                assert!((f64::from(score) - want[doc]).abs() < 1e-4, "doc {doc}: {score} vs {}", want[doc]);
+                assert!(
+                    (f64::from(score) - want[doc]).abs() < 1e-4,
+                    "doc {doc}: {score} vs {}",
+                    want[doc]
+                );
             }
             assert_eq!(got.len(), want.iter().filter(|&&s| s > 0.0).count());
             assert!(got.windows(2).all(|w| w[0].1 >= w[1].1));
             // A filter removes results, never reorders the rest.
-            let even = |s: u32| s % 2 == 0;
+            let even = |s: u32| s.is_multiple_of(2);
             let filtered = index.search(&q.join(" "), 100, Some(&even));
-            let expect: Vec<(u32, f32)> = got.iter().copied().filter(|(s, _)| s % 2 == 0).collect();
+            let expect: Vec<(u32, f32)> = got.iter().copied().filter(|(s, _)| s.is_multiple_of(2)).collect();
             assert_eq!(filtered, expect);
         }
     }

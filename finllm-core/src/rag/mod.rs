@@ -15,8 +15,8 @@
 //! bank's own search service, a Python function or a C callback.
 
 pub mod answer;
-pub(crate) mod codec;
 pub mod chunk;
+pub(crate) mod codec;
 pub mod collection;
 pub mod embed;
 pub mod index;
@@ -31,4 +31,3 @@ pub use embed::{Embedder, EmbedderConfig, Pooling};
 pub use index::{Hit, IndexConfig, VectorIndex};
 pub use ingest::{DocKind, Document};
 pub use retriever::{DocMeta, Filter, Passage, Query, Retriever, SearchMode};
-

