@@ -89,6 +89,14 @@ typedef enum {
   FINLLM_ERROR_ENGINE = 22,
   // Nothing arrived within the caller's timeout; call again.
   FINLLM_ERROR_TIMEOUT = 23,
+  // A document cannot be read as text (unsupported type, invalid UTF-8, a malformed PDF or
+  // one without a text layer, over the size limit).
+  FINLLM_ERROR_DOCUMENT = 24,
+  // An index file is corrupt, truncated or of another version: rebuild it.
+  FINLLM_ERROR_INDEX_FILE = 25,
+  // A retriever failed (an external store, a caller's retrieval callback, or an index used
+  // with another embedder than the one that built it).
+  FINLLM_ERROR_RETRIEVER = 26,
 } finllm_status;
 
 // Why a generation ended.
@@ -119,6 +127,14 @@ typedef enum {
   FINLLM_VERDICT_BLOCK = 4,
 } finllm_verdict;
 
+// How results are ranked.
+typedef enum {
+  // Vector and BM25 rankings fused (reciprocal rank fusion).
+  FINLLM_SEARCH_HYBRID = 0,
+  FINLLM_SEARCH_VECTOR = 1,
+  FINLLM_SEARCH_KEYWORD = 2,
+} finllm_search_mode;
+
 // A cancellation flag: trigger it from any thread to stop generations that were given it.
 // Thread safety: fully thread-safe; must outlive the calls that use it.
 typedef struct finllm_cancel finllm_cancel;
@@ -142,9 +158,17 @@ typedef struct finllm_generation finllm_generation;
 // order, one chain per log); it must not be freed while a call is using it.
 typedef struct finllm_guard finllm_guard;
 
+// A document index (chunks of a folder's files in a vector and a BM25 index, with their
+// metadata). Thread safety: searches may run from many threads at once; finllm_index_sync
+// waits for them and runs alone. Not to be freed while a call is using it.
+typedef struct finllm_index finllm_index;
+
 // A loaded model. Thread safety: one handle may be used by any number of threads at once
 // (each call keeps its own state); it must not be freed while a call is using it.
 typedef struct finllm_model finllm_model;
+
+// A list of passages: search results, or what a retrieval callback adds.
+typedef struct finllm_passages finllm_passages;
 
 // A compiled output policy (TOML rule packs). Thread safety: read-only, shareable by any
 // number of threads; must not be freed while a call is using it.
@@ -155,6 +179,10 @@ typedef struct finllm_policy finllm_policy;
 // from any thread at any time; the other calls on one request must not run at the same time.
 // finllm_request_free cancels a request that has not ended.
 typedef struct finllm_request finllm_request;
+
+// Where passages come from for a request (finllm_request_params.retriever): an index, or a
+// caller's function. Thread safety: as the index or function it wraps.
+typedef struct finllm_retriever finllm_retriever;
 
 // Options for finllm_model_load. Get defaults from finllm_load_default_params().
 typedef struct {
@@ -280,6 +308,66 @@ typedef struct {
   uint32_t prefix_max_entries;
 } finllm_engine_params;
 
+// A search, and what the caller may see. Get defaults from finllm_query_default(). All
+// strings NUL-terminated UTF-8; arrays may be NULL when their count is 0.
+typedef struct {
+  // sizeof(finllm_query) as the caller compiled it.
+  uint32_t struct_size;
+  // The query text (for a request with a retriever: ignored, the prompt is the question).
+  const char *text;
+  // Passages wanted.
+  size_t k;
+  finllm_search_mode mode;
+  // 1: the caller sees only documents carrying one of `entitlements` (none at all when
+  // n_entitlements is 0); 0: an unrestricted caller.
+  int32_t restricted;
+  const char *const *entitlements;
+  size_t n_entitlements;
+  // Only these tickers, document types and source files (count 0: any).
+  const char *const *tickers;
+  size_t n_tickers;
+  const char *const *doc_types;
+  size_t n_doc_types;
+  const char *const *sources;
+  size_t n_sources;
+  // Only documents dated in [date_from, date_to] (YYYY-MM-DD; NULL: open).
+  const char *date_from;
+  const char *date_to;
+} finllm_query;
+
+// One passage. Strings are NUL-terminated UTF-8 owned by the list (or the generation) it came
+// from, valid until that is freed. `ticker`, `date` and `doc_type` may be NULL. When given to
+// finllm_passages_add, only `source` and `text` are required (NULL `id`: made from source and
+// span; `end` 0: the text's length).
+typedef struct {
+  const char *id;
+  const char *source;
+  const char *text;
+  // Page, from 1.
+  uint32_t page;
+  // Character span in the source document.
+  size_t start;
+  size_t end;
+  float score;
+  const char *ticker;
+  const char *date;
+  const char *doc_type;
+  const char *const *labels;
+  size_t n_labels;
+  // For a citation: its number in the prompt, and 1 if the answer cites it; else 0.
+  uint32_t number;
+  int32_t cited;
+} finllm_passage;
+
+// A retrieval function: answer `query` by adding passages, best first, to `out` with
+// finllm_passages_add, and return 0; any other value fails the request with
+// FINLLM_ERROR_RETRIEVER. It runs on the thread that called finllm_generate (or
+// finllm_engine_generate); `query` and `out` are valid only during the call. Passages outside
+// the query's filter are dropped whatever the function returns.
+typedef int32_t (*finllm_retrieve_fn)(void *user_data,
+                                      const finllm_query *query,
+                                      finllm_passages *out);
+
 // One chat message.
 typedef struct {
   // "system", "user" or "assistant" (NUL-terminated UTF-8).
@@ -326,6 +414,16 @@ typedef struct {
   // Engine only: milliseconds to wait for room when the queue is full (0: FINLLM_ERROR_BUSY
   // at once).
   uint64_t wait_ms;
+  // Ground the answer in retrieved passages, or NULL. Then `prompt` is the question: the
+  // retriever's passages (those the `retrieval` filter admits) go into the prompt as numbered
+  // sources with the model's chat template, their ids into the audit record, and the answer's
+  // sources come back with finllm_generation_citation. Not with finllm_engine_submit.
+  const finllm_retriever *retriever;
+  // How many passages, how they are ranked and what the caller may see (its `text` is
+  // ignored), or NULL for 4 passages, hybrid, unrestricted.
+  const finllm_query *retrieval;
+  // Most prompt tokens the sources may take (0: 1024).
+  uint32_t context_tokens;
 } finllm_request_params;
 
 // Called for each generated token, on the calling thread. `text` points to `text_len` bytes of
@@ -685,6 +783,164 @@ finllm_status finllm_engine_metrics_text(const finllm_engine *engine,
                                          size_t buf_len,
                                          size_t *needed);
 
+// Load a sentence-transformers directory (config.json, model.safetensors, tokenizer.json),
+// computing on `threads` threads (0: one per core). On success `*out` receives a handle to
+// free with finllm_embedder_free.
+//
+// # Safety
+// `path` must be a NUL-terminated string; `out` valid for a write.
+finllm_status finllm_embedder_load(const char *path, uint32_t threads, finllm_embedder **out);
+
+// Free an embedder. NULL is allowed. No call may be using it.
+//
+// # Safety
+// `embedder` must be NULL or a handle from finllm_embedder_load not yet freed.
+void finllm_embedder_free(finllm_embedder *embedder);
+
+// Length of every embedding (0 if `embedder` is NULL).
+//
+// # Safety
+// `embedder` must be NULL or a live handle.
+uint32_t finllm_embedder_dim(const finllm_embedder *embedder);
+
+// Embed `n_texts` NUL-terminated UTF-8 texts into `out`: `n_texts * dim` floats, row i the
+// embedding of text i. `out_len` is the capacity of `out` in floats; if it is smaller than
+// `n_texts * dim` the call fails with FINLLM_ERROR_INVALID_ARGUMENT before computing anything.
+//
+// # Safety
+// `embedder` live; `texts` valid for `n_texts` pointers to NUL-terminated strings; `out`
+// valid for writes of `out_len` floats.
+finllm_status finllm_embedder_embed(const finllm_embedder *embedder,
+                                    const char *const *texts,
+                                    size_t n_texts,
+                                    float *out,
+                                    size_t out_len);
+
+// Default query: k 5, hybrid, unrestricted, no filters.
+finllm_query finllm_query_default(void);
+
+// A new, empty index whose chunks `embedder` embeds: chunks of at most `chunk_tokens` tokens
+// with `overlap_tokens` repeated between neighbours (0 and 0: the defaults, 128 and 24).
+//
+// # Safety
+// `embedder` live; `out` writable.
+finllm_status finllm_index_create(const finllm_embedder *embedder,
+                                  uint32_t chunk_tokens,
+                                  uint32_t overlap_tokens,
+                                  finllm_index **out);
+
+// Open an index file written by finllm_index_save or `finllm index`, with the embedder that
+// built it (another one: FINLLM_ERROR_RETRIEVER). A damaged, truncated or foreign file is
+// FINLLM_ERROR_INDEX_FILE.
+//
+// # Safety
+// `path` NUL-terminated; `embedder` live; `out` writable.
+finllm_status finllm_index_open(const char *path,
+                                const finllm_embedder *embedder,
+                                finllm_index **out);
+
+// Make the index mirror the folder `dir` (recursively): new files added, changed ones
+// replaced, vanished ones removed. Metadata comes from `metadata` (a TOML file; NULL:
+// DIR/metadata.toml if present). Files that cannot be read are skipped and counted in
+// `*n_failed` (may be NULL); the call still succeeds.
+//
+// # Safety
+// `index` live; `dir` NUL-terminated; `metadata` NULL or NUL-terminated; `n_failed` NULL or
+// writable.
+finllm_status finllm_index_sync(const finllm_index *index,
+                                const char *dir,
+                                const char *metadata,
+                                size_t *n_failed);
+
+// Write the index to `path` atomically.
+//
+// # Safety
+// `index` live; `path` NUL-terminated.
+finllm_status finllm_index_save(const finllm_index *index, const char *path);
+
+// Chunks in the index (0 if `index` is NULL).
+//
+// # Safety
+// `index` NULL or live.
+size_t finllm_index_len(const finllm_index *index);
+
+// Search the index; `*out` receives the passages, best first (free with finllm_passages_free).
+//
+// # Safety
+// `index` live; `query` valid as documented on finllm_query; `out` writable.
+finllm_status finllm_index_search(const finllm_index *index,
+                                  const finllm_query *query,
+                                  finllm_passages **out);
+
+// Free an index. NULL is allowed. Retrievers made from it keep it alive.
+//
+// # Safety
+// `index` NULL or a handle not yet freed, used by no other call.
+void finllm_index_free(finllm_index *index);
+
+// Passages in the list (0 if NULL).
+//
+// # Safety
+// `list` NULL or live.
+size_t finllm_passages_len(const finllm_passages *list);
+
+// Passage `i` of the list into `*out` (its strings owned by the list).
+//
+// # Safety
+// `list` live; `out` writable.
+finllm_status finllm_passages_get(const finllm_passages *list, size_t i, finllm_passage *out);
+
+// Add a copy of `*passage` to `list` (from a retrieval callback). `source` and `text` are
+// required; see finllm_passage.
+//
+// # Safety
+// `list` live (the one the callback was given); `passage` valid as documented on
+// finllm_passage.
+finllm_status finllm_passages_add(finllm_passages *list, const finllm_passage *passage);
+
+// Free a passage list. NULL is allowed.
+//
+// # Safety
+// `list` NULL or a list from finllm_index_search not yet freed.
+void finllm_passages_free(finllm_passages *list);
+
+// A retriever over `index` (which it keeps alive); free with finllm_retriever_free.
+//
+// # Safety
+// `index` live; `out` writable.
+finllm_status finllm_retriever_from_index(const finllm_index *index, finllm_retriever **out);
+
+// A retriever that calls `retrieve(user_data, query, out)`; free with finllm_retriever_free.
+//
+// # Safety
+// `retrieve` must be safe to call with `user_data` from any thread that runs a request with
+// this retriever, until the retriever is freed; `out` writable.
+finllm_status finllm_retriever_from_callback(finllm_retrieve_fn retrieve,
+                                             void *user_data,
+                                             finllm_retriever **out);
+
+// Free a retriever. NULL is allowed. No request may be using it.
+//
+// # Safety
+// `retriever` NULL or a handle not yet freed.
+void finllm_retriever_free(finllm_retriever *retriever);
+
+// Sources in the prompt of an answer from a request with a retriever (0 otherwise, or if
+// `gen` is NULL).
+//
+// # Safety
+// `gen` NULL or live.
+size_t finllm_generation_n_citations(const finllm_generation *gen);
+
+// Source `i` of an answer (numbered i + 1 in the prompt; `cited` when the answer cites it)
+// into `*out`, its strings owned by `gen`.
+//
+// # Safety
+// `gen` live; `out` writable.
+finllm_status finllm_generation_citation(const finllm_generation *gen,
+                                         size_t i,
+                                         finllm_passage *out);
+
 // Default request options: no prompt yet, default generation, no guard, a made-up request id,
 // no deadline, no wait.
 finllm_request_params finllm_request_default_params(void);
@@ -773,39 +1029,6 @@ void finllm_request_cancel(const finllm_request *request);
 // # Safety
 // `request` NULL or a live handle not used by any other call.
 void finllm_request_free(finllm_request *request);
-
-// Load a sentence-transformers directory (config.json, model.safetensors, tokenizer.json),
-// computing on `threads` threads (0: one per core). On success `*out` receives a handle to
-// free with finllm_embedder_free.
-//
-// # Safety
-// `path` must be a NUL-terminated string; `out` valid for a write.
-finllm_status finllm_embedder_load(const char *path, uint32_t threads, finllm_embedder **out);
-
-// Free an embedder. NULL is allowed. No call may be using it.
-//
-// # Safety
-// `embedder` must be NULL or a handle from finllm_embedder_load not yet freed.
-void finllm_embedder_free(finllm_embedder *embedder);
-
-// Length of every embedding (0 if `embedder` is NULL).
-//
-// # Safety
-// `embedder` must be NULL or a live handle.
-uint32_t finllm_embedder_dim(const finllm_embedder *embedder);
-
-// Embed `n_texts` NUL-terminated UTF-8 texts into `out`: `n_texts * dim` floats, row i the
-// embedding of text i. `out_len` is the capacity of `out` in floats; if it is smaller than
-// `n_texts * dim` the call fails with FINLLM_ERROR_INVALID_ARGUMENT before computing anything.
-//
-// # Safety
-// `embedder` live; `texts` valid for `n_texts` pointers to NUL-terminated strings; `out`
-// valid for writes of `out_len` floats.
-finllm_status finllm_embedder_embed(const finllm_embedder *embedder,
-                                    const char *const *texts,
-                                    size_t n_texts,
-                                    float *out,
-                                    size_t out_len);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -38,6 +38,8 @@ pub struct finllm_generation {
     decode_ms: f64,
     /// What the guard did, for results of guarded requests.
     guarded: Option<GuardReport>,
+    /// The sources of an answer grounded in retrieved passages.
+    pub(crate) citations: Vec<crate::rag::CPassage>,
 }
 
 /// The guard's side of a guarded generation; strings are NUL-terminated.
@@ -240,6 +242,7 @@ fn into_handle(gen: Generation, guarded: Option<GuardReport>) -> *mut finllm_gen
         prefill_ms: gen.timings.prefill.as_secs_f64() * 1e3,
         decode_ms: gen.timings.decode.as_secs_f64() * 1e3,
         guarded,
+        citations: Vec::new(),
     }))
 }
 

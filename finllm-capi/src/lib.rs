@@ -29,11 +29,12 @@ mod compliance;
 // Many requests through one continuous batch.
 mod engine;
 
-// One request struct for every prompt kind, guarded or not; run on a model or an engine.
-mod request;
-
-// Sentence embeddings.
+// Retrieval: sentence embeddings, the document index, retrievers and passages.
 mod rag;
+
+// One request struct for every prompt kind, guarded or not, grounded in retrieved passages or
+// not; run on a model or an engine.
+mod request;
 
 pub use boundary::finllm_last_error_message;
 pub use cancel::{finllm_cancel, finllm_cancel_free, finllm_cancel_new, finllm_cancel_reset, finllm_cancel_trigger};
@@ -61,6 +62,11 @@ pub use model::{
 };
 pub use rag::{
     finllm_embedder, finllm_embedder_dim, finllm_embedder_embed, finllm_embedder_free, finllm_embedder_load,
+    finllm_generation_citation, finllm_generation_n_citations, finllm_index, finllm_index_create, finllm_index_free,
+    finllm_index_len, finllm_index_open, finllm_index_save, finllm_index_search, finllm_index_sync, finllm_passage,
+    finllm_passages, finllm_passages_add, finllm_passages_free, finllm_passages_get, finllm_passages_len, finllm_query,
+    finllm_query_default, finllm_retrieve_fn, finllm_retriever, finllm_retriever_free, finllm_retriever_from_callback,
+    finllm_retriever_from_index, finllm_search_mode,
 };
 pub use request::{
     finllm_engine_generate, finllm_engine_submit, finllm_generate, finllm_request, finllm_request_cancel,

@@ -9,6 +9,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use finllm_core::engine::CancelHandle;
+use finllm_core::rag::{Answer, AskOptions, Grounded};
 use finllm_core::{Executor, Prompt, Request, RequestInfo, Response, ResponseStream};
 
 use crate::boundary::{c_str_array, check_size, fail, guard, opt_c_str, put, require, Failure};
@@ -62,6 +63,16 @@ pub struct finllm_request_params {
     /// Engine only: milliseconds to wait for room when the queue is full (0: FINLLM_ERROR_BUSY
     /// at once).
     pub wait_ms: u64,
+    /// Ground the answer in retrieved passages, or NULL. Then `prompt` is the question: the
+    /// retriever's passages (those the `retrieval` filter admits) go into the prompt as numbered
+    /// sources with the model's chat template, their ids into the audit record, and the answer's
+    /// sources come back with finllm_generation_citation. Not with finllm_engine_submit.
+    pub retriever: *const crate::rag::finllm_retriever,
+    /// How many passages, how they are ranked and what the caller may see (its `text` is
+    /// ignored), or NULL for 4 passages, hybrid, unrestricted.
+    pub retrieval: *const crate::rag::finllm_query,
+    /// Most prompt tokens the sources may take (0: 1024).
+    pub context_tokens: u32,
 }
 
 /// A request submitted to an engine: pull its tokens with finllm_request_next, or wait for the
@@ -110,7 +121,63 @@ pub extern "C" fn finllm_request_default_params() -> finllm_request_params {
         n_source_ids: 0,
         deadline_ms: 0,
         wait_ms: 0,
+        retriever: std::ptr::null(),
+        retrieval: std::ptr::null(),
+        context_tokens: 0,
     }
+}
+
+/// A request from C: plain, or a question to ground in a retriever's passages.
+enum Built<'a> {
+    Plain(Request),
+    Grounded {
+        retriever: &'a crate::rag::finllm_retriever,
+        question: String,
+        options: AskOptions,
+    },
+}
+
+/// The C request as the core's, with its retrieval if it has one.
+///
+/// # Safety
+/// `p`'s pointers NULL or valid as documented on finllm_request_params.
+unsafe fn built<'a>(p: *const finllm_request_params) -> Result<Built<'a>, Failure> {
+    // SAFETY: contracts forwarded.
+    let request = unsafe { self::request(p) }?;
+    let p = unsafe { &*p };
+    // SAFETY: NULL or live per the contract.
+    let Some(retriever) = (unsafe { p.retriever.as_ref() }) else {
+        return Ok(Built::Plain(request));
+    };
+    let Prompt::Text(question) = request.prompt else {
+        return fail(
+            FINLLM_ERROR_INVALID_ARGUMENT,
+            "a request with a retriever takes its question as prompt (not messages or ids)",
+        );
+    };
+    let mut options = AskOptions {
+        params: request.params,
+        guard: request.guard,
+        info: request.info,
+        deadline: request.deadline,
+        queue_wait: request.queue_wait,
+        ..Default::default()
+    };
+    if p.context_tokens > 0 {
+        options.context_tokens = p.context_tokens as usize;
+    }
+    // SAFETY: NULL or valid per the contract.
+    if let Some(q) = unsafe { p.retrieval.as_ref() } {
+        let q = unsafe { crate::rag::query(q, Some(&question)) }?;
+        options.k = q.k;
+        options.mode = q.mode;
+        options.filter = q.filter;
+    }
+    Ok(Built::Grounded {
+        retriever,
+        question,
+        options,
+    })
 }
 
 /// Build the core request from C options; also the engine's queue wait.
@@ -288,12 +355,28 @@ unsafe fn generate_on(
     out: *mut *mut finllm_generation,
 ) -> Result<(), Failure> {
     // SAFETY: contracts forwarded from the callers' documentation.
-    let request = unsafe { self::request(request) }?;
+    let built = unsafe { built(request) }?;
     if out.is_null() {
         return fail(FINLLM_ERROR_NULL_POINTER, "out is NULL");
     }
-    let response = run(on, request, callback, user_data, unsafe { cancel.as_ref() })?;
-    unsafe { put(out, response_handle(response), "out") }
+    let cancel = unsafe { cancel.as_ref() };
+    let handle = match built {
+        Built::Plain(request) => response_handle(run(on, request, callback, user_data, cancel)?),
+        Built::Grounded {
+            retriever,
+            question,
+            options,
+        } => {
+            let grounded = Grounded::new(on, crate::rag::retriever(retriever), &question, &options)?;
+            let (request, sources) = grounded.into_parts();
+            let answer = Answer::from_sources(run(on, request, callback, user_data, cancel)?, sources);
+            let handle = response_handle(answer.response);
+            // SAFETY: just made by response_handle, not shared yet.
+            unsafe { (*handle).citations = crate::rag::citations(answer.citations) };
+            handle
+        }
+    };
+    unsafe { put(out, handle, "out") }
 }
 
 /// Queue a request on `engine` and get its handle at once (free it with finllm_request_free). A
@@ -312,7 +395,12 @@ pub unsafe extern "C" fn finllm_engine_submit(
     guard(|| {
         // SAFETY: contracts forwarded from this function's documentation.
         let engine = unsafe { require(engine, "engine") }?;
-        let request = unsafe { self::request(request) }?;
+        let Built::Plain(request) = unsafe { built(request) }? else {
+            return fail(
+                FINLLM_ERROR_INVALID_ARGUMENT,
+                "a request with a retriever runs with finllm_engine_generate, not finllm_engine_submit",
+            );
+        };
         if out.is_null() {
             return fail(FINLLM_ERROR_NULL_POINTER, "out is NULL");
         }

@@ -1,6 +1,7 @@
 /* Error paths and contracts of the finllm C ABI. Usage: test_capi TINY_MODEL.gguf
  * Built and run (under AddressSanitizer) by `make -C examples/cpp check`. */
 #define _DEFAULT_SOURCE
+#include <sys/stat.h>
 #include <finllm.h>
 
 #include <pthread.h>
@@ -1173,9 +1174,157 @@ static void test_embedder(const char *dir) {
   EXPECT_STATUS(finllm_embedder_load(NULL, 1, &none), FINLLM_ERROR_NULL_POINTER);
 }
 
+/* A retrieval function standing for a bank's own search service: two passages, one the caller
+ * may not see. Counts its calls in *user_data; fails when the query asks for 99 passages. */
+static int desk_search(void *user_data, const finllm_query *q, finllm_passages *out) {
+  int *calls = user_data;
+  ++*calls;
+  if (q->k == 99) return 7;
+  CHECK(q->restricted == 1 && q->n_entitlements == 1 && strcmp(q->entitlements[0], "desk") == 0);
+  CHECK(strcmp(q->text, "What is the desk VaR limit?") == 0);
+  const char *desk[] = {"desk"}, *mna[] = {"m-and-a"};
+  finllm_passage p = {0};
+  p.source = "desk-notes.txt";
+  p.text = "The desk VaR limit is 12 million dollars.";
+  p.labels = desk;
+  p.n_labels = 1;
+  p.score = 0.9f;
+  EXPECT_STATUS(finllm_passages_add(out, &p), FINLLM_OK);
+  p.source = "secret.txt";
+  p.text = "Merger code name is Falcon.";
+  p.labels = mna;
+  EXPECT_STATUS(finllm_passages_add(out, &p), FINLLM_OK);
+  p.source = NULL;
+  EXPECT_STATUS(finllm_passages_add(out, &p), FINLLM_ERROR_NULL_POINTER);
+  return 0;
+}
+
+static void test_retrieval(const finllm_model *m, const char *embedder_dir) {
+  finllm_embedder *e = NULL;
+  EXPECT_STATUS(finllm_embedder_load(embedder_dir, 2, &e), FINLLM_OK);
+  if (!e) return;
+  char docs[128], path[160], idx[160];
+  snprintf(docs, sizeof docs, "%s/docs", tmpdir);
+  CHECK(mkdir(docs, 0700) == 0);
+  snprintf(path, sizeof path, "%s/acme.md", docs);
+  CHECK(write_file(path, "# Acme Bank Q3\n\nThe CET1 ratio was 14.2% at quarter end. Net interest margin was 2.41%.\n"));
+  snprintf(path, sizeof path, "%s/fed.txt", docs);
+  CHECK(write_file(path, "The committee held the policy rate at 4.25% by a vote of 6 to 3.\n"));
+  snprintf(path, sizeof path, "%s/metadata.toml", docs);
+  CHECK(write_file(path, "[files.\"acme.md\"]\nticker = \"ACMB\"\nlabels = [\"public\"]\n"
+                         "[files.\"fed.txt\"]\nlabels = [\"research\"]\n"));
+  finllm_index *index = NULL;
+  EXPECT_STATUS(finllm_index_create(e, 0, 0, &index), FINLLM_OK);
+  size_t failed = 99;
+  EXPECT_STATUS(finllm_index_sync(index, docs, NULL, &failed), FINLLM_OK);
+  CHECK(failed == 0 && finllm_index_len(index) == 2);
+
+  /* Search, restricted to "public": only the Acme chunk, with its metadata. */
+  finllm_query q = finllm_query_default();
+  const char *pub[] = {"public"};
+  q.text = "capital ratio";
+  q.restricted = 1;
+  q.entitlements = pub;
+  q.n_entitlements = 1;
+  finllm_passages *found = NULL;
+  EXPECT_STATUS(finllm_index_search(index, &q, &found), FINLLM_OK);
+  CHECK(finllm_passages_len(found) == 1);
+  finllm_passage p;
+  EXPECT_STATUS(finllm_passages_get(found, 0, &p), FINLLM_OK);
+  CHECK(strcmp(p.source, "acme.md") == 0 && strcmp(p.ticker, "ACMB") == 0 && p.date == NULL);
+  CHECK(p.n_labels == 1 && strcmp(p.labels[0], "public") == 0 && strstr(p.text, "14.2%") != NULL);
+  EXPECT_STATUS(finllm_passages_get(found, 1, &p), FINLLM_ERROR_INVALID_ARGUMENT);
+  finllm_passages_free(found);
+  q.restricted = 0;
+  q.date_from = "last week";
+  EXPECT_STATUS(finllm_index_search(index, &q, &found), FINLLM_ERROR_INVALID_ARGUMENT);
+
+  /* Save, reopen, and a damaged file. */
+  snprintf(idx, sizeof idx, "%s/docs.idx", tmpdir);
+  EXPECT_STATUS(finllm_index_save(index, idx), FINLLM_OK);
+  finllm_index *back = NULL;
+  EXPECT_STATUS(finllm_index_open(idx, e, &back), FINLLM_OK);
+  CHECK(finllm_index_len(back) == 2);
+  finllm_index_free(back);
+  snprintf(path, sizeof path, "%s/bad.idx", tmpdir);
+  CHECK(write_file(path, "FINLLMRX not really"));
+  back = NULL;
+  EXPECT_STATUS(finllm_index_open(path, e, &back), FINLLM_ERROR_INDEX_FILE);
+  CHECK(back == NULL);
+  unlink(path);
+  unlink(idx);
+
+  /* A grounded request on the model: the sources come back as citations. */
+  finllm_retriever *r = NULL;
+  EXPECT_STATUS(finllm_retriever_from_index(index, &r), FINLLM_OK);
+  finllm_index_free(index); /* the retriever keeps it alive */
+  finllm_generate_params gp = finllm_generate_default_params();
+  gp.max_tokens = 4;
+  finllm_request_params rp = finllm_request_default_params();
+  rp.prompt = "What was the CET1 ratio?";
+  rp.generate = &gp;
+  rp.retriever = r;
+  finllm_generation *out = NULL;
+  EXPECT_STATUS(finllm_generate(m, &rp, NULL, NULL, NULL, &out), FINLLM_OK);
+  CHECK(finllm_generation_n_citations(out) == 2);
+  finllm_passage c;
+  EXPECT_STATUS(finllm_generation_citation(out, 0, &c), FINLLM_OK);
+  CHECK(c.number == 1 && strcmp(c.source, "acme.md") == 0);
+  EXPECT_STATUS(finllm_generation_citation(out, 2, &c), FINLLM_ERROR_INVALID_ARGUMENT);
+  finllm_generation_free(out);
+  CHECK(finllm_generation_n_citations(NULL) == 0);
+  /* A question must be a prompt, not token ids. */
+  uint32_t ids[] = {1, 2, 3};
+  rp.prompt = NULL;
+  rp.ids = ids;
+  rp.n_ids = 3;
+  out = NULL;
+  EXPECT_STATUS(finllm_generate(m, &rp, NULL, NULL, NULL, &out), FINLLM_ERROR_INVALID_ARGUMENT);
+  CHECK(out == NULL);
+  finllm_retriever_free(r);
+
+  /* A C function as retriever; the passage outside the caller's entitlements is dropped. */
+  int calls = 0;
+  EXPECT_STATUS(finllm_retriever_from_callback(desk_search, &calls, &r), FINLLM_OK);
+  finllm_query filter = finllm_query_default();
+  const char *desk[] = {"desk"};
+  filter.k = 3;
+  filter.restricted = 1;
+  filter.entitlements = desk;
+  filter.n_entitlements = 1;
+  rp = finllm_request_default_params();
+  rp.prompt = "What is the desk VaR limit?";
+  rp.generate = &gp;
+  rp.retriever = r;
+  rp.retrieval = &filter;
+  EXPECT_STATUS(finllm_generate(m, &rp, NULL, NULL, NULL, &out), FINLLM_OK);
+  CHECK(calls == 1 && finllm_generation_n_citations(out) == 1);
+  EXPECT_STATUS(finllm_generation_citation(out, 0, &c), FINLLM_OK);
+  CHECK(strcmp(c.source, "desk-notes.txt") == 0 && strcmp(c.id, "desk-notes.txt#0-41") == 0);
+  finllm_generation_free(out);
+  filter.k = 99; /* the function fails */
+  out = NULL;
+  EXPECT_STATUS(finllm_generate(m, &rp, NULL, NULL, NULL, &out), FINLLM_ERROR_RETRIEVER);
+  CHECK(out == NULL && calls == 2);
+  CHECK(strcmp(finllm_status_name(FINLLM_ERROR_RETRIEVER), "FINLLM_ERROR_RETRIEVER") == 0);
+  finllm_retriever_free(r);
+  EXPECT_STATUS(finllm_retriever_from_callback(NULL, NULL, &r), FINLLM_ERROR_NULL_POINTER);
+  finllm_retriever_free(NULL);
+  finllm_index_free(NULL);
+  finllm_passages_free(NULL);
+  finllm_embedder_free(e);
+  snprintf(path, sizeof path, "%s/acme.md", docs);
+  unlink(path);
+  snprintf(path, sizeof path, "%s/fed.txt", docs);
+  unlink(path);
+  snprintf(path, sizeof path, "%s/metadata.toml", docs);
+  unlink(path);
+  rmdir(docs);
+}
+
 int main(int argc, char **argv) {
   if (argc < 3) {
-    fprintf(stderr, "usage: %s TINY_MODEL.gguf EMBEDDER_DIR\n", argv[0]);
+    fprintf(stderr, "usage: %s TINY_MODEL.gguf EMBEDDER_DIR [CHAT_MODEL.gguf]\n", argv[0]);
     return 2;
   }
   snprintf(tmpdir, sizeof tmpdir, "/tmp/finllm-capi-XXXXXX");
@@ -1204,6 +1353,13 @@ int main(int argc, char **argv) {
     finllm_model_free(m);
   }
   test_embedder(argv[2]);
+  /* Grounded requests need a real chat model (the tiny one's context is too short). */
+  if (argc > 3) {
+    finllm_model *chat_model = NULL;
+    EXPECT_STATUS(finllm_model_load(argv[3], NULL, &chat_model), FINLLM_OK);
+    if (chat_model) test_retrieval(chat_model, argv[2]);
+    finllm_model_free(chat_model);
+  }
   rmdir(tmpdir);
   printf("%d passed, %d failed\n", checks - failures, failures);
   return failures ? 1 : 0;

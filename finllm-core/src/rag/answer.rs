@@ -15,6 +15,7 @@ use crate::chat::ChatMessage;
 use crate::compliance::{Guard, RequestInfo};
 use crate::error::{Error, Result};
 use crate::generate::{GenerateParams, TokenEvent};
+use crate::llm::Prompt;
 use crate::rag::retriever::{Filter, Passage, Query, Retriever, SearchMode};
 use crate::request::{Executor, Request, Response};
 
@@ -78,6 +79,11 @@ pub struct Answer {
 }
 
 impl Answer {
+    /// The answer of a request [`Grounded`] in `sources`, given its response.
+    pub fn from_sources(response: Response, sources: Vec<Passage>) -> Self {
+        finish(response, sources)
+    }
+
     pub fn text(&self) -> &str {
         &self.response.generation.text
     }
@@ -91,7 +97,7 @@ pub fn ask<'a>(
     options: &AskOptions,
 ) -> Result<Answer> {
     let on = on.into();
-    let (request, sources) = prepare(on, retriever, question, options)?;
+    let Grounded { request, sources } = Grounded::new(on, retriever, question, options)?;
     let response = request.run(on)?;
     Ok(finish(response, sources))
 }
@@ -105,9 +111,39 @@ pub fn ask_streaming<'a>(
     on_event: impl FnMut(&TokenEvent) -> ControlFlow<()>,
 ) -> Result<Answer> {
     let on = on.into();
-    let (request, sources) = prepare(on, retriever, question, options)?;
+    let Grounded { request, sources } = Grounded::new(on, retriever, question, options)?;
     let response = request.run_streaming(on, on_event)?;
     Ok(finish(response, sources))
+}
+
+/// A question made into a request over retrieved sources, before it runs: for callers that
+/// run the request their own way (a binding watching a cancel flag, a caller submitting it to
+/// an engine and reading the stream), then turn its response into an [`Answer`].
+#[derive(Debug, Clone)]
+pub struct Grounded {
+    /// The request to run (a chat: instructions, numbered sources, the question).
+    pub request: Request,
+    /// The sources in the prompt, in rank order.
+    pub sources: Vec<Passage>,
+}
+
+impl Grounded {
+    /// Retrieve passages for `question` and build the request; see the module docs.
+    pub fn new(on: Executor<'_>, retriever: &dyn Retriever, question: &str, options: &AskOptions) -> Result<Self> {
+        let (request, sources) = prepare(on, retriever, question, options)?;
+        Ok(Self { request, sources })
+    }
+
+    /// The answer, given the request's response.
+    pub fn finish(self, response: Response) -> Answer {
+        finish(response, self.sources)
+    }
+
+    /// The request to run and, to make the answer once it has run, the sources
+    /// ([`Answer::from_sources`]).
+    pub fn into_parts(self) -> (Request, Vec<Passage>) {
+        (self.request, self.sources)
+    }
 }
 
 fn finish(response: Response, sources: Vec<Passage>) -> Answer {
@@ -153,34 +189,31 @@ fn prepare(
     passages.truncate(options.k);
 
     let model = on.model();
-    let fixed = model.tokenize(&options.instructions)?.len() + model.tokenize(question)?.len() + 64;
-    let room = model
-        .config()
-        .context_length
-        .saturating_sub(options.params.max_tokens)
-        .saturating_sub(fixed);
-    let budget = options.context_tokens.min(room);
-    let mut sources = Vec::new();
-    let mut blocks = String::new();
+    // Sources in rank order while they fit the budget: a lower-ranked one never displaces a
+    // better one.
+    let mut blocks: Vec<String> = Vec::new();
     let mut used = 0;
-    for p in passages {
-        let block = source_block(sources.len() + 1, &p);
+    for p in &passages {
+        let block = source_block(blocks.len() + 1, p);
         let n = model.tokenize(&block)?.len();
-        if used + n > budget {
-            // Sources go in rank order: a lower-ranked one never displaces a better one.
+        if used + n > options.context_tokens {
             break;
         }
         used += n;
-        blocks.push_str(&block);
-        sources.push(p);
+        blocks.push(block);
     }
-    if sources.is_empty() {
-        blocks.push_str("(no sources were found for this question)\n");
-    }
-    let messages = vec![
-        ChatMessage::system(options.instructions.clone()),
-        ChatMessage::user(format!("Sources:\n{blocks}\nQuestion: {question}")),
-    ];
+    // Then as many as the model's context holds with the answer: the prompt as rendered.
+    let context = model.config().context_length;
+    let messages = loop {
+        let messages = grounded_messages(&options.instructions, &blocks, question);
+        let n = model.encode(&Prompt::Chat(messages.clone()))?.len();
+        if n + options.params.max_tokens <= context || blocks.is_empty() {
+            break messages;
+        }
+        blocks.pop();
+    };
+    let mut sources = passages;
+    sources.truncate(blocks.len());
     let mut info = options.info.clone();
     info.source_ids.extend(sources.iter().map(|p| p.id.clone()));
     let mut request = Request::chat(messages)
@@ -198,7 +231,19 @@ fn prepare(
     Ok((request, sources))
 }
 
-/// `[n] source, page p:` then the passage.
+fn grounded_messages(instructions: &str, blocks: &[String], question: &str) -> Vec<ChatMessage> {
+    let sources = if blocks.is_empty() {
+        "(no sources were found for this question)\n".to_string()
+    } else {
+        blocks.concat()
+    };
+    vec![
+        ChatMessage::system(instructions.to_string()),
+        ChatMessage::user(format!("Sources:\n{sources}\nQuestion: {question}")),
+    ]
+}
+
+/// `[n] (source, page p)` then the passage.
 fn source_block(n: usize, p: &Passage) -> String {
     let mut title = p.source.clone();
     if p.page > 1 {

@@ -29,6 +29,10 @@ const MAGIC: &[u8; 8] = b"FINLLMRX";
 const VERSION: u32 = 1;
 const HEADER: usize = 8 + 4 + 4 + 8 + 32;
 
+/// A hybrid search leaves the vector ranking out when more than this share of the query's
+/// tokens are unknown to the embedder.
+const MAX_UNKNOWN_FOR_VECTOR: f32 = 0.2;
+
 /// How a collection chunks, indexes and fuses.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CollectionConfig {
@@ -387,9 +391,19 @@ impl Collection {
         // Per slot: fused score, cosine, BM25.
         type Scores = (f64, Option<f32>, Option<f32>);
         let mut fused: HashMap<u32, Scores> = HashMap::new();
+        // The vector ranking counts only when the embedder can read the query: a question in
+        // a language its vocabulary lacks (Chinese for all-MiniLM-L6-v2) is mostly [UNK] to it,
+        // and its ranking noise that would only push the keyword ranking's hits down.
+        let vector_weight = if query.mode == SearchMode::Hybrid
+            && self.embedder.unknown_fraction(&query.text)? > MAX_UNKNOWN_FOR_VECTOR
+        {
+            0.0
+        } else {
+            1.0
+        };
         for (rank, &(slot, score)) in vector_hits.iter().enumerate() {
             let e = fused.entry(slot).or_default();
-            e.0 += 1.0 / (self.config.rrf_k + rank as f64 + 1.0);
+            e.0 += vector_weight / (self.config.rrf_k + rank as f64 + 1.0);
             e.1 = Some(score);
         }
         for (rank, &(slot, score)) in keyword_hits.iter().enumerate() {
@@ -495,6 +509,12 @@ impl Collection {
         if version != VERSION {
             return Err(bad(format!(
                 "format version {version}; this finllm reads version {VERSION}: rebuild the index"
+            )));
+        }
+        let flags = u32::from_le_bytes(bytes[12..16].try_into().expect("4 bytes"));
+        if flags != 0 {
+            return Err(bad(format!(
+                "unknown flags {flags:#x}: written by a newer finllm, or corrupt"
             )));
         }
         let len = u64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes"));

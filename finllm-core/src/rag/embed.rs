@@ -337,6 +337,21 @@ impl Embedder {
         Ok(self.tokenize(text)?.len().saturating_sub(2))
     }
 
+    /// The share of `text`'s tokens (without [CLS] and [SEP]) the vocabulary does not know
+    /// ([UNK]): 0 for text in the embedder's languages, near 1 for a script it never saw.
+    pub fn unknown_fraction(&self, text: &str) -> Result<f32> {
+        let ids = self.tokenize(text)?;
+        let inner = ids.len().saturating_sub(2);
+        if inner == 0 {
+            return Ok(0.0);
+        }
+        let Some(unk) = self.tokenizer.token_to_id("[UNK]") else {
+            return Ok(0.0);
+        };
+        let unknown = ids[1..ids.len() - 1].iter().filter(|&&id| id == unk).count();
+        Ok(unknown as f32 / inner as f32)
+    }
+
     /// Length of every embedding.
     pub fn dim(&self) -> usize {
         self.cfg.hidden

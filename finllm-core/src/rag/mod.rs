@@ -24,7 +24,7 @@ pub mod ingest;
 pub mod keyword;
 pub mod retriever;
 
-pub use answer::{ask, ask_streaming, Answer, AskOptions, Citation};
+pub use answer::{ask, ask_streaming, Answer, AskOptions, Citation, Grounded};
 pub use chunk::ChunkerConfig;
 pub use collection::{Chunk, Collection, CollectionConfig, IngestReport, Ingested, Metadata, Progress};
 pub use embed::{Embedder, EmbedderConfig, Pooling};
