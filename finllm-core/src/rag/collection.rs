@@ -22,16 +22,13 @@ use crate::rag::embed::Embedder;
 use crate::rag::index::{IndexConfig, VectorIndex};
 use crate::rag::ingest::{read_document, DocKind};
 use crate::rag::keyword::Bm25;
-use crate::rag::retriever::{is_iso_date, DocMeta, Passage, Query, Retriever, SearchMode};
+use crate::rag::retriever::{fuse, is_iso_date, DocMeta, Passage, Query, Retriever, SearchMode, MAX_UNKNOWN_FOR_VECTOR};
 use crate::util::hex;
 
 const MAGIC: &[u8; 8] = b"FINLLMRX";
 const VERSION: u32 = 1;
 const HEADER: usize = 8 + 4 + 4 + 8 + 32;
 
-/// A hybrid search leaves the vector ranking out when more than this share of the query's
-/// tokens are unknown to the embedder.
-const MAX_UNKNOWN_FOR_VECTOR: f32 = 0.2;
 
 /// How a collection chunks, indexes and fuses.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -211,6 +208,20 @@ impl Collection {
         self.chunks.iter().flatten()
     }
 
+    /// Every chunk with its normalised embedding, in slot order.
+    pub fn embedded_chunks(&self) -> impl Iterator<Item = (&Chunk, &[f32])> {
+        self.vectors
+            .entries()
+            .filter_map(|(slot, v)| Some((self.chunks.get(slot as usize)?.as_ref()?, v)))
+    }
+
+    /// What identifies the indexed version of `source`: the SHA-256 of its bytes and metadata
+    /// together (a store mirroring the collection replaces a file's chunks when it changes).
+    pub fn file_version(&self, source: &str) -> Option<String> {
+        let f = self.files.get(source)?;
+        Some(sha256_hex(format!("{}\n{:?}", f.hash, f.meta).as_bytes()))
+    }
+
     /// Read, chunk and embed the file at `path` under the name `source` with `meta`.
     /// Unchanged bytes and metadata: nothing is done. On any error the collection is unchanged.
     pub fn ingest_file(&mut self, path: &Path, source: &str, meta: DocMeta) -> Result<Ingested> {
@@ -388,38 +399,15 @@ impl Collection {
             self.keywords
                 .search(&query.text, n, Some(&|slot: u32| admit(u64::from(slot))))
         };
-        // Per slot: fused score, cosine, BM25.
-        type Scores = (f64, Option<f32>, Option<f32>);
-        let mut fused: HashMap<u32, Scores> = HashMap::new();
-        // The vector ranking counts only when the embedder can read the query: a question in
-        // a language its vocabulary lacks (Chinese for all-MiniLM-L6-v2) is mostly [UNK] to it,
-        // and its ranking noise that would only push the keyword ranking's hits down.
-        let vector_weight = if query.mode == SearchMode::Hybrid
-            && self.embedder.unknown_fraction(&query.text)? > MAX_UNKNOWN_FOR_VECTOR
-        {
-            0.0
-        } else {
-            1.0
-        };
-        for (rank, &(slot, score)) in vector_hits.iter().enumerate() {
-            let e = fused.entry(slot).or_default();
-            e.0 += vector_weight / (self.config.rrf_k + rank as f64 + 1.0);
-            e.1 = Some(score);
-        }
-        for (rank, &(slot, score)) in keyword_hits.iter().enumerate() {
-            let e = fused.entry(slot).or_default();
-            e.0 += 1.0 / (self.config.rrf_k + rank as f64 + 1.0);
-            e.2 = Some(score);
-        }
-        let mut ranked: Vec<(u32, Scores)> = fused.into_iter().collect();
-        ranked.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0).then(a.0.cmp(&b.0)));
-        ranked.truncate(query.k);
+        let use_vector = query.mode != SearchMode::Hybrid
+            || self.embedder.unknown_fraction(&query.text)? <= MAX_UNKNOWN_FOR_VECTOR;
+        let ranked = fuse(&vector_hits, &keyword_hits, use_vector, self.config.rrf_k, query.k);
         Ok(ranked
             .into_iter()
-            .filter_map(|(slot, (fused, v, k))| {
+            .filter_map(|(slot, fused, v, k)| {
                 let c = self.chunks[slot as usize].as_ref()?;
                 let score = match query.mode {
-                    SearchMode::Hybrid => fused as f32,
+                    SearchMode::Hybrid => fused,
                     SearchMode::Vector => v.unwrap_or(0.0),
                     SearchMode::Keyword => k.unwrap_or(0.0),
                 };

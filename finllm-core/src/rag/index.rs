@@ -156,6 +156,13 @@ impl VectorIndex {
         self.config.ef_search = ef.max(1);
     }
 
+    /// Every live entry: its key and its normalised vector, in insertion order.
+    pub fn entries(&self) -> impl Iterator<Item = (u64, &[f32])> {
+        (0..self.keys.len())
+            .filter(|&i| !self.deleted[i])
+            .map(|i| (self.keys[i], self.vector(i as u32)))
+    }
+
     fn vector(&self, node: u32) -> &[f32] {
         let i = node as usize * self.dim;
         &self.vectors[i..i + self.dim]

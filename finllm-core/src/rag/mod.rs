@@ -9,6 +9,7 @@
 //! - [`collection`]: all of it over a folder of documents, searched by vector, keyword or both
 //!   fused, saved to one checksummed file.
 //! - [`retriever`]: queries, filters, passages and the [`Retriever`] trait.
+//! - `pg` (feature `postgres`, on by default): the same search in PostgreSQL + pgvector.
 //! - [`answer`]: retrieve, build the prompt with numbered sources, generate, cite.
 //!
 //! A [`Retriever`] is anything that answers a [`Query`] with [`Passage`]s: a [`Collection`], a
@@ -22,6 +23,8 @@ pub mod embed;
 pub mod index;
 pub mod ingest;
 pub mod keyword;
+#[cfg(feature = "postgres")]
+pub mod pg;
 pub mod retriever;
 
 pub use answer::{ask, ask_streaming, Answer, AskOptions, Citation, Grounded};
@@ -30,4 +33,6 @@ pub use collection::{Chunk, Collection, CollectionConfig, IngestReport, Ingested
 pub use embed::{Embedder, EmbedderConfig, Pooling};
 pub use index::{Hit, IndexConfig, VectorIndex};
 pub use ingest::{DocKind, Document};
+#[cfg(feature = "postgres")]
+pub use pg::{PgConfig, PgStore, PushReport};
 pub use retriever::{DocMeta, Filter, Passage, Query, Retriever, SearchMode};

@@ -1,7 +1,8 @@
 //! What retrieval is about: a [`Query`] with the caller's [`Filter`], the [`Passage`]s that
 //! answer it, and the [`Retriever`] trait every source of passages implements.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::Hash;
 
 use crate::error::{Error, Result};
 
@@ -156,4 +157,39 @@ pub trait Retriever: Send + Sync {
     /// A short name for errors and logs.
     fn name(&self) -> &str;
     fn retrieve(&self, query: &Query) -> Result<Vec<Passage>>;
+}
+
+/// A hybrid search leaves the vector ranking out when more than this share of the query's
+/// tokens are unknown to the embedder: a question in a language its vocabulary lacks (Chinese
+/// for all-MiniLM-L6-v2) is mostly `[UNK]` to it, and its ranking is noise that would only push
+/// the keyword ranking's hits down.
+pub const MAX_UNKNOWN_FOR_VECTOR: f32 = 0.2;
+
+/// Reciprocal rank fusion of a vector and a keyword ranking (each best first): an item's fused
+/// score is the sum over the rankings it appears in of `1 / (rrf_k + rank)`, rank from 1; the
+/// vector ranking counts only when `use_vector`. The best `k` items, best first (ties by item),
+/// each with its fused score, cosine and keyword score.
+pub fn fuse<K: Copy + Eq + Hash + Ord>(
+    vector: &[(K, f32)],
+    keyword: &[(K, f32)],
+    use_vector: bool,
+    rrf_k: f64,
+    k: usize,
+) -> Vec<(K, f32, Option<f32>, Option<f32>)> {
+    let weight = if use_vector { 1.0 } else { 0.0 };
+    let mut fused: HashMap<K, (f64, Option<f32>, Option<f32>)> = HashMap::new();
+    for (rank, &(item, score)) in vector.iter().enumerate() {
+        let e = fused.entry(item).or_default();
+        e.0 += weight / (rrf_k + rank as f64 + 1.0);
+        e.1 = Some(score);
+    }
+    for (rank, &(item, score)) in keyword.iter().enumerate() {
+        let e = fused.entry(item).or_default();
+        e.0 += 1.0 / (rrf_k + rank as f64 + 1.0);
+        e.2 = Some(score);
+    }
+    let mut ranked: Vec<_> = fused.into_iter().collect();
+    ranked.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0).then(a.0.cmp(&b.0)));
+    ranked.truncate(k);
+    ranked.into_iter().map(|(item, (f, v, kw))| (item, f as f32, v, kw)).collect()
 }
