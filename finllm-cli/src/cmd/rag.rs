@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use clap::Args;
 use finllm_core::rag::{
-    self, AskOptions, ChunkerConfig, Collection, CollectionConfig, Embedder, Filter, Metadata, Passage, Query,
-    SearchMode,
+    self, AskOptions, ChunkerConfig, Collection, CollectionConfig, Embedder, Filter, Metadata, Passage, PgConfig,
+    PgStore, Query, Retriever, SearchMode,
 };
 
 use crate::options::Common;
@@ -41,6 +41,52 @@ pub(crate) struct IndexArgs {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    #[command(flatten)]
+    pg: PgArgs,
+}
+
+/// A PostgreSQL + pgvector store.
+#[derive(Args)]
+pub(crate) struct PgArgs {
+    /// PostgreSQL connection string (`postgresql://user@host:port/db`; the pgvector extension
+    /// must be available). For `index`: mirror the index into it after updating the file.
+    #[arg(long, value_name = "URL")]
+    pg: Option<String>,
+    /// The chunks' table in PostgreSQL.
+    #[arg(long, default_value = "finllm_chunks", requires = "pg")]
+    pg_table: String,
+}
+
+impl PgArgs {
+    fn connect(&self, embedder: Arc<Embedder>) -> Result<Option<PgStore>, Box<dyn std::error::Error>> {
+        let Some(url) = &self.pg else { return Ok(None) };
+        let config = PgConfig {
+            table: self.pg_table.clone(),
+            ..PgConfig::new(url.clone())
+        };
+        Ok(Some(PgStore::connect(config, embedder)?))
+    }
+}
+
+/// Where `search` and `ask` retrieve from: an index file or PostgreSQL.
+#[derive(Args)]
+pub(crate) struct StoreArgs {
+    /// Index file written by `finllm index`.
+    #[arg(long, required_unless_present = "pg", conflicts_with = "pg")]
+    index: Option<PathBuf>,
+    #[command(flatten)]
+    pg: PgArgs,
+}
+
+impl StoreArgs {
+    fn open(&self, embedder: &Path, threads: Option<usize>) -> Result<Box<dyn Retriever>, Box<dyn std::error::Error>> {
+        let embedder = Arc::new(Embedder::load(embedder, threads)?);
+        if let Some(store) = self.pg.connect(Arc::clone(&embedder))? {
+            return Ok(Box::new(store));
+        }
+        let index = self.index.as_ref().ok_or("--index or --pg is required")?;
+        Ok(Box::new(Collection::open(index, embedder)?))
+    }
 }
 
 /// What a search may see, from the command line.
@@ -79,9 +125,8 @@ impl FilterArgs {
 
 #[derive(Args)]
 pub(crate) struct SearchArgs {
-    /// Index file written by `finllm index`.
-    #[arg(long)]
-    index: PathBuf,
+    #[command(flatten)]
+    store: StoreArgs,
     #[arg(long, default_value = crate::DEFAULT_EMBEDDER)]
     embedder: PathBuf,
     /// Passages to return.
@@ -102,9 +147,8 @@ pub(crate) struct SearchArgs {
 
 #[derive(Args)]
 pub(crate) struct AskArgs {
-    /// Index file written by `finllm index`.
-    #[arg(long)]
-    index: PathBuf,
+    #[command(flatten)]
+    store: StoreArgs,
     /// Passages retrieved into the prompt.
     #[arg(long, default_value_t = 4)]
     k: usize,
@@ -124,14 +168,11 @@ pub(crate) struct AskArgs {
     question: String,
 }
 
-fn open(index: &Path, embedder: &Path, threads: Option<usize>) -> Result<Collection, Box<dyn std::error::Error>> {
-    let embedder = Arc::new(Embedder::load(embedder, threads)?);
-    Ok(Collection::open(index, embedder)?)
-}
-
 pub(crate) fn index(args: &IndexArgs) -> CliResult {
     let started = Instant::now();
     let embedder = Arc::new(Embedder::load(&args.embedder, args.threads)?);
+    // Connect first: a wrong URL should not cost an indexing run.
+    let store = args.pg.connect(Arc::clone(&embedder))?;
     let mut collection = if args.out.exists() {
         Collection::open(&args.out, Arc::clone(&embedder))?
     } else {
@@ -190,6 +231,18 @@ pub(crate) fn index(args: &IndexArgs) -> CliResult {
         report.chunks_removed,
         started.elapsed().as_secs_f64()
     );
+    if let Some(store) = &store {
+        let pushed = store.push(&collection)?;
+        eprintln!(
+            "postgres table {}: {} files added, {} replaced, {} unchanged, {} removed ({} rows written)",
+            store.config().table,
+            pushed.added.len(),
+            pushed.replaced.len(),
+            pushed.unchanged.len(),
+            pushed.removed.len(),
+            pushed.rows
+        );
+    }
     if !report.failed.is_empty() {
         return Err(format!("{} files could not be indexed (the rest were)", report.failed.len()).into());
     }
@@ -214,14 +267,14 @@ fn passage_json(p: &Passage) -> serde_json::Value {
 }
 
 pub(crate) fn search(args: &SearchArgs) -> CliResult {
-    let collection = open(&args.index, &args.embedder, args.threads)?;
+    let retriever = args.store.open(&args.embedder, args.threads)?;
     let query = Query {
         text: args.query.clone(),
         k: args.k,
         mode: SearchMode::parse(&args.mode)?,
         filter: args.filter.filter(),
     };
-    let passages = collection.search(&query)?;
+    let passages = retriever.retrieve(&query)?;
     let mut out = std::io::stdout().lock();
     if args.json {
         let list: Vec<_> = passages.iter().map(passage_json).collect();
@@ -246,7 +299,7 @@ pub(crate) fn search(args: &SearchArgs) -> CliResult {
 
 pub(crate) fn ask(args: &AskArgs) -> CliResult {
     // The embedder that built the index (--embedder, shared with the policy's semantic rules).
-    let collection = open(&args.index, args.common.compliance.embedder(), args.common.threads())?;
+    let retriever = args.store.open(args.common.compliance.embedder(), args.common.threads())?;
     let model = args.common.load()?;
     let guard = args
         .common
@@ -265,10 +318,10 @@ pub(crate) fn ask(args: &AskArgs) -> CliResult {
         ..Default::default()
     };
     let answer = if args.json {
-        rag::ask(&model, &collection, &args.question, &options)?
+        rag::ask(&model, &*retriever, &args.question, &options)?
     } else {
         let mut stdout = std::io::stdout().lock();
-        let answer = rag::ask_streaming(&model, &collection, &args.question, &options, |ev| {
+        let answer = rag::ask_streaming(&model, &*retriever, &args.question, &options, |ev| {
             let _ = stdout.write_all(ev.text.as_bytes());
             let _ = stdout.flush();
             ControlFlow::Continue(())
