@@ -170,6 +170,10 @@ typedef struct finllm_model finllm_model;
 // A list of passages: search results, or what a retrieval callback adds.
 typedef struct finllm_passages finllm_passages;
 
+// A collection in PostgreSQL with pgvector. Thread safety: any number of threads may use one
+// handle (calls take turns on its connection); not to be freed while a call is using it.
+typedef struct finllm_pg finllm_pg;
+
 // A compiled output policy (TOML rule packs). Thread safety: read-only, shareable by any
 // number of threads; must not be freed while a call is using it.
 typedef struct finllm_policy finllm_policy;
@@ -367,6 +371,16 @@ typedef struct {
 typedef int32_t (*finllm_retrieve_fn)(void *user_data,
                                       const finllm_query *query,
                                       finllm_passages *out);
+
+// What finllm_pg_push did.
+typedef struct {
+  size_t added;
+  size_t replaced;
+  size_t unchanged;
+  size_t removed;
+  // Rows written.
+  size_t rows;
+} finllm_push_report;
 
 // One chat message.
 typedef struct {
@@ -940,6 +954,63 @@ size_t finllm_generation_n_citations(const finllm_generation *gen);
 finllm_status finllm_generation_citation(const finllm_generation *gen,
                                          size_t i,
                                          finllm_passage *out);
+
+// Connect to PostgreSQL at `url` (`postgresql://user@host:port/db` or `host=... dbname=...`;
+// no TLS), creating the pgvector extension and the table `table` (NULL: `finllm_chunks`) when
+// missing. `timeout_ms` bounds connecting and each statement (0: 30 s). `embedder` must be the
+// one that builds the indexes pushed here. A server that cannot be reached, or a table
+// holding another embedder's vectors: FINLLM_ERROR_RETRIEVER. Free with finllm_pg_free.
+//
+// # Safety
+// `url` NUL-terminated; `table` NULL or NUL-terminated; `embedder` live; `out` writable.
+finllm_status finllm_pg_open(const char *url,
+                             const char *table,
+                             const finllm_embedder *embedder,
+                             uint32_t timeout_ms,
+                             finllm_pg **out);
+
+// Make the table hold exactly `index`'s chunks, writing only the files that changed, in one
+// transaction (on failure the table is unchanged). `report` may be NULL.
+//
+// # Safety
+// `store` and `index` live; `report` NULL or writable.
+finllm_status finllm_pg_push(const finllm_pg *store,
+                             const finllm_index *index,
+                             finllm_push_report *report);
+
+// Rows in the store's table into `*out`.
+//
+// # Safety
+// `store` live; `out` writable.
+finllm_status finllm_pg_len(const finllm_pg *store, size_t *out);
+
+// Search the store as finllm_index_search searches an index (the filter runs inside
+// PostgreSQL); `*out` receives the passages, best first (free with finllm_passages_free).
+//
+// # Safety
+// `store` live; `query` valid as documented on finllm_query; `out` writable.
+finllm_status finllm_pg_search(const finllm_pg *store,
+                               const finllm_query *query,
+                               finllm_passages **out);
+
+// Drop the store's table and everything pushed to it (a later push creates it again).
+//
+// # Safety
+// `store` live.
+finllm_status finllm_pg_drop_tables(const finllm_pg *store);
+
+// A retriever over the store (which it keeps alive); free with finllm_retriever_free.
+//
+// # Safety
+// `store` live; `out` writable.
+finllm_status finllm_retriever_from_pg(const finllm_pg *store, finllm_retriever **out);
+
+// Close the connection and free the handle. NULL is allowed. Retrievers made from it keep the
+// store alive.
+//
+// # Safety
+// `store` NULL or a handle not yet freed, used by no other call.
+void finllm_pg_free(finllm_pg *store);
 
 // Default request options: no prompt yet, default generation, no guard, a made-up request id,
 // no deadline, no wait.

@@ -274,8 +274,26 @@ type Truth = BTreeMap<String, (Vec<String>, String, String)>;
 const LABELS: [&str; 4] = ["public", "research", "desk-a", "desk-b"];
 const TICKERS: [&str; 3] = ["AAA", "BBB", "CCC"];
 const WORDS: [&str; 20] = [
-    "bond", "yield", "equity", "swap", "credit", "spread", "rate", "inflation", "dividend", "margin", "capital",
-    "liquidity", "hedge", "option", "futures", "currency", "default", "rating", "coupon", "duration",
+    "bond",
+    "yield",
+    "equity",
+    "swap",
+    "credit",
+    "spread",
+    "rate",
+    "inflation",
+    "dividend",
+    "margin",
+    "capital",
+    "liquidity",
+    "hedge",
+    "option",
+    "futures",
+    "currency",
+    "default",
+    "rating",
+    "coupon",
+    "duration",
 ];
 
 /// 30 small documents of random finance words, each with random entitlement labels, ticker and
@@ -622,10 +640,18 @@ fn pgvector_returns_the_exact_top_k_and_mirrors_the_collection() {
                     p.id,
                     p.score
                 );
-                assert!((f64::from(p.score) - mine).abs() < 1e-4, "{}: {} vs {mine}", p.id, p.score);
+                assert!(
+                    (f64::from(p.score) - mine).abs() < 1e-4,
+                    "{}: {} vs {mine}",
+                    p.id,
+                    p.score
+                );
                 // The passage is the chunk, with its metadata.
                 let ch = by_id[&p.id];
-                assert_eq!((&p.source, p.page, p.start, p.end), (&ch.source, ch.page, ch.start, ch.end));
+                assert_eq!(
+                    (&p.source, p.page, p.start, p.end),
+                    (&ch.source, ch.page, ch.start, ch.end)
+                );
                 assert_eq!((&p.text, &p.context, &p.meta), (&ch.text, &ch.context, &*ch.meta));
                 compared += 1;
             }

@@ -32,6 +32,9 @@ mod engine;
 // Retrieval: sentence embeddings, the document index, retrievers and passages.
 mod rag;
 
+// The same retrieval in PostgreSQL + pgvector.
+mod pg;
+
 // One request struct for every prompt kind, guarded or not, grounded in retrieved passages or
 // not; run on a model or an engine.
 mod request;

@@ -18,7 +18,7 @@ use crate::status::finllm_status::{self, *};
 /// A loaded sentence embedder. Thread safety: one handle may be used by any number of threads
 /// at once; it must not be freed while a call is using it.
 pub struct finllm_embedder {
-    inner: Arc<Embedder>,
+    pub(crate) inner: Arc<Embedder>,
 }
 
 /// Load a sentence-transformers directory (config.json, model.safetensors, tokenizer.json),
@@ -116,19 +116,19 @@ pub unsafe extern "C" fn finllm_embedder_embed(
 /// metadata). Thread safety: searches may run from many threads at once; finllm_index_sync
 /// waits for them and runs alone. Not to be freed while a call is using it.
 pub struct finllm_index {
-    inner: Arc<RwLock<Collection>>,
+    pub(crate) inner: Arc<RwLock<Collection>>,
 }
 
 /// Where passages come from for a request (finllm_request_params.retriever): an index, or a
 /// caller's function. Thread safety: as the index or function it wraps.
 pub struct finllm_retriever {
-    inner: Arc<dyn Retriever>,
+    pub(crate) inner: Arc<dyn Retriever>,
 }
 
 /// A list of passages: search results, or what a retrieval callback adds.
 #[derive(Default)]
 pub struct finllm_passages {
-    items: Vec<CPassage>,
+    pub(crate) items: Vec<CPassage>,
 }
 
 /// How results are ranked.

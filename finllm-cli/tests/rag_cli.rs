@@ -57,11 +57,23 @@ fn ask_over_the_sample_filings_cites_the_right_one() {
     let (code, out, err) = finllm(&["ask", "--index", idx, "--max-tokens", "8", QUESTION]);
     assert_eq!(code, 0, "{err}");
     let sources = out.split("\nSources:\n").nth(1).unwrap_or_else(|| panic!("{out}"));
-    assert!(sources.starts_with(&format!("[1]* {FILING}")) || sources.starts_with(&format!("[1] {FILING}")), "{out}");
+    assert!(
+        sources.starts_with(&format!("[1]* {FILING}")) || sources.starts_with(&format!("[1] {FILING}")),
+        "{out}"
+    );
 
     // A caller entitled to nothing in the folder gets no sources.
-    let (code, out, err) =
-        finllm(&["ask", "--index", idx, "--entitlement", "nobody", "--max-tokens", "4", "--json", QUESTION]);
+    let (code, out, err) = finllm(&[
+        "ask",
+        "--index",
+        idx,
+        "--entitlement",
+        "nobody",
+        "--max-tokens",
+        "4",
+        "--json",
+        QUESTION,
+    ]);
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(v["citations"].as_array().unwrap().len(), 0, "{v}");
@@ -70,11 +82,30 @@ fn ask_over_the_sample_filings_cites_the_right_one() {
     let url = std::env::var("FINLLM_TEST_PG_URL")
         .expect("FINLLM_TEST_PG_URL is not set: eval \"$(python3 scripts/pg_server.py start)\" (scripts/test.sh does)");
     let table = format!("cli_{}", std::process::id());
-    let (code, _, err) = finllm(&["index", "examples/data", "--out", idx, "--quiet", "--pg", &url, "--pg-table", &table]);
+    let (code, _, err) = finllm(&[
+        "index",
+        "examples/data",
+        "--out",
+        idx,
+        "--quiet",
+        "--pg",
+        &url,
+        "--pg-table",
+        &table,
+    ]);
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("5 files added"), "{err}");
-    let (code, out, err) =
-        finllm(&["ask", "--pg", &url, "--pg-table", &table, "--max-tokens", "24", "--json", QUESTION]);
+    let (code, out, err) = finllm(&[
+        "ask",
+        "--pg",
+        &url,
+        "--pg-table",
+        &table,
+        "--max-tokens",
+        "24",
+        "--json",
+        QUESTION,
+    ]);
     assert_eq!(code, 0, "{err}");
     check_answer(&out);
     // Both stores at once is refused; a wrong server is a clear error, not a hang.

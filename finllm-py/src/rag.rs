@@ -158,27 +158,110 @@ impl Index {
         mode: &str,
         filter: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Py<PyAny>> {
-        let mut f = Filter::default();
-        for (key, value) in filter.into_iter().flat_map(|d| d.iter()) {
-            let key: String = key.extract()?;
-            if !set_filter(&mut f, &key, &value)? {
-                return Err(PyTypeError::new_err(format!(
-                    "search() got an unexpected keyword argument '{key}'"
-                )));
-            }
-        }
-        let q = Query {
-            text: query,
-            k,
-            mode: SearchMode::parse(mode).map_err(to_py)?,
-            filter: f,
-        };
+        let q = query_from(query, k, mode, filter, "search")?;
         let inner = self.inner.clone();
         let passages = py
             .detach(move || inner.read().map_err(|_| ()).map(|c| c.search(&q)))
             .map_err(|_| poisoned())?
             .map_err(to_py)?;
         passages_to_py(py, &passages)
+    }
+}
+
+/// A Query from search()'s arguments; `method` names the method in errors.
+fn query_from(text: String, k: usize, mode: &str, filter: Option<&Bound<'_, PyDict>>, method: &str) -> PyResult<Query> {
+    let mut f = Filter::default();
+    for (key, value) in filter.into_iter().flat_map(|d| d.iter()) {
+        let key: String = key.extract()?;
+        if !set_filter(&mut f, &key, &value)? {
+            return Err(PyTypeError::new_err(format!(
+                "{method}() got an unexpected keyword argument '{key}'"
+            )));
+        }
+    }
+    Ok(Query {
+        text,
+        k,
+        mode: SearchMode::parse(mode).map_err(to_py)?,
+        filter: f,
+    })
+}
+
+/// A collection in PostgreSQL with pgvector: the same chunks, filters and passages as an
+/// Index, in the bank's own database. Usable as a retriever in ask().
+#[pyclass(frozen, module = "finllm._finllm")]
+pub(crate) struct PgStore {
+    inner: Arc<core::rag::PgStore>,
+}
+
+#[pymethods]
+impl PgStore {
+    /// Connect to `url` (`postgresql://user@host:port/db`), creating the pgvector extension
+    /// and the table when missing. `embedder` must be the one that builds the pushed indexes.
+    #[new]
+    #[pyo3(signature = (url, *, embedder, table="finllm_chunks".to_string(), timeout=30.0))]
+    fn new(py: Python<'_>, url: String, embedder: PyRef<'_, Embedder>, table: String, timeout: f64) -> PyResult<Self> {
+        let timeout = crate::request::seconds("timeout", Some(timeout))?.unwrap_or_default();
+        let config = core::rag::PgConfig {
+            table,
+            timeout,
+            ..core::rag::PgConfig::new(url)
+        };
+        let e = embedder.inner.clone();
+        let store = py
+            .detach(move || core::rag::PgStore::connect(config, e))
+            .map_err(to_py)?;
+        Ok(Self { inner: Arc::new(store) })
+    }
+
+    /// Make the table hold exactly `index`'s chunks, writing only the files that changed, in one
+    /// transaction. Returns a dict: added, replaced, unchanged, removed (file names), rows.
+    fn push(&self, py: Python<'_>, index: PyRef<'_, Index>) -> PyResult<Py<PyAny>> {
+        let (store, coll) = (self.inner.clone(), index.inner.clone());
+        let report = py
+            .detach(move || {
+                let c = coll.read().map_err(|_| core::Error::Retriever {
+                    name: "index".into(),
+                    reason: "poisoned".into(),
+                })?;
+                store.push(&c)
+            })
+            .map_err(to_py)?;
+        let d = PyDict::new(py);
+        d.set_item("added", &report.added)?;
+        d.set_item("replaced", &report.replaced)?;
+        d.set_item("unchanged", &report.unchanged)?;
+        d.set_item("removed", &report.removed)?;
+        d.set_item("rows", report.rows)?;
+        d.into_py_any(py)
+    }
+
+    /// Like Index.search.
+    #[pyo3(signature = (query, *, k=5, mode="hybrid", **filter))]
+    fn search(
+        &self,
+        py: Python<'_>,
+        query: String,
+        k: usize,
+        mode: &str,
+        filter: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Py<PyAny>> {
+        let q = query_from(query, k, mode, filter, "search")?;
+        let store = self.inner.clone();
+        let passages = py.detach(move || store.search(&q)).map_err(to_py)?;
+        passages_to_py(py, &passages)
+    }
+
+    /// Rows in the table.
+    fn __len__(&self, py: Python<'_>) -> PyResult<usize> {
+        let store = self.inner.clone();
+        py.detach(move || store.len()).map_err(to_py)
+    }
+
+    /// Drop the table and everything pushed to it.
+    fn drop_tables(&self, py: Python<'_>) -> PyResult<()> {
+        let store = self.inner.clone();
+        py.detach(move || store.drop_tables()).map_err(to_py)
     }
 }
 
@@ -305,11 +388,14 @@ pub(crate) fn retriever(obj: &Bound<'_, PyAny>) -> PyResult<Arc<dyn Retriever>> 
     if let Ok(index) = obj.cast::<Index>() {
         return Ok(Arc::new(Shared(index.borrow().inner.clone())));
     }
+    if let Ok(store) = obj.cast::<PgStore>() {
+        return Ok(store.get().inner.clone());
+    }
     if obj.is_callable() {
         return Ok(Arc::new(PyRetriever(obj.clone().unbind())));
     }
     Err(PyTypeError::new_err(
-        "retriever must be a finllm.Index or a callable(query: dict) -> list[dict]",
+        "retriever must be a finllm.Index, a finllm.PgStore or a callable(query: dict) -> list[dict]",
     ))
 }
 
@@ -406,5 +492,6 @@ pub(crate) fn answer(py: Python<'_>, a: core::rag::Answer) -> PyResult<Answer> {
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Embedder>()?;
     m.add_class::<Index>()?;
+    m.add_class::<PgStore>()?;
     m.add_class::<Answer>()
 }

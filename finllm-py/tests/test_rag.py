@@ -1,6 +1,7 @@
 """finllm.Index over examples/data, Python callables as retrievers, and Model/Engine.ask."""
 
 import json
+import os
 import pathlib
 import threading
 
@@ -124,3 +125,38 @@ def test_engine_ask_matches_model_ask(smollm2, index):
     b = smollm2.ask(q["question"], retriever=index, max_tokens=12)
     assert a.text == b.text
     assert a.citations == b.citations
+
+
+def pg_url():
+    url = os.environ.get("FINLLM_TEST_PG_URL")
+    assert url, 'FINLLM_TEST_PG_URL is not set: eval "$(python3 scripts/pg_server.py start)" (scripts/test.sh does)'
+    return url
+
+
+def test_pgstore_mirrors_the_index_and_answers(smollm2, index, embedder):
+    store = finllm.PgStore(pg_url(), embedder=embedder, table=f"py_{os.getpid()}")
+    try:
+        report = store.push(index)
+        assert sorted(report["added"]) == sorted({p["source"] for p in index.search("bank", k=1000, mode="vector")})
+        assert report["rows"] == len(index) == len(store)
+        assert store.push(index)["rows"] == 0
+        # Vector search in PostgreSQL is exact: it agrees with the embedded index's ranking on
+        # this small collection, with the same passages and scores.
+        for q in questions()[:10]:
+            mine = store.search(q["question"], k=5, mode="vector")
+            theirs = index.search(q["question"], k=5, mode="vector")
+            assert [p["id"] for p in mine] == [p["id"] for p in theirs]
+            assert all(abs(a["score"] - b["score"]) < 1e-4 for a, b in zip(mine, theirs))
+        hits = store.search("CET1 ratio", k=10, entitlements=["research"])
+        assert hits and all("research" in h["labels"] for h in hits)
+        q = next(q for q in questions() if q["lang"] == "en")
+        answer = smollm2.ask(q["question"], retriever=store, max_tokens=8)
+        assert answer.citations[0]["source"] == q["source"]
+        with pytest.raises(TypeError, match="unexpected keyword argument 'colour'"):
+            store.search("x", colour="red")
+    finally:
+        store.drop_tables()
+    with pytest.raises(finllm.errors.RetrieverError):
+        finllm.PgStore("postgresql://postgres@127.0.0.1:1/postgres", embedder=embedder, timeout=5)
+    with pytest.raises(finllm.errors.InvalidArgument):
+        finllm.PgStore(pg_url(), embedder=embedder, table="x; drop table y")

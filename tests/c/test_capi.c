@@ -1254,6 +1254,62 @@ static void test_retrieval(const finllm_model *m, const char *embedder_dir) {
   unlink(path);
   unlink(idx);
 
+  /* The same chunks in PostgreSQL + pgvector (scripts/test.sh starts a throwaway server on
+   * loopback and exports its URL). */
+  const char *pg_url = getenv("FINLLM_TEST_PG_URL");
+  if (!pg_url) fprintf(stderr, "FINLLM_TEST_PG_URL is not set: eval \"$(python3 scripts/pg_server.py start)\"\n");
+  CHECK(pg_url != NULL);
+  if (pg_url) {
+    char table[64];
+    snprintf(table, sizeof table, "c_%d", (int)getpid());
+    finllm_pg *pg = NULL;
+    EXPECT_STATUS(finllm_pg_open(pg_url, table, e, 0, &pg), FINLLM_OK);
+    finllm_push_report rep = {0};
+    EXPECT_STATUS(finllm_pg_push(pg, index, &rep), FINLLM_OK);
+    CHECK(rep.added == 2 && rep.rows == 2);
+    EXPECT_STATUS(finllm_pg_push(pg, index, &rep), FINLLM_OK);
+    CHECK(rep.unchanged == 2 && rep.rows == 0);
+    size_t rows = 0;
+    EXPECT_STATUS(finllm_pg_len(pg, &rows), FINLLM_OK);
+    CHECK(rows == 2);
+    q.date_from = NULL;
+    q.restricted = 1; /* "public" only, as above */
+    found = NULL;
+    EXPECT_STATUS(finllm_pg_search(pg, &q, &found), FINLLM_OK);
+    CHECK(finllm_passages_len(found) == 1);
+    EXPECT_STATUS(finllm_passages_get(found, 0, &p), FINLLM_OK);
+    CHECK(strcmp(p.source, "acme.md") == 0 && strcmp(p.ticker, "ACMB") == 0 && strstr(p.text, "14.2%") != NULL);
+    finllm_passages_free(found);
+    finllm_retriever *pr = NULL;
+    EXPECT_STATUS(finllm_retriever_from_pg(pg, &pr), FINLLM_OK);
+    finllm_generate_params pgp = finllm_generate_default_params();
+    pgp.max_tokens = 2;
+    finllm_request_params prp = finllm_request_default_params();
+    prp.prompt = "What was the CET1 ratio?";
+    prp.generate = &pgp;
+    prp.retriever = pr;
+    finllm_generation *pout = NULL;
+    EXPECT_STATUS(finllm_generate(m, &prp, NULL, NULL, NULL, &pout), FINLLM_OK);
+    CHECK(finllm_generation_n_citations(pout) == 2);
+    finllm_passage pc;
+    EXPECT_STATUS(finllm_generation_citation(pout, 0, &pc), FINLLM_OK);
+    CHECK(strcmp(pc.source, "acme.md") == 0);
+    finllm_generation_free(pout);
+    EXPECT_STATUS(finllm_pg_drop_tables(pg), FINLLM_OK);
+    finllm_pg_free(pg); /* the retriever keeps the store alive */
+    finllm_retriever_free(pr);
+    finllm_pg_free(NULL);
+    /* Nothing listens on port 1: a typed error, promptly; a table name that is not one. */
+    pg = NULL;
+    EXPECT_STATUS(finllm_pg_open("postgresql://postgres@127.0.0.1:1/postgres", NULL, e, 5000, &pg),
+                  FINLLM_ERROR_RETRIEVER);
+    CHECK(pg == NULL);
+    EXPECT_STATUS(finllm_pg_open(pg_url, "x; drop table y", e, 0, &pg), FINLLM_ERROR_INVALID_ARGUMENT);
+    EXPECT_STATUS(finllm_pg_open(NULL, NULL, e, 0, &pg), FINLLM_ERROR_NULL_POINTER);
+    EXPECT_STATUS(finllm_pg_push(NULL, index, NULL), FINLLM_ERROR_NULL_POINTER);
+    EXPECT_STATUS(finllm_pg_len(NULL, &rows), FINLLM_ERROR_NULL_POINTER);
+  }
+
   /* A grounded request on the model: the sources come back as citations. */
   finllm_retriever *r = NULL;
   EXPECT_STATUS(finllm_retriever_from_index(index, &r), FINLLM_OK);

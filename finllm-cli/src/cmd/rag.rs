@@ -299,7 +299,9 @@ pub(crate) fn search(args: &SearchArgs) -> CliResult {
 
 pub(crate) fn ask(args: &AskArgs) -> CliResult {
     // The embedder that built the index (--embedder, shared with the policy's semantic rules).
-    let retriever = args.store.open(args.common.compliance.embedder(), args.common.threads())?;
+    let retriever = args
+        .store
+        .open(args.common.compliance.embedder(), args.common.threads())?;
     let model = args.common.load()?;
     let guard = args
         .common

@@ -22,13 +22,14 @@ use crate::rag::embed::Embedder;
 use crate::rag::index::{IndexConfig, VectorIndex};
 use crate::rag::ingest::{read_document, DocKind};
 use crate::rag::keyword::Bm25;
-use crate::rag::retriever::{fuse, is_iso_date, DocMeta, Passage, Query, Retriever, SearchMode, MAX_UNKNOWN_FOR_VECTOR};
+use crate::rag::retriever::{
+    fuse, is_iso_date, DocMeta, Passage, Query, Retriever, SearchMode, MAX_UNKNOWN_FOR_VECTOR,
+};
 use crate::util::hex;
 
 const MAGIC: &[u8; 8] = b"FINLLMRX";
 const VERSION: u32 = 1;
 const HEADER: usize = 8 + 4 + 4 + 8 + 32;
-
 
 /// How a collection chunks, indexes and fuses.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -399,8 +400,8 @@ impl Collection {
             self.keywords
                 .search(&query.text, n, Some(&|slot: u32| admit(u64::from(slot))))
         };
-        let use_vector = query.mode != SearchMode::Hybrid
-            || self.embedder.unknown_fraction(&query.text)? <= MAX_UNKNOWN_FOR_VECTOR;
+        let use_vector =
+            query.mode != SearchMode::Hybrid || self.embedder.unknown_fraction(&query.text)? <= MAX_UNKNOWN_FOR_VECTOR;
         let ranked = fuse(&vector_hits, &keyword_hits, use_vector, self.config.rrf_k, query.k);
         Ok(ranked
             .into_iter()

@@ -96,7 +96,8 @@ fn valid_table(t: &str) -> bool {
     !t.is_empty()
         && t.len() <= 40
         && t.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
-        && t.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && t.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
 /// `[x1,x2,...]`, pgvector's text form; `{:?}` prints an f32 exactly (shortest round trip).
@@ -176,7 +177,14 @@ impl FilterParams {
     }
 
     fn params(&self) -> [&(dyn ToSql + Sync); 6] {
-        [&self.entitlements, &self.tickers, &self.doc_types, &self.sources, &self.from, &self.to]
+        [
+            &self.entitlements,
+            &self.tickers,
+            &self.doc_types,
+            &self.sources,
+            &self.from,
+            &self.to,
+        ]
     }
 }
 
@@ -187,11 +195,20 @@ impl PgStore {
         if !valid_table(&config.table) {
             return Err(Error::invalid(
                 "table",
-                format!("{:?}: use 1-40 lower-case letters, digits and _, not starting with a digit", config.table),
+                format!(
+                    "{:?}: use 1-40 lower-case letters, digits and _, not starting with a digit",
+                    config.table
+                ),
             ));
         }
+        if config.timeout.is_zero() {
+            return Err(Error::invalid("timeout", "must be more than zero"));
+        }
         if config.candidates == 0 || config.ef_search == 0 {
-            return Err(Error::invalid("candidates", "candidates and ef_search must be at least 1"));
+            return Err(Error::invalid(
+                "candidates",
+                "candidates and ef_search must be at least 1",
+            ));
         }
         if !(config.rrf_k.is_finite() && config.rrf_k >= 0.0) {
             return Err(Error::invalid("rrf_k", "must be a finite number >= 0"));
@@ -321,8 +338,9 @@ impl PgStore {
         Ok(self.len()? == 0)
     }
 
-    /// Drop the store's tables (the chunks and `<table>_meta`), and with them everything pushed.
-    pub fn drop_tables(self) -> Result<()> {
+    /// Drop the store's tables (the chunks and `<table>_meta`), and with them everything pushed;
+    /// a later push creates them again.
+    pub fn drop_tables(&self) -> Result<()> {
         let t = &self.config.table;
         self.with_client(|c| {
             c.batch_execute(&format!("DROP TABLE IF EXISTS {t}; DROP TABLE IF EXISTS {t}_meta"))
@@ -333,11 +351,18 @@ impl PgStore {
     /// Make the table hold exactly `collection`'s chunks, writing only the files that changed,
     /// in one transaction (on any error the table is as it was).
     pub fn push(&self, collection: &Collection) -> Result<PushReport> {
-        let coll_id = format!("dim={} {}", collection.embedder().dim(), collection.embedder().fingerprint());
+        let coll_id = format!(
+            "dim={} {}",
+            collection.embedder().dim(),
+            collection.embedder().fingerprint()
+        );
         if coll_id != self.embedder_id {
             return Err(Error::Retriever {
                 name: self.name.clone(),
-                reason: format!("the collection's embedder ({coll_id}) is not the store's ({})", self.embedder_id),
+                reason: format!(
+                    "the collection's embedder ({coll_id}) is not the store's ({})",
+                    self.embedder_id
+                ),
             });
         }
         let t = &self.config.table;
@@ -346,12 +371,17 @@ impl PgStore {
             by_source.entry(chunk.source.as_str()).or_default().push((chunk, v));
         }
         self.with_client(|c| {
+            // The tables may have been dropped since connect().
+            self.create_schema(c)?;
             let mut tx = c.transaction().map_err(|e| self.err("begin", &e))?;
             // One writer at a time per table; readers are not blocked.
             tx.batch_execute(&format!("LOCK TABLE {t} IN SHARE ROW EXCLUSIVE MODE"))
                 .map_err(|e| self.err("lock", &e))?;
             let stored: HashMap<String, String> = tx
-                .query(&format!("SELECT source, min(file_version) FROM {t} GROUP BY source"), &[])
+                .query(
+                    &format!("SELECT source, min(file_version) FROM {t} GROUP BY source"),
+                    &[],
+                )
                 .map_err(|e| self.err("read files", &e))?
                 .into_iter()
                 .map(|r| (r.get(0), r.get(1)))

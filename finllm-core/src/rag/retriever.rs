@@ -191,5 +191,8 @@ pub fn fuse<K: Copy + Eq + Hash + Ord>(
     let mut ranked: Vec<_> = fused.into_iter().collect();
     ranked.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0).then(a.0.cmp(&b.0)));
     ranked.truncate(k);
-    ranked.into_iter().map(|(item, (f, v, kw))| (item, f as f32, v, kw)).collect()
+    ranked
+        .into_iter()
+        .map(|(item, (f, v, kw))| (item, f as f32, v, kw))
+        .collect()
 }

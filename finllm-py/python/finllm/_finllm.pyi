@@ -183,7 +183,7 @@ class Model:
         self,
         question: str,
         *,
-        retriever: Union[Index, Callable[[Dict[str, Any]], Sequence[Mapping[str, Any]]]],
+        retriever: Union[Index, PgStore, Callable[[Dict[str, Any]], Sequence[Mapping[str, Any]]]],
         guard: Optional[Guard] = None,
         k: int = 4,
         mode: str = "hybrid",
@@ -535,7 +535,7 @@ class Engine:
         self,
         question: str,
         *,
-        retriever: Union[Index, Callable[[Dict[str, Any]], Sequence[Mapping[str, Any]]]],
+        retriever: Union[Index, PgStore, Callable[[Dict[str, Any]], Sequence[Mapping[str, Any]]]],
         guard: Optional[Guard] = None,
         k: int = 4,
         mode: str = "hybrid",
@@ -608,6 +608,40 @@ class Index:
         end, score, vector_score, keyword_score, text, context, ticker, date, doc_type, labels.
         `entitlements=None` is an unrestricted caller; a list shows only documents carrying one
         of its labels."""
+
+class PgStore:
+    """A collection in PostgreSQL with pgvector: the same chunks, filters and passages as an
+    Index, in your own database; a retriever for ask(). Thread-safe (calls take turns on one
+    connection; a broken connection is reopened). No TLS: keep the database on loopback or a
+    trusted network."""
+
+    def __init__(
+        self, url: str, *, embedder: Embedder, table: str = "finllm_chunks", timeout: float = 30.0
+    ) -> None:
+        """Connect to `url` (postgresql://user@host:port/db), creating the pgvector extension and
+        `table` when missing. `embedder` must be the one that builds the pushed indexes.
+        Raises RetrieverError when the server cannot be reached or `table` holds another
+        embedder's vectors."""
+    def push(self, index: Index) -> Dict[str, Any]:
+        """Make the table hold exactly `index`'s chunks, writing only the files that changed, in
+        one transaction. Returns added, replaced, unchanged, removed (file names) and rows."""
+    def search(
+        self,
+        query: str,
+        *,
+        k: int = 5,
+        mode: str = "hybrid",
+        entitlements: Optional[Sequence[str]] = None,
+        tickers: Optional[Sequence[str]] = None,
+        doc_types: Optional[Sequence[str]] = None,
+        sources: Optional[Sequence[str]] = None,
+        date_from: Optional[str] = None,
+        date_to: Optional[str] = None,
+    ) -> list[Dict[str, Any]]:
+        """Like Index.search; the filter runs inside PostgreSQL."""
+    def __len__(self) -> int: ...
+    def drop_tables(self) -> None:
+        """Drop the table and everything pushed to it."""
 
 class Answer:
     """An answer with its sources."""
