@@ -143,10 +143,69 @@ pub fn quantize_q8(x: &[f32], out: &mut [BlockQ8]) {
     quantize_q8_blocks(x, out);
 }
 
+/// The AVX2 form of [`quantize_q8_blocks`]: the same IEEE operations on eight values at a time
+/// (the maximum of absolute values is exact in any order; `v * id` is one rounding, the rounding
+/// half away from zero is a truncation, an exact subtraction and two compares), so the bits are
+/// the baseline's. A block holding a NaN or an infinity goes through the baseline code, whose
+/// `f32::max` and saturating conversions define what such a block becomes.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn quantize_q8_avx2(x: &[f32], out: &mut [BlockQ8]) {
-    quantize_q8_blocks(x, out);
+    use std::arch::x86_64::*;
+    debug_assert_eq!(x.len(), out.len() * QK);
+    let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+    let max_finite = _mm256_set1_ps(f32::MAX);
+    let (half, neg_half) = (_mm256_set1_ps(0.5), _mm256_set1_ps(-0.5));
+    for (chunk, block) in x.chunks_exact(QK).zip(out.iter_mut()) {
+        let p = chunk.as_ptr();
+        let v = [
+            _mm256_loadu_ps(p),
+            _mm256_loadu_ps(p.add(8)),
+            _mm256_loadu_ps(p.add(16)),
+            _mm256_loadu_ps(p.add(24)),
+        ];
+        let a = v.map(|v| _mm256_and_ps(v, abs_mask));
+        // |v| <= f32::MAX is false for NaN and infinities.
+        let finite = _mm256_and_ps(
+            _mm256_and_ps(_mm256_cmp_ps::<_CMP_LE_OQ>(a[0], max_finite), _mm256_cmp_ps::<_CMP_LE_OQ>(a[1], max_finite)),
+            _mm256_and_ps(_mm256_cmp_ps::<_CMP_LE_OQ>(a[2], max_finite), _mm256_cmp_ps::<_CMP_LE_OQ>(a[3], max_finite)),
+        );
+        if _mm256_movemask_ps(finite) != 0xff {
+            quantize_q8_blocks(chunk, std::slice::from_mut(block));
+            continue;
+        }
+        let m = _mm256_max_ps(_mm256_max_ps(a[0], a[1]), _mm256_max_ps(a[2], a[3]));
+        let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        let m = _mm_max_ss(m, _mm_shuffle_ps::<0b01>(m, m));
+        let amax = _mm_cvtss_f32(m);
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let id = if id.is_finite() { id } else { 0.0 };
+        let idv = _mm256_set1_ps(id);
+        let r = v.map(|v| {
+            let y = _mm256_mul_ps(v, idv);
+            let t = _mm256_cvttps_epi32(y);
+            let frac = _mm256_sub_ps(y, _mm256_cvtepi32_ps(t));
+            // Compare masks are -1 where true.
+            let up = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_GE_OQ>(frac, half));
+            let down = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_LE_OQ>(frac, neg_half));
+            _mm256_add_epi32(_mm256_sub_epi32(t, up), down)
+        });
+        let s = _mm256_add_epi32(_mm256_add_epi32(r[0], r[1]), _mm256_add_epi32(r[2], r[3]));
+        let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b0100_1110>(s));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b1011_0001>(s));
+        let sum = _mm_cvtsi128_si32(s);
+        // |r| <= 127, so the saturating packs are exact; they interleave 128-bit lanes, which
+        // the permute puts back in order.
+        let w = _mm256_packs_epi16(_mm256_packs_epi32(r[0], r[1]), _mm256_packs_epi32(r[2], r[3]));
+        let w = _mm256_permutevar8x32_epi32(w, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256(block.qs.as_mut_ptr().cast(), w);
+        block.d = f16::from_f32(d).to_f32();
+        block.s = f16::from_f32(d * sum as f32).to_f32();
+        block.sum = sum;
+    }
 }
 
 #[inline(always)]
@@ -365,6 +424,12 @@ mod tests {
             for (i, v) in x[..QK].iter_mut().enumerate() {
                 *v = if i == 0 { 127.0 } else { i as f32 - 15.5 };
             }
+            // Blocks with a NaN, an infinity, a negative zero and the largest float.
+            x[QK + 3] = f32::NAN;
+            x[2 * QK + 7] = f32::NEG_INFINITY;
+            x[3 * QK + 31] = f32::INFINITY;
+            x[4 * QK] = -0.0;
+            x[5 * QK + 9] = -f32::MAX;
             let (mut fast, mut base) = (vec![BlockQ8::default(); 37], vec![BlockQ8::default(); 37]);
             quantize_q8(&x, &mut fast);
             quantize_q8_blocks(&x, &mut base);
@@ -377,6 +442,9 @@ mod tests {
             // And the values themselves: q = round(x · 127 / amax), |q| <= 127, where the scale
             // is a normal float; a block whose scale's reciprocal overflows quantizes to zeros.
             for (chunk, b) in x.chunks_exact(QK).zip(&base) {
+                if chunk.iter().any(|v| !v.is_finite()) {
+                    continue;
+                }
                 let amax = chunk.iter().fold(0f32, |m, v| m.max(v.abs()));
                 if !(127.0 / amax).is_finite() || (1.0 / (amax / 127.0)).is_infinite() {
                     assert_eq!((b.qs, b.sum, b.d, b.s), ([0; QK], 0, 0.0, 0.0), "amax {amax:e}");
