@@ -97,7 +97,7 @@ fn windowed_tokens(model: &Model, text: &str, context: usize, min: usize) -> Res
 }
 
 /// `log softmax(row)[at]`, in f64.
-fn log_softmax_at(row: &[f32], at: usize) -> f64 {
+pub(crate) fn log_softmax_at(row: &[f32], at: usize) -> f64 {
     let max = row.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(f64::from(v)));
     let sum: f64 = row.iter().map(|&v| (f64::from(v) - max).exp()).sum();
     f64::from(row[at]) - max - sum.ln()

@@ -15,6 +15,7 @@ pub mod device;
 pub mod engine;
 pub mod error;
 pub mod eval;
+pub mod explain;
 pub mod generate;
 mod llm;
 pub mod model;

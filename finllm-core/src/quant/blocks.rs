@@ -167,8 +167,14 @@ unsafe fn quantize_q8_avx2(x: &[f32], out: &mut [BlockQ8]) {
         let a = v.map(|v| _mm256_and_ps(v, abs_mask));
         // |v| <= f32::MAX is false for NaN and infinities.
         let finite = _mm256_and_ps(
-            _mm256_and_ps(_mm256_cmp_ps::<_CMP_LE_OQ>(a[0], max_finite), _mm256_cmp_ps::<_CMP_LE_OQ>(a[1], max_finite)),
-            _mm256_and_ps(_mm256_cmp_ps::<_CMP_LE_OQ>(a[2], max_finite), _mm256_cmp_ps::<_CMP_LE_OQ>(a[3], max_finite)),
+            _mm256_and_ps(
+                _mm256_cmp_ps::<_CMP_LE_OQ>(a[0], max_finite),
+                _mm256_cmp_ps::<_CMP_LE_OQ>(a[1], max_finite),
+            ),
+            _mm256_and_ps(
+                _mm256_cmp_ps::<_CMP_LE_OQ>(a[2], max_finite),
+                _mm256_cmp_ps::<_CMP_LE_OQ>(a[3], max_finite),
+            ),
         );
         if _mm256_movemask_ps(finite) != 0xff {
             quantize_q8_blocks(chunk, std::slice::from_mut(block));

@@ -218,6 +218,12 @@ const ABBREVIATIONS: &[&str] = &[
     "p.a", "cf", "al",
 ];
 
+/// The byte spans of `text`'s sentences (whitespace trimmed), split as chunks are: for units
+/// of explanation.
+pub(crate) fn sentence_byte_spans(text: &str) -> Vec<(usize, usize)> {
+    split_sentences(text, 0).into_iter().map(|s| s.bytes).collect()
+}
+
 /// Split a page into sentences: paragraphs at blank lines, block lines alone, sentence ends at
 /// `.!?` followed by a space (not after an abbreviation, nor before a lower-case word) and
 /// right after `。！？；`.

@@ -333,6 +333,39 @@ impl Tokenizer {
         Ok(ids)
     }
 
+    /// [`encode`](Self::encode) with each token's byte range in `text` (a BOS the tokenizer
+    /// adds has the empty range `(0, 0)`). Ranges come from the tokenizer's alignment of tokens
+    /// with the input: they are ordered, lie within `text` and fall on character boundaries.
+    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<(usize, usize)>)> {
+        let enc = self.inner.encode(text, false).map_err(tok_err)?;
+        let mut ids = Vec::with_capacity(enc.len() + 1);
+        let mut offsets = Vec::with_capacity(enc.len() + 1);
+        if self.add_bos {
+            if let Some(b) = self.bos {
+                ids.push(b);
+                offsets.push((0, 0));
+            }
+        }
+        ids.extend_from_slice(enc.get_ids());
+        let mut last = 0;
+        for &(a, b) in enc.get_offsets() {
+            // Clamp to the text and to char boundaries, and keep them ordered, whatever the
+            // tokenizer reported.
+            let fit = |mut i: usize| {
+                i = i.min(text.len());
+                while !text.is_char_boundary(i) {
+                    i -= 1;
+                }
+                i
+            };
+            let a = fit(a).max(last);
+            let b = fit(b).max(a);
+            offsets.push((a, b));
+            last = a;
+        }
+        Ok((ids, offsets))
+    }
+
     /// Decode ids to text, skipping control tokens; invalid UTF-8 becomes U+FFFD.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         let bytes = self.decode_bytes(ids, true)?;

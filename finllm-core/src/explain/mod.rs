@@ -1,0 +1,350 @@
+//! Explainability on the served model: attribute an answer to the units of its prompt (tokens,
+//! words, sentences, or segments such as retrieved sources).
+//!
+//! One entry point, [`explain`], with one module per method family:
+//! - **perturbation** ([`perturb`]), forward-only on the quantized model as served: occlusion
+//!   (leave one unit out), Shapley-value sampling, and a ContextCite-style surrogate; every
+//!   ablation is batched through the model's forward call and the unchanged beginning of the
+//!   prompt is computed once ([`ablate`]);
+//! - **attention** ([`attention`]): last-layer attention and attention rollout from the forward
+//!   hooks.
+//!
+//! The result, an [`Attribution`], holds the units (text and byte span in the prompt's text)
+//! ranked by score, the units × answer-tokens matrix, the method and its parameters, the model's
+//! SHA-256 and timings; it serialises to JSON.
+
+pub mod ablate;
+pub mod attention;
+pub mod perturb;
+pub mod units;
+
+use std::time::Instant;
+
+use crate::error::{Error, Result};
+use crate::generate::GenerateParams;
+use crate::llm::Prompt;
+use crate::request::Request;
+use crate::Model;
+
+pub use perturb::SurrogateFit;
+pub use units::{Granularity, Segment};
+
+/// How an answer is attributed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// Leave one unit out: the drop in the target's log-probability.
+    Occlusion,
+    /// Shapley values estimated over random permutations of the units.
+    Shapley,
+    /// A sparse linear surrogate fitted on random ablations (ContextCite).
+    Surrogate,
+    /// Last-layer attention from the predicting positions, mean over heads.
+    Attention,
+    /// Attention rollout through every layer.
+    Rollout,
+}
+
+impl std::str::FromStr for Method {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "occlusion" => Self::Occlusion,
+            "shapley" => Self::Shapley,
+            "surrogate" => Self::Surrogate,
+            "attention" => Self::Attention,
+            "rollout" => Self::Rollout,
+            _ => {
+                return Err(Error::invalid(
+                    "method",
+                    format!("{s:?}: one of occlusion, shapley, surrogate, attention, rollout"),
+                ))
+            }
+        })
+    }
+}
+
+/// What to explain and how.
+#[derive(Debug, Clone)]
+pub struct ExplainOptions {
+    pub method: Method,
+    pub granularity: Granularity,
+    /// The answer to explain, as text (teacher-forced); `None`: the model's greedy answer of
+    /// at most `max_tokens` tokens, generated first.
+    pub answer: Option<String>,
+    pub max_tokens: usize,
+    /// The answer tokens `[start, end)` whose summed log-probability is the target; `None`:
+    /// the whole answer.
+    pub target_tokens: Option<(usize, usize)>,
+    /// Shapley permutations or surrogate ablations; 0: the method's default (8 permutations,
+    /// 32 ablations).
+    pub samples: usize,
+    /// Held-out random ablations for the surrogate's linear datamodeling score.
+    pub held_out: usize,
+    pub seed: u64,
+    /// Ablated prompts per batched forward call.
+    pub batch: usize,
+    /// The units for [`Granularity::Segment`]: byte ranges of the prompt's text (for a chat,
+    /// of the rendered conversation).
+    pub segments: Vec<Segment>,
+}
+
+impl Default for ExplainOptions {
+    fn default() -> Self {
+        Self {
+            method: Method::Occlusion,
+            granularity: Granularity::Word,
+            answer: None,
+            max_tokens: 32,
+            target_tokens: None,
+            samples: 0,
+            held_out: 16,
+            seed: 0,
+            batch: 8,
+            segments: Vec::new(),
+        }
+    }
+}
+
+/// One unit of the prompt with its score for the target.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Unit {
+    /// Position among the units in prompt order (the row of [`Attribution::matrix`]).
+    pub index: usize,
+    /// A segment's label (for sources), else `None`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    pub text: String,
+    /// Byte range in [`Attribution::prompt`].
+    pub start: usize,
+    pub end: usize,
+    /// Prompt tokens the unit holds.
+    pub tokens: usize,
+    /// The unit's attribution to the target (nats for perturbation methods, attention mass
+    /// for attention methods); higher means the unit supports the target more.
+    pub score: f64,
+}
+
+/// The answer tokens explained.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct TargetSpan {
+    pub text: String,
+    /// Answer token range `[start, end)`.
+    pub start: usize,
+    pub end: usize,
+}
+
+/// How long it took.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Timings {
+    /// Generating the answer (when it was generated here).
+    pub answer_ms: Option<f64>,
+    pub explain_ms: f64,
+    /// Sequences run through the model for the explanation (the full prompt counts once).
+    pub forward_sequences: usize,
+    /// `explain_ms / answer_ms`.
+    pub ratio_to_answer: Option<f64>,
+}
+
+/// An explanation of one answer.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Attribution {
+    pub method: Method,
+    pub granularity: Granularity,
+    /// The text the units' spans point into (a conversation as rendered by the chat template).
+    pub prompt: String,
+    pub answer: String,
+    /// The answer's tokens as text.
+    pub answer_tokens: Vec<String>,
+    pub target: TargetSpan,
+    /// Units ranked by score, highest first.
+    pub units: Vec<Unit>,
+    /// `[unit index][answer token]`: each unit's attribution to each answer token (the target's
+    /// score of a unit is the sum over the target's tokens).
+    pub matrix: Vec<Vec<f64>>,
+    /// Log-probability of each answer token given the whole prompt (perturbation methods).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base_logprobs: Option<Vec<f64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub surrogate: Option<SurrogateFit>,
+    pub model_sha256: String,
+    /// The options that shaped the result (samples, seed, batch, ...).
+    pub parameters: serde_json::Value,
+    pub timings: Timings,
+    pub finllm_version: &'static str,
+}
+
+impl Attribution {
+    /// Units in prompt order (the ranked list re-sorted by `index`).
+    pub fn units_in_order(&self) -> Vec<&Unit> {
+        let mut u: Vec<&Unit> = self.units.iter().collect();
+        u.sort_by_key(|u| u.index);
+        u
+    }
+
+    /// The highest-scored unit.
+    pub fn top(&self) -> Option<&Unit> {
+        self.units.first()
+    }
+
+    pub fn to_json(&self) -> Result<String> {
+        serde_json::to_string(self).map_err(|e| Error::invalid("attribution", e.to_string()))
+    }
+}
+
+/// The prompt's text and the byte ranges in it whose units are explained: all of a text; the
+/// messages' contents of a conversation (not the template's markup).
+fn prompt_text(model: &Model, prompt: &Prompt) -> Result<(String, Vec<std::ops::Range<usize>>)> {
+    match prompt {
+        Prompt::Text(t) => Ok((t.clone(), vec![0..t.len()])),
+        Prompt::Chat(messages) => {
+            let text = model.apply_chat_template(messages)?;
+            let mut regions = Vec::new();
+            let mut from = 0;
+            for m in messages {
+                if m.content.is_empty() {
+                    continue;
+                }
+                let at = text[from..].find(m.content.as_str()).ok_or_else(|| {
+                    Error::invalid(
+                        "prompt",
+                        "the chat template changed a message's text; explain the rendered text instead",
+                    )
+                })?;
+                regions.push(from + at..from + at + m.content.len());
+                from += at + m.content.len();
+            }
+            Ok((text, regions))
+        }
+        Prompt::Ids(_) => Err(Error::invalid(
+            "prompt",
+            "explanations need the prompt's text (a text or a conversation), not ids",
+        )),
+    }
+}
+
+/// Explain why `model` gives its answer to `prompt`; see the module docs.
+pub fn explain(model: &Model, prompt: &Prompt, options: &ExplainOptions) -> Result<Attribution> {
+    let (text, regions) = prompt_text(model, prompt)?;
+    let context = model.config().context_length;
+    let tokenizer = model.tokenizer();
+    if text.len() > tokenizer.max_text_bytes(context) {
+        return Err(Error::invalid("prompt", "can never fit the model's context"));
+    }
+    let (ids, offsets) = tokenizer.encode_with_offsets(&text)?;
+    let spans = units::build(&text, &offsets, &regions, options.granularity, &options.segments)?;
+    if spans.is_empty() {
+        return Err(Error::invalid("prompt", "has no units to explain"));
+    }
+
+    // The answer: given (teacher-forced) or generated greedily.
+    let (answer_ids, answer_ms) = match &options.answer {
+        Some(a) => {
+            let mut a_ids = tokenizer.encode(a)?;
+            if tokenizer.adds_bos() && a_ids.first().is_some_and(|&f| Some(f) == tokenizer.bos_id()) {
+                a_ids.remove(0);
+            }
+            (a_ids, None)
+        }
+        None => {
+            let t = Instant::now();
+            let params = GenerateParams {
+                max_tokens: options.max_tokens,
+                ..Default::default()
+            };
+            let g = Request::ids(ids.clone()).with_params(params).run(model)?.generation;
+            (g.ids, Some(t.elapsed().as_secs_f64() * 1e3))
+        }
+    };
+    if answer_ids.is_empty() {
+        return Err(Error::invalid("target", "the answer to explain has no tokens"));
+    }
+    let (t0, t1) = options.target_tokens.unwrap_or((0, answer_ids.len()));
+    if t0 >= t1 || t1 > answer_ids.len() {
+        return Err(Error::invalid(
+            "target_tokens",
+            format!(
+                "[{t0}, {t1}) is not a range of the answer's {} tokens",
+                answer_ids.len()
+            ),
+        ));
+    }
+
+    let started = Instant::now();
+    let positions: Vec<Vec<usize>> = spans.iter().map(|s| s.positions.clone()).collect();
+    let samples = |default: usize| if options.samples == 0 { default } else { options.samples };
+    let mut parameters = serde_json::json!({ "batch": options.batch, "seed": options.seed });
+    let (matrix, base, fit, sequences) = match options.method {
+        Method::Occlusion | Method::Shapley | Method::Surrogate => {
+            let mut ab = ablate::Ablator::new(model, ids.clone(), answer_ids.clone(), positions, options.batch)?;
+            let (base, matrix, fit) = match options.method {
+                Method::Occlusion => {
+                    let (b, m) = perturb::occlusion(&mut ab)?;
+                    (b, m, None)
+                }
+                Method::Shapley => {
+                    let k = samples(8);
+                    parameters["permutations"] = k.into();
+                    let (b, m) = perturb::shapley(&mut ab, k, options.seed)?;
+                    (b, m, None)
+                }
+                _ => {
+                    let k = samples(32);
+                    parameters["ablations"] = k.into();
+                    parameters["held_out"] = options.held_out.into();
+                    let (b, m, f) = perturb::surrogate(&mut ab, t0..t1, k, options.held_out, options.seed)?;
+                    (b, m, Some(f))
+                }
+            };
+            (matrix, Some(base), fit, ab.sequences)
+        }
+        Method::Attention | Method::Rollout => {
+            let m = attention::attention(model, &ids, &answer_ids, &positions, options.method == Method::Rollout)?;
+            (m, None, None, 1)
+        }
+    };
+    let explain_ms = started.elapsed().as_secs_f64() * 1e3;
+
+    let piece = |id: u32| -> Result<String> { Ok(String::from_utf8_lossy(tokenizer.piece(id, true)?).into_owned()) };
+    let answer_tokens = answer_ids.iter().map(|&id| piece(id)).collect::<Result<Vec<_>>>()?;
+    let mut ranked: Vec<Unit> = spans
+        .iter()
+        .zip(&matrix)
+        .enumerate()
+        .map(|(i, (s, row))| Unit {
+            index: i,
+            label: s.label.clone(),
+            text: text[s.start..s.end].to_string(),
+            start: s.start,
+            end: s.end,
+            tokens: s.positions.len(),
+            score: row[t0..t1].iter().sum(),
+        })
+        .collect();
+    ranked.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.index.cmp(&b.index)));
+    Ok(Attribution {
+        method: options.method,
+        granularity: options.granularity,
+        prompt: text,
+        answer: model.detokenize(&answer_ids)?,
+        answer_tokens,
+        target: TargetSpan {
+            text: model.detokenize(&answer_ids[t0..t1])?,
+            start: t0,
+            end: t1,
+        },
+        units: ranked,
+        matrix,
+        base_logprobs: base,
+        surrogate: fit,
+        model_sha256: model.sha256()?,
+        parameters,
+        timings: Timings {
+            answer_ms,
+            explain_ms,
+            forward_sequences: sequences,
+            ratio_to_answer: answer_ms.map(|a| explain_ms / a),
+        },
+        finllm_version: crate::VERSION,
+    })
+}

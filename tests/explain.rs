@@ -1,0 +1,310 @@
+//! Explanations on the real SmolLM2 model: occlusion against recomputing every ablated prompt
+//! from scratch, batched against unbatched ablations, Shapley efficiency, attention rows that
+//! sum to one, known answers (a copied code; the source holding an answer), and typed errors.
+
+mod common;
+
+use std::sync::{Arc, OnceLock};
+
+use finllm::explain::ablate::Ablator;
+use finllm::explain::{explain, Attribution, ExplainOptions, Granularity, Method, Segment};
+use finllm::model::{ForwardOptions, SeqInput};
+use finllm::{ChatMessage, Error, LoadOptions, Model, Prompt};
+
+fn model() -> Arc<Model> {
+    static M: OnceLock<Arc<Model>> = OnceLock::new();
+    M.get_or_init(|| {
+        Arc::new(
+            Model::load(
+                common::smollm2_path(),
+                &LoadOptions {
+                    threads: Some(2),
+                    ..Default::default()
+                },
+            )
+            .unwrap(),
+        )
+    })
+    .clone()
+}
+
+const COPY: &str = "The code is 4711. Repeat the code:";
+
+fn run(prompt: &Prompt, options: ExplainOptions) -> Attribution {
+    explain(&model(), prompt, &options).unwrap()
+}
+
+/// `log p(answer | prompt)` per answer token, from a fresh cache over the whole sequence, with
+/// log-softmax in f64: the independent oracle.
+fn logprobs_from_scratch(model: &Model, prompt: &[u32], answer: &[u32]) -> Vec<f64> {
+    let mut seq = prompt.to_vec();
+    seq.extend_from_slice(answer);
+    let mut cache = model.transformer().new_cache();
+    let opts = ForwardOptions {
+        all_logits: true,
+        ..Default::default()
+    };
+    let out = model
+        .run(|| {
+            model.transformer().forward_batch(
+                &mut [SeqInput {
+                    tokens: &seq,
+                    cache: &mut cache,
+                }],
+                &opts,
+            )
+        })
+        .unwrap();
+    let logits = out[0].logits.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let vocab = model.config().vocab_size;
+    answer
+        .iter()
+        .enumerate()
+        .map(|(j, &id)| {
+            let row = &logits[(prompt.len() - 1 + j) * vocab..(prompt.len() + j) * vocab];
+            let max = row.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(f64::from(v)));
+            let z: f64 = row.iter().map(|&v| (f64::from(v) - max).exp()).sum();
+            f64::from(row[id as usize]) - max - z.ln()
+        })
+        .collect()
+}
+
+#[test]
+fn occlusion_equals_recomputing_each_ablated_prompt_and_batches_change_nothing() {
+    let m = model();
+    let prompt = Prompt::Text(COPY.into());
+    let options = ExplainOptions {
+        method: Method::Occlusion,
+        granularity: Granularity::Token,
+        answer: Some(" 4711".into()),
+        ..Default::default()
+    };
+    let a = run(&prompt, options.clone());
+    let (ids, offsets) = m.tokenizer().encode_with_offsets(COPY).unwrap();
+    let mut answer = m.tokenizer().encode(" 4711").unwrap();
+    if m.tokenizer().adds_bos() {
+        answer.remove(0);
+    }
+    // Token units are the prompt's tokens (a BOS is not a unit), in order, with their spans.
+    let firsts: Vec<usize> = (0..ids.len()).filter(|&p| offsets[p].0 < offsets[p].1).collect();
+    let units = a.units_in_order();
+    assert_eq!(units.len(), firsts.len());
+    let base = logprobs_from_scratch(&m, &ids, &answer);
+    let got_base = a.base_logprobs.as_ref().unwrap();
+    let mut worst = 0f64;
+    for (b, g) in base.iter().zip(got_base) {
+        worst = worst.max((b - g).abs());
+    }
+    for (u, &p) in units.iter().zip(&firsts) {
+        assert_eq!((u.start, u.end), offsets[p]);
+        let mut ablated = ids.clone();
+        ablated.remove(p);
+        let lp = logprobs_from_scratch(&m, &ablated, &answer);
+        for (t, (b, l)) in base.iter().zip(&lp).enumerate() {
+            worst = worst.max((a.matrix[u.index][t] - (b - l)).abs());
+        }
+    }
+    eprintln!("occlusion vs recomputation: max |difference| {worst:e} nats");
+    assert!(worst <= 1e-6, "occlusion differs from recomputation by {worst}");
+
+    // The same ablations one at a time give the same bits.
+    let alone = run(&prompt, ExplainOptions { batch: 1, ..options });
+    assert_eq!(alone.matrix, a.matrix);
+    assert!(a.timings.forward_sequences == units.len() + 2);
+}
+
+#[test]
+fn the_copied_code_carries_the_highest_attribution() {
+    for method in [Method::Occlusion, Method::Shapley, Method::Surrogate] {
+        for prompt in [
+            Prompt::Text(COPY.into()),
+            Prompt::Chat(vec![ChatMessage::user(COPY.to_string())]),
+        ] {
+            let chat = matches!(prompt, Prompt::Chat(_));
+            let a = run(
+                &prompt,
+                ExplainOptions {
+                    method,
+                    // The chat model answers "The code is 4711": explain its "4711".
+                    answer: Some(if chat { "The code is 4711" } else { " 4711" }.into()),
+                    ..Default::default()
+                },
+            );
+            let top = a.top().unwrap();
+            eprintln!("{method:?} chat={chat}: top {:?} {:.3}", top.text, top.score);
+            assert_eq!(top.text, "4711", "{method:?} chat={chat}: {:?}", &a.units[..3]);
+            assert_eq!(&a.prompt[top.start..top.end], "4711");
+        }
+    }
+}
+
+#[test]
+fn shapley_values_add_up_to_the_whole_prompts_effect() {
+    let m = model();
+    let a = run(
+        &Prompt::Text(COPY.into()),
+        ExplainOptions {
+            method: Method::Shapley,
+            granularity: Granularity::Token,
+            answer: Some(" 4711".into()),
+            samples: 3,
+            ..Default::default()
+        },
+    );
+    // f(every unit) − f(no unit), per answer token, from an Ablator over the same units.
+    let (ids, _) = m.tokenizer().encode_with_offsets(COPY).unwrap();
+    let mut answer = m.tokenizer().encode(" 4711").unwrap();
+    if m.tokenizer().adds_bos() {
+        answer.remove(0);
+    }
+    let (_, offsets) = m.tokenizer().encode_with_offsets(COPY).unwrap();
+    let units: Vec<Vec<usize>> = (0..offsets.len())
+        .filter(|&p| offsets[p].0 < offsets[p].1)
+        .map(|p| vec![p])
+        .collect();
+    assert_eq!(units.len(), a.units.len());
+    let n = units.len();
+    let mut ab = Ablator::new(&m, ids, answer.clone(), units, 4).unwrap();
+    let f = ab.score(&[vec![true; n], vec![false; n]]).unwrap();
+    for t in 0..answer.len() {
+        let sum: f64 = a.matrix.iter().map(|row| row[t]).sum();
+        let want = f[0][t] - f[1][t];
+        assert!((sum - want).abs() < 1e-9, "token {t}: {sum} vs {want}");
+    }
+}
+
+#[test]
+fn attention_rows_over_the_whole_prompt_sum_to_one() {
+    for method in [Method::Attention, Method::Rollout] {
+        let a = run(
+            &Prompt::Text(COPY.into()),
+            ExplainOptions {
+                method,
+                granularity: Granularity::Token,
+                answer: Some(" 4711".into()),
+                ..Default::default()
+            },
+        );
+        // The first answer token is predicted from the prompt alone, every position of which
+        // is a unit here (SmolLM2 adds no BOS): its attention over the units is a distribution.
+        let sum: f64 = a.matrix.iter().map(|row| row[0]).sum();
+        assert!((sum - 1.0).abs() < 1e-4, "{method:?}: {sum}");
+        assert!(a.matrix.iter().flatten().all(|&v| (-1e-6..=1.0 + 1e-6).contains(&v)));
+    }
+}
+
+#[test]
+fn the_source_holding_the_answer_ranks_first() {
+    let sources = [
+        (
+            "weather",
+            "Source A: It rained in Zurich on Monday and the lake was calm.",
+        ),
+        (
+            "acme",
+            "Source B: Acme Bank reported a CET1 ratio of 14.2 percent for the third quarter.",
+        ),
+        (
+            "fund",
+            "Source C: The Harbor Income Fund holds investment-grade bonds and cash.",
+        ),
+    ];
+    let mut text = String::new();
+    let mut segments = Vec::new();
+    for (label, s) in sources {
+        segments.push(Segment {
+            label: label.into(),
+            start: text.len(),
+            end: text.len() + s.len(),
+        });
+        text.push_str(s);
+        text.push('\n');
+    }
+    text.push_str("Question: What was Acme Bank's CET1 ratio? Answer: The CET1 ratio was");
+    for method in [Method::Occlusion, Method::Surrogate, Method::Shapley] {
+        let a = run(
+            &Prompt::Text(text.clone()),
+            ExplainOptions {
+                method,
+                granularity: Granularity::Segment,
+                segments: segments.clone(),
+                answer: Some(" 14.2 percent".into()),
+                ..Default::default()
+            },
+        );
+        assert_eq!(a.units.len(), 3);
+        assert_eq!(
+            a.top().unwrap().label.as_deref(),
+            Some("acme"),
+            "{method:?}: {:?}",
+            a.units
+        );
+        if method == Method::Surrogate {
+            let fit = a.surrogate.as_ref().unwrap();
+            eprintln!("surrogate over 3 sources: LDS {:?}", fit.lds);
+            assert!(fit.lds.unwrap() > 0.5);
+        }
+    }
+}
+
+#[test]
+fn the_json_lists_ranked_units_with_spans_method_and_target() {
+    let a = run(
+        &Prompt::Text(COPY.into()),
+        ExplainOptions {
+            answer: Some(" 4711".into()),
+            ..Default::default()
+        },
+    );
+    let v: serde_json::Value = serde_json::from_str(&a.to_json().unwrap()).unwrap();
+    assert_eq!(v["method"], "occlusion");
+    assert_eq!(v["target"]["text"], " 4711");
+    let units = v["units"].as_array().unwrap();
+    let scores: Vec<f64> = units.iter().map(|u| u["score"].as_f64().unwrap()).collect();
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]));
+    for u in units {
+        let (s, e) = (
+            u["start"].as_u64().unwrap() as usize,
+            u["end"].as_u64().unwrap() as usize,
+        );
+        assert_eq!(u["text"].as_str().unwrap(), &COPY[s..e]);
+    }
+    assert_eq!(v["model_sha256"].as_str().unwrap().len(), 64);
+}
+
+#[test]
+fn bad_requests_are_typed_errors() {
+    let m = model();
+    let text = Prompt::Text(COPY.into());
+    let bad = |p: &Prompt, o: ExplainOptions| match explain(&m, p, &o) {
+        Err(Error::InvalidArgument { name, .. }) => name,
+        other => panic!("expected a typed error, got {other:?}"),
+    };
+    assert_eq!(bad(&Prompt::Ids(vec![1, 2]), ExplainOptions::default()), "prompt");
+    let seg = |start, end| Segment {
+        label: "x".into(),
+        start,
+        end,
+    };
+    for segments in [vec![], vec![seg(0, 400)], vec![seg(0, 10), seg(5, 12)], vec![seg(3, 3)]] {
+        let o = ExplainOptions {
+            granularity: Granularity::Segment,
+            segments,
+            answer: Some(" 4711".into()),
+            ..Default::default()
+        };
+        assert_eq!(bad(&text, o), "segments");
+    }
+    let o = ExplainOptions {
+        answer: Some(" 4711".into()),
+        target_tokens: Some((2, 40)),
+        ..Default::default()
+    };
+    assert_eq!(bad(&text, o), "target_tokens");
+    let o = ExplainOptions {
+        answer: Some(String::new()),
+        ..Default::default()
+    };
+    assert_eq!(bad(&text, o), "target");
+    assert_eq!(bad(&Prompt::Text("   ".into()), ExplainOptions::default()), "prompt");
+}
