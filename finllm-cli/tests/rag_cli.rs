@@ -62,6 +62,33 @@ fn ask_over_the_sample_filings_cites_the_right_one() {
         "{out}"
     );
 
+    // Which sources drove the answer: every source in the prompt, ranked by score.
+    let (code, out, err) = finllm(&[
+        "ask",
+        "--index",
+        idx,
+        "--max-tokens",
+        "12",
+        "--explain",
+        "occlusion",
+        "--json",
+        QUESTION,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let ranked = v["explanation"]["sources"].as_array().unwrap();
+    assert_eq!(ranked.len(), v["citations"].as_array().unwrap().len(), "{v}");
+    let scores: Vec<f64> = ranked.iter().map(|s| s["score"].as_f64().unwrap()).collect();
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{v}");
+    let mut labels: Vec<String> = ranked
+        .iter()
+        .map(|s| s["label"].as_str().unwrap().to_string())
+        .collect();
+    labels.sort();
+    for (i, l) in labels.iter().enumerate() {
+        assert!(l.starts_with(&format!("[{}] ", i + 1)), "{labels:?}");
+    }
+
     // A caller entitled to nothing in the folder gets no sources.
     let (code, out, err) = finllm(&[
         "ask",

@@ -6,6 +6,7 @@ pub(crate) mod bench;
 pub(crate) mod chat;
 pub(crate) mod compare_devices;
 pub(crate) mod embed;
+pub(crate) mod explain;
 pub(crate) mod generate;
 pub(crate) mod info;
 pub(crate) mod perplexity;

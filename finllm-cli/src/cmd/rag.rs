@@ -163,6 +163,13 @@ pub(crate) struct AskArgs {
     /// Print one JSON object (answer, citations) instead of streaming.
     #[arg(long)]
     json: bool,
+    /// Then rank the sources by how much they drove the answer: occlusion, shapley, surrogate,
+    /// attention or rollout (with --json, under "explanation").
+    #[arg(long)]
+    explain: Option<String>,
+    /// Shapley permutations or surrogate ablations for --explain (default 8 and 32).
+    #[arg(long, default_value_t = 0, requires = "explain")]
+    explain_samples: usize,
     #[command(flatten)]
     common: Common,
     question: String,
@@ -334,6 +341,23 @@ pub(crate) fn ask(args: &AskArgs) -> CliResult {
     if let Some(g) = &answer.response.guard {
         super::generate::report_guard(g);
     }
+    let explanation = match &args.explain {
+        Some(method) => {
+            let how = finllm_core::explain::ExplainOptions {
+                method: method.parse()?,
+                samples: args.explain_samples,
+                ..Default::default()
+            };
+            Some(finllm_core::explain::explain_answer(
+                &model,
+                &answer,
+                &args.question,
+                &options.instructions,
+                &how,
+            )?)
+        }
+        None => None,
+    };
     let mut out = std::io::stdout().lock();
     if args.json {
         let citations: Vec<_> = answer
@@ -357,6 +381,7 @@ pub(crate) fn ask(args: &AskArgs) -> CliResult {
                 "citations": citations,
                 "prompt_tokens": g.timings.prompt_tokens,
                 "generated_tokens": g.timings.generated_tokens,
+                "explanation": explanation.as_ref().map(source_ranking_json),
             })
         )?;
     } else {
@@ -378,6 +403,34 @@ pub(crate) fn ask(args: &AskArgs) -> CliResult {
         if answer.citations.is_empty() {
             writeln!(out, "(none the caller may see)")?;
         }
+        if let Some(a) = &explanation {
+            let method = serde_json::to_value(a.method)?;
+            writeln!(
+                out,
+                "\nWhat drove the answer ({}, {:.0} ms):",
+                method.as_str().unwrap_or("?"),
+                a.timings.explain_ms
+            )?;
+            for u in &a.units {
+                writeln!(out, "{:>10.4}  {}", u.score, u.label.as_deref().unwrap_or(&u.text))?;
+            }
+        }
     }
     Ok(())
+}
+
+/// The sources ranked by an explanation, for `ask --json`.
+fn source_ranking_json(a: &finllm_core::explain::Attribution) -> serde_json::Value {
+    serde_json::json!({
+        "method": a.method,
+        "sources": a.units.iter().map(|u| serde_json::json!({
+            "label": u.label,
+            "score": u.score,
+            "start": u.start,
+            "end": u.end,
+        })).collect::<Vec<_>>(),
+        "surrogate": a.surrogate,
+        "explain_ms": a.timings.explain_ms,
+        "forward_sequences": a.timings.forward_sequences,
+    })
 }

@@ -26,6 +26,8 @@ pub struct Ablator<'m> {
     batch: usize,
     /// What an empty context starts with (BOS, else EOS), when every prompt token is removed.
     empty_start: u32,
+    /// Results per mask already run.
+    seen: std::collections::HashMap<Vec<bool>, Vec<f64>>,
     /// Sequences run so far and the time their forward calls took.
     pub(crate) sequences: usize,
     pub(crate) forward_s: f64,
@@ -72,6 +74,7 @@ impl<'m> Ablator<'m> {
             cache,
             batch: batch.max(1),
             empty_start,
+            seen: std::collections::HashMap::new(),
             sequences: 1,
             forward_s: t.elapsed().as_secs_f64(),
         })
@@ -110,7 +113,10 @@ impl<'m> Ablator<'m> {
         removed
     }
 
-    /// Per mask (`keep[u]`: unit `u` stays), the log-probability of each answer token.
+    /// Per mask (`keep[u]`: unit `u` stays), the log-probability of each answer token. A mask
+    /// seen before (in this call or an earlier one) is not run again: the forward pass is
+    /// deterministic, so its result is the one already computed. With a few units (three
+    /// retrieved sources have eight masks) most random ablations are repeats.
     pub fn score(&mut self, masks: &[Vec<bool>]) -> Result<Vec<Vec<f64>>> {
         if let Some(m) = masks.iter().find(|m| m.len() != self.units.len()) {
             return Err(Error::invalid(
@@ -118,6 +124,25 @@ impl<'m> Ablator<'m> {
                 format!("has {} entries for {} units", m.len(), self.units.len()),
             ));
         }
+        let mut new: Vec<Vec<bool>> = Vec::new();
+        for m in masks {
+            if !self.seen.contains_key(m) && !new.contains(m) {
+                new.push(m.clone());
+            }
+        }
+        let computed = self.run(&new)?;
+        for (m, lp) in new.into_iter().zip(computed) {
+            self.seen.insert(m, lp);
+        }
+        Ok(masks.iter().map(|m| self.seen[m].clone()).collect())
+    }
+
+    /// Masks run through the model (each distinct mask once).
+    pub fn distinct_masks(&self) -> usize {
+        self.seen.len()
+    }
+
+    fn run(&mut self, masks: &[Vec<bool>]) -> Result<Vec<Vec<f64>>> {
         let mut out = Vec::with_capacity(masks.len());
         for group in masks.chunks(self.batch) {
             // Per mask: the cache cut back to where the ablation first differs, the kept

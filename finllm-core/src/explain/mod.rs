@@ -225,6 +225,65 @@ fn prompt_text(model: &Model, prompt: &Prompt) -> Result<(String, Vec<std::ops::
 
 /// Explain why `model` gives its answer to `prompt`; see the module docs.
 pub fn explain(model: &Model, prompt: &Prompt, options: &ExplainOptions) -> Result<Attribution> {
+    explain_with(model, prompt, options, None)
+}
+
+/// Which retrieved sources drove a grounded answer ([`crate::rag::ask`]): the answer's tokens as
+/// generated are the target, each numbered source in its prompt is a unit (labelled `[n]
+/// source`), ranked by `options.method` (granularity and segments are set here).
+/// `instructions` are the ones the answer was asked with ([`crate::rag::AskOptions`]).
+pub fn explain_answer(
+    model: &Model,
+    answer: &crate::rag::Answer,
+    question: &str,
+    instructions: &str,
+    options: &ExplainOptions,
+) -> Result<Attribution> {
+    let sources: Vec<crate::rag::Passage> = answer.citations.iter().map(|c| c.passage.clone()).collect();
+    if sources.is_empty() {
+        return Err(Error::invalid("answer", "was given no sources to attribute it to"));
+    }
+    let messages = crate::rag::answer::grounded_prompt(instructions, &sources, question);
+    let text = model.apply_chat_template(&messages)?;
+    let prompt = Prompt::Chat(messages);
+    let generation = &answer.response.generation;
+    if model.tokenize_prompt(&text)? != generation.prompt_ids {
+        return Err(Error::invalid(
+            "answer",
+            "its prompt is not the one rebuilt from its sources (masked personal data, or other \
+             instructions): explain it before masking, with the same instructions",
+        ));
+    }
+    let mut segments = Vec::with_capacity(sources.len());
+    let mut from = 0;
+    for (i, p) in sources.iter().enumerate() {
+        let block = crate::rag::answer::source_block(i + 1, p);
+        let block = block.trim_end();
+        let at = text[from..]
+            .find(block)
+            .ok_or_else(|| Error::invalid("answer", format!("source [{}] is not in the rendered prompt", i + 1)))?;
+        segments.push(Segment {
+            label: format!("[{}] {}", i + 1, p.source),
+            start: from + at,
+            end: from + at + block.len(),
+        });
+        from += at + block.len();
+    }
+    let options = ExplainOptions {
+        granularity: Granularity::Segment,
+        segments,
+        answer: None,
+        ..options.clone()
+    };
+    explain_with(model, &prompt, &options, Some(generation.ids.clone()))
+}
+
+fn explain_with(
+    model: &Model,
+    prompt: &Prompt,
+    options: &ExplainOptions,
+    answer_ids: Option<Vec<u32>>,
+) -> Result<Attribution> {
     let (text, regions) = prompt_text(model, prompt)?;
     let context = model.config().context_length;
     let tokenizer = model.tokenizer();
@@ -237,16 +296,17 @@ pub fn explain(model: &Model, prompt: &Prompt, options: &ExplainOptions) -> Resu
         return Err(Error::invalid("prompt", "has no units to explain"));
     }
 
-    // The answer: given (teacher-forced) or generated greedily.
-    let (answer_ids, answer_ms) = match &options.answer {
-        Some(a) => {
+    // The answer: given as ids or text (teacher-forced), or generated greedily.
+    let (answer_ids, answer_ms) = match (answer_ids, &options.answer) {
+        (Some(a_ids), _) => (a_ids, None),
+        (None, Some(a)) => {
             let mut a_ids = tokenizer.encode(a)?;
             if tokenizer.adds_bos() && a_ids.first().is_some_and(|&f| Some(f) == tokenizer.bos_id()) {
                 a_ids.remove(0);
             }
             (a_ids, None)
         }
-        None => {
+        (None, None) => {
             let t = Instant::now();
             let params = GenerateParams {
                 max_tokens: options.max_tokens,

@@ -231,6 +231,18 @@ fn prepare(
     Ok((request, sources))
 }
 
+/// The conversation a grounded answer is generated from: `instructions`, the `sources` as
+/// numbered blocks (each block's text is [`source_block`]), and the question. [`ask`] builds its
+/// prompt with it; explanations rebuild it to find each source in the prompt.
+pub fn grounded_prompt(instructions: &str, sources: &[Passage], question: &str) -> Vec<ChatMessage> {
+    let blocks: Vec<String> = sources
+        .iter()
+        .enumerate()
+        .map(|(i, p)| source_block(i + 1, p))
+        .collect();
+    grounded_messages(instructions, &blocks, question.trim())
+}
+
 fn grounded_messages(instructions: &str, blocks: &[String], question: &str) -> Vec<ChatMessage> {
     let sources = if blocks.is_empty() {
         "(no sources were found for this question)\n".to_string()
@@ -244,7 +256,7 @@ fn grounded_messages(instructions: &str, blocks: &[String], question: &str) -> V
 }
 
 /// `[n] (source, page p)` then the passage.
-fn source_block(n: usize, p: &Passage) -> String {
+pub fn source_block(n: usize, p: &Passage) -> String {
     let mut title = p.source.clone();
     if p.page > 1 {
         title.push_str(&format!(", page {}", p.page));
