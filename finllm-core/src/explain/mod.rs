@@ -225,13 +225,10 @@ fn prompt_text(model: &Model, prompt: &Prompt) -> Result<(String, Vec<std::ops::
 
 /// Explain why `model` gives its answer to `prompt`; see the module docs.
 pub fn explain(model: &Model, prompt: &Prompt, options: &ExplainOptions) -> Result<Attribution> {
-    explain_with(model, prompt, options, None)
+    Attributor::new(model, prompt, options)?.run(options.method)
 }
 
-/// Which retrieved sources drove a grounded answer ([`crate::rag::ask`]): the answer's tokens as
-/// generated are the target, each numbered source in its prompt is a unit (labelled `[n]
-/// source`), ranked by `options.method` (granularity and segments are set here).
-/// `instructions` are the ones the answer was asked with ([`crate::rag::AskOptions`]).
+/// Which retrieved sources drove a grounded answer; see [`Attributor::for_answer`].
 pub fn explain_answer(
     model: &Model,
     answer: &crate::rag::Answer,
@@ -239,172 +236,297 @@ pub fn explain_answer(
     instructions: &str,
     options: &ExplainOptions,
 ) -> Result<Attribution> {
-    let sources: Vec<crate::rag::Passage> = answer.citations.iter().map(|c| c.passage.clone()).collect();
-    if sources.is_empty() {
-        return Err(Error::invalid("answer", "was given no sources to attribute it to"));
-    }
-    let messages = crate::rag::answer::grounded_prompt(instructions, &sources, question);
-    let text = model.apply_chat_template(&messages)?;
-    let prompt = Prompt::Chat(messages);
-    let generation = &answer.response.generation;
-    if model.tokenize_prompt(&text)? != generation.prompt_ids {
-        return Err(Error::invalid(
-            "answer",
-            "its prompt is not the one rebuilt from its sources (masked personal data, or other \
-             instructions): explain it before masking, with the same instructions",
-        ));
-    }
-    let mut segments = Vec::with_capacity(sources.len());
-    let mut from = 0;
-    for (i, p) in sources.iter().enumerate() {
-        let block = crate::rag::answer::source_block(i + 1, p);
-        let block = block.trim_end();
-        let at = text[from..]
-            .find(block)
-            .ok_or_else(|| Error::invalid("answer", format!("source [{}] is not in the rendered prompt", i + 1)))?;
-        segments.push(Segment {
-            label: format!("[{}] {}", i + 1, p.source),
-            start: from + at,
-            end: from + at + block.len(),
-        });
-        from += at + block.len();
-    }
-    let options = ExplainOptions {
-        granularity: Granularity::Segment,
-        segments,
-        answer: None,
-        ..options.clone()
-    };
-    explain_with(model, &prompt, &options, Some(generation.ids.clone()))
+    Attributor::for_answer(model, answer, question, instructions, options)?.run(options.method)
 }
 
-fn explain_with(
-    model: &Model,
-    prompt: &Prompt,
-    options: &ExplainOptions,
-    answer_ids: Option<Vec<u32>>,
-) -> Result<Attribution> {
-    let (text, regions) = prompt_text(model, prompt)?;
-    let context = model.config().context_length;
-    let tokenizer = model.tokenizer();
-    if text.len() > tokenizer.max_text_bytes(context) {
-        return Err(Error::invalid("prompt", "can never fit the model's context"));
-    }
-    let (ids, offsets) = tokenizer.encode_with_offsets(&text)?;
-    let spans = units::build(&text, &offsets, &regions, options.granularity, &options.segments)?;
-    if spans.is_empty() {
-        return Err(Error::invalid("prompt", "has no units to explain"));
+/// One prompt, its units and one answer, explained by as many methods as asked: perturbation
+/// methods share one [`ablate::Ablator`], so an ablated prompt that several methods need (or
+/// that random masks repeat) runs once.
+pub struct Attributor<'m> {
+    model: &'m Model,
+    options: ExplainOptions,
+    text: String,
+    ids: Vec<u32>,
+    spans: Vec<units::UnitSpan>,
+    answer_ids: Vec<u32>,
+    answer_ms: Option<f64>,
+    target: (usize, usize),
+    ablator: Option<ablate::Ablator<'m>>,
+}
+
+impl<'m> Attributor<'m> {
+    /// Tokenize `prompt`, find its units and the answer (given as `options.answer`, else
+    /// generated greedily here).
+    pub fn new(model: &'m Model, prompt: &Prompt, options: &ExplainOptions) -> Result<Self> {
+        Self::with_answer(model, prompt, options, None)
     }
 
-    // The answer: given as ids or text (teacher-forced), or generated greedily.
-    let (answer_ids, answer_ms) = match (answer_ids, &options.answer) {
-        (Some(a_ids), _) => (a_ids, None),
-        (None, Some(a)) => {
-            let mut a_ids = tokenizer.encode(a)?;
-            if tokenizer.adds_bos() && a_ids.first().is_some_and(|&f| Some(f) == tokenizer.bos_id()) {
-                a_ids.remove(0);
+    /// For a grounded answer ([`crate::rag::ask`]): the answer's tokens as generated are the
+    /// target, each numbered source in its prompt is a unit (labelled `[n] source`; granularity
+    /// and segments are set here). `instructions` are the ones the answer was asked with
+    /// ([`crate::rag::AskOptions`]); the rebuilt prompt must be the one the answer came from.
+    pub fn for_answer(
+        model: &'m Model,
+        answer: &crate::rag::Answer,
+        question: &str,
+        instructions: &str,
+        options: &ExplainOptions,
+    ) -> Result<Self> {
+        let sources: Vec<crate::rag::Passage> = answer.citations.iter().map(|c| c.passage.clone()).collect();
+        let generation = &answer.response.generation;
+        let (prompt, text, segments) = Self::grounded(model, &sources, question, instructions)?;
+        if model.tokenize_prompt(&text)? != generation.prompt_ids {
+            return Err(Error::invalid(
+                "answer",
+                "its prompt is not the one rebuilt from its sources (masked personal data, or other \
+                 instructions): explain it before masking, with the same instructions",
+            ));
+        }
+        let options = ExplainOptions {
+            granularity: Granularity::Segment,
+            segments,
+            answer: None,
+            ..options.clone()
+        };
+        Self::with_answer(model, &prompt, &options, Some(generation.ids.clone()))
+    }
+
+    /// For `sources` put into a grounded prompt for `question` as [`crate::rag::ask`] does, each
+    /// source a unit (labelled `[n] source`); the answer is `options.answer` (teacher-forced)
+    /// or generated here.
+    pub fn for_sources(
+        model: &'m Model,
+        sources: &[crate::rag::Passage],
+        question: &str,
+        instructions: &str,
+        options: &ExplainOptions,
+    ) -> Result<Self> {
+        let (prompt, _, segments) = Self::grounded(model, sources, question, instructions)?;
+        let options = ExplainOptions {
+            granularity: Granularity::Segment,
+            segments,
+            ..options.clone()
+        };
+        Self::with_answer(model, &prompt, &options, None)
+    }
+
+    /// The grounded prompt, its rendered text and each source block's span in it.
+    fn grounded(
+        model: &Model,
+        sources: &[crate::rag::Passage],
+        question: &str,
+        instructions: &str,
+    ) -> Result<(Prompt, String, Vec<Segment>)> {
+        if sources.is_empty() {
+            return Err(Error::invalid("answer", "was given no sources to attribute it to"));
+        }
+        let messages = crate::rag::answer::grounded_prompt(instructions, sources, question);
+        let text = model.apply_chat_template(&messages)?;
+        let mut segments = Vec::with_capacity(sources.len());
+        let mut from = 0;
+        for (i, p) in sources.iter().enumerate() {
+            let block = crate::rag::answer::source_block(i + 1, p);
+            let block = block.trim_end();
+            let at = text[from..]
+                .find(block)
+                .ok_or_else(|| Error::invalid("answer", format!("source [{}] is not in the rendered prompt", i + 1)))?;
+            segments.push(Segment {
+                label: format!("[{}] {}", i + 1, p.source),
+                start: from + at,
+                end: from + at + block.len(),
+            });
+            from += at + block.len();
+        }
+        Ok((Prompt::Chat(messages), text, segments))
+    }
+
+    fn with_answer(
+        model: &'m Model,
+        prompt: &Prompt,
+        options: &ExplainOptions,
+        answer_ids: Option<Vec<u32>>,
+    ) -> Result<Self> {
+        let (text, regions) = prompt_text(model, prompt)?;
+        let context = model.config().context_length;
+        let tokenizer = model.tokenizer();
+        if text.len() > tokenizer.max_text_bytes(context) {
+            return Err(Error::invalid("prompt", "can never fit the model's context"));
+        }
+        let (ids, offsets) = tokenizer.encode_with_offsets(&text)?;
+        let spans = units::build(&text, &offsets, &regions, options.granularity, &options.segments)?;
+        if spans.is_empty() {
+            return Err(Error::invalid("prompt", "has no units to explain"));
+        }
+        // The answer: given as ids or text (teacher-forced), or generated greedily.
+        let (answer_ids, answer_ms) = match (answer_ids, &options.answer) {
+            (Some(a_ids), _) => (a_ids, None),
+            (None, Some(a)) => {
+                let mut a_ids = tokenizer.encode(a)?;
+                if tokenizer.adds_bos() && a_ids.first().is_some_and(|&f| Some(f) == tokenizer.bos_id()) {
+                    a_ids.remove(0);
+                }
+                (a_ids, None)
             }
-            (a_ids, None)
+            (None, None) => {
+                let t = Instant::now();
+                let params = GenerateParams {
+                    max_tokens: options.max_tokens,
+                    ..Default::default()
+                };
+                let g = Request::ids(ids.clone()).with_params(params).run(model)?.generation;
+                (g.ids, Some(t.elapsed().as_secs_f64() * 1e3))
+            }
+        };
+        if answer_ids.is_empty() {
+            return Err(Error::invalid("target", "the answer to explain has no tokens"));
         }
-        (None, None) => {
-            let t = Instant::now();
-            let params = GenerateParams {
-                max_tokens: options.max_tokens,
-                ..Default::default()
-            };
-            let g = Request::ids(ids.clone()).with_params(params).run(model)?.generation;
-            (g.ids, Some(t.elapsed().as_secs_f64() * 1e3))
+        let (t0, t1) = options.target_tokens.unwrap_or((0, answer_ids.len()));
+        if t0 >= t1 || t1 > answer_ids.len() {
+            return Err(Error::invalid(
+                "target_tokens",
+                format!(
+                    "[{t0}, {t1}) is not a range of the answer's {} tokens",
+                    answer_ids.len()
+                ),
+            ));
         }
-    };
-    if answer_ids.is_empty() {
-        return Err(Error::invalid("target", "the answer to explain has no tokens"));
-    }
-    let (t0, t1) = options.target_tokens.unwrap_or((0, answer_ids.len()));
-    if t0 >= t1 || t1 > answer_ids.len() {
-        return Err(Error::invalid(
-            "target_tokens",
-            format!(
-                "[{t0}, {t1}) is not a range of the answer's {} tokens",
-                answer_ids.len()
-            ),
-        ));
-    }
-
-    let started = Instant::now();
-    let positions: Vec<Vec<usize>> = spans.iter().map(|s| s.positions.clone()).collect();
-    let samples = |default: usize| if options.samples == 0 { default } else { options.samples };
-    let mut parameters = serde_json::json!({ "batch": options.batch, "seed": options.seed });
-    let (matrix, base, fit, sequences) = match options.method {
-        Method::Occlusion | Method::Shapley | Method::Surrogate => {
-            let mut ab = ablate::Ablator::new(model, ids.clone(), answer_ids.clone(), positions, options.batch)?;
-            let (base, matrix, fit) = match options.method {
-                Method::Occlusion => {
-                    let (b, m) = perturb::occlusion(&mut ab)?;
-                    (b, m, None)
-                }
-                Method::Shapley => {
-                    let k = samples(8);
-                    parameters["permutations"] = k.into();
-                    let (b, m) = perturb::shapley(&mut ab, k, options.seed)?;
-                    (b, m, None)
-                }
-                _ => {
-                    let k = samples(32);
-                    parameters["ablations"] = k.into();
-                    parameters["held_out"] = options.held_out.into();
-                    let (b, m, f) = perturb::surrogate(&mut ab, t0..t1, k, options.held_out, options.seed)?;
-                    (b, m, Some(f))
-                }
-            };
-            (matrix, Some(base), fit, ab.sequences)
-        }
-        Method::Attention | Method::Rollout => {
-            let m = attention::attention(model, &ids, &answer_ids, &positions, options.method == Method::Rollout)?;
-            (m, None, None, 1)
-        }
-    };
-    let explain_ms = started.elapsed().as_secs_f64() * 1e3;
-
-    let piece = |id: u32| -> Result<String> { Ok(String::from_utf8_lossy(tokenizer.piece(id, true)?).into_owned()) };
-    let answer_tokens = answer_ids.iter().map(|&id| piece(id)).collect::<Result<Vec<_>>>()?;
-    let mut ranked: Vec<Unit> = spans
-        .iter()
-        .zip(&matrix)
-        .enumerate()
-        .map(|(i, (s, row))| Unit {
-            index: i,
-            label: s.label.clone(),
-            text: text[s.start..s.end].to_string(),
-            start: s.start,
-            end: s.end,
-            tokens: s.positions.len(),
-            score: row[t0..t1].iter().sum(),
-        })
-        .collect();
-    ranked.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.index.cmp(&b.index)));
-    Ok(Attribution {
-        method: options.method,
-        granularity: options.granularity,
-        prompt: text,
-        answer: model.detokenize(&answer_ids)?,
-        answer_tokens,
-        target: TargetSpan {
-            text: model.detokenize(&answer_ids[t0..t1])?,
-            start: t0,
-            end: t1,
-        },
-        units: ranked,
-        matrix,
-        base_logprobs: base,
-        surrogate: fit,
-        model_sha256: model.sha256()?,
-        parameters,
-        timings: Timings {
+        Ok(Self {
+            model,
+            options: options.clone(),
+            text,
+            ids,
+            spans,
+            answer_ids,
             answer_ms,
-            explain_ms,
-            forward_sequences: sequences,
-            ratio_to_answer: answer_ms.map(|a| explain_ms / a),
-        },
-        finllm_version: crate::VERSION,
-    })
+            target: (t0, t1),
+            ablator: None,
+        })
+    }
+
+    /// The units' prompt positions, in prompt order.
+    fn positions(&self) -> Vec<Vec<usize>> {
+        self.spans.iter().map(|s| s.positions.clone()).collect()
+    }
+
+    /// The answer's token ids.
+    pub fn answer_ids(&self) -> &[u32] {
+        &self.answer_ids
+    }
+
+    /// Per answer token, its log-probability with only the units `keep[u]` left in the prompt
+    /// (units in prompt order), through the shared ablator.
+    pub fn logprobs(&mut self, keep: &[bool]) -> Result<Vec<f64>> {
+        let ab = self.ablator()?;
+        Ok(ab.score(&[keep.to_vec()])?.remove(0))
+    }
+
+    fn ablator(&mut self) -> Result<&mut ablate::Ablator<'m>> {
+        if self.ablator.is_none() {
+            self.ablator = Some(ablate::Ablator::new(
+                self.model,
+                self.ids.clone(),
+                self.answer_ids.clone(),
+                self.positions(),
+                self.options.batch,
+            )?);
+        }
+        Ok(self.ablator.as_mut().expect("just set"))
+    }
+
+    /// Attribute the answer's target with `method`.
+    pub fn run(&mut self, method: Method) -> Result<Attribution> {
+        let started = Instant::now();
+        let (t0, t1) = self.target;
+        let options = self.options.clone();
+        let samples = |default: usize| if options.samples == 0 { default } else { options.samples };
+        let mut parameters = serde_json::json!({ "batch": options.batch, "seed": options.seed });
+        let (matrix, base, fit, sequences) = match method {
+            Method::Occlusion | Method::Shapley | Method::Surrogate => {
+                // A new ablator's prompt prefill counts as this run's.
+                let before = self.ablator.as_ref().map_or(0, |a| a.sequences);
+                let ab = self.ablator()?;
+                let (base, matrix, fit) = match method {
+                    Method::Occlusion => {
+                        let (b, m) = perturb::occlusion(ab)?;
+                        (b, m, None)
+                    }
+                    Method::Shapley => {
+                        let k = samples(8);
+                        parameters["permutations"] = k.into();
+                        let (b, m) = perturb::shapley(ab, k, options.seed)?;
+                        (b, m, None)
+                    }
+                    _ => {
+                        let k = samples(32);
+                        parameters["ablations"] = k.into();
+                        parameters["held_out"] = options.held_out.into();
+                        let (b, m, f) = perturb::surrogate(ab, t0..t1, k, options.held_out, options.seed)?;
+                        (b, m, Some(f))
+                    }
+                };
+                (matrix, Some(base), fit, ab.sequences - before)
+            }
+            Method::Attention | Method::Rollout => {
+                let m = attention::attention(
+                    self.model,
+                    &self.ids,
+                    &self.answer_ids,
+                    &self.positions(),
+                    method == Method::Rollout,
+                )?;
+                (m, None, None, 1)
+            }
+        };
+        let explain_ms = started.elapsed().as_secs_f64() * 1e3;
+        let tokenizer = self.model.tokenizer();
+        let piece =
+            |id: u32| -> Result<String> { Ok(String::from_utf8_lossy(tokenizer.piece(id, true)?).into_owned()) };
+        let answer_tokens = self
+            .answer_ids
+            .iter()
+            .map(|&id| piece(id))
+            .collect::<Result<Vec<_>>>()?;
+        let text = &self.text;
+        let mut ranked: Vec<Unit> = self
+            .spans
+            .iter()
+            .zip(&matrix)
+            .enumerate()
+            .map(|(i, (s, row))| Unit {
+                index: i,
+                label: s.label.clone(),
+                text: text[s.start..s.end].to_string(),
+                start: s.start,
+                end: s.end,
+                tokens: s.positions.len(),
+                score: row[t0..t1].iter().sum(),
+            })
+            .collect();
+        ranked.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.index.cmp(&b.index)));
+        Ok(Attribution {
+            method,
+            granularity: options.granularity,
+            prompt: self.text.clone(),
+            answer: self.model.detokenize(&self.answer_ids)?,
+            answer_tokens,
+            target: TargetSpan {
+                text: self.model.detokenize(&self.answer_ids[t0..t1])?,
+                start: t0,
+                end: t1,
+            },
+            units: ranked,
+            matrix,
+            base_logprobs: base,
+            surrogate: fit,
+            model_sha256: self.model.sha256()?,
+            parameters,
+            timings: Timings {
+                answer_ms: self.answer_ms,
+                explain_ms,
+                forward_sequences: sequences,
+                ratio_to_answer: self.answer_ms.map(|a| explain_ms / a),
+            },
+            finllm_version: crate::VERSION,
+        })
+    }
 }
