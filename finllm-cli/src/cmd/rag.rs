@@ -170,6 +170,9 @@ pub(crate) struct AskArgs {
     /// Shapley permutations or surrogate ablations for --explain (default 8 and 32).
     #[arg(long, default_value_t = 0, requires = "explain")]
     explain_samples: usize,
+    /// Write the explanation as a self-contained HTML report to this file.
+    #[arg(long, requires = "explain")]
+    explain_html: Option<PathBuf>,
     #[command(flatten)]
     common: Common,
     question: String,
@@ -358,6 +361,9 @@ pub(crate) fn ask(args: &AskArgs) -> CliResult {
         }
         None => None,
     };
+    if let (Some(a), Some(path)) = (&explanation, &args.explain_html) {
+        std::fs::write(path, a.to_html()).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
     let mut out = std::io::stdout().lock();
     if args.json {
         let citations: Vec<_> = answer

@@ -16,6 +16,7 @@
 pub mod ablate;
 pub mod attention;
 pub mod perturb;
+pub mod report;
 pub mod units;
 
 use std::time::Instant;
