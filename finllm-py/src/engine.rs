@@ -93,22 +93,18 @@ impl Engine {
     }
 
     /// Answer `question` from what `retriever` finds, as Model.ask, through the engine.
-    #[pyo3(signature = (question, *, retriever, guard=None, **options))]
+    #[pyo3(signature = (question, *, retriever, guard=None, explain=None, **options))]
     fn ask(
         &self,
         py: Python<'_>,
         question: String,
         retriever: &Bound<'_, PyAny>,
         guard: Option<PyRef<'_, Guard>>,
+        explain: Option<&Bound<'_, PyAny>>,
         options: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<crate::rag::Answer> {
         let opts = crate::rag::ask_options(py, "ask", true, guard, options)?;
-        let retriever = crate::rag::retriever(retriever)?;
-        let engine = &self.inner;
-        let a = py
-            .detach(|| finllm_core::rag::ask(engine, retriever.as_ref(), &question, &opts))
-            .map_err(crate::to_py)?;
-        crate::rag::answer(py, a)
+        crate::rag::run_ask(py, &self.inner, retriever, &question, &opts, explain)
     }
 
     /// Answer a conversation: generate(messages=messages, ...).

@@ -3,6 +3,7 @@
 
 mod compliance;
 mod engine;
+mod explain;
 mod rag;
 mod request;
 
@@ -459,22 +460,47 @@ impl Model {
     /// sources; the answer comes back with its citations. Options: k, mode, context_tokens,
     /// the filter (entitlements, tickers, doc_types, sources, date_from, date_to) and those of
     /// generate().
-    #[pyo3(signature = (question, *, retriever, guard=None, **options))]
+    /// With `explain=` a method name ("surrogate", "occlusion", ...) or a dict of explain()
+    /// options, the answer's `explanation` ranks its sources by how much they drove it.
+    #[pyo3(signature = (question, *, retriever, guard=None, explain=None, **options))]
     fn ask(
         &self,
         py: Python<'_>,
         question: String,
         retriever: &Bound<'_, PyAny>,
         guard: Option<PyRef<'_, compliance::Guard>>,
+        explain: Option<&Bound<'_, PyAny>>,
         options: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<rag::Answer> {
         let opts = rag::ask_options(py, "ask", false, guard, options)?;
-        let retriever = rag::retriever(retriever)?;
+        rag::run_ask(py, &*self.inner, retriever, &question, &opts, explain)
+    }
+
+    /// Explain an answer to `prompt` (raw text) or `messages` (a conversation, rendered with
+    /// the chat template): attribute it to the prompt's units. Keyword options: method
+    /// ("occlusion", "shapley", "surrogate", "attention", "rollout"), granularity ("token",
+    /// "word", "sentence"), target (the answer to explain; default the greedy answer of
+    /// max_tokens tokens), target_tokens ((start, end) of the answer), samples, held_out, seed,
+    /// batch, segments ([(label, start, end)] byte ranges of the prompt's text, each a unit).
+    #[pyo3(signature = (prompt=None, *, messages=None, **options))]
+    fn explain(
+        &self,
+        py: Python<'_>,
+        prompt: Option<String>,
+        messages: Option<Vec<Bound<'_, PyAny>>>,
+        options: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<explain::Attribution> {
+        let prompt = match (prompt, messages) {
+            (Some(p), None) => core::Prompt::Text(p),
+            (None, Some(m)) => core::Prompt::Chat(self::messages(m)?),
+            _ => return Err(InvalidArgument::new_err("give exactly one of prompt or messages")),
+        };
+        let how = explain::options(options)?;
         let model = &self.inner;
         let a = py
-            .detach(|| core::rag::ask(model, retriever.as_ref(), &question, &opts))
+            .detach(|| core::explain::explain(model, &prompt, &how))
             .map_err(to_py)?;
-        rag::answer(py, a)
+        Ok(explain::attribution(a))
     }
 
     /// The prompt text the chat template renders for `messages`.
@@ -561,6 +587,7 @@ fn _finllm(m: &Bound<'_, PyModule>) -> PyResult<()> {
     engine::register(m)?;
     compliance::register(m)?;
     rag::register(m)?;
+    explain::register(m)?;
     Ok(())
 }
 

@@ -384,7 +384,7 @@ impl Retriever for PyRetriever {
 }
 
 /// An Index or a callable, as a core retriever.
-pub(crate) fn retriever(obj: &Bound<'_, PyAny>) -> PyResult<Arc<dyn Retriever>> {
+pub(crate) fn retriever_arc(obj: &Bound<'_, PyAny>) -> PyResult<Arc<dyn Retriever>> {
     if let Ok(index) = obj.cast::<Index>() {
         return Ok(Arc::new(Shared(index.borrow().inner.clone())));
     }
@@ -461,6 +461,10 @@ pub(crate) struct Answer {
     /// Every source in the prompt, in rank order: passage dicts with `number` and `cited`.
     #[pyo3(get)]
     citations: Py<PyAny>,
+    /// With `explain=METHOD`: the sources ranked by how much they drove the answer (an
+    /// Attribution); else None.
+    #[pyo3(get)]
+    explanation: Option<Py<crate::explain::Attribution>>,
 }
 
 #[pymethods]
@@ -474,7 +478,43 @@ impl Answer {
     }
 }
 
-pub(crate) fn answer(py: Python<'_>, a: core::rag::Answer) -> PyResult<Answer> {
+/// Run `ask` (with an explanation when `explain` names a method) on a model or an engine,
+/// with the GIL released.
+pub(crate) fn run_ask<'a>(
+    py: Python<'_>,
+    on: impl Into<core::request::Executor<'a>> + Send,
+    retriever: &Bound<'_, PyAny>,
+    question: &str,
+    opts: &core::rag::AskOptions,
+    explain: Option<&Bound<'_, PyAny>>,
+) -> PyResult<Answer> {
+    let retriever = retriever_arc(retriever)?;
+    // explain="surrogate", or a dict of explain() options.
+    let how = match explain {
+        None => None,
+        Some(e) if e.is_none() => None,
+        Some(e) => {
+            let kw = match e.cast::<PyDict>() {
+                Ok(d) => d.clone(),
+                Err(_) => {
+                    let d = PyDict::new(py);
+                    d.set_item("method", e.extract::<String>()?)?;
+                    d
+                }
+            };
+            Some(crate::explain::options(Some(&kw))?)
+        }
+    };
+    let (a, e) = py
+        .detach(|| match &how {
+            Some(how) => core::explain::ask(on, retriever.as_ref(), question, opts, how).map(|(a, e)| (a, Some(e))),
+            None => core::rag::ask(on, retriever.as_ref(), question, opts).map(|a| (a, None)),
+        })
+        .map_err(crate::to_py)?;
+    answer(py, a, e)
+}
+
+pub(crate) fn answer(py: Python<'_>, a: core::rag::Answer, e: Option<core::explain::Attribution>) -> PyResult<Answer> {
     let citations = PyList::empty(py);
     for c in &a.citations {
         let d = passage_to_py(py, &c.passage)?;
@@ -486,6 +526,7 @@ pub(crate) fn answer(py: Python<'_>, a: core::rag::Answer) -> PyResult<Answer> {
         text: a.response.generation.text.clone(),
         generation: request::response(py, a.response)?,
         citations: citations.into_py_any(py)?,
+        explanation: e.map(|e| Py::new(py, crate::explain::attribution(e))).transpose()?,
     })
 }
 

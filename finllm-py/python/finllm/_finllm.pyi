@@ -185,6 +185,7 @@ class Model:
         *,
         retriever: Union[Index, PgStore, Callable[[Dict[str, Any]], Sequence[Mapping[str, Any]]]],
         guard: Optional[Guard] = None,
+        explain: Union[None, str, Mapping[str, Any]] = None,
         k: int = 4,
         mode: str = "hybrid",
         context_tokens: int = 1024,
@@ -200,7 +201,29 @@ class Model:
         taking a query dict -- text, k, mode and the filter -- and returning passage dicts with at
         least `source` and `text`): they go into the prompt as numbered sources and come back as
         the answer's citations. Passages outside the filter are dropped whoever returned them.
-        `options` are those of generate()."""
+        With `explain=` a method name or a dict of explain() options, the answer's `explanation`
+        ranks its sources by how much they drove it. `options` are those of generate()."""
+    def explain(
+        self,
+        prompt: Optional[str] = None,
+        *,
+        messages: Optional[Sequence[Message]] = None,
+        method: str = "occlusion",
+        granularity: str = "word",
+        target: Optional[str] = None,
+        max_tokens: int = 32,
+        target_tokens: Optional[Tuple[int, int]] = None,
+        samples: int = 0,
+        held_out: int = 16,
+        seed: int = 0,
+        batch: int = 8,
+        segments: Optional[Sequence[Tuple[str, int, int]]] = None,
+    ) -> Attribution:
+        """Explain an answer to `prompt` (raw text) or `messages` (rendered with the chat
+        template): attribute it to the prompt's units. method: "occlusion", "shapley",
+        "surrogate", "attention" or "rollout"; granularity: "token", "word" or "sentence";
+        target: the answer to explain (default: the greedy answer of max_tokens tokens);
+        segments: (label, start, end) byte ranges of the prompt's text, each a unit."""
     def apply_chat_template(self, messages: Sequence[Message]) -> str:
         """The prompt text the chat template renders for `messages`."""
     def tokenize(self, text: str) -> list[int]:
@@ -537,6 +560,7 @@ class Engine:
         *,
         retriever: Union[Index, PgStore, Callable[[Dict[str, Any]], Sequence[Mapping[str, Any]]]],
         guard: Optional[Guard] = None,
+        explain: Union[None, str, Mapping[str, Any]] = None,
         k: int = 4,
         mode: str = "hybrid",
         context_tokens: int = 1024,
@@ -552,7 +576,8 @@ class Engine:
         taking a query dict -- text, k, mode and the filter -- and returning passage dicts with at
         least `source` and `text`): they go into the prompt as numbered sources and come back as
         the answer's citations. Passages outside the filter are dropped whoever returned them.
-        `options` are those of generate()."""
+        With `explain=` a method name or a dict of explain() options, the answer's `explanation`
+        ranks its sources by how much they drove it. `options` are those of generate()."""
     def metrics(self) -> Dict[str, Any]:
         """Counters, gauges and latency percentiles (milliseconds) as a dict."""
 
@@ -653,3 +678,53 @@ class Answer:
     @property
     def citations(self) -> list[Dict[str, Any]]:
         """Every source in the prompt, in rank order: passage dicts with `number` and `cited`."""
+    @property
+    def explanation(self) -> Optional[Attribution]:
+        """With `explain=`: the sources ranked by how much they drove the answer."""
+
+class Attribution:
+    """Why the model answered as it did: the prompt's units ranked by their attribution to the
+    answer. In a notebook it shows its HTML report."""
+
+    @property
+    def method(self) -> str: ...
+    @property
+    def granularity(self) -> str: ...
+    @property
+    def prompt(self) -> str:
+        """The text the units' byte spans point into."""
+    @property
+    def answer(self) -> str: ...
+    @property
+    def answer_tokens(self) -> list[str]: ...
+    @property
+    def target(self) -> Dict[str, Any]:
+        """{"text", "start", "end"}: the answer tokens explained."""
+    @property
+    def units(self) -> list[Dict[str, Any]]:
+        """Units ranked by score, best first: index, text, start, end, tokens, score (and label)."""
+    @property
+    def matrix(self) -> list[list[float]]:
+        """Units (prompt order) x answer tokens."""
+    @property
+    def base_logprobs(self) -> Optional[list[float]]: ...
+    @property
+    def surrogate(self) -> Optional[Dict[str, Any]]:
+        """The surrogate's fit: ablations, held_out, intercept, lambda, lds."""
+    @property
+    def model_sha256(self) -> str: ...
+    @property
+    def parameters(self) -> Dict[str, Any]: ...
+    @property
+    def timings(self) -> Dict[str, Any]: ...
+    def table(self) -> list[Dict[str, Any]]:
+        """One row per unit in prompt order, for pandas.DataFrame(a.table())."""
+    def scores_array(self) -> Any:
+        """The units' scores in prompt order as a numpy array (needs numpy)."""
+    def matrix_array(self) -> Any:
+        """The units x answer-tokens matrix as a numpy array (needs numpy)."""
+    def to_json(self) -> str: ...
+    def to_html(self) -> str:
+        """The self-contained HTML report."""
+    def _repr_html_(self) -> str: ...
+    def __len__(self) -> int: ...
