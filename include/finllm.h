@@ -135,6 +135,9 @@ typedef enum {
   FINLLM_SEARCH_KEYWORD = 2,
 } finllm_search_mode;
 
+// An explanation. Immutable: any number of threads may read it at once.
+typedef struct finllm_attribution finllm_attribution;
+
 // A cancellation flag: trigger it from any thread to stop generations that were given it.
 // Thread safety: fully thread-safe; must outlive the calls that use it.
 typedef struct finllm_cancel finllm_cancel;
@@ -311,6 +314,55 @@ typedef struct {
   // Most shared prefixes kept while no request reads them.
   uint32_t prefix_max_entries;
 } finllm_engine_params;
+
+// A caller's unit: a byte range of the prompt's text explained as one (a retrieved source).
+typedef struct {
+  const char *label;
+  // Byte offsets into the prompt's text (for a chat prompt, into the rendered conversation).
+  size_t start;
+  size_t end;
+} finllm_segment;
+
+// Options for finllm_explain. Get defaults from finllm_explain_default_params().
+typedef struct {
+  // sizeof(finllm_explain_params) as the caller compiled it.
+  uint32_t struct_size;
+  // "occlusion" (default when NULL), "shapley", "surrogate", "attention" or "rollout".
+  const char *method;
+  // "word" (default when NULL), "token" or "sentence"; segments override it.
+  const char *granularity;
+  // The answer to explain (teacher-forced), or NULL: the model's greedy answer of
+  // max_tokens tokens, generated first.
+  const char *target;
+  uint32_t max_tokens;
+  // Shapley permutations or surrogate ablations; 0: the method's default (8, 32).
+  uint32_t samples;
+  // Held-out ablations for the surrogate's linear datamodeling score.
+  uint32_t held_out;
+  // Ablated prompts per batched forward call.
+  uint32_t batch;
+  uint64_t seed;
+  // Non-zero: the prompt is a user message, rendered with the model's chat template.
+  uint8_t chat;
+  // Units given by the caller (n_segments of them), or NULL.
+  const finllm_segment *segments;
+  size_t n_segments;
+} finllm_explain_params;
+
+// One unit of an attribution; its strings are owned by the attribution.
+typedef struct {
+  // Position among the units in prompt order (the matrix's row).
+  size_t index;
+  const char *text;
+  // A segment's label, or NULL.
+  const char *label;
+  // Byte range in the prompt's text.
+  size_t start;
+  size_t end;
+  // Prompt tokens the unit holds.
+  size_t tokens;
+  double score;
+} finllm_unit;
 
 // A search, and what the caller may see. Get defaults from finllm_query_default(). All
 // strings NUL-terminated UTF-8; arrays may be NULL when their count is 0.
@@ -796,6 +848,71 @@ finllm_status finllm_engine_metrics_text(const finllm_engine *engine,
                                          char *buf,
                                          size_t buf_len,
                                          size_t *needed);
+
+// Default explanation options.
+finllm_explain_params finllm_explain_default_params(void);
+
+// Explain why `model` answers `prompt` as it does (see finllm_explain_params). `params` may
+// be NULL for defaults. On success `*out` receives an attribution to free with
+// finllm_attribution_free.
+//
+// # Safety
+// `model` live; `prompt` NUL-terminated; `params` NULL or valid for its struct_size bytes,
+// its strings NUL-terminated and `segments` valid for n_segments reads; `out` writable.
+finllm_status finllm_explain(const finllm_model *model,
+                             const char *prompt,
+                             const finllm_explain_params *params,
+                             finllm_attribution **out);
+
+// Units in the attribution (0 if NULL).
+//
+// # Safety
+// `a` NULL or live.
+size_t finllm_attribution_n_units(const finllm_attribution *a);
+
+// Tokens of the explained answer (the matrix's columns; 0 if NULL).
+//
+// # Safety
+// `a` NULL or live.
+size_t finllm_attribution_n_answer_tokens(const finllm_attribution *a);
+
+// The unit ranked `rank` (0: the highest score) into `*out`; its strings live as long as the
+// attribution.
+//
+// # Safety
+// `a` live; `out` writable.
+finllm_status finllm_attribution_unit(const finllm_attribution *a, size_t rank, finllm_unit *out);
+
+// The units × answer-tokens matrix, row-major, rows in prompt order (unit `index`); `*rows`
+// and `*cols` receive its shape. Owned by the attribution; NULL if `a` is NULL.
+//
+// # Safety
+// `a` NULL or live; `rows` and `cols` NULL or writable.
+const double *finllm_attribution_matrix(const finllm_attribution *a, size_t *rows, size_t *cols);
+
+// The attribution as JSON, by the caller-buffer convention (see finllm_generation_text).
+//
+// # Safety
+// `a` live; `buf` NULL or valid for `buf_len` writes; `needed` NULL or writable.
+finllm_status finllm_attribution_json(const finllm_attribution *a,
+                                      char *buf,
+                                      size_t buf_len,
+                                      size_t *needed);
+
+// The self-contained HTML report, by the caller-buffer convention.
+//
+// # Safety
+// `a` live; `buf` NULL or valid for `buf_len` writes; `needed` NULL or writable.
+finllm_status finllm_attribution_html(const finllm_attribution *a,
+                                      char *buf,
+                                      size_t buf_len,
+                                      size_t *needed);
+
+// Free an attribution. NULL is allowed.
+//
+// # Safety
+// `a` NULL or a handle not yet freed, used by no other call.
+void finllm_attribution_free(finllm_attribution *a);
 
 // Load a sentence-transformers directory (config.json, model.safetensors, tokenizer.json),
 // computing on `threads` threads (0: one per core). On success `*out` receives a handle to

@@ -29,6 +29,8 @@ mod compliance;
 // Many requests through one continuous batch.
 mod engine;
 
+mod explain;
+
 // Retrieval: sentence embeddings, the document index, retrievers and passages.
 mod rag;
 
@@ -50,6 +52,11 @@ pub use compliance::{
 pub use engine::{
     finllm_engine, finllm_engine_default_params, finllm_engine_free, finllm_engine_metrics_text, finllm_engine_new,
     finllm_engine_params,
+};
+pub use explain::{
+    finllm_attribution, finllm_attribution_free, finllm_attribution_html, finllm_attribution_json,
+    finllm_attribution_matrix, finllm_attribution_n_answer_tokens, finllm_attribution_n_units, finllm_attribution_unit,
+    finllm_explain, finllm_explain_default_params, finllm_explain_params, finllm_segment, finllm_unit,
 };
 pub use generate::{
     finllm_chat_message, finllm_finish_reason, finllm_generate_default_params, finllm_generate_params,

@@ -184,10 +184,16 @@ impl Attribution {
     }
 
     fn __repr__(&self) -> String {
-        let top = self.inner.top().map(|u| u.label.clone().unwrap_or_else(|| u.text.clone()));
+        let top = self
+            .inner
+            .top()
+            .map(|u| u.label.clone().unwrap_or_else(|| u.text.clone()));
         format!(
             "Attribution(method={:?}, units={}, top={:?})",
-            serde_json::to_value(self.inner.method).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
+            serde_json::to_value(self.inner.method)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
             self.inner.units.len(),
             top.unwrap_or_default()
         )

@@ -1378,6 +1378,94 @@ static void test_retrieval(const finllm_model *m, const char *embedder_dir) {
   rmdir(docs);
 }
 
+/* Explanations on the real chat model: the copied code ranks first; the matrix's row sums are
+ * the units' scores; JSON and HTML by the caller-buffer convention; segments; typed errors. */
+static void test_explain(const finllm_model *m) {
+  const char *copy = "The code is 4711. Repeat the code:";
+  finllm_explain_params p = finllm_explain_default_params();
+  p.target = " 4711";
+  finllm_attribution *a = NULL;
+  EXPECT_STATUS(finllm_explain(m, copy, &p, &a), FINLLM_OK);
+  if (!a) return;
+  size_t n = finllm_attribution_n_units(a), cols = 0, rows = 0;
+  CHECK(n >= 5);
+  finllm_unit top, second;
+  EXPECT_STATUS(finllm_attribution_unit(a, 0, &top), FINLLM_OK);
+  EXPECT_STATUS(finllm_attribution_unit(a, 1, &second), FINLLM_OK);
+  CHECK(strcmp(top.text, "4711") == 0);
+  CHECK(top.label == NULL);
+  CHECK(top.end - top.start == 4 && strncmp(copy + top.start, "4711", 4) == 0);
+  CHECK(top.score > second.score);
+  const double *mat = finllm_attribution_matrix(a, &rows, &cols);
+  CHECK(mat != NULL && rows == n && cols == finllm_attribution_n_answer_tokens(a) && cols > 0);
+  if (mat && top.index < rows) {
+    double sum = 0;
+    for (size_t c = 0; c < cols; c++) sum += mat[top.index * cols + c];
+    CHECK(fabs(sum - top.score) < 1e-9);
+  }
+  size_t needed = 0;
+  EXPECT_STATUS(finllm_attribution_json(a, NULL, 0, &needed), FINLLM_ERROR_BUFFER_TOO_SMALL);
+  char *json = malloc(needed);
+  if (json) {
+    EXPECT_STATUS(finllm_attribution_json(a, json, needed, &needed), FINLLM_OK);
+    CHECK(strstr(json, "\"method\":\"occlusion\"") != NULL);
+    free(json);
+  }
+  EXPECT_STATUS(finllm_attribution_html(a, NULL, 0, &needed), FINLLM_ERROR_BUFFER_TOO_SMALL);
+  char *html = malloc(needed);
+  if (html) {
+    EXPECT_STATUS(finllm_attribution_html(a, html, needed, &needed), FINLLM_OK);
+    CHECK(strncmp(html, "<!DOCTYPE html>", 15) == 0);
+    free(html);
+  }
+  finllm_unit u;
+  EXPECT_STATUS(finllm_attribution_unit(a, n, &u), FINLLM_ERROR_INVALID_ARGUMENT);
+  EXPECT_STATUS(finllm_attribution_unit(a, 0, NULL), FINLLM_ERROR_NULL_POINTER);
+  finllm_attribution_free(a);
+
+  /* Sources as segments: the one holding the answer ranks first, with its label. */
+  const char *text = "Source A: It rained in Zurich on Monday.\n"
+                     "Source B: Acme Bank reported a CET1 ratio of 14.2 percent.\n"
+                     "Question: What was Acme Bank's CET1 ratio? Answer: It was";
+  const char *b = strstr(text, "Source B");
+  finllm_segment segs[2] = {{"rain", 0, 40}, {"acme", (size_t)(b - text), (size_t)(strchr(b, '\n') - text)}};
+  finllm_explain_params sp = finllm_explain_default_params();
+  sp.method = "surrogate";
+  sp.target = " 14.2 percent";
+  sp.segments = segs;
+  sp.n_segments = 2;
+  a = NULL;
+  EXPECT_STATUS(finllm_explain(m, text, &sp, &a), FINLLM_OK);
+  if (a) {
+    CHECK(finllm_attribution_n_units(a) == 2);
+    EXPECT_STATUS(finllm_attribution_unit(a, 0, &top), FINLLM_OK);
+    CHECK(top.label && strcmp(top.label, "acme") == 0);
+    finllm_attribution_free(a);
+  }
+
+  /* Errors. */
+  a = NULL;
+  finllm_explain_params bad = finllm_explain_default_params();
+  bad.method = "magic";
+  EXPECT_STATUS(finllm_explain(m, copy, &bad, &a), FINLLM_ERROR_INVALID_ARGUMENT);
+  CHECK(a == NULL && last_error_len() > 1);
+  EXPECT_STATUS(finllm_explain(m, NULL, NULL, &a), FINLLM_ERROR_NULL_POINTER);
+  EXPECT_STATUS(finllm_explain(m, copy, NULL, NULL), FINLLM_ERROR_NULL_POINTER);
+  EXPECT_STATUS(finllm_explain(NULL, copy, NULL, &a), FINLLM_ERROR_NULL_POINTER);
+  bad = finllm_explain_default_params();
+  bad.n_segments = 1;
+  EXPECT_STATUS(finllm_explain(m, copy, &bad, &a), FINLLM_ERROR_NULL_POINTER);
+  bad = finllm_explain_default_params();
+  bad.struct_size = 4;
+  EXPECT_STATUS(finllm_explain(m, copy, &bad, &a), FINLLM_ERROR_STRUCT_SIZE);
+  bad = finllm_explain_default_params();
+  bad.target = "";
+  EXPECT_STATUS(finllm_explain(m, copy, &bad, &a), FINLLM_ERROR_INVALID_ARGUMENT);
+  CHECK(finllm_attribution_n_units(NULL) == 0);
+  CHECK(finllm_attribution_matrix(NULL, &rows, &cols) == NULL);
+  finllm_attribution_free(NULL);
+}
+
 int main(int argc, char **argv) {
   if (argc < 3) {
     fprintf(stderr, "usage: %s TINY_MODEL.gguf EMBEDDER_DIR [CHAT_MODEL.gguf]\n", argv[0]);
@@ -1414,6 +1502,7 @@ int main(int argc, char **argv) {
     finllm_model *chat_model = NULL;
     EXPECT_STATUS(finllm_model_load(argv[3], NULL, &chat_model), FINLLM_OK);
     if (chat_model) test_retrieval(chat_model, argv[2]);
+    if (chat_model) test_explain(chat_model);
     finllm_model_free(chat_model);
   }
   rmdir(tmpdir);
