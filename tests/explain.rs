@@ -308,3 +308,101 @@ fn bad_requests_are_typed_errors() {
     assert_eq!(bad(&text, o), "target");
     assert_eq!(bad(&Prompt::Text("   ".into()), ExplainOptions::default()), "prompt");
 }
+
+/// Three fixed passages, whatever the query.
+struct Desk;
+
+impl finllm::rag::Retriever for Desk {
+    fn name(&self) -> &str {
+        "desk"
+    }
+    fn retrieve(&self, _: &finllm::rag::Query) -> finllm::Result<Vec<finllm::rag::Passage>> {
+        let p = |source: &str, text: &str| finllm::rag::Passage {
+            id: format!("{source}#0-{}", text.len()),
+            source: source.into(),
+            page: 1,
+            start: 0,
+            end: text.len(),
+            text: text.into(),
+            context: String::new(),
+            score: 1.0,
+            vector_score: None,
+            keyword_score: None,
+            meta: Default::default(),
+        };
+        Ok(vec![
+            p("weather.txt", "It rained in Zurich on Monday and the lake was calm."),
+            p(
+                "acme.md",
+                "Acme Bank reported a CET1 ratio of 14.2 percent for the third quarter.",
+            ),
+            p(
+                "fund.pdf",
+                "The Harbor Income Fund holds investment-grade bonds and cash.",
+            ),
+        ])
+    }
+}
+
+#[test]
+fn a_guarded_answers_explanation_is_recorded_after_it_on_the_masked_prompt() {
+    use finllm::compliance::audit::{self, AuditConfig, AuditLog, RecordPhase};
+    use finllm::compliance::pii::{PiiConfig, PiiDetector};
+    use finllm::compliance::{Guard, GuardConfig};
+    use sha2::{Digest, Sha256};
+
+    let m = model();
+    let dir = std::env::temp_dir().join(format!("finllm-explain-audit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log_path = dir.join("audit.log");
+    let guard = Arc::new(
+        Guard::new(GuardConfig {
+            pii: Some(Arc::new(PiiDetector::new(PiiConfig::default()).unwrap())),
+            audit: Some(Arc::new(AuditLog::open(&log_path, AuditConfig::default()).unwrap())),
+            ..Default::default()
+        })
+        .unwrap(),
+    );
+    let options = finllm::rag::AskOptions {
+        guard: Some(guard),
+        params: finllm::GenerateParams {
+            max_tokens: 12,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    // The question carries an e-mail address: the model sees a placeholder, and so does the
+    // explanation.
+    let question = "What was Acme Bank's CET1 ratio? Reply to jane.doe@example.com";
+    let how = ExplainOptions {
+        method: Method::Occlusion,
+        ..Default::default()
+    };
+    let x = finllm::explain::ask(&*m, &Desk, question, &options, &how).unwrap();
+    assert!(!x.explanation.prompt.contains("jane.doe@example.com"));
+    assert_eq!(x.explanation.units.len(), 3);
+    let receipt = x.audit.expect("recorded");
+    let stored = audit::read_records(&log_path).unwrap();
+    assert_eq!(stored.len(), 2);
+    let (answer, explained) = (&stored[0], &stored[1]);
+    assert_eq!(
+        (answer.record.phase, explained.record.phase),
+        (RecordPhase::Complete, RecordPhase::Explanation)
+    );
+    assert_eq!(explained.seq, receipt.seq);
+    assert_eq!(explained.record.request_id, answer.record.request_id);
+    let e = explained.record.explanation.as_ref().unwrap();
+    assert_eq!((e.of_seq, e.of_hash.as_str()), (answer.seq, answer.hash.as_str()));
+    let sha = Sha256::digest(x.explanation.to_json().unwrap().as_bytes());
+    let hex: String = sha.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(e.attribution_sha256, hex);
+    let ranked: Vec<&str> = x
+        .explanation
+        .units
+        .iter()
+        .map(|u| u.label.as_deref().unwrap())
+        .collect();
+    assert_eq!(e.units.iter().map(|u| u.unit.as_str()).collect::<Vec<_>>(), ranked);
+    assert!(audit::verify(&log_path).unwrap().is_ok());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -54,6 +54,7 @@ pub(crate) fn options(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<core::expl
 #[pyclass(frozen, module = "finllm._finllm")]
 pub(crate) struct Attribution {
     inner: core::explain::Attribution,
+    audit_seq: Option<u64>,
 }
 
 fn json_to_py(py: Python<'_>, v: &impl serde::Serialize) -> PyResult<Py<PyAny>> {
@@ -116,6 +117,13 @@ impl Attribution {
     #[getter]
     fn surrogate(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         json_to_py(py, &self.inner.surrogate)
+    }
+
+    /// For a guarded ask() with an audit log: the sequence number of the explanation's record
+    /// (it names the answer's record and holds the SHA-256 of to_json()); else None.
+    #[getter]
+    fn audit_seq(&self) -> Option<u64> {
+        self.audit_seq
     }
 
     #[getter]
@@ -200,8 +208,8 @@ impl Attribution {
     }
 }
 
-pub(crate) fn attribution(inner: core::explain::Attribution) -> Attribution {
-    Attribution { inner }
+pub(crate) fn attribution(inner: core::explain::Attribution, audit_seq: Option<u64>) -> Attribution {
+    Attribution { inner, audit_seq }
 }
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

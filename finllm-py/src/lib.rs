@@ -500,7 +500,7 @@ impl Model {
         let a = py
             .detach(|| core::explain::explain(model, &prompt, &how))
             .map_err(to_py)?;
-        Ok(explain::attribution(a))
+        Ok(explain::attribution(a, None))
     }
 
     /// The prompt text the chat template renders for `messages`.

@@ -507,14 +507,19 @@ pub(crate) fn run_ask<'a>(
     };
     let (a, e) = py
         .detach(|| match &how {
-            Some(how) => core::explain::ask(on, retriever.as_ref(), question, opts, how).map(|(a, e)| (a, Some(e))),
+            Some(how) => core::explain::ask(on, retriever.as_ref(), question, opts, how)
+                .map(|x| (x.answer, Some((x.explanation, x.audit.map(|r| r.seq))))),
             None => core::rag::ask(on, retriever.as_ref(), question, opts).map(|a| (a, None)),
         })
         .map_err(crate::to_py)?;
     answer(py, a, e)
 }
 
-pub(crate) fn answer(py: Python<'_>, a: core::rag::Answer, e: Option<core::explain::Attribution>) -> PyResult<Answer> {
+pub(crate) fn answer(
+    py: Python<'_>,
+    a: core::rag::Answer,
+    e: Option<(core::explain::Attribution, Option<u64>)>,
+) -> PyResult<Answer> {
     let citations = PyList::empty(py);
     for c in &a.citations {
         let d = passage_to_py(py, &c.passage)?;
@@ -526,7 +531,9 @@ pub(crate) fn answer(py: Python<'_>, a: core::rag::Answer, e: Option<core::expla
         text: a.response.generation.text.clone(),
         generation: request::response(py, a.response)?,
         citations: citations.into_py_any(py)?,
-        explanation: e.map(|e| Py::new(py, crate::explain::attribution(e))).transpose()?,
+        explanation: e
+            .map(|(e, seq)| Py::new(py, crate::explain::attribution(e, seq)))
+            .transpose()?,
     })
 }
 

@@ -173,6 +173,10 @@ pub(crate) struct AskArgs {
     /// Write the explanation as a self-contained HTML report to this file.
     #[arg(long, requires = "explain")]
     explain_html: Option<PathBuf>,
+    /// Write the explanation's JSON to this file (with --audit-log, the record holds its
+    /// SHA-256).
+    #[arg(long, requires = "explain")]
+    explain_json: Option<PathBuf>,
     #[command(flatten)]
     common: Common,
     question: String,
@@ -361,8 +365,20 @@ pub(crate) fn ask(args: &AskArgs) -> CliResult {
         }
         None => None,
     };
-    if let (Some(a), Some(path)) = (&explanation, &args.explain_html) {
-        std::fs::write(path, a.to_html()).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut explanation_seq = None;
+    if let Some(a) = &explanation {
+        if let Some(path) = &args.explain_html {
+            std::fs::write(path, a.to_html()).map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+        if let Some(path) = &args.explain_json {
+            std::fs::write(path, a.to_json()?).map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+        // A guarded answer's explanation goes into the audit log after the answer's record.
+        let receipt = finllm_core::explain::record_for(&answer, options.guard.as_deref(), &options.info.caller_id, a)?;
+        if let Some(r) = receipt {
+            eprintln!("explanation recorded in the audit log: seq {}", r.seq);
+            explanation_seq = Some(r.seq);
+        }
     }
     let mut out = std::io::stdout().lock();
     if args.json {
@@ -387,7 +403,11 @@ pub(crate) fn ask(args: &AskArgs) -> CliResult {
                 "citations": citations,
                 "prompt_tokens": g.timings.prompt_tokens,
                 "generated_tokens": g.timings.generated_tokens,
-                "explanation": explanation.as_ref().map(source_ranking_json),
+                "explanation": explanation.as_ref().map(|a| {
+                    let mut v = source_ranking_json(a);
+                    v["audit_seq"] = explanation_seq.into();
+                    v
+                }),
             })
         )?;
     } else {

@@ -240,20 +240,128 @@ pub fn explain_answer(
     Attributor::for_answer(model, answer, question, instructions, options)?.run(options.method)
 }
 
-/// Answer `question` from `retriever` ([`crate::rag::ask`], on a model or an engine), then
-/// rank the answer's sources by `how` ([`explain_answer`]): the bindings' `ask` with an
-/// explanation.
+/// Each numbered source block's span in a grounded prompt's text.
+fn find_sources(text: &str, sources: &[crate::rag::Passage]) -> Result<Vec<Segment>> {
+    let mut segments = Vec::with_capacity(sources.len());
+    let mut from = 0;
+    for (i, p) in sources.iter().enumerate() {
+        let block = crate::rag::answer::source_block(i + 1, p);
+        let block = block.trim_end();
+        let at = text[from..].find(block).ok_or_else(|| {
+            Error::invalid(
+                "answer",
+                format!("source [{}] is not in the prompt (was part of it masked?)", i + 1),
+            )
+        })?;
+        segments.push(Segment {
+            label: format!("[{}] {}", i + 1, p.source),
+            start: from + at,
+            end: from + at + block.len(),
+        });
+        from += at + block.len();
+    }
+    Ok(segments)
+}
+
+/// An answer from documents with the explanation of its sources.
+#[derive(Debug, Clone)]
+pub struct ExplainedAnswer {
+    pub answer: crate::rag::Answer,
+    pub explanation: Attribution,
+    /// Where the explanation was recorded: for a guarded answer with an audit log, an
+    /// [`Explanation`](crate::compliance::audit::RecordPhase::Explanation) record after the
+    /// answer's own.
+    pub audit: Option<crate::compliance::audit::RecordReceipt>,
+}
+
+/// Answer `question` from `retriever` ([`crate::rag::ask`], on a model or an engine), rank the
+/// answer's sources by `how` ([`explain_answer`]), and, for a guarded answer with an audit log,
+/// record the explanation after the answer's record ([`record`]).
 pub fn ask<'a>(
     on: impl Into<crate::request::Executor<'a>>,
     retriever: &dyn crate::rag::Retriever,
     question: &str,
     options: &crate::rag::AskOptions,
     how: &ExplainOptions,
-) -> Result<(crate::rag::Answer, Attribution)> {
+) -> Result<ExplainedAnswer> {
     let on = on.into();
     let answer = crate::rag::ask(on, retriever, question, options)?;
-    let attribution = explain_answer(on.model(), &answer, question, &options.instructions, how)?;
-    Ok((answer, attribution))
+    let explanation = explain_answer(on.model(), &answer, question, &options.instructions, how)?;
+    let audit = record_for(&answer, options.guard.as_deref(), &options.info.caller_id, &explanation)?;
+    Ok(ExplainedAnswer {
+        answer,
+        explanation,
+        audit,
+    })
+}
+
+/// Record `explanation` of `answer` in `guard`'s audit log, when the answer was guarded and
+/// recorded there; `None` otherwise.
+pub fn record_for(
+    answer: &crate::rag::Answer,
+    guard: Option<&crate::compliance::Guard>,
+    caller_id: &str,
+    explanation: &Attribution,
+) -> Result<Option<crate::compliance::audit::RecordReceipt>> {
+    let (Some(guard), Some(report)) = (guard, &answer.response.guard) else {
+        return Ok(None);
+    };
+    let (Some(log), Some(receipt)) = (&guard.config().audit, &report.receipt) else {
+        return Ok(None);
+    };
+    record(log, receipt, &report.request_id, caller_id, explanation).map(Some)
+}
+
+/// Append an explanation record to `log`: it names the explained answer's record (`of`: its
+/// sequence number and chain hash), lists the ranked units and holds the SHA-256 of the
+/// explanation's JSON ([`Attribution::to_json`]), which the caller keeps, so that an auditor can
+/// check the explanation they are shown is the one recorded.
+pub fn record(
+    log: &crate::compliance::audit::AuditLog,
+    of: &crate::compliance::audit::RecordReceipt,
+    request_id: &str,
+    caller_id: &str,
+    explanation: &Attribution,
+) -> Result<crate::compliance::audit::RecordReceipt> {
+    use crate::compliance::audit::{AuditExplanation, AuditRecord, AuditUnit, RecordPhase, MAX_EXPLAINED_UNITS};
+    use sha2::{Digest, Sha256};
+    let json = explanation.to_json()?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let name = |v: serde_json::Result<serde_json::Value>| {
+        v.ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+    };
+    let record = AuditRecord {
+        request_id: request_id.to_string(),
+        caller_id: caller_id.to_string(),
+        started_at_ms: now.saturating_sub(explanation.timings.explain_ms as u64),
+        finished_at_ms: now,
+        model_sha256: explanation.model_sha256.clone(),
+        latency_ms: explanation.timings.explain_ms,
+        phase: RecordPhase::Explanation,
+        explanation: Some(AuditExplanation {
+            of_seq: of.seq,
+            of_hash: of.hash.clone(),
+            method: name(serde_json::to_value(explanation.method)),
+            granularity: name(serde_json::to_value(explanation.granularity)),
+            target: explanation.target.text.clone(),
+            units: explanation
+                .units
+                .iter()
+                .take(MAX_EXPLAINED_UNITS)
+                .map(|u| AuditUnit {
+                    unit: u.label.clone().unwrap_or_else(|| u.text.clone()),
+                    start: u.start,
+                    end: u.end,
+                    score: u.score,
+                })
+                .collect(),
+            attribution_sha256: crate::util::hex(&Sha256::digest(json.as_bytes())),
+        }),
+        ..Default::default()
+    };
+    log.append(&record)
 }
 
 /// One prompt, its units and one answer, explained by as many methods as asked: perturbation
@@ -291,12 +399,24 @@ impl<'m> Attributor<'m> {
     ) -> Result<Self> {
         let sources: Vec<crate::rag::Passage> = answer.citations.iter().map(|c| c.passage.clone()).collect();
         let generation = &answer.response.generation;
-        let (prompt, text, segments) = Self::grounded(model, &sources, question, instructions)?;
-        if model.tokenize_prompt(&text)? != generation.prompt_ids {
+        let (mut prompt, text, mut segments) = Self::grounded(model, &sources, question, instructions)?;
+        // A guarded answer is explained on the prompt the model saw (personal data masked), so
+        // the explanation holds nothing the audit record does not.
+        if let Some(report) = &answer.response.guard {
+            if report.masked_prompt != text {
+                segments = find_sources(&report.masked_prompt, &sources)?;
+                prompt = Prompt::Text(report.masked_prompt.clone());
+            }
+        }
+        let seen = match &prompt {
+            Prompt::Text(t) => t.clone(),
+            _ => text,
+        };
+        if model.tokenize_prompt(&seen)? != generation.prompt_ids {
             return Err(Error::invalid(
                 "answer",
-                "its prompt is not the one rebuilt from its sources (masked personal data, or other \
-                 instructions): explain it before masking, with the same instructions",
+                "its prompt is not the one rebuilt from its sources: explain it with the instructions it \
+                 was asked with",
             ));
         }
         let options = ExplainOptions {
@@ -339,21 +459,7 @@ impl<'m> Attributor<'m> {
         }
         let messages = crate::rag::answer::grounded_prompt(instructions, sources, question);
         let text = model.apply_chat_template(&messages)?;
-        let mut segments = Vec::with_capacity(sources.len());
-        let mut from = 0;
-        for (i, p) in sources.iter().enumerate() {
-            let block = crate::rag::answer::source_block(i + 1, p);
-            let block = block.trim_end();
-            let at = text[from..]
-                .find(block)
-                .ok_or_else(|| Error::invalid("answer", format!("source [{}] is not in the rendered prompt", i + 1)))?;
-            segments.push(Segment {
-                label: format!("[{}] {}", i + 1, p.source),
-                start: from + at,
-                end: from + at + block.len(),
-            });
-            from += at + block.len();
-        }
+        let segments = find_sources(&text, sources)?;
         Ok((Prompt::Chat(messages), text, segments))
     }
 

@@ -712,6 +712,9 @@ class Attribution:
     def surrogate(self) -> Optional[Dict[str, Any]]:
         """The surrogate's fit: ablations, held_out, intercept, lambda, lds."""
     @property
+    def audit_seq(self) -> Optional[int]:
+        """For a guarded ask() with an audit log: the explanation record's sequence number."""
+    @property
     def model_sha256(self) -> str: ...
     @property
     def parameters(self) -> Dict[str, Any]: ...

@@ -176,6 +176,42 @@ pub struct AuditRecord {
     pub phase: RecordPhase,
     /// For a closing record: the sequence number of the request's opened record.
     pub opened_seq: Option<u64>,
+    /// For an [`Explanation`](RecordPhase::Explanation) record: why the answer was given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub explanation: Option<AuditExplanation>,
+}
+
+/// An explanation of a recorded answer, appended after the answer's record: which record it
+/// explains (sequence number and chain hash), how, the ranked units, and the SHA-256 of the full
+/// explanation (its JSON), which the caller keeps elsewhere; an auditor checks the two agree.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct AuditExplanation {
+    /// The explained answer's record (its closing or only record).
+    pub of_seq: u64,
+    pub of_hash: String,
+    pub method: String,
+    pub granularity: String,
+    /// The answer text the attribution is for.
+    pub target: String,
+    /// Units ranked by score, best first (at most [`MAX_EXPLAINED_UNITS`]).
+    pub units: Vec<AuditUnit>,
+    /// SHA-256 (hex) of the explanation's JSON.
+    pub attribution_sha256: String,
+}
+
+/// Most units an explanation record lists (the full list is in the explanation's JSON).
+pub const MAX_EXPLAINED_UNITS: usize = 32;
+
+/// One unit of a recorded explanation: its label (a source) or text, its byte span in the
+/// prompt as recorded, and its score.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct AuditUnit {
+    pub unit: String,
+    pub start: usize,
+    pub end: usize,
+    pub score: f64,
 }
 
 /// Which record of a request an [`AuditRecord`] is.
@@ -192,6 +228,8 @@ pub enum RecordPhase {
     /// The stream's full record (output, decisions, finish reason), with the same `request_id`
     /// and `opened_seq` naming its opened record. Durable before the last piece is released.
     Closed,
+    /// An explanation of an answer recorded earlier ([`AuditRecord::explanation`]).
+    Explanation,
 }
 
 impl RecordPhase {
@@ -200,6 +238,7 @@ impl RecordPhase {
             RecordPhase::Complete => "complete",
             RecordPhase::Opened => "opened",
             RecordPhase::Closed => "closed",
+            RecordPhase::Explanation => "explanation",
         }
     }
 }
