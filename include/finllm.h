@@ -327,7 +327,8 @@ typedef struct {
 typedef struct {
   // sizeof(finllm_explain_params) as the caller compiled it.
   uint32_t struct_size;
-  // "occlusion" (default when NULL), "shapley", "surrogate", "attention" or "rollout".
+  // "occlusion" (default when NULL), "shapley", "surrogate", "attention", "rollout", "ig",
+  // "saliency" or "input_x_gradient".
   const char *method;
   // "word" (default when NULL), "token" or "sentence"; segments override it.
   const char *granularity;
@@ -335,7 +336,8 @@ typedef struct {
   // max_tokens tokens, generated first.
   const char *target;
   uint32_t max_tokens;
-  // Shapley permutations or surrogate ablations; 0: the method's default (8, 32).
+  // Shapley permutations, surrogate ablations or integrated-gradients steps; 0: the
+  // method's default (8, 32, 32).
   uint32_t samples;
   // Held-out ablations for the surrogate's linear datamodeling score.
   uint32_t held_out;

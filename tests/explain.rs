@@ -406,3 +406,96 @@ fn a_guarded_answers_explanation_is_recorded_after_it_on_the_masked_prompt() {
     assert!(audit::verify(&log_path).unwrap().is_ok());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn the_differentiable_forward_matches_the_general_path() {
+    let m = model();
+    let dense = finllm::explain::gradient::dense_copy(&m).unwrap();
+    let ids = m.tokenize(COPY).unwrap();
+    let mut cache = dense.new_cache_with(finllm::model::KvPrecision::F32);
+    let opts = ForwardOptions {
+        all_logits: true,
+        ..Default::default()
+    };
+    let want = dense
+        .forward_batch(
+            &mut [SeqInput {
+                tokens: &ids,
+                cache: &mut cache,
+            }],
+            &opts,
+        )
+        .unwrap()[0]
+        .logits
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let x = dense.embeddings(&ids).unwrap().unsqueeze(0).unwrap();
+    let rows: Vec<usize> = (0..ids.len()).collect();
+    let got = dense
+        .forward_embeddings(&x, &rows)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert_eq!(got.len(), want.len());
+    let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    let scale = want.iter().map(|v| v.abs()).fold(0f32, f32::max);
+    eprintln!("differentiable vs general path: max |diff| {worst:e} (logits up to {scale})");
+    assert!(worst <= 1e-5 * scale, "{worst}");
+}
+
+#[test]
+fn integrated_gradients_are_complete_and_gradients_find_the_copied_code() {
+    for (prompt, answer) in [
+        (COPY, " 4711"),
+        ("Paris is the capital of France. The capital of France is", " Paris"),
+    ] {
+        let a = run(
+            &Prompt::Text(prompt.into()),
+            ExplainOptions {
+                method: Method::IntegratedGradients,
+                answer: Some(answer.into()),
+                samples: 64,
+                ..Default::default()
+            },
+        );
+        let g = a.gradient.as_ref().unwrap();
+        let (fx, fb, sum) = (
+            g.target_logprob,
+            g.baseline_logprob.unwrap(),
+            g.attribution_sum.unwrap(),
+        );
+        eprintln!(
+            "IG from 64 steps on {prompt:?}: f(x) {fx:.4}, f(baseline) {fb:.4}, sum {sum:.4}, completeness error {:.4} \
+             after {} gradient evaluations ({:.4} with the 64 equal steps alone)",
+            g.completeness_error.unwrap(),
+            g.steps,
+            g.uniform_completeness_error.unwrap()
+        );
+        assert!(g.completeness_error.unwrap() <= 0.05);
+        let total: f64 = a.units.iter().map(|u| u.score).sum();
+        assert!((total - sum).abs() < 1e-6 * sum.abs().max(1.0));
+    }
+    for method in [Method::IntegratedGradients, Method::InputXGradient, Method::Saliency] {
+        let a = run(
+            &Prompt::Text(COPY.into()),
+            ExplainOptions {
+                method,
+                answer: Some(" 4711".into()),
+                ..Default::default()
+            },
+        );
+        eprintln!(
+            "{method:?}: top {:?} {:.3}",
+            a.top().unwrap().text,
+            a.top().unwrap().score
+        );
+        // Saliency (a gradient's size, without direction) is reported, not held to it.
+        if method != Method::Saliency {
+            assert_eq!(a.top().unwrap().text, "4711", "{method:?}: {:?}", &a.units[..3]);
+        }
+    }
+}

@@ -29,7 +29,8 @@ pub struct finllm_segment {
 pub struct finllm_explain_params {
     /// sizeof(finllm_explain_params) as the caller compiled it.
     pub struct_size: u32,
-    /// "occlusion" (default when NULL), "shapley", "surrogate", "attention" or "rollout".
+    /// "occlusion" (default when NULL), "shapley", "surrogate", "attention", "rollout", "ig",
+    /// "saliency" or "input_x_gradient".
     pub method: *const c_char,
     /// "word" (default when NULL), "token" or "sentence"; segments override it.
     pub granularity: *const c_char,
@@ -37,7 +38,8 @@ pub struct finllm_explain_params {
     /// max_tokens tokens, generated first.
     pub target: *const c_char,
     pub max_tokens: u32,
-    /// Shapley permutations or surrogate ablations; 0: the method's default (8, 32).
+    /// Shapley permutations, surrogate ablations or integrated-gradients steps; 0: the
+    /// method's default (8, 32, 32).
     pub samples: u32,
     /// Held-out ablations for the surrogate's linear datamodeling score.
     pub held_out: u32,

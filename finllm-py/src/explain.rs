@@ -126,6 +126,13 @@ impl Attribution {
         self.audit_seq
     }
 
+    /// Gradient methods: which weights, f(input), and for integrated gradients the baseline,
+    /// the attributions' sum and the completeness error; else None.
+    #[getter]
+    fn gradient(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        json_to_py(py, &self.inner.gradient)
+    }
+
     #[getter]
     fn model_sha256(&self) -> &str {
         &self.inner.model_sha256

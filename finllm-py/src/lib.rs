@@ -478,7 +478,8 @@ impl Model {
 
     /// Explain an answer to `prompt` (raw text) or `messages` (a conversation, rendered with
     /// the chat template): attribute it to the prompt's units. Keyword options: method
-    /// ("occlusion", "shapley", "surrogate", "attention", "rollout"), granularity ("token",
+    /// ("occlusion", "shapley", "surrogate", "attention", "rollout", "ig", "saliency",
+    /// "input_x_gradient"), granularity ("token",
     /// "word", "sentence"), target (the answer to explain; default the greedy answer of
     /// max_tokens tokens), target_tokens ((start, end) of the answer), samples, held_out, seed,
     /// batch, segments ([(label, start, end)] byte ranges of the prompt's text, each a unit).

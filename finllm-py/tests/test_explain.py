@@ -44,6 +44,15 @@ def test_the_copied_code_ranks_first(model):
         assert html.startswith("<!DOCTYPE html>") and "4711" in html and "<script" not in html
 
 
+def test_integrated_gradients_report_completeness(model):
+    a = model.explain(COPY, method="ig", target=" 4711", samples=32)
+    g = a.gradient
+    assert a.units[0]["text"] == "4711"
+    assert g["completeness_error"] <= 0.05 and g["steps"] >= 32
+    assert abs(sum(u["score"] for u in a.units) - g["attribution_sum"]) < 1e-6 * max(1.0, abs(g["attribution_sum"]))
+    assert "dense f32" in a.parameters["weights"]
+
+
 def test_chat_prompts_and_generated_answers(model):
     a = model.explain(messages=[{"role": "user", "content": COPY}], method="attention", max_tokens=6)
     assert a.answer and a.timings["answer_ms"] > 0

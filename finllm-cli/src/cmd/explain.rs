@@ -12,10 +12,11 @@ use crate::util::CliResult;
 /// How an explanation is computed (shared by `explain` and `ask --explain`).
 #[derive(Args, Clone)]
 pub(crate) struct MethodArgs {
-    /// occlusion, shapley, surrogate (ContextCite), attention or rollout.
+    /// occlusion, shapley, surrogate (ContextCite), attention, rollout, ig (integrated
+    /// gradients), saliency or input_x_gradient.
     #[arg(long, default_value = "occlusion")]
     method: String,
-    /// Shapley permutations or surrogate ablations (default 8 and 32).
+    /// Shapley permutations, surrogate ablations or integrated-gradients steps (default 8, 32, 32).
     #[arg(long, default_value_t = 0)]
     samples: usize,
     /// Held-out ablations for the surrogate's linear datamodeling score.

@@ -15,6 +15,7 @@
 
 pub mod ablate;
 pub mod attention;
+pub mod gradient;
 pub mod perturb;
 pub mod report;
 pub mod units;
@@ -44,6 +45,14 @@ pub enum Method {
     Attention,
     /// Attention rollout through every layer.
     Rollout,
+    /// Integrated gradients w.r.t. the input embeddings (dense f32 copy of the weights).
+    #[serde(rename = "ig")]
+    IntegratedGradients,
+    /// Gradient norm at the input.
+    Saliency,
+    /// Input embedding · gradient.
+    #[serde(rename = "input_x_gradient")]
+    InputXGradient,
 }
 
 impl std::str::FromStr for Method {
@@ -55,10 +64,16 @@ impl std::str::FromStr for Method {
             "surrogate" => Self::Surrogate,
             "attention" => Self::Attention,
             "rollout" => Self::Rollout,
+            "ig" | "integrated_gradients" => Self::IntegratedGradients,
+            "saliency" => Self::Saliency,
+            "input_x_gradient" | "ixg" => Self::InputXGradient,
             _ => {
                 return Err(Error::invalid(
                     "method",
-                    format!("{s:?}: one of occlusion, shapley, surrogate, attention, rollout"),
+                    format!(
+                        "{s:?}: one of occlusion, shapley, surrogate, attention, rollout, ig, saliency, \
+                         input_x_gradient"
+                    ),
                 ))
             }
         })
@@ -77,8 +92,8 @@ pub struct ExplainOptions {
     /// The answer tokens `[start, end)` whose summed log-probability is the target; `None`:
     /// the whole answer.
     pub target_tokens: Option<(usize, usize)>,
-    /// Shapley permutations or surrogate ablations; 0: the method's default (8 permutations,
-    /// 32 ablations).
+    /// Shapley permutations, surrogate ablations or integrated-gradients steps; 0: the
+    /// method's default (8 permutations, 32 ablations, 32 steps).
     pub samples: usize,
     /// Held-out random ablations for the surrogate's linear datamodeling score.
     pub held_out: usize,
@@ -168,6 +183,10 @@ pub struct Attribution {
     pub base_logprobs: Option<Vec<f64>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub surrogate: Option<SurrogateFit>,
+    /// Gradient methods: which weights, f(input), and for integrated gradients the baseline
+    /// and the completeness error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gradient: Option<gradient::GradientReport>,
     pub model_sha256: String,
     /// The options that shaped the result (samples, seed, batch, ...).
     pub parameters: serde_json::Value,
@@ -377,6 +396,8 @@ pub struct Attributor<'m> {
     answer_ms: Option<f64>,
     target: (usize, usize),
     ablator: Option<ablate::Ablator<'m>>,
+    /// The dense f32 copy for gradient methods, made on first use.
+    dense: Option<crate::model::Transformer>,
 }
 
 impl<'m> Attributor<'m> {
@@ -523,6 +544,7 @@ impl<'m> Attributor<'m> {
             answer_ms,
             target: (t0, t1),
             ablator: None,
+            dense: None,
         })
     }
 
@@ -563,6 +585,7 @@ impl<'m> Attributor<'m> {
         let options = self.options.clone();
         let samples = |default: usize| if options.samples == 0 { default } else { options.samples };
         let mut parameters = serde_json::json!({ "batch": options.batch, "seed": options.seed });
+        let mut gradient_report = None;
         let (matrix, base, fit, sequences) = match method {
             Method::Occlusion | Method::Shapley | Method::Surrogate => {
                 // A new ablator's prompt prefill counts as this run's.
@@ -588,6 +611,45 @@ impl<'m> Attributor<'m> {
                     }
                 };
                 (matrix, Some(base), fit, ab.sequences - before)
+            }
+            Method::IntegratedGradients | Method::Saliency | Method::InputXGradient => {
+                let kind = match method {
+                    Method::Saliency => gradient::Kind::Saliency,
+                    Method::InputXGradient => gradient::Kind::InputXGradient,
+                    _ => {
+                        let steps = samples(32);
+                        parameters["steps"] = steps.into();
+                        gradient::Kind::Integrated { steps }
+                    }
+                };
+                if self.dense.is_none() {
+                    self.dense = Some(gradient::dense_copy(self.model)?);
+                }
+                let dense = self.dense.as_ref().expect("just set");
+                let positions = self.positions();
+                let (scores, report) = self.model.run(|| {
+                    gradient::attribute(
+                        dense,
+                        &self.ids,
+                        &self.answer_ids,
+                        t0..t1,
+                        &positions,
+                        kind,
+                        options.batch,
+                    )
+                })?;
+                parameters["weights"] = report.weights.clone().into();
+                gradient_report = Some(report);
+                let span = (t1 - t0) as f64;
+                let matrix = scores
+                    .iter()
+                    .map(|&s| {
+                        (0..self.answer_ids.len())
+                            .map(|t| if (t0..t1).contains(&t) { s / span } else { 0.0 })
+                            .collect()
+                    })
+                    .collect();
+                (matrix, None, None, 1)
             }
             Method::Attention | Method::Rollout => {
                 let m = attention::attention(
@@ -641,6 +703,7 @@ impl<'m> Attributor<'m> {
             matrix,
             base_logprobs: base,
             surrogate: fit,
+            gradient: gradient_report,
             model_sha256: self.model.sha256()?,
             parameters,
             timings: Timings {

@@ -221,7 +221,8 @@ class Model:
     ) -> Attribution:
         """Explain an answer to `prompt` (raw text) or `messages` (rendered with the chat
         template): attribute it to the prompt's units. method: "occlusion", "shapley",
-        "surrogate", "attention" or "rollout"; granularity: "token", "word" or "sentence";
+        "surrogate", "attention", "rollout", "ig", "saliency" or "input_x_gradient";
+        samples: permutations, ablations or integrated-gradients steps; granularity: "token", "word" or "sentence";
         target: the answer to explain (default: the greedy answer of max_tokens tokens);
         segments: (label, start, end) byte ranges of the prompt's text, each a unit."""
     def apply_chat_template(self, messages: Sequence[Message]) -> str:
@@ -711,6 +712,10 @@ class Attribution:
     @property
     def surrogate(self) -> Optional[Dict[str, Any]]:
         """The surrogate's fit: ablations, held_out, intercept, lambda, lds."""
+    @property
+    def gradient(self) -> Optional[Dict[str, Any]]:
+        """Gradient methods: weights, target_logprob, and for "ig" baseline_logprob,
+        attribution_sum, completeness_error, uniform_completeness_error, steps."""
     @property
     def audit_seq(self) -> Optional[int]:
         """For a guarded ask() with an audit log: the explanation record's sequence number."""

@@ -16,6 +16,7 @@ use crate::model::weights::{forward_group, forward_group_into, InPlaceRows, Matr
 use crate::quant::matmul::Scratch;
 
 mod decode;
+mod grad;
 mod kv_cache;
 
 pub use kv_cache::{KvCache, KvPrecision};
