@@ -216,7 +216,7 @@ impl Attribution {
 /// messages' contents of a conversation (not the template's markup).
 fn prompt_text(model: &Model, prompt: &Prompt) -> Result<(String, Vec<std::ops::Range<usize>>)> {
     match prompt {
-        Prompt::Text(t) => Ok((t.clone(), vec![0..t.len()])),
+        Prompt::Text(t) => Ok((t.clone(), std::iter::once(0..t.len()).collect())),
         Prompt::Chat(messages) => {
             let text = model.apply_chat_template(messages)?;
             let mut regions = Vec::new();

@@ -251,13 +251,13 @@ mod tests {
         let t = "The code: 4711.";
         // Tokens: "The", " code:", " 47", "11", "."
         let offsets = [(0, 3), (3, 9), (9, 12), (12, 14), (14, 15)];
-        let units = build(t, &offsets, &[0..t.len()], Granularity::Word, &[]).unwrap();
+        let units = build(t, &offsets, std::slice::from_ref(&(0..t.len())), Granularity::Word, &[]).unwrap();
         let texts: Vec<&str> = units.iter().map(|u| &t[u.start..u.end]).collect();
         assert_eq!(texts, ["The", "code:", "4711", "."]);
         let positions: Vec<Vec<usize>> = units.iter().map(|u| u.positions.clone()).collect();
         assert_eq!(positions, [vec![0], vec![1], vec![2, 3], vec![4]]);
         // Regions limit the units; token units are the tokens themselves.
-        let units = build(t, &offsets, &[9..15], Granularity::Token, &[]).unwrap();
+        let units = build(t, &offsets, std::slice::from_ref(&(9..15)), Granularity::Token, &[]).unwrap();
         assert_eq!(units.iter().map(|u| u.positions[0]).collect::<Vec<_>>(), [2, 3, 4]);
         assert_eq!(
             units.iter().map(|u| &t[u.start..u.end]).collect::<Vec<_>>(),

@@ -69,6 +69,9 @@ impl std::fmt::Debug for Tokenizer {
     }
 }
 
+/// Each token's byte range in the encoded text ([`Tokenizer::encode_with_offsets`]).
+pub type Offsets = Vec<(usize, usize)>;
+
 /// Largest `tokenizer.json` read (real ones are up to ~30 MB).
 pub const MAX_TOKENIZER_JSON_BYTES: u64 = 256 << 20;
 
@@ -336,7 +339,7 @@ impl Tokenizer {
     /// [`encode`](Self::encode) with each token's byte range in `text` (a BOS the tokenizer
     /// adds has the empty range `(0, 0)`). Ranges come from the tokenizer's alignment of tokens
     /// with the input: they are ordered, lie within `text` and fall on character boundaries.
-    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<(usize, usize)>)> {
+    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Offsets)> {
         let enc = self.inner.encode(text, false).map_err(tok_err)?;
         let mut ids = Vec::with_capacity(enc.len() + 1);
         let mut offsets = Vec::with_capacity(enc.len() + 1);
