@@ -9,23 +9,11 @@ use std::sync::{Arc, OnceLock};
 use finllm::explain::ablate::Ablator;
 use finllm::explain::{explain, Attribution, ExplainOptions, Granularity, Method, Segment};
 use finllm::model::{ForwardOptions, SeqInput};
-use finllm::{ChatMessage, Error, LoadOptions, Model, Prompt};
+use finllm::{ChatMessage, Error, Model, Prompt};
 
 fn model() -> Arc<Model> {
     static M: OnceLock<Arc<Model>> = OnceLock::new();
-    M.get_or_init(|| {
-        Arc::new(
-            Model::load(
-                common::smollm2_path(),
-                &LoadOptions {
-                    threads: Some(2),
-                    ..Default::default()
-                },
-            )
-            .unwrap(),
-        )
-    })
-    .clone()
+    M.get_or_init(|| Arc::new(common::smollm2())).clone()
 }
 
 const COPY: &str = "The code is 4711. Repeat the code:";

@@ -19,7 +19,6 @@ use std::sync::Arc;
 use finllm::explain::{Attribution, Attributor, ExplainOptions, Method};
 use finllm::rag::answer::DEFAULT_INSTRUCTIONS;
 use finllm::rag::{Collection, CollectionConfig, Embedder, Metadata, Passage, Query};
-use finllm::{LoadOptions, Model};
 
 fn normalized(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
@@ -32,14 +31,7 @@ fn top_index(a: &Attribution) -> usize {
 #[test]
 fn the_answering_source_ranks_first_and_its_removal_hurts_most() {
     let root = common::root();
-    let model = Model::load(
-        common::smollm2_path(),
-        &LoadOptions {
-            threads: Some(2),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let model = common::smollm2();
     let embedder = Arc::new(Embedder::load(common::minilm_dir(), Some(2)).unwrap());
     let data = root.join("examples/data");
     let mut collection = Collection::new(Arc::clone(&embedder), CollectionConfig::default()).unwrap();
@@ -64,19 +56,6 @@ fn the_answering_source_ranks_first_and_its_removal_hurts_most() {
         .collect();
     assert!(cases.len() >= 30);
 
-    let passage = |c: &finllm::rag::Chunk| Passage {
-        id: c.id(),
-        source: c.source.clone(),
-        page: c.page,
-        start: c.start,
-        end: c.end,
-        text: c.text.clone(),
-        context: c.context.clone(),
-        score: 0.0,
-        vector_score: None,
-        keyword_score: None,
-        meta: (*c.meta).clone(),
-    };
     let (mut surrogate_first, mut occlusion_first, mut vs_attention, mut vs_embedding) = (0, 0, 0, 0);
     // Where the other ranking picks another source: how often removing ours hurts strictly more.
     let (mut attention_differs, mut vs_attention_strict) = (0, 0);
@@ -104,7 +83,7 @@ fn the_answering_source_ranks_first_and_its_removal_hurts_most() {
             .collect();
         assert_eq!(distractors.len(), 2, "{}", case["id"]);
         let at = i % 3;
-        distractors.insert(at, passage(holder));
+        distractors.insert(at, holder.passage());
         let sources = distractors;
 
         let options = ExplainOptions {

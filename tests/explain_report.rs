@@ -8,7 +8,7 @@ mod common;
 use std::process::Command;
 
 use finllm::explain::{explain, ExplainOptions, Granularity, Method};
-use finllm::{LoadOptions, Model, Prompt};
+use finllm::Prompt;
 
 fn chromium() -> &'static str {
     for c in ["/usr/bin/chromium", "/usr/bin/chromium-browser"] {
@@ -21,14 +21,7 @@ fn chromium() -> &'static str {
 
 #[test]
 fn the_report_renders_with_its_heat_map_in_headless_chromium() {
-    let model = Model::load(
-        common::smollm2_path(),
-        &LoadOptions {
-            threads: Some(2),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let model = common::smollm2();
     let a = explain(
         &model,
         &Prompt::Text("The code is 4711. Repeat the code:".into()),

@@ -16,6 +16,18 @@ pub fn smollm2_path() -> PathBuf {
     p
 }
 
+/// The default SmolLM2 model, loaded for 2 threads.
+pub fn smollm2() -> finllm::Model {
+    finllm::Model::load(
+        smollm2_path(),
+        &finllm::LoadOptions {
+            threads: Some(2),
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
+
 /// The all-MiniLM-L6-v2 sentence embedder, fetched by `scripts/fetch_models.sh` (tests that
 /// need it fail when it is missing).
 pub fn minilm_dir() -> PathBuf {

@@ -77,6 +77,23 @@ impl Chunk {
         format!("{}#{}-{}", self.source, self.start, self.end)
     }
 
+    /// The chunk as a passage, unscored.
+    pub fn passage(&self) -> Passage {
+        Passage {
+            id: self.id(),
+            source: self.source.clone(),
+            page: self.page,
+            start: self.start,
+            end: self.end,
+            text: self.text.clone(),
+            context: self.context.clone(),
+            score: 0.0,
+            vector_score: None,
+            keyword_score: None,
+            meta: (*self.meta).clone(),
+        }
+    }
+
     /// What the embedder and the keyword index see: context, then text.
     fn indexed_text(&self) -> String {
         if self.context.is_empty() {
@@ -413,17 +430,10 @@ impl Collection {
                     SearchMode::Keyword => k.unwrap_or(0.0),
                 };
                 Some(Passage {
-                    id: c.id(),
-                    source: c.source.clone(),
-                    page: c.page,
-                    start: c.start,
-                    end: c.end,
-                    text: c.text.clone(),
-                    context: c.context.clone(),
                     score,
                     vector_score: v,
                     keyword_score: k,
-                    meta: (*c.meta).clone(),
+                    ..c.passage()
                 })
             })
             .collect())
