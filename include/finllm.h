@@ -349,6 +349,9 @@ typedef struct {
   // Units given by the caller (n_segments of them), or NULL.
   const finllm_segment *segments;
   size_t n_segments;
+  // "attention": the layer whose attention scores the units (0-based), or -1 (default): the
+  // last.
+  int32_t layer;
 } finllm_explain_params;
 
 // One unit of an attribution; its strings are owned by the attribution.
@@ -358,9 +361,12 @@ typedef struct {
   const char *text;
   // A segment's label, or NULL.
   const char *label;
-  // Byte range in the prompt's text.
+  // Character range (Unicode scalar values) in the prompt's text.
   size_t start;
   size_t end;
+  // Byte range (UTF-8) in the prompt's text.
+  size_t byte_start;
+  size_t byte_end;
   // Prompt tokens the unit holds.
   size_t tokens;
   double score;
@@ -891,6 +897,17 @@ finllm_status finllm_attribution_unit(const finllm_attribution *a, size_t rank, 
 // # Safety
 // `a` NULL or live; `rows` and `cols` NULL or writable.
 const double *finllm_attribution_matrix(const finllm_attribution *a, size_t *rows, size_t *cols);
+
+// Attention methods: each layer's head-mean attention from the target's predicting positions
+// to each unit, row-major `[layer][unit]` (units in prompt order); `*layers` and `*units`
+// receive its shape. Owned by the attribution; NULL (shape 0 × 0) for other methods or if `a`
+// is NULL.
+//
+// # Safety
+// `a` NULL or live; `layers` and `units` NULL or writable.
+const double *finllm_attribution_attention_layers(const finllm_attribution *a,
+                                                  size_t *layers,
+                                                  size_t *units);
 
 // The attribution as JSON, by the caller-buffer convention (see finllm_generation_text).
 //

@@ -84,7 +84,7 @@ fn occlusion_equals_recomputing_each_ablated_prompt_and_batches_change_nothing()
         worst = worst.max((b - g).abs());
     }
     for (u, &p) in units.iter().zip(&firsts) {
-        assert_eq!((u.start, u.end), offsets[p]);
+        assert_eq!((u.byte_start, u.byte_end), offsets[p]);
         let mut ablated = ids.clone();
         ablated.remove(p);
         let lp = logprobs_from_scratch(&m, &ablated, &answer);
@@ -182,6 +182,50 @@ fn attention_rows_over_the_whole_prompt_sum_to_one() {
 }
 
 #[test]
+fn every_layers_attention_is_reported_and_any_layer_can_score_the_units() {
+    let options = ExplainOptions {
+        method: Method::Attention,
+        granularity: Granularity::Token,
+        answer: Some(" 4711".into()),
+        target_tokens: Some((0, 1)),
+        ..Default::default()
+    };
+    let last = run(&Prompt::Text(COPY.into()), options.clone());
+    let layers = last.attention_layers.clone().expect("per-layer attention");
+    assert_eq!(layers.len(), model().config().n_layers);
+    // The first answer token is predicted from the prompt alone: in every layer its attention
+    // over the prompt's units (all its tokens) is a distribution.
+    for (l, per_unit) in layers.iter().enumerate() {
+        assert_eq!(per_unit.len(), last.units.len());
+        let sum: f64 = per_unit.iter().sum();
+        assert!((sum - 1.0).abs() < 1e-4, "layer {l}: {sum}");
+    }
+    // The default scores come from the last layer; a chosen layer's from that layer.
+    let scores = |a: &Attribution| a.units_in_order().iter().map(|u| u.score).collect::<Vec<f64>>();
+    assert_eq!(scores(&last), *layers.last().unwrap());
+    let third = run(
+        &Prompt::Text(COPY.into()),
+        ExplainOptions {
+            layer: Some(3),
+            ..options.clone()
+        },
+    );
+    assert_eq!(scores(&third), layers[3]);
+    assert_eq!(third.parameters["layer"], 3);
+    assert_ne!(layers[3], *layers.last().unwrap());
+    let err = explain(
+        &model(),
+        &Prompt::Text(COPY.into()),
+        &ExplainOptions {
+            layer: Some(layers.len()),
+            ..options
+        },
+    )
+    .unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
+}
+
+#[test]
 fn the_source_holding_the_answer_ranks_first() {
     let sources = [
         (
@@ -237,8 +281,10 @@ fn the_source_holding_the_answer_ranks_first() {
 
 #[test]
 fn the_json_lists_ranked_units_with_spans_method_and_target() {
+    // Characters beyond ASCII, so that character and byte spans differ.
+    let prompt = "Le code — 净利润 4711 € — répétez le code :";
     let a = run(
-        &Prompt::Text(COPY.into()),
+        &Prompt::Text(prompt.into()),
         ExplainOptions {
             answer: Some(" 4711".into()),
             ..Default::default()
@@ -250,13 +296,15 @@ fn the_json_lists_ranked_units_with_spans_method_and_target() {
     let units = v["units"].as_array().unwrap();
     let scores: Vec<f64> = units.iter().map(|u| u["score"].as_f64().unwrap()).collect();
     assert!(scores.windows(2).all(|w| w[0] >= w[1]));
+    let chars: Vec<char> = prompt.chars().collect();
+    let at = |u: &serde_json::Value, k: &str| u[k].as_u64().unwrap() as usize;
     for u in units {
-        let (s, e) = (
-            u["start"].as_u64().unwrap() as usize,
-            u["end"].as_u64().unwrap() as usize,
-        );
-        assert_eq!(u["text"].as_str().unwrap(), &COPY[s..e]);
+        let text = u["text"].as_str().unwrap();
+        assert_eq!(text, &prompt[at(u, "byte_start")..at(u, "byte_end")]);
+        let by_chars: String = chars[at(u, "start")..at(u, "end")].iter().collect();
+        assert_eq!(text, by_chars);
     }
+    assert!(units.iter().any(|u| at(u, "start") != at(u, "byte_start")));
     assert_eq!(v["model_sha256"].as_str().unwrap().len(), 64);
 }
 

@@ -51,6 +51,9 @@ pub struct finllm_explain_params {
     /// Units given by the caller (n_segments of them), or NULL.
     pub segments: *const finllm_segment,
     pub n_segments: usize,
+    /// "attention": the layer whose attention scores the units (0-based), or -1 (default): the
+    /// last.
+    pub layer: i32,
 }
 
 /// Default explanation options.
@@ -70,6 +73,7 @@ pub extern "C" fn finllm_explain_default_params() -> finllm_explain_params {
         chat: 0,
         segments: std::ptr::null(),
         n_segments: 0,
+        layer: -1,
     }
 }
 
@@ -82,9 +86,12 @@ pub struct finllm_unit {
     pub text: *const c_char,
     /// A segment's label, or NULL.
     pub label: *const c_char,
-    /// Byte range in the prompt's text.
+    /// Character range (Unicode scalar values) in the prompt's text.
     pub start: usize,
     pub end: usize,
+    /// Byte range (UTF-8) in the prompt's text.
+    pub byte_start: usize,
+    pub byte_end: usize,
     /// Prompt tokens the unit holds.
     pub tokens: usize,
     pub score: f64,
@@ -97,6 +104,8 @@ pub struct finllm_attribution {
     strings: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     /// The matrix, row-major, units in prompt order.
     matrix: Vec<f64>,
+    /// Attention methods: the per-layer profile, row-major `[layer][unit]`.
+    attention_layers: Option<Vec<f64>>,
 }
 
 /// Explain why `model` answers `prompt` as it does (see finllm_explain_params). `params` may
@@ -128,6 +137,7 @@ pub unsafe extern "C" fn finllm_explain(
             held_out: p.held_out as usize,
             batch: p.batch as usize,
             seed: p.seed,
+            layer: usize::try_from(p.layer).ok(),
             ..Default::default()
         };
         if let Some(m) = unsafe { opt_c_str(p.method, "method") }? {
@@ -169,7 +179,16 @@ fn attribution(inner: Attribution) -> finllm_attribution {
         .map(|u| (nul_terminated(u.text.clone()), u.label.clone().map(nul_terminated)))
         .collect();
     let matrix = inner.matrix.iter().flatten().copied().collect();
-    finllm_attribution { inner, strings, matrix }
+    let attention_layers = inner
+        .attention_layers
+        .as_ref()
+        .map(|l| l.iter().flatten().copied().collect());
+    finllm_attribution {
+        inner,
+        strings,
+        matrix,
+        attention_layers,
+    }
 }
 
 /// The caller's params, with fields added after its header's version at their defaults.
@@ -246,6 +265,8 @@ pub unsafe extern "C" fn finllm_attribution_unit(
             label: label.as_ref().map_or(std::ptr::null(), |l| l.as_ptr().cast()),
             start: u.start,
             end: u.end,
+            byte_start: u.byte_start,
+            byte_end: u.byte_end,
             tokens: u.tokens,
             score: u.score,
         };
@@ -268,8 +289,43 @@ pub unsafe extern "C" fn finllm_attribution_matrix(
     let Some(a) = (unsafe { a.as_ref() }) else {
         return std::ptr::null();
     };
-    let (r, c) = (a.inner.matrix.len(), a.inner.answer_tokens.len());
     // SAFETY: NULL or writable per the contract.
+    unsafe { shaped(&a.matrix, a.inner.matrix.len(), a.inner.answer_tokens.len(), rows, cols) }
+}
+
+/// Attention methods: each layer's head-mean attention from the target's predicting positions
+/// to each unit, row-major `[layer][unit]` (units in prompt order); `*layers` and `*units`
+/// receive its shape. Owned by the attribution; NULL (shape 0 × 0) for other methods or if `a`
+/// is NULL.
+///
+/// # Safety
+/// `a` NULL or live; `layers` and `units` NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn finllm_attribution_attention_layers(
+    a: *const finllm_attribution,
+    layers: *mut usize,
+    units: *mut usize,
+) -> *const f64 {
+    // SAFETY: NULL or live per the contract.
+    let a = unsafe { a.as_ref() };
+    let (v, r) = match a.and_then(|a| Some((a.attention_layers.as_ref()?, a.inner.attention_layers.as_ref()?))) {
+        Some((flat, l)) => (flat.as_slice(), l.len()),
+        None => (&[][..], 0),
+    };
+    let c = a.filter(|_| r > 0).map_or(0, |a| a.inner.units.len());
+    // SAFETY: NULL or writable per the contract.
+    let p = unsafe { shaped(v, r, c, layers, units) };
+    if r == 0 {
+        std::ptr::null()
+    } else {
+        p
+    }
+}
+
+/// Write a row-major matrix's shape to `rows` and `cols` (each NULL or writable) and return its
+/// data.
+unsafe fn shaped(v: &[f64], r: usize, c: usize, rows: *mut usize, cols: *mut usize) -> *const f64 {
+    // SAFETY: NULL or writable per the caller's contract.
     unsafe {
         if let Some(rows) = rows.as_mut() {
             *rows = r;
@@ -278,7 +334,7 @@ pub unsafe extern "C" fn finllm_attribution_matrix(
             *cols = c;
         }
     }
-    a.matrix.as_ptr()
+    v.as_ptr()
 }
 
 /// The attribution as JSON, by the caller-buffer convention (see finllm_generation_text).

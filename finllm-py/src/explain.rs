@@ -9,7 +9,7 @@ use pyo3::IntoPyObjectExt;
 use crate::{to_py, InvalidArgument};
 
 /// Explanation options from keyword arguments (`method`, `granularity`, `target`,
-/// `max_tokens`, `target_tokens`, `samples`, `held_out`, `seed`, `batch`, `segments`).
+/// `max_tokens`, `target_tokens`, `samples`, `held_out`, `seed`, `batch`, `segments`, `layer`).
 pub(crate) fn options(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<core::explain::ExplainOptions> {
     let mut o = core::explain::ExplainOptions::default();
     let Some(kw) = kwargs else { return Ok(o) };
@@ -25,6 +25,7 @@ pub(crate) fn options(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<core::expl
             "held_out" => o.held_out = v.extract()?,
             "seed" => o.seed = v.extract()?,
             "batch" => o.batch = v.extract()?,
+            "layer" => o.layer = v.extract()?,
             "segments" => {
                 let mut segments = Vec::new();
                 for item in v.cast::<PyList>()?.iter() {
@@ -47,7 +48,8 @@ pub(crate) fn options(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<core::expl
 }
 
 /// Why the model answered as it did: units of the prompt ranked by their attribution to the
-/// answer. `units` are dicts (index, text, start, end, tokens, score, and label for sources),
+/// answer. `units` are dicts (index, text, start and end in characters, byte_start and byte_end,
+/// tokens, score, and label for sources),
 /// best first; `matrix` is units (prompt order) × answer tokens. `table()` gives rows for
 /// `pandas.DataFrame`, `scores_array()` / `matrix_array()` numpy arrays; in a notebook the
 /// object shows its HTML report.
@@ -133,6 +135,13 @@ impl Attribution {
         json_to_py(py, &self.inner.gradient)
     }
 
+    /// Attention methods: `[layer][unit]` (units in prompt order), each layer's head-mean
+    /// attention from the target's predicting positions to the unit; else None.
+    #[getter]
+    fn attention_layers(&self) -> Option<Vec<Vec<f64>>> {
+        self.inner.attention_layers.clone()
+    }
+
     #[getter]
     fn model_sha256(&self) -> &str {
         &self.inner.model_sha256
@@ -149,7 +158,8 @@ impl Attribution {
         json_to_py(py, &self.inner.timings)
     }
 
-    /// One row per unit in prompt order (index, label, text, start, end, tokens, score, rank):
+    /// One row per unit in prompt order (index, label, text, start, end, byte_start, byte_end,
+    /// tokens, score, rank):
     /// `pandas.DataFrame(a.table())`.
     fn table(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         let rows = PyList::empty(py);
@@ -160,6 +170,8 @@ impl Attribution {
             d.set_item("text", &u.text)?;
             d.set_item("start", u.start)?;
             d.set_item("end", u.end)?;
+            d.set_item("byte_start", u.byte_start)?;
+            d.set_item("byte_end", u.byte_end)?;
             d.set_item("tokens", u.tokens)?;
             d.set_item("score", u.score)?;
             let rank = self.inner.units.iter().position(|r| r.index == u.index).unwrap_or(0) + 1;

@@ -104,3 +104,20 @@ def test_ask_with_an_explanation_ranks_its_sources(model):
     assert len(e) == len(answer.citations)
     assert sorted(u["label"] for u in e.units) == [f"[{c['number']}] {c['source']}" for c in answer.citations]
     assert model.ask("What was Acme Bank's CET1 ratio?", retriever=index, max_tokens=4).explanation is None
+
+
+def test_spans_index_python_strings_by_character(model):
+    prompt = "Le code — 净利润 4711 € — répétez :"
+    a = model.explain(prompt, method="attention", target=" 4711")
+    assert a.prompt == prompt
+    for u in a.units:
+        assert prompt[u["start"] : u["end"]] == u["text"]
+        assert prompt.encode()[u["byte_start"] : u["byte_end"]].decode() == u["text"]
+    assert any(u["start"] != u["byte_start"] for u in a.units)
+    # Every layer's attention profile, one score per unit; the units' scores are the last layer's.
+    layers = a.attention_layers
+    assert len(layers) == 30 and all(len(row) == len(a) for row in layers)
+    by_index = {u["index"]: u["score"] for u in a.units}
+    assert np.allclose([by_index[i] for i in range(len(a))], layers[-1])
+    third = model.explain(prompt, method="attention", target=" 4711", layer=3)
+    assert third.parameters["layer"] == 3

@@ -1394,7 +1394,8 @@ static void test_explain(const finllm_model *m) {
   EXPECT_STATUS(finllm_attribution_unit(a, 1, &second), FINLLM_OK);
   CHECK(strcmp(top.text, "4711") == 0);
   CHECK(top.label == NULL);
-  CHECK(top.end - top.start == 4 && strncmp(copy + top.start, "4711", 4) == 0);
+  CHECK(top.byte_end - top.byte_start == 4 && strncmp(copy + top.byte_start, "4711", 4) == 0);
+  CHECK(top.start == top.byte_start && top.end == top.byte_end); /* ASCII: characters are bytes */
   CHECK(top.score > second.score);
   const double *mat = finllm_attribution_matrix(a, &rows, &cols);
   CHECK(mat != NULL && rows == n && cols == finllm_attribution_n_answer_tokens(a) && cols > 0);
@@ -1421,7 +1422,40 @@ static void test_explain(const finllm_model *m) {
   finllm_unit u;
   EXPECT_STATUS(finllm_attribution_unit(a, n, &u), FINLLM_ERROR_INVALID_ARGUMENT);
   EXPECT_STATUS(finllm_attribution_unit(a, 0, NULL), FINLLM_ERROR_NULL_POINTER);
+
+  /* Attention from a chosen layer, and every layer's profile: each layer's attention from a
+     predicting position is a distribution, so over all units it sums to at most one per target
+     token. */
+  size_t layers = 0, units = 0;
+  CHECK(finllm_attribution_attention_layers(a, &layers, &units) == NULL && layers == 0);
   finllm_attribution_free(a);
+  finllm_explain_params ap = finllm_explain_default_params();
+  ap.method = "attention";
+  ap.target = " 4711";
+  ap.layer = 3;
+  a = NULL;
+  EXPECT_STATUS(finllm_explain(m, copy, &ap, &a), FINLLM_OK);
+  if (a) {
+    const double *per_layer = finllm_attribution_attention_layers(a, &layers, &units);
+    CHECK(per_layer != NULL && layers == 30 && units == finllm_attribution_n_units(a));
+    const double *am = finllm_attribution_matrix(a, &rows, &cols);
+    for (size_t l = 0; per_layer && l < layers; l++) {
+      double sum = 0;
+      for (size_t u2 = 0; u2 < units; u2++) sum += per_layer[l * units + u2];
+      CHECK(sum > 0 && sum <= (double)cols + 1e-9);
+    }
+    /* The matrix is layer 3's (the whole answer is the target). */
+    for (size_t r = 0; per_layer && am && r < rows; r++) {
+      double row = 0;
+      for (size_t c = 0; c < cols; c++) row += am[r * cols + c];
+      CHECK(fabs(row - per_layer[3 * units + r]) < 1e-9);
+    }
+    finllm_attribution_free(a);
+  }
+  ap.layer = 30;
+  a = NULL;
+  EXPECT_STATUS(finllm_explain(m, copy, &ap, &a), FINLLM_ERROR_INVALID_ARGUMENT);
+  CHECK(a == NULL);
 
   /* Sources as segments: the one holding the answer ranks first, with its label. */
   const char *text = "Source A: It rained in Zurich on Monday.\n"

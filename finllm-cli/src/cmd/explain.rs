@@ -27,6 +27,10 @@ pub(crate) struct MethodArgs {
     /// Ablated prompts per batched forward call.
     #[arg(long, default_value_t = 8)]
     batch: usize,
+    /// --method attention: the layer whose attention scores the units (0-based; default the
+    /// last). Every layer's profile is in the JSON's `attention_layers`.
+    #[arg(long)]
+    layer: Option<usize>,
 }
 
 impl MethodArgs {
@@ -37,6 +41,7 @@ impl MethodArgs {
             held_out: self.held_out,
             seed: self.seed,
             batch: self.batch,
+            layer: self.layer,
             ..Default::default()
         })
     }

@@ -454,6 +454,8 @@ fn source_ranking_json(a: &finllm_core::explain::Attribution) -> serde_json::Val
             "score": u.score,
             "start": u.start,
             "end": u.end,
+            "byte_start": u.byte_start,
+            "byte_end": u.byte_end,
         })).collect::<Vec<_>>(),
         "surrogate": a.surrogate,
         "explain_ms": a.timings.explain_ms,

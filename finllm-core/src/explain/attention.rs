@@ -1,5 +1,6 @@
-//! Attention-based attribution from the forward hooks: the last layer's attention weights
-//! (mean over heads) from the position that predicts each answer token to each unit's tokens,
+//! Attention-based attribution from the forward hooks: one layer's attention weights (mean over
+//! heads; the last layer unless asked) from the position that predicts each answer token to each
+//! unit's tokens, the same for every layer (the per-layer profile of the target),
 //! and attention rollout (Abnar & Zuidema, 2020: per layer the head-mean attention mixed half
 //! and half with the identity for the residual stream, multiplied through the layers).
 
@@ -10,18 +11,45 @@ use crate::Model;
 /// Most bytes the attention maps of one explanation may take (layers × heads × tokens²).
 pub const MAX_ATTENTION_BYTES: usize = 1 << 30;
 
-/// Per unit (`units[u]`: its prompt positions) and answer token: the attention score.
+/// Attention scores of one explanation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttentionScores {
+    /// `[unit][answer token]`: the chosen layer's (or the rollout's) attention score.
+    pub matrix: Vec<Vec<f64>>,
+    /// `[layer][unit]`: each layer's head-mean attention from the target's predicting positions
+    /// to the unit, summed over the target's tokens.
+    pub per_layer: Vec<Vec<f64>>,
+    /// The layer `matrix` comes from (`None` for rollout, which spans them all).
+    pub layer: Option<usize>,
+}
+
+/// Per unit (`units[u]`: its prompt positions) and answer token: the attention score, from
+/// `layer` (`None`: the last) or by rollout; and every layer's scores for the `target` tokens.
 pub fn attention(
     model: &Model,
     prompt: &[u32],
     answer: &[u32],
     units: &[Vec<usize>],
     rollout: bool,
-) -> Result<Vec<Vec<f64>>> {
+    layer: Option<usize>,
+    target: std::ops::Range<usize>,
+) -> Result<AttentionScores> {
     if answer.is_empty() {
         return Err(Error::invalid("target", "the answer to explain has no tokens"));
     }
     let cfg = model.config();
+    if let Some(l) = layer.filter(|&l| l >= cfg.n_layers) {
+        return Err(Error::invalid(
+            "layer",
+            format!("{l}: the model has layers 0..{}", cfg.n_layers),
+        ));
+    }
+    if rollout && layer.is_some() {
+        return Err(Error::invalid("layer", "rollout runs through every layer; leave the layer unset"));
+    }
+    if target.start >= target.end || target.end > answer.len() {
+        return Err(Error::invalid("target_tokens", "not a range of the answer's tokens"));
+    }
     let mut seq: Vec<u32> = prompt.to_vec();
     seq.extend_from_slice(&answer[..answer.len() - 1]);
     let n = seq.len();
@@ -76,9 +104,28 @@ pub fn attention(
         mean.iter_mut().for_each(|x| *x /= heads as f64);
         layers.push(mean);
     }
+    let chosen_layer = layer.unwrap_or(layers.len().saturating_sub(1));
     let last = layers
-        .last()
+        .get(chosen_layer)
         .ok_or_else(|| Error::invalid("forward", "no attention maps"))?;
+    // Each layer's attention from the target's predicting positions to each unit.
+    let per_layer = layers
+        .iter()
+        .map(|a| {
+            units
+                .iter()
+                .map(|positions| {
+                    target
+                        .clone()
+                        .map(|j| {
+                            let row = prompt.len() - 1 + j;
+                            positions.iter().map(|&p| a[row * n + p]).sum::<f64>()
+                        })
+                        .sum()
+                })
+                .collect()
+        })
+        .collect();
     let mut per_position = Vec::with_capacity(answer.len());
     for j in 0..answer.len() {
         let row = prompt.len() - 1 + j;
@@ -105,7 +152,7 @@ pub fn attention(
         };
         per_position.push(weights);
     }
-    Ok(units
+    let matrix = units
         .iter()
         .map(|positions| {
             per_position
@@ -113,5 +160,10 @@ pub fn attention(
                 .map(|w| positions.iter().map(|&p| w[p]).sum())
                 .collect()
         })
-        .collect())
+        .collect();
+    Ok(AttentionScores {
+        matrix,
+        per_layer,
+        layer: (!rollout).then_some(chosen_layer),
+    })
 }

@@ -6,10 +6,12 @@
 //!   (leave one unit out), Shapley-value sampling, and a ContextCite-style surrogate; every
 //!   ablation is batched through the model's forward call and the unchanged beginning of the
 //!   prompt is computed once ([`ablate`]);
-//! - **attention** ([`attention`]): last-layer attention and attention rollout from the forward
-//!   hooks.
+//! - **attention** ([`attention`]): one layer's attention (the last unless asked), every
+//!   layer's profile, and attention rollout from the forward hooks;
+//! - **gradient** ([`gradient`]): saliency, input × gradient and integrated gradients w.r.t. the
+//!   input embeddings, on a dense f32 copy of the served weights.
 //!
-//! The result, an [`Attribution`], holds the units (text and byte span in the prompt's text)
+//! The result, an [`Attribution`], holds the units (text, character and byte span in the prompt's text)
 //! ranked by score, the units × answer-tokens matrix, the method and its parameters, the model's
 //! SHA-256 and timings; it serialises to JSON.
 
@@ -41,7 +43,8 @@ pub enum Method {
     Shapley,
     /// A sparse linear surrogate fitted on random ablations (ContextCite).
     Surrogate,
-    /// Last-layer attention from the predicting positions, mean over heads.
+    /// One layer's attention (the last unless [`ExplainOptions::layer`]) from the predicting
+    /// positions, mean over heads.
     Attention,
     /// Attention rollout through every layer.
     Rollout,
@@ -103,6 +106,8 @@ pub struct ExplainOptions {
     /// The units for [`Granularity::Segment`]: byte ranges of the prompt's text (for a chat,
     /// of the rendered conversation).
     pub segments: Vec<Segment>,
+    /// [`Method::Attention`]: the layer whose attention scores the units (`None`: the last).
+    pub layer: Option<usize>,
 }
 
 impl Default for ExplainOptions {
@@ -118,6 +123,7 @@ impl Default for ExplainOptions {
             seed: 0,
             batch: 8,
             segments: Vec::new(),
+            layer: None,
         }
     }
 }
@@ -131,9 +137,13 @@ pub struct Unit {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
     pub text: String,
-    /// Byte range in [`Attribution::prompt`].
+    /// Character range (Unicode scalar values) in [`Attribution::prompt`]: Python's
+    /// `prompt[start:end]`.
     pub start: usize,
     pub end: usize,
+    /// Byte range (UTF-8) in [`Attribution::prompt`]: Rust's `&prompt[byte_start..byte_end]`.
+    pub byte_start: usize,
+    pub byte_end: usize,
     /// Prompt tokens the unit holds.
     pub tokens: usize,
     /// The unit's attribution to the target (nats for perturbation methods, attention mass
@@ -187,6 +197,10 @@ pub struct Attribution {
     /// and the completeness error.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gradient: Option<gradient::GradientReport>,
+    /// Attention methods: `[layer][unit]` (units in prompt order), each layer's head-mean
+    /// attention from the target's predicting positions to the unit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attention_layers: Option<Vec<Vec<f64>>>,
     pub model_sha256: String,
     /// The options that shaped the result (samples, seed, batch, ...).
     pub parameters: serde_json::Value,
@@ -586,6 +600,7 @@ impl<'m> Attributor<'m> {
         let samples = |default: usize| if options.samples == 0 { default } else { options.samples };
         let mut parameters = serde_json::json!({ "batch": options.batch, "seed": options.seed });
         let mut gradient_report = None;
+        let mut attention_layers = None;
         let (matrix, base, fit, sequences) = match method {
             Method::Occlusion | Method::Shapley | Method::Surrogate => {
                 // A new ablator's prompt prefill counts as this run's.
@@ -652,14 +667,20 @@ impl<'m> Attributor<'m> {
                 (matrix, None, None, 1)
             }
             Method::Attention | Method::Rollout => {
-                let m = attention::attention(
+                let scores = attention::attention(
                     self.model,
                     &self.ids,
                     &self.answer_ids,
                     &self.positions(),
                     method == Method::Rollout,
+                    options.layer,
+                    t0..t1,
                 )?;
-                (m, None, None, 1)
+                if let Some(l) = scores.layer {
+                    parameters["layer"] = l.into();
+                }
+                attention_layers = Some(scores.per_layer);
+                (scores.matrix, None, None, 1)
             }
         };
         let explain_ms = started.elapsed().as_secs_f64() * 1e3;
@@ -672,6 +693,7 @@ impl<'m> Attributor<'m> {
             .map(|&id| piece(id))
             .collect::<Result<Vec<_>>>()?;
         let text = &self.text;
+        let chars = units::CharIndex::new(text);
         let mut ranked: Vec<Unit> = self
             .spans
             .iter()
@@ -681,8 +703,10 @@ impl<'m> Attributor<'m> {
                 index: i,
                 label: s.label.clone(),
                 text: text[s.start..s.end].to_string(),
-                start: s.start,
-                end: s.end,
+                start: chars.of(s.start),
+                end: chars.of(s.end),
+                byte_start: s.start,
+                byte_end: s.end,
                 tokens: s.positions.len(),
                 score: row[t0..t1].iter().sum(),
             })
@@ -704,6 +728,7 @@ impl<'m> Attributor<'m> {
             base_logprobs: base,
             surrogate: fit,
             gradient: gradient_report,
+            attention_layers,
             model_sha256: self.model.sha256()?,
             parameters,
             timings: Timings {

@@ -80,22 +80,22 @@ impl Attribution {
         // The prompt as a heat map: units coloured by score, the text between them plain.
         h.push_str("<h2>Prompt</h2><div class=\"prompt\" id=\"heatmap\">");
         let mut units: Vec<&super::Unit> = self.units.iter().collect();
-        units.sort_by_key(|u| u.start);
+        units.sort_by_key(|u| u.byte_start);
         let mut at = 0;
         for u in units {
-            if u.start < at || u.end > self.prompt.len() {
+            if u.byte_start < at || u.byte_end > self.prompt.len() {
                 continue;
             }
-            h.push_str(&esc(&self.prompt[at..u.start]));
+            h.push_str(&esc(&self.prompt[at..u.byte_start]));
             let _ = write!(
                 h,
                 "<span class=\"u\" style=\"background:{}\" title=\"{}: {:.4}\">{}</span>",
                 heat(u.score, max),
                 esc(u.label.as_deref().unwrap_or(&u.text)),
                 u.score,
-                esc(&self.prompt[u.start..u.end])
+                esc(&self.prompt[u.byte_start..u.byte_end])
             );
-            at = u.end;
+            at = u.byte_end;
         }
         h.push_str(&esc(&self.prompt[at.min(self.prompt.len())..]));
         h.push_str("</div>");

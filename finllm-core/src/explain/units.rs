@@ -45,6 +45,27 @@ pub struct Segment {
     pub end: usize,
 }
 
+/// Byte offsets of a text to character offsets (Unicode scalar values), for spans reported to
+/// callers who index text by characters (Python, JSON readers).
+pub(crate) struct CharIndex {
+    /// The byte offset of every character boundary but the end.
+    starts: Vec<usize>,
+}
+
+impl CharIndex {
+    pub(crate) fn new(text: &str) -> Self {
+        Self {
+            starts: text.char_indices().map(|(b, _)| b).collect(),
+        }
+    }
+
+    /// The character offset of byte offset `byte` (a boundary; the text's length maps to its
+    /// character count).
+    pub(crate) fn of(&self, byte: usize) -> usize {
+        self.starts.partition_point(|&b| b < byte)
+    }
+}
+
 /// One unit: its text, its byte range in the prompt's text and the prompt positions of its
 /// tokens (every token belongs to at most one unit).
 #[derive(Debug, Clone, PartialEq)]
@@ -235,6 +256,15 @@ pub fn build(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn char_offsets_agree_with_counting_characters() {
+        let t = "净利润 up 3.5% — 营收 €12";
+        let idx = CharIndex::new(t);
+        for (b, _) in t.char_indices().chain(std::iter::once((t.len(), ' '))) {
+            assert_eq!(idx.of(b), t[..b].chars().count(), "byte {b}");
+        }
+    }
 
     #[test]
     fn words_split_letters_digits_punctuation_and_cjk() {

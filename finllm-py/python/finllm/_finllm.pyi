@@ -218,13 +218,15 @@ class Model:
         seed: int = 0,
         batch: int = 8,
         segments: Optional[Sequence[Tuple[str, int, int]]] = None,
+        layer: Optional[int] = None,
     ) -> Attribution:
         """Explain an answer to `prompt` (raw text) or `messages` (rendered with the chat
         template): attribute it to the prompt's units. method: "occlusion", "shapley",
         "surrogate", "attention", "rollout", "ig", "saliency" or "input_x_gradient";
         samples: permutations, ablations or integrated-gradients steps; granularity: "token", "word" or "sentence";
         target: the answer to explain (default: the greedy answer of max_tokens tokens);
-        segments: (label, start, end) byte ranges of the prompt's text, each a unit."""
+        segments: (label, start, end) byte ranges of the prompt's text, each a unit;
+        layer: for "attention", the layer that scores the units (default the last)."""
     def apply_chat_template(self, messages: Sequence[Message]) -> str:
         """The prompt text the chat template renders for `messages`."""
     def tokenize(self, text: str) -> list[int]:
@@ -693,7 +695,7 @@ class Attribution:
     def granularity(self) -> str: ...
     @property
     def prompt(self) -> str:
-        """The text the units' byte spans point into."""
+        """The text the units' spans point into (start/end in characters, byte_start/byte_end in bytes)."""
     @property
     def answer(self) -> str: ...
     @property
@@ -703,7 +705,7 @@ class Attribution:
         """{"text", "start", "end"}: the answer tokens explained."""
     @property
     def units(self) -> list[Dict[str, Any]]:
-        """Units ranked by score, best first: index, text, start, end, tokens, score (and label)."""
+        """Units ranked by score, best first: index, text, start, end (characters), byte_start, byte_end, tokens, score (and label)."""
     @property
     def matrix(self) -> list[list[float]]:
         """Units (prompt order) x answer tokens."""
@@ -716,6 +718,10 @@ class Attribution:
     def gradient(self) -> Optional[Dict[str, Any]]:
         """Gradient methods: weights, target_logprob, and for "ig" baseline_logprob,
         attribution_sum, completeness_error, uniform_completeness_error, steps."""
+    @property
+    def attention_layers(self) -> Optional[list[list[float]]]:
+        """Attention methods: [layer][unit] (units in prompt order), each layer's head-mean
+        attention from the target's predicting positions to the unit."""
     @property
     def audit_seq(self) -> Optional[int]:
         """For a guarded ask() with an audit log: the explanation record's sequence number."""
