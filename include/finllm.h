@@ -352,6 +352,13 @@ typedef struct {
   // "attention": the layer whose attention scores the units (0-based), or -1 (default): the
   // last.
   int32_t layer;
+  // A guard, or NULL. With one, the answer is a guarded request's (made under the guard,
+  // greedy, max_tokens long; `target` must be NULL), the prompt as the model saw it
+  // (personal data masked) is explained, and with an audit log the explanation is recorded
+  // after the request's record (finllm_attribution_audit_seq).
+  const finllm_guard *guard;
+  // With a guard: the caller recorded in the audit log, or NULL.
+  const char *caller_id;
 } finllm_explain_params;
 
 // One unit of an attribution; its strings are owned by the attribution.
@@ -908,6 +915,13 @@ const double *finllm_attribution_matrix(const finllm_attribution *a, size_t *row
 const double *finllm_attribution_attention_layers(const finllm_attribution *a,
                                                   size_t *layers,
                                                   size_t *units);
+
+// For an explanation made under a guard with an audit log: its record's sequence number (the
+// record names the answer's record and holds the SHA-256 of finllm_attribution_json); else 0.
+//
+// # Safety
+// `a` NULL or live.
+uint64_t finllm_attribution_audit_seq(const finllm_attribution *a);
 
 // The attribution as JSON, by the caller-buffer convention (see finllm_generation_text).
 //

@@ -444,6 +444,109 @@ fn a_guarded_answers_explanation_is_recorded_after_it_on_the_masked_prompt() {
 }
 
 #[test]
+fn a_guarded_request_asks_for_its_explanation_and_it_is_recorded_after_the_answer() {
+    use finllm::compliance::audit::{self, AuditConfig, AuditLog, RecordPhase};
+    use finllm::compliance::pii::{PiiConfig, PiiDetector};
+    use finllm::compliance::{Guard, GuardConfig};
+    use finllm::explain::respond;
+    use finllm::Request;
+
+    let m = model();
+    let dir = std::env::temp_dir().join(format!("finllm-explain-request-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log_path = dir.join("audit.log");
+    let guard = Arc::new(
+        Guard::new(GuardConfig {
+            pii: Some(Arc::new(PiiDetector::new(PiiConfig::default()).unwrap())),
+            audit: Some(Arc::new(AuditLog::open(&log_path, AuditConfig::default()).unwrap())),
+            ..Default::default()
+        })
+        .unwrap(),
+    );
+    let how = ExplainOptions {
+        method: Method::Occlusion,
+        ..Default::default()
+    };
+    let params = finllm::GenerateParams {
+        max_tokens: 8,
+        ..Default::default()
+    };
+    let messages = vec![ChatMessage::user(
+        "The code is 4711. Mail it to jane.doe@example.com. Repeat the code:",
+    )];
+    let request = Request::chat(messages.clone())
+        .with_params(params.clone())
+        .with_guard(guard.clone());
+    let x = respond(&*m, request, &how).unwrap();
+    let a = x.explanation.expect("an answer to explain");
+    // The explanation is of the conversation the model saw: the address is masked, and the
+    // units come from the message, not the template.
+    assert!(!a.prompt.contains("jane.doe@example.com"));
+    assert!(a.units.iter().all(|u| !u.text.contains("im_start")));
+    let report = x.response.guard.as_ref().unwrap();
+    assert_eq!(a.prompt, report.masked_prompt);
+    // It equals explaining the masked conversation with the same answer from scratch.
+    let alone = explain(
+        &m,
+        &Prompt::Chat(report.masked_messages.clone()),
+        &ExplainOptions {
+            answer: Some(a.answer.clone()),
+            ..how.clone()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        m.tokenize(&a.answer).unwrap(),
+        x.response.generation.ids,
+        "the answer's text round-trips"
+    );
+    assert_eq!(alone.matrix, a.matrix);
+    // Recorded right after the request's record, naming it.
+    let receipt = x.audit.expect("recorded");
+    let stored = audit::read_records(&log_path).unwrap();
+    assert_eq!(stored.len(), 2);
+    assert_eq!(
+        (stored[0].record.phase, stored[1].record.phase),
+        (RecordPhase::Complete, RecordPhase::Explanation)
+    );
+    assert_eq!(stored[1].seq, receipt.seq);
+    let e = stored[1].record.explanation.as_ref().unwrap();
+    assert_eq!((e.of_seq, e.of_hash.as_str()), (stored[0].seq, stored[0].hash.as_str()));
+    assert_eq!(e.units.len(), a.units.len().min(audit::MAX_EXPLAINED_UNITS));
+    assert!(audit::verify(&log_path).unwrap().is_ok());
+
+    // Unguarded: the same explanation as explain() of the greedy answer; nothing recorded.
+    let plain = respond(&*m, Request::text(COPY).with_params(params), &how).unwrap();
+    let greedy = run(
+        &Prompt::Text(COPY.into()),
+        ExplainOptions {
+            max_tokens: 8,
+            ..how.clone()
+        },
+    );
+    let pa = plain.explanation.unwrap();
+    assert_eq!(
+        (pa.answer.as_str(), &pa.matrix),
+        (greedy.answer.as_str(), &greedy.matrix)
+    );
+    assert!(plain.audit.is_none());
+    // A teacher-forced answer or a prompt of ids cannot be a request's explanation.
+    let forced = ExplainOptions {
+        answer: Some("x".into()),
+        ..how.clone()
+    };
+    assert!(matches!(
+        respond(&*m, Request::text(COPY), &forced),
+        Err(Error::InvalidArgument { .. })
+    ));
+    assert!(matches!(
+        respond(&*m, Request::ids(vec![1, 2, 3]), &how),
+        Err(Error::InvalidArgument { .. })
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn the_differentiable_forward_matches_the_general_path() {
     let m = model();
     let dense = finllm::explain::gradient::dense_copy(&m).unwrap();

@@ -4,6 +4,7 @@
 
 use std::ffi::c_char;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
 
 use finllm_core::explain::{self, Attribution, ExplainOptions, Segment};
 use finllm_core::{ChatMessage, Prompt};
@@ -54,6 +55,13 @@ pub struct finllm_explain_params {
     /// "attention": the layer whose attention scores the units (0-based), or -1 (default): the
     /// last.
     pub layer: i32,
+    /// A guard, or NULL. With one, the answer is a guarded request's (made under the guard,
+    /// greedy, max_tokens long; `target` must be NULL), the prompt as the model saw it
+    /// (personal data masked) is explained, and with an audit log the explanation is recorded
+    /// after the request's record (finllm_attribution_audit_seq).
+    pub guard: *const crate::compliance::finllm_guard,
+    /// With a guard: the caller recorded in the audit log, or NULL.
+    pub caller_id: *const c_char,
 }
 
 /// Default explanation options.
@@ -74,6 +82,8 @@ pub extern "C" fn finllm_explain_default_params() -> finllm_explain_params {
         segments: std::ptr::null(),
         n_segments: 0,
         layer: -1,
+        guard: std::ptr::null(),
+        caller_id: std::ptr::null(),
     }
 }
 
@@ -106,6 +116,8 @@ pub struct finllm_attribution {
     matrix: Vec<f64>,
     /// Attention methods: the per-layer profile, row-major `[layer][unit]`.
     attention_layers: Option<Vec<f64>>,
+    /// A guarded explanation's audit record.
+    audit_seq: Option<u64>,
 }
 
 /// Explain why `model` answers `prompt` as it does (see finllm_explain_params). `params` may
@@ -166,13 +178,32 @@ pub unsafe extern "C" fn finllm_explain(
         } else {
             Prompt::Text(prompt.to_string())
         };
-        let a = explain::explain(&model.inner, &prompt, &options)?;
-        let handle = Box::into_raw(Box::new(attribution(a)));
+        // SAFETY: NULL or live per the contract.
+        let handle = match unsafe { p.guard.as_ref() } {
+            None => attribution(explain::explain(&model.inner, &prompt, &options)?, None),
+            Some(guard) => {
+                let info = finllm_core::RequestInfo {
+                    caller_id: unsafe { opt_c_str(p.caller_id, "caller_id") }?
+                        .unwrap_or_default()
+                        .to_string(),
+                    ..Default::default()
+                };
+                let x = explain::guarded(&*model.inner, prompt, Arc::clone(&guard.inner), info, &options)?;
+                let Some(a) = x.explanation else {
+                    return fail(
+                        FINLLM_ERROR_INVALID_ARGUMENT,
+                        "the answer has no tokens: nothing to explain",
+                    );
+                };
+                attribution(a, x.audit.map(|r| r.seq))
+            }
+        };
+        let handle = Box::into_raw(Box::new(handle));
         unsafe { put(out, handle, "out") }
     })
 }
 
-fn attribution(inner: Attribution) -> finllm_attribution {
+fn attribution(inner: Attribution, audit_seq: Option<u64>) -> finllm_attribution {
     let strings = inner
         .units
         .iter()
@@ -188,6 +219,7 @@ fn attribution(inner: Attribution) -> finllm_attribution {
         strings,
         matrix,
         attention_layers,
+        audit_seq,
     }
 }
 
@@ -320,6 +352,17 @@ pub unsafe extern "C" fn finllm_attribution_attention_layers(
     } else {
         p
     }
+}
+
+/// For an explanation made under a guard with an audit log: its record's sequence number (the
+/// record names the answer's record and holds the SHA-256 of finllm_attribution_json); else 0.
+///
+/// # Safety
+/// `a` NULL or live.
+#[no_mangle]
+pub unsafe extern "C" fn finllm_attribution_audit_seq(a: *const finllm_attribution) -> u64 {
+    // SAFETY: NULL or live per the contract.
+    unsafe { a.as_ref() }.and_then(|a| a.audit_seq).unwrap_or(0)
 }
 
 /// Write a row-major matrix's shape to `rows` and `cols` (each NULL or writable) and return its

@@ -13,7 +13,7 @@ use finllm_core::{GenerateParams, LoadOptions, Model, SamplingParams};
 use crate::util::read_key;
 use crate::DEFAULT_MODEL;
 
-/// Compliance controls for `generate` and `chat`.
+/// Compliance controls for `generate`, `chat`, `ask` and `explain`.
 #[derive(Args)]
 pub(crate) struct ComplianceArgs {
     /// Append a tamper-evident record of every request to this audit log.

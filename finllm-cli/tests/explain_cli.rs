@@ -88,3 +88,48 @@ fn explain_refuses_bad_options_clearly() {
     assert_ne!(code, 0);
     assert!(err.contains("granularity"), "{err}");
 }
+
+#[test]
+fn a_guarded_explain_masks_the_prompt_and_records_the_explanation_after_the_answer() {
+    let dir = std::env::temp_dir().join(format!("finllm-explain-cli-audit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("audit.log");
+    let log_s = log.to_str().unwrap();
+    let prompt = "The code is 4711. Mail it to jane.doe@example.com. Repeat the code:";
+    let (code, out, err) = finllm(&[
+        "explain",
+        "--prompt",
+        prompt,
+        "--chat",
+        "--max-tokens",
+        "6",
+        "--mask-pii",
+        "--audit-log",
+        log_s,
+        "--caller-id",
+        "desk-7",
+        "--threads",
+        "2",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert!(!v["prompt"].as_str().unwrap().contains("jane.doe@example.com"), "{out}");
+    assert!(err.contains("explanation: audit record 2"), "{err}");
+    // The log holds the answer's record then the explanation's, naming it; the chain verifies.
+    let (code, shown, err) = finllm(&["audit", "show", log_s]);
+    assert_eq!(code, 0, "{err}");
+    let records: Vec<serde_json::Value> = shown.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(records.len(), 2, "{shown}");
+    let phase = |r: &serde_json::Value| r["record"]["phase"].as_str().map(str::to_string);
+    assert_eq!(phase(&records[1]).as_deref(), Some("explanation"), "{shown}");
+    assert_eq!(records[1]["record"]["caller_id"], "desk-7");
+    assert_eq!(records[1]["record"]["explanation"]["of_seq"], records[0]["seq"]);
+    let (code, _, err) = finllm(&["audit", "verify", log_s]);
+    assert_eq!(code, 0, "{err}");
+    // A given answer is not a guarded request's.
+    let (code, _, err) = finllm(&["explain", "--prompt", COPY, "--target", " 4711", "--mask-pii"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--target"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -582,6 +582,9 @@ fn record_dict(py: Python<'_>, stored: StoredRecord) -> PyResult<Bound<'_, PyDic
     d.set_item("error", r.error)?;
     d.set_item("phase", r.phase.as_str())?;
     d.set_item("opened_seq", r.opened_seq)?;
+    // An explanation record: the record it explains (of_seq, of_hash), method, ranked units and
+    // the SHA-256 of the explanation's JSON.
+    d.set_item("explanation", crate::explain::json_to_py(py, &r.explanation)?)?;
     Ok(d)
 }
 

@@ -59,7 +59,7 @@ pub(crate) struct Attribution {
     audit_seq: Option<u64>,
 }
 
-fn json_to_py(py: Python<'_>, v: &impl serde::Serialize) -> PyResult<Py<PyAny>> {
+pub(crate) fn json_to_py(py: Python<'_>, v: &impl serde::Serialize) -> PyResult<Py<PyAny>> {
     let s = serde_json::to_string(v).map_err(|e| InvalidArgument::new_err(e.to_string()))?;
     Ok(py.import("json")?.call_method1("loads", (s,))?.unbind())
 }

@@ -482,13 +482,18 @@ impl Model {
     /// "input_x_gradient"), granularity ("token",
     /// "word", "sentence"), target (the answer to explain; default the greedy answer of
     /// max_tokens tokens), target_tokens ((start, end) of the answer), samples, held_out, seed,
-    /// batch, segments ([(label, start, end)] byte ranges of the prompt's text, each a unit).
-    #[pyo3(signature = (prompt=None, *, messages=None, **options))]
+    /// batch, segments ([(label, start, end)] byte ranges of the prompt's text, each a unit),
+    /// layer (for "attention"). With `guard=`, the answer is a guarded request's (made under
+    /// the guard for `caller_id`), the prompt as the model saw it is explained, and with an
+    /// audit log the explanation is recorded after the request's record (`audit_seq`).
+    #[pyo3(signature = (prompt=None, *, messages=None, guard=None, caller_id=None, **options))]
     fn explain(
         &self,
         py: Python<'_>,
         prompt: Option<String>,
         messages: Option<Vec<Bound<'_, PyAny>>>,
+        guard: Option<PyRef<'_, compliance::Guard>>,
+        caller_id: Option<String>,
         options: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<explain::Attribution> {
         let prompt = match (prompt, messages) {
@@ -498,10 +503,29 @@ impl Model {
         };
         let how = explain::options(options)?;
         let model = &self.inner;
-        let a = py
-            .detach(|| core::explain::explain(model, &prompt, &how))
+        let Some(guard) = guard else {
+            if caller_id.is_some() {
+                return Err(InvalidArgument::new_err(
+                    "caller_id is recorded for a guarded request: give a guard",
+                ));
+            }
+            let a = py
+                .detach(|| core::explain::explain(model, &prompt, &how))
+                .map_err(to_py)?;
+            return Ok(explain::attribution(a, None));
+        };
+        let info = core::RequestInfo {
+            caller_id: caller_id.unwrap_or_default(),
+            ..Default::default()
+        };
+        let guard = std::sync::Arc::clone(&guard.inner);
+        let x = py
+            .detach(|| core::explain::guarded(&**model, prompt, guard, info, &how))
             .map_err(to_py)?;
-        Ok(explain::attribution(a, None))
+        let a = x
+            .explanation
+            .ok_or_else(|| InvalidArgument::new_err("the answer has no tokens: nothing to explain"))?;
+        Ok(explain::attribution(a, x.audit.map(|r| r.seq)))
     }
 
     /// The prompt text the chat template renders for `messages`.

@@ -121,3 +121,21 @@ def test_spans_index_python_strings_by_character(model):
     assert np.allclose([by_index[i] for i in range(len(a))], layers[-1])
     third = model.explain(prompt, method="attention", target=" 4711", layer=3)
     assert third.parameters["layer"] == 3
+
+
+def test_a_guarded_explanation_is_of_the_masked_prompt_and_recorded(model, tmp_path):
+    path = tmp_path / "audit.log"
+    log = finllm.AuditLog(path)
+    guard = finllm.Guard(mask_pii=True, audit=log)
+    prompt = "The code is 4711. Mail it to jane.doe@example.com. Repeat the code:"
+    a = model.explain(messages=[{"role": "user", "content": prompt}], guard=guard, caller_id="desk-7",
+                      method="occlusion", max_tokens=6)
+    assert "jane.doe@example.com" not in a.prompt
+    assert a.audit_seq == 2 and log.head()[0] == 2
+    records = finllm.audit_records(path)
+    assert [r["phase"] for r in records] == ["complete", "explanation"]
+    assert records[1]["caller_id"] == "desk-7"
+    assert records[1]["explanation"]["of_seq"] == records[0]["seq"]
+    assert finllm.audit_verify(path).ok
+    with pytest.raises(finllm.errors.InvalidArgument, match="guard"):
+        model.explain(COPY, caller_id="desk-7")

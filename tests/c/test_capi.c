@@ -1477,6 +1477,48 @@ static void test_explain(const finllm_model *m) {
     finllm_attribution_free(a);
   }
 
+  /* A guarded explanation: the answer is a guarded request's, the masked prompt is explained,
+     and the explanation is recorded right after the request's record. */
+  char elog[128];
+  tmp_path(elog, sizeof elog, "explain-audit.log");
+  finllm_guard_params eg = finllm_guard_default_params();
+  eg.mask_pii = true;
+  eg.audit_log_path = elog;
+  finllm_guard *eguard = NULL;
+  EXPECT_STATUS(finllm_guard_new(&eg, &eguard), FINLLM_OK);
+  if (eguard) {
+    finllm_explain_params gp2 = finllm_explain_default_params();
+    gp2.guard = eguard;
+    gp2.caller_id = "desk-7";
+    gp2.max_tokens = 6;
+    gp2.chat = 1;
+    a = NULL;
+    EXPECT_STATUS(finllm_explain(m, "The code is 4711. Mail it to jane.doe@example.com. Repeat the code:", &gp2, &a),
+                  FINLLM_OK);
+    if (a) {
+      CHECK(finllm_attribution_audit_seq(a) == 2);
+      size_t jn = 0;
+      EXPECT_STATUS(finllm_attribution_json(a, NULL, 0, &jn), FINLLM_ERROR_BUFFER_TOO_SMALL);
+      char *j = malloc(jn);
+      if (j) {
+        EXPECT_STATUS(finllm_attribution_json(a, j, jn, &jn), FINLLM_OK);
+        CHECK(strstr(j, "jane.doe@example.com") == NULL && strstr(j, "4711") != NULL);
+        free(j);
+      }
+      finllm_attribution_free(a);
+    }
+    uint64_t records = 0, issues = 1;
+    EXPECT_STATUS(finllm_audit_verify(elog, NULL, &records, &issues, NULL), FINLLM_OK);
+    CHECK(records == 2 && issues == 0);
+    /* A given answer is not a guarded request's. */
+    gp2.target = " 4711";
+    a = NULL;
+    EXPECT_STATUS(finllm_explain(m, copy, &gp2, &a), FINLLM_ERROR_INVALID_ARGUMENT);
+    CHECK(a == NULL);
+    finllm_guard_free(eguard);
+  }
+  CHECK(finllm_attribution_audit_seq(NULL) == 0);
+
   /* Errors. */
   a = NULL;
   finllm_explain_params bad = finllm_explain_default_params();

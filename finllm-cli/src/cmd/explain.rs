@@ -82,6 +82,11 @@ pub(crate) struct ExplainArgs {
     /// Also write a self-contained HTML report (heat map, ranked bars, record) to this file.
     #[arg(long)]
     html: Option<PathBuf>,
+    /// A guarded request (--audit-log, --policy, --mask-pii): the answer is generated under the
+    /// guard, the masked prompt is explained, and the explanation is recorded after the
+    /// request's audit record.
+    #[command(flatten)]
+    compliance: crate::options::ComplianceArgs,
 }
 
 fn parse_range(s: &str) -> Result<(usize, usize), String> {
@@ -117,7 +122,22 @@ pub(crate) fn explain(args: &ExplainArgs) -> CliResult {
         target_tokens: args.target_tokens,
         ..args.method.options()?
     };
-    let a = explain::explain(&model, &prompt, &options)?;
+    let a = if args.compliance.enabled() {
+        if args.target.is_some() {
+            return Err("--target explains a given answer; a guarded request explains its own".into());
+        }
+        let guard = std::sync::Arc::new(args.compliance.guard()?);
+        let x = explain::guarded(&model, prompt, guard, args.compliance.request(), &options)?;
+        if let Some(g) = &x.response.guard {
+            crate::cmd::generate::report_guard(g);
+        }
+        if let Some(r) = &x.audit {
+            eprintln!("[explanation: audit record {} in {}]", r.seq, r.file.display());
+        }
+        x.explanation.ok_or("the answer has no tokens: nothing to explain")?
+    } else {
+        explain::explain(&model, &prompt, &options)?
+    };
     if let Some(path) = &args.html {
         std::fs::write(path, a.to_html()).map_err(|e| format!("{}: {e}", path.display()))?;
     }

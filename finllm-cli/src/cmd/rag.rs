@@ -374,7 +374,8 @@ pub(crate) fn ask(args: &AskArgs) -> CliResult {
             std::fs::write(path, a.to_json()?).map_err(|e| format!("{}: {e}", path.display()))?;
         }
         // A guarded answer's explanation goes into the audit log after the answer's record.
-        let receipt = finllm_core::explain::record_for(&answer, options.guard.as_deref(), &options.info.caller_id, a)?;
+        let receipt =
+            finllm_core::explain::record_for(&answer.response, options.guard.as_deref(), &options.info.caller_id, a)?;
         if let Some(r) = receipt {
             eprintln!("explanation recorded in the audit log: seq {}", r.seq);
             explanation_seq = Some(r.seq);

@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use super::audit::{AuditDecision, AuditLog, AuditRecord, AuditSampling, RecordPhase, RecordReceipt};
+use super::audit::{unix_ms, AuditDecision, AuditLog, AuditRecord, AuditSampling, RecordPhase, RecordReceipt};
 use super::drift::{DriftConfig, DriftMetrics, DriftMonitor};
 use super::pii::{Entity, PiiDetector, Vault};
 use super::policy::{Decision, Policy, StreamFilter, Verdict};
@@ -75,6 +75,9 @@ pub struct GuardReport {
     /// The prompt as the model saw it (personal data replaced by placeholders; a conversation
     /// rendered with the chat template).
     pub masked_prompt: String,
+    /// For a conversation, its messages as the model saw them (personal data replaced by
+    /// placeholders), before the chat template; empty for a text or token prompt.
+    pub masked_messages: Vec<ChatMessage>,
     /// Personal data found in the prompt (spans refer to the original text, message by message
     /// for a conversation).
     pub prompt_entities: Vec<Entity>,
@@ -202,6 +205,10 @@ impl Guard {
             report: GuardReport {
                 request_id,
                 masked_prompt: masked_text,
+                masked_messages: match &masked {
+                    Prompt::Chat(m) => m.clone(),
+                    _ => Vec::new(),
+                },
                 prompt_entities: entities,
                 decision: None,
                 receipt: None,
@@ -503,13 +510,6 @@ fn could_be_placeholder(s: &str) -> bool {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding the drift monitor leaves counts that are still consistent.
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 /// A request id unique within this process and very likely across processes: start time,

@@ -45,7 +45,10 @@ pub fn attention(
         ));
     }
     if rollout && layer.is_some() {
-        return Err(Error::invalid("layer", "rollout runs through every layer; leave the layer unset"));
+        return Err(Error::invalid(
+            "layer",
+            "rollout runs through every layer; leave the layer unset",
+        ));
     }
     if target.start >= target.end || target.end > answer.len() {
         return Err(Error::invalid("target_tokens", "not a range of the answer's tokens"));

@@ -320,7 +320,12 @@ pub fn ask<'a>(
     let on = on.into();
     let answer = crate::rag::ask(on, retriever, question, options)?;
     let explanation = explain_answer(on.model(), &answer, question, &options.instructions, how)?;
-    let audit = record_for(&answer, options.guard.as_deref(), &options.info.caller_id, &explanation)?;
+    let audit = record_for(
+        &answer.response,
+        options.guard.as_deref(),
+        &options.info.caller_id,
+        &explanation,
+    )?;
     Ok(ExplainedAnswer {
         answer,
         explanation,
@@ -328,15 +333,101 @@ pub fn ask<'a>(
     })
 }
 
-/// Record `explanation` of `answer` in `guard`'s audit log, when the answer was guarded and
+/// A request's answer with the explanation of it.
+#[derive(Debug, Clone)]
+pub struct ExplainedResponse {
+    pub response: crate::request::Response,
+    /// `None` only when the answer has no tokens (there is nothing to explain).
+    pub explanation: Option<Attribution>,
+    /// For a guarded request with an audit log: the explanation's record, after the request's.
+    pub audit: Option<crate::compliance::audit::RecordReceipt>,
+}
+
+/// Run `request` on `on` (a model or an engine) and explain its answer with `how`: the prompt
+/// as the model saw it (for a guarded request, with personal data masked) is attributed, the
+/// answer's tokens as generated are the target, and for a guarded request with an audit log the
+/// explanation is recorded right after the request's own record ([`record`]). `how.answer` must
+/// be unset (the answer is the request's); the request's parameters decide the answer's length.
+pub fn respond<'a>(
+    on: impl Into<crate::request::Executor<'a>>,
+    request: Request,
+    how: &ExplainOptions,
+) -> Result<ExplainedResponse> {
+    if how.answer.is_some() {
+        return Err(Error::invalid(
+            "answer",
+            "a request's explanation explains the answer the request gets: leave the answer unset",
+        ));
+    }
+    if matches!(request.prompt, Prompt::Ids(_)) {
+        return Err(Error::invalid(
+            "prompt",
+            "explanations need the prompt's text (a text or a conversation), not ids",
+        ));
+    }
+    let on = on.into();
+    let (prompt, guard, caller_id) = (
+        request.prompt.clone(),
+        request.guard.clone(),
+        request.info.caller_id.clone(),
+    );
+    let response = request.run(on)?;
+    if response.generation.ids.is_empty() {
+        return Ok(ExplainedResponse {
+            response,
+            explanation: None,
+            audit: None,
+        });
+    }
+    let seen = match &response.guard {
+        Some(r) if !r.masked_messages.is_empty() => Prompt::Chat(r.masked_messages.clone()),
+        Some(r) => Prompt::Text(r.masked_prompt.clone()),
+        None => prompt,
+    };
+    let mut attributor = Attributor::with_answer(on.model(), &seen, how, Some(response.generation.ids.clone()))?;
+    if attributor.ids != response.generation.prompt_ids {
+        return Err(Error::invalid(
+            "prompt",
+            "the prompt rebuilt for the explanation is not the one the model saw",
+        ));
+    }
+    let explanation = attributor.run(how.method)?;
+    let audit = record_for(&response, guard.as_deref(), &caller_id, &explanation)?;
+    Ok(ExplainedResponse {
+        response,
+        explanation: Some(explanation),
+        audit,
+    })
+}
+
+/// Explain a guarded request for `prompt` ([`respond`]): the answer is generated greedily under
+/// `guard` for `info`'s caller, at most `how.max_tokens` tokens, and explained with `how`.
+pub fn guarded<'a>(
+    on: impl Into<crate::request::Executor<'a>>,
+    prompt: Prompt,
+    guard: std::sync::Arc<crate::compliance::Guard>,
+    info: crate::compliance::RequestInfo,
+    how: &ExplainOptions,
+) -> Result<ExplainedResponse> {
+    let request = Request::new(prompt)
+        .with_params(GenerateParams {
+            max_tokens: how.max_tokens,
+            ..Default::default()
+        })
+        .with_guard(guard)
+        .with_info(info);
+    respond(on, request, how)
+}
+
+/// Record `explanation` of `response` in `guard`'s audit log, when the request was guarded and
 /// recorded there; `None` otherwise.
 pub fn record_for(
-    answer: &crate::rag::Answer,
+    response: &crate::request::Response,
     guard: Option<&crate::compliance::Guard>,
     caller_id: &str,
     explanation: &Attribution,
 ) -> Result<Option<crate::compliance::audit::RecordReceipt>> {
-    let (Some(guard), Some(report)) = (guard, &answer.response.guard) else {
+    let (Some(guard), Some(report)) = (guard, &response.guard) else {
         return Ok(None);
     };
     let (Some(log), Some(receipt)) = (&guard.config().audit, &report.receipt) else {
@@ -359,9 +450,7 @@ pub fn record(
     use crate::compliance::audit::{AuditExplanation, AuditRecord, AuditUnit, RecordPhase, MAX_EXPLAINED_UNITS};
     use sha2::{Digest, Sha256};
     let json = explanation.to_json()?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let now = crate::compliance::audit::unix_ms();
     let name = |v: serde_json::Result<serde_json::Value>| {
         v.ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
     };

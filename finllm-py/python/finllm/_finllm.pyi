@@ -208,6 +208,8 @@ class Model:
         prompt: Optional[str] = None,
         *,
         messages: Optional[Sequence[Message]] = None,
+        guard: Optional[Guard] = None,
+        caller_id: Optional[str] = None,
         method: str = "occlusion",
         granularity: str = "word",
         target: Optional[str] = None,
@@ -226,7 +228,10 @@ class Model:
         samples: permutations, ablations or integrated-gradients steps; granularity: "token", "word" or "sentence";
         target: the answer to explain (default: the greedy answer of max_tokens tokens);
         segments: (label, start, end) byte ranges of the prompt's text, each a unit;
-        layer: for "attention", the layer that scores the units (default the last)."""
+        layer: for "attention", the layer that scores the units (default the last).
+        With guard: the answer is a guarded request's (for caller_id), the prompt as the model
+        saw it is explained, and with an audit log the explanation is recorded after the
+        request's record (audit_seq)."""
     def apply_chat_template(self, messages: Sequence[Message]) -> str:
         """The prompt text the chat template renders for `messages`."""
     def tokenize(self, text: str) -> list[int]:

@@ -46,7 +46,9 @@ pub(super) fn unhex32(s: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-pub(super) fn now_ms() -> u64 {
+/// Milliseconds since the Unix epoch (0 if the clock is before it): the time stamps of audit
+/// records.
+pub fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))

@@ -9,7 +9,7 @@ use super::{
     MAX_RECORD_BYTES, TRAILER_LEN, ZERO_HASH,
 };
 use crate::compliance::audit::chain::{
-    chain_hash, chain_name, frame, now_ms, open_reader, open_reader_at, unhex32, FrameEnd, RawFrame,
+    chain_hash, chain_name, frame, open_reader, open_reader_at, unhex32, unix_ms, FrameEnd, RawFrame,
 };
 use crate::compliance::audit::checkpoints::{read_checkpoint_tail, CheckpointTail};
 use crate::compliance::audit::files::{
@@ -489,7 +489,7 @@ impl AuditLog {
             format!(
                 "{{\"seq\":{seq},\"segment\":{segment},\"prev\":\"{}\",\"appended_at_ms\":{},\"chain\":\"{}\",\"record\":{body}}}",
                 hex(prev),
-                now_ms(),
+                unix_ms(),
                 chain_name(key)
             )
         };
@@ -552,7 +552,7 @@ impl AuditLog {
             files.last_at.0,
             files.last_at.1,
             hex(&files.last_hash),
-            now_ms(),
+            unix_ms(),
             hex(&ck.last_hash),
             chain_name(key)
         );

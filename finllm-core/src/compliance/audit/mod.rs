@@ -63,6 +63,7 @@
 //! swapped in cannot block the open), and checked again on the open handle.
 
 mod chain;
+pub use chain::unix_ms;
 mod checkpoints;
 mod files;
 mod log;
