@@ -88,19 +88,6 @@ impl<'m> Ablator<'m> {
         &self.answer
     }
 
-    /// The prompt ids with the units `keep[u] == false` removed.
-    pub fn ablated_prompt(&self, keep: &[bool]) -> Vec<u32> {
-        let removed = self.removed(keep);
-        let mut ids: Vec<u32> = (0..self.prompt.len())
-            .filter(|p| !removed[*p])
-            .map(|p| self.prompt[p])
-            .collect();
-        if ids.is_empty() {
-            ids.push(self.empty_start);
-        }
-        ids
-    }
-
     fn removed(&self, keep: &[bool]) -> Vec<bool> {
         let mut removed = vec![false; self.prompt.len()];
         for (u, positions) in self.units.iter().enumerate() {
@@ -135,11 +122,6 @@ impl<'m> Ablator<'m> {
             self.seen.insert(m, lp);
         }
         Ok(masks.iter().map(|m| self.seen[m].clone()).collect())
-    }
-
-    /// Masks run through the model (each distinct mask once).
-    pub fn distinct_masks(&self) -> usize {
-        self.seen.len()
     }
 
     fn run(&mut self, masks: &[Vec<bool>]) -> Result<Vec<Vec<f64>>> {

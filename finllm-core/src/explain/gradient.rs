@@ -258,25 +258,40 @@ pub fn attribute(
             let relative = |sum: f64| if gap == 0.0 { 0.0 } else { (sum - gap).abs() / gap.abs() };
             report.uniform_completeness_error = Some(relative(total(&cells)));
             let mut used = steps;
+            // Each round halves the cells that miss the most, as many as fill one batch of
+            // gradient evaluations (two per cell), within the budget.
+            let per_round = (chunk / 2).max(1);
             while relative(total(&cells)) > REFINE_TOLERANCE && used + 2 <= MAX_REFINE_FACTOR * steps {
-                let worst = (0..cells.len())
-                    .max_by(|&i, &j| cells[i].miss().total_cmp(&cells[j].miss()))
-                    .expect("cells");
-                let Cell { a, b, fa, fb, .. } = cells[worst];
-                let m = 0.5 * (a + b);
-                let fm = values(&[m])?[0];
-                let halves = contributions(&[0.5 * (a + m), 0.5 * (m + b)])?;
-                let w = 0.5 * (b - a);
-                let cell = |a, b, fa, fb, c: &[f64]| Cell {
-                    a,
-                    b,
-                    fa,
-                    fb,
-                    sum: c.iter().map(|v| v * w).collect(),
-                };
-                let (left, right) = (cell(a, m, fa, fm, &halves[0]), cell(m, b, fm, fb, &halves[1]));
-                cells.splice(worst..=worst, [left, right]);
-                used += 2;
+                let room = (MAX_REFINE_FACTOR * steps - used) / 2;
+                let mut order: Vec<usize> = (0..cells.len()).collect();
+                order.sort_by(|&i, &j| cells[j].miss().total_cmp(&cells[i].miss()));
+                order.truncate(per_round.min(room));
+                // Splice from the back so that the indices still to come stay valid.
+                order.sort_unstable_by(|a, b| b.cmp(a));
+                let mids: Vec<f64> = order.iter().map(|&i| 0.5 * (cells[i].a + cells[i].b)).collect();
+                let f_mids = values(&mids)?;
+                let quarters: Vec<f64> = order
+                    .iter()
+                    .zip(&mids)
+                    .flat_map(|(&i, &m)| [0.5 * (cells[i].a + m), 0.5 * (m + cells[i].b)])
+                    .collect();
+                let halves = contributions(&quarters)?;
+                for (k, &i) in order.iter().enumerate() {
+                    let Cell { a, b, fa, fb, .. } = cells[i];
+                    let (m, fm) = (mids[k], f_mids[k]);
+                    let w = 0.5 * (b - a);
+                    let cell = |a, b, fa, fb, c: &[f64]| Cell {
+                        a,
+                        b,
+                        fa,
+                        fb,
+                        sum: c.iter().map(|v| v * w).collect(),
+                    };
+                    let left = cell(a, m, fa, fm, &halves[2 * k]);
+                    let right = cell(m, b, fm, fb, &halves[2 * k + 1]);
+                    cells.splice(i..=i, [left, right]);
+                }
+                used += 2 * order.len();
             }
             per_position = (0..t).map(|p| cells.iter().map(|c| c.sum[p]).sum()).collect();
             let sum: f64 = units

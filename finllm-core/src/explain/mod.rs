@@ -661,13 +661,6 @@ impl<'m> Attributor<'m> {
         &self.answer_ids
     }
 
-    /// Per answer token, its log-probability with only the units `keep[u]` left in the prompt
-    /// (units in prompt order), through the shared ablator.
-    pub fn logprobs(&mut self, keep: &[bool]) -> Result<Vec<f64>> {
-        let ab = self.ablator()?;
-        Ok(ab.score(&[keep.to_vec()])?.remove(0))
-    }
-
     fn ablator(&mut self) -> Result<&mut ablate::Ablator<'m>> {
         if self.ablator.is_none() {
             self.ablator = Some(ablate::Ablator::new(

@@ -211,7 +211,44 @@ fn dense_matmul(m: &Matrix, x: &Tensor) -> Result<Tensor> {
             "forward_embeddings needs a dense model (into_dense)",
         ));
     };
-    Ok(x.broadcast_matmul(&w.t()?)?)
+    Ok(x.contiguous()?.apply_op1(FrozenMatmul { w: w.clone() })?)
+}
+
+/// `x @ Wᵀ` with the weight `W: [out, in]` held constant: the backward pass gives the input's
+/// gradient only. (Candle's own matmul would also compute, allocate and accumulate a gradient
+/// for every weight matrix, a third of the matrix work and the whole model's size in memory
+/// traffic per backward pass, all of it discarded: attribution differentiates w.r.t. inputs.)
+struct FrozenMatmul {
+    w: Tensor,
+}
+
+impl candle_core::CustomOp1 for FrozenMatmul {
+    fn name(&self) -> &'static str {
+        "frozen-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let data = storage.as_slice::<f32>()?;
+        let (a, b) = layout
+            .contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg("frozen-matmul: input not contiguous".into()))?;
+        let x = Tensor::from_slice(&data[a..b], layout.shape(), &Device::Cpu)?;
+        let y = x.broadcast_matmul(&self.w.t()?)?.contiguous()?;
+        let (st, l) = y.storage_and_layout();
+        match (&*st, l.contiguous_offsets()) {
+            (candle_core::Storage::Cpu(c), Some((0, _))) => Ok((c.clone(), y.shape().clone())),
+            _ => Err(candle_core::Error::Msg("frozen-matmul: unexpected output storage".into())),
+        }
+    }
+
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        // d(x Wᵀ)/dx applied to the output's gradient: grad @ W.
+        Ok(Some(grad.broadcast_matmul(&self.w)?))
+    }
 }
 
 /// RMS norm over the last dimension, written out: `x / sqrt(mean(x²) + eps) * w`.
