@@ -2,7 +2,7 @@
 """Sentence-embedding throughput: `finllm embed` next to sentence-transformers (PyTorch, CPU) on
 the same texts, the same model directory, the same threads and batch size, one after the other.
 
-    python3 scripts/embed_bench.py [--texts 500] [--threads 2] [--batch 32] [--rounds 3]
+    python3 scripts/embed_bench.py [--texts 500] [--threads 2] [--batch 32] [--rounds 3] [--quantize q8_0]
 
 Run it with a Python that has sentence-transformers and torch. finllm's time excludes its model
 load: each round embeds one text and then all of them, and the difference is the time for the
@@ -35,11 +35,13 @@ def texts(n: int) -> list[str]:
     return out
 
 
-def finllm_seconds(lines: list[str], threads: int, batch: int) -> float:
+def finllm_seconds(lines: list[str], threads: int, batch: int, quantize: str | None = None) -> float:
+    extra = ["--quantize", quantize] if quantize else []
+
     def run(subset: list[str]) -> float:
         start = time.perf_counter()
-        subprocess.run([str(CLI), "embed", "--model", str(MODEL), "--threads", str(threads), "--batch", str(batch)],
-                       input="\n".join(subset) + "\n", text=True, check=True, capture_output=True)
+        subprocess.run([str(CLI), "embed", "--model", str(MODEL), "--threads", str(threads), "--batch", str(batch)]
+                       + extra, input="\n".join(subset) + "\n", text=True, check=True, capture_output=True)
         return time.perf_counter() - start
 
     return run(lines) - run(lines[:1])
@@ -51,6 +53,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--quantize", default=None, help="also time finllm with its matrices quantized at load (q8_0)")
     a = ap.parse_args()
 
     import torch
@@ -60,16 +63,23 @@ def main() -> None:
     lines = texts(a.texts)
     st = SentenceTransformer(str(MODEL), device="cpu")
     st.encode(lines[:64], batch_size=a.batch)  # warm-up
-    ours, theirs = [], []
+    ours, quantized, theirs = [], [], []
     for _ in range(a.rounds):  # alternating rounds
         ours.append((len(lines) - 1) / finllm_seconds(lines, a.threads, a.batch))
+        if a.quantize:
+            quantized.append((len(lines) - 1) / finllm_seconds(lines, a.threads, a.batch, a.quantize))
         start = time.perf_counter()
         st.encode(lines, batch_size=a.batch, normalize_embeddings=True)
         theirs.append(len(lines) / (time.perf_counter() - start))
     f, s = statistics.median(ours), statistics.median(theirs)
-    print(json.dumps({"texts": a.texts, "threads": a.threads, "batch": a.batch, "finllm_sentences_per_s": f,
-                      "sentence_transformers_sentences_per_s": s, "ratio": f / s, "torch": torch.__version__,
-                      "rounds_finllm": ours, "rounds_sentence_transformers": theirs}))
+    out = {"texts": a.texts, "threads": a.threads, "batch": a.batch, "finllm_sentences_per_s": f,
+           "sentence_transformers_sentences_per_s": s, "ratio": f / s, "torch": torch.__version__,
+           "rounds_finllm": ours, "rounds_sentence_transformers": theirs}
+    if a.quantize:
+        q = statistics.median(quantized)
+        out.update({f"finllm_{a.quantize}_sentences_per_s": q, f"ratio_{a.quantize}": q / s,
+                    f"rounds_finllm_{a.quantize}": quantized})
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ fn minilm_matches_the_float64_reference() {
     let texts: Vec<&str> = cases.iter().map(|c| c["text"].as_str().unwrap()).collect();
     // All texts in one call (stacked), and each alone: the same vectors.
     let together = embedder.embed(&texts).unwrap();
+    let mut worst = 1f64;
     for (i, case) in cases.iter().enumerate() {
         let ids: Vec<u32> = case["token_ids"]
             .as_array()
@@ -45,6 +46,7 @@ fn minilm_matches_the_float64_reference() {
         let got = &together[i];
         assert_eq!(got.len(), want.len());
         let c = cosine(got, &want);
+        worst = worst.min(c);
         assert!(c >= 0.9999, "cosine {c} for {:?}", texts[i]);
         let norm: f64 = got.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
         assert!((norm - 1.0).abs() < 1e-5, "{norm}");
@@ -52,6 +54,44 @@ fn minilm_matches_the_float64_reference() {
         let diff = alone.iter().zip(got).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         assert!(diff < 1e-6, "batched and alone differ by {diff} for {:?}", texts[i]);
     }
+    eprintln!("f32 weights: lowest cosine to the float64 reference {worst:.7}");
+}
+
+#[test]
+fn q8_0_weights_stay_within_a_thousandth_of_the_reference() {
+    use finllm::quant::QuantType;
+    use finllm::rag::EmbedderOptions;
+    let load = |quantize| {
+        Embedder::load_with(
+            minilm_dir(),
+            &EmbedderOptions {
+                threads: Some(2),
+                quantize,
+            },
+        )
+    };
+    let embedder = load(Some(QuantType::Q8_0)).unwrap();
+    let plain = load(None).unwrap();
+    // Vectors of another kind: an index built with one refuses queries from the other.
+    assert_ne!(embedder.fingerprint(), plain.fingerprint());
+    let reference = common::reference("minilm_embeddings.json");
+    let cases = reference.as_array().unwrap();
+    let texts: Vec<&str> = cases.iter().map(|c| c["text"].as_str().unwrap()).collect();
+    let got = embedder.embed(&texts).unwrap();
+    let mut worst = 1f64;
+    for (case, g) in cases.iter().zip(&got) {
+        let want: Vec<f64> = case["embedding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        worst = worst.min(cosine(g, &want));
+    }
+    eprintln!("q8_0 weights: lowest cosine to the float64 reference {worst:.7}");
+    assert!(worst >= 0.999, "{worst}");
+    // Only Q8_0 is offered.
+    assert!(load(Some(QuantType::Q4_0)).is_err());
 }
 
 #[test]

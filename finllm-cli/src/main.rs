@@ -94,6 +94,10 @@ enum Command {
         /// Lines embedded per call.
         #[arg(long, default_value_t = 32)]
         batch: usize,
+        /// Quantize the matrices at load: q8_0 (8-bit integer kernels; vectors within about
+        /// 1e-3 of the float model's cosine). Default: the weights as stored.
+        #[arg(long)]
+        quantize: Option<String>,
     },
     /// Write a random-weight model (deterministic from the seed) for tests and benchmarks.
     Synth {
@@ -314,7 +318,12 @@ fn main() -> ExitCode {
             seed,
             safetensors,
         } => synth(&arch, &preset, &out, &quant, seed, safetensors),
-        Command::Embed { model, threads, batch } => cmd::embed::embed(&model, threads, batch),
+        Command::Embed {
+            model,
+            threads,
+            batch,
+            quantize,
+        } => cmd::embed::embed(&model, threads, batch, quantize.as_deref()),
         Command::Index(args) => cmd::rag::index(&args),
         Command::Search(args) => cmd::rag::search(&args),
         Command::Ask(args) => cmd::rag::ask(&args),

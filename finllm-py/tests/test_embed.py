@@ -45,6 +45,15 @@ def test_matches_the_reference_from_threads(embedder):
         assert max(abs(a - b) for a, b in zip(got[i], together[i])) < 1e-6
 
 
+def test_q8_0_weights_stay_close_to_the_reference(embedder):
+    q8 = finllm.Embedder.load(MINILM, threads=2, quantize="q8_0")
+    cases = json.loads(REFERENCE.read_text())
+    got = q8.embed([c["text"] for c in cases])
+    assert min(cosine(g, c["embedding"]) for g, c in zip(got, cases)) >= 0.999
+    with pytest.raises(finllm.errors.InvalidArgument, match="quantize"):
+        finllm.Embedder.load(MINILM, quantize="q3_x")
+
+
 def test_bad_directory_is_a_typed_error(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "llama"}')
     with pytest.raises(finllm.errors.ModelLoadError):

@@ -1166,6 +1166,18 @@ static void test_embedder(const char *dir) {
   EXPECT_STATUS(finllm_embedder_embed(e, texts, 0, NULL, 0), FINLLM_OK);
   const char *bad_utf8[] = {"\xff\xfe"};
   EXPECT_STATUS(finllm_embedder_embed(e, bad_utf8, 1, v, 384), FINLLM_ERROR_INVALID_UTF8);
+  /* Quantized at load: the same vectors to within a thousandth of cosine. */
+  finllm_embedder *q8 = NULL;
+  EXPECT_STATUS(finllm_embedder_load_quantized(dir, 1, "q8_0", &q8), FINLLM_OK);
+  if (q8) {
+    static float q8v[384];
+    EXPECT_STATUS(finllm_embedder_embed(q8, texts + 1, 1, q8v, 384), FINLLM_OK);
+    CHECK(dot384(q8v, one) > 0.999 && dot384(q8v, one) < 1.0 + 1e-6);
+    finllm_embedder_free(q8);
+  }
+  finllm_embedder *bad_q = NULL;
+  EXPECT_STATUS(finllm_embedder_load_quantized(dir, 1, "q3_x", &bad_q), FINLLM_ERROR_INVALID_ARGUMENT);
+  CHECK(bad_q == NULL);
   finllm_embedder_free(e);
   finllm_embedder_free(NULL);
   finllm_embedder *none = NULL;

@@ -5,11 +5,12 @@ use std::path::Path;
 
 use crate::util::CliResult;
 
-pub(crate) fn embed(model: &Path, threads: Option<usize>, batch: usize) -> CliResult {
+pub(crate) fn embed(model: &Path, threads: Option<usize>, batch: usize, quantize: Option<&str>) -> CliResult {
     if batch == 0 {
         return Err("--batch must be at least 1".into());
     }
-    let embedder = finllm_core::rag::Embedder::load(model, threads)?;
+    let options = finllm_core::rag::EmbedderOptions::named(threads, quantize)?;
+    let embedder = finllm_core::rag::Embedder::load_with(model, &options)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut lines: Vec<String> = Vec::with_capacity(batch);

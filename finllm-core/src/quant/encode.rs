@@ -25,6 +25,23 @@ pub fn has_encoder(dtype: QuantType) -> bool {
     )
 }
 
+/// Append the Q8_0 blocks of `row` (a whole number of 32-element blocks) to `out` with the
+/// reference scale (the block's largest magnitude onto ±127): one pass, for weights quantized
+/// as they are loaded, where [`encode_row`]'s search (about 25 candidate scales per block) would
+/// cost seconds and gains little at 8 bits.
+pub fn encode_q8_0_fast(row: &[f32], out: &mut Vec<u8>) {
+    assert!(row.len().is_multiple_of(QK), "rows are whole blocks");
+    for x in row.chunks_exact(QK) {
+        let amax = x.iter().fold(0f32, |m, &v| m.max(v.abs()));
+        // The scale as stored (f16), so that values are rounded against the scale used.
+        let d = f16::from_f32(amax / 127.0);
+        let df = d.to_f32();
+        let inv = if df > 0.0 && df.is_finite() { 1.0 / df } else { 0.0 };
+        out.extend_from_slice(&d.to_le_bytes());
+        out.extend(x.iter().map(|&v| (v * inv).round().clamp(-127.0, 127.0) as i8 as u8));
+    }
+}
+
 /// Append the blocks of `row` (a whole number of 32-element blocks) in `dtype` to `out`.
 /// `importance` (one non-negative weight per column, or `None` for equal weights) says how much
 /// an error in each column costs.

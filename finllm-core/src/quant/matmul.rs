@@ -45,6 +45,15 @@ pub trait WeightBytes: Send + Sync {
     fn release(&self, _start: usize, _len: usize) {}
 }
 
+/// Weights made in memory (a matrix quantized at load).
+struct OwnedBytes(Vec<u8>);
+
+impl WeightBytes for OwnedBytes {
+    fn weight_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
 /// The shared buffer a matrix's bytes live in.
 enum Source {
     Shared(Arc<dyn WeightBytes>),
@@ -186,6 +195,26 @@ impl QMatrix {
             dtype,
             kernels,
         })
+    }
+
+    /// The `[rows, cols]` matrix `data` (row-major f32) encoded in `dtype` (a format
+    /// [`encode_row`](super::encode::encode_row) writes: Q8_0, Q4_0, Q4_1, Q5_0, Q5_1), held in
+    /// memory of its own; `None` for another format, a shape `data` does not have, or columns
+    /// that are not whole 32-value blocks.
+    pub fn quantized(dtype: QuantType, data: &[f32], rows: usize, cols: usize) -> Option<Self> {
+        if !super::encode::has_encoder(dtype) || !cols.is_multiple_of(QK) || rows.checked_mul(cols) != Some(data.len())
+        {
+            return None;
+        }
+        let mut bytes = Vec::with_capacity(rows * (cols / QK) * block_bytes(dtype));
+        for row in data.chunks_exact(cols.max(1)) {
+            match dtype {
+                QuantType::Q8_0 => super::encode::encode_q8_0_fast(row, &mut bytes),
+                _ => super::encode::encode_row(dtype, row, None, &mut bytes),
+            }
+        }
+        let owned: Arc<dyn WeightBytes> = Arc::new(OwnedBytes(bytes));
+        Self::in_shared(&owned, 0, dtype, rows, cols)
     }
 
     /// The `[rows, cols]` float matrix (f32, f16 or bf16) whose bytes start at `start` in `map`,

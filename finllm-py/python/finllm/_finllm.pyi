@@ -594,8 +594,10 @@ class Embedder:
     directories). Thread-safe; the GIL is released while it computes."""
 
     @staticmethod
-    def load(path: Union[str, PathLike], *, threads: Optional[int] = None) -> Embedder:
-        """Load a sentence-transformers directory (config.json, model.safetensors, tokenizer.json)."""
+    def load(path: Union[str, PathLike], *, threads: Optional[int] = None, quantize: Optional[str] = None) -> Embedder:
+        """Load a sentence-transformers directory (config.json, model.safetensors, tokenizer.json).
+        quantize="q8_0" quantizes the matrices but the query, key and value projections at load
+        (faster, vectors within about 1e-3 of the float model's)."""
     @property
     def dim(self) -> int:
         """Length of every embedding."""

@@ -241,7 +241,9 @@ impl candle_core::CustomOp1 for FrozenMatmul {
         let (st, l) = y.storage_and_layout();
         match (&*st, l.contiguous_offsets()) {
             (candle_core::Storage::Cpu(c), Some((0, _))) => Ok((c.clone(), y.shape().clone())),
-            _ => Err(candle_core::Error::Msg("frozen-matmul: unexpected output storage".into())),
+            _ => Err(candle_core::Error::Msg(
+                "frozen-matmul: unexpected output storage".into(),
+            )),
         }
     }
 
