@@ -77,6 +77,12 @@ impl KvElem for f16 {
     fn scores(q: &[f32], rows: &[f16], stride: usize, scale: f32, out: &mut [f32]) {
         check_rows(rows, out.len(), stride, q.len());
         #[cfg(target_arch = "x86_64")]
+        if Isa::detect() == Isa::Avx512 && q.len().is_multiple_of(16) && !q.is_empty() {
+            // SAFETY: the AVX-512 level implies AVX-512 F with AVX2, FMA and F16C; check_rows
+            // bounded every row; the length is a non-zero multiple of 16.
+            return unsafe { avx512::scores_f16(q, rows, stride, scale, out) };
+        }
+        #[cfg(target_arch = "x86_64")]
         if Isa::detect().implies_avx2() {
             // SAFETY: `Isa::detect` returned an x86 SIMD level, which implies AVX2, FMA and F16C;
             // check_rows bounded every row.
@@ -87,6 +93,11 @@ impl KvElem for f16 {
 
     fn weighted_sum(p: &[f32], rows: &[f16], stride: usize, out: &mut [f32]) {
         check_rows(rows, p.len(), stride, out.len());
+        #[cfg(target_arch = "x86_64")]
+        if Isa::detect() == Isa::Avx512 {
+            // SAFETY: as in `scores`.
+            return unsafe { avx512::weighted_sum_f16(p, rows, stride, out) };
+        }
         #[cfg(target_arch = "x86_64")]
         if Isa::detect().implies_avx2() {
             // SAFETY: as in `scores`.
@@ -171,6 +182,79 @@ pub mod avx2 {
     /// `q.len()` values `stride` apart.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn scores_f16(q: &[f32], rows: &[f16], stride: usize, scale: f32, out: &mut [f32]) {
+        if q.len().is_multiple_of(8) && !q.is_empty() {
+            // SAFETY: forwarded.
+            return unsafe { scores_f16_by_eight(q, rows, stride, scale, out) };
+        }
+        // SAFETY: forwarded.
+        unsafe { scores_f16_rows(q, rows, stride, scale, out) }
+    }
+
+    /// [`scores_f16`] for rows a multiple of eight long: eight rows at a time, each row's eight
+    /// partial sums in a register of its own, the eight reduced together (a transposing tree of
+    /// horizontal adds) and scaled in one store. A row's value depends on that row alone (its
+    /// sums and their reduction order are the same in any group, a short last group padded
+    /// with zero rows), so splitting the rows across calls changes no bit.
+    ///
+    /// # Safety
+    /// As [`scores_f16`], and `q.len()` a non-zero multiple of 8.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn scores_f16_by_eight(q: &[f32], rows: &[f16], stride: usize, scale: f32, out: &mut [f32]) {
+        let d = q.len();
+        let (qp, base, op) = (q.as_ptr(), rows.as_ptr().cast::<u16>(), out.as_mut_ptr());
+        let n = out.len();
+        let sv = _mm256_set1_ps(scale);
+        let mut t = 0;
+        while t < n {
+            let m = (n - t).min(8);
+            let mut acc = [_mm256_setzero_ps(); 8];
+            let mut i = 0;
+            while i < d {
+                // SAFETY: `i + 8 <= d`, inside `q` and inside each of the `m` rows, which the
+                // caller guarantees lie in `rows`.
+                let qv = unsafe { _mm256_loadu_ps(qp.add(i)) };
+                for (r, a) in acc.iter_mut().enumerate().take(m) {
+                    let k = unsafe { _mm256_cvtph_ps(_mm_loadu_si128(base.add((t + r) * stride + i).cast())) };
+                    *a = _mm256_fmadd_ps(qv, k, *a);
+                }
+                i += 8;
+            }
+            let sums = _mm256_mul_ps(sum_each(&acc), sv);
+            if m == 8 {
+                // SAFETY: out[t..t + 8] is inside `out`.
+                unsafe { _mm256_storeu_ps(op.add(t), sums) };
+            } else {
+                let mut lanes = [0f32; 8];
+                // SAFETY: `lanes` holds eight floats.
+                unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), sums) };
+                out[t..].copy_from_slice(&lanes[..m]);
+            }
+            t += m;
+        }
+    }
+
+    /// Lane `r` of the result: the sum of the eight lanes of `acc[r]`, as
+    /// ((0 + 1) + (2 + 3)) + ((4 + 5) + (6 + 7)) whatever the other registers hold.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) fn sum_each(acc: &[__m256; 8]) -> __m256 {
+        let h01 = _mm256_hadd_ps(acc[0], acc[1]);
+        let h23 = _mm256_hadd_ps(acc[2], acc[3]);
+        let h45 = _mm256_hadd_ps(acc[4], acc[5]);
+        let h67 = _mm256_hadd_ps(acc[6], acc[7]);
+        let lo4 = _mm256_hadd_ps(h01, h23);
+        let hi4 = _mm256_hadd_ps(h45, h67);
+        let first_halves = _mm256_permute2f128_ps::<0x20>(lo4, hi4);
+        let second_halves = _mm256_permute2f128_ps::<0x31>(lo4, hi4);
+        _mm256_add_ps(first_halves, second_halves)
+    }
+
+    /// One row at a time (rows of any length).
+    ///
+    /// # Safety
+    /// As [`scores_f16`].
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn scores_f16_rows(q: &[f32], rows: &[f16], stride: usize, scale: f32, out: &mut [f32]) {
         let d = q.len();
         let (qp, base) = (q.as_ptr(), rows.as_ptr().cast::<u16>());
         for (t, o) in out.iter_mut().enumerate() {
@@ -251,6 +335,111 @@ pub mod avx2 {
     }
 }
 
+/// AVX-512 F: sixteen f16 values converted per instruction (the conversions bound these
+/// kernels at a head size of 64).
+#[cfg(target_arch = "x86_64")]
+pub mod avx512 {
+    use half::f16;
+    use std::arch::x86_64::*;
+
+    /// [`super::avx2::scores_f16`] sixteen values at a time: eight rows per group, each row's
+    /// sixteen partial sums folded to eight (low half + high half) and the eight rows reduced
+    /// together as the AVX2 kernel does; a row's value depends on that row alone.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F, AVX2, FMA and F16C; `q.len()` a non-zero multiple of
+    /// 16; `rows` must hold `out.len()` rows of `q.len()` values `stride` apart.
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub unsafe fn scores_f16(q: &[f32], rows: &[f16], stride: usize, scale: f32, out: &mut [f32]) {
+        let d = q.len();
+        let (qp, base, op) = (q.as_ptr(), rows.as_ptr().cast::<u16>(), out.as_mut_ptr());
+        let n = out.len();
+        let sv = _mm256_set1_ps(scale);
+        let mut t = 0;
+        while t < n {
+            let m = (n - t).min(8);
+            let mut acc = [_mm512_setzero_ps(); 8];
+            let mut i = 0;
+            while i < d {
+                // SAFETY: `i + 16 <= d`, inside `q` and inside each of the `m` rows.
+                let qv = unsafe { _mm512_loadu_ps(qp.add(i)) };
+                for (r, a) in acc.iter_mut().enumerate().take(m) {
+                    let k = unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(base.add((t + r) * stride + i).cast())) };
+                    *a = _mm512_fmadd_ps(qv, k, *a);
+                }
+                i += 16;
+            }
+            let halves: [__m256; 8] = std::array::from_fn(|r| {
+                _mm256_add_ps(_mm512_castps512_ps256(acc[r]), _mm512_extractf32x8_ps_f(acc[r]))
+            });
+            let sums = _mm256_mul_ps(super::avx2::sum_each(&halves), sv);
+            if m == 8 {
+                // SAFETY: out[t..t + 8] is inside `out`.
+                unsafe { _mm256_storeu_ps(op.add(t), sums) };
+            } else {
+                let mut lanes = [0f32; 8];
+                // SAFETY: `lanes` holds eight floats.
+                unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), sums) };
+                out[t..].copy_from_slice(&lanes[..m]);
+            }
+            t += m;
+        }
+    }
+
+    /// The high eight floats of `v` (AVX-512 F has no float form of this extract; the bits
+    /// move through the integer one).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    fn _mm512_extractf32x8_ps_f(v: __m512) -> __m256 {
+        _mm256_castsi256_ps(_mm512_extracti64x4_epi64::<1>(_mm512_castps_si512(v)))
+    }
+
+    /// `out += Σ_t p[t] · row t`: 64 columns at a time in registers while every row is added in,
+    /// each column in row order with one FMA per row (the same operations, and so the same
+    /// bits, as the AVX2 kernel).
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F, AVX2, FMA and F16C, and `rows` must hold `p.len()` rows
+    /// of `out.len()` values `stride` apart.
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub unsafe fn weighted_sum_f16(p: &[f32], rows: &[f16], stride: usize, out: &mut [f32]) {
+        let d = out.len();
+        let base = rows.as_ptr().cast::<u16>();
+        let op = out.as_mut_ptr();
+        let mut c = 0;
+        while c + 64 <= d {
+            // SAFETY: columns c..c + 64 are inside `out` and inside every row.
+            let mut acc: [__m512; 4] = std::array::from_fn(|j| unsafe { _mm512_loadu_ps(op.add(c + 16 * j)) });
+            for (t, &w) in p.iter().enumerate() {
+                let wv = _mm512_set1_ps(w);
+                let rp = unsafe { base.add(t * stride + c) };
+                for (j, a) in acc.iter_mut().enumerate() {
+                    let v = unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(rp.add(16 * j).cast())) };
+                    *a = _mm512_fmadd_ps(wv, v, *a);
+                }
+            }
+            for (j, a) in acc.iter().enumerate() {
+                unsafe { _mm512_storeu_ps(op.add(c + 16 * j), *a) };
+            }
+            c += 64;
+        }
+        while c + 16 <= d {
+            // SAFETY: as above, for columns c..c + 16.
+            let mut acc = unsafe { _mm512_loadu_ps(op.add(c)) };
+            for (t, &w) in p.iter().enumerate() {
+                let v = unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(base.add(t * stride + c).cast())) };
+                acc = _mm512_fmadd_ps(_mm512_set1_ps(w), v, acc);
+            }
+            unsafe { _mm512_storeu_ps(op.add(c), acc) };
+            c += 16;
+        }
+        if c < d {
+            // SAFETY: the rest of the columns, with the AVX2 kernel (the same operations).
+            unsafe { super::avx2::weighted_sum_f16(p, &rows[c..], stride, &mut out[c..]) };
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -292,10 +481,20 @@ mod tests {
 
                 type Scores<T> = fn(&[f32], &[T], usize, f32, &mut [f32]);
                 type Sums<T> = fn(&[f32], &[T], usize, &mut [f32]);
-                let f16_impls: [(&str, Scores<f16>, Sums<f16>); 2] = [
+                let mut f16_impls: Vec<(&str, Scores<f16>, Sums<f16>)> = vec![
                     ("f16 dispatched", <f16 as KvElem>::scores, <f16 as KvElem>::weighted_sum),
                     ("f16 scalar", scalar::scores_f16, scalar::weighted_sum_f16),
                 ];
+                // The AVX2 kernels too where the dispatcher picks the AVX-512 ones.
+                #[cfg(target_arch = "x86_64")]
+                if Isa::detect().implies_avx2() {
+                    // SAFETY (both): AVX2, FMA and F16C are present; the rows were made to fit.
+                    f16_impls.push((
+                        "f16 avx2",
+                        |q, r, s, sc, o| unsafe { avx2::scores_f16(q, r, s, sc, o) },
+                        |p, r, s, o| unsafe { avx2::weighted_sum_f16(p, r, s, o) },
+                    ));
+                }
                 let tol = 1e-5 * (1.0 + d as f64);
                 let close = |name: &str, got: &[f32], want: &[f64]| {
                     assert_eq!(got.len(), want.len());
@@ -318,6 +517,30 @@ mod tests {
                 let mut o = vec![0f32; d];
                 f32::weighted_sum(&p, &values, stride, &mut o);
                 close("f32", &o, &want_sums32);
+            }
+        }
+    }
+
+    #[test]
+    fn scores_do_not_depend_on_how_the_rows_are_split() {
+        // A shared prefix and a sequence's own rows are scored in two calls; one call over all
+        // rows must give the same bits, wherever the split falls in the groups of eight.
+        let mut rng = Rng::new(8);
+        for d in HEAD_DIMS.into_iter().chain([48, 96, 256]) {
+            let (n, stride) = (29, d + 5);
+            let q = random(&mut rng, d);
+            let rows: Vec<f16> = random(&mut rng, (n - 1) * stride + d)
+                .iter()
+                .map(|&x| f16::from_f32(x))
+                .collect();
+            let mut whole = vec![0f32; n];
+            <f16 as KvElem>::scores(&q, &rows, stride, 0.125, &mut whole);
+            for split in 0..=n {
+                let mut parts = vec![0f32; n];
+                let (a, b) = parts.split_at_mut(split);
+                <f16 as KvElem>::scores(&q, &rows, stride, 0.125, a);
+                <f16 as KvElem>::scores(&q, rows.get(split * stride..).unwrap_or(&[]), stride, 0.125, b);
+                assert_eq!(parts, whole, "d={d} split at {split}");
             }
         }
     }
