@@ -14,6 +14,16 @@ fn cosine(a: &[f32], b: &[f64]) -> f64 {
     dot / (na * nb)
 }
 
+/// A reference case's float64 embedding.
+fn reference_vector(case: &serde_json::Value) -> Vec<f64> {
+    case["embedding"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect()
+}
+
 #[test]
 fn minilm_matches_the_float64_reference() {
     let embedder = Embedder::load(minilm_dir(), Some(2)).unwrap();
@@ -37,12 +47,7 @@ fn minilm_matches_the_float64_reference() {
             .map(|v| v.as_u64().unwrap() as u32)
             .collect();
         assert_eq!(embedder.tokenize(texts[i]).unwrap(), ids, "token ids of {:?}", texts[i]);
-        let want: Vec<f64> = case["embedding"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_f64().unwrap())
-            .collect();
+        let want = reference_vector(case);
         let got = &together[i];
         assert_eq!(got.len(), want.len());
         let c = cosine(got, &want);

@@ -380,25 +380,31 @@ impl finllm::rag::Retriever for Desk {
     }
 }
 
-#[test]
-fn a_guarded_answers_explanation_is_recorded_after_it_on_the_masked_prompt() {
-    use finllm::compliance::audit::{self, AuditConfig, AuditLog, RecordPhase};
+/// A guard that masks personal data and records every request in a fresh audit log: the temp
+/// directory, the log's path and the guard.
+fn masking_guard_with_log(name: &str) -> (std::path::PathBuf, std::path::PathBuf, Arc<finllm::compliance::Guard>) {
+    use finllm::compliance::audit::{AuditConfig, AuditLog};
     use finllm::compliance::pii::{PiiConfig, PiiDetector};
     use finllm::compliance::{Guard, GuardConfig};
+    let dir = std::env::temp_dir().join(format!("finllm-explain-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log_path = dir.join("audit.log");
+    let guard = Guard::new(GuardConfig {
+        pii: Some(Arc::new(PiiDetector::new(PiiConfig::default()).unwrap())),
+        audit: Some(Arc::new(AuditLog::open(&log_path, AuditConfig::default()).unwrap())),
+        ..Default::default()
+    })
+    .unwrap();
+    (dir, log_path, Arc::new(guard))
+}
+
+#[test]
+fn a_guarded_answers_explanation_is_recorded_after_it_on_the_masked_prompt() {
+    use finllm::compliance::audit::{self, RecordPhase};
     use sha2::{Digest, Sha256};
 
     let m = model();
-    let dir = std::env::temp_dir().join(format!("finllm-explain-audit-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let log_path = dir.join("audit.log");
-    let guard = Arc::new(
-        Guard::new(GuardConfig {
-            pii: Some(Arc::new(PiiDetector::new(PiiConfig::default()).unwrap())),
-            audit: Some(Arc::new(AuditLog::open(&log_path, AuditConfig::default()).unwrap())),
-            ..Default::default()
-        })
-        .unwrap(),
-    );
+    let (dir, log_path, guard) = masking_guard_with_log("audit");
     let options = finllm::rag::AskOptions {
         guard: Some(guard),
         params: finllm::GenerateParams {
@@ -445,24 +451,12 @@ fn a_guarded_answers_explanation_is_recorded_after_it_on_the_masked_prompt() {
 
 #[test]
 fn a_guarded_request_asks_for_its_explanation_and_it_is_recorded_after_the_answer() {
-    use finllm::compliance::audit::{self, AuditConfig, AuditLog, RecordPhase};
-    use finllm::compliance::pii::{PiiConfig, PiiDetector};
-    use finllm::compliance::{Guard, GuardConfig};
+    use finllm::compliance::audit::{self, RecordPhase};
     use finllm::explain::respond;
     use finllm::Request;
 
     let m = model();
-    let dir = std::env::temp_dir().join(format!("finllm-explain-request-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let log_path = dir.join("audit.log");
-    let guard = Arc::new(
-        Guard::new(GuardConfig {
-            pii: Some(Arc::new(PiiDetector::new(PiiConfig::default()).unwrap())),
-            audit: Some(Arc::new(AuditLog::open(&log_path, AuditConfig::default()).unwrap())),
-            ..Default::default()
-        })
-        .unwrap(),
-    );
+    let (dir, log_path, guard) = masking_guard_with_log("request");
     let how = ExplainOptions {
         method: Method::Occlusion,
         ..Default::default()
