@@ -350,7 +350,7 @@ typedef struct {
   const finllm_segment *segments;
   size_t n_segments;
   // "attention": the layer whose attention scores the units (0-based), or -1 (default): the
-  // last.
+  // last. Below -1 is FINLLM_ERROR_INVALID_ARGUMENT.
   int32_t layer;
   // A guard, or NULL. With one, the answer is a guarded request's (made under the guard,
   // greedy, max_tokens long; `target` must be NULL), the prompt as the model saw it
@@ -371,12 +371,12 @@ typedef struct {
   // Character range (Unicode scalar values) in the prompt's text.
   size_t start;
   size_t end;
-  // Byte range (UTF-8) in the prompt's text.
-  size_t byte_start;
-  size_t byte_end;
   // Prompt tokens the unit holds.
   size_t tokens;
   double score;
+  // Byte range (UTF-8) in the prompt's text.
+  size_t byte_start;
+  size_t byte_end;
 } finllm_unit;
 
 // A search, and what the caller may see. Get defaults from finllm_query_default(). All

@@ -541,6 +541,43 @@ fn a_guarded_request_asks_for_its_explanation_and_it_is_recorded_after_the_answe
 }
 
 #[test]
+fn a_redacted_answer_is_explained_without_showing_its_text() {
+    use finllm::compliance::policy::{Policy, Verdict};
+    use finllm::compliance::{Guard, GuardConfig};
+    use finllm::explain::{respond, WITHHELD};
+    use finllm::Request;
+
+    // A policy that redacts any run of digits: the copied code never reaches the caller.
+    let policy = Policy::from_toml_str(
+        "[[rules]]\nid = \"digits\"\ncategory = \"test\"\naction = \"redact\"\nregex = '[0-9]{1,8}'\nmax_len = 16\n",
+    )
+    .unwrap();
+    let guard = Arc::new(
+        Guard::new(GuardConfig {
+            policy: Some(policy),
+            ..Default::default()
+        })
+        .unwrap(),
+    );
+    let request = Request::text(COPY)
+        .with_params(finllm::GenerateParams {
+            max_tokens: 4,
+            ..Default::default()
+        })
+        .with_guard(guard);
+    let x = respond(&*model(), request, &ExplainOptions::default()).unwrap();
+    let decision = x.response.guard.as_ref().unwrap().decision.as_ref().unwrap();
+    assert_eq!(decision.verdict, Verdict::Redact, "{:?}", x.response.generation.text);
+    let a = x.explanation.unwrap();
+    assert!(!a.answer.contains("4711"), "{}", a.answer);
+    assert_eq!(a.answer, x.response.generation.text);
+    assert!(a.answer_tokens.iter().all(|t| t == WITHHELD) && a.target.text == WITHHELD);
+    // The prompt's units are still explained (the prompt is the caller's own text).
+    assert_eq!(a.units.len(), a.matrix.len());
+    assert!(a.units.iter().any(|u| u.text == "4711"));
+}
+
+#[test]
 fn the_differentiable_forward_matches_the_general_path() {
     let m = model();
     let dense = finllm::explain::gradient::dense_copy(&m).unwrap();

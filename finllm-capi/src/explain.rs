@@ -53,7 +53,7 @@ pub struct finllm_explain_params {
     pub segments: *const finllm_segment,
     pub n_segments: usize,
     /// "attention": the layer whose attention scores the units (0-based), or -1 (default): the
-    /// last.
+    /// last. Below -1 is FINLLM_ERROR_INVALID_ARGUMENT.
     pub layer: i32,
     /// A guard, or NULL. With one, the answer is a guarded request's (made under the guard,
     /// greedy, max_tokens long; `target` must be NULL), the prompt as the model saw it
@@ -99,12 +99,12 @@ pub struct finllm_unit {
     /// Character range (Unicode scalar values) in the prompt's text.
     pub start: usize,
     pub end: usize,
-    /// Byte range (UTF-8) in the prompt's text.
-    pub byte_start: usize,
-    pub byte_end: usize,
     /// Prompt tokens the unit holds.
     pub tokens: usize,
     pub score: f64,
+    /// Byte range (UTF-8) in the prompt's text.
+    pub byte_start: usize,
+    pub byte_end: usize,
 }
 
 /// An explanation. Immutable: any number of threads may read it at once.
@@ -149,7 +149,18 @@ pub unsafe extern "C" fn finllm_explain(
             held_out: p.held_out as usize,
             batch: p.batch as usize,
             seed: p.seed,
-            layer: usize::try_from(p.layer).ok(),
+            layer: match p.layer {
+                -1 => None,
+                l => match usize::try_from(l) {
+                    Ok(l) => Some(l),
+                    Err(_) => {
+                        return fail(
+                            FINLLM_ERROR_INVALID_ARGUMENT,
+                            format!("layer {l}: 0 or more, or -1 for the last"),
+                        )
+                    }
+                },
+            },
             ..Default::default()
         };
         if let Some(m) = unsafe { opt_c_str(p.method, "method") }? {
@@ -179,25 +190,15 @@ pub unsafe extern "C" fn finllm_explain(
             Prompt::Text(prompt.to_string())
         };
         // SAFETY: NULL or live per the contract.
-        let handle = match unsafe { p.guard.as_ref() } {
-            None => attribution(explain::explain(&model.inner, &prompt, &options)?, None),
-            Some(guard) => {
-                let info = finllm_core::RequestInfo {
-                    caller_id: unsafe { opt_c_str(p.caller_id, "caller_id") }?
-                        .unwrap_or_default()
-                        .to_string(),
-                    ..Default::default()
-                };
-                let x = explain::guarded(&*model.inner, prompt, Arc::clone(&guard.inner), info, &options)?;
-                let Some(a) = x.explanation else {
-                    return fail(
-                        FINLLM_ERROR_INVALID_ARGUMENT,
-                        "the answer has no tokens: nothing to explain",
-                    );
-                };
-                attribution(a, x.audit.map(|r| r.seq))
-            }
+        let guard = unsafe { p.guard.as_ref() }.map(|g| Arc::clone(&g.inner));
+        let info = finllm_core::RequestInfo {
+            caller_id: unsafe { opt_c_str(p.caller_id, "caller_id") }?
+                .unwrap_or_default()
+                .to_string(),
+            ..Default::default()
         };
+        let (a, seq) = explain::explain_for(&*model.inner, prompt, guard, info, &options)?;
+        let handle = attribution(a, seq);
         let handle = Box::into_raw(Box::new(handle));
         unsafe { put(out, handle, "out") }
     })

@@ -502,30 +502,16 @@ impl Model {
             _ => return Err(InvalidArgument::new_err("give exactly one of prompt or messages")),
         };
         let how = explain::options(options)?;
-        let model = &self.inner;
-        let Some(guard) = guard else {
-            if caller_id.is_some() {
-                return Err(InvalidArgument::new_err(
-                    "caller_id is recorded for a guarded request: give a guard",
-                ));
-            }
-            let a = py
-                .detach(|| core::explain::explain(model, &prompt, &how))
-                .map_err(to_py)?;
-            return Ok(explain::attribution(a, None));
-        };
         let info = core::RequestInfo {
             caller_id: caller_id.unwrap_or_default(),
             ..Default::default()
         };
-        let guard = std::sync::Arc::clone(&guard.inner);
-        let x = py
-            .detach(|| core::explain::guarded(&**model, prompt, guard, info, &how))
+        let guard = guard.map(|g| std::sync::Arc::clone(&g.inner));
+        let model = &self.inner;
+        let (a, seq) = py
+            .detach(|| core::explain::explain_for(&**model, prompt, guard, info, &how))
             .map_err(to_py)?;
-        let a = x
-            .explanation
-            .ok_or_else(|| InvalidArgument::new_err("the answer has no tokens: nothing to explain"))?;
-        Ok(explain::attribution(a, x.audit.map(|r| r.seq)))
+        Ok(explain::attribution(a, seq))
     }
 
     /// The prompt text the chat template renders for `messages`.

@@ -45,7 +45,7 @@ def test_matches_the_reference_from_threads(embedder):
         assert max(abs(a - b) for a, b in zip(got[i], together[i])) < 1e-6
 
 
-def test_q8_0_weights_stay_close_to_the_reference(embedder):
+def test_q8_0_weights_stay_close_to_the_reference():
     q8 = finllm.Embedder.load(MINILM, threads=2, quantize="q8_0")
     cases = json.loads(REFERENCE.read_text())
     got = q8.embed([c["text"] for c in cases])

@@ -121,6 +121,8 @@ def test_spans_index_python_strings_by_character(model):
     assert np.allclose([by_index[i] for i in range(len(a))], layers[-1])
     third = model.explain(prompt, method="attention", target=" 4711", layer=3)
     assert third.parameters["layer"] == 3
+    third_by_index = {u["index"]: u["score"] for u in third.units}
+    assert np.allclose([third_by_index[i] for i in range(len(third))], layers[3])
 
 
 def test_a_guarded_explanation_is_of_the_masked_prompt_and_recorded(model, tmp_path):

@@ -1468,6 +1468,9 @@ static void test_explain(const finllm_model *m) {
   a = NULL;
   EXPECT_STATUS(finllm_explain(m, copy, &ap, &a), FINLLM_ERROR_INVALID_ARGUMENT);
   CHECK(a == NULL);
+  ap.layer = -2;
+  EXPECT_STATUS(finllm_explain(m, copy, &ap, &a), FINLLM_ERROR_INVALID_ARGUMENT);
+  CHECK(a == NULL);
 
   /* Sources as segments: the one holding the answer ranks first, with its label. */
   const char *text = "Source A: It rained in Zurich on Monday.\n"

@@ -134,7 +134,13 @@ pub(crate) fn explain(args: &ExplainArgs) -> CliResult {
         if let Some(r) = &x.audit {
             eprintln!("[explanation: audit record {} in {}]", r.seq, r.file.display());
         }
-        x.explanation.ok_or("the answer has no tokens: nothing to explain")?
+        match x.explanation {
+            Some(a) => a,
+            None if x.response.generation.finish == finllm_core::FinishReason::Blocked => {
+                return Err("the output policy blocked the answer: nothing to explain".into())
+            }
+            None => return Err("the answer has no tokens: nothing to explain".into()),
+        }
     } else {
         explain::explain(&model, &prompt, &options)?
     };

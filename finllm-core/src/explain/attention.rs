@@ -11,6 +11,23 @@ use crate::Model;
 /// Most bytes the attention maps of one explanation may take (layers × heads × tokens²).
 pub const MAX_ATTENTION_BYTES: usize = 1 << 30;
 
+/// `layer` names one of `n_layers` layers, and is unset for rollout.
+pub fn check_layer(n_layers: usize, rollout: bool, layer: Option<usize>) -> Result<()> {
+    if let Some(l) = layer.filter(|&l| l >= n_layers) {
+        return Err(Error::invalid(
+            "layer",
+            format!("{l}: the model has layers 0..{n_layers}"),
+        ));
+    }
+    if rollout && layer.is_some() {
+        return Err(Error::invalid(
+            "layer",
+            "rollout runs through every layer; leave the layer unset",
+        ));
+    }
+    Ok(())
+}
+
 /// Attention scores of one explanation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AttentionScores {

@@ -231,8 +231,9 @@ pub fn attribute(
             };
             // Cells of the path, each with its midpoint's contribution times its width. The
             // midpoint rule over `steps` equal cells first; then, while the attributions miss
-            // f(input) − f(baseline) by more than REFINE_TOLERANCE, the cell whose own sum
-            // misses its own change in f the most (f at cell ends is exact) is halved, up to
+            // f(input) − f(baseline) by more than REFINE_TOLERANCE, the cells whose own sums
+            // miss their own change in f the most (f at cell ends is exact) are halved, a batch
+            // of them per round, up to
             // MAX_REFINE_FACTOR × steps gradient evaluations: sharp transitions along the path
             // (attention switching between tokens) get the points they need.
             let edges: Vec<f64> = (0..=steps).map(|k| k as f64 / steps as f64).collect();

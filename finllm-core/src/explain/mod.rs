@@ -333,6 +333,9 @@ pub fn ask<'a>(
     })
 }
 
+/// The text shown for answer tokens an output policy redacted or blocked.
+pub const WITHHELD: &str = "[withheld by the output policy]";
+
 /// A request's answer with the explanation of it.
 #[derive(Debug, Clone)]
 pub struct ExplainedResponse {
@@ -346,7 +349,8 @@ pub struct ExplainedResponse {
 /// Run `request` on `on` (a model or an engine) and explain its answer with `how`: the prompt
 /// as the model saw it (for a guarded request, with personal data masked) is attributed, the
 /// answer's tokens as generated are the target, and for a guarded request with an audit log the
-/// explanation is recorded right after the request's own record ([`record`]). `how.answer` must
+/// explanation is recorded after the request's own record, naming it ([`record`]; on an engine
+/// other requests' records may come in between). `how.answer` must
 /// be unset (the answer is the request's); the request's parameters decide the answer's length.
 pub fn respond<'a>(
     on: impl Into<crate::request::Executor<'a>>,
@@ -391,13 +395,65 @@ pub fn respond<'a>(
             "the prompt rebuilt for the explanation is not the one the model saw",
         ));
     }
-    let explanation = attributor.run(how.method)?;
+    let mut explanation = attributor.run(how.method)?;
+    // An answer the output policy redacted or blocked is explained on the tokens generated,
+    // but their text stays withheld: the explanation (and its record) show what the caller saw.
+    let filtered = response
+        .guard
+        .as_ref()
+        .and_then(|g| g.decision.as_ref())
+        .is_some_and(|d| {
+            matches!(
+                d.verdict,
+                crate::compliance::policy::Verdict::Redact | crate::compliance::policy::Verdict::Block
+            )
+        });
+    if filtered {
+        explanation.answer = response.generation.text.clone();
+        explanation
+            .answer_tokens
+            .iter_mut()
+            .for_each(|t| *t = WITHHELD.to_string());
+        explanation.target.text = WITHHELD.to_string();
+    }
     let audit = record_for(&response, guard.as_deref(), &caller_id, &explanation)?;
     Ok(ExplainedResponse {
         response,
         explanation: Some(explanation),
         audit,
     })
+}
+
+/// The bindings' one call: [`explain`] `prompt` without a guard, or with one, [`guarded`]; the
+/// explanation and, for a guarded one with an audit log, its record's sequence number. A
+/// guarded request with no answer to explain (blocked, or ended before its first token) is a
+/// typed error that says so.
+pub fn explain_for<'a>(
+    on: impl Into<crate::request::Executor<'a>>,
+    prompt: Prompt,
+    guard: Option<std::sync::Arc<crate::compliance::Guard>>,
+    info: crate::compliance::RequestInfo,
+    how: &ExplainOptions,
+) -> Result<(Attribution, Option<u64>)> {
+    let on = on.into();
+    let Some(guard) = guard else {
+        if !info.caller_id.is_empty() || !info.request_id.is_empty() {
+            return Err(Error::invalid(
+                "caller_id",
+                "is recorded for a guarded request: give a guard, or leave it unset",
+            ));
+        }
+        return Ok((explain(on.model(), &prompt, how)?, None));
+    };
+    let x = guarded(on, prompt, guard, info, how)?;
+    let Some(a) = x.explanation else {
+        let why = match x.response.generation.finish {
+            crate::generate::FinishReason::Blocked => "the output policy blocked the answer",
+            _ => "the answer has no tokens",
+        };
+        return Err(Error::invalid("answer", format!("{why}: nothing to explain")));
+    };
+    Ok((a, x.audit.map(|r| r.seq)))
 }
 
 /// Explain a guarded request for `prompt` ([`respond`]): the answer is generated greedily under
@@ -474,8 +530,8 @@ pub fn record(
                 .take(MAX_EXPLAINED_UNITS)
                 .map(|u| AuditUnit {
                     unit: u.label.clone().unwrap_or_else(|| u.text.clone()),
-                    start: u.start,
-                    end: u.end,
+                    start: u.byte_start,
+                    end: u.byte_end,
                     score: u.score,
                 })
                 .collect(),

@@ -29,7 +29,7 @@ pub fn has_encoder(dtype: QuantType) -> bool {
 /// reference scale (the block's largest magnitude onto ±127): one pass, for weights quantized
 /// as they are loaded, where [`encode_row`]'s search (about 25 candidate scales per block) would
 /// cost seconds and gains little at 8 bits.
-pub fn encode_q8_0_fast(row: &[f32], out: &mut Vec<u8>) {
+pub(crate) fn encode_q8_0_fast(row: &[f32], out: &mut Vec<u8>) {
     assert!(row.len().is_multiple_of(QK), "rows are whole blocks");
     for x in row.chunks_exact(QK) {
         let amax = x.iter().fold(0f32, |m, &v| m.max(v.abs()));

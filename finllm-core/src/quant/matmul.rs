@@ -199,8 +199,9 @@ impl QMatrix {
 
     /// The `[rows, cols]` matrix `data` (row-major f32) encoded in `dtype` (a format
     /// [`encode_row`](super::encode::encode_row) writes: Q8_0, Q4_0, Q4_1, Q5_0, Q5_1), held in
-    /// memory of its own; `None` for another format, a shape `data` does not have, or columns
-    /// that are not whole 32-value blocks.
+    /// memory of its own; `None` for another format, a shape `data` does not have, columns
+    /// that are not whole 32-value blocks, or a value that is not finite or too large for a
+    /// block's f16 scale.
     pub fn quantized(dtype: QuantType, data: &[f32], rows: usize, cols: usize) -> Option<Self> {
         if !super::encode::has_encoder(dtype) || !cols.is_multiple_of(QK) || rows.checked_mul(cols) != Some(data.len())
         {

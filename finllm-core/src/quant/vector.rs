@@ -435,7 +435,7 @@ pub mod avx512 {
         }
         if c < d {
             // SAFETY: the rest of the columns, with the AVX2 kernel (the same operations).
-            unsafe { super::avx2::weighted_sum_f16(p, &rows[c..], stride, &mut out[c..]) };
+            unsafe { super::avx2::weighted_sum_f16(p, rows.get(c..).unwrap_or(&[]), stride, &mut out[c..]) };
         }
     }
 }

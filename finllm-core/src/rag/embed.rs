@@ -129,8 +129,9 @@ struct Layer {
 pub struct EmbedderOptions {
     /// Threads for its forward pass (`None`: one per core).
     pub threads: Option<usize>,
-    /// Quantize every matrix to this format at load (`Some(Q8_0)`: the 8-bit integer kernels,
-    /// a quarter of the f32 weights' memory); `None`: the weights as stored (f32, f16, bf16).
+    /// Quantize the matrices to this format at load (`Some(Q8_0)`: the 8-bit integer kernels,
+    /// a quarter of the f32 weights' memory), all but the query, key and value projections,
+    /// which keep their stored weights; `None`: every matrix as stored (f32, f16, bf16).
     pub quantize: Option<crate::quant::QuantType>,
 }
 
