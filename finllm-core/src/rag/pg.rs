@@ -32,6 +32,9 @@ use crate::rag::embed::Embedder;
 use crate::rag::keyword::terms;
 use crate::rag::retriever::{fuse, DocMeta, Filter, Passage, Query, Retriever, SearchMode, MAX_UNKNOWN_FOR_VECTOR};
 
+/// The advisory lock key under which every finllm store creates its schema ("finllm" in ASCII).
+const SCHEMA_LOCK: i64 = 0x6669_6e6c_6c6d;
+
 /// How to reach and use the database.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PgConfig {
@@ -301,7 +304,13 @@ impl PgStore {
              CREATE INDEX IF NOT EXISTS {t}_source ON {t} (source);
              CREATE INDEX IF NOT EXISTS {t}_terms ON {t} USING gin (terms);"
         );
-        c.batch_execute(&ddl).map_err(|e| self.err("create tables", &e))?;
+        // Two stores opening at once (threads, processes) would race on CREATE EXTENSION and
+        // CREATE TABLE IF NOT EXISTS (a unique violation in the catalogue): the schema is made
+        // under a transaction-scoped advisory lock, one store at a time; an error rolls it back.
+        let mut tx = c.transaction().map_err(|e| self.err("create tables", &e))?;
+        tx.batch_execute(&format!("SELECT pg_advisory_xact_lock({SCHEMA_LOCK}); {ddl}"))
+            .map_err(|e| self.err("create tables", &e))?;
+        tx.commit().map_err(|e| self.err("create tables", &e))?;
         c.execute(
             &format!("INSERT INTO {t}_meta (key, value) VALUES ('embedder', $1) ON CONFLICT (key) DO NOTHING"),
             &[&self.embedder_id],
