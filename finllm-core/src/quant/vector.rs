@@ -481,6 +481,7 @@ mod tests {
 
                 type Scores<T> = fn(&[f32], &[T], usize, f32, &mut [f32]);
                 type Sums<T> = fn(&[f32], &[T], usize, &mut [f32]);
+                #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
                 let mut f16_impls: Vec<(&str, Scores<f16>, Sums<f16>)> = vec![
                     ("f16 dispatched", <f16 as KvElem>::scores, <f16 as KvElem>::weighted_sum),
                     ("f16 scalar", scalar::scores_f16, scalar::weighted_sum_f16),
