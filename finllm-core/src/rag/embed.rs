@@ -587,7 +587,7 @@ impl Embedder {
                 for (i, row) in scores.chunks_exact_mut(len).enumerate() {
                     let qi = at(q, i);
                     for (j, s) in row.iter_mut().enumerate() {
-                        *s = crate::quant::vector::dot_f32_scalar(qi, at(k, j)) * scale;
+                        *s = crate::quant::vector::dot(qi, at(k, j)) * scale;
                     }
                     crate::quant::elementwise::softmax_in_place(row);
                 }
