@@ -31,7 +31,7 @@ pub use answer::{ask, ask_streaming, Answer, AskOptions, Citation, Grounded};
 pub use chunk::ChunkerConfig;
 pub use collection::{Chunk, Collection, CollectionConfig, IngestReport, Ingested, Metadata, Progress};
 pub use embed::{Embedder, EmbedderConfig, EmbedderOptions, Pooling};
-pub use index::{Hit, IndexConfig, VectorIndex};
+pub use index::{Hit, IndexConfig, SearchPlan, VectorIndex};
 pub use ingest::{DocKind, Document};
 #[cfg(feature = "postgres")]
 pub use pg::{PgConfig, PgStore, PushReport};
