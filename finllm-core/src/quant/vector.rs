@@ -18,6 +18,44 @@ pub trait KvElem: Copy + Send + Sync + 'static {
     fn scores(q: &[f32], rows: &[Self], stride: usize, scale: f32, out: &mut [f32]);
     /// `out += Σ_t p[t] · row t`, rows `out.len()` long.
     fn weighted_sum(p: &[f32], rows: &[Self], stride: usize, out: &mut [f32]);
+
+    /// [`scores`](Self::scores) for several query heads of `d` values over the same rows (the
+    /// heads of a grouped-query attention group): head `h` is `q[h·d..(h+1)·d]` and its `n`
+    /// scores go to `out[h·out_stride..h·out_stride + n]`. Each head's scores have the same bits
+    /// as [`scores`](Self::scores) gives it alone; kernels that share each loaded row between
+    /// the heads are faster.
+    #[allow(clippy::too_many_arguments)]
+    fn scores_heads(
+        q: &[f32],
+        d: usize,
+        rows: &[Self],
+        stride: usize,
+        scale: f32,
+        out: &mut [f32],
+        out_stride: usize,
+        n: usize,
+    ) {
+        for (h, qh) in q.chunks_exact(d).enumerate() {
+            Self::scores(qh, rows, stride, scale, &mut out[h * out_stride..h * out_stride + n]);
+        }
+    }
+
+    /// [`weighted_sum`](Self::weighted_sum) for several heads over the same rows: head `h` adds
+    /// `Σ_t p[h·p_stride + t] · row t` (`t < n`) into `out[h·d..(h+1)·d]`, with the bits
+    /// [`weighted_sum`](Self::weighted_sum) gives it alone.
+    fn weighted_sum_heads(
+        p: &[f32],
+        p_stride: usize,
+        n: usize,
+        rows: &[Self],
+        stride: usize,
+        out: &mut [f32],
+        d: usize,
+    ) {
+        for (h, oh) in out.chunks_exact_mut(d).enumerate() {
+            Self::weighted_sum(&p[h * p_stride..h * p_stride + n], rows, stride, oh);
+        }
+    }
 }
 
 /// Row `t` of `d` values, `stride` apart.
@@ -46,6 +84,11 @@ impl KvElem for f32 {
 /// over embeddings); [`dot_f32_scalar`] elsewhere.
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
+    #[cfg(target_arch = "x86_64")]
+    if Isa::detect() == Isa::Avx512 {
+        // SAFETY: the AVX-512 level implies AVX-512 F with AVX2, FMA and F16C.
+        return unsafe { avx512::dot_f32(&a[..n], &b[..n]) };
+    }
     #[cfg(target_arch = "x86_64")]
     if Isa::detect().implies_avx2() {
         // SAFETY: `Isa::detect` returned an x86 SIMD level, which implies AVX2, FMA and F16C.
@@ -104,6 +147,87 @@ impl KvElem for f16 {
             return unsafe { avx2::weighted_sum_f16(p, rows, stride, out) };
         }
         scalar::weighted_sum_f16(p, rows, stride, out)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn scores_heads(
+        q: &[f32],
+        d: usize,
+        rows: &[f16],
+        stride: usize,
+        scale: f32,
+        out: &mut [f32],
+        out_stride: usize,
+        n: usize,
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if Isa::detect() == Isa::Avx512 && d.is_multiple_of(16) && d > 0 {
+            check_rows(rows, n, stride, d);
+            let heads = q.len() / d;
+            assert!(
+                heads == 0 || (heads - 1) * out_stride + n <= out.len(),
+                "scores of {heads} heads in {} values",
+                out.len()
+            );
+            let mut h = 0;
+            while h < heads {
+                let take = (heads - h).min(avx512::HEADS);
+                let (qh, oh) = (&q[h * d..(h + take) * d], &mut out[h * out_stride..]);
+                // SAFETY: the AVX-512 level implies AVX-512 F with AVX2, FMA and F16C; the rows
+                // and the outputs were bounded above; `d` is a non-zero multiple of 16.
+                unsafe {
+                    match take {
+                        3 => avx512::scores_f16_heads::<3>(qh, rows, stride, scale, oh, out_stride, n),
+                        2 => avx512::scores_f16_heads::<2>(qh, rows, stride, scale, oh, out_stride, n),
+                        _ => avx512::scores_f16_heads::<1>(qh, rows, stride, scale, oh, out_stride, n),
+                    }
+                }
+                h += take;
+            }
+            return;
+        }
+        for (h, qh) in q.chunks_exact(d).enumerate() {
+            Self::scores(qh, rows, stride, scale, &mut out[h * out_stride..h * out_stride + n]);
+        }
+    }
+
+    fn weighted_sum_heads(
+        p: &[f32],
+        p_stride: usize,
+        n: usize,
+        rows: &[f16],
+        stride: usize,
+        out: &mut [f32],
+        d: usize,
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if Isa::detect() == Isa::Avx512 && d > 0 {
+            check_rows(rows, n, stride, d);
+            let heads = out.len() / d;
+            assert!(
+                heads == 0 || (heads - 1) * p_stride + n <= p.len(),
+                "weights of {heads} heads in {} values",
+                p.len()
+            );
+            let mut h = 0;
+            while h < heads {
+                let take = (heads - h).min(avx512::HEADS);
+                let (ph, oh) = (&p[h * p_stride..], &mut out[h * d..(h + take) * d]);
+                // SAFETY: as in `scores_heads`.
+                unsafe {
+                    match take {
+                        3 => avx512::weighted_sum_f16_heads::<3>(ph, p_stride, n, rows, stride, oh),
+                        2 => avx512::weighted_sum_f16_heads::<2>(ph, p_stride, n, rows, stride, oh),
+                        _ => avx512::weighted_sum_f16_heads::<1>(ph, p_stride, n, rows, stride, oh),
+                    }
+                }
+                h += take;
+            }
+            return;
+        }
+        for (h, oh) in out.chunks_exact_mut(d).enumerate() {
+            Self::weighted_sum(&p[h * p_stride..h * p_stride + n], rows, stride, oh);
+        }
     }
 }
 
@@ -342,6 +466,10 @@ pub mod avx512 {
     use half::f16;
     use std::arch::x86_64::*;
 
+    /// Query heads one call takes at a time: eight rows' sums for three heads are 24 of the 32
+    /// vector registers.
+    pub const HEADS: usize = 3;
+
     /// [`super::avx2::scores_f16`] sixteen values at a time: eight rows per group, each row's
     /// sixteen partial sums folded to eight (low half + high half) and the eight rows reduced
     /// together as the AVX2 kernel does; a row's value depends on that row alone.
@@ -351,39 +479,106 @@ pub mod avx512 {
     /// 16; `rows` must hold `out.len()` rows of `q.len()` values `stride` apart.
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     pub unsafe fn scores_f16(q: &[f32], rows: &[f16], stride: usize, scale: f32, out: &mut [f32]) {
-        let d = q.len();
-        let (qp, base, op) = (q.as_ptr(), rows.as_ptr().cast::<u16>(), out.as_mut_ptr());
         let n = out.len();
+        // SAFETY: forwarded; one head.
+        unsafe { scores_f16_heads::<1>(q, rows, stride, scale, out, n, n) }
+    }
+
+    /// [`scores_f16`] for `H` query heads of `q.len() / H` values at once: each converted key
+    /// vector feeds `H` FMAs (the conversions bounded the one-head kernel). Head `h`'s sums go
+    /// through the same FMAs and the same reduction as alone, so its bits are the same.
+    ///
+    /// # Safety
+    /// As [`scores_f16`] for each head; `out` holds `(H - 1) · out_stride + n` values.
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    #[allow(clippy::needless_range_loop)]
+    pub unsafe fn scores_f16_heads<const H: usize>(
+        q: &[f32],
+        rows: &[f16],
+        stride: usize,
+        scale: f32,
+        out: &mut [f32],
+        out_stride: usize,
+        n: usize,
+    ) {
+        let d = q.len() / H;
+        let (qp, base, op) = (q.as_ptr(), rows.as_ptr().cast::<u16>(), out.as_mut_ptr());
         let sv = _mm256_set1_ps(scale);
         let mut t = 0;
         while t < n {
             let m = (n - t).min(8);
-            let mut acc = [_mm512_setzero_ps(); 8];
+            let mut acc = [[_mm512_setzero_ps(); 8]; H];
             let mut i = 0;
             while i < d {
-                // SAFETY: `i + 16 <= d`, inside `q` and inside each of the `m` rows.
-                let qv = unsafe { _mm512_loadu_ps(qp.add(i)) };
-                for (r, a) in acc.iter_mut().enumerate().take(m) {
+                // SAFETY: `i + 16 <= d`, inside every head of `q` and inside each of the `m` rows.
+                let qv: [__m512; H] = std::array::from_fn(|h| unsafe { _mm512_loadu_ps(qp.add(h * d + i)) });
+                for r in 0..m {
                     let k = unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(base.add((t + r) * stride + i).cast())) };
-                    *a = _mm512_fmadd_ps(qv, k, *a);
+                    for h in 0..H {
+                        acc[h][r] = _mm512_fmadd_ps(qv[h], k, acc[h][r]);
+                    }
                 }
                 i += 16;
             }
-            let halves: [__m256; 8] = std::array::from_fn(|r| {
-                _mm256_add_ps(_mm512_castps512_ps256(acc[r]), _mm512_extractf32x8_ps_f(acc[r]))
-            });
-            let sums = _mm256_mul_ps(super::avx2::sum_each(&halves), sv);
-            if m == 8 {
-                // SAFETY: out[t..t + 8] is inside `out`.
-                unsafe { _mm256_storeu_ps(op.add(t), sums) };
-            } else {
-                let mut lanes = [0f32; 8];
-                // SAFETY: `lanes` holds eight floats.
-                unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), sums) };
-                out[t..].copy_from_slice(&lanes[..m]);
+            for (h, acc) in acc.iter().enumerate() {
+                let halves: [__m256; 8] = std::array::from_fn(|r| {
+                    _mm256_add_ps(_mm512_castps512_ps256(acc[r]), _mm512_extractf32x8_ps_f(acc[r]))
+                });
+                let sums = _mm256_mul_ps(super::avx2::sum_each(&halves), sv);
+                let at = h * out_stride + t;
+                if m == 8 {
+                    // SAFETY: out[at..at + 8] is inside `out`.
+                    unsafe { _mm256_storeu_ps(op.add(at), sums) };
+                } else {
+                    let mut lanes = [0f32; 8];
+                    // SAFETY: `lanes` holds eight floats.
+                    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), sums) };
+                    out[at..at + m].copy_from_slice(&lanes[..m]);
+                }
             }
             t += m;
         }
+    }
+
+    /// `a · b` over the shorter of the two: four sixteen-float partial sums, the last partial
+    /// vector loaded under a mask (vector search over 384-float embeddings: 24 FMAs).
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F, AVX2, FMA and F16C.
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+        let d = a.len().min(b.len());
+        let (ap, bp) = (a.as_ptr(), b.as_ptr());
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let mut i = 0;
+        // SAFETY (every load): `i + 16 * (j + 1) <= d` keeps it inside both slices.
+        while i + 64 <= d {
+            for (j, s) in acc.iter_mut().enumerate() {
+                let (x, y) = unsafe { (_mm512_loadu_ps(ap.add(i + 16 * j)), _mm512_loadu_ps(bp.add(i + 16 * j))) };
+                *s = _mm512_fmadd_ps(x, y, *s);
+            }
+            i += 64;
+        }
+        let mut j = 0;
+        while i + 16 <= d {
+            let (x, y) = unsafe { (_mm512_loadu_ps(ap.add(i)), _mm512_loadu_ps(bp.add(i))) };
+            acc[j] = _mm512_fmadd_ps(x, y, acc[j]);
+            j += 1;
+            i += 16;
+        }
+        if i < d {
+            let mask: __mmask16 = (1u16 << (d - i)) - 1;
+            // SAFETY: the mask loads only the `d - i` (< 16) values left in each slice.
+            let (x, y) = unsafe {
+                (
+                    _mm512_maskz_loadu_ps(mask, ap.add(i)),
+                    _mm512_maskz_loadu_ps(mask, bp.add(i)),
+                )
+            };
+            acc[3] = _mm512_fmadd_ps(x, y, acc[3]);
+        }
+        let v = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+        _mm512_reduce_add_ps(v)
     }
 
     /// The high eight floats of `v` (AVX-512 F has no float form of this extract; the bits
@@ -403,39 +598,79 @@ pub mod avx512 {
     /// of `out.len()` values `stride` apart.
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     pub unsafe fn weighted_sum_f16(p: &[f32], rows: &[f16], stride: usize, out: &mut [f32]) {
-        let d = out.len();
+        // SAFETY: forwarded; one head.
+        unsafe { weighted_sum_f16_heads::<1>(p, p.len(), p.len(), rows, stride, out) }
+    }
+
+    /// [`weighted_sum_f16`] for `H` heads of `out.len() / H` values: head `h`'s weights are
+    /// `p[h · p_stride..][..n]`; each converted value vector feeds `H` FMAs, and every head's
+    /// columns see the same FMAs in the same order as alone.
+    ///
+    /// # Safety
+    /// As [`weighted_sum_f16`] for each head; `p` holds `(H - 1) · p_stride + n` values.
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub unsafe fn weighted_sum_f16_heads<const H: usize>(
+        p: &[f32],
+        p_stride: usize,
+        n: usize,
+        rows: &[f16],
+        stride: usize,
+        out: &mut [f32],
+    ) {
+        let d = out.len() / H;
         let base = rows.as_ptr().cast::<u16>();
-        let op = out.as_mut_ptr();
+        let (pp, op) = (p.as_ptr(), out.as_mut_ptr());
         let mut c = 0;
         while c + 64 <= d {
-            // SAFETY: columns c..c + 64 are inside `out` and inside every row.
-            let mut acc: [__m512; 4] = std::array::from_fn(|j| unsafe { _mm512_loadu_ps(op.add(c + 16 * j)) });
-            for (t, &w) in p.iter().enumerate() {
-                let wv = _mm512_set1_ps(w);
+            // SAFETY: columns c..c + 64 are inside every head of `out` and inside every row;
+            // `h * p_stride + t < p.len()` for t < n.
+            let mut acc: [[__m512; 4]; H] = std::array::from_fn(|h| {
+                std::array::from_fn(|j| unsafe { _mm512_loadu_ps(op.add(h * d + c + 16 * j)) })
+            });
+            for t in 0..n {
                 let rp = unsafe { base.add(t * stride + c) };
-                for (j, a) in acc.iter_mut().enumerate() {
-                    let v = unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(rp.add(16 * j).cast())) };
-                    *a = _mm512_fmadd_ps(wv, v, *a);
+                let v: [__m512; 4] =
+                    std::array::from_fn(|j| unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(rp.add(16 * j).cast())) });
+                for (h, acc) in acc.iter_mut().enumerate() {
+                    let wv = _mm512_set1_ps(unsafe { *pp.add(h * p_stride + t) });
+                    for (a, v) in acc.iter_mut().zip(&v) {
+                        *a = _mm512_fmadd_ps(wv, *v, *a);
+                    }
                 }
             }
-            for (j, a) in acc.iter().enumerate() {
-                unsafe { _mm512_storeu_ps(op.add(c + 16 * j), *a) };
+            for (h, acc) in acc.iter().enumerate() {
+                for (j, a) in acc.iter().enumerate() {
+                    unsafe { _mm512_storeu_ps(op.add(h * d + c + 16 * j), *a) };
+                }
             }
             c += 64;
         }
         while c + 16 <= d {
             // SAFETY: as above, for columns c..c + 16.
-            let mut acc = unsafe { _mm512_loadu_ps(op.add(c)) };
-            for (t, &w) in p.iter().enumerate() {
+            let mut acc: [__m512; H] = std::array::from_fn(|h| unsafe { _mm512_loadu_ps(op.add(h * d + c)) });
+            for t in 0..n {
                 let v = unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(base.add(t * stride + c).cast())) };
-                acc = _mm512_fmadd_ps(_mm512_set1_ps(w), v, acc);
+                for (h, a) in acc.iter_mut().enumerate() {
+                    *a = _mm512_fmadd_ps(_mm512_set1_ps(unsafe { *pp.add(h * p_stride + t) }), v, *a);
+                }
             }
-            unsafe { _mm512_storeu_ps(op.add(c), acc) };
+            for (h, a) in acc.iter().enumerate() {
+                unsafe { _mm512_storeu_ps(op.add(h * d + c), *a) };
+            }
             c += 16;
         }
         if c < d {
-            // SAFETY: the rest of the columns, with the AVX2 kernel (the same operations).
-            unsafe { super::avx2::weighted_sum_f16(p, rows.get(c..).unwrap_or(&[]), stride, &mut out[c..]) };
+            for h in 0..H {
+                // SAFETY: the rest of head h's columns, with the AVX2 kernel (the same operations).
+                unsafe {
+                    super::avx2::weighted_sum_f16(
+                        &p[h * p_stride..h * p_stride + n],
+                        rows.get(c..).unwrap_or(&[]),
+                        stride,
+                        &mut out[h * d + c..(h + 1) * d],
+                    )
+                };
+            }
         }
     }
 }
@@ -462,6 +697,46 @@ mod tests {
             .map(|i| (0..n).map(|t| f64::from(p[t]) * rows[t * stride + i]).sum())
             .collect();
         (scores, sums)
+    }
+
+    type DotFn = fn(&[f32], &[f32]) -> f32;
+
+    /// Every dot product this CPU can run (the portable one, AVX2 and AVX-512 where present)
+    /// against float64, at lengths around each vector width and the embedders' 384.
+    #[test]
+    fn dot_products_match_a_float64_oracle() {
+        let mut rng = Rng::new(11);
+        let mut kernels: Vec<(&str, DotFn)> = vec![("portable", dot_f32_scalar), ("dispatched", dot)];
+        #[cfg(target_arch = "x86_64")]
+        {
+            let isas = crate::quant::kernels::Isa::available();
+            if isas.contains(&Isa::Avx2) {
+                // SAFETY: the CPU has AVX2, FMA and F16C.
+                kernels.push(("avx2", |a, b| unsafe { avx2::dot_f32(a, b) }));
+            }
+            if isas.contains(&Isa::Avx512) {
+                // SAFETY: the CPU has AVX-512 F with AVX2, FMA and F16C.
+                kernels.push(("avx512", |a, b| unsafe { avx512::dot_f32(a, b) }));
+            }
+        }
+        for n in (0..=80).chain([127, 128, 129, 383, 384, 385, 1000]) {
+            let (a, b) = (random(&mut rng, n + 3), random(&mut rng, n));
+            let exact: f64 = a.iter().zip(&b).map(|(&x, &y)| f64::from(x) * f64::from(y)).sum();
+            let size: f64 = a
+                .iter()
+                .zip(&b)
+                .map(|(&x, &y)| (f64::from(x) * f64::from(y)).abs())
+                .sum();
+            for (name, k) in &kernels {
+                // The longer slice is cut to the shorter one's length.
+                let got = f64::from(k(&a, &b));
+                assert!(
+                    (got - exact).abs() <= 1e-6 * size.max(1.0),
+                    "{name} n={n}: {got} vs {exact}"
+                );
+                assert_eq!(k(&b, &a).to_bits(), k(&a[..n], &b).to_bits(), "{name} n={n}: symmetric");
+            }
+        }
     }
 
     #[test]
@@ -544,6 +819,50 @@ mod tests {
                 assert_eq!(parts, whole, "d={d} split at {split}");
             }
         }
+    }
+
+    /// Several query heads in one call (a grouped-query group) give every head the bits it
+    /// gets alone, for f16 and f32 rows, any number of heads (the AVX-512 kernels take three at
+    /// a time), head sizes around the vector widths, and output strides wider than the rows.
+    #[test]
+    fn heads_together_give_the_bits_of_heads_alone() {
+        fn check<T: KvElem>(rng: &mut Rng, to: impl Fn(f32) -> T) {
+            for d in HEAD_DIMS.into_iter().chain([48, 96, 256]) {
+                for heads in 1..=7 {
+                    let (n, stride, out_stride) = (21, d + 3, 25);
+                    let q = random(rng, heads * d);
+                    let rows: Vec<T> = random(rng, (n - 1) * stride + d).into_iter().map(&to).collect();
+                    let mut together = vec![f32::NAN; heads * out_stride];
+                    T::scores_heads(&q, d, &rows, stride, 0.125, &mut together, out_stride, n);
+                    let p = random(rng, heads * out_stride);
+                    let start = random(rng, heads * d);
+                    let mut sums = start.clone();
+                    T::weighted_sum_heads(&p, out_stride, n, &rows, stride, &mut sums, d);
+                    for h in 0..heads {
+                        let mut alone = vec![0f32; n];
+                        T::scores(&q[h * d..(h + 1) * d], &rows, stride, 0.125, &mut alone);
+                        let got = &together[h * out_stride..h * out_stride + n];
+                        assert_eq!(
+                            got.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                            alone.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                            "scores d={d} heads={heads} h={h}"
+                        );
+                        assert!(
+                            together[h * out_stride + n..(h + 1) * out_stride]
+                                .iter()
+                                .all(|x| x.is_nan()),
+                            "wrote past its scores"
+                        );
+                        let mut sum = start[h * d..(h + 1) * d].to_vec();
+                        T::weighted_sum(&p[h * out_stride..h * out_stride + n], &rows, stride, &mut sum);
+                        assert_eq!(&sums[h * d..(h + 1) * d], &sum[..], "sums d={d} heads={heads} h={h}");
+                    }
+                }
+            }
+        }
+        let mut rng = Rng::new(12);
+        check::<f16>(&mut rng, f16::from_f32);
+        check::<f32>(&mut rng, |x| x);
     }
 
     #[test]

@@ -172,12 +172,23 @@ impl Transformer {
             AttentionSpan::Sliding(w) => w,
         };
         let scale = cfg.attn_scale as f32;
+        // One task per token and KV head: the query heads of a group read each cached row once
+        // (the kernels share every converted row between them). With few such tasks (decoding
+        // a sequence or two) one per query head instead, so both threads have work: either way
+        // each head's result has the same bits.
+        let per_task = if rows.len() * cfg.n_kv_heads >= 4 * rayon::current_num_threads() {
+            group
+        } else {
+            1
+        };
+        let tasks_per_token = n_heads / per_task;
         let head = |(i, out): (usize, &mut [f32])| {
-            let (t, h) = (i / n_heads, i % n_heads);
+            let (t, h) = (i / tasks_per_token, (i % tasks_per_token) * per_task);
             let TokenRow { seq, pos } = rows[t];
             let keys = (pos + 1).saturating_sub(window)..pos + 1;
-            let head = Head {
-                q: &q[t * q_dim + h * d..][..d],
+            let head = Heads {
+                q: &q[t * q_dim + h * d..][..per_task * d],
+                d,
                 offset: (h / group) * d,
                 kv_dim,
                 scale,
@@ -203,9 +214,9 @@ impl Transformer {
         let work: usize = rows.iter().map(|r| (r.pos + 1).min(window)).sum::<usize>() * n_heads * d;
         out.resize(rows.len() * q_dim, 0.0);
         if work >= PARALLEL_ATTENTION_WORK {
-            out.par_chunks_mut(d).enumerate().for_each(head);
+            out.par_chunks_mut(per_task * d).enumerate().for_each(head);
         } else {
-            out.chunks_mut(d).enumerate().for_each(head);
+            out.chunks_mut(per_task * d).enumerate().for_each(head);
         }
     }
 }
@@ -239,9 +250,11 @@ struct Angles {
     sin: Vec<f32>,
 }
 
-/// One query head against the rows of its KV head.
-struct Head<'a> {
+/// One or more query heads of one token against the rows of their KV head.
+struct Heads<'a> {
+    /// The heads' queries, `d` values each, one after the other.
     q: &'a [f32],
+    d: usize,
     /// Where the KV head starts within a cache row.
     offset: usize,
     kv_dim: usize,
@@ -251,12 +264,15 @@ struct Head<'a> {
 /// Rows of keys and values holding positions from `.2` on.
 type Segment<'a, T> = (&'a [T], &'a [T], usize);
 
-impl Head<'_> {
-    /// Softmax-weighted sum of the value rows at positions `keys` into `out`; the rows lie in
-    /// up to two segments (a shared prefix, then the sequence's own rows). Scores are per row and
-    /// the weighted sum adds rows in position order, so the split changes no bit of the result.
+impl Heads<'_> {
+    /// Per head, the softmax-weighted sum of the value rows at positions `keys` into its `d`
+    /// values of `out`; the rows lie in up to two segments (a shared prefix, then the sequence's
+    /// own rows). Scores are per row and the weighted sum adds rows in position order, so the
+    /// split changes no bit of the result, nor does how many heads one call takes.
     fn attend<T: KvElem>(&self, segments: [Option<Segment<'_, T>>; 2], keys: std::ops::Range<usize>, out: &mut [f32]) {
-        let mut probs = vec![0f32; keys.len()];
+        let n = keys.len();
+        let heads = self.q.len() / self.d;
+        let mut probs = vec![0f32; heads * n];
         let parts = segments.map(|s| {
             s.and_then(|(k, v, at)| {
                 let rows = k.len() / self.kv_dim;
@@ -266,13 +282,24 @@ impl Head<'_> {
         });
         for &(k, _, first, ref p) in parts.iter().flatten() {
             let k = &k[first * self.kv_dim + self.offset..];
-            T::scores(self.q, k, self.kv_dim, self.scale, &mut probs[p.clone()]);
+            T::scores_heads(
+                self.q,
+                self.d,
+                k,
+                self.kv_dim,
+                self.scale,
+                &mut probs[p.start..],
+                n,
+                p.len(),
+            );
         }
-        softmax_in_place(&mut probs);
+        for p in probs.chunks_exact_mut(n.max(1)) {
+            softmax_in_place(p);
+        }
         out.fill(0.0);
         for &(_, v, first, ref p) in parts.iter().flatten() {
             let v = &v[first * self.kv_dim + self.offset..];
-            T::weighted_sum(&probs[p.clone()], v, self.kv_dim, out);
+            T::weighted_sum_heads(&probs[p.start..], n, p.len(), v, self.kv_dim, out, self.d);
         }
     }
 }
