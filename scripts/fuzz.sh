@@ -12,7 +12,7 @@ secs="${1:-60}"
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(gguf safetensors tokenizer_json chat_template policy_toml audit_reader pii document capi)
+  targets=(gguf safetensors tokenizer_json chat_template policy_toml audit_reader pii document pdf capi)
 fi
 cargo +nightly --version >/dev/null 2>&1 || { echo "error: the nightly toolchain is required for fuzzing" >&2; exit 1; }
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked --version 0.13.2
