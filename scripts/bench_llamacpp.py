@@ -32,8 +32,11 @@ def one_run(model, prompt_tokens, gen_tokens, threads):
 
     import llama_cpp
 
-    llm = llama_cpp.Llama(model_path=model, n_ctx=prompt_tokens + gen_tokens + 8, n_batch=max(512, prompt_tokens),
-                          n_ubatch=max(512, prompt_tokens), n_threads=threads, n_threads_batch=threads, verbose=False)
+    # llama-cpp-python keeps n_batch rows of logits and indexes them by position: n_batch must
+    # cover the whole context, or decoding past n_batch positions fails.
+    n_ctx = prompt_tokens + gen_tokens + 8
+    llm = llama_cpp.Llama(model_path=model, n_ctx=n_ctx, n_batch=max(512, n_ctx), n_ubatch=max(512, prompt_tokens),
+                          n_threads=threads, n_threads_batch=threads, verbose=False)
     one = llm.tokenize(TEXT.encode(), add_bos=False, special=False)
     prompt = (one * (prompt_tokens // len(one) + 1))[:prompt_tokens]
     # Warm-up pages the weights in, as finllm's benchmark does.

@@ -239,6 +239,90 @@ fn batch_logits(t: &Transformer, caches: &mut [KvCache], tokens: &[&[u32]], atte
         .collect()
 }
 
+/// A long prefill walks the cache in blocks of tokens and tiles of positions; one token at a
+/// time walks it whole, head by head. Both must give the same bits for every architecture
+/// (Gemma 3's 16-position sliding window included, narrower than a tile), f16 and f32 caches,
+/// after a shared prefix whose end falls inside a tile, and with two sequences in one call.
+#[test]
+fn long_prefills_in_tiles_equal_one_token_at_a_time() {
+    let prompt: Vec<u32> = (0..230).map(|i| SEQ[(i * 7 + i / 5) % SEQ.len()]).collect();
+    let (split, cut) = (37, 200);
+    for arch in ARCHS {
+        let t = load_transformer(&write_gguf(&SyntheticSpec::tiny(arch, 29), QuantType::Q8_0));
+        for precision in [KvPrecision::F16, KvPrecision::F32] {
+            // One token at a time: every position's logits.
+            let mut cache = t.new_cache_with(precision);
+            let stepwise: Vec<Vec<f32>> = prompt
+                .iter()
+                .map(|&tok| t.forward(&[tok], &mut cache).unwrap())
+                .collect();
+            let opts = ForwardOptions {
+                all_logits: true,
+                ..Default::default()
+            };
+            let rows = |out: &[finllm::model::SeqOutput]| out[0].logits.to_vec2::<f32>().unwrap();
+            // The prefix frozen and shared, the rest in one call.
+            let mut prefix = t.new_cache_with(precision);
+            t.forward(&prompt[..split], &mut prefix).unwrap();
+            let mut after = t.cache_after_prefix(std::sync::Arc::new(prefix), 0).unwrap();
+            let tiled = rows(
+                &t.forward_batch(
+                    &mut [SeqInput {
+                        tokens: &prompt[split..cut],
+                        cache: &mut after,
+                    }],
+                    &opts,
+                )
+                .unwrap(),
+            );
+            for (i, got) in tiled.iter().enumerate() {
+                assert_eq!(
+                    got,
+                    &stepwise[split + i],
+                    "{arch:?} {precision:?} position {}",
+                    split + i
+                );
+            }
+            // Two sequences in one call: each equals its own stepwise logits (the second is
+            // the same prompt from position 0).
+            let mut fresh = t.new_cache_with(precision);
+            let out = t
+                .forward_batch(
+                    &mut [
+                        SeqInput {
+                            tokens: &prompt[cut..],
+                            cache: &mut after,
+                        },
+                        SeqInput {
+                            tokens: &prompt[..100],
+                            cache: &mut fresh,
+                        },
+                    ],
+                    &opts,
+                )
+                .unwrap();
+            let (a, b) = (
+                out[0].logits.to_vec2::<f32>().unwrap(),
+                out[1].logits.to_vec2::<f32>().unwrap(),
+            );
+            for (i, got) in a.iter().enumerate() {
+                assert_eq!(
+                    got,
+                    &stepwise[cut + i],
+                    "{arch:?} {precision:?} first sequence, position {}",
+                    cut + i
+                );
+            }
+            for (i, got) in b.iter().enumerate() {
+                assert_eq!(
+                    got, &stepwise[i],
+                    "{arch:?} {precision:?} second sequence, position {i}"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn host_path_equals_the_general_path() {
     // Float weights (f32 kernels) and block formats (8-bit activations); both cache precisions;

@@ -28,6 +28,13 @@ use crate::quant::vector::KvElem;
 /// than it saves.
 const PARALLEL_ATTENTION_WORK: usize = 1 << 15;
 
+/// Tokens of one sequence that one attention task takes together in a long call (a prefill).
+const BLOCK_TOKENS: usize = 16;
+
+/// Cached positions a block of tokens walks at a time: one KV head's 64 rows of keys (or
+/// values) of a 64-value head in f16 are 8 KiB, well inside L1.
+const KEY_TILE: usize = 64;
+
 impl Transformer {
     /// Every sequence's new tokens after what its cache holds; returns per sequence the logits
     /// of its last token (`vocab` values), or of every token with `all_logits` (`[tokens, vocab]`
@@ -172,51 +179,82 @@ impl Transformer {
             AttentionSpan::Sliding(w) => w,
         };
         let scale = cfg.attn_scale as f32;
-        // One task per token and KV head: the query heads of a group read each cached row once
-        // (the kernels share every converted row between them). With few such tasks (decoding
-        // a sequence or two) one per query head instead, so both threads have work: either way
-        // each head's result has the same bits.
-        let per_task = if rows.len() * cfg.n_kv_heads >= 4 * rayon::current_num_threads() {
+        // One task per block of a sequence's consecutive tokens and per KV head: the query
+        // heads of a group share every cached row the kernels load and convert, and the tokens
+        // of a block walk the rows tile by tile, so a tile is read from memory once and then
+        // from L1 by every token that sees it. With few such tasks (decoding a sequence or
+        // two) one per token and query head instead, so both threads have work. However the
+        // work is cut, each head's result has the same bits (scores are per row; weighted sums
+        // add rows in position order).
+        let threads = rayon::current_num_threads();
+        let per_task = if rows.len() * cfg.n_kv_heads >= 4 * threads {
             group
         } else {
             1
         };
-        let tasks_per_token = n_heads / per_task;
-        let head = |(i, out): (usize, &mut [f32])| {
-            let (t, h) = (i / tasks_per_token, (i % tasks_per_token) * per_task);
-            let TokenRow { seq, pos } = rows[t];
-            let keys = (pos + 1).saturating_sub(window)..pos + 1;
-            let head = Heads {
-                q: &q[t * q_dim + h * d..][..per_task * d],
+        let block_len = if rows.len() >= 2 * BLOCK_TOKENS {
+            BLOCK_TOKENS
+        } else {
+            1
+        };
+        let mut blocks: Vec<std::ops::Range<usize>> = Vec::new();
+        for (t, r) in rows.iter().enumerate() {
+            match blocks.last_mut() {
+                Some(b) if b.len() < block_len && rows[b.start].seq == r.seq => b.end = t + 1,
+                _ => blocks.push(t..t + 1),
+            }
+        }
+        let tasks_per_block = n_heads / per_task;
+        let task = |i: usize| -> Vec<f32> {
+            let (tokens, h) = (blocks[i / tasks_per_block].clone(), (i % tasks_per_block) * per_task);
+            let block = Block {
+                queries: tokens
+                    .clone()
+                    .map(|t| {
+                        let pos = rows[t].pos;
+                        (
+                            &q[t * q_dim + h * d..][..per_task * d],
+                            (pos + 1).saturating_sub(window)..pos + 1,
+                        )
+                    })
+                    .collect(),
                 d,
                 offset: (h / group) * d,
                 kv_dim,
                 scale,
             };
-            let view = seqs[seq].cache.view(layer);
+            let mut out = vec![0f32; tokens.len() * per_task * d];
+            let view = seqs[rows[tokens.start].seq].cache.view(layer);
             let segments = [view.prefix.map(|p| (p, 0)), Some((view.own, view.prefix_len))];
             match (view.prefix, view.own) {
-                (None | Some((KvRows::F16(_), KvRows::F16(_))), (KvRows::F16(_), KvRows::F16(_))) => head.attend(
+                (None | Some((KvRows::F16(_), KvRows::F16(_))), (KvRows::F16(_), KvRows::F16(_))) => block.attend(
                     segments.map(|s| s.map(|((k, v), at)| (f16_rows(k), f16_rows(v), at))),
-                    keys,
-                    out,
+                    &mut out,
                 ),
-                (None | Some((KvRows::F32(_), KvRows::F32(_))), (KvRows::F32(_), KvRows::F32(_))) => head.attend(
+                (None | Some((KvRows::F32(_), KvRows::F32(_))), (KvRows::F32(_), KvRows::F32(_))) => block.attend(
                     segments.map(|s| s.map(|((k, v), at)| (f32_rows(k), f32_rows(v), at))),
-                    keys,
-                    out,
+                    &mut out,
                 ),
                 _ => unreachable!(
                     "the kernels backend keeps its caches, prefixes included, in host memory with one precision"
                 ),
             }
+            out
         };
         let work: usize = rows.iter().map(|r| (r.pos + 1).min(window)).sum::<usize>() * n_heads * d;
-        out.resize(rows.len() * q_dim, 0.0);
-        if work >= PARALLEL_ATTENTION_WORK {
-            out.par_chunks_mut(per_task * d).enumerate().for_each(head);
+        let n_tasks = blocks.len() * tasks_per_block;
+        let results: Vec<Vec<f32>> = if work >= PARALLEL_ATTENTION_WORK {
+            (0..n_tasks).into_par_iter().map(task).collect()
         } else {
-            out.chunks_mut(per_task * d).enumerate().for_each(head);
+            (0..n_tasks).map(task).collect()
+        };
+        out.resize(rows.len() * q_dim, 0.0);
+        let width = per_task * d;
+        for (i, result) in results.iter().enumerate() {
+            let (tokens, h) = (blocks[i / tasks_per_block].clone(), (i % tasks_per_block) * per_task);
+            for (t, values) in tokens.zip(result.chunks_exact(width)) {
+                out[t * q_dim + h * d..][..width].copy_from_slice(values);
+            }
         }
     }
 }
@@ -250,10 +288,12 @@ struct Angles {
     sin: Vec<f32>,
 }
 
-/// One or more query heads of one token against the rows of their KV head.
-struct Heads<'a> {
-    /// The heads' queries, `d` values each, one after the other.
-    q: &'a [f32],
+/// Consecutive tokens of one sequence, each with one or more query heads of one KV group,
+/// against the rows of that KV head.
+struct Block<'a> {
+    /// Per token: its heads' queries (`d` values each, one after the other) and the positions
+    /// it attends to.
+    queries: Vec<(&'a [f32], std::ops::Range<usize>)>,
     d: usize,
     /// Where the KV head starts within a cache row.
     offset: usize,
@@ -264,42 +304,76 @@ struct Heads<'a> {
 /// Rows of keys and values holding positions from `.2` on.
 type Segment<'a, T> = (&'a [T], &'a [T], usize);
 
-impl Heads<'_> {
-    /// Per head, the softmax-weighted sum of the value rows at positions `keys` into its `d`
-    /// values of `out`; the rows lie in up to two segments (a shared prefix, then the sequence's
-    /// own rows). Scores are per row and the weighted sum adds rows in position order, so the
-    /// split changes no bit of the result, nor does how many heads one call takes.
-    fn attend<T: KvElem>(&self, segments: [Option<Segment<'_, T>>; 2], keys: std::ops::Range<usize>, out: &mut [f32]) {
-        let n = keys.len();
-        let heads = self.q.len() / self.d;
-        let mut probs = vec![0f32; heads * n];
-        let parts = segments.map(|s| {
-            s.and_then(|(k, v, at)| {
-                let rows = k.len() / self.kv_dim;
-                let (from, to) = (keys.start.max(at), keys.end.min(at + rows));
-                (from < to).then_some((k, v, from - at, from - keys.start..to - keys.start))
-            })
-        });
-        for &(k, _, first, ref p) in parts.iter().flatten() {
-            let k = &k[first * self.kv_dim + self.offset..];
+impl Block<'_> {
+    /// Per token and head, the softmax-weighted sum of the value rows at the token's positions
+    /// into `out` (`[token][head][d]`). The rows lie in up to two segments (a shared prefix,
+    /// then the sequence's own rows) and are walked in tiles of [`KEY_TILE`] positions, every
+    /// token taking its part of a tile while the tile is in L1. Scores are per row and the
+    /// weighted sums add rows in position order, so neither the segments, nor the tiles, nor
+    /// how many tokens and heads one block holds change a bit of the result.
+    fn attend<T: KvElem>(&self, segments: [Option<Segment<'_, T>>; 2], out: &mut [f32]) {
+        let heads = self.queries.first().map_or(0, |(q, _)| q.len() / self.d);
+        // Token i's probabilities: `heads` rows of its key count, from offsets[i].
+        let mut offsets = Vec::with_capacity(self.queries.len());
+        let mut total = 0;
+        for (_, keys) in &self.queries {
+            offsets.push(total);
+            total += heads * keys.len();
+        }
+        let mut probs = vec![0f32; total];
+        let lo = self.queries.iter().map(|(_, k)| k.start).min().unwrap_or(0);
+        let hi = self.queries.iter().map(|(_, k)| k.end).max().unwrap_or(0);
+        // Every (segment, token, rows) piece in position order: tiles ascending, the prefix
+        // before the own rows within a tile.
+        let mut pieces = Vec::new();
+        let mut tile = lo / KEY_TILE * KEY_TILE;
+        while tile < hi {
+            let tile_rows = tile.max(lo)..(tile + KEY_TILE).min(hi);
+            for (s, seg) in segments.iter().enumerate() {
+                let Some((k, _, at)) = seg else { continue };
+                let seg_rows = *at..at + k.len() / self.kv_dim;
+                for (i, (_, keys)) in self.queries.iter().enumerate() {
+                    let from = tile_rows.start.max(seg_rows.start).max(keys.start);
+                    let to = tile_rows.end.min(seg_rows.end).min(keys.end);
+                    if from < to {
+                        pieces.push((s, i, from..to));
+                    }
+                }
+            }
+            tile += KEY_TILE;
+        }
+        for (s, i, rows) in &pieces {
+            let (k, _, at) = segments[*s].expect("a piece lies in a segment");
+            let (q, keys) = &self.queries[*i];
+            let k = &k[(rows.start - at) * self.kv_dim + self.offset..];
+            let n = keys.len();
+            let first = offsets[*i] + rows.start - keys.start;
             T::scores_heads(
-                self.q,
+                q,
                 self.d,
                 k,
                 self.kv_dim,
                 self.scale,
-                &mut probs[p.start..],
+                &mut probs[first..],
                 n,
-                p.len(),
+                rows.len(),
             );
         }
-        for p in probs.chunks_exact_mut(n.max(1)) {
-            softmax_in_place(p);
+        for (i, (_, keys)) in self.queries.iter().enumerate() {
+            let n = keys.len().max(1);
+            for p in probs[offsets[i]..offsets[i] + heads * keys.len()].chunks_exact_mut(n) {
+                softmax_in_place(p);
+            }
         }
         out.fill(0.0);
-        for &(_, v, first, ref p) in parts.iter().flatten() {
-            let v = &v[first * self.kv_dim + self.offset..];
-            T::weighted_sum_heads(&probs[p.start..], n, p.len(), v, self.kv_dim, out, self.d);
+        let width = heads * self.d;
+        for (s, i, rows) in &pieces {
+            let (_, v, at) = segments[*s].expect("a piece lies in a segment");
+            let keys = &self.queries[*i].1;
+            let v = &v[(rows.start - at) * self.kv_dim + self.offset..];
+            let first = offsets[*i] + rows.start - keys.start;
+            let o = &mut out[i * width..(i + 1) * width];
+            T::weighted_sum_heads(&probs[first..], keys.len(), rows.len(), v, self.kv_dim, o, self.d);
         }
     }
 }
