@@ -265,6 +265,36 @@ pub fn pack_q4_1_row(row: &[u8], out: &mut [u8]) {
     }
 }
 
+/// A Q4_0 row (`blocks` 18-byte blocks) in [`pack_q4_1_row`]'s layout, minima left zero: the
+/// same 4-bit values (`q`, standing for `q − 8`) and scales `d`, read by the Q4_0 tile, which
+/// starts each lane's integer dot at `−8 Σ y` so that it is exactly `Σ (q − 8) y`, as llama.cpp
+/// computes it. `out` holds [`q4_1_packed_row_bytes`].
+pub fn pack_q4_0_row(row: &[u8], out: &mut [u8]) {
+    use super::blocks::Q4_0_BYTES;
+    let blocks = row.len() / Q4_0_BYTES;
+    let layout = PackedRow::new(blocks, QK / 2, 32);
+    assert!(
+        row.len() == blocks * Q4_0_BYTES && out.len() == layout.bytes,
+        "a Q4_0 row of whole blocks and room for its packed layout"
+    );
+    out.fill(0);
+    for (g, group) in row.chunks(SUBS * Q4_0_BYTES).enumerate() {
+        let width = layout.width(g);
+        for (j, block) in group.chunks_exact(Q4_0_BYTES).enumerate() {
+            for e in 0..QK {
+                let q = if e < QK / 2 {
+                    block[2 + e] & 0x0f
+                } else {
+                    block[2 + e - QK / 2] >> 4
+                };
+                let (byte, shift) = nibble_at(width, tile_position(width, j, e));
+                out[g * SUBS * QK / 2 + byte] |= q << shift;
+            }
+            out[layout.scales_at + 32 * g + 2 * j..][..2].copy_from_slice(&block[..2]);
+        }
+    }
+}
+
 /// Bytes of a Q4_K super-block in the tile layout ([`pack_q4_k_row`]): 128 of 4-bit values,
 /// 16 of scales and minima, 4 of `d` and `dmin`.
 pub const Q4_K_PACKED_BYTES: usize = 148;
@@ -419,13 +449,14 @@ impl std::fmt::Debug for SuperKernels {
     }
 }
 
-/// The tile kernels for `dtype` on `isa`: Q4_1, Q8_0, Q4_K, Q5_K and Q6_K on AVX-512 VNNI. Other
+/// The tile kernels for `dtype` on `isa`: Q4_0, Q4_1, Q8_0, Q4_K, Q5_K and Q6_K on AVX-512 VNNI. Other
 /// formats and ISAs use the one-row kernels of [`super::kernels`].
 pub fn super_kernels(dtype: QuantType, isa: Isa) -> Option<SuperKernels> {
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512 {
         let packing = |row_bytes, pack_row| Packing { row_bytes, pack_row };
         let (tile, packing): (SuperTileFn, _) = match dtype {
+            QuantType::Q4_0 => (avx512::q4_0, packing(q4_1_packed_row_bytes, pack_q4_0_row)),
             QuantType::Q4_1 => (avx512::q4_1, packing(q4_1_packed_row_bytes, pack_q4_1_row)),
             QuantType::Q8_0 => (avx512::q8_0, packing(q8_0_packed_row_bytes, pack_q8_0_row)),
             QuantType::Q4K => (avx512::q4_k, packing(q4_k_packed_row_bytes, pack_q4_k_row)),
@@ -503,6 +534,11 @@ mod avx512 {
         run!(q4_1_tile, false, q4_1_one_token, rows, row_bytes, a, out);
     }
 
+    pub fn q4_0(rows: &[u8], row_bytes: usize, a: &[SuperQ8], out: &mut [&mut [f32]]) {
+        check_packed(rows, row_bytes, a, out, q4_1_packed_row_bytes);
+        run!(q4_1_tile, true, q4_0_one_token, rows, row_bytes, a, out);
+    }
+
     /// [`check`], and that every token's groups are whole but the last (of one size for all)
     /// and the rows are packed (`packed_bytes`) for that many blocks.
     fn check_packed(
@@ -578,6 +614,7 @@ mod avx512 {
 
     one_token!(q8_0_one_token, q8_0_tile, false);
     one_token!(q4_1_one_token, q4_1_tile, false);
+    one_token!(q4_0_one_token, q4_1_tile, true);
     one_token!(q4_k_one_token, q4_5_k_tile, false);
     one_token!(q5_k_one_token, q4_5_k_tile, true);
     one_token!(q6_k_one_token, q6_k_tile, false);
@@ -844,12 +881,47 @@ mod avx512 {
     /// over the block's lanes.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    unsafe fn q4_1_tile<const _UNUSED: bool, const R: usize, const N: usize>(
+    ///
+    /// With `Q4_0`, rows packed by [`pack_q4_0_row`]: no minima; each lane's dot starts at
+    /// `−8 Σ y` (Q8_0's chain start over 16, exact), so it is `Σ (q − 8) y` in integers.
+    unsafe fn q4_1_tile<const Q4_0: bool, const R: usize, const N: usize>(
         rows: &[&[u8]],
         a: &[&[SuperQ8]],
         out: &mut [f32],
     ) {
-        packed_groups!(q4_1_group, QK / 2, rows, a, out);
+        if Q4_0 {
+            packed_groups!(q4_0_group, QK / 2, rows, a, out);
+        } else {
+            packed_groups!(q4_1_group, QK / 2, rows, a, out);
+        }
+    }
+
+    /// [`q4_group`] for Q4_1.
+    #[inline(always)]
+    unsafe fn q4_1_group<const V: usize, const R: usize, const N: usize>(
+        rows: &[&[u8]],
+        a: &[&[SuperQ8]],
+        g: usize,
+        scales_at: usize,
+        lane_blocks: __m512i,
+        acc: &mut [[__m512; N]; R],
+    ) {
+        // SAFETY: forwarded.
+        unsafe { q4_group::<V, R, N, false>(rows, a, g, scales_at, lane_blocks, acc) }
+    }
+
+    /// [`q4_group`] for Q4_0.
+    #[inline(always)]
+    unsafe fn q4_0_group<const V: usize, const R: usize, const N: usize>(
+        rows: &[&[u8]],
+        a: &[&[SuperQ8]],
+        g: usize,
+        scales_at: usize,
+        lane_blocks: __m512i,
+        acc: &mut [[__m512; N]; R],
+    ) {
+        // SAFETY: forwarded.
+        unsafe { q4_group::<V, R, N, true>(rows, a, g, scales_at, lane_blocks, acc) }
     }
 
     /// Lane `l` takes block `l / per`'s scale (2 in a whole group, 4 or 8 in a short one).
@@ -884,11 +956,12 @@ mod avx512 {
     }
 
     /// Group `g` of a [`q4_1_tile`]: `16 · 2V` bytes of values at `g · 128`, eight f16 scales
-    /// and eight f16 minima at `scales_at + 32 g`, spread to the lanes by `lane_blocks`.
+    /// and eight f16 minima at `scales_at + 32 g`, spread to the lanes by `lane_blocks`. With
+    /// `Q4_0` the minima are not read and the dots start at `−8 Σ y`.
     // The row and token indices walk their arrays and the accumulators in lockstep.
     #[allow(clippy::needless_range_loop)]
     #[inline(always)]
-    unsafe fn q4_1_group<const V: usize, const R: usize, const N: usize>(
+    unsafe fn q4_group<const V: usize, const R: usize, const N: usize, const Q4_0: bool>(
         rows: &[&[u8]],
         a: &[&[SuperQ8]],
         g: usize,
@@ -925,23 +998,34 @@ mod avx512 {
             }
             let scales = b.wrapping_add(scales_at + 32 * g);
             let d8 = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(scales.cast()) });
-            let m8 = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(scales.add(16).cast()) });
             wd[r] = _mm512_permutexvar_ps(lane_blocks, _mm512_castps256_ps512(d8));
-            wm[r] = _mm512_permutexvar_ps(lane_blocks, _mm512_castps256_ps512(m8));
+            if !Q4_0 {
+                let m8 = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(scales.add(16).cast()) });
+                wm[r] = _mm512_permutexvar_ps(lane_blocks, _mm512_castps256_ps512(m8));
+            }
         }
         for t in 0..N {
             let y = &a[t][g];
             // SAFETY: d and s hold sixteen f32, 64-byte aligned (`repr(align(64))`).
             let (yd, ys_) = unsafe { (_mm512_load_ps(y.d.as_ptr()), _mm512_load_ps(y.s.as_ptr())) };
             let ys: [__m512i; V] = std::array::from_fn(|v| act(y, v));
+            // Q4_0: −8 Σ y per lane, exact (Q8_0's start is −128 Σ y).
+            let start = if Q4_0 {
+                // SAFETY: q8_start holds sixteen i32.
+                _mm512_srai_epi32::<4>(unsafe { _mm512_loadu_si512(y.q8_start.as_ptr().cast()) })
+            } else {
+                _mm512_setzero_si512()
+            };
             for r in 0..R {
-                let mut dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[r][0], ys[0]);
+                let mut dot = _mm512_dpbusd_epi32(start, w[r][0], ys[0]);
                 for v in 1..V {
                     dot = _mm512_dpbusd_epi32(dot, w[r][v], ys[v]);
                 }
                 let scale = _mm512_mul_ps(wd[r], yd);
                 acc[r][t] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(dot), acc[r][t]);
-                acc[r][t] = _mm512_fmadd_ps(wm[r], ys_, acc[r][t]);
+                if !Q4_0 {
+                    acc[r][t] = _mm512_fmadd_ps(wm[r], ys_, acc[r][t]);
+                }
             }
         }
     }
@@ -1052,7 +1136,8 @@ mod tests {
     use crate::quant::kernels::{dot_fn, Isa};
     use crate::util::Rng;
 
-    const FORMATS: [QuantType; 5] = [
+    const FORMATS: [QuantType; 6] = [
+        QuantType::Q4_0,
         QuantType::Q4_1,
         QuantType::Q8_0,
         QuantType::Q4K,
