@@ -295,6 +295,54 @@ pub fn pack_q4_0_row(row: &[u8], out: &mut [u8]) {
     }
 }
 
+/// Bytes of a Q5_0 row of `blocks` blocks in the tile layout ([`pack_q5_0_row`]).
+pub fn q5_0_packed_row_bytes(blocks: usize) -> usize {
+    PackedRow::new(blocks, QK / 2, Q5_0_GROUP_TAIL).bytes
+}
+
+/// Bytes after each group's values in a packed Q5_0 row: eight f16 scales, then four 64-bit
+/// masks of fifth bits.
+const Q5_0_GROUP_TAIL: usize = 48;
+
+/// A Q5_0 row (`blocks` 22-byte blocks) in the tile layout: the low four bits of every value as
+/// [`pack_q4_1_row`] keeps them, and per group eight f16 scales `d` then four 64-bit masks, bit
+/// `i` of mask `v` the fifth bit of tile position `64 v + i`. The Q5_0 tile adds 16 where a
+/// mask bit is set and starts each lane's dot at `−16 Σ y`, so the integer dot is
+/// `Σ (q − 16) y` exactly, as llama.cpp computes it. `out` holds [`q5_0_packed_row_bytes`].
+pub fn pack_q5_0_row(row: &[u8], out: &mut [u8]) {
+    use super::blocks::Q5_0_BYTES;
+    let blocks = row.len() / Q5_0_BYTES;
+    let layout = PackedRow::new(blocks, QK / 2, Q5_0_GROUP_TAIL);
+    assert!(
+        row.len() == blocks * Q5_0_BYTES && out.len() == layout.bytes,
+        "a Q5_0 row of whole blocks and room for its packed layout"
+    );
+    out.fill(0);
+    for (g, group) in row.chunks(SUBS * Q5_0_BYTES).enumerate() {
+        let width = layout.width(g);
+        let tail = layout.scales_at + Q5_0_GROUP_TAIL * g;
+        let mut masks = [0u64; 4];
+        for (j, block) in group.chunks_exact(Q5_0_BYTES).enumerate() {
+            let high = u32::from_le_bytes([block[2], block[3], block[4], block[5]]);
+            for e in 0..QK {
+                let q = if e < QK / 2 {
+                    block[6 + e] & 0x0f
+                } else {
+                    block[6 + e - QK / 2] >> 4
+                };
+                let p = tile_position(width, j, e);
+                let (byte, shift) = nibble_at(width, p);
+                out[g * SUBS * QK / 2 + byte] |= q << shift;
+                masks[p / 64] |= u64::from((high >> e) & 1) << (p % 64);
+            }
+            out[tail + 2 * j..][..2].copy_from_slice(&block[..2]);
+        }
+        for (v, m) in masks.iter().enumerate() {
+            out[tail + 16 + 8 * v..][..8].copy_from_slice(&m.to_le_bytes());
+        }
+    }
+}
+
 /// Bytes of a Q4_K super-block in the tile layout ([`pack_q4_k_row`]): 128 of 4-bit values,
 /// 16 of scales and minima, 4 of `d` and `dmin`.
 pub const Q4_K_PACKED_BYTES: usize = 148;
@@ -449,7 +497,8 @@ impl std::fmt::Debug for SuperKernels {
     }
 }
 
-/// The tile kernels for `dtype` on `isa`: Q4_0, Q4_1, Q8_0, Q4_K, Q5_K and Q6_K on AVX-512 VNNI. Other
+/// The tile kernels for `dtype` on `isa`: Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q5_K and Q6_K on AVX-512
+/// VNNI. Other
 /// formats and ISAs use the one-row kernels of [`super::kernels`].
 pub fn super_kernels(dtype: QuantType, isa: Isa) -> Option<SuperKernels> {
     #[cfg(target_arch = "x86_64")]
@@ -457,6 +506,7 @@ pub fn super_kernels(dtype: QuantType, isa: Isa) -> Option<SuperKernels> {
         let packing = |row_bytes, pack_row| Packing { row_bytes, pack_row };
         let (tile, packing): (SuperTileFn, _) = match dtype {
             QuantType::Q4_0 => (avx512::q4_0, packing(q4_1_packed_row_bytes, pack_q4_0_row)),
+            QuantType::Q5_0 => (avx512::q5_0, packing(q5_0_packed_row_bytes, pack_q5_0_row)),
             QuantType::Q4_1 => (avx512::q4_1, packing(q4_1_packed_row_bytes, pack_q4_1_row)),
             QuantType::Q8_0 => (avx512::q8_0, packing(q8_0_packed_row_bytes, pack_q8_0_row)),
             QuantType::Q4K => (avx512::q4_k, packing(q4_k_packed_row_bytes, pack_q4_k_row)),
@@ -531,13 +581,23 @@ mod avx512 {
 
     pub fn q4_1(rows: &[u8], row_bytes: usize, a: &[SuperQ8], out: &mut [&mut [f32]]) {
         check_packed(rows, row_bytes, a, out, q4_1_packed_row_bytes);
-        run!(q4_1_tile, false, q4_1_one_token, rows, row_bytes, a, out);
+        run!(q4_tile, Q4_1, q4_1_one_token, rows, row_bytes, a, out);
     }
 
     pub fn q4_0(rows: &[u8], row_bytes: usize, a: &[SuperQ8], out: &mut [&mut [f32]]) {
         check_packed(rows, row_bytes, a, out, q4_1_packed_row_bytes);
-        run!(q4_1_tile, true, q4_0_one_token, rows, row_bytes, a, out);
+        run!(q4_tile, Q4_0, q4_0_one_token, rows, row_bytes, a, out);
     }
+
+    pub fn q5_0(rows: &[u8], row_bytes: usize, a: &[SuperQ8], out: &mut [&mut [f32]]) {
+        check_packed(rows, row_bytes, a, out, q5_0_packed_row_bytes);
+        run!(q4_tile, Q5_0, q5_0_one_token, rows, row_bytes, a, out);
+    }
+
+    /// The formats [`q4_tile`] reads.
+    const Q4_1: u8 = 0;
+    const Q4_0: u8 = 1;
+    const Q5_0: u8 = 2;
 
     /// [`check`], and that every token's groups are whole but the last (of one size for all)
     /// and the rows are packed (`packed_bytes`) for that many blocks.
@@ -613,8 +673,9 @@ mod avx512 {
     }
 
     one_token!(q8_0_one_token, q8_0_tile, false);
-    one_token!(q4_1_one_token, q4_1_tile, false);
-    one_token!(q4_0_one_token, q4_1_tile, true);
+    one_token!(q4_1_one_token, q4_tile, Q4_1);
+    one_token!(q4_0_one_token, q4_tile, Q4_0);
+    one_token!(q5_0_one_token, q4_tile, Q5_0);
     one_token!(q4_k_one_token, q4_5_k_tile, false);
     one_token!(q5_k_one_token, q4_5_k_tile, true);
     one_token!(q6_k_one_token, q6_k_tile, false);
@@ -882,17 +943,19 @@ mod avx512 {
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     ///
-    /// With `Q4_0`, rows packed by [`pack_q4_0_row`]: no minima; each lane's dot starts at
+    /// `KIND` [`Q4_0`]: rows packed by [`pack_q4_0_row`], no minima; each lane's dot starts at
     /// `−8 Σ y` (Q8_0's chain start over 16, exact), so it is `Σ (q − 8) y` in integers.
-    unsafe fn q4_1_tile<const Q4_0: bool, const R: usize, const N: usize>(
+    /// `KIND` [`Q5_0`]: rows packed by [`pack_q5_0_row`]; 16 is added where a fifth bit is set
+    /// and the dots start at `−16 Σ y`: `Σ (q − 16) y`.
+    unsafe fn q4_tile<const KIND: u8, const R: usize, const N: usize>(
         rows: &[&[u8]],
         a: &[&[SuperQ8]],
         out: &mut [f32],
     ) {
-        if Q4_0 {
-            packed_groups!(q4_0_group, QK / 2, rows, a, out);
-        } else {
-            packed_groups!(q4_1_group, QK / 2, rows, a, out);
+        match KIND {
+            Q4_0 => packed_groups!(q4_0_group, QK / 2, rows, a, out),
+            Q5_0 => packed_groups!(q5_0_group, QK / 2, rows, a, out),
+            _ => packed_groups!(q4_1_group, QK / 2, rows, a, out),
         }
     }
 
@@ -907,7 +970,21 @@ mod avx512 {
         acc: &mut [[__m512; N]; R],
     ) {
         // SAFETY: forwarded.
-        unsafe { q4_group::<V, R, N, false>(rows, a, g, scales_at, lane_blocks, acc) }
+        unsafe { q4_group::<V, R, N, Q4_1>(rows, a, g, scales_at, lane_blocks, acc) }
+    }
+
+    /// [`q4_group`] for Q5_0.
+    #[inline(always)]
+    unsafe fn q5_0_group<const V: usize, const R: usize, const N: usize>(
+        rows: &[&[u8]],
+        a: &[&[SuperQ8]],
+        g: usize,
+        scales_at: usize,
+        lane_blocks: __m512i,
+        acc: &mut [[__m512; N]; R],
+    ) {
+        // SAFETY: forwarded.
+        unsafe { q4_group::<V, R, N, Q5_0>(rows, a, g, scales_at, lane_blocks, acc) }
     }
 
     /// [`q4_group`] for Q4_0.
@@ -921,7 +998,7 @@ mod avx512 {
         acc: &mut [[__m512; N]; R],
     ) {
         // SAFETY: forwarded.
-        unsafe { q4_group::<V, R, N, true>(rows, a, g, scales_at, lane_blocks, acc) }
+        unsafe { q4_group::<V, R, N, Q4_0>(rows, a, g, scales_at, lane_blocks, acc) }
     }
 
     /// Lane `l` takes block `l / per`'s scale (2 in a whole group, 4 or 8 in a short one).
@@ -956,12 +1033,13 @@ mod avx512 {
     }
 
     /// Group `g` of a [`q4_1_tile`]: `16 · 2V` bytes of values at `g · 128`, eight f16 scales
-    /// and eight f16 minima at `scales_at + 32 g`, spread to the lanes by `lane_blocks`. With
-    /// `Q4_0` the minima are not read and the dots start at `−8 Σ y`.
+    /// and eight f16 minima at `scales_at + 32 g`, spread to the lanes by `lane_blocks`. Q4_0
+    /// reads no minima and starts the dots at `−8 Σ y`; Q5_0 has 48 bytes a group there (the
+    /// scales, then the fifth bits' masks) and starts the dots at `−16 Σ y`.
     // The row and token indices walk their arrays and the accumulators in lockstep.
     #[allow(clippy::needless_range_loop)]
     #[inline(always)]
-    unsafe fn q4_group<const V: usize, const R: usize, const N: usize, const Q4_0: bool>(
+    unsafe fn q4_group<const V: usize, const R: usize, const N: usize, const KIND: u8>(
         rows: &[&[u8]],
         a: &[&[SuperQ8]],
         g: usize,
@@ -996,10 +1074,17 @@ mod avx512 {
                     w[r][0] = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
                 }
             }
-            let scales = b.wrapping_add(scales_at + 32 * g);
+            let tail = if KIND == Q5_0 { Q5_0_GROUP_TAIL } else { 32 };
+            let scales = b.wrapping_add(scales_at + tail * g);
+            if KIND == Q5_0 {
+                for v in 0..V {
+                    let set = unsafe { scales.add(16 + 8 * v).cast::<u64>().read_unaligned() };
+                    w[r][v] = _mm512_mask_add_epi8(w[r][v], set, w[r][v], _mm512_set1_epi8(16));
+                }
+            }
             let d8 = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(scales.cast()) });
             wd[r] = _mm512_permutexvar_ps(lane_blocks, _mm512_castps256_ps512(d8));
-            if !Q4_0 {
+            if KIND == Q4_1 {
                 let m8 = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(scales.add(16).cast()) });
                 wm[r] = _mm512_permutexvar_ps(lane_blocks, _mm512_castps256_ps512(m8));
             }
@@ -1009,12 +1094,13 @@ mod avx512 {
             // SAFETY: d and s hold sixteen f32, 64-byte aligned (`repr(align(64))`).
             let (yd, ys_) = unsafe { (_mm512_load_ps(y.d.as_ptr()), _mm512_load_ps(y.s.as_ptr())) };
             let ys: [__m512i; V] = std::array::from_fn(|v| act(y, v));
-            // Q4_0: −8 Σ y per lane, exact (Q8_0's start is −128 Σ y).
-            let start = if Q4_0 {
-                // SAFETY: q8_start holds sixteen i32.
-                _mm512_srai_epi32::<4>(unsafe { _mm512_loadu_si512(y.q8_start.as_ptr().cast()) })
-            } else {
-                _mm512_setzero_si512()
+            // −8 Σ y (Q4_0) or −16 Σ y (Q5_0) per lane, exact: Q8_0's start is −128 Σ y.
+            // SAFETY: q8_start holds sixteen i32.
+            let q8_start = unsafe { _mm512_loadu_si512(y.q8_start.as_ptr().cast()) };
+            let start = match KIND {
+                Q4_0 => _mm512_srai_epi32::<4>(q8_start),
+                Q5_0 => _mm512_srai_epi32::<3>(q8_start),
+                _ => _mm512_setzero_si512(),
             };
             for r in 0..R {
                 let mut dot = _mm512_dpbusd_epi32(start, w[r][0], ys[0]);
@@ -1023,7 +1109,7 @@ mod avx512 {
                 }
                 let scale = _mm512_mul_ps(wd[r], yd);
                 acc[r][t] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(dot), acc[r][t]);
-                if !Q4_0 {
+                if KIND == Q4_1 {
                     acc[r][t] = _mm512_fmadd_ps(wm[r], ys_, acc[r][t]);
                 }
             }
@@ -1136,8 +1222,9 @@ mod tests {
     use crate::quant::kernels::{dot_fn, Isa};
     use crate::util::Rng;
 
-    const FORMATS: [QuantType; 6] = [
+    const FORMATS: [QuantType; 7] = [
         QuantType::Q4_0,
+        QuantType::Q5_0,
         QuantType::Q4_1,
         QuantType::Q8_0,
         QuantType::Q4K,
