@@ -848,7 +848,7 @@ mod avx512 {
     /// `$group::<4, R, N>`, then the last at its width (4, 2 or 1 vectors), then each result's
     /// sixteen lanes summed. `$value_bytes`: bytes of values per block in the packed row.
     macro_rules! packed_groups {
-        ($group:ident, $value_bytes:expr, $rows:expr, $a:expr, $out:expr) => {{
+        ($group:ident $(:: <$kind:ident>)?, $value_bytes:expr, $rows:expr, $a:expr, $out:expr) => {{
             let groups = $a[0].len();
             let width = group_width($a[0][groups - 1].blocks);
             let scales_at = ((groups - 1) * SUBS + width) * $value_bytes;
@@ -856,13 +856,13 @@ mod avx512 {
             let whole = lane_blocks(2);
             // SAFETY (all four calls): the wrapper checked the rows' packed length.
             for g in 0..groups - 1 {
-                unsafe { $group::<4, R, N>($rows, $a, g, scales_at, whole, &mut acc) };
+                unsafe { $group::<4, R, N $(, $kind)?>($rows, $a, g, scales_at, whole, &mut acc) };
             }
             let last = groups - 1;
             match width {
-                SUBS => unsafe { $group::<4, R, N>($rows, $a, last, scales_at, whole, &mut acc) },
-                4 => unsafe { $group::<2, R, N>($rows, $a, last, scales_at, lane_blocks(4), &mut acc) },
-                _ => unsafe { $group::<1, R, N>($rows, $a, last, scales_at, lane_blocks(8), &mut acc) },
+                SUBS => unsafe { $group::<4, R, N $(, $kind)?>($rows, $a, last, scales_at, whole, &mut acc) },
+                4 => unsafe { $group::<2, R, N $(, $kind)?>($rows, $a, last, scales_at, lane_blocks(4), &mut acc) },
+                _ => unsafe { $group::<1, R, N $(, $kind)?>($rows, $a, last, scales_at, lane_blocks(8), &mut acc) },
             }
             for r in 0..R {
                 for t in 0..N {
@@ -952,53 +952,7 @@ mod avx512 {
         a: &[&[SuperQ8]],
         out: &mut [f32],
     ) {
-        match KIND {
-            Q4_0 => packed_groups!(q4_0_group, QK / 2, rows, a, out),
-            Q5_0 => packed_groups!(q5_0_group, QK / 2, rows, a, out),
-            _ => packed_groups!(q4_1_group, QK / 2, rows, a, out),
-        }
-    }
-
-    /// [`q4_group`] for Q4_1.
-    #[inline(always)]
-    unsafe fn q4_1_group<const V: usize, const R: usize, const N: usize>(
-        rows: &[&[u8]],
-        a: &[&[SuperQ8]],
-        g: usize,
-        scales_at: usize,
-        lane_blocks: __m512i,
-        acc: &mut [[__m512; N]; R],
-    ) {
-        // SAFETY: forwarded.
-        unsafe { q4_group::<V, R, N, Q4_1>(rows, a, g, scales_at, lane_blocks, acc) }
-    }
-
-    /// [`q4_group`] for Q5_0.
-    #[inline(always)]
-    unsafe fn q5_0_group<const V: usize, const R: usize, const N: usize>(
-        rows: &[&[u8]],
-        a: &[&[SuperQ8]],
-        g: usize,
-        scales_at: usize,
-        lane_blocks: __m512i,
-        acc: &mut [[__m512; N]; R],
-    ) {
-        // SAFETY: forwarded.
-        unsafe { q4_group::<V, R, N, Q5_0>(rows, a, g, scales_at, lane_blocks, acc) }
-    }
-
-    /// [`q4_group`] for Q4_0.
-    #[inline(always)]
-    unsafe fn q4_0_group<const V: usize, const R: usize, const N: usize>(
-        rows: &[&[u8]],
-        a: &[&[SuperQ8]],
-        g: usize,
-        scales_at: usize,
-        lane_blocks: __m512i,
-        acc: &mut [[__m512; N]; R],
-    ) {
-        // SAFETY: forwarded.
-        unsafe { q4_group::<V, R, N, Q4_0>(rows, a, g, scales_at, lane_blocks, acc) }
+        packed_groups!(q4_group::<KIND>, QK / 2, rows, a, out);
     }
 
     /// Lane `l` takes block `l / per`'s scale (2 in a whole group, 4 or 8 in a short one).
