@@ -232,6 +232,19 @@ fn nibble_at(width: usize, p: usize) -> (usize, u32) {
     (p % half, 4 * (p / half) as u32)
 }
 
+/// Block `j`'s 32 four-bit values (`qs`: 16 bytes, low nibbles values 0..16, high 16..32, as
+/// the GGUF blocks keep them) into group `g` of a packed row, at [`tile_position`] as
+/// [`nibble_at`] keeps them; calls `at(e, p)` with each value's tile position.
+fn place_nibbles(out: &mut [u8], g: usize, width: usize, j: usize, qs: &[u8], mut at: impl FnMut(usize, usize)) {
+    for e in 0..QK {
+        let q = if e < QK / 2 { qs[e] & 0x0f } else { qs[e - QK / 2] >> 4 };
+        let p = tile_position(width, j, e);
+        let (byte, shift) = nibble_at(width, p);
+        out[g * SUBS * QK / 2 + byte] |= q << shift;
+        at(e, p);
+    }
+}
+
 /// A Q4_1 row (`blocks` 20-byte blocks) in the tile layout: each group's 4-bit values at
 /// [`tile_position`], kept as [`nibble_at`] says, then per group eight f16 scales `d` and eight
 /// f16 minima `m` (zeros past the row's last block). Same size as the file's row but for the
@@ -249,15 +262,7 @@ pub fn pack_q4_1_row(row: &[u8], out: &mut [u8]) {
     for (g, group) in row.chunks(SUBS * Q4_1_BYTES).enumerate() {
         let width = layout.width(g);
         for (j, block) in group.chunks_exact(Q4_1_BYTES).enumerate() {
-            for e in 0..QK {
-                let q = if e < QK / 2 {
-                    block[4 + e] & 0x0f
-                } else {
-                    block[4 + e - QK / 2] >> 4
-                };
-                let (byte, shift) = nibble_at(width, tile_position(width, j, e));
-                out[g * SUBS * QK / 2 + byte] |= q << shift;
-            }
+            place_nibbles(out, g, width, j, &block[4..], |_, _| {});
             let scales = layout.scales_at + 32 * g;
             out[scales + 2 * j..][..2].copy_from_slice(&block[..2]);
             out[scales + 16 + 2 * j..][..2].copy_from_slice(&block[2..4]);
@@ -281,15 +286,7 @@ pub fn pack_q4_0_row(row: &[u8], out: &mut [u8]) {
     for (g, group) in row.chunks(SUBS * Q4_0_BYTES).enumerate() {
         let width = layout.width(g);
         for (j, block) in group.chunks_exact(Q4_0_BYTES).enumerate() {
-            for e in 0..QK {
-                let q = if e < QK / 2 {
-                    block[2 + e] & 0x0f
-                } else {
-                    block[2 + e - QK / 2] >> 4
-                };
-                let (byte, shift) = nibble_at(width, tile_position(width, j, e));
-                out[g * SUBS * QK / 2 + byte] |= q << shift;
-            }
+            place_nibbles(out, g, width, j, &block[2..], |_, _| {});
             out[layout.scales_at + 32 * g + 2 * j..][..2].copy_from_slice(&block[..2]);
         }
     }
@@ -324,17 +321,9 @@ pub fn pack_q5_0_row(row: &[u8], out: &mut [u8]) {
         let mut masks = [0u64; 4];
         for (j, block) in group.chunks_exact(Q5_0_BYTES).enumerate() {
             let high = u32::from_le_bytes([block[2], block[3], block[4], block[5]]);
-            for e in 0..QK {
-                let q = if e < QK / 2 {
-                    block[6 + e] & 0x0f
-                } else {
-                    block[6 + e - QK / 2] >> 4
-                };
-                let p = tile_position(width, j, e);
-                let (byte, shift) = nibble_at(width, p);
-                out[g * SUBS * QK / 2 + byte] |= q << shift;
+            place_nibbles(out, g, width, j, &block[6..], |e, p| {
                 masks[p / 64] |= u64::from((high >> e) & 1) << (p % 64);
-            }
+            });
             out[tail + 2 * j..][..2].copy_from_slice(&block[..2]);
         }
         for (v, m) in masks.iter().enumerate() {
