@@ -9,7 +9,10 @@ Each round runs `finllm bench` and then scripts/bench_llamacpp.py (in .venv-llam
 scripts/llamacpp_env.sh), each taking the median of --runs runs; the rounds alternate so that
 both engines see the same background load. Prints one JSON line per engine and round, then one
 with the medians over rounds and finllm's ratios (prefill, decode: higher is better for finllm;
-ttft: lower is better).
+ttft: lower is better), the instruction set finllm's kernels ran on and the llama.cpp build.
+
+FINLLM_MAX_ISA=avx2 FINLLM_LLAMACPP_ISA=avx2 compares both engines as an AVX2-only machine
+runs them (see scripts/llamacpp_env.sh).
 """
 import argparse
 import json
@@ -47,9 +50,11 @@ def main():
     }
     fields = ["prefill_tok_s", "decode_tok_s", "ttft_ms", "peak_rss_mb"]
     seen = {name: {f: [] for f in fields} for name in engines}
+    isa = None
     for r in range(a.rounds):
         for name, cmd in engines.items():
             res = run(cmd)
+            isa = res.get("isa", isa) if name == "finllm" else isa
             for f in fields:
                 seen[name][f].append(float(res[f]))
             print(json.dumps({"round": r + 1, "engine": name, **{f: round(float(res[f]), 1) for f in fields}}))
@@ -59,6 +64,8 @@ def main():
         "model": a.model,
         "threads": a.threads,
         "rounds": a.rounds,
+        "finllm_isa": isa,
+        "llama_cpp": pathlib.Path(llama_py).parents[1].name,
         **{f"{name}_{f}": round(v, 1) for name, m in med.items() for f, v in m.items()},
         "prefill_ratio": round(med["finllm"]["prefill_tok_s"] / med["llama.cpp"]["prefill_tok_s"], 2),
         "decode_ratio": round(med["finllm"]["decode_tok_s"] / med["llama.cpp"]["decode_tok_s"], 2),

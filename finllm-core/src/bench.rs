@@ -46,6 +46,8 @@ pub struct BenchResult {
     pub threads: usize,
     pub runs: usize,
     pub batch: usize,
+    /// The kernels' instruction set ([`crate::quant::kernels::Isa::name`]).
+    pub isa: &'static str,
 }
 
 /// Finance text the benchmark prompt is cut from (repeated as needed).
@@ -125,6 +127,7 @@ pub fn run(model: &Model, cfg: &BenchConfig) -> Result<BenchResult> {
         threads: model.threads(),
         runs: cfg.runs,
         batch: cfg.batch,
+        isa: crate::quant::kernels::Isa::detect().name(),
     })
 }
 

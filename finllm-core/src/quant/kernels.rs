@@ -59,15 +59,21 @@ pub enum Isa {
 
 impl Isa {
     /// The best ISA this CPU supports, unless `FINLLM_FORCE_SCALAR` is set (to test the scalar
-    /// path, or to rule the SIMD kernels out when chasing a numerical question).
+    /// path, or to rule the SIMD kernels out when chasing a numerical question) or
+    /// `FINLLM_MAX_ISA` names a lower level (`avx2`, `neon`: to run, test and measure what an
+    /// AVX2-only server runs on a machine that also has AVX-512).
     pub fn detect() -> Isa {
         static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
         *ISA.get_or_init(|| {
             if std::env::var_os("FINLLM_FORCE_SCALAR").is_some_and(|v| v != "0") {
                 return Isa::Scalar;
             }
+            let cap = std::env::var("FINLLM_MAX_ISA").unwrap_or_default().to_ascii_lowercase();
+            if cap == "scalar" {
+                return Isa::Scalar;
+            }
             #[cfg(target_arch = "x86_64")]
-            if has_avx512() {
+            if has_avx512() && cap != "avx2" {
                 return Isa::Avx512;
             }
             #[cfg(target_arch = "x86_64")]
@@ -75,7 +81,7 @@ impl Isa {
                 return Isa::Avx2;
             }
             #[cfg(target_arch = "aarch64")]
-            if has_dotprod() {
+            if has_dotprod() && cap != "neon" {
                 return Isa::NeonDot;
             }
             #[cfg(target_arch = "aarch64")]
@@ -106,6 +112,17 @@ impl Isa {
             v.push(Isa::NeonDot);
         }
         v
+    }
+
+    /// The level's name, as `FINLLM_MAX_ISA` takes it and the benchmarks report it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
+            Isa::Neon => "neon",
+            Isa::NeonDot => "neon-dotprod",
+        }
     }
 
     /// Whether this level implies AVX2, FMA and F16C (the x86-64 levels), for code outside

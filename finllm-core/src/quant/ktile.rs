@@ -487,26 +487,152 @@ impl std::fmt::Debug for SuperKernels {
 }
 
 /// The tile kernels for `dtype` on `isa`: Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q5_K and Q6_K on AVX-512
-/// VNNI. Other
-/// formats and ISAs use the one-row kernels of [`super::kernels`].
+/// VNNI and on AVX2 (the same packed rows and activation layout). Other formats and ISAs use the
+/// one-row kernels of [`super::kernels`].
 pub fn super_kernels(dtype: QuantType, isa: Isa) -> Option<SuperKernels> {
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512 {
-        let packing = |row_bytes, pack_row| Packing { row_bytes, pack_row };
-        let (tile, packing): (SuperTileFn, _) = match dtype {
-            QuantType::Q4_0 => (avx512::q4_0, packing(q4_1_packed_row_bytes, pack_q4_0_row)),
-            QuantType::Q5_0 => (avx512::q5_0, packing(q5_0_packed_row_bytes, pack_q5_0_row)),
-            QuantType::Q4_1 => (avx512::q4_1, packing(q4_1_packed_row_bytes, pack_q4_1_row)),
-            QuantType::Q8_0 => (avx512::q8_0, packing(q8_0_packed_row_bytes, pack_q8_0_row)),
-            QuantType::Q4K => (avx512::q4_k, packing(q4_k_packed_row_bytes, pack_q4_k_row)),
-            QuantType::Q5K => (avx512::q5_k, packing(q5_k_packed_row_bytes, pack_q5_k_row)),
-            QuantType::Q6K => (avx512::q6_k, packing(q6_k_packed_row_bytes, pack_q6_k_row)),
+    {
+        let tiles: [SuperTileFn; 7] = match isa {
+            Isa::Avx512 => [
+                avx512::q4_0,
+                avx512::q5_0,
+                avx512::q4_1,
+                avx512::q8_0,
+                avx512::q4_k,
+                avx512::q5_k,
+                avx512::q6_k,
+            ],
+            Isa::Avx2 => [
+                avx2::q4_0,
+                avx2::q5_0,
+                avx2::q4_1,
+                avx2::q8_0,
+                avx2::q4_k,
+                avx2::q5_k,
+                avx2::q6_k,
+            ],
             _ => return None,
         };
-        return Some(SuperKernels { tile, packing });
+        let packing = |row_bytes, pack_row| Packing { row_bytes, pack_row };
+        let (tile, packing) = match dtype {
+            QuantType::Q4_0 => (tiles[0], packing(q4_1_packed_row_bytes, pack_q4_0_row)),
+            QuantType::Q5_0 => (tiles[1], packing(q5_0_packed_row_bytes, pack_q5_0_row)),
+            QuantType::Q4_1 => (tiles[2], packing(q4_1_packed_row_bytes, pack_q4_1_row)),
+            QuantType::Q8_0 => (tiles[3], packing(q8_0_packed_row_bytes, pack_q8_0_row)),
+            QuantType::Q4K => (tiles[4], packing(q4_k_packed_row_bytes, pack_q4_k_row)),
+            QuantType::Q5K => (tiles[5], packing(q5_k_packed_row_bytes, pack_q5_k_row)),
+            QuantType::Q6K => (tiles[6], packing(q6_k_packed_row_bytes, pack_q6_k_row)),
+            _ => return None,
+        };
+        Some(SuperKernels { tile, packing })
     }
-    let _ = (dtype, isa);
-    None
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (dtype, isa);
+        None
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+
+#[cfg(target_arch = "x86_64")]
+use x86::*;
+
+/// What the x86 tiles share: the checks of a call, and the walk over its tiles.
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::*;
+
+    /// The formats the 4-bit tiles read (their `KIND` switch).
+    pub(super) const Q4_1: u8 = 0;
+    pub(super) const Q4_0: u8 = 1;
+    pub(super) const Q5_0: u8 = 2;
+
+    /// [`check`], and that every token's groups are whole but the last (of one size for all)
+    /// and the rows are packed (`packed_bytes`) for that many blocks.
+    pub(super) fn check_packed(
+        rows: &[u8],
+        row_bytes: usize,
+        a: &[SuperQ8],
+        out: &[&mut [f32]],
+        packed_bytes: fn(usize) -> usize,
+    ) {
+        let groups = check(rows, row_bytes, a, out);
+        let last = a.get(groups.wrapping_sub(1)).map_or(SUBS, |s| s.blocks);
+        assert!(
+            (1..=SUBS).contains(&last)
+                && a.chunks(groups.max(1)).all(|x| x
+                    .iter()
+                    .enumerate()
+                    .all(|(g, s)| s.blocks == if g + 1 == groups { last } else { SUBS })),
+            "activations in whole groups but the last"
+        );
+        let bytes = packed_bytes(groups.saturating_sub(1) * SUBS + last);
+        assert!(row_bytes == bytes || groups == 0, "packed rows of {bytes} bytes");
+    }
+
+    /// [`check`], and that the rows hold a super-block of `bytes` per group.
+    pub(super) fn check_k(rows: &[u8], row_bytes: usize, a: &[SuperQ8], out: &[&mut [f32]], bytes: usize) {
+        let groups = check(rows, row_bytes, a, out);
+        assert!(row_bytes >= groups * bytes, "rows of {groups} super-blocks");
+    }
+
+    /// Panics unless `rows` is whole rows, `a` holds as many groups for every token and `out`
+    /// one result per row for each; returns the groups per token.
+    pub(super) fn check(rows: &[u8], row_bytes: usize, a: &[SuperQ8], out: &[&mut [f32]]) -> usize {
+        let n = out.len();
+        assert!(row_bytes > 0 && rows.len().is_multiple_of(row_bytes), "whole rows");
+        assert!(n > 0 && a.len().is_multiple_of(n), "as many groups for every token");
+        let nrows = rows.len() / row_bytes;
+        assert!(out.iter().all(|o| o.len() == nrows), "one result per row and token");
+        a.len() / n
+    }
+
+    /// The tiles of a call: tokens in runs of up to eight, outermost, rows `tile_rows` (at most
+    /// [`MAX_TILE_ROWS`]) at a time; a single token goes to `one_token`.
+    #[inline(always)]
+    pub(super) fn drive(
+        rows: &[u8],
+        row_bytes: usize,
+        a: &[SuperQ8],
+        out: &mut [&mut [f32]],
+        tile_rows: usize,
+        tile: impl Fn(&[&[u8]], &[&[SuperQ8]], &mut [f32]),
+        one_token: impl Fn(&[u8], &[SuperQ8], &mut [f32]),
+    ) {
+        let n = out.len();
+        let groups = a.len() / n;
+        let nrows = rows.len() / row_bytes;
+        if groups == 0 {
+            out.iter_mut().for_each(|o| o.fill(0.0));
+            return;
+        }
+        if n == 1 {
+            one_token(rows, a, out[0]);
+            return;
+        }
+        // On AVX-512 two rows by eight tokens: the weights' unpacking (shuffles, scales) is shared
+        // by eight tokens, the activations' by two rows (2x8 measured 10-20% faster than 2x4 on
+        // llama-1b Q4_K/Q5_K prefill; 1x8, 1x12 and 1x16 in between).
+        let mut results = [0f32; MAX_TILE_ROWS * MAX_TILE_TOKENS];
+        for t0 in (0..n).step_by(MAX_TILE_TOKENS) {
+            let tn = MAX_TILE_TOKENS.min(n - t0);
+            let ys: [&[SuperQ8]; MAX_TILE_TOKENS] =
+                std::array::from_fn(|j| &a[(t0 + j.min(tn - 1)) * groups..][..groups]);
+            for i0 in (0..nrows).step_by(tile_rows) {
+                let rn = tile_rows.min(nrows - i0);
+                let ws: [&[u8]; MAX_TILE_ROWS] =
+                    std::array::from_fn(|j| &rows[(i0 + j.min(rn - 1)) * row_bytes..][..row_bytes]);
+                tile(&ws[..rn], &ys[..tn], &mut results[..rn * tn]);
+                for (r, res) in results[..rn * tn].chunks_exact(tn).enumerate() {
+                    for (y, o) in res.iter().zip(&mut out[t0..t0 + tn]) {
+                        o[i0 + r] = *y;
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -557,6 +683,7 @@ mod avx512 {
                 $row_bytes,
                 $a,
                 $out,
+                MAX_TILE_ROWS,
                 |w, y, o| unsafe { by_shape!($imp, $c, w, y, o) },
                 |w, y, o| unsafe { $one(w, $row_bytes, y, o) },
             )
@@ -583,34 +710,6 @@ mod avx512 {
         run!(q4_tile, Q5_0, q5_0_one_token, rows, row_bytes, a, out);
     }
 
-    /// The formats [`q4_tile`] reads.
-    const Q4_1: u8 = 0;
-    const Q4_0: u8 = 1;
-    const Q5_0: u8 = 2;
-
-    /// [`check`], and that every token's groups are whole but the last (of one size for all)
-    /// and the rows are packed (`packed_bytes`) for that many blocks.
-    fn check_packed(
-        rows: &[u8],
-        row_bytes: usize,
-        a: &[SuperQ8],
-        out: &[&mut [f32]],
-        packed_bytes: fn(usize) -> usize,
-    ) {
-        let groups = check(rows, row_bytes, a, out);
-        let last = a.get(groups.wrapping_sub(1)).map_or(SUBS, |s| s.blocks);
-        assert!(
-            (1..=SUBS).contains(&last)
-                && a.chunks(groups.max(1)).all(|x| x
-                    .iter()
-                    .enumerate()
-                    .all(|(g, s)| s.blocks == if g + 1 == groups { last } else { SUBS })),
-            "activations in whole groups but the last"
-        );
-        let bytes = packed_bytes(groups.saturating_sub(1) * SUBS + last);
-        assert!(row_bytes == bytes || groups == 0, "packed rows of {bytes} bytes");
-    }
-
     pub fn q4_k(rows: &[u8], row_bytes: usize, a: &[SuperQ8], out: &mut [&mut [f32]]) {
         check_k(rows, row_bytes, a, out, Q4_K_PACKED_BYTES);
         run!(q4_5_k_tile, false, q4_k_one_token, rows, row_bytes, a, out);
@@ -624,23 +723,6 @@ mod avx512 {
     pub fn q6_k(rows: &[u8], row_bytes: usize, a: &[SuperQ8], out: &mut [&mut [f32]]) {
         check_k(rows, row_bytes, a, out, Q6_K_BYTES);
         run!(q6_k_tile, false, q6_k_one_token, rows, row_bytes, a, out);
-    }
-
-    /// [`check`], and that the rows hold a super-block of `bytes` per group.
-    fn check_k(rows: &[u8], row_bytes: usize, a: &[SuperQ8], out: &[&mut [f32]], bytes: usize) {
-        let groups = check(rows, row_bytes, a, out);
-        assert!(row_bytes >= groups * bytes, "rows of {groups} super-blocks");
-    }
-
-    /// Panics unless `rows` is whole rows, `a` holds as many groups for every token and `out`
-    /// one result per row for each; returns the groups per token.
-    fn check(rows: &[u8], row_bytes: usize, a: &[SuperQ8], out: &[&mut [f32]]) -> usize {
-        let n = out.len();
-        assert!(row_bytes > 0 && rows.len().is_multiple_of(row_bytes), "whole rows");
-        assert!(n > 0 && a.len().is_multiple_of(n), "as many groups for every token");
-        let nrows = rows.len() / row_bytes;
-        assert!(out.iter().all(|o| o.len() == nrows), "one result per row and token");
-        a.len() / n
     }
 
     /// `$name(rows, row_bytes, a, out)`: every row times a single token, one row at a time
@@ -668,51 +750,6 @@ mod avx512 {
     one_token!(q4_k_one_token, q4_5_k_tile, false);
     one_token!(q5_k_one_token, q4_5_k_tile, true);
     one_token!(q6_k_one_token, q6_k_tile, false);
-
-    /// The tiles of a call: tokens in runs of up to eight, outermost, rows two at a time; a
-    /// single token goes to `one_token`.
-    #[inline(always)]
-    fn drive(
-        rows: &[u8],
-        row_bytes: usize,
-        a: &[SuperQ8],
-        out: &mut [&mut [f32]],
-        tile: impl Fn(&[&[u8]], &[&[SuperQ8]], &mut [f32]),
-        one_token: impl Fn(&[u8], &[SuperQ8], &mut [f32]),
-    ) {
-        let n = out.len();
-        let groups = a.len() / n;
-        let nrows = rows.len() / row_bytes;
-        if groups == 0 {
-            out.iter_mut().for_each(|o| o.fill(0.0));
-            return;
-        }
-        if n == 1 {
-            one_token(rows, a, out[0]);
-            return;
-        }
-        // Two rows by eight tokens: the weights' unpacking (shuffles, scales) is shared by eight
-        // tokens, the activations' by two rows (2x8 measured 10-20% faster than 2x4 on llama-1b
-        // Q4_K/Q5_K prefill; 1x8, 1x12 and 1x16 in between).
-        let tile_rows = MAX_TILE_ROWS;
-        let mut results = [0f32; MAX_TILE_ROWS * MAX_TILE_TOKENS];
-        for t0 in (0..n).step_by(MAX_TILE_TOKENS) {
-            let tn = MAX_TILE_TOKENS.min(n - t0);
-            let ys: [&[SuperQ8]; MAX_TILE_TOKENS] =
-                std::array::from_fn(|j| &a[(t0 + j.min(tn - 1)) * groups..][..groups]);
-            for i0 in (0..nrows).step_by(tile_rows) {
-                let rn = tile_rows.min(nrows - i0);
-                let ws: [&[u8]; MAX_TILE_ROWS] =
-                    std::array::from_fn(|j| &rows[(i0 + j.min(rn - 1)) * row_bytes..][..row_bytes]);
-                tile(&ws[..rn], &ys[..tn], &mut results[..rn * tn]);
-                for (r, res) in results[..rn * tn].chunks_exact(tn).enumerate() {
-                    for (y, o) in res.iter().zip(&mut out[t0..t0 + tn]) {
-                        o[i0 + r] = *y;
-                    }
-                }
-            }
-        }
-    }
 
     /// Prefetch the cache lines of the super-block at `b` ahead of use: a lone row streams, so
     /// a fixed distance ahead of it; in a tile of several rows the same block of the tile after

@@ -1,0 +1,517 @@
+//! The tiles on AVX2 with FMA and F16C (no VNNI): the same packed rows and the same activation
+//! layout ([`SuperQ8`]) as the AVX-512 tiles, read as 32-byte halves.
+//!
+//! Each 64-byte vector of the layout is two halves: the low halves of a group's vectors hold the
+//! values of lanes 0..8 (one block per lane, as on AVX-512), the high halves those of lanes
+//! 8..16, so each half chains on its own. `vpmaddubsw` multiplies unsigned weight bytes by
+//! signed activation bytes into 16-bit pair sums; for weights below 32 (the 4- and 5-bit
+//! formats) four of those add up in 16 bits without overflow (4 · 2 · 31 · 128 = 31,744), so a
+//! chain takes one `vpmaddwd` to 32 bits, one conversion and one multiply-add by its lanes'
+//! scales per group, where a block-at-a-time kernel takes those per block. Q6_K's 6-bit values
+//! chain two at a time and take their 8-bit scales in the `vpmaddwd`; Q8_0's signed weights go
+//! through the sign trick and widen per half.
+//!
+//! A tile is one row by up to eight tokens (sixteen registers hold one row's unpacked group and
+//! the eight tokens' accumulators; a second row would not fit). Every result is bit-identical to
+//! the one-row, one-token tile on that row and token: each takes the same operations in the same
+//! order. The integer sums are exact, so the results agree with the scalar references to float
+//! rounding, like the AVX-512 tiles' (with another order of the float additions).
+
+// Indices walk the halves, vectors and tokens in lockstep; iterator adaptors would bring
+// closures, which do not take the target features of the function around them.
+#![allow(clippy::needless_range_loop)]
+
+use super::*;
+use crate::quant::blocks::{Q6_K_BYTES, Q6_K_D_AT, Q6_K_QH_AT, Q6_K_SCALES_AT};
+use std::arch::x86_64::*;
+
+// The safe wrappers are only handed out by `super_kernels` after `Isa::detect` /
+// `Isa::available` confirmed AVX2, FMA and F16C on this CPU.
+
+/// How far ahead of a lone row the weights are prefetched.
+const PREFETCH_DISTANCE: usize = 1024;
+
+/// Calls `$imp::<$c, N>` for the tile's token count (checked first).
+macro_rules! by_tokens {
+    ($imp:ident, $c:expr, $row:expr, $a:expr, $out:expr) => {
+        match $a.len() {
+            1 => $imp::<{ $c }, 1>($row, $a, $out),
+            2 => $imp::<{ $c }, 2>($row, $a, $out),
+            3 => $imp::<{ $c }, 3>($row, $a, $out),
+            4 => $imp::<{ $c }, 4>($row, $a, $out),
+            5 => $imp::<{ $c }, 5>($row, $a, $out),
+            6 => $imp::<{ $c }, 6>($row, $a, $out),
+            7 => $imp::<{ $c }, 7>($row, $a, $out),
+            8 => $imp::<{ $c }, 8>($row, $a, $out),
+            t => unreachable!("tile of {t} tokens passed the check"),
+        }
+    };
+}
+
+/// Every row of a call through `drive`, one row by up to eight tokens at a time by
+/// `$imp::<$c, N>`, a single token by `$one`. SAFETY (of the expansion): only called after the
+/// entry's checks, which bound every load of the tile; the features are present (see above).
+macro_rules! run {
+    ($imp:ident, $c:expr, $one:ident, $rows:expr, $row_bytes:expr, $a:expr, $out:expr) => {
+        drive(
+            $rows,
+            $row_bytes,
+            $a,
+            $out,
+            1,
+            |w, y, o| unsafe { by_tokens!($imp, $c, w[0], y, o) },
+            |w, y, o| unsafe { $one(w, $row_bytes, y, o) },
+        )
+    };
+}
+
+pub fn q8_0(rows: &[u8], row_bytes: usize, a: &[SuperQ8], out: &mut [&mut [f32]]) {
+    check_packed(rows, row_bytes, a, out, q8_0_packed_row_bytes);
+    run!(q8_0_tile, 0, q8_0_one_token, rows, row_bytes, a, out);
+}
+
+pub fn q4_1(rows: &[u8], row_bytes: usize, a: &[SuperQ8], out: &mut [&mut [f32]]) {
+    check_packed(rows, row_bytes, a, out, q4_1_packed_row_bytes);
+    run!(q4_tile, Q4_1, q4_1_one_token, rows, row_bytes, a, out);
+}
+
+pub fn q4_0(rows: &[u8], row_bytes: usize, a: &[SuperQ8], out: &mut [&mut [f32]]) {
+    check_packed(rows, row_bytes, a, out, q4_1_packed_row_bytes);
+    run!(q4_tile, Q4_0, q4_0_one_token, rows, row_bytes, a, out);
+}
+
+pub fn q5_0(rows: &[u8], row_bytes: usize, a: &[SuperQ8], out: &mut [&mut [f32]]) {
+    check_packed(rows, row_bytes, a, out, q5_0_packed_row_bytes);
+    run!(q4_tile, Q5_0, q5_0_one_token, rows, row_bytes, a, out);
+}
+
+pub fn q4_k(rows: &[u8], row_bytes: usize, a: &[SuperQ8], out: &mut [&mut [f32]]) {
+    check_k(rows, row_bytes, a, out, Q4_K_PACKED_BYTES);
+    run!(q4_5_k_tile, false, q4_k_one_token, rows, row_bytes, a, out);
+}
+
+pub fn q5_k(rows: &[u8], row_bytes: usize, a: &[SuperQ8], out: &mut [&mut [f32]]) {
+    check_k(rows, row_bytes, a, out, Q5_K_PACKED_BYTES);
+    run!(q4_5_k_tile, true, q5_k_one_token, rows, row_bytes, a, out);
+}
+
+pub fn q6_k(rows: &[u8], row_bytes: usize, a: &[SuperQ8], out: &mut [&mut [f32]]) {
+    check_k(rows, row_bytes, a, out, Q6_K_BYTES);
+    run!(q6_k_tile, false, q6_k_one_token, rows, row_bytes, a, out);
+}
+
+/// `$name(rows, row_bytes, a, out)`: every row times a single token, one row at a time, by the
+/// format's one-token tile `$imp`, inlined into the loop.
+macro_rules! one_token {
+    ($name:ident, $imp:ident, $c:expr) => {
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn $name(rows: &[u8], row_bytes: usize, a: &[SuperQ8], out: &mut [f32]) {
+            for (o, row) in out.iter_mut().zip(rows.chunks_exact(row_bytes)) {
+                let mut y = [0f32];
+                // SAFETY: as for the tile's caller: the rows and activations were checked.
+                unsafe { $imp::<{ $c }, 1>(row, &[a], &mut y) };
+                *o = y[0];
+            }
+        }
+    };
+}
+
+one_token!(q8_0_one_token, q8_0_tile, 0);
+one_token!(q4_1_one_token, q4_tile, Q4_1);
+one_token!(q4_0_one_token, q4_tile, Q4_0);
+one_token!(q5_0_one_token, q4_tile, Q5_0);
+one_token!(q4_k_one_token, q4_5_k_tile, false);
+one_token!(q5_k_one_token, q4_5_k_tile, true);
+one_token!(q6_k_one_token, q6_k_tile, false);
+
+/// Prefetch `bytes` at `b` ahead of use: a lone token streams the rows, so a fixed distance
+/// ahead; a tile of several tokens the same place in the next row.
+#[inline(always)]
+unsafe fn ahead<const N: usize>(b: *const u8, bytes: usize, row_len: usize) {
+    let skip = if N == 1 { PREFETCH_DISTANCE } else { row_len };
+    for off in (0..bytes).step_by(64) {
+        // Prefetching never faults, even past the end of the mapping.
+        _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(skip + off).cast());
+    }
+}
+
+/// An f16 at `p` (unaligned) as f32.
+#[inline(always)]
+unsafe fn f16(p: *const u8) -> f32 {
+    // SAFETY: the caller guarantees 2 readable bytes at p.
+    let bits = unsafe { p.cast::<u16>().read_unaligned() };
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
+}
+
+/// Half `h` of vector `v` (0..4) of a group's activations.
+#[inline(always)]
+unsafe fn act(y: &SuperQ8, v: usize, h: usize) -> __m256i {
+    // SAFETY: qs holds 256 bytes, 64-byte aligned (`repr(align(64))`).
+    unsafe { _mm256_load_si256(y.qs.as_ptr().add(64 * v + 32 * h).cast()) }
+}
+
+/// Lanes `8 h..8 h + 8` of sixteen per-lane values.
+#[inline(always)]
+unsafe fn half_f32(x: &[f32; LANES], h: usize) -> __m256 {
+    // SAFETY: x holds sixteen f32.
+    unsafe { _mm256_loadu_ps(x.as_ptr().add(8 * h)) }
+}
+
+/// Lanes `8 h..8 h + 8` of sixteen per-lane integers.
+#[inline(always)]
+unsafe fn half_i32(x: &[i32; LANES], h: usize) -> __m256i {
+    // SAFETY: x holds sixteen i32.
+    unsafe { _mm256_loadu_si256(x.as_ptr().add(8 * h).cast()) }
+}
+
+/// The sum of the eight lanes, in a fixed order.
+#[inline(always)]
+unsafe fn sum_lanes(x: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps::<1>(x));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+}
+
+/// The low and high nibbles of every byte of `x`.
+#[inline(always)]
+unsafe fn nibbles(x: __m256i) -> (__m256i, __m256i) {
+    let m4 = _mm256_set1_epi8(0x0f);
+    (_mm256_and_si256(x, m4), _mm256_and_si256(_mm256_srli_epi16::<4>(x), m4))
+}
+
+/// The 4-bit values of a group of `V` vectors at `b`, kept as `nibble_at` says for a group
+/// `2 V` blocks wide, as `[half][vector]`. (No closures here or in the tiles: a closure does
+/// not take the features of the function around it, and its intrinsics would become calls.)
+#[inline(always)]
+unsafe fn q4_values<const V: usize>(b: *const u8) -> [[__m256i; V]; 2] {
+    let mut w = [[_mm256_setzero_si256(); V]; 2];
+    // SAFETY: the caller guarantees the group's 32 V bytes of values at b.
+    let (l0, h0) = nibbles(unsafe { _mm256_loadu_si256(b.cast()) });
+    if V == 1 {
+        // Positions 0..32 in the low nibbles, 32..64 in the high ones.
+        (w[0][0], w[1][0]) = (l0, h0);
+        return w;
+    }
+    let (l1, h1) = nibbles(unsafe { _mm256_loadu_si256(b.add(32).cast()) });
+    if V == 2 {
+        // Vector 0 in the low nibbles of the 64 bytes, vector 1 in the high ones.
+        (w[0][0], w[1][0], w[0][1], w[1][1]) = (l0, l1, h0, h1);
+        return w;
+    }
+    // Bytes 0..64 hold vectors 0 (low nibbles) and 2 (high), bytes 64..128 vectors 1 and 3.
+    let (l2, h2) = nibbles(unsafe { _mm256_loadu_si256(b.add(64).cast()) });
+    let (l3, h3) = nibbles(unsafe { _mm256_loadu_si256(b.add(96).cast()) });
+    (w[0][0], w[1][0], w[0][1], w[1][1]) = (l0, l1, l2, l3);
+    (w[0][2], w[1][2], w[0][3], w[1][3]) = (h0, h1, h2, h3);
+    w
+}
+
+/// 16 in every byte `k` whose bit `k` of `bits` is set, 0 in the others.
+#[inline(always)]
+unsafe fn sixteen_where(bits: u32) -> __m256i {
+    // Byte k takes byte k / 8 of the bits (each 128-bit lane has all four), then its own bit.
+    let spread = _mm256_shuffle_epi8(
+        _mm256_set1_epi32(bits as i32),
+        _mm256_set_epi64x(0x0303_0303_0303_0303, 0x0202_0202_0202_0202, 0x0101_0101_0101_0101, 0),
+    );
+    let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201_u64 as i64);
+    let set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
+    _mm256_and_si256(set, _mm256_set1_epi8(16))
+}
+
+/// Adds 16 to the values whose fifth bit is set: one 64-bit mask per vector at `masks`, bit `i`
+/// for byte `i` of the vector (the low 32 bits the first half's).
+#[inline(always)]
+unsafe fn add_fifth_bits<const V: usize>(w: &mut [[__m256i; V]; 2], masks: *const u8) {
+    for v in 0..V {
+        // SAFETY: the caller guarantees V masks at `masks`.
+        let m = unsafe { masks.add(8 * v).cast::<u64>().read_unaligned() };
+        w[0][v] = _mm256_add_epi8(w[0][v], sixteen_where(m as u32));
+        w[1][v] = _mm256_add_epi8(w[1][v], sixteen_where((m >> 32) as u32));
+    }
+}
+
+/// Eight per-block f32 values spread to the lanes of half `h`: lane `l` takes block
+/// `(8 h + l) / per` (`per` lanes a block: 2 in a whole group, 4 or 8 in a short one).
+#[inline(always)]
+unsafe fn spread(x: __m256, per: usize, h: usize) -> __m256 {
+    let idx = match (per, h) {
+        (2, 0) => _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3),
+        (2, _) => _mm256_setr_epi32(4, 4, 5, 5, 6, 6, 7, 7),
+        (4, 0) => _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1),
+        (4, _) => _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3),
+        (_, 0) => _mm256_setzero_si256(),
+        _ => _mm256_set1_epi32(1),
+    };
+    _mm256_permutevar8x32_ps(x, idx)
+}
+
+/// Eight per-sub-block bytes, each in two adjacent lanes, times `d`: half `h` of the sixteen.
+#[inline(always)]
+unsafe fn spread_times(d: f32, v: [u8; SUBS], h: usize) -> __m256 {
+    let x = _mm_cvtsi64_si128(i64::from_le_bytes(v));
+    let pairs = _mm_unpacklo_epi8(x, x);
+    let part = if h == 0 { pairs } else { _mm_srli_si128::<8>(pairs) };
+    _mm256_mul_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(part)))
+}
+
+/// The integer dot of chain `h`: the `V` halves' pair sums added in 16 bits (exact for weights
+/// below 32), then widened to the eight lanes.
+#[inline(always)]
+unsafe fn chain<const V: usize>(w: &[__m256i; V], y: &SuperQ8, h: usize) -> __m256i {
+    let mut sum = _mm256_maddubs_epi16(w[0], act(y, 0, h));
+    for v in 1..V {
+        sum = _mm256_add_epi16(sum, _mm256_maddubs_epi16(w[v], act(y, v, h)));
+    }
+    _mm256_madd_epi16(sum, _mm256_set1_epi16(1))
+}
+
+/// The body of a packed format's tile (one row by `N` tokens): every whole group by
+/// `$group::<4, N>`, then the last at its width (4, 2 or 1 vectors), then each result's lanes
+/// summed. `$value_bytes`: bytes of values per block in the packed row.
+macro_rules! packed_groups {
+    ($group:ident $(:: <$kind:ident>)?, $value_bytes:expr, $row:expr, $a:expr, $out:expr) => {{
+        let groups = $a[0].len();
+        let width = group_width($a[0][groups - 1].blocks);
+        let scales_at = ((groups - 1) * SUBS + width) * $value_bytes;
+        let mut acc = [_mm256_setzero_ps(); N];
+        // SAFETY (all four calls): the wrapper checked the rows' packed length.
+        for g in 0..groups - 1 {
+            unsafe { $group::<4, N $(, $kind)?>($row, $a, g, scales_at, &mut acc) };
+        }
+        let last = groups - 1;
+        match width {
+            SUBS => unsafe { $group::<4, N $(, $kind)?>($row, $a, last, scales_at, &mut acc) },
+            4 => unsafe { $group::<2, N $(, $kind)?>($row, $a, last, scales_at, &mut acc) },
+            _ => unsafe { $group::<1, N $(, $kind)?>($row, $a, last, scales_at, &mut acc) },
+        }
+        for t in 0..N {
+            $out[t] = sum_lanes(acc[t]);
+        }
+    }};
+}
+
+/// Q4_1, Q4_0 and Q5_0 (`KIND`), one row by `N` tokens, on rows packed by [`pack_q4_1_row`],
+/// [`pack_q4_0_row`] and [`pack_q5_0_row`]: as the AVX-512 tile, each chain scaled once by
+/// `d_w·d_y` per lane, Q4_1's minimum term `m · s` per lane, Q4_0's and Q5_0's dots started at
+/// `−8 Σ y` and `−16 Σ y`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4_tile<const KIND: u8, const N: usize>(row: &[u8], a: &[&[SuperQ8]], out: &mut [f32]) {
+    packed_groups!(q4_group::<KIND>, QK / 2, row, a, out);
+}
+
+/// Group `g` of a [`q4_tile`]: `32 V` bytes of values at `g · 128`, the scales (and minima, or
+/// fifth bits) at `scales_at` plus the group's tail.
+#[inline(always)]
+unsafe fn q4_group<const V: usize, const N: usize, const KIND: u8>(
+    row: &[u8],
+    a: &[&[SuperQ8]],
+    g: usize,
+    scales_at: usize,
+    acc: &mut [__m256; N],
+) {
+    let b = row.as_ptr();
+    let at = g * SUBS * QK / 2;
+    ahead::<N>(b.wrapping_add(at), 32 * V, row.len());
+    // SAFETY (loads): the caller guarantees the group's values and scales inside the row.
+    let mut w = unsafe { q4_values::<V>(b.add(at)) };
+    let tail = if KIND == Q5_0 { Q5_0_GROUP_TAIL } else { 32 };
+    let scales = b.wrapping_add(scales_at + tail * g);
+    if KIND == Q5_0 {
+        unsafe { add_fifth_bits(&mut w, scales.add(16)) };
+    }
+    let per = SUBS / V;
+    let d8 = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(scales.cast()) });
+    let m8 = if KIND == Q4_1 {
+        _mm256_cvtph_ps(unsafe { _mm_loadu_si128(scales.add(16).cast()) })
+    } else {
+        _mm256_setzero_ps()
+    };
+    for h in 0..2 {
+        let (wd, wm) = (spread(d8, per, h), spread(m8, per, h));
+        for (t, acc) in acc.iter_mut().enumerate() {
+            let y = &a[t][g];
+            let mut dot = chain(&w[h], y, h);
+            // −8 Σ y (Q4_0) or −16 Σ y (Q5_0) per lane, exact: Q8_0's start is −128 Σ y.
+            match KIND {
+                Q4_0 => dot = _mm256_add_epi32(dot, _mm256_srai_epi32::<4>(half_i32(&y.q8_start, h))),
+                Q5_0 => dot = _mm256_add_epi32(dot, _mm256_srai_epi32::<3>(half_i32(&y.q8_start, h))),
+                _ => {}
+            }
+            let scale = _mm256_mul_ps(wd, half_f32(&y.d, h));
+            *acc = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(dot), *acc);
+            if KIND == Q4_1 {
+                *acc = _mm256_fmadd_ps(wm, half_f32(&y.s, h), *acc);
+            }
+        }
+    }
+}
+
+/// Q8_0, one row by `N` tokens, on rows packed by [`pack_q8_0_row`] (values `w + 128`): the
+/// values are flipped back to signed once per row; per token `|w| · sign(y, w)` in pair sums,
+/// widened per half (8-bit products overflow 16 bits two halves at a time), then scaled once by
+/// `d_w·d_y` per lane.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q8_0_tile<const _UNUSED: u8, const N: usize>(row: &[u8], a: &[&[SuperQ8]], out: &mut [f32]) {
+    packed_groups!(q8_0_group, QK, row, a, out);
+}
+
+/// Group `g` of a [`q8_0_tile`]: `V` vectors of values at `g · 256`, eight f16 scales at
+/// `scales_at + 16 g`.
+#[inline(always)]
+unsafe fn q8_0_group<const V: usize, const N: usize>(
+    row: &[u8],
+    a: &[&[SuperQ8]],
+    g: usize,
+    scales_at: usize,
+    acc: &mut [__m256; N],
+) {
+    let b = row.as_ptr();
+    ahead::<N>(b.wrapping_add(g * QK_K), 64 * V, row.len());
+    let flip = _mm256_set1_epi8(-128);
+    let mut w = [[_mm256_setzero_si256(); V]; 2];
+    let mut aw = w;
+    for h in 0..2 {
+        for v in 0..V {
+            // SAFETY: the caller guarantees the group's values and scales inside the row.
+            let x = unsafe { _mm256_loadu_si256(b.add(g * QK_K + 64 * v + 32 * h).cast()) };
+            w[h][v] = _mm256_xor_si256(x, flip);
+            aw[h][v] = _mm256_sign_epi8(w[h][v], w[h][v]);
+        }
+    }
+    let d8 = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(b.add(scales_at + 16 * g).cast()) });
+    let ones = _mm256_set1_epi16(1);
+    for h in 0..2 {
+        let wd = spread(d8, SUBS / V, h);
+        for (t, acc) in acc.iter_mut().enumerate() {
+            let y = &a[t][g];
+            let mut dot = _mm256_setzero_si256();
+            for v in 0..V {
+                let p = _mm256_maddubs_epi16(aw[h][v], _mm256_sign_epi8(act(y, v, h), w[h][v]));
+                dot = _mm256_add_epi32(dot, _mm256_madd_epi16(p, ones));
+            }
+            let scale = _mm256_mul_ps(wd, half_f32(&y.d, h));
+            *acc = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(dot), *acc);
+        }
+    }
+}
+
+/// Q4_K (`HIGH = false`) and Q5_K (`HIGH = true`), one row by `N` tokens, on rows packed by
+/// [`pack_q4_k_row`] / [`pack_q5_k_row`]: `Σ_j d·sc_j·dy_j·(q·y)_j − dmin·m_j·dy_j·Σy_j`, each
+/// chain's four pair sums added in 16 bits.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4_5_k_tile<const HIGH: bool, const N: usize>(row: &[u8], a: &[&[SuperQ8]], out: &mut [f32]) {
+    let (bytes, tail) = if HIGH {
+        (Q5_K_PACKED_BYTES, Q5_K_PACKED_HIGH_AT + 32)
+    } else {
+        (Q4_K_PACKED_BYTES, 128)
+    };
+    let mut acc = [_mm256_setzero_ps(); N];
+    for i in 0..a[0].len() {
+        // SAFETY (this block): the wrapper checked that the row holds a packed super-block per
+        // group, `bytes` long.
+        let b = unsafe { row.as_ptr().add(i * bytes) };
+        ahead::<N>(b, bytes, row.len());
+        let mut w = unsafe { q4_values::<4>(b) };
+        if HIGH {
+            unsafe { add_fifth_bits(&mut w, b.add(Q5_K_PACKED_HIGH_AT)) };
+        }
+        let (s8, m8, d, dmin) = unsafe {
+            (
+                b.add(tail).cast::<[u8; SUBS]>().read_unaligned(),
+                b.add(tail + SUBS).cast::<[u8; SUBS]>().read_unaligned(),
+                f16(b.add(tail + 2 * SUBS)),
+                f16(b.add(tail + 2 * SUBS + 2)),
+            )
+        };
+        for h in 0..2 {
+            let sc = spread_times(d, s8, h);
+            // Half in each of the sub-block's two lanes (exact: a power of two).
+            let mins = spread_times(dmin * 0.5, m8, h);
+            for (t, acc) in acc.iter_mut().enumerate() {
+                let y = &a[t][i];
+                let dot = chain(&w[h], y, h);
+                let scale = _mm256_mul_ps(sc, half_f32(&y.d, h));
+                *acc = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(dot), *acc);
+                *acc = _mm256_fnmadd_ps(mins, half_f32(&y.ds, h), *acc);
+            }
+        }
+    }
+    for t in 0..N {
+        out[t] = sum_lanes(acc[t]);
+    }
+}
+
+/// Q6_K, one row by `N` tokens, on rows packed by [`pack_q6_k_row`]: per half, the first
+/// 16-value group of each sub-block (vectors 0 and 1) and the second (2 and 3) chain two pair
+/// sums each in 16 bits (6-bit values: 2 · 2 · 63 · 128 < 2^15) and take their i8 scales in the
+/// widening `vpmaddwd`; the −32 enters as `sc · (−32 Σ y)` per lane, `d · dy` once per lane.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q6_k_tile<const _UNUSED: bool, const N: usize>(row: &[u8], a: &[&[SuperQ8]], out: &mut [f32]) {
+    let mut acc = [_mm256_setzero_ps(); N];
+    let m30 = _mm256_set1_epi8(0x30);
+    for i in 0..a[0].len() {
+        let blk = &row[i * Q6_K_BYTES..(i + 1) * Q6_K_BYTES];
+        let b = blk.as_ptr();
+        ahead::<N>(b, Q6_K_BYTES, row.len());
+        // SAFETY (loads): blk holds a whole super-block.
+        let d = _mm256_set1_ps(unsafe { f16(b.add(Q6_K_D_AT)) });
+        let low = unsafe { q4_values::<4>(b) };
+        let scales = unsafe { _mm_loadu_si128(b.add(Q6_K_SCALES_AT).cast()) };
+        for h in 0..2 {
+            // Bits 2v, 2v + 1 of the high bytes of tile positions 64 v + 32 h.. moved to bits 4
+            // and 5 (the mask drops what the 16-bit shifts carry in from neighbouring bytes).
+            let hb = unsafe { _mm256_loadu_si256(b.add(Q6_K_QH_AT + 32 * h).cast()) };
+            let high = [
+                _mm256_slli_epi16::<4>(hb),
+                _mm256_slli_epi16::<2>(hb),
+                hb,
+                _mm256_srli_epi16::<2>(hb),
+            ];
+            let mut q = [_mm256_setzero_si256(); 4];
+            for v in 0..4 {
+                q[v] = _mm256_or_si256(low[h][v], _mm256_and_si256(high[v], m30));
+            }
+            // 16-bit lane k of the half belongs to sub-block 4 h + k / 4, whose first group's
+            // scale is byte 2 (4 h + k / 4), its second's the byte after.
+            let (first_at, second_at) = if h == 0 {
+                (
+                    _mm_setr_epi8(0, 0, 0, 0, 2, 2, 2, 2, 4, 4, 4, 4, 6, 6, 6, 6),
+                    _mm_setr_epi8(1, 1, 1, 1, 3, 3, 3, 3, 5, 5, 5, 5, 7, 7, 7, 7),
+                )
+            } else {
+                (
+                    _mm_setr_epi8(8, 8, 8, 8, 10, 10, 10, 10, 12, 12, 12, 12, 14, 14, 14, 14),
+                    _mm_setr_epi8(9, 9, 9, 9, 11, 11, 11, 11, 13, 13, 13, 13, 15, 15, 15, 15),
+                )
+            };
+            let first = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, first_at));
+            let second = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, second_at));
+            // Lane l (lane 8 h + l of sixteen) holds the −32 Σ y of the group whose scale is
+            // byte 8 h + l (the first group's in even lanes, the second's in odd ones).
+            let start_scale = _mm256_cvtepi8_epi32(if h == 0 { scales } else { _mm_srli_si128::<8>(scales) });
+            for (t, acc) in acc.iter_mut().enumerate() {
+                let y = &a[t][i];
+                let p0 = _mm256_maddubs_epi16(q[0], act(y, 0, h));
+                let p1 = _mm256_maddubs_epi16(q[1], act(y, 1, h));
+                let p2 = _mm256_maddubs_epi16(q[2], act(y, 2, h));
+                let p3 = _mm256_maddubs_epi16(q[3], act(y, 3, h));
+                let sums = _mm256_add_epi32(
+                    _mm256_madd_epi16(_mm256_add_epi16(p0, p1), first),
+                    _mm256_madd_epi16(_mm256_add_epi16(p2, p3), second),
+                );
+                let start = _mm256_add_epi32(half_i32(&y.q6_start[0], h), half_i32(&y.q6_start[1], h));
+                let sum = _mm256_add_epi32(sums, _mm256_mullo_epi32(start, start_scale));
+                let scale = _mm256_mul_ps(d, half_f32(&y.d, h));
+                *acc = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sum), *acc);
+            }
+        }
+    }
+    for t in 0..N {
+        out[t] = sum_lanes(acc[t]);
+    }
+}
