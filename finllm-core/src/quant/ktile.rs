@@ -307,27 +307,60 @@ const Q5_0_GROUP_TAIL: usize = 48;
 /// mask bit is set and starts each lane's dot at `−16 Σ y`, so the integer dot is
 /// `Σ (q − 16) y` exactly, as llama.cpp computes it. `out` holds [`q5_0_packed_row_bytes`].
 pub fn pack_q5_0_row(row: &[u8], out: &mut [u8]) {
-    use super::blocks::Q5_0_BYTES;
-    let blocks = row.len() / Q5_0_BYTES;
-    let layout = PackedRow::new(blocks, QK / 2, Q5_0_GROUP_TAIL);
+    pack_q5_row(row, out, false);
+}
+
+/// Bytes of a Q5_1 row of `blocks` blocks in the tile layout ([`pack_q5_1_row`]).
+pub fn q5_1_packed_row_bytes(blocks: usize) -> usize {
+    PackedRow::new(blocks, QK / 2, Q5_1_GROUP_TAIL).bytes
+}
+
+/// Bytes after each group's values in a packed Q5_1 row: eight f16 scales, eight f16 minima,
+/// then four 64-bit masks of fifth bits.
+const Q5_1_GROUP_TAIL: usize = 64;
+
+/// A Q5_1 row (`blocks` 24-byte blocks) in the tile layout: as [`pack_q5_0_row`], with the
+/// eight f16 minima `m` between a group's scales and its masks. The tile adds 16 where a mask
+/// bit is set (values `q` in 0..32, no offset) and the minimum term `m · s` as Q4_1's. `out`
+/// holds [`q5_1_packed_row_bytes`].
+pub fn pack_q5_1_row(row: &[u8], out: &mut [u8]) {
+    pack_q5_row(row, out, true);
+}
+
+/// Q5_0 (`minima` false) or Q5_1 rows in the tile layout.
+fn pack_q5_row(row: &[u8], out: &mut [u8], minima: bool) {
+    use super::blocks::{Q5_0_BYTES, Q5_1_BYTES};
+    let (bytes, group_tail, name) = if minima {
+        (Q5_1_BYTES, Q5_1_GROUP_TAIL, "Q5_1")
+    } else {
+        (Q5_0_BYTES, Q5_0_GROUP_TAIL, "Q5_0")
+    };
+    // What precedes a block's fifth bits: d (and m).
+    let head = bytes - 4 - QK / 2;
+    let blocks = row.len() / bytes;
+    let layout = PackedRow::new(blocks, QK / 2, group_tail);
     assert!(
-        row.len() == blocks * Q5_0_BYTES && out.len() == layout.bytes,
-        "a Q5_0 row of whole blocks and room for its packed layout"
+        row.len() == blocks * bytes && out.len() == layout.bytes,
+        "a {name} row of whole blocks and room for its packed layout"
     );
     out.fill(0);
-    for (g, group) in row.chunks(SUBS * Q5_0_BYTES).enumerate() {
+    for (g, group) in row.chunks(SUBS * bytes).enumerate() {
         let width = layout.width(g);
-        let tail = layout.scales_at + Q5_0_GROUP_TAIL * g;
+        let tail = layout.scales_at + group_tail * g;
         let mut masks = [0u64; 4];
-        for (j, block) in group.chunks_exact(Q5_0_BYTES).enumerate() {
-            let high = u32::from_le_bytes([block[2], block[3], block[4], block[5]]);
-            place_nibbles(out, g, width, j, &block[6..], |e, p| {
+        for (j, block) in group.chunks_exact(bytes).enumerate() {
+            let high = u32::from_le_bytes(block[head..head + 4].try_into().expect("four bytes"));
+            place_nibbles(out, g, width, j, &block[head + 4..], |e, p| {
                 masks[p / 64] |= u64::from((high >> e) & 1) << (p % 64);
             });
             out[tail + 2 * j..][..2].copy_from_slice(&block[..2]);
+            if minima {
+                out[tail + 16 + 2 * j..][..2].copy_from_slice(&block[2..4]);
+            }
         }
+        let masks_at = tail + group_tail - 32;
         for (v, m) in masks.iter().enumerate() {
-            out[tail + 16 + 8 * v..][..8].copy_from_slice(&m.to_le_bytes());
+            out[masks_at + 8 * v..][..8].copy_from_slice(&m.to_le_bytes());
         }
     }
 }
@@ -486,13 +519,13 @@ impl std::fmt::Debug for SuperKernels {
     }
 }
 
-/// The tile kernels for `dtype` on `isa`: Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q5_K and Q6_K on AVX-512
+/// The tile kernels for `dtype` on `isa`: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K and Q6_K on AVX-512
 /// VNNI and on AVX2 (the same packed rows and activation layout). Other formats and ISAs use the
 /// one-row kernels of [`super::kernels`].
 pub fn super_kernels(dtype: QuantType, isa: Isa) -> Option<SuperKernels> {
     #[cfg(target_arch = "x86_64")]
     {
-        let tiles: [SuperTileFn; 7] = match isa {
+        let tiles: [SuperTileFn; 8] = match isa {
             Isa::Avx512 => [
                 avx512::q4_0,
                 avx512::q5_0,
@@ -501,6 +534,7 @@ pub fn super_kernels(dtype: QuantType, isa: Isa) -> Option<SuperKernels> {
                 avx512::q4_k,
                 avx512::q5_k,
                 avx512::q6_k,
+                avx512::q5_1,
             ],
             Isa::Avx2 => [
                 avx2::q4_0,
@@ -510,6 +544,7 @@ pub fn super_kernels(dtype: QuantType, isa: Isa) -> Option<SuperKernels> {
                 avx2::q4_k,
                 avx2::q5_k,
                 avx2::q6_k,
+                avx2::q5_1,
             ],
             _ => return None,
         };
@@ -517,6 +552,7 @@ pub fn super_kernels(dtype: QuantType, isa: Isa) -> Option<SuperKernels> {
         let (tile, packing) = match dtype {
             QuantType::Q4_0 => (tiles[0], packing(q4_1_packed_row_bytes, pack_q4_0_row)),
             QuantType::Q5_0 => (tiles[1], packing(q5_0_packed_row_bytes, pack_q5_0_row)),
+            QuantType::Q5_1 => (tiles[7], packing(q5_1_packed_row_bytes, pack_q5_1_row)),
             QuantType::Q4_1 => (tiles[2], packing(q4_1_packed_row_bytes, pack_q4_1_row)),
             QuantType::Q8_0 => (tiles[3], packing(q8_0_packed_row_bytes, pack_q8_0_row)),
             QuantType::Q4K => (tiles[4], packing(q4_k_packed_row_bytes, pack_q4_k_row)),
@@ -548,6 +584,26 @@ mod x86 {
     pub(super) const Q4_1: u8 = 0;
     pub(super) const Q4_0: u8 = 1;
     pub(super) const Q5_0: u8 = 2;
+    pub(super) const Q5_1: u8 = 3;
+
+    /// Bytes after each group's values in a packed row of the 4-bit tiles' format `kind`.
+    pub(super) const fn group_tail(kind: u8) -> usize {
+        match kind {
+            Q5_0 => Q5_0_GROUP_TAIL,
+            Q5_1 => Q5_1_GROUP_TAIL,
+            _ => 32,
+        }
+    }
+
+    /// Whether format `kind` has fifth bits (their masks are the group tail's last 32 bytes).
+    pub(super) const fn has_fifth_bits(kind: u8) -> bool {
+        matches!(kind, Q5_0 | Q5_1)
+    }
+
+    /// Whether format `kind` has minima (eight f16 after the group's scales).
+    pub(super) const fn has_minima(kind: u8) -> bool {
+        matches!(kind, Q4_1 | Q5_1)
+    }
 
     /// [`check`], and that every token's groups are whole but the last (of one size for all)
     /// and the rows are packed (`packed_bytes`) for that many blocks.
@@ -710,6 +766,11 @@ mod avx512 {
         run!(q4_tile, Q5_0, q5_0_one_token, rows, row_bytes, a, out);
     }
 
+    pub fn q5_1(rows: &[u8], row_bytes: usize, a: &[SuperQ8], out: &mut [&mut [f32]]) {
+        check_packed(rows, row_bytes, a, out, q5_1_packed_row_bytes);
+        run!(q4_tile, Q5_1, q5_1_one_token, rows, row_bytes, a, out);
+    }
+
     pub fn q4_k(rows: &[u8], row_bytes: usize, a: &[SuperQ8], out: &mut [&mut [f32]]) {
         check_k(rows, row_bytes, a, out, Q4_K_PACKED_BYTES);
         run!(q4_5_k_tile, false, q4_k_one_token, rows, row_bytes, a, out);
@@ -747,6 +808,7 @@ mod avx512 {
     one_token!(q4_1_one_token, q4_tile, Q4_1);
     one_token!(q4_0_one_token, q4_tile, Q4_0);
     one_token!(q5_0_one_token, q4_tile, Q5_0);
+    one_token!(q5_1_one_token, q4_tile, Q5_1);
     one_token!(q4_k_one_token, q4_5_k_tile, false);
     one_token!(q5_k_one_token, q4_5_k_tile, true);
     one_token!(q6_k_one_token, q6_k_tile, false);
@@ -973,6 +1035,8 @@ mod avx512 {
     /// `−8 Σ y` (Q8_0's chain start over 16, exact), so it is `Σ (q − 8) y` in integers.
     /// `KIND` [`Q5_0`]: rows packed by [`pack_q5_0_row`]; 16 is added where a fifth bit is set
     /// and the dots start at `−16 Σ y`: `Σ (q − 16) y`.
+    /// `KIND` [`Q5_1`]: rows packed by [`pack_q5_1_row`]; the fifth bits as Q5_0's, the dots
+    /// start at zero and the minimum term is Q4_1's.
     unsafe fn q4_tile<const KIND: u8, const R: usize, const N: usize>(
         rows: &[&[u8]],
         a: &[&[SuperQ8]],
@@ -1054,17 +1118,17 @@ mod avx512 {
                     w[r][0] = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
                 }
             }
-            let tail = if KIND == Q5_0 { Q5_0_GROUP_TAIL } else { 32 };
+            let tail = group_tail(KIND);
             let scales = b.wrapping_add(scales_at + tail * g);
-            if KIND == Q5_0 {
+            if has_fifth_bits(KIND) {
                 for v in 0..V {
-                    let set = unsafe { scales.add(16 + 8 * v).cast::<u64>().read_unaligned() };
+                    let set = unsafe { scales.add(tail - 32 + 8 * v).cast::<u64>().read_unaligned() };
                     w[r][v] = _mm512_mask_add_epi8(w[r][v], set, w[r][v], _mm512_set1_epi8(16));
                 }
             }
             let d8 = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(scales.cast()) });
             wd[r] = _mm512_permutexvar_ps(lane_blocks, _mm512_castps256_ps512(d8));
-            if KIND == Q4_1 {
+            if has_minima(KIND) {
                 let m8 = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(scales.add(16).cast()) });
                 wm[r] = _mm512_permutexvar_ps(lane_blocks, _mm512_castps256_ps512(m8));
             }
@@ -1089,7 +1153,7 @@ mod avx512 {
                 }
                 let scale = _mm512_mul_ps(wd[r], yd);
                 acc[r][t] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(dot), acc[r][t]);
-                if KIND == Q4_1 {
+                if has_minima(KIND) {
                     acc[r][t] = _mm512_fmadd_ps(wm[r], ys_, acc[r][t]);
                 }
             }
@@ -1202,9 +1266,10 @@ mod tests {
     use crate::quant::kernels::{dot_fn, Isa};
     use crate::util::Rng;
 
-    const FORMATS: [QuantType; 7] = [
+    const FORMATS: [QuantType; 8] = [
         QuantType::Q4_0,
         QuantType::Q5_0,
+        QuantType::Q5_1,
         QuantType::Q4_1,
         QuantType::Q8_0,
         QuantType::Q4K,
@@ -1229,13 +1294,15 @@ mod tests {
         c
     }
 
-    /// How far Q4_1's minimum term may be from the oracle's: each block's `m · s`, with `s`
+    /// How far Q4_1's and Q5_1's minimum term may be from the oracle's: each block's `m · s`, with `s`
     /// rounded through f16 (relative error at most 2^-11). Zero for the other formats.
     fn s_rounding(dtype: QuantType, row: &[u8], a: &[BlockQ8]) -> f64 {
-        if dtype != QuantType::Q4_1 {
-            return 0.0;
-        }
-        row.chunks_exact(crate::quant::blocks::Q4_1_BYTES)
+        let bytes = match dtype {
+            QuantType::Q4_1 => crate::quant::blocks::Q4_1_BYTES,
+            QuantType::Q5_1 => crate::quant::blocks::Q5_1_BYTES,
+            _ => return 0.0,
+        };
+        row.chunks_exact(bytes)
             .zip(a)
             .map(|(b, y)| {
                 let m = half::f16::from_le_bytes([b[2], b[3]]).to_f64();

@@ -85,6 +85,11 @@ pub fn q5_0(rows: &[u8], row_bytes: usize, a: &[SuperQ8], out: &mut [&mut [f32]]
     run!(q4_tile, Q5_0, q5_0_one_token, rows, row_bytes, a, out);
 }
 
+pub fn q5_1(rows: &[u8], row_bytes: usize, a: &[SuperQ8], out: &mut [&mut [f32]]) {
+    check_packed(rows, row_bytes, a, out, q5_1_packed_row_bytes);
+    run!(q4_tile, Q5_1, q5_1_one_token, rows, row_bytes, a, out);
+}
+
 pub fn q4_k(rows: &[u8], row_bytes: usize, a: &[SuperQ8], out: &mut [&mut [f32]]) {
     check_k(rows, row_bytes, a, out, Q4_K_PACKED_BYTES);
     run!(q4_5_k_tile, false, q4_k_one_token, rows, row_bytes, a, out);
@@ -120,6 +125,7 @@ one_token!(q8_0_one_token, q8_0_tile, 0);
 one_token!(q4_1_one_token, q4_tile, Q4_1);
 one_token!(q4_0_one_token, q4_tile, Q4_0);
 one_token!(q5_0_one_token, q4_tile, Q5_0);
+one_token!(q5_1_one_token, q4_tile, Q5_1);
 one_token!(q4_k_one_token, q4_5_k_tile, false);
 one_token!(q5_k_one_token, q4_5_k_tile, true);
 one_token!(q6_k_one_token, q6_k_tile, false);
@@ -291,10 +297,10 @@ macro_rules! packed_groups {
     }};
 }
 
-/// Q4_1, Q4_0 and Q5_0 (`KIND`), one row by `N` tokens, on rows packed by [`pack_q4_1_row`],
-/// [`pack_q4_0_row`] and [`pack_q5_0_row`]: as the AVX-512 tile, each chain scaled once by
-/// `d_w·d_y` per lane, Q4_1's minimum term `m · s` per lane, Q4_0's and Q5_0's dots started at
-/// `−8 Σ y` and `−16 Σ y`.
+/// Q4_1, Q4_0, Q5_0 and Q5_1 (`KIND`), one row by `N` tokens, on rows packed by
+/// [`pack_q4_1_row`], [`pack_q4_0_row`], [`pack_q5_0_row`] and [`pack_q5_1_row`]: as the
+/// AVX-512 tile, each chain scaled once by `d_w·d_y` per lane, Q4_1's and Q5_1's minimum term
+/// `m · s` per lane, Q4_0's and Q5_0's dots started at `−8 Σ y` and `−16 Σ y`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q4_tile<const KIND: u8, const N: usize>(row: &[u8], a: &[&[SuperQ8]], out: &mut [f32]) {
@@ -316,14 +322,14 @@ unsafe fn q4_group<const V: usize, const N: usize, const KIND: u8>(
     ahead::<N>(b.wrapping_add(at), 32 * V, row.len());
     // SAFETY (loads): the caller guarantees the group's values and scales inside the row.
     let mut w = unsafe { q4_values::<V>(b.add(at)) };
-    let tail = if KIND == Q5_0 { Q5_0_GROUP_TAIL } else { 32 };
+    let tail = group_tail(KIND);
     let scales = b.wrapping_add(scales_at + tail * g);
-    if KIND == Q5_0 {
-        unsafe { add_fifth_bits(&mut w, scales.add(16)) };
+    if has_fifth_bits(KIND) {
+        unsafe { add_fifth_bits(&mut w, scales.add(tail - 32)) };
     }
     let per = SUBS / V;
     let d8 = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(scales.cast()) });
-    let m8 = if KIND == Q4_1 {
+    let m8 = if has_minima(KIND) {
         _mm256_cvtph_ps(unsafe { _mm_loadu_si128(scales.add(16).cast()) })
     } else {
         _mm256_setzero_ps()
@@ -341,7 +347,7 @@ unsafe fn q4_group<const V: usize, const N: usize, const KIND: u8>(
             }
             let scale = _mm256_mul_ps(wd, half_f32(&y.d, h));
             *acc = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(dot), *acc);
-            if KIND == Q4_1 {
+            if has_minima(KIND) {
                 *acc = _mm256_fmadd_ps(wm, half_f32(&y.s, h), *acc);
             }
         }
