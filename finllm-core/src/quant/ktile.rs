@@ -149,32 +149,31 @@ pub fn supers_from_blocks(blocks: &[BlockQ8], out: &mut [SuperQ8]) {
 }
 
 /// The layout of a packed row of `blocks` blocks: each group's values (`value_bytes` per block,
-/// a short last group at its [`group_width`]), then `scale_bytes` of scales per group, padded to
-/// whole 64-byte lines.
+/// a short last group at its [`group_width`]), then each group's tail of `tail_bytes` per block
+/// of its width (scales and what else the format keeps per block). Nothing pads the row: a
+/// packed row is the file's row in size (but for the blocks a short last group rounds up to),
+/// so packing at load costs no memory beyond the file's.
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct PackedRow {
     groups: usize,
     /// The width of the last group.
     last: usize,
-    /// Where the scales start.
+    /// Where the tails start.
     scales_at: usize,
     bytes: usize,
 }
 
 impl PackedRow {
-    fn new(blocks: usize, value_bytes: usize, scale_bytes: usize) -> Self {
+    fn new(blocks: usize, value_bytes: usize, tail_bytes: usize) -> Self {
         let groups = blocks.div_ceil(SUBS);
         let last = group_width(blocks - groups.saturating_sub(1) * SUBS);
-        let scales_at = if groups == 0 {
-            0
-        } else {
-            ((groups - 1) * SUBS + last) * value_bytes
-        };
+        let laid_out = if groups == 0 { 0 } else { (groups - 1) * SUBS + last };
+        let scales_at = laid_out * value_bytes;
         Self {
             groups,
             last,
             scales_at,
-            bytes: (scales_at + scale_bytes * groups).next_multiple_of(64),
+            bytes: scales_at + laid_out * tail_bytes,
         }
     }
 
@@ -190,17 +189,18 @@ impl PackedRow {
 
 /// Bytes of a Q8_0 row of `blocks` blocks in the tile layout ([`pack_q8_0_row`]).
 pub fn q8_0_packed_row_bytes(blocks: usize) -> usize {
-    PackedRow::new(blocks, QK, 16).bytes
+    PackedRow::new(blocks, QK, 2).bytes
 }
 
 /// A Q8_0 row (`blocks` 34-byte blocks) in the tile layout: each group's values at
 /// [`tile_position`], offset by 128 (`w ^ 0x80`, which VNNI reads unsigned as `w + 128`), then
-/// every group's eight f16 scales (zeros past the row's last block). The tiles then load the
-/// values as they are: no shuffles per call. `out` holds [`q8_0_packed_row_bytes`].
+/// every group's f16 scales, one per block of its width (zeros past the row's last block). The
+/// tiles then load the values as they are: no shuffles per call. `out` holds
+/// [`q8_0_packed_row_bytes`].
 pub fn pack_q8_0_row(row: &[u8], out: &mut [u8]) {
     use super::blocks::Q8_0_BYTES;
     let blocks = row.len() / Q8_0_BYTES;
-    let layout = PackedRow::new(blocks, QK, 16);
+    let layout = PackedRow::new(blocks, QK, 2);
     assert!(
         row.len() == blocks * Q8_0_BYTES && out.len() == layout.bytes,
         "a Q8_0 row of whole blocks and room for its packed layout"
@@ -216,11 +216,6 @@ pub fn pack_q8_0_row(row: &[u8], out: &mut [u8]) {
             out[layout.scales_at + 16 * g + 2 * j..][..2].copy_from_slice(&block[..2]);
         }
     }
-}
-
-/// Bytes of a Q4_1 row of `blocks` blocks in the tile layout ([`pack_q4_1_row`]).
-pub fn q4_1_packed_row_bytes(blocks: usize) -> usize {
-    PackedRow::new(blocks, QK / 2, 32).bytes
 }
 
 /// Where the 4-bit value at tile position `p` of a group `width` blocks wide is kept: the
@@ -245,124 +240,157 @@ fn place_nibbles(out: &mut [u8], g: usize, width: usize, j: usize, qs: &[u8], mu
     }
 }
 
-/// A Q4_1 row (`blocks` 20-byte blocks) in the tile layout: each group's 4-bit values at
-/// [`tile_position`], kept as [`nibble_at`] says, then per group eight f16 scales `d` and eight
-/// f16 minima `m` (zeros past the row's last block). Same size as the file's row but for the
-/// padding of a short last group and of the row to whole lines. `out` holds
-/// [`q4_1_packed_row_bytes`].
-pub fn pack_q4_1_row(row: &[u8], out: &mut [u8]) {
-    use super::blocks::Q4_1_BYTES;
-    let blocks = row.len() / Q4_1_BYTES;
-    let layout = PackedRow::new(blocks, QK / 2, 32);
-    assert!(
-        row.len() == blocks * Q4_1_BYTES && out.len() == layout.bytes,
-        "a Q4_1 row of whole blocks and room for its packed layout"
-    );
-    out.fill(0);
-    for (g, group) in row.chunks(SUBS * Q4_1_BYTES).enumerate() {
-        let width = layout.width(g);
-        for (j, block) in group.chunks_exact(Q4_1_BYTES).enumerate() {
-            place_nibbles(out, g, width, j, &block[4..], |_, _| {});
-            let scales = layout.scales_at + 32 * g;
-            out[scales + 2 * j..][..2].copy_from_slice(&block[..2]);
-            out[scales + 16 + 2 * j..][..2].copy_from_slice(&block[2..4]);
+/// The 4- and 5-bit block formats of the tiles: what a block keeps beside its 32 values
+/// (16 bytes of low nibbles): an f16 scale `d`, for some an f16 minimum `m` after it, for some
+/// 32 fifth bits (`qh`) before the nibbles.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct SmallFormat {
+    pub(crate) minima: bool,
+    pub(crate) fifth_bits: bool,
+}
+
+impl SmallFormat {
+    pub(crate) const Q4_0: Self = Self {
+        minima: false,
+        fifth_bits: false,
+    };
+    pub(crate) const Q4_1: Self = Self {
+        minima: true,
+        fifth_bits: false,
+    };
+    pub(crate) const Q5_0: Self = Self {
+        minima: false,
+        fifth_bits: true,
+    };
+    pub(crate) const Q5_1: Self = Self {
+        minima: true,
+        fifth_bits: true,
+    };
+
+    /// Bytes of a block in the file.
+    const fn block_bytes(self) -> usize {
+        2 + 2 * self.minima as usize + 4 * self.fifth_bits as usize + QK / 2
+    }
+
+    /// Bytes of a packed group's tail per block of its width: its scale, its minimum, and
+    /// four bytes of the fifth bits' 64-bit masks (one mask per 64 values).
+    pub(crate) const fn tail_bytes(self) -> usize {
+        self.block_bytes() - QK / 2
+    }
+
+    /// Where a group `width` blocks wide keeps its minima and its masks, from its tail's start.
+    pub(crate) const fn minima_and_masks_at(self, width: usize) -> (usize, usize) {
+        (2 * width, 2 * width * (1 + self.minima as usize))
+    }
+
+    fn name(self) -> &'static str {
+        match (self.minima, self.fifth_bits) {
+            (false, false) => "Q4_0",
+            (true, false) => "Q4_1",
+            (false, true) => "Q5_0",
+            (true, true) => "Q5_1",
+        }
+    }
+
+    /// Bytes of a row of `blocks` blocks in the tile layout.
+    fn packed_row_bytes(self, blocks: usize) -> usize {
+        PackedRow::new(blocks, QK / 2, self.tail_bytes()).bytes
+    }
+
+    /// A row of the format in the tile layout: each group's low four bits at [`tile_position`]
+    /// kept as [`nibble_at`] says, then the group's tail: the f16 scales of its blocks, their
+    /// f16 minima, and one 64-bit mask of fifth bits per 64 values (bit `i` of mask `v` for tile
+    /// position `64 v + i`); zeros past the row's last block.
+    fn pack_row(self, row: &[u8], out: &mut [u8]) {
+        let bytes = self.block_bytes();
+        let blocks = row.len() / bytes;
+        let layout = PackedRow::new(blocks, QK / 2, self.tail_bytes());
+        assert!(
+            row.len() == blocks * bytes && out.len() == layout.bytes,
+            "a {} row of whole blocks and room for its packed layout",
+            self.name()
+        );
+        // The nibbles follow the scale, the minimum and the fifth bits.
+        let qs_at = bytes - QK / 2;
+        out.fill(0);
+        for (g, group) in row.chunks(SUBS * bytes).enumerate() {
+            let width = layout.width(g);
+            let tail = layout.scales_at + SUBS * self.tail_bytes() * g;
+            let (minima_at, masks_at) = self.minima_and_masks_at(width);
+            let mut masks = [0u64; 4];
+            for (j, block) in group.chunks_exact(bytes).enumerate() {
+                let high = if self.fifth_bits {
+                    u32::from_le_bytes(block[qs_at - 4..qs_at].try_into().expect("four bytes"))
+                } else {
+                    0
+                };
+                place_nibbles(out, g, width, j, &block[qs_at..], |e, p| {
+                    masks[p / 64] |= u64::from((high >> e) & 1) << (p % 64);
+                });
+                out[tail + 2 * j..][..2].copy_from_slice(&block[..2]);
+                if self.minima {
+                    out[tail + minima_at + 2 * j..][..2].copy_from_slice(&block[2..4]);
+                }
+            }
+            if self.fifth_bits {
+                for (v, m) in masks[..width / 2].iter().enumerate() {
+                    out[tail + masks_at + 8 * v..][..8].copy_from_slice(&m.to_le_bytes());
+                }
+            }
         }
     }
 }
 
-/// A Q4_0 row (`blocks` 18-byte blocks) in [`pack_q4_1_row`]'s layout, minima left zero: the
-/// same 4-bit values (`q`, standing for `q − 8`) and scales `d`, read by the Q4_0 tile, which
-/// starts each lane's integer dot at `−8 Σ y` so that it is exactly `Σ (q − 8) y`, as llama.cpp
-/// computes it. `out` holds [`q4_1_packed_row_bytes`].
+/// Bytes of a Q4_1 row of `blocks` blocks in the tile layout ([`pack_q4_1_row`]).
+pub fn q4_1_packed_row_bytes(blocks: usize) -> usize {
+    SmallFormat::Q4_1.packed_row_bytes(blocks)
+}
+
+/// A Q4_1 row (`blocks` 20-byte blocks) in the tile layout ([`SmallFormat::pack_row`]): the
+/// 4-bit values, then per group the f16 scales `d` and f16 minima `m` of its blocks; the file's
+/// size but for the blocks a short last group rounds up to. `out` holds
+/// [`q4_1_packed_row_bytes`].
+pub fn pack_q4_1_row(row: &[u8], out: &mut [u8]) {
+    SmallFormat::Q4_1.pack_row(row, out);
+}
+
+/// Bytes of a Q4_0 row of `blocks` blocks in the tile layout ([`pack_q4_0_row`]).
+pub fn q4_0_packed_row_bytes(blocks: usize) -> usize {
+    SmallFormat::Q4_0.packed_row_bytes(blocks)
+}
+
+/// A Q4_0 row (`blocks` 18-byte blocks) in the tile layout: the 4-bit values (`q`, standing for
+/// `q − 8`) and the scales `d`, read by the Q4_0 tile, which starts each lane's integer dot at
+/// `−8 Σ y` so that it is exactly `Σ (q − 8) y`, as llama.cpp computes it. `out` holds
+/// [`q4_0_packed_row_bytes`].
 pub fn pack_q4_0_row(row: &[u8], out: &mut [u8]) {
-    use super::blocks::Q4_0_BYTES;
-    let blocks = row.len() / Q4_0_BYTES;
-    let layout = PackedRow::new(blocks, QK / 2, 32);
-    assert!(
-        row.len() == blocks * Q4_0_BYTES && out.len() == layout.bytes,
-        "a Q4_0 row of whole blocks and room for its packed layout"
-    );
-    out.fill(0);
-    for (g, group) in row.chunks(SUBS * Q4_0_BYTES).enumerate() {
-        let width = layout.width(g);
-        for (j, block) in group.chunks_exact(Q4_0_BYTES).enumerate() {
-            place_nibbles(out, g, width, j, &block[2..], |_, _| {});
-            out[layout.scales_at + 32 * g + 2 * j..][..2].copy_from_slice(&block[..2]);
-        }
-    }
+    SmallFormat::Q4_0.pack_row(row, out);
 }
 
 /// Bytes of a Q5_0 row of `blocks` blocks in the tile layout ([`pack_q5_0_row`]).
 pub fn q5_0_packed_row_bytes(blocks: usize) -> usize {
-    PackedRow::new(blocks, QK / 2, Q5_0_GROUP_TAIL).bytes
+    SmallFormat::Q5_0.packed_row_bytes(blocks)
 }
 
-/// Bytes after each group's values in a packed Q5_0 row: eight f16 scales, then four 64-bit
-/// masks of fifth bits.
-const Q5_0_GROUP_TAIL: usize = 48;
-
-/// A Q5_0 row (`blocks` 22-byte blocks) in the tile layout: the low four bits of every value as
-/// [`pack_q4_1_row`] keeps them, and per group eight f16 scales `d` then four 64-bit masks, bit
-/// `i` of mask `v` the fifth bit of tile position `64 v + i`. The Q5_0 tile adds 16 where a
+/// A Q5_0 row (`blocks` 22-byte blocks) in the tile layout: the low four bits of every value,
+/// and per group the f16 scales `d` then the fifth bits' masks. The Q5_0 tile adds 16 where a
 /// mask bit is set and starts each lane's dot at `−16 Σ y`, so the integer dot is
 /// `Σ (q − 16) y` exactly, as llama.cpp computes it. `out` holds [`q5_0_packed_row_bytes`].
 pub fn pack_q5_0_row(row: &[u8], out: &mut [u8]) {
-    pack_q5_row(row, out, false);
+    SmallFormat::Q5_0.pack_row(row, out);
 }
 
 /// Bytes of a Q5_1 row of `blocks` blocks in the tile layout ([`pack_q5_1_row`]).
 pub fn q5_1_packed_row_bytes(blocks: usize) -> usize {
-    PackedRow::new(blocks, QK / 2, Q5_1_GROUP_TAIL).bytes
+    SmallFormat::Q5_1.packed_row_bytes(blocks)
 }
 
-/// Bytes after each group's values in a packed Q5_1 row: eight f16 scales, eight f16 minima,
-/// then four 64-bit masks of fifth bits.
-const Q5_1_GROUP_TAIL: usize = 64;
-
-/// A Q5_1 row (`blocks` 24-byte blocks) in the tile layout: as [`pack_q5_0_row`], with the
-/// eight f16 minima `m` between a group's scales and its masks. The tile adds 16 where a mask
-/// bit is set (values `q` in 0..32, no offset) and the minimum term `m · s` as Q4_1's. `out`
-/// holds [`q5_1_packed_row_bytes`].
+/// A Q5_1 row (`blocks` 24-byte blocks) in the tile layout: as [`pack_q5_0_row`], with the f16
+/// minima `m` between a group's scales and its masks. The tile adds 16 where a mask bit is set
+/// (values `q` in 0..32, no offset) and the minimum term `m · s` as Q4_1's. `out` holds
+/// [`q5_1_packed_row_bytes`].
 pub fn pack_q5_1_row(row: &[u8], out: &mut [u8]) {
-    pack_q5_row(row, out, true);
-}
-
-/// Q5_0 (`minima` false) or Q5_1 rows in the tile layout.
-fn pack_q5_row(row: &[u8], out: &mut [u8], minima: bool) {
-    use super::blocks::{Q5_0_BYTES, Q5_1_BYTES};
-    let (bytes, group_tail, name) = if minima {
-        (Q5_1_BYTES, Q5_1_GROUP_TAIL, "Q5_1")
-    } else {
-        (Q5_0_BYTES, Q5_0_GROUP_TAIL, "Q5_0")
-    };
-    // What precedes a block's fifth bits: d (and m).
-    let head = bytes - 4 - QK / 2;
-    let blocks = row.len() / bytes;
-    let layout = PackedRow::new(blocks, QK / 2, group_tail);
-    assert!(
-        row.len() == blocks * bytes && out.len() == layout.bytes,
-        "a {name} row of whole blocks and room for its packed layout"
-    );
-    out.fill(0);
-    for (g, group) in row.chunks(SUBS * bytes).enumerate() {
-        let width = layout.width(g);
-        let tail = layout.scales_at + group_tail * g;
-        let mut masks = [0u64; 4];
-        for (j, block) in group.chunks_exact(bytes).enumerate() {
-            let high = u32::from_le_bytes(block[head..head + 4].try_into().expect("four bytes"));
-            place_nibbles(out, g, width, j, &block[head + 4..], |e, p| {
-                masks[p / 64] |= u64::from((high >> e) & 1) << (p % 64);
-            });
-            out[tail + 2 * j..][..2].copy_from_slice(&block[..2]);
-            if minima {
-                out[tail + 16 + 2 * j..][..2].copy_from_slice(&block[2..4]);
-            }
-        }
-        let masks_at = tail + group_tail - 32;
-        for (v, m) in masks.iter().enumerate() {
-            out[masks_at + 8 * v..][..8].copy_from_slice(&m.to_le_bytes());
-        }
-    }
+    SmallFormat::Q5_1.pack_row(row, out);
 }
 
 /// Bytes of a Q4_K super-block in the tile layout ([`pack_q4_k_row`]): 128 of 4-bit values,
@@ -550,7 +578,7 @@ pub fn super_kernels(dtype: QuantType, isa: Isa) -> Option<SuperKernels> {
         };
         let packing = |row_bytes, pack_row| Packing { row_bytes, pack_row };
         let (tile, packing) = match dtype {
-            QuantType::Q4_0 => (tiles[0], packing(q4_1_packed_row_bytes, pack_q4_0_row)),
+            QuantType::Q4_0 => (tiles[0], packing(q4_0_packed_row_bytes, pack_q4_0_row)),
             QuantType::Q5_0 => (tiles[1], packing(q5_0_packed_row_bytes, pack_q5_0_row)),
             QuantType::Q5_1 => (tiles[7], packing(q5_1_packed_row_bytes, pack_q5_1_row)),
             QuantType::Q4_1 => (tiles[2], packing(q4_1_packed_row_bytes, pack_q4_1_row)),
@@ -586,23 +614,32 @@ mod x86 {
     pub(super) const Q5_0: u8 = 2;
     pub(super) const Q5_1: u8 = 3;
 
-    /// Bytes after each group's values in a packed row of the 4-bit tiles' format `kind`.
-    pub(super) const fn group_tail(kind: u8) -> usize {
+    /// The block format of `kind`.
+    pub(super) const fn small(kind: u8) -> SmallFormat {
         match kind {
-            Q5_0 => Q5_0_GROUP_TAIL,
-            Q5_1 => Q5_1_GROUP_TAIL,
-            _ => 32,
+            Q4_0 => SmallFormat::Q4_0,
+            Q5_0 => SmallFormat::Q5_0,
+            Q5_1 => SmallFormat::Q5_1,
+            _ => SmallFormat::Q4_1,
         }
     }
 
-    /// Whether format `kind` has fifth bits (their masks are the group tail's last 32 bytes).
-    pub(super) const fn has_fifth_bits(kind: u8) -> bool {
-        matches!(kind, Q5_0 | Q5_1)
-    }
-
-    /// Whether format `kind` has minima (eight f16 after the group's scales).
-    pub(super) const fn has_minima(kind: u8) -> bool {
-        matches!(kind, Q4_1 | Q5_1)
+    /// The f16 values of a group of `2 V` blocks at `p` (8, 4 or 2 of them: a short group's
+    /// tail holds no more), in the low lanes, zeros above.
+    ///
+    /// # Safety
+    /// `4 V` bytes at `p` are readable.
+    #[inline(always)]
+    pub(super) unsafe fn load_f16s<const V: usize>(p: *const u8) -> std::arch::x86_64::__m128i {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller's guarantee; SSE2 is part of x86-64.
+        unsafe {
+            match V {
+                4 => _mm_loadu_si128(p.cast()),
+                2 => _mm_loadl_epi64(p.cast()),
+                _ => _mm_cvtsi32_si128(p.cast::<i32>().read_unaligned()),
+            }
+        }
     }
 
     /// [`check`], and that every token's groups are whole but the last (of one size for all)
@@ -757,7 +794,7 @@ mod avx512 {
     }
 
     pub fn q4_0(rows: &[u8], row_bytes: usize, a: &[SuperQ8], out: &mut [&mut [f32]]) {
-        check_packed(rows, row_bytes, a, out, q4_1_packed_row_bytes);
+        check_packed(rows, row_bytes, a, out, q4_0_packed_row_bytes);
         run!(q4_tile, Q4_0, q4_0_one_token, rows, row_bytes, a, out);
     }
 
@@ -998,7 +1035,7 @@ mod avx512 {
                 w[r][v] = unsafe { _mm512_loadu_si512(b.add(g * QK_K + 64 * v).cast()) };
             }
             // SAFETY: as above, for the group's sixteen bytes of scales.
-            let d8 = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(b.add(scales_at + 16 * g).cast()) });
+            let d8 = _mm256_cvtph_ps(unsafe { load_f16s::<V>(b.add(scales_at + 16 * g)) });
             wd[r] = _mm512_permutexvar_ps(lane_blocks, _mm512_castps256_ps512(d8));
         }
         for t in 0..N {
@@ -1118,18 +1155,19 @@ mod avx512 {
                     w[r][0] = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
                 }
             }
-            let tail = group_tail(KIND);
-            let scales = b.wrapping_add(scales_at + tail * g);
-            if has_fifth_bits(KIND) {
+            let f = small(KIND);
+            let scales = b.wrapping_add(scales_at + SUBS * f.tail_bytes() * g);
+            let (minima_at, masks_at) = f.minima_and_masks_at(2 * V);
+            if f.fifth_bits {
                 for v in 0..V {
-                    let set = unsafe { scales.add(tail - 32 + 8 * v).cast::<u64>().read_unaligned() };
+                    let set = unsafe { scales.add(masks_at + 8 * v).cast::<u64>().read_unaligned() };
                     w[r][v] = _mm512_mask_add_epi8(w[r][v], set, w[r][v], _mm512_set1_epi8(16));
                 }
             }
-            let d8 = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(scales.cast()) });
+            let d8 = _mm256_cvtph_ps(unsafe { load_f16s::<V>(scales) });
             wd[r] = _mm512_permutexvar_ps(lane_blocks, _mm512_castps256_ps512(d8));
-            if has_minima(KIND) {
-                let m8 = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(scales.add(16).cast()) });
+            if f.minima {
+                let m8 = _mm256_cvtph_ps(unsafe { load_f16s::<V>(scales.add(minima_at)) });
                 wm[r] = _mm512_permutexvar_ps(lane_blocks, _mm512_castps256_ps512(m8));
             }
         }
@@ -1153,7 +1191,7 @@ mod avx512 {
                 }
                 let scale = _mm512_mul_ps(wd[r], yd);
                 acc[r][t] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(dot), acc[r][t]);
-                if has_minima(KIND) {
+                if small(KIND).minima {
                     acc[r][t] = _mm512_fmadd_ps(wm[r], ys_, acc[r][t]);
                 }
             }
@@ -1451,7 +1489,6 @@ mod tests {
         for blocks in [1, 2, 3, 4, 5, 8, 9, 18, 20, 48] {
             let row = random_bytes(&mut rng, QuantType::Q8_0, blocks * QK);
             let mut packed = vec![0xee; q8_0_packed_row_bytes(blocks)];
-            assert_eq!(packed.len() % 64, 0);
             pack_q8_0_row(&row, &mut packed);
             let groups = blocks.div_ceil(SUBS);
             let last = group_width(blocks - (groups - 1) * SUBS);
@@ -1483,6 +1520,58 @@ mod tests {
 
     /// The same for Q4_1: every 4-bit value where the activation it multiplies sits, every
     /// block's scale and minimum where its lanes find them.
+    /// Packing at load costs no memory beyond the file's: a packed row of the block formats is
+    /// the file's row in size whenever its last group needs no rounding up (a whole group, or
+    /// two or four blocks), and at most two blocks' worth larger otherwise.
+    #[test]
+    fn a_packed_row_is_the_size_of_the_files_row() {
+        for dtype in [
+            QuantType::Q4_0,
+            QuantType::Q4_1,
+            QuantType::Q5_0,
+            QuantType::Q5_1,
+            QuantType::Q8_0,
+        ] {
+            let k = super_kernels(dtype, Isa::Avx512)
+                .map(|k| k.packing)
+                .unwrap_or_else(|| match dtype {
+                    QuantType::Q4_0 => Packing {
+                        row_bytes: q4_0_packed_row_bytes,
+                        pack_row: pack_q4_0_row,
+                    },
+                    QuantType::Q4_1 => Packing {
+                        row_bytes: q4_1_packed_row_bytes,
+                        pack_row: pack_q4_1_row,
+                    },
+                    QuantType::Q5_0 => Packing {
+                        row_bytes: q5_0_packed_row_bytes,
+                        pack_row: pack_q5_0_row,
+                    },
+                    QuantType::Q5_1 => Packing {
+                        row_bytes: q5_1_packed_row_bytes,
+                        pack_row: pack_q5_1_row,
+                    },
+                    _ => Packing {
+                        row_bytes: q8_0_packed_row_bytes,
+                        pack_row: pack_q8_0_row,
+                    },
+                });
+            let file = crate::quant::kernels::block_bytes(dtype);
+            for blocks in 1..=50 {
+                let rounded = match blocks % SUBS {
+                    0 | 2 | 4 => 0,
+                    1 | 3 => 1,
+                    r => SUBS - r,
+                };
+                assert_eq!(
+                    (k.row_bytes)(blocks),
+                    (blocks + rounded) * file,
+                    "{dtype} row of {blocks} blocks"
+                );
+            }
+        }
+    }
+
     /// A packed Q4_K / Q5_K row, read back value by value from its layout, is the row the
     /// reference dequantization gives.
     #[test]
@@ -1583,9 +1672,9 @@ mod tests {
         let mut rng = Rng::new(25);
         for blocks in [1, 2, 3, 4, 5, 8, 9, 18, 20, 48] {
             let row = random_bytes(&mut rng, QuantType::Q4_1, blocks * QK);
-            let layout = PackedRow::new(blocks, QK / 2, 32);
+            let layout = PackedRow::new(blocks, QK / 2, 4);
             let mut packed = vec![0xee; q4_1_packed_row_bytes(blocks)];
-            assert_eq!((packed.len(), packed.len() % 64), (layout.bytes, 0));
+            assert_eq!(packed.len(), layout.bytes);
             pack_q4_1_row(&row, &mut packed);
             for (i, block) in row.chunks_exact(Q4_1_BYTES).enumerate() {
                 let (g, j) = (i / SUBS, i % SUBS);
@@ -1602,7 +1691,11 @@ mod tests {
                 }
                 let scales = layout.scales_at + 32 * g;
                 assert_eq!(packed[scales + 2 * j..][..2], block[..2], "block {i} scale");
-                assert_eq!(packed[scales + 16 + 2 * j..][..2], block[2..4], "block {i} minimum");
+                assert_eq!(
+                    packed[scales + 2 * width + 2 * j..][..2],
+                    block[2..4],
+                    "block {i} minimum"
+                );
             }
             // Past the last block: zero values, scales and minima.
             let (g, filled) = (layout.groups - 1, blocks - (layout.groups - 1) * SUBS);
@@ -1612,9 +1705,9 @@ mod tests {
                     assert_eq!((packed[g * 128 + byte] >> shift) & 15, 0);
                 }
             }
-            let scales = layout.scales_at + 32 * g;
-            assert!(packed[scales + 2 * filled..scales + 16].iter().all(|&b| b == 0));
-            assert!(packed[scales + 16 + 2 * filled..].iter().all(|&b| b == 0));
+            let (scales, last) = (layout.scales_at + 32 * g, layout.last);
+            assert!(packed[scales + 2 * filled..scales + 2 * last].iter().all(|&b| b == 0));
+            assert!(packed[scales + 2 * last + 2 * filled..].iter().all(|&b| b == 0));
         }
     }
 }

@@ -76,7 +76,7 @@ pub fn q4_1(rows: &[u8], row_bytes: usize, a: &[SuperQ8], out: &mut [&mut [f32]]
 }
 
 pub fn q4_0(rows: &[u8], row_bytes: usize, a: &[SuperQ8], out: &mut [&mut [f32]]) {
-    check_packed(rows, row_bytes, a, out, q4_1_packed_row_bytes);
+    check_packed(rows, row_bytes, a, out, q4_0_packed_row_bytes);
     run!(q4_tile, Q4_0, q4_0_one_token, rows, row_bytes, a, out);
 }
 
@@ -322,15 +322,16 @@ unsafe fn q4_group<const V: usize, const N: usize, const KIND: u8>(
     ahead::<N>(b.wrapping_add(at), 32 * V, row.len());
     // SAFETY (loads): the caller guarantees the group's values and scales inside the row.
     let mut w = unsafe { q4_values::<V>(b.add(at)) };
-    let tail = group_tail(KIND);
-    let scales = b.wrapping_add(scales_at + tail * g);
-    if has_fifth_bits(KIND) {
-        unsafe { add_fifth_bits(&mut w, scales.add(tail - 32)) };
+    let f = small(KIND);
+    let scales = b.wrapping_add(scales_at + SUBS * f.tail_bytes() * g);
+    let (minima_at, masks_at) = f.minima_and_masks_at(2 * V);
+    if f.fifth_bits {
+        unsafe { add_fifth_bits(&mut w, scales.add(masks_at)) };
     }
     let per = SUBS / V;
-    let d8 = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(scales.cast()) });
-    let m8 = if has_minima(KIND) {
-        _mm256_cvtph_ps(unsafe { _mm_loadu_si128(scales.add(16).cast()) })
+    let d8 = _mm256_cvtph_ps(unsafe { load_f16s::<V>(scales) });
+    let m8 = if f.minima {
+        _mm256_cvtph_ps(unsafe { load_f16s::<V>(scales.add(minima_at)) })
     } else {
         _mm256_setzero_ps()
     };
@@ -347,7 +348,7 @@ unsafe fn q4_group<const V: usize, const N: usize, const KIND: u8>(
             }
             let scale = _mm256_mul_ps(wd, half_f32(&y.d, h));
             *acc = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(dot), *acc);
-            if has_minima(KIND) {
+            if f.minima {
                 *acc = _mm256_fmadd_ps(wm, half_f32(&y.s, h), *acc);
             }
         }
@@ -387,7 +388,7 @@ unsafe fn q8_0_group<const V: usize, const N: usize>(
             aw[h][v] = _mm256_sign_epi8(w[h][v], w[h][v]);
         }
     }
-    let d8 = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(b.add(scales_at + 16 * g).cast()) });
+    let d8 = _mm256_cvtph_ps(unsafe { load_f16s::<V>(b.add(scales_at + 16 * g)) });
     let ones = _mm256_set1_epi16(1);
     for h in 0..2 {
         let wd = spread(d8, SUBS / V, h);
