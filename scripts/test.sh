@@ -28,6 +28,11 @@ cargo clippy --release --workspace --all-targets --locked -- -D warnings
 cargo test --release --workspace --locked --exclude finllm-py
 # The scalar reference kernels on their own, end to end (SIMD is chosen at run time otherwise).
 FINLLM_FORCE_SCALAR=1 cargo test --release --locked --test tiny_models --test reference_smollm2
+# The AVX2 kernels end to end on a CPU that also has AVX-512 (where it has not, the run above
+# already took them): the model tests as an AVX2-only server runs them.
+if grep -q avx512 /proc/cpuinfo 2>/dev/null; then
+  FINLLM_MAX_ISA=avx2 cargo test --release --locked --test tiny_models --test reference_smollm2
+fi
 # The NEON kernels: the kernel tests cross-compiled for aarch64 and run under qemu-user.
 bash scripts/test-aarch64.sh
 # C ABI: error-path tests and the C++ example, under AddressSanitizer/UBSan with leak checking.
