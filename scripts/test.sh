@@ -3,6 +3,8 @@
 # run every test in release mode (the tests run the real model).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Which kernels this machine's figures and tests ran on (the dispatcher picks at run time).
+echo "CPU SIMD levels: $(grep -owE 'avx2|avx512f|avx512vnni|avx512_vnni|asimd|asimddp' /proc/cpuinfo 2>/dev/null | sort -u | tr '\n' ' ')"
 scripts/fetch_models.sh
 # pdftotext (Debian poppler-utils): the oracle the PDF ingestion is checked against.
 if ! command -v pdftotext >/dev/null 2>&1; then

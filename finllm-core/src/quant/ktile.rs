@@ -75,9 +75,23 @@ pub struct SuperQ8 {
     /// The block's `s` (`d · Σ`, rounded through f16 as [`BlockQ8::s`]) shared out evenly over
     /// its lanes (exactly: a power of two): Q4_1's minimum term, one multiply-add per lane.
     pub s: [f32; LANES],
+    /// Per block, in [`PAIR_ORDER`] (where AVX2's horizontal add of two halves' lane pairs
+    /// leaves the blocks of a whole group): the scale `d`, ...
+    pub d8: [f32; SUBS],
+    /// ... `d · Σ values`, ...
+    pub ds8: [f32; SUBS],
+    /// ... `s`, ...
+    pub s8: [f32; SUBS],
+    /// ... and `−128 Σ values` (zeros past the group's blocks).
+    pub start8: [i32; SUBS],
     /// Blocks the group holds: eight, or fewer in a short last group.
     pub blocks: usize,
 }
+
+/// The order of a whole group's eight blocks after AVX2's `vphaddd` of the lane pairs of its
+/// two halves (lanes `2j`, `2j + 1` of the first half hold block `j`, of the second block
+/// `4 + j`; each 128-bit lane adds its pairs of the first operand, then of the second).
+pub const PAIR_ORDER: [usize; SUBS] = [0, 1, 4, 5, 2, 3, 6, 7];
 
 impl Default for SuperQ8 {
     fn default() -> Self {
@@ -88,6 +102,10 @@ impl Default for SuperQ8 {
             q6_start: [[0; LANES]; 2],
             q8_start: [0; LANES],
             s: [0.0; LANES],
+            d8: [0.0; SUBS],
+            ds8: [0.0; SUBS],
+            s8: [0.0; SUBS],
+            start8: [0; SUBS],
             blocks: 0,
         }
     }
@@ -124,6 +142,14 @@ impl SuperQ8 {
                 let half = |r: std::ops::Range<usize>| b.qs[r].iter().map(|&q| i32::from(q)).sum::<i32>();
                 s.q6_start[0][2 * j] = -32 * half(0..16);
                 s.q6_start[1][2 * j + 1] = -32 * half(16..32);
+            }
+        }
+        for (k, &j) in PAIR_ORDER.iter().enumerate() {
+            if let Some(b) = blocks.get(j) {
+                s.d8[k] = b.d;
+                s.ds8[k] = b.d * b.sum as f32;
+                s.s8[k] = b.s;
+                s.start8[k] = -128 * b.sum;
             }
         }
         for (l, start) in s.q8_start.iter_mut().enumerate() {
@@ -1474,6 +1500,26 @@ mod tests {
                 // The lanes' starts add up to −128 times the block's sum.
                 let starts: i32 = s.q8_start[j * per_lane..(j + 1) * per_lane].iter().sum();
                 assert_eq!(starts, -128 * b.sum, "{count} blocks: block {j}");
+            }
+            // Per block in the order AVX2's horizontal add leaves them: lane k of vphaddd(x, y)
+            // on 128-bit lanes is x's pair k (k = 0, 1), y's pair k − 2 (k = 2, 3), then the
+            // same in the upper lane; x's lane pairs hold blocks 0..4, y's blocks 4..8.
+            for k in 0..SUBS {
+                let (lane, pair) = (k / 4, k % 4);
+                let j = if pair < 2 {
+                    2 * lane + pair
+                } else {
+                    4 + 2 * lane + pair - 2
+                };
+                let (d, ds, shared, start) = match a.get(j) {
+                    Some(b) => (b.d, b.d * b.sum as f32, b.s, -128 * b.sum),
+                    None => (0.0, 0.0, 0.0, 0),
+                };
+                assert_eq!(
+                    (s.d8[k], s.ds8[k], s.s8[k], s.start8[k]),
+                    (d, ds, shared, start),
+                    "{count} blocks: {k}"
+                );
             }
             assert!(seen.iter().zip(s.qs).all(|(&seen, q)| seen || q == 0));
             assert!(s.q8_start[count * per_lane..].iter().all(|&x| x == 0));

@@ -252,13 +252,32 @@ unsafe fn spread(x: __m256, per: usize, h: usize) -> __m256 {
     _mm256_permutevar8x32_ps(x, idx)
 }
 
-/// Eight per-sub-block bytes, each in two adjacent lanes, times `d`: half `h` of the sixteen.
+/// Eight per-block values (in block order) in [`PAIR_ORDER`].
 #[inline(always)]
-unsafe fn spread_times(d: f32, v: [u8; SUBS], h: usize) -> __m256 {
+unsafe fn in_pair_order(x: __m256) -> __m256 {
+    _mm256_permutevar8x32_ps(x, _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7))
+}
+
+/// Eight per-block floats of the activations, already in [`PAIR_ORDER`].
+#[inline(always)]
+unsafe fn pair_f32(x: &[f32; SUBS]) -> __m256 {
+    // SAFETY: x holds eight f32.
+    unsafe { _mm256_loadu_ps(x.as_ptr()) }
+}
+
+/// Eight per-block integers of the activations, already in [`PAIR_ORDER`].
+#[inline(always)]
+unsafe fn pair_i32(x: &[i32; SUBS]) -> __m256i {
+    // SAFETY: x holds eight i32.
+    unsafe { _mm256_loadu_si256(x.as_ptr().cast()) }
+}
+
+/// Eight per-sub-block bytes in [`PAIR_ORDER`], times `d`.
+#[inline(always)]
+unsafe fn pair_times(d: f32, v: [u8; SUBS]) -> __m256 {
     let x = _mm_cvtsi64_si128(i64::from_le_bytes(v));
-    let pairs = _mm_unpacklo_epi8(x, x);
-    let part = if h == 0 { pairs } else { _mm_srli_si128::<8>(pairs) };
-    _mm256_mul_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(part)))
+    let ordered = _mm_shuffle_epi8(x, _mm_setr_epi8(0, 1, 4, 5, 2, 3, 6, 7, -1, -1, -1, -1, -1, -1, -1, -1));
+    _mm256_mul_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(ordered)))
 }
 
 /// The integer dot of chain `h`: the `V` halves' pair sums added in 16 bits (exact for weights
@@ -335,6 +354,27 @@ unsafe fn q4_group<const V: usize, const N: usize, const KIND: u8>(
     } else {
         _mm256_setzero_ps()
     };
+    if V == 4 {
+        // A whole group: the halves' lane pairs added into one lane per block (in PAIR_ORDER),
+        // so the conversion and the scaling run once per group and token, not per half.
+        let (wd, wm) = (in_pair_order(d8), in_pair_order(m8));
+        for (t, acc) in acc.iter_mut().enumerate() {
+            let y = &a[t][g];
+            let mut dot = _mm256_hadd_epi32(chain(&w[0], y, 0), chain(&w[1], y, 1));
+            // −8 Σ y (Q4_0) or −16 Σ y (Q5_0) per block, exact: start8 is −128 Σ y.
+            match KIND {
+                Q4_0 => dot = _mm256_add_epi32(dot, _mm256_srai_epi32::<4>(pair_i32(&y.start8))),
+                Q5_0 => dot = _mm256_add_epi32(dot, _mm256_srai_epi32::<3>(pair_i32(&y.start8))),
+                _ => {}
+            }
+            let scale = _mm256_mul_ps(wd, pair_f32(&y.d8));
+            *acc = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(dot), *acc);
+            if f.minima {
+                *acc = _mm256_fmadd_ps(wm, pair_f32(&y.s8), *acc);
+            }
+        }
+        return;
+    }
     for h in 0..2 {
         let (wd, wm) = (spread(d8, per, h), spread(m8, per, h));
         for (t, acc) in acc.iter_mut().enumerate() {
@@ -407,7 +447,8 @@ unsafe fn q8_0_group<const V: usize, const N: usize>(
 
 /// Q4_K (`HIGH = false`) and Q5_K (`HIGH = true`), one row by `N` tokens, on rows packed by
 /// [`pack_q4_k_row`] / [`pack_q5_k_row`]: `Σ_j d·sc_j·dy_j·(q·y)_j − dmin·m_j·dy_j·Σy_j`, each
-/// chain's four pair sums added in 16 bits.
+/// chain's four pair sums added in 16 bits, the two halves' lane pairs into one lane per
+/// sub-block.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q4_5_k_tile<const HIGH: bool, const N: usize>(row: &[u8], a: &[&[SuperQ8]], out: &mut [f32]) {
@@ -434,17 +475,14 @@ unsafe fn q4_5_k_tile<const HIGH: bool, const N: usize>(row: &[u8], a: &[&[Super
                 f16(b.add(tail + 2 * SUBS + 2)),
             )
         };
-        for h in 0..2 {
-            let sc = spread_times(d, s8, h);
-            // Half in each of the sub-block's two lanes (exact: a power of two).
-            let mins = spread_times(dmin * 0.5, m8, h);
-            for (t, acc) in acc.iter_mut().enumerate() {
-                let y = &a[t][i];
-                let dot = chain(&w[h], y, h);
-                let scale = _mm256_mul_ps(sc, half_f32(&y.d, h));
-                *acc = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(dot), *acc);
-                *acc = _mm256_fnmadd_ps(mins, half_f32(&y.ds, h), *acc);
-            }
+        // The halves' lane pairs added into one lane per sub-block, in PAIR_ORDER.
+        let (sc, mins) = (pair_times(d, s8), pair_times(dmin, m8));
+        for (t, acc) in acc.iter_mut().enumerate() {
+            let y = &a[t][i];
+            let dot = _mm256_hadd_epi32(chain(&w[0], y, 0), chain(&w[1], y, 1));
+            let scale = _mm256_mul_ps(sc, pair_f32(&y.d8));
+            *acc = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(dot), *acc);
+            *acc = _mm256_fnmadd_ps(mins, pair_f32(&y.ds8), *acc);
         }
     }
     for t in 0..N {
