@@ -623,6 +623,63 @@ pub fn super_kernels(dtype: QuantType, isa: Isa) -> Option<SuperKernels> {
     }
 }
 
+/// The entry points of an x86 tile module, one per format (the call's checks, then the
+/// module's own `run!`: its tile shapes), and the one-token loops of its `one_token!`. Expanded
+/// inside each module, after its `run!` and `one_token!`.
+#[cfg(target_arch = "x86_64")]
+macro_rules! tile_entries {
+    () => {
+        pub fn q8_0(rows: &[u8], row_bytes: usize, a: &[SuperQ8], out: &mut [&mut [f32]]) {
+            check_packed(rows, row_bytes, a, out, q8_0_packed_row_bytes);
+            run!(q8_0_tile, false, q8_0_one_token, rows, row_bytes, a, out);
+        }
+
+        pub fn q4_1(rows: &[u8], row_bytes: usize, a: &[SuperQ8], out: &mut [&mut [f32]]) {
+            check_packed(rows, row_bytes, a, out, q4_1_packed_row_bytes);
+            run!(q4_tile, Q4_1, q4_1_one_token, rows, row_bytes, a, out);
+        }
+
+        pub fn q4_0(rows: &[u8], row_bytes: usize, a: &[SuperQ8], out: &mut [&mut [f32]]) {
+            check_packed(rows, row_bytes, a, out, q4_0_packed_row_bytes);
+            run!(q4_tile, Q4_0, q4_0_one_token, rows, row_bytes, a, out);
+        }
+
+        pub fn q5_0(rows: &[u8], row_bytes: usize, a: &[SuperQ8], out: &mut [&mut [f32]]) {
+            check_packed(rows, row_bytes, a, out, q5_0_packed_row_bytes);
+            run!(q4_tile, Q5_0, q5_0_one_token, rows, row_bytes, a, out);
+        }
+
+        pub fn q5_1(rows: &[u8], row_bytes: usize, a: &[SuperQ8], out: &mut [&mut [f32]]) {
+            check_packed(rows, row_bytes, a, out, q5_1_packed_row_bytes);
+            run!(q4_tile, Q5_1, q5_1_one_token, rows, row_bytes, a, out);
+        }
+
+        pub fn q4_k(rows: &[u8], row_bytes: usize, a: &[SuperQ8], out: &mut [&mut [f32]]) {
+            check_k(rows, row_bytes, a, out, Q4_K_PACKED_BYTES);
+            run!(q4_5_k_tile, false, q4_k_one_token, rows, row_bytes, a, out);
+        }
+
+        pub fn q5_k(rows: &[u8], row_bytes: usize, a: &[SuperQ8], out: &mut [&mut [f32]]) {
+            check_k(rows, row_bytes, a, out, Q5_K_PACKED_BYTES);
+            run!(q4_5_k_tile, true, q5_k_one_token, rows, row_bytes, a, out);
+        }
+
+        pub fn q6_k(rows: &[u8], row_bytes: usize, a: &[SuperQ8], out: &mut [&mut [f32]]) {
+            check_k(rows, row_bytes, a, out, Q6_K_BYTES);
+            run!(q6_k_tile, false, q6_k_one_token, rows, row_bytes, a, out);
+        }
+
+        one_token!(q8_0_one_token, q8_0_tile, false);
+        one_token!(q4_1_one_token, q4_tile, Q4_1);
+        one_token!(q4_0_one_token, q4_tile, Q4_0);
+        one_token!(q5_0_one_token, q4_tile, Q5_0);
+        one_token!(q5_1_one_token, q4_tile, Q5_1);
+        one_token!(q4_k_one_token, q4_5_k_tile, false);
+        one_token!(q5_k_one_token, q4_5_k_tile, true);
+        one_token!(q6_k_one_token, q6_k_tile, false);
+    };
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 
@@ -809,46 +866,6 @@ mod avx512 {
         };
     }
 
-    pub fn q8_0(rows: &[u8], row_bytes: usize, a: &[SuperQ8], out: &mut [&mut [f32]]) {
-        check_packed(rows, row_bytes, a, out, q8_0_packed_row_bytes);
-        run!(q8_0_tile, false, q8_0_one_token, rows, row_bytes, a, out);
-    }
-
-    pub fn q4_1(rows: &[u8], row_bytes: usize, a: &[SuperQ8], out: &mut [&mut [f32]]) {
-        check_packed(rows, row_bytes, a, out, q4_1_packed_row_bytes);
-        run!(q4_tile, Q4_1, q4_1_one_token, rows, row_bytes, a, out);
-    }
-
-    pub fn q4_0(rows: &[u8], row_bytes: usize, a: &[SuperQ8], out: &mut [&mut [f32]]) {
-        check_packed(rows, row_bytes, a, out, q4_0_packed_row_bytes);
-        run!(q4_tile, Q4_0, q4_0_one_token, rows, row_bytes, a, out);
-    }
-
-    pub fn q5_0(rows: &[u8], row_bytes: usize, a: &[SuperQ8], out: &mut [&mut [f32]]) {
-        check_packed(rows, row_bytes, a, out, q5_0_packed_row_bytes);
-        run!(q4_tile, Q5_0, q5_0_one_token, rows, row_bytes, a, out);
-    }
-
-    pub fn q5_1(rows: &[u8], row_bytes: usize, a: &[SuperQ8], out: &mut [&mut [f32]]) {
-        check_packed(rows, row_bytes, a, out, q5_1_packed_row_bytes);
-        run!(q4_tile, Q5_1, q5_1_one_token, rows, row_bytes, a, out);
-    }
-
-    pub fn q4_k(rows: &[u8], row_bytes: usize, a: &[SuperQ8], out: &mut [&mut [f32]]) {
-        check_k(rows, row_bytes, a, out, Q4_K_PACKED_BYTES);
-        run!(q4_5_k_tile, false, q4_k_one_token, rows, row_bytes, a, out);
-    }
-
-    pub fn q5_k(rows: &[u8], row_bytes: usize, a: &[SuperQ8], out: &mut [&mut [f32]]) {
-        check_k(rows, row_bytes, a, out, Q5_K_PACKED_BYTES);
-        run!(q4_5_k_tile, true, q5_k_one_token, rows, row_bytes, a, out);
-    }
-
-    pub fn q6_k(rows: &[u8], row_bytes: usize, a: &[SuperQ8], out: &mut [&mut [f32]]) {
-        check_k(rows, row_bytes, a, out, Q6_K_BYTES);
-        run!(q6_k_tile, false, q6_k_one_token, rows, row_bytes, a, out);
-    }
-
     /// `$name(rows, row_bytes, a, out)`: every row times a single token, one row at a time
     /// (the weights stream in one sequential run; two or four interleaved rows measured 30-35%
     /// slower), each by the format's one-row, one-token tile `$imp`, inlined into the loop so
@@ -867,14 +884,7 @@ mod avx512 {
         };
     }
 
-    one_token!(q8_0_one_token, q8_0_tile, false);
-    one_token!(q4_1_one_token, q4_tile, Q4_1);
-    one_token!(q4_0_one_token, q4_tile, Q4_0);
-    one_token!(q5_0_one_token, q4_tile, Q5_0);
-    one_token!(q5_1_one_token, q4_tile, Q5_1);
-    one_token!(q4_k_one_token, q4_5_k_tile, false);
-    one_token!(q5_k_one_token, q4_5_k_tile, true);
-    one_token!(q6_k_one_token, q6_k_tile, false);
+    tile_entries!();
 
     /// Prefetch the cache lines of the super-block at `b` ahead of use: a lone row streams, so
     /// a fixed distance ahead of it; in a tile of several rows the same block of the tile after

@@ -65,46 +65,6 @@ macro_rules! run {
     };
 }
 
-pub fn q8_0(rows: &[u8], row_bytes: usize, a: &[SuperQ8], out: &mut [&mut [f32]]) {
-    check_packed(rows, row_bytes, a, out, q8_0_packed_row_bytes);
-    run!(q8_0_tile, 0, q8_0_one_token, rows, row_bytes, a, out);
-}
-
-pub fn q4_1(rows: &[u8], row_bytes: usize, a: &[SuperQ8], out: &mut [&mut [f32]]) {
-    check_packed(rows, row_bytes, a, out, q4_1_packed_row_bytes);
-    run!(q4_tile, Q4_1, q4_1_one_token, rows, row_bytes, a, out);
-}
-
-pub fn q4_0(rows: &[u8], row_bytes: usize, a: &[SuperQ8], out: &mut [&mut [f32]]) {
-    check_packed(rows, row_bytes, a, out, q4_0_packed_row_bytes);
-    run!(q4_tile, Q4_0, q4_0_one_token, rows, row_bytes, a, out);
-}
-
-pub fn q5_0(rows: &[u8], row_bytes: usize, a: &[SuperQ8], out: &mut [&mut [f32]]) {
-    check_packed(rows, row_bytes, a, out, q5_0_packed_row_bytes);
-    run!(q4_tile, Q5_0, q5_0_one_token, rows, row_bytes, a, out);
-}
-
-pub fn q5_1(rows: &[u8], row_bytes: usize, a: &[SuperQ8], out: &mut [&mut [f32]]) {
-    check_packed(rows, row_bytes, a, out, q5_1_packed_row_bytes);
-    run!(q4_tile, Q5_1, q5_1_one_token, rows, row_bytes, a, out);
-}
-
-pub fn q4_k(rows: &[u8], row_bytes: usize, a: &[SuperQ8], out: &mut [&mut [f32]]) {
-    check_k(rows, row_bytes, a, out, Q4_K_PACKED_BYTES);
-    run!(q4_5_k_tile, false, q4_k_one_token, rows, row_bytes, a, out);
-}
-
-pub fn q5_k(rows: &[u8], row_bytes: usize, a: &[SuperQ8], out: &mut [&mut [f32]]) {
-    check_k(rows, row_bytes, a, out, Q5_K_PACKED_BYTES);
-    run!(q4_5_k_tile, true, q5_k_one_token, rows, row_bytes, a, out);
-}
-
-pub fn q6_k(rows: &[u8], row_bytes: usize, a: &[SuperQ8], out: &mut [&mut [f32]]) {
-    check_k(rows, row_bytes, a, out, Q6_K_BYTES);
-    run!(q6_k_tile, false, q6_k_one_token, rows, row_bytes, a, out);
-}
-
 /// `$name(rows, row_bytes, a, out)`: every row times a single token, one row at a time, by the
 /// format's one-token tile `$imp`, inlined into the loop.
 macro_rules! one_token {
@@ -121,14 +81,7 @@ macro_rules! one_token {
     };
 }
 
-one_token!(q8_0_one_token, q8_0_tile, 0);
-one_token!(q4_1_one_token, q4_tile, Q4_1);
-one_token!(q4_0_one_token, q4_tile, Q4_0);
-one_token!(q5_0_one_token, q4_tile, Q5_0);
-one_token!(q5_1_one_token, q4_tile, Q5_1);
-one_token!(q4_k_one_token, q4_5_k_tile, false);
-one_token!(q5_k_one_token, q4_5_k_tile, true);
-one_token!(q6_k_one_token, q6_k_tile, false);
+tile_entries!();
 
 /// Prefetch `bytes` at `b` ahead of use: a lone token streams the rows, so a fixed distance
 /// ahead; a tile of several tokens the same place in the next row.
@@ -401,7 +354,7 @@ unsafe fn q4_group<const V: usize, const N: usize, const KIND: u8>(
 /// `d_w·d_y` per lane.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q8_0_tile<const _UNUSED: u8, const N: usize>(row: &[u8], a: &[&[SuperQ8]], out: &mut [f32]) {
+unsafe fn q8_0_tile<const _UNUSED: bool, const N: usize>(row: &[u8], a: &[&[SuperQ8]], out: &mut [f32]) {
     packed_groups!(q8_0_group, QK, row, a, out);
 }
 
