@@ -1,7 +1,8 @@
-//! `cargo bench --bench index -- [N] [DIM] [M] [EF_CONSTRUCTION] [EF_SEARCH] [--data FILE]`: the
-//! embedded vector index on N random DIM-dimensional vectors (defaults 100000, 384, 16, 200, 64):
-//! build time, recall@10 against exact search, and single-thread query latency, also with
-//! filters admitting 10% and 0.1% of the vectors. One JSON object on stdout.
+//! `cargo bench --bench index -- [N] [DIM] [M] [EF_CONSTRUCTION] [EF_SEARCH] [--data FILE]
+//! [--ef-sweep EF,EF,...]`: the embedded vector index on N random DIM-dimensional vectors
+//! (defaults 100000, 384, 16, 200, 64): build time, recall@10 against exact search, and
+//! single-thread query latency, also with filters admitting 10% and 0.1% of the vectors, then
+//! unfiltered at each `--ef-sweep` value on the same graph. One JSON object on stdout.
 //! `scripts/index_bench.py` writes the vectors (`--data`: u32 n, u32 queries, u32 dim, then the
 //! f32 vectors and queries, little-endian) and runs hnswlib on the same ones for comparison.
 
@@ -17,9 +18,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .position(|a| a == "--data")
         .and_then(|i| raw.get(i + 1))
         .cloned();
+    let sweep: Vec<usize> = match raw.iter().position(|a| a == "--ef-sweep").and_then(|i| raw.get(i + 1)) {
+        Some(list) => list.split(',').map(str::parse).collect::<Result<_, _>>()?,
+        None => Vec::new(),
+    };
     let args: Vec<usize> = raw
         .iter()
-        .filter(|a| !a.starts_with("--") && Some(*a) != data.as_ref())
+        .enumerate()
+        .filter(|(i, a)| {
+            let after = |flag: &str| *i > 0 && raw[i - 1] == flag;
+            !a.starts_with("--") && !after("--data") && !after("--ef-sweep")
+        })
+        .map(|(_, a)| a)
         .map(|a| a.parse())
         .collect::<Result<_, _>>()?;
     let arg = |i: usize, d: usize| args.get(i).copied().unwrap_or(d);
@@ -91,6 +101,30 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "query_ms": per_query_ms,
             "qps": 1e3 / per_query_ms,
         });
+    }
+    // Unfiltered recall and speed at each `--ef-sweep` value, on the same graph.
+    let truth: Vec<Vec<u64>> = queries
+        .iter()
+        .map(|q| index.exact(q, k, None).map(|h| h.iter().map(|h| h.key).collect()))
+        .collect::<Result<_, _>>()?;
+    let mut rows = Vec::new();
+    for ef in sweep {
+        index.set_ef_search(ef);
+        let start = Instant::now();
+        let mut found = 0;
+        for (q, t) in queries.iter().zip(&truth) {
+            found += index.search(q, k, None)?.iter().filter(|h| t.contains(&h.key)).count();
+        }
+        let per_query_ms = start.elapsed().as_secs_f64() * 1e3 / n_queries as f64;
+        rows.push(serde_json::json!({
+            "ef_search": ef,
+            "recall_at_10": found as f64 / (k * n_queries) as f64,
+            "query_ms": per_query_ms,
+            "qps": 1e3 / per_query_ms,
+        }));
+    }
+    if !rows.is_empty() {
+        report["sweep"] = serde_json::Value::Array(rows);
     }
     println!("{report}");
     Ok(())

@@ -103,6 +103,29 @@ pub fn dot_f32_scalar(a: &[f32], b: &[f32]) -> f32 {
     dot_f32(&a[..n], &b[..n])
 }
 
+/// `Σ a_i · b_i` of two 8-bit vectors over the shorter one's length: the vector index's walk
+/// compares quantized vectors with it. Exact: every product is at most 2^14 in size, so the
+/// sum fits in an `i32` for any length below 2^17 (the index caps its dimension lower).
+pub fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
+    let n = a.len().min(b.len());
+    #[cfg(target_arch = "x86_64")]
+    if Isa::detect() == Isa::Avx512 {
+        // SAFETY: the AVX-512 level implies AVX-512 F, BW, VL and VNNI with AVX2.
+        return unsafe { avx512::dot_i8(&a[..n], &b[..n]) };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if Isa::detect().implies_avx2() {
+        // SAFETY: `Isa::detect` returned an x86 SIMD level, which implies AVX2.
+        return unsafe { avx2::dot_i8(&a[..n], &b[..n]) };
+    }
+    dot_i8_scalar(a, b)
+}
+
+/// The portable [`dot_i8`], the reference of the SIMD ones.
+pub fn dot_i8_scalar(a: &[i8], b: &[i8]) -> i32 {
+    a.iter().zip(b).map(|(&x, &y)| i32::from(x) * i32::from(y)).sum()
+}
+
 fn dot_f32(q: &[f32], r: &[f32]) -> f32 {
     // Eight partial sums so the compiler can keep them in vector registers.
     let mut acc = [0f32; 8];
@@ -299,6 +322,37 @@ pub mod avx2 {
             sum += a[j] * b[j];
         }
         sum
+    }
+
+    /// [`super::dot_i8`] with AVX2: sixteen bytes at a time widened to 16 bits, multiplied
+    /// and added in pairs into 32-bit lanes.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2; `a` and `b` have the same length.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
+        let d = a.len().min(b.len());
+        let (ap, bp) = (a.as_ptr(), b.as_ptr());
+        let mut acc = [_mm256_setzero_si256(); 2];
+        let mut i = 0;
+        // SAFETY (every load): `i + 16 * (j + 1) <= d` keeps it inside both slices.
+        while i + 32 <= d {
+            for (j, s) in acc.iter_mut().enumerate() {
+                let (x, y) = unsafe {
+                    (
+                        _mm256_cvtepi8_epi16(_mm_loadu_si128(ap.add(i + 16 * j).cast())),
+                        _mm256_cvtepi8_epi16(_mm_loadu_si128(bp.add(i + 16 * j).cast())),
+                    )
+                };
+                *s = _mm256_add_epi32(*s, _mm256_madd_epi16(x, y));
+            }
+            i += 32;
+        }
+        let v = _mm256_add_epi32(acc[0], acc[1]);
+        let v = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+        let v = _mm_add_epi32(v, _mm_shuffle_epi32::<0b01_00_11_10>(v));
+        let v = _mm_add_epi32(v, _mm_shuffle_epi32::<0b10_11_00_01>(v));
+        _mm_cvtsi128_si32(v) + super::dot_i8_scalar(&a[i..d], &b[i..d])
     }
 
     /// # Safety
@@ -581,6 +635,58 @@ pub mod avx512 {
         _mm512_reduce_add_ps(v)
     }
 
+    /// [`super::dot_i8`] with AVX-512: thirty-two bytes at a time widened to 16 bits and
+    /// multiplied and added in pairs into 32-bit lanes by one VNNI instruction; the tail is a
+    /// masked load.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F, BW, VL and VNNI with AVX2; `a` and `b` have the same
+    /// length.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    pub unsafe fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
+        let d = a.len().min(b.len());
+        let (ap, bp) = (a.as_ptr(), b.as_ptr());
+        let mut acc = [_mm512_setzero_si512(); 2];
+        let mut i = 0;
+        // SAFETY (every load): `i + 32 * (j + 1) <= d` keeps it inside both slices.
+        while i + 64 <= d {
+            for (j, s) in acc.iter_mut().enumerate() {
+                let (x, y) = unsafe {
+                    (
+                        _mm512_cvtepi8_epi16(_mm256_loadu_si256(ap.add(i + 32 * j).cast())),
+                        _mm512_cvtepi8_epi16(_mm256_loadu_si256(bp.add(i + 32 * j).cast())),
+                    )
+                };
+                *s = _mm512_dpwssd_epi32(*s, x, y);
+            }
+            i += 64;
+        }
+        if i < d {
+            let mask: __mmask32 = u32::MAX >> (32 - (d - i).min(32));
+            // SAFETY: the mask loads only the `min(d - i, 32)` values left in each slice.
+            let (x, y) = unsafe {
+                (
+                    _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(mask, ap.add(i))),
+                    _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(mask, bp.add(i))),
+                )
+            };
+            acc[0] = _mm512_dpwssd_epi32(acc[0], x, y);
+            i += 32;
+        }
+        if i < d {
+            let mask: __mmask32 = u32::MAX >> (32 - (d - i));
+            // SAFETY: as above, for the last fewer than 32 values.
+            let (x, y) = unsafe {
+                (
+                    _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(mask, ap.add(i))),
+                    _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(mask, bp.add(i))),
+                )
+            };
+            acc[1] = _mm512_dpwssd_epi32(acc[1], x, y);
+        }
+        _mm512_reduce_add_epi32(_mm512_add_epi32(acc[0], acc[1]))
+    }
+
     /// The high eight floats of `v` (AVX-512 F has no float form of this extract; the bits
     /// move through the integer one).
     #[inline]
@@ -735,6 +841,44 @@ mod tests {
                     "{name} n={n}: {got} vs {exact}"
                 );
                 assert_eq!(k(&b, &a).to_bits(), k(&a[..n], &b).to_bits(), "{name} n={n}: symmetric");
+            }
+        }
+    }
+
+    /// Every 8-bit dot product this CPU can run against the exact integer sum, at lengths
+    /// around each vector width and the embedders' 384, with the extreme values included.
+    #[test]
+    fn int8_dot_products_are_exact() {
+        let mut rng = Rng::new(12);
+        type DotI8 = fn(&[i8], &[i8]) -> i32;
+        let mut kernels: Vec<(&str, DotI8)> = vec![("portable", dot_i8_scalar), ("dispatched", dot_i8)];
+        #[cfg(target_arch = "x86_64")]
+        {
+            let isas = crate::quant::kernels::Isa::available();
+            if isas.contains(&Isa::Avx2) {
+                // SAFETY: the CPU has AVX2.
+                kernels.push(("avx2", |a, b| unsafe { avx2::dot_i8(a, b) }));
+            }
+            if isas.contains(&Isa::Avx512) {
+                // SAFETY: the CPU has AVX-512 F, BW, VL and VNNI.
+                kernels.push(("avx512", |a, b| unsafe { avx512::dot_i8(a, b) }));
+            }
+        }
+        let byte = |rng: &mut Rng| (rng.next_u64() % 256) as u8 as i8;
+        for n in (0..=130).chain([383, 384, 385, 1000, 4096]) {
+            let a: Vec<i8> = (0..n + 5).map(|_| byte(&mut rng)).collect();
+            let b: Vec<i8> = (0..n).map(|_| byte(&mut rng)).collect();
+            let extremes = (vec![i8::MIN; n], vec![i8::MIN; n]);
+            let exact =
+                |a: &[i8], b: &[i8]| -> i64 { a.iter().zip(b).map(|(&x, &y)| i64::from(x) * i64::from(y)).sum() };
+            for (name, k) in &kernels {
+                assert_eq!(i64::from(k(&a, &b)), exact(&a, &b), "{name} n={n}");
+                assert_eq!(k(&b, &a), k(&a[..n], &b), "{name} n={n}: symmetric");
+                assert_eq!(
+                    i64::from(k(&extremes.0, &extremes.1)),
+                    16384 * n as i64,
+                    "{name} n={n}: -128s"
+                );
             }
         }
     }
