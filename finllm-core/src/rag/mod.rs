@@ -9,7 +9,8 @@
 //! - [`collection`]: all of it over a folder of documents, searched by vector, keyword or both
 //!   fused, saved to one checksummed file.
 //! - [`retriever`]: queries, filters, passages and the [`Retriever`] trait.
-//! - `pg` (feature `postgres`, on by default): the same search in PostgreSQL + pgvector.
+//! - `pg` (feature `postgres`, on by default): the same search in PostgreSQL + pgvector, over TLS
+//!   with libpq's `sslmode`/`sslrootcert`/`sslcert`/`sslkey` (`pg_tls`).
 //! - [`answer`]: retrieve, build the prompt with numbered sources, generate, cite.
 //!
 //! A [`Retriever`] is anything that answers a [`Query`] with [`Passage`]s: a [`Collection`], a
@@ -25,6 +26,8 @@ pub mod ingest;
 pub mod keyword;
 #[cfg(feature = "postgres")]
 pub mod pg;
+#[cfg(feature = "postgres")]
+pub mod pg_tls;
 pub mod retriever;
 
 pub use answer::{ask, ask_streaming, Answer, AskOptions, Citation, Grounded};
@@ -35,4 +38,6 @@ pub use index::{Hit, IndexConfig, SearchPlan, VectorIndex};
 pub use ingest::{DocKind, Document};
 #[cfg(feature = "postgres")]
 pub use pg::{PgConfig, PgStore, PushReport};
+#[cfg(feature = "postgres")]
+pub use pg_tls::{SslMode, TlsSettings};
 pub use retriever::{DocMeta, Filter, Passage, Query, Retriever, SearchMode};

@@ -16,20 +16,23 @@
 //! stored as a `tsvector`, ranked by `ts_rank`; hybrid search fuses both by reciprocal rank
 //! fusion exactly as the collection does.
 //!
-//! Connections: plain TCP or a Unix socket (`host=/run/postgresql`) without TLS — put the
-//! database on loopback or a trusted network. A broken connection is reopened on the next call.
+//! Connections: TCP or a Unix socket (`host=/run/postgresql`), over TLS as libpq's `sslmode`,
+//! `sslrootcert`, `sslcert` and `sslkey` in the connection string say (see [`super::pg_tls`]:
+//! `verify-full` with the bank's CA file for a database off the machine). A broken connection
+//! is reopened on the next call.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use postgres::types::ToSql;
-use postgres::{Client, NoTls, Row};
+use postgres::{Client, Row};
 
 use crate::error::{Error, Result};
 use crate::rag::collection::Collection;
 use crate::rag::embed::Embedder;
 use crate::rag::keyword::terms;
+use crate::rag::pg_tls::{self, client_config, split_connection_string, TlsSettings};
 use crate::rag::retriever::{fuse, DocMeta, Filter, Passage, Query, Retriever, SearchMode, MAX_UNKNOWN_FOR_VECTOR};
 
 /// The advisory lock key under which every finllm store creates its schema ("finllm" in ASCII).
@@ -81,6 +84,9 @@ pub struct PushReport {
 pub struct PgStore {
     config: PgConfig,
     pg: postgres::Config,
+    tls: TlsSettings,
+    /// rustls' settings when the connection string asks for TLS.
+    tls_config: Option<rustls::ClientConfig>,
     embedder: Arc<Embedder>,
     embedder_id: String,
     client: Mutex<Option<Client>>,
@@ -217,7 +223,9 @@ impl PgStore {
             return Err(Error::invalid("rrf_k", "must be a finite number >= 0"));
         }
         let name = format!("postgres:{}", config.table);
-        let mut pg: postgres::Config = config.url.parse().map_err(|e: postgres::Error| Error::Retriever {
+        let (tls, url) = split_connection_string(&config.url)?;
+        let tls_config = client_config(&tls)?;
+        let mut pg: postgres::Config = url.parse().map_err(|e: postgres::Error| Error::Retriever {
             name: name.clone(),
             reason: format!("connection string: {e}"),
         })?;
@@ -226,6 +234,8 @@ impl PgStore {
         let embedder_id = format!("dim={} {}", embedder.dim(), embedder.fingerprint());
         let store = Self {
             pg,
+            tls,
+            tls_config,
             embedder_id,
             embedder,
             client: Mutex::new(None),
@@ -244,10 +254,21 @@ impl PgStore {
         &self.embedder
     }
 
+    /// The TLS settings read from the connection string.
+    pub fn tls(&self) -> &TlsSettings {
+        &self.tls
+    }
+
+    /// Whether the open session is encrypted, and with which TLS version, as the server
+    /// reports it (`pg_stat_ssl`): what an auditor asks of a link carrying client documents.
+    pub fn session_tls(&self) -> Result<Option<String>> {
+        self.with_client(|c| pg_tls::session_tls(c).map_err(|e| self.err("read pg_stat_ssl", &e)))
+    }
+
     fn err(&self, what: &str, e: &postgres::Error) -> Error {
         let reason = match e.as_db_error() {
             Some(db) => format!("{what}: {} ({})", db.message(), db.code().code()),
-            None => format!("{what}: {e}"),
+            None => format!("{what}: {}", pg_tls::describe(e)),
         };
         Error::Retriever {
             name: self.name.clone(),
@@ -263,7 +284,7 @@ impl PgStore {
         })?;
         if guard.as_ref().is_none_or(Client::is_closed) {
             *guard = None;
-            let mut c = self.pg.connect(NoTls).map_err(|e| self.err("connect", &e))?;
+            let mut c = pg_tls::connect(&self.pg, self.tls_config.as_ref()).map_err(|e| self.err("connect", &e))?;
             let ms = self.config.timeout.as_millis().clamp(1, i32::MAX as u128);
             c.batch_execute(&format!("SET statement_timeout = {ms}"))
                 .map_err(|e| self.err("set statement_timeout", &e))?;
