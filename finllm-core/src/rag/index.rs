@@ -88,6 +88,24 @@ impl Ord for Scored {
     }
 }
 
+/// An f32 ordered by `total_cmp`, for heaps of bounds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct OrderedLow(f32);
+
+impl Eq for OrderedLow {}
+
+impl PartialOrd for OrderedLow {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for OrderedLow {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
+
 /// Nodes seen by one search: a bit per node.
 struct Visited(Vec<u64>);
 
@@ -217,6 +235,21 @@ struct Codes {
     dim: usize,
     lines: Vec<Line>,
     scales: Vec<f32>,
+    /// `Σ |v_i|` of each node's f32 vector: with the scales, it bounds the estimate's error.
+    l1: Vec<f32>,
+}
+
+fn l1_norm(v: &[f32]) -> f32 {
+    v.iter().map(|x| f64::from(x.abs())).sum::<f64>() as f32
+}
+
+/// How far an estimate may be from the f32 dot product it stands for: rounding each component
+/// moves it by at most half a step, so `|a·b − s_a s_b Σ ca·cb| ≤ (s_b Σ|a| + s_a Σ|b|) / 2 +
+/// dim · s_a s_b / 4`; `SLACK` covers the f32 arithmetic of both sides (each below 1e-5 for
+/// unit vectors of up to 65536 dimensions).
+fn estimate_bound(dim: usize, scale_a: f32, l1_a: f32, scale_b: f32, l1_b: f32) -> f32 {
+    const SLACK: f32 = 1e-4;
+    (scale_b * l1_a + scale_a * l1_b) * 0.5 + dim as f32 * scale_a * scale_b * 0.25 + SLACK
 }
 
 /// A vector in 8 bits with its scale: the query, or a node's row.
@@ -233,6 +266,7 @@ impl Codes {
             dim,
             lines: Vec::new(),
             scales: Vec::new(),
+            l1: Vec::new(),
         }
     }
 
@@ -256,6 +290,7 @@ impl Codes {
         let dim = self.dim;
         let scale = Self::quantize(v, &mut self.lines_mut(at)[..dim]);
         self.scales.push(scale);
+        self.l1.push(l1_norm(v));
     }
 
     fn lines_mut(&mut self, at: usize) -> &mut [i8] {
@@ -632,10 +667,14 @@ impl VectorIndex {
         }
         let ef = match admit {
             None => self.config.ef_search.max(k),
-            Some(admit) => match self.filtered_plan(admit, k) {
-                SearchPlan::Exact => return Ok(self.exact_normalised(&q, k, Some(admit))),
-                SearchPlan::Graph { ef } => ef,
-            },
+            Some(admit) => {
+                // The filter runs once per vector here, and the exact plan reuses its answers.
+                let admitted = self.admitted(admit);
+                match self.plan_for(admitted.len(), k) {
+                    SearchPlan::Exact => return Ok(self.exact_bounded(&q, k, admitted.into_iter())),
+                    SearchPlan::Graph { ef } => ef,
+                }
+            }
         };
         Ok(self.graph_search(&q, k, ef, admit))
     }
@@ -648,12 +687,18 @@ impl VectorIndex {
     /// (100k vectors, `ef_search` 800, a 10% filter: the walk would compute ~256k distances,
     /// exact search 10k.) Counting the admitted vectors calls `admit` once per vector.
     pub fn filtered_plan(&self, admit: &dyn Fn(u64) -> bool, k: usize) -> SearchPlan {
-        let admitted = self
-            .keys
-            .iter()
-            .zip(&self.deleted)
-            .filter(|(key, deleted)| !**deleted && admit(**key))
-            .count();
+        self.plan_for(self.admitted(admit).len(), k)
+    }
+
+    /// The undeleted nodes `admit` lets through, in order.
+    fn admitted(&self, admit: &dyn Fn(u64) -> bool) -> Vec<u32> {
+        (0..self.keys.len() as u32)
+            .filter(|&n| !self.deleted[n as usize] && admit(self.keys[n as usize]))
+            .collect()
+    }
+
+    /// [`filtered_plan`](Self::filtered_plan) for `admitted` admitted vectors.
+    fn plan_for(&self, admitted: usize, k: usize) -> SearchPlan {
         let share = admitted as f64 / self.live.max(1) as f64;
         if admitted <= k || share < self.config.exact_below {
             return SearchPlan::Exact;
@@ -712,6 +757,55 @@ impl VectorIndex {
     pub fn exact(&self, query: &[f32], k: usize, admit: Option<&dyn Fn(u64) -> bool>) -> Result<Vec<Hit>> {
         let q = self.normalised(query)?;
         Ok(self.exact_normalised(&q, k, admit))
+    }
+
+    /// [`exact`](Self::exact)'s results over `nodes` (undeleted), bit for bit, reading the
+    /// 8-bit codes of every one and the f32 vectors of only a few: each estimate with its error bound
+    /// gives an interval holding the f32 cosine; the `k`-th highest lower end is at most the
+    /// `k`-th best cosine, so every vector whose upper end reaches it is compared exactly, and
+    /// no vector of the true top `k` (ties included) can be left out.
+    fn exact_bounded(&self, q: &[f32], k: usize, nodes: impl Iterator<Item = u32>) -> Vec<Hit> {
+        if k == 0 {
+            return Vec::new();
+        }
+        let (code, scale) = self.quantized(q);
+        let p = Probe { code: &code, scale };
+        let q_l1 = l1_norm(q);
+        // (node, upper end) of every admitted vector; the k highest lower ends in a min-heap.
+        let mut upper: Vec<(u32, f32)> = Vec::new();
+        let mut lowest: BinaryHeap<Reverse<OrderedLow>> = BinaryHeap::with_capacity(k + 1);
+        for node in nodes {
+            let i = node as usize;
+            let estimate = 1.0 - self.dist(p, node);
+            let bound = estimate_bound(self.dim, scale, q_l1, self.codes.scales[i], self.codes.l1[i]);
+            upper.push((node, estimate + bound));
+            lowest.push(Reverse(OrderedLow(estimate - bound)));
+            if lowest.len() > k {
+                lowest.pop();
+            }
+        }
+        // Fewer than k admitted: every one is a candidate.
+        let floor = if lowest.len() == k {
+            lowest.peek().map_or(f32::NEG_INFINITY, |r| r.0 .0)
+        } else {
+            f32::NEG_INFINITY
+        };
+        let mut best: Vec<Scored> = upper
+            .into_iter()
+            .filter(|&(_, up)| up >= floor)
+            .map(|(node, _)| Scored {
+                dist: self.exact_dist(q, node),
+                node,
+            })
+            .collect();
+        best.sort();
+        best.into_iter()
+            .take(k)
+            .map(|s| Hit {
+                key: self.keys[s.node as usize],
+                score: 1.0 - s.dist,
+            })
+            .collect()
     }
 
     fn exact_normalised(&self, q: &[f32], k: usize, admit: Option<&dyn Fn(u64) -> bool>) -> Vec<Hit> {
@@ -960,6 +1054,15 @@ mod tests {
                         (estimate - exact).abs() <= bound,
                         "dim {dim}: {estimate} vs {exact}, bound {bound}"
                     );
+                    // The bound the bounded scan uses is at least this one.
+                    let used = estimate_bound(
+                        dim,
+                        pa.scale,
+                        index.codes.l1[a as usize],
+                        pb.scale,
+                        index.codes.l1[b as usize],
+                    );
+                    assert!(f64::from(used) >= bound, "dim {dim}: {used} < {bound}");
                     // Each row's largest magnitude is exactly ±127.
                     assert_eq!(pa.code.iter().map(|c| c.unsigned_abs()).max(), Some(127));
                 }
@@ -967,6 +1070,44 @@ mod tests {
         }
         assert!(VectorIndex::new(MAX_DIM + 1, IndexConfig::default()).is_err());
         assert!(VectorIndex::new(MAX_DIM, IndexConfig::default()).is_ok());
+    }
+
+    /// The bounded scan returns exact search's results bit for bit: on random vectors, on
+    /// clusters of near-duplicates (many cosines within the estimate's error of one another),
+    /// with exact duplicates (ties), under filters, and for k beyond what the filter admits.
+    #[test]
+    fn the_bounded_scan_equals_exact_search() {
+        let dim = 96;
+        let mut vectors = random_vectors(1500, dim, 21);
+        let centres = random_vectors(5, dim, 22);
+        let mut rng = Rng::new(23);
+        for i in 0..500 {
+            let c = &centres[i % 5];
+            vectors.push(c.iter().map(|&x| x + (rng.next_f64() as f32 - 0.5) * 1e-3).collect());
+        }
+        for i in 0..50 {
+            vectors.push(vectors[i * 7].clone());
+        }
+        let mut index = VectorIndex::new(dim, IndexConfig::default()).unwrap();
+        for (i, v) in vectors.iter().enumerate() {
+            index.add(i as u64, v).unwrap();
+        }
+        index.delete(3);
+        let mut queries = random_vectors(15, dim, 24);
+        queries.extend(centres.iter().cloned());
+        queries.push(vectors[7].clone());
+        for q in &queries {
+            let q = index.normalised(q).unwrap();
+            for modulus in [1u64, 3, 10, 400, 3000] {
+                let admit = move |key: u64| key.is_multiple_of(modulus);
+                for k in [1, 10, 37] {
+                    let want = index.exact_normalised(&q, k, Some(&admit));
+                    let got = index.exact_bounded(&q, k, index.admitted(&admit).into_iter());
+                    assert_eq!(got, want, "k {k}, 1/{modulus} admitted");
+                }
+            }
+        }
+        assert!(index.exact_bounded(&queries[0], 0, 0..10).is_empty());
     }
 
     /// The walk ranks by estimates; what a search returns is ranked and scored by the f32
