@@ -160,3 +160,19 @@ def test_pgstore_mirrors_the_index_and_answers(smollm2, index, embedder):
         finllm.PgStore("postgresql://postgres@127.0.0.1:1/postgres", embedder=embedder, timeout=5)
     with pytest.raises(finllm.errors.InvalidArgument):
         finllm.PgStore(pg_url(), embedder=embedder, table="x; drop table y")
+
+
+def test_pgstore_tls_settings_reach_the_core(embedder):
+    # The TLS server of scripts/pg_server.py (Debian's PostgreSQL: TLS, no pgvector), with a
+    # certificate for localhost signed by ca.crt: through the handshake as far as the schema
+    # with the right CA, refused at the handshake with another, a typed error without one.
+    url = os.environ.get("FINLLM_TEST_PG_TLS_URL", "").replace("127.0.0.1", "localhost")
+    tls = pathlib.Path(os.environ.get("FINLLM_TEST_PG_TLS_DIR", ""))
+    assert url, "FINLLM_TEST_PG_TLS_URL is not set (scripts/pg_server.py)"
+    with pytest.raises(finllm.errors.RetrieverError, match="vector"):
+        finllm.PgStore(f"{url}?sslmode=verify-full&sslrootcert={tls / 'ca.crt'}", embedder=embedder, timeout=10)
+    with pytest.raises(finllm.errors.RetrieverError, match="certificate"):
+        finllm.PgStore(f"{url}?sslmode=verify-full&sslrootcert={tls / 'other-ca.crt'}", embedder=embedder,
+                       timeout=10)
+    with pytest.raises(finllm.errors.InvalidArgument, match="sslrootcert"):
+        finllm.PgStore(f"{url}?sslmode=verify-full", embedder=embedder, timeout=10)
