@@ -88,24 +88,6 @@ impl Ord for Scored {
     }
 }
 
-/// An f32 ordered by `total_cmp`, for heaps of bounds.
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct OrderedLow(f32);
-
-impl Eq for OrderedLow {}
-
-impl PartialOrd for OrderedLow {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for OrderedLow {
-    fn cmp(&self, other: &Self) -> Ordering {
-        self.0.total_cmp(&other.0)
-    }
-}
-
 /// Nodes seen by one search: a bit per node.
 struct Visited(Vec<u64>);
 
@@ -771,22 +753,26 @@ impl VectorIndex {
         let (code, scale) = self.quantized(q);
         let p = Probe { code: &code, scale };
         let q_l1 = l1_norm(q);
-        // (node, upper end) of every admitted vector; the k highest lower ends in a min-heap.
+        // (node, upper end) of every admitted vector; the k highest lower ends in a min-heap
+        // (`Scored` here holds a lower end, not a distance).
         let mut upper: Vec<(u32, f32)> = Vec::new();
-        let mut lowest: BinaryHeap<Reverse<OrderedLow>> = BinaryHeap::with_capacity(k + 1);
+        let mut lowest: BinaryHeap<Reverse<Scored>> = BinaryHeap::with_capacity(k + 1);
         for node in nodes {
             let i = node as usize;
             let estimate = 1.0 - self.dist(p, node);
             let bound = estimate_bound(self.dim, scale, q_l1, self.codes.scales[i], self.codes.l1[i]);
             upper.push((node, estimate + bound));
-            lowest.push(Reverse(OrderedLow(estimate - bound)));
+            lowest.push(Reverse(Scored {
+                dist: estimate - bound,
+                node,
+            }));
             if lowest.len() > k {
                 lowest.pop();
             }
         }
         // Fewer than k admitted: every one is a candidate.
         let floor = if lowest.len() == k {
-            lowest.peek().map_or(f32::NEG_INFINITY, |r| r.0 .0)
+            lowest.peek().map_or(f32::NEG_INFINITY, |r| r.0.dist)
         } else {
             f32::NEG_INFINITY
         };
