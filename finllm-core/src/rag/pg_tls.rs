@@ -261,34 +261,27 @@ pub fn client_config(settings: &TlsSettings) -> Result<Option<ClientConfig>> {
         }
         None => None,
     };
-    let checked = match (settings.mode, &roots) {
+    let webpki = |roots: &Arc<RootCertStore>| {
+        WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
+            .build()
+            .map_err(|e| Error::invalid("sslrootcert", e.to_string()))
+    };
+    let algorithms = provider.signature_verification_algorithms;
+    let verifier: Arc<dyn ServerCertVerifier> = match (settings.mode, &roots) {
         (SslMode::VerifyCa | SslMode::VerifyFull, None) => {
             return Err(Error::invalid(
                 "sslrootcert",
                 "sslmode=verify-ca and verify-full need sslrootcert=<PEM file of the CA certificates>",
             ))
         }
-        (SslMode::VerifyFull, Some(_)) => Check::Full,
-        (_, Some(_)) => Check::ChainOnly,
-        (_, None) => Check::Nothing,
-    };
-    let verifier: Arc<dyn ServerCertVerifier> = match (&roots, checked) {
-        (Some(roots), Check::Full | Check::ChainOnly) => {
-            let webpki = WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
-                .build()
-                .map_err(|e| Error::invalid("sslrootcert", e.to_string()))?;
-            if checked == Check::Full {
-                webpki
-            } else {
-                Arc::new(Verifier {
-                    chain: Some(webpki),
-                    algorithms: provider.signature_verification_algorithms,
-                })
-            }
-        }
-        _ => Arc::new(Verifier {
+        (SslMode::VerifyFull, Some(roots)) => webpki(roots)?,
+        (_, Some(roots)) => Arc::new(Verifier {
+            chain: Some(webpki(roots)?),
+            algorithms,
+        }),
+        (_, None) => Arc::new(Verifier {
             chain: None,
-            algorithms: provider.signature_verification_algorithms,
+            algorithms,
         }),
     };
     let builder = ClientConfig::builder_with_provider(provider)
@@ -353,13 +346,6 @@ pub(crate) fn session_tls(c: &mut Client) -> std::result::Result<Option<String>,
     let row = c.query_one("SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[])?;
     let (ssl, version): (bool, Option<String>) = (row.try_get(0)?, row.try_get(1)?);
     Ok(ssl.then(|| version.unwrap_or_default()))
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Check {
-    Nothing,
-    ChainOnly,
-    Full,
 }
 
 /// Checks the server's certificate as the mode says: not at all for `prefer` and `require`
