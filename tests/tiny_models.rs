@@ -445,6 +445,64 @@ fn candle_backend_matches_the_kernels() {
     }
 }
 
+#[test]
+fn device_caches_grow_in_place_and_clones_keep_their_own_rows() {
+    // The candle backend's cache (what CUDA runs) fills a preallocated buffer and doubles it when
+    // full; clones share the buffer until one writes. Two clones fed different tokens past two
+    // doublings must each give, bit for bit, what a cache of their own gives, and stay within the
+    // tolerance of the kernels.
+    let file = std::sync::Arc::new(
+        GgufFile::open(write_gguf(
+            &SyntheticSpec::tiny(Architecture::Llama, 29),
+            QuantType::F32,
+        ))
+        .unwrap(),
+    );
+    let kernels = Transformer::from_gguf(&file).unwrap();
+    let candle = Transformer::from_gguf_on(&file, &Backend::Candle(Device::Cpu)).unwrap();
+    let a_tokens: Vec<u32> = (0..150).map(|i| SEQ[i % SEQ.len()]).collect();
+    let mut b_tokens = a_tokens.clone();
+    for t in b_tokens.iter_mut().skip(6) {
+        *t = (*t * 7 + 3) % 250;
+    }
+    for precision in [KvPrecision::F32, KvPrecision::F16] {
+        // Token by token on a cache of its own.
+        let alone = |tokens: &[u32]| -> Vec<Vec<f32>> {
+            let mut cache = candle.new_cache_with(precision);
+            let mut out = vec![candle.forward(&tokens[..6], &mut cache).unwrap()];
+            for &t in &tokens[6..] {
+                out.push(candle.forward(&[t], &mut cache).unwrap());
+            }
+            out
+        };
+        let (want_a, want_b) = (alone(&a_tokens), alone(&b_tokens));
+        let mut a = candle.new_cache_with(precision);
+        let first = candle.forward(&a_tokens[..6], &mut a).unwrap();
+        let mut b = a.clone();
+        let (mut got_a, mut got_b) = (vec![first.clone()], vec![first]);
+        for (&ta, &tb) in a_tokens[6..].iter().zip(&b_tokens[6..]) {
+            got_a.push(candle.forward(&[ta], &mut a).unwrap());
+            got_b.push(candle.forward(&[tb], &mut b).unwrap());
+        }
+        assert_eq!(got_a, want_a, "{precision:?}: the first clone");
+        assert_eq!(got_b, want_b, "{precision:?}: the second clone");
+        assert_ne!(got_a.last(), got_b.last());
+        // Against the kernels (an independent implementation), on the f32 cache.
+        if precision == KvPrecision::F32 {
+            let full = all_logits(&kernels, &b_tokens, KvPrecision::F32);
+            let scale = full.iter().flatten().fold(0f32, |m, v| m.max(v.abs()));
+            let d = max_diff(&got_b[1..], &full[6..]);
+            assert!(d <= 1e-4 * scale.max(1.0), "{d}");
+        }
+        // Cut back below the first doubling, then continue: the rows written after the cut
+        // replace the old ones.
+        b.truncate(40).unwrap();
+        let again = candle.forward(&[b_tokens[40]], &mut b).unwrap();
+        assert_eq!(again, want_b[40 - 5], "{precision:?}: after truncating");
+        assert_eq!(b.len(), 41);
+    }
+}
+
 /// Bytes of a synthetic model's projection and output matrices at `elem_bytes` per weight.
 fn matrix_bytes(spec: &SyntheticSpec, elem_bytes: u64) -> u64 {
     let (h, q, kv, f) = (
@@ -531,6 +589,8 @@ fn logit_comparison_counts_agreement_and_differences() {
     let same = finllm::bench::compare_logits(&kernels, &kernels, &SEQ[..5], 12).unwrap();
     assert_eq!((same.steps, same.top1_agree, same.max_abs_diff), (12, 12, 0.0));
     assert!(same.max_abs_logit > 0.0);
+    assert_eq!(same.confident_agree, same.confident_steps);
+    assert!(same.largest_disagreeing_margin.is_nan(), "{same:?}");
     // The kernels and candle may or may not sum in the same order, depending on the ISA the
     // dispatcher picks (bit-identical on some AVX2 machines): only the bound must hold.
     let c = finllm::bench::compare_logits(&kernels, &candle, &SEQ[..5], 12).unwrap();
@@ -538,6 +598,9 @@ fn logit_comparison_counts_agreement_and_differences() {
     assert!(c.max_abs_diff < 0.02 * c.max_abs_logit, "{c:?}");
     assert!(c.median_step_max_diff <= c.max_abs_diff);
     assert!(c.top1_agree >= 10, "{c:?}");
+    assert!(c.confident_agree <= c.confident_steps && c.confident_steps <= c.steps);
+    // Where the kernels lead by more than the margin, candle (the code CUDA runs) must agree.
+    assert_eq!(c.confident_agree, c.confident_steps, "{c:?}");
     // Differences are counted: the same weights in f32 against their Q8_0 rounding differ on
     // every ISA (the rounding is in the weights, not in the summation order).
     let f32_file = std::sync::Arc::new(
@@ -550,6 +613,10 @@ fn logit_comparison_counts_agreement_and_differences() {
     let exact = Transformer::from_gguf(&f32_file).unwrap();
     let q = finllm::bench::compare_logits(&kernels, &exact, &SEQ[..5], 12).unwrap();
     assert_eq!(q.steps, 12);
+    // A disagreement is only possible at a step whose margin is at most the largest
+    // disagreeing one; the margin-gated count never exceeds the steps counted.
+    assert!(q.confident_agree <= q.confident_steps, "{q:?}");
+    assert!(q.top1_agree == q.steps || q.largest_disagreeing_margin >= 0.0, "{q:?}");
     assert!(q.max_abs_diff > 0.0 && q.max_abs_diff < 0.05 * q.max_abs_logit, "{q:?}");
     assert!(
         q.median_step_max_diff > 0.0 && q.median_step_max_diff <= q.max_abs_diff,

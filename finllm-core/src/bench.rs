@@ -196,12 +196,43 @@ pub struct LogitComparison {
     pub steps: usize,
     /// Steps where both backends' top-1 token is the same.
     pub top1_agree: usize,
+    /// Steps where the reference's top-1 logit leads its runner-up by more than
+    /// [`CONFIDENT_MARGIN`] (where a different top-1 on the other backend is a real error rather
+    /// than a near tie broken by summation order)...
+    pub confident_steps: usize,
+    /// ...and of those, the steps where both backends' top-1 token is the same.
+    pub confident_agree: usize,
+    /// Largest top-1 margin of the reference among the steps where the two disagree (NaN when
+    /// they never do).
+    pub largest_disagreeing_margin: f32,
     /// Largest |a - b| over every logit of every step.
     pub max_abs_diff: f32,
     /// Median over steps of the largest |a - b| of that step.
     pub median_step_max_diff: f32,
     /// Largest |logit| of the reference, for scale.
     pub max_abs_logit: f32,
+}
+
+/// The reference's lead of its top-1 logit over its runner-up above which both backends must
+/// choose the same token (the CUDA issue's criterion).
+pub const CONFIDENT_MARGIN: f32 = 1.0;
+
+/// The lead of the largest value over the second largest (0 for fewer than two values).
+fn top1_margin(logits: &[f32]) -> f32 {
+    let (mut first, mut second) = (f32::NEG_INFINITY, f32::NEG_INFINITY);
+    for &v in logits {
+        if v > first {
+            second = first;
+            first = v;
+        } else if v > second {
+            second = v;
+        }
+    }
+    if second.is_finite() {
+        first - second
+    } else {
+        0.0
+    }
 }
 
 /// Run `prompt` then `steps - 1` greedy tokens chosen by `reference`, feeding the same tokens
@@ -221,10 +252,19 @@ pub fn compare_logits(
     let (mut ca, mut cb) = (reference.new_cache(), other.new_cache());
     let (mut a, mut b) = (reference.forward(prompt, &mut ca)?, other.forward(prompt, &mut cb)?);
     let (mut agree, mut max_diff, mut max_logit) = (0, 0f32, 0f32);
+    let (mut confident, mut confident_agree, mut disagreeing_margin) = (0, 0, f32::NAN);
     let mut step_max = Vec::with_capacity(steps);
     for step in 0..steps {
         let (ta, tb) = (argmax(&a), argmax(&b));
         agree += usize::from(ta == tb);
+        let margin = top1_margin(&a);
+        if margin > CONFIDENT_MARGIN {
+            confident += 1;
+            confident_agree += usize::from(ta == tb);
+        }
+        if ta != tb {
+            disagreeing_margin = disagreeing_margin.max(margin);
+        }
         let d = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
         max_diff = max_diff.max(d);
         max_logit = a.iter().fold(max_logit, |m, v| m.max(v.abs()));
@@ -237,6 +277,9 @@ pub fn compare_logits(
     Ok(LogitComparison {
         steps,
         top1_agree: agree,
+        confident_steps: confident,
+        confident_agree,
+        largest_disagreeing_margin: disagreeing_margin,
         max_abs_diff: max_diff,
         median_step_max_diff: median(&mut step_max) as f32,
         max_abs_logit: max_logit,
@@ -266,7 +309,15 @@ pub fn peak_rss_mb() -> Option<f64> {
 
 #[cfg(test)]
 mod tests {
-    use super::median;
+    use super::{median, top1_margin};
+
+    #[test]
+    fn top1_margin_is_the_lead_over_the_runner_up() {
+        assert_eq!(top1_margin(&[1.0, 4.0, 2.5, 4.0]), 0.0, "a tie has no lead");
+        assert_eq!(top1_margin(&[1.0, 4.0, 2.5, -3.0]), 1.5);
+        assert_eq!(top1_margin(&[7.0, 1.0]), 6.0);
+        assert_eq!(top1_margin(&[7.0]), 0.0);
+    }
 
     #[test]
     fn median_of_odd_and_even() {

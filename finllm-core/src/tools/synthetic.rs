@@ -16,6 +16,7 @@ use crate::model::config::Architecture;
 use crate::model::gguf::{GgufWriter, Value};
 use crate::quant::QuantType;
 use crate::util::Rng;
+use rayon::prelude::*;
 
 /// Weights by GGUF name: row-major shape and values.
 pub type NamedWeights = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
@@ -325,9 +326,21 @@ pub fn encode(data: &[f32], shape: &[usize], quant: QuantType) -> Result<Vec<u8>
             ),
         ));
     }
-    let t = Tensor::from_slice(data, shape, &Device::Cpu)?;
-    let q = QTensor::quantize(&t, quant.to_candle())?;
-    Ok(q.data()?.into_owned())
+    // Blocks never span rows, so pieces of whole rows quantize independently (in parallel: a
+    // 7B model would otherwise take minutes) and their bytes concatenate to the whole's.
+    let rows = if cols == 0 { 0 } else { data.len() / cols as usize };
+    if rows * (cols as usize) != data.len() || shape.iter().product::<usize>() != data.len() {
+        return Err(Error::invalid("shape", "the data does not fill the shape"));
+    }
+    let piece_rows = (rows / (4 * rayon::current_num_threads()).max(1)).max(1);
+    let pieces: Vec<Vec<u8>> = data
+        .par_chunks((piece_rows * cols as usize).max(1))
+        .map(|piece| -> Result<Vec<u8>> {
+            let t = Tensor::from_slice(piece, (piece.len() / cols as usize, cols as usize), &Device::Cpu)?;
+            Ok(QTensor::quantize(&t, quant.to_candle())?.data()?.into_owned())
+        })
+        .collect::<Result<_>>()?;
+    Ok(pieces.concat())
 }
 
 const SPECIALS: [&str; 3] = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
@@ -399,6 +412,31 @@ fn write_tokenizer(g: &mut GgufWriter, vocab: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pieces_quantize_to_the_whole_tensors_bytes() {
+        let mut rng = Rng::new(5);
+        for (rows, cols) in [(1, 256), (7, 256), (33, 512), (100, 256)] {
+            let data: Vec<f32> = (0..rows * cols).map(|_| (rng.next_f64() * 2.0 - 1.0) as f32).collect();
+            for quant in [
+                QuantType::Q4_0,
+                QuantType::Q8_0,
+                QuantType::Q4K,
+                QuantType::Q6K,
+                QuantType::F16,
+            ] {
+                let whole = QTensor::quantize(
+                    &Tensor::from_slice(&data, (rows, cols), &Device::Cpu).unwrap(),
+                    quant.to_candle(),
+                )
+                .unwrap();
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+                let pieces = pool.install(|| encode(&data, &[rows, cols], quant)).unwrap();
+                assert_eq!(pieces, whole.data().unwrap().into_owned(), "{rows}x{cols} {quant}");
+            }
+        }
+        assert!(encode(&[0.0; 256], &[2, 256], QuantType::Q8_0).is_err());
+    }
 
     #[test]
     fn permutation_is_a_row_bijection() {

@@ -3,7 +3,9 @@
 //! In host memory rows are token-major (`[len, n_kv_heads * head_dim]`) so a new token is one
 //! append and the single-token decode path reads them in place; the general path builds a
 //! candle tensor from them when it needs one. On a device (the candle backend) each layer is a
-//! tensor `[n_kv_heads, len, head_dim]` that grows by concatenation.
+//! tensor `[n_kv_heads, capacity, head_dim]` whose first rows are filled in place; it grows by
+//! doubling (one copy per doubling rather than one per token), and a cache cloned from another
+//! copies the buffer before its first write (clones never see each other's rows).
 //!
 //! A host cache may start with a shared prefix: another, frozen cache (behind an `Arc`) whose
 //! positions it reads as its own first ones without copying them. Many sequences that begin with
@@ -41,8 +43,55 @@ impl KvPrecision {
 pub(super) enum KvRows {
     F16(Vec<f16>),
     F32(Vec<f32>),
-    /// `[n_kv, len, head_dim]` on a device, in the cache's precision; `None` while empty.
-    Device(Option<Tensor>),
+    /// Rows on a device, in the cache's precision; `None` while empty.
+    Device(Option<DeviceRows>),
+}
+
+/// One layer's keys or values on a device: a buffer `[n_kv, capacity, head_dim]` of which the
+/// first `rows` positions are written.
+#[derive(Debug, Clone)]
+pub(super) struct DeviceRows {
+    /// Shared between clones of a cache until one of them writes (then it copies first).
+    buf: Arc<Tensor>,
+    rows: usize,
+}
+
+impl DeviceRows {
+    fn capacity(&self) -> Result<usize> {
+        Ok(self.buf.dim(1)?)
+    }
+
+    /// The buffer, writable: room for `rows + extra` positions, and this cache's own copy.
+    fn writable<'a>(
+        slot: &'a mut Option<DeviceRows>,
+        (n_kv, head_dim): (usize, usize),
+        dtype: DType,
+        device: &Device,
+        extra: usize,
+    ) -> Result<&'a mut DeviceRows> {
+        let rows = slot.as_ref().map_or(0, |r| r.rows);
+        let need = rows + extra;
+        let cap = match slot.as_ref() {
+            Some(r) => r.capacity()?,
+            None => 0,
+        };
+        let unique = slot.as_mut().is_some_and(|r| Arc::get_mut(&mut r.buf).is_some());
+        if need > cap || !unique {
+            let new_cap = if need > cap { need.max(2 * cap).max(64) } else { cap };
+            let buf = Tensor::zeros((n_kv, new_cap, head_dim), dtype, device)?;
+            if let Some(old) = slot.as_ref() {
+                if old.rows > 0 {
+                    let kept = old.buf.narrow(1, 0, old.rows)?.contiguous()?;
+                    buf.slice_set(&kept, 1, 0)?;
+                }
+            }
+            *slot = Some(DeviceRows {
+                buf: Arc::new(buf),
+                rows,
+            });
+        }
+        Ok(slot.as_mut().expect("set above"))
+    }
 }
 
 impl KvRows {
@@ -58,7 +107,10 @@ impl KvRows {
         match self {
             KvRows::F16(v) => v.len(),
             KvRows::F32(v) => v.len(),
-            KvRows::Device(t) => t.as_ref().map_or(0, Tensor::elem_count),
+            KvRows::Device(r) => match r {
+                Some(r) => r.rows * r.buf.dim(0).unwrap_or(0) * r.buf.dim(2).unwrap_or(0),
+                None => 0,
+            },
         }
     }
 
@@ -68,9 +120,8 @@ impl KvRows {
             KvRows::F16(v) => v.truncate(rows * width),
             KvRows::F32(v) => v.truncate(rows * width),
             KvRows::Device(slot) => {
-                *slot = match slot.take() {
-                    Some(t) if rows > 0 => Some(t.narrow(1, 0, rows.min(t.dim(1)?))?),
-                    _ => None,
+                if let Some(r) = slot {
+                    r.rows = r.rows.min(rows);
                 }
             }
         }
@@ -96,13 +147,18 @@ impl KvRows {
     fn append_tensor(&mut self, x: &Tensor, precision: KvPrecision, prefix: Option<&KvRows>) -> Result<Tensor> {
         let (n_kv, _, head_dim) = x.dims3()?;
         if let KvRows::Device(slot) = self {
-            let x = x.to_dtype(precision.dtype())?;
-            let all = match slot {
-                None => x.contiguous()?,
-                Some(prev) => Tensor::cat(&[&*prev, &x], 1)?,
-            };
-            *slot = Some(all.clone());
-            return Ok(all.to_dtype(DType::F32)?);
+            let x = x.to_dtype(precision.dtype())?.contiguous()?;
+            let t = x.dim(1)?;
+            let rows = DeviceRows::writable(slot, (n_kv, head_dim), precision.dtype(), x.device(), t)?;
+            rows.buf.slice_set(&x, 1, rows.rows)?;
+            rows.rows += t;
+            // A copy in f32: the buffer is written in place by later steps.
+            let all = rows.buf.narrow(1, 0, rows.rows)?;
+            return Ok(match precision {
+                KvPrecision::F32 if all.is_contiguous() => all.copy()?,
+                KvPrecision::F32 => all.contiguous()?,
+                KvPrecision::F16 => all.to_dtype(DType::F32)?,
+            });
         }
         let token_major = x.transpose(0, 1)?.flatten_all()?.to_vec1::<f32>()?;
         self.extend(&token_major)?;
@@ -326,6 +382,40 @@ impl KvCache {
             kr.append_tensor(k, precision, prefix.map(|p| &p.0))?,
             vr.append_tensor(v, precision, prefix.map(|p| &p.1))?,
         ))
+    }
+
+    /// For the fused CUDA decode step: room for one more row in `layer`'s keys and values (each
+    /// this cache's own buffer), counted as written. Returns the kernel's table entry: the key
+    /// and value buffers' device addresses, their capacity in rows, and the new row's position.
+    #[cfg(feature = "cuda")]
+    pub(super) fn reserve_decode_row(&mut self, layer: usize, n_kv: usize, head_dim: usize) -> Result<[u64; 4]> {
+        let width = n_kv * head_dim;
+        if self.width == 0 {
+            self.width = width;
+        } else if self.width != width {
+            return Err(Error::invalid("cache", "the KV cache belongs to a different model"));
+        }
+        let (Some(device), None) = (self.device.clone(), &self.prefix) else {
+            return Err(Error::invalid(
+                "cache",
+                "the fused decode step needs a device cache without a prefix",
+            ));
+        };
+        let dtype = self.precision.dtype();
+        let (KvRows::Device(ks), KvRows::Device(vs)) = &mut self.layers[layer] else {
+            return Err(Error::invalid("cache", "the fused decode step needs a device cache"));
+        };
+        let k = DeviceRows::writable(ks, (n_kv, head_dim), dtype, &device, 1)?;
+        let (pos, cap) = (k.rows, k.capacity()?);
+        let k_addr = super::cuda_decode::device_address(&k.buf)?;
+        k.rows += 1;
+        let v = DeviceRows::writable(vs, (n_kv, head_dim), dtype, &device, 1)?;
+        if v.rows != pos || v.capacity()? != cap {
+            return Err(Error::invalid("cache", "a layer's keys and values disagree in length"));
+        }
+        let v_addr = super::cuda_decode::device_address(&v.buf)?;
+        v.rows += 1;
+        Ok([k_addr, v_addr, cap as u64, pos as u64])
     }
 
     /// Count `tokens` new positions as cached, once every layer holds them.

@@ -15,6 +15,8 @@ pub use crate::model::weights::MatrixMemory;
 use crate::model::weights::{forward_group, forward_group_into, InPlaceRows, Matrix, Weight, WeightStore};
 use crate::quant::matmul::Scratch;
 
+#[cfg(feature = "cuda")]
+mod cuda_decode;
 mod decode;
 mod grad;
 mod kv_cache;
@@ -611,6 +613,11 @@ impl Transformer {
             record_hidden(&mut hidden, &x)?;
         }
 
+        // On CUDA, a step where every sequence brings one token runs its attention in our fused
+        // kernels: two launches per layer for the whole batch.
+        #[cfg(feature = "cuda")]
+        let fused = self.fused_decode_table(seqs, &lens, opts)?;
+
         // RoPE tables for every token, per distinct frequency set (global / local).
         let mut rope_cache: Vec<(Arc<Vec<f64>>, Tensor, Tensor)> = Vec::new();
 
@@ -637,23 +644,30 @@ impl Transformer {
             let q = apply_rope(&q, &cos, &sin, cfg.rope_style)?;
             let k = apply_rope(&k, &cos, &sin, cfg.rope_style)?;
 
-            let mut outs = Vec::with_capacity(n);
-            let mut start = 0;
-            for (s, seq) in seqs.iter_mut().enumerate() {
-                let len = lens[s];
-                let qs = q.narrow(1, start, len)?;
-                let ks = k.narrow(1, start, len)?;
-                let vs = v.narrow(1, start, len)?;
-                let past = seq.cache.len();
-                let (k_all, v_all) = seq.cache.append(layer, &ks, &vs)?;
-                let (out, probs) = self.attention(&qs, &k_all, &v_all, past, block.span)?;
-                if opts.attentions {
-                    attentions[s].push(probs);
+            #[cfg(feature = "cuda")]
+            let fused_out = match &fused {
+                Some(table) => {
+                    let window = match block.span {
+                        AttentionSpan::Global => 0,
+                        AttentionSpan::Sliding(w) => w,
+                    };
+                    Some(table.attend(layer, &q, &k, &v.contiguous()?, cfg.attn_scale as f32, window)?)
                 }
-                outs.push(out);
-                start += len;
-            }
-            let attn = Tensor::cat(&outs, 0)?;
+                None => None,
+            };
+            #[cfg(not(feature = "cuda"))]
+            let fused_out: Option<Tensor> = None;
+            let attn = match fused_out {
+                Some(attn) => attn,
+                None => self.attend_each(
+                    seqs,
+                    &lens,
+                    layer,
+                    block,
+                    (&q, &k, &v),
+                    opts.attentions.then_some(&mut attentions),
+                )?,
+            };
             record(&["attn_output"], Some(layer), &attn)?;
             let mut attn = block.o.forward(&attn)?;
             if let Some(norm) = &block.post_attn_norm {
@@ -704,6 +718,72 @@ impl Transformer {
             start += len;
         }
         Ok(outputs)
+    }
+
+    /// Attention of each sequence in turn over its cache (after appending its new keys and
+    /// values): the output rows of every sequence, stacked, and each one's probabilities pushed
+    /// to `attentions` when asked for.
+    fn attend_each(
+        &self,
+        seqs: &mut [SeqInput<'_>],
+        lens: &[usize],
+        layer: usize,
+        block: &Block,
+        (q, k, v): (&Tensor, &Tensor, &Tensor),
+        mut attentions: Option<&mut Vec<Vec<Tensor>>>,
+    ) -> Result<Tensor> {
+        let mut outs = Vec::with_capacity(seqs.len());
+        let mut start = 0;
+        for (s, seq) in seqs.iter_mut().enumerate() {
+            let len = lens[s];
+            let qs = q.narrow(1, start, len)?;
+            let ks = k.narrow(1, start, len)?;
+            let vs = v.narrow(1, start, len)?;
+            let past = seq.cache.len();
+            let (k_all, v_all) = seq.cache.append(layer, &ks, &vs)?;
+            let (out, probs) = self.attention(&qs, &k_all, &v_all, past, block.span)?;
+            if let Some(a) = attentions.as_deref_mut() {
+                a[s].push(probs);
+            }
+            outs.push(out);
+            start += len;
+        }
+        Ok(Tensor::cat(&outs, 0)?)
+    }
+
+    /// The table of the fused CUDA decode step, when this step can take it: on CUDA, one token
+    /// per sequence, no attention probabilities asked for, caches of one precision without
+    /// shared prefixes. Reserves every layer's new row in every cache.
+    #[cfg(feature = "cuda")]
+    fn fused_decode_table(
+        &self,
+        seqs: &mut [SeqInput<'_>],
+        lens: &[usize],
+        opts: &ForwardOptions,
+    ) -> Result<Option<cuda_decode::DecodeTable>> {
+        let cfg = &self.cfg;
+        let dev = self.backend.device();
+        let Some(first) = seqs.first() else { return Ok(None) };
+        let precision = first.cache.precision();
+        if !dev.is_cuda()
+            || opts.attentions
+            || !cuda_decode::enabled()
+            || cfg.head_dim > cuda_decode::MAX_HEAD_DIM
+            || lens.iter().any(|&l| l != 1)
+            || seqs
+                .iter()
+                .any(|s| s.cache.shared_prefix_len() > 0 || s.cache.precision() != precision)
+        {
+            return Ok(None);
+        }
+        let mut entries = Vec::with_capacity(self.blocks.len() * seqs.len());
+        for layer in 0..self.blocks.len() {
+            for s in seqs.iter_mut() {
+                entries.push(s.cache.reserve_decode_row(layer, cfg.n_kv_heads, cfg.head_dim)?);
+            }
+        }
+        let f16 = precision == KvPrecision::F16;
+        Ok(Some(cuda_decode::DecodeTable::upload(dev, &entries, seqs.len(), f16)?))
     }
 
     /// `[tokens, n*head_dim]` → `[n, tokens, head_dim]`, optionally RMS-normalised per head.
