@@ -313,6 +313,10 @@ typedef struct {
   uint32_t prefix_min_tokens;
   // Most shared prefixes kept while no request reads them.
   uint32_t prefix_max_entries;
+  // Prompts with at most this many tokens left to prefill run in a step of their own, ahead
+  // of the decoding requests (their first token sooner; the decode rows wait one small
+  // step); 0 turns this off.
+  uint32_t short_prompt_tokens;
 } finllm_engine_params;
 
 // A caller's unit: a byte range of the prompt's text explained as one (a retrieved source).
@@ -836,7 +840,7 @@ finllm_status finllm_audit_verify(const char *path,
 
 // Default engine options: 16 running requests, 128 tokens per step, a 1 GiB KV budget, a
 // queue of 256 requests and 1 Mi prompt tokens, shared prefixes of 32 tokens or more (up to
-// 16 kept idle).
+// 16 kept idle), prompts of up to 32 tokens left ahead of the decode rows.
 finllm_engine_params finllm_engine_default_params(void);
 
 // Start an engine serving `model` (which must outlive the engine). `params` NULL for the

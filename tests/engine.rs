@@ -115,18 +115,29 @@ fn every_request_gets_the_tokens_it_gets_alone() {
         (Architecture::Qwen2, QuantType::Q4_1),
     ] {
         let model = tiny_model(arch, quant, 256, 7);
-        for (n, max_running, step_tokens) in [(1, 16, 128), (2, 16, 128), (16, 16, 128), (16, 4, 8), (9, 16, 17)] {
+        // (requests, max_running, step_tokens, short_prompt_tokens)
+        for (n, max_running, step_tokens, short) in [
+            (1, 16, 128, 32),
+            (2, 16, 128, 0),
+            (16, 16, 128, 32),
+            (16, 4, 8, 32),
+            (9, 16, 17, 0),
+            (12, 16, 128, 70),
+        ] {
             let cases = cases(&model, n, 100 + n as u64);
             let expected: Vec<Generation> = cases.iter().map(|c| solo(&model, &c.ids, &c.params)).collect();
             let config = EngineConfig {
                 max_running,
                 step_tokens,
+                short_prompt_tokens: short,
                 ..Default::default()
             };
             let engine = Engine::new(model.clone(), config).unwrap();
             let got = run_concurrently(&engine, &cases, n as u64);
             for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
-                let what = format!("{arch:?} {quant} n={n} running={max_running} step={step_tokens} request {i}");
+                let what = format!(
+                    "{arch:?} {quant} n={n} running={max_running} step={step_tokens} short={short} request {i}"
+                );
                 assert_eq!(g.ids, e.ids, "{what}");
                 assert_eq!(g.text, e.text, "{what}");
                 assert_eq!(g.finish, e.finish, "{what}");
@@ -136,6 +147,11 @@ fn every_request_gets_the_tokens_it_gets_alone() {
             let m = engine.metrics();
             assert_eq!((m.submitted, m.completed, m.failed), (n as u64, n as u64, 0));
             assert!(m.batch_size.max <= max_running as f64);
+            if short == 0 {
+                assert_eq!(m.short_prompt_steps, 0);
+            }
+            // Never two in a row: at most every other step.
+            assert!(2 * m.short_prompt_steps <= m.steps + 1, "{m:?}");
             wait_until("the cache to be freed", || {
                 let m = engine.metrics();
                 m.kv_tokens_reserved == m.prefix_cached_tokens
@@ -367,6 +383,73 @@ fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
 }
 
 #[test]
+fn short_prompts_run_ahead_of_decoding_streams_without_stalling_them() {
+    let model = tiny_model(Architecture::Llama, QuantType::Q8_0, 1024, 5);
+    let long = long_request(&model, 200);
+    let Prompt::Ids(long_ids) = &long.prompt else {
+        unreachable!()
+    };
+    let long_expected = solo(&model, long_ids, &long.params);
+    let short_ids: Vec<u32> = (0..12).map(|i| 5 + i * 11).collect();
+    let short_params = GenerateParams {
+        max_tokens: 4,
+        ..Default::default()
+    };
+    let short_expected = solo(&model, &short_ids, &short_params);
+    for short_prompt_tokens in [32, 0] {
+        let engine = Engine::new(
+            model.clone(),
+            EngineConfig {
+                short_prompt_tokens,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let streams: Vec<_> = (0..3).map(|_| engine.submit(long.clone()).unwrap()).collect();
+        wait_until("the long requests to decode", || engine.metrics().generated_tokens >= 6);
+        // Short requests one after another while the long ones decode.
+        for _ in 0..5 {
+            let mut s = engine
+                .submit(Job {
+                    prompt: Prompt::Ids(short_ids.clone()),
+                    params: short_params.clone(),
+                    deadline: None,
+                })
+                .unwrap();
+            for e in s.by_ref() {
+                e.unwrap();
+            }
+            let g = s.generation().unwrap();
+            assert_eq!(g.ids, short_expected.ids, "short={short_prompt_tokens}");
+        }
+        let during = engine.metrics();
+        for mut s in streams {
+            for e in s.by_ref() {
+                e.unwrap();
+            }
+            assert_eq!(
+                s.generation().unwrap().ids,
+                long_expected.ids,
+                "short={short_prompt_tokens}"
+            );
+        }
+        if short_prompt_tokens > 0 {
+            // Each short prompt (12 tokens) had its prefill step to itself.
+            assert_eq!(during.short_prompt_steps, 5, "{during:?}");
+        } else {
+            assert_eq!(during.short_prompt_steps, 0, "{during:?}");
+        }
+        assert!(
+            engine
+                .metrics()
+                .prometheus_text()
+                .contains("finllm_engine_short_prompt_steps_total"),
+            "the counter is exported"
+        );
+    }
+}
+
+#[test]
 fn full_queue_is_busy_at_once_or_after_the_callers_wait() {
     let model = tiny_model(Architecture::Llama, QuantType::Q8_0, 8192, 5);
     let long = long_request(&model, 8000);
@@ -578,6 +661,7 @@ fn soak_with_32_callers() {
         queue_tokens: 400,
         prefix_min_tokens: 16,
         prefix_max_entries: 3,
+        short_prompt_tokens: 20,
     };
     let engine = Engine::new(model.clone(), config).unwrap();
     let vocab = model.config().vocab_size as u32;

@@ -41,11 +41,15 @@ pub struct finllm_engine_params {
     pub prefix_min_tokens: u32,
     /// Most shared prefixes kept while no request reads them.
     pub prefix_max_entries: u32,
+    /// Prompts with at most this many tokens left to prefill run in a step of their own, ahead
+    /// of the decoding requests (their first token sooner; the decode rows wait one small
+    /// step); 0 turns this off.
+    pub short_prompt_tokens: u32,
 }
 
 /// Default engine options: 16 running requests, 128 tokens per step, a 1 GiB KV budget, a
 /// queue of 256 requests and 1 Mi prompt tokens, shared prefixes of 32 tokens or more (up to
-/// 16 kept idle).
+/// 16 kept idle), prompts of up to 32 tokens left ahead of the decode rows.
 #[no_mangle]
 pub extern "C" fn finllm_engine_default_params() -> finllm_engine_params {
     let d = EngineConfig::default();
@@ -63,6 +67,7 @@ pub extern "C" fn finllm_engine_default_params() -> finllm_engine_params {
         queue_tokens: d.queue_tokens as u64,
         prefix_min_tokens: d.prefix_min_tokens as u32,
         prefix_max_entries: d.prefix_max_entries as u32,
+        short_prompt_tokens: d.short_prompt_tokens as u32,
     }
 }
 
@@ -110,6 +115,7 @@ pub unsafe extern "C" fn finllm_engine_new(
             queue_tokens: usize_of(p.queue_tokens, "queue_tokens")?,
             prefix_min_tokens: p.prefix_min_tokens as usize,
             prefix_max_entries: p.prefix_max_entries as usize,
+            short_prompt_tokens: p.short_prompt_tokens as usize,
         };
         let engine = Engine::new(model.inner.clone(), config)?;
         unsafe { put(out, Box::into_raw(Box::new(finllm_engine { inner: engine })), "out") }

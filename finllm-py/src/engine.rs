@@ -34,10 +34,13 @@ impl Engine {
     /// running requests together (default 1 GiB); `queue_requests` / `queue_tokens` bound what
     /// waits; `step_tokens` is the most tokens one forward step runs. Prompt beginnings of at
     /// least `prefix_min_tokens` tokens (0: off) that requests share are prefilled once and
-    /// read by all of them; up to `prefix_max_entries` are kept while idle.
+    /// read by all of them; up to `prefix_max_entries` are kept while idle. Prompts with at most
+    /// `short_prompt_tokens` tokens left to prefill (0: off) run in a step of their own, ahead
+    /// of the decoding requests.
     #[new]
     #[pyo3(signature = (model, *, max_running=16, step_tokens=128, kv_budget_tokens=None, kv_budget_bytes=None,
-                        queue_requests=256, queue_tokens=1048576, prefix_min_tokens=32, prefix_max_entries=16))]
+                        queue_requests=256, queue_tokens=1048576, prefix_min_tokens=32, prefix_max_entries=16,
+                        short_prompt_tokens=32))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         model: &Model,
@@ -49,6 +52,7 @@ impl Engine {
         queue_tokens: usize,
         prefix_min_tokens: usize,
         prefix_max_entries: usize,
+        short_prompt_tokens: usize,
     ) -> PyResult<Self> {
         let kv_budget = match (kv_budget_tokens, kv_budget_bytes) {
             (Some(_), Some(_)) => {
@@ -69,6 +73,7 @@ impl Engine {
             queue_tokens,
             prefix_min_tokens,
             prefix_max_entries,
+            short_prompt_tokens,
         };
         let inner = eng::Engine::new(model.inner.clone(), config).map_err(to_py)?;
         Ok(Self { inner })
@@ -159,6 +164,7 @@ impl Engine {
         d.set_item("prompt_tokens", m.prompt_tokens)?;
         d.set_item("generated_tokens", m.generated_tokens)?;
         d.set_item("prefix_hit_tokens", m.prefix_hit_tokens)?;
+        d.set_item("short_prompt_steps", m.short_prompt_steps)?;
         d.set_item("prefix_cached_tokens", m.prefix_cached_tokens)?;
         d.set_item("steps", m.steps)?;
         d.set_item("decode_tokens_per_s", m.decode_tokens_per_s)?;

@@ -54,6 +54,10 @@ pub(crate) struct BenchArgs {
     /// (the cached-system-prompt case).
     #[arg(long, default_value_t = 0, requires = "concurrency")]
     shared_prefix_tokens: usize,
+    /// Engine: prompts with at most this many tokens left to prefill run in a step of their
+    /// own, ahead of the decoding streams (default: the engine's, 32; 0: off).
+    #[arg(long, requires = "concurrency")]
+    short_prompt_tokens: Option<usize>,
 }
 
 fn serve_bench(a: &BenchArgs, concurrency: usize) -> CliResult {
@@ -77,6 +81,7 @@ fn serve_bench(a: &BenchArgs, concurrency: usize) -> CliResult {
         } else {
             defaults.prefix_min_tokens
         },
+        short_prompt_tokens: a.short_prompt_tokens.unwrap_or(defaults.short_prompt_tokens),
         ..defaults
     };
     let engine = Engine::new(model.clone(), config)?;

@@ -45,6 +45,9 @@ pub struct EngineMetrics {
     /// Forward steps run, and the time spent in them.
     pub steps: u64,
     pub busy: Duration,
+    /// Steps that ran short prompts alone while other requests were decoding (their decode
+    /// rows waited that one step: [`super::EngineConfig::short_prompt_tokens`]).
+    pub short_prompt_steps: u64,
     /// Generated tokens per second of busy time.
     pub decode_tokens_per_s: f64,
     /// Milliseconds from submission to admission into the batch.
@@ -151,6 +154,12 @@ impl EngineMetrics {
         );
         metric("steps_total", "counter", "Forward steps run.", self.steps as f64);
         metric(
+            "short_prompt_steps_total",
+            "counter",
+            "Steps that ran short prompts ahead of the decoding requests.",
+            self.short_prompt_steps as f64,
+        );
+        metric(
             "busy_seconds_total",
             "counter",
             "Time spent in forward steps.",
@@ -240,6 +249,7 @@ struct State {
     prefix_hit_tokens: u64,
     steps: u64,
     busy: Duration,
+    short_prompt_steps: u64,
     queue_ms: Series,
     ttft_ms: Series,
     tpot_ms: Series,
@@ -326,9 +336,10 @@ impl Metrics {
         });
     }
 
-    pub(super) fn step(&self, batch: usize, generated: usize, took: Duration) {
+    pub(super) fn step(&self, batch: usize, generated: usize, took: Duration, short_prompts_alone: bool) {
         self.with(|s| {
             s.steps += 1;
+            s.short_prompt_steps += u64::from(short_prompts_alone);
             s.busy += took;
             s.generated_tokens += generated as u64;
             s.batch_size.push(batch as f64);
@@ -356,6 +367,7 @@ impl Metrics {
             prefix_hit_tokens: s.prefix_hit_tokens,
             steps: s.steps,
             busy: s.busy,
+            short_prompt_steps: s.short_prompt_steps,
             decode_tokens_per_s: if s.busy.is_zero() {
                 0.0
             } else {

@@ -123,6 +123,12 @@ pub struct EngineConfig {
     /// Most shared prefixes kept while no request reads them (least recently used go first);
     /// they also give way whenever a request needs their KV budget.
     pub prefix_max_entries: usize,
+    /// Prompts with at most this many tokens left to prefill (a question after a cached system
+    /// prompt, a chat turn) run in a step of their own, ahead of the decoding requests: their
+    /// first token then waits for one small step instead of a step shared with every decode
+    /// row, and the decode rows wait that one small step. Never two such steps in a row, so
+    /// decoding requests move at least every other step. 0 turns this off.
+    pub short_prompt_tokens: usize,
 }
 
 impl Default for EngineConfig {
@@ -135,6 +141,7 @@ impl Default for EngineConfig {
             queue_tokens: 1 << 20,
             prefix_min_tokens: 32,
             prefix_max_entries: 16,
+            short_prompt_tokens: 32,
         }
     }
 }

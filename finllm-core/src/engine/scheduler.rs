@@ -102,6 +102,8 @@ struct Batch {
     kv_reserved: usize,
     /// Shared prefixes, holding positions of their own.
     prefixes: PrefixStore,
+    /// The last step held the decoding requests back for short prompts.
+    decode_held: bool,
 }
 
 impl Batch {
@@ -146,6 +148,7 @@ fn run(model: &Model, shared: &Shared) {
     let mut batch = Batch {
         kv_reserved: 0,
         prefixes: PrefixStore::new(min_prefix, shared.config.prefix_max_entries),
+        decode_held: false,
     };
     loop {
         // Admit, or sleep until there is something to do.
@@ -232,7 +235,9 @@ fn run(model: &Model, shared: &Shared) {
                 (0, 0)
             }
         };
-        shared.metrics.step(size, generated, started.elapsed());
+        shared
+            .metrics
+            .step(size, generated, started.elapsed(), batch.decode_held && size > 0);
         shared.metrics.gauges(batch.gauges(running.len()));
     }
 }
@@ -379,8 +384,17 @@ fn fail_all(shared: &Shared, running: &mut Vec<Running<'_>>, batch: &mut Batch, 
 fn step(model: &Model, shared: &Shared, running: &mut Vec<Running<'_>>, batch: &mut Batch) -> Result<(usize, usize)> {
     let mut budget = shared.config.step_tokens;
     let mut work: Vec<Option<Work>> = vec![None; running.len()];
+    let pending: usize = running
+        .iter()
+        .filter(|r| r.next.is_none())
+        .map(|r| r.building.unwrap_or(r.prompt_len()) - r.prefilled)
+        .sum();
+    // Short prompts first, on their own (EngineConfig::short_prompt_tokens).
+    let decoders = running.iter().any(|r| r.next.is_some());
+    let alone = decoders && pending > 0 && pending <= shared.config.short_prompt_tokens && !batch.decode_held;
+    batch.decode_held = alone;
     for (w, r) in work.iter_mut().zip(running.iter()) {
-        if r.next.is_some() {
+        if r.next.is_some() && !alone {
             *w = Some(Work::Decode);
             budget -= 1;
         }

@@ -490,6 +490,7 @@ class Engine:
         queue_tokens: int = 1048576,
         prefix_min_tokens: int = 32,
         prefix_max_entries: int = 16,
+        short_prompt_tokens: int = 32,
     ) -> None: ...
     def generate(
         self,
