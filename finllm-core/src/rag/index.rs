@@ -93,12 +93,21 @@ impl Ord for Scored {
     }
 }
 
-/// Nodes seen by one search: a bit per node.
-struct Visited(Vec<u64>);
+/// A bit per node: the nodes one search has seen, or those a filter admitted.
+struct NodeSet(Vec<u64>);
 
-impl Visited {
+impl NodeSet {
     fn new(n: usize) -> Self {
         Self(vec![0; n.div_ceil(64)])
+    }
+
+    /// `nodes` (each below `n`).
+    fn of(nodes: &[u32], n: usize) -> Self {
+        let mut set = Self::new(n);
+        for &node in nodes {
+            set.insert(node);
+        }
+        set
     }
 
     /// Mark `node`; whether it was new.
@@ -107,6 +116,11 @@ impl Visited {
         let new = self.0[w] & (1 << b) == 0;
         self.0[w] |= 1 << b;
         new
+    }
+
+    fn has(&self, node: u32) -> bool {
+        let (w, b) = (node as usize / 64, node % 64);
+        self.0.get(w).is_some_and(|bits| bits & (1 << b) != 0)
     }
 }
 
@@ -554,7 +568,7 @@ impl VectorIndex {
         layer: usize,
         admit: Option<&dyn Fn(u32) -> bool>,
     ) -> Vec<Scored> {
-        let mut visited = Visited::new(self.keys.len());
+        let mut visited = NodeSet::new(self.keys.len());
         let mut candidates: BinaryHeap<Reverse<Scored>> = BinaryHeap::new();
         let mut results: BinaryHeap<Scored> = BinaryHeap::new();
         let keep = |s: &Scored| admit.is_none_or(|a| a(s.node));
@@ -668,15 +682,19 @@ impl VectorIndex {
                 SearchPlan::Graph { ef } => ef,
             },
             Some(admit) => {
-                // The filter runs once per vector here, and the exact plan reuses its answers.
+                // The filter runs once per vector here; either plan reuses its answers (the walk
+                // through a bitmap of the admitted nodes).
                 let admitted = self.admitted(admit);
-                match self.plan_for(admitted.len(), k) {
-                    SearchPlan::Exact => return Ok(self.exact_bounded(&q, k, admitted.into_iter())),
-                    SearchPlan::Graph { ef } => ef,
-                }
+                return Ok(match self.plan_for(admitted.len(), k) {
+                    SearchPlan::Exact => self.exact_bounded(&q, k, admitted.into_iter()),
+                    SearchPlan::Graph { ef } => {
+                        let set = NodeSet::of(&admitted, self.keys.len());
+                        self.graph_search(&q, k, ef, Some(&set))
+                    }
+                });
             }
         };
-        Ok(self.graph_search(&q, k, ef, admit))
+        Ok(self.graph_search(&q, k, ef, None))
     }
 
     /// How a search for `k` results under `admit` runs. A filtered walk finds about `ef · share`
@@ -715,12 +733,12 @@ impl VectorIndex {
     }
 
     /// The walk down the layers, then the bottom layer with `ef` candidates; only undeleted
-    /// nodes that `admit` lets through enter the results.
-    fn graph_search(&self, q: &[f32], k: usize, ef: usize, admit: Option<&dyn Fn(u64) -> bool>) -> Vec<Hit> {
+    /// nodes in `admitted` (all when `None`) enter the results.
+    fn graph_search(&self, q: &[f32], k: usize, ef: usize, admitted: Option<&NodeSet>) -> Vec<Hit> {
         let Some(entry) = self.entry else {
             return Vec::new();
         };
-        let node_ok = |n: u32| !self.deleted[n as usize] && admit.is_none_or(|a| a(self.keys[n as usize]));
+        let node_ok = |n: u32| !self.deleted[n as usize] && admitted.is_none_or(|s| s.has(n));
         let (code, scale) = self.quantized(q);
         let p = Probe { code: &code, scale };
         let top = self.graph.layers(entry) - 1;
@@ -1193,7 +1211,8 @@ mod tests {
                     .iter()
                     .map(|h| h.key)
                     .collect();
-                let got = index.graph_search(&q, 10, ef, Some(&admit));
+                let admitted = index.admitted(&admit);
+                let got = index.graph_search(&q, 10, ef, Some(&NodeSet::of(&admitted, index.keys.len())));
                 assert!(got.iter().all(|h| admit(h.key)), "a result the filter refuses");
                 found += got.iter().filter(|h| truth.contains(&h.key)).count();
                 wanted += truth.len();
@@ -1234,6 +1253,23 @@ mod tests {
             narrow.filtered_plan(&|key: u64| key.is_multiple_of(10), 5),
             SearchPlan::Exact
         );
+        // Either plan calls the filter once per vector (the walk reads a bitmap of its answers),
+        // and the walk's results are what a walk over that bitmap finds: admitted ones only.
+        let calls = std::cell::Cell::new(0usize);
+        let counting = |key: u64| {
+            calls.set(calls.get() + 1);
+            key.is_multiple_of(2)
+        };
+        for q in random_vectors(5, dim, 8) {
+            calls.set(0);
+            let got = narrow.search(&q, 5, Some(&counting)).unwrap();
+            assert_eq!(calls.get(), n, "one call per vector on the graph plan");
+            assert_eq!(got.len(), 5);
+            assert!(got.iter().all(|h| h.key.is_multiple_of(2)));
+            let qn = narrow.normalised(&q).unwrap();
+            let set = NodeSet::of(&narrow.admitted(&|key: u64| key.is_multiple_of(2)), narrow.keys.len());
+            assert_eq!(got, narrow.graph_search(&qn, 5, 16, Some(&set)));
+        }
     }
 
     #[test]
