@@ -4,6 +4,7 @@ pub mod blocks;
 pub mod elementwise;
 pub mod encode;
 pub mod float;
+pub mod gemm;
 pub mod kernels;
 pub mod ktile;
 pub mod matmul;

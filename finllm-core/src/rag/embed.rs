@@ -14,6 +14,7 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::model::{read_hf_config, safetensors_files, SafetensorsStore};
+use crate::quant::gemm::Q8Panels;
 use crate::quant::matmul::QMatrix;
 
 /// How a text's token vectors become one vector.
@@ -46,36 +47,114 @@ pub struct EmbedderConfig {
 const MAX_DIM: usize = 1 << 16;
 const MAX_LAYERS: usize = 256;
 
+/// A linear layer's weights: as stored (f32, f16, bf16), or quantized to Q8_0 at load, laid
+/// out for many tokens per call where the CPU has AVX-512 VNNI ([`Q8Panels`]) and as a
+/// [`QMatrix`] elsewhere.
+enum Weights {
+    Matrix(QMatrix),
+    Panels(Q8Panels),
+}
+
 struct Linear {
-    w: QMatrix,
+    w: Weights,
     b: Vec<f32>,
 }
 
 impl Linear {
-    /// `x @ W^T + b` for `n` rows.
-    fn forward(&self, x: &[f32], n: usize) -> Vec<f32> {
-        let mut y = self.w.matmul(x, n);
-        self.add_bias(&mut y);
-        y
+    /// `x @ W^T + b` for `n` rows into `out` (resized to `[n, rows]`, overwritten whole).
+    fn forward_into(&self, x: &[f32], n: usize, out: &mut Vec<f32>, bufs: &mut MatmulBuffers) {
+        Self::group_into([self], x, n, [out], bufs);
     }
 
-    fn add_bias(&self, y: &mut [f32]) {
-        for row in y.chunks_exact_mut(self.b.len()) {
-            row.iter_mut().zip(&self.b).for_each(|(v, b)| *v += b);
+    /// `x @ W^T + b` of several layers on the same `n` rows `x`: the activations are read (and,
+    /// for quantized weights, quantized) once.
+    fn group_into<const N: usize>(
+        linears: [&Linear; N],
+        x: &[f32],
+        n: usize,
+        mut outs: [&mut Vec<f32>; N],
+        bufs: &mut MatmulBuffers,
+    ) {
+        for (l, o) in linears.iter().zip(outs.iter_mut()) {
+            o.resize(n * l.b.len(), 0.0);
         }
+        let mats: Vec<&QMatrix> = linears
+            .iter()
+            .filter_map(|l| match &l.w {
+                Weights::Matrix(m) => Some(m),
+                Weights::Panels(_) => None,
+            })
+            .collect();
+        if mats.len() == N {
+            let mut views: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
+            crate::quant::matmul::matmul_group_into(&mats, x, n, &mut views, &mut bufs.scratch);
+            for (l, o) in linears.iter().zip(outs.iter_mut()) {
+                l.add_bias(o);
+            }
+            return;
+        }
+        let mut quantized = false;
+        for (l, o) in linears.iter().zip(outs.iter_mut()) {
+            match &l.w {
+                Weights::Panels(p) => {
+                    if !quantized {
+                        Q8Panels::quantize_input_into(x, n, p.cols(), &mut bufs.acts);
+                        quantized = true;
+                    }
+                    p.matmul_q8_into(&bufs.acts, n, Some(&l.b), o);
+                }
+                Weights::Matrix(m) => {
+                    crate::quant::matmul::matmul_group_into(&[m], x, n, &mut [o.as_mut_slice()], &mut bufs.scratch);
+                    l.add_bias(o);
+                }
+            }
+        }
+    }
+
+    /// Add the bias to every row, parallel over rows.
+    fn add_bias(&self, y: &mut [f32]) {
+        let d = self.b.len();
+        y.par_chunks_mut(d * 64).for_each(|rows| {
+            for row in rows.chunks_exact_mut(d) {
+                row.iter_mut().zip(&self.b).for_each(|(v, b)| *v += b);
+            }
+        });
     }
 }
 
-/// `x @ W^T + b` of several matrices on the same `n` rows `x`, in one call: the activations
-/// are read (and, for quantized weights, quantized) once.
-fn forward_group<const N: usize>(linears: [&Linear; N], x: &[f32], n: usize) -> [Vec<f32>; N] {
-    let mats: Vec<&QMatrix> = linears.iter().map(|l| &l.w).collect();
-    let mut ys = crate::quant::matmul::matmul_group(&mats, x, n);
-    for (l, y) in linears.iter().zip(&mut ys) {
-        l.add_bias(y);
+/// What the matrix products of a forward pass reuse: quantized activations and the kernels'
+/// scratch.
+#[derive(Default)]
+struct MatmulBuffers {
+    acts: Vec<crate::quant::blocks::BlockQ8>,
+    scratch: crate::quant::matmul::Scratch,
+}
+
+/// The buffers of one forward pass, reused layer after layer and, up to
+/// [`KEPT_BUFFER_BYTES`], call after call: fresh megabyte buffers cost page faults (a fifth of
+/// the time when every layer allocated its own).
+#[derive(Default)]
+struct Buffers {
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    attn: Vec<f32>,
+    o: Vec<f32>,
+    up: Vec<f32>,
+    down: Vec<f32>,
+    mm: MatmulBuffers,
+}
+
+/// Most bytes of buffers an embedder keeps between calls (a batch of 32 texts of 128 tokens
+/// needs about 30 MB).
+const KEPT_BUFFER_BYTES: usize = 64 << 20;
+
+impl Buffers {
+    fn bytes(&self) -> usize {
+        let f = [&self.q, &self.k, &self.v, &self.attn, &self.o, &self.up, &self.down];
+        f.iter().map(|v| v.capacity() * 4).sum::<usize>()
+            + self.mm.acts.capacity() * std::mem::size_of::<crate::quant::blocks::BlockQ8>()
     }
-    let mut ys = ys.into_iter();
-    std::array::from_fn(|_| ys.next().expect("one result per matrix"))
 }
 
 struct LayerNorm {
@@ -92,14 +171,34 @@ impl LayerNorm {
         let d = self.w.len();
         x.par_chunks_mut(d * 64).for_each(|rows| {
             for row in rows.chunks_exact_mut(d) {
-                let mean = sum8(row.iter().copied()) / d as f32;
-                let var = sum8(row.iter().map(|&v| (v - mean) * (v - mean))) / d as f32;
-                let inv = 1.0 / (var + self.eps).sqrt();
-                for ((v, w), b) in row.iter_mut().zip(&self.w).zip(&self.b) {
-                    *v = (*v - mean) * inv * w + b;
-                }
+                self.row(row);
             }
         });
+    }
+
+    /// `x + residual`, then [`forward_in_place`](Self::forward_in_place), in one parallel pass.
+    fn add_forward_in_place(&self, x: &mut [f32], residual: &[f32]) {
+        let d = self.w.len();
+        x.par_chunks_mut(d * 64)
+            .zip(residual.par_chunks(d * 64))
+            .for_each(|(rows, add)| {
+                for (row, add) in rows.chunks_exact_mut(d).zip(add.chunks_exact(d)) {
+                    row.iter_mut().zip(add).for_each(|(a, b)| *a += b);
+                    self.row(row);
+                }
+            });
+    }
+
+    /// One row normalised, scaled and shifted.
+    #[inline]
+    fn row(&self, row: &mut [f32]) {
+        let d = self.w.len();
+        let mean = sum8(row.iter().copied()) / d as f32;
+        let var = sum8(row.iter().map(|&v| (v - mean) * (v - mean))) / d as f32;
+        let inv = 1.0 / (var + self.eps).sqrt();
+        for ((v, w), b) in row.iter_mut().zip(&self.w).zip(&self.b) {
+            *v = (*v - mean) * inv * w + b;
+        }
     }
 }
 
@@ -162,6 +261,8 @@ pub struct Embedder {
     embed_norm: LayerNorm,
     layers: Vec<Layer>,
     pool: Arc<rayon::ThreadPool>,
+    /// Forward-pass buffers between calls (one per concurrent call at most).
+    buffers: std::sync::Mutex<Vec<Buffers>>,
     dir: PathBuf,
     fingerprint: String,
 }
@@ -349,16 +450,22 @@ impl Embedder {
             let w = match quantize {
                 Some(q) => {
                     let (data, _) = store.load_f32_vec(&weight, &[out, input])?;
-                    QMatrix::quantized(q, &data, out, input).ok_or_else(|| {
-                        bad_config(
-                            dir,
-                            format!("{weight}: {input} columns do not quantize (whole 32-value blocks)"),
-                        )
-                    })?
+                    let panels = (q == crate::quant::QuantType::Q8_0 && Q8Panels::fast())
+                        .then(|| Q8Panels::quantize(&data, out, input).map(Weights::Panels));
+                    panels
+                        .unwrap_or_else(|| QMatrix::quantized(q, &data, out, input).map(Weights::Matrix))
+                        .ok_or_else(|| {
+                            bad_config(
+                                dir,
+                                format!("{weight}: {input} columns do not quantize (whole 32-value blocks)"),
+                            )
+                        })?
                 }
-                None => store
-                    .matrix(&weight, out, input)?
-                    .ok_or_else(|| bad_config(dir, format!("{weight} is not f32, f16 or bf16")))?,
+                None => Weights::Matrix(
+                    store
+                        .matrix(&weight, out, input)?
+                        .ok_or_else(|| bad_config(dir, format!("{weight} is not f32, f16 or bf16")))?,
+                ),
             };
             Ok(Linear {
                 w,
@@ -415,6 +522,7 @@ impl Embedder {
             layers,
             tokenizer,
             pool: crate::llm::thread_pool(threads)?,
+            buffers: Default::default(),
             dir: dir.to_path_buf(),
             cfg,
         })
@@ -527,18 +635,32 @@ impl Embedder {
                 Some(start)
             })
             .collect();
+        let mut bufs = self
+            .buffers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+            .unwrap_or_default();
+        let b = &mut bufs;
         for layer in &self.layers {
-            let [q, k, v] = forward_group([&layer.q, &layer.k, &layer.v], &x, n);
-            let attn = self.attention(&q, &k, &v, ids, &starts);
-            let o = layer.o.forward(&attn, n);
-            x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
-            layer.attn_norm.forward_in_place(&mut x);
-            let mut up = layer.up.forward(&x, n);
-            up.par_chunks_mut(4096)
+            Linear::group_into(
+                [&layer.q, &layer.k, &layer.v],
+                &x,
+                n,
+                [&mut b.q, &mut b.k, &mut b.v],
+                &mut b.mm,
+            );
+            self.attention_into(&b.q, &b.k, &b.v, ids, &starts, &mut b.attn);
+            layer.o.forward_into(&b.attn, n, &mut b.o, &mut b.mm);
+            layer.attn_norm.add_forward_in_place(&mut x, &b.o);
+            layer.up.forward_into(&x, n, &mut b.up, &mut b.mm);
+            b.up.par_chunks_mut(4096)
                 .for_each(crate::quant::elementwise::gelu_erf_in_place);
-            let down = layer.down.forward(&up, n);
-            x.iter_mut().zip(&down).for_each(|(a, b)| *a += b);
-            layer.out_norm.forward_in_place(&mut x);
+            layer.down.forward_into(&b.up, n, &mut b.down, &mut b.mm);
+            layer.out_norm.add_forward_in_place(&mut x, &b.down);
+        }
+        if bufs.bytes() <= KEPT_BUFFER_BYTES {
+            self.buffers.lock().unwrap_or_else(|e| e.into_inner()).push(bufs);
         }
         ids.iter()
             .zip(&starts)
@@ -565,48 +687,54 @@ impl Embedder {
             .collect()
     }
 
-    /// Bidirectional attention within each text, every head; `[n, hidden]` out. One task per
-    /// text and head: its scores `[len, len]` in one buffer, softmax by rows, then the values.
-    fn attention(&self, q: &[f32], k: &[f32], v: &[f32], ids: &[Vec<u32>], starts: &[usize]) -> Vec<f32> {
+    /// Bidirectional attention within each text, every head, into `out` (`[n, hidden]`). One
+    /// task per text, writing its own rows; per head its scores `[len, len]` in one buffer,
+    /// softmax by rows, then the values.
+    fn attention_into(
+        &self,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        ids: &[Vec<u32>],
+        starts: &[usize],
+        out: &mut Vec<f32>,
+    ) {
         let (d, heads) = (self.cfg.hidden, self.cfg.heads);
         let hd = d / heads;
         let scale = 1.0 / (hd as f32).sqrt();
-        let n = q.len() / d;
-        let tasks: Vec<(usize, usize)> = (0..ids.len()).flat_map(|t| (0..heads).map(move |h| (t, h))).collect();
-        let heads_out: Vec<Vec<f32>> = tasks
-            .par_iter()
-            .map(|&(t, h)| {
-                let (start, len) = (starts[t], ids[t].len());
-                fn at(m: &[f32], r: usize, d: usize, hd: usize) -> &[f32] {
-                    &m[r * d..][..hd]
-                }
-                let base = start * d + h * hd;
-                let (q, k, v) = (&q[base..], &k[base..], &v[base..]);
-                let at = |m, r| at(m, r, d, hd);
-                let mut scores = vec![0f32; len * len];
-                for (i, row) in scores.chunks_exact_mut(len).enumerate() {
-                    let qi = at(q, i);
-                    for (j, s) in row.iter_mut().enumerate() {
-                        *s = crate::quant::vector::dot(qi, at(k, j)) * scale;
-                    }
-                    crate::quant::elementwise::softmax_in_place(row);
-                }
-                let mut out = vec![0f32; len * hd];
-                for (i, o) in out.chunks_exact_mut(hd).enumerate() {
-                    for (j, &p) in scores[i * len..(i + 1) * len].iter().enumerate() {
-                        o.iter_mut().zip(at(v, j)).for_each(|(a, b)| *a += p * b);
-                    }
-                }
-                out
-            })
-            .collect();
-        let mut out = vec![0f32; n * d];
-        for (&(t, h), o) in tasks.iter().zip(&heads_out) {
-            for (i, row) in o.chunks_exact(hd).enumerate() {
-                out[(starts[t] + i) * d + h * hd..][..hd].copy_from_slice(row);
-            }
+        out.resize(q.len(), 0.0);
+        // Every text's rows of the output, in order.
+        let mut rows: Vec<&mut [f32]> = Vec::with_capacity(ids.len());
+        let mut rest = out.as_mut_slice();
+        for seq in ids {
+            let (mine, tail) = rest.split_at_mut(seq.len() * d);
+            rows.push(mine);
+            rest = tail;
         }
-        out
+        rows.into_par_iter()
+            .zip(starts.par_iter())
+            .for_each(|(out, &start)| {
+                let len = out.len() / d;
+                let mut scores = vec![0f32; len * len];
+                // Head `h` of row `r` of this text in q, k or v.
+                let at = |r: usize, h: usize| (start + r) * d + h * hd..(start + r) * d + (h + 1) * hd;
+                for h in 0..heads {
+                    for (i, row) in scores.chunks_exact_mut(len).enumerate() {
+                        let qi = &q[at(i, h)];
+                        for (j, s) in row.iter_mut().enumerate() {
+                            *s = crate::quant::vector::dot(qi, &k[at(j, h)]) * scale;
+                        }
+                        crate::quant::elementwise::softmax_in_place(row);
+                    }
+                    for (i, o) in out.chunks_exact_mut(d).enumerate() {
+                        let o = &mut o[h * hd..(h + 1) * hd];
+                        o.fill(0.0);
+                        for (j, &p) in scores[i * len..(i + 1) * len].iter().enumerate() {
+                            o.iter_mut().zip(&v[at(j, h)]).for_each(|(a, b)| *a += p * b);
+                        }
+                    }
+                }
+            });
     }
 }
 
