@@ -59,31 +59,58 @@ impl Q8Panels {
     /// Lay out `rows` Q8_0 rows of `cols` values (`rows · cols / 32` blocks of 34 bytes), or
     /// `None` when the sizes disagree or `cols` is not whole blocks.
     pub fn from_q8_0(bytes: &[u8], rows: usize, cols: usize) -> Option<Self> {
+        let mut m = Self::zeroed(rows, cols)?;
+        if rows.checked_mul(cols / QK * Q8_0_BYTES) != Some(bytes.len()) {
+            return None;
+        }
+        m.fill_rows(0, bytes);
+        Some(m)
+    }
+
+    /// A `rows` by `cols` matrix of zeros, to be filled by [`fill_rows`](Self::fill_rows);
+    /// `None` when `cols` is not whole blocks or the size overflows.
+    pub fn zeroed(rows: usize, cols: usize) -> Option<Self> {
         if cols == 0 || !cols.is_multiple_of(QK) {
             return None;
         }
-        let blocks = cols / QK;
-        let row_bytes = blocks * Q8_0_BYTES;
-        if rows.checked_mul(row_bytes) != Some(bytes.len()) {
-            return None;
-        }
         let panels = rows.div_ceil(PANEL_ROWS);
-        // Rows past the end weigh zero: offset bytes of 128 and scales of zero.
-        let mut w = vec![128u8; panels * blocks * PANEL_BLOCK_BYTES];
-        let mut d = vec![0f32; panels * blocks * PANEL_ROWS];
-        for (r, row) in bytes.chunks_exact(row_bytes).enumerate() {
+        let units = panels.checked_mul(cols / QK)?;
+        // Zeros are offset bytes of 128 and scales of zero (also past the last row).
+        Some(Self {
+            rows,
+            cols,
+            w: vec![128u8; units.checked_mul(PANEL_BLOCK_BYTES)?],
+            d: vec![0f32; units.checked_mul(PANEL_ROWS)?],
+        })
+    }
+
+    /// Lay out whole Q8_0 rows `first..` from `bytes` (34-byte blocks, `cols / 32` per row).
+    /// Panics if they run past the matrix.
+    pub fn fill_rows(&mut self, first: usize, bytes: &[u8]) {
+        let blocks = self.blocks();
+        let row_bytes = blocks * Q8_0_BYTES;
+        assert!(
+            bytes.len().is_multiple_of(row_bytes) && first + bytes.len() / row_bytes <= self.rows,
+            "whole rows inside the matrix"
+        );
+        for (i, row) in bytes.chunks_exact(row_bytes).enumerate() {
+            let r = first + i;
             let (p, lane) = (r / PANEL_ROWS, r % PANEL_ROWS);
             let (half, lane16) = (lane / 16, lane % 16);
             for (b, block) in row.chunks_exact(Q8_0_BYTES).enumerate() {
                 let pb = p * blocks + b;
-                d[pb * PANEL_ROWS + lane] = half::f16::from_le_bytes([block[0], block[1]]).to_f32();
+                self.d[pb * PANEL_ROWS + lane] = half::f16::from_le_bytes([block[0], block[1]]).to_f32();
                 for (e, &q) in block[2..].iter().enumerate() {
                     let at = pb * PANEL_BLOCK_BYTES + (e / 4) * 128 + half * 64 + lane16 * 4 + e % 4;
-                    w[at] = (q as i8 as i16 + 128) as u8;
+                    self.w[at] = (q as i8 as i16 + 128) as u8;
                 }
             }
         }
-        Some(Self { rows, cols, w, d })
+    }
+
+    /// Bytes the laid-out weights and scales take.
+    pub fn size_bytes(&self) -> usize {
+        self.w.len() + 4 * self.d.len()
     }
 
     /// Quantize a row-major f32 matrix to Q8_0 (as [`super::matmul::QMatrix::quantized`]
@@ -174,6 +201,37 @@ impl Q8Panels {
             });
     }
 
+    /// Panel `p` (rows `32 p..`) times every token of `a`: `out[t]` receives token `t`'s
+    /// results for the panel's first `out[t].len()` rows (at most 32, fewer in the last panel).
+    pub fn panel_times(&self, p: usize, a: &[BlockQ8], out: &mut [&mut [f32]]) {
+        let blocks = self.blocks();
+        assert_eq!(a.len(), out.len() * blocks, "one token of activations per output");
+        let live = self.rows.saturating_sub(p * PANEL_ROWS).min(PANEL_ROWS);
+        assert!(out.iter().all(|o| o.len() <= live), "rows inside panel {p}");
+        let sink = |t: usize, y: &[f32; PANEL_ROWS]| {
+            let o = &mut out[t];
+            let len = o.len();
+            o.copy_from_slice(&y[..len]);
+        };
+        if Self::fast() {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `fast` found AVX-512 F/BW/VL/VNNI; the panel exists (`live` rows) and `a`
+            // holds whole tokens.
+            unsafe {
+                avx512::panel(self, p, a, None, sink)
+            };
+        } else {
+            let mut sink = sink;
+            for (t, tok) in a.chunks_exact(blocks).enumerate() {
+                let mut y = [0f32; PANEL_ROWS];
+                for (lane, y) in y.iter_mut().enumerate().take(live) {
+                    *y = self.scalar_one(p * PANEL_ROWS + lane, tok, None);
+                }
+                sink(t, &y);
+            }
+        }
+    }
+
     fn check(&self, a: &[BlockQ8], n: usize, bias: Option<&[f32]>) {
         assert_eq!(a.len(), n * self.blocks(), "{n} tokens of {} blocks", self.blocks());
         if let Some(b) = bias {
@@ -197,22 +255,28 @@ impl Q8Panels {
         }
         for (tok, o) in a.chunks_exact(blocks).zip(out.chunks_exact_mut(self.rows)) {
             for (r, o) in o.iter_mut().enumerate() {
-                let (p, lane) = (r / PANEL_ROWS, r % PANEL_ROWS);
-                let (half, lane16) = (lane / 16, lane % 16);
-                let mut acc = 0f32;
-                for (b, y) in tok.iter().enumerate() {
-                    let pb = p * blocks + b;
-                    let mut dot = -128 * y.sum;
-                    for (e, &q) in y.qs.iter().enumerate() {
-                        let at = pb * PANEL_BLOCK_BYTES + (e / 4) * 128 + half * 64 + lane16 * 4 + e % 4;
-                        dot += i32::from(self.w[at]) * i32::from(q);
-                    }
-                    let scale = self.d[pb * PANEL_ROWS + lane] * y.d;
-                    acc = scale.mul_add(dot as f32, acc);
-                }
-                *o = acc + bias.map_or(0.0, |b| b[r]);
+                *o = self.scalar_one(r, tok, bias);
             }
         }
+    }
+
+    /// Row `r` times one token's blocks, the tiles' operations one at a time.
+    fn scalar_one(&self, r: usize, tok: &[BlockQ8], bias: Option<&[f32]>) -> f32 {
+        let blocks = self.blocks();
+        let (p, lane) = (r / PANEL_ROWS, r % PANEL_ROWS);
+        let (half, lane16) = (lane / 16, lane % 16);
+        let mut acc = 0f32;
+        for (b, y) in tok.iter().enumerate() {
+            let pb = p * blocks + b;
+            let mut dot = -128 * y.sum;
+            for (e, &q) in y.qs.iter().enumerate() {
+                let at = pb * PANEL_BLOCK_BYTES + (e / 4) * 128 + half * 64 + lane16 * 4 + e % 4;
+                dot += i32::from(self.w[at]) * i32::from(q);
+            }
+            let scale = self.d[pb * PANEL_ROWS + lane] * y.d;
+            acc = scale.mul_add(dot as f32, acc);
+        }
+        acc + bias.map_or(0.0, |b| b[r])
     }
 }
 
@@ -228,48 +292,68 @@ mod avx512 {
     /// results per token; `bias`, if any, one value per row.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
     pub unsafe fn panels(m: &Q8Panels, a: &[BlockQ8], bias: Option<&[f32]>, out: &mut [f32]) {
+        let rows = m.rows;
+        for p in 0..rows.div_ceil(PANEL_ROWS) {
+            let live = (rows - p * PANEL_ROWS).min(PANEL_ROWS);
+            // SAFETY: as this function's.
+            unsafe {
+                panel(m, p, a, bias, |t, y| {
+                    out[t * rows + p * PANEL_ROWS..][..live].copy_from_slice(&y[..live]);
+                })
+            };
+        }
+    }
+
+    /// Panel `p` against every token of `a`: `sink(t, results)` per token, 32 results (those
+    /// past the matrix's last row are zero).
+    ///
+    /// SAFETY: the CPU has AVX-512 F/BW/VL/VNNI; panel `p` exists; `a` holds whole tokens;
+    /// `bias`, if any, one value per row.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub unsafe fn panel(
+        m: &Q8Panels,
+        p: usize,
+        a: &[BlockQ8],
+        bias: Option<&[f32]>,
+        mut sink: impl FnMut(usize, &[f32; PANEL_ROWS]),
+    ) {
         let blocks = m.blocks();
         let tokens = a.len() / blocks;
-        debug_assert_eq!(out.len(), tokens * m.rows);
-        for p in 0..m.rows.div_ceil(PANEL_ROWS) {
-            let w = &m.w[p * blocks * PANEL_BLOCK_BYTES..][..blocks * PANEL_BLOCK_BYTES];
-            let d = &m.d[p * blocks * PANEL_ROWS..][..blocks * PANEL_ROWS];
-            // Lanes of this panel that are rows of the matrix, per half.
-            let live = (m.rows - p * PANEL_ROWS).min(PANEL_ROWS);
-            let masks = [
-                mask(live.min(16)),
-                mask(live.saturating_sub(16)),
-            ];
-            let mut bias_v = [_mm512_setzero_ps(); 2];
-            if let Some(b) = bias {
-                for (h, v) in bias_v.iter_mut().enumerate() {
-                    // SAFETY: the mask admits only lanes below `rows`.
-                    *v = unsafe { _mm512_maskz_loadu_ps(masks[h], b.as_ptr().add(p * PANEL_ROWS + 16 * h)) };
-                }
+        let w = &m.w[p * blocks * PANEL_BLOCK_BYTES..][..blocks * PANEL_BLOCK_BYTES];
+        let d = &m.d[p * blocks * PANEL_ROWS..][..blocks * PANEL_ROWS];
+        // Lanes of this panel that are rows of the matrix, per half.
+        let live = (m.rows - p * PANEL_ROWS).min(PANEL_ROWS);
+        let masks = [mask(live.min(16)), mask(live.saturating_sub(16))];
+        let mut bias_v = [_mm512_setzero_ps(); 2];
+        if let Some(b) = bias {
+            for (h, v) in bias_v.iter_mut().enumerate() {
+                // SAFETY: the mask admits only lanes below `rows`.
+                *v = unsafe { _mm512_maskz_loadu_ps(masks[h], b.as_ptr().add(p * PANEL_ROWS + 16 * h)) };
             }
-            let mut t0 = 0;
-            while t0 < tokens {
-                let n = (tokens - t0).min(TILE_TOKENS);
-                let a = &a[t0 * blocks..(t0 + n) * blocks];
-                let acc = match n {
-                    // SAFETY (each): `a` holds `n` whole tokens; `w` and `d` the panel's blocks.
-                    6 => widen(unsafe { tile::<6>(w, d, a, blocks) }),
-                    5 => widen(unsafe { tile::<5>(w, d, a, blocks) }),
-                    4 => widen(unsafe { tile::<4>(w, d, a, blocks) }),
-                    3 => widen(unsafe { tile::<3>(w, d, a, blocks) }),
-                    2 => widen(unsafe { tile::<2>(w, d, a, blocks) }),
-                    _ => widen(unsafe { tile::<1>(w, d, a, blocks) }),
-                };
-                for (t, acc) in acc.iter().take(n).enumerate() {
-                    let o = out[(t0 + t) * m.rows + p * PANEL_ROWS..].as_mut_ptr();
-                    for h in 0..2 {
-                        let v = _mm512_add_ps(acc[h], bias_v[h]);
-                        // SAFETY: the mask admits only lanes below `rows`, inside token t's row.
-                        unsafe { _mm512_mask_storeu_ps(o.add(16 * h), masks[h], v) };
-                    }
+        }
+        let mut y = [0f32; PANEL_ROWS];
+        let mut t0 = 0;
+        while t0 < tokens {
+            let n = (tokens - t0).min(TILE_TOKENS);
+            let a = &a[t0 * blocks..(t0 + n) * blocks];
+            let acc = match n {
+                // SAFETY (each): `a` holds `n` whole tokens; `w` and `d` the panel's blocks.
+                6 => widen(unsafe { tile::<6>(w, d, a, blocks) }),
+                5 => widen(unsafe { tile::<5>(w, d, a, blocks) }),
+                4 => widen(unsafe { tile::<4>(w, d, a, blocks) }),
+                3 => widen(unsafe { tile::<3>(w, d, a, blocks) }),
+                2 => widen(unsafe { tile::<2>(w, d, a, blocks) }),
+                _ => widen(unsafe { tile::<1>(w, d, a, blocks) }),
+            };
+            for (t, acc) in acc.iter().take(n).enumerate() {
+                for h in 0..2 {
+                    let v = _mm512_maskz_mov_ps(masks[h], _mm512_add_ps(acc[h], bias_v[h]));
+                    // SAFETY: sixteen floats inside `y`.
+                    unsafe { _mm512_storeu_ps(y.as_mut_ptr().add(16 * h), v) };
                 }
-                t0 += n;
+                sink(t0 + t, &y);
             }
+            t0 += n;
         }
     }
 

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use rayon::prelude::*;
 
 use super::blocks::{quantize_q8, BlockQ8, QK};
+use super::gemm::{Q8Panels, PANEL_ROWS};
 use super::float::{float_kernels, FloatKernels, MAX_TILE_ROWS, MAX_TILE_TOKENS};
 use super::kernels::{block_bytes, dot4_fn, dot_fn, dotn_fn, Dot4Fn, DotFn, DotNFn, Isa};
 use super::ktile::{super_kernels, supers_from_blocks, SuperKernels, SuperQ8, SUBS};
@@ -59,6 +60,8 @@ enum Source {
     Shared(Arc<dyn WeightBytes>),
     Map(Arc<memmap2::Mmap>),
     Packed(Packed),
+    /// Q8_0 rows laid out in panels of 32 ([`Q8Panels`]), read only by its tiles.
+    Panels(Q8Panels),
 }
 
 impl Source {
@@ -67,6 +70,8 @@ impl Source {
             Source::Shared(f) => f.weight_bytes(),
             Source::Map(m) => m,
             Source::Packed(p) => p.bytes(),
+            // The panels are read through `Q8Panels` only (no rows of bytes).
+            Source::Panels(_) => &[],
         }
     }
 }
@@ -107,14 +112,20 @@ enum RowKernels {
     /// f32 / f16 / bf16 rows against f32 activations.
     Float(FloatKernels),
     /// Tiles against activations laid out per group of eight blocks (Q4_1, Q8_0 and the
-    /// K-quants on AVX-512 VNNI; Q4_1 and Q8_0 rows packed at load).
+    /// K-quants on AVX-512 VNNI; Q4_1 rows packed at load).
     Super(SuperKernels),
+    /// Q8_0 on AVX-512 VNNI: 32-row panels ([`Q8Panels`]), 32 rows by up to six tokens per
+    /// tile, the same numbers for a token whatever the number of tokens.
+    Panels,
 }
 
 impl RowKernels {
     fn for_format(dtype: QuantType, isa: Isa) -> Option<Self> {
         if let Some(k) = float_kernels(dtype, isa) {
             return Some(RowKernels::Float(k));
+        }
+        if dtype == QuantType::Q8_0 && isa == Isa::Avx512 && Q8Panels::fast() {
+            return Some(RowKernels::Panels);
         }
         if let Some(k) = super_kernels(dtype, isa) {
             return Some(RowKernels::Super(k));
@@ -158,6 +169,25 @@ impl QMatrix {
         }
         let row_bytes = cols / block * block_bytes(dtype);
         let file = bytes;
+        if let RowKernels::Panels = kernels {
+            let mut panels = Q8Panels::zeroed(rows, cols)?;
+            // As for the packed rows below: the file's pages go back run by run (whole panels).
+            let run = (RELEASE_BYTES / row_bytes).max(1).div_ceil(PANEL_ROWS) * PANEL_ROWS;
+            let file_rows = &file.weight_bytes()[start..start + rows * row_bytes];
+            for (i, src) in file_rows.chunks(run * row_bytes).enumerate() {
+                panels.fill_rows(i * run, src);
+                file.release(start + i * run * row_bytes, src.len());
+            }
+            return Some(Self {
+                source: Source::Panels(panels),
+                start: 0,
+                rows,
+                cols,
+                row_bytes,
+                dtype,
+                kernels,
+            });
+        }
         if let RowKernels::Super(SuperKernels { packing, .. }) = kernels {
             let file_rows = &file.weight_bytes()[start..start + rows * row_bytes];
             let packed_row = (packing.row_bytes)(cols / block);
@@ -260,13 +290,24 @@ impl QMatrix {
 
     /// Bytes of the weights as the kernels read them.
     pub fn size_bytes(&self) -> usize {
-        self.rows * self.row_bytes
+        match &self.source {
+            Source::Panels(p) => p.size_bytes(),
+            _ => self.rows * self.row_bytes,
+        }
     }
 
     /// Whether the weights were rearranged into memory of their own at load, rather than read
     /// in place from the model file.
     pub fn is_packed(&self) -> bool {
-        matches!(self.source, Source::Packed(_))
+        matches!(self.source, Source::Packed(_) | Source::Panels(_))
+    }
+
+    /// Weight rows one task of a parallel product takes: whole panels for the panel tiles.
+    fn task_rows(&self) -> usize {
+        match self.kernels {
+            RowKernels::Panels => PANEL_ROWS,
+            _ => ROWS_PER_TASK,
+        }
     }
 
     fn data(&self) -> &[u8] {
@@ -289,6 +330,12 @@ impl QMatrix {
             }
             RowKernels::Float(k) => self.float_rows_times(first, out, act.x, k),
             RowKernels::Super(k) => self.super_rows_times(first, out, act.supers, k),
+            RowKernels::Panels => {
+                let Source::Panels(p) = &self.source else {
+                    unreachable!("panel kernels read panels")
+                };
+                p.panel_times(first / PANEL_ROWS, act.blocks, out);
+            }
         }
     }
 
@@ -454,7 +501,7 @@ pub fn matmul_group_into(mats: &[&QMatrix], x: &[f32], n: usize, outs: &mut [&mu
     let any_supers = mats.iter().any(|m| matches!(m.kernels, RowKernels::Super(_)));
     let any_blocks = mats
         .iter()
-        .any(|m| matches!(m.kernels, RowKernels::Blocks { .. } | RowKernels::Super(_)));
+        .any(|m| matches!(m.kernels, RowKernels::Blocks { .. } | RowKernels::Super(_) | RowKernels::Panels));
     let (mut xq, mut supers): (&mut [BlockQ8], &mut [SuperQ8]) = (&mut [], &mut []);
     if any_blocks {
         // Block formats have whole 32-element blocks per row (checked at load). Every block is
@@ -491,8 +538,9 @@ pub fn matmul_group_into(mats: &[&QMatrix], x: &[f32], n: usize, outs: &mut [&mu
             if m.rows == 0 {
                 return Vec::new();
             }
-            let mut tokens: Vec<_> = y.chunks_mut(m.rows).map(|r| r.chunks_mut(ROWS_PER_TASK)).collect();
-            let mut table = Vec::with_capacity(m.rows.div_ceil(ROWS_PER_TASK) * n);
+            let per = m.task_rows();
+            let mut tokens: Vec<_> = y.chunks_mut(m.rows).map(|r| r.chunks_mut(per)).collect();
+            let mut table = Vec::with_capacity(m.rows.div_ceil(per) * n);
             while let Some(first) = tokens[0].next() {
                 table.push(first);
                 table.extend(tokens[1..].iter_mut().map(|t| t.next().expect("rows of one length")));
@@ -503,7 +551,7 @@ pub fn matmul_group_into(mats: &[&QMatrix], x: &[f32], n: usize, outs: &mut [&mu
     let mut tasks: Vec<(&QMatrix, usize, &mut [&mut [f32]])> = Vec::new();
     for (m, table) in mats.iter().zip(pieces.iter_mut()) {
         for (c, out) in table.chunks_mut(n).enumerate() {
-            tasks.push((m, c * ROWS_PER_TASK, out));
+            tasks.push((m, c * m.task_rows(), out));
         }
     }
     tasks
@@ -555,11 +603,16 @@ mod tests {
             } else {
                 2e-3
             };
-            // 1 token, fewer than four, the four-token kernel with a remainder, two groups of four.
-            for n in [1, 3, 6, 8] {
+            // 1 token, fewer than four, the four-token kernel with a remainder, two groups of four,
+            // two six-token panel tiles and one more.
+            for n in [1, 3, 6, 8, 13] {
                 let x = uniform(n * cols, 2.0);
                 let y = m.matmul(&x, n);
                 for t in 0..n {
+                    // A token's results do not depend on the others in the call (the engine's
+                    // batches rely on it).
+                    let alone = m.matmul(&x[t * cols..(t + 1) * cols], 1);
+                    assert_eq!(alone, y[t * rows..(t + 1) * rows], "{dtype} n={n} token {t}");
                     // The kernels see the activations quantized to 8 bits.
                     let mut xq = vec![BlockQ8::default(); cols / QK];
                     quantize_q8(&x[t * cols..(t + 1) * cols], &mut xq);
