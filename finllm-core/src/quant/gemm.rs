@@ -1,116 +1,206 @@
-//! Q8_0 weights times 8-bit activations for many tokens at once: the matrix products of an
+//! Block-format weights (Q8_0, Q4_0, Q4_1) times 8-bit activations for any number of tokens,
+//! in panels of 32 output rows: the matrix products of prefill, of batched decode and of an
 //! encoder (hundreds of tokens per call), where the decode-shaped tiles of [`super::ktile`]
 //! (two rows by up to eight tokens, the sub-blocks spread over the lanes) spend most of their
 //! instructions on scales rather than on integer dot products.
 //!
-//! Here the lanes are output rows. The weights are laid out once, in panels of 32 rows: for
-//! each 32-value block and each run of four values in it, two 64-byte vectors hold those four
-//! values of sixteen rows each, offset by 128 to unsigned bytes. One `vpdpbusd` multiplies a
-//! vector by four of a token's (signed) activation values broadcast to every lane, so a block
-//! takes eight of them per sixteen rows and token, chained in integers from `−128 Σ a` (which
-//! takes the offset back out, exactly). Then one multiply of the rows' and the token's scales
-//! and one multiply-add finish the block. A tile is 32 rows by up to six tokens: 12 integer
-//! and 12 float accumulators stay in registers for the whole row.
+//! Here the lanes are output rows. The weights are laid out once, in panels of 32 rows, block
+//! by block: for each run of four values of a block, a 64-byte vector holds those four values
+//! of sixteen rows as unsigned bytes (Q8_0 offset by 128; Q4_0 and Q4_1 as the file's nibbles,
+//! one load giving a run of the block's first half and one of its second). One `vpdpbusd`
+//! multiplies a vector by four of a token's signed activation values broadcast to every lane,
+//! so a block takes eight of them per sixteen rows and token, chained in integers from a start
+//! that takes the offset back out exactly (`−128 Σ a` for Q8_0, `−8 Σ a` for Q4_0, zero for
+//! Q4_1). Then one multiply of the rows' and the token's scales and one multiply-add finish
+//! the block (Q4_1 adds its minimum times the token's `d Σ a`, as llama.cpp does). A tile is 32
+//! rows by up to six tokens: 12 integer and 12 float accumulators stay in registers for the
+//! whole row.
 //!
 //! Every result is the same sequence of operations whatever tile it falls in, so a token's
-//! numbers do not depend on how many tokens share the call. The scalar form
-//! ([`Q8Panels::matmul_scalar`]) takes the same operations in the same order: the SIMD results
-//! equal it bit for bit.
+//! numbers do not depend on how many tokens share the call (the engine's batches rely on it).
+//! The scalar form ([`Panels::matmul_scalar`]) takes the same operations in the same order: the
+//! SIMD results equal it bit for bit.
 
-use super::blocks::{quantize_q8, BlockQ8, QK, Q8_0_BYTES};
+use super::blocks::{quantize_q8, BlockQ8, QK, Q4_0_BYTES, Q4_1_BYTES, Q8_0_BYTES};
 use super::kernels::Isa;
+use super::QuantType;
 
 /// Rows a panel holds (two vectors of sixteen lanes).
 pub const PANEL_ROWS: usize = 32;
 /// Runs of four values in a block.
 const STEPS: usize = QK / 4;
-/// Bytes of one block of one panel: eight runs of four values for 32 rows.
-const PANEL_BLOCK_BYTES: usize = STEPS * PANEL_ROWS * 4;
 /// Most tokens a tile takes.
 pub const TILE_TOKENS: usize = 6;
 
-/// A Q8_0 matrix (`rows` outputs by `cols` inputs) laid out in panels for [`Q8Panels::matmul`].
-#[derive(Clone)]
-pub struct Q8Panels {
-    rows: usize,
-    cols: usize,
-    /// Weights + 128, panel by panel, block by block, run by run (see the module's text).
-    w: Vec<u8>,
-    /// The rows' block scales, panel by panel, block by block, 32 rows each (zero past `rows`).
-    d: Vec<f32>,
+/// The weight formats laid out in panels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PanelFormat {
+    Q8_0,
+    Q4_0,
+    Q4_1,
 }
 
-impl std::fmt::Debug for Q8Panels {
+impl PanelFormat {
+    pub fn of(dtype: QuantType) -> Option<Self> {
+        match dtype {
+            QuantType::Q8_0 => Some(Self::Q8_0),
+            QuantType::Q4_0 => Some(Self::Q4_0),
+            QuantType::Q4_1 => Some(Self::Q4_1),
+            _ => None,
+        }
+    }
+
+    /// Bytes of one block of one row in the file.
+    fn file_bytes(self) -> usize {
+        match self {
+            Self::Q8_0 => Q8_0_BYTES,
+            Self::Q4_0 => Q4_0_BYTES,
+            Self::Q4_1 => Q4_1_BYTES,
+        }
+    }
+
+    /// Bytes of one block of one panel: 32 rows of 32 values, bytes or nibbles.
+    fn panel_block_bytes(self) -> usize {
+        match self {
+            Self::Q8_0 => PANEL_ROWS * QK,
+            Self::Q4_0 | Self::Q4_1 => PANEL_ROWS * QK / 2,
+        }
+    }
+
+    /// Where each token's block chain starts, from its values' sum: the weights' offset.
+    fn start(self, sum: i32) -> i32 {
+        match self {
+            Self::Q8_0 => -128 * sum,
+            Self::Q4_0 => -8 * sum,
+            Self::Q4_1 => 0,
+        }
+    }
+
+    /// The weight of block-value `e` (0..32) of a panel block as the tiles multiply it
+    /// (unsigned), read from the laid-out bytes `pb` of the block, row `lane` (0..32).
+    fn weight(self, pb: &[u8], lane: usize, e: usize) -> u8 {
+        let (half, lane16) = (lane / 16, lane % 16);
+        match self {
+            Self::Q8_0 => pb[(e / 4) * 128 + half * 64 + lane16 * 4 + e % 4],
+            Self::Q4_0 | Self::Q4_1 => {
+                let byte = pb[((e % 16) / 4) * 128 + half * 64 + lane16 * 4 + e % 4];
+                if e < 16 {
+                    byte & 0x0f
+                } else {
+                    byte >> 4
+                }
+            }
+        }
+    }
+}
+
+/// A block-format matrix (`rows` outputs by `cols` inputs) laid out in panels for
+/// [`Panels::matmul_q8_into`] and [`Panels::panel_times`].
+#[derive(Clone)]
+pub struct Panels {
+    format: PanelFormat,
+    rows: usize,
+    cols: usize,
+    /// Weights, panel by panel, block by block, run by run (see the module's text).
+    w: Vec<u8>,
+    /// The rows' block scales (f16 bits, as in the file: the panels take the file's bytes),
+    /// panel by panel, block by block, 32 rows each (zero past `rows`).
+    d: Vec<u16>,
+    /// Q4_1's block minima (f16 bits), in the order of `d` (empty for the other formats).
+    m: Vec<u16>,
+}
+
+impl std::fmt::Debug for Panels {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Q8Panels")
+        f.debug_struct("Panels")
+            .field("format", &self.format)
             .field("rows", &self.rows)
             .field("cols", &self.cols)
             .finish_non_exhaustive()
     }
 }
 
-impl Q8Panels {
-    /// True where the SIMD tiles run (AVX-512 VNNI); elsewhere [`matmul`](Self::matmul) runs the
-    /// scalar form, and callers with another fast path should take it.
+impl Panels {
+    /// True where the SIMD tiles run (AVX-512 VNNI); elsewhere the products run the scalar
+    /// form, and callers with another fast path should take it.
     pub fn fast() -> bool {
         Isa::detect() == Isa::Avx512
     }
 
-    /// Lay out `rows` Q8_0 rows of `cols` values (`rows · cols / 32` blocks of 34 bytes), or
+    /// Lay out `rows` rows of `cols` values in `format` (the file's blocks, row after row), or
     /// `None` when the sizes disagree or `cols` is not whole blocks.
-    pub fn from_q8_0(bytes: &[u8], rows: usize, cols: usize) -> Option<Self> {
-        let mut m = Self::zeroed(rows, cols)?;
-        if rows.checked_mul(cols / QK * Q8_0_BYTES) != Some(bytes.len()) {
+    pub fn from_blocks(format: PanelFormat, bytes: &[u8], rows: usize, cols: usize) -> Option<Self> {
+        let mut m = Self::zeroed(format, rows, cols)?;
+        if rows.checked_mul(cols / QK * format.file_bytes()) != Some(bytes.len()) {
             return None;
         }
         m.fill_rows(0, bytes);
         Some(m)
     }
 
-    /// A `rows` by `cols` matrix of zeros, to be filled by [`fill_rows`](Self::fill_rows);
-    /// `None` when `cols` is not whole blocks or the size overflows.
-    pub fn zeroed(rows: usize, cols: usize) -> Option<Self> {
+    /// A `rows` by `cols` matrix of zeros in `format`, to be filled by
+    /// [`fill_rows`](Self::fill_rows); `None` when `cols` is not whole blocks or the size
+    /// overflows.
+    pub fn zeroed(format: PanelFormat, rows: usize, cols: usize) -> Option<Self> {
         if cols == 0 || !cols.is_multiple_of(QK) {
             return None;
         }
-        let panels = rows.div_ceil(PANEL_ROWS);
-        let units = panels.checked_mul(cols / QK)?;
-        // Zeros are offset bytes of 128 and scales of zero (also past the last row).
+        let units = rows.div_ceil(PANEL_ROWS).checked_mul(cols / QK)?;
+        // Zero weights: Q8_0's offset bytes of 128 (Q4_0's 8s need not be: their scales are
+        // zero, as every scale past the last row stays).
+        let fill = if format == PanelFormat::Q8_0 { 128 } else { 0x88 };
+        let scales = units.checked_mul(PANEL_ROWS)?;
         Some(Self {
+            format,
             rows,
             cols,
-            w: vec![128u8; units.checked_mul(PANEL_BLOCK_BYTES)?],
-            d: vec![0f32; units.checked_mul(PANEL_ROWS)?],
+            w: vec![fill; units.checked_mul(format.panel_block_bytes())?],
+            d: vec![0; scales],
+            m: if format == PanelFormat::Q4_1 { vec![0; scales] } else { Vec::new() },
         })
     }
 
-    /// Lay out whole Q8_0 rows `first..` from `bytes` (34-byte blocks, `cols / 32` per row).
+    /// Lay out whole rows `first..` from `bytes` (the file's blocks, `cols / 32` per row).
     /// Panics if they run past the matrix.
     pub fn fill_rows(&mut self, first: usize, bytes: &[u8]) {
         let blocks = self.blocks();
-        let row_bytes = blocks * Q8_0_BYTES;
+        let fb = self.format.file_bytes();
+        let pbb = self.format.panel_block_bytes();
+        let row_bytes = blocks * fb;
         assert!(
             bytes.len().is_multiple_of(row_bytes) && first + bytes.len() / row_bytes <= self.rows,
             "whole rows inside the matrix"
         );
+        let f16 = |b: &[u8], at: usize| u16::from_le_bytes([b[at], b[at + 1]]);
         for (i, row) in bytes.chunks_exact(row_bytes).enumerate() {
             let r = first + i;
             let (p, lane) = (r / PANEL_ROWS, r % PANEL_ROWS);
             let (half, lane16) = (lane / 16, lane % 16);
-            for (b, block) in row.chunks_exact(Q8_0_BYTES).enumerate() {
+            for (b, block) in row.chunks_exact(fb).enumerate() {
                 let pb = p * blocks + b;
-                self.d[pb * PANEL_ROWS + lane] = half::f16::from_le_bytes([block[0], block[1]]).to_f32();
-                for (e, &q) in block[2..].iter().enumerate() {
-                    let at = pb * PANEL_BLOCK_BYTES + (e / 4) * 128 + half * 64 + lane16 * 4 + e % 4;
-                    self.w[at] = (q as i8 as i16 + 128) as u8;
+                let w = &mut self.w[pb * pbb..(pb + 1) * pbb];
+                self.d[pb * PANEL_ROWS + lane] = f16(block, 0);
+                match self.format {
+                    PanelFormat::Q8_0 => {
+                        for (e, &q) in block[2..].iter().enumerate() {
+                            w[(e / 4) * 128 + half * 64 + lane16 * 4 + e % 4] = (q as i8 as i16 + 128) as u8;
+                        }
+                    }
+                    PanelFormat::Q4_0 | PanelFormat::Q4_1 => {
+                        let at = if self.format == PanelFormat::Q4_1 {
+                            self.m[pb * PANEL_ROWS + lane] = f16(block, 2);
+                            4
+                        } else {
+                            2
+                        };
+                        // Byte e holds value e (low nibble) and value e + 16 (high), as in the file.
+                        for (e, &q) in block[at..at + 16].iter().enumerate() {
+                            w[(e / 4) * 128 + half * 64 + lane16 * 4 + e % 4] = q;
+                        }
+                    }
                 }
             }
         }
-    }
-
-    /// Bytes the laid-out weights and scales take.
-    pub fn size_bytes(&self) -> usize {
-        self.w.len() + 4 * self.d.len()
     }
 
     /// Quantize a row-major f32 matrix to Q8_0 (as [`super::matmul::QMatrix::quantized`]
@@ -123,7 +213,7 @@ impl Q8Panels {
         for row in data.chunks_exact(cols) {
             super::encode::encode_q8_0_fast(row, &mut bytes);
         }
-        Self::from_q8_0(&bytes, rows, cols)
+        Self::from_blocks(PanelFormat::Q8_0, &bytes, rows, cols)
     }
 
     pub fn rows(&self) -> usize {
@@ -138,8 +228,14 @@ impl Q8Panels {
         self.cols / QK
     }
 
-    /// `x` (`n` rows of `cols` values) quantized to 8-bit blocks, as [`matmul_q8_into`](Self::matmul_q8_into)
-    /// takes them: one quantization serves every matrix that reads the same input.
+    /// Bytes the laid-out weights, scales and minima take.
+    pub fn size_bytes(&self) -> usize {
+        self.w.len() + 2 * (self.d.len() + self.m.len())
+    }
+
+    /// `x` (`n` rows of `cols` values) quantized to 8-bit blocks, as
+    /// [`matmul_q8_into`](Self::matmul_q8_into) takes them: one quantization serves every
+    /// matrix that reads the same input.
     pub fn quantize_input(x: &[f32], n: usize, cols: usize) -> Vec<BlockQ8> {
         let mut a = Vec::new();
         Self::quantize_input_into(x, n, cols, &mut a);
@@ -185,18 +281,15 @@ impl Q8Panels {
         // Enough groups for the pool to balance, each whole tiles.
         let threads = rayon::current_num_threads().max(1);
         let per = n.div_ceil(4 * threads).div_ceil(TILE_TOKENS).max(1) * TILE_TOKENS;
-        let fast = Self::fast();
-        out.par_chunks_mut(per * self.rows)
+        let rows = self.rows;
+        out.par_chunks_mut(per * rows)
             .zip(a.par_chunks(per * blocks))
             .for_each(|(out, a)| {
-                if fast {
-                    #[cfg(target_arch = "x86_64")]
-                    // SAFETY: `fast` found AVX-512 F/BW/VL/VNNI; `check` sized every slice.
-                    unsafe {
-                        avx512::panels(self, a, bias, out)
-                    };
-                } else {
-                    self.scalar_into(a, bias, out);
+                for p in 0..rows.div_ceil(PANEL_ROWS) {
+                    let live = (rows - p * PANEL_ROWS).min(PANEL_ROWS);
+                    self.panel(p, a, bias, |t, y| {
+                        out[t * rows + p * PANEL_ROWS..][..live].copy_from_slice(&y[..live]);
+                    });
                 }
             });
     }
@@ -204,31 +297,41 @@ impl Q8Panels {
     /// Panel `p` (rows `32 p..`) times every token of `a`: `out[t]` receives token `t`'s
     /// results for the panel's first `out[t].len()` rows (at most 32, fewer in the last panel).
     pub fn panel_times(&self, p: usize, a: &[BlockQ8], out: &mut [&mut [f32]]) {
-        let blocks = self.blocks();
-        assert_eq!(a.len(), out.len() * blocks, "one token of activations per output");
+        assert_eq!(a.len(), out.len() * self.blocks(), "one token of activations per output");
         let live = self.rows.saturating_sub(p * PANEL_ROWS).min(PANEL_ROWS);
         assert!(out.iter().all(|o| o.len() <= live), "rows inside panel {p}");
-        let sink = |t: usize, y: &[f32; PANEL_ROWS]| {
+        self.panel(p, a, None, |t, y| {
             let o = &mut out[t];
             let len = o.len();
             o.copy_from_slice(&y[..len]);
-        };
+        });
+    }
+
+    /// Panel `p` (which exists) times every token of `a` (whole tokens): `sink(t, results)`
+    /// per token, 32 results (those past the last row are zero, or the bias's).
+    fn panel(&self, p: usize, a: &[BlockQ8], bias: Option<&[f32]>, mut sink: impl FnMut(usize, &[f32; PANEL_ROWS])) {
+        debug_assert!(p < self.rows.div_ceil(PANEL_ROWS) && a.len().is_multiple_of(self.blocks()));
         if Self::fast() {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: `fast` found AVX-512 F/BW/VL/VNNI; the panel exists (`live` rows) and `a`
-            // holds whole tokens.
+            // SAFETY: `fast` found AVX-512 F/BW/VL/VNNI; the panel exists and `a` holds whole
+            // tokens (checked by the callers); a bias holds one value per row (`check`).
             unsafe {
-                avx512::panel(self, p, a, None, sink)
-            };
-        } else {
-            let mut sink = sink;
-            for (t, tok) in a.chunks_exact(blocks).enumerate() {
-                let mut y = [0f32; PANEL_ROWS];
-                for (lane, y) in y.iter_mut().enumerate().take(live) {
-                    *y = self.scalar_one(p * PANEL_ROWS + lane, tok, None);
+                match self.format {
+                    PanelFormat::Q8_0 => avx512::panel::<{ avx512::Q8_0 }, _>(self, p, a, bias, sink),
+                    PanelFormat::Q4_0 => avx512::panel::<{ avx512::Q4_0 }, _>(self, p, a, bias, sink),
+                    PanelFormat::Q4_1 => avx512::panel::<{ avx512::Q4_1 }, _>(self, p, a, bias, sink),
                 }
-                sink(t, &y);
+            };
+            #[cfg(target_arch = "x86_64")]
+            return;
+        }
+        let live = (self.rows - p * PANEL_ROWS).min(PANEL_ROWS);
+        for (t, tok) in a.chunks_exact(self.blocks()).enumerate() {
+            let mut y = [0f32; PANEL_ROWS];
+            for (lane, y) in y.iter_mut().enumerate().take(live) {
+                *y = self.scalar_one(p * PANEL_ROWS + lane, tok, bias);
             }
+            sink(t, &y);
         }
     }
 
@@ -239,42 +342,41 @@ impl Q8Panels {
         }
     }
 
-    /// The scalar form of [`matmul_q8_into`](Self::matmul_q8_into), bit-identical to it: the reference
-    /// the SIMD tiles are tested against, and what runs without AVX-512 VNNI.
+    /// The scalar form of [`matmul_q8_into`](Self::matmul_q8_into), bit-identical to it: the
+    /// reference the SIMD tiles are tested against, and what runs without AVX-512 VNNI.
     pub fn matmul_scalar(&self, a: &[BlockQ8], n: usize, bias: Option<&[f32]>) -> Vec<f32> {
         self.check(a, n, bias);
         let mut out = vec![0f32; n * self.rows];
-        self.scalar_into(a, bias, &mut out);
-        out
-    }
-
-    fn scalar_into(&self, a: &[BlockQ8], bias: Option<&[f32]>, out: &mut [f32]) {
-        let blocks = self.blocks();
         if self.rows == 0 {
-            return;
+            return out;
         }
-        for (tok, o) in a.chunks_exact(blocks).zip(out.chunks_exact_mut(self.rows)) {
+        for (tok, o) in a.chunks_exact(self.blocks()).zip(out.chunks_exact_mut(self.rows)) {
             for (r, o) in o.iter_mut().enumerate() {
                 *o = self.scalar_one(r, tok, bias);
             }
         }
+        out
     }
 
     /// Row `r` times one token's blocks, the tiles' operations one at a time.
     fn scalar_one(&self, r: usize, tok: &[BlockQ8], bias: Option<&[f32]>) -> f32 {
         let blocks = self.blocks();
+        let pbb = self.format.panel_block_bytes();
         let (p, lane) = (r / PANEL_ROWS, r % PANEL_ROWS);
-        let (half, lane16) = (lane / 16, lane % 16);
         let mut acc = 0f32;
         for (b, y) in tok.iter().enumerate() {
             let pb = p * blocks + b;
-            let mut dot = -128 * y.sum;
+            let wb = &self.w[pb * pbb..(pb + 1) * pbb];
+            let mut dot = self.format.start(y.sum);
             for (e, &q) in y.qs.iter().enumerate() {
-                let at = pb * PANEL_BLOCK_BYTES + (e / 4) * 128 + half * 64 + lane16 * 4 + e % 4;
-                dot += i32::from(self.w[at]) * i32::from(q);
+                dot += i32::from(self.format.weight(wb, lane, e)) * i32::from(q);
             }
-            let scale = self.d[pb * PANEL_ROWS + lane] * y.d;
+            let f32_of = |bits: u16| half::f16::from_bits(bits).to_f32();
+            let scale = f32_of(self.d[pb * PANEL_ROWS + lane]) * y.d;
             acc = scale.mul_add(dot as f32, acc);
+            if self.format == PanelFormat::Q4_1 {
+                acc = f32_of(self.m[pb * PANEL_ROWS + lane]).mul_add(y.s, acc);
+            }
         }
         acc + bias.map_or(0.0, |b| b[r])
     }
@@ -285,42 +387,30 @@ mod avx512 {
     use super::*;
     use std::arch::x86_64::*;
 
-    /// Every panel against every token of `a` (whole tokens of `blocks` blocks), into `out`
-    /// (`[tokens, rows]`).
-    ///
-    /// SAFETY: the CPU has AVX-512 F/BW/VL/VNNI; `a` holds whole tokens and `out` one row of
-    /// results per token; `bias`, if any, one value per row.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-    pub unsafe fn panels(m: &Q8Panels, a: &[BlockQ8], bias: Option<&[f32]>, out: &mut [f32]) {
-        let rows = m.rows;
-        for p in 0..rows.div_ceil(PANEL_ROWS) {
-            let live = (rows - p * PANEL_ROWS).min(PANEL_ROWS);
-            // SAFETY: as this function's.
-            unsafe {
-                panel(m, p, a, bias, |t, y| {
-                    out[t * rows + p * PANEL_ROWS..][..live].copy_from_slice(&y[..live]);
-                })
-            };
-        }
-    }
+    /// The format switch of the tiles.
+    pub const Q8_0: u8 = 0;
+    pub const Q4_0: u8 = 1;
+    pub const Q4_1: u8 = 2;
 
     /// Panel `p` against every token of `a`: `sink(t, results)` per token, 32 results (those
     /// past the matrix's last row are zero).
     ///
     /// SAFETY: the CPU has AVX-512 F/BW/VL/VNNI; panel `p` exists; `a` holds whole tokens;
-    /// `bias`, if any, one value per row.
+    /// `bias`, if any, one value per row; `F` is the matrix's format.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-    pub unsafe fn panel(
-        m: &Q8Panels,
+    pub unsafe fn panel<const F: u8, S: FnMut(usize, &[f32; PANEL_ROWS])>(
+        m: &Panels,
         p: usize,
         a: &[BlockQ8],
         bias: Option<&[f32]>,
-        mut sink: impl FnMut(usize, &[f32; PANEL_ROWS]),
+        mut sink: S,
     ) {
         let blocks = m.blocks();
         let tokens = a.len() / blocks;
-        let w = &m.w[p * blocks * PANEL_BLOCK_BYTES..][..blocks * PANEL_BLOCK_BYTES];
+        let pbb = m.format.panel_block_bytes();
+        let w = &m.w[p * blocks * pbb..][..blocks * pbb];
         let d = &m.d[p * blocks * PANEL_ROWS..][..blocks * PANEL_ROWS];
+        let mins = if F == Q4_1 { &m.m[p * blocks * PANEL_ROWS..][..blocks * PANEL_ROWS] } else { d };
         // Lanes of this panel that are rows of the matrix, per half.
         let live = (m.rows - p * PANEL_ROWS).min(PANEL_ROWS);
         let masks = [mask(live.min(16)), mask(live.saturating_sub(16))];
@@ -337,13 +427,13 @@ mod avx512 {
             let n = (tokens - t0).min(TILE_TOKENS);
             let a = &a[t0 * blocks..(t0 + n) * blocks];
             let acc = match n {
-                // SAFETY (each): `a` holds `n` whole tokens; `w` and `d` the panel's blocks.
-                6 => widen(unsafe { tile::<6>(w, d, a, blocks) }),
-                5 => widen(unsafe { tile::<5>(w, d, a, blocks) }),
-                4 => widen(unsafe { tile::<4>(w, d, a, blocks) }),
-                3 => widen(unsafe { tile::<3>(w, d, a, blocks) }),
-                2 => widen(unsafe { tile::<2>(w, d, a, blocks) }),
-                _ => widen(unsafe { tile::<1>(w, d, a, blocks) }),
+                // SAFETY (each): `a` holds `n` whole tokens; `w`, `d` and `mins` the panel's blocks.
+                6 => widen(unsafe { tile::<F, 6>(w, d, mins, a, blocks) }),
+                5 => widen(unsafe { tile::<F, 5>(w, d, mins, a, blocks) }),
+                4 => widen(unsafe { tile::<F, 4>(w, d, mins, a, blocks) }),
+                3 => widen(unsafe { tile::<F, 3>(w, d, mins, a, blocks) }),
+                2 => widen(unsafe { tile::<F, 2>(w, d, mins, a, blocks) }),
+                _ => widen(unsafe { tile::<F, 1>(w, d, mins, a, blocks) }),
             };
             for (t, acc) in acc.iter().take(n).enumerate() {
                 for h in 0..2 {
@@ -374,49 +464,114 @@ mod avx512 {
         out
     }
 
-    /// One panel (32 rows) by `N` tokens over every block: the results before the bias.
-    ///
-    /// SAFETY: AVX-512 F/BW/VL/VNNI; `w` holds `blocks` panel blocks, `d` their scales and `a`
-    /// `N` tokens of `blocks` blocks.
+    /// Four of a token's block values (from `e`) in every lane.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn tile<const N: usize>(w: &[u8], d: &[f32], a: &[BlockQ8], blocks: usize) -> [[__m512; 2]; N] {
+    fn four(y: &BlockQ8, e: usize) -> __m512i {
+        // SAFETY: e + 4 <= 32 (the callers' runs).
+        _mm512_set1_epi32(unsafe { y.qs.as_ptr().add(e).cast::<i32>().read_unaligned() })
+    }
+
+    /// 32 f16 values at `p` as two vectors of f32.
+    ///
+    /// SAFETY: 64 readable bytes at `p`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn halves(p: *const u16) -> [__m512; 2] {
+        // SAFETY: the caller's.
+        unsafe {
+            [
+                _mm512_cvtph_ps(_mm256_loadu_si256(p.cast())),
+                _mm512_cvtph_ps(_mm256_loadu_si256(p.add(16).cast())),
+            ]
+        }
+    }
+
+    /// One panel (32 rows) by `N` tokens over every block: the results before the bias.
+    ///
+    /// SAFETY: AVX-512 F/BW/VL/VNNI; `w` holds `blocks` panel blocks of format `F`, `d` (and
+    /// `mins`, for Q4_1) their scales and `a` `N` tokens of `blocks` blocks.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn tile<const F: u8, const N: usize>(
+        w: &[u8],
+        d: &[u16],
+        mins: &[u16],
+        a: &[BlockQ8],
+        blocks: usize,
+    ) -> [[__m512; 2]; N] {
         let mut acc = [[_mm512_setzero_ps(); 2]; N];
+        let pbb = if F == Q8_0 { PANEL_ROWS * QK } else { PANEL_ROWS * QK / 2 };
         let wp = w.as_ptr();
+        let low = _mm512_set1_epi8(0x0f);
         for b in 0..blocks {
             let ys: [&BlockQ8; N] = std::array::from_fn(|t| &a[t * blocks + b]);
             let mut dot: [[__m512i; 2]; N] = std::array::from_fn(|t| {
-                let s = _mm512_set1_epi32(-128 * ys[t].sum);
+                let start = match F {
+                    Q8_0 => -128 * ys[t].sum,
+                    Q4_0 => -8 * ys[t].sum,
+                    _ => 0,
+                };
+                let s = _mm512_set1_epi32(start);
                 [s, s]
             });
-            let wb = wp.wrapping_add(b * PANEL_BLOCK_BYTES);
-            for s in 0..STEPS {
-                // SAFETY: run `s` of block `b` lies inside `w` (the caller sized it).
-                let (w0, w1) = unsafe {
-                    (
-                        _mm512_loadu_si512(wb.add(128 * s).cast()),
-                        _mm512_loadu_si512(wb.add(128 * s + 64).cast()),
-                    )
-                };
-                for t in 0..N {
-                    // SAFETY: four of the block's 32 values.
-                    let four = unsafe { ys[t].qs.as_ptr().add(4 * s).cast::<i32>().read_unaligned() };
-                    let y = _mm512_set1_epi32(four);
-                    dot[t][0] = _mm512_dpbusd_epi32(dot[t][0], w0, y);
-                    dot[t][1] = _mm512_dpbusd_epi32(dot[t][1], w1, y);
+            let wb = wp.wrapping_add(b * pbb);
+            if F == Q8_0 {
+                for s in 0..STEPS {
+                    // SAFETY: run `s` of block `b` lies inside `w` (the caller sized it).
+                    let (w0, w1) = unsafe {
+                        (
+                            _mm512_loadu_si512(wb.add(128 * s).cast()),
+                            _mm512_loadu_si512(wb.add(128 * s + 64).cast()),
+                        )
+                    };
+                    for t in 0..N {
+                        let y = four(ys[t], 4 * s);
+                        dot[t][0] = _mm512_dpbusd_epi32(dot[t][0], w0, y);
+                        dot[t][1] = _mm512_dpbusd_epi32(dot[t][1], w1, y);
+                    }
+                }
+            } else {
+                for s in 0..STEPS / 2 {
+                    // SAFETY: run pair `s` of block `b` lies inside `w` (the caller sized it).
+                    let (w0, w1) = unsafe {
+                        (
+                            _mm512_loadu_si512(wb.add(128 * s).cast()),
+                            _mm512_loadu_si512(wb.add(128 * s + 64).cast()),
+                        )
+                    };
+                    // Low nibbles: values 4s..4s+4; high: 16+4s..16+4s+4.
+                    let lo = [_mm512_and_si512(w0, low), _mm512_and_si512(w1, low)];
+                    let hi = [
+                        _mm512_and_si512(_mm512_srli_epi16::<4>(w0), low),
+                        _mm512_and_si512(_mm512_srli_epi16::<4>(w1), low),
+                    ];
+                    for t in 0..N {
+                        let (ylo, yhi) = (four(ys[t], 4 * s), four(ys[t], 16 + 4 * s));
+                        for h in 0..2 {
+                            dot[t][h] = _mm512_dpbusd_epi32(dot[t][h], lo[h], ylo);
+                            dot[t][h] = _mm512_dpbusd_epi32(dot[t][h], hi[h], yhi);
+                        }
+                    }
                 }
             }
-            // SAFETY: the block's 32 row scales lie inside `d`.
-            let (d0, d1) = unsafe {
-                (
-                    _mm512_loadu_ps(d.as_ptr().add(b * PANEL_ROWS)),
-                    _mm512_loadu_ps(d.as_ptr().add(b * PANEL_ROWS + 16)),
-                )
-            };
+            // SAFETY: the block's 32 row scales (and minima) lie inside `d` (and `mins`).
+            let ds = unsafe { halves(d.as_ptr().add(b * PANEL_ROWS)) };
             for t in 0..N {
                 let yd = _mm512_set1_ps(ys[t].d);
-                acc[t][0] = _mm512_fmadd_ps(_mm512_mul_ps(d0, yd), _mm512_cvtepi32_ps(dot[t][0]), acc[t][0]);
-                acc[t][1] = _mm512_fmadd_ps(_mm512_mul_ps(d1, yd), _mm512_cvtepi32_ps(dot[t][1]), acc[t][1]);
+                for h in 0..2 {
+                    acc[t][h] = _mm512_fmadd_ps(_mm512_mul_ps(ds[h], yd), _mm512_cvtepi32_ps(dot[t][h]), acc[t][h]);
+                }
+            }
+            if F == Q4_1 {
+                // SAFETY: as for `d`.
+                let ms = unsafe { halves(mins.as_ptr().add(b * PANEL_ROWS)) };
+                for t in 0..N {
+                    let s = _mm512_set1_ps(ys[t].s);
+                    for h in 0..2 {
+                        acc[t][h] = _mm512_fmadd_ps(ms[h], s, acc[t][h]);
+                    }
+                }
             }
         }
         acc
@@ -432,24 +587,44 @@ mod tests {
         ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
     }
 
-    /// The float64 product of the Q8_0 weights and the 8-bit activations as their blocks say
-    /// (each value times its block's scale), independent of any layout.
-    /// Also the sum of the blocks' absolute values, which bounds the f32 rounding.
-    fn oracle(w_bytes: &[u8], a: &[BlockQ8], rows: usize, cols: usize, n: usize) -> Vec<(f64, f64)> {
+    const FORMATS: [(PanelFormat, QuantType); 3] = [
+        (PanelFormat::Q8_0, QuantType::Q8_0),
+        (PanelFormat::Q4_0, QuantType::Q4_0),
+        (PanelFormat::Q4_1, QuantType::Q4_1),
+    ];
+
+    /// The float64 product of the file's blocks and the 8-bit activations as their blocks say,
+    /// read from the file's bytes (independent of any layout): Q8_0 `d q`, Q4_0 `d (q − 8)`,
+    /// Q4_1 `d q` plus the minimum times the token's `s` (its `d Σ a`, rounded as llama.cpp
+    /// rounds it). Also the sum of the blocks' absolute values, which bounds the f32 rounding.
+    fn oracle(dtype: QuantType, w: &[u8], a: &[BlockQ8], rows: usize, cols: usize, n: usize) -> Vec<(f64, f64)> {
         let blocks = cols / QK;
+        let fb = PanelFormat::of(dtype).unwrap().file_bytes();
+        let f16 = |b: &[u8], at: usize| f64::from(half::f16::from_le_bytes([b[at], b[at + 1]]).to_f32());
         let mut out = vec![(0f64, 0f64); n * rows];
         for t in 0..n {
             for r in 0..rows {
                 let (mut s, mut size) = (0f64, 0f64);
                 for b in 0..blocks {
-                    let wb = &w_bytes[(r * blocks + b) * Q8_0_BYTES..][..Q8_0_BYTES];
-                    let wd = f64::from(half::f16::from_le_bytes([wb[0], wb[1]]).to_f32());
+                    let wb = &w[(r * blocks + b) * fb..][..fb];
                     let y = &a[t * blocks + b];
-                    let term: f64 = (0..QK)
-                        .map(|e| wd * f64::from(wb[2 + e] as i8) * f64::from(y.d) * f64::from(y.qs[e]))
-                        .sum();
+                    let value = |e: usize| -> f64 {
+                        match dtype {
+                            QuantType::Q8_0 => f64::from(wb[2 + e] as i8),
+                            QuantType::Q4_0 => f64::from(if e < 16 { wb[2 + e] & 15 } else { wb[2 + e - 16] >> 4 }) - 8.0,
+                            _ => f64::from(if e < 16 { wb[4 + e] & 15 } else { wb[4 + e - 16] >> 4 }),
+                        }
+                    };
+                    let dot: f64 = (0..QK).map(|e| value(e) * f64::from(y.qs[e])).sum();
+                    let mut term = f16(wb, 0) * f64::from(y.d) * dot;
+                    let mut mag = term.abs();
+                    if dtype == QuantType::Q4_1 {
+                        let min = f16(wb, 2) * f64::from(y.s);
+                        term += min;
+                        mag += min.abs();
+                    }
                     s += term;
-                    size += term.abs();
+                    size += mag;
                 }
                 out[t * rows + r] = (s, size);
             }
@@ -457,47 +632,60 @@ mod tests {
         out
     }
 
+    fn file_bytes(dtype: QuantType, data: &[f32], rows: usize, cols: usize) -> Vec<u8> {
+        crate::tools::synthetic::encode(data, &[rows, cols], dtype).expect("an encoder for the format")
+    }
+
     #[test]
     fn panels_match_the_scalar_form_bit_for_bit_and_the_f64_oracle() {
         let mut seed = 7u64;
-        // Rows that fill panels and that leave a partial one (in either half); token counts
-        // that fill tiles and that leave every remainder.
-        for &(rows, cols) in &[(32usize, 32usize), (45, 64), (17, 96), (96, 384), (7, 32)] {
-            let data: Vec<f32> = (0..rows * cols).map(|_| lcg(&mut seed) * 0.1).collect();
-            let bias: Vec<f32> = (0..rows).map(|_| lcg(&mut seed)).collect();
-            let mut bytes = Vec::new();
-            for row in data.chunks_exact(cols) {
-                crate::quant::encode::encode_q8_0_fast(row, &mut bytes);
-            }
-            let m = Q8Panels::from_q8_0(&bytes, rows, cols).expect("whole blocks");
-            for n in [1usize, 5, 6, 7, 13, 40] {
-                let x: Vec<f32> = (0..n * cols).map(|_| lcg(&mut seed) * 3.0).collect();
-                let a = Q8Panels::quantize_input(&x, n, cols);
-                let scalar = m.matmul_scalar(&a, n, Some(&bias));
-                let mut fast = vec![f32::NAN; n * rows];
-                m.matmul_q8_into(&a, n, Some(&bias), &mut fast);
-                assert_eq!(fast.len(), n * rows);
-                // Bit for bit (on a CPU without VNNI both run the scalar form).
-                for (i, (f, s)) in fast.iter().zip(&scalar).enumerate() {
-                    assert_eq!(f.to_bits(), s.to_bits(), "{rows}x{cols}, {n} tokens, result {i}: {f} vs {s}");
+        for (format, dtype) in FORMATS {
+            // Rows that fill panels and that leave a partial one (in either half); token counts
+            // that fill tiles and that leave every remainder.
+            for &(rows, cols) in &[(32usize, 32usize), (45, 64), (17, 96), (96, 384), (7, 32)] {
+                let data: Vec<f32> = (0..rows * cols).map(|_| lcg(&mut seed) * 0.1).collect();
+                let bias: Vec<f32> = (0..rows).map(|_| lcg(&mut seed)).collect();
+                let bytes = file_bytes(dtype, &data, rows, cols);
+                let m = Panels::from_blocks(format, &bytes, rows, cols).expect("whole blocks");
+                for n in [1usize, 5, 6, 7, 13, 40] {
+                    let x: Vec<f32> = (0..n * cols).map(|_| lcg(&mut seed) * 3.0).collect();
+                    let a = Panels::quantize_input(&x, n, cols);
+                    let scalar = m.matmul_scalar(&a, n, Some(&bias));
+                    let mut fast = vec![f32::NAN; n * rows];
+                    m.matmul_q8_into(&a, n, Some(&bias), &mut fast);
+                    // Bit for bit (on a CPU without VNNI both run the scalar form).
+                    for (i, (f, s)) in fast.iter().zip(&scalar).enumerate() {
+                        assert_eq!(f.to_bits(), s.to_bits(), "{format:?} {rows}x{cols}, {n} tokens, result {i}: {f} vs {s}");
+                    }
+                    let exact = oracle(dtype, &bytes, &a, rows, cols, n);
+                    for (i, (s, &(e, size))) in scalar.iter().zip(&exact).enumerate() {
+                        let bias = f64::from(bias[i % rows]);
+                        let with_bias = e + bias;
+                        // Per block a product of two scales and one or two multiply-adds (each
+                        // rounding relative to the running sum, at most `size`), then the bias.
+                        let eps = f64::from(f32::EPSILON);
+                        let bound = eps * ((cols / QK) as f64 * 3.0 * (size + bias.abs()) + with_bias.abs());
+                        assert!(
+                            (f64::from(*s) - with_bias).abs() <= bound,
+                            "{format:?} {rows}x{cols}, {n} tokens, result {i}: {s} vs {with_bias}"
+                        );
+                    }
+                    // One token alone gives the numbers it gets among others, by rows of panels too.
+                    let last = &a[(n - 1) * cols / QK..];
+                    let mut alone = vec![f32::NAN; rows];
+                    m.matmul_q8_into(last, 1, Some(&bias), &mut alone);
+                    assert_eq!(alone, fast[(n - 1) * rows..]);
+                    let mut by_panel = vec![f32::NAN; rows];
+                    for (p, chunk) in by_panel.chunks_mut(PANEL_ROWS).enumerate() {
+                        m.panel_times(p, last, &mut [chunk]);
+                    }
+                    let plain: Vec<f32> = alone.iter().zip(&bias).map(|(y, b)| y - b).collect();
+                    for (i, (got, want)) in by_panel.iter().zip(&scalar[(n - 1) * rows..]).enumerate() {
+                        // `panel_times` adds no bias: compare before it.
+                        assert_eq!((got + bias[i]).to_bits(), want.to_bits(), "{format:?} row {i}");
+                    }
+                    assert_eq!(plain.len(), rows);
                 }
-                let exact = oracle(&bytes, &a, rows, cols, n);
-                for (i, (s, &(e, size))) in scalar.iter().zip(&exact).enumerate() {
-                    let bias = f64::from(bias[i % rows]);
-                    let with_bias = e + bias;
-                    // Per block a product of two scales, a multiply-add (two roundings each
-                    // relative to the running sum, at most `size`), then the bias added.
-                    let eps = f64::from(f32::EPSILON);
-                    let bound = eps * ((cols / QK) as f64 * 2.0 * (size + bias.abs()) + with_bias.abs());
-                    assert!(
-                        (f64::from(*s) - with_bias).abs() <= bound,
-                        "{rows}x{cols}, {n} tokens, result {i}: {s} vs {with_bias}"
-                    );
-                }
-                // One token alone gives the numbers it gets among others.
-                let mut alone = vec![f32::NAN; rows];
-                m.matmul_q8_into(&a[(n - 1) * cols / QK..], 1, Some(&bias), &mut alone);
-                assert_eq!(alone, fast[(n - 1) * rows..]);
             }
         }
     }
@@ -509,7 +697,7 @@ mod tests {
         let (rows, cols, n) = (40usize, 256usize, 9usize);
         let data: Vec<f32> = (0..rows * cols).map(|_| lcg(&mut seed)).collect();
         let x: Vec<f32> = (0..n * cols).map(|_| lcg(&mut seed)).collect();
-        let m = Q8Panels::quantize(&data, rows, cols).expect("whole blocks");
+        let m = Panels::quantize(&data, rows, cols).expect("whole blocks");
         let y = m.matmul(&x, n, None);
         for t in 0..n {
             for r in 0..rows {
@@ -527,9 +715,10 @@ mod tests {
 
     #[test]
     fn bad_shapes_are_refused() {
-        assert!(Q8Panels::from_q8_0(&[0u8; 34], 1, 31).is_none());
-        assert!(Q8Panels::from_q8_0(&[0u8; 33], 1, 32).is_none());
-        assert!(Q8Panels::quantize(&[0.0; 64], 2, 33).is_none());
-        assert!(Q8Panels::quantize(&[0.0; 64], 3, 32).is_none());
+        assert!(Panels::from_blocks(PanelFormat::Q8_0, &[0u8; 34], 1, 31).is_none());
+        assert!(Panels::from_blocks(PanelFormat::Q8_0, &[0u8; 33], 1, 32).is_none());
+        assert!(Panels::from_blocks(PanelFormat::Q4_1, &[0u8; 18], 1, 32).is_none());
+        assert!(Panels::quantize(&[0.0; 64], 2, 33).is_none());
+        assert!(Panels::quantize(&[0.0; 64], 3, 32).is_none());
     }
 }

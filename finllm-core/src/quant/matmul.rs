@@ -11,7 +11,7 @@ use std::sync::Arc;
 use rayon::prelude::*;
 
 use super::blocks::{quantize_q8, BlockQ8, QK};
-use super::gemm::{Q8Panels, PANEL_ROWS};
+use super::gemm::{PanelFormat, Panels, PANEL_ROWS};
 use super::float::{float_kernels, FloatKernels, MAX_TILE_ROWS, MAX_TILE_TOKENS};
 use super::kernels::{block_bytes, dot4_fn, dot_fn, dotn_fn, Dot4Fn, DotFn, DotNFn, Isa};
 use super::ktile::{super_kernels, supers_from_blocks, SuperKernels, SuperQ8, SUBS};
@@ -60,8 +60,8 @@ enum Source {
     Shared(Arc<dyn WeightBytes>),
     Map(Arc<memmap2::Mmap>),
     Packed(Packed),
-    /// Q8_0 rows laid out in panels of 32 ([`Q8Panels`]), read only by its tiles.
-    Panels(Q8Panels),
+    /// Q8_0 / Q4_0 / Q4_1 rows laid out in panels of 32 ([`Panels`]), read only by its tiles.
+    Panels(Panels),
 }
 
 impl Source {
@@ -70,7 +70,7 @@ impl Source {
             Source::Shared(f) => f.weight_bytes(),
             Source::Map(m) => m,
             Source::Packed(p) => p.bytes(),
-            // The panels are read through `Q8Panels` only (no rows of bytes).
+            // The panels are read through `Panels` only (no rows of bytes).
             Source::Panels(_) => &[],
         }
     }
@@ -114,9 +114,9 @@ enum RowKernels {
     /// Tiles against activations laid out per group of eight blocks (Q4_1, Q8_0 and the
     /// K-quants on AVX-512 VNNI; Q4_1 rows packed at load).
     Super(SuperKernels),
-    /// Q8_0 on AVX-512 VNNI: 32-row panels ([`Q8Panels`]), 32 rows by up to six tokens per
-    /// tile, the same numbers for a token whatever the number of tokens.
-    Panels,
+    /// Q8_0, Q4_0 and Q4_1 on AVX-512 VNNI: 32-row panels ([`Panels`]), 32 rows by up to six
+    /// tokens per tile, the same numbers for a token whatever the number of tokens.
+    Panels(PanelFormat),
 }
 
 impl RowKernels {
@@ -124,8 +124,10 @@ impl RowKernels {
         if let Some(k) = float_kernels(dtype, isa) {
             return Some(RowKernels::Float(k));
         }
-        if dtype == QuantType::Q8_0 && isa == Isa::Avx512 && Q8Panels::fast() {
-            return Some(RowKernels::Panels);
+        if isa == Isa::Avx512 && Panels::fast() {
+            if let Some(f) = PanelFormat::of(dtype) {
+                return Some(RowKernels::Panels(f));
+            }
         }
         if let Some(k) = super_kernels(dtype, isa) {
             return Some(RowKernels::Super(k));
@@ -169,8 +171,8 @@ impl QMatrix {
         }
         let row_bytes = cols / block * block_bytes(dtype);
         let file = bytes;
-        if let RowKernels::Panels = kernels {
-            let mut panels = Q8Panels::zeroed(rows, cols)?;
+        if let RowKernels::Panels(format) = kernels {
+            let mut panels = Panels::zeroed(format, rows, cols)?;
             // As for the packed rows below: the file's pages go back run by run (whole panels).
             let run = (RELEASE_BYTES / row_bytes).max(1).div_ceil(PANEL_ROWS) * PANEL_ROWS;
             let file_rows = &file.weight_bytes()[start..start + rows * row_bytes];
@@ -305,7 +307,7 @@ impl QMatrix {
     /// Weight rows one task of a parallel product takes: whole panels for the panel tiles.
     fn task_rows(&self) -> usize {
         match self.kernels {
-            RowKernels::Panels => PANEL_ROWS,
+            RowKernels::Panels(_) => PANEL_ROWS,
             _ => ROWS_PER_TASK,
         }
     }
@@ -330,7 +332,7 @@ impl QMatrix {
             }
             RowKernels::Float(k) => self.float_rows_times(first, out, act.x, k),
             RowKernels::Super(k) => self.super_rows_times(first, out, act.supers, k),
-            RowKernels::Panels => {
+            RowKernels::Panels(_) => {
                 let Source::Panels(p) = &self.source else {
                     unreachable!("panel kernels read panels")
                 };
@@ -501,7 +503,7 @@ pub fn matmul_group_into(mats: &[&QMatrix], x: &[f32], n: usize, outs: &mut [&mu
     let any_supers = mats.iter().any(|m| matches!(m.kernels, RowKernels::Super(_)));
     let any_blocks = mats
         .iter()
-        .any(|m| matches!(m.kernels, RowKernels::Blocks { .. } | RowKernels::Super(_) | RowKernels::Panels));
+        .any(|m| matches!(m.kernels, RowKernels::Blocks { .. } | RowKernels::Super(_) | RowKernels::Panels(_)));
     let (mut xq, mut supers): (&mut [BlockQ8], &mut [SuperQ8]) = (&mut [], &mut []);
     if any_blocks {
         // Block formats have whole 32-element blocks per row (checked at load). Every block is

@@ -14,7 +14,7 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::model::{read_hf_config, safetensors_files, SafetensorsStore};
-use crate::quant::gemm::Q8Panels;
+use crate::quant::gemm::Panels;
 use crate::quant::matmul::QMatrix;
 
 /// How a text's token vectors become one vector.
@@ -48,11 +48,11 @@ const MAX_DIM: usize = 1 << 16;
 const MAX_LAYERS: usize = 256;
 
 /// A linear layer's weights: as stored (f32, f16, bf16), or quantized to Q8_0 at load, laid
-/// out for many tokens per call where the CPU has AVX-512 VNNI ([`Q8Panels`]) and as a
+/// out for many tokens per call where the CPU has AVX-512 VNNI ([`Panels`]) and as a
 /// [`QMatrix`] elsewhere.
 enum Weights {
     Matrix(QMatrix),
-    Panels(Q8Panels),
+    Panels(Panels),
 }
 
 struct Linear {
@@ -98,7 +98,7 @@ impl Linear {
             match &l.w {
                 Weights::Panels(p) => {
                     if !quantized {
-                        Q8Panels::quantize_input_into(x, n, p.cols(), &mut bufs.acts);
+                        Panels::quantize_input_into(x, n, p.cols(), &mut bufs.acts);
                         quantized = true;
                     }
                     p.matmul_q8_into(&bufs.acts, n, Some(&l.b), o);
@@ -450,8 +450,8 @@ impl Embedder {
             let w = match quantize {
                 Some(q) => {
                     let (data, _) = store.load_f32_vec(&weight, &[out, input])?;
-                    let panels = (q == crate::quant::QuantType::Q8_0 && Q8Panels::fast())
-                        .then(|| Q8Panels::quantize(&data, out, input).map(Weights::Panels));
+                    let panels = (q == crate::quant::QuantType::Q8_0 && Panels::fast())
+                        .then(|| Panels::quantize(&data, out, input).map(Weights::Panels));
                     panels
                         .unwrap_or_else(|| QMatrix::quantized(q, &data, out, input).map(Weights::Matrix))
                         .ok_or_else(|| {
