@@ -21,7 +21,11 @@
 //! The scalar form ([`Panels::matmul_scalar`]) takes the same operations in the same order: the
 //! SIMD results equal it bit for bit.
 
-use super::blocks::{quantize_q8, BlockQ8, QK, Q4_0_BYTES, Q4_1_BYTES, Q8_0_BYTES};
+use super::blocks::{
+    k_scales_mins, quantize_q8, BlockQ8, K_SCALES_AT, Q4_0_BYTES, Q4_1_BYTES, Q4_K_BYTES, Q4_K_QS_AT, Q5_0_BYTES,
+    Q5_1_BYTES, Q8_0_BYTES, QK,
+    QK_K,
+};
 use super::kernels::Isa;
 use super::QuantType;
 
@@ -38,6 +42,13 @@ pub enum PanelFormat {
     Q8_0,
     Q4_0,
     Q4_1,
+    /// Q5_0 and Q5_1: Q4_0's and Q4_1's nibbles, and the fifth bits as byte masks (one bit per
+    /// byte of a run's vector), added as 16 under the mask.
+    Q5_0,
+    Q5_1,
+    /// Q4_K: each 32-value sub-block a block of the panel, its nibbles regrouped as Q4_0's; the
+    /// 6-bit scales and minima kept per row and block, `d` and `dmin` per row and super-block.
+    Q4K,
 }
 
 impl PanelFormat {
@@ -46,7 +57,19 @@ impl PanelFormat {
             QuantType::Q8_0 => Some(Self::Q8_0),
             QuantType::Q4_0 => Some(Self::Q4_0),
             QuantType::Q4_1 => Some(Self::Q4_1),
+            QuantType::Q5_0 => Some(Self::Q5_0),
+            QuantType::Q5_1 => Some(Self::Q5_1),
+            QuantType::Q4K => Some(Self::Q4K),
             _ => None,
+        }
+    }
+
+    /// Values of one block of the file (a super-block for Q4_K).
+    fn file_block(self) -> usize {
+        if self == Self::Q4K {
+            QK_K
+        } else {
+            QK
         }
     }
 
@@ -56,6 +79,9 @@ impl PanelFormat {
             Self::Q8_0 => Q8_0_BYTES,
             Self::Q4_0 => Q4_0_BYTES,
             Self::Q4_1 => Q4_1_BYTES,
+            Self::Q5_0 => Q5_0_BYTES,
+            Self::Q5_1 => Q5_1_BYTES,
+            Self::Q4K => Q4_K_BYTES,
         }
     }
 
@@ -63,8 +89,18 @@ impl PanelFormat {
     fn panel_block_bytes(self) -> usize {
         match self {
             Self::Q8_0 => PANEL_ROWS * QK,
-            Self::Q4_0 | Self::Q4_1 => PANEL_ROWS * QK / 2,
+            _ => PANEL_ROWS * QK / 2,
         }
+    }
+
+    /// Whether values carry a fifth bit.
+    fn five(self) -> bool {
+        matches!(self, Self::Q5_0 | Self::Q5_1)
+    }
+
+    /// Whether blocks carry a minimum (`d q + m`).
+    fn has_min(self) -> bool {
+        matches!(self, Self::Q4_1 | Self::Q5_1)
     }
 
     /// Where each token's block chain starts, from its values' sum: the weights' offset.
@@ -72,26 +108,37 @@ impl PanelFormat {
         match self {
             Self::Q8_0 => -128 * sum,
             Self::Q4_0 => -8 * sum,
-            Self::Q4_1 => 0,
+            Self::Q5_0 => -16 * sum,
+            Self::Q4_1 | Self::Q5_1 | Self::Q4K => 0,
         }
     }
 
     /// The weight of block-value `e` (0..32) of a panel block as the tiles multiply it
-    /// (unsigned), read from the laid-out bytes `pb` of the block, row `lane` (0..32).
-    fn weight(self, pb: &[u8], lane: usize, e: usize) -> u8 {
+    /// (unsigned), read from the laid-out bytes `pb` of the block (and its fifth-bit masks
+    /// `hb`), row `lane` (0..32).
+    fn weight(self, pb: &[u8], hb: &[u64], lane: usize, e: usize) -> u8 {
         let (half, lane16) = (lane / 16, lane % 16);
-        match self {
-            Self::Q8_0 => pb[(e / 4) * 128 + half * 64 + lane16 * 4 + e % 4],
-            Self::Q4_0 | Self::Q4_1 => {
-                let byte = pb[((e % 16) / 4) * 128 + half * 64 + lane16 * 4 + e % 4];
-                if e < 16 {
-                    byte & 0x0f
-                } else {
-                    byte >> 4
-                }
-            }
+        if self == Self::Q8_0 {
+            return pb[(e / 4) * 128 + half * 64 + lane16 * 4 + e % 4];
         }
+        let byte = pb[((e % 16) / 4) * 128 + half * 64 + lane16 * 4 + e % 4];
+        let nibble = if e < 16 { byte & 0x0f } else { byte >> 4 };
+        if !self.five() {
+            return nibble;
+        }
+        let bit = (hb[fifth_at((e % 16) / 4, half, e / 16)] >> (lane16 * 4 + e % 4)) & 1;
+        nibble + 16 * bit as u8
     }
+}
+
+/// Fifth-bit masks per panel block: for each run pair, half and nibble (low, high).
+const FIFTH_MASKS: usize = 4 * 2 * 2;
+
+/// Where the mask of run pair `s` (0..4), half `h` and nibble `high` sits in a panel block's
+/// [`FIFTH_MASKS`]: bit `4 lane16 + k` is the fifth bit of value `4 s + k` (`+ 16` for the high
+/// nibble) of row `16 h + lane16`, byte for byte the run's vector.
+fn fifth_at(s: usize, h: usize, high: usize) -> usize {
+    (s * 2 + h) * 2 + high
 }
 
 /// A block-format matrix (`rows` outputs by `cols` inputs) laid out in panels for
@@ -104,10 +151,18 @@ pub struct Panels {
     /// Weights, panel by panel, block by block, run by run (see the module's text).
     w: Vec<u8>,
     /// The rows' block scales (f16 bits, as in the file: the panels take the file's bytes),
-    /// panel by panel, block by block, 32 rows each (zero past `rows`).
+    /// panel by panel, block by block, 32 rows each (zero past `rows`); Q4_K's `d`, per
+    /// super-block.
     d: Vec<u16>,
-    /// Q4_1's block minima (f16 bits), in the order of `d` (empty for the other formats).
+    /// Q4_1's block minima (f16 bits), in the order of `d`; Q4_K's `dmin`, per super-block
+    /// (empty for the other formats).
     m: Vec<u16>,
+    /// Q4_K's 6-bit scales and minima, panel by panel, block (sub-block) by block, 32 rows each
+    /// (empty for the other formats).
+    sc: Vec<u8>,
+    mn: Vec<u8>,
+    /// Q5_0's and Q5_1's fifth bits, [`FIFTH_MASKS`] per panel block (empty otherwise).
+    hb: Vec<u64>,
 }
 
 impl std::fmt::Debug for Panels {
@@ -131,7 +186,7 @@ impl Panels {
     /// `None` when the sizes disagree or `cols` is not whole blocks.
     pub fn from_blocks(format: PanelFormat, bytes: &[u8], rows: usize, cols: usize) -> Option<Self> {
         let mut m = Self::zeroed(format, rows, cols)?;
-        if rows.checked_mul(cols / QK * format.file_bytes()) != Some(bytes.len()) {
+        if rows.checked_mul(cols / format.file_block() * format.file_bytes()) != Some(bytes.len()) {
             return None;
         }
         m.fill_rows(0, bytes);
@@ -142,7 +197,7 @@ impl Panels {
     /// [`fill_rows`](Self::fill_rows); `None` when `cols` is not whole blocks or the size
     /// overflows.
     pub fn zeroed(format: PanelFormat, rows: usize, cols: usize) -> Option<Self> {
-        if cols == 0 || !cols.is_multiple_of(QK) {
+        if cols == 0 || !cols.is_multiple_of(format.file_block()) {
             return None;
         }
         let units = rows.div_ceil(PANEL_ROWS).checked_mul(cols / QK)?;
@@ -150,13 +205,19 @@ impl Panels {
         // zero, as every scale past the last row stays).
         let fill = if format == PanelFormat::Q8_0 { 128 } else { 0x88 };
         let scales = units.checked_mul(PANEL_ROWS)?;
+        let k = format == PanelFormat::Q4K;
+        // Q4_K: one d and dmin per super-block of eight blocks.
+        let per_d = if k { scales / (QK_K / QK) } else { scales };
         Some(Self {
             format,
             rows,
             cols,
             w: vec![fill; units.checked_mul(format.panel_block_bytes())?],
-            d: vec![0; scales],
-            m: if format == PanelFormat::Q4_1 { vec![0; scales] } else { Vec::new() },
+            d: vec![0; per_d],
+            m: if format.has_min() || k { vec![0; per_d] } else { Vec::new() },
+            sc: if k { vec![0; scales] } else { Vec::new() },
+            mn: if k { vec![0; scales] } else { Vec::new() },
+            hb: if format.five() { vec![0; units.checked_mul(FIFTH_MASKS)?] } else { Vec::new() },
         })
     }
 
@@ -166,7 +227,7 @@ impl Panels {
         let blocks = self.blocks();
         let fb = self.format.file_bytes();
         let pbb = self.format.panel_block_bytes();
-        let row_bytes = blocks * fb;
+        let row_bytes = self.cols / self.format.file_block() * fb;
         assert!(
             bytes.len().is_multiple_of(row_bytes) && first + bytes.len() / row_bytes <= self.rows,
             "whole rows inside the matrix"
@@ -176,6 +237,10 @@ impl Panels {
             let r = first + i;
             let (p, lane) = (r / PANEL_ROWS, r % PANEL_ROWS);
             let (half, lane16) = (lane / 16, lane % 16);
+            if self.format == PanelFormat::Q4K {
+                self.fill_q4_k_row(p, lane, row);
+                continue;
+            }
             for (b, block) in row.chunks_exact(fb).enumerate() {
                 let pb = p * blocks + b;
                 let w = &mut self.w[pb * pbb..(pb + 1) * pbb];
@@ -184,6 +249,25 @@ impl Panels {
                     PanelFormat::Q8_0 => {
                         for (e, &q) in block[2..].iter().enumerate() {
                             w[(e / 4) * 128 + half * 64 + lane16 * 4 + e % 4] = (q as i8 as i16 + 128) as u8;
+                        }
+                    }
+                    PanelFormat::Q4K => unreachable!("Q4_K rows are laid out by fill_q4_k_row"),
+                    PanelFormat::Q5_0 | PanelFormat::Q5_1 => {
+                        let at = if self.format == PanelFormat::Q5_1 {
+                            self.m[pb * PANEL_ROWS + lane] = f16(block, 2);
+                            4
+                        } else {
+                            2
+                        };
+                        let qh = u32::from_le_bytes([block[at], block[at + 1], block[at + 2], block[at + 3]]);
+                        for (e, &q) in block[at + 4..at + 20].iter().enumerate() {
+                            w[(e / 4) * 128 + half * 64 + lane16 * 4 + e % 4] = q;
+                        }
+                        let hb = &mut self.hb[pb * FIFTH_MASKS..(pb + 1) * FIFTH_MASKS];
+                        for e in 0..QK {
+                            if (qh >> e) & 1 == 1 {
+                                hb[fifth_at((e % 16) / 4, half, e / 16)] |= 1u64 << (lane16 * 4 + e % 4);
+                            }
                         }
                     }
                     PanelFormat::Q4_0 | PanelFormat::Q4_1 => {
@@ -198,6 +282,30 @@ impl Panels {
                             w[(e / 4) * 128 + half * 64 + lane16 * 4 + e % 4] = q;
                         }
                     }
+                }
+            }
+        }
+    }
+
+    /// Row `lane` of panel `p` from a Q4_K row: each sub-block's 32 nibbles regrouped so that
+    /// byte `e` holds value `e` (low) and `e + 16` (high), as Q4_0's.
+    fn fill_q4_k_row(&mut self, p: usize, lane: usize, row: &[u8]) {
+        let (blocks, supers) = (self.blocks(), self.cols / QK_K);
+        let (half, lane16) = (lane / 16, lane % 16);
+        let pbb = self.format.panel_block_bytes();
+        for (sb, block) in row.chunks_exact(Q4_K_BYTES).enumerate() {
+            let at = (p * supers + sb) * PANEL_ROWS + lane;
+            self.d[at] = u16::from_le_bytes([block[0], block[1]]);
+            self.m[at] = u16::from_le_bytes([block[2], block[3]]);
+            let (sc, mn) = k_scales_mins(&block[K_SCALES_AT..]);
+            for j in 0..QK_K / QK {
+                let pb = p * blocks + sb * (QK_K / QK) + j;
+                self.sc[pb * PANEL_ROWS + lane] = sc[j];
+                self.mn[pb * PANEL_ROWS + lane] = mn[j];
+                let value = |l: usize| (block[Q4_K_QS_AT + QK * (j / 2) + l] >> (4 * (j % 2))) & 0x0f;
+                let w = &mut self.w[pb * pbb..(pb + 1) * pbb];
+                for e in 0..16 {
+                    w[(e / 4) * 128 + half * 64 + lane16 * 4 + e % 4] = value(e) | (value(e + 16) << 4);
                 }
             }
         }
@@ -230,7 +338,7 @@ impl Panels {
 
     /// Bytes the laid-out weights, scales and minima take.
     pub fn size_bytes(&self) -> usize {
-        self.w.len() + 2 * (self.d.len() + self.m.len())
+        self.w.len() + 2 * (self.d.len() + self.m.len()) + self.sc.len() + self.mn.len() + 8 * self.hb.len()
     }
 
     /// `x` (`n` rows of `cols` values) quantized to 8-bit blocks, as
@@ -320,6 +428,9 @@ impl Panels {
                     PanelFormat::Q8_0 => avx512::panel::<{ avx512::Q8_0 }, _>(self, p, a, bias, sink),
                     PanelFormat::Q4_0 => avx512::panel::<{ avx512::Q4_0 }, _>(self, p, a, bias, sink),
                     PanelFormat::Q4_1 => avx512::panel::<{ avx512::Q4_1 }, _>(self, p, a, bias, sink),
+                    PanelFormat::Q5_0 => avx512::panel::<{ avx512::Q5_0 }, _>(self, p, a, bias, sink),
+                    PanelFormat::Q5_1 => avx512::panel::<{ avx512::Q5_1 }, _>(self, p, a, bias, sink),
+                    PanelFormat::Q4K => avx512::panel::<{ avx512::Q4K }, _>(self, p, a, bias, sink),
                 }
             };
             #[cfg(target_arch = "x86_64")]
@@ -367,14 +478,24 @@ impl Panels {
         for (b, y) in tok.iter().enumerate() {
             let pb = p * blocks + b;
             let wb = &self.w[pb * pbb..(pb + 1) * pbb];
+            let hb = if self.format.five() { &self.hb[pb * FIFTH_MASKS..(pb + 1) * FIFTH_MASKS] } else { &[] };
             let mut dot = self.format.start(y.sum);
             for (e, &q) in y.qs.iter().enumerate() {
-                dot += i32::from(self.format.weight(wb, lane, e)) * i32::from(q);
+                dot += i32::from(self.format.weight(wb, hb, lane, e)) * i32::from(q);
             }
             let f32_of = |bits: u16| half::f16::from_bits(bits).to_f32();
+            if self.format == PanelFormat::Q4K {
+                let at = (p * (blocks / (QK_K / QK)) + b / (QK_K / QK)) * PANEL_ROWS + lane;
+                let i = pb * PANEL_ROWS + lane;
+                let ws = f32_of(self.d[at]) * f32::from(self.sc[i]);
+                acc = (ws * y.d).mul_add(dot as f32, acc);
+                let wm = -f32_of(self.m[at]) * f32::from(self.mn[i]);
+                acc = wm.mul_add(y.d * y.sum as f32, acc);
+                continue;
+            }
             let scale = f32_of(self.d[pb * PANEL_ROWS + lane]) * y.d;
             acc = scale.mul_add(dot as f32, acc);
-            if self.format == PanelFormat::Q4_1 {
+            if self.format.has_min() {
                 acc = f32_of(self.m[pb * PANEL_ROWS + lane]).mul_add(y.s, acc);
             }
         }
@@ -391,6 +512,9 @@ mod avx512 {
     pub const Q8_0: u8 = 0;
     pub const Q4_0: u8 = 1;
     pub const Q4_1: u8 = 2;
+    pub const Q4K: u8 = 3;
+    pub const Q5_0: u8 = 4;
+    pub const Q5_1: u8 = 5;
 
     /// Panel `p` against every token of `a`: `sink(t, results)` per token, 32 results (those
     /// past the matrix's last row are zero).
@@ -408,9 +532,21 @@ mod avx512 {
         let blocks = m.blocks();
         let tokens = a.len() / blocks;
         let pbb = m.format.panel_block_bytes();
-        let w = &m.w[p * blocks * pbb..][..blocks * pbb];
-        let d = &m.d[p * blocks * PANEL_ROWS..][..blocks * PANEL_ROWS];
-        let mins = if F == Q4_1 { &m.m[p * blocks * PANEL_ROWS..][..blocks * PANEL_ROWS] } else { d };
+        // Q4_K keeps d and dmin per super-block; the others a scale (and Q4_1 a minimum) per block.
+        let per_d = if F == Q4K { blocks / (QK_K / QK) } else { blocks } * PANEL_ROWS;
+        let per_block = blocks * PANEL_ROWS;
+        let slices = Slices {
+            w: &m.w[p * blocks * pbb..][..blocks * pbb],
+            d: &m.d[p * per_d..][..per_d],
+            m: if F == Q4_1 || F == Q5_1 || F == Q4K { &m.m[p * per_d..][..per_d] } else { &[] },
+            sc: if F == Q4K { &m.sc[p * per_block..][..per_block] } else { &[] },
+            mn: if F == Q4K { &m.mn[p * per_block..][..per_block] } else { &[] },
+            hb: if F == Q5_0 || F == Q5_1 {
+                &m.hb[p * blocks * FIFTH_MASKS..][..blocks * FIFTH_MASKS]
+            } else {
+                &[]
+            },
+        };
         // Lanes of this panel that are rows of the matrix, per half.
         let live = (m.rows - p * PANEL_ROWS).min(PANEL_ROWS);
         let masks = [mask(live.min(16)), mask(live.saturating_sub(16))];
@@ -427,13 +563,13 @@ mod avx512 {
             let n = (tokens - t0).min(TILE_TOKENS);
             let a = &a[t0 * blocks..(t0 + n) * blocks];
             let acc = match n {
-                // SAFETY (each): `a` holds `n` whole tokens; `w`, `d` and `mins` the panel's blocks.
-                6 => widen(unsafe { tile::<F, 6>(w, d, mins, a, blocks) }),
-                5 => widen(unsafe { tile::<F, 5>(w, d, mins, a, blocks) }),
-                4 => widen(unsafe { tile::<F, 4>(w, d, mins, a, blocks) }),
-                3 => widen(unsafe { tile::<F, 3>(w, d, mins, a, blocks) }),
-                2 => widen(unsafe { tile::<F, 2>(w, d, mins, a, blocks) }),
-                _ => widen(unsafe { tile::<F, 1>(w, d, mins, a, blocks) }),
+                // SAFETY (each): `a` holds `n` whole tokens; `slices` the panel's blocks.
+                6 => widen(unsafe { tile::<F, 6>(&slices, a, blocks) }),
+                5 => widen(unsafe { tile::<F, 5>(&slices, a, blocks) }),
+                4 => widen(unsafe { tile::<F, 4>(&slices, a, blocks) }),
+                3 => widen(unsafe { tile::<F, 3>(&slices, a, blocks) }),
+                2 => widen(unsafe { tile::<F, 2>(&slices, a, blocks) }),
+                _ => widen(unsafe { tile::<F, 1>(&slices, a, blocks) }),
             };
             for (t, acc) in acc.iter().take(n).enumerate() {
                 for h in 0..2 {
@@ -487,22 +623,36 @@ mod avx512 {
         }
     }
 
-    /// One panel (32 rows) by `N` tokens over every block: the results before the bias.
+    /// One panel's share of a matrix's arrays (empty where the format has none).
+    struct Slices<'a> {
+        w: &'a [u8],
+        d: &'a [u16],
+        m: &'a [u16],
+        sc: &'a [u8],
+        mn: &'a [u8],
+        hb: &'a [u64],
+    }
+
+    /// Sixteen bytes at `p` as f32.
     ///
-    /// SAFETY: AVX-512 F/BW/VL/VNNI; `w` holds `blocks` panel blocks of format `F`, `d` (and
-    /// `mins`, for Q4_1) their scales and `a` `N` tokens of `blocks` blocks.
+    /// SAFETY: 16 readable bytes at `p`.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn tile<const F: u8, const N: usize>(
-        w: &[u8],
-        d: &[u16],
-        mins: &[u16],
-        a: &[BlockQ8],
-        blocks: usize,
-    ) -> [[__m512; 2]; N] {
+    unsafe fn bytes_f32(p: *const u8) -> __m512 {
+        // SAFETY: the caller's.
+        _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(unsafe { _mm_loadu_si128(p.cast()) }))
+    }
+
+    /// One panel (32 rows) by `N` tokens over every block: the results before the bias.
+    ///
+    /// SAFETY: AVX-512 F/BW/VL/VNNI; `sl` holds `blocks` panel blocks of format `F` with their
+    /// scales (and minima) and `a` `N` tokens of `blocks` blocks.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn tile<const F: u8, const N: usize>(sl: &Slices<'_>, a: &[BlockQ8], blocks: usize) -> [[__m512; 2]; N] {
         let mut acc = [[_mm512_setzero_ps(); 2]; N];
         let pbb = if F == Q8_0 { PANEL_ROWS * QK } else { PANEL_ROWS * QK / 2 };
-        let wp = w.as_ptr();
+        let wp = sl.w.as_ptr();
         let low = _mm512_set1_epi8(0x0f);
         for b in 0..blocks {
             let ys: [&BlockQ8; N] = std::array::from_fn(|t| &a[t * blocks + b]);
@@ -510,6 +660,7 @@ mod avx512 {
                 let start = match F {
                     Q8_0 => -128 * ys[t].sum,
                     Q4_0 => -8 * ys[t].sum,
+                    Q5_0 => -16 * ys[t].sum,
                     _ => 0,
                 };
                 let s = _mm512_set1_epi32(start);
@@ -541,11 +692,20 @@ mod avx512 {
                         )
                     };
                     // Low nibbles: values 4s..4s+4; high: 16+4s..16+4s+4.
-                    let lo = [_mm512_and_si512(w0, low), _mm512_and_si512(w1, low)];
-                    let hi = [
+                    let mut lo = [_mm512_and_si512(w0, low), _mm512_and_si512(w1, low)];
+                    let mut hi = [
                         _mm512_and_si512(_mm512_srli_epi16::<4>(w0), low),
                         _mm512_and_si512(_mm512_srli_epi16::<4>(w1), low),
                     ];
+                    if F == Q5_0 || F == Q5_1 {
+                        let sixteen = _mm512_set1_epi8(16);
+                        for h in 0..2 {
+                            let at = b * FIFTH_MASKS;
+                            let (kl, kh) = (sl.hb[at + fifth_at(s, h, 0)], sl.hb[at + fifth_at(s, h, 1)]);
+                            lo[h] = _mm512_mask_add_epi8(lo[h], kl, lo[h], sixteen);
+                            hi[h] = _mm512_mask_add_epi8(hi[h], kh, hi[h], sixteen);
+                        }
+                    }
                     for t in 0..N {
                         let (ylo, yhi) = (four(ys[t], 4 * s), four(ys[t], 16 + 4 * s));
                         for h in 0..2 {
@@ -555,17 +715,42 @@ mod avx512 {
                     }
                 }
             }
-            // SAFETY: the block's 32 row scales (and minima) lie inside `d` (and `mins`).
-            let ds = unsafe { halves(d.as_ptr().add(b * PANEL_ROWS)) };
+            if F == Q4K {
+                let at = b / (QK_K / QK) * PANEL_ROWS;
+                // SAFETY: the super-block's 32 d and dmin, the block's 32 scales and minima lie
+                // inside the slices.
+                let (d, dmin, sc, mn) = unsafe {
+                    (
+                        halves(sl.d.as_ptr().add(at)),
+                        halves(sl.m.as_ptr().add(at)),
+                        [bytes_f32(sl.sc.as_ptr().add(b * PANEL_ROWS)), bytes_f32(sl.sc.as_ptr().add(b * PANEL_ROWS + 16))],
+                        [bytes_f32(sl.mn.as_ptr().add(b * PANEL_ROWS)), bytes_f32(sl.mn.as_ptr().add(b * PANEL_ROWS + 16))],
+                    )
+                };
+                let sign = _mm512_set1_ps(-0.0);
+                for h in 0..2 {
+                    let ws = _mm512_mul_ps(d[h], sc[h]);
+                    let wm = _mm512_mul_ps(_mm512_xor_ps(dmin[h], sign), mn[h]);
+                    for t in 0..N {
+                        let yd = _mm512_set1_ps(ys[t].d);
+                        acc[t][h] = _mm512_fmadd_ps(_mm512_mul_ps(ws, yd), _mm512_cvtepi32_ps(dot[t][h]), acc[t][h]);
+                        let ysum = _mm512_set1_ps(ys[t].d * ys[t].sum as f32);
+                        acc[t][h] = _mm512_fmadd_ps(wm, ysum, acc[t][h]);
+                    }
+                }
+                continue;
+            }
+            // SAFETY: the block's 32 row scales (and minima) lie inside `d` (and `m`).
+            let ds = unsafe { halves(sl.d.as_ptr().add(b * PANEL_ROWS)) };
             for t in 0..N {
                 let yd = _mm512_set1_ps(ys[t].d);
                 for h in 0..2 {
                     acc[t][h] = _mm512_fmadd_ps(_mm512_mul_ps(ds[h], yd), _mm512_cvtepi32_ps(dot[t][h]), acc[t][h]);
                 }
             }
-            if F == Q4_1 {
+            if F == Q4_1 || F == Q5_1 {
                 // SAFETY: as for `d`.
-                let ms = unsafe { halves(mins.as_ptr().add(b * PANEL_ROWS)) };
+                let ms = unsafe { halves(sl.m.as_ptr().add(b * PANEL_ROWS)) };
                 for t in 0..N {
                     let s = _mm512_set1_ps(ys[t].s);
                     for h in 0..2 {
@@ -587,10 +772,13 @@ mod tests {
         ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
     }
 
-    const FORMATS: [(PanelFormat, QuantType); 3] = [
+    const FORMATS: [(PanelFormat, QuantType); 6] = [
         (PanelFormat::Q8_0, QuantType::Q8_0),
         (PanelFormat::Q4_0, QuantType::Q4_0),
         (PanelFormat::Q4_1, QuantType::Q4_1),
+        (PanelFormat::Q5_0, QuantType::Q5_0),
+        (PanelFormat::Q5_1, QuantType::Q5_1),
+        (PanelFormat::Q4K, QuantType::Q4K),
     ];
 
     /// The float64 product of the file's blocks and the 8-bit activations as their blocks say,
@@ -606,19 +794,42 @@ mod tests {
             for r in 0..rows {
                 let (mut s, mut size) = (0f64, 0f64);
                 for b in 0..blocks {
-                    let wb = &w[(r * blocks + b) * fb..][..fb];
                     let y = &a[t * blocks + b];
+                    if dtype == QuantType::Q4K {
+                        // Super-block b / 8, sub-block j: d sc_j q − dmin m_j, q from the
+                        // sub-block pair's 32 bytes (low nibbles for even j, high for odd).
+                        let supers = cols / QK_K;
+                        let sbb = &w[(r * supers + b / 8) * Q4_K_BYTES..][..Q4_K_BYTES];
+                        let j = b % 8;
+                        let (sc, mn) = k_scales_mins(&sbb[K_SCALES_AT..]);
+                        let q = |l: usize| f64::from((sbb[Q4_K_QS_AT + QK * (j / 2) + l] >> (4 * (j % 2))) & 15);
+                        let dot: f64 = (0..QK).map(|e| q(e) * f64::from(y.qs[e])).sum();
+                        let sum: f64 = y.qs.iter().map(|&v| f64::from(v)).sum();
+                        let scale = f16(sbb, 0) * f64::from(sc[j]) * f64::from(y.d);
+                        let min = f16(sbb, 2) * f64::from(mn[j]) * f64::from(y.d);
+                        s += scale * dot - min * sum;
+                        size += (scale * dot).abs() + (min * sum).abs();
+                        continue;
+                    }
+                    let wb = &w[(r * blocks + b) * fb..][..fb];
+                    let nibble = |at: usize, e: usize| if e < 16 { wb[at + e] & 15 } else { wb[at + e - 16] >> 4 };
+                    let fifth = |at: usize, e: usize| {
+                        let qh = u32::from_le_bytes([wb[at], wb[at + 1], wb[at + 2], wb[at + 3]]);
+                        f64::from((qh >> e) & 1) * 16.0
+                    };
                     let value = |e: usize| -> f64 {
                         match dtype {
                             QuantType::Q8_0 => f64::from(wb[2 + e] as i8),
-                            QuantType::Q4_0 => f64::from(if e < 16 { wb[2 + e] & 15 } else { wb[2 + e - 16] >> 4 }) - 8.0,
-                            _ => f64::from(if e < 16 { wb[4 + e] & 15 } else { wb[4 + e - 16] >> 4 }),
+                            QuantType::Q4_0 => f64::from(nibble(2, e)) - 8.0,
+                            QuantType::Q5_0 => f64::from(nibble(6, e)) + fifth(2, e) - 16.0,
+                            QuantType::Q5_1 => f64::from(nibble(8, e)) + fifth(4, e),
+                            _ => f64::from(nibble(4, e)),
                         }
                     };
                     let dot: f64 = (0..QK).map(|e| value(e) * f64::from(y.qs[e])).sum();
                     let mut term = f16(wb, 0) * f64::from(y.d) * dot;
                     let mut mag = term.abs();
-                    if dtype == QuantType::Q4_1 {
+                    if matches!(dtype, QuantType::Q4_1 | QuantType::Q5_1) {
                         let min = f16(wb, 2) * f64::from(y.s);
                         term += min;
                         mag += min.abs();
@@ -642,7 +853,12 @@ mod tests {
         for (format, dtype) in FORMATS {
             // Rows that fill panels and that leave a partial one (in either half); token counts
             // that fill tiles and that leave every remainder.
-            for &(rows, cols) in &[(32usize, 32usize), (45, 64), (17, 96), (96, 384), (7, 32)] {
+            let shapes: &[(usize, usize)] = if format == PanelFormat::Q4K {
+                &[(32, 256), (45, 512), (17, 256), (7, 768)]
+            } else {
+                &[(32, 32), (45, 64), (17, 96), (96, 384), (7, 32)]
+            };
+            for &(rows, cols) in shapes {
                 let data: Vec<f32> = (0..rows * cols).map(|_| lcg(&mut seed) * 0.1).collect();
                 let bias: Vec<f32> = (0..rows).map(|_| lcg(&mut seed)).collect();
                 let bytes = file_bytes(dtype, &data, rows, cols);

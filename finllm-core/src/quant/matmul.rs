@@ -61,7 +61,7 @@ enum Source {
     Map(Arc<memmap2::Mmap>),
     Packed(Packed),
     /// Q8_0 / Q4_0 / Q4_1 rows laid out in panels of 32 ([`Panels`]), read only by its tiles.
-    Panels(Panels),
+    Panels(Box<Panels>),
 }
 
 impl Source {
@@ -181,7 +181,7 @@ impl QMatrix {
                 file.release(start + i * run * row_bytes, src.len());
             }
             return Some(Self {
-                source: Source::Panels(panels),
+                source: Source::Panels(Box::new(panels)),
                 start: 0,
                 rows,
                 cols,
