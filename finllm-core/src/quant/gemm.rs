@@ -727,10 +727,12 @@ mod avx512 {
                         [bytes_f32(sl.mn.as_ptr().add(b * PANEL_ROWS)), bytes_f32(sl.mn.as_ptr().add(b * PANEL_ROWS + 16))],
                     )
                 };
-                let sign = _mm512_set1_ps(-0.0);
+                // −dmin: the sign bit flipped (an integer xor: AVX-512 F has no float one).
+                let sign = _mm512_set1_epi32(i32::MIN);
                 for h in 0..2 {
                     let ws = _mm512_mul_ps(d[h], sc[h]);
-                    let wm = _mm512_mul_ps(_mm512_xor_ps(dmin[h], sign), mn[h]);
+                    let neg = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(dmin[h]), sign));
+                    let wm = _mm512_mul_ps(neg, mn[h]);
                     for t in 0..N {
                         let yd = _mm512_set1_ps(ys[t].d);
                         acc[t][h] = _mm512_fmadd_ps(_mm512_mul_ps(ws, yd), _mm512_cvtepi32_ps(dot[t][h]), acc[t][h]);
