@@ -23,8 +23,7 @@
 
 use super::blocks::{
     k_scales_mins, quantize_q8, BlockQ8, K_SCALES_AT, Q4_0_BYTES, Q4_1_BYTES, Q4_K_BYTES, Q4_K_QS_AT, Q5_0_BYTES,
-    Q5_1_BYTES, Q8_0_BYTES, QK,
-    QK_K,
+    Q5_1_BYTES, Q8_0_BYTES, QK, QK_K,
 };
 use super::kernels::Isa;
 use super::QuantType;
@@ -214,10 +213,18 @@ impl Panels {
             cols,
             w: vec![fill; units.checked_mul(format.panel_block_bytes())?],
             d: vec![0; per_d],
-            m: if format.has_min() || k { vec![0; per_d] } else { Vec::new() },
+            m: if format.has_min() || k {
+                vec![0; per_d]
+            } else {
+                Vec::new()
+            },
             sc: if k { vec![0; scales] } else { Vec::new() },
             mn: if k { vec![0; scales] } else { Vec::new() },
-            hb: if format.five() { vec![0; units.checked_mul(FIFTH_MASKS)?] } else { Vec::new() },
+            hb: if format.five() {
+                vec![0; units.checked_mul(FIFTH_MASKS)?]
+            } else {
+                Vec::new()
+            },
         })
     }
 
@@ -405,7 +412,11 @@ impl Panels {
     /// Panel `p` (rows `32 p..`) times every token of `a`: `out[t]` receives token `t`'s
     /// results for the panel's first `out[t].len()` rows (at most 32, fewer in the last panel).
     pub fn panel_times(&self, p: usize, a: &[BlockQ8], out: &mut [&mut [f32]]) {
-        assert_eq!(a.len(), out.len() * self.blocks(), "one token of activations per output");
+        assert_eq!(
+            a.len(),
+            out.len() * self.blocks(),
+            "one token of activations per output"
+        );
         let live = self.rows.saturating_sub(p * PANEL_ROWS).min(PANEL_ROWS);
         assert!(out.iter().all(|o| o.len() <= live), "rows inside panel {p}");
         self.panel(p, a, None, |t, y| {
@@ -478,7 +489,11 @@ impl Panels {
         for (b, y) in tok.iter().enumerate() {
             let pb = p * blocks + b;
             let wb = &self.w[pb * pbb..(pb + 1) * pbb];
-            let hb = if self.format.five() { &self.hb[pb * FIFTH_MASKS..(pb + 1) * FIFTH_MASKS] } else { &[] };
+            let hb = if self.format.five() {
+                &self.hb[pb * FIFTH_MASKS..(pb + 1) * FIFTH_MASKS]
+            } else {
+                &[]
+            };
             let mut dot = self.format.start(y.sum);
             for (e, &q) in y.qs.iter().enumerate() {
                 dot += i32::from(self.format.weight(wb, hb, lane, e)) * i32::from(q);
@@ -538,9 +553,21 @@ mod avx512 {
         let slices = Slices {
             w: &m.w[p * blocks * pbb..][..blocks * pbb],
             d: &m.d[p * per_d..][..per_d],
-            m: if F == Q4_1 || F == Q5_1 || F == Q4K { &m.m[p * per_d..][..per_d] } else { &[] },
-            sc: if F == Q4K { &m.sc[p * per_block..][..per_block] } else { &[] },
-            mn: if F == Q4K { &m.mn[p * per_block..][..per_block] } else { &[] },
+            m: if F == Q4_1 || F == Q5_1 || F == Q4K {
+                &m.m[p * per_d..][..per_d]
+            } else {
+                &[]
+            },
+            sc: if F == Q4K {
+                &m.sc[p * per_block..][..per_block]
+            } else {
+                &[]
+            },
+            mn: if F == Q4K {
+                &m.mn[p * per_block..][..per_block]
+            } else {
+                &[]
+            },
             hb: if F == Q5_0 || F == Q5_1 {
                 &m.hb[p * blocks * FIFTH_MASKS..][..blocks * FIFTH_MASKS]
             } else {
@@ -651,7 +678,11 @@ mod avx512 {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
     unsafe fn tile<const F: u8, const N: usize>(sl: &Slices<'_>, a: &[BlockQ8], blocks: usize) -> [[__m512; 2]; N] {
         let mut acc = [[_mm512_setzero_ps(); 2]; N];
-        let pbb = if F == Q8_0 { PANEL_ROWS * QK } else { PANEL_ROWS * QK / 2 };
+        let pbb = if F == Q8_0 {
+            PANEL_ROWS * QK
+        } else {
+            PANEL_ROWS * QK / 2
+        };
         let wp = sl.w.as_ptr();
         let low = _mm512_set1_epi8(0x0f);
         for b in 0..blocks {
@@ -723,8 +754,14 @@ mod avx512 {
                     (
                         halves(sl.d.as_ptr().add(at)),
                         halves(sl.m.as_ptr().add(at)),
-                        [bytes_f32(sl.sc.as_ptr().add(b * PANEL_ROWS)), bytes_f32(sl.sc.as_ptr().add(b * PANEL_ROWS + 16))],
-                        [bytes_f32(sl.mn.as_ptr().add(b * PANEL_ROWS)), bytes_f32(sl.mn.as_ptr().add(b * PANEL_ROWS + 16))],
+                        [
+                            bytes_f32(sl.sc.as_ptr().add(b * PANEL_ROWS)),
+                            bytes_f32(sl.sc.as_ptr().add(b * PANEL_ROWS + 16)),
+                        ],
+                        [
+                            bytes_f32(sl.mn.as_ptr().add(b * PANEL_ROWS)),
+                            bytes_f32(sl.mn.as_ptr().add(b * PANEL_ROWS + 16)),
+                        ],
                     )
                 };
                 // −dmin: the sign bit flipped (an integer xor: AVX-512 F has no float one).
@@ -873,7 +910,11 @@ mod tests {
                     m.matmul_q8_into(&a, n, Some(&bias), &mut fast);
                     // Bit for bit (on a CPU without VNNI both run the scalar form).
                     for (i, (f, s)) in fast.iter().zip(&scalar).enumerate() {
-                        assert_eq!(f.to_bits(), s.to_bits(), "{format:?} {rows}x{cols}, {n} tokens, result {i}: {f} vs {s}");
+                        assert_eq!(
+                            f.to_bits(),
+                            s.to_bits(),
+                            "{format:?} {rows}x{cols}, {n} tokens, result {i}: {f} vs {s}"
+                        );
                     }
                     let exact = oracle(dtype, &bytes, &a, rows, cols, n);
                     for (i, (s, &(e, size))) in scalar.iter().zip(&exact).enumerate() {

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use rayon::prelude::*;
 
 use super::blocks::{quantize_q8, BlockQ8, QK};
-use super::gemm::{PanelFormat, Panels, PANEL_ROWS};
 use super::float::{float_kernels, FloatKernels, MAX_TILE_ROWS, MAX_TILE_TOKENS};
+use super::gemm::{PanelFormat, Panels, PANEL_ROWS};
 use super::kernels::{block_bytes, dot4_fn, dot_fn, dotn_fn, Dot4Fn, DotFn, DotNFn, Isa};
 use super::ktile::{super_kernels, supers_from_blocks, SuperKernels, SuperQ8, SUBS};
 use super::QuantType;
@@ -501,9 +501,12 @@ pub fn matmul_group_into(mats: &[&QMatrix], x: &[f32], n: usize, outs: &mut [&mu
         "one [n, rows] result per matrix"
     );
     let any_supers = mats.iter().any(|m| matches!(m.kernels, RowKernels::Super(_)));
-    let any_blocks = mats
-        .iter()
-        .any(|m| matches!(m.kernels, RowKernels::Blocks { .. } | RowKernels::Super(_) | RowKernels::Panels(_)));
+    let any_blocks = mats.iter().any(|m| {
+        matches!(
+            m.kernels,
+            RowKernels::Blocks { .. } | RowKernels::Super(_) | RowKernels::Panels(_)
+        )
+    });
     let (mut xq, mut supers): (&mut [BlockQ8], &mut [SuperQ8]) = (&mut [], &mut []);
     if any_blocks {
         // Block formats have whole 32-element blocks per row (checked at load). Every block is

@@ -690,15 +690,7 @@ impl Embedder {
     /// Bidirectional attention within each text, every head, into `out` (`[n, hidden]`). One
     /// task per text, writing its own rows; per head its scores `[len, len]` in one buffer,
     /// softmax by rows, then the values.
-    fn attention_into(
-        &self,
-        q: &[f32],
-        k: &[f32],
-        v: &[f32],
-        ids: &[Vec<u32>],
-        starts: &[usize],
-        out: &mut Vec<f32>,
-    ) {
+    fn attention_into(&self, q: &[f32], k: &[f32], v: &[f32], ids: &[Vec<u32>], starts: &[usize], out: &mut Vec<f32>) {
         let (d, heads) = (self.cfg.hidden, self.cfg.heads);
         let hd = d / heads;
         let scale = 1.0 / (hd as f32).sqrt();
@@ -711,30 +703,28 @@ impl Embedder {
             rows.push(mine);
             rest = tail;
         }
-        rows.into_par_iter()
-            .zip(starts.par_iter())
-            .for_each(|(out, &start)| {
-                let len = out.len() / d;
-                let mut scores = vec![0f32; len * len];
-                // Head `h` of row `r` of this text in q, k or v.
-                let at = |r: usize, h: usize| (start + r) * d + h * hd..(start + r) * d + (h + 1) * hd;
-                for h in 0..heads {
-                    for (i, row) in scores.chunks_exact_mut(len).enumerate() {
-                        let qi = &q[at(i, h)];
-                        for (j, s) in row.iter_mut().enumerate() {
-                            *s = crate::quant::vector::dot(qi, &k[at(j, h)]) * scale;
-                        }
-                        crate::quant::elementwise::softmax_in_place(row);
+        rows.into_par_iter().zip(starts.par_iter()).for_each(|(out, &start)| {
+            let len = out.len() / d;
+            let mut scores = vec![0f32; len * len];
+            // Head `h` of row `r` of this text in q, k or v.
+            let at = |r: usize, h: usize| (start + r) * d + h * hd..(start + r) * d + (h + 1) * hd;
+            for h in 0..heads {
+                for (i, row) in scores.chunks_exact_mut(len).enumerate() {
+                    let qi = &q[at(i, h)];
+                    for (j, s) in row.iter_mut().enumerate() {
+                        *s = crate::quant::vector::dot(qi, &k[at(j, h)]) * scale;
                     }
-                    for (i, o) in out.chunks_exact_mut(d).enumerate() {
-                        let o = &mut o[h * hd..(h + 1) * hd];
-                        o.fill(0.0);
-                        for (j, &p) in scores[i * len..(i + 1) * len].iter().enumerate() {
-                            o.iter_mut().zip(&v[at(j, h)]).for_each(|(a, b)| *a += p * b);
-                        }
+                    crate::quant::elementwise::softmax_in_place(row);
+                }
+                for (i, o) in out.chunks_exact_mut(d).enumerate() {
+                    let o = &mut o[h * hd..(h + 1) * hd];
+                    o.fill(0.0);
+                    for (j, &p) in scores[i * len..(i + 1) * len].iter().enumerate() {
+                        o.iter_mut().zip(&v[at(j, h)]).for_each(|(a, b)| *a += p * b);
                     }
                 }
-            });
+            }
+        });
     }
 }
 
