@@ -31,6 +31,7 @@ use super::QuantType;
 /// Rows a panel holds (two vectors of sixteen lanes).
 pub const PANEL_ROWS: usize = 32;
 /// Runs of four values in a block.
+#[cfg(target_arch = "x86_64")]
 const STEPS: usize = QK / 4;
 /// Most tokens a tile takes.
 pub const TILE_TOKENS: usize = 6;
