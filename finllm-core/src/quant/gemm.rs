@@ -1,4 +1,4 @@
-//! Block-format weights (Q8_0, Q4_0, Q4_1) times 8-bit activations for any number of tokens,
+//! Block-format weights (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K) times 8-bit activations for any number of tokens,
 //! in panels of 32 output rows: the matrix products of prefill, of batched decode and of an
 //! encoder (hundreds of tokens per call), where the decode-shaped tiles of [`super::ktile`]
 //! (two rows by up to eight tokens, the sub-blocks spread over the lanes) spend most of their
@@ -18,12 +18,12 @@
 //!
 //! Every result is the same sequence of operations whatever tile it falls in, so a token's
 //! numbers do not depend on how many tokens share the call (the engine's batches rely on it).
-//! The scalar form ([`Panels::matmul_scalar`]) takes the same operations in the same order: the
+//! The scalar form (`Panels::scalar_one`) takes the same operations in the same order: the
 //! SIMD results equal it bit for bit.
 
 use super::blocks::{
-    k_scales_mins, quantize_q8, BlockQ8, K_SCALES_AT, Q4_0_BYTES, Q4_1_BYTES, Q4_K_BYTES, Q4_K_QS_AT, Q5_0_BYTES,
-    Q5_1_BYTES, Q8_0_BYTES, QK, QK_K,
+    k_scales_mins, BlockQ8, K_SCALES_AT, Q4_0_BYTES, Q4_1_BYTES, Q4_K_BYTES, Q4_K_QS_AT, Q5_0_BYTES, Q5_1_BYTES,
+    Q8_0_BYTES, QK, QK_K,
 };
 use super::kernels::Isa;
 use super::QuantType;
@@ -142,7 +142,7 @@ fn fifth_at(s: usize, h: usize, high: usize) -> usize {
 }
 
 /// A block-format matrix (`rows` outputs by `cols` inputs) laid out in panels for
-/// [`Panels::matmul_q8_into`] and [`Panels::panel_times`].
+/// [`Panels::panel_times`].
 #[derive(Clone)]
 pub struct Panels {
     format: PanelFormat,
@@ -319,19 +319,6 @@ impl Panels {
         }
     }
 
-    /// Quantize a row-major f32 matrix to Q8_0 (as [`super::matmul::QMatrix::quantized`]
-    /// does) and lay it out; `None` when the sizes disagree or `cols` is not whole blocks.
-    pub fn quantize(data: &[f32], rows: usize, cols: usize) -> Option<Self> {
-        if cols == 0 || !cols.is_multiple_of(QK) || rows.checked_mul(cols) != Some(data.len()) {
-            return None;
-        }
-        let mut bytes = Vec::with_capacity(rows * cols / QK * Q8_0_BYTES);
-        for row in data.chunks_exact(cols) {
-            super::encode::encode_q8_0_fast(row, &mut bytes);
-        }
-        Self::from_blocks(PanelFormat::Q8_0, &bytes, rows, cols)
-    }
-
     pub fn rows(&self) -> usize {
         self.rows
     }
@@ -349,69 +336,9 @@ impl Panels {
         self.w.len() + 2 * (self.d.len() + self.m.len()) + self.sc.len() + self.mn.len() + 8 * self.hb.len()
     }
 
-    /// `x` (`n` rows of `cols` values) quantized to 8-bit blocks, as
-    /// [`matmul_q8_into`](Self::matmul_q8_into) takes them: one quantization serves every
-    /// matrix that reads the same input.
-    pub fn quantize_input(x: &[f32], n: usize, cols: usize) -> Vec<BlockQ8> {
-        let mut a = Vec::new();
-        Self::quantize_input_into(x, n, cols, &mut a);
-        a
-    }
-
-    /// [`quantize_input`](Self::quantize_input) into a caller's buffer (resized, every block
-    /// overwritten), parallel over rows on the current rayon pool.
-    pub fn quantize_input_into(x: &[f32], n: usize, cols: usize, a: &mut Vec<BlockQ8>) {
-        assert_eq!(x.len(), n * cols, "{n} rows of {cols} values");
-        assert!(cols.is_multiple_of(QK), "whole 32-value blocks");
-        a.resize(n * cols / QK, BlockQ8::default());
-        if a.is_empty() {
-            return;
-        }
-        use rayon::prelude::*;
-        // Whole rows per task, a few hundred kilobytes of input each.
-        let per = (64 * 1024 / cols).max(1);
-        a.par_chunks_mut(per * cols / QK)
-            .zip(x.par_chunks(per * cols))
-            .for_each(|(a, x)| quantize_q8(x, a));
-    }
-
-    /// `x @ W^T (+ bias)` for `n` rows of `x`: `[n, rows]`.
-    pub fn matmul(&self, x: &[f32], n: usize, bias: Option<&[f32]>) -> Vec<f32> {
-        let a = Self::quantize_input(x, n, self.cols);
-        let mut out = vec![0f32; n * self.rows];
-        self.matmul_q8_into(&a, n, bias, &mut out);
-        out
-    }
-
-    /// `a @ W^T (+ bias)` on inputs quantized by [`quantize_input`](Self::quantize_input), into
-    /// `out` (`[n, rows]`, overwritten whole); parallel over groups of tokens on the current
-    /// rayon pool.
-    pub fn matmul_q8_into(&self, a: &[BlockQ8], n: usize, bias: Option<&[f32]>, out: &mut [f32]) {
-        self.check(a, n, bias);
-        assert_eq!(out.len(), n * self.rows, "one [n, rows] result");
-        if n == 0 || self.rows == 0 {
-            return;
-        }
-        use rayon::prelude::*;
-        let blocks = self.blocks();
-        // Enough groups for the pool to balance, each whole tiles.
-        let threads = rayon::current_num_threads().max(1);
-        let per = n.div_ceil(4 * threads).div_ceil(TILE_TOKENS).max(1) * TILE_TOKENS;
-        let rows = self.rows;
-        out.par_chunks_mut(per * rows)
-            .zip(a.par_chunks(per * blocks))
-            .for_each(|(out, a)| {
-                for p in 0..rows.div_ceil(PANEL_ROWS) {
-                    let live = (rows - p * PANEL_ROWS).min(PANEL_ROWS);
-                    self.panel(p, a, bias, |t, y| {
-                        out[t * rows + p * PANEL_ROWS..][..live].copy_from_slice(&y[..live]);
-                    });
-                }
-            });
-    }
-
-    /// Panel `p` (rows `32 p..`) times every token of `a`: `out[t]` receives token `t`'s
-    /// results for the panel's first `out[t].len()` rows (at most 32, fewer in the last panel).
+    /// Panel `p` (rows `32 p..`) times every token of `a` (8-bit blocks, `cols / 32` per
+    /// token): `out[t]` receives token `t`'s results for the panel's first `out[t].len()` rows
+    /// (at most 32, fewer in the last panel).
     pub fn panel_times(&self, p: usize, a: &[BlockQ8], out: &mut [&mut [f32]]) {
         assert_eq!(
             a.len(),
@@ -420,69 +347,52 @@ impl Panels {
         );
         let live = self.rows.saturating_sub(p * PANEL_ROWS).min(PANEL_ROWS);
         assert!(out.iter().all(|o| o.len() <= live), "rows inside panel {p}");
-        self.panel(p, a, None, |t, y| {
-            let o = &mut out[t];
-            let len = o.len();
-            o.copy_from_slice(&y[..len]);
-        });
-    }
-
-    /// Panel `p` (which exists) times every token of `a` (whole tokens): `sink(t, results)`
-    /// per token, 32 results (those past the last row are zero, or the bias's).
-    fn panel(&self, p: usize, a: &[BlockQ8], bias: Option<&[f32]>, mut sink: impl FnMut(usize, &[f32; PANEL_ROWS])) {
-        debug_assert!(p < self.rows.div_ceil(PANEL_ROWS) && a.len().is_multiple_of(self.blocks()));
+        if out.is_empty() || live == 0 {
+            return;
+        }
         if Self::fast() {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: `fast` found AVX-512 F/BW/VL/VNNI; the panel exists and `a` holds whole
-            // tokens (checked by the callers); a bias holds one value per row (`check`).
+            // SAFETY: `fast` found AVX-512 F/BW/VL/VNNI; the panel exists (`live` > 0), `a`
+            // holds one whole token per output and every output at most `live` rows.
             unsafe {
                 match self.format {
-                    PanelFormat::Q8_0 => avx512::panel::<{ avx512::Q8_0 }, _>(self, p, a, bias, sink),
-                    PanelFormat::Q4_0 => avx512::panel::<{ avx512::Q4_0 }, _>(self, p, a, bias, sink),
-                    PanelFormat::Q4_1 => avx512::panel::<{ avx512::Q4_1 }, _>(self, p, a, bias, sink),
-                    PanelFormat::Q5_0 => avx512::panel::<{ avx512::Q5_0 }, _>(self, p, a, bias, sink),
-                    PanelFormat::Q5_1 => avx512::panel::<{ avx512::Q5_1 }, _>(self, p, a, bias, sink),
-                    PanelFormat::Q4K => avx512::panel::<{ avx512::Q4K }, _>(self, p, a, bias, sink),
+                    PanelFormat::Q8_0 => avx512::panel::<{ avx512::Q8_0 }>(self, p, a, out),
+                    PanelFormat::Q4_0 => avx512::panel::<{ avx512::Q4_0 }>(self, p, a, out),
+                    PanelFormat::Q4_1 => avx512::panel::<{ avx512::Q4_1 }>(self, p, a, out),
+                    PanelFormat::Q5_0 => avx512::panel::<{ avx512::Q5_0 }>(self, p, a, out),
+                    PanelFormat::Q5_1 => avx512::panel::<{ avx512::Q5_1 }>(self, p, a, out),
+                    PanelFormat::Q4K => avx512::panel::<{ avx512::Q4K }>(self, p, a, out),
                 }
             };
             #[cfg(target_arch = "x86_64")]
             return;
         }
-        let live = (self.rows - p * PANEL_ROWS).min(PANEL_ROWS);
-        for (t, tok) in a.chunks_exact(self.blocks()).enumerate() {
-            let mut y = [0f32; PANEL_ROWS];
-            for (lane, y) in y.iter_mut().enumerate().take(live) {
-                *y = self.scalar_one(p * PANEL_ROWS + lane, tok, bias);
+        for (tok, o) in a.chunks_exact(self.blocks()).zip(out.iter_mut()) {
+            for (lane, y) in o.iter_mut().enumerate() {
+                *y = self.scalar_one(p * PANEL_ROWS + lane, tok);
             }
-            sink(t, &y);
         }
     }
 
-    fn check(&self, a: &[BlockQ8], n: usize, bias: Option<&[f32]>) {
+    /// The scalar form of [`panel_times`](Self::panel_times) over every panel, `[n, rows]`:
+    /// the reference the SIMD tiles are tested against (bit-identical to them).
+    #[cfg(test)]
+    fn matmul_scalar(&self, a: &[BlockQ8], n: usize) -> Vec<f32> {
         assert_eq!(a.len(), n * self.blocks(), "{n} tokens of {} blocks", self.blocks());
-        if let Some(b) = bias {
-            assert_eq!(b.len(), self.rows, "one bias per row");
-        }
-    }
-
-    /// The scalar form of [`matmul_q8_into`](Self::matmul_q8_into), bit-identical to it: the
-    /// reference the SIMD tiles are tested against, and what runs without AVX-512 VNNI.
-    pub fn matmul_scalar(&self, a: &[BlockQ8], n: usize, bias: Option<&[f32]>) -> Vec<f32> {
-        self.check(a, n, bias);
         let mut out = vec![0f32; n * self.rows];
         if self.rows == 0 {
             return out;
         }
         for (tok, o) in a.chunks_exact(self.blocks()).zip(out.chunks_exact_mut(self.rows)) {
             for (r, o) in o.iter_mut().enumerate() {
-                *o = self.scalar_one(r, tok, bias);
+                *o = self.scalar_one(r, tok);
             }
         }
         out
     }
 
     /// Row `r` times one token's blocks, the tiles' operations one at a time.
-    fn scalar_one(&self, r: usize, tok: &[BlockQ8], bias: Option<&[f32]>) -> f32 {
+    fn scalar_one(&self, r: usize, tok: &[BlockQ8]) -> f32 {
         let blocks = self.blocks();
         let pbb = self.format.panel_block_bytes();
         let (p, lane) = (r / PANEL_ROWS, r % PANEL_ROWS);
@@ -515,7 +425,7 @@ impl Panels {
                 acc = f32_of(self.m[pb * PANEL_ROWS + lane]).mul_add(y.s, acc);
             }
         }
-        acc + bias.map_or(0.0, |b| b[r])
+        acc
     }
 }
 
@@ -532,19 +442,14 @@ mod avx512 {
     pub const Q5_0: u8 = 4;
     pub const Q5_1: u8 = 5;
 
-    /// Panel `p` against every token of `a`: `sink(t, results)` per token, 32 results (those
-    /// past the matrix's last row are zero).
+    /// Panel `p` against every token of `a`: `out[t]` receives token `t`'s results for the
+    /// panel's first `out[t].len()` rows.
     ///
-    /// SAFETY: the CPU has AVX-512 F/BW/VL/VNNI; panel `p` exists; `a` holds whole tokens;
-    /// `bias`, if any, one value per row; `F` is the matrix's format.
+    /// SAFETY: the CPU has AVX-512 F/BW/VL/VNNI; panel `p` exists; `a` holds one whole token
+    /// per output; each output holds at most the panel's rows that are rows of the matrix; `F`
+    /// is the matrix's format.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-    pub unsafe fn panel<const F: u8, S: FnMut(usize, &[f32; PANEL_ROWS])>(
-        m: &Panels,
-        p: usize,
-        a: &[BlockQ8],
-        bias: Option<&[f32]>,
-        mut sink: S,
-    ) {
+    pub unsafe fn panel<const F: u8>(m: &Panels, p: usize, a: &[BlockQ8], out: &mut [&mut [f32]]) {
         let blocks = m.blocks();
         let tokens = a.len() / blocks;
         let pbb = m.format.panel_block_bytes();
@@ -575,17 +480,6 @@ mod avx512 {
                 &[]
             },
         };
-        // Lanes of this panel that are rows of the matrix, per half.
-        let live = (m.rows - p * PANEL_ROWS).min(PANEL_ROWS);
-        let masks = [mask(live.min(16)), mask(live.saturating_sub(16))];
-        let mut bias_v = [_mm512_setzero_ps(); 2];
-        if let Some(b) = bias {
-            for (h, v) in bias_v.iter_mut().enumerate() {
-                // SAFETY: the mask admits only lanes below `rows`.
-                *v = unsafe { _mm512_maskz_loadu_ps(masks[h], b.as_ptr().add(p * PANEL_ROWS + 16 * h)) };
-            }
-        }
-        let mut y = [0f32; PANEL_ROWS];
         let mut t0 = 0;
         while t0 < tokens {
             let n = (tokens - t0).min(TILE_TOKENS);
@@ -599,13 +493,16 @@ mod avx512 {
                 2 => widen(unsafe { tile::<F, 2>(&slices, a, blocks) }),
                 _ => widen(unsafe { tile::<F, 1>(&slices, a, blocks) }),
             };
-            for (t, acc) in acc.iter().take(n).enumerate() {
-                for h in 0..2 {
-                    let v = _mm512_maskz_mov_ps(masks[h], _mm512_add_ps(acc[h], bias_v[h]));
-                    // SAFETY: sixteen floats inside `y`.
-                    unsafe { _mm512_storeu_ps(y.as_mut_ptr().add(16 * h), v) };
+            for (acc, o) in acc.iter().zip(out[t0..t0 + n].iter_mut()) {
+                let len = o.len();
+                for (h, acc) in acc.iter().enumerate() {
+                    let lanes = len.saturating_sub(16 * h).min(16);
+                    if lanes > 0 {
+                        // SAFETY: the mask admits only the first `lanes` floats from 16 h,
+                        // which lie inside `o`.
+                        unsafe { _mm512_mask_storeu_ps(o.as_mut_ptr().add(16 * h), mask(lanes), *acc) };
+                    }
                 }
-                sink(t0 + t, &y);
             }
             t0 += n;
         }
@@ -671,7 +568,7 @@ mod avx512 {
         _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(unsafe { _mm_loadu_si128(p.cast()) }))
     }
 
-    /// One panel (32 rows) by `N` tokens over every block: the results before the bias.
+    /// One panel (32 rows) by `N` tokens over every block.
     ///
     /// SAFETY: AVX-512 F/BW/VL/VNNI; `sl` holds `blocks` panel blocks of format `F` with their
     /// scales (and minima) and `a` `N` tokens of `blocks` blocks.
@@ -806,6 +703,7 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::quant::blocks::quantize_q8;
 
     fn lcg(seed: &mut u64) -> f32 {
         *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
@@ -887,6 +785,33 @@ mod tests {
         crate::tools::synthetic::encode(data, &[rows, cols], dtype).expect("an encoder for the format")
     }
 
+    /// `x` (`n` rows of `cols` values) as the 8-bit blocks the panels take.
+    fn quantized(x: &[f32]) -> Vec<BlockQ8> {
+        let mut a = vec![BlockQ8::default(); x.len() / QK];
+        quantize_q8(x, &mut a);
+        a
+    }
+
+    /// Every panel times every token through [`Panels::panel_times`], as `[n, rows]`.
+    fn product(m: &Panels, a: &[BlockQ8], n: usize) -> Vec<f32> {
+        let rows = m.rows();
+        let mut out = vec![f32::NAN; n * rows];
+        let mut columns: Vec<Vec<f32>> = vec![Vec::new(); n];
+        for p in 0..rows.div_ceil(PANEL_ROWS) {
+            let live = (rows - p * PANEL_ROWS).min(PANEL_ROWS);
+            for c in &mut columns {
+                c.clear();
+                c.resize(live, f32::NAN);
+            }
+            let mut views: Vec<&mut [f32]> = columns.iter_mut().map(|c| c.as_mut_slice()).collect();
+            m.panel_times(p, a, &mut views);
+            for (t, c) in columns.iter().enumerate() {
+                out[t * rows + p * PANEL_ROWS..][..live].copy_from_slice(c);
+            }
+        }
+        out
+    }
+
     #[test]
     fn panels_match_the_scalar_form_bit_for_bit_and_the_f64_oracle() {
         let mut seed = 7u64;
@@ -900,15 +825,13 @@ mod tests {
             };
             for &(rows, cols) in shapes {
                 let data: Vec<f32> = (0..rows * cols).map(|_| lcg(&mut seed) * 0.1).collect();
-                let bias: Vec<f32> = (0..rows).map(|_| lcg(&mut seed)).collect();
                 let bytes = file_bytes(dtype, &data, rows, cols);
                 let m = Panels::from_blocks(format, &bytes, rows, cols).expect("whole blocks");
                 for n in [1usize, 5, 6, 7, 13, 40] {
                     let x: Vec<f32> = (0..n * cols).map(|_| lcg(&mut seed) * 3.0).collect();
-                    let a = Panels::quantize_input(&x, n, cols);
-                    let scalar = m.matmul_scalar(&a, n, Some(&bias));
-                    let mut fast = vec![f32::NAN; n * rows];
-                    m.matmul_q8_into(&a, n, Some(&bias), &mut fast);
+                    let a = quantized(&x);
+                    let scalar = m.matmul_scalar(&a, n);
+                    let fast = product(&m, &a, n);
                     // Bit for bit (on a CPU without VNNI both run the scalar form).
                     for (i, (f, s)) in fast.iter().zip(&scalar).enumerate() {
                         assert_eq!(
@@ -919,32 +842,23 @@ mod tests {
                     }
                     let exact = oracle(dtype, &bytes, &a, rows, cols, n);
                     for (i, (s, &(e, size))) in scalar.iter().zip(&exact).enumerate() {
-                        let bias = f64::from(bias[i % rows]);
-                        let with_bias = e + bias;
-                        // Per block a product of two scales and one or two multiply-adds (each
-                        // rounding relative to the running sum, at most `size`), then the bias.
+                        // Per block a product of two scales and one or two multiply-adds, each
+                        // rounding relative to the running sum (at most `size`).
                         let eps = f64::from(f32::EPSILON);
-                        let bound = eps * ((cols / QK) as f64 * 3.0 * (size + bias.abs()) + with_bias.abs());
+                        let bound = eps * ((cols / QK) as f64 * 3.0 * size + e.abs());
                         assert!(
-                            (f64::from(*s) - with_bias).abs() <= bound,
-                            "{format:?} {rows}x{cols}, {n} tokens, result {i}: {s} vs {with_bias}"
+                            (f64::from(*s) - e).abs() <= bound,
+                            "{format:?} {rows}x{cols}, {n} tokens, result {i}: {s} vs {e}"
                         );
                     }
-                    // One token alone gives the numbers it gets among others, by rows of panels too.
+                    // One token alone gives the numbers it gets among others.
                     let last = &a[(n - 1) * cols / QK..];
-                    let mut alone = vec![f32::NAN; rows];
-                    m.matmul_q8_into(last, 1, Some(&bias), &mut alone);
-                    assert_eq!(alone, fast[(n - 1) * rows..]);
-                    let mut by_panel = vec![f32::NAN; rows];
-                    for (p, chunk) in by_panel.chunks_mut(PANEL_ROWS).enumerate() {
-                        m.panel_times(p, last, &mut [chunk]);
-                    }
-                    let plain: Vec<f32> = alone.iter().zip(&bias).map(|(y, b)| y - b).collect();
-                    for (i, (got, want)) in by_panel.iter().zip(&scalar[(n - 1) * rows..]).enumerate() {
-                        // `panel_times` adds no bias: compare before it.
-                        assert_eq!((got + bias[i]).to_bits(), want.to_bits(), "{format:?} row {i}");
-                    }
-                    assert_eq!(plain.len(), rows);
+                    assert_eq!(product(&m, last, 1), fast[(n - 1) * rows..]);
+                    // A shorter output takes the panel's first rows and writes nothing past them.
+                    let mut short = [f32::NAN; 4];
+                    m.panel_times(0, last, &mut [&mut short[..3]]);
+                    assert_eq!(short[..3], fast[(n - 1) * rows..][..3]);
+                    assert!(short[3].is_nan());
                 }
             }
         }
@@ -957,8 +871,9 @@ mod tests {
         let (rows, cols, n) = (40usize, 256usize, 9usize);
         let data: Vec<f32> = (0..rows * cols).map(|_| lcg(&mut seed)).collect();
         let x: Vec<f32> = (0..n * cols).map(|_| lcg(&mut seed)).collect();
-        let m = Panels::quantize(&data, rows, cols).expect("whole blocks");
-        let y = m.matmul(&x, n, None);
+        let bytes = file_bytes(QuantType::Q8_0, &data, rows, cols);
+        let m = Panels::from_blocks(PanelFormat::Q8_0, &bytes, rows, cols).expect("whole blocks");
+        let y = product(&m, &quantized(&x), n);
         for t in 0..n {
             for r in 0..rows {
                 let exact: f64 = (0..cols)
@@ -978,7 +893,7 @@ mod tests {
         assert!(Panels::from_blocks(PanelFormat::Q8_0, &[0u8; 34], 1, 31).is_none());
         assert!(Panels::from_blocks(PanelFormat::Q8_0, &[0u8; 33], 1, 32).is_none());
         assert!(Panels::from_blocks(PanelFormat::Q4_1, &[0u8; 18], 1, 32).is_none());
-        assert!(Panels::quantize(&[0.0; 64], 2, 33).is_none());
-        assert!(Panels::quantize(&[0.0; 64], 3, 32).is_none());
+        assert!(Panels::zeroed(PanelFormat::Q8_0, 2, 33).is_none());
+        assert!(Panels::zeroed(PanelFormat::Q4K, 2, 128).is_none());
     }
 }

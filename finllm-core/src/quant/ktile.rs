@@ -579,39 +579,31 @@ impl std::fmt::Debug for SuperKernels {
 pub fn super_kernels(dtype: QuantType, isa: Isa) -> Option<SuperKernels> {
     #[cfg(target_arch = "x86_64")]
     {
-        let tiles: [SuperTileFn; 8] = match isa {
-            Isa::Avx512 => [
-                avx512::q4_0,
-                avx512::q5_0,
-                avx512::q4_1,
-                avx512::q8_0,
-                avx512::q4_k,
-                avx512::q5_k,
-                avx512::q6_k,
-                avx512::q5_1,
-            ],
-            Isa::Avx2 => [
-                avx2::q4_0,
-                avx2::q5_0,
-                avx2::q4_1,
-                avx2::q8_0,
-                avx2::q4_k,
-                avx2::q5_k,
-                avx2::q6_k,
-                avx2::q5_1,
-            ],
+        use QuantType as Q;
+        // On AVX-512 VNNI the block formats and Q4_K run on 32-row panels ([`super::gemm`]).
+        let tile: SuperTileFn = match (isa, dtype) {
+            (Isa::Avx512, Q::Q5K) => avx512::q5_k,
+            (Isa::Avx512, Q::Q6K) => avx512::q6_k,
+            (Isa::Avx2, Q::Q4_0) => avx2::q4_0,
+            (Isa::Avx2, Q::Q5_0) => avx2::q5_0,
+            (Isa::Avx2, Q::Q5_1) => avx2::q5_1,
+            (Isa::Avx2, Q::Q4_1) => avx2::q4_1,
+            (Isa::Avx2, Q::Q8_0) => avx2::q8_0,
+            (Isa::Avx2, Q::Q4K) => avx2::q4_k,
+            (Isa::Avx2, Q::Q5K) => avx2::q5_k,
+            (Isa::Avx2, Q::Q6K) => avx2::q6_k,
             _ => return None,
         };
         let packing = |row_bytes, pack_row| Packing { row_bytes, pack_row };
-        let (tile, packing) = match dtype {
-            QuantType::Q4_0 => (tiles[0], packing(q4_0_packed_row_bytes, pack_q4_0_row)),
-            QuantType::Q5_0 => (tiles[1], packing(q5_0_packed_row_bytes, pack_q5_0_row)),
-            QuantType::Q5_1 => (tiles[7], packing(q5_1_packed_row_bytes, pack_q5_1_row)),
-            QuantType::Q4_1 => (tiles[2], packing(q4_1_packed_row_bytes, pack_q4_1_row)),
-            QuantType::Q8_0 => (tiles[3], packing(q8_0_packed_row_bytes, pack_q8_0_row)),
-            QuantType::Q4K => (tiles[4], packing(q4_k_packed_row_bytes, pack_q4_k_row)),
-            QuantType::Q5K => (tiles[5], packing(q5_k_packed_row_bytes, pack_q5_k_row)),
-            QuantType::Q6K => (tiles[6], packing(q6_k_packed_row_bytes, pack_q6_k_row)),
+        let packing = match dtype {
+            Q::Q4_0 => packing(q4_0_packed_row_bytes, pack_q4_0_row),
+            Q::Q5_0 => packing(q5_0_packed_row_bytes, pack_q5_0_row),
+            Q::Q5_1 => packing(q5_1_packed_row_bytes, pack_q5_1_row),
+            Q::Q4_1 => packing(q4_1_packed_row_bytes, pack_q4_1_row),
+            Q::Q8_0 => packing(q8_0_packed_row_bytes, pack_q8_0_row),
+            Q::Q4K => packing(q4_k_packed_row_bytes, pack_q4_k_row),
+            Q::Q5K => packing(q5_k_packed_row_bytes, pack_q5_k_row),
+            Q::Q6K => packing(q6_k_packed_row_bytes, pack_q6_k_row),
             _ => return None,
         };
         Some(SuperKernels { tile, packing })
@@ -623,11 +615,12 @@ pub fn super_kernels(dtype: QuantType, isa: Isa) -> Option<SuperKernels> {
     }
 }
 
-/// The entry points of an x86 tile module, one per format (the call's checks, then the
+/// The entry points of an x86 tile module for the 32-value block formats and Q4_K (AVX2 only:
+/// on AVX-512 VNNI those run on 32-row panels, [`super::gemm`]), one per format (the call's checks, then the
 /// module's own `run!`: its tile shapes), and the one-token loops of its `one_token!`. Expanded
 /// inside each module, after its `run!` and `one_token!`.
 #[cfg(target_arch = "x86_64")]
-macro_rules! tile_entries {
+macro_rules! block_tile_entries {
     () => {
         pub fn q8_0(rows: &[u8], row_bytes: usize, a: &[SuperQ8], out: &mut [&mut [f32]]) {
             check_packed(rows, row_bytes, a, out, q8_0_packed_row_bytes);
@@ -659,6 +652,20 @@ macro_rules! tile_entries {
             run!(q4_5_k_tile, false, q4_k_one_token, rows, row_bytes, a, out);
         }
 
+        one_token!(q8_0_one_token, q8_0_tile, false);
+        one_token!(q4_1_one_token, q4_tile, Q4_1);
+        one_token!(q4_0_one_token, q4_tile, Q4_0);
+        one_token!(q5_0_one_token, q4_tile, Q5_0);
+        one_token!(q5_1_one_token, q4_tile, Q5_1);
+        one_token!(q4_k_one_token, q4_5_k_tile, false);
+    };
+}
+
+/// The entry points of the formats with tiles on every x86 level (Q5_K and Q6_K), as
+/// [`block_tile_entries`].
+#[cfg(target_arch = "x86_64")]
+macro_rules! k_tile_entries {
+    () => {
         pub fn q5_k(rows: &[u8], row_bytes: usize, a: &[SuperQ8], out: &mut [&mut [f32]]) {
             check_k(rows, row_bytes, a, out, Q5_K_PACKED_BYTES);
             run!(q4_5_k_tile, true, q5_k_one_token, rows, row_bytes, a, out);
@@ -669,12 +676,6 @@ macro_rules! tile_entries {
             run!(q6_k_tile, false, q6_k_one_token, rows, row_bytes, a, out);
         }
 
-        one_token!(q8_0_one_token, q8_0_tile, false);
-        one_token!(q4_1_one_token, q4_tile, Q4_1);
-        one_token!(q4_0_one_token, q4_tile, Q4_0);
-        one_token!(q5_0_one_token, q4_tile, Q5_0);
-        one_token!(q5_1_one_token, q4_tile, Q5_1);
-        one_token!(q4_k_one_token, q4_5_k_tile, false);
         one_token!(q5_k_one_token, q4_5_k_tile, true);
         one_token!(q6_k_one_token, q6_k_tile, false);
     };
@@ -884,7 +885,8 @@ mod avx512 {
         };
     }
 
-    tile_entries!();
+    // Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 and Q4_K run on 32-row panels here ([`super::gemm`]).
+    k_tile_entries!();
 
     /// Prefetch the cache lines of the super-block at `b` ahead of use: a lone row streams, so
     /// a fixed distance ahead of it; in a tile of several rows the same block of the tile after
@@ -1005,233 +1007,11 @@ mod avx512 {
         }
     }
 
-    /// The body of a packed format's tile (`R` rows by `N` tokens): every whole group by
-    /// `$group::<4, R, N>`, then the last at its width (4, 2 or 1 vectors), then each result's
-    /// sixteen lanes summed. `$value_bytes`: bytes of values per block in the packed row.
-    macro_rules! packed_groups {
-        ($group:ident $(:: <$kind:ident>)?, $value_bytes:expr, $rows:expr, $a:expr, $out:expr) => {{
-            let groups = $a[0].len();
-            let width = group_width($a[0][groups - 1].blocks);
-            let scales_at = ((groups - 1) * SUBS + width) * $value_bytes;
-            let mut acc = [[_mm512_setzero_ps(); N]; R];
-            let whole = lane_blocks(2);
-            // SAFETY (all four calls): the wrapper checked the rows' packed length.
-            for g in 0..groups - 1 {
-                unsafe { $group::<4, R, N $(, $kind)?>($rows, $a, g, scales_at, whole, &mut acc) };
-            }
-            let last = groups - 1;
-            match width {
-                SUBS => unsafe { $group::<4, R, N $(, $kind)?>($rows, $a, last, scales_at, whole, &mut acc) },
-                4 => unsafe { $group::<2, R, N $(, $kind)?>($rows, $a, last, scales_at, lane_blocks(4), &mut acc) },
-                _ => unsafe { $group::<1, R, N $(, $kind)?>($rows, $a, last, scales_at, lane_blocks(8), &mut acc) },
-            }
-            for r in 0..R {
-                for t in 0..N {
-                    $out[r * N + t] = _mm512_reduce_add_ps(acc[r][t]);
-                }
-            }
-        }};
-    }
-
-    /// Q8_0, `R` rows by `N` tokens, on rows packed by [`pack_q8_0_row`]: each group's values
-    /// load as they are, and its `V` dot products (four in a whole group, fewer in a short last
-    /// one) chain into one accumulator, scaled once by `d_w·d_y` per lane. VNNI multiplies
-    /// unsigned by signed bytes: the packed weights are `w + 128`, and the chain starts at
-    /// `−128 Σ y` of the lane's values, so the integer dot is exact.
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    unsafe fn q8_0_tile<const _UNUSED: bool, const R: usize, const N: usize>(
-        rows: &[&[u8]],
-        a: &[&[SuperQ8]],
-        out: &mut [f32],
-    ) {
-        packed_groups!(q8_0_group, QK, rows, a, out);
-    }
-
-    /// Group `g` of a [`q8_0_tile`]: `V` vectors of values at `g · 256`, eight f16 scales at
-    /// `scales_at + 16 g`, spread to the lanes by `lane_blocks`.
-    // The row and token indices walk their arrays and the accumulators in lockstep.
-    #[allow(clippy::needless_range_loop)]
-    #[inline(always)]
-    unsafe fn q8_0_group<const V: usize, const R: usize, const N: usize>(
-        rows: &[&[u8]],
-        a: &[&[SuperQ8]],
-        g: usize,
-        scales_at: usize,
-        lane_blocks: __m512i,
-        acc: &mut [[__m512; N]; R],
-    ) {
-        let mut w = [[_mm512_setzero_si512(); V]; R];
-        let mut wd = [_mm512_setzero_ps(); R];
-        for r in 0..R {
-            let b = rows[r].as_ptr();
-            ahead(b.wrapping_add(g * QK_K), 64 * V, R, rows[r].len());
-            for v in 0..V {
-                // SAFETY: the caller guarantees the group's values inside the row.
-                w[r][v] = unsafe { _mm512_loadu_si512(b.add(g * QK_K + 64 * v).cast()) };
-            }
-            // SAFETY: as above, for the group's sixteen bytes of scales.
-            let d8 = _mm256_cvtph_ps(unsafe { load_f16s::<V>(b.add(scales_at + 16 * g)) });
-            wd[r] = _mm512_permutexvar_ps(lane_blocks, _mm512_castps256_ps512(d8));
-        }
-        for t in 0..N {
-            let y = &a[t][g];
-            // SAFETY: d and q8_start hold sixteen 4-byte values, 64-byte aligned (`repr(align(64))`,
-            // offsets 256 and 448).
-            let (yd, start) = unsafe {
-                (
-                    _mm512_load_ps(y.d.as_ptr()),
-                    _mm512_load_si512(y.q8_start.as_ptr().cast()),
-                )
-            };
-            let ys: [__m512i; V] = std::array::from_fn(|v| act(y, v));
-            for r in 0..R {
-                let mut dot = start;
-                for v in 0..V {
-                    dot = _mm512_dpbusd_epi32(dot, w[r][v], ys[v]);
-                }
-                let scale = _mm512_mul_ps(wd[r], yd);
-                acc[r][t] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(dot), acc[r][t]);
-            }
-        }
-    }
-
-    /// Q4_1, `R` rows by `N` tokens, on rows packed by [`pack_q4_1_row`]: each group's `V`
-    /// vectors of 4-bit values come from one or two loads and a mask (and a shift), and chain
-    /// into one accumulator (unsigned weights against signed activations: exact as they are),
-    /// scaled once by `d_w·d_y` per lane; the minimum term is `m · s` per lane, `s` shared out
-    /// over the block's lanes.
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    ///
-    /// `KIND` [`Q4_0`]: rows packed by [`pack_q4_0_row`], no minima; each lane's dot starts at
-    /// `−8 Σ y` (Q8_0's chain start over 16, exact), so it is `Σ (q − 8) y` in integers.
-    /// `KIND` [`Q5_0`]: rows packed by [`pack_q5_0_row`]; 16 is added where a fifth bit is set
-    /// and the dots start at `−16 Σ y`: `Σ (q − 16) y`.
-    /// `KIND` [`Q5_1`]: rows packed by [`pack_q5_1_row`]; the fifth bits as Q5_0's, the dots
-    /// start at zero and the minimum term is Q4_1's.
-    unsafe fn q4_tile<const KIND: u8, const R: usize, const N: usize>(
-        rows: &[&[u8]],
-        a: &[&[SuperQ8]],
-        out: &mut [f32],
-    ) {
-        packed_groups!(q4_group::<KIND>, QK / 2, rows, a, out);
-    }
-
-    /// Lane `l` takes block `l / per`'s scale (2 in a whole group, 4 or 8 in a short one).
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    fn lane_blocks(per: i32) -> __m512i {
-        _mm512_set_epi32(
-            15 / per,
-            14 / per,
-            13 / per,
-            12 / per,
-            11 / per,
-            10 / per,
-            9 / per,
-            8 / per,
-            7 / per,
-            6 / per,
-            5 / per,
-            4 / per,
-            3 / per,
-            2 / per,
-            1 / per,
-            0,
-        )
-    }
-
     /// The low and high nibbles of every byte of `x`.
     #[inline(always)]
     fn nibbles(x: __m512i, m4: __m512i) -> (__m512i, __m512i) {
         // SAFETY: only inlined into the tiles, which run where AVX-512 BW is present.
         unsafe { (_mm512_and_si512(x, m4), _mm512_and_si512(_mm512_srli_epi16::<4>(x), m4)) }
-    }
-
-    /// Group `g` of a [`q4_1_tile`]: `16 · 2V` bytes of values at `g · 128`, eight f16 scales
-    /// and eight f16 minima at `scales_at + 32 g`, spread to the lanes by `lane_blocks`. Q4_0
-    /// reads no minima and starts the dots at `−8 Σ y`; Q5_0 has 48 bytes a group there (the
-    /// scales, then the fifth bits' masks) and starts the dots at `−16 Σ y`.
-    // The row and token indices walk their arrays and the accumulators in lockstep.
-    #[allow(clippy::needless_range_loop)]
-    #[inline(always)]
-    unsafe fn q4_group<const V: usize, const R: usize, const N: usize, const KIND: u8>(
-        rows: &[&[u8]],
-        a: &[&[SuperQ8]],
-        g: usize,
-        scales_at: usize,
-        lane_blocks: __m512i,
-        acc: &mut [[__m512; N]; R],
-    ) {
-        let m4 = _mm512_set1_epi8(0x0f);
-        let mut w = [[_mm512_setzero_si512(); V]; R];
-        let mut wd = [_mm512_setzero_ps(); R];
-        let mut wm = [_mm512_setzero_ps(); R];
-        for r in 0..R {
-            let b = rows[r].as_ptr();
-            let at = g * SUBS * QK / 2;
-            ahead(b.wrapping_add(at), 32 * V, R, rows[r].len());
-            // SAFETY (loads): the caller guarantees the group's values and scales inside the row.
-            match V {
-                4 => {
-                    let (v0, v2) = nibbles(unsafe { _mm512_loadu_si512(b.add(at).cast()) }, m4);
-                    let (v1, v3) = nibbles(unsafe { _mm512_loadu_si512(b.add(at + 64).cast()) }, m4);
-                    w[r] = std::array::from_fn(|v| [v0, v1, v2, v3][v]);
-                }
-                2 => {
-                    let (v0, v1) = nibbles(unsafe { _mm512_loadu_si512(b.add(at).cast()) }, m4);
-                    w[r] = std::array::from_fn(|v| [v0, v1][v]);
-                }
-                _ => {
-                    let x = unsafe { _mm256_loadu_si256(b.add(at).cast()) };
-                    let m = _mm256_set1_epi8(0x0f);
-                    let lo = _mm256_and_si256(x, m);
-                    let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(x), m);
-                    w[r][0] = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
-                }
-            }
-            let f = small(KIND);
-            let scales = b.wrapping_add(scales_at + SUBS * f.tail_bytes() * g);
-            let (minima_at, masks_at) = f.minima_and_masks_at(2 * V);
-            if f.fifth_bits {
-                for v in 0..V {
-                    let set = unsafe { scales.add(masks_at + 8 * v).cast::<u64>().read_unaligned() };
-                    w[r][v] = _mm512_mask_add_epi8(w[r][v], set, w[r][v], _mm512_set1_epi8(16));
-                }
-            }
-            let d8 = _mm256_cvtph_ps(unsafe { load_f16s::<V>(scales) });
-            wd[r] = _mm512_permutexvar_ps(lane_blocks, _mm512_castps256_ps512(d8));
-            if f.minima {
-                let m8 = _mm256_cvtph_ps(unsafe { load_f16s::<V>(scales.add(minima_at)) });
-                wm[r] = _mm512_permutexvar_ps(lane_blocks, _mm512_castps256_ps512(m8));
-            }
-        }
-        for t in 0..N {
-            let y = &a[t][g];
-            // SAFETY: d and s hold sixteen f32, 64-byte aligned (`repr(align(64))`).
-            let (yd, ys_) = unsafe { (_mm512_load_ps(y.d.as_ptr()), _mm512_load_ps(y.s.as_ptr())) };
-            let ys: [__m512i; V] = std::array::from_fn(|v| act(y, v));
-            // −8 Σ y (Q4_0) or −16 Σ y (Q5_0) per lane, exact: Q8_0's start is −128 Σ y.
-            // SAFETY: q8_start holds sixteen i32.
-            let q8_start = unsafe { _mm512_loadu_si512(y.q8_start.as_ptr().cast()) };
-            let start = match KIND {
-                Q4_0 => _mm512_srai_epi32::<4>(q8_start),
-                Q5_0 => _mm512_srai_epi32::<3>(q8_start),
-                _ => _mm512_setzero_si512(),
-            };
-            for r in 0..R {
-                let mut dot = _mm512_dpbusd_epi32(start, w[r][0], ys[0]);
-                for v in 1..V {
-                    dot = _mm512_dpbusd_epi32(dot, w[r][v], ys[v]);
-                }
-                let scale = _mm512_mul_ps(wd[r], yd);
-                acc[r][t] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(dot), acc[r][t]);
-                if small(KIND).minima {
-                    acc[r][t] = _mm512_fmadd_ps(wm[r], ys_, acc[r][t]);
-                }
-            }
-        }
     }
 
     /// The 6-bit values (0..64, before the −32) of a super-block packed by [`pack_q6_k_row`]:

@@ -28,13 +28,35 @@ const RELEASE_BYTES: usize = 1 << 20;
 /// reads its own layout (Q8_0 on AVX-512) rearranged once at load into a buffer of about the
 /// same size, the file's pages for it handed back to the kernel.
 pub struct QMatrix {
-    source: Source,
-    start: usize,
     rows: usize,
     cols: usize,
-    row_bytes: usize,
     dtype: QuantType,
+    weights: Weights,
+}
+
+/// How a matrix's weights are held, and so which kernels read them.
+enum Weights {
+    /// Rows of bytes (the file's, or packed at load) read by row kernels.
+    Rows(Rows),
+    /// Block-format rows laid out once in 32-row panels ([`Panels`], on AVX-512 VNNI), read
+    /// only through [`Panels::panel_times`]: 32 rows by up to six tokens per tile, the same
+    /// numbers for a token whatever the number of tokens. There are no rows of bytes to read.
+    Panels(Box<Panels>),
+}
+
+/// A matrix's rows of bytes: row `r` is `row_bytes` bytes at `start + r row_bytes` in `source`.
+struct Rows {
+    source: Source,
+    start: usize,
+    row_bytes: usize,
     kernels: RowKernels,
+}
+
+impl Rows {
+    /// `count` rows from row `first`, back to back.
+    fn span(&self, first: usize, count: usize) -> &[u8] {
+        &self.source.bytes()[self.start + first * self.row_bytes..][..count * self.row_bytes]
+    }
 }
 
 /// An immutable byte buffer shared by the matrices that read their weights in place (a model
@@ -60,8 +82,6 @@ enum Source {
     Shared(Arc<dyn WeightBytes>),
     Map(Arc<memmap2::Mmap>),
     Packed(Packed),
-    /// Q8_0 / Q4_0 / Q4_1 rows laid out in panels of 32 ([`Panels`]), read only by its tiles.
-    Panels(Box<Panels>),
 }
 
 impl Source {
@@ -70,8 +90,6 @@ impl Source {
             Source::Shared(f) => f.weight_bytes(),
             Source::Map(m) => m,
             Source::Packed(p) => p.bytes(),
-            // The panels are read through `Panels` only (no rows of bytes).
-            Source::Panels(_) => &[],
         }
     }
 }
@@ -114,20 +132,12 @@ enum RowKernels {
     /// Tiles against activations laid out per group of eight blocks (Q4_1, Q8_0 and the
     /// K-quants on AVX-512 VNNI; Q4_1 rows packed at load).
     Super(SuperKernels),
-    /// Q8_0, Q4_0 and Q4_1 on AVX-512 VNNI: 32-row panels ([`Panels`]), 32 rows by up to six
-    /// tokens per tile, the same numbers for a token whatever the number of tokens.
-    Panels(PanelFormat),
 }
 
 impl RowKernels {
     fn for_format(dtype: QuantType, isa: Isa) -> Option<Self> {
         if let Some(k) = float_kernels(dtype, isa) {
             return Some(RowKernels::Float(k));
-        }
-        if isa == Isa::Avx512 && Panels::fast() {
-            if let Some(f) = PanelFormat::of(dtype) {
-                return Some(RowKernels::Panels(f));
-            }
         }
         if let Some(k) = super_kernels(dtype, isa) {
             return Some(RowKernels::Super(k));
@@ -162,7 +172,12 @@ impl QMatrix {
         rows: usize,
         cols: usize,
     ) -> Option<Self> {
-        let kernels = RowKernels::for_format(dtype, Isa::detect())?;
+        let isa = Isa::detect();
+        let panels = PanelFormat::of(dtype).filter(|_| isa == Isa::Avx512 && Panels::fast());
+        let kernels = match panels {
+            Some(_) => None,
+            None => Some(RowKernels::for_format(dtype, isa)?),
+        };
         // The GGUF reader already rejects rows that are not whole blocks; should one get
         // through, candle serves it.
         let block = dtype.block_size() as usize; // at most 256
@@ -171,7 +186,7 @@ impl QMatrix {
         }
         let row_bytes = cols / block * block_bytes(dtype);
         let file = bytes;
-        if let RowKernels::Panels(format) = kernels {
+        if let Some(format) = panels {
             let mut panels = Panels::zeroed(format, rows, cols)?;
             // As for the packed rows below: the file's pages go back run by run (whole panels).
             let run = (RELEASE_BYTES / row_bytes).max(1).div_ceil(PANEL_ROWS) * PANEL_ROWS;
@@ -181,15 +196,13 @@ impl QMatrix {
                 file.release(start + i * run * row_bytes, src.len());
             }
             return Some(Self {
-                source: Source::Panels(Box::new(panels)),
-                start: 0,
                 rows,
                 cols,
-                row_bytes,
                 dtype,
-                kernels,
+                weights: Weights::Panels(Box::new(panels)),
             });
         }
+        let kernels = kernels?;
         if let RowKernels::Super(SuperKernels { packing, .. }) = kernels {
             let file_rows = &file.weight_bytes()[start..start + rows * row_bytes];
             let packed_row = (packing.row_bytes)(cols / block);
@@ -209,23 +222,27 @@ impl QMatrix {
                 file.release(start + i * run * row_bytes, src.len());
             }
             return Some(Self {
-                source: Source::Packed(packed),
-                start: 0,
                 rows,
                 cols,
-                row_bytes: packed_row,
                 dtype,
-                kernels,
+                weights: Weights::Rows(Rows {
+                    source: Source::Packed(packed),
+                    start: 0,
+                    row_bytes: packed_row,
+                    kernels,
+                }),
             });
         }
         Some(Self {
-            source: Source::Shared(file.clone()),
-            start,
             rows,
             cols,
-            row_bytes,
             dtype,
-            kernels,
+            weights: Weights::Rows(Rows {
+                source: Source::Shared(file.clone()),
+                start,
+                row_bytes,
+                kernels,
+            }),
         })
     }
 
@@ -268,13 +285,15 @@ impl QMatrix {
             "matrix bytes inside the map"
         );
         Some(Self {
-            source: Source::Map(map.clone()),
-            start,
             rows,
             cols,
-            row_bytes,
             dtype,
-            kernels: RowKernels::Float(kernels),
+            weights: Weights::Rows(Rows {
+                source: Source::Map(map.clone()),
+                start,
+                row_bytes,
+                kernels: RowKernels::Float(kernels),
+            }),
         })
     }
 
@@ -292,28 +311,31 @@ impl QMatrix {
 
     /// Bytes of the weights as the kernels read them.
     pub fn size_bytes(&self) -> usize {
-        match &self.source {
-            Source::Panels(p) => p.size_bytes(),
-            _ => self.rows * self.row_bytes,
+        match &self.weights {
+            Weights::Panels(p) => p.size_bytes(),
+            Weights::Rows(r) => self.rows * r.row_bytes,
         }
     }
 
     /// Whether the weights were rearranged into memory of their own at load, rather than read
     /// in place from the model file.
     pub fn is_packed(&self) -> bool {
-        matches!(self.source, Source::Packed(_) | Source::Panels(_))
+        matches!(
+            self.weights,
+            Weights::Panels(_)
+                | Weights::Rows(Rows {
+                    source: Source::Packed(_),
+                    ..
+                })
+        )
     }
 
     /// Weight rows one task of a parallel product takes: whole panels for the panel tiles.
     fn task_rows(&self) -> usize {
-        match self.kernels {
-            RowKernels::Panels(_) => PANEL_ROWS,
-            _ => ROWS_PER_TASK,
+        match self.weights {
+            Weights::Panels(_) => PANEL_ROWS,
+            Weights::Rows(_) => ROWS_PER_TASK,
         }
-    }
-
-    fn data(&self) -> &[u8] {
-        &self.source.bytes()[self.start..self.start + self.rows * self.row_bytes]
     }
 
     /// `x` is `[n, cols]` row-major; returns `[n, rows]` row-major.
@@ -326,49 +348,38 @@ impl QMatrix {
     /// Rows `first..first + out[0].len()` times every token: `out[t]` receives token `t`'s
     /// results for those rows.
     fn rows_times(&self, first: usize, out: &mut [&mut [f32]], act: &Activations<'_>) {
-        match self.kernels {
+        let rows = match &self.weights {
+            Weights::Panels(p) => return p.panel_times(first / PANEL_ROWS, act.blocks, out),
+            Weights::Rows(r) => r,
+        };
+        // This task's rows, back to back.
+        let bytes = rows.span(first, out[0].len());
+        match rows.kernels {
             RowKernels::Blocks { dot, dot2, dot3, dot4 } => {
-                self.block_rows_times(first, out, act.blocks, dot, (dot2, dot3), dot4)
+                self.block_rows_times(bytes, rows.row_bytes, out, act.blocks, dot, (dot2, dot3), dot4)
             }
-            RowKernels::Float(k) => self.float_rows_times(first, out, act.x, k),
-            RowKernels::Super(k) => self.super_rows_times(first, out, act.supers, k),
-            RowKernels::Panels(_) => {
-                let Source::Panels(p) = &self.source else {
-                    unreachable!("panel kernels read panels")
-                };
-                p.panel_times(first / PANEL_ROWS, act.blocks, out);
-            }
+            RowKernels::Float(k) => self.float_rows_times(bytes, rows.row_bytes, out, act.x, k),
+            RowKernels::Super(k) => (k.tile)(bytes, rows.row_bytes, act.supers, out),
         }
     }
 
-    /// This task's row `i` (matrix row `first + i`).
-    fn row(&self, first: usize, i: usize) -> &[u8] {
-        let r = first + i;
-        &self.data()[r * self.row_bytes..(r + 1) * self.row_bytes]
-    }
-
-    /// [`QMatrix::rows_times`] for a float format.
-    fn float_rows_times(&self, first: usize, out: &mut [&mut [f32]], x: &[f32], k: FloatKernels) {
+    /// [`QMatrix::rows_times`] for a float format: `bytes` holds the task's rows.
+    fn float_rows_times(&self, bytes: &[u8], row_bytes: usize, out: &mut [&mut [f32]], x: &[f32], k: FloatKernels) {
         let token = |t: usize| &x[t * self.cols..(t + 1) * self.cols];
         let shape = TileShape {
             rows: k.tile_rows,
             tokens: k.tile_tokens,
             decode_rows: k.decode_rows,
         };
-        tiles(out, &|i| self.row(first, i), &token, k.tile, shape);
+        tiles(out, &|i| &bytes[i * row_bytes..][..row_bytes], &token, k.tile, shape);
     }
 
-    /// [`QMatrix::rows_times`] for a format with [`SuperKernels`].
-    fn super_rows_times(&self, first: usize, out: &mut [&mut [f32]], supers: &[SuperQ8], k: SuperKernels) {
-        let rows = out[0].len();
-        let bytes = &self.data()[first * self.row_bytes..(first + rows) * self.row_bytes];
-        (k.tile)(bytes, self.row_bytes, supers, out);
-    }
-
-    /// [`QMatrix::rows_times`] for a block format.
+    /// [`QMatrix::rows_times`] for a block format: `bytes` holds the task's rows.
+    #[allow(clippy::too_many_arguments)]
     fn block_rows_times(
         &self,
-        first: usize,
+        bytes: &[u8],
+        row_bytes: usize,
         out: &mut [&mut [f32]],
         xq: &[BlockQ8],
         dot: DotFn,
@@ -377,12 +388,8 @@ impl QMatrix {
     ) {
         let (n, rows) = (out.len(), out[0].len());
         let blocks = self.cols / QK;
-        let data = self.data();
         let act = |t: usize| &xq[t * blocks..(t + 1) * blocks];
-        let row = |i: usize| {
-            let r = first + i;
-            &data[r * self.row_bytes..(r + 1) * self.row_bytes]
-        };
+        let row = |i: usize| &bytes[i * row_bytes..][..row_bytes];
         for i in 0..rows {
             let whole = n / 4 * 4;
             for t in (0..whole).step_by(4) {
@@ -475,6 +482,14 @@ pub struct Scratch {
     supers: Vec<SuperQ8>,
 }
 
+impl Scratch {
+    /// Bytes the buffers hold (their capacity).
+    pub fn bytes(&self) -> usize {
+        self.blocks.capacity() * std::mem::size_of::<BlockQ8>()
+            + self.supers.capacity() * std::mem::size_of::<SuperQ8>()
+    }
+}
+
 /// Multiply the same activations `x` (`[n, cols]`) by several matrices with `cols` columns in
 /// one parallel pass (Q/K/V, gate/up), whatever their formats: the activations are quantized
 /// once if any matrix is in a block format, and every thread draws row chunks from all matrices,
@@ -500,11 +515,23 @@ pub fn matmul_group_into(mats: &[&QMatrix], x: &[f32], n: usize, outs: &mut [&mu
         outs.len() == mats.len() && outs.iter().zip(mats).all(|(o, m)| o.len() == n * m.rows),
         "one [n, rows] result per matrix"
     );
-    let any_supers = mats.iter().any(|m| matches!(m.kernels, RowKernels::Super(_)));
-    let any_blocks = mats.iter().any(|m| {
+    let any_supers = mats.iter().any(|m| {
         matches!(
-            m.kernels,
-            RowKernels::Blocks { .. } | RowKernels::Super(_) | RowKernels::Panels(_)
+            m.weights,
+            Weights::Rows(Rows {
+                kernels: RowKernels::Super(_),
+                ..
+            })
+        )
+    });
+    // Every format but the float ones reads 8-bit blocks.
+    let any_blocks = mats.iter().any(|m| {
+        !matches!(
+            m.weights,
+            Weights::Rows(Rows {
+                kernels: RowKernels::Float(_),
+                ..
+            })
         )
     });
     let (mut xq, mut supers): (&mut [BlockQ8], &mut [SuperQ8]) = (&mut [], &mut []);

@@ -14,8 +14,8 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::model::{read_hf_config, safetensors_files, SafetensorsStore};
-use crate::quant::gemm::Panels;
 use crate::quant::matmul::QMatrix;
+use crate::quant::matmul::Scratch;
 
 /// How a text's token vectors become one vector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,23 +47,16 @@ pub struct EmbedderConfig {
 const MAX_DIM: usize = 1 << 16;
 const MAX_LAYERS: usize = 256;
 
-/// A linear layer's weights: as stored (f32, f16, bf16), or quantized to Q8_0 at load, laid
-/// out for many tokens per call where the CPU has AVX-512 VNNI ([`Panels`]) and as a
-/// [`QMatrix`] elsewhere.
-enum Weights {
-    Matrix(QMatrix),
-    Panels(Panels),
-}
-
+/// A linear layer: its weights as stored (f32, f16, bf16) or quantized at load, and its bias.
 struct Linear {
-    w: Weights,
+    w: QMatrix,
     b: Vec<f32>,
 }
 
 impl Linear {
     /// `x @ W^T + b` for `n` rows into `out` (resized to `[n, rows]`, overwritten whole).
-    fn forward_into(&self, x: &[f32], n: usize, out: &mut Vec<f32>, bufs: &mut MatmulBuffers) {
-        Self::group_into([self], x, n, [out], bufs);
+    fn forward_into(&self, x: &[f32], n: usize, out: &mut Vec<f32>, scratch: &mut Scratch) {
+        Self::group_into([self], x, n, [out], scratch);
     }
 
     /// `x @ W^T + b` of several layers on the same `n` rows `x`: the activations are read (and,
@@ -73,41 +66,16 @@ impl Linear {
         x: &[f32],
         n: usize,
         mut outs: [&mut Vec<f32>; N],
-        bufs: &mut MatmulBuffers,
+        scratch: &mut Scratch,
     ) {
         for (l, o) in linears.iter().zip(outs.iter_mut()) {
             o.resize(n * l.b.len(), 0.0);
         }
-        let mats: Vec<&QMatrix> = linears
-            .iter()
-            .filter_map(|l| match &l.w {
-                Weights::Matrix(m) => Some(m),
-                Weights::Panels(_) => None,
-            })
-            .collect();
-        if mats.len() == N {
-            let mut views: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
-            crate::quant::matmul::matmul_group_into(&mats, x, n, &mut views, &mut bufs.scratch);
-            for (l, o) in linears.iter().zip(outs.iter_mut()) {
-                l.add_bias(o);
-            }
-            return;
-        }
-        let mut quantized = false;
+        let mats = linears.map(|l| &l.w);
+        let mut views: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
+        crate::quant::matmul::matmul_group_into(&mats, x, n, &mut views, scratch);
         for (l, o) in linears.iter().zip(outs.iter_mut()) {
-            match &l.w {
-                Weights::Panels(p) => {
-                    if !quantized {
-                        Panels::quantize_input_into(x, n, p.cols(), &mut bufs.acts);
-                        quantized = true;
-                    }
-                    p.matmul_q8_into(&bufs.acts, n, Some(&l.b), o);
-                }
-                Weights::Matrix(m) => {
-                    crate::quant::matmul::matmul_group_into(&[m], x, n, &mut [o.as_mut_slice()], &mut bufs.scratch);
-                    l.add_bias(o);
-                }
-            }
+            l.add_bias(o);
         }
     }
 
@@ -122,14 +90,6 @@ impl Linear {
     }
 }
 
-/// What the matrix products of a forward pass reuse: quantized activations and the kernels'
-/// scratch.
-#[derive(Default)]
-struct MatmulBuffers {
-    acts: Vec<crate::quant::blocks::BlockQ8>,
-    scratch: crate::quant::matmul::Scratch,
-}
-
 /// The buffers of one forward pass, reused layer after layer and, up to
 /// [`KEPT_BUFFER_BYTES`], call after call: fresh megabyte buffers cost page faults (a fifth of
 /// the time when every layer allocated its own).
@@ -142,7 +102,7 @@ struct Buffers {
     o: Vec<f32>,
     up: Vec<f32>,
     down: Vec<f32>,
-    mm: MatmulBuffers,
+    mm: Scratch,
 }
 
 /// Most bytes of buffers an embedder keeps between calls (a batch of 32 texts of 128 tokens
@@ -152,8 +112,7 @@ const KEPT_BUFFER_BYTES: usize = 64 << 20;
 impl Buffers {
     fn bytes(&self) -> usize {
         let f = [&self.q, &self.k, &self.v, &self.attn, &self.o, &self.up, &self.down];
-        f.iter().map(|v| v.capacity() * 4).sum::<usize>()
-            + self.mm.acts.capacity() * std::mem::size_of::<crate::quant::blocks::BlockQ8>()
+        f.iter().map(|v| v.capacity() * 4).sum::<usize>() + self.mm.bytes()
     }
 }
 
@@ -450,22 +409,16 @@ impl Embedder {
             let w = match quantize {
                 Some(q) => {
                     let (data, _) = store.load_f32_vec(&weight, &[out, input])?;
-                    let panels = (q == crate::quant::QuantType::Q8_0 && Panels::fast())
-                        .then(|| Panels::quantize(&data, out, input).map(Weights::Panels));
-                    panels
-                        .unwrap_or_else(|| QMatrix::quantized(q, &data, out, input).map(Weights::Matrix))
-                        .ok_or_else(|| {
-                            bad_config(
-                                dir,
-                                format!("{weight}: {input} columns do not quantize (whole 32-value blocks)"),
-                            )
-                        })?
+                    QMatrix::quantized(q, &data, out, input).ok_or_else(|| {
+                        bad_config(
+                            dir,
+                            format!("{weight}: {input} columns do not quantize (whole 32-value blocks)"),
+                        )
+                    })?
                 }
-                None => Weights::Matrix(
-                    store
-                        .matrix(&weight, out, input)?
-                        .ok_or_else(|| bad_config(dir, format!("{weight} is not f32, f16 or bf16")))?,
-                ),
+                None => store
+                    .matrix(&weight, out, input)?
+                    .ok_or_else(|| bad_config(dir, format!("{weight} is not f32, f16 or bf16")))?,
             };
             Ok(Linear {
                 w,

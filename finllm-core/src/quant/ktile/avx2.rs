@@ -81,7 +81,8 @@ macro_rules! one_token {
     };
 }
 
-tile_entries!();
+block_tile_entries!();
+k_tile_entries!();
 
 /// Prefetch `bytes` at `b` ahead of use: a lone token streams the rows, so a fixed distance
 /// ahead; a tile of several tokens the same place in the next row.
