@@ -107,6 +107,7 @@ pub fn dot_f32_scalar(a: &[f32], b: &[f32]) -> f32 {
 /// compares quantized vectors with it. Exact: every product is at most 2^14 in size, so the
 /// sum fits in an `i32` for any length below 2^17 (the index caps its dimension lower).
 pub fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
+    #[cfg(target_arch = "x86_64")]
     let n = a.len().min(b.len());
     #[cfg(target_arch = "x86_64")]
     if Isa::detect() == Isa::Avx512 {
@@ -812,6 +813,7 @@ mod tests {
     #[test]
     fn dot_products_match_a_float64_oracle() {
         let mut rng = Rng::new(11);
+        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
         let mut kernels: Vec<(&str, DotFn)> = vec![("portable", dot_f32_scalar), ("dispatched", dot)];
         #[cfg(target_arch = "x86_64")]
         {
@@ -851,6 +853,7 @@ mod tests {
     fn int8_dot_products_are_exact() {
         let mut rng = Rng::new(12);
         type DotI8 = fn(&[i8], &[i8]) -> i32;
+        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
         let mut kernels: Vec<(&str, DotI8)> = vec![("portable", dot_i8_scalar), ("dispatched", dot_i8)];
         #[cfg(target_arch = "x86_64")]
         {

@@ -313,6 +313,7 @@ impl Codes {
     }
 
     /// The first line of `node`'s row.
+    #[cfg(target_arch = "x86_64")]
     fn line_ptr(&self, node: u32) -> *const Line {
         self.lines[node as usize * self.row_lines..].as_ptr()
     }
