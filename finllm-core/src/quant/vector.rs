@@ -556,42 +556,109 @@ pub mod avx512 {
         out_stride: usize,
         n: usize,
     ) {
+        let mut t = 0;
+        prefetch_rows(rows, stride, 0, AHEAD, q.len() / H);
+        while t + 8 <= n {
+            // The next group's rows, while this one's are multiplied: the rows lie `stride`
+            // apart (a head's slice of each cache row), which the hardware prefetchers follow
+            // late.
+            prefetch_rows(rows, stride, t + AHEAD, 8, q.len() / H);
+            // SAFETY: rows t..t + 8 exist (the caller's bounds).
+            unsafe { scores_group::<H, 8>(q, rows, stride, scale, out, out_stride, t) };
+            t += 8;
+        }
+        // SAFETY (each): rows t..n exist.
+        unsafe {
+            match n - t {
+                7 => scores_group::<H, 7>(q, rows, stride, scale, out, out_stride, t),
+                6 => scores_group::<H, 6>(q, rows, stride, scale, out, out_stride, t),
+                5 => scores_group::<H, 5>(q, rows, stride, scale, out, out_stride, t),
+                4 => scores_group::<H, 4>(q, rows, stride, scale, out, out_stride, t),
+                3 => scores_group::<H, 3>(q, rows, stride, scale, out, out_stride, t),
+                2 => scores_group::<H, 2>(q, rows, stride, scale, out, out_stride, t),
+                1 => scores_group::<H, 1>(q, rows, stride, scale, out, out_stride, t),
+                _ => {}
+            }
+        }
+    }
+
+    /// Rows the attention kernels ask the cache for ahead of use: a row's 64 f16 values take
+    /// about ten cycles, a load from memory some hundreds.
+    const AHEAD: usize = 24;
+
+    /// Start loading rows `first..first + count` of `d` f16 values (`stride` apart) into the
+    /// cache, those inside `rows` (which may hold rows past the ones a call uses: the next
+    /// call's).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    fn prefetch_rows(rows: &[f16], stride: usize, first: usize, count: usize, d: usize) {
+        let base = rows.as_ptr();
+        let len = rows.len();
+        for r in first..first + count {
+            if r * stride + d > len {
+                break;
+            }
+            let row = base.wrapping_add(r * stride).cast::<i8>();
+            for off in (0..2 * d).step_by(64) {
+                // SAFETY: a prefetch is a hint that never faults.
+                _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(off));
+            }
+        }
+    }
+
+    /// `M` rows from `t` of [`scores_f16_heads`]: the sums of all `H · M` (head, row) pairs
+    /// stay in registers; each row's sixteen partial sums are folded to eight and the eight
+    /// rows reduced together (rows past `M` as zeros, not stored).
+    ///
+    /// # Safety
+    /// As [`scores_f16_heads`], with rows `t..t + M` inside `rows` and `out`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    #[allow(clippy::needless_range_loop)]
+    unsafe fn scores_group<const H: usize, const M: usize>(
+        q: &[f32],
+        rows: &[f16],
+        stride: usize,
+        scale: f32,
+        out: &mut [f32],
+        out_stride: usize,
+        t: usize,
+    ) {
         let d = q.len() / H;
         let (qp, base, op) = (q.as_ptr(), rows.as_ptr().cast::<u16>(), out.as_mut_ptr());
+        let mut acc = [[_mm512_setzero_ps(); M]; H];
+        let mut i = 0;
+        while i < d {
+            // SAFETY: `i + 16 <= d`, inside every head of `q` and inside each of the `M` rows.
+            let qv: [__m512; H] = std::array::from_fn(|h| unsafe { _mm512_loadu_ps(qp.add(h * d + i)) });
+            for r in 0..M {
+                let k = unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(base.add((t + r) * stride + i).cast())) };
+                for h in 0..H {
+                    acc[h][r] = _mm512_fmadd_ps(qv[h], k, acc[h][r]);
+                }
+            }
+            i += 16;
+        }
         let sv = _mm256_set1_ps(scale);
-        let mut t = 0;
-        while t < n {
-            let m = (n - t).min(8);
-            let mut acc = [[_mm512_setzero_ps(); 8]; H];
-            let mut i = 0;
-            while i < d {
-                // SAFETY: `i + 16 <= d`, inside every head of `q` and inside each of the `m` rows.
-                let qv: [__m512; H] = std::array::from_fn(|h| unsafe { _mm512_loadu_ps(qp.add(h * d + i)) });
-                for r in 0..m {
-                    let k = unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(base.add((t + r) * stride + i).cast())) };
-                    for h in 0..H {
-                        acc[h][r] = _mm512_fmadd_ps(qv[h], k, acc[h][r]);
-                    }
-                }
-                i += 16;
-            }
-            for (h, acc) in acc.iter().enumerate() {
-                let halves: [__m256; 8] = std::array::from_fn(|r| {
+        for (h, acc) in acc.iter().enumerate() {
+            let halves: [__m256; 8] = std::array::from_fn(|r| {
+                if r < M {
                     _mm256_add_ps(_mm512_castps512_ps256(acc[r]), _mm512_extractf32x8_ps_f(acc[r]))
-                });
-                let sums = _mm256_mul_ps(super::avx2::sum_each(&halves), sv);
-                let at = h * out_stride + t;
-                if m == 8 {
-                    // SAFETY: out[at..at + 8] is inside `out`.
-                    unsafe { _mm256_storeu_ps(op.add(at), sums) };
                 } else {
-                    let mut lanes = [0f32; 8];
-                    // SAFETY: `lanes` holds eight floats.
-                    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), sums) };
-                    out[at..at + m].copy_from_slice(&lanes[..m]);
+                    _mm256_setzero_ps()
                 }
+            });
+            let sums = _mm256_mul_ps(super::avx2::sum_each(&halves), sv);
+            let at = h * out_stride + t;
+            if M == 8 {
+                // SAFETY: out[at..at + 8] is inside `out`.
+                unsafe { _mm256_storeu_ps(op.add(at), sums) };
+            } else {
+                let mut lanes = [0f32; 8];
+                // SAFETY: `lanes` holds eight floats.
+                unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), sums) };
+                out[at..at + M].copy_from_slice(&lanes[..M]);
             }
-            t += m;
         }
     }
 
@@ -728,6 +795,7 @@ pub mod avx512 {
         let base = rows.as_ptr().cast::<u16>();
         let (pp, op) = (p.as_ptr(), out.as_mut_ptr());
         let mut c = 0;
+        prefetch_rows(rows, stride, 0, AHEAD, d);
         while c + 64 <= d {
             // SAFETY: columns c..c + 64 are inside every head of `out` and inside every row;
             // `h * p_stride + t < p.len()` for t < n.
@@ -735,6 +803,9 @@ pub mod avx512 {
                 std::array::from_fn(|j| unsafe { _mm512_loadu_ps(op.add(h * d + c + 16 * j)) })
             });
             for t in 0..n {
+                if c == 0 {
+                    prefetch_rows(rows, stride, t + AHEAD, 1, d);
+                }
                 let rp = unsafe { base.add(t * stride + c) };
                 let v: [__m512; 4] =
                     std::array::from_fn(|j| unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(rp.add(16 * j).cast())) });
