@@ -425,15 +425,25 @@ fn rotate(x: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32], style: RopeS
     let row_len = x.len() / tokens;
     for (t, row) in x.chunks_exact_mut(row_len).enumerate() {
         let (c, s) = (&cos[t * half..(t + 1) * half], &sin[t * half..(t + 1) * half]);
+        // The style chosen outside the loops, so that each loop is straight-line code the
+        // compiler vectorizes (the same operations per value either way).
         for head in row.chunks_exact_mut(head_dim) {
-            for i in 0..half {
-                let (a, b) = match style {
-                    RopeStyle::Interleaved => (2 * i, 2 * i + 1),
-                    RopeStyle::Neox => (i, i + half),
-                };
-                let (x0, x1) = (head[a], head[b]);
-                head[a] = x0 * c[i] - x1 * s[i];
-                head[b] = x0 * s[i] + x1 * c[i];
+            match style {
+                RopeStyle::Interleaved => {
+                    for ((pair, &c), &s) in head.chunks_exact_mut(2).zip(c).zip(s) {
+                        let (x0, x1) = (pair[0], pair[1]);
+                        pair[0] = x0 * c - x1 * s;
+                        pair[1] = x0 * s + x1 * c;
+                    }
+                }
+                RopeStyle::Neox => {
+                    let (lo, hi) = head.split_at_mut(half);
+                    for (((x0, x1), &c), &s) in lo.iter_mut().zip(hi.iter_mut()).zip(c).zip(s) {
+                        let (a, b) = (*x0, *x1);
+                        *x0 = a * c - b * s;
+                        *x1 = a * s + b * c;
+                    }
+                }
             }
         }
     }
