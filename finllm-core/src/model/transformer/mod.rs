@@ -136,9 +136,8 @@ impl RmsNorm {
     /// candle's CPU kernel sums, so both paths agree to the last bit where they can.
     fn forward_rows(&self, x: &[f32], out: &mut [f32]) {
         let dim = self.w_vec.len();
-        for (row, dst) in x.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
-            let sum2: f32 = row.iter().map(|v| v * v).sum();
-            let m = (sum2 / dim as f32 + self.eps).sqrt();
+        let scales = self.row_scales(x);
+        for ((row, dst), &m) in x.chunks_exact(dim).zip(out.chunks_exact_mut(dim)).zip(&scales) {
             for ((d, &v), &w) in dst.iter_mut().zip(row).zip(&self.w_vec) {
                 *d = v / m * w;
             }
@@ -148,13 +147,39 @@ impl RmsNorm {
     /// Normalise every row of `x` in place.
     fn forward_rows_in_place(&self, x: &mut [f32]) {
         let dim = self.w_vec.len();
-        for row in x.chunks_exact_mut(dim) {
-            let sum2: f32 = row.iter().map(|v| v * v).sum();
-            let m = (sum2 / dim as f32 + self.eps).sqrt();
+        let scales = self.row_scales(x);
+        for (row, &m) in x.chunks_exact_mut(dim).zip(&scales) {
             for (v, &w) in row.iter_mut().zip(&self.w_vec) {
                 *v = *v / m * w;
             }
         }
+    }
+
+    /// Every row's root mean square (plus epsilon, under the root). Each row's squares are
+    /// added one after another from the first value, as a plain sum does (and candle's
+    /// kernel); eight rows at a time share the walk, so their eight dependency chains run side
+    /// by side (one row alone waits on each add's latency).
+    fn row_scales(&self, x: &[f32]) -> Vec<f32> {
+        let dim = self.w_vec.len();
+        let mut scales = Vec::with_capacity(x.len() / dim.max(1));
+        for group in x.chunks(8 * dim.max(1)) {
+            let n = group.len() / dim.max(1);
+            let mut sum2 = [0f32; 8];
+            if n == 8 {
+                for i in 0..dim {
+                    for (r, s) in sum2.iter_mut().enumerate() {
+                        let v = group[r * dim + i];
+                        *s += v * v;
+                    }
+                }
+            } else {
+                for (row, s) in group.chunks_exact(dim).zip(sum2.iter_mut()) {
+                    *s = row.iter().map(|v| v * v).sum();
+                }
+            }
+            scales.extend(sum2[..n].iter().map(|&s| (s / dim as f32 + self.eps).sqrt()));
+        }
+        scales
     }
 }
 
@@ -914,4 +939,40 @@ fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor, style: RopeStyle) -> Resul
         RopeStyle::Neox => candle_nn::rotary_emb::rope(&x, cos, sin)?,
     };
     Ok(y.squeeze(0)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Rows normalised eight at a time get the bits of each row alone (a plain sequential
+    /// sum of squares), and match the float64 formula closely.
+    #[test]
+    fn rms_norm_rows_together_equal_each_row_alone() {
+        let mut rng = crate::util::Rng::new(9);
+        let dim = 77;
+        let w: Vec<f32> = (0..dim).map(|_| (rng.next_f64() * 2.0) as f32).collect();
+        let norm = RmsNorm::new(Tensor::new(w.as_slice(), &candle_core::Device::Cpu).unwrap(), 1e-5).unwrap();
+        for rows in [1usize, 7, 8, 9, 16, 19] {
+            let x: Vec<f32> = (0..rows * dim).map(|_| (rng.next_f64() * 8.0 - 4.0) as f32).collect();
+            let mut together = vec![0f32; x.len()];
+            norm.forward_rows(&x, &mut together);
+            let mut in_place = x.clone();
+            norm.forward_rows_in_place(&mut in_place);
+            assert_eq!(together, in_place);
+            for (r, row) in x.chunks_exact(dim).enumerate() {
+                let mut alone = vec![0f32; dim];
+                norm.forward_rows(row, &mut alone);
+                assert_eq!(alone, together[r * dim..(r + 1) * dim], "{rows} rows, row {r}");
+                let plain: f32 = row.iter().map(|v| v * v).sum();
+                let m = (plain / dim as f32 + 1e-5).sqrt();
+                let ms: f64 = row.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>() / dim as f64;
+                for ((&got, &v), &wi) in alone.iter().zip(row).zip(&w) {
+                    assert_eq!(got.to_bits(), (v / m * wi).to_bits());
+                    let exact = f64::from(v) / (ms + 1e-5).sqrt() * f64::from(wi);
+                    assert!((f64::from(got) - exact).abs() <= 1e-5 * (1.0 + exact.abs()));
+                }
+            }
+        }
+    }
 }
