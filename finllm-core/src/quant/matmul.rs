@@ -24,9 +24,10 @@ const ROWS_PER_TASK: usize = 16;
 const RELEASE_BYTES: usize = 1 << 20;
 
 /// A matrix `[rows, cols]` in a format finllm has kernels for, read in place from the bytes of
-/// a model file (a GGUF file, or a memory-mapped safetensors shard), or for a format whose tile
-/// reads its own layout (Q8_0 on AVX-512) rearranged once at load into a buffer of about the
-/// same size, the file's pages for it handed back to the kernel.
+/// a model file (a GGUF file, or a memory-mapped safetensors shard), or for a format whose
+/// kernels read their own layout (the 32-row panels of the block formats and Q4_K on AVX-512
+/// VNNI, the packed rows of the tiles elsewhere) rearranged once at load into a buffer of about
+/// the same size, the file's pages for it handed back to the kernel.
 pub struct QMatrix {
     rows: usize,
     cols: usize,
