@@ -352,8 +352,8 @@ impl Block<'_> {
             tile += KEY_TILE;
         }
         // The KV heads this block reads, each with `group` query heads.
-        let kv_heads = heads.div_ceil(self.group);
-        let per_kv = self.group.min(heads);
+        let per_kv = self.group;
+        let kv_heads = heads.div_ceil(per_kv);
         for (s, i, rows) in &pieces {
             let (k, _, at) = segments[*s].expect("a piece lies in a segment");
             let (q, keys) = &self.queries[*i];

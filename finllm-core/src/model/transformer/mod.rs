@@ -135,53 +135,57 @@ impl RmsNorm {
     /// Normalise every row of `x` (rows as long as the weights) into `out`, in the order
     /// candle's CPU kernel sums, so both paths agree to the last bit where they can.
     fn forward_rows(&self, x: &[f32], out: &mut [f32]) {
-        let dim = self.w_vec.len();
-        let scales = self.row_scales(x);
-        for ((row, dst), &m) in x.chunks_exact(dim).zip(out.chunks_exact_mut(dim)).zip(&scales) {
-            for ((d, &v), &w) in dst.iter_mut().zip(row).zip(&self.w_vec) {
-                *d = v / m * w;
+        let dim = self.w_vec.len().max(1);
+        for (group, dst) in x.chunks(ROWS_TOGETHER * dim).zip(out.chunks_mut(ROWS_TOGETHER * dim)) {
+            let scales = self.group_scales(group);
+            for ((row, dst), &m) in group.chunks_exact(dim).zip(dst.chunks_exact_mut(dim)).zip(&scales) {
+                for ((d, &v), &w) in dst.iter_mut().zip(row).zip(&self.w_vec) {
+                    *d = v / m * w;
+                }
             }
         }
     }
 
     /// Normalise every row of `x` in place.
     fn forward_rows_in_place(&self, x: &mut [f32]) {
-        let dim = self.w_vec.len();
-        let scales = self.row_scales(x);
-        for (row, &m) in x.chunks_exact_mut(dim).zip(&scales) {
-            for (v, &w) in row.iter_mut().zip(&self.w_vec) {
-                *v = *v / m * w;
+        let dim = self.w_vec.len().max(1);
+        for group in x.chunks_mut(ROWS_TOGETHER * dim) {
+            let scales = self.group_scales(group);
+            for (row, &m) in group.chunks_exact_mut(dim).zip(&scales) {
+                for (v, &w) in row.iter_mut().zip(&self.w_vec) {
+                    *v = *v / m * w;
+                }
             }
         }
     }
 
-    /// Every row's root mean square (plus epsilon, under the root). Each row's squares are
-    /// added one after another from the first value, as a plain sum does (and candle's
-    /// kernel); eight rows at a time share the walk, so their eight dependency chains run side
-    /// by side (one row alone waits on each add's latency).
-    fn row_scales(&self, x: &[f32]) -> Vec<f32> {
-        let dim = self.w_vec.len();
-        let mut scales = Vec::with_capacity(x.len() / dim.max(1));
-        for group in x.chunks(8 * dim.max(1)) {
-            let n = group.len() / dim.max(1);
-            let mut sum2 = [0f32; 8];
-            if n == 8 {
-                for i in 0..dim {
-                    for (r, s) in sum2.iter_mut().enumerate() {
-                        let v = group[r * dim + i];
-                        *s += v * v;
-                    }
-                }
-            } else {
-                for (row, s) in group.chunks_exact(dim).zip(sum2.iter_mut()) {
-                    *s = row.iter().map(|v| v * v).sum();
+    /// The root mean square (plus epsilon, under the root) of each row of `group` (at most
+    /// [`ROWS_TOGETHER`] rows; the entries past them are unused). Each row's squares are added
+    /// one after another from the first value, as a plain sum does (and candle's kernel); a
+    /// whole group's rows share the walk, so their dependency chains run side by side (one row
+    /// alone waits on each add's latency).
+    fn group_scales(&self, group: &[f32]) -> [f32; ROWS_TOGETHER] {
+        let dim = self.w_vec.len().max(1);
+        let n = group.len() / dim;
+        let mut sum2 = [0f32; ROWS_TOGETHER];
+        if n == ROWS_TOGETHER {
+            for i in 0..dim {
+                for (r, s) in sum2.iter_mut().enumerate() {
+                    let v = group[r * dim + i];
+                    *s += v * v;
                 }
             }
-            scales.extend(sum2[..n].iter().map(|&s| (s / dim as f32 + self.eps).sqrt()));
+        } else {
+            for (row, s) in group.chunks_exact(dim).zip(sum2.iter_mut()) {
+                *s = row.iter().map(|v| v * v).sum();
+            }
         }
-        scales
+        sum2.map(|s| (s / dim as f32 + self.eps).sqrt())
     }
 }
+
+/// Rows whose sums of squares one walk adds side by side.
+const ROWS_TOGETHER: usize = 8;
 
 struct Block {
     attn_norm: RmsNorm,
