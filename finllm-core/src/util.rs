@@ -71,3 +71,6 @@ mod tests {
         assert_eq!(super::hex(&[]), "");
     }
 }
+
+mod huge;
+pub use huge::{advise_huge_pages, HugeArray, HugeVec, Zeroable};

@@ -27,6 +27,7 @@ use super::blocks::{
 };
 use super::kernels::Isa;
 use super::QuantType;
+use crate::util::HugeArray;
 
 /// Rows a panel holds (two vectors of sixteen lanes).
 pub const PANEL_ROWS: usize = 32;
@@ -143,26 +144,25 @@ fn fifth_at(s: usize, h: usize, high: usize) -> usize {
 
 /// A block-format matrix (`rows` outputs by `cols` inputs) laid out in panels for
 /// [`Panels::panel_times`].
-#[derive(Clone)]
 pub struct Panels {
     format: PanelFormat,
     rows: usize,
     cols: usize,
     /// Weights, panel by panel, block by block, run by run (see the module's text).
-    w: Vec<u8>,
+    w: HugeArray<u8>,
     /// The rows' block scales (f16 bits, as in the file: the panels take the file's bytes),
     /// panel by panel, block by block, 32 rows each (zero past `rows`); Q4_K's `d`, per
     /// super-block.
-    d: Vec<u16>,
+    d: HugeArray<u16>,
     /// Q4_1's block minima (f16 bits), in the order of `d`; Q4_K's `dmin`, per super-block
     /// (empty for the other formats).
-    m: Vec<u16>,
+    m: HugeArray<u16>,
     /// Q4_K's 6-bit scales and minima, panel by panel, block (sub-block) by block, 32 rows each
     /// (empty for the other formats).
-    sc: Vec<u8>,
-    mn: Vec<u8>,
+    sc: HugeArray<u8>,
+    mn: HugeArray<u8>,
     /// Q5_0's and Q5_1's fifth bits, [`FIFTH_MASKS`] per panel block (empty otherwise).
-    hb: Vec<u64>,
+    hb: HugeArray<u64>,
 }
 
 impl std::fmt::Debug for Panels {
@@ -208,24 +208,21 @@ impl Panels {
         let k = format == PanelFormat::Q4K;
         // Q4_K: one d and dmin per super-block of eight blocks.
         let per_d = if k { scales / (QK_K / QK) } else { scales };
+        // Every array is read end to end on each step: from memory advised for 2 MiB pages.
         Some(Self {
             format,
             rows,
             cols,
-            w: vec![fill; units.checked_mul(format.panel_block_bytes())?],
-            d: vec![0; per_d],
-            m: if format.has_min() || k {
-                vec![0; per_d]
+            w: HugeArray::filled(units.checked_mul(format.panel_block_bytes())?, fill)?,
+            d: HugeArray::zeroed(per_d)?,
+            m: HugeArray::zeroed(if format.has_min() || k { per_d } else { 0 })?,
+            sc: HugeArray::zeroed(if k { scales } else { 0 })?,
+            mn: HugeArray::zeroed(if k { scales } else { 0 })?,
+            hb: HugeArray::zeroed(if format.five() {
+                units.checked_mul(FIFTH_MASKS)?
             } else {
-                Vec::new()
-            },
-            sc: if k { vec![0; scales] } else { Vec::new() },
-            mn: if k { vec![0; scales] } else { Vec::new() },
-            hb: if format.five() {
-                vec![0; units.checked_mul(FIFTH_MASKS)?]
-            } else {
-                Vec::new()
-            },
+                0
+            })?,
         })
     }
 

@@ -16,6 +16,7 @@ use super::gemm::{PanelFormat, Panels, PANEL_ROWS};
 use super::kernels::{block_bytes, dot4_fn, dot_fn, dotn_fn, Dot4Fn, DotFn, DotNFn, Isa};
 use super::ktile::{super_kernels, supers_from_blocks, SuperKernels, SuperQ8, SUBS};
 use super::QuantType;
+use crate::util::HugeArray;
 
 /// Weight rows handed to one task.
 const ROWS_PER_TASK: usize = 16;
@@ -95,26 +96,21 @@ impl Source {
     }
 }
 
-/// Packed rows in a buffer whose bytes start on a 64-byte boundary (a cache line, one vector).
-struct Packed {
-    buf: Vec<u8>,
-    at: usize,
-    len: usize,
-}
+/// Packed rows, starting on a 64-byte boundary (a cache line, one vector), in memory advised
+/// for 2 MiB pages ([`HugeArray`]).
+struct Packed(HugeArray<u8>);
 
 impl Packed {
-    fn zeroed(len: usize) -> Self {
-        let buf = vec![0u8; len + 63];
-        let at = buf.as_ptr().align_offset(64).min(63);
-        Self { buf, at, len }
+    fn zeroed(len: usize) -> Option<Self> {
+        HugeArray::zeroed(len).map(Self)
     }
 
     fn bytes(&self) -> &[u8] {
-        &self.buf[self.at..self.at + self.len]
+        &self.0
     }
 
     fn bytes_mut(&mut self) -> &mut [u8] {
-        &mut self.buf[self.at..self.at + self.len]
+        &mut self.0
     }
 }
 
@@ -207,7 +203,7 @@ impl QMatrix {
         if let RowKernels::Super(SuperKernels { packing, .. }) = kernels {
             let file_rows = &file.weight_bytes()[start..start + rows * row_bytes];
             let packed_row = (packing.row_bytes)(cols / block);
-            let mut packed = Packed::zeroed(rows * packed_row);
+            let mut packed = Packed::zeroed(rows.checked_mul(packed_row)?)?;
             // The kernels read only the packed copy, so the file's pages for this tensor are
             // handed back as each run of rows is packed (another reader faults them back in from
             // the file): loading never holds much more than the model's size.

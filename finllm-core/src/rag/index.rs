@@ -196,25 +196,6 @@ impl Graph {
     }
 }
 
-/// Ask Linux to back the vectors with 2 MiB pages where it can (transparent huge pages in
-/// `madvise` mode). A search reads a few hundred vectors scattered over the whole array: with
-/// 4 KiB pages nearly every one is a TLB miss on top of the cache miss. Advice only: nothing
-/// changes where the kernel declines.
-fn advise_huge_pages(v: &[f32]) {
-    #[cfg(target_os = "linux")]
-    {
-        const HUGE: usize = 2 << 20;
-        let (start, end) = (v.as_ptr() as usize, v.as_ptr() as usize + std::mem::size_of_val(v));
-        let (from, to) = (start.next_multiple_of(HUGE), end / HUGE * HUGE);
-        if from < to {
-            // SAFETY: the range lies inside `v`'s allocation; MADV_HUGEPAGE changes no contents.
-            unsafe { libc::madvise(from as *mut libc::c_void, to - from, libc::MADV_HUGEPAGE) };
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = v;
-}
-
 /// Largest dimension the index takes: 8-bit dot products stay exact in 32 bits far above it.
 const MAX_DIM: usize = 1 << 16;
 
@@ -469,7 +450,7 @@ impl VectorIndex {
         let capacity = self.vectors.capacity();
         self.vectors.extend_from_slice(&v);
         if self.vectors.capacity() != capacity {
-            advise_huge_pages(&self.vectors);
+            crate::util::advise_huge_pages(&self.vectors);
         }
         self.codes.push(&v);
         self.keys.push(key);
@@ -924,7 +905,7 @@ impl VectorIndex {
         }
         index.live = index.deleted.iter().filter(|d| !**d).count();
         index.vectors = r.f32s()?;
-        advise_huge_pages(&index.vectors);
+        crate::util::advise_huge_pages(&index.vectors);
         if index.vectors.len() != n * dim {
             return Err(r.error(format!(
                 "{} vector values for {n} vectors of {dim}",

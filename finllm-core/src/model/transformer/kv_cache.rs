@@ -18,6 +18,14 @@ use candle_core::{DType, Device, Tensor};
 use half::f16;
 
 use crate::error::{Error, Result};
+use crate::util::HugeVec;
+
+/// The error of a cache whose rows the system refused memory for.
+fn out_of_memory(bytes: usize) -> Error {
+    Error::Backend(candle_core::Error::Msg(format!(
+        "out of memory: {bytes} more bytes of KV cache refused by the system"
+    )))
+}
 
 /// Storage precision of a [`KvCache`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -41,8 +49,8 @@ impl KvPrecision {
 /// One layer's keys or values.
 #[derive(Debug, Clone)]
 pub(super) enum KvRows {
-    F16(Vec<f16>),
-    F32(Vec<f32>),
+    F16(HugeVec<f16>),
+    F32(HugeVec<f32>),
     /// Rows on a device, in the cache's precision; `None` while empty.
     Device(Option<DeviceRows>),
 }
@@ -97,8 +105,8 @@ impl DeviceRows {
 impl KvRows {
     fn new(precision: KvPrecision) -> Self {
         match precision {
-            KvPrecision::F16 => KvRows::F16(Vec::new()),
-            KvPrecision::F32 => KvRows::F32(Vec::new()),
+            KvPrecision::F16 => KvRows::F16(HugeVec::default()),
+            KvPrecision::F32 => KvRows::F32(HugeVec::default()),
         }
     }
 
@@ -135,11 +143,15 @@ impl KvRows {
                 // does): converting value by value cost 7 ns each, a tenth of a batched
                 // decode step.
                 use half::slice::HalfFloatSliceExt;
-                let start = v.len();
-                v.resize(start + values.len(), f16::ZERO);
-                v[start..].convert_from_f32_slice(values);
+                v.grow_zeroed(values.len())
+                    .ok_or_else(|| out_of_memory(values.len() * 2))?
+                    .convert_from_f32_slice(values);
             }
-            KvRows::F32(v) => v.extend_from_slice(values),
+            KvRows::F32(v) => {
+                if !v.extend_from_slice(values) {
+                    return Err(out_of_memory(values.len() * 4));
+                }
+            }
             KvRows::Device(_) => {
                 return Err(Error::invalid(
                     "cache",
@@ -176,11 +188,9 @@ impl KvRows {
             (None, KvRows::F16(v)) => Tensor::from_slice(v, shape, &Device::Cpu)?.to_dtype(DType::F32)?,
             (None, KvRows::F32(v)) => Tensor::from_slice(v, shape, &Device::Cpu)?,
             (Some(KvRows::F16(p)), KvRows::F16(v)) => {
-                Tensor::from_vec([p.as_slice(), v].concat(), shape, &Device::Cpu)?.to_dtype(DType::F32)?
+                Tensor::from_vec([&p[..], &v[..]].concat(), shape, &Device::Cpu)?.to_dtype(DType::F32)?
             }
-            (Some(KvRows::F32(p)), KvRows::F32(v)) => {
-                Tensor::from_vec([p.as_slice(), v].concat(), shape, &Device::Cpu)?
-            }
+            (Some(KvRows::F32(p)), KvRows::F32(v)) => Tensor::from_vec([&p[..], &v[..]].concat(), shape, &Device::Cpu)?,
             _ => {
                 return Err(Error::invalid(
                     "cache",
@@ -237,8 +247,8 @@ impl KvCache {
     /// budget up front).
     pub(super) fn with_capacity(n_layers: usize, precision: KvPrecision, tokens: usize, width: usize) -> Self {
         let rows = |precision| match precision {
-            KvPrecision::F16 => KvRows::F16(Vec::with_capacity(tokens * width)),
-            KvPrecision::F32 => KvRows::F32(Vec::with_capacity(tokens * width)),
+            KvPrecision::F16 => KvRows::F16(HugeVec::with_capacity(tokens * width)),
+            KvPrecision::F32 => KvRows::F32(HugeVec::with_capacity(tokens * width)),
         };
         Self {
             layers: (0..n_layers).map(|_| (rows(precision), rows(precision))).collect(),
