@@ -97,7 +97,9 @@ pub fn run(model: &Model, cfg: &BenchConfig) -> Result<BenchResult> {
     let (mut prefill, mut decode, mut ttft) = (Vec::new(), Vec::new(), Vec::new());
     // One untimed warm-up run pages the weights in.
     for run in 0..=cfg.runs {
-        let mut cache = t.new_cache();
+        // The whole run's positions reserved up front, as the engine reserves a request's
+        // (and llama.cpp its context): no copy when the cache would outgrow its room.
+        let mut cache = t.new_cache_for(prompt.len() + cfg.gen_tokens);
         let start = Instant::now();
         let logits = model.run(|| t.forward(&prompt, &mut cache))?;
         let first = start.elapsed();
