@@ -81,7 +81,8 @@ unsafe impl Send for Chunk {}
 unsafe impl Sync for Chunk {}
 
 impl Chunk {
-    /// At least `bytes` (rounded up to huge pages), or `None` when refused.
+    /// At least `bytes` (rounded up to huge pages, advised for them as far as `bytes` reach),
+    /// or `None` when refused.
     fn new(bytes: usize) -> Option<Self> {
         let size = bytes.max(1).checked_next_multiple_of(HUGE_PAGE)?;
         #[cfg(unix)]
@@ -113,7 +114,9 @@ impl Chunk {
                     libc::munmap((start + size) as *mut libc::c_void, tail);
                 }
             }
-            advise(start, size, Advice::Huge);
+            // Only whole huge pages of what was asked for: a tail page past `bytes`, once
+            // touched, would be a whole 2 MiB resident for a few KiB used.
+            advise(start, bytes, Advice::Huge);
             Some(Self {
                 ptr: NonNull::new(start as *mut u8)?,
                 size,
