@@ -871,7 +871,7 @@ mod tests {
                 let data: Vec<f32> = (0..rows * cols).map(|_| lcg(&mut seed) * 0.1).collect();
                 let bytes = file_bytes(dtype, &data, rows, cols);
                 let m = Panels::from_blocks(format, &bytes, rows, cols).expect("whole blocks");
-                for n in [1usize, 5, 6, 7, 13, 40] {
+                for n in [1usize, 5, 6, 7, 8, 13, 40] {
                     let x: Vec<f32> = (0..n * cols).map(|_| lcg(&mut seed) * 3.0).collect();
                     let a = quantized(&x);
                     let scalar = m.matmul_scalar(&a, n);

@@ -12,7 +12,11 @@ use super::kernels::Isa;
 /// An element type the KV cache stores.
 ///
 /// Both operations walk `n` rows of `d` values that lie `stride` elements apart in `rows`
-/// (one KV head inside token-major cache rows), so a whole head is one call.
+/// (one KV head inside token-major cache rows), so a whole head is one call. The multi-head
+/// forms take `fetch`: how many elements from each row's start the kernels ask the cache for
+/// ahead of use (`d` when other calls, maybe on other threads, read the rest of each row;
+/// `stride` when the caller walks every head of the rows, so one call brings whole rows in and
+/// the other heads' calls find them cached).
 pub trait KvElem: Copy + Send + Sync + 'static {
     /// `out[t] = scale · (q · row t)` for `t < out.len()`, rows `q.len()` long.
     fn scores(q: &[f32], rows: &[Self], stride: usize, scale: f32, out: &mut [f32]);
@@ -34,6 +38,7 @@ pub trait KvElem: Copy + Send + Sync + 'static {
         out: &mut [f32],
         out_stride: usize,
         n: usize,
+        _fetch: usize,
     ) {
         for (h, qh) in q.chunks_exact(d).enumerate() {
             Self::scores(qh, rows, stride, scale, &mut out[h * out_stride..h * out_stride + n]);
@@ -43,6 +48,7 @@ pub trait KvElem: Copy + Send + Sync + 'static {
     /// [`weighted_sum`](Self::weighted_sum) for several heads over the same rows: head `h` adds
     /// `Σ_t p[h·p_stride + t] · row t` (`t < n`) into `out[h·d..(h+1)·d]`, with the bits
     /// [`weighted_sum`](Self::weighted_sum) gives it alone.
+    #[allow(clippy::too_many_arguments)]
     fn weighted_sum_heads(
         p: &[f32],
         p_stride: usize,
@@ -51,6 +57,7 @@ pub trait KvElem: Copy + Send + Sync + 'static {
         stride: usize,
         out: &mut [f32],
         d: usize,
+        _fetch: usize,
     ) {
         for (h, oh) in out.chunks_exact_mut(d).enumerate() {
             Self::weighted_sum(&p[h * p_stride..h * p_stride + n], rows, stride, oh);
@@ -183,6 +190,7 @@ impl KvElem for f16 {
         out: &mut [f32],
         out_stride: usize,
         n: usize,
+        fetch: usize,
     ) {
         #[cfg(target_arch = "x86_64")]
         if Isa::detect() == Isa::Avx512 && d.is_multiple_of(16) && d > 0 {
@@ -201,9 +209,9 @@ impl KvElem for f16 {
                 // and the outputs were bounded above; `d` is a non-zero multiple of 16.
                 unsafe {
                     match take {
-                        3 => avx512::scores_f16_heads::<3>(qh, rows, stride, scale, oh, out_stride, n),
-                        2 => avx512::scores_f16_heads::<2>(qh, rows, stride, scale, oh, out_stride, n),
-                        _ => avx512::scores_f16_heads::<1>(qh, rows, stride, scale, oh, out_stride, n),
+                        3 => avx512::scores_f16_heads::<3>(qh, rows, stride, scale, oh, out_stride, n, fetch),
+                        2 => avx512::scores_f16_heads::<2>(qh, rows, stride, scale, oh, out_stride, n, fetch),
+                        _ => avx512::scores_f16_heads::<1>(qh, rows, stride, scale, oh, out_stride, n, fetch),
                     }
                 }
                 h += take;
@@ -215,6 +223,7 @@ impl KvElem for f16 {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn weighted_sum_heads(
         p: &[f32],
         p_stride: usize,
@@ -223,6 +232,7 @@ impl KvElem for f16 {
         stride: usize,
         out: &mut [f32],
         d: usize,
+        fetch: usize,
     ) {
         #[cfg(target_arch = "x86_64")]
         if Isa::detect() == Isa::Avx512 && d > 0 {
@@ -240,9 +250,9 @@ impl KvElem for f16 {
                 // SAFETY: as in `scores_heads`.
                 unsafe {
                     match take {
-                        3 => avx512::weighted_sum_f16_heads::<3>(ph, p_stride, n, rows, stride, oh),
-                        2 => avx512::weighted_sum_f16_heads::<2>(ph, p_stride, n, rows, stride, oh),
-                        _ => avx512::weighted_sum_f16_heads::<1>(ph, p_stride, n, rows, stride, oh),
+                        3 => avx512::weighted_sum_f16_heads::<3>(ph, p_stride, n, rows, stride, oh, fetch),
+                        2 => avx512::weighted_sum_f16_heads::<2>(ph, p_stride, n, rows, stride, oh, fetch),
+                        _ => avx512::weighted_sum_f16_heads::<1>(ph, p_stride, n, rows, stride, oh, fetch),
                     }
                 }
                 h += take;
@@ -536,7 +546,7 @@ pub mod avx512 {
     pub unsafe fn scores_f16(q: &[f32], rows: &[f16], stride: usize, scale: f32, out: &mut [f32]) {
         let n = out.len();
         // SAFETY: forwarded; one head.
-        unsafe { scores_f16_heads::<1>(q, rows, stride, scale, out, n, n) }
+        unsafe { scores_f16_heads::<1>(q, rows, stride, scale, out, n, n, q.len()) }
     }
 
     /// [`scores_f16`] for `H` query heads of `q.len() / H` values at once: each converted key
@@ -544,9 +554,10 @@ pub mod avx512 {
     /// through the same FMAs and the same reduction as alone, so its bits are the same.
     ///
     /// # Safety
-    /// As [`scores_f16`] for each head; `out` holds `(H - 1) · out_stride + n` values.
+    /// As [`scores_f16`] for each head; `out` holds `(H - 1) · out_stride + n` values. `fetch`
+    /// as in [`super::KvElem`].
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    #[allow(clippy::needless_range_loop)]
+    #[allow(clippy::needless_range_loop, clippy::too_many_arguments)]
     pub unsafe fn scores_f16_heads<const H: usize>(
         q: &[f32],
         rows: &[f16],
@@ -555,14 +566,15 @@ pub mod avx512 {
         out: &mut [f32],
         out_stride: usize,
         n: usize,
+        fetch: usize,
     ) {
         let mut t = 0;
-        prefetch_rows(rows, stride, 0, AHEAD, q.len() / H);
+        prefetch_rows(rows, stride, 0, AHEAD, fetch);
         while t + 8 <= n {
             // The next group's rows, while this one's are multiplied: the rows lie `stride`
             // apart (a head's slice of each cache row), which the hardware prefetchers follow
             // late.
-            prefetch_rows(rows, stride, t + AHEAD, 8, q.len() / H);
+            prefetch_rows(rows, stride, t + AHEAD, 8, fetch);
             // SAFETY: rows t..t + 8 exist (the caller's bounds).
             unsafe { scores_group::<H, 8>(q, rows, stride, scale, out, out_stride, t) };
             t += 8;
@@ -586,9 +598,9 @@ pub mod avx512 {
     /// about ten cycles, a load from memory some hundreds.
     const AHEAD: usize = 24;
 
-    /// Start loading rows `first..first + count` of `d` f16 values (`stride` apart) into the
-    /// cache, those inside `rows` (which may hold rows past the ones a call uses: the next
-    /// call's).
+    /// Start loading the first `d` f16 values of rows `first..first + count` (`stride` apart)
+    /// into the cache, those inside `rows` (which may hold rows past the ones a call uses: the
+    /// next call's).
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     fn prefetch_rows(rows: &[f16], stride: usize, first: usize, count: usize, d: usize) {
@@ -773,7 +785,7 @@ pub mod avx512 {
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     pub unsafe fn weighted_sum_f16(p: &[f32], rows: &[f16], stride: usize, out: &mut [f32]) {
         // SAFETY: forwarded; one head.
-        unsafe { weighted_sum_f16_heads::<1>(p, p.len(), p.len(), rows, stride, out) }
+        unsafe { weighted_sum_f16_heads::<1>(p, p.len(), p.len(), rows, stride, out, out.len()) }
     }
 
     /// [`weighted_sum_f16`] for `H` heads of `out.len() / H` values: head `h`'s weights are
@@ -782,6 +794,7 @@ pub mod avx512 {
     ///
     /// # Safety
     /// As [`weighted_sum_f16`] for each head; `p` holds `(H - 1) · p_stride + n` values.
+    /// `fetch` as in [`super::KvElem`].
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     pub unsafe fn weighted_sum_f16_heads<const H: usize>(
         p: &[f32],
@@ -790,12 +803,13 @@ pub mod avx512 {
         rows: &[f16],
         stride: usize,
         out: &mut [f32],
+        fetch: usize,
     ) {
         let d = out.len() / H;
         let base = rows.as_ptr().cast::<u16>();
         let (pp, op) = (p.as_ptr(), out.as_mut_ptr());
         let mut c = 0;
-        prefetch_rows(rows, stride, 0, AHEAD, d);
+        prefetch_rows(rows, stride, 0, AHEAD, fetch);
         while c + 64 <= d {
             // SAFETY: columns c..c + 64 are inside every head of `out` and inside every row;
             // `h * p_stride + t < p.len()` for t < n.
@@ -804,7 +818,7 @@ pub mod avx512 {
             });
             for t in 0..n {
                 if c == 0 {
-                    prefetch_rows(rows, stride, t + AHEAD, 1, d);
+                    prefetch_rows(rows, stride, t + AHEAD, 1, fetch);
                 }
                 let rp = unsafe { base.add(t * stride + c) };
                 let v: [__m512; 4] =
@@ -1051,11 +1065,11 @@ mod tests {
                     let q = random(rng, heads * d);
                     let rows: Vec<T> = random(rng, (n - 1) * stride + d).into_iter().map(&to).collect();
                     let mut together = vec![f32::NAN; heads * out_stride];
-                    T::scores_heads(&q, d, &rows, stride, 0.125, &mut together, out_stride, n);
+                    T::scores_heads(&q, d, &rows, stride, 0.125, &mut together, out_stride, n, stride);
                     let p = random(rng, heads * out_stride);
                     let start = random(rng, heads * d);
                     let mut sums = start.clone();
-                    T::weighted_sum_heads(&p, out_stride, n, &rows, stride, &mut sums, d);
+                    T::weighted_sum_heads(&p, out_stride, n, &rows, stride, &mut sums, d, d);
                     for h in 0..heads {
                         let mut alone = vec![0f32; n];
                         T::scores(&q[h * d..(h + 1) * d], &rows, stride, 0.125, &mut alone);
