@@ -83,7 +83,9 @@ impl WeightBytes for OwnedBytes {
 enum Source {
     Shared(Arc<dyn WeightBytes>),
     Map(Arc<memmap2::Mmap>),
-    Packed(Packed),
+    /// Rows packed at load, each array starting on a 64-byte boundary (a cache line, one
+    /// vector), in memory advised for 2 MiB pages.
+    Packed(HugeArray<u8>),
 }
 
 impl Source {
@@ -91,26 +93,8 @@ impl Source {
         match self {
             Source::Shared(f) => f.weight_bytes(),
             Source::Map(m) => m,
-            Source::Packed(p) => p.bytes(),
+            Source::Packed(p) => p,
         }
-    }
-}
-
-/// Packed rows, starting on a 64-byte boundary (a cache line, one vector), in memory advised
-/// for 2 MiB pages ([`HugeArray`]).
-struct Packed(HugeArray<u8>);
-
-impl Packed {
-    fn zeroed(len: usize) -> Option<Self> {
-        HugeArray::zeroed(len).map(Self)
-    }
-
-    fn bytes(&self) -> &[u8] {
-        &self.0
-    }
-
-    fn bytes_mut(&mut self) -> &mut [u8] {
-        &mut self.0
     }
 }
 
@@ -203,14 +187,14 @@ impl QMatrix {
         if let RowKernels::Super(SuperKernels { packing, .. }) = kernels {
             let file_rows = &file.weight_bytes()[start..start + rows * row_bytes];
             let packed_row = (packing.row_bytes)(cols / block);
-            let mut packed = Packed::zeroed(rows.checked_mul(packed_row)?)?;
+            let mut packed = HugeArray::<u8>::zeroed(rows.checked_mul(packed_row)?)?;
             // The kernels read only the packed copy, so the file's pages for this tensor are
             // handed back as each run of rows is packed (another reader faults them back in from
             // the file): loading never holds much more than the model's size.
             let run = (RELEASE_BYTES / row_bytes).max(1);
             for (i, (src, dst)) in file_rows
                 .chunks(run * row_bytes)
-                .zip(packed.bytes_mut().chunks_mut(run * packed_row))
+                .zip(packed.chunks_mut(run * packed_row))
                 .enumerate()
             {
                 for (s, d) in src.chunks_exact(row_bytes).zip(dst.chunks_exact_mut(packed_row)) {

@@ -302,13 +302,14 @@ impl<T: Zeroable> HugeVec<T> {
     /// Append `values`; `false` when the memory is refused (nothing changes then).
     #[must_use]
     pub fn extend_from_slice(&mut self, values: &[T]) -> bool {
-        match self.grow_zeroed(values.len()) {
-            Some(tail) => {
-                tail.copy_from_slice(values);
-                true
-            }
-            None => false,
+        if !self.reserve(values.len()) {
+            return false;
         }
+        let start = self.len;
+        self.len += values.len();
+        // Written once: no clearing first, as `grow_zeroed` does for its caller.
+        self[start..].copy_from_slice(values);
+        true
     }
 
     pub fn truncate(&mut self, len: usize) {
