@@ -95,6 +95,102 @@ fn main() {
             float_format(dtype, &mut rng);
         }
     }
+    if only.is_empty() || only.iter().any(|f| f.eq_ignore_ascii_case("attention")) {
+        attention(&mut rng);
+    }
+}
+
+/// The decode attention kernels over an f16 cache as the model calls them (SmolLM2-135M's
+/// shape: three KV heads of 64 values, three query heads each), on the ISA the dispatcher
+/// picks (`FINLLM_MAX_ISA` lowers it): per 64-row tile and KV head, the scores of its query
+/// heads, then the weighted sums; one sequence of 256 positions (in L2) and 64 MiB of rows
+/// (streamed). Bytes are the keys (or values) read; a multiply-add per query head and value.
+fn attention(rng: &mut Rng) {
+    use finllm::quant::vector::KvElem;
+    use half::f16;
+    const D: usize = 64;
+    const GROUP: usize = 3;
+    const KV_HEADS: usize = 3;
+    const TILE: usize = 64;
+    let kv_dim = D * KV_HEADS;
+    let q: Vec<f32> = (0..D * GROUP * KV_HEADS)
+        .map(|_| (rng.next_f64() * 2.0 - 1.0) as f32)
+        .collect();
+    let isa = Isa::detect();
+    for (label, positions) in [
+        ("L2 256 positions", 256),
+        ("streamed 64 MiB", (64 << 20) / (2 * kv_dim)),
+    ] {
+        let rows: Vec<f16> = (0..positions * kv_dim)
+            .map(|_| f16::from_f64(rng.next_f64() * 2.0 - 1.0))
+            .collect();
+        let bytes = rows.len() * 2;
+        let reps = (64 << 20) / bytes + 1;
+        let mut probs = vec![0f32; GROUP * KV_HEADS * positions];
+        let (secs, sink) = best_of(|| {
+            for _ in 0..reps {
+                for tile in (0..positions).step_by(TILE) {
+                    let n = (positions - tile).min(TILE);
+                    for j in 0..KV_HEADS {
+                        f16::scores_heads(
+                            &q[j * GROUP * D..][..GROUP * D],
+                            D,
+                            &rows[tile * kv_dim + j * D..],
+                            kv_dim,
+                            0.125,
+                            &mut probs[j * GROUP * positions + tile..],
+                            positions,
+                            n,
+                            if j == 0 { kv_dim } else { D },
+                        );
+                    }
+                }
+            }
+            probs.iter().sum()
+        });
+        let macs = reps * positions * KV_HEADS * GROUP * D;
+        report(
+            QuantType::F16,
+            isa,
+            &format!("attention scores {label}"),
+            secs,
+            reps * bytes / 2,
+            macs,
+            sink,
+        );
+        let p: Vec<f32> = probs.iter().map(|v| v.abs() / positions as f32).collect();
+        let mut out = vec![0f32; GROUP * KV_HEADS * D];
+        let (secs, sink) = best_of(|| {
+            out.fill(0.0);
+            for _ in 0..reps {
+                for tile in (0..positions).step_by(TILE) {
+                    let n = (positions - tile).min(TILE);
+                    for j in 0..KV_HEADS {
+                        f16::weighted_sum_heads(
+                            &p[j * GROUP * positions + tile..],
+                            positions,
+                            n,
+                            &rows[tile * kv_dim + j * D..],
+                            kv_dim,
+                            &mut out[j * GROUP * D..][..GROUP * D],
+                            D,
+                            if j == 0 { kv_dim } else { D },
+                        );
+                    }
+                }
+            }
+            out.iter().sum()
+        });
+        report(
+            QuantType::F16,
+            isa,
+            &format!("attention sums {label}"),
+            secs,
+            reps * bytes / 2,
+            macs,
+            sink,
+        );
+    }
 }
 
 /// The ISAs with their own one-row kernels: on AVX-512 the one-row kernels are the AVX2 ones

@@ -1,6 +1,6 @@
-//! The element-wise work of the forward pass that needs `exp`: softmax over attention scores,
-//! the gated activations of the feed-forward block (SiLU, tanh-GELU) and the exact (erf) GELU
-//! of BERT-family encoders.
+//! The element-wise work of the forward pass: softmax over attention scores, the gated
+//! activations of the feed-forward block (SiLU, tanh-GELU), the exact (erf) GELU of
+//! BERT-family encoders, and RMS normalisation of token rows.
 //!
 //! libm's `expf` is one call per value (about 5 ns here: at 300 cached positions, softmax alone
 //! cost more than the scores it normalises). Where the CPU has FMA (x86-64 AVX2 level, AArch64
@@ -178,6 +178,86 @@ fn gelu_erf_with(x: &mut [f32], exp: impl Fn(f32) -> f32) {
     }
 }
 
+/// Rows whose sums of squares [`rms_norm_rows`] adds side by side.
+pub const NORM_ROWS_TOGETHER: usize = 8;
+
+/// RMS-normalise every row of `x` (rows as long as `w`) into `out`: `v / √(Σv²/dim + eps) · w`.
+/// Each row's squares are added one after another from its first value, as a plain sum (and
+/// candle's CPU kernel) does, so a row's bits depend on that row alone; eight rows at a time
+/// share the walk (one row alone waits on each add's latency), with AVX2 as columns of an 8×8
+/// transpose (the rows' values are `dim` apart: read one by one they cost a fifth of a batched
+/// decode step's serial work).
+pub fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    assert_eq!(x.len(), out.len(), "RMS norm input and output of one size");
+    #[cfg(target_arch = "x86_64")]
+    if Isa::detect().implies_avx2() {
+        // SAFETY: the AVX2 level implies AVX2 and FMA, which the function is compiled for.
+        return unsafe { x86::rms_norm_rows(x, w, eps, out) };
+    }
+    norm_rows_with(x, w, eps, out, plain_squares)
+}
+
+/// [`rms_norm_rows`] in place.
+pub fn rms_norm_rows_in_place(x: &mut [f32], w: &[f32], eps: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if Isa::detect().implies_avx2() {
+        // SAFETY: as in `rms_norm_rows`.
+        return unsafe { x86::rms_norm_rows_in_place(x, w, eps) };
+    }
+    norm_rows_in_place_with(x, w, eps, plain_squares)
+}
+
+/// Each row's sum of squares of a group of rows (at most [`NORM_ROWS_TOGETHER`]; the entries
+/// past them are unused), in each row's order.
+type Squares = fn(&[f32], usize) -> [f32; NORM_ROWS_TOGETHER];
+
+#[inline(always)]
+fn norm_rows_with(x: &[f32], w: &[f32], eps: f32, out: &mut [f32], squares: Squares) {
+    let dim = w.len().max(1);
+    let group = NORM_ROWS_TOGETHER * dim;
+    for (rows, dst) in x.chunks(group).zip(out.chunks_mut(group)) {
+        let scales = squares(rows, dim).map(|s| (s / dim as f32 + eps).sqrt());
+        for ((row, dst), &m) in rows.chunks_exact(dim).zip(dst.chunks_exact_mut(dim)).zip(&scales) {
+            for ((d, &v), &w) in dst.iter_mut().zip(row).zip(w) {
+                *d = v / m * w;
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn norm_rows_in_place_with(x: &mut [f32], w: &[f32], eps: f32, squares: Squares) {
+    let dim = w.len().max(1);
+    for rows in x.chunks_mut(NORM_ROWS_TOGETHER * dim) {
+        let scales = squares(rows, dim).map(|s| (s / dim as f32 + eps).sqrt());
+        for (row, &m) in rows.chunks_exact_mut(dim).zip(&scales) {
+            for (v, &w) in row.iter_mut().zip(w) {
+                *v = *v / m * w;
+            }
+        }
+    }
+}
+
+/// [`Squares`] without SIMD: a whole group's rows share the walk, so that their dependency
+/// chains run side by side.
+fn plain_squares(rows: &[f32], dim: usize) -> [f32; NORM_ROWS_TOGETHER] {
+    let n = rows.len() / dim;
+    let mut sum2 = [0f32; NORM_ROWS_TOGETHER];
+    if n == NORM_ROWS_TOGETHER {
+        for i in 0..dim {
+            for (r, s) in sum2.iter_mut().enumerate() {
+                let v = rows[r * dim + i];
+                *s += v * v;
+            }
+        }
+    } else {
+        for (row, s) in rows.chunks_exact(dim).zip(sum2.iter_mut()) {
+            *s = row.iter().map(|v| v * v).sum();
+        }
+    }
+    sum2
+}
+
 /// The largest value (NaN if any is NaN, as the sum that follows would be).
 #[inline(always)]
 fn max_of(x: &[f32]) -> f32 {
@@ -229,6 +309,85 @@ mod x86 {
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn gelu_erf(x: &mut [f32]) {
         gelu_erf_with(x, exp_poly)
+    }
+
+    /// [`super::rms_norm_rows`].
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+        norm_rows_with(x, w, eps, out, squares)
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn rms_norm_rows_in_place(x: &mut [f32], w: &[f32], eps: f32) {
+        norm_rows_in_place_with(x, w, eps, squares)
+    }
+
+    /// [`super::plain_squares`] with eight rows' values read eight at a time and transposed,
+    /// so that each of the eight columns adds one square to every row's sum (a multiply, then
+    /// an add: the plain sum's roundings); the columns past a multiple of eight one by one.
+    fn squares(rows: &[f32], dim: usize) -> [f32; NORM_ROWS_TOGETHER] {
+        if rows.len() != NORM_ROWS_TOGETHER * dim {
+            return plain_squares(rows, dim);
+        }
+        // SAFETY: this module's callers run only where AVX2 is present.
+        unsafe { squares_avx2(rows, dim) }
+    }
+
+    #[target_feature(enable = "avx2")]
+    unsafe fn squares_avx2(rows: &[f32], dim: usize) -> [f32; NORM_ROWS_TOGETHER] {
+        use std::arch::x86_64::*;
+        let p = rows.as_ptr();
+        let mut s = _mm256_setzero_ps();
+        let mut i = 0;
+        while i + 8 <= dim {
+            // SAFETY: row k's values i..i + 8 lie inside `rows` (eight rows of `dim`).
+            let r: [__m256; 8] = std::array::from_fn(|k| unsafe { _mm256_loadu_ps(p.add(k * dim + i)) });
+            // Pairs of rows interleaved, then quads; each 128-bit half then holds four rows'
+            // values of one column (low half: columns i..i+4, high: i+4..i+8).
+            let t: [__m256; 8] = std::array::from_fn(|k| {
+                let (a, b) = (r[k / 2 * 2], r[k / 2 * 2 + 1]);
+                if k % 2 == 0 {
+                    _mm256_unpacklo_ps(a, b)
+                } else {
+                    _mm256_unpackhi_ps(a, b)
+                }
+            });
+            // u[4h + j]: rows 4h..4h+4, column j (and j + 4 in the high half).
+            let u: [__m256; 8] = std::array::from_fn(|k| {
+                let (h, j) = (k / 4, k % 4);
+                let (lo, hi) = (t[4 * h + j / 2], t[4 * h + 2 + j / 2]);
+                if j % 2 == 0 {
+                    _mm256_shuffle_ps::<0x44>(lo, hi)
+                } else {
+                    _mm256_shuffle_ps::<0xee>(lo, hi)
+                }
+            });
+            for j in 0..8 {
+                let (a, b) = (u[j % 4], u[4 + j % 4]);
+                let col = if j < 4 {
+                    _mm256_permute2f128_ps::<0x20>(a, b)
+                } else {
+                    _mm256_permute2f128_ps::<0x31>(a, b)
+                };
+                s = _mm256_add_ps(s, _mm256_mul_ps(col, col));
+            }
+            i += 8;
+        }
+        let mut sum2 = [0f32; NORM_ROWS_TOGETHER];
+        // SAFETY: eight floats.
+        unsafe { _mm256_storeu_ps(sum2.as_mut_ptr(), s) };
+        for i in i..dim {
+            for (r, s) in sum2.iter_mut().enumerate() {
+                let v = rows[r * dim + i];
+                *s += v * v;
+            }
+        }
+        sum2
     }
 }
 

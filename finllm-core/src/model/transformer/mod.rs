@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::model::config::{Activation, AttentionSpan, ModelConfig, RopeStyle};
 pub use crate::model::weights::MatrixMemory;
 use crate::model::weights::{forward_group, forward_group_into, InPlaceRows, Matrix, Weight, WeightStore};
+use crate::quant::elementwise::{rms_norm_rows, rms_norm_rows_in_place};
 use crate::quant::matmul::Scratch;
 
 #[cfg(feature = "cuda")]
@@ -135,57 +136,14 @@ impl RmsNorm {
     /// Normalise every row of `x` (rows as long as the weights) into `out`, in the order
     /// candle's CPU kernel sums, so both paths agree to the last bit where they can.
     fn forward_rows(&self, x: &[f32], out: &mut [f32]) {
-        let dim = self.w_vec.len().max(1);
-        for (group, dst) in x.chunks(ROWS_TOGETHER * dim).zip(out.chunks_mut(ROWS_TOGETHER * dim)) {
-            let scales = self.group_scales(group);
-            for ((row, dst), &m) in group.chunks_exact(dim).zip(dst.chunks_exact_mut(dim)).zip(&scales) {
-                for ((d, &v), &w) in dst.iter_mut().zip(row).zip(&self.w_vec) {
-                    *d = v / m * w;
-                }
-            }
-        }
+        rms_norm_rows(x, &self.w_vec, self.eps, out);
     }
 
     /// Normalise every row of `x` in place.
     fn forward_rows_in_place(&self, x: &mut [f32]) {
-        let dim = self.w_vec.len().max(1);
-        for group in x.chunks_mut(ROWS_TOGETHER * dim) {
-            let scales = self.group_scales(group);
-            for (row, &m) in group.chunks_exact_mut(dim).zip(&scales) {
-                for (v, &w) in row.iter_mut().zip(&self.w_vec) {
-                    *v = *v / m * w;
-                }
-            }
-        }
-    }
-
-    /// The root mean square (plus epsilon, under the root) of each row of `group` (at most
-    /// [`ROWS_TOGETHER`] rows; the entries past them are unused). Each row's squares are added
-    /// one after another from the first value, as a plain sum does (and candle's kernel); a
-    /// whole group's rows share the walk, so their dependency chains run side by side (one row
-    /// alone waits on each add's latency).
-    fn group_scales(&self, group: &[f32]) -> [f32; ROWS_TOGETHER] {
-        let dim = self.w_vec.len().max(1);
-        let n = group.len() / dim;
-        let mut sum2 = [0f32; ROWS_TOGETHER];
-        if n == ROWS_TOGETHER {
-            for i in 0..dim {
-                for (r, s) in sum2.iter_mut().enumerate() {
-                    let v = group[r * dim + i];
-                    *s += v * v;
-                }
-            }
-        } else {
-            for (row, s) in group.chunks_exact(dim).zip(sum2.iter_mut()) {
-                *s = row.iter().map(|v| v * v).sum();
-            }
-        }
-        sum2.map(|s| (s / dim as f32 + self.eps).sqrt())
+        rms_norm_rows_in_place(x, &self.w_vec, self.eps);
     }
 }
-
-/// Rows whose sums of squares one walk adds side by side.
-const ROWS_TOGETHER: usize = 8;
 
 struct Block {
     attn_norm: RmsNorm,
@@ -954,10 +912,13 @@ mod tests {
     #[test]
     fn rms_norm_rows_together_equal_each_row_alone() {
         let mut rng = crate::util::Rng::new(9);
-        let dim = 77;
-        let w: Vec<f32> = (0..dim).map(|_| (rng.next_f64() * 2.0) as f32).collect();
-        let norm = RmsNorm::new(Tensor::new(w.as_slice(), &candle_core::Device::Cpu).unwrap(), 1e-5).unwrap();
-        for rows in [1usize, 7, 8, 9, 16, 19] {
+        // 77: the transposed walk's columns past a multiple of eight; 64: none.
+        for (dim, rows) in [77, 64]
+            .into_iter()
+            .flat_map(|d| [1usize, 7, 8, 9, 16, 19].map(|r| (d, r)))
+        {
+            let w: Vec<f32> = (0..dim).map(|_| (rng.next_f64() * 2.0) as f32).collect();
+            let norm = RmsNorm::new(Tensor::new(w.as_slice(), &candle_core::Device::Cpu).unwrap(), 1e-5).unwrap();
             let x: Vec<f32> = (0..rows * dim).map(|_| (rng.next_f64() * 8.0 - 4.0) as f32).collect();
             let mut together = vec![0f32; x.len()];
             norm.forward_rows(&x, &mut together);
