@@ -3,7 +3,8 @@
 //! caches, for one token and (in L2) for the four-token kernels; then the AVX-512 super-block
 //! tiles as the model calls them (a whole matrix per call, one token and 64 tokens); then the
 //! float formats (f32, f16, bf16): one row by one token, a tile of rows by one token (decode) and
-//! a tile of rows by tokens (prefill). Each figure is the best of five timed passes, so other
+//! a tile of rows by tokens (prefill); then the decode attention kernels and the AVX-512 panel
+//! tiles (1 to 16 tokens in L2; 1 and 8 tokens streamed, on one thread and two). Each figure is the best of five timed passes, so other
 //! work on the machine disturbs it less. One thread; a multiply-add is two FLOPs.
 
 use std::time::Instant;
@@ -97,6 +98,95 @@ fn main() {
     }
     if only.is_empty() || only.iter().any(|f| f.eq_ignore_ascii_case("attention")) {
         attention(&mut rng);
+    }
+    if only.is_empty() || only.iter().any(|f| f.eq_ignore_ascii_case("panels")) {
+        panels(&mut rng);
+    }
+}
+
+/// The AVX-512 VNNI panel tiles (prefill and batched decode) as a product calls them, one
+/// panel after another: SmolLM2-135M's hidden size, a matrix that stays in L2 (512 KiB) times
+/// 1 to 16 tokens, and one of 64 MiB (streamed from memory) times 1 and 8 (batched decode).
+/// Bytes are the weights read once per call.
+fn panels(rng: &mut Rng) {
+    use finllm::quant::gemm::{PanelFormat, Panels, PANEL_ROWS};
+    if !Panels::fast() {
+        return;
+    }
+    let cols = 576;
+    let blocks = cols / QK;
+    for dtype in [QuantType::Q4_0, QuantType::Q4_1, QuantType::Q8_0] {
+        let format = PanelFormat::of(dtype).expect("a panel format");
+        let row_bytes = blocks * block_bytes(dtype);
+        for (label, bytes, counts) in [
+            ("L2", 512 << 10, &[1usize, 2, 4, 6, 8, 12, 16][..]),
+            ("streamed", 64 << 20, &[1, 8][..]),
+        ] {
+            let rows = bytes / row_bytes / PANEL_ROWS * PANEL_ROWS;
+            // Masked bytes keep every f16 scale finite.
+            let file: Vec<u8> = (0..rows * row_bytes).map(|_| rng.next_u64() as u8 & 0x77).collect();
+            let m = Panels::from_blocks(format, &file, rows, cols).expect("whole blocks");
+            for &n in counts {
+                let mut a = vec![BlockQ8::default(); n * blocks];
+                let x: Vec<f32> = (0..n * cols).map(|_| (rng.next_f64() * 2.0 - 1.0) as f32).collect();
+                quantize_q8(&x, &mut a);
+                let mut out = vec![vec![0f32; PANEL_ROWS]; n];
+                let reps = (256 << 20) / (rows * cols * n) + 1;
+                let (secs, sink) = best_of(|| {
+                    let mut sink = 0f32;
+                    for _ in 0..reps {
+                        for p in 0..rows / PANEL_ROWS {
+                            let mut views: Vec<&mut [f32]> = out.iter_mut().map(|o| &mut o[..]).collect();
+                            m.panel_times(p, &a, &mut views);
+                            sink += out[0][0];
+                        }
+                    }
+                    sink
+                });
+                report(
+                    dtype,
+                    Isa::Avx512,
+                    &format!("panels {n:2} tokens {label}"),
+                    secs,
+                    reps * file.len(),
+                    reps * rows * cols * n,
+                    sink,
+                );
+                if label != "streamed" {
+                    continue;
+                }
+                // Two threads, each over half the panels (as a product's tasks split them),
+                // sharing the memory bus.
+                let half = rows / PANEL_ROWS / 2;
+                let (secs, sink) = best_of(|| {
+                    std::thread::scope(|s| {
+                        let run = |range: std::ops::Range<usize>| {
+                            let mut out = vec![vec![0f32; PANEL_ROWS]; n];
+                            let mut sink = 0f32;
+                            for _ in 0..reps {
+                                for p in range.clone() {
+                                    let mut views: Vec<&mut [f32]> = out.iter_mut().map(|o| &mut o[..]).collect();
+                                    m.panel_times(p, &a, &mut views);
+                                    sink += out[0][0];
+                                }
+                            }
+                            sink
+                        };
+                        let other = s.spawn(move || run(half..2 * half));
+                        run(0..half) + other.join().expect("no panic")
+                    })
+                });
+                report(
+                    dtype,
+                    Isa::Avx512,
+                    &format!("panels {n:2} tokens {label} 2 thr"),
+                    secs,
+                    reps * 2 * half * PANEL_ROWS * row_bytes,
+                    reps * 2 * half * PANEL_ROWS * cols * n,
+                    sink,
+                );
+            }
+        }
     }
 }
 

@@ -445,6 +445,10 @@ fn tiles<'a, A: 'a>(
     }
 }
 
+/// Most activation values quantized on the calling thread rather than by the pool (a batched
+/// decode step's 8-16 tokens of a few thousand values).
+const SERIAL_QUANTIZE: usize = 16 * 4096;
+
 /// One call's activations: as given (`[n, cols]`, for the float formats) and as 8-bit blocks
 /// (for the block formats; empty when no matrix of the call needs them).
 struct Activations<'a> {
@@ -522,9 +526,17 @@ pub fn matmul_group_into(mats: &[&QMatrix], x: &[f32], n: usize, outs: &mut [&mu
         let blocks = cols / QK;
         scratch.blocks.resize(n * blocks, BlockQ8::default());
         xq = &mut scratch.blocks[..n * blocks];
-        xq.par_chunks_mut(blocks.max(1))
-            .zip(x.par_chunks(cols.max(1)))
-            .for_each(|(q, row)| quantize_q8(row, q));
+        let quantize = |(q, row): (&mut [BlockQ8], &[f32])| quantize_q8(row, q);
+        if n * cols <= SERIAL_QUANTIZE {
+            // A decode step's few tokens take a microsecond or two: less than waking the pool.
+            xq.chunks_mut(blocks.max(1))
+                .zip(x.chunks(cols.max(1)))
+                .for_each(quantize);
+        } else {
+            xq.par_chunks_mut(blocks.max(1))
+                .zip(x.par_chunks(cols.max(1)))
+                .for_each(quantize);
+        }
     }
     if any_supers {
         // Eight blocks per super-block, the last one padded (only Q8_0 rows can end in one: K-quant
