@@ -526,16 +526,14 @@ pub fn matmul_group_into(mats: &[&QMatrix], x: &[f32], n: usize, outs: &mut [&mu
         let blocks = cols / QK;
         scratch.blocks.resize(n * blocks, BlockQ8::default());
         xq = &mut scratch.blocks[..n * blocks];
-        let quantize = |(q, row): (&mut [BlockQ8], &[f32])| quantize_q8(row, q);
         if n * cols <= SERIAL_QUANTIZE {
             // A decode step's few tokens take a microsecond or two: less than waking the pool.
-            xq.chunks_mut(blocks.max(1))
-                .zip(x.chunks(cols.max(1)))
-                .for_each(quantize);
+            // Every row is whole blocks, so the tokens' blocks are quantized as one run.
+            quantize_q8(x, xq);
         } else {
             xq.par_chunks_mut(blocks.max(1))
                 .zip(x.par_chunks(cols.max(1)))
-                .for_each(quantize);
+                .for_each(|(q, row)| quantize_q8(row, q));
         }
     }
     if any_supers {

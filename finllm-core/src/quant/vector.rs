@@ -531,13 +531,13 @@ pub mod avx512 {
     use half::f16;
     use std::arch::x86_64::*;
 
-    /// Query heads one call takes at a time: eight rows' sums for three heads are 24 of the 32
-    /// vector registers.
+    /// Query heads one call takes at a time: four rows' sums for three heads are 12 of the 32
+    /// vector registers, beside the heads' queries and four converted keys.
     pub const HEADS: usize = 3;
 
-    /// [`super::avx2::scores_f16`] sixteen values at a time: eight rows per group, each row's
-    /// sixteen partial sums folded to eight (low half + high half) and the eight rows reduced
-    /// together as the AVX2 kernel does; a row's value depends on that row alone.
+    /// [`super::avx2::scores_f16`] sixteen values at a time: four rows per group, each row's
+    /// sixteen partial sums folded to eight (low half + high half) and reduced with the same
+    /// tree as the AVX2 kernel's; a row's value depends on that row alone.
     ///
     /// # Safety
     /// The CPU must support AVX-512 F, AVX2, FMA and F16C; `q.len()` a non-zero multiple of
@@ -570,22 +570,18 @@ pub mod avx512 {
     ) {
         let mut t = 0;
         prefetch_rows(rows, stride, 0, AHEAD, fetch);
-        while t + 8 <= n {
+        while t + 4 <= n {
             // The next group's rows, while this one's are multiplied: the rows lie `stride`
             // apart (a head's slice of each cache row), which the hardware prefetchers follow
             // late.
-            prefetch_rows(rows, stride, t + AHEAD, 8, fetch);
-            // SAFETY: rows t..t + 8 exist (the caller's bounds).
-            unsafe { scores_group::<H, 8>(q, rows, stride, scale, out, out_stride, t) };
-            t += 8;
+            prefetch_rows(rows, stride, t + AHEAD, 4, fetch);
+            // SAFETY: rows t..t + 4 exist (the caller's bounds).
+            unsafe { scores_group::<H, 4>(q, rows, stride, scale, out, out_stride, t) };
+            t += 4;
         }
         // SAFETY (each): rows t..n exist.
         unsafe {
             match n - t {
-                7 => scores_group::<H, 7>(q, rows, stride, scale, out, out_stride, t),
-                6 => scores_group::<H, 6>(q, rows, stride, scale, out, out_stride, t),
-                5 => scores_group::<H, 5>(q, rows, stride, scale, out, out_stride, t),
-                4 => scores_group::<H, 4>(q, rows, stride, scale, out, out_stride, t),
                 3 => scores_group::<H, 3>(q, rows, stride, scale, out, out_stride, t),
                 2 => scores_group::<H, 2>(q, rows, stride, scale, out, out_stride, t),
                 1 => scores_group::<H, 1>(q, rows, stride, scale, out, out_stride, t),
@@ -596,7 +592,7 @@ pub mod avx512 {
 
     /// Rows the attention kernels ask the cache for ahead of use: a row's 64 f16 values take
     /// about ten cycles, a load from memory some hundreds.
-    const AHEAD: usize = 24;
+    const AHEAD: usize = 64;
 
     /// Start loading the first `d` f16 values of rows `first..first + count` (`stride` apart)
     /// into the cache, those inside `rows` (which may hold rows past the ones a call uses: the
@@ -618,9 +614,12 @@ pub mod avx512 {
         }
     }
 
-    /// `M` rows from `t` of [`scores_f16_heads`]: the sums of all `H · M` (head, row) pairs
-    /// stay in registers; each row's sixteen partial sums are folded to eight and the eight
-    /// rows reduced together (rows past `M` as zeros, not stored).
+    /// `M` (at most four) rows from `t` of [`scores_f16_heads`]: the sums of all `H · M`
+    /// (head, row) pairs stay in registers (with eight rows they did not: 24 accumulators,
+    /// eight converted keys and the queries spilled to the stack on every FMA); each row's
+    /// sixteen partial sums are folded to eight, and two heads' rows are reduced together, the
+    /// first head's in the low four lanes and the second's in the high four (rows past `M` as
+    /// zeros, not stored).
     ///
     /// # Safety
     /// As [`scores_f16_heads`], with rows `t..t + M` inside `rows` and `out`.
@@ -652,24 +651,31 @@ pub mod avx512 {
             i += 16;
         }
         let sv = _mm256_set1_ps(scale);
-        for (h, acc) in acc.iter().enumerate() {
-            let halves: [__m256; 8] = std::array::from_fn(|r| {
-                if r < M {
-                    _mm256_add_ps(_mm512_castps512_ps256(acc[r]), _mm512_extractf32x8_ps_f(acc[r]))
-                } else {
-                    _mm256_setzero_ps()
-                }
-            });
-            let sums = _mm256_mul_ps(super::avx2::sum_each(&halves), sv);
-            let at = h * out_stride + t;
-            if M == 8 {
-                // SAFETY: out[at..at + 8] is inside `out`.
-                unsafe { _mm256_storeu_ps(op.add(at), sums) };
+        let fold = |h: usize, r: usize| {
+            if h < H && r < M {
+                _mm256_add_ps(_mm512_castps512_ps256(acc[h][r]), _mm512_extractf32x8_ps_f(acc[h][r]))
             } else {
-                let mut lanes = [0f32; 8];
-                // SAFETY: `lanes` holds eight floats.
-                unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), sums) };
-                out[at..at + M].copy_from_slice(&lanes[..M]);
+                _mm256_setzero_ps()
+            }
+        };
+        for h in (0..H).step_by(2) {
+            let halves: [__m256; 8] = std::array::from_fn(|j| fold(h + j / 4, j % 4));
+            let sums = _mm256_mul_ps(super::avx2::sum_each(&halves), sv);
+            for (k, sums) in [_mm256_castps256_ps128(sums), _mm256_extractf128_ps::<1>(sums)]
+                .into_iter()
+                .enumerate()
+                .take(H - h)
+            {
+                let at = (h + k) * out_stride + t;
+                if M == 4 {
+                    // SAFETY: out[at..at + 4] is inside `out`.
+                    unsafe { _mm_storeu_ps(op.add(at), sums) };
+                } else {
+                    let mut lanes = [0f32; 4];
+                    // SAFETY: `lanes` holds four floats.
+                    unsafe { _mm_storeu_ps(lanes.as_mut_ptr(), sums) };
+                    out[at..at + M].copy_from_slice(&lanes[..M]);
+                }
             }
         }
     }
@@ -1032,7 +1038,7 @@ mod tests {
     #[test]
     fn scores_do_not_depend_on_how_the_rows_are_split() {
         // A shared prefix and a sequence's own rows are scored in two calls; one call over all
-        // rows must give the same bits, wherever the split falls in the groups of eight.
+        // rows must give the same bits, wherever the split falls in the groups of rows.
         let mut rng = Rng::new(8);
         for d in HEAD_DIMS.into_iter().chain([48, 96, 256]) {
             let (n, stride) = (29, d + 5);
