@@ -5,12 +5,14 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Instant;
 
+use rayon::prelude::*;
+
 use super::metrics::{Gauges, Outcome};
 use super::prefix::{Plan, PrefixStore};
 use super::stream::Msg;
 use super::{cancelled, Pending, Shared};
 use crate::error::{Error, Result};
-use crate::generate::{Decoding, FinishReason};
+use crate::generate::{Decoding, FinishReason, TokenEvent};
 use crate::llm::Model;
 use crate::model::{KvCache, SeqInput};
 
@@ -381,6 +383,39 @@ fn fail_all(shared: &Shared, running: &mut Vec<Running<'_>>, batch: &mut Batch, 
 /// One forward step over the running batch: every decoding request's next token, then prompt
 /// chunks in admission order while the step's token budget lasts. Returns the tokens generated
 /// and the requests that ran.
+/// Sample the next token of each `(index, logits)` request: the requests are independent
+/// (each its own sampler, history and text), so with several they run on the pool's threads
+/// (everything after the forward pass of an 8-stream step, SmolLM2's 49,152-token vocabulary:
+/// 0.23 ms on one thread, 0.15-0.19 ms with the sampling on two). Returns the results in the
+/// order given.
+fn sample_all(
+    model: &Model,
+    running: &mut [Running<'_>],
+    sampling: Vec<(usize, Vec<f32>)>,
+) -> Vec<(usize, Result<TokenEvent>)> {
+    if sampling.len() < 2 {
+        return sampling
+            .into_iter()
+            .map(|(i, row)| (i, running[i].decoding.step(&row)))
+            .collect();
+    }
+    // Each sampled request's state, paired with its logits (the indices ascend).
+    let mut jobs: Vec<(usize, &mut Running<'_>, Vec<f32>)> = Vec::with_capacity(sampling.len());
+    let mut rest = running.iter_mut().enumerate();
+    for (i, row) in sampling {
+        let r = rest
+            .by_ref()
+            .find_map(|(j, r)| (j == i).then_some(r))
+            .expect("sampled indices ascend within the running list");
+        jobs.push((i, r, row));
+    }
+    model.run(|| {
+        jobs.into_par_iter()
+            .map(|(i, r, row)| (i, r.decoding.step(&row)))
+            .collect()
+    })
+}
+
 fn step(model: &Model, shared: &Shared, running: &mut Vec<Running<'_>>, batch: &mut Batch) -> Result<(usize, usize)> {
     let mut budget = shared.config.step_tokens;
     let mut work: Vec<Option<Work>> = vec![None; running.len()];
@@ -432,8 +467,10 @@ fn step(model: &Model, shared: &Shared, running: &mut Vec<Running<'_>>, batch: &
     };
     let ran = logits.len();
     let mut logits = logits.into_iter();
-    let mut generated = 0;
     let mut ended: Vec<(usize, Option<Error>)> = Vec::new();
+    // The requests that sample a token this step, with their logits: found in order (a prefill
+    // that ends a shared prefix stores it here), sampled together, then handled in order.
+    let mut sampling: Vec<(usize, Vec<f32>)> = Vec::new();
     for (i, (w, r)) in work.iter().zip(running.iter_mut()).enumerate() {
         let Some(w) = w else { continue };
         let row = logits.next().expect("one logits row per input");
@@ -455,7 +492,13 @@ fn step(model: &Model, shared: &Shared, running: &mut Vec<Running<'_>>, batch: &
             ended.push((i, None));
             continue;
         }
-        match r.decoding.step(&row) {
+        sampling.push((i, row));
+    }
+    let sampled = sample_all(model, running, sampling);
+    let mut generated = 0;
+    for (i, result) in sampled {
+        let r = &mut running[i];
+        match result {
             Ok(event) => {
                 generated += 1;
                 if r.first_token.is_none() {
@@ -472,6 +515,8 @@ fn step(model: &Model, shared: &Shared, running: &mut Vec<Running<'_>>, batch: &
             Err(e) => ended.push((i, Some(e))),
         }
     }
+    // In index order, as the removal below expects.
+    ended.sort_by_key(|(i, _)| *i);
     // Remove from the back so the indices stay valid; the rest keep their admission order.
     for (i, error) in ended.into_iter().rev() {
         let mut r = running.remove(i);
