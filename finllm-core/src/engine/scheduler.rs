@@ -380,9 +380,6 @@ fn fail_all(shared: &Shared, running: &mut Vec<Running<'_>>, batch: &mut Batch, 
     }
 }
 
-/// One forward step over the running batch: every decoding request's next token, then prompt
-/// chunks in admission order while the step's token budget lasts. Returns the tokens generated
-/// and the requests that ran.
 /// Sample the next token of each `(index, logits)` request: the requests are independent
 /// (each its own sampler, history and text), so with several they run on the pool's threads
 /// (everything after the forward pass of an 8-stream step, SmolLM2's 49,152-token vocabulary:
@@ -416,6 +413,9 @@ fn sample_all(
     })
 }
 
+/// One forward step over the running batch: every decoding request's next token, then prompt
+/// chunks in admission order while the step's token budget lasts. Returns the tokens generated
+/// and the requests that ran.
 fn step(model: &Model, shared: &Shared, running: &mut Vec<Running<'_>>, batch: &mut Batch) -> Result<(usize, usize)> {
     let mut budget = shared.config.step_tokens;
     let mut work: Vec<Option<Work>> = vec![None; running.len()];
