@@ -380,35 +380,22 @@ fn fail_all(shared: &Shared, running: &mut Vec<Running<'_>>, batch: &mut Batch, 
     }
 }
 
-/// Sample the next token of each `(index, logits)` request: the requests are independent
-/// (each its own sampler, history and text), so with several they run on the pool's threads
-/// (everything after the forward pass of an 8-stream step, SmolLM2's 49,152-token vocabulary:
-/// 0.23 ms on one thread, 0.15-0.19 ms with the sampling on two). Returns the results in the
-/// order given.
-fn sample_all(
-    model: &Model,
-    running: &mut [Running<'_>],
-    sampling: Vec<(usize, Vec<f32>)>,
-) -> Vec<(usize, Result<TokenEvent>)> {
+/// Sample the next token of each `(index, state, logits)` request: the requests are
+/// independent (each its own sampler, history and text), so with several they run on the pool's
+/// threads (everything after the forward pass of an 8-stream step, SmolLM2's 49,152-token
+/// vocabulary: 0.23 ms on one thread, 0.15-0.19 ms with the sampling on two). Returns the results
+/// in the order given.
+fn sample_all(model: &Model, sampling: Vec<(usize, &mut Decoding<'_>, Vec<f32>)>) -> Vec<(usize, Result<TokenEvent>)> {
     if sampling.len() < 2 {
         return sampling
             .into_iter()
-            .map(|(i, row)| (i, running[i].decoding.step(&row)))
+            .map(|(i, decoding, row)| (i, decoding.step(&row)))
             .collect();
     }
-    // Each sampled request's state, paired with its logits (the indices ascend).
-    let mut jobs: Vec<(usize, &mut Running<'_>, Vec<f32>)> = Vec::with_capacity(sampling.len());
-    let mut rest = running.iter_mut().enumerate();
-    for (i, row) in sampling {
-        let r = rest
-            .by_ref()
-            .find_map(|(j, r)| (j == i).then_some(r))
-            .expect("sampled indices ascend within the running list");
-        jobs.push((i, r, row));
-    }
     model.run(|| {
-        jobs.into_par_iter()
-            .map(|(i, r, row)| (i, r.decoding.step(&row)))
+        sampling
+            .into_par_iter()
+            .map(|(i, decoding, row)| (i, decoding.step(&row)))
             .collect()
     })
 }
@@ -470,7 +457,7 @@ fn step(model: &Model, shared: &Shared, running: &mut Vec<Running<'_>>, batch: &
     let mut ended: Vec<(usize, Option<Error>)> = Vec::new();
     // The requests that sample a token this step, with their logits: found in order (a prefill
     // that ends a shared prefix stores it here), sampled together, then handled in order.
-    let mut sampling: Vec<(usize, Vec<f32>)> = Vec::new();
+    let mut sampling: Vec<(usize, &mut Decoding<'_>, Vec<f32>)> = Vec::new();
     for (i, (w, r)) in work.iter().zip(running.iter_mut()).enumerate() {
         let Some(w) = w else { continue };
         let row = logits.next().expect("one logits row per input");
@@ -492,9 +479,9 @@ fn step(model: &Model, shared: &Shared, running: &mut Vec<Running<'_>>, batch: &
             ended.push((i, None));
             continue;
         }
-        sampling.push((i, row));
+        sampling.push((i, &mut r.decoding, row));
     }
-    let sampled = sample_all(model, running, sampling);
+    let sampled = sample_all(model, sampling);
     let mut generated = 0;
     for (i, result) in sampled {
         let r = &mut running[i];

@@ -192,6 +192,9 @@ impl KvElem for f16 {
         n: usize,
         fetch: usize,
     ) {
+        // Only the AVX-512 kernels prefetch.
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = fetch;
         #[cfg(target_arch = "x86_64")]
         if Isa::detect() == Isa::Avx512 && d.is_multiple_of(16) && d > 0 {
             check_rows(rows, n, stride, d);
@@ -234,6 +237,9 @@ impl KvElem for f16 {
         d: usize,
         fetch: usize,
     ) {
+        // Only the AVX-512 kernels prefetch.
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = fetch;
         #[cfg(target_arch = "x86_64")]
         if Isa::detect() == Isa::Avx512 && d > 0 {
             check_rows(rows, n, stride, d);
