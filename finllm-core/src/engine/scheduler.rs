@@ -14,7 +14,7 @@ use super::{cancelled, Pending, Shared};
 use crate::error::{Error, Result};
 use crate::generate::{Decoding, FinishReason, TokenEvent};
 use crate::llm::Model;
-use crate::model::{KvCache, SeqInput};
+use crate::model::{KvCache, SeqInput, Workspace};
 
 /// Start the scheduler thread.
 pub(super) fn spawn(model: Arc<Model>, shared: Arc<Shared>) -> Result<()> {
@@ -152,6 +152,8 @@ fn run(model: &Model, shared: &Shared) {
         prefixes: PrefixStore::new(min_prefix, shared.config.prefix_max_entries),
         decode_held: false,
     };
+    // The forward pass's buffers, kept from step to step.
+    let mut workspace = Workspace::default();
     loop {
         // Admit, or sleep until there is something to do.
         {
@@ -210,7 +212,9 @@ fn run(model: &Model, shared: &Shared) {
             continue;
         }
         let started = Instant::now();
-        let outcome = catch_unwind(AssertUnwindSafe(|| step(model, shared, &mut running, &mut batch)));
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            step(model, shared, &mut running, &mut batch, &mut workspace)
+        }));
         let (generated, size) = match outcome {
             Ok(Ok(n)) => n,
             Ok(Err(e)) => {
@@ -324,6 +328,7 @@ fn expire_waiting(shared: &Shared, state: &mut super::QueueState) {
 /// End running requests that were cancelled or ran past their deadline, freeing their caches.
 fn retire_stopped(shared: &Shared, running: &mut Vec<Running<'_>>, batch: &mut Batch) {
     let now = Instant::now();
+    let mut gone = Vec::new();
     let mut i = 0;
     while i < running.len() {
         let r = &running[i];
@@ -333,17 +338,17 @@ fn retire_stopped(shared: &Shared, running: &mut Vec<Running<'_>>, batch: &mut B
             continue;
         }
         let mut r = running.remove(i);
-        batch.release(&r);
         // A cancelled request is cancelled, even if its deadline has passed too.
-        if !cancelled(&r.cancel) {
+        let end = if !cancelled(&r.cancel) {
             let generated = r.decoding.generated_ids().len();
-            shared.metrics.ended(Outcome::Failed, generated, None);
-            let _ = r.tx.send(Msg::Failed(Error::DeadlineExceeded { generated }));
+            End::Failed(Error::DeadlineExceeded { generated })
         } else {
             r.decoding.end(FinishReason::Cancelled);
-            finish(shared, r, Outcome::Cancelled);
-        }
+            End::Done(Outcome::Cancelled)
+        };
+        gone.push((r, end));
     }
+    retire(shared, batch, running.len(), gone);
 }
 
 /// `r` has prefilled the shared prefix it was building: hand the cache to the prefix store and
@@ -360,24 +365,62 @@ fn share_prefix(model: &Model, batch: &mut Batch, r: &mut Running<'_>) -> Result
     Ok(())
 }
 
-/// Send the finished generation and free the request's cache.
-fn finish(shared: &Shared, r: Running<'_>, outcome: Outcome) {
-    let decode = r.first_token.map(|t| t.elapsed());
-    let g = r.decoding.into_generation();
-    shared.metrics.ended(outcome, g.ids.len(), decode);
-    let _ = r.tx.send(Msg::Done(Box::new(g)));
+/// How a request left the batch.
+enum End {
+    /// Its generation is sent.
+    Done(Outcome),
+    Failed(Error),
+}
+
+/// Requests that left the batch: their positions go back to the budget and the gauges show it,
+/// their caches are freed, and only then is each end sent, so that a caller who has seen its
+/// request end finds the memory back (in [`Engine::metrics`](super::Engine::metrics) too).
+/// `running` is how many requests stay.
+fn retire(shared: &Shared, batch: &mut Batch, running: usize, gone: Vec<(Running<'_>, End)>) {
+    if gone.is_empty() {
+        return;
+    }
+    for (r, _) in &gone {
+        batch.release(r);
+    }
+    shared.metrics.gauges(batch.gauges(running));
+    for (r, end) in gone {
+        let Running {
+            decoding,
+            cache,
+            tx,
+            first_token,
+            ..
+        } = r;
+        drop(cache);
+        match end {
+            End::Done(outcome) => {
+                let decode = first_token.map(|t| t.elapsed());
+                let g = decoding.into_generation();
+                shared.metrics.ended(outcome, g.ids.len(), decode);
+                let _ = tx.send(Msg::Done(Box::new(g)));
+            }
+            End::Failed(e) => {
+                shared
+                    .metrics
+                    .ended(Outcome::Failed, decoding.generated_ids().len(), None);
+                let _ = tx.send(Msg::Failed(e));
+            }
+        }
+    }
 }
 
 fn fail_all(shared: &Shared, running: &mut Vec<Running<'_>>, batch: &mut Batch, reason: &str) {
-    for r in running.drain(..) {
-        batch.release(&r);
-        shared
-            .metrics
-            .ended(Outcome::Failed, r.decoding.generated_ids().len(), None);
-        let _ = r.tx.send(Msg::Failed(Error::Engine {
-            reason: reason.to_string(),
-        }));
-    }
+    let gone = running
+        .drain(..)
+        .map(|r| {
+            let e = Error::Engine {
+                reason: reason.to_string(),
+            };
+            (r, End::Failed(e))
+        })
+        .collect();
+    retire(shared, batch, 0, gone);
 }
 
 /// Sample the next token of each `(index, state, logits)` request: the requests are
@@ -385,17 +428,17 @@ fn fail_all(shared: &Shared, running: &mut Vec<Running<'_>>, batch: &mut Batch, 
 /// threads (everything after the forward pass of an 8-stream step, SmolLM2's 49,152-token
 /// vocabulary: 0.23 ms on one thread, 0.15-0.19 ms with the sampling on two). Returns the results
 /// in the order given.
-fn sample_all(model: &Model, sampling: Vec<(usize, &mut Decoding<'_>, Vec<f32>)>) -> Vec<(usize, Result<TokenEvent>)> {
+fn sample_all(model: &Model, sampling: Vec<(usize, &mut Decoding<'_>, &[f32])>) -> Vec<(usize, Result<TokenEvent>)> {
     if sampling.len() < 2 {
         return sampling
             .into_iter()
-            .map(|(i, decoding, row)| (i, decoding.step(&row)))
+            .map(|(i, decoding, row)| (i, decoding.step(row)))
             .collect();
     }
     model.run(|| {
         sampling
             .into_par_iter()
-            .map(|(i, decoding, row)| (i, decoding.step(&row)))
+            .map(|(i, decoding, row)| (i, decoding.step(row)))
             .collect()
     })
 }
@@ -403,7 +446,13 @@ fn sample_all(model: &Model, sampling: Vec<(usize, &mut Decoding<'_>, Vec<f32>)>
 /// One forward step over the running batch: every decoding request's next token, then prompt
 /// chunks in admission order while the step's token budget lasts. Returns the tokens generated
 /// and the requests that ran.
-fn step(model: &Model, shared: &Shared, running: &mut Vec<Running<'_>>, batch: &mut Batch) -> Result<(usize, usize)> {
+fn step(
+    model: &Model,
+    shared: &Shared,
+    running: &mut Vec<Running<'_>>,
+    batch: &mut Batch,
+    ws: &mut Workspace,
+) -> Result<(usize, usize)> {
     let mut budget = shared.config.step_tokens;
     let mut work: Vec<Option<Work>> = vec![None; running.len()];
     let pending: usize = running
@@ -450,14 +499,14 @@ fn step(model: &Model, shared: &Shared, running: &mut Vec<Running<'_>>, batch: &
             inputs.push(SeqInput { tokens, cache });
         }
         let transformer = model.transformer();
-        model.run(|| transformer.forward_last_logits(&mut inputs))?
+        model.run(|| transformer.forward_last_logits_in(&mut inputs, ws))?
     };
-    let ran = logits.len();
-    let mut logits = logits.into_iter();
+    let ran = work.iter().flatten().count();
+    let mut logits = logits.chunks_exact(model.transformer().config().vocab_size);
     let mut ended: Vec<(usize, Option<Error>)> = Vec::new();
     // The requests that sample a token this step, with their logits: found in order (a prefill
     // that ends a shared prefix stores it here), sampled together, then handled in order.
-    let mut sampling: Vec<(usize, &mut Decoding<'_>, Vec<f32>)> = Vec::new();
+    let mut sampling: Vec<(usize, &mut Decoding<'_>, &[f32])> = Vec::new();
     for (i, (w, r)) in work.iter().zip(running.iter_mut()).enumerate() {
         let Some(w) = w else { continue };
         let row = logits.next().expect("one logits row per input");
@@ -505,23 +554,20 @@ fn step(model: &Model, shared: &Shared, running: &mut Vec<Running<'_>>, batch: &
     // In index order, as the removal below expects.
     ended.sort_by_key(|(i, _)| *i);
     // Remove from the back so the indices stay valid; the rest keep their admission order.
+    let mut gone = Vec::with_capacity(ended.len());
     for (i, error) in ended.into_iter().rev() {
         let mut r = running.remove(i);
-        batch.release(&r);
-        match error {
-            Some(e) => {
-                shared
-                    .metrics
-                    .ended(Outcome::Failed, r.decoding.generated_ids().len(), None);
-                let _ = r.tx.send(Msg::Failed(e));
-            }
-            None if r.decoding.finished().is_some() => finish(shared, r, Outcome::Completed),
+        let end = match error {
+            Some(e) => End::Failed(e),
+            None if r.decoding.finished().is_some() => End::Done(Outcome::Completed),
             None => {
                 // The stream was dropped: nobody reads the rest.
                 r.decoding.end(FinishReason::Cancelled);
-                finish(shared, r, Outcome::Cancelled);
+                End::Done(Outcome::Cancelled)
             }
-        }
+        };
+        gone.push((r, end));
     }
+    retire(shared, batch, running.len(), gone);
     Ok((generated, ran))
 }

@@ -17,6 +17,7 @@ pub use config::{Architecture, ModelConfig};
 pub use gguf::{GgufFile, GgufWriter, TensorInfo, Value};
 pub use transformer::{
     Backend, ForwardOptions, InputStats, KvCache, KvPrecision, MatrixMemory, SeqInput, SeqOutput, Transformer,
+    Workspace,
 };
 
 use candle_core::Device;

@@ -36,10 +36,11 @@ const BLOCK_TOKENS: usize = 16;
 const KEY_TILE: usize = 64;
 
 impl Transformer {
-    /// Every sequence's new tokens after what its cache holds; returns per sequence the logits
-    /// of its last token (`vocab` values), or of every token with `all_logits` (`[tokens, vocab]`
-    /// row-major). The caller has checked the inputs; on error the caller rolls the caches back.
-    pub(super) fn forward_host(&self, seqs: &mut [SeqInput<'_>], all_logits: bool) -> Result<Vec<Vec<f32>>> {
+    /// Every sequence's new tokens after what its cache holds; leaves in `ws.logits` the logits
+    /// of each sequence's last token, or of every token with `all_logits`, one `vocab`-long row
+    /// per token in the order of the sequences. The caller has checked the inputs; on error the
+    /// caller rolls the caches back.
+    pub(super) fn forward_host(&self, seqs: &mut [SeqInput<'_>], all_logits: bool, ws: &mut Workspace) -> Result<()> {
         let cfg = &self.cfg;
         let (hidden, kv_dim) = (cfg.hidden_size, cfg.kv_dim());
         let ids: Vec<u32> = seqs.iter().flat_map(|s| s.tokens.iter().copied()).collect();
@@ -63,8 +64,13 @@ impl Transformer {
             x.iter_mut().for_each(|v| *v *= s);
         }
 
-        let mut normed = vec![0f32; n * hidden];
-        let mut buf = Buffers::default();
+        let Workspace {
+            buf,
+            normed,
+            picked,
+            logits,
+        } = ws;
+        normed.resize(n * hidden, 0.0);
         // Rotation angles per distinct frequency set (global / local layers).
         let mut angles: Vec<Angles> = Vec::new();
         for (layer, block) in self.blocks.iter().enumerate() {
@@ -82,7 +88,7 @@ impl Transformer {
             };
             let (cos, sin) = (&angles[a].cos, &angles[a].sin);
 
-            block.attn_norm.forward_rows(&x, &mut normed);
+            block.attn_norm.forward_rows(&x, normed);
             let Buffers {
                 q,
                 k,
@@ -92,8 +98,8 @@ impl Transformer {
                 gate,
                 up,
                 scratch,
-            } = &mut buf;
-            Linear::forward_all_into([&block.q, &block.k, &block.v], &normed, n, [q, k, v], scratch)?;
+            } = &mut *buf;
+            Linear::forward_all_into([&block.q, &block.k, &block.v], normed, n, [q, k, v], scratch)?;
             if let Some(norm) = &block.q_norm {
                 norm.forward_rows_in_place(q);
             }
@@ -115,8 +121,8 @@ impl Transformer {
             }
             add_in_place(&mut x, proj);
 
-            block.ffn_norm.forward_rows(&x, &mut normed);
-            Linear::forward_all_into([&block.gate, &block.up], &normed, n, [&mut *gate, &mut *up], scratch)?;
+            block.ffn_norm.forward_rows(&x, normed);
+            Linear::forward_all_into([&block.gate, &block.up], normed, n, [&mut *gate, &mut *up], scratch)?;
             let act = match cfg.activation {
                 Activation::Silu => Gate::Silu,
                 Activation::GeluTanh => Gate::GeluTanh,
@@ -133,29 +139,25 @@ impl Transformer {
         }
 
         // Final norm and LM head only on the rows returned, all sequences in one matmul.
-        let returned: Vec<usize> = seqs
-            .iter()
-            .map(|s| if all_logits { s.tokens.len() } else { 1 })
-            .collect();
-        let mut picked = Vec::with_capacity(returned.iter().sum::<usize>() * hidden);
+        picked.clear();
         let mut end = 0;
-        for (seq, &r) in seqs.iter().zip(&returned) {
+        for seq in seqs.iter() {
             end += seq.tokens.len();
+            let r = if all_logits { seq.tokens.len() } else { 1 };
             picked.extend_from_slice(&x[(end - r) * hidden..end * hidden]);
         }
         let m = picked.len() / hidden;
-        let mut normed = vec![0f32; picked.len()];
-        self.norm.forward_rows(&picked, &mut normed);
-        let mut logits = vec![0f32; m * self.lm_head.rows()];
-        forward_group_into(&[&self.lm_head], &normed, m, &mut [&mut logits], &mut buf.scratch)?;
-        let vocab = logits.len() / m;
-        let mut outputs = Vec::with_capacity(seqs.len());
-        let mut row = 0;
-        for &r in &returned {
-            outputs.push(logits[row * vocab..(row + r) * vocab].to_vec());
-            row += r;
-        }
-        Ok(outputs)
+        normed.resize(picked.len(), 0.0);
+        self.norm.forward_rows(picked, normed);
+        logits.resize(m * self.lm_head.rows(), 0.0);
+        forward_group_into(
+            &[&self.lm_head],
+            normed,
+            m,
+            &mut [logits.as_mut_slice()],
+            &mut buf.scratch,
+        )?;
+        Ok(())
     }
 
     /// Causal attention of every new token's query (`q`: `[tokens, n_heads * head_dim]`,
@@ -263,6 +265,21 @@ impl Transformer {
             }
         }
     }
+}
+
+/// The buffers of the host forward pass and its logits. A caller that runs step after step
+/// (the engine's scheduler) keeps one, so that every step reuses the memory of the last: buffers
+/// made fresh each call (an 8-stream step's logits alone are 1.5 MiB) were handed back to the
+/// system by the allocator and faulted back in, zeroed, on the next step, 7% of the time of an
+/// 8-stream step (kernel page clearing in a profile).
+#[derive(Default)]
+pub struct Workspace {
+    buf: Buffers,
+    normed: Vec<f32>,
+    /// The hidden states of the tokens whose logits are returned.
+    picked: Vec<f32>,
+    /// `[rows, vocab]`: the logits of the last call.
+    pub(super) logits: Vec<f32>,
 }
 
 /// The buffers of one forward call, reused by every layer.

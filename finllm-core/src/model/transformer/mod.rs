@@ -22,6 +22,7 @@ mod decode;
 mod grad;
 mod kv_cache;
 
+pub use decode::Workspace;
 pub use kv_cache::{KvCache, KvPrecision};
 
 /// One sequence in a batched forward call.
@@ -432,13 +433,25 @@ impl Transformer {
     /// (on the kernels backend, plain buffers from ids to logits: no tensor is made). On error
     /// every cache is left as it was.
     pub fn forward_last_logits(&self, seqs: &mut [SeqInput<'_>]) -> Result<Vec<Vec<f32>>> {
+        let mut ws = Workspace::default();
+        let logits = self.forward_last_logits_in(seqs, &mut ws)?;
+        Ok(logits.chunks_exact(self.cfg.vocab_size).map(<[f32]>::to_vec).collect())
+    }
+
+    /// [`forward_last_logits`](Self::forward_last_logits) with the caller's buffers, for a
+    /// caller that runs step after step: returns `[sequences, vocab]`, the last token's logits
+    /// of each sequence, in `ws`.
+    pub fn forward_last_logits_in<'w>(&self, seqs: &mut [SeqInput<'_>], ws: &'w mut Workspace) -> Result<&'w [f32]> {
         if matches!(self.backend, Backend::CpuKernels) {
-            return self.checked(seqs, |seqs| self.forward_host(seqs, false));
+            self.checked(seqs, |seqs| self.forward_host(seqs, false, ws))?;
+        } else {
+            ws.logits.clear();
+            for o in self.forward_batch(seqs, &ForwardOptions::default())? {
+                ws.logits.extend(o.logits.flatten_all()?.to_vec1::<f32>()?);
+            }
         }
-        self.forward_batch(seqs, &ForwardOptions::default())?
-            .into_iter()
-            .map(|o| Ok(o.logits.flatten_all()?.to_vec1::<f32>()?))
-            .collect()
+        // An empty call leaves the last call's logits: none are returned.
+        Ok(&ws.logits[..seqs.len() * self.cfg.vocab_size])
     }
 
     /// Run `tokens` after what `cache` holds; returns the last token's logits as a `Vec`.
@@ -483,12 +496,15 @@ impl Transformer {
         // and with an f32 cache between 45.88 and 46.10; this model's large attention logits
         // make single-token log-probabilities swing by up to half a nat under such changes.)
         if kernels && !opts.attentions && !opts.hidden_states {
-            let logits = self.forward_host(seqs, opts.all_logits)?;
+            let mut ws = Workspace::default();
+            self.forward_host(seqs, opts.all_logits, &mut ws)?;
             let vocab = self.cfg.vocab_size;
-            logits
-                .into_iter()
-                .map(|l| {
-                    let rows = l.len() / vocab;
+            let mut row = 0;
+            seqs.iter()
+                .map(|s| {
+                    let rows = if opts.all_logits { s.tokens.len() } else { 1 };
+                    let l = ws.logits[row * vocab..(row + rows) * vocab].to_vec();
+                    row += rows;
                     Ok(SeqOutput {
                         logits: Tensor::from_vec(l, (rows, vocab), &Device::Cpu)?,
                         attentions: Vec::new(),
