@@ -42,6 +42,7 @@ FINLLM_FORCE_SCALAR=1 cargo test --release --locked --test tiny_models --test re
 # already took them): the model tests as an AVX2-only server runs them.
 if grep -q avx512 /proc/cpuinfo 2>/dev/null; then
   FINLLM_MAX_ISA=avx2 cargo test --release --locked --test tiny_models --test reference_smollm2
+  FINLLM_MAX_ISA=avx2 cargo test --release --locked -p finllm-core --lib quant::
 fi
 # The NEON kernels: the kernel tests cross-compiled for aarch64 and run under qemu-user.
 bash scripts/test-aarch64.sh

@@ -221,6 +221,33 @@ impl KvElem for f16 {
             }
             return;
         }
+        #[cfg(target_arch = "x86_64")]
+        if Isa::detect().implies_avx2() && d.is_multiple_of(8) && d > 0 {
+            check_rows(rows, n, stride, d);
+            let heads = q.len() / d;
+            assert!(
+                heads == 0 || (heads - 1) * out_stride + n <= out.len(),
+                "scores of {heads} heads in {} values",
+                out.len()
+            );
+            let mut h = 0;
+            while h < heads {
+                let take = (heads - h).min(avx2::HEADS);
+                let (qh, oh) = (&q[h * d..(h + take) * d], &mut out[h * out_stride..]);
+                // SAFETY: `Isa::detect` returned an x86 SIMD level, which implies AVX2, FMA and
+                // F16C; the rows and the outputs were bounded above; `d` is a non-zero
+                // multiple of 8.
+                unsafe {
+                    match take {
+                        3 => avx2::scores_f16_heads::<3>(qh, rows, stride, scale, oh, out_stride, n),
+                        2 => avx2::scores_f16_heads::<2>(qh, rows, stride, scale, oh, out_stride, n),
+                        _ => avx2::scores_f16_heads::<1>(qh, rows, stride, scale, oh, out_stride, n),
+                    }
+                }
+                h += take;
+            }
+            return;
+        }
         for (h, qh) in q.chunks_exact(d).enumerate() {
             Self::scores(qh, rows, stride, scale, &mut out[h * out_stride..h * out_stride + n]);
         }
@@ -259,6 +286,31 @@ impl KvElem for f16 {
                         3 => avx512::weighted_sum_f16_heads::<3>(ph, p_stride, n, rows, stride, oh, fetch),
                         2 => avx512::weighted_sum_f16_heads::<2>(ph, p_stride, n, rows, stride, oh, fetch),
                         _ => avx512::weighted_sum_f16_heads::<1>(ph, p_stride, n, rows, stride, oh, fetch),
+                    }
+                }
+                h += take;
+            }
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if Isa::detect().implies_avx2() && d > 0 {
+            check_rows(rows, n, stride, d);
+            let heads = out.len() / d;
+            assert!(
+                heads == 0 || (heads - 1) * p_stride + n <= p.len(),
+                "weights of {heads} heads in {} values",
+                p.len()
+            );
+            let mut h = 0;
+            while h < heads {
+                let take = (heads - h).min(avx2::HEADS);
+                let (ph, oh) = (&p[h * p_stride..], &mut out[h * d..(h + take) * d]);
+                // SAFETY: as in `scores_heads`.
+                unsafe {
+                    match take {
+                        3 => avx2::weighted_sum_f16_heads::<3>(ph, p_stride, n, rows, stride, oh),
+                        2 => avx2::weighted_sum_f16_heads::<2>(ph, p_stride, n, rows, stride, oh),
+                        _ => avx2::weighted_sum_f16_heads::<1>(ph, p_stride, n, rows, stride, oh),
                     }
                 }
                 h += take;
@@ -517,6 +569,131 @@ pub mod avx2 {
         for (j, o) in out.iter_mut().enumerate().skip(c) {
             for (t, &w) in p.iter().enumerate() {
                 *o += w * f16::from_bits(unsafe { *base.add(t * stride + j) }).to_f32();
+            }
+        }
+    }
+
+    /// Query heads one call takes at a time: four rows' sums for three heads are 12 of the 16
+    /// vector registers, beside the heads' queries and one converted key.
+    pub const HEADS: usize = 3;
+
+    /// [`scores_f16_by_eight`] for `H` query heads of `q.len() / H` values over the same rows:
+    /// each converted key vector feeds `H` FMAs (with one head per call, converting every row
+    /// once per head of a grouped-query group was most of the work). Four rows at a time; a
+    /// (row, head)'s sums take the same FMAs in the same order and the same reduction as alone,
+    /// so its bits are the same.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C; `q.len() / H` a non-zero multiple of 8; `rows`
+    /// must hold `n` rows of `q.len() / H` values `stride` apart, and `out` head `h`'s `n`
+    /// scores at `h · out_stride`.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn scores_f16_heads<const H: usize>(
+        q: &[f32],
+        rows: &[f16],
+        stride: usize,
+        scale: f32,
+        out: &mut [f32],
+        out_stride: usize,
+        n: usize,
+    ) {
+        const GROUP: usize = 4;
+        let d = q.len() / H;
+        debug_assert!(d.is_multiple_of(8) && d > 0);
+        debug_assert!(H == 0 || (H - 1) * out_stride + n <= out.len());
+        let (qp, base, op) = (q.as_ptr(), rows.as_ptr().cast::<u16>(), out.as_mut_ptr());
+        let sv = _mm256_set1_ps(scale);
+        let mut t = 0;
+        while t < n {
+            let m = (n - t).min(GROUP);
+            let mut acc = [[_mm256_setzero_ps(); GROUP]; H];
+            let mut i = 0;
+            while i < d {
+                // SAFETY: `i + 8 <= d`: inside each head's query and inside each of the `m`
+                // rows, which the caller guarantees lie in `rows`.
+                let qv: [__m256; H] = std::array::from_fn(|h| unsafe { _mm256_loadu_ps(qp.add(h * d + i)) });
+                for r in 0..m {
+                    let k = unsafe { _mm256_cvtph_ps(_mm_loadu_si128(base.add((t + r) * stride + i).cast())) };
+                    for (a, qv) in acc.iter_mut().zip(qv) {
+                        a[r] = _mm256_fmadd_ps(qv, k, a[r]);
+                    }
+                }
+                i += 8;
+            }
+            for (h, acc) in acc.iter().enumerate() {
+                // Rows past `m` are zeros: a row's lane depends on its own register alone.
+                let all: [__m256; 8] = std::array::from_fn(|r| if r < GROUP { acc[r] } else { _mm256_setzero_ps() });
+                let sums = _mm256_mul_ps(sum_each(&all), sv);
+                let mut lanes = [0f32; 8];
+                // SAFETY: `lanes` holds eight floats; out[h · out_stride + t..][..m] lies in
+                // `out` (the caller's bound).
+                unsafe {
+                    _mm256_storeu_ps(lanes.as_mut_ptr(), sums);
+                    std::ptr::copy_nonoverlapping(lanes.as_ptr(), op.add(h * out_stride + t), m);
+                }
+            }
+            t += m;
+        }
+    }
+
+    /// [`weighted_sum_f16`] for `H` heads over the same rows: head `h` adds
+    /// `Σ_t p[h · p_stride + t] · row t` into `out[h · d..(h + 1) · d]`, each converted value
+    /// feeding `H` FMAs. Sixteen columns at a time; a column's sum is the same chain of FMAs,
+    /// rows in order from what `out` held, as in the one-head kernel, so the bits are the same.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C; `rows` must hold `n` rows of `out.len() / H`
+    /// values `stride` apart, and `p` head `h`'s `n` weights at `h · p_stride`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn weighted_sum_f16_heads<const H: usize>(
+        p: &[f32],
+        p_stride: usize,
+        n: usize,
+        rows: &[f16],
+        stride: usize,
+        out: &mut [f32],
+    ) {
+        let d = out.len() / H;
+        debug_assert!(H == 0 || (H - 1) * p_stride + n <= p.len());
+        let (pp, base, op) = (p.as_ptr(), rows.as_ptr().cast::<u16>(), out.as_mut_ptr());
+        let mut c = 0;
+        while c + 16 <= d {
+            // SAFETY: columns c..c + 16 lie in every head's output and in every row; the
+            // weights p[h · p_stride + t] for t < n lie in `p` (the caller's bound).
+            let mut acc: [[__m256; 2]; H] =
+                std::array::from_fn(|h| std::array::from_fn(|j| unsafe { _mm256_loadu_ps(op.add(h * d + c + 8 * j)) }));
+            for t in 0..n {
+                let rp = unsafe { base.add(t * stride + c) };
+                let v: [__m256; 2] =
+                    std::array::from_fn(|j| unsafe { _mm256_cvtph_ps(_mm_loadu_si128(rp.add(8 * j).cast())) });
+                for (h, acc) in acc.iter_mut().enumerate() {
+                    let wv = unsafe { _mm256_broadcast_ss(&*pp.add(h * p_stride + t)) };
+                    for (a, v) in acc.iter_mut().zip(v) {
+                        *a = _mm256_fmadd_ps(wv, v, *a);
+                    }
+                }
+            }
+            for (h, acc) in acc.iter().enumerate() {
+                for (j, a) in acc.iter().enumerate() {
+                    unsafe { _mm256_storeu_ps(op.add(h * d + c + 8 * j), *a) };
+                }
+            }
+            c += 16;
+        }
+        if c < d {
+            // The last columns (fewer than sixteen) head by head, as the one-head kernel takes
+            // them.
+            for h in 0..H {
+                // SAFETY: forwarded (the rows from column c on hold the same rows' last columns).
+                unsafe {
+                    weighted_sum_f16(
+                        &p[h * p_stride..][..n],
+                        &rows[c..],
+                        stride,
+                        &mut out[h * d + c..(h + 1) * d],
+                    )
+                };
             }
         }
     }
