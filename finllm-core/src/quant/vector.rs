@@ -241,7 +241,8 @@ impl KvElem for f16 {
                     match take {
                         3 => avx2::scores_f16_heads::<3>(qh, rows, stride, scale, oh, out_stride, n),
                         2 => avx2::scores_f16_heads::<2>(qh, rows, stride, scale, oh, out_stride, n),
-                        _ => avx2::scores_f16_heads::<1>(qh, rows, stride, scale, oh, out_stride, n),
+                        // One head: the one-head kernel's eight rows a group.
+                        _ => avx2::scores_f16(qh, rows, stride, scale, &mut oh[..n]),
                     }
                 }
                 h += take;
@@ -310,7 +311,7 @@ impl KvElem for f16 {
                     match take {
                         3 => avx2::weighted_sum_f16_heads::<3>(ph, p_stride, n, rows, stride, oh),
                         2 => avx2::weighted_sum_f16_heads::<2>(ph, p_stride, n, rows, stride, oh),
-                        _ => avx2::weighted_sum_f16_heads::<1>(ph, p_stride, n, rows, stride, oh),
+                        _ => avx2::weighted_sum_f16(&ph[..n], rows, stride, oh),
                     }
                 }
                 h += take;
