@@ -196,58 +196,49 @@ impl KvElem for f16 {
         #[cfg(not(target_arch = "x86_64"))]
         let _ = fetch;
         #[cfg(target_arch = "x86_64")]
-        if Isa::detect() == Isa::Avx512 && d.is_multiple_of(16) && d > 0 {
-            check_rows(rows, n, stride, d);
-            let heads = q.len() / d;
-            assert!(
-                heads == 0 || (heads - 1) * out_stride + n <= out.len(),
-                "scores of {heads} heads in {} values",
-                out.len()
-            );
-            let mut h = 0;
-            while h < heads {
-                let take = (heads - h).min(avx512::HEADS);
-                let (qh, oh) = (&q[h * d..(h + take) * d], &mut out[h * out_stride..]);
-                // SAFETY: the AVX-512 level implies AVX-512 F with AVX2, FMA and F16C; the rows
-                // and the outputs were bounded above; `d` is a non-zero multiple of 16.
-                unsafe {
-                    match take {
-                        3 => avx512::scores_f16_heads::<3>(qh, rows, stride, scale, oh, out_stride, n, fetch),
-                        2 => avx512::scores_f16_heads::<2>(qh, rows, stride, scale, oh, out_stride, n, fetch),
-                        _ => avx512::scores_f16_heads::<1>(qh, rows, stride, scale, oh, out_stride, n, fetch),
+        {
+            // AVX-512's kernels take heads of a multiple of 16 values, AVX2's of 8 (the ones
+            // `scores` takes alone, so each head keeps its bits).
+            let isa = Isa::detect();
+            let wide = isa == Isa::Avx512 && d.is_multiple_of(16);
+            if d > 0 && (wide || (isa.implies_avx2() && d.is_multiple_of(8))) {
+                check_rows(rows, n, stride, d);
+                let heads = q.len() / d;
+                assert!(
+                    heads == 0 || (heads - 1) * out_stride + n <= out.len(),
+                    "scores of {heads} heads in {} values",
+                    out.len()
+                );
+                let most = if wide { avx512::HEADS } else { avx2::HEADS };
+                let mut h = 0;
+                while h < heads {
+                    let take = (heads - h).min(most);
+                    let (qh, oh) = (&q[h * d..(h + take) * d], &mut out[h * out_stride..]);
+                    // SAFETY: the AVX-512 level implies AVX-512 F with AVX2, FMA and F16C, and
+                    // every x86 SIMD level `Isa::detect` returns implies AVX2, FMA and F16C; the
+                    // rows and the outputs were bounded above; `d` is a non-zero multiple of 16
+                    // (AVX-512) or 8 (AVX2).
+                    unsafe {
+                        match (wide, take) {
+                            (true, 3) => {
+                                avx512::scores_f16_heads::<3>(qh, rows, stride, scale, oh, out_stride, n, fetch)
+                            }
+                            (true, 2) => {
+                                avx512::scores_f16_heads::<2>(qh, rows, stride, scale, oh, out_stride, n, fetch)
+                            }
+                            (true, _) => {
+                                avx512::scores_f16_heads::<1>(qh, rows, stride, scale, oh, out_stride, n, fetch)
+                            }
+                            (false, 3) => avx2::scores_f16_heads::<3>(qh, rows, stride, scale, oh, out_stride, n),
+                            (false, 2) => avx2::scores_f16_heads::<2>(qh, rows, stride, scale, oh, out_stride, n),
+                            // One head: the one-head kernel's eight rows a group.
+                            (false, _) => avx2::scores_f16(qh, rows, stride, scale, &mut oh[..n]),
+                        }
                     }
+                    h += take;
                 }
-                h += take;
+                return;
             }
-            return;
-        }
-        #[cfg(target_arch = "x86_64")]
-        if Isa::detect().implies_avx2() && d.is_multiple_of(8) && d > 0 {
-            check_rows(rows, n, stride, d);
-            let heads = q.len() / d;
-            assert!(
-                heads == 0 || (heads - 1) * out_stride + n <= out.len(),
-                "scores of {heads} heads in {} values",
-                out.len()
-            );
-            let mut h = 0;
-            while h < heads {
-                let take = (heads - h).min(avx2::HEADS);
-                let (qh, oh) = (&q[h * d..(h + take) * d], &mut out[h * out_stride..]);
-                // SAFETY: `Isa::detect` returned an x86 SIMD level, which implies AVX2, FMA and
-                // F16C; the rows and the outputs were bounded above; `d` is a non-zero
-                // multiple of 8.
-                unsafe {
-                    match take {
-                        3 => avx2::scores_f16_heads::<3>(qh, rows, stride, scale, oh, out_stride, n),
-                        2 => avx2::scores_f16_heads::<2>(qh, rows, stride, scale, oh, out_stride, n),
-                        // One head: the one-head kernel's eight rows a group.
-                        _ => avx2::scores_f16(qh, rows, stride, scale, &mut oh[..n]),
-                    }
-                }
-                h += take;
-            }
-            return;
         }
         for (h, qh) in q.chunks_exact(d).enumerate() {
             Self::scores(qh, rows, stride, scale, &mut out[h * out_stride..h * out_stride + n]);
@@ -269,32 +260,8 @@ impl KvElem for f16 {
         #[cfg(not(target_arch = "x86_64"))]
         let _ = fetch;
         #[cfg(target_arch = "x86_64")]
-        if Isa::detect() == Isa::Avx512 && d > 0 {
-            check_rows(rows, n, stride, d);
-            let heads = out.len() / d;
-            assert!(
-                heads == 0 || (heads - 1) * p_stride + n <= p.len(),
-                "weights of {heads} heads in {} values",
-                p.len()
-            );
-            let mut h = 0;
-            while h < heads {
-                let take = (heads - h).min(avx512::HEADS);
-                let (ph, oh) = (&p[h * p_stride..], &mut out[h * d..(h + take) * d]);
-                // SAFETY: as in `scores_heads`.
-                unsafe {
-                    match take {
-                        3 => avx512::weighted_sum_f16_heads::<3>(ph, p_stride, n, rows, stride, oh, fetch),
-                        2 => avx512::weighted_sum_f16_heads::<2>(ph, p_stride, n, rows, stride, oh, fetch),
-                        _ => avx512::weighted_sum_f16_heads::<1>(ph, p_stride, n, rows, stride, oh, fetch),
-                    }
-                }
-                h += take;
-            }
-            return;
-        }
-        #[cfg(target_arch = "x86_64")]
         if Isa::detect().implies_avx2() && d > 0 {
+            let wide = Isa::detect() == Isa::Avx512;
             check_rows(rows, n, stride, d);
             let heads = out.len() / d;
             assert!(
@@ -302,16 +269,20 @@ impl KvElem for f16 {
                 "weights of {heads} heads in {} values",
                 p.len()
             );
+            let most = if wide { avx512::HEADS } else { avx2::HEADS };
             let mut h = 0;
             while h < heads {
-                let take = (heads - h).min(avx2::HEADS);
+                let take = (heads - h).min(most);
                 let (ph, oh) = (&p[h * p_stride..], &mut out[h * d..(h + take) * d]);
                 // SAFETY: as in `scores_heads`.
                 unsafe {
-                    match take {
-                        3 => avx2::weighted_sum_f16_heads::<3>(ph, p_stride, n, rows, stride, oh),
-                        2 => avx2::weighted_sum_f16_heads::<2>(ph, p_stride, n, rows, stride, oh),
-                        _ => avx2::weighted_sum_f16(&ph[..n], rows, stride, oh),
+                    match (wide, take) {
+                        (true, 3) => avx512::weighted_sum_f16_heads::<3>(ph, p_stride, n, rows, stride, oh, fetch),
+                        (true, 2) => avx512::weighted_sum_f16_heads::<2>(ph, p_stride, n, rows, stride, oh, fetch),
+                        (true, _) => avx512::weighted_sum_f16_heads::<1>(ph, p_stride, n, rows, stride, oh, fetch),
+                        (false, 3) => avx2::weighted_sum_f16_heads::<3>(ph, p_stride, n, rows, stride, oh),
+                        (false, 2) => avx2::weighted_sum_f16_heads::<2>(ph, p_stride, n, rows, stride, oh),
+                        (false, _) => avx2::weighted_sum_f16(&ph[..n], rows, stride, oh),
                     }
                 }
                 h += take;
