@@ -223,6 +223,50 @@ fn a_shared_prefix_reads_like_rows_of_its_own() {
     }
 }
 
+/// Decoding after a prompt longer than 512 tokens, a sequence alone takes attention in passes
+/// split by positions and by columns; beside a sequence with a short context, in one task per
+/// query head. Its logits have the same bits either way, on every architecture (Gemma 3's
+/// sliding-window layers included).
+#[test]
+fn a_long_context_decodes_alike_alone_and_beside_a_short_one() {
+    use finllm::model::SeqInput;
+    for (arch, quant) in [
+        (Architecture::Llama, QuantType::Q8_0),
+        (Architecture::Gemma3, QuantType::Q4_0),
+        (Architecture::Qwen3, QuantType::Q4_1),
+    ] {
+        let model = tiny_model(arch, quant, 1024, 23);
+        let t = model.transformer();
+        let vocab = model.config().vocab_size as u32;
+        let mut rng = Rng(31);
+        let long: Vec<u32> = (0..700).map(|_| rng.range(3, vocab - 1)).collect();
+        let short: Vec<u32> = (0..20).map(|_| rng.range(3, vocab - 1)).collect();
+        let (mut alone, mut beside, mut other) = (t.new_cache(), t.new_cache(), t.new_cache());
+        let first = t.forward(&long, &mut alone).unwrap();
+        assert_eq!(bits(&first), bits(&t.forward(&long, &mut beside).unwrap()));
+        t.forward(&short, &mut other).unwrap();
+        for step in 0..4 {
+            let next = [rng.range(3, vocab - 1)];
+            let a = t.forward(&next, &mut alone).unwrap();
+            let b = t
+                .forward_last_logits(&mut [
+                    SeqInput {
+                        tokens: &next,
+                        cache: &mut beside,
+                    },
+                    SeqInput {
+                        tokens: &next,
+                        cache: &mut other,
+                    },
+                ])
+                .unwrap()
+                .remove(0);
+            assert!(a.iter().all(|x| x.is_finite()), "{arch:?} step {step}");
+            assert_eq!(bits(&a), bits(&b), "{arch:?} decode step {step} after 700 tokens");
+        }
+    }
+}
+
 fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
 }

@@ -192,7 +192,7 @@ impl KvElem for f16 {
         n: usize,
         fetch: usize,
     ) {
-        // Only the AVX-512 kernels prefetch.
+        // Only the x86 kernels prefetch.
         #[cfg(not(target_arch = "x86_64"))]
         let _ = fetch;
         #[cfg(target_arch = "x86_64")]
@@ -229,8 +229,12 @@ impl KvElem for f16 {
                             (true, _) => {
                                 avx512::scores_f16_heads::<1>(qh, rows, stride, scale, oh, out_stride, n, fetch)
                             }
-                            (false, 3) => avx2::scores_f16_heads::<3>(qh, rows, stride, scale, oh, out_stride, n),
-                            (false, 2) => avx2::scores_f16_heads::<2>(qh, rows, stride, scale, oh, out_stride, n),
+                            (false, 3) => {
+                                avx2::scores_f16_heads::<3>(qh, rows, stride, scale, oh, out_stride, n, fetch)
+                            }
+                            (false, 2) => {
+                                avx2::scores_f16_heads::<2>(qh, rows, stride, scale, oh, out_stride, n, fetch)
+                            }
                             // One head: the one-head kernel's eight rows a group.
                             (false, _) => avx2::scores_f16(qh, rows, stride, scale, &mut oh[..n]),
                         }
@@ -256,7 +260,7 @@ impl KvElem for f16 {
         d: usize,
         fetch: usize,
     ) {
-        // Only the AVX-512 kernels prefetch.
+        // Only the x86 kernels prefetch.
         #[cfg(not(target_arch = "x86_64"))]
         let _ = fetch;
         #[cfg(target_arch = "x86_64")]
@@ -280,8 +284,8 @@ impl KvElem for f16 {
                         (true, 3) => avx512::weighted_sum_f16_heads::<3>(ph, p_stride, n, rows, stride, oh, fetch),
                         (true, 2) => avx512::weighted_sum_f16_heads::<2>(ph, p_stride, n, rows, stride, oh, fetch),
                         (true, _) => avx512::weighted_sum_f16_heads::<1>(ph, p_stride, n, rows, stride, oh, fetch),
-                        (false, 3) => avx2::weighted_sum_f16_heads::<3>(ph, p_stride, n, rows, stride, oh),
-                        (false, 2) => avx2::weighted_sum_f16_heads::<2>(ph, p_stride, n, rows, stride, oh),
+                        (false, 3) => avx2::weighted_sum_f16_heads::<3>(ph, p_stride, n, rows, stride, oh, fetch),
+                        (false, 2) => avx2::weighted_sum_f16_heads::<2>(ph, p_stride, n, rows, stride, oh, fetch),
                         (false, _) => avx2::weighted_sum_f16(&ph[..n], rows, stride, oh),
                     }
                 }
@@ -545,15 +549,42 @@ pub mod avx2 {
         }
     }
 
+    /// Rows the attention kernels ask the cache for ahead of use, into L2 (into L1 the 8-stream
+    /// attention of a decode step took 8-10% longer): a row's 64 f16 values take about ten
+    /// cycles, a load from memory some hundreds.
+    pub(super) const AHEAD: usize = 24;
+
+    /// Start loading the first `d` f16 values of rows `first..first + count` (`stride` apart)
+    /// into the cache, those inside `rows` (which may hold rows past the ones a call uses: the
+    /// next call's).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) fn prefetch_rows(rows: &[f16], stride: usize, first: usize, count: usize, d: usize) {
+        let base = rows.as_ptr();
+        let len = rows.len();
+        for r in first..first + count {
+            if r * stride + d > len {
+                break;
+            }
+            let row = base.wrapping_add(r * stride).cast::<i8>();
+            for off in (0..2 * d).step_by(64) {
+                // SAFETY: a prefetch is a hint that never faults.
+                _mm_prefetch::<_MM_HINT_T1>(row.wrapping_add(off));
+            }
+        }
+    }
+
     /// Query heads one call takes at a time: four rows' sums for three heads are 12 of the 16
     /// vector registers, beside the heads' queries and one converted key.
     pub const HEADS: usize = 3;
 
     /// [`scores_f16_by_eight`] for `H` query heads of `q.len() / H` values over the same rows:
     /// each converted key vector feeds `H` FMAs (with one head per call, converting every row
-    /// once per head of a grouped-query group was most of the work). Four rows at a time; a
-    /// (row, head)'s sums take the same FMAs in the same order and the same reduction as alone,
-    /// so its bits are the same.
+    /// once per head of a grouped-query group was most of the work). Four rows at a time, the
+    /// rows [`AHEAD`] asked for ahead (`fetch` values of each: a head's slice of each cache row,
+    /// `stride` apart, which the hardware prefetchers follow late); a (row, head)'s sums take
+    /// the same FMAs in the same order and the same reduction as alone, so its bits are the
+    /// same.
     ///
     /// # Safety
     /// The CPU must support AVX2, FMA and F16C; `q.len() / H` a non-zero multiple of 8; `rows`
@@ -569,43 +600,94 @@ pub mod avx2 {
         out: &mut [f32],
         out_stride: usize,
         n: usize,
+        fetch: usize,
     ) {
-        const GROUP: usize = 4;
-        let d = q.len() / H;
-        debug_assert!(d.is_multiple_of(8) && d > 0);
+        debug_assert!((q.len() / H).is_multiple_of(8) && !q.is_empty());
         debug_assert!(H == 0 || (H - 1) * out_stride + n <= out.len());
-        let (qp, base, op) = (q.as_ptr(), rows.as_ptr().cast::<u16>(), out.as_mut_ptr());
-        let sv = _mm256_set1_ps(scale);
         let mut t = 0;
-        while t < n {
-            let m = (n - t).min(GROUP);
-            let mut acc = [[_mm256_setzero_ps(); GROUP]; H];
-            let mut i = 0;
-            while i < d {
-                // SAFETY: `i + 8 <= d`: inside each head's query and inside each of the `m`
-                // rows, which the caller guarantees lie in `rows`.
-                let qv: [__m256; H] = std::array::from_fn(|h| unsafe { _mm256_loadu_ps(qp.add(h * d + i)) });
-                for r in 0..m {
-                    let k = unsafe { _mm256_cvtph_ps(_mm_loadu_si128(base.add((t + r) * stride + i).cast())) };
-                    for (a, qv) in acc.iter_mut().zip(qv) {
-                        a[r] = _mm256_fmadd_ps(qv, k, a[r]);
+        // Calls told to fetch nothing (tokens after a block's first, which find the rows in
+        // L1) skip the prefetch code altogether.
+        let fetching = fetch > 0;
+        if fetching {
+            prefetch_rows(rows, stride, 0, AHEAD, fetch);
+        }
+        while t + 4 <= n {
+            if fetching {
+                prefetch_rows(rows, stride, t + AHEAD, 4, fetch);
+            }
+            // SAFETY: rows t..t + 4 exist and their scores lie in `out` (the caller's bounds).
+            unsafe { scores_group::<H, 4>(q, rows, stride, scale, out, out_stride, t) };
+            t += 4;
+        }
+        // SAFETY (each): rows t..n exist.
+        unsafe {
+            match n - t {
+                3 => scores_group::<H, 3>(q, rows, stride, scale, out, out_stride, t),
+                2 => scores_group::<H, 2>(q, rows, stride, scale, out, out_stride, t),
+                1 => scores_group::<H, 1>(q, rows, stride, scale, out, out_stride, t),
+                _ => {}
+            }
+        }
+    }
+
+    /// `M` (at most four) rows from `t` of [`scores_f16_heads`], the `H · M` sums in
+    /// registers; two heads' rows reduced together (the first head's in lanes 0..4, the
+    /// second's in lanes 4..8, missing rows and heads as zeros, not stored): a lane's value
+    /// depends on its own register alone.
+    ///
+    /// # Safety
+    /// As [`scores_f16_heads`], with rows `t..t + M` inside `rows` and `out`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[allow(clippy::needless_range_loop)]
+    unsafe fn scores_group<const H: usize, const M: usize>(
+        q: &[f32],
+        rows: &[f16],
+        stride: usize,
+        scale: f32,
+        out: &mut [f32],
+        out_stride: usize,
+        t: usize,
+    ) {
+        let d = q.len() / H;
+        let (qp, base, op) = (q.as_ptr(), rows.as_ptr().cast::<u16>(), out.as_mut_ptr());
+        let mut acc = [[_mm256_setzero_ps(); M]; H];
+        let mut i = 0;
+        while i < d {
+            // SAFETY: `i + 8 <= d`: inside each head's query and inside each of the `M` rows.
+            let qv: [__m256; H] = std::array::from_fn(|h| unsafe { _mm256_loadu_ps(qp.add(h * d + i)) });
+            for r in 0..M {
+                let k = unsafe { _mm256_cvtph_ps(_mm_loadu_si128(base.add((t + r) * stride + i).cast())) };
+                for h in 0..H {
+                    acc[h][r] = _mm256_fmadd_ps(qv[h], k, acc[h][r]);
+                }
+            }
+            i += 8;
+        }
+        let sv = _mm256_set1_ps(scale);
+        let mut h = 0;
+        while h < H {
+            let all: [__m256; 8] = std::array::from_fn(|j| {
+                let (head, r) = (h + j / 4, j % 4);
+                if head < H && r < M {
+                    acc[head][r]
+                } else {
+                    _mm256_setzero_ps()
+                }
+            });
+            let sums = _mm256_mul_ps(sum_each(&all), sv);
+            let mut lanes = [0f32; 8];
+            // SAFETY: `lanes` holds eight floats; out[head · out_stride + t..][..M] lies in
+            // `out` for each head < H (the caller's bound).
+            unsafe {
+                _mm256_storeu_ps(lanes.as_mut_ptr(), sums);
+                for k in 0..2 {
+                    if h + k < H {
+                        std::ptr::copy_nonoverlapping(lanes.as_ptr().add(4 * k), op.add((h + k) * out_stride + t), M);
                     }
                 }
-                i += 8;
             }
-            for (h, acc) in acc.iter().enumerate() {
-                // Rows past `m` are zeros: a row's lane depends on its own register alone.
-                let all: [__m256; 8] = std::array::from_fn(|r| if r < GROUP { acc[r] } else { _mm256_setzero_ps() });
-                let sums = _mm256_mul_ps(sum_each(&all), sv);
-                let mut lanes = [0f32; 8];
-                // SAFETY: `lanes` holds eight floats; out[h · out_stride + t..][..m] lies in
-                // `out` (the caller's bound).
-                unsafe {
-                    _mm256_storeu_ps(lanes.as_mut_ptr(), sums);
-                    std::ptr::copy_nonoverlapping(lanes.as_ptr(), op.add(h * out_stride + t), m);
-                }
-            }
-            t += m;
+            h += 2;
         }
     }
 
@@ -625,17 +707,25 @@ pub mod avx2 {
         rows: &[f16],
         stride: usize,
         out: &mut [f32],
+        fetch: usize,
     ) {
         let d = out.len() / H;
         debug_assert!(H == 0 || (H - 1) * p_stride + n <= p.len());
         let (pp, base, op) = (p.as_ptr(), rows.as_ptr().cast::<u16>(), out.as_mut_ptr());
         let mut c = 0;
+        let fetching = fetch > 0;
+        if fetching {
+            prefetch_rows(rows, stride, 0, AHEAD, fetch);
+        }
         while c + 16 <= d {
             // SAFETY: columns c..c + 16 lie in every head's output and in every row; the
             // weights p[h · p_stride + t] for t < n lie in `p` (the caller's bound).
             let mut acc: [[__m256; 2]; H] =
                 std::array::from_fn(|h| std::array::from_fn(|j| unsafe { _mm256_loadu_ps(op.add(h * d + c + 8 * j)) }));
             for t in 0..n {
+                if fetching && c == 0 {
+                    prefetch_rows(rows, stride, t + AHEAD, 1, fetch);
+                }
                 let rp = unsafe { base.add(t * stride + c) };
                 let v: [__m256; 2] =
                     std::array::from_fn(|j| unsafe { _mm256_cvtph_ps(_mm_loadu_si128(rp.add(8 * j).cast())) });
@@ -683,6 +773,7 @@ pub mod avx2 {
 /// kernels at a head size of 64).
 #[cfg(target_arch = "x86_64")]
 pub mod avx512 {
+    use super::avx2::{prefetch_rows, AHEAD};
     use half::f16;
     use std::arch::x86_64::*;
 
@@ -741,31 +832,6 @@ pub mod avx512 {
                 2 => scores_group::<H, 2>(q, rows, stride, scale, out, out_stride, t),
                 1 => scores_group::<H, 1>(q, rows, stride, scale, out, out_stride, t),
                 _ => {}
-            }
-        }
-    }
-
-    /// Rows the attention kernels ask the cache for ahead of use, into L2 (into L1 the 8-stream
-    /// attention of a decode step took 8-10% longer): a row's 64 f16 values take about ten
-    /// cycles, a load from memory some hundreds.
-    const AHEAD: usize = 24;
-
-    /// Start loading the first `d` f16 values of rows `first..first + count` (`stride` apart)
-    /// into the cache, those inside `rows` (which may hold rows past the ones a call uses: the
-    /// next call's).
-    #[inline]
-    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    fn prefetch_rows(rows: &[f16], stride: usize, first: usize, count: usize, d: usize) {
-        let base = rows.as_ptr();
-        let len = rows.len();
-        for r in first..first + count {
-            if r * stride + d > len {
-                break;
-            }
-            let row = base.wrapping_add(r * stride).cast::<i8>();
-            for off in (0..2 * d).step_by(64) {
-                // SAFETY: a prefetch is a hint that never faults.
-                _mm_prefetch::<_MM_HINT_T1>(row.wrapping_add(off));
             }
         }
     }

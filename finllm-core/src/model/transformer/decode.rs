@@ -15,7 +15,7 @@ use std::sync::Arc;
 use half::f16;
 use rayon::prelude::*;
 
-use super::kv_cache::KvRows;
+use super::kv_cache::{KvRows, LayerView};
 use super::{rope_values, Linear, SeqInput, Transformer};
 use crate::error::Result;
 use crate::model::config::{Activation, AttentionSpan, RopeStyle};
@@ -34,6 +34,10 @@ const BLOCK_TOKENS: usize = 16;
 /// Cached positions a block of tokens walks at a time: one KV head's 64 rows of keys (or
 /// values) of a 64-value head in f16 are 8 KiB, well inside L1.
 const KEY_TILE: usize = 64;
+
+/// Fewest cached positions every token of a call attends to for [`Transformer::attend_split`]'s
+/// passes (below it one task per query head: two fork-joins a layer cost more than they save).
+const SPLIT_KEYS: usize = 512;
 
 impl Transformer {
     /// Every sequence's new tokens after what its cache holds; leaves in `ws.logits` the logits
@@ -211,6 +215,13 @@ impl Transformer {
         } else {
             1
         };
+        // Decoding a sequence or two after a long prompt: the per-head tasks would convert each
+        // cached row once per query head of its group. Three passes instead (see
+        // `attend_split`), each with work for every thread.
+        let fewest_keys = rows.iter().map(|r| (r.pos + 1).min(window)).min().unwrap_or(0);
+        if per_task == 1 && block_len == 1 && fewest_keys >= SPLIT_KEYS && group * cfg.n_kv_heads == n_heads {
+            return self.attend_split(seqs, layer, q, rows, window, out);
+        }
         let tasks_per_block = n_heads / per_task;
         let task = |i: usize| -> Vec<f32> {
             let (tokens, h) = (blocks[i / tasks_per_block].clone(), (i % tasks_per_block) * per_task);
@@ -232,21 +243,11 @@ impl Transformer {
                 scale,
             };
             let mut out = vec![0f32; tokens.len() * per_task * d];
-            let view = seqs[rows[tokens.start].seq].cache.view(layer);
-            let segments = [view.prefix.map(|p| (p, 0)), Some((view.own, view.prefix_len))];
-            match (view.prefix, view.own) {
-                (None | Some((KvRows::F16(_), KvRows::F16(_))), (KvRows::F16(_), KvRows::F16(_))) => block.attend(
-                    segments.map(|s| s.map(|((k, v), at)| (f16_rows(k), f16_rows(v), at))),
-                    &mut out,
-                ),
-                (None | Some((KvRows::F32(_), KvRows::F32(_))), (KvRows::F32(_), KvRows::F32(_))) => block.attend(
-                    segments.map(|s| s.map(|((k, v), at)| (f32_rows(k), f32_rows(v), at))),
-                    &mut out,
-                ),
-                _ => unreachable!(
-                    "the kernels backend keeps its caches, prefixes included, in host memory with one precision"
-                ),
-            }
+            run_on(
+                &block,
+                seqs[rows[tokens.start].seq].cache.view(layer),
+                Job::Attend(&mut out),
+            );
             out
         };
         let work: usize = rows.iter().map(|r| (r.pos + 1).min(window)).sum::<usize>() * n_heads * d;
@@ -262,6 +263,125 @@ impl Transformer {
             let (tokens, h) = (blocks[i / tasks_per_block].clone(), (i % tasks_per_block) * per_task);
             for (t, values) in tokens.zip(result.chunks_exact(width)) {
                 out[t * q_dim + h * d..][..width].copy_from_slice(values);
+            }
+        }
+    }
+}
+
+impl Transformer {
+    /// Attention for a few tokens over many cached positions, in three passes: the scores of
+    /// each token, KV head and run of positions (a converted key feeds every query head of
+    /// the group); each head's softmax; the weighted sums of each token, KV head and run of
+    /// columns (a converted value feeds every head of the group). Scores are per row and each
+    /// column's sum is the same chain of multiply-adds in position order, so every bit is the
+    /// one [`Block::attend`] gives, however the work is cut.
+    fn attend_split(
+        &self,
+        seqs: &[SeqInput<'_>],
+        layer: usize,
+        q: &[f32],
+        rows: &[TokenRow],
+        window: usize,
+        out: &mut Vec<f32>,
+    ) {
+        let cfg = &self.cfg;
+        let (d, n_heads, q_dim, kv_dim, n_kv) = (cfg.head_dim, cfg.n_heads, cfg.q_dim(), cfg.kv_dim(), cfg.n_kv_heads);
+        let group = n_heads / n_kv;
+        let scale = cfg.attn_scale as f32;
+        let keys: Vec<std::ops::Range<usize>> = rows
+            .iter()
+            .map(|r| (r.pos + 1).saturating_sub(window)..r.pos + 1)
+            .collect();
+        let block = |t: usize, g: usize, positions: std::ops::Range<usize>| Block {
+            queries: vec![(&q[t * q_dim + g * group * d..][..group * d], positions)],
+            d,
+            group,
+            offset: g * d,
+            kv_dim,
+            scale,
+        };
+        let view = |t: usize| seqs[rows[t].seq].cache.view(layer);
+        // About four tasks a thread in each pass.
+        let want = 4 * rayon::current_num_threads();
+        let units = rows.len() * n_kv;
+        let runs = want.div_ceil(units).max(1);
+        let mut tasks = Vec::new();
+        for (t, k) in keys.iter().enumerate() {
+            let step = k.len().div_ceil(runs).div_ceil(KEY_TILE) * KEY_TILE;
+            for g in 0..n_kv {
+                let mut from = k.start;
+                while from < k.end {
+                    tasks.push((t, g, from..(from + step).min(k.end)));
+                    from += step;
+                }
+            }
+        }
+        let scores: Vec<Vec<f32>> = tasks
+            .par_iter()
+            .map(|(t, g, r)| {
+                let mut p = vec![0f32; group * r.len()];
+                run_on(&block(*t, *g, r.clone()), view(*t), Job::Scores(&mut p));
+                p
+            })
+            .collect();
+        // Token t's probabilities: `n_heads` rows of its key count, from offsets[t].
+        let mut offsets = Vec::with_capacity(rows.len());
+        let mut total = 0;
+        for k in &keys {
+            offsets.push(total);
+            total += n_heads * k.len();
+        }
+        let mut probs = vec![0f32; total];
+        for ((t, g, r), p) in tasks.iter().zip(&scores) {
+            let n = keys[*t].len();
+            for (h, p) in p.chunks_exact(r.len()).enumerate() {
+                let at = offsets[*t] + (g * group + h) * n + (r.start - keys[*t].start);
+                probs[at..at + r.len()].copy_from_slice(p);
+            }
+        }
+        for (t, k) in keys.iter().enumerate() {
+            for p in probs[offsets[t]..offsets[t] + n_heads * k.len()].chunks_exact_mut(k.len()) {
+                softmax_in_place(p);
+            }
+        }
+        // Columns in runs of 32 (whole cache lines of f16; the kernels' vectors divide them).
+        let col_runs = if d.is_multiple_of(32) {
+            want.div_ceil(units).clamp(1, d / 32)
+        } else {
+            1
+        };
+        let width = if col_runs == 1 { d } else { d / 32 / col_runs * 32 };
+        let mut jobs = Vec::new();
+        for t in 0..rows.len() {
+            for g in 0..n_kv {
+                let mut c = 0;
+                while c < d {
+                    let w = if c + 2 * width > d { d - c } else { width };
+                    jobs.push((t, g, c..c + w));
+                    c += w;
+                }
+            }
+        }
+        let sums: Vec<Vec<f32>> = jobs
+            .par_iter()
+            .map(|(t, g, cols)| {
+                let n = keys[*t].len();
+                let p = &probs[offsets[*t] + g * group * n..][..group * n];
+                let mut o = vec![0f32; group * cols.len()];
+                let job = Job::Sums {
+                    probs: p,
+                    cols: cols.clone(),
+                    out: &mut o,
+                };
+                run_on(&block(*t, *g, keys[*t].clone()), view(*t), job);
+                o
+            })
+            .collect();
+        out.resize(rows.len() * q_dim, 0.0);
+        for ((t, g, cols), o) in jobs.iter().zip(&sums) {
+            for (h, o) in o.chunks_exact(cols.len()).enumerate() {
+                let at = t * q_dim + (g * group + h) * d + cols.start;
+                out[at..at + cols.len()].copy_from_slice(o);
             }
         }
     }
@@ -338,19 +458,56 @@ impl Block<'_> {
     /// weighted sums add rows in position order, so neither the segments, nor the tiles, nor
     /// how many tokens and heads one block holds change a bit of the result.
     fn attend<T: KvElem>(&self, segments: [Option<Segment<'_, T>>; 2], out: &mut [f32]) {
-        let heads = self.queries.first().map_or(0, |(q, _)| q.len() / self.d);
-        // Token i's probabilities: `heads` rows of its key count, from offsets[i].
+        let (offsets, total) = self.offsets();
+        let pieces = self.pieces(&segments);
+        let mut probs = vec![0f32; total];
+        self.scores(&segments, &pieces, &offsets, &mut probs);
+        self.softmax(&offsets, &mut probs);
+        out.fill(0.0);
+        self.sums(&segments, &pieces, &offsets, &probs, 0..self.d, out);
+    }
+
+    /// What a task asks of the block, on rows of precision `T`.
+    fn run<T: KvElem>(&self, segments: [Option<Segment<'_, T>>; 2], job: Job<'_>) {
+        match job {
+            Job::Attend(out) => self.attend(segments, out),
+            Job::Scores(probs) => {
+                let (offsets, total) = self.offsets();
+                let pieces = self.pieces(&segments);
+                self.scores(&segments, &pieces, &offsets, &mut probs[..total]);
+            }
+            Job::Sums { probs, cols, out } => {
+                let (offsets, _) = self.offsets();
+                let pieces = self.pieces(&segments);
+                out.fill(0.0);
+                self.sums(&segments, &pieces, &offsets, probs, cols, out);
+            }
+        }
+    }
+
+    /// Query heads per token.
+    fn heads(&self) -> usize {
+        self.queries.first().map_or(0, |(q, _)| q.len() / self.d)
+    }
+
+    /// Where each token's probabilities start (`heads` rows of its key count each), and their
+    /// total.
+    fn offsets(&self) -> (Vec<usize>, usize) {
+        let heads = self.heads();
         let mut offsets = Vec::with_capacity(self.queries.len());
         let mut total = 0;
         for (_, keys) in &self.queries {
             offsets.push(total);
             total += heads * keys.len();
         }
-        let mut probs = vec![0f32; total];
+        (offsets, total)
+    }
+
+    /// Every (segment, token, rows) piece in position order: tiles ascending, the prefix
+    /// before the own rows within a tile.
+    fn pieces<T>(&self, segments: &[Option<Segment<'_, T>>; 2]) -> Vec<(usize, usize, std::ops::Range<usize>)> {
         let lo = self.queries.iter().map(|(_, k)| k.start).min().unwrap_or(0);
         let hi = self.queries.iter().map(|(_, k)| k.end).max().unwrap_or(0);
-        // Every (segment, token, rows) piece in position order: tiles ascending, the prefix
-        // before the own rows within a tile.
         let mut pieces = Vec::new();
         let mut tile = lo / KEY_TILE * KEY_TILE;
         while tile < hi {
@@ -368,22 +525,40 @@ impl Block<'_> {
             }
             tile += KEY_TILE;
         }
+        pieces
+    }
+
+    /// Values of a cached row this block asks the kernels to fetch ahead for token `i` and KV
+    /// head `j`, reading columns `cols` of each head. Only the first token's calls fetch: the
+    /// later tokens of a block find the tile in L1 (asked again, AVX2's 2,048-token prefill
+    /// lost 10%). A block that reads every KV head whole has the first head's calls fetch
+    /// whole rows ahead (the later heads' find their slices cached; fetched per head, each
+    /// head's pass waited on memory again: 8-stream attention took 15% less time a step, and
+    /// the engine at 8 streams gave 945 -> 984 tok/s); one that reads some heads or columns
+    /// fetches only its own slices, which are all it reads.
+    fn fetch(&self, i: usize, j: usize, cols: &std::ops::Range<usize>) -> usize {
+        let kv_heads = self.heads().div_ceil(self.group);
+        if i > 0 {
+            0
+        } else if j == 0 && kv_heads * self.d == self.kv_dim && cols.len() == self.d {
+            self.kv_dim
+        } else {
+            cols.len()
+        }
+    }
+
+    /// Every token's scaled scores (`q · k`) into `probs`, laid out as [`offsets`](Self::offsets) says.
+    fn scores<T: KvElem>(
+        &self,
+        segments: &[Option<Segment<'_, T>>; 2],
+        pieces: &[(usize, usize, std::ops::Range<usize>)],
+        offsets: &[usize],
+        probs: &mut [f32],
+    ) {
         // The KV heads this block reads, each with `group` query heads.
         let per_kv = self.group;
-        let kv_heads = heads.div_ceil(per_kv);
-        // A block that reads every KV head has the first head's calls fetch whole rows ahead
-        // (the later heads' find their slices cached; fetched per head, each head's pass
-        // waited on memory again: 8-stream attention took 15% less time a step, and the engine
-        // at 8 streams gave 945 -> 984 tok/s); one that reads some heads fetches only its own
-        // slices, which are all it reads.
-        let fetch = |j: usize| {
-            if j == 0 && kv_heads * self.d == self.kv_dim {
-                self.kv_dim
-            } else {
-                self.d
-            }
-        };
-        for (s, i, rows) in &pieces {
+        let kv_heads = self.heads().div_ceil(per_kv);
+        for (s, i, rows) in pieces {
             let (k, _, at) = segments[*s].expect("a piece lies in a segment");
             let (q, keys) = &self.queries[*i];
             let n = keys.len();
@@ -399,38 +574,89 @@ impl Block<'_> {
                     &mut probs[first + j * per_kv * n..],
                     n,
                     rows.len(),
-                    fetch(j),
+                    self.fetch(*i, j, &(0..self.d)),
                 );
             }
         }
+    }
+
+    /// Each head's row of scores into probabilities.
+    fn softmax(&self, offsets: &[usize], probs: &mut [f32]) {
+        let heads = self.heads();
         for (i, (_, keys)) in self.queries.iter().enumerate() {
             let n = keys.len().max(1);
             for p in probs[offsets[i]..offsets[i] + heads * keys.len()].chunks_exact_mut(n) {
                 softmax_in_place(p);
             }
         }
-        out.fill(0.0);
-        let width = heads * self.d;
-        for (s, i, rows) in &pieces {
+    }
+
+    /// Columns `cols` of every token's and head's weighted sum of value rows into `out`
+    /// (`[token][head][cols]`, added to what it holds). Each column's sum is the same chain of
+    /// multiply-adds, rows in position order, whatever the columns taken.
+    #[allow(clippy::too_many_arguments)]
+    fn sums<T: KvElem>(
+        &self,
+        segments: &[Option<Segment<'_, T>>; 2],
+        pieces: &[(usize, usize, std::ops::Range<usize>)],
+        offsets: &[usize],
+        probs: &[f32],
+        cols: std::ops::Range<usize>,
+        out: &mut [f32],
+    ) {
+        let per_kv = self.group;
+        let heads = self.heads();
+        let kv_heads = heads.div_ceil(per_kv);
+        let w = cols.len();
+        let width = heads * w;
+        for (s, i, rows) in pieces {
             let (_, v, at) = segments[*s].expect("a piece lies in a segment");
             let keys = &self.queries[*i].1;
             let first = offsets[*i] + rows.start - keys.start;
             let o = &mut out[i * width..(i + 1) * width];
             let n = keys.len();
             for j in 0..kv_heads {
-                let v = &v[(rows.start - at) * self.kv_dim + self.offset + j * self.d..];
+                let v = &v[(rows.start - at) * self.kv_dim + self.offset + j * self.d + cols.start..];
                 T::weighted_sum_heads(
                     &probs[first + j * per_kv * n..],
                     n,
                     rows.len(),
                     v,
                     self.kv_dim,
-                    &mut o[j * per_kv * self.d..][..per_kv * self.d],
-                    self.d,
-                    fetch(j),
+                    &mut o[j * per_kv * w..][..per_kv * w],
+                    w,
+                    self.fetch(*i, j, &cols),
                 );
             }
         }
+    }
+}
+
+/// A task's share of a [`Block`]'s attention: all of it into `[token][head][d]`, or only the
+/// scores, or only some columns of the weighted sums from probabilities already made.
+enum Job<'p> {
+    Attend(&'p mut [f32]),
+    Scores(&'p mut [f32]),
+    Sums {
+        probs: &'p [f32],
+        cols: std::ops::Range<usize>,
+        out: &'p mut [f32],
+    },
+}
+
+/// Runs `job` on `block` over one layer's rows of a sequence's cache, whichever their precision.
+fn run_on(block: &Block<'_>, view: LayerView<'_>, job: Job<'_>) {
+    let segments = [view.prefix.map(|p| (p, 0)), Some((view.own, view.prefix_len))];
+    match (view.prefix, view.own) {
+        (None | Some((KvRows::F16(_), KvRows::F16(_))), (KvRows::F16(_), KvRows::F16(_))) => block.run(
+            segments.map(|s| s.map(|((k, v), at)| (f16_rows(k), f16_rows(v), at))),
+            job,
+        ),
+        (None | Some((KvRows::F32(_), KvRows::F32(_))), (KvRows::F32(_), KvRows::F32(_))) => block.run(
+            segments.map(|s| s.map(|((k, v), at)| (f32_rows(k), f32_rows(v), at))),
+            job,
+        ),
+        _ => unreachable!("the kernels backend keeps its caches, prefixes included, in host memory with one precision"),
     }
 }
 
