@@ -43,6 +43,8 @@ FINLLM_FORCE_SCALAR=1 cargo test --release --locked --test tiny_models --test re
 if grep -q avx512 /proc/cpuinfo 2>/dev/null; then
   FINLLM_MAX_ISA=avx2 cargo test --release --locked --test tiny_models --test reference_smollm2
   FINLLM_MAX_ISA=avx2 cargo test --release --locked -p finllm-core --lib quant::
+  # AVX2 decodes a long sequence alone in split passes (AVX-512 does not): the same bits.
+  FINLLM_MAX_ISA=avx2 cargo test --release --locked --test engine a_long_context
 fi
 # The NEON kernels: the kernel tests cross-compiled for aarch64 and run under qemu-user.
 bash scripts/test-aarch64.sh

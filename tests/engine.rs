@@ -224,9 +224,10 @@ fn a_shared_prefix_reads_like_rows_of_its_own() {
 }
 
 /// Decoding after a prompt longer than 512 tokens, a sequence alone takes attention in passes
-/// split by positions and by columns; beside a sequence with a short context, in one task per
-/// query head. Its logits have the same bits either way, on every architecture (Gemma 3's
-/// sliding-window layers included).
+/// split by positions and by columns (on AVX2; `scripts/test.sh` runs this test capped to it
+/// on an AVX-512 machine); beside a sequence with a short context, in one task per query head.
+/// Its logits have the same bits either way, on every architecture (Gemma 3's sliding-window
+/// layers included).
 #[test]
 fn a_long_context_decodes_alike_alone_and_beside_a_short_one() {
     use finllm::model::SeqInput;
