@@ -140,8 +140,13 @@ impl PrefixStore {
             cache: cache.clone(),
             last_used: self.clock,
         });
-        while self.entries.len() > self.max_entries && self.evict_one() {}
+        self.trim();
         (cache, true)
+    }
+
+    /// Evict idle entries, least recently used first, while there are more than the bound.
+    pub(super) fn trim(&mut self) {
+        while self.entries.len() > self.max_entries && self.evict_one() {}
     }
 
     /// A request that was building the prefix `ids` ended first.
@@ -232,6 +237,25 @@ mod tests {
         let kept: Vec<u32> = store.entries.iter().map(|e| e.ids[0]).collect();
         assert_eq!(kept.len(), 2);
         assert!(kept.contains(&0) && kept.contains(&200), "{kept:?}");
+        assert_eq!(store.tokens(), 32);
+    }
+
+    #[test]
+    fn entries_made_while_all_were_read_are_trimmed_once_idle() {
+        let mut store = PrefixStore::new(16, 2);
+        let prefixes: Vec<Vec<u32>> = (0..3).map(|k| (0..16).map(|i| k * 100 + i).collect()).collect();
+        // Every entry read when the third arrives: none can go, so three stay.
+        let held: Vec<Arc<KvCache>> = prefixes.iter().map(|p| store.insert(p, cache()).0).collect();
+        assert_eq!((store.entries.len(), store.tokens()), (3, 48));
+        store.trim();
+        assert_eq!(store.entries.len(), 3, "entries in use stay");
+        // Once their readers end, trimming brings the store back to its bound, the least
+        // recently used going first.
+        drop(held);
+        store.trim();
+        let kept: Vec<u32> = store.entries.iter().map(|e| e.ids[0]).collect();
+        assert_eq!(kept.len(), 2);
+        assert!(kept.contains(&100) && kept.contains(&200), "{kept:?}");
         assert_eq!(store.tokens(), 32);
     }
 

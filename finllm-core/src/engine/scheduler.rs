@@ -383,16 +383,25 @@ fn retire(shared: &Shared, batch: &mut Batch, running: usize, gone: Vec<(Running
     for (r, _) in &gone {
         batch.release(r);
     }
+    // The caches go first: a shared prefix one of them read may now be idle, and past the
+    // bound on entries (an entry made while every other was read could not evict one then).
+    let gone: Vec<_> = gone
+        .into_iter()
+        .map(|(r, end)| {
+            let Running {
+                decoding,
+                cache,
+                tx,
+                first_token,
+                ..
+            } = r;
+            drop(cache);
+            (decoding, tx, first_token, end)
+        })
+        .collect();
+    batch.prefixes.trim();
     shared.metrics.gauges(batch.gauges(running));
-    for (r, end) in gone {
-        let Running {
-            decoding,
-            cache,
-            tx,
-            first_token,
-            ..
-        } = r;
-        drop(cache);
+    for (decoding, tx, first_token, end) in gone {
         match end {
             End::Done(outcome) => {
                 let decode = first_token.map(|t| t.elapsed());
