@@ -209,10 +209,7 @@ impl KvElem for f16 {
                     "scores of {heads} heads in {} values",
                     out.len()
                 );
-                let most = if wide { avx512::HEADS } else { avx2::HEADS };
-                let mut h = 0;
-                while h < heads {
-                    let take = (heads - h).min(most);
+                head_groups(heads, wide, |h, take| {
                     let (qh, oh) = (&q[h * d..(h + take) * d], &mut out[h * out_stride..]);
                     // SAFETY: the AVX-512 level implies AVX-512 F with AVX2, FMA and F16C, and
                     // every x86 SIMD level `Isa::detect` returns implies AVX2, FMA and F16C; the
@@ -239,8 +236,7 @@ impl KvElem for f16 {
                             (false, _) => avx2::scores_f16(qh, rows, stride, scale, &mut oh[..n]),
                         }
                     }
-                    h += take;
-                }
+                });
                 return;
             }
         }
@@ -273,10 +269,7 @@ impl KvElem for f16 {
                 "weights of {heads} heads in {} values",
                 p.len()
             );
-            let most = if wide { avx512::HEADS } else { avx2::HEADS };
-            let mut h = 0;
-            while h < heads {
-                let take = (heads - h).min(most);
+            head_groups(heads, wide, |h, take| {
                 let (ph, oh) = (&p[h * p_stride..], &mut out[h * d..(h + take) * d]);
                 // SAFETY: as in `scores_heads`.
                 unsafe {
@@ -289,13 +282,25 @@ impl KvElem for f16 {
                         (false, _) => avx2::weighted_sum_f16(&ph[..n], rows, stride, oh),
                     }
                 }
-                h += take;
-            }
+            });
             return;
         }
         for (h, oh) in out.chunks_exact_mut(d).enumerate() {
             Self::weighted_sum(&p[h * p_stride..h * p_stride + n], rows, stride, oh);
         }
+    }
+}
+
+/// `f(first, count)` for each group of consecutive heads the multi-head kernels take at once
+/// (AVX-512's when `wide`, else AVX2's), in order.
+#[cfg(target_arch = "x86_64")]
+fn head_groups(heads: usize, wide: bool, mut f: impl FnMut(usize, usize)) {
+    let most = if wide { avx512::HEADS } else { avx2::HEADS };
+    let mut h = 0;
+    while h < heads {
+        let take = (heads - h).min(most);
+        f(h, take);
+        h += take;
     }
 }
 
