@@ -291,6 +291,38 @@ impl KvElem for f16 {
     }
 }
 
+/// The body of a multi-head scores kernel (`scores_f16_heads` of `avx2` and `avx512`): the rows
+/// four at a time by the module's `scores_group::<H, 4>`, the last one to three by a shorter
+/// group, each group's rows asked for [`AHEAD`](avx2::AHEAD) rows ahead (into L2: the rows lie
+/// `stride` apart, a head's slice of each cache row, which the hardware prefetchers follow
+/// late). A call told to fetch nothing (`fetch` 0: a block's later tokens, which find the rows
+/// in L1) skips the prefetch code altogether. Unsafe: the kernel's own contract.
+#[cfg(target_arch = "x86_64")]
+macro_rules! scores_in_groups {
+    ($q:expr, $rows:expr, $stride:expr, $scale:expr, $out:expr, $out_stride:expr, $n:expr, $fetch:expr) => {{
+        let (q, rows, stride, scale, out, out_stride, n, fetch) =
+            ($q, $rows, $stride, $scale, $out, $out_stride, $n, $fetch);
+        let mut t = 0;
+        let fetching = fetch > 0;
+        if fetching {
+            prefetch_rows(rows, stride, 0, AHEAD, fetch);
+        }
+        while t + 4 <= n {
+            if fetching {
+                prefetch_rows(rows, stride, t + AHEAD, 4, fetch);
+            }
+            scores_group::<H, 4>(q, rows, stride, scale, out, out_stride, t);
+            t += 4;
+        }
+        match n - t {
+            3 => scores_group::<H, 3>(q, rows, stride, scale, out, out_stride, t),
+            2 => scores_group::<H, 2>(q, rows, stride, scale, out, out_stride, t),
+            1 => scores_group::<H, 1>(q, rows, stride, scale, out, out_stride, t),
+            _ => {}
+        }
+    }};
+}
+
 /// `f(first, count)` for each group of consecutive heads the multi-head kernels take at once
 /// (AVX-512's when `wide`, else AVX2's), in order.
 #[cfg(target_arch = "x86_64")]
@@ -609,30 +641,8 @@ pub mod avx2 {
     ) {
         debug_assert!((q.len() / H).is_multiple_of(8) && !q.is_empty());
         debug_assert!(H == 0 || (H - 1) * out_stride + n <= out.len());
-        let mut t = 0;
-        // Calls told to fetch nothing (tokens after a block's first, which find the rows in
-        // L1) skip the prefetch code altogether.
-        let fetching = fetch > 0;
-        if fetching {
-            prefetch_rows(rows, stride, 0, AHEAD, fetch);
-        }
-        while t + 4 <= n {
-            if fetching {
-                prefetch_rows(rows, stride, t + AHEAD, 4, fetch);
-            }
-            // SAFETY: rows t..t + 4 exist and their scores lie in `out` (the caller's bounds).
-            unsafe { scores_group::<H, 4>(q, rows, stride, scale, out, out_stride, t) };
-            t += 4;
-        }
-        // SAFETY (each): rows t..n exist.
-        unsafe {
-            match n - t {
-                3 => scores_group::<H, 3>(q, rows, stride, scale, out, out_stride, t),
-                2 => scores_group::<H, 2>(q, rows, stride, scale, out, out_stride, t),
-                1 => scores_group::<H, 1>(q, rows, stride, scale, out, out_stride, t),
-                _ => {}
-            }
-        }
+        // SAFETY: forwarded (the caller's bounds).
+        unsafe { scores_in_groups!(q, rows, stride, scale, out, out_stride, n, fetch) }
     }
 
     /// `M` (at most four) rows from `t` of [`scores_f16_heads`], the `H · M` sums in
@@ -819,26 +829,8 @@ pub mod avx512 {
         n: usize,
         fetch: usize,
     ) {
-        let mut t = 0;
-        prefetch_rows(rows, stride, 0, AHEAD, fetch);
-        while t + 4 <= n {
-            // The next group's rows, while this one's are multiplied: the rows lie `stride`
-            // apart (a head's slice of each cache row), which the hardware prefetchers follow
-            // late.
-            prefetch_rows(rows, stride, t + AHEAD, 4, fetch);
-            // SAFETY: rows t..t + 4 exist (the caller's bounds).
-            unsafe { scores_group::<H, 4>(q, rows, stride, scale, out, out_stride, t) };
-            t += 4;
-        }
-        // SAFETY (each): rows t..n exist.
-        unsafe {
-            match n - t {
-                3 => scores_group::<H, 3>(q, rows, stride, scale, out, out_stride, t),
-                2 => scores_group::<H, 2>(q, rows, stride, scale, out, out_stride, t),
-                1 => scores_group::<H, 1>(q, rows, stride, scale, out, out_stride, t),
-                _ => {}
-            }
-        }
+        // SAFETY: forwarded (the caller's bounds).
+        unsafe { scores_in_groups!(q, rows, stride, scale, out, out_stride, n, fetch) }
     }
 
     /// `M` (at most four) rows from `t` of [`scores_f16_heads`]: the sums of all `H · M`
