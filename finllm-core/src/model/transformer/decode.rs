@@ -275,9 +275,7 @@ impl Transformer {
             }
         }
     }
-}
 
-impl Transformer {
     /// Attention for a few tokens over many cached positions, in three passes: the scores of
     /// each token, KV head and run of positions (a converted key feeds every query head of
     /// the group); each head's softmax; the weighted sums of each token, KV head and run of
@@ -334,12 +332,7 @@ impl Transformer {
             })
             .collect();
         // Token t's probabilities: `n_heads` rows of its key count, from offsets[t].
-        let mut offsets = Vec::with_capacity(rows.len());
-        let mut total = 0;
-        for k in &keys {
-            offsets.push(total);
-            total += n_heads * k.len();
-        }
+        let (offsets, total) = prob_offsets(n_heads, keys.iter().map(|k| k.len()));
         let mut probs = vec![0f32; total];
         for ((t, g, r), p) in tasks.iter().zip(&scores) {
             let n = keys[*t].len();
@@ -502,14 +495,7 @@ impl Block<'_> {
     /// Where each token's probabilities start (`heads` rows of its key count each), and their
     /// total.
     fn offsets(&self) -> (Vec<usize>, usize) {
-        let heads = self.heads();
-        let mut offsets = Vec::with_capacity(self.queries.len());
-        let mut total = 0;
-        for (_, keys) in &self.queries {
-            offsets.push(total);
-            total += heads * keys.len();
-        }
-        (offsets, total)
+        prob_offsets(self.heads(), self.queries.iter().map(|(_, keys)| keys.len()))
     }
 
     /// Every (segment, token, rows) piece in position order: tiles ascending, the prefix
@@ -651,6 +637,18 @@ enum Job<'p> {
         cols: std::ops::Range<usize>,
         out: &'p mut [f32],
     },
+}
+
+/// Where each token's probabilities start when it has `heads` rows of its key count (in
+/// `key_lens`' order), and their total.
+fn prob_offsets(heads: usize, key_lens: impl ExactSizeIterator<Item = usize>) -> (Vec<usize>, usize) {
+    let mut offsets = Vec::with_capacity(key_lens.len());
+    let mut total = 0;
+    for n in key_lens {
+        offsets.push(total);
+        total += heads * n;
+    }
+    (offsets, total)
 }
 
 /// Runs `job` on `block` over one layer's rows of a sequence's cache, whichever their precision.
