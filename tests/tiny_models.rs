@@ -519,8 +519,15 @@ fn matrix_bytes(spec: &SyntheticSpec, elem_bytes: u64) -> u64 {
 fn float_weights_run_in_place_on_the_kernels_and_match_candle() {
     // f32, f16 and bf16 matrices, from GGUF and from safetensors, tied output (Llama, Qwen3,
     // Gemma 3) or not (Qwen2): finllm's float kernels read them in place, and give the logits of
-    // candle, which multiplies f32 copies. Only summation order differs.
+    // candle, which multiplies f32 copies. Only summation order differs, except for bf16 rows on
+    // a CPU with a bf16 dot product: there the activations are rounded to bf16 (8 significant
+    // bits, relative error up to 2^-9 per value, as llama.cpp does), and those errors pass
+    // through every layer (measured 8e-3 of the largest logit on these tiny models).
     let check = |what: &str, spec: &SyntheticSpec, kernels: &Transformer, candle: &Transformer, elem_bytes: u64| {
+        let bf16_activations = what.contains("bf16")
+            && finllm::quant::bf16dot::bf16_dot_kernels(QuantType::BF16, finllm::quant::kernels::Isa::detect())
+                .is_some();
+        let bound = if bf16_activations { 2e-2 } else { 2e-5 };
         let in_place = kernels.matrix_memory();
         assert_eq!(in_place.copied, 0, "{what}: no matrix copied");
         assert_eq!(in_place.in_place, matrix_bytes(spec, elem_bytes), "{what}");
@@ -536,7 +543,7 @@ fn float_weights_run_in_place_on_the_kernels_and_match_candle() {
         let scale = want.iter().flatten().fold(1f32, |m, v| m.max(v.abs()));
         let diff = max_diff(&got, &want);
         eprintln!("{what}: kernels vs candle max |diff| {diff:.2e} (logits up to {scale:.1})");
-        assert!(diff <= 2e-5 * scale, "{what}: {diff}");
+        assert!(diff <= bound * scale, "{what}: {diff}");
         // The host path: a prefill, then single-token steps.
         let mut cache = kernels.new_cache_with(KvPrecision::F32);
         let mut last = kernels.forward(&SEQ[..10], &mut cache).unwrap();
@@ -546,7 +553,7 @@ fn float_weights_run_in_place_on_the_kernels_and_match_candle() {
                 .zip(&want[i - 1])
                 .map(|(a, b)| (a - b).abs())
                 .fold(0f32, f32::max);
-            assert!(d <= 2e-5 * scale, "{what} position {i}: {d}");
+            assert!(d <= bound * scale, "{what} position {i}: {d}");
             last = kernels.forward(&[tok], &mut cache).unwrap();
         }
     };

@@ -19,19 +19,20 @@ pub const MAX_TILE_TOKENS: usize = 4;
 pub const FLOAT_FORMATS: [QuantType; 3] = [QuantType::F32, QuantType::F16, QuantType::BF16];
 
 /// One weight row · one token: `row` holds `x.len()` weights in the format (and may be longer).
-pub type FloatDotFn = fn(row: &[u8], x: &[f32]) -> f32;
+/// Activations are f32, or bf16 bits for [`bf16dot`](super::bf16dot)'s kernels.
+pub type FloatDotFn<A = f32> = fn(row: &[u8], x: &[A]) -> f32;
 
 /// `rows.len()` weight rows (1..=[`MAX_TILE_ROWS`]) times `xs.len()` tokens
 /// (1..=[`MAX_TILE_TOKENS`]), all `xs` of one length: `out[r * xs.len() + t]` is row `r` ·
 /// token `t`, bit-identical to [`FloatDotFn`] on that pair. Each converted weight vector is used
 /// for every token of the tile, each loaded activation vector for every row.
-pub type FloatTileFn = fn(rows: &[&[u8]], xs: &[&[f32]], out: &mut [f32]);
+pub type FloatTileFn<A = f32> = fn(rows: &[&[u8]], xs: &[&[A]], out: &mut [f32]);
 
-/// The kernels for one float format on one ISA.
+/// The kernels for one float format on one ISA, over activations of type `A`.
 #[derive(Clone, Copy)]
-pub struct FloatKernels {
-    pub dot: FloatDotFn,
-    pub tile: FloatTileFn,
+pub struct FloatKernels<A = f32> {
+    pub dot: FloatDotFn<A>,
+    pub tile: FloatTileFn<A>,
     /// The tile shape that runs best on this ISA (the largest that keeps every accumulator in a
     /// register): at most this many rows...
     pub tile_rows: usize,
@@ -43,7 +44,7 @@ pub struct FloatKernels {
     pub decode_rows: usize,
 }
 
-impl std::fmt::Debug for FloatKernels {
+impl<A> std::fmt::Debug for FloatKernels<A> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FloatKernels")
             .field("tile_rows", &self.tile_rows)
@@ -113,7 +114,7 @@ fn kernels_for<const D: u8>(isa: Isa) -> FloatKernels {
 }
 
 /// Panics unless a tile call's arguments are in range; returns the row length in elements.
-fn check_tile<const D: u8>(rows: &[&[u8]], xs: &[&[f32]], out: &[f32]) -> usize {
+pub(super) fn check_tile<const D: u8, A>(rows: &[&[u8]], xs: &[&[A]], out: &[f32]) -> usize {
     assert!(
         (1..=MAX_TILE_ROWS).contains(&rows.len()) && (1..=MAX_TILE_TOKENS).contains(&xs.len()),
         "tile of {} rows by {} tokens",
@@ -155,6 +156,11 @@ macro_rules! by_shape {
         }
     };
 }
+#[cfg(target_arch = "x86_64")]
+pub(super) use by_shape;
+
+#[cfg(target_arch = "x86_64")]
+pub(super) use avx512::hsum as hsum512;
 
 /// The reference: element by element in eight interleaved f32 partial sums (lane `l` takes
 /// elements `8k + l`), added pairwise at the end. The lanes keep the sum as accurate as the SIMD
@@ -231,7 +237,7 @@ pub mod scalar {
     }
 
     pub fn tile<const D: u8>(rows: &[&[u8]], xs: &[&[f32]], out: &mut [f32]) {
-        check_tile::<D>(rows, xs, out);
+        check_tile::<D, f32>(rows, xs, out);
         for (row, out) in rows.iter().zip(out.chunks_exact_mut(xs.len())) {
             for (x, o) in xs.iter().zip(out) {
                 *o = dot::<D>(row, x);
@@ -258,7 +264,7 @@ mod avx2 {
     }
 
     pub fn tile<const D: u8>(rows: &[&[u8]], xs: &[&[f32]], out: &mut [f32]) {
-        check_tile::<D>(rows, xs, out);
+        check_tile::<D, f32>(rows, xs, out);
         // SAFETY: AVX2, FMA and F16C are present (see above); `check_tile` bounds every load.
         unsafe { by_shape!(tile_impl, D, rows, xs, out) }
     }
@@ -369,7 +375,7 @@ mod avx512 {
     }
 
     pub fn tile<const D: u8>(rows: &[&[u8]], xs: &[&[f32]], out: &mut [f32]) {
-        check_tile::<D>(rows, xs, out);
+        check_tile::<D, f32>(rows, xs, out);
         // SAFETY: the features are present (see above); `check_tile` bounds every load.
         unsafe { by_shape!(tile_impl, D, rows, xs, out) }
     }
@@ -464,7 +470,7 @@ mod avx512 {
     /// [`avx2::hsum`](super::avx2::hsum).
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-    fn hsum(v: __m512) -> f32 {
+    pub(crate) fn hsum(v: __m512) -> f32 {
         let high = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
         super::avx2::hsum(_mm256_add_ps(_mm512_castps512_ps256(v), high))
     }

@@ -10,8 +10,9 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
+use super::bf16dot::{bf16_dot_kernels, round_to_bf16};
 use super::blocks::{quantize_q8, BlockQ8, QK};
-use super::float::{float_kernels, FloatKernels, MAX_TILE_ROWS, MAX_TILE_TOKENS};
+use super::float::{float_kernels, FloatKernels, FLOAT_FORMATS, MAX_TILE_ROWS, MAX_TILE_TOKENS};
 use super::gemm::{PanelFormat, Panels, PANEL_ROWS};
 use super::kernels::{block_bytes, dot4_fn, dot_fn, dotn_fn, Dot4Fn, DotFn, DotNFn, Isa};
 use super::ktile::{super_kernels, supers_from_blocks, SuperKernels, SuperQ8, SUBS};
@@ -110,6 +111,9 @@ enum RowKernels {
     },
     /// f32 / f16 / bf16 rows against f32 activations.
     Float(FloatKernels),
+    /// bf16 rows against activations rounded to bf16, on CPUs with a bf16 dot product
+    /// ([`bf16dot`](super::bf16dot)).
+    Bf16(FloatKernels<u16>),
     /// Tiles against activations laid out per group of eight blocks (Q4_1, Q8_0 and the
     /// K-quants on AVX-512 VNNI; Q4_1 rows packed at load).
     Super(SuperKernels),
@@ -117,6 +121,9 @@ enum RowKernels {
 
 impl RowKernels {
     fn for_format(dtype: QuantType, isa: Isa) -> Option<Self> {
+        if let Some(k) = bf16_dot_kernels(dtype, isa) {
+            return Some(RowKernels::Bf16(k));
+        }
         if let Some(k) = float_kernels(dtype, isa) {
             return Some(RowKernels::Float(k));
         }
@@ -257,7 +264,10 @@ impl QMatrix {
         rows: usize,
         cols: usize,
     ) -> Option<Self> {
-        let kernels = float_kernels(dtype, Isa::detect())?;
+        if !FLOAT_FORMATS.contains(&dtype) {
+            return None;
+        }
+        let kernels = RowKernels::for_format(dtype, Isa::detect())?;
         let row_bytes = cols * block_bytes(dtype);
         assert!(
             rows.checked_mul(row_bytes)
@@ -273,7 +283,7 @@ impl QMatrix {
                 source: Source::Map(map.clone()),
                 start,
                 row_bytes,
-                kernels: RowKernels::Float(kernels),
+                kernels,
             }),
         })
     }
@@ -340,12 +350,13 @@ impl QMatrix {
                 self.block_rows_times(bytes, rows.row_bytes, out, act.blocks, dot, (dot2, dot3), dot4)
             }
             RowKernels::Float(k) => self.float_rows_times(bytes, rows.row_bytes, out, act.x, k),
+            RowKernels::Bf16(k) => self.float_rows_times(bytes, rows.row_bytes, out, act.bf16, k),
             RowKernels::Super(k) => (k.tile)(bytes, rows.row_bytes, act.supers, out),
         }
     }
 
     /// [`QMatrix::rows_times`] for a float format: `bytes` holds the task's rows.
-    fn float_rows_times(&self, bytes: &[u8], row_bytes: usize, out: &mut [&mut [f32]], x: &[f32], k: FloatKernels) {
+    fn float_rows_times<A>(&self, bytes: &[u8], row_bytes: usize, out: &mut [&mut [f32]], x: &[A], k: FloatKernels<A>) {
         let token = |t: usize| &x[t * self.cols..(t + 1) * self.cols];
         let shape = TileShape {
             rows: k.tile_rows,
@@ -453,6 +464,8 @@ const SERIAL_QUANTIZE: usize = 16 * 4096;
 /// (for the block formats; empty when no matrix of the call needs them).
 struct Activations<'a> {
     x: &'a [f32],
+    /// `x` rounded to bf16 (empty unless a matrix of the call has [`RowKernels::Bf16`]).
+    bf16: &'a [u16],
     blocks: &'a [BlockQ8],
     /// The blocks laid out per super-block (empty unless a matrix of the call has K-quant tiles).
     supers: &'a [SuperQ8],
@@ -464,6 +477,7 @@ struct Activations<'a> {
 #[derive(Default)]
 pub struct Scratch {
     blocks: Vec<BlockQ8>,
+    bf16: Vec<u16>,
     supers: Vec<SuperQ8>,
 }
 
@@ -472,6 +486,7 @@ impl Scratch {
     pub fn bytes(&self) -> usize {
         self.blocks.capacity() * std::mem::size_of::<BlockQ8>()
             + self.supers.capacity() * std::mem::size_of::<SuperQ8>()
+            + self.bf16.capacity() * std::mem::size_of::<u16>()
     }
 }
 
@@ -514,7 +529,16 @@ pub fn matmul_group_into(mats: &[&QMatrix], x: &[f32], n: usize, outs: &mut [&mu
         !matches!(
             m.weights,
             Weights::Rows(Rows {
-                kernels: RowKernels::Float(_),
+                kernels: RowKernels::Float(_) | RowKernels::Bf16(_),
+                ..
+            })
+        )
+    });
+    let any_bf16 = mats.iter().any(|m| {
+        matches!(
+            m.weights,
+            Weights::Rows(Rows {
+                kernels: RowKernels::Bf16(_),
                 ..
             })
         )
@@ -548,7 +572,24 @@ pub fn matmul_group_into(mats: &[&QMatrix], x: &[f32], n: usize, outs: &mut [&mu
             .zip(xq.par_chunks(blocks.max(1)))
             .for_each(|(s, b)| supers_from_blocks(b, s));
     }
-    let act = Activations { x, blocks: xq, supers };
+    let mut bf16: &mut [u16] = &mut [];
+    if any_bf16 {
+        scratch.bf16.resize(n * cols, 0);
+        bf16 = &mut scratch.bf16[..n * cols];
+        if n * cols <= SERIAL_QUANTIZE {
+            round_to_bf16(x, bf16);
+        } else {
+            bf16.par_chunks_mut(cols.max(1))
+                .zip(x.par_chunks(cols.max(1)))
+                .for_each(|(b, row)| round_to_bf16(row, b));
+        }
+    }
+    let act = Activations {
+        x,
+        bf16,
+        blocks: xq,
+        supers,
+    };
     if n == 0 {
         return;
     }
@@ -670,7 +711,26 @@ mod tests {
         // 37 rows: two whole 16-row tasks and a remainder, whole 4-row tiles and a remainder.
         let rows = 37;
         for dtype in crate::quant::float::FLOAT_FORMATS {
-            let one_row = float_kernels(dtype, Isa::detect()).unwrap().dot;
+            // Where the CPU has a bf16 dot product, bf16 rows meet activations rounded to bf16.
+            let bf16_dot = bf16_dot_kernels(dtype, Isa::detect());
+            let f32_dot = float_kernels(dtype, Isa::detect()).unwrap().dot;
+            let as_read = |x: &[f32]| -> Vec<f32> {
+                match bf16_dot {
+                    Some(_) => x
+                        .iter()
+                        .map(|&v| f32::from_bits(u32::from(crate::quant::bf16dot::bf16_bits(v)) << 16))
+                        .collect(),
+                    None => x.to_vec(),
+                }
+            };
+            let one_row = |row: &[u8], x: &[f32]| match bf16_dot {
+                Some(k) => {
+                    let mut b = vec![0u16; x.len()];
+                    round_to_bf16(x, &mut b);
+                    (k.dot)(row, &b)
+                }
+                None => f32_dot(row, x),
+            };
             for cols in [1, 15, 17, 33, 100, 576] {
                 let (bytes, w) = crate::quant::float::float_bytes(&uniform(&mut rng, rows * cols, 1.0), dtype);
                 let m = matrix_with(dtype, rows, cols, bytes.clone()).unwrap_or_else(|| panic!("{dtype} has a kernel"));
@@ -692,7 +752,7 @@ mod tests {
                             );
                             let (want, magnitude) = w[r * cols..(r + 1) * cols]
                                 .iter()
-                                .zip(xt)
+                                .zip(&as_read(xt))
                                 .map(|(w, x)| f64::from(*w) * f64::from(*x))
                                 .fold((0.0, 0.0), |(s, m), p| (s + p, m + p.abs()));
                             let bound = (cols as f64 + 1.0) * f64::from(f32::EPSILON) * magnitude;

@@ -1,5 +1,6 @@
 //! Quantized block formats (the GGML type table) and our own kernels over them.
 
+pub mod bf16dot;
 pub mod blocks;
 pub mod elementwise;
 pub mod encode;
