@@ -4,7 +4,9 @@
 //! Weight rows are the file's little-endian bytes, read in place at any alignment; activations
 //! stay f32 (they are never rounded to the weights' precision) and products are summed in f32.
 //! Every result of a tile call is bit-identical to the one-row, one-token kernel on that row and
-//! token, so how rows and tokens are grouped into tiles never changes the numbers.
+//! token, so how rows and tokens are grouped into tiles never changes the numbers. On a CPU with
+//! AVX-512 BF16, bf16 rows take [`bf16dot`](super::bf16dot)'s kernels instead, which round the
+//! activations to bf16.
 
 use super::kernels::Isa;
 use super::QuantType;
