@@ -604,14 +604,21 @@ mod tests {
             let m = store.matrix(name, rows, cols).unwrap().expect("a float matrix");
             assert_eq!((m.rows(), m.cols(), m.size_bytes()), (rows, cols, bytes.len()));
             assert_eq!(m.dtype().name(), dtype.to_lowercase());
-            // The same numbers as the candle path's f32 copy, to f32 summation order.
+            // The same numbers as the candle path's f32 copy, to f32 summation order, with the
+            // activations as the kernels read them (rounded to bf16 for bf16 rows on a CPU
+            // with a bf16 dot product).
             let dense = store.load_f32(name, shape).unwrap().to_vec2::<f32>().unwrap();
             let y = m.matmul(&x[..cols], 1);
+            let bf16_dot = crate::quant::bf16dot::bf16_dot_kernels(m.dtype(), crate::quant::kernels::Isa::detect());
+            let x_read: Vec<f32> = match bf16_dot {
+                Some(_) => x.iter().map(|&v| crate::quant::bf16dot::bf16_rounded(v)).collect(),
+                None => x.clone(),
+            };
             for (r, w) in dense.iter().enumerate() {
-                let want: f64 = w.iter().zip(&x).map(|(w, x)| f64::from(*w) * f64::from(*x)).sum();
+                let want: f64 = w.iter().zip(&x_read).map(|(w, x)| f64::from(*w) * f64::from(*x)).sum();
                 let magnitude: f64 = w
                     .iter()
-                    .zip(&x)
+                    .zip(&x_read)
                     .map(|(w, x)| (f64::from(*w) * f64::from(*x)).abs())
                     .sum();
                 let bound = (cols as f64 + 1.0) * f64::from(f32::EPSILON) * magnitude;

@@ -66,6 +66,11 @@ pub fn round_to_bf16(x: &[f32], out: &mut [u16]) {
     }
 }
 
+/// `v` as the kernels read it: rounded to bf16 (see [`round_to_bf16`]), as an f32.
+pub fn bf16_rounded(v: f32) -> f32 {
+    f32::from_bits(u32::from(bf16_bits(v)) << 16)
+}
+
 /// One f32 rounded to bf16 bits (see [`round_to_bf16`]).
 #[inline]
 pub fn bf16_bits(v: f32) -> u16 {

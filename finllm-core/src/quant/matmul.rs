@@ -716,10 +716,7 @@ mod tests {
             let f32_dot = float_kernels(dtype, Isa::detect()).unwrap().dot;
             let as_read = |x: &[f32]| -> Vec<f32> {
                 match bf16_dot {
-                    Some(_) => x
-                        .iter()
-                        .map(|&v| f32::from_bits(u32::from(crate::quant::bf16dot::bf16_bits(v)) << 16))
-                        .collect(),
+                    Some(_) => x.iter().map(|&v| crate::quant::bf16dot::bf16_rounded(v)).collect(),
                     None => x.to_vec(),
                 }
             };
