@@ -188,7 +188,7 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quant::float::{float_bytes, MAX_TILE_ROWS, MAX_TILE_TOKENS};
+    use crate::quant::float::{float_bytes, tiles_match_the_one_row_kernel, MAX_TILE_ROWS, MAX_TILE_TOKENS};
     use crate::util::Rng;
 
     /// Row lengths: one element, around the 32-element vector, odd, SmolLM2's and a 1B model's
@@ -287,24 +287,8 @@ mod tests {
             let xs: Vec<Vec<u16>> = (0..MAX_TILE_TOKENS)
                 .map(|_| rounded(&uniform(&mut rng, cols, 2.0)))
                 .collect();
-            for r in 1..=MAX_TILE_ROWS {
-                for t in 1..=MAX_TILE_TOKENS {
-                    let row_refs: Vec<&[u8]> = rows[..r].iter().map(|v| &v[1..]).collect();
-                    let x_refs: Vec<&[u16]> = xs[..t].iter().map(Vec::as_slice).collect();
-                    let mut out = vec![f32::NAN; r * t];
-                    (k.tile)(&row_refs, &x_refs, &mut out);
-                    for i in 0..r {
-                        for j in 0..t {
-                            let one = (k.dot)(row_refs[i], x_refs[j]);
-                            assert_eq!(
-                                out[i * t + j].to_bits(),
-                                one.to_bits(),
-                                "cols {cols} tile {r}x{t} ({i}, {j})"
-                            );
-                        }
-                    }
-                }
-            }
+            let rows: Vec<&[u8]> = rows.iter().map(|v| &v[1..]).collect();
+            tiles_match_the_one_row_kernel(&k, &rows, &xs, &format!("cols {cols}"));
         }
     }
 

@@ -502,6 +502,29 @@ pub(crate) fn float_bytes(values: &[f32], dtype: QuantType) -> (Vec<u8>, Vec<f32
     }
 }
 
+/// (Tests) Every tile shape of `k` over the first rows of `rows` and tokens of `xs` gives, bit
+/// for bit, the one-row kernel's result for each pair.
+#[cfg(test)]
+pub(crate) fn tiles_match_the_one_row_kernel<A>(k: &FloatKernels<A>, rows: &[&[u8]], xs: &[Vec<A>], what: &str) {
+    for r in 1..=MAX_TILE_ROWS.min(rows.len()) {
+        for t in 1..=MAX_TILE_TOKENS.min(xs.len()) {
+            let x_refs: Vec<&[A]> = xs[..t].iter().map(Vec::as_slice).collect();
+            let mut out = vec![f32::NAN; r * t];
+            (k.tile)(&rows[..r], &x_refs, &mut out);
+            for i in 0..r {
+                for j in 0..t {
+                    let one = (k.dot)(rows[i], x_refs[j]);
+                    assert_eq!(
+                        out[i * t + j].to_bits(),
+                        one.to_bits(),
+                        "{what}: tile {r}x{t} row {i} token {j}"
+                    );
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -587,24 +610,8 @@ mod tests {
                 let xs: Vec<Vec<f32>> = (0..MAX_TILE_TOKENS).map(|_| uniform(&mut rng, cols, 2.0)).collect();
                 for isa in Isa::available() {
                     let k = float_kernels(dtype, isa).unwrap();
-                    for r in 1..=MAX_TILE_ROWS {
-                        for t in 1..=MAX_TILE_TOKENS {
-                            let row_refs: Vec<&[u8]> = rows[..r].iter().map(|v| &v[1..]).collect();
-                            let x_refs: Vec<&[f32]> = xs[..t].iter().map(Vec::as_slice).collect();
-                            let mut out = vec![f32::NAN; r * t];
-                            (k.tile)(&row_refs, &x_refs, &mut out);
-                            for i in 0..r {
-                                for j in 0..t {
-                                    let one = (k.dot)(row_refs[i], x_refs[j]);
-                                    assert_eq!(
-                                        out[i * t + j].to_bits(),
-                                        one.to_bits(),
-                                        "{dtype} {isa:?} cols {cols} tile {r}x{t} row {i} token {j}"
-                                    );
-                                }
-                            }
-                        }
-                    }
+                    let rows: Vec<&[u8]> = rows.iter().map(|v| &v[1..]).collect();
+                    tiles_match_the_one_row_kernel(&k, &rows, &xs, &format!("{dtype} {isa:?} cols {cols}"));
                 }
             }
         }

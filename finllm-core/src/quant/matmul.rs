@@ -460,6 +460,20 @@ fn tiles<'a, A: 'a>(
 /// decode step's 8-16 tokens of a few thousand values).
 const SERIAL_QUANTIZE: usize = 16 * 4096;
 
+/// `convert` from each token's `cols` activations to its `per` values of `out`: a few tokens (a
+/// decode step's take a microsecond or two, less than waking the pool) in one call on this
+/// thread, more by the pool a token at a time. `convert` must treat a run of tokens as each
+/// token in turn.
+fn by_token<T: Send>(x: &[f32], cols: usize, out: &mut [T], per: usize, convert: fn(&[f32], &mut [T])) {
+    if x.len() <= SERIAL_QUANTIZE {
+        convert(x, out);
+    } else {
+        out.par_chunks_mut(per.max(1))
+            .zip(x.par_chunks(cols.max(1)))
+            .for_each(|(o, row)| convert(row, o));
+    }
+}
+
 /// One call's activations: as given (`[n, cols]`, for the float formats) and as 8-bit blocks
 /// (for the block formats; empty when no matrix of the call needs them).
 struct Activations<'a> {
@@ -550,15 +564,8 @@ pub fn matmul_group_into(mats: &[&QMatrix], x: &[f32], n: usize, outs: &mut [&mu
         let blocks = cols / QK;
         scratch.blocks.resize(n * blocks, BlockQ8::default());
         xq = &mut scratch.blocks[..n * blocks];
-        if n * cols <= SERIAL_QUANTIZE {
-            // A decode step's few tokens take a microsecond or two: less than waking the pool.
-            // Every row is whole blocks, so the tokens' blocks are quantized as one run.
-            quantize_q8(x, xq);
-        } else {
-            xq.par_chunks_mut(blocks.max(1))
-                .zip(x.par_chunks(cols.max(1)))
-                .for_each(|(q, row)| quantize_q8(row, q));
-        }
+        // Every row is whole blocks, so the tokens' blocks can be quantized as one run.
+        by_token(x, cols, xq, blocks, quantize_q8);
     }
     if any_supers {
         // Eight blocks per super-block, the last one padded (only Q8_0 rows can end in one: K-quant
@@ -576,13 +583,7 @@ pub fn matmul_group_into(mats: &[&QMatrix], x: &[f32], n: usize, outs: &mut [&mu
     if any_bf16 {
         scratch.bf16.resize(n * cols, 0);
         bf16 = &mut scratch.bf16[..n * cols];
-        if n * cols <= SERIAL_QUANTIZE {
-            round_to_bf16(x, bf16);
-        } else {
-            bf16.par_chunks_mut(cols.max(1))
-                .zip(x.par_chunks(cols.max(1)))
-                .for_each(|(b, row)| round_to_bf16(row, b));
-        }
+        by_token(x, cols, bf16, cols, round_to_bf16);
     }
     let act = Activations {
         x,
