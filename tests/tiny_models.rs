@@ -523,10 +523,10 @@ fn float_weights_run_in_place_on_the_kernels_and_match_candle() {
     // a CPU with a bf16 dot product: there the activations are rounded to bf16 (8 significant
     // bits, relative error up to 2^-9 per value, as llama.cpp does), and those errors pass
     // through every layer (measured 8e-3 of the largest logit on these tiny models).
-    let check = |what: &str, spec: &SyntheticSpec, kernels: &Transformer, candle: &Transformer, elem_bytes: u64| {
-        let bf16_activations = what.contains("bf16")
-            && finllm::quant::bf16dot::bf16_dot_kernels(QuantType::BF16, finllm::quant::kernels::Isa::detect())
-                .is_some();
+    let check = |what: &str, spec: &SyntheticSpec, kernels: &Transformer, candle: &Transformer, dtype: QuantType| {
+        let elem_bytes = if dtype == QuantType::F32 { 4 } else { 2 };
+        let bf16_activations =
+            finllm::quant::bf16dot::bf16_dot_kernels(dtype, finllm::quant::kernels::Isa::detect()).is_some();
         let bound = if bf16_activations { 2e-2 } else { 2e-5 };
         let in_place = kernels.matrix_memory();
         assert_eq!(in_place.copied, 0, "{what}: no matrix copied");
@@ -559,11 +559,11 @@ fn float_weights_run_in_place_on_the_kernels_and_match_candle() {
     };
     for arch in ARCHS {
         let spec = SyntheticSpec::tiny(arch, 29);
-        for (dtype, elem_bytes) in [(QuantType::F32, 4), (QuantType::F16, 2), (QuantType::BF16, 2)] {
+        for dtype in [QuantType::F32, QuantType::F16, QuantType::BF16] {
             let file = std::sync::Arc::new(GgufFile::open(write_gguf(&spec, dtype)).unwrap());
             let kernels = Transformer::from_gguf(&file).unwrap();
             let candle = Transformer::from_gguf_on(&file, &Backend::Candle(Device::Cpu)).unwrap();
-            check(&format!("{arch:?} {dtype} GGUF"), &spec, &kernels, &candle, elem_bytes);
+            check(&format!("{arch:?} {dtype} GGUF"), &spec, &kernels, &candle, dtype);
             if arch == Architecture::Gemma3 {
                 continue; // GGUF only
             }
@@ -576,7 +576,7 @@ fn float_weights_run_in_place_on_the_kernels_and_match_candle() {
                 &spec,
                 &kernels,
                 &candle,
-                elem_bytes,
+                dtype,
             );
         }
     }

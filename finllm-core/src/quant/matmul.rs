@@ -149,7 +149,32 @@ impl std::fmt::Debug for QMatrix {
     }
 }
 
+/// The form of the activations a matrix's kernels read, made once per product from the f32
+/// activations.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Input {
+    F32,
+    /// Rounded to bf16 ([`round_to_bf16`]).
+    Bf16,
+    /// 8-bit blocks ([`quantize_q8`]).
+    Blocks,
+    /// 8-bit blocks grouped eight to a super-block ([`supers_from_blocks`]).
+    Supers,
+}
+
 impl QMatrix {
+    fn input(&self) -> Input {
+        match &self.weights {
+            Weights::Panels(_) => Input::Blocks,
+            Weights::Rows(r) => match r.kernels {
+                RowKernels::Blocks { .. } => Input::Blocks,
+                RowKernels::Float(_) => Input::F32,
+                RowKernels::Bf16(_) => Input::Bf16,
+                RowKernels::Super(_) => Input::Supers,
+            },
+        }
+    }
+
     /// The `[rows, cols]` matrix of type `dtype` whose bytes start at `start` in `bytes`, or
     /// `None` when the format has no finllm kernel (or its rows are not whole blocks: 32
     /// elements, 256 for the K-quants). The caller has checked that the rows lie inside `bytes`.
@@ -529,34 +554,11 @@ pub fn matmul_group_into(mats: &[&QMatrix], x: &[f32], n: usize, outs: &mut [&mu
         outs.len() == mats.len() && outs.iter().zip(mats).all(|(o, m)| o.len() == n * m.rows),
         "one [n, rows] result per matrix"
     );
-    let any_supers = mats.iter().any(|m| {
-        matches!(
-            m.weights,
-            Weights::Rows(Rows {
-                kernels: RowKernels::Super(_),
-                ..
-            })
-        )
-    });
-    // Every format but the float ones reads 8-bit blocks.
-    let any_blocks = mats.iter().any(|m| {
-        !matches!(
-            m.weights,
-            Weights::Rows(Rows {
-                kernels: RowKernels::Float(_) | RowKernels::Bf16(_),
-                ..
-            })
-        )
-    });
-    let any_bf16 = mats.iter().any(|m| {
-        matches!(
-            m.weights,
-            Weights::Rows(Rows {
-                kernels: RowKernels::Bf16(_),
-                ..
-            })
-        )
-    });
+    let reads = |input: Input| mats.iter().any(|m| m.input() == input);
+    let any_supers = reads(Input::Supers);
+    // Super-blocks are built from the 8-bit blocks.
+    let any_blocks = any_supers || reads(Input::Blocks);
+    let any_bf16 = reads(Input::Bf16);
     let (mut xq, mut supers): (&mut [BlockQ8], &mut [SuperQ8]) = (&mut [], &mut []);
     if any_blocks {
         // Block formats have whole 32-element blocks per row (checked at load). Every block is
