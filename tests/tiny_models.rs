@@ -564,6 +564,8 @@ fn float_weights_run_in_place_on_the_kernels_and_match_candle() {
             let kernels = Transformer::from_gguf(&file).unwrap();
             let candle = Transformer::from_gguf_on(&file, &Backend::Candle(Device::Cpu)).unwrap();
             check(&format!("{arch:?} {dtype} GGUF"), &spec, &kernels, &candle, dtype);
+            // The table is looked up in place (the logits above hold it to candle's copy).
+            assert!(kernels.embedding_in_place(), "{arch:?} {dtype}");
             if arch == Architecture::Gemma3 {
                 continue; // GGUF only
             }
@@ -578,6 +580,7 @@ fn float_weights_run_in_place_on_the_kernels_and_match_candle() {
                 &candle,
                 dtype,
             );
+            assert!(kernels.embedding_in_place(), "{arch:?} {dtype} safetensors");
         }
     }
 }

@@ -13,7 +13,8 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Error, Result};
 use crate::model::gguf::GgufFile;
-use crate::quant::matmul::{QMatrix, Scratch};
+use crate::quant::float::FLOAT_FORMATS;
+use crate::quant::matmul::{QMatrix, Scratch, WeightBytes};
 use crate::quant::QuantType;
 
 /// Where a model's weight matrices live (the projections and the output matrix; the embedding
@@ -253,7 +254,7 @@ impl WeightStore {
 /// rows it asks for (the scalar reference, as candle's lookup does), so the table is never
 /// copied and only the pages of rows in use become resident.
 pub(crate) struct InPlaceRows {
-    file: Arc<GgufFile>,
+    bytes: Arc<dyn WeightBytes>,
     start: usize,
     rows: usize,
     cols: usize,
@@ -270,7 +271,7 @@ impl InPlaceRows {
     /// `[ids.len(), cols]` row-major.
     pub(crate) fn lookup(&self, ids: &[u32]) -> Result<Vec<f32>> {
         let mut out = vec![0f32; ids.len() * self.cols];
-        let bytes = self.file.tensor_bytes_from(self.start);
+        let bytes = &self.bytes.weight_bytes()[self.start..];
         for (&id, dst) in ids.iter().zip(out.chunks_exact_mut(self.cols.max(1))) {
             let r = id as usize;
             if r >= self.rows {
@@ -286,26 +287,43 @@ impl InPlaceRows {
 }
 
 impl WeightStore {
-    /// `name` (`[rows, cols]`) as rows to look up in place, when it is in a GGUF file in a block
-    /// format finllm dequantizes itself; `None` otherwise (the caller copies it as a tensor).
+    /// `name` (`[rows, cols]`) as rows to look up in place: in a GGUF file, in a block format
+    /// finllm dequantizes itself or in f32 / f16 / bf16; in a safetensors shard, in f32 / f16 /
+    /// bf16. `None` otherwise (the caller copies it as a tensor).
     pub(crate) fn rows_in_place(&self, name: &str, rows: usize, cols: usize) -> Result<Option<InPlaceRows>> {
-        let WeightStore::Gguf(f) = self else {
-            return Ok(None);
+        let (bytes, start, dtype): (Arc<dyn WeightBytes>, usize, QuantType) = match self {
+            WeightStore::Gguf(f) => {
+                let info = f.tensor(name).ok_or_else(|| missing(name))?;
+                check_shape(name, &[rows, cols], &info.shape())?;
+                // In bounds: the reader checked the tensor against the file's size at open.
+                let start = usize::try_from(info.start).map_err(|_| Error::invalid("model", "tensor offset"))?;
+                (f.clone(), start, info.dtype)
+            }
+            WeightStore::Safetensors(s) => match s.float_view(name, rows, cols)? {
+                Some((map, start, dtype)) => (map, start, dtype),
+                None => return Ok(None),
+            },
         };
-        let info = f.tensor(name).ok_or_else(|| missing(name))?;
-        check_shape(name, &[rows, cols], &info.shape())?;
-        let block = info.dtype.block_size() as usize;
-        if !crate::quant::kernels::KERNEL_FORMATS.contains(&info.dtype) || !cols.is_multiple_of(block) {
+        let block = dtype.block_size() as usize;
+        let float = FLOAT_FORMATS.contains(&dtype);
+        if !(float || crate::quant::kernels::KERNEL_FORMATS.contains(&dtype)) || !cols.is_multiple_of(block) {
             return Ok(None);
         }
+        let row_bytes = cols / block * crate::quant::kernels::block_bytes(dtype);
+        if rows
+            .checked_mul(row_bytes)
+            .and_then(|n| n.checked_add(start))
+            .is_none_or(|end| end > bytes.weight_bytes().len())
+        {
+            return Err(Error::invalid("model", format!("{name} runs past the end of its file")));
+        }
         Ok(Some(InPlaceRows {
-            file: f.clone(),
-            // In bounds: the reader checked the tensor against the file's size at open.
-            start: usize::try_from(info.start).expect("the tensor lies inside a file in memory"),
+            bytes,
+            start,
             rows,
             cols,
-            row_bytes: cols / block * crate::quant::kernels::block_bytes(info.dtype),
-            dtype: info.dtype,
+            row_bytes,
+            dtype,
         }))
     }
 }
@@ -446,6 +464,22 @@ impl SafetensorsStore {
     /// `None` when they have none for its type.
     pub(crate) fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Option<QMatrix>> {
         let hf = self.hf_name(name).ok_or_else(|| missing(name))?;
+        let mmap = &self.shards[self.location[hf]].1;
+        Ok(match self.float_view(name, rows, cols)? {
+            Some((_, start, dtype)) => QMatrix::in_map(mmap, start, dtype, rows, cols),
+            None => None,
+        })
+    }
+
+    /// The shard holding `name` (checked to be `[rows, cols]`), where its bytes start in it, and
+    /// their type, for an f32 / f16 / bf16 tensor; `None` for another type.
+    fn float_view(
+        &self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Option<(Arc<memmap2::Mmap>, usize, QuantType)>> {
+        let hf = self.hf_name(name).ok_or_else(|| missing(name))?;
         let (path, mmap) = &self.shards[self.location[hf]];
         let st = safetensors::SafeTensors::deserialize(mmap).map_err(|e| st_err(path, e))?;
         let view = st.tensor(hf).map_err(|e| st_err(path, e))?;
@@ -456,9 +490,9 @@ impl SafetensorsStore {
             safetensors::Dtype::BF16 => QuantType::BF16,
             _ => return Ok(None),
         };
-        // The view borrows the map: its offset in the map is where the matrix starts.
+        // The view borrows the map: its offset in the map is where the tensor starts.
         let start = view.data().as_ptr() as usize - mmap.as_ptr() as usize;
-        Ok(QMatrix::in_map(mmap, start, dtype, rows, cols))
+        Ok(Some((mmap.clone(), start, dtype)))
     }
 
     fn load_f32(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
@@ -501,7 +535,7 @@ mod tests {
     fn in_place_embedding_rows_match_candles_lookup() {
         let mut rng = Rng::new(41);
         let (rows, cols) = (13, 512);
-        for dtype in crate::quant::kernels::KERNEL_FORMATS {
+        for dtype in crate::quant::kernels::KERNEL_FORMATS.into_iter().chain(FLOAT_FORMATS) {
             let values: Vec<f32> = (0..rows * cols).map(|_| (rng.next_f64() * 2.0 - 1.0) as f32).collect();
             let data = crate::tools::synthetic::encode(&values, &[rows, cols], dtype).unwrap();
             let mut g = crate::model::GgufWriter::new();
@@ -513,11 +547,13 @@ mod tests {
                 .unwrap_or_else(|| panic!("{dtype} is read in place"));
             let ids = [0u32, 12, 5, 5, 7];
             let got = in_place.lookup(&ids).unwrap();
-            let Weight::Quantized(q) = store.get("token_embd.weight", &[rows, cols]).unwrap() else {
-                panic!("{dtype} loads quantized")
+            let ids_t = Tensor::new(&ids[..], &Device::Cpu).unwrap();
+            let want = match store.get("token_embd.weight", &[rows, cols]).unwrap() {
+                Weight::Quantized(q) => q.embedding(&ids_t).unwrap(),
+                Weight::Dense(t) => t.index_select(&ids_t, 0).unwrap(),
             };
-            let want = q
-                .embedding(&Tensor::new(&ids[..], &Device::Cpu).unwrap())
+            let want = want
+                .to_dtype(DType::F32)
                 .unwrap()
                 .flatten_all()
                 .unwrap()

@@ -310,7 +310,8 @@ pub fn first_non_finite(dtype: super::QuantType, data: &[u8]) -> Option<u64> {
     }
 }
 
-/// Dequantize one row of `n` elements of a supported format into `out` (scalar reference).
+/// Dequantize one row of `n` elements of a supported format (a kernel format, or f32 / f16 /
+/// bf16) into `out` (scalar reference).
 pub fn dequantize_row(dtype: super::QuantType, row: &[u8], out: &mut [f32]) {
     use super::QuantType as T;
     match dtype {
@@ -366,6 +367,21 @@ pub fn dequantize_row(dtype: super::QuantType, row: &[u8], out: &mut [f32]) {
                     let scale = f32::from(b[Q6_K_SCALES_AT + e / 16] as i8);
                     *o = d * scale * (f32::from(q6_k_value(b, e)) - 32.0);
                 }
+            }
+        }
+        T::F32 => {
+            for (b, o) in row.chunks_exact(4).zip(out.iter_mut()) {
+                *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+        }
+        T::F16 => {
+            for (b, o) in row.chunks_exact(2).zip(out.iter_mut()) {
+                *o = f16::from_le_bytes([b[0], b[1]]).to_f32();
+            }
+        }
+        T::BF16 => {
+            for (b, o) in row.chunks_exact(2).zip(out.iter_mut()) {
+                *o = f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16);
             }
         }
         other => unreachable!("dequantize_row called for {other}, which has no finllm kernel"),
@@ -425,6 +441,45 @@ mod tests {
 
     use super::*;
     use crate::util::Rng;
+
+    /// Float rows (an embedding table looked up in place) give back the values they hold:
+    /// values exactly representable in each format, written as the format's bytes.
+    #[test]
+    fn float_rows_dequantize_to_the_values_they_hold() {
+        use crate::quant::QuantType as T;
+        // Quarters from -125 to 124.75 (exact in f16 and bf16), the extremes and a signed zero.
+        let mut values: Vec<f32> = (0..1000).map(|i| (i as f32 - 500.0) * 0.25).collect();
+        values.extend([-0.0, 65504.0, -65504.0, 2f32.powi(-14)]);
+        let mut out = vec![f32::NAN; values.len()];
+        let f32_bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        dequantize_row(T::F32, &f32_bytes, &mut out);
+        assert_eq!(
+            out.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            values.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
+        let f16_bytes: Vec<u8> = values.iter().flat_map(|&v| f16::from_f32(v).to_le_bytes()).collect();
+        out.fill(f32::NAN);
+        dequantize_row(T::F16, &f16_bytes, &mut out);
+        assert_eq!(
+            out.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            values.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
+        // bf16 is the top half of an f32 (8 significant bits): halves from -64 to 63.5, the
+        // largest finite bf16, the smallest normal, a signed zero.
+        let mut values: Vec<f32> = (0..256).map(|i| (i as f32 - 128.0) * 0.5).collect();
+        values.extend([-0.0, f32::from_bits(0x7f7f_0000), -f32::MIN_POSITIVE]);
+        assert!(values.iter().all(|v| v.to_bits() & 0xffff == 0));
+        let bf16_bytes: Vec<u8> = values
+            .iter()
+            .flat_map(|v| ((v.to_bits() >> 16) as u16).to_le_bytes())
+            .collect();
+        let mut out = vec![f32::NAN; values.len()];
+        dequantize_row(T::BF16, &bf16_bytes, &mut out);
+        assert_eq!(
+            out.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            values.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
+    }
 
     /// The dispatched quantizer gives the baseline build's bits, on values that sit exactly
     /// halfway between integers after scaling, zeros, denormals and wide ranges.

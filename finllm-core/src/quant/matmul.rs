@@ -71,6 +71,13 @@ pub trait WeightBytes: Send + Sync {
     fn release(&self, _start: usize, _len: usize) {}
 }
 
+/// A memory-mapped file (a safetensors shard).
+impl WeightBytes for memmap2::Mmap {
+    fn weight_bytes(&self) -> &[u8] {
+        self
+    }
+}
+
 /// Weights made in memory (a matrix quantized at load).
 struct OwnedBytes(Vec<u8>);
 

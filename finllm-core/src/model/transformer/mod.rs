@@ -379,6 +379,12 @@ impl Transformer {
             .fold(MatrixMemory::default(), |sum, m| sum + m)
     }
 
+    /// Whether token embeddings are looked up in the model file's memory map (a GGUF table in
+    /// a block format or f32 / f16 / bf16), rather than from a copy made at load.
+    pub fn embedding_in_place(&self) -> bool {
+        matches!(self.embed, Embedding::InPlace(_))
+    }
+
     /// A fresh, empty KV cache for this model (f16 entries).
     pub fn new_cache(&self) -> KvCache {
         self.new_cache_with(KvPrecision::F16)
