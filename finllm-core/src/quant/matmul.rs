@@ -488,6 +488,22 @@ fn tiles<'a, A: 'a>(
     }
 }
 
+/// Tokens one pass over the matrices takes: a task runs its rows against every token of the
+/// pass, so the pass's activations (about a byte a value as 8-bit blocks, four as f32) are
+/// read once per task and should stay in the core's L2 cache; a long prompt goes through in
+/// several passes, each reading the weights again.
+/// Measured on llama-1b shapes (2,048-token prompt, 2 threads): passes of 256 tokens for
+/// 2,048 inputs (64 for the 8,192-input down projection) took Q5_K_M prefill from 110 to 133
+/// tok/s on AVX-512 and from 81 to 91 on AVX2; 32 to 256 tokens a pass were within noise of
+/// each other, and a 256-token prompt did not move.
+fn token_block(cols: usize) -> usize {
+    (TOKEN_BLOCK_BYTES / cols.max(1)).max(MIN_TOKEN_BLOCK)
+}
+
+/// Activation bytes (at a byte a value) a pass aims to keep in L2.
+const TOKEN_BLOCK_BYTES: usize = 512 * 1024;
+const MIN_TOKEN_BLOCK: usize = 64;
+
 /// Most activation values quantized on the calling thread rather than by the pool (a batched
 /// decode step's 8-16 tokens of a few thousand values).
 const SERIAL_QUANTIZE: usize = 16 * 4096;
@@ -561,6 +577,19 @@ pub fn matmul_group_into(mats: &[&QMatrix], x: &[f32], n: usize, outs: &mut [&mu
         outs.len() == mats.len() && outs.iter().zip(mats).all(|(o, m)| o.len() == n * m.rows),
         "one [n, rows] result per matrix"
     );
+    let block = token_block(cols);
+    if n > block {
+        for t0 in (0..n).step_by(block) {
+            let tn = block.min(n - t0);
+            let mut sub: Vec<&mut [f32]> = outs
+                .iter_mut()
+                .zip(mats)
+                .map(|(o, m)| &mut o[t0 * m.rows..(t0 + tn) * m.rows])
+                .collect();
+            matmul_group_into(mats, &x[t0 * cols..(t0 + tn) * cols], tn, &mut sub, scratch);
+        }
+        return;
+    }
     let reads = |input: Input| mats.iter().any(|m| m.input() == input);
     let any_supers = reads(Input::Supers);
     // Super-blocks are built from the 8-bit blocks.
@@ -770,6 +799,45 @@ mod tests {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// A call longer than a pass ([`token_block`]) runs in several passes over the matrices;
+    /// every token's results are still those of the token alone, bit for bit, in every kind of
+    /// kernel (panels, K-quant tiles, float and bf16 rows), with the last pass short.
+    #[test]
+    fn a_call_in_several_passes_gives_each_token_its_own_results() {
+        let mut rng = Rng::new(17);
+        let cols = 8192;
+        let n = 2 * token_block(cols) + 7;
+        assert!(token_block(cols) < n, "the call takes several passes");
+        let formats = [
+            (QuantType::Q8_0, 33),
+            (QuantType::Q5K, 5),
+            (QuantType::BF16, 6),
+            (QuantType::F32, 3),
+        ];
+        let mats: Vec<QMatrix> = formats
+            .iter()
+            .map(|&(dtype, rows)| {
+                let values = uniform(&mut rng, rows * cols, 1.0);
+                let data = crate::tools::synthetic::encode(&values, &[rows, cols], dtype).unwrap();
+                matrix_with(dtype, rows, cols, data).unwrap()
+            })
+            .collect();
+        let group: Vec<&QMatrix> = mats.iter().collect();
+        let x = uniform(&mut rng, n * cols, 2.0);
+        let together = matmul_group(&group, &x, n);
+        for (m, y) in group.iter().zip(&together) {
+            for t in 0..n {
+                let alone = m.matmul(&x[t * cols..(t + 1) * cols], 1);
+                let got = &y[t * m.rows()..(t + 1) * m.rows()];
+                assert!(
+                    got.iter().zip(&alone).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{} token {t}",
+                    m.dtype()
+                );
             }
         }
     }
