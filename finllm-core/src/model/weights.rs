@@ -250,8 +250,8 @@ impl WeightStore {
     }
 }
 
-/// An embedding table read in place from a GGUF memory map: each lookup dequantizes only the
-/// rows it asks for (the scalar reference, as candle's lookup does), so the table is never
+/// An embedding table read in place from a memory map (a GGUF file or a safetensors shard):
+/// each lookup dequantizes or converts only the rows it asks for (the scalar reference, as candle's lookup does), so the table is never
 /// copied and only the pages of rows in use become resident.
 pub(crate) struct InPlaceRows {
     bytes: Arc<dyn WeightBytes>,

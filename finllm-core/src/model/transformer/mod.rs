@@ -321,8 +321,9 @@ impl Transformer {
         }
 
         // The embedding table stays in host memory on every backend: a lookup touches a few
-        // rows, which then move to the device. A GGUF table in a block format is read in place
-        // (a lookup dequantizes its rows); otherwise it is copied as a tensor.
+        // rows, which then move to the device. A GGUF table in a block format or in f32 / f16 /
+        // bf16, or a safetensors table in a float type, is read in place (a lookup converts its
+        // rows); otherwise it is copied as a tensor.
         let mut embed_w = None;
         let lm_head = if store.contains("output.weight") {
             store.matrix("output.weight", cfg.vocab_size, h, device, kernels)?
