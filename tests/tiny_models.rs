@@ -524,7 +524,7 @@ fn float_weights_run_in_place_on_the_kernels_and_match_candle() {
     // bits, relative error up to 2^-9 per value, as llama.cpp does), and those errors pass
     // through every layer (measured 8e-3 of the largest logit on these tiny models).
     let check = |what: &str, spec: &SyntheticSpec, kernels: &Transformer, candle: &Transformer, dtype: QuantType| {
-        let elem_bytes = if dtype == QuantType::F32 { 4 } else { 2 };
+        let elem_bytes = dtype.block_bytes();
         let bf16_activations =
             finllm::quant::bf16dot::bf16_dot_kernels(dtype, finllm::quant::kernels::Isa::detect()).is_some();
         let bound = if bf16_activations { 2e-2 } else { 2e-5 };

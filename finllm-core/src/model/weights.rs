@@ -463,10 +463,8 @@ impl SafetensorsStore {
     /// `name` as a `[rows, cols]` matrix read in place from its shard by finllm's kernels, or
     /// `None` when they have none for its type.
     pub(crate) fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Option<QMatrix>> {
-        let hf = self.hf_name(name).ok_or_else(|| missing(name))?;
-        let mmap = &self.shards[self.location[hf]].1;
         Ok(match self.float_view(name, rows, cols)? {
-            Some((_, start, dtype)) => QMatrix::in_map(mmap, start, dtype, rows, cols),
+            Some((map, start, dtype)) => QMatrix::in_map(&map, start, dtype, rows, cols),
             None => None,
         })
     }

@@ -447,23 +447,19 @@ mod tests {
     #[test]
     fn float_rows_dequantize_to_the_values_they_hold() {
         use crate::quant::QuantType as T;
-        // Quarters from -125 to 124.75 (exact in f16 and bf16), the extremes and a signed zero.
+        let check = |dtype: T, bytes: &[u8], values: &[f32]| {
+            let mut out = vec![f32::NAN; values.len()];
+            dequantize_row(dtype, bytes, &mut out);
+            let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&out), bits(values), "{dtype}");
+        };
+        // Quarters from -125 to 124.75 (exact in f16), the f16 extremes and a signed zero.
         let mut values: Vec<f32> = (0..1000).map(|i| (i as f32 - 500.0) * 0.25).collect();
         values.extend([-0.0, 65504.0, -65504.0, 2f32.powi(-14)]);
-        let mut out = vec![f32::NAN; values.len()];
         let f32_bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        dequantize_row(T::F32, &f32_bytes, &mut out);
-        assert_eq!(
-            out.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-            values.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
-        );
+        check(T::F32, &f32_bytes, &values);
         let f16_bytes: Vec<u8> = values.iter().flat_map(|&v| f16::from_f32(v).to_le_bytes()).collect();
-        out.fill(f32::NAN);
-        dequantize_row(T::F16, &f16_bytes, &mut out);
-        assert_eq!(
-            out.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-            values.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
-        );
+        check(T::F16, &f16_bytes, &values);
         // bf16 is the top half of an f32 (8 significant bits): halves from -64 to 63.5, the
         // largest finite bf16, the smallest normal, a signed zero.
         let mut values: Vec<f32> = (0..256).map(|i| (i as f32 - 128.0) * 0.5).collect();
@@ -473,12 +469,7 @@ mod tests {
             .iter()
             .flat_map(|v| ((v.to_bits() >> 16) as u16).to_le_bytes())
             .collect();
-        let mut out = vec![f32::NAN; values.len()];
-        dequantize_row(T::BF16, &bf16_bytes, &mut out);
-        assert_eq!(
-            out.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-            values.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
-        );
+        check(T::BF16, &bf16_bytes, &values);
     }
 
     /// The dispatched quantizer gives the baseline build's bits, on values that sit exactly

@@ -492,6 +492,7 @@ fn tiles<'a, A: 'a>(
 /// pass, so the pass's activations (about a byte a value as 8-bit blocks, four as f32) are
 /// read once per task and should stay in the core's L2 cache; a long prompt goes through in
 /// several passes, each reading the weights again.
+///
 /// Measured on llama-1b shapes (2,048-token prompt, 2 threads): passes of 256 tokens for
 /// 2,048 inputs (64 for the 8,192-input down projection) took Q5_K_M prefill from 110 to 133
 /// tok/s on AVX-512 and from 81 to 91 on AVX2; 32 to 256 tokens a pass were within noise of
@@ -502,6 +503,7 @@ fn token_block(cols: usize) -> usize {
 
 /// Activation bytes (at a byte a value) a pass aims to keep in L2.
 const TOKEN_BLOCK_BYTES: usize = 512 * 1024;
+/// Fewest tokens a pass takes, however wide the matrices.
 const MIN_TOKEN_BLOCK: usize = 64;
 
 /// Most activation values quantized on the calling thread rather than by the pool (a batched
@@ -555,8 +557,8 @@ impl Scratch {
 /// Multiply the same activations `x` (`[n, cols]`) by several matrices with `cols` columns in
 /// one parallel pass (Q/K/V, gate/up), whatever their formats: the activations are quantized
 /// once if any matrix is in a block format, and every thread draws row chunks from all matrices,
-/// so there is one fork-join instead of one per matrix. Returns one `[n, rows]` row-major result
-/// per matrix.
+/// so there is one fork-join instead of one per matrix (one per pass of [`token_block`] tokens
+/// for a long call). Returns one `[n, rows]` row-major result per matrix.
 pub fn matmul_group(mats: &[&QMatrix], x: &[f32], n: usize) -> Vec<Vec<f32>> {
     let mut outs: Vec<Vec<f32>> = mats.iter().map(|m| vec![0f32; n * m.rows]).collect();
     let mut views: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
@@ -803,6 +805,18 @@ mod tests {
         }
     }
 
+    /// One matrix per `(format, rows)` of uniform values in [-1, 1), `cols` wide.
+    fn random_matrices(rng: &mut Rng, formats: &[(QuantType, usize)], cols: usize) -> Vec<QMatrix> {
+        formats
+            .iter()
+            .map(|&(dtype, rows)| {
+                let values = uniform(rng, rows * cols, 1.0);
+                let data = crate::tools::synthetic::encode(&values, &[rows, cols], dtype).unwrap();
+                matrix_with(dtype, rows, cols, data).unwrap()
+            })
+            .collect()
+    }
+
     /// A call longer than a pass ([`token_block`]) runs in several passes over the matrices;
     /// every token's results are still those of the token alone, bit for bit, in every kind of
     /// kernel (panels, K-quant tiles, float and bf16 rows), with the last pass short.
@@ -818,14 +832,7 @@ mod tests {
             (QuantType::BF16, 6),
             (QuantType::F32, 3),
         ];
-        let mats: Vec<QMatrix> = formats
-            .iter()
-            .map(|&(dtype, rows)| {
-                let values = uniform(&mut rng, rows * cols, 1.0);
-                let data = crate::tools::synthetic::encode(&values, &[rows, cols], dtype).unwrap();
-                matrix_with(dtype, rows, cols, data).unwrap()
-            })
-            .collect();
+        let mats = random_matrices(&mut rng, &formats, cols);
         let group: Vec<&QMatrix> = mats.iter().collect();
         let x = uniform(&mut rng, n * cols, 2.0);
         let together = matmul_group(&group, &x, n);
@@ -854,20 +861,7 @@ mod tests {
             (QuantType::F32, 33),
             (QuantType::Q4_1, 3),
         ];
-        let mats: Vec<QMatrix> = formats
-            .iter()
-            .map(|&(dtype, rows)| {
-                let values = uniform(&mut rng, rows * cols, 1.0);
-                let data = if dtype.block_size() == 1 {
-                    crate::quant::float::float_bytes(&values, dtype).0
-                } else {
-                    let t = candle_core::Tensor::from_slice(&values, (rows, cols), &candle_core::Device::Cpu).unwrap();
-                    let q = candle_core::quantized::QTensor::quantize(&t, dtype.to_candle()).unwrap();
-                    q.data().unwrap().into_owned()
-                };
-                matrix_with(dtype, rows, cols, data).unwrap()
-            })
-            .collect();
+        let mats = random_matrices(&mut rng, &formats, cols);
         let all: Vec<&QMatrix> = mats.iter().collect();
         let floats: Vec<&QMatrix> = mats.iter().filter(|m| m.dtype().block_size() == 1).collect();
         // One scratch and one set of output buffers, poisoned with NaN before every call, through
