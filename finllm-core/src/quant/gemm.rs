@@ -1,4 +1,4 @@
-//! Block-format weights (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K) times 8-bit activations for any number of tokens,
+//! Block-format weights (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K) times 8-bit activations for any number of tokens,
 //! in panels of 32 output rows: the matrix products of prefill, of batched decode and of an
 //! encoder (hundreds of tokens per call), where the decode-shaped tiles of [`super::ktile`]
 //! (two rows by up to eight tokens, the sub-blocks spread over the lanes) spend most of their
@@ -23,7 +23,7 @@
 
 use super::blocks::{
     k_scales_mins, BlockQ8, K_SCALES_AT, Q4_0_BYTES, Q4_1_BYTES, Q4_K_BYTES, Q4_K_QS_AT, Q5_0_BYTES, Q5_1_BYTES,
-    Q8_0_BYTES, QK, QK_K,
+    Q5_K_BYTES, Q5_K_QH_AT, Q5_K_QS_AT, Q8_0_BYTES, QK, QK_K,
 };
 use super::kernels::Isa;
 use super::QuantType;
@@ -50,6 +50,8 @@ pub enum PanelFormat {
     /// Q4_K: each 32-value sub-block a block of the panel, its nibbles regrouped as Q4_0's; the
     /// 6-bit scales and minima kept per row and block, `d` and `dmin` per row and super-block.
     Q4K,
+    /// Q5_K: Q4_K's layout with the fifth bits as Q5_0's masks.
+    Q5K,
 }
 
 impl PanelFormat {
@@ -61,13 +63,14 @@ impl PanelFormat {
             QuantType::Q5_0 => Some(Self::Q5_0),
             QuantType::Q5_1 => Some(Self::Q5_1),
             QuantType::Q4K => Some(Self::Q4K),
+            QuantType::Q5K => Some(Self::Q5K),
             _ => None,
         }
     }
 
-    /// Values of one block of the file (a super-block for Q4_K).
+    /// Values of one block of the file (a super-block for Q4_K and Q5_K).
     fn file_block(self) -> usize {
-        if self == Self::Q4K {
+        if self.k() {
             QK_K
         } else {
             QK
@@ -83,6 +86,7 @@ impl PanelFormat {
             Self::Q5_0 => Q5_0_BYTES,
             Self::Q5_1 => Q5_1_BYTES,
             Self::Q4K => Q4_K_BYTES,
+            Self::Q5K => Q5_K_BYTES,
         }
     }
 
@@ -96,7 +100,13 @@ impl PanelFormat {
 
     /// Whether values carry a fifth bit.
     fn five(self) -> bool {
-        matches!(self, Self::Q5_0 | Self::Q5_1)
+        matches!(self, Self::Q5_0 | Self::Q5_1 | Self::Q5K)
+    }
+
+    /// Whether blocks are the sub-blocks of K-quant super-blocks (6-bit scales and minima per
+    /// block, `d` and `dmin` per super-block).
+    fn k(self) -> bool {
+        matches!(self, Self::Q4K | Self::Q5K)
     }
 
     /// Whether blocks carry a minimum (`d q + m`).
@@ -110,7 +120,7 @@ impl PanelFormat {
             Self::Q8_0 => -128 * sum,
             Self::Q4_0 => -8 * sum,
             Self::Q5_0 => -16 * sum,
-            Self::Q4_1 | Self::Q5_1 | Self::Q4K => 0,
+            Self::Q4_1 | Self::Q5_1 | Self::Q4K | Self::Q5K => 0,
         }
     }
 
@@ -142,6 +152,20 @@ fn fifth_at(s: usize, h: usize, high: usize) -> usize {
     (s * 2 + h) * 2 + high
 }
 
+/// Sets the fifth bits of row `16 half + lane16` in a panel block's masks `hb`: `bit(e)`, zero
+/// or one, for each value `e` of the block. Each mask's four bits of the row are gathered in a
+/// register and written once, without branches (the bits are random: a branch per bit missed
+/// half the time, and loading a 1B model's Q5_K matrices took seconds).
+fn set_fifth_bits(hb: &mut [u64], half: usize, lane16: usize, bit: impl Fn(usize) -> u64) {
+    for high in 0..2 {
+        for s in 0..4 {
+            let e = 16 * high + 4 * s;
+            let four = bit(e) | bit(e + 1) << 1 | bit(e + 2) << 2 | bit(e + 3) << 3;
+            hb[fifth_at(s, half, high)] |= four << (lane16 * 4);
+        }
+    }
+}
+
 /// A block-format matrix (`rows` outputs by `cols` inputs) laid out in panels for
 /// [`Panels::panel_times`].
 pub struct Panels {
@@ -157,11 +181,11 @@ pub struct Panels {
     /// Q4_1's block minima (f16 bits), in the order of `d`; Q4_K's `dmin`, per super-block
     /// (empty for the other formats).
     m: HugeArray<u16>,
-    /// Q4_K's 6-bit scales and minima, panel by panel, block (sub-block) by block, 32 rows each
+    /// The K-quants' 6-bit scales and minima, panel by panel, block (sub-block) by block, 32 rows each
     /// (empty for the other formats).
     sc: HugeArray<u8>,
     mn: HugeArray<u8>,
-    /// Q5_0's and Q5_1's fifth bits, [`FIFTH_MASKS`] per panel block (empty otherwise).
+    /// Q5_0's, Q5_1's and Q5_K's fifth bits, [`FIFTH_MASKS`] per panel block (empty otherwise).
     hb: HugeArray<u64>,
 }
 
@@ -205,8 +229,8 @@ impl Panels {
         // zero, as every scale past the last row stays).
         let fill = if format == PanelFormat::Q8_0 { 128 } else { 0x88 };
         let scales = units.checked_mul(PANEL_ROWS)?;
-        let k = format == PanelFormat::Q4K;
-        // Q4_K: one d and dmin per super-block of eight blocks.
+        let k = format.k();
+        // K-quants: one d and dmin per super-block of eight blocks.
         let per_d = if k { scales / (QK_K / QK) } else { scales };
         // Every array is read end to end on each step: from memory advised for 2 MiB pages.
         Some(Self {
@@ -242,8 +266,8 @@ impl Panels {
             let r = first + i;
             let (p, lane) = (r / PANEL_ROWS, r % PANEL_ROWS);
             let (half, lane16) = (lane / 16, lane % 16);
-            if self.format == PanelFormat::Q4K {
-                self.fill_q4_k_row(p, lane, row);
+            if self.format.k() {
+                self.fill_k_row(p, lane, row);
                 continue;
             }
             for (b, block) in row.chunks_exact(fb).enumerate() {
@@ -256,7 +280,7 @@ impl Panels {
                             w[(e / 4) * 128 + half * 64 + lane16 * 4 + e % 4] = (q as i8 as i16 + 128) as u8;
                         }
                     }
-                    PanelFormat::Q4K => unreachable!("Q4_K rows are laid out by fill_q4_k_row"),
+                    PanelFormat::Q4K | PanelFormat::Q5K => unreachable!("K-quant rows are laid out by fill_k_row"),
                     PanelFormat::Q5_0 | PanelFormat::Q5_1 => {
                         let at = if self.format == PanelFormat::Q5_1 {
                             self.m[pb * PANEL_ROWS + lane] = f16(block, 2);
@@ -269,11 +293,7 @@ impl Panels {
                             w[(e / 4) * 128 + half * 64 + lane16 * 4 + e % 4] = q;
                         }
                         let hb = &mut self.hb[pb * FIFTH_MASKS..(pb + 1) * FIFTH_MASKS];
-                        for e in 0..QK {
-                            if (qh >> e) & 1 == 1 {
-                                hb[fifth_at((e % 16) / 4, half, e / 16)] |= 1u64 << (lane16 * 4 + e % 4);
-                            }
-                        }
+                        set_fifth_bits(hb, half, lane16, |e| u64::from((qh >> e) & 1));
                     }
                     PanelFormat::Q4_0 | PanelFormat::Q4_1 => {
                         let at = if self.format == PanelFormat::Q4_1 {
@@ -292,13 +312,16 @@ impl Panels {
         }
     }
 
-    /// Row `lane` of panel `p` from a Q4_K row: each sub-block's 32 nibbles regrouped so that
-    /// byte `e` holds value `e` (low) and `e + 16` (high), as Q4_0's.
-    fn fill_q4_k_row(&mut self, p: usize, lane: usize, row: &[u8]) {
+    /// Row `lane` of panel `p` from a Q4_K or Q5_K row: each sub-block's 32 nibbles regrouped
+    /// so that byte `e` holds value `e` (low) and `e + 16` (high), as Q4_0's; Q5_K's fifth
+    /// bits into the block's masks, as Q5_0's.
+    fn fill_k_row(&mut self, p: usize, lane: usize, row: &[u8]) {
         let (blocks, supers) = (self.blocks(), self.cols / QK_K);
         let (half, lane16) = (lane / 16, lane % 16);
         let pbb = self.format.panel_block_bytes();
-        for (sb, block) in row.chunks_exact(Q4_K_BYTES).enumerate() {
+        let five = self.format == PanelFormat::Q5K;
+        let qs_at = if five { Q5_K_QS_AT } else { Q4_K_QS_AT };
+        for (sb, block) in row.chunks_exact(self.format.file_bytes()).enumerate() {
             let at = (p * supers + sb) * PANEL_ROWS + lane;
             self.d[at] = u16::from_le_bytes([block[0], block[1]]);
             self.m[at] = u16::from_le_bytes([block[2], block[3]]);
@@ -307,10 +330,14 @@ impl Panels {
                 let pb = p * blocks + sb * (QK_K / QK) + j;
                 self.sc[pb * PANEL_ROWS + lane] = sc[j];
                 self.mn[pb * PANEL_ROWS + lane] = mn[j];
-                let value = |l: usize| (block[Q4_K_QS_AT + QK * (j / 2) + l] >> (4 * (j % 2))) & 0x0f;
+                let value = |l: usize| (block[qs_at + QK * (j / 2) + l] >> (4 * (j % 2))) & 0x0f;
                 let w = &mut self.w[pb * pbb..(pb + 1) * pbb];
                 for e in 0..16 {
                     w[(e / 4) * 128 + half * 64 + lane16 * 4 + e % 4] = value(e) | (value(e + 16) << 4);
+                }
+                if five {
+                    let hb = &mut self.hb[pb * FIFTH_MASKS..(pb + 1) * FIFTH_MASKS];
+                    set_fifth_bits(hb, half, lane16, |e| u64::from((block[Q5_K_QH_AT + e] >> j) & 1));
                 }
             }
         }
@@ -359,6 +386,7 @@ impl Panels {
                     PanelFormat::Q5_0 => avx512::panel::<{ avx512::Q5_0 }>(self, p, a, out),
                     PanelFormat::Q5_1 => avx512::panel::<{ avx512::Q5_1 }>(self, p, a, out),
                     PanelFormat::Q4K => avx512::panel::<{ avx512::Q4K }>(self, p, a, out),
+                    PanelFormat::Q5K => avx512::panel::<{ avx512::Q5K }>(self, p, a, out),
                 }
             };
             #[cfg(target_arch = "x86_64")]
@@ -407,7 +435,7 @@ impl Panels {
                 dot += i32::from(self.format.weight(wb, hb, lane, e)) * i32::from(q);
             }
             let f32_of = |bits: u16| half::f16::from_bits(bits).to_f32();
-            if self.format == PanelFormat::Q4K {
+            if self.format.k() {
                 let at = (p * (blocks / (QK_K / QK)) + b / (QK_K / QK)) * PANEL_ROWS + lane;
                 let i = pb * PANEL_ROWS + lane;
                 let ws = f32_of(self.d[at]) * f32::from(self.sc[i]);
@@ -438,6 +466,7 @@ mod avx512 {
     pub const Q4K: u8 = 3;
     pub const Q5_0: u8 = 4;
     pub const Q5_1: u8 = 5;
+    pub const Q5K: u8 = 6;
 
     /// Panel `p` against every token of `a`: `out[t]` receives token `t`'s results for the
     /// panel's first `out[t].len()` rows.
@@ -450,28 +479,22 @@ mod avx512 {
         let blocks = m.blocks();
         let tokens = a.len() / blocks;
         let pbb = m.format.panel_block_bytes();
-        // Q4_K keeps d and dmin per super-block; the others a scale (and Q4_1 a minimum) per block.
-        let per_d = if F == Q4K { blocks / (QK_K / QK) } else { blocks } * PANEL_ROWS;
+        // The K-quants keep d and dmin per super-block; the others a scale (and Q4_1 a minimum)
+        // per block.
+        let k = F == Q4K || F == Q5K;
+        let per_d = if k { blocks / (QK_K / QK) } else { blocks } * PANEL_ROWS;
         let per_block = blocks * PANEL_ROWS;
         let slices = Slices {
             w: &m.w[p * blocks * pbb..][..blocks * pbb],
             d: &m.d[p * per_d..][..per_d],
-            m: if F == Q4_1 || F == Q5_1 || F == Q4K {
+            m: if F == Q4_1 || F == Q5_1 || k {
                 &m.m[p * per_d..][..per_d]
             } else {
                 &[]
             },
-            sc: if F == Q4K {
-                &m.sc[p * per_block..][..per_block]
-            } else {
-                &[]
-            },
-            mn: if F == Q4K {
-                &m.mn[p * per_block..][..per_block]
-            } else {
-                &[]
-            },
-            hb: if F == Q5_0 || F == Q5_1 {
+            sc: if k { &m.sc[p * per_block..][..per_block] } else { &[] },
+            mn: if k { &m.mn[p * per_block..][..per_block] } else { &[] },
+            hb: if F == Q5_0 || F == Q5_1 || F == Q5K {
                 &m.hb[p * blocks * FIFTH_MASKS..][..blocks * FIFTH_MASKS]
             } else {
                 &[]
@@ -528,19 +551,20 @@ mod avx512 {
             // SAFETY: a prefetch is a hint that never faults.
             unsafe { _mm_prefetch::<_MM_HINT_T1>(w.wrapping_add(off).cast()) };
         }
-        // The block's 32 scales (and minima): one cache line each; Q4_K's per super-block,
-        // its 6-bit scales and minima per block (32 bytes each).
-        let s = if F == Q4K {
+        // The block's 32 scales (and minima): one cache line each; the K-quants' per
+        // super-block, their 6-bit scales and minima per block (32 bytes each).
+        let k = F == Q4K || F == Q5K;
+        let s = if k {
             (b + blocks_ahead) / (QK_K / QK)
         } else {
             b + blocks_ahead
         } * PANEL_ROWS;
         // SAFETY (each): a prefetch is a hint that never faults.
         unsafe { _mm_prefetch::<_MM_HINT_T0>(sl.d.as_ptr().wrapping_add(s).cast()) };
-        if F == Q4_1 || F == Q5_1 || F == Q4K {
+        if F == Q4_1 || F == Q5_1 || k {
             unsafe { _mm_prefetch::<_MM_HINT_T0>(sl.m.as_ptr().wrapping_add(s).cast()) };
         }
-        if F == Q4K {
+        if k {
             let at = (b + blocks_ahead) * PANEL_ROWS;
             unsafe { _mm_prefetch::<_MM_HINT_T0>(sl.sc.as_ptr().wrapping_add(at).cast()) };
             unsafe { _mm_prefetch::<_MM_HINT_T0>(sl.mn.as_ptr().wrapping_add(at).cast()) };
@@ -673,7 +697,7 @@ mod avx512 {
                         _mm512_and_si512(_mm512_srli_epi16::<4>(w0), low),
                         _mm512_and_si512(_mm512_srli_epi16::<4>(w1), low),
                     ];
-                    if F == Q5_0 || F == Q5_1 {
+                    if F == Q5_0 || F == Q5_1 || F == Q5K {
                         let sixteen = _mm512_set1_epi8(16);
                         for h in 0..2 {
                             let at = b * FIFTH_MASKS;
@@ -691,7 +715,7 @@ mod avx512 {
                     }
                 }
             }
-            if F == Q4K {
+            if F == Q4K || F == Q5K {
                 let at = b / (QK_K / QK) * PANEL_ROWS;
                 // SAFETY: the super-block's 32 d and dmin, the block's 32 scales and minima lie
                 // inside the slices.
@@ -757,13 +781,14 @@ mod tests {
         ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
     }
 
-    const FORMATS: [(PanelFormat, QuantType); 6] = [
+    const FORMATS: [(PanelFormat, QuantType); 7] = [
         (PanelFormat::Q8_0, QuantType::Q8_0),
         (PanelFormat::Q4_0, QuantType::Q4_0),
         (PanelFormat::Q4_1, QuantType::Q4_1),
         (PanelFormat::Q5_0, QuantType::Q5_0),
         (PanelFormat::Q5_1, QuantType::Q5_1),
         (PanelFormat::Q4K, QuantType::Q4K),
+        (PanelFormat::Q5K, QuantType::Q5K),
     ];
 
     /// The float64 product of the file's blocks and the 8-bit activations as their blocks say,
@@ -780,14 +805,22 @@ mod tests {
                 let (mut s, mut size) = (0f64, 0f64);
                 for b in 0..blocks {
                     let y = &a[t * blocks + b];
-                    if dtype == QuantType::Q4K {
+                    if matches!(dtype, QuantType::Q4K | QuantType::Q5K) {
                         // Super-block b / 8, sub-block j: d sc_j q − dmin m_j, q from the
-                        // sub-block pair's 32 bytes (low nibbles for even j, high for odd).
+                        // sub-block pair's 32 bytes (low nibbles for even j, high for odd),
+                        // Q5_K's fifth bit from bit j of the high bytes.
                         let supers = cols / QK_K;
-                        let sbb = &w[(r * supers + b / 8) * Q4_K_BYTES..][..Q4_K_BYTES];
+                        let sbb = &w[(r * supers + b / 8) * fb..][..fb];
                         let j = b % 8;
                         let (sc, mn) = k_scales_mins(&sbb[K_SCALES_AT..]);
-                        let q = |l: usize| f64::from((sbb[Q4_K_QS_AT + QK * (j / 2) + l] >> (4 * (j % 2))) & 15);
+                        let q = |l: usize| {
+                            if dtype == QuantType::Q5K {
+                                let low = (sbb[Q5_K_QS_AT + QK * (j / 2) + l] >> (4 * (j % 2))) & 15;
+                                f64::from(low) + 16.0 * f64::from((sbb[Q5_K_QH_AT + l] >> j) & 1)
+                            } else {
+                                f64::from((sbb[Q4_K_QS_AT + QK * (j / 2) + l] >> (4 * (j % 2))) & 15)
+                            }
+                        };
                         let dot: f64 = (0..QK).map(|e| q(e) * f64::from(y.qs[e])).sum();
                         let sum: f64 = y.qs.iter().map(|&v| f64::from(v)).sum();
                         let scale = f16(sbb, 0) * f64::from(sc[j]) * f64::from(y.d);
@@ -865,7 +898,7 @@ mod tests {
         for (format, dtype) in FORMATS {
             // Rows that fill panels and that leave a partial one (in either half); token counts
             // that fill tiles and that leave every remainder.
-            let shapes: &[(usize, usize)] = if format == PanelFormat::Q4K {
+            let shapes: &[(usize, usize)] = if format.k() {
                 &[(32, 256), (45, 512), (17, 256), (7, 768)]
             } else {
                 &[(32, 32), (45, 64), (17, 96), (96, 384), (7, 32)]
@@ -942,5 +975,7 @@ mod tests {
         assert!(Panels::from_blocks(PanelFormat::Q4_1, &[0u8; 18], 1, 32).is_none());
         assert!(Panels::zeroed(PanelFormat::Q8_0, 2, 33).is_none());
         assert!(Panels::zeroed(PanelFormat::Q4K, 2, 128).is_none());
+        assert!(Panels::zeroed(PanelFormat::Q5K, 2, 128).is_none());
+        assert!(Panels::from_blocks(PanelFormat::Q5K, &[0u8; Q4_K_BYTES], 1, QK_K).is_none());
     }
 }

@@ -1,5 +1,5 @@
-//! Multi-row, multi-token tiles for Q8_0 and the K-quant formats (Q4_K, Q5_K, Q6_K) on AVX-512
-//! VNNI.
+//! Multi-row, multi-token tiles for the block formats and the K-quants (Q4_K, Q5_K, Q6_K) on
+//! AVX2, and for Q6_K on AVX-512 VNNI (where the others run on the panels of [`super::gemm`]).
 //!
 //! The one-row kernels in [`super::kernels`] read activations as 32-element blocks, so each
 //! 64-byte `vpdpbusd` covers two sub-blocks and every product has to be scaled on its own before
@@ -573,16 +573,15 @@ impl std::fmt::Debug for SuperKernels {
     }
 }
 
-/// The tile kernels for `dtype` on `isa`: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K and Q6_K on AVX-512
-/// VNNI and on AVX2 (the same packed rows and activation layout). Other formats and ISAs use the
+/// The tile kernels for `dtype` on `isa`: Q6_K on AVX-512 VNNI; Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
+/// Q4_K, Q5_K and Q6_K on AVX2 (the same packed rows and activation layout). Other formats and ISAs use the
 /// one-row kernels of [`super::kernels`].
 pub fn super_kernels(dtype: QuantType, isa: Isa) -> Option<SuperKernels> {
     #[cfg(target_arch = "x86_64")]
     {
         use QuantType as Q;
-        // On AVX-512 VNNI the block formats and Q4_K run on 32-row panels ([`super::gemm`]).
+        // On AVX-512 VNNI the block formats, Q4_K and Q5_K run on 32-row panels ([`super::gemm`]).
         let tile: SuperTileFn = match (isa, dtype) {
-            (Isa::Avx512, Q::Q5K) => avx512::q5_k,
             (Isa::Avx512, Q::Q6K) => avx512::q6_k,
             (Isa::Avx2, Q::Q4_0) => avx2::q4_0,
             (Isa::Avx2, Q::Q5_0) => avx2::q5_0,
@@ -615,7 +614,7 @@ pub fn super_kernels(dtype: QuantType, isa: Isa) -> Option<SuperKernels> {
     }
 }
 
-/// The entry points of an x86 tile module for the 32-value block formats and Q4_K (AVX2 only:
+/// The entry points of an x86 tile module for the 32-value block formats, Q4_K and Q5_K (AVX2 only:
 /// on AVX-512 VNNI those run on 32-row panels, [`super::gemm`]), one per format (the call's checks, then the
 /// module's own `run!`: its tile shapes), and the one-token loops of its `one_token!`. Expanded
 /// inside each module, after its `run!` and `one_token!`.
@@ -652,31 +651,31 @@ macro_rules! block_tile_entries {
             run!(q4_5_k_tile, false, q4_k_one_token, rows, row_bytes, a, out);
         }
 
+        pub fn q5_k(rows: &[u8], row_bytes: usize, a: &[SuperQ8], out: &mut [&mut [f32]]) {
+            check_k(rows, row_bytes, a, out, Q5_K_PACKED_BYTES);
+            run!(q4_5_k_tile, true, q5_k_one_token, rows, row_bytes, a, out);
+        }
+
         one_token!(q8_0_one_token, q8_0_tile, false);
         one_token!(q4_1_one_token, q4_tile, Q4_1);
         one_token!(q4_0_one_token, q4_tile, Q4_0);
         one_token!(q5_0_one_token, q4_tile, Q5_0);
         one_token!(q5_1_one_token, q4_tile, Q5_1);
         one_token!(q4_k_one_token, q4_5_k_tile, false);
+        one_token!(q5_k_one_token, q4_5_k_tile, true);
     };
 }
 
-/// The entry points of the formats with tiles on every x86 level (Q5_K and Q6_K), as
+/// The entry point of the format with tiles on every x86 level (Q6_K), as
 /// [`block_tile_entries`].
 #[cfg(target_arch = "x86_64")]
 macro_rules! k_tile_entries {
     () => {
-        pub fn q5_k(rows: &[u8], row_bytes: usize, a: &[SuperQ8], out: &mut [&mut [f32]]) {
-            check_k(rows, row_bytes, a, out, Q5_K_PACKED_BYTES);
-            run!(q4_5_k_tile, true, q5_k_one_token, rows, row_bytes, a, out);
-        }
-
         pub fn q6_k(rows: &[u8], row_bytes: usize, a: &[SuperQ8], out: &mut [&mut [f32]]) {
             check_k(rows, row_bytes, a, out, Q6_K_BYTES);
             run!(q6_k_tile, false, q6_k_one_token, rows, row_bytes, a, out);
         }
 
-        one_token!(q5_k_one_token, q4_5_k_tile, true);
         one_token!(q6_k_one_token, q6_k_tile, false);
     };
 }
@@ -885,7 +884,7 @@ mod avx512 {
         };
     }
 
-    // Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 and Q4_K run on 32-row panels here ([`super::gemm`]).
+    // Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K and Q5_K run on 32-row panels here ([`super::gemm`]).
     k_tile_entries!();
 
     /// Prefetch the cache lines of the super-block at `b` ahead of use: a lone row streams, so
@@ -910,15 +909,6 @@ mod avx512 {
         _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
     }
 
-    /// Eight per-sub-block values, each in two adjacent lanes (`[v0, v0, v1, v1, ...]`), times `d`.
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    fn spread_times(d: f32, v: [u8; SUBS]) -> __m512 {
-        let x = _mm_cvtsi64_si128(i64::from_le_bytes(v));
-        let pairs = _mm512_cvtepu8_epi32(_mm_unpacklo_epi8(x, x));
-        _mm512_mul_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(pairs))
-    }
-
     /// A group's per-lane scales and scaled sums.
     #[inline(always)]
     fn lanes_f32(y: &SuperQ8) -> (__m512, __m512) {
@@ -932,79 +922,6 @@ mod avx512 {
     fn act(y: &SuperQ8, v: usize) -> __m512i {
         // SAFETY: qs holds 256 bytes, 64-byte aligned (`repr(align(64))`).
         unsafe { _mm512_load_si512(y.qs.as_ptr().add(64 * v).cast()) }
-    }
-
-    /// Q4_K (`HIGH = false`) and Q5_K (`HIGH = true`), `R` rows by `N` tokens, on rows packed by
-    /// [`pack_q4_k_row`] / [`pack_q5_k_row`]:
-    /// `Σ_j d·sc_j·dy_j·(q·y)_j − dmin·m_j·dy_j·Σy_j` with the four dot products of a super-block
-    /// chained in integers and both terms spread over the sub-block's two lanes. The 4-bit values
-    /// are two loads and four masks; Q5_K's fifth bits add 16 under one 64-bit mask per vector.
-    // The row and token indices walk their arrays and the accumulators in lockstep.
-    #[allow(clippy::needless_range_loop)]
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    unsafe fn q4_5_k_tile<const HIGH: bool, const R: usize, const N: usize>(
-        rows: &[&[u8]],
-        a: &[&[SuperQ8]],
-        out: &mut [f32],
-    ) {
-        let (bytes, tail) = if HIGH {
-            (Q5_K_PACKED_BYTES, Q5_K_PACKED_HIGH_AT + 32)
-        } else {
-            (Q4_K_PACKED_BYTES, 128)
-        };
-        let m4 = _mm512_set1_epi8(0x0f);
-        let mut acc = [[_mm512_setzero_ps(); N]; R];
-        for i in 0..a[0].len() {
-            let mut q = [[_mm512_setzero_si512(); 4]; R];
-            let mut sc = [_mm512_setzero_ps(); R];
-            let mut mins = [_mm512_setzero_ps(); R];
-            for r in 0..R {
-                // SAFETY (this block): the wrapper checked that every row holds a packed
-                // super-block per group, `bytes` long.
-                let b = unsafe { rows[r].as_ptr().add(i * bytes) };
-                ahead(b, bytes, R, rows[r].len());
-                let (lo, hi) = unsafe { (_mm512_loadu_si512(b.cast()), _mm512_loadu_si512(b.add(64).cast())) };
-                let ((l0, h0), (l1, h1)) = (nibbles(lo, m4), nibbles(hi, m4));
-                q[r] = [l0, l1, h0, h1];
-                if HIGH {
-                    for v in 0..4 {
-                        let set = unsafe { b.add(Q5_K_PACKED_HIGH_AT + 8 * v).cast::<u64>().read_unaligned() };
-                        q[r][v] = _mm512_mask_add_epi8(q[r][v], set, q[r][v], _mm512_set1_epi8(16));
-                    }
-                }
-                let (s8, m8, d, dmin) = unsafe {
-                    (
-                        b.add(tail).cast::<[u8; SUBS]>().read_unaligned(),
-                        b.add(tail + SUBS).cast::<[u8; SUBS]>().read_unaligned(),
-                        f16(b.add(tail + 2 * SUBS)),
-                        f16(b.add(tail + 2 * SUBS + 2)),
-                    )
-                };
-                sc[r] = spread_times(d, s8);
-                // Half in each of the sub-block's two lanes (exact: a power of two).
-                mins[r] = spread_times(dmin * 0.5, m8);
-            }
-            for t in 0..N {
-                let y = &a[t][i];
-                let ys = [act(y, 0), act(y, 1), act(y, 2), act(y, 3)];
-                let (yd, yds) = lanes_f32(y);
-                for r in 0..R {
-                    let mut dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[r][0], ys[0]);
-                    dot = _mm512_dpbusd_epi32(dot, q[r][1], ys[1]);
-                    dot = _mm512_dpbusd_epi32(dot, q[r][2], ys[2]);
-                    dot = _mm512_dpbusd_epi32(dot, q[r][3], ys[3]);
-                    let scale = _mm512_mul_ps(sc[r], yd);
-                    acc[r][t] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(dot), acc[r][t]);
-                    acc[r][t] = _mm512_fnmadd_ps(mins[r], yds, acc[r][t]);
-                }
-            }
-        }
-        for r in 0..R {
-            for t in 0..N {
-                out[r * N + t] = _mm512_reduce_add_ps(acc[r][t]);
-            }
-        }
     }
 
     /// The low and high nibbles of every byte of `x`.

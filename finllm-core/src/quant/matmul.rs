@@ -829,6 +829,7 @@ mod tests {
         let formats = [
             (QuantType::Q8_0, 33),
             (QuantType::Q5K, 5),
+            (QuantType::Q6K, 4),
             (QuantType::BF16, 6),
             (QuantType::F32, 3),
         ];
