@@ -292,20 +292,29 @@ impl KvElem for f16 {
 }
 
 /// The body of a multi-head scores kernel (`scores_f16_heads` of `avx2` and `avx512`): the rows
-/// four at a time by the module's `scores_group::<H, 4>`, the last one to three by a shorter
-/// group, each group's rows asked for [`AHEAD`](avx2::AHEAD) rows ahead (into L2: the rows lie
+/// `$step` (three or four) at a time by the module's `scores_group::<H, $step>`, the last ones
+/// by a shorter group, each group's rows asked for [`AHEAD`](avx2::AHEAD) rows ahead (into L2: the rows lie
 /// `stride` apart, a head's slice of each cache row, which the hardware prefetchers follow
 /// late). A call told to fetch nothing (`fetch` 0: a block's later tokens, which find the rows
 /// in L1) skips the prefetch code altogether. Unsafe: the kernel's own contract.
 #[cfg(target_arch = "x86_64")]
 macro_rules! scores_in_groups {
-    ($q:expr, $rows:expr, $stride:expr, $scale:expr, $out:expr, $out_stride:expr, $n:expr, $fetch:expr) => {{
+    ($step:expr, $q:expr, $rows:expr, $stride:expr, $scale:expr, $out:expr, $out_stride:expr, $n:expr, $fetch:expr) => {{
         let (q, rows, stride, scale, out, out_stride, n, fetch) =
             ($q, $rows, $stride, $scale, $out, $out_stride, $n, $fetch);
         let mut t = 0;
         let fetching = fetch > 0;
         if fetching {
             prefetch_rows(rows, stride, 0, AHEAD, fetch);
+        }
+        if $step == 3 {
+            while t + 3 <= n {
+                if fetching {
+                    prefetch_rows(rows, stride, t + AHEAD, 3, fetch);
+                }
+                scores_group::<H, 3>(q, rows, stride, scale, out, out_stride, t);
+                t += 3;
+            }
         }
         while t + 4 <= n {
             if fetching {
@@ -642,7 +651,21 @@ pub mod avx2 {
         debug_assert!((q.len() / H).is_multiple_of(8) && !q.is_empty());
         debug_assert!(H == 0 || (H - 1) * out_stride + n <= out.len());
         // SAFETY: forwarded (the caller's bounds).
-        unsafe { scores_in_groups!(q, rows, stride, scale, out, out_stride, n, fetch) }
+        // Three heads take rows three at a time: with four, twelve sums, three queries and a
+        // key were all sixteen registers, and one sum went to the stack and back on every step.
+        unsafe {
+            scores_in_groups!(
+                if H >= 3 { 3 } else { 4 },
+                q,
+                rows,
+                stride,
+                scale,
+                out,
+                out_stride,
+                n,
+                fetch
+            )
+        }
     }
 
     /// `M` (at most four) rows from `t` of [`scores_f16_heads`], the `H · M` sums in
@@ -830,7 +853,7 @@ pub mod avx512 {
         fetch: usize,
     ) {
         // SAFETY: forwarded (the caller's bounds).
-        unsafe { scores_in_groups!(q, rows, stride, scale, out, out_stride, n, fetch) }
+        unsafe { scores_in_groups!(4, q, rows, stride, scale, out, out_stride, n, fetch) }
     }
 
     /// `M` (at most four) rows from `t` of [`scores_f16_heads`]: the sums of all `H · M`
