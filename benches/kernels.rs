@@ -106,7 +106,8 @@ fn main() {
 }
 
 /// The AVX-512 VNNI panel tiles (prefill and batched decode) as a product calls them, one
-/// panel after another: SmolLM2-135M's hidden size, a matrix that stays in L2 (512 KiB) times
+/// panel after another: SmolLM2-135M's hidden size (1,536 columns for the K-quants, whole
+/// super-blocks), a matrix that stays in L2 (512 KiB) times
 /// 1 to 16 tokens, and one of 64 MiB (streamed from memory) times 1 and 8 (batched decode).
 /// Bytes are the weights read once per call.
 fn panels(rng: &mut Rng) {
@@ -114,11 +115,18 @@ fn panels(rng: &mut Rng) {
     if !Panels::fast() {
         return;
     }
-    let cols = 576;
-    let blocks = cols / QK;
-    for dtype in [QuantType::Q4_0, QuantType::Q4_1, QuantType::Q8_0] {
+    for dtype in [
+        QuantType::Q4_0,
+        QuantType::Q4_1,
+        QuantType::Q8_0,
+        QuantType::Q4K,
+        QuantType::Q5K,
+    ] {
         let format = PanelFormat::of(dtype).expect("a panel format");
-        let row_bytes = blocks * block_bytes(dtype);
+        let block = usize::try_from(dtype.block_size()).expect("small");
+        let cols = if block == QK { 576 } else { 1536 };
+        let blocks = cols / QK;
+        let row_bytes = cols / block * block_bytes(dtype);
         for (label, bytes, counts) in [
             ("L2", 512 << 10, &[1usize, 2, 4, 6, 8, 12, 16][..]),
             ("streamed", 64 << 20, &[1, 8][..]),
@@ -280,11 +288,16 @@ fn one_row_isas() -> Vec<Isa> {
     Isa::available().into_iter().filter(|&isa| isa != Isa::Avx512).collect()
 }
 
-/// The super-block tiles of `dtype` (AVX-512 VNNI), as the model calls them: a whole matrix per
-/// call, one token (decode) in L2 and streamed, 64 tokens (prefill) in L2; rows packed first
-/// where the format's tile reads its own layout.
+/// The super-block tiles of `dtype` on the widest ISA that has them for it (AVX-512 VNNI for
+/// Q6_K, AVX2 for the formats that run on panels on AVX-512), as the model calls them: a whole
+/// matrix per call, one token (decode) in L2 and streamed, 64 tokens (prefill) in L2; rows
+/// packed first where the format's tile reads its own layout.
 fn super_tiles(dtype: QuantType, rng: &mut Rng) {
-    let Some(k) = Isa::available().into_iter().find_map(|isa| super_kernels(dtype, isa)) else {
+    let Some((isa, k)) = Isa::available()
+        .into_iter()
+        .rev()
+        .find_map(|isa| super_kernels(dtype, isa).map(|k| (isa, k)))
+    else {
         return;
     };
     let block = usize::try_from(dtype.block_size()).expect("small");
@@ -328,7 +341,7 @@ fn super_tiles(dtype: QuantType, rng: &mut Rng) {
         });
         report(
             dtype,
-            Isa::Avx512,
+            isa,
             &format!("tiles {label}"),
             secs,
             reps * data.len(),

@@ -175,10 +175,10 @@ pub struct Panels {
     /// Weights, panel by panel, block by block, run by run (see the module's text).
     w: HugeArray<u8>,
     /// The rows' block scales (f16 bits, as in the file: the panels take the file's bytes),
-    /// panel by panel, block by block, 32 rows each (zero past `rows`); Q4_K's `d`, per
+    /// panel by panel, block by block, 32 rows each (zero past `rows`); the K-quants' `d`, per
     /// super-block.
     d: HugeArray<u16>,
-    /// Q4_1's block minima (f16 bits), in the order of `d`; Q4_K's `dmin`, per super-block
+    /// Q4_1's block minima (f16 bits), in the order of `d`; the K-quants' `dmin`, per super-block
     /// (empty for the other formats).
     m: HugeArray<u16>,
     /// The K-quants' 6-bit scales and minima, panel by panel, block (sub-block) by block, 32 rows each
@@ -907,7 +907,7 @@ mod tests {
                 let data: Vec<f32> = (0..rows * cols).map(|_| lcg(&mut seed) * 0.1).collect();
                 let bytes = file_bytes(dtype, &data, rows, cols);
                 let m = Panels::from_blocks(format, &bytes, rows, cols).expect("whole blocks");
-                for n in [1usize, 5, 6, 7, 8, 13, 40] {
+                for n in [1usize, 5, 6, 7, 8, 9, 13, 40] {
                     let x: Vec<f32> = (0..n * cols).map(|_| lcg(&mut seed) * 3.0).collect();
                     let a = quantized(&x);
                     let scalar = m.matmul_scalar(&a, n);

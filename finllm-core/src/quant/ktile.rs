@@ -63,8 +63,6 @@ pub struct SuperQ8 {
     pub qs: [i8; QK_K],
     /// The scale of the block each 32-bit lane belongs to.
     pub d: [f32; LANES],
-    /// `d · Σ values` of the block each lane belongs to (the exact integer sum, scaled once).
-    pub ds: [f32; LANES],
     /// Where Q6_K's two chains start (its weights enter offset by 32): `q6_start[0][2 j]` is
     /// `−32 ·` the sum of values 0..16 of block `j`, `q6_start[1][2 j + 1]` of values 16..32,
     /// every other lane zero; all zeros in a short group (Q6_K rows are whole groups).
@@ -98,7 +96,6 @@ impl Default for SuperQ8 {
         Self {
             qs: [0; QK_K],
             d: [0.0; LANES],
-            ds: [0.0; LANES],
             q6_start: [[0; LANES]; 2],
             q8_start: [0; LANES],
             s: [0.0; LANES],
@@ -136,7 +133,6 @@ impl SuperQ8 {
             }
             let lanes = LANES / width;
             s.d[j * lanes..(j + 1) * lanes].fill(b.d);
-            s.ds[j * lanes..(j + 1) * lanes].fill(b.d * b.sum as f32);
             s.s[j * lanes..(j + 1) * lanes].fill(b.s / lanes as f32);
             if width == SUBS {
                 let half = |r: std::ops::Range<usize>| b.qs[r].iter().map(|&q| i32::from(q)).sum::<i32>();
@@ -790,7 +786,8 @@ mod x86 {
         }
         // On AVX-512 two rows by eight tokens: the weights' unpacking (shuffles, scales) is shared
         // by eight tokens, the activations' by two rows (2x8 measured 10-20% faster than 2x4 on
-        // llama-1b Q4_K/Q5_K prefill; 1x8, 1x12 and 1x16 in between).
+        // llama-1b Q4_K/Q5_K prefill when those ran on these tiles; 1x8, 1x12 and 1x16 in
+        // between).
         let mut results = [0f32; MAX_TILE_ROWS * MAX_TILE_TOKENS];
         for t0 in (0..n).step_by(MAX_TILE_TOKENS) {
             let tn = MAX_TILE_TOKENS.min(n - t0);
@@ -909,12 +906,11 @@ mod avx512 {
         _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
     }
 
-    /// A group's per-lane scales and scaled sums.
+    /// A group's per-lane scales.
     #[inline(always)]
-    fn lanes_f32(y: &SuperQ8) -> (__m512, __m512) {
-        // SAFETY: d and ds hold sixteen f32 each, 64-byte aligned (`repr(align(64))`, offsets
-        // 256 and 320).
-        unsafe { (_mm512_load_ps(y.d.as_ptr()), _mm512_load_ps(y.ds.as_ptr())) }
+    fn lanes_f32(y: &SuperQ8) -> __m512 {
+        // SAFETY: d holds sixteen f32, 64-byte aligned (`repr(align(64))`, offset 256).
+        unsafe { _mm512_load_ps(y.d.as_ptr()) }
     }
 
     /// Vector `v` (0..4) of a super-block's activations.
@@ -1002,7 +998,7 @@ mod avx512 {
             for t in 0..N {
                 let y = &a[t][i];
                 let ys = [act(y, 0), act(y, 1), act(y, 2), act(y, 3)];
-                let (yd, _) = lanes_f32(y);
+                let yd = lanes_f32(y);
                 // SAFETY: q6_start holds two vectors of sixteen i32.
                 let start = unsafe {
                     [
@@ -1192,7 +1188,7 @@ mod tests {
                     assert_eq!(at % 64 / 4 / per_lane, j, "{count} blocks: block {j} value {e}");
                 }
                 for l in j * per_lane..(j + 1) * per_lane {
-                    assert_eq!((s.d[l], s.ds[l]), (b.d, b.d * b.sum as f32), "{count} blocks: lane {l}");
+                    assert_eq!(s.d[l], b.d, "{count} blocks: lane {l}");
                 }
                 let shared: f32 = s.s[j * per_lane..(j + 1) * per_lane].iter().sum();
                 assert_eq!(shared, b.s, "{count} blocks: block {j}'s s over its lanes");
@@ -1339,7 +1335,7 @@ mod tests {
                 let row = random_bytes(&mut rng, dtype, blocks * QK_K);
                 let mut want = vec![0f32; blocks * QK_K];
                 dequantize_row(dtype, &row, &mut want);
-                let kernels = super_kernels(dtype, Isa::Avx512).map(|k| k.packing);
+                let kernels = super_kernels(dtype, Isa::Avx2).map(|k| k.packing);
                 let bytes = if high {
                     q5_k_packed_row_bytes(blocks)
                 } else {

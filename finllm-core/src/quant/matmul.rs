@@ -27,8 +27,8 @@ const RELEASE_BYTES: usize = 1 << 20;
 
 /// A matrix `[rows, cols]` in a format finllm has kernels for, read in place from the bytes of
 /// a model file (a GGUF file, or a memory-mapped safetensors shard), or for a format whose
-/// kernels read their own layout (the 32-row panels of the block formats and Q4_K on AVX-512
-/// VNNI, the packed rows of the tiles elsewhere) rearranged once at load into a buffer of about
+/// kernels read their own layout (the 32-row panels of the block formats, Q4_K and Q5_K on
+/// AVX-512 VNNI, the packed rows of the tiles elsewhere) rearranged once at load into a buffer of about
 /// the same size, the file's pages for it handed back to the kernel.
 pub struct QMatrix {
     rows: usize,
@@ -121,8 +121,8 @@ enum RowKernels {
     /// bf16 rows against activations rounded to bf16, on CPUs with a bf16 dot product
     /// ([`bf16dot`](super::bf16dot)).
     Bf16(FloatKernels<u16>),
-    /// Tiles against activations laid out per group of eight blocks (Q4_1, Q8_0 and the
-    /// K-quants on AVX-512 VNNI; Q4_1 rows packed at load).
+    /// Tiles against activations laid out per group of eight blocks (Q6_K on AVX-512 VNNI; the
+    /// block formats and the K-quants on AVX2; rows packed at load).
     Super(SuperKernels),
 }
 

@@ -620,13 +620,14 @@ pub mod avx2 {
         }
     }
 
-    /// Query heads one call takes at a time: four rows' sums for three heads are 12 of the 16
+    /// Query heads one call takes at a time: three rows' sums for three heads are 9 of the 16
     /// vector registers, beside the heads' queries and one converted key.
     pub const HEADS: usize = 3;
 
     /// [`scores_f16_by_eight`] for `H` query heads of `q.len() / H` values over the same rows:
     /// each converted key vector feeds `H` FMAs (with one head per call, converting every row
-    /// once per head of a grouped-query group was most of the work). Four rows at a time, the
+    /// once per head of a grouped-query group was most of the work). Three rows at a time for
+    /// three heads, four for fewer, the
     /// rows [`AHEAD`] asked for ahead (`fetch` values of each: a head's slice of each cache row,
     /// `stride` apart, which the hardware prefetchers follow late); a (row, head)'s sums take
     /// the same FMAs in the same order and the same reduction as alone, so its bits are the
@@ -1302,40 +1303,43 @@ mod tests {
     }
 
     /// Several query heads in one call (a grouped-query group) give every head the bits it
-    /// gets alone, for f16 and f32 rows, any number of heads (the AVX-512 kernels take three at
-    /// a time), head sizes around the vector widths, and output strides wider than the rows.
+    /// gets alone, for f16 and f32 rows, any number of heads (the kernels take three at a
+    /// time), head sizes around the vector widths, row counts that leave every remainder of
+    /// the kernels' groups of three or four rows, and output strides wider than the rows.
     #[test]
     fn heads_together_give_the_bits_of_heads_alone() {
         fn check<T: KvElem>(rng: &mut Rng, to: impl Fn(f32) -> T) {
             for d in HEAD_DIMS.into_iter().chain([48, 96, 256]) {
                 for heads in 1..=7 {
-                    let (n, stride, out_stride) = (21, d + 3, 25);
-                    let q = random(rng, heads * d);
-                    let rows: Vec<T> = random(rng, (n - 1) * stride + d).into_iter().map(&to).collect();
-                    let mut together = vec![f32::NAN; heads * out_stride];
-                    T::scores_heads(&q, d, &rows, stride, 0.125, &mut together, out_stride, n, stride);
-                    let p = random(rng, heads * out_stride);
-                    let start = random(rng, heads * d);
-                    let mut sums = start.clone();
-                    T::weighted_sum_heads(&p, out_stride, n, &rows, stride, &mut sums, d, d);
-                    for h in 0..heads {
-                        let mut alone = vec![0f32; n];
-                        T::scores(&q[h * d..(h + 1) * d], &rows, stride, 0.125, &mut alone);
-                        let got = &together[h * out_stride..h * out_stride + n];
-                        assert_eq!(
-                            got.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
-                            alone.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
-                            "scores d={d} heads={heads} h={h}"
-                        );
-                        assert!(
-                            together[h * out_stride + n..(h + 1) * out_stride]
-                                .iter()
-                                .all(|x| x.is_nan()),
-                            "wrote past its scores"
-                        );
-                        let mut sum = start[h * d..(h + 1) * d].to_vec();
-                        T::weighted_sum(&p[h * out_stride..h * out_stride + n], &rows, stride, &mut sum);
-                        assert_eq!(&sums[h * d..(h + 1) * d], &sum[..], "sums d={d} heads={heads} h={h}");
+                    for n in [21, 22, 23] {
+                        let (stride, out_stride) = (d + 3, 25);
+                        let q = random(rng, heads * d);
+                        let rows: Vec<T> = random(rng, (n - 1) * stride + d).into_iter().map(&to).collect();
+                        let mut together = vec![f32::NAN; heads * out_stride];
+                        T::scores_heads(&q, d, &rows, stride, 0.125, &mut together, out_stride, n, stride);
+                        let p = random(rng, heads * out_stride);
+                        let start = random(rng, heads * d);
+                        let mut sums = start.clone();
+                        T::weighted_sum_heads(&p, out_stride, n, &rows, stride, &mut sums, d, d);
+                        for h in 0..heads {
+                            let mut alone = vec![0f32; n];
+                            T::scores(&q[h * d..(h + 1) * d], &rows, stride, 0.125, &mut alone);
+                            let got = &together[h * out_stride..h * out_stride + n];
+                            assert_eq!(
+                                got.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                                alone.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                                "scores d={d} heads={heads} h={h}"
+                            );
+                            assert!(
+                                together[h * out_stride + n..(h + 1) * out_stride]
+                                    .iter()
+                                    .all(|x| x.is_nan()),
+                                "wrote past its scores"
+                            );
+                            let mut sum = start[h * d..(h + 1) * d].to_vec();
+                            T::weighted_sum(&p[h * out_stride..h * out_stride + n], &rows, stride, &mut sum);
+                            assert_eq!(&sums[h * d..(h + 1) * d], &sum[..], "sums d={d} heads={heads} h={h}");
+                        }
                     }
                 }
             }
