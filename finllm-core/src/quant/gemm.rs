@@ -468,6 +468,16 @@ mod avx512 {
     pub const Q5_1: u8 = 5;
     pub const Q5K: u8 = 6;
 
+    /// Whether format `f`'s blocks are K-quant sub-blocks ([`PanelFormat::k`]).
+    const fn k_quant(f: u8) -> bool {
+        f == Q4K || f == Q5K
+    }
+
+    /// Whether format `f`'s values carry a fifth bit ([`PanelFormat::five`]).
+    const fn fifth(f: u8) -> bool {
+        f == Q5_0 || f == Q5_1 || f == Q5K
+    }
+
     /// Panel `p` against every token of `a`: `out[t]` receives token `t`'s results for the
     /// panel's first `out[t].len()` rows.
     ///
@@ -481,7 +491,7 @@ mod avx512 {
         let pbb = m.format.panel_block_bytes();
         // The K-quants keep d and dmin per super-block; the others a scale (and Q4_1 a minimum)
         // per block.
-        let k = F == Q4K || F == Q5K;
+        let k = k_quant(F);
         let per_d = if k { blocks / (QK_K / QK) } else { blocks } * PANEL_ROWS;
         let per_block = blocks * PANEL_ROWS;
         let slices = Slices {
@@ -494,7 +504,7 @@ mod avx512 {
             },
             sc: if k { &m.sc[p * per_block..][..per_block] } else { &[] },
             mn: if k { &m.mn[p * per_block..][..per_block] } else { &[] },
-            hb: if F == Q5_0 || F == Q5_1 || F == Q5K {
+            hb: if fifth(F) {
                 &m.hb[p * blocks * FIFTH_MASKS..][..blocks * FIFTH_MASKS]
             } else {
                 &[]
@@ -553,7 +563,7 @@ mod avx512 {
         }
         // The block's 32 scales (and minima): one cache line each; the K-quants' per
         // super-block, their 6-bit scales and minima per block (32 bytes each).
-        let k = F == Q4K || F == Q5K;
+        let k = k_quant(F);
         let s = if k {
             (b + blocks_ahead) / (QK_K / QK)
         } else {
@@ -697,7 +707,7 @@ mod avx512 {
                         _mm512_and_si512(_mm512_srli_epi16::<4>(w0), low),
                         _mm512_and_si512(_mm512_srli_epi16::<4>(w1), low),
                     ];
-                    if F == Q5_0 || F == Q5_1 || F == Q5K {
+                    if fifth(F) {
                         let sixteen = _mm512_set1_epi8(16);
                         for h in 0..2 {
                             let at = b * FIFTH_MASKS;
@@ -715,7 +725,7 @@ mod avx512 {
                     }
                 }
             }
-            if F == Q4K || F == Q5K {
+            if k_quant(F) {
                 let at = b / (QK_K / QK) * PANEL_ROWS;
                 // SAFETY: the super-block's 32 d and dmin, the block's 32 scales and minima lie
                 // inside the slices.

@@ -293,8 +293,8 @@ impl KvElem for f16 {
 
 /// The body of a multi-head scores kernel (`scores_f16_heads` of `avx2` and `avx512`): the rows
 /// `$step` (three or four) at a time by the module's `scores_group::<H, $step>`, the last ones
-/// by a shorter group, each group's rows asked for [`AHEAD`](avx2::AHEAD) rows ahead (into L2: the rows lie
-/// `stride` apart, a head's slice of each cache row, which the hardware prefetchers follow
+/// by a shorter group, each group's rows asked for [`AHEAD`](avx2::AHEAD) rows ahead (into L2:
+/// the rows lie `stride` apart, a head's slice of each cache row, which the hardware prefetchers follow
 /// late). A call told to fetch nothing (`fetch` 0: a block's later tokens, which find the rows
 /// in L1) skips the prefetch code altogether. Unsafe: the kernel's own contract.
 #[cfg(target_arch = "x86_64")]
@@ -627,8 +627,7 @@ pub mod avx2 {
     /// [`scores_f16_by_eight`] for `H` query heads of `q.len() / H` values over the same rows:
     /// each converted key vector feeds `H` FMAs (with one head per call, converting every row
     /// once per head of a grouped-query group was most of the work). Three rows at a time for
-    /// three heads, four for fewer, the
-    /// rows [`AHEAD`] asked for ahead (`fetch` values of each: a head's slice of each cache row,
+    /// three heads, four for fewer, the rows [`AHEAD`] asked for ahead (`fetch` values of each: a head's slice of each cache row,
     /// `stride` apart, which the hardware prefetchers follow late); a (row, head)'s sums take
     /// the same FMAs in the same order and the same reduction as alone, so its bits are the
     /// same.
@@ -651,22 +650,11 @@ pub mod avx2 {
     ) {
         debug_assert!((q.len() / H).is_multiple_of(8) && !q.is_empty());
         debug_assert!(H == 0 || (H - 1) * out_stride + n <= out.len());
-        // SAFETY: forwarded (the caller's bounds).
         // Three heads take rows three at a time: with four, twelve sums, three queries and a
         // key were all sixteen registers, and one sum went to the stack and back on every step.
-        unsafe {
-            scores_in_groups!(
-                if H >= 3 { 3 } else { 4 },
-                q,
-                rows,
-                stride,
-                scale,
-                out,
-                out_stride,
-                n,
-                fetch
-            )
-        }
+        let step = if H >= 3 { 3 } else { 4 };
+        // SAFETY: forwarded (the caller's bounds).
+        unsafe { scores_in_groups!(step, q, rows, stride, scale, out, out_stride, n, fetch) }
     }
 
     /// `M` (at most four) rows from `t` of [`scores_f16_heads`], the `H · M` sums in
