@@ -1,7 +1,8 @@
 //! `cargo bench --bench kernels [-- FORMAT...]`: throughput of each quantized dot-product kernel
 //! on every ISA this CPU has, on a 512 KiB matrix that stays in L2 and on one far larger than the
 //! caches, for one token and (in L2) for the four-token kernels; then the AVX-512 super-block
-//! tiles as the model calls them (a whole matrix per call, one token and 64 tokens); then the
+//! tiles as the model calls them (a whole matrix per call, one token and 64 tokens; 16-row tasks
+//! of a prefill pass on short and long rows); then the
 //! float formats (f32, f16, bf16): one row by one token, a tile of rows by one token (decode) and
 //! a tile of rows by tokens (prefill); then the decode attention kernels and the AVX-512 panel
 //! tiles (1 to 16 tokens in L2; 1 and 8 tokens streamed, on one thread and two). Each figure is
@@ -18,6 +19,9 @@ use finllm::quant::ktile::{super_kernels, supers_from_blocks, SuperQ8, SUBS};
 use finllm::quant::QuantType;
 
 const PASSES: usize = 5;
+
+/// Rows of one task of a parallel matrix product (`quant::matmul`).
+const TASK_ROWS: usize = 16;
 
 fn main() {
     let only: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
@@ -90,6 +94,7 @@ fn main() {
     for dtype in KERNEL_FORMATS {
         if only.is_empty() || only.iter().any(|f| f.eq_ignore_ascii_case(dtype.name())) {
             super_tiles(dtype, &mut rng);
+            prefill_tasks(dtype, &mut rng);
         }
     }
     for dtype in FLOAT_FORMATS {
@@ -456,4 +461,52 @@ fn report(dtype: QuantType, isa: Isa, label: &str, secs: f64, bytes: usize, macs
         dtype.name(),
         format!("{isa:?}")
     );
+}
+
+/// The super-block tiles as a prefill pass calls them: 16-row tasks (the matrix products' unit
+/// of work), on 2,048-value rows with 256 tokens and on 8,192-value rows (a down projection of
+/// a 1B model) with 64, the widest ISA that has the tile. The long rows run the same speed only
+/// if a task's runs of groups keep their activations in L1.
+fn prefill_tasks(dtype: QuantType, rng: &mut Rng) {
+    let Some((isa, k)) = Isa::available()
+        .into_iter()
+        .rev()
+        .find_map(|isa| super_kernels(dtype, isa).map(|k| (isa, k)))
+    else {
+        return;
+    };
+    let block = usize::try_from(dtype.block_size()).expect("small");
+    for (cols, n, rows) in [(2048usize, 256usize, 512usize), (8192, 64, 256)] {
+        let blocks = cols / QK;
+        let file_row = cols / block * block_bytes(dtype);
+        let row_bytes = (k.packing.row_bytes)(cols / block);
+        let acts: Vec<SuperQ8> = (0..n)
+            .flat_map(|_| {
+                let x: Vec<f32> = (0..cols).map(|_| (rng.next_f64() * 2.0 - 1.0) as f32).collect();
+                let mut a = vec![BlockQ8::default(); blocks];
+                quantize_q8(&x, &mut a);
+                let mut s = vec![SuperQ8::default(); blocks.div_ceil(SUBS)];
+                supers_from_blocks(&a, &mut s);
+                s
+            })
+            .collect();
+        // Masked bytes keep every f16 scale finite.
+        let file: Vec<u8> = (0..rows * file_row).map(|_| rng.next_u64() as u8 & 0x77).collect();
+        let mut data = vec![0u8; rows * row_bytes];
+        for (src, dst) in file.chunks_exact(file_row).zip(data.chunks_exact_mut(row_bytes)) {
+            (k.packing.pack_row)(src, dst);
+        }
+        let mut out = vec![vec![0f32; TASK_ROWS]; n];
+        let (secs, sink) = best_of(|| {
+            let mut sink = 0f32;
+            for task in data.chunks_exact(TASK_ROWS * row_bytes) {
+                let mut views: Vec<&mut [f32]> = out.iter_mut().map(|o| &mut o[..]).collect();
+                (k.tile)(task, row_bytes, &acts, &mut views);
+                sink += out[0][0];
+            }
+            sink
+        });
+        let label = format!("tiles {n} tokens, 16-row tasks, {cols} inputs");
+        report(dtype, isa, &label, secs, data.len(), rows * n * cols, sink);
+    }
 }
