@@ -434,7 +434,9 @@ pub const Q4_K_PACKED_BYTES: usize = 148;
 /// bytes of fifth bits after the 4-bit values.
 pub const Q5_K_PACKED_BYTES: usize = 180;
 
-/// Where the fifth bits of a packed Q5_K super-block start (one 64-bit mask per vector).
+/// Where the fifth bits of a packed Q5_K super-block start: 32 bytes, bit `m` of byte `k` for
+/// tile position `32 m + k` (so half `m % 2` of vector `m / 2` takes its fifth bits with one
+/// shift and one mask of the same 32 bytes, as Q6_K's high bits).
 const Q5_K_PACKED_HIGH_AT: usize = 128;
 
 /// Bytes of a Q4_K row of `blocks` super-blocks in the tile layout.
@@ -456,8 +458,8 @@ pub fn pack_q4_k_row(row: &[u8], out: &mut [u8]) {
     pack_k_row(row, out, false);
 }
 
-/// [`pack_q4_k_row`] for Q5_K: the fifth bits follow the 4-bit values as four 64-bit masks,
-/// bit `i` of mask `v` for tile position `64 v + i`. `out` holds [`q5_k_packed_row_bytes`].
+/// [`pack_q4_k_row`] for Q5_K: the fifth bits follow the 4-bit values as 32 bytes, bit `m` of
+/// byte `k` for tile position `32 m + k`. `out` holds [`q5_k_packed_row_bytes`].
 pub fn pack_q5_k_row(row: &[u8], out: &mut [u8]) {
     pack_k_row(row, out, true);
 }
@@ -482,15 +484,16 @@ fn pack_k_row(row: &[u8], out: &mut [u8], high: bool) {
         // 32 (j / 2) + 8v.. (nibble j % 2) and go to tile positions 64 v + 8 j.. (see
         // `tile_position`), which `nibble_at` keeps in bytes 64 (v % 2) + 8 j.., nibble v / 2.
         let mut values = [0u64; 16];
-        let mut high_bits = [0u8; 32];
+        let mut high_bits = [0u64; 4];
         for j in 0..SUBS {
             for v in 0..4 {
                 let nibbles = (word(b, qs_at + 32 * (j / 2) + 8 * v) >> (4 * (j % 2))) & LOW_NIBBLES;
                 values[8 * (v % 2) + j] |= nibbles << (4 * (v / 2));
                 if high {
-                    // Bit j of qh bytes 8v..8v + 8, gathered into one byte (bit i from byte i).
+                    // Bit j of qh bytes 8v..8v + 8 (values 8v.. of sub-block j, one bit a byte)
+                    // for tile positions 64 v + 8 j + i: bit 2 v + j / 4 of bytes 8 (j % 4)...
                     let bits = (word(b, Q5_K_QH_AT + 8 * v) >> j) & LOW_BITS;
-                    high_bits[8 * v + j] = (bits.wrapping_mul(0x0102_0408_1020_4080) >> 56) as u8;
+                    high_bits[j % 4] |= bits << (2 * v + j / 4);
                 }
             }
         }
@@ -498,7 +501,10 @@ fn pack_k_row(row: &[u8], out: &mut [u8], high: bool) {
             dst.copy_from_slice(&w.to_le_bytes());
         }
         if high {
-            o[Q5_K_PACKED_HIGH_AT..Q5_K_PACKED_HIGH_AT + 32].copy_from_slice(&high_bits);
+            let dst = &mut o[Q5_K_PACKED_HIGH_AT..Q5_K_PACKED_HIGH_AT + 32];
+            for (dst, w) in dst.chunks_exact_mut(8).zip(high_bits) {
+                dst.copy_from_slice(&w.to_le_bytes());
+            }
         }
         let (sc, m) = k_scales_mins(&b[K_SCALES_AT..]);
         o[tail..tail + SUBS].copy_from_slice(&sc);
@@ -1511,7 +1517,7 @@ mod tests {
                             let (byte, shift) = nibble_at(SUBS, p);
                             let mut q = (b[byte] >> shift) & 15;
                             if high {
-                                q |= ((b[Q5_K_PACKED_HIGH_AT + p / 8] >> (p % 8)) & 1) << 4;
+                                q |= ((b[Q5_K_PACKED_HIGH_AT + p % 32] >> (p / 32)) & 1) << 4;
                             }
                             let (sc, m) = (f32::from(b[tail + j]), f32::from(b[tail + SUBS + j]));
                             let got = d * sc * f32::from(q) - dmin * m;

@@ -225,6 +225,34 @@ unsafe fn add_fifth_bits<const V: usize>(w: &mut [[__m256i; V]; 2], masks: *cons
     }
 }
 
+/// Adds 16 to the values of a whole group whose fifth bit is set, from 32 bytes at `planes`:
+/// bit `m` of byte `k` for tile position `32 m + k`, half `m % 2` of vector `m / 2` (a shift
+/// moves each half's bit to bit 4 of every byte; the mask drops what the 16-bit shifts carry
+/// in from the neighbouring byte, which lands below bit 4 on a left shift of at most four and
+/// above it on a right shift of at most three).
+#[inline(always)]
+unsafe fn add_fifth_planes(w: &mut [[__m256i; 4]; 2], planes: *const u8) {
+    // SAFETY: the caller guarantees 32 bytes at `planes`.
+    let p = unsafe { _mm256_loadu_si256(planes.cast()) };
+    let m10 = _mm256_set1_epi8(0x10);
+    let at_four = [
+        _mm256_slli_epi16::<4>(p),
+        _mm256_slli_epi16::<3>(p),
+        _mm256_slli_epi16::<2>(p),
+        _mm256_slli_epi16::<1>(p),
+        p,
+        _mm256_srli_epi16::<1>(p),
+        _mm256_srli_epi16::<2>(p),
+        _mm256_srli_epi16::<3>(p),
+    ];
+    for v in 0..4 {
+        for h in 0..2 {
+            // The nibbles leave bit 4 clear: or adds the 16.
+            w[h][v] = _mm256_or_si256(w[h][v], _mm256_and_si256(at_four[2 * v + h], m10));
+        }
+    }
+}
+
 /// Eight per-block f32 values spread to the lanes of half `h`: lane `l` takes block
 /// `(8 h + l) / per` (`per` lanes a block: 2 in a whole group, 4 or 8 in a short one).
 #[inline(always)]
@@ -458,7 +486,7 @@ unsafe fn q4_5_k_tile<const HIGH: bool, const N: usize>(row: &[u8], a: &[&[Super
         ahead::<N>(b, bytes, row.len());
         let mut w = unsafe { q4_values::<4>(b) };
         if HIGH {
-            unsafe { add_fifth_bits(&mut w, b.add(Q5_K_PACKED_HIGH_AT)) };
+            unsafe { add_fifth_planes(&mut w, b.add(Q5_K_PACKED_HIGH_AT)) };
         }
         let (s8, m8, d, dmin) = unsafe {
             (
