@@ -15,7 +15,7 @@ use finllm::generate::Rng;
 use finllm::quant::blocks::{quantize_q8, BlockQ8, QK};
 use finllm::quant::float::{float_kernels, FLOAT_FORMATS, MAX_TILE_ROWS};
 use finllm::quant::kernels::{block_bytes, dot4_fn, dot_fn, Isa, KERNEL_FORMATS};
-use finllm::quant::ktile::{super_kernels, supers_from_blocks, SuperQ8, SUBS};
+use finllm::quant::ktile::{super_kernels, supers_from_blocks, SuperKernels, SuperQ8, SUBS};
 use finllm::quant::QuantType;
 
 const PASSES: usize = 5;
@@ -293,25 +293,18 @@ fn one_row_isas() -> Vec<Isa> {
     Isa::available().into_iter().filter(|&isa| isa != Isa::Avx512).collect()
 }
 
-/// The super-block tiles of `dtype` on the widest ISA that has them for it (AVX-512 VNNI for
-/// Q6_K, AVX2 for the formats that run on panels on AVX-512), as the model calls them: a whole
-/// matrix per call, one token (decode) in L2 and streamed, 64 tokens (prefill) in L2; rows
-/// packed first where the format's tile reads its own layout.
-fn super_tiles(dtype: QuantType, rng: &mut Rng) {
-    let Some((isa, k)) = Isa::available()
+/// The widest ISA with super-block tiles for `dtype`, and its kernels.
+fn widest_super_kernels(dtype: QuantType) -> Option<(Isa, SuperKernels)> {
+    Isa::available()
         .into_iter()
         .rev()
         .find_map(|isa| super_kernels(dtype, isa).map(|k| (isa, k)))
-    else {
-        return;
-    };
-    let block = usize::try_from(dtype.block_size()).expect("small");
-    let cols = if block == QK { 576 } else { 1536 };
+}
+
+/// `tokens` tokens of `cols` random activations in [-1, 1), as the tiles read them.
+fn random_supers(rng: &mut Rng, tokens: usize, cols: usize) -> Vec<SuperQ8> {
     let blocks = cols / QK;
-    let file_row = cols / block * block_bytes(dtype);
-    let row_bytes = (k.packing.row_bytes)(cols / block);
-    let tokens = 64;
-    let acts: Vec<SuperQ8> = (0..tokens)
+    (0..tokens)
         .flat_map(|_| {
             let x: Vec<f32> = (0..cols).map(|_| (rng.next_f64() * 2.0 - 1.0) as f32).collect();
             let mut a = vec![BlockQ8::default(); blocks];
@@ -320,19 +313,43 @@ fn super_tiles(dtype: QuantType, rng: &mut Rng) {
             supers_from_blocks(&a, &mut s);
             s
         })
-        .collect();
-    let per_token = blocks.div_ceil(SUBS);
+        .collect()
+}
+
+/// `rows` random rows of `cols` values in `dtype`, packed for the tiles `k`.
+fn random_packed_rows(rng: &mut Rng, dtype: QuantType, k: &SuperKernels, rows: usize, cols: usize) -> Vec<u8> {
+    let block = usize::try_from(dtype.block_size()).expect("small");
+    let file_row = cols / block * block_bytes(dtype);
+    let row_bytes = (k.packing.row_bytes)(cols / block);
+    // Masked bytes keep every f16 scale finite.
+    let file: Vec<u8> = (0..rows * file_row).map(|_| rng.next_u64() as u8 & 0x77).collect();
+    let mut data = vec![0u8; rows * row_bytes];
+    for (src, dst) in file.chunks_exact(file_row).zip(data.chunks_exact_mut(row_bytes)) {
+        (k.packing.pack_row)(src, dst);
+    }
+    data
+}
+
+/// The super-block tiles of `dtype` on the widest ISA that has them for it (AVX-512 VNNI for
+/// Q6_K, AVX2 for the formats that run on panels on AVX-512), as the model calls them: a whole
+/// matrix per call, one token (decode) in L2 and streamed, 64 tokens (prefill) in L2; rows
+/// packed first where the format's tile reads its own layout.
+fn super_tiles(dtype: QuantType, rng: &mut Rng) {
+    let Some((isa, k)) = widest_super_kernels(dtype) else {
+        return;
+    };
+    let block = usize::try_from(dtype.block_size()).expect("small");
+    let cols = if block == QK { 576 } else { 1536 };
+    let row_bytes = (k.packing.row_bytes)(cols / block);
+    let tokens = 64;
+    let acts = random_supers(rng, tokens, cols);
+    let per_token = (cols / QK).div_ceil(SUBS);
     for (label, rows, n) in [
         ("1 token, L2 512 KiB", (512 << 10) / row_bytes, 1),
         ("1 token, streamed 64 MiB", (64 << 20) / row_bytes, 1),
         ("64 tokens, L2 512 KiB", (512 << 10) / row_bytes, tokens),
     ] {
-        // Masked bytes keep every f16 scale finite.
-        let file: Vec<u8> = (0..rows * file_row).map(|_| rng.next_u64() as u8 & 0x77).collect();
-        let mut data = vec![0u8; rows * row_bytes];
-        for (src, dst) in file.chunks_exact(file_row).zip(data.chunks_exact_mut(row_bytes)) {
-            (k.packing.pack_row)(src, dst);
-        }
+        let data = random_packed_rows(rng, dtype, &k, rows, cols);
         let reps = (64 << 20) / data.len() / n + 1;
         let mut out = vec![vec![0f32; rows]; n];
         let (secs, sink) = best_of(|| {
@@ -468,34 +485,14 @@ fn report(dtype: QuantType, isa: Isa, label: &str, secs: f64, bytes: usize, macs
 /// a 1B model) with 64, the widest ISA that has the tile. The long rows run the same speed only
 /// if a task's runs of groups keep their activations in L1.
 fn prefill_tasks(dtype: QuantType, rng: &mut Rng) {
-    let Some((isa, k)) = Isa::available()
-        .into_iter()
-        .rev()
-        .find_map(|isa| super_kernels(dtype, isa).map(|k| (isa, k)))
-    else {
+    let Some((isa, k)) = widest_super_kernels(dtype) else {
         return;
     };
     let block = usize::try_from(dtype.block_size()).expect("small");
     for (cols, n, rows) in [(2048usize, 256usize, 512usize), (8192, 64, 256)] {
-        let blocks = cols / QK;
-        let file_row = cols / block * block_bytes(dtype);
         let row_bytes = (k.packing.row_bytes)(cols / block);
-        let acts: Vec<SuperQ8> = (0..n)
-            .flat_map(|_| {
-                let x: Vec<f32> = (0..cols).map(|_| (rng.next_f64() * 2.0 - 1.0) as f32).collect();
-                let mut a = vec![BlockQ8::default(); blocks];
-                quantize_q8(&x, &mut a);
-                let mut s = vec![SuperQ8::default(); blocks.div_ceil(SUBS)];
-                supers_from_blocks(&a, &mut s);
-                s
-            })
-            .collect();
-        // Masked bytes keep every f16 scale finite.
-        let file: Vec<u8> = (0..rows * file_row).map(|_| rng.next_u64() as u8 & 0x77).collect();
-        let mut data = vec![0u8; rows * row_bytes];
-        for (src, dst) in file.chunks_exact(file_row).zip(data.chunks_exact_mut(row_bytes)) {
-            (k.packing.pack_row)(src, dst);
-        }
+        let acts = random_supers(rng, n, cols);
+        let data = random_packed_rows(rng, dtype, &k, rows, cols);
         let mut out = vec![vec![0f32; TASK_ROWS]; n];
         let (secs, sink) = best_of(|| {
             let mut sink = 0f32;
