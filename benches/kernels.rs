@@ -1,10 +1,10 @@
 //! `cargo bench --bench kernels [-- FORMAT...]`: throughput of each quantized dot-product kernel
 //! on every ISA this CPU has, on a 512 KiB matrix that stays in L2 and on one far larger than the
-//! caches, for one token and (in L2) for the four-token kernels; then the AVX-512 super-block
-//! tiles as the model calls them (a whole matrix per call, one token and 64 tokens; 16-row tasks
-//! of a prefill pass on short and long rows); then the
-//! float formats (f32, f16, bf16): one row by one token, a tile of rows by one token (decode) and
-//! a tile of rows by tokens (prefill); then the decode attention kernels and the AVX-512 panel
+//! caches, for one token and (in L2) for the four-token kernels; then the super-block tiles on
+//! the widest ISA that has them (AVX2, and AVX-512 VNNI for Q6_K) as the model calls them (a
+//! whole matrix per call, one token and 64 tokens; 16-row tasks of a prefill pass on short and
+//! long rows); then the float formats (f32, f16, bf16): one row by one token, a tile of rows by
+//! one token (decode) and a tile of rows by tokens (prefill); then the decode attention kernels and the AVX-512 panel
 //! tiles (1 to 16 tokens in L2; 1 and 8 tokens streamed, on one thread and two). Each figure is
 //! the best of five timed passes, so other work on the machine disturbs it less. One thread
 //! unless named; a multiply-add is two FLOPs.

@@ -558,8 +558,10 @@ pub fn pack_q6_k_row(row: &[u8], out: &mut [u8]) {
 /// of `a.len() / out.len()` groups each): `out[t][i]` receives row `i` · token `t`. A K-quant
 /// row holds one super-block per group; a Q8_0 row is packed ([`pack_q8_0_row`]) for as many
 /// blocks as a token's groups hold. The kernel walks tiles of up to [`MAX_TILE_ROWS`] rows by
-/// [`MAX_TILE_TOKENS`] tokens (one row at a time for a single token), tokens outermost so a
-/// tile's activations stay in L1 while the rows go by; its checks run once per call.
+/// [`MAX_TILE_TOKENS`] tokens (one row at a time for a single token): rows in blocks of
+/// [`BLOCK_ROWS`], outermost, then tokens, then each row's groups in runs of at most
+/// [`CHUNK_GROUPS`], so a run's activations stay in L1 while the block's rows go by; its checks
+/// run once per call.
 pub type SuperTileFn = fn(rows: &[u8], row_bytes: usize, a: &[SuperQ8], out: &mut [&mut [f32]]);
 
 /// How a format's rows are rearranged once, at load, for its tile: the packed size of a row of
@@ -1274,17 +1276,18 @@ mod tests {
     #[test]
     fn every_row_and_token_count_is_bit_identical_to_one_row_by_one_token() {
         let mut rng = Rng::new(22);
-        // Past a block of rows whose sums are carried, and (the longest rows) three runs of
-        // groups, the last short.
+        // Past a block of rows whose sums are carried, and (the longest rows) several runs of
+        // groups, the last one short; for the 32-value formats a last run of whole groups and a
+        // short group, three and one blocks wide (laid out four and two wide).
         let (most_rows, most_tokens) = (BLOCK_ROWS + MAX_TILE_ROWS + 1, 2 * MAX_TILE_TOKENS + 1);
         let runs = |dtype: QuantType| match dtype.block_size() as usize {
-            QK => 2 * CHUNK_GROUPS * SUBS + 3,
-            _ => 2 * CHUNK_GROUPS + 3,
+            QK => [2 * CHUNK_GROUPS * SUBS + SUBS + 3, 2 * CHUNK_GROUPS * SUBS + SUBS + 1],
+            _ => [2 * CHUNK_GROUPS + 3, 2 * CHUNK_GROUPS + 1],
         };
         for dtype in FORMATS {
             for isa in Isa::available() {
                 let Some(k) = super_kernels(dtype, isa) else { continue };
-                for count in [1, 3, 11, 12, runs(dtype)] {
+                for count in [1, 3, 11, 12].into_iter().chain(runs(dtype)) {
                     let n = count * dtype.block_size() as usize;
                     let rows: Vec<Vec<u8>> = (0..most_rows)
                         .map(|_| tile_row(&k, &random_bytes(&mut rng, dtype, n), count))

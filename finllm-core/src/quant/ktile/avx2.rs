@@ -307,9 +307,10 @@ unsafe fn chain<const V: usize>(w: &[__m256i; V], y: &SuperQ8, h: usize) -> __m2
     _mm256_madd_epi16(sum, _mm256_set1_epi16(1))
 }
 
-/// The body of a packed format's tile (one row by `N` tokens): every whole group by
-/// `$group::<4, N>`, then the last at its width (4, 2 or 1 vectors), then each result's lanes
-/// summed. `$value_bytes`: bytes of values per block in the packed row.
+/// The body of a packed format's tile (one row by `N` tokens) over its span's groups: each whole
+/// group by `$group::<4, N>`, the row's last group (in the span that ends the row) at its width
+/// (4, 2 or 1 vectors); then the lanes carried to the next span, or each result's lanes summed.
+/// `$value_bytes`: bytes of values per block in the packed row.
 macro_rules! packed_groups {
     ($group:ident $(:: <$kind:ident>)?, $value_bytes:expr, $row:expr, $a:expr, $span:expr, $out:expr) => {{
         let groups = $a[0].len();
