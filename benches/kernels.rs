@@ -4,10 +4,10 @@
 //! the widest ISA that has them (AVX2, and AVX-512 VNNI for Q6_K) as the model calls them (a
 //! whole matrix per call, one token and 64 tokens; 16-row tasks of a prefill pass on short and
 //! long rows); then the float formats (f32, f16, bf16): one row by one token, a tile of rows by
-//! one token (decode) and a tile of rows by tokens (prefill); then the decode attention kernels and the AVX-512 panel
-//! tiles (1 to 16 tokens in L2; 1 and 8 tokens streamed, on one thread and two). Each figure is
-//! the best of five timed passes, so other work on the machine disturbs it less. One thread
-//! unless named; a multiply-add is two FLOPs.
+//! one token (decode) and a tile of rows by tokens (prefill); then the decode attention kernels
+//! and the AVX-512 panel tiles (1 to 16 tokens in L2; 1 and 8 tokens streamed, on one thread and
+//! two). Each figure is the best of five timed passes, so other work on the machine disturbs it
+//! less. One thread unless named; a multiply-add is two FLOPs.
 
 use std::time::Instant;
 
