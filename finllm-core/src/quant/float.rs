@@ -162,6 +162,8 @@ macro_rules! by_shape {
 pub(super) use by_shape;
 
 #[cfg(target_arch = "x86_64")]
+pub(super) use avx2::hsum as hsum256;
+#[cfg(target_arch = "x86_64")]
 pub(super) use avx512::hsum as hsum512;
 
 /// The reference: element by element in eight interleaved f32 partial sums (lane `l` takes
@@ -291,7 +293,7 @@ mod avx2 {
     /// `l + 2`, then `l` and `l + 1`. Explicit operations, so the compiler cannot reorder it.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) fn hsum(v: __m256) -> f32 {
+    pub(crate) fn hsum(v: __m256) -> f32 {
         let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))

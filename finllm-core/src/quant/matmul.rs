@@ -11,6 +11,7 @@ use std::sync::Arc;
 use rayon::prelude::*;
 
 use super::bf16dot::{bf16_dot_kernels, round_to_bf16};
+use super::bf16pair::{pair_kernels, pair_len, to_pair_order};
 use super::blocks::{quantize_q8, BlockQ8, QK};
 use super::float::{float_kernels, FloatKernels, FLOAT_FORMATS, MAX_TILE_ROWS, MAX_TILE_TOKENS};
 use super::gemm::{PanelFormat, Panels, PANEL_ROWS};
@@ -121,6 +122,8 @@ enum RowKernels {
     /// bf16 rows against activations rounded to bf16, on CPUs with a bf16 dot product
     /// ([`bf16dot`](super::bf16dot)).
     Bf16(FloatKernels<u16>),
+    /// bf16 rows against f32 activations in pair order, on AVX2 ([`bf16pair`](super::bf16pair)).
+    Pairs(FloatKernels),
     /// Tiles against activations laid out per group of eight blocks (Q6_K on AVX-512 VNNI; the
     /// block formats and the K-quants on AVX2; rows packed at load).
     Super(SuperKernels),
@@ -130,6 +133,9 @@ impl RowKernels {
     fn for_format(dtype: QuantType, isa: Isa) -> Option<Self> {
         if let Some(k) = bf16_dot_kernels(dtype, isa) {
             return Some(RowKernels::Bf16(k));
+        }
+        if let Some(k) = pair_kernels(dtype, isa) {
+            return Some(RowKernels::Pairs(k));
         }
         if let Some(k) = float_kernels(dtype, isa) {
             return Some(RowKernels::Float(k));
@@ -163,6 +169,8 @@ enum Input {
     F32,
     /// Rounded to bf16 ([`round_to_bf16`]).
     Bf16,
+    /// In pair order ([`to_pair_order`]).
+    Pairs,
     /// 8-bit blocks ([`quantize_q8`]).
     Blocks,
     /// 8-bit blocks grouped eight to a super-block ([`supers_from_blocks`]).
@@ -177,6 +185,7 @@ impl QMatrix {
                 RowKernels::Blocks { .. } => Input::Blocks,
                 RowKernels::Float(_) => Input::F32,
                 RowKernels::Bf16(_) => Input::Bf16,
+                RowKernels::Pairs(_) => Input::Pairs,
                 RowKernels::Super(_) => Input::Supers,
             },
         }
@@ -381,15 +390,27 @@ impl QMatrix {
             RowKernels::Blocks { dot, dot2, dot3, dot4 } => {
                 self.block_rows_times(bytes, rows.row_bytes, out, act.blocks, dot, (dot2, dot3), dot4)
             }
-            RowKernels::Float(k) => self.float_rows_times(bytes, rows.row_bytes, out, act.x, k),
-            RowKernels::Bf16(k) => self.float_rows_times(bytes, rows.row_bytes, out, act.bf16, k),
+            RowKernels::Float(k) => self.float_rows_times(bytes, rows.row_bytes, out, act.x, self.cols, k),
+            RowKernels::Bf16(k) => self.float_rows_times(bytes, rows.row_bytes, out, act.bf16, self.cols, k),
+            RowKernels::Pairs(k) => {
+                self.float_rows_times(bytes, rows.row_bytes, out, act.pairs, pair_len(self.cols), k)
+            }
             RowKernels::Super(k) => (k.tile)(bytes, rows.row_bytes, act.supers, out),
         }
     }
 
-    /// [`QMatrix::rows_times`] for a float format: `bytes` holds the task's rows.
-    fn float_rows_times<A>(&self, bytes: &[u8], row_bytes: usize, out: &mut [&mut [f32]], x: &[A], k: FloatKernels<A>) {
-        let token = |t: usize| &x[t * self.cols..(t + 1) * self.cols];
+    /// [`QMatrix::rows_times`] for a float format: `bytes` holds the task's rows, `x` the
+    /// tokens' activations, `stride` values apart.
+    fn float_rows_times<A>(
+        &self,
+        bytes: &[u8],
+        row_bytes: usize,
+        out: &mut [&mut [f32]],
+        x: &[A],
+        stride: usize,
+        k: FloatKernels<A>,
+    ) {
+        let token = |t: usize| &x[t * stride..(t + 1) * stride];
         let shape = TileShape {
             rows: k.tile_rows,
             tokens: k.tile_tokens,
@@ -530,6 +551,9 @@ struct Activations<'a> {
     x: &'a [f32],
     /// `x` rounded to bf16 (empty unless a matrix of the call has [`RowKernels::Bf16`]).
     bf16: &'a [u16],
+    /// `x` in pair order, [`pair_len`] values a token (empty unless a matrix of the call has
+    /// [`RowKernels::Pairs`]).
+    pairs: &'a [f32],
     blocks: &'a [BlockQ8],
     /// The blocks laid out per super-block (empty unless a matrix of the call has K-quant tiles).
     supers: &'a [SuperQ8],
@@ -542,6 +566,7 @@ struct Activations<'a> {
 pub struct Scratch {
     blocks: Vec<BlockQ8>,
     bf16: Vec<u16>,
+    pairs: Vec<f32>,
     supers: Vec<SuperQ8>,
 }
 
@@ -551,6 +576,7 @@ impl Scratch {
         self.blocks.capacity() * std::mem::size_of::<BlockQ8>()
             + self.supers.capacity() * std::mem::size_of::<SuperQ8>()
             + self.bf16.capacity() * std::mem::size_of::<u16>()
+            + self.pairs.capacity() * std::mem::size_of::<f32>()
     }
 }
 
@@ -625,9 +651,26 @@ pub fn matmul_group_into(mats: &[&QMatrix], x: &[f32], n: usize, outs: &mut [&mu
         bf16 = &mut scratch.bf16[..n * cols];
         by_token(x, cols, bf16, cols, round_to_bf16);
     }
+    let mut pairs: &mut [f32] = &mut [];
+    if reads(Input::Pairs) && cols > 0 {
+        let per = pair_len(cols);
+        scratch.pairs.resize(n * per, 0.0);
+        pairs = &mut scratch.pairs[..n * per];
+        if x.len() <= SERIAL_QUANTIZE {
+            for (o, x) in pairs.chunks_exact_mut(per).zip(x.chunks_exact(cols)) {
+                to_pair_order(x, o);
+            }
+        } else {
+            pairs
+                .par_chunks_mut(per)
+                .zip(x.par_chunks(cols))
+                .for_each(|(o, x)| to_pair_order(x, o));
+        }
+    }
     let act = Activations {
         x,
         bf16,
+        pairs,
         blocks: xq,
         supers,
     };
@@ -754,6 +797,8 @@ mod tests {
         for dtype in crate::quant::float::FLOAT_FORMATS {
             // Where the CPU has a bf16 dot product, bf16 rows meet activations rounded to bf16.
             let bf16_dot = bf16_dot_kernels(dtype, Isa::detect());
+            // On AVX2, bf16 rows meet f32 activations in pair order.
+            let pairs_dot = pair_kernels(dtype, Isa::detect()).map(|k| k.dot);
             let f32_dot = float_kernels(dtype, Isa::detect()).unwrap().dot;
             let as_read = |x: &[f32]| -> Vec<f32> {
                 match bf16_dot {
@@ -767,7 +812,14 @@ mod tests {
                     round_to_bf16(x, &mut b);
                     (k.dot)(row, &b)
                 }
-                None => f32_dot(row, x),
+                None => match pairs_dot {
+                    Some(dot) => {
+                        let mut p = vec![0f32; pair_len(x.len())];
+                        to_pair_order(x, &mut p);
+                        dot(row, &p)
+                    }
+                    None => f32_dot(row, x),
+                },
             };
             for cols in [1, 15, 17, 33, 100, 576] {
                 let (bytes, w) = crate::quant::float::float_bytes(&uniform(&mut rng, rows * cols, 1.0), dtype);

@@ -1,6 +1,7 @@
 //! Quantized block formats (the GGML type table) and our own kernels over them.
 
 pub mod bf16dot;
+pub mod bf16pair;
 pub mod blocks;
 pub mod elementwise;
 pub mod encode;

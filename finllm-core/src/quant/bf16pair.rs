@@ -1,0 +1,330 @@
+//! bf16 weight rows on AVX2 (no bf16 dot product): f32 activations, each pair's sum in two
+//! independent chains.
+//!
+//! [`float`](super::float)'s AVX2 kernels give each row·token pair one accumulator: a one-token
+//! product (decode) is then one chain of multiply-adds, and waits four cycles for each vector of
+//! eight weights. That chain, not memory, bounded bf16 decode (llama-1b, one thread: 17 GB/s of
+//! weights against 31 for two chains over the same mapping).
+//!
+//! Here each run of 16 weights (32 bytes, one load) splits into its even and odd elements by a
+//! shift and a mask: a bf16 value is the top half of an f32, so shifting a 32-bit lane left by 16
+//! gives its low (even) element as an f32, and masking off its low half gives its high (odd)
+//! element. The even elements go to one accumulator, the odd to another. Lane `l` of the first
+//! sums elements `16k + 2l` and lane `l` of the second elements `16k + 2l + 1`, for every `k` in
+//! order; the two are added, then the eight lanes in [`float`](super::float)'s fixed order. The
+//! activations are laid out to match once per product ([`to_pair_order`]): in each run of 16,
+//! the eight even-indexed values, then the eight odd-indexed ones, padded with zeros to a whole
+//! run. The activations stay f32 (unlike [`bf16dot`](super::bf16dot), which rounds them to bf16
+//! for its instruction).
+//!
+//! Every tile shape takes the same operations in the same order for each pair, so a tile's
+//! results are bit-identical to the one-row kernel's: the engine's batches never change a
+//! token's numbers. Tiles hold two accumulators per pair; the prefill shape, two rows by two
+//! tokens, keeps eight of them, four activation vectors and the weights in the 16 registers.
+
+use super::float::FloatKernels;
+use super::kernels::Isa;
+use super::QuantType;
+
+/// Weights per load: one run of the pair order.
+pub const RUN: usize = 16;
+
+/// Activation values per token in pair order for rows of `cols` weights: whole runs.
+pub fn pair_len(cols: usize) -> usize {
+    cols.div_ceil(RUN) * RUN
+}
+
+/// One token's activations `x` in pair order (see the module's notes): `out` holds
+/// [`pair_len`]`(x.len())` values, zeros past the end of `x`.
+pub fn to_pair_order(x: &[f32], out: &mut [f32]) {
+    assert_eq!(out.len(), pair_len(x.len()), "whole runs of pair order");
+    for (run, o) in out.chunks_exact_mut(RUN).enumerate() {
+        let x = &x[run * RUN..x.len().min((run + 1) * RUN)];
+        let (even, odd) = o.split_at_mut(RUN / 2);
+        for (j, (e, d)) in even.iter_mut().zip(odd).enumerate() {
+            *e = x.get(2 * j).copied().unwrap_or(0.0);
+            *d = x.get(2 * j + 1).copied().unwrap_or(0.0);
+        }
+    }
+}
+
+/// The kernels for `dtype` on `isa` over activations in pair order, or `None` where they do not
+/// apply: formats other than bf16, and ISAs other than AVX2 (AVX-512 has its own float kernels,
+/// and a bf16 dot product where the CPU has AVX-512 BF16).
+///
+/// Unlike [`float`](super::float)'s kernels, each row holds exactly the row's weights (its
+/// length, in bytes, is twice their number) and each token [`pair_len`] of them.
+pub fn pair_kernels(dtype: QuantType, isa: Isa) -> Option<FloatKernels<f32>> {
+    if dtype != QuantType::BF16 || isa != Isa::Avx2 {
+        return None;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        // Eight accumulators, four activation vectors, the weights and their two halves: 15 of
+        // 16 registers. llama-1b bf16 prefill (256 tokens, 2 threads) measured 89-92 tok/s at
+        // 2x2, 85-87 at 4x1, 66-81 at 1x4, 55-57 at 2x3 and 3x2 and 42 at 2x4 (spills).
+        Some(FloatKernels {
+            dot: avx2::dot,
+            tile: avx2::tile,
+            tile_rows: 2,
+            tile_tokens: 2,
+            decode_rows: 1,
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    None
+}
+
+/// Panics unless a tile call's arguments are in range; returns the rows' length in weights.
+fn check_tile(rows: &[&[u8]], xs: &[&[f32]], out: &[f32]) -> usize {
+    use super::float::{MAX_TILE_ROWS, MAX_TILE_TOKENS};
+    assert!(
+        (1..=MAX_TILE_ROWS).contains(&rows.len()) && (1..=MAX_TILE_TOKENS).contains(&xs.len()),
+        "tile of {} rows by {} tokens",
+        rows.len(),
+        xs.len()
+    );
+    let bytes = rows[0].len();
+    assert!(
+        bytes.is_multiple_of(2) && rows.iter().all(|r| r.len() == bytes),
+        "rows of one whole number of bf16 weights"
+    );
+    let cols = bytes / 2;
+    assert!(
+        xs.iter().all(|x| x.len() == pair_len(cols)),
+        "tokens in pair order, {} values for {cols} weights",
+        pair_len(cols)
+    );
+    assert_eq!(out.len(), rows.len() * xs.len(), "one result per row and token");
+    cols
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::super::float::{by_shape, hsum256};
+    use super::{check_tile, RUN};
+    use std::arch::x86_64::*;
+
+    // The safe wrappers are only handed out by `pair_kernels` for `Isa::Avx2`, which
+    // `Isa::detect` / `Isa::available` return only after confirming AVX2 and FMA.
+
+    /// Format code for `by_shape!` (these kernels read bf16 rows only).
+    const BF16: u8 = 2;
+
+    pub fn dot(row: &[u8], x: &[f32]) -> f32 {
+        let mut out = [0f32];
+        tile(&[row], &[x], &mut out);
+        out[0]
+    }
+
+    pub fn tile(rows: &[&[u8]], xs: &[&[f32]], out: &mut [f32]) {
+        check_tile(rows, xs, out);
+        // SAFETY: AVX2 and FMA are present (see above); `check_tile` bounds every load.
+        unsafe { by_shape!(tile_impl, BF16, rows, xs, out) }
+    }
+
+    /// A run of 16 bf16 weights at `p` as f32: its even elements, then its odd ones.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn load(p: *const u8) -> (__m256, __m256) {
+        // SAFETY: the caller guarantees 32 bytes readable at p.
+        let w = unsafe { _mm256_loadu_si256(p.cast()) };
+        let even = _mm256_castsi256_ps(_mm256_slli_epi32::<16>(w));
+        let odd = _mm256_castsi256_ps(_mm256_and_si256(w, _mm256_set1_epi32(0xffff_0000_u32 as i32)));
+        (even, odd)
+    }
+
+    /// `R` rows by `T` tokens: two accumulators per pair (even and odd weights of each run). A
+    /// last partial run is copied into a zero-filled buffer, whose weights meet the tokens'
+    /// zero padding. Every pair sees the same operations whatever `R` and `T`.
+    // The row and token indices walk the pointer arrays and the accumulators in lockstep.
+    #[allow(clippy::needless_range_loop)]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn tile_impl<const D: u8, const R: usize, const T: usize>(rows: &[&[u8]], xs: &[&[f32]], out: &mut [f32]) {
+        let _ = D;
+        let cols = rows[0].len() / 2;
+        let whole = cols / RUN * RUN;
+        let mut acc = [[[_mm256_setzero_ps(); 2]; T]; R];
+        let mut x = [[_mm256_setzero_ps(); 2]; T];
+        let mut c = 0;
+        while c < whole {
+            for t in 0..T {
+                // SAFETY: c + 16 <= whole <= pair_len(cols), the length of every token.
+                unsafe {
+                    x[t] = [
+                        _mm256_loadu_ps(xs[t].as_ptr().add(c)),
+                        _mm256_loadu_ps(xs[t].as_ptr().add(c + RUN / 2)),
+                    ];
+                }
+            }
+            for r in 0..R {
+                // SAFETY: every row holds cols >= c + 16 weights (checked by the wrapper).
+                let (even, odd) = unsafe { load(rows[r].as_ptr().add(2 * c)) };
+                for t in 0..T {
+                    acc[r][t][0] = _mm256_fmadd_ps(even, x[t][0], acc[r][t][0]);
+                    acc[r][t][1] = _mm256_fmadd_ps(odd, x[t][1], acc[r][t][1]);
+                }
+            }
+            c += RUN;
+        }
+        if whole < cols {
+            for t in 0..T {
+                // SAFETY: the tokens hold pair_len(cols) = whole + 16 values.
+                unsafe {
+                    x[t] = [
+                        _mm256_loadu_ps(xs[t].as_ptr().add(whole)),
+                        _mm256_loadu_ps(xs[t].as_ptr().add(whole + RUN / 2)),
+                    ];
+                }
+            }
+            for r in 0..R {
+                let mut tail = [0u8; 2 * RUN];
+                tail[..2 * (cols - whole)].copy_from_slice(&rows[r][2 * whole..]);
+                // SAFETY: tail is 32 bytes.
+                let (even, odd) = unsafe { load(tail.as_ptr()) };
+                for t in 0..T {
+                    acc[r][t][0] = _mm256_fmadd_ps(even, x[t][0], acc[r][t][0]);
+                    acc[r][t][1] = _mm256_fmadd_ps(odd, x[t][1], acc[r][t][1]);
+                }
+            }
+        }
+        for r in 0..R {
+            for t in 0..T {
+                out[r * T + t] = hsum256(_mm256_add_ps(acc[r][t][0], acc[r][t][1]));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::float::{float_bytes, tiles_match_the_one_row_kernel, MAX_TILE_ROWS, MAX_TILE_TOKENS};
+    use crate::util::Rng;
+
+    /// Row lengths: one weight, around a run of 16, odd, SmolLM2's and llama-1b's sizes.
+    const COLS: [usize; 10] = [1, 7, 15, 16, 17, 31, 33, 100, 576, 2048];
+
+    fn uniform(rng: &mut Rng, n: usize, spread: f64) -> Vec<f32> {
+        (0..n).map(|_| ((rng.next_f64() * 2.0 - 1.0) * spread) as f32).collect()
+    }
+
+    fn paired(x: &[f32]) -> Vec<f32> {
+        let mut out = vec![f32::NAN; pair_len(x.len())];
+        to_pair_order(x, &mut out);
+        out
+    }
+
+    /// A copy of `bytes` one byte into a buffer (no load aligned), and the slice of it.
+    fn misaligned(bytes: &[u8]) -> Vec<u8> {
+        let mut v = vec![0xa5];
+        v.extend_from_slice(bytes);
+        v
+    }
+
+    /// The kernels on this CPU, or `None` (the test then checks nothing more and says so).
+    fn kernels() -> Option<FloatKernels<f32>> {
+        let k = pair_kernels(QuantType::BF16, Isa::Avx2).filter(|_| Isa::available().contains(&Isa::Avx2));
+        if k.is_none() {
+            eprintln!("no AVX2 on this CPU: the pair kernels are not run");
+        }
+        k
+    }
+
+    #[test]
+    fn pair_order_puts_even_then_odd_values_in_each_run() {
+        let x: Vec<f32> = (0..37).map(|i| i as f32 + 1.0).collect();
+        let p = paired(&x);
+        assert_eq!(p.len(), 48);
+        for (i, v) in p.iter().enumerate() {
+            let (run, at) = (i / RUN, i % RUN);
+            // Slot `at` of a run holds its element 2·at (first half) or 2·(at - 8) + 1.
+            let src = run * RUN + if at < RUN / 2 { 2 * at } else { 2 * (at - RUN / 2) + 1 };
+            let want = if src < x.len() { src as f32 + 1.0 } else { 0.0 };
+            assert_eq!(*v, want, "slot {i}");
+        }
+    }
+
+    #[test]
+    fn kernels_match_the_f64_product() {
+        let Some(k) = kernels() else { return };
+        let mut rng = Rng::new(51);
+        for cols in COLS {
+            let (bytes, w) = float_bytes(&uniform(&mut rng, cols, 1.0), QuantType::BF16);
+            let bytes = misaligned(&bytes);
+            let x = uniform(&mut rng, cols, 3.0);
+            let (want, magnitude) = w
+                .iter()
+                .zip(&x)
+                .map(|(w, x)| f64::from(*w) * f64::from(*x))
+                .fold((0.0, 0.0), |(s, m), p| (s + p, m + p.abs()));
+            let got = f64::from((k.dot)(&bytes[1..], &paired(&x)));
+            // Any order of f32 multiply-adds is within (n + 1)·ε·Σ|p| of the exact sum.
+            let bound = (cols as f64 + 1.0) * f64::from(f32::EPSILON) * magnitude + 1e-30;
+            assert!((got - want).abs() <= bound, "cols {cols}: {got} vs {want}");
+        }
+    }
+
+    #[test]
+    fn tiles_are_bit_identical_to_the_one_row_kernel() {
+        let Some(k) = kernels() else { return };
+        let mut rng = Rng::new(52);
+        for cols in COLS {
+            let rows: Vec<Vec<u8>> = (0..MAX_TILE_ROWS)
+                .map(|_| misaligned(&float_bytes(&uniform(&mut rng, cols, 1.0), QuantType::BF16).0))
+                .collect();
+            let xs: Vec<Vec<f32>> = (0..MAX_TILE_TOKENS)
+                .map(|_| paired(&uniform(&mut rng, cols, 2.0)))
+                .collect();
+            let rows: Vec<&[u8]> = rows.iter().map(|v| &v[1..]).collect();
+            tiles_match_the_one_row_kernel(&k, &rows, &xs, &format!("cols {cols}"));
+        }
+    }
+
+    #[test]
+    fn each_weight_meets_its_own_activation() {
+        let Some(k) = kernels() else { return };
+        // A single weight of 1 at every position of rows 1..=40 long: the product must be that
+        // position's activation exactly (a swapped even/odd slot or a misplaced tail fails).
+        for cols in 1..=40 {
+            let x: Vec<f32> = (0..cols).map(|i| 1.0 + i as f32 / 64.0).collect();
+            let px = paired(&x);
+            for at in 0..cols {
+                let mut row = vec![0u16; cols];
+                row[at] = 0x3f80;
+                let bytes: Vec<u8> = row.iter().flat_map(|v| v.to_le_bytes()).collect();
+                assert_eq!((k.dot)(&bytes, &px), x[at], "weight {at} of {cols}");
+            }
+        }
+    }
+
+    #[test]
+    fn special_weights_pass_through_exactly() {
+        let Some(k) = kernels() else { return };
+        // Largest finite, negative zero, infinity and a small value, each alone in a row of zeros
+        // times ones, at the start, inside a whole run and in the tail.
+        for bits in [0x7f7fu16, 0x8000, 0x7f80, 0x3f81] {
+            for (cols, at) in [(1, 0), (32, 5), (40, 37)] {
+                let mut row = vec![0u16; cols];
+                row[at] = bits;
+                let bytes: Vec<u8> = row.iter().flat_map(|v| v.to_le_bytes()).collect();
+                let got = (k.dot)(&bytes, &paired(&vec![1.0; cols]));
+                assert_eq!(
+                    got,
+                    f32::from_bits(u32::from(bits) << 16),
+                    "{bits:#06x} at {at} of {cols}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn only_bf16_rows_on_avx2_have_these_kernels() {
+        for dtype in QuantType::ALL {
+            for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512] {
+                let want = dtype == QuantType::BF16 && isa == Isa::Avx2 && cfg!(target_arch = "x86_64");
+                assert_eq!(pair_kernels(dtype, isa).is_some(), want, "{dtype} on {isa:?}");
+            }
+        }
+    }
+}
