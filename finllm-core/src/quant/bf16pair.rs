@@ -19,8 +19,9 @@
 //!
 //! Every tile shape takes the same operations in the same order for each pair, so a tile's
 //! results are bit-identical to the one-row kernel's: the engine's batches never change a
-//! token's numbers. Tiles hold two accumulators per pair; the prefill shape, two rows by two
-//! tokens, keeps eight of them, four activation vectors and the weights in the 16 registers.
+//! token's numbers. A one-row product runs both accumulators at once; the prefill tile, three
+//! rows by three tokens, takes the even halves of 32 runs, then their odd halves, so that its
+//! nine pairs keep one accumulator each in the 16 registers.
 
 use super::float::FloatKernels;
 use super::kernels::Isa;
@@ -60,14 +61,15 @@ pub fn pair_kernels(dtype: QuantType, isa: Isa) -> Option<FloatKernels<f32>> {
     }
     #[cfg(target_arch = "x86_64")]
     {
-        // Eight accumulators, four activation vectors, the weights and their two halves: 15 of
-        // 16 registers. llama-1b bf16 prefill (256 tokens, 2 threads) measured 89-92 tok/s at
-        // 2x2, 85-87 at 4x1, 66-81 at 1x4, 55-57 at 2x3 and 3x2 and 42 at 2x4 (spills).
+        // Nine accumulators (one half of each pair's at a time), three activation vectors, the
+        // weights and their half: 14 of 16 registers. SmolLM2 bf16 prefill (256 tokens, 2
+        // threads, alternating) measured 690-758 tok/s at 3x3, 629-717 at 2x4 and 658-702 at 2x2
+        // (both halves at once); llama-1b 90-94 at 3x3 and 88-92 at 2x2.
         Some(FloatKernels {
             dot: avx2::dot,
             tile: avx2::tile,
-            tile_rows: 2,
-            tile_tokens: 2,
+            tile_rows: 3,
+            tile_tokens: 3,
             decode_rows: 1,
         })
     }
@@ -134,9 +136,16 @@ mod avx2 {
         (even, odd)
     }
 
-    /// `R` rows by `T` tokens: two accumulators per pair (even and odd weights of each run). A
-    /// last partial run is copied into a zero-filled buffer, whose weights meet the tokens'
-    /// zero padding. Every pair sees the same operations whatever `R` and `T`.
+    /// Runs of 16 a tile of more than four pairs takes in one half before the other.
+    const CHUNK: usize = 32;
+
+    /// `R` rows by `T` tokens: two accumulators per pair (even and odd weights of each run). Up
+    /// to four pairs (eight accumulators) both halves of a run go in at once; larger tiles take
+    /// the even halves of [`CHUNK`] runs, then their odd halves, with the other half's
+    /// accumulators set aside meanwhile, so that only one accumulator per pair is in a register.
+    /// Either way each accumulator takes the runs in order. A last partial run is copied into a
+    /// zero-filled buffer, whose weights meet the tokens' zero padding. Every pair sees the same
+    /// operations whatever `R` and `T`.
     // The row and token indices walk the pointer arrays and the accumulators in lockstep.
     #[allow(clippy::needless_range_loop)]
     #[target_feature(enable = "avx2,fma")]
@@ -147,6 +156,17 @@ mod avx2 {
         let mut acc = [[[_mm256_setzero_ps(); 2]; T]; R];
         let mut x = [[_mm256_setzero_ps(); 2]; T];
         let mut c = 0;
+        if R * T > 4 {
+            while c < whole {
+                let end = (c + CHUNK * RUN).min(whole);
+                // SAFETY: c..end are whole runs of every row and token (see below).
+                unsafe {
+                    half::<0, R, T>(rows, xs, c, end, &mut acc);
+                    half::<1, R, T>(rows, xs, c, end, &mut acc);
+                }
+                c = end;
+            }
+        }
         while c < whole {
             for t in 0..T {
                 // SAFETY: c + 16 <= whole <= pair_len(cols), the length of every token.
@@ -191,6 +211,51 @@ mod avx2 {
         for r in 0..R {
             for t in 0..T {
                 out[r * T + t] = hsum256(_mm256_add_ps(acc[r][t][0], acc[r][t][1]));
+            }
+        }
+    }
+
+    /// Half `H` (0: even weights, 1: odd) of runs `c..end` (whole runs, within every row and
+    /// token) into `acc[..][..][H]`.
+    #[allow(clippy::needless_range_loop)]
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn half<const H: usize, const R: usize, const T: usize>(
+        rows: &[&[u8]],
+        xs: &[&[f32]],
+        mut c: usize,
+        end: usize,
+        acc: &mut [[[__m256; 2]; T]; R],
+    ) {
+        let mut a = [[_mm256_setzero_ps(); T]; R];
+        for r in 0..R {
+            for t in 0..T {
+                a[r][t] = acc[r][t][H];
+            }
+        }
+        let mut x = [_mm256_setzero_ps(); T];
+        while c < end {
+            for t in 0..T {
+                // SAFETY: c + 16 <= end, within every token (the caller's guarantee).
+                x[t] = unsafe { _mm256_loadu_ps(xs[t].as_ptr().add(c + H * RUN / 2)) };
+            }
+            for r in 0..R {
+                // SAFETY: as above, for every row's 2·end bytes.
+                let w = unsafe { _mm256_loadu_si256(rows[r].as_ptr().add(2 * c).cast()) };
+                let w = if H == 0 {
+                    _mm256_castsi256_ps(_mm256_slli_epi32::<16>(w))
+                } else {
+                    _mm256_castsi256_ps(_mm256_and_si256(w, _mm256_set1_epi32(0xffff_0000_u32 as i32)))
+                };
+                for t in 0..T {
+                    a[r][t] = _mm256_fmadd_ps(w, x[t], a[r][t]);
+                }
+            }
+            c += RUN;
+        }
+        for r in 0..R {
+            for t in 0..T {
+                acc[r][t][H] = a[r][t];
             }
         }
     }
