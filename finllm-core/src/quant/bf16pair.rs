@@ -77,8 +77,117 @@ pub fn pair_kernels(dtype: QuantType, isa: Isa) -> Option<FloatKernels<f32>> {
     None
 }
 
+/// Weights per chunk of a long row: a token's chunk of activations (8 KiB of f32) stays in L1
+/// while the rows' chunks go by.
+pub const CHUNK_WEIGHTS: usize = 2048;
+
+/// One pair's two accumulators (even, then odd lanes) between the chunks of its rows.
+pub type Carry = [f32; 16];
+
+/// [`FloatTileFn`](super::float::FloatTileFn) over one chunk of the rows: `rows` and `xs` hold
+/// the chunk's weights and activations (a whole number of runs, except in a row's last chunk),
+/// `carry[r * xs.len() + t]` each pair's accumulators, read first and written back; with `out`,
+/// the chunk is the rows' last and the pairs' sums go there instead (as the tile would give).
+pub type PairSpanFn = fn(rows: &[&[u8]], xs: &[&[f32]], carry: &mut [Carry], out: Option<&mut [f32]>);
+
+/// The pair kernels for rows longer than [`CHUNK_WEIGHTS`], which take them chunk by chunk.
+#[derive(Clone, Copy, Debug)]
+pub struct ChunkKernels {
+    pub span: PairSpanFn,
+    /// The prefill tile: at most this many rows...
+    pub tile_rows: usize,
+    /// ...by at most this many tokens.
+    pub tile_tokens: usize,
+}
+
+/// [`pair_kernels`]' chunked form (`None` where those are).
+pub fn chunk_kernels(dtype: QuantType, isa: Isa) -> Option<ChunkKernels> {
+    let k = pair_kernels(dtype, isa)?;
+    #[cfg(target_arch = "x86_64")]
+    {
+        Some(ChunkKernels {
+            span: avx2::span,
+            tile_rows: k.tile_rows,
+            tile_tokens: k.tile_tokens,
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = k;
+        None
+    }
+}
+
+/// The chunks of a row of `cols` weights: `(first weight, weights)`.
+pub fn chunks(cols: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..cols)
+        .step_by(CHUNK_WEIGHTS)
+        .map(move |c0| (c0, CHUNK_WEIGHTS.min(cols - c0)))
+}
+
+/// `src`'s `count` bf16 rows of `cols` weights (row-major) into `dst` chunk by chunk: chunk `k`
+/// of every row, in row order, then chunk `k + 1`. A task reading the rows chunk by chunk then
+/// reads `dst` front to back.
+pub fn pack_chunks(src: &[u8], count: usize, cols: usize, dst: &mut [u8]) {
+    assert!(
+        src.len() == 2 * count * cols && dst.len() == src.len(),
+        "{count} rows of {cols} bf16 weights"
+    );
+    for (c0, len) in chunks(cols) {
+        for r in 0..count {
+            let at = 2 * (count * c0 + r * len);
+            dst[at..at + 2 * len].copy_from_slice(&src[2 * (r * cols + c0)..][..2 * len]);
+        }
+    }
+}
+
+/// Most rows [`chunk_rows_times`] takes (a task's).
+pub const MAX_TASK_ROWS: usize = 16;
+
+/// A task's rows (`out[0].len()` of them, at most [`MAX_TASK_ROWS`]) packed by [`pack_chunks`]
+/// in `bytes`, times every token of `x` (pair order, [`pair_len`]`(cols)` values a token; one
+/// per `out[t]`): `out[t][i]` receives row `i` · token `t`. Per tile of tokens the chunks go in
+/// order, each through every tile of rows, the pairs' accumulators carried from chunk to chunk;
+/// a single token (decode) takes a row at a time, so the weights are read front to back.
+pub fn chunk_rows_times(bytes: &[u8], cols: usize, out: &mut [&mut [f32]], x: &[f32], k: ChunkKernels) {
+    use super::float::{MAX_TILE_ROWS, MAX_TILE_TOKENS};
+    let (n, rows) = (out.len(), out[0].len());
+    assert!(rows <= MAX_TASK_ROWS, "{rows} rows in one task");
+    let stride = pair_len(cols);
+    let (tile_rows, tile_tokens) = if n == 1 { (1, 1) } else { (k.tile_rows, k.tile_tokens) };
+    let last = cols.saturating_sub(1) / CHUNK_WEIGHTS;
+    let mut carry = [[0f32; 16]; MAX_TASK_ROWS * MAX_TILE_TOKENS];
+    let mut results = [0f32; MAX_TILE_ROWS * MAX_TILE_TOKENS];
+    for t0 in (0..n).step_by(tile_tokens) {
+        let tn = tile_tokens.min(n - t0);
+        carry[..rows * tn].fill([0f32; 16]);
+        for (c, (c0, len)) in chunks(cols).enumerate() {
+            // Unused slots repeat the last token or row; only the first `tn` / `rn` are passed.
+            let xs: [&[f32]; MAX_TILE_TOKENS] =
+                std::array::from_fn(|j| &x[(t0 + j).min(n - 1) * stride + c0..][..pair_len(len)]);
+            let chunk = &bytes[2 * rows * c0..][..2 * rows * len];
+            for i0 in (0..rows).step_by(tile_rows) {
+                let rn = tile_rows.min(rows - i0);
+                let ws: [&[u8]; MAX_TILE_ROWS] =
+                    std::array::from_fn(|j| &chunk[2 * (i0 + j).min(rows - 1) * len..][..2 * len]);
+                let pairs = &mut carry[i0 * tn..(i0 + rn) * tn];
+                if c < last {
+                    (k.span)(&ws[..rn], &xs[..tn], pairs, None);
+                    continue;
+                }
+                (k.span)(&ws[..rn], &xs[..tn], pairs, Some(&mut results[..rn * tn]));
+                for (r, ys) in results[..rn * tn].chunks_exact(tn).enumerate() {
+                    for (y, o) in ys.iter().zip(&mut out[t0..t0 + tn]) {
+                        o[i0 + r] = *y;
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Panics unless a tile call's arguments are in range; returns the rows' length in weights.
-fn check_tile(rows: &[&[u8]], xs: &[&[f32]], out: &[f32]) -> usize {
+fn check_tile(rows: &[&[u8]], xs: &[&[f32]], results: usize) -> usize {
     use super::float::{MAX_TILE_ROWS, MAX_TILE_TOKENS};
     assert!(
         (1..=MAX_TILE_ROWS).contains(&rows.len()) && (1..=MAX_TILE_TOKENS).contains(&xs.len()),
@@ -97,14 +206,14 @@ fn check_tile(rows: &[&[u8]], xs: &[&[f32]], out: &[f32]) -> usize {
         "tokens in pair order, {} values for {cols} weights",
         pair_len(cols)
     );
-    assert_eq!(out.len(), rows.len() * xs.len(), "one result per row and token");
+    assert_eq!(results, rows.len() * xs.len(), "one result per row and token");
     cols
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::super::float::{by_shape, hsum256};
-    use super::{check_tile, RUN};
+    use super::{check_tile, Carry, RUN};
     use std::arch::x86_64::*;
 
     // The safe wrappers are only handed out by `pair_kernels` for `Isa::Avx2`, which
@@ -120,9 +229,18 @@ mod avx2 {
     }
 
     pub fn tile(rows: &[&[u8]], xs: &[&[f32]], out: &mut [f32]) {
-        check_tile(rows, xs, out);
+        check_tile(rows, xs, out.len());
         // SAFETY: AVX2 and FMA are present (see above); `check_tile` bounds every load.
-        unsafe { by_shape!(tile_impl, BF16, rows, xs, out) }
+        unsafe { by_shape!(tile_impl, BF16, rows, xs, (None, Some(out))) }
+    }
+
+    pub fn span(rows: &[&[u8]], xs: &[&[f32]], carry: &mut [Carry], out: Option<&mut [f32]>) {
+        check_tile(rows, xs, carry.len());
+        if let Some(out) = &out {
+            assert_eq!(out.len(), carry.len(), "one result per pair");
+        }
+        // SAFETY: as for `tile`.
+        unsafe { by_shape!(tile_impl, BF16, rows, xs, (Some(carry), out)) }
     }
 
     /// A run of 16 bf16 weights at `p` as f32: its even elements, then its odd ones.
@@ -149,11 +267,24 @@ mod avx2 {
     // The row and token indices walk the pointer arrays and the accumulators in lockstep.
     #[allow(clippy::needless_range_loop)]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn tile_impl<const D: u8, const R: usize, const T: usize>(rows: &[&[u8]], xs: &[&[f32]], out: &mut [f32]) {
+    unsafe fn tile_impl<const D: u8, const R: usize, const T: usize>(
+        rows: &[&[u8]],
+        xs: &[&[f32]],
+        (carry, out): (Option<&mut [Carry]>, Option<&mut [f32]>),
+    ) {
         let _ = D;
         let cols = rows[0].len() / 2;
         let whole = cols / RUN * RUN;
         let mut acc = [[[_mm256_setzero_ps(); 2]; T]; R];
+        if let Some(carry) = &carry {
+            for r in 0..R {
+                for t in 0..T {
+                    let c = &carry[r * T + t];
+                    // SAFETY: a carry is 16 f32.
+                    acc[r][t] = unsafe { [_mm256_loadu_ps(c.as_ptr()), _mm256_loadu_ps(c.as_ptr().add(8))] };
+                }
+            }
+        }
         let mut x = [[_mm256_setzero_ps(); 2]; T];
         let mut c = 0;
         if R * T > 4 {
@@ -208,10 +339,27 @@ mod avx2 {
                 }
             }
         }
-        for r in 0..R {
-            for t in 0..T {
-                out[r * T + t] = hsum256(_mm256_add_ps(acc[r][t][0], acc[r][t][1]));
+        match (out, carry) {
+            (Some(out), _) => {
+                for r in 0..R {
+                    for t in 0..T {
+                        out[r * T + t] = hsum256(_mm256_add_ps(acc[r][t][0], acc[r][t][1]));
+                    }
+                }
             }
+            (None, Some(carry)) => {
+                for r in 0..R {
+                    for t in 0..T {
+                        let c = &mut carry[r * T + t];
+                        // SAFETY: a carry is 16 f32.
+                        unsafe {
+                            _mm256_storeu_ps(c.as_mut_ptr(), acc[r][t][0]);
+                            _mm256_storeu_ps(c.as_mut_ptr().add(8), acc[r][t][1]);
+                        }
+                    }
+                }
+            }
+            (None, None) => unreachable!("a tile call without a carry writes its results"),
         }
     }
 
@@ -384,11 +532,67 @@ mod tests {
     }
 
     #[test]
+    fn packed_chunks_hold_each_rows_chunks_in_order() {
+        // Weight i of row r holds r * 10,000 + i (as u16 pairs), so every slot names its source.
+        for (count, cols) in [(1, 5000), (3, 2048), (16, 4100)] {
+            let src: Vec<u8> = (0..count * cols)
+                .flat_map(|k| (((k / cols) * 10_000 + k % cols) as u32).to_le_bytes()[..2].to_vec())
+                .collect();
+            let mut dst = vec![0u8; src.len()];
+            pack_chunks(&src, count, cols, &mut dst);
+            let mut at = 0;
+            for (c0, len) in chunks(cols) {
+                for r in 0..count {
+                    assert_eq!(
+                        dst[at..at + 2 * len],
+                        src[2 * (r * cols + c0)..][..2 * len],
+                        "chunk at {c0}, row {r}"
+                    );
+                    at += 2 * len;
+                }
+            }
+            assert_eq!(at, dst.len());
+        }
+    }
+
+    #[test]
+    fn a_row_taken_in_chunks_gives_the_tiles_bits() {
+        let Some(k) = kernels() else { return };
+        let c = chunk_kernels(QuantType::BF16, Isa::Avx2).unwrap();
+        let mut rng = Rng::new(53);
+        // Two whole chunks and a last one of whole runs, or ending in a partial run.
+        for cols in [2 * CHUNK_WEIGHTS + 48, 2 * CHUNK_WEIGHTS + 7] {
+            let rows: Vec<Vec<u8>> = (0..2)
+                .map(|_| float_bytes(&uniform(&mut rng, cols, 1.0), QuantType::BF16).0)
+                .collect();
+            let xs: Vec<Vec<f32>> = (0..3).map(|_| paired(&uniform(&mut rng, cols, 2.0))).collect();
+            let row_refs: Vec<&[u8]> = rows.iter().map(Vec::as_slice).collect();
+            let x_refs: Vec<&[f32]> = xs.iter().map(Vec::as_slice).collect();
+            let mut whole = vec![0f32; 6];
+            (k.tile)(&row_refs, &x_refs, &mut whole);
+            let mut carry = vec![[0f32; 16]; 6];
+            let mut out = [f32::NAN; 6];
+            let last = chunks(cols).count() - 1;
+            for (i, (c0, len)) in chunks(cols).enumerate() {
+                let ws: Vec<&[u8]> = rows.iter().map(|r| &r[2 * c0..2 * (c0 + len)]).collect();
+                let xc: Vec<&[f32]> = xs.iter().map(|x| &x[c0..c0 + pair_len(len)]).collect();
+                (c.span)(&ws, &xc, &mut carry, (i == last).then_some(&mut out[..]));
+            }
+            assert_eq!(
+                out.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                whole.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "cols {cols}"
+            );
+        }
+    }
+
+    #[test]
     fn only_bf16_rows_on_avx2_have_these_kernels() {
         for dtype in QuantType::ALL {
             for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512] {
                 let want = dtype == QuantType::BF16 && isa == Isa::Avx2 && cfg!(target_arch = "x86_64");
                 assert_eq!(pair_kernels(dtype, isa).is_some(), want, "{dtype} on {isa:?}");
+                assert_eq!(chunk_kernels(dtype, isa).is_some(), want, "{dtype} on {isa:?}, chunked");
             }
         }
     }

@@ -11,7 +11,9 @@ use std::sync::Arc;
 use rayon::prelude::*;
 
 use super::bf16dot::{bf16_dot_kernels, round_to_bf16};
-use super::bf16pair::{pair_kernels, pair_len, to_pair_order};
+use super::bf16pair::{
+    chunk_kernels, chunk_rows_times, pack_chunks, pair_kernels, pair_len, to_pair_order, ChunkKernels, CHUNK_WEIGHTS,
+};
 use super::blocks::{quantize_q8, BlockQ8, QK};
 use super::float::{float_kernels, FloatKernels, FLOAT_FORMATS, MAX_TILE_ROWS, MAX_TILE_TOKENS};
 use super::gemm::{PanelFormat, Panels, PANEL_ROWS};
@@ -22,6 +24,7 @@ use crate::util::HugeArray;
 
 /// Weight rows handed to one task.
 const ROWS_PER_TASK: usize = 16;
+const _: () = assert!(ROWS_PER_TASK <= super::bf16pair::MAX_TASK_ROWS);
 
 /// Bytes of a file's tensor packed before their pages are handed back.
 const RELEASE_BYTES: usize = 1 << 20;
@@ -124,6 +127,9 @@ enum RowKernels {
     Bf16(FloatKernels<u16>),
     /// bf16 rows against f32 activations in pair order, on AVX2 ([`bf16pair`](super::bf16pair)).
     Pairs(FloatKernels),
+    /// The same for rows longer than a chunk, packed at load chunk by chunk per task
+    /// ([`pack_chunks`]).
+    PairChunks(ChunkKernels),
     /// Tiles against activations laid out per group of eight blocks (Q6_K on AVX-512 VNNI; the
     /// block formats and the K-quants on AVX2; rows packed at load).
     Super(SuperKernels),
@@ -185,7 +191,7 @@ impl QMatrix {
                 RowKernels::Blocks { .. } => Input::Blocks,
                 RowKernels::Float(_) => Input::F32,
                 RowKernels::Bf16(_) => Input::Bf16,
-                RowKernels::Pairs(_) => Input::Pairs,
+                RowKernels::Pairs(_) | RowKernels::PairChunks(_) => Input::Pairs,
                 RowKernels::Super(_) => Input::Supers,
             },
         }
@@ -232,46 +238,55 @@ impl QMatrix {
             });
         }
         let kernels = kernels?;
-        if let RowKernels::Super(SuperKernels { packing, .. }) = kernels {
+        // Kernels that read their own layout get a copy packed at load, run by run of rows; the
+        // file's pages for the tensor are handed back as each run is packed (another reader
+        // faults them back in from the file), so loading never holds much more than the
+        // model's size.
+        let packed = |packed_row: usize, unit: usize, pack: &dyn Fn(&[u8], &mut [u8])| -> Option<Rows> {
             let file_rows = &file.weight_bytes()[start..start + rows * row_bytes];
-            let packed_row = (packing.row_bytes)(cols / block);
             let mut packed = HugeArray::<u8>::zeroed(rows.checked_mul(packed_row)?)?;
-            // The kernels read only the packed copy, so the file's pages for this tensor are
-            // handed back as each run of rows is packed (another reader faults them back in from
-            // the file): loading never holds much more than the model's size.
-            let run = (RELEASE_BYTES / row_bytes).max(1);
+            let run = (RELEASE_BYTES / row_bytes).max(1).div_ceil(unit) * unit;
             for (i, (src, dst)) in file_rows
                 .chunks(run * row_bytes)
                 .zip(packed.chunks_mut(run * packed_row))
                 .enumerate()
             {
-                for (s, d) in src.chunks_exact(row_bytes).zip(dst.chunks_exact_mut(packed_row)) {
-                    (packing.pack_row)(s, d);
+                for (s, d) in src.chunks(unit * row_bytes).zip(dst.chunks_mut(unit * packed_row)) {
+                    pack(s, d);
                 }
                 file.release(start + i * run * row_bytes, src.len());
             }
-            return Some(Self {
-                rows,
-                cols,
-                dtype,
-                weights: Weights::Rows(Rows {
-                    source: Source::Packed(packed),
-                    start: 0,
-                    row_bytes: packed_row,
-                    kernels,
-                }),
-            });
-        }
-        Some(Self {
-            rows,
-            cols,
-            dtype,
-            weights: Weights::Rows(Rows {
+            Some(Rows {
+                source: Source::Packed(packed),
+                start: 0,
+                row_bytes: packed_row,
+                kernels,
+            })
+        };
+        let weights = match (kernels, chunk_kernels(dtype, isa)) {
+            // bf16 rows longer than a chunk: each task's rows chunk by chunk, so that a product
+            // reads them front to back while each chunk of activations stays in L1.
+            (RowKernels::Pairs(_), Some(k)) if cols > CHUNK_WEIGHTS => Rows {
+                kernels: RowKernels::PairChunks(k),
+                ..packed(row_bytes, ROWS_PER_TASK, &|s, d| {
+                    pack_chunks(s, s.len() / row_bytes, cols, d)
+                })?
+            },
+            (RowKernels::Super(SuperKernels { packing, .. }), _) => {
+                packed((packing.row_bytes)(cols / block), 1, &|s, d| (packing.pack_row)(s, d))?
+            }
+            _ => Rows {
                 source: Source::Shared(file.clone()),
                 start,
                 row_bytes,
                 kernels,
-            }),
+            },
+        };
+        Some(Self {
+            rows,
+            cols,
+            dtype,
+            weights: Weights::Rows(weights),
         })
     }
 
@@ -395,6 +410,7 @@ impl QMatrix {
             RowKernels::Pairs(k) => {
                 self.float_rows_times(bytes, rows.row_bytes, out, act.pairs, pair_len(self.cols), k)
             }
+            RowKernels::PairChunks(k) => chunk_rows_times(bytes, self.cols, out, act.pairs, k),
             RowKernels::Super(k) => (k.tile)(bytes, rows.row_bytes, act.supers, out),
         }
     }
@@ -821,7 +837,8 @@ mod tests {
                     None => f32_dot(row, x),
                 },
             };
-            for cols in [1, 15, 17, 33, 100, 576] {
+            // 4,100: rows longer than a chunk (AVX2 bf16), the last chunk a partial run.
+            for cols in [1, 15, 17, 33, 100, 576, 4100] {
                 let (bytes, w) = crate::quant::float::float_bytes(&uniform(&mut rng, rows * cols, 1.0), dtype);
                 let m = matrix_with(dtype, rows, cols, bytes.clone()).unwrap_or_else(|| panic!("{dtype} has a kernel"));
                 assert_eq!(m.size_bytes(), bytes.len());
