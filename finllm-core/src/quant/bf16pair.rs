@@ -217,7 +217,8 @@ mod avx2 {
     use std::arch::x86_64::*;
 
     // The safe wrappers are only handed out by `pair_kernels` for `Isa::Avx2`, which
-    // `Isa::detect` / `Isa::available` return only after confirming AVX2 and FMA.
+    // `Isa::detect` / `Isa::available` return only after confirming AVX2, FMA and F16C (F16C
+    // only so that `hsum256` inlines).
 
     /// Format code for `by_shape!` (these kernels read bf16 rows only).
     const BF16: u8 = 2;
@@ -245,7 +246,7 @@ mod avx2 {
 
     /// A run of 16 bf16 weights at `p` as f32: its even elements, then its odd ones.
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn load(p: *const u8) -> (__m256, __m256) {
         // SAFETY: the caller guarantees 32 bytes readable at p.
         let w = unsafe { _mm256_loadu_si256(p.cast()) };
@@ -266,7 +267,7 @@ mod avx2 {
     /// operations whatever `R` and `T`.
     // The row and token indices walk the pointer arrays and the accumulators in lockstep.
     #[allow(clippy::needless_range_loop)]
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn tile_impl<const D: u8, const R: usize, const T: usize>(
         rows: &[&[u8]],
         xs: &[&[f32]],
@@ -367,7 +368,7 @@ mod avx2 {
     /// token) into `acc[..][..][H]`.
     #[allow(clippy::needless_range_loop)]
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn half<const H: usize, const R: usize, const T: usize>(
         rows: &[&[u8]],
         xs: &[&[f32]],
