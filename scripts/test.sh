@@ -42,7 +42,7 @@ FINLLM_FORCE_SCALAR=1 cargo test --release --locked --test tiny_models --test re
 # already took them): the model tests as an AVX2-only server runs them.
 if grep -q avx512 /proc/cpuinfo 2>/dev/null; then
   FINLLM_MAX_ISA=avx2 cargo test --release --locked --test tiny_models --test reference_smollm2
-  FINLLM_MAX_ISA=avx2 cargo test --release --locked -p finllm-core --lib quant::
+  FINLLM_MAX_ISA=avx2 cargo test --release --locked -p finllm-core --lib -- quant:: model::weights
   # AVX2 decodes a long sequence alone in split passes (AVX-512 does not): the same bits.
   FINLLM_MAX_ISA=avx2 cargo test --release --locked --test engine a_long_context
 fi

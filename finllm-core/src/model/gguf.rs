@@ -305,12 +305,7 @@ impl GgufFile {
     /// in the process's memory. A later read of those bytes faults them back in from the file.
     pub(crate) fn release(&self, start: usize, len: usize) {
         if let Bytes::Mmap(m) = &*self.bytes {
-            if start.checked_add(len).is_some_and(|end| end <= m.len()) {
-                // SAFETY: the map is shared and read-only, so dropped pages are read back from
-                // the file unchanged on the next access; no reader can see other bytes. Failure
-                // only leaves the pages where they are.
-                let _ = unsafe { m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, len) };
-            }
+            crate::quant::matmul::release_pages(m, start, len);
         }
     }
 

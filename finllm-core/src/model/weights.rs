@@ -602,6 +602,8 @@ mod tests {
         let mut rng = Rng::new(7);
         let mut values = |n: usize| -> Vec<f32> { (0..n).map(|_| (rng.next_f64() * 2.0 - 1.0) as f32).collect() };
         let (w16, wb16, w32) = (values(7 * 100), values(5 * 17), values(3 * 33));
+        // Rows longer than a chunk: packed at load for AVX2's bf16 kernels (the rest in place).
+        let wlong = values(3 * 4100);
         let tensors = [
             ("u8", "U8", vec![1, 2], vec![1, 2]),
             (
@@ -624,6 +626,15 @@ mod tests {
                 vec![3, 33],
                 w32.iter().flat_map(|v| v.to_le_bytes()).collect(),
             ),
+            (
+                "bf16_long",
+                "BF16",
+                vec![3, 4100],
+                wlong
+                    .iter()
+                    .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+                    .collect(),
+            ),
         ];
         let dir = std::env::temp_dir().join(format!("finllm-weights-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -632,11 +643,15 @@ mod tests {
         let names = tensors.iter().map(|t| (t.0.to_string(), t.0.to_string())).collect();
         let store = SafetensorsStore::open(std::slice::from_ref(&path), names).unwrap();
 
-        let x = values(100);
+        let x = values(4100);
+        let isa = crate::quant::kernels::Isa::detect();
         for (name, dtype, shape, bytes) in &tensors[1..] {
             let (rows, cols) = (shape[0], shape[1]);
             let m = store.matrix(name, rows, cols).unwrap().expect("a float matrix");
             assert_eq!((m.rows(), m.cols(), m.size_bytes()), (rows, cols, bytes.len()));
+            let chunked = crate::quant::bf16pair::chunk_kernels(m.dtype(), isa).is_some()
+                && cols > crate::quant::bf16pair::CHUNK_WEIGHTS;
+            assert_eq!(m.is_packed(), chunked, "{name}: packed only for chunked bf16 rows");
             assert_eq!(m.dtype().name(), dtype.to_lowercase());
             // The same numbers as the candle path's f32 copy, to f32 summation order, with the
             // activations as the kernels read them (rounded to bf16 for bf16 rows on a CPU

@@ -80,6 +80,22 @@ impl WeightBytes for memmap2::Mmap {
     fn weight_bytes(&self) -> &[u8] {
         self
     }
+
+    fn release(&self, start: usize, len: usize) {
+        release_pages(self, start, len);
+    }
+}
+
+/// Hand the pages of `len` bytes at `start` of a file's shared, read-only map back to the
+/// kernel: for a tensor only read through a copy (packed weights), so that it does not count
+/// twice in the process's memory. A later read of those bytes faults them back in from the file.
+pub(crate) fn release_pages(map: &memmap2::Mmap, start: usize, len: usize) {
+    if start.checked_add(len).is_some_and(|end| end <= map.len()) {
+        // SAFETY: the map is shared and read-only, so dropped pages are read back from the file
+        // unchanged on the next access; no reader can see other bytes. Failure only leaves the
+        // pages where they are.
+        let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, len) };
+    }
 }
 
 /// Weights made in memory (a matrix quantized at load).
@@ -94,7 +110,6 @@ impl WeightBytes for OwnedBytes {
 /// The shared buffer a matrix's bytes live in.
 enum Source {
     Shared(Arc<dyn WeightBytes>),
-    Map(Arc<memmap2::Mmap>),
     /// Rows packed at load, each array starting on a 64-byte boundary (a cache line, one
     /// vector), in memory advised for 2 MiB pages.
     Packed(HugeArray<u8>),
@@ -104,7 +119,6 @@ impl Source {
     fn bytes(&self) -> &[u8] {
         match self {
             Source::Shared(f) => f.weight_bytes(),
-            Source::Map(m) => m,
             Source::Packed(p) => p,
         }
     }
@@ -323,7 +337,6 @@ impl QMatrix {
         if !FLOAT_FORMATS.contains(&dtype) {
             return None;
         }
-        let kernels = RowKernels::for_format(dtype, Isa::detect())?;
         let row_bytes = cols * block_bytes(dtype);
         assert!(
             rows.checked_mul(row_bytes)
@@ -331,17 +344,8 @@ impl QMatrix {
                 .is_some_and(|end| end <= map.len()),
             "matrix bytes inside the map"
         );
-        Some(Self {
-            rows,
-            cols,
-            dtype,
-            weights: Weights::Rows(Rows {
-                source: Source::Map(map.clone()),
-                start,
-                row_bytes,
-                kernels,
-            }),
-        })
+        let shared: Arc<dyn WeightBytes> = map.clone();
+        Self::in_shared(&shared, start, dtype, rows, cols)
     }
 
     pub fn rows(&self) -> usize {
