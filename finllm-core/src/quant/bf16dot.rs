@@ -188,27 +188,16 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quant::float::{float_bytes, tiles_match_the_one_row_kernel, MAX_TILE_ROWS, MAX_TILE_TOKENS};
-    use crate::util::Rng;
+    use crate::quant::float::bf16_checks;
 
     /// Row lengths: one element, around the 32-element vector, odd, SmolLM2's and a 1B model's
     /// hidden sizes.
     const COLS: [usize; 10] = [1, 2, 31, 32, 33, 63, 64, 100, 576, 2048];
 
-    fn uniform(rng: &mut Rng, n: usize, spread: f64) -> Vec<f32> {
-        (0..n).map(|_| ((rng.next_f64() * 2.0 - 1.0) * spread) as f32).collect()
-    }
-
     fn rounded(x: &[f32]) -> Vec<u16> {
         let mut out = vec![0; x.len()];
         round_to_bf16(x, &mut out);
         out
-    }
-
-    fn misaligned(bytes: &[u8]) -> Vec<u8> {
-        let mut v = vec![0xa5];
-        v.extend_from_slice(bytes);
-        v
     }
 
     /// The kernels on this CPU, or `None` (the test then checks nothing more and says so).
@@ -259,57 +248,19 @@ mod tests {
     #[test]
     fn kernels_match_the_f64_product_of_the_rounded_values() {
         let Some(k) = kernels() else { return };
-        let mut rng = Rng::new(41);
-        for cols in COLS {
-            let (bytes, w) = float_bytes(&uniform(&mut rng, cols, 1.0), QuantType::BF16);
-            let bytes = misaligned(&bytes);
-            let x = rounded(&uniform(&mut rng, cols, 3.0));
-            let (want, magnitude) = w
-                .iter()
-                .zip(&x)
-                .map(|(w, x)| f64::from(*w) * f64::from(f32::from_bits(u32::from(*x) << 16)))
-                .fold((0.0, 0.0), |(s, m), p| (s + p, m + p.abs()));
-            let got = f64::from((k.dot)(&bytes[1..], &x));
-            // Products are exact; any order of f32 additions is within (n + 1)·ε·Σ|p|.
-            let bound = (cols as f64 + 1.0) * f64::from(f32::EPSILON) * magnitude + 1e-30;
-            assert!((got - want).abs() <= bound, "cols {cols}: {got} vs {want}");
-        }
+        bf16_checks::match_the_f64_product(&k, 41, &COLS, rounded, bf16_rounded);
     }
 
     #[test]
     fn tiles_are_bit_identical_to_the_one_row_kernel() {
         let Some(k) = kernels() else { return };
-        let mut rng = Rng::new(42);
-        for cols in COLS {
-            let rows: Vec<Vec<u8>> = (0..MAX_TILE_ROWS)
-                .map(|_| misaligned(&float_bytes(&uniform(&mut rng, cols, 1.0), QuantType::BF16).0))
-                .collect();
-            let xs: Vec<Vec<u16>> = (0..MAX_TILE_TOKENS)
-                .map(|_| rounded(&uniform(&mut rng, cols, 2.0)))
-                .collect();
-            let rows: Vec<&[u8]> = rows.iter().map(|v| &v[1..]).collect();
-            tiles_match_the_one_row_kernel(&k, &rows, &xs, &format!("cols {cols}"));
-        }
+        bf16_checks::tiles_match(&k, 42, &COLS, rounded);
     }
 
     #[test]
     fn special_weights_pass_through_exactly() {
         let Some(k) = kernels() else { return };
-        // Largest finite, negative zero and infinity, each alone in a row of zeros times ones,
-        // at the start, inside a whole vector and in the tail.
-        for bits in [0x7f7fu16, 0x8000, 0x7f80, 0x3f81] {
-            for (cols, at) in [(1, 0), (32, 5), (40, 37)] {
-                let mut row = vec![0u16; cols];
-                row[at] = bits;
-                let bytes: Vec<u8> = row.iter().flat_map(|v| v.to_le_bytes()).collect();
-                let got = (k.dot)(&bytes, &vec![0x3f80; cols]);
-                assert_eq!(
-                    got,
-                    f32::from_bits(u32::from(bits) << 16),
-                    "{bits:#06x} at {at} of {cols}"
-                );
-            }
-        }
+        bf16_checks::special_weights_pass_through(&k, rounded);
     }
 
     #[test]

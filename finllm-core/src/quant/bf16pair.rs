@@ -413,7 +413,7 @@ mod avx2 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quant::float::{float_bytes, tiles_match_the_one_row_kernel, MAX_TILE_ROWS, MAX_TILE_TOKENS};
+    use crate::quant::float::{bf16_checks, float_bytes};
     use crate::util::Rng;
 
     /// Row lengths: one weight, around a run of 16, odd, SmolLM2's and llama-1b's sizes.
@@ -427,13 +427,6 @@ mod tests {
         let mut out = vec![f32::NAN; pair_len(x.len())];
         to_pair_order(x, &mut out);
         out
-    }
-
-    /// A copy of `bytes` one byte into a buffer (no load aligned), and the slice of it.
-    fn misaligned(bytes: &[u8]) -> Vec<u8> {
-        let mut v = vec![0xa5];
-        v.extend_from_slice(bytes);
-        v
     }
 
     /// The kernels on this CPU, or `None` (the test then checks nothing more and says so).
@@ -462,37 +455,13 @@ mod tests {
     #[test]
     fn kernels_match_the_f64_product() {
         let Some(k) = kernels() else { return };
-        let mut rng = Rng::new(51);
-        for cols in COLS {
-            let (bytes, w) = float_bytes(&uniform(&mut rng, cols, 1.0), QuantType::BF16);
-            let bytes = misaligned(&bytes);
-            let x = uniform(&mut rng, cols, 3.0);
-            let (want, magnitude) = w
-                .iter()
-                .zip(&x)
-                .map(|(w, x)| f64::from(*w) * f64::from(*x))
-                .fold((0.0, 0.0), |(s, m), p| (s + p, m + p.abs()));
-            let got = f64::from((k.dot)(&bytes[1..], &paired(&x)));
-            // Any order of f32 multiply-adds is within (n + 1)·ε·Σ|p| of the exact sum.
-            let bound = (cols as f64 + 1.0) * f64::from(f32::EPSILON) * magnitude + 1e-30;
-            assert!((got - want).abs() <= bound, "cols {cols}: {got} vs {want}");
-        }
+        bf16_checks::match_the_f64_product(&k, 51, &COLS, paired, |x| x);
     }
 
     #[test]
     fn tiles_are_bit_identical_to_the_one_row_kernel() {
         let Some(k) = kernels() else { return };
-        let mut rng = Rng::new(52);
-        for cols in COLS {
-            let rows: Vec<Vec<u8>> = (0..MAX_TILE_ROWS)
-                .map(|_| misaligned(&float_bytes(&uniform(&mut rng, cols, 1.0), QuantType::BF16).0))
-                .collect();
-            let xs: Vec<Vec<f32>> = (0..MAX_TILE_TOKENS)
-                .map(|_| paired(&uniform(&mut rng, cols, 2.0)))
-                .collect();
-            let rows: Vec<&[u8]> = rows.iter().map(|v| &v[1..]).collect();
-            tiles_match_the_one_row_kernel(&k, &rows, &xs, &format!("cols {cols}"));
-        }
+        bf16_checks::tiles_match(&k, 52, &COLS, paired);
     }
 
     #[test]
@@ -515,21 +484,7 @@ mod tests {
     #[test]
     fn special_weights_pass_through_exactly() {
         let Some(k) = kernels() else { return };
-        // Largest finite, negative zero, infinity and a small value, each alone in a row of zeros
-        // times ones, at the start, inside a whole run and in the tail.
-        for bits in [0x7f7fu16, 0x8000, 0x7f80, 0x3f81] {
-            for (cols, at) in [(1, 0), (32, 5), (40, 37)] {
-                let mut row = vec![0u16; cols];
-                row[at] = bits;
-                let bytes: Vec<u8> = row.iter().flat_map(|v| v.to_le_bytes()).collect();
-                let got = (k.dot)(&bytes, &paired(&vec![1.0; cols]));
-                assert_eq!(
-                    got,
-                    f32::from_bits(u32::from(bits) << 16),
-                    "{bits:#06x} at {at} of {cols}"
-                );
-            }
-        }
+        bf16_checks::special_weights_pass_through(&k, paired);
     }
 
     #[test]

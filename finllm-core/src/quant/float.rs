@@ -527,6 +527,89 @@ pub(crate) fn tiles_match_the_one_row_kernel<A>(k: &FloatKernels<A>, rows: &[&[u
     }
 }
 
+/// (Tests) The checks every bf16 kernel set takes, whatever form its activations come in
+/// (`prepare`: from f32 values, one token) and however it reads them (`as_read`: the value
+/// each activation is multiplied as).
+#[cfg(test)]
+pub(crate) mod bf16_checks {
+    use super::*;
+    use crate::util::Rng;
+
+    fn uniform(rng: &mut Rng, n: usize, spread: f64) -> Vec<f32> {
+        (0..n).map(|_| ((rng.next_f64() * 2.0 - 1.0) * spread) as f32).collect()
+    }
+
+    /// A copy of `bytes` one byte into a buffer, so that no load is aligned.
+    fn misaligned(bytes: &[u8]) -> Vec<u8> {
+        let mut v = vec![0xa5];
+        v.extend_from_slice(bytes);
+        v
+    }
+
+    /// The one-row kernel within `(n + 1)·ε·Σ|w·x|` of the f64 product of the weights and the
+    /// activations as read (the products of bf16 weights and activations as read are exact).
+    pub(crate) fn match_the_f64_product<A>(
+        k: &FloatKernels<A>,
+        seed: u64,
+        cols_list: &[usize],
+        prepare: impl Fn(&[f32]) -> Vec<A>,
+        as_read: impl Fn(f32) -> f32,
+    ) {
+        let mut rng = Rng::new(seed);
+        for &cols in cols_list {
+            let (bytes, w) = float_bytes(&uniform(&mut rng, cols, 1.0), QuantType::BF16);
+            let bytes = misaligned(&bytes);
+            let x = uniform(&mut rng, cols, 3.0);
+            let (want, magnitude) = w
+                .iter()
+                .zip(&x)
+                .map(|(w, x)| f64::from(*w) * f64::from(as_read(*x)))
+                .fold((0.0, 0.0), |(s, m), p| (s + p, m + p.abs()));
+            let got = f64::from((k.dot)(&bytes[1..], &prepare(&x)));
+            let bound = (cols as f64 + 1.0) * f64::from(f32::EPSILON) * magnitude + 1e-30;
+            assert!((got - want).abs() <= bound, "cols {cols}: {got} vs {want}");
+        }
+    }
+
+    /// Every tile shape bit-identical to the one-row kernel, on misaligned rows.
+    pub(crate) fn tiles_match<A>(
+        k: &FloatKernels<A>,
+        seed: u64,
+        cols_list: &[usize],
+        prepare: impl Fn(&[f32]) -> Vec<A>,
+    ) {
+        let mut rng = Rng::new(seed);
+        for &cols in cols_list {
+            let rows: Vec<Vec<u8>> = (0..MAX_TILE_ROWS)
+                .map(|_| misaligned(&float_bytes(&uniform(&mut rng, cols, 1.0), QuantType::BF16).0))
+                .collect();
+            let xs: Vec<Vec<A>> = (0..MAX_TILE_TOKENS)
+                .map(|_| prepare(&uniform(&mut rng, cols, 2.0)))
+                .collect();
+            let rows: Vec<&[u8]> = rows.iter().map(|v| &v[1..]).collect();
+            tiles_match_the_one_row_kernel(k, &rows, &xs, &format!("cols {cols}"));
+        }
+    }
+
+    /// Largest finite, negative zero, infinity and a value just above one, each alone in a row
+    /// of zeros times ones, at the start, inside a whole vector and in the tail: exactly itself.
+    pub(crate) fn special_weights_pass_through<A>(k: &FloatKernels<A>, prepare: impl Fn(&[f32]) -> Vec<A>) {
+        for bits in [0x7f7fu16, 0x8000, 0x7f80, 0x3f81] {
+            for (cols, at) in [(1, 0), (32, 5), (40, 37)] {
+                let mut row = vec![0u16; cols];
+                row[at] = bits;
+                let bytes: Vec<u8> = row.iter().flat_map(|v| v.to_le_bytes()).collect();
+                let got = (k.dot)(&bytes, &prepare(&vec![1.0; cols]));
+                assert_eq!(
+                    got,
+                    f32::from_bits(u32::from(bits) << 16),
+                    "{bits:#06x} at {at} of {cols}"
+                );
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
