@@ -649,8 +649,8 @@ mod tests {
             let (rows, cols) = (shape[0], shape[1]);
             let m = store.matrix(name, rows, cols).unwrap().expect("a float matrix");
             assert_eq!((m.rows(), m.cols(), m.size_bytes()), (rows, cols, bytes.len()));
-            let chunked = crate::quant::bf16pair::chunk_kernels(m.dtype(), isa).is_some()
-                && cols > crate::quant::bf16pair::CHUNK_WEIGHTS;
+            let chunked = crate::quant::halfpair::chunk_kernels(m.dtype(), isa).is_some()
+                && cols > crate::quant::halfpair::CHUNK_WEIGHTS;
             assert_eq!(m.is_packed(), chunked, "{name}: packed only for chunked bf16 rows");
             assert_eq!(m.dtype().name(), dtype.to_lowercase());
             // The same numbers as the candle path's f32 copy, to f32 summation order, with the

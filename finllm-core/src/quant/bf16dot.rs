@@ -188,7 +188,7 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quant::float::bf16_checks;
+    use crate::quant::float::half_checks;
 
     /// Row lengths: one element, around the 32-element vector, odd, SmolLM2's and a 1B model's
     /// hidden sizes.
@@ -248,19 +248,19 @@ mod tests {
     #[test]
     fn kernels_match_the_f64_product_of_the_rounded_values() {
         let Some(k) = kernels() else { return };
-        bf16_checks::match_the_f64_product(&k, 41, &COLS, rounded, bf16_rounded);
+        half_checks::match_the_f64_product(&k, QuantType::BF16, 41, &COLS, rounded, bf16_rounded);
     }
 
     #[test]
     fn tiles_are_bit_identical_to_the_one_row_kernel() {
         let Some(k) = kernels() else { return };
-        bf16_checks::tiles_match(&k, 42, &COLS, rounded);
+        half_checks::tiles_match(&k, QuantType::BF16, 42, &COLS, rounded);
     }
 
     #[test]
     fn special_weights_pass_through_exactly() {
         let Some(k) = kernels() else { return };
-        bf16_checks::special_weights_pass_through(&k, rounded);
+        half_checks::special_weights_pass_through(&k, rounded);
     }
 
     #[test]

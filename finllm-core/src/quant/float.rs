@@ -6,7 +6,8 @@
 //! Every result of a tile call is bit-identical to the one-row, one-token kernel on that row and
 //! token, so how rows and tokens are grouped into tiles never changes the numbers. On a CPU with
 //! AVX-512 BF16, bf16 rows take [`bf16dot`](super::bf16dot)'s kernels instead, which round the
-//! activations to bf16.
+//! activations to bf16; on AVX2, bf16 and f16 rows take [`halfpair`](super::halfpair)'s, which
+//! sum each pair in two chains (matrices pick their kernels in [`matmul`](super::matmul)).
 
 use super::kernels::Isa;
 use super::QuantType;
@@ -527,11 +528,11 @@ pub(crate) fn tiles_match_the_one_row_kernel<A>(k: &FloatKernels<A>, rows: &[&[u
     }
 }
 
-/// (Tests) The checks every bf16 kernel set takes, whatever form its activations come in
-/// (`prepare`: from f32 values, one token) and however it reads them (`as_read`: the value
-/// each activation is multiplied as).
+/// (Tests) The checks every kernel set for 16-bit float rows (bf16, f16) takes, whatever form
+/// its activations come in (`prepare`: from f32 values, one token) and however it reads them
+/// (`as_read`: the value each activation is multiplied as).
 #[cfg(test)]
-pub(crate) mod bf16_checks {
+pub(crate) mod half_checks {
     use super::*;
     use crate::util::Rng;
 
@@ -550,6 +551,7 @@ pub(crate) mod bf16_checks {
     /// activations as read (the products of bf16 weights and activations as read are exact).
     pub(crate) fn match_the_f64_product<A>(
         k: &FloatKernels<A>,
+        dtype: QuantType,
         seed: u64,
         cols_list: &[usize],
         prepare: impl Fn(&[f32]) -> Vec<A>,
@@ -557,7 +559,7 @@ pub(crate) mod bf16_checks {
     ) {
         let mut rng = Rng::new(seed);
         for &cols in cols_list {
-            let (bytes, w) = float_bytes(&uniform(&mut rng, cols, 1.0), QuantType::BF16);
+            let (bytes, w) = float_bytes(&uniform(&mut rng, cols, 1.0), dtype);
             let bytes = misaligned(&bytes);
             let x = uniform(&mut rng, cols, 3.0);
             let (want, magnitude) = w
@@ -567,13 +569,14 @@ pub(crate) mod bf16_checks {
                 .fold((0.0, 0.0), |(s, m), p| (s + p, m + p.abs()));
             let got = f64::from((k.dot)(&bytes[1..], &prepare(&x)));
             let bound = (cols as f64 + 1.0) * f64::from(f32::EPSILON) * magnitude + 1e-30;
-            assert!((got - want).abs() <= bound, "cols {cols}: {got} vs {want}");
+            assert!((got - want).abs() <= bound, "{dtype} cols {cols}: {got} vs {want}");
         }
     }
 
     /// Every tile shape bit-identical to the one-row kernel, on misaligned rows.
     pub(crate) fn tiles_match<A>(
         k: &FloatKernels<A>,
+        dtype: QuantType,
         seed: u64,
         cols_list: &[usize],
         prepare: impl Fn(&[f32]) -> Vec<A>,
@@ -581,18 +584,19 @@ pub(crate) mod bf16_checks {
         let mut rng = Rng::new(seed);
         for &cols in cols_list {
             let rows: Vec<Vec<u8>> = (0..MAX_TILE_ROWS)
-                .map(|_| misaligned(&float_bytes(&uniform(&mut rng, cols, 1.0), QuantType::BF16).0))
+                .map(|_| misaligned(&float_bytes(&uniform(&mut rng, cols, 1.0), dtype).0))
                 .collect();
             let xs: Vec<Vec<A>> = (0..MAX_TILE_TOKENS)
                 .map(|_| prepare(&uniform(&mut rng, cols, 2.0)))
                 .collect();
             let rows: Vec<&[u8]> = rows.iter().map(|v| &v[1..]).collect();
-            tiles_match_the_one_row_kernel(k, &rows, &xs, &format!("cols {cols}"));
+            tiles_match_the_one_row_kernel(k, &rows, &xs, &format!("{dtype} cols {cols}"));
         }
     }
 
-    /// Largest finite, negative zero, infinity and a value just above one, each alone in a row
-    /// of zeros times ones, at the start, inside a whole vector and in the tail: exactly itself.
+    /// bf16 rows: largest finite, negative zero, infinity and a value just above one, each
+    /// alone in a row of zeros times ones, at the start, inside a whole vector and in the tail:
+    /// exactly itself.
     pub(crate) fn special_weights_pass_through<A>(k: &FloatKernels<A>, prepare: impl Fn(&[f32]) -> Vec<A>) {
         for bits in [0x7f7fu16, 0x8000, 0x7f80, 0x3f81] {
             for (cols, at) in [(1, 0), (32, 5), (40, 37)] {

@@ -11,12 +11,13 @@ use std::sync::Arc;
 use rayon::prelude::*;
 
 use super::bf16dot::{bf16_dot_kernels, round_to_bf16};
-use super::bf16pair::{
-    chunk_kernels, chunk_rows_times, pack_chunks, pair_kernels, pair_len, to_pair_order, ChunkKernels, CHUNK_WEIGHTS,
-};
 use super::blocks::{quantize_q8, BlockQ8, QK};
 use super::float::{float_kernels, FloatKernels, FLOAT_FORMATS, MAX_TILE_ROWS, MAX_TILE_TOKENS};
 use super::gemm::{PanelFormat, Panels, PANEL_ROWS};
+use super::halfpair::{
+    chunk_kernels, chunk_rows_times, input_len, pack_chunks, pair_kernels, pair_len, reads_pair_order, to_pair_order,
+    ChunkKernels, CHUNK_WEIGHTS,
+};
 use super::kernels::{block_bytes, dot4_fn, dot_fn, dotn_fn, Dot4Fn, DotFn, DotNFn, Isa};
 use super::ktile::{super_kernels, supers_from_blocks, SuperKernels, SuperQ8, SUBS};
 use super::QuantType;
@@ -24,7 +25,7 @@ use crate::util::HugeArray;
 
 /// Weight rows handed to one task.
 const ROWS_PER_TASK: usize = 16;
-const _: () = assert!(ROWS_PER_TASK <= super::bf16pair::MAX_TASK_ROWS);
+const _: () = assert!(ROWS_PER_TASK <= super::halfpair::MAX_TASK_ROWS);
 
 /// Bytes of a file's tensor packed before their pages are handed back.
 const RELEASE_BYTES: usize = 1 << 20;
@@ -139,7 +140,8 @@ enum RowKernels {
     /// bf16 rows against activations rounded to bf16, on CPUs with a bf16 dot product
     /// ([`bf16dot`](super::bf16dot)).
     Bf16(FloatKernels<u16>),
-    /// bf16 rows against f32 activations in pair order, on AVX2 ([`bf16pair`](super::bf16pair)).
+    /// bf16 and f16 rows on AVX2, two accumulators per pair ([`halfpair`](super::halfpair)):
+    /// bf16's against activations in pair order, f16's against them as they are.
     Pairs(FloatKernels),
     /// The same for rows longer than a chunk, packed at load chunk by chunk per task
     /// ([`pack_chunks`]).
@@ -205,7 +207,8 @@ impl QMatrix {
                 RowKernels::Blocks { .. } => Input::Blocks,
                 RowKernels::Float(_) => Input::F32,
                 RowKernels::Bf16(_) => Input::Bf16,
-                RowKernels::Pairs(_) | RowKernels::PairChunks(_) => Input::Pairs,
+                RowKernels::Pairs(_) | RowKernels::PairChunks(_) if reads_pair_order(self.dtype) => Input::Pairs,
+                RowKernels::Pairs(_) | RowKernels::PairChunks(_) => Input::F32,
                 RowKernels::Super(_) => Input::Supers,
             },
         }
@@ -412,9 +415,13 @@ impl QMatrix {
             RowKernels::Float(k) => self.float_rows_times(bytes, rows.row_bytes, out, act.x, self.cols, k),
             RowKernels::Bf16(k) => self.float_rows_times(bytes, rows.row_bytes, out, act.bf16, self.cols, k),
             RowKernels::Pairs(k) => {
-                self.float_rows_times(bytes, rows.row_bytes, out, act.pairs, pair_len(self.cols), k)
+                let x = if reads_pair_order(self.dtype) { act.pairs } else { act.x };
+                self.float_rows_times(bytes, rows.row_bytes, out, x, input_len(self.dtype, self.cols), k)
             }
-            RowKernels::PairChunks(k) => chunk_rows_times(bytes, self.cols, out, act.pairs, k),
+            RowKernels::PairChunks(k) => {
+                let x = if k.pair_order { act.pairs } else { act.x };
+                chunk_rows_times(bytes, self.cols, out, x, k)
+            }
             RowKernels::Super(k) => (k.tile)(bytes, rows.row_bytes, act.supers, out),
         }
     }
@@ -817,7 +824,7 @@ mod tests {
         for dtype in crate::quant::float::FLOAT_FORMATS {
             // Where the CPU has a bf16 dot product, bf16 rows meet activations rounded to bf16.
             let bf16_dot = bf16_dot_kernels(dtype, Isa::detect());
-            // On AVX2, bf16 rows meet f32 activations in pair order.
+            // On AVX2, bf16 and f16 rows have the pair kernels (bf16's activations in pair order).
             let pairs_dot = pair_kernels(dtype, Isa::detect()).map(|k| k.dot);
             let f32_dot = float_kernels(dtype, Isa::detect()).unwrap().dot;
             let as_read = |x: &[f32]| -> Vec<f32> {
@@ -833,11 +840,12 @@ mod tests {
                     (k.dot)(row, &b)
                 }
                 None => match pairs_dot {
-                    Some(dot) => {
+                    Some(dot) if reads_pair_order(dtype) => {
                         let mut p = vec![0f32; pair_len(x.len())];
                         to_pair_order(x, &mut p);
                         dot(row, &p)
                     }
+                    Some(dot) => dot(row, x),
                     None => f32_dot(row, x),
                 },
             };

@@ -1,12 +1,12 @@
 //! Quantized block formats (the GGML type table) and our own kernels over them.
 
 pub mod bf16dot;
-pub mod bf16pair;
 pub mod blocks;
 pub mod elementwise;
 pub mod encode;
 pub mod float;
 pub mod gemm;
+pub mod halfpair;
 pub mod kernels;
 pub mod ktile;
 pub mod matmul;

@@ -1,27 +1,34 @@
-//! bf16 weight rows on AVX2 (no bf16 dot product): f32 activations, each pair's sum in two
-//! independent chains.
+//! 16-bit float weight rows (bf16, f16) on AVX2: f32 activations, each pair's sum in two
+//! independent chains; rows longer than a chunk packed at load and taken chunk by chunk.
 //!
 //! [`float`](super::float)'s AVX2 kernels give each row·token pair one accumulator: a one-token
 //! product (decode) is then one chain of multiply-adds, and waits four cycles for each vector of
 //! eight weights. That chain, not memory, bounded bf16 decode (llama-1b, one thread: 17 GB/s of
 //! weights against 31 for two chains over the same mapping).
 //!
-//! Here each run of 16 weights (32 bytes, one load) splits into its even and odd elements by a
-//! shift and a mask: a bf16 value is the top half of an f32, so shifting a 32-bit lane left by 16
-//! gives its low (even) element as an f32, and masking off its low half gives its high (odd)
-//! element. The even elements go to one accumulator, the odd to another. Lane `l` of the first
-//! sums elements `16k + 2l` and lane `l` of the second elements `16k + 2l + 1`, for every `k` in
-//! order; the two are added, then the eight lanes in [`float`](super::float)'s fixed order. The
-//! activations are laid out to match once per product ([`to_pair_order`]): in each run of 16,
-//! the eight even-indexed values, then the eight odd-indexed ones, padded with zeros to a whole
-//! run. The activations stay f32 (unlike [`bf16dot`](super::bf16dot), which rounds them to bf16
-//! for its instruction).
+//! Here each run of 16 weights (32 bytes) goes to two accumulators, eight weights each. For
+//! bf16 the run is one load, split by a shift and a mask: a bf16 value is the top half of an
+//! f32, so shifting a 32-bit lane left by 16 gives its low (even) element as an f32, and masking
+//! off its low half gives its high (odd) element. Lane `l` of the first accumulator sums
+//! elements `16k + 2l` and lane `l` of the second elements `16k + 2l + 1`, for every `k` in
+//! order. The activations are laid out to match once per product ([`to_pair_order`]): in each
+//! run of 16, the eight even-indexed values, then the eight odd-indexed ones, padded with zeros
+//! to a whole run. For f16 the halves are the run's first and last eight weights (F16C converts
+//! eight at a time), which meet the activations as they are. The two accumulators are added,
+//! then the eight lanes in [`float`](super::float)'s fixed order. The activations stay f32
+//! (unlike [`bf16dot`](super::bf16dot), which rounds them to bf16 for its instruction).
 //!
 //! Every tile shape takes the same operations in the same order for each pair, so a tile's
 //! results are bit-identical to the one-row kernel's: the engine's batches never change a
 //! token's numbers. A one-row product runs both accumulators at once; the prefill tile, three
-//! rows by three tokens, takes the even halves of 32 runs, then their odd halves, so that its
-//! nine pairs keep one accumulator each in the 16 registers.
+//! rows by three tokens, takes the first halves of 32 runs, then their second halves, so that
+//! its nine pairs keep one accumulator each in the 16 registers.
+//!
+//! A down projection's 8,192 f32 activations (32 KiB) fill L1 on their own, and its rows
+//! streamed at half speed. Rows longer than [`CHUNK_WEIGHTS`] are packed at load, per task,
+//! chunk by chunk ([`pack_chunks`]), and a product takes a chunk through every row of the task
+//! before the next ([`chunk_rows_times`]), carrying the pairs' accumulators: each token's chunk
+//! of activations stays in L1 and a decode reads the weights front to back.
 
 use super::float::FloatKernels;
 use super::kernels::Isa;
@@ -29,6 +36,25 @@ use super::QuantType;
 
 /// Weights per load: one run of the pair order.
 pub const RUN: usize = 16;
+
+/// Format codes (as [`float`](super::float)'s, for its `by_shape!`).
+const F16: u8 = 1;
+const BF16: u8 = 2;
+
+/// Whether the kernels for `dtype` read activations in pair order ([`to_pair_order`]): bf16's
+/// do; f16's read them as they are (their halves are a run's first and last eight weights).
+pub fn reads_pair_order(dtype: QuantType) -> bool {
+    dtype == QuantType::BF16
+}
+
+/// Activation values per token the kernels for `dtype` read for rows of `cols` weights.
+pub fn input_len(dtype: QuantType, cols: usize) -> usize {
+    if reads_pair_order(dtype) {
+        pair_len(cols)
+    } else {
+        cols
+    }
+}
 
 /// Activation values per token in pair order for rows of `cols` weights: whole runs.
 pub fn pair_len(cols: usize) -> usize {
@@ -49,32 +75,41 @@ pub fn to_pair_order(x: &[f32], out: &mut [f32]) {
     }
 }
 
-/// The kernels for `dtype` on `isa` over activations in pair order, or `None` where they do not
-/// apply: formats other than bf16, and ISAs other than AVX2 (AVX-512 has its own float kernels,
-/// and a bf16 dot product where the CPU has AVX-512 BF16).
+/// The kernels for `dtype` on `isa`, or `None` where they do not apply: formats other than
+/// bf16 and f16, and ISAs other than AVX2 (AVX-512 has its own float kernels, and a bf16 dot
+/// product where the CPU has AVX-512 BF16).
 ///
 /// Unlike [`float`](super::float)'s kernels, each row holds exactly the row's weights (its
-/// length, in bytes, is twice their number) and each token [`pair_len`] of them.
+/// length, in bytes, is twice their number) and each token [`input_len`] values.
 pub fn pair_kernels(dtype: QuantType, isa: Isa) -> Option<FloatKernels<f32>> {
-    if dtype != QuantType::BF16 || isa != Isa::Avx2 {
+    if isa != Isa::Avx2 {
         return None;
     }
     #[cfg(target_arch = "x86_64")]
     {
+        let (dot, tile): (super::float::FloatDotFn, super::float::FloatTileFn) = match dtype {
+            QuantType::BF16 => (avx2::dot::<BF16>, avx2::tile::<BF16>),
+            QuantType::F16 => (avx2::dot::<F16>, avx2::tile::<F16>),
+            _ => return None,
+        };
         // Nine accumulators (one half of each pair's at a time), three activation vectors, the
         // weights and their half: 14 of 16 registers. SmolLM2 bf16 prefill (256 tokens, 2
         // threads, alternating) measured 690-758 tok/s at 3x3, 629-717 at 2x4 and 658-702 at 2x2
-        // (both halves at once); llama-1b 90-94 at 3x3 and 88-92 at 2x2.
+        // (both halves at once); llama-1b 90-94 at 3x3 and 88-92 at 2x2. f16 (llama-1b): 82-87
+        // at 3x3, 85-86 at 4x2, 80 at 2x4, 62-65 at 1x4.
         Some(FloatKernels {
-            dot: avx2::dot,
-            tile: avx2::tile,
+            dot,
+            tile,
             tile_rows: 3,
             tile_tokens: 3,
             decode_rows: 1,
         })
     }
     #[cfg(not(target_arch = "x86_64"))]
-    None
+    {
+        let _ = dtype;
+        None
+    }
 }
 
 /// Weights per chunk of a long row: a token's chunk of activations (8 KiB of f32) stays in L1
@@ -94,6 +129,8 @@ pub type PairSpanFn = fn(rows: &[&[u8]], xs: &[&[f32]], carry: &mut [Carry], out
 #[derive(Clone, Copy, Debug)]
 pub struct ChunkKernels {
     pub span: PairSpanFn,
+    /// Whether the activations are in pair order ([`reads_pair_order`]).
+    pub pair_order: bool,
     /// The prefill tile: at most this many rows...
     pub tile_rows: usize,
     /// ...by at most this many tokens.
@@ -106,7 +143,12 @@ pub fn chunk_kernels(dtype: QuantType, isa: Isa) -> Option<ChunkKernels> {
     #[cfg(target_arch = "x86_64")]
     {
         Some(ChunkKernels {
-            span: avx2::span,
+            span: if dtype == QuantType::F16 {
+                avx2::span::<F16>
+            } else {
+                avx2::span::<BF16>
+            },
+            pair_order: reads_pair_order(dtype),
             tile_rows: k.tile_rows,
             tile_tokens: k.tile_tokens,
         })
@@ -153,7 +195,8 @@ pub fn chunk_rows_times(bytes: &[u8], cols: usize, out: &mut [&mut [f32]], x: &[
     use super::float::{MAX_TILE_ROWS, MAX_TILE_TOKENS};
     let (n, rows) = (out.len(), out[0].len());
     assert!(rows <= MAX_TASK_ROWS, "{rows} rows in one task");
-    let stride = pair_len(cols);
+    let input = |cols: usize| if k.pair_order { pair_len(cols) } else { cols };
+    let stride = input(cols);
     let (tile_rows, tile_tokens) = if n == 1 { (1, 1) } else { (k.tile_rows, k.tile_tokens) };
     let last = cols.saturating_sub(1) / CHUNK_WEIGHTS;
     let mut carry = [[0f32; 16]; MAX_TASK_ROWS * MAX_TILE_TOKENS];
@@ -164,7 +207,7 @@ pub fn chunk_rows_times(bytes: &[u8], cols: usize, out: &mut [&mut [f32]], x: &[
         for (c, (c0, len)) in chunks(cols).enumerate() {
             // Unused slots repeat the last token or row; only the first `tn` / `rn` are passed.
             let xs: [&[f32]; MAX_TILE_TOKENS] =
-                std::array::from_fn(|j| &x[(t0 + j).min(n - 1) * stride + c0..][..pair_len(len)]);
+                std::array::from_fn(|j| &x[(t0 + j).min(n - 1) * stride + c0..][..input(len)]);
             let chunk = &bytes[2 * rows * c0..][..2 * rows * len];
             for i0 in (0..rows).step_by(tile_rows) {
                 let rn = tile_rows.min(rows - i0);
@@ -187,7 +230,7 @@ pub fn chunk_rows_times(bytes: &[u8], cols: usize, out: &mut [&mut [f32]], x: &[
 }
 
 /// Panics unless a tile call's arguments are in range; returns the rows' length in weights.
-fn check_tile(rows: &[&[u8]], xs: &[&[f32]], results: usize) -> usize {
+fn check_tile<const D: u8>(rows: &[&[u8]], xs: &[&[f32]], results: usize) -> usize {
     use super::float::{MAX_TILE_ROWS, MAX_TILE_TOKENS};
     assert!(
         (1..=MAX_TILE_ROWS).contains(&rows.len()) && (1..=MAX_TILE_TOKENS).contains(&xs.len()),
@@ -198,13 +241,13 @@ fn check_tile(rows: &[&[u8]], xs: &[&[f32]], results: usize) -> usize {
     let bytes = rows[0].len();
     assert!(
         bytes.is_multiple_of(2) && rows.iter().all(|r| r.len() == bytes),
-        "rows of one whole number of bf16 weights"
+        "rows of one whole number of 16-bit weights"
     );
     let cols = bytes / 2;
+    let want = if D == BF16 { pair_len(cols) } else { cols };
     assert!(
-        xs.iter().all(|x| x.len() == pair_len(cols)),
-        "tokens in pair order, {} values for {cols} weights",
-        pair_len(cols)
+        xs.iter().all(|x| x.len() == want),
+        "tokens of {want} values for {cols} weights"
     );
     assert_eq!(results, rows.len() * xs.len(), "one result per row and token");
     cols
@@ -213,46 +256,51 @@ fn check_tile(rows: &[&[u8]], xs: &[&[f32]], results: usize) -> usize {
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::super::float::{by_shape, hsum256};
-    use super::{check_tile, Carry, RUN};
+    use super::{check_tile, Carry, F16, RUN};
     use std::arch::x86_64::*;
 
     // The safe wrappers are only handed out by `pair_kernels` for `Isa::Avx2`, which
     // `Isa::detect` / `Isa::available` return only after confirming AVX2, FMA and F16C (F16C
     // only so that `hsum256` inlines).
 
-    /// Format code for `by_shape!` (these kernels read bf16 rows only).
-    const BF16: u8 = 2;
-
-    pub fn dot(row: &[u8], x: &[f32]) -> f32 {
+    pub fn dot<const D: u8>(row: &[u8], x: &[f32]) -> f32 {
         let mut out = [0f32];
-        tile(&[row], &[x], &mut out);
+        tile::<D>(&[row], &[x], &mut out);
         out[0]
     }
 
-    pub fn tile(rows: &[&[u8]], xs: &[&[f32]], out: &mut [f32]) {
-        check_tile(rows, xs, out.len());
-        // SAFETY: AVX2 and FMA are present (see above); `check_tile` bounds every load.
-        unsafe { by_shape!(tile_impl, BF16, rows, xs, (None, Some(out))) }
+    pub fn tile<const D: u8>(rows: &[&[u8]], xs: &[&[f32]], out: &mut [f32]) {
+        check_tile::<D>(rows, xs, out.len());
+        // SAFETY: AVX2, FMA and F16C are present (see above); `check_tile` bounds every load.
+        unsafe { by_shape!(tile_impl, D, rows, xs, (None, Some(out))) }
     }
 
-    pub fn span(rows: &[&[u8]], xs: &[&[f32]], carry: &mut [Carry], out: Option<&mut [f32]>) {
-        check_tile(rows, xs, carry.len());
+    pub fn span<const D: u8>(rows: &[&[u8]], xs: &[&[f32]], carry: &mut [Carry], out: Option<&mut [f32]>) {
+        check_tile::<D>(rows, xs, carry.len());
         if let Some(out) = &out {
             assert_eq!(out.len(), carry.len(), "one result per pair");
         }
         // SAFETY: as for `tile`.
-        unsafe { by_shape!(tile_impl, BF16, rows, xs, (Some(carry), out)) }
+        unsafe { by_shape!(tile_impl, D, rows, xs, (Some(carry), out)) }
     }
 
-    /// A run of 16 bf16 weights at `p` as f32: its even elements, then its odd ones.
+    /// Half `H` of a run of 16 weights at `p` as f32: bf16's even (`H` = 0) or odd elements,
+    /// f16's first or last eight.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn load(p: *const u8) -> (__m256, __m256) {
+    unsafe fn load<const D: u8, const H: usize>(p: *const u8) -> __m256 {
         // SAFETY: the caller guarantees 32 bytes readable at p.
-        let w = unsafe { _mm256_loadu_si256(p.cast()) };
-        let even = _mm256_castsi256_ps(_mm256_slli_epi32::<16>(w));
-        let odd = _mm256_castsi256_ps(_mm256_and_si256(w, _mm256_set1_epi32(0xffff_0000_u32 as i32)));
-        (even, odd)
+        unsafe {
+            if D == F16 {
+                return _mm256_cvtph_ps(_mm_loadu_si128(p.add(16 * H).cast()));
+            }
+            let w = _mm256_loadu_si256(p.cast());
+            if H == 0 {
+                _mm256_castsi256_ps(_mm256_slli_epi32::<16>(w))
+            } else {
+                _mm256_castsi256_ps(_mm256_and_si256(w, _mm256_set1_epi32(0xffff_0000_u32 as i32)))
+            }
+        }
     }
 
     /// Runs of 16 a tile of more than four pairs takes in one half before the other.
@@ -293,8 +341,8 @@ mod avx2 {
                 let end = (c + CHUNK * RUN).min(whole);
                 // SAFETY: c..end are whole runs of every row and token (see below).
                 unsafe {
-                    half::<0, R, T>(rows, xs, c, end, &mut acc);
-                    half::<1, R, T>(rows, xs, c, end, &mut acc);
+                    half::<D, 0, R, T>(rows, xs, c, end, &mut acc);
+                    half::<D, 1, R, T>(rows, xs, c, end, &mut acc);
                 }
                 c = end;
             }
@@ -311,7 +359,9 @@ mod avx2 {
             }
             for r in 0..R {
                 // SAFETY: every row holds cols >= c + 16 weights (checked by the wrapper).
-                let (even, odd) = unsafe { load(rows[r].as_ptr().add(2 * c)) };
+                let p = unsafe { rows[r].as_ptr().add(2 * c) };
+                // SAFETY: as above.
+                let (even, odd) = unsafe { (load::<D, 0>(p), load::<D, 1>(p)) };
                 for t in 0..T {
                     acc[r][t][0] = _mm256_fmadd_ps(even, x[t][0], acc[r][t][0]);
                     acc[r][t][1] = _mm256_fmadd_ps(odd, x[t][1], acc[r][t][1]);
@@ -321,11 +371,15 @@ mod avx2 {
         }
         if whole < cols {
             for t in 0..T {
-                // SAFETY: the tokens hold pair_len(cols) = whole + 16 values.
+                // The token's last run, zero-padded (bf16's pair order already is).
+                let mut rest = [0f32; RUN];
+                let have = xs[t].len() - whole;
+                rest[..have].copy_from_slice(&xs[t][whole..]);
+                // SAFETY: rest is 16 f32.
                 unsafe {
                     x[t] = [
-                        _mm256_loadu_ps(xs[t].as_ptr().add(whole)),
-                        _mm256_loadu_ps(xs[t].as_ptr().add(whole + RUN / 2)),
+                        _mm256_loadu_ps(rest.as_ptr()),
+                        _mm256_loadu_ps(rest.as_ptr().add(RUN / 2)),
                     ];
                 }
             }
@@ -333,7 +387,7 @@ mod avx2 {
                 let mut tail = [0u8; 2 * RUN];
                 tail[..2 * (cols - whole)].copy_from_slice(&rows[r][2 * whole..]);
                 // SAFETY: tail is 32 bytes.
-                let (even, odd) = unsafe { load(tail.as_ptr()) };
+                let (even, odd) = unsafe { (load::<D, 0>(tail.as_ptr()), load::<D, 1>(tail.as_ptr())) };
                 for t in 0..T {
                     acc[r][t][0] = _mm256_fmadd_ps(even, x[t][0], acc[r][t][0]);
                     acc[r][t][1] = _mm256_fmadd_ps(odd, x[t][1], acc[r][t][1]);
@@ -369,7 +423,7 @@ mod avx2 {
     #[allow(clippy::needless_range_loop)]
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn half<const H: usize, const R: usize, const T: usize>(
+    unsafe fn half<const D: u8, const H: usize, const R: usize, const T: usize>(
         rows: &[&[u8]],
         xs: &[&[f32]],
         mut c: usize,
@@ -390,12 +444,7 @@ mod avx2 {
             }
             for r in 0..R {
                 // SAFETY: as above, for every row's 2·end bytes.
-                let w = unsafe { _mm256_loadu_si256(rows[r].as_ptr().add(2 * c).cast()) };
-                let w = if H == 0 {
-                    _mm256_castsi256_ps(_mm256_slli_epi32::<16>(w))
-                } else {
-                    _mm256_castsi256_ps(_mm256_and_si256(w, _mm256_set1_epi32(0xffff_0000_u32 as i32)))
-                };
+                let w = unsafe { load::<D, H>(rows[r].as_ptr().add(2 * c)) };
                 for t in 0..T {
                     a[r][t] = _mm256_fmadd_ps(w, x[t], a[r][t]);
                 }
@@ -413,7 +462,7 @@ mod avx2 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quant::float::{bf16_checks, float_bytes};
+    use crate::quant::float::{float_bytes, half_checks};
     use crate::util::Rng;
 
     /// Row lengths: one weight, around a run of 16, odd, SmolLM2's and llama-1b's sizes.
@@ -429,13 +478,26 @@ mod tests {
         out
     }
 
-    /// The kernels on this CPU, or `None` (the test then checks nothing more and says so).
-    fn kernels() -> Option<FloatKernels<f32>> {
-        let k = pair_kernels(QuantType::BF16, Isa::Avx2).filter(|_| Isa::available().contains(&Isa::Avx2));
+    /// The formats these kernels read.
+    const FORMATS: [QuantType; 2] = [QuantType::BF16, QuantType::F16];
+
+    /// The kernels for `dtype` on this CPU, or `None` (the test then checks nothing more and
+    /// says so).
+    fn kernels(dtype: QuantType) -> Option<FloatKernels<f32>> {
+        let k = pair_kernels(dtype, Isa::Avx2).filter(|_| Isa::available().contains(&Isa::Avx2));
         if k.is_none() {
             eprintln!("no AVX2 on this CPU: the pair kernels are not run");
         }
         k
+    }
+
+    /// One token's activations as `dtype`'s kernels read them.
+    fn input(dtype: QuantType) -> fn(&[f32]) -> Vec<f32> {
+        if reads_pair_order(dtype) {
+            paired
+        } else {
+            <[f32]>::to_vec
+        }
     }
 
     #[test]
@@ -454,37 +516,43 @@ mod tests {
 
     #[test]
     fn kernels_match_the_f64_product() {
-        let Some(k) = kernels() else { return };
-        bf16_checks::match_the_f64_product(&k, 51, &COLS, paired, |x| x);
+        for dtype in FORMATS {
+            let Some(k) = kernels(dtype) else { return };
+            half_checks::match_the_f64_product(&k, dtype, 51, &COLS, input(dtype), |x| x);
+        }
     }
 
     #[test]
     fn tiles_are_bit_identical_to_the_one_row_kernel() {
-        let Some(k) = kernels() else { return };
-        bf16_checks::tiles_match(&k, 52, &COLS, paired);
+        for dtype in FORMATS {
+            let Some(k) = kernels(dtype) else { return };
+            half_checks::tiles_match(&k, dtype, 52, &COLS, input(dtype));
+        }
     }
 
     #[test]
     fn each_weight_meets_its_own_activation() {
-        let Some(k) = kernels() else { return };
         // A single weight of 1 at every position of rows 1..=40 long: the product must be that
-        // position's activation exactly (a swapped even/odd slot or a misplaced tail fails).
-        for cols in 1..=40 {
-            let x: Vec<f32> = (0..cols).map(|i| 1.0 + i as f32 / 64.0).collect();
-            let px = paired(&x);
-            for at in 0..cols {
-                let mut row = vec![0u16; cols];
-                row[at] = 0x3f80;
-                let bytes: Vec<u8> = row.iter().flat_map(|v| v.to_le_bytes()).collect();
-                assert_eq!((k.dot)(&bytes, &px), x[at], "weight {at} of {cols}");
+        // position's activation exactly (a swapped half or a misplaced tail fails).
+        for (dtype, one) in [(QuantType::BF16, 0x3f80u16), (QuantType::F16, 0x3c00)] {
+            let Some(k) = kernels(dtype) else { return };
+            for cols in 1..=40 {
+                let x: Vec<f32> = (0..cols).map(|i| 1.0 + i as f32 / 64.0).collect();
+                let px = input(dtype)(&x);
+                for at in 0..cols {
+                    let mut row = vec![0u16; cols];
+                    row[at] = one;
+                    let bytes: Vec<u8> = row.iter().flat_map(|v| v.to_le_bytes()).collect();
+                    assert_eq!((k.dot)(&bytes, &px), x[at], "{dtype} weight {at} of {cols}");
+                }
             }
         }
     }
 
     #[test]
     fn special_weights_pass_through_exactly() {
-        let Some(k) = kernels() else { return };
-        bf16_checks::special_weights_pass_through(&k, paired);
+        let Some(k) = kernels(QuantType::BF16) else { return };
+        half_checks::special_weights_pass_through(&k, paired);
     }
 
     #[test]
@@ -513,15 +581,18 @@ mod tests {
 
     #[test]
     fn a_row_taken_in_chunks_gives_the_tiles_bits() {
-        let Some(k) = kernels() else { return };
-        let c = chunk_kernels(QuantType::BF16, Isa::Avx2).unwrap();
         let mut rng = Rng::new(53);
         // Two whole chunks and a last one of whole runs, or ending in a partial run.
-        for cols in [2 * CHUNK_WEIGHTS + 48, 2 * CHUNK_WEIGHTS + 7] {
+        for (dtype, cols) in FORMATS
+            .into_iter()
+            .flat_map(|d| [(d, 2 * CHUNK_WEIGHTS + 48), (d, 2 * CHUNK_WEIGHTS + 7)])
+        {
+            let Some(k) = kernels(dtype) else { return };
+            let c = chunk_kernels(dtype, Isa::Avx2).unwrap();
             let rows: Vec<Vec<u8>> = (0..2)
-                .map(|_| float_bytes(&uniform(&mut rng, cols, 1.0), QuantType::BF16).0)
+                .map(|_| float_bytes(&uniform(&mut rng, cols, 1.0), dtype).0)
                 .collect();
-            let xs: Vec<Vec<f32>> = (0..3).map(|_| paired(&uniform(&mut rng, cols, 2.0))).collect();
+            let xs: Vec<Vec<f32>> = (0..3).map(|_| input(dtype)(&uniform(&mut rng, cols, 2.0))).collect();
             let row_refs: Vec<&[u8]> = rows.iter().map(Vec::as_slice).collect();
             let x_refs: Vec<&[f32]> = xs.iter().map(Vec::as_slice).collect();
             let mut whole = vec![0f32; 6];
@@ -531,22 +602,22 @@ mod tests {
             let last = chunks(cols).count() - 1;
             for (i, (c0, len)) in chunks(cols).enumerate() {
                 let ws: Vec<&[u8]> = rows.iter().map(|r| &r[2 * c0..2 * (c0 + len)]).collect();
-                let xc: Vec<&[f32]> = xs.iter().map(|x| &x[c0..c0 + pair_len(len)]).collect();
+                let xc: Vec<&[f32]> = xs.iter().map(|x| &x[c0..c0 + input_len(dtype, len)]).collect();
                 (c.span)(&ws, &xc, &mut carry, (i == last).then_some(&mut out[..]));
             }
             assert_eq!(
                 out.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
                 whole.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                "cols {cols}"
+                "{dtype} cols {cols}"
             );
         }
     }
 
     #[test]
-    fn only_bf16_rows_on_avx2_have_these_kernels() {
+    fn only_16_bit_float_rows_on_avx2_have_these_kernels() {
         for dtype in QuantType::ALL {
             for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512] {
-                let want = dtype == QuantType::BF16 && isa == Isa::Avx2 && cfg!(target_arch = "x86_64");
+                let want = FORMATS.contains(&dtype) && isa == Isa::Avx2 && cfg!(target_arch = "x86_64");
                 assert_eq!(pair_kernels(dtype, isa).is_some(), want, "{dtype} on {isa:?}");
                 assert_eq!(chunk_kernels(dtype, isa).is_some(), want, "{dtype} on {isa:?}, chunked");
             }
