@@ -281,8 +281,8 @@ impl QMatrix {
             })
         };
         let weights = match (kernels, chunk_kernels(dtype, isa)) {
-            // bf16 rows longer than a chunk: each task's rows chunk by chunk, so that a product
-            // reads them front to back while each chunk of activations stays in L1.
+            // 16-bit float rows longer than a chunk: each task's rows chunk by chunk, so that a
+            // product reads them front to back while each chunk of activations stays in L1.
             (RowKernels::Pairs(_), Some(k)) if cols > CHUNK_WEIGHTS => Rows {
                 kernels: RowKernels::PairChunks(k),
                 ..packed(row_bytes, ROWS_PER_TASK, &|s, d| {
