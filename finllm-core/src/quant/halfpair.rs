@@ -116,7 +116,8 @@ pub fn pair_kernels(dtype: QuantType, isa: Isa) -> Option<FloatKernels<f32>> {
 /// while the rows' chunks go by.
 pub const CHUNK_WEIGHTS: usize = 2048;
 
-/// One pair's two accumulators (even, then odd lanes) between the chunks of its rows.
+/// One pair's two accumulators (the runs' first halves', then their second halves') between
+/// the chunks of its rows.
 pub type Carry = [f32; 16];
 
 /// [`FloatTileFn`](super::float::FloatTileFn) over one chunk of the rows: `rows` and `xs` hold
@@ -167,13 +168,13 @@ pub fn chunks(cols: usize) -> impl Iterator<Item = (usize, usize)> {
         .map(move |c0| (c0, CHUNK_WEIGHTS.min(cols - c0)))
 }
 
-/// `src`'s `count` bf16 rows of `cols` weights (row-major) into `dst` chunk by chunk: chunk `k`
+/// `src`'s `count` 16-bit rows of `cols` weights (row-major) into `dst` chunk by chunk: chunk `k`
 /// of every row, in row order, then chunk `k + 1`. A task reading the rows chunk by chunk then
 /// reads `dst` front to back.
 pub fn pack_chunks(src: &[u8], count: usize, cols: usize, dst: &mut [u8]) {
     assert!(
         src.len() == 2 * count * cols && dst.len() == src.len(),
-        "{count} rows of {cols} bf16 weights"
+        "{count} rows of {cols} 16-bit weights"
     );
     for (c0, len) in chunks(cols) {
         for r in 0..count {
@@ -187,8 +188,8 @@ pub fn pack_chunks(src: &[u8], count: usize, cols: usize, dst: &mut [u8]) {
 pub const MAX_TASK_ROWS: usize = 16;
 
 /// A task's rows (`out[0].len()` of them, at most [`MAX_TASK_ROWS`]) packed by [`pack_chunks`]
-/// in `bytes`, times every token of `x` (pair order, [`pair_len`]`(cols)` values a token; one
-/// per `out[t]`): `out[t][i]` receives row `i` · token `t`. Per tile of tokens the chunks go in
+/// in `bytes`, times every token of `x` (as the kernels read them: [`input_len`]`(cols)` values
+/// a token; one per `out[t]`): `out[t][i]` receives row `i` · token `t`. Per tile of tokens the chunks go in
 /// order, each through every tile of rows, the pairs' accumulators carried from chunk to chunk;
 /// a single token (decode) takes a row at a time, so the weights are read front to back.
 pub fn chunk_rows_times(bytes: &[u8], cols: usize, out: &mut [&mut [f32]], x: &[f32], k: ChunkKernels) {
