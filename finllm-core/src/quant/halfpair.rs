@@ -189,9 +189,10 @@ pub const MAX_TASK_ROWS: usize = 16;
 
 /// A task's rows (`out[0].len()` of them, at most [`MAX_TASK_ROWS`]) packed by [`pack_chunks`]
 /// in `bytes`, times every token of `x` (as the kernels read them: [`input_len`]`(cols)` values
-/// a token; one per `out[t]`): `out[t][i]` receives row `i` · token `t`. Per tile of tokens the chunks go in
-/// order, each through every tile of rows, the pairs' accumulators carried from chunk to chunk;
-/// a single token (decode) takes a row at a time, so the weights are read front to back.
+/// a token; one per `out[t]`): `out[t][i]` receives row `i` · token `t`. Per tile of tokens the
+/// chunks go in order, each through every tile of rows, the pairs' accumulators carried from
+/// chunk to chunk; a single token (decode) takes a row at a time, so the weights are read front
+/// to back.
 pub fn chunk_rows_times(bytes: &[u8], cols: usize, out: &mut [&mut [f32]], x: &[f32], k: ChunkKernels) {
     use super::float::{MAX_TILE_ROWS, MAX_TILE_TOKENS};
     let (n, rows) = (out.len(), out[0].len());
