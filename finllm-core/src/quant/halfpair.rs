@@ -38,7 +38,9 @@ use super::QuantType;
 pub const RUN: usize = 16;
 
 /// Format codes (as [`float`](super::float)'s, for its `by_shape!`).
+#[cfg(target_arch = "x86_64")]
 const F16: u8 = 1;
+#[cfg(target_arch = "x86_64")]
 const BF16: u8 = 2;
 
 /// Whether the kernels for `dtype` read activations in pair order ([`to_pair_order`]): bf16's
@@ -232,6 +234,7 @@ pub fn chunk_rows_times(bytes: &[u8], cols: usize, out: &mut [&mut [f32]], x: &[
 }
 
 /// Panics unless a tile call's arguments are in range; returns the rows' length in weights.
+#[cfg(target_arch = "x86_64")]
 fn check_tile<const D: u8>(rows: &[&[u8]], xs: &[&[f32]], results: usize) -> usize {
     use super::float::{MAX_TILE_ROWS, MAX_TILE_TOKENS};
     assert!(
