@@ -132,8 +132,6 @@ pub type PairSpanFn = fn(rows: &[&[u8]], xs: &[&[f32]], carry: &mut [Carry], out
 #[derive(Clone, Copy, Debug)]
 pub struct ChunkKernels {
     pub span: PairSpanFn,
-    /// Whether the activations are in pair order ([`reads_pair_order`]).
-    pub pair_order: bool,
     /// The prefill tile: at most this many rows...
     pub tile_rows: usize,
     /// ...by at most this many tokens.
@@ -151,7 +149,6 @@ pub fn chunk_kernels(dtype: QuantType, isa: Isa) -> Option<ChunkKernels> {
             } else {
                 avx2::span::<BF16>
             },
-            pair_order: reads_pair_order(dtype),
             tile_rows: k.tile_rows,
             tile_tokens: k.tile_tokens,
         })
@@ -190,16 +187,23 @@ pub fn pack_chunks(src: &[u8], count: usize, cols: usize, dst: &mut [u8]) {
 pub const MAX_TASK_ROWS: usize = 16;
 
 /// A task's rows (`out[0].len()` of them, at most [`MAX_TASK_ROWS`]) packed by [`pack_chunks`]
-/// in `bytes`, times every token of `x` (as the kernels read them: [`input_len`]`(cols)` values
-/// a token; one per `out[t]`): `out[t][i]` receives row `i` · token `t`. Per tile of tokens the
+/// in `bytes`, times every token of `x` (as the kernels read them: [`input_len`]`(dtype, cols)`
+/// values a token; one per `out[t]`): `out[t][i]` receives row `i` · token `t`. Per tile of tokens the
 /// chunks go in order, each through every tile of rows, the pairs' accumulators carried from
 /// chunk to chunk; a single token (decode) takes a row at a time, so the weights are read front
 /// to back.
-pub fn chunk_rows_times(bytes: &[u8], cols: usize, out: &mut [&mut [f32]], x: &[f32], k: ChunkKernels) {
+pub fn chunk_rows_times(
+    bytes: &[u8],
+    dtype: QuantType,
+    cols: usize,
+    out: &mut [&mut [f32]],
+    x: &[f32],
+    k: ChunkKernels,
+) {
     use super::float::{MAX_TILE_ROWS, MAX_TILE_TOKENS};
     let (n, rows) = (out.len(), out[0].len());
     assert!(rows <= MAX_TASK_ROWS, "{rows} rows in one task");
-    let input = |cols: usize| if k.pair_order { pair_len(cols) } else { cols };
+    let input = |cols: usize| input_len(dtype, cols);
     let stride = input(cols);
     let (tile_rows, tile_tokens) = if n == 1 { (1, 1) } else { (k.tile_rows, k.tile_tokens) };
     let last = cols.saturating_sub(1) / CHUNK_WEIGHTS;

@@ -419,8 +419,8 @@ impl QMatrix {
                 self.float_rows_times(bytes, rows.row_bytes, out, x, input_len(self.dtype, self.cols), k)
             }
             RowKernels::PairChunks(k) => {
-                let x = if k.pair_order { act.pairs } else { act.x };
-                chunk_rows_times(bytes, self.cols, out, x, k)
+                let x = if reads_pair_order(self.dtype) { act.pairs } else { act.x };
+                chunk_rows_times(bytes, self.dtype, self.cols, out, x, k)
             }
             RowKernels::Super(k) => (k.tile)(bytes, rows.row_bytes, act.supers, out),
         }
