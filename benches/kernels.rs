@@ -4,7 +4,8 @@
 //! the widest ISA that has them (AVX2, and AVX-512 VNNI for Q6_K) as the model calls them (a
 //! whole matrix per call, one token and 64 tokens; 16-row tasks of a prefill pass on short and
 //! long rows); then the float formats (f32, f16, bf16): one row by one token, a tile of rows by
-//! one token (decode) and a tile of rows by tokens (prefill); then the decode attention kernels
+//! one token (decode) and a tile of rows by tokens (prefill), and on AVX2 the bf16 and f16 pair
+//! tiles in 16-row tasks of 2,048-value rows by 256 tokens; then the decode attention kernels
 //! and the AVX-512 panel tiles (1 to 16 tokens in L2; 1 and 8 tokens streamed, on one thread and
 //! two). Each figure is the best of five timed passes, so other work on the machine disturbs it
 //! less. One thread unless named; a multiply-add is two FLOPs.
@@ -14,6 +15,7 @@ use std::time::Instant;
 use finllm::generate::Rng;
 use finllm::quant::blocks::{quantize_q8, BlockQ8, QK};
 use finllm::quant::float::{float_kernels, FLOAT_FORMATS, MAX_TILE_ROWS};
+use finllm::quant::halfpair::{input_len, pair_kernels};
 use finllm::quant::kernels::{block_bytes, dot4_fn, dot_fn, Isa, KERNEL_FORMATS};
 use finllm::quant::ktile::{super_kernels, supers_from_blocks, SuperKernels, SuperQ8, SUBS};
 use finllm::quant::QuantType;
@@ -100,6 +102,7 @@ fn main() {
     for dtype in FLOAT_FORMATS {
         if only.is_empty() || only.iter().any(|f| f.eq_ignore_ascii_case(dtype.name())) {
             float_format(dtype, &mut rng);
+            pair_tasks(dtype, &mut rng);
         }
     }
     if only.is_empty() || only.iter().any(|f| f.eq_ignore_ascii_case("attention")) {
@@ -505,5 +508,53 @@ fn prefill_tasks(dtype: QuantType, rng: &mut Rng) {
         });
         let label = format!("tiles {n} tokens, 16-row tasks, {cols} inputs");
         report(dtype, isa, &label, secs, data.len(), rows * n * cols, sink);
+    }
+}
+
+/// AVX2's pair kernels for bf16 and f16 as a prefill pass calls them: 16-row tasks of
+/// 2,048-value rows (512 KiB of weights, in L2) times 256 tokens, the tile the matrices use and
+/// shapes beside it.
+fn pair_tasks(dtype: QuantType, rng: &mut Rng) {
+    let Some(k) = pair_kernels(dtype, Isa::Avx2).filter(|_| Isa::available().contains(&Isa::Avx2)) else {
+        return;
+    };
+    let (cols, n, rows) = (2048usize, 256usize, 128usize);
+    let row_bytes = 2 * cols;
+    let data: Vec<u8> = (0..rows * cols)
+        .flat_map(|_| {
+            let v = (rng.next_f64() * 2.0 - 1.0) as f32;
+            match dtype {
+                QuantType::F16 => half::f16::from_f32(v).to_le_bytes(),
+                _ => half::bf16::from_f32(v).to_le_bytes(),
+            }
+        })
+        .collect();
+    let per = input_len(dtype, cols);
+    let xs: Vec<Vec<f32>> = (0..n)
+        .map(|_| (0..per).map(|_| (rng.next_f64() * 2.0 - 1.0) as f32).collect())
+        .collect();
+    let own = (k.tile_rows, k.tile_tokens);
+    let others = [(2, 2), (4, 2), (2, 4), (4, 3), (3, 4)];
+    for (tr, tt) in std::iter::once(own).chain(others.into_iter().filter(|s| *s != own)) {
+        let mut out = vec![0f32; tr * tt];
+        let (secs, sink) = best_of(|| {
+            let mut sink = 0f32;
+            for task in data.chunks_exact(TASK_ROWS * row_bytes) {
+                for t0 in (0..n - n % tt).step_by(tt) {
+                    let x: Vec<&[f32]> = xs[t0..t0 + tt].iter().map(Vec::as_slice).collect();
+                    for i0 in (0..TASK_ROWS).step_by(tr) {
+                        let ws: Vec<&[u8]> = (i0..(i0 + tr).min(TASK_ROWS))
+                            .map(|i| &task[i * row_bytes..][..row_bytes])
+                            .collect();
+                        (k.tile)(&ws, &x, &mut out[..ws.len() * tt]);
+                        sink += out[0];
+                    }
+                }
+            }
+            sink
+        });
+        let macs = rows * (n - n % tt) * cols;
+        let label = format!("pair {tr}x{tt}, 16-row tasks, {n} tokens");
+        report(dtype, Isa::Avx2, &label, secs, data.len(), macs, sink);
     }
 }
