@@ -18,12 +18,9 @@ use finllm::quant::float::{float_kernels, FLOAT_FORMATS, MAX_TILE_ROWS};
 use finllm::quant::halfpair::{input_len, pair_kernels};
 use finllm::quant::kernels::{block_bytes, dot4_fn, dot_fn, Isa, KERNEL_FORMATS};
 use finllm::quant::ktile::{super_kernels, supers_from_blocks, SuperKernels, SuperQ8, SUBS};
-use finllm::quant::QuantType;
+use finllm::quant::{QuantType, TASK_ROWS};
 
 const PASSES: usize = 5;
-
-/// Rows of one task of a parallel matrix product (`quant::matmul`).
-const TASK_ROWS: usize = 16;
 
 fn main() {
     let only: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();

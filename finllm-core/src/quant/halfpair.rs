@@ -32,7 +32,7 @@
 
 use super::float::FloatKernels;
 use super::kernels::Isa;
-use super::QuantType;
+use super::{QuantType, TASK_ROWS};
 
 /// Weights per load: one run of the pair order.
 pub const RUN: usize = 16;
@@ -183,10 +183,7 @@ pub fn pack_chunks(src: &[u8], count: usize, cols: usize, dst: &mut [u8]) {
     }
 }
 
-/// Most rows [`chunk_rows_times`] takes (a task's).
-pub const MAX_TASK_ROWS: usize = 16;
-
-/// A task's rows (`out[0].len()` of them, at most [`MAX_TASK_ROWS`]) packed by [`pack_chunks`]
+/// A task's rows (`out[0].len()` of them, at most [`TASK_ROWS`]) packed by [`pack_chunks`]
 /// in `bytes`, times every token of `x` (as the kernels read them: [`input_len`]`(dtype, cols)`
 /// values a token; one per `out[t]`): `out[t][i]` receives row `i` · token `t`. Per tile of tokens the
 /// chunks go in order, each through every tile of rows, the pairs' accumulators carried from
@@ -202,12 +199,12 @@ pub fn chunk_rows_times(
 ) {
     use super::float::{MAX_TILE_ROWS, MAX_TILE_TOKENS};
     let (n, rows) = (out.len(), out[0].len());
-    assert!(rows <= MAX_TASK_ROWS, "{rows} rows in one task");
+    assert!(rows <= TASK_ROWS, "{rows} rows in one task");
     let input = |cols: usize| input_len(dtype, cols);
     let stride = input(cols);
     let (tile_rows, tile_tokens) = if n == 1 { (1, 1) } else { (k.tile_rows, k.tile_tokens) };
     let last = cols.saturating_sub(1) / CHUNK_WEIGHTS;
-    let mut carry = [[0f32; 16]; MAX_TASK_ROWS * MAX_TILE_TOKENS];
+    let mut carry = [[0f32; 16]; TASK_ROWS * MAX_TILE_TOKENS];
     let mut results = [0f32; MAX_TILE_ROWS * MAX_TILE_TOKENS];
     for t0 in (0..n).step_by(tile_tokens) {
         let tn = tile_tokens.min(n - t0);
@@ -265,6 +262,7 @@ fn check_tile<const D: u8>(rows: &[&[u8]], xs: &[&[f32]], results: usize) -> usi
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::super::float::{by_shape, hsum256};
+    use super::super::STREAM_AHEAD;
     use super::{check_tile, Carry, F16, RUN};
     use std::arch::x86_64::*;
 
@@ -369,6 +367,11 @@ mod avx2 {
             for r in 0..R {
                 // SAFETY: every row holds cols >= c + 16 weights (checked by the wrapper).
                 let p = unsafe { rows[r].as_ptr().add(2 * c) };
+                if T == 1 && c % (2 * RUN) == 0 {
+                    // One token (decode) streams the rows: ask for them ahead, a cache line
+                    // (two runs) at a time. A hint that never faults, even past the mapping.
+                    _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(STREAM_AHEAD).cast());
+                }
                 // SAFETY: as above.
                 let (even, odd) = unsafe { (load::<D, 0>(p), load::<D, 1>(p)) };
                 for t in 0..T {

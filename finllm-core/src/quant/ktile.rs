@@ -21,6 +21,10 @@
 use super::blocks::{BlockQ8, QK, QK_K};
 use super::kernels::Isa;
 use super::QuantType;
+#[cfg(target_arch = "x86_64")]
+use super::STREAM_AHEAD;
+#[cfg(any(target_arch = "x86_64", test))]
+use super::TASK_ROWS;
 
 /// Activation blocks (sub-blocks) per super-block.
 pub const SUBS: usize = QK_K / QK;
@@ -42,8 +46,8 @@ pub const MAX_TILE_TOKENS: usize = 8;
 /// take half runs.
 pub const CHUNK_GROUPS: usize = 8;
 
-/// Rows whose tiles' sums are carried from one run of groups to the next.
-pub const BLOCK_ROWS: usize = 16;
+/// Groups a tile of the formats with the most bytes per group (Q8_0; AVX2's Q6_K) takes per run.
+pub const HALF_CHUNK_GROUPS: usize = CHUNK_GROUPS / 2;
 
 /// Blocks a group of `blocks` (1..=8) activation blocks is laid out as: every group but a
 /// Q8_0 row's last holds eight; a short last group of one or two blocks is laid out as two, of
@@ -559,7 +563,7 @@ pub fn pack_q6_k_row(row: &[u8], out: &mut [u8]) {
 /// row holds one super-block per group; a Q8_0 row is packed ([`pack_q8_0_row`]) for as many
 /// blocks as a token's groups hold. The kernel walks tiles of up to [`MAX_TILE_ROWS`] rows by
 /// [`MAX_TILE_TOKENS`] tokens (one row at a time for a single token): rows in blocks of
-/// [`BLOCK_ROWS`], outermost, then tokens, then each row's groups in runs of at most
+/// [`TASK_ROWS`], outermost, then tokens, then each row's groups in runs of at most
 /// [`CHUNK_GROUPS`], so a run's activations stay in L1 while the block's rows go by; its checks
 /// run once per call.
 pub type SuperTileFn = fn(rows: &[u8], row_bytes: usize, a: &[SuperQ8], out: &mut [&mut [f32]]);
@@ -642,7 +646,7 @@ macro_rules! block_tile_entries {
                 q8_0_tile,
                 false,
                 q8_0_one_token,
-                CHUNK_GROUPS / 2,
+                HALF_CHUNK_GROUPS,
                 rows,
                 row_bytes,
                 a,
@@ -874,7 +878,7 @@ mod x86 {
         }
     }
 
-    /// The tiles of a call: rows in blocks of [`BLOCK_ROWS`], outermost; tokens in runs of up
+    /// The tiles of a call: rows in blocks of [`TASK_ROWS`], outermost; tokens in runs of up
     /// to eight; groups in runs of `chunk` (at most [`CHUNK_GROUPS`]); rows `tile_rows` (at most
     /// [`MAX_TILE_ROWS`]) a tile. A single token goes to `one_token`.
     #[inline(always)]
@@ -903,9 +907,9 @@ mod x86 {
         // llama-1b Q4_K/Q5_K prefill when those ran on these tiles; 1x8, 1x12 and 1x16 in
         // between).
         let mut results = [0f32; MAX_TILE_ROWS * MAX_TILE_TOKENS];
-        let mut carry = [[0f32; LANES]; BLOCK_ROWS * MAX_TILE_TOKENS];
-        for r0 in (0..nrows).step_by(BLOCK_ROWS) {
-            let r1 = nrows.min(r0 + BLOCK_ROWS);
+        let mut carry = [[0f32; LANES]; TASK_ROWS * MAX_TILE_TOKENS];
+        for r0 in (0..nrows).step_by(TASK_ROWS) {
+            let r1 = nrows.min(r0 + TASK_ROWS);
             for t0 in (0..n).step_by(MAX_TILE_TOKENS) {
                 let tn = MAX_TILE_TOKENS.min(n - t0);
                 let ys: [&[SuperQ8]; MAX_TILE_TOKENS] =
@@ -975,9 +979,6 @@ mod avx512 {
     // The safe wrappers are only handed out by `super_kernels` after `Isa::detect` confirmed
     // AVX-512 F/BW/VL/VNNI (with AVX2, FMA and F16C) on this CPU.
 
-    /// How far ahead of a lone row the weights are prefetched.
-    const PREFETCH_DISTANCE: usize = 1024;
-
     /// Groups a Q6_K tile takes per run (two rows share each token's activations: half the
     /// runs measured slower on 2,048-value rows, 127 against 159 GMAC/s).
     const Q6_K_CHUNK: usize = CHUNK_GROUPS;
@@ -1021,15 +1022,18 @@ mod avx512 {
     k_tile_entries!();
 
     /// Prefetch the cache lines of the super-block at `b` ahead of use: a lone row streams, so
-    /// a fixed distance ahead of it; in a tile of several rows the same block of the tile after
-    /// this one (`rows` rows further on).
+    /// [`STREAM_AHEAD`] ahead of it into L2; in a tile of several rows the same block of the
+    /// tile after this one (`rows` rows further on), into L1.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     fn ahead(b: *const u8, bytes: usize, rows: usize, row_len: usize) {
-        let skip = if rows == 1 { PREFETCH_DISTANCE } else { rows * row_len };
         for off in (0..bytes).step_by(64) {
             // Prefetching never faults, even past the end of the mapping.
-            _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(skip + off).cast());
+            if rows == 1 {
+                _mm_prefetch::<_MM_HINT_T1>(b.wrapping_add(STREAM_AHEAD + off).cast());
+            } else {
+                _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(rows * row_len + off).cast());
+            }
         }
     }
 
@@ -1279,7 +1283,7 @@ mod tests {
         // Past a block of rows whose sums are carried, and (the longest rows) several runs of
         // groups, the last one short; for the 32-value formats a last run of whole groups and a
         // short group, three and one blocks wide (laid out four and two wide).
-        let (most_rows, most_tokens) = (BLOCK_ROWS + MAX_TILE_ROWS + 1, 2 * MAX_TILE_TOKENS + 1);
+        let (most_rows, most_tokens) = (TASK_ROWS + MAX_TILE_ROWS + 1, 2 * MAX_TILE_TOKENS + 1);
         let runs = |dtype: QuantType| match dtype.block_size() as usize {
             QK => [2 * CHUNK_GROUPS * SUBS + SUBS + 3, 2 * CHUNK_GROUPS * SUBS + SUBS + 1],
             _ => [2 * CHUNK_GROUPS + 3, 2 * CHUNK_GROUPS + 1],

@@ -20,12 +20,8 @@ use super::halfpair::{
 };
 use super::kernels::{block_bytes, dot4_fn, dot_fn, dotn_fn, Dot4Fn, DotFn, DotNFn, Isa};
 use super::ktile::{super_kernels, supers_from_blocks, SuperKernels, SuperQ8, SUBS};
-use super::QuantType;
+use super::{QuantType, TASK_ROWS};
 use crate::util::HugeArray;
-
-/// Weight rows handed to one task.
-const ROWS_PER_TASK: usize = 16;
-const _: () = assert!(ROWS_PER_TASK <= super::halfpair::MAX_TASK_ROWS);
 
 /// Bytes of a file's tensor packed before their pages are handed back.
 const RELEASE_BYTES: usize = 1 << 20;
@@ -285,7 +281,7 @@ impl QMatrix {
             // product reads them front to back while each chunk of activations stays in L1.
             (RowKernels::Pairs(_), Some(k)) if cols > CHUNK_WEIGHTS => Rows {
                 kernels: RowKernels::PairChunks(k),
-                ..packed(row_bytes, ROWS_PER_TASK, &|s, d| {
+                ..packed(row_bytes, TASK_ROWS, &|s, d| {
                     pack_chunks(s, s.len() / row_bytes, cols, d)
                 })?
             },
@@ -388,7 +384,7 @@ impl QMatrix {
     fn task_rows(&self) -> usize {
         match self.weights {
             Weights::Panels(_) => PANEL_ROWS,
-            Weights::Rows(_) => ROWS_PER_TASK,
+            Weights::Rows(_) => TASK_ROWS,
         }
     }
 
@@ -704,7 +700,7 @@ pub fn matmul_group_into(mats: &[&QMatrix], x: &[f32], n: usize, outs: &mut [&mu
     if n == 0 {
         return;
     }
-    // Each task takes ROWS_PER_TASK rows of one matrix for every token: the pieces of the
+    // Each task takes TASK_ROWS rows of one matrix for every token: the pieces of the
     // `[n, rows]` results it writes, one per token, so results need no transposing.
     let mut pieces: Vec<Vec<&mut [f32]>> = outs
         .iter_mut()

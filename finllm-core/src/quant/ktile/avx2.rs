@@ -28,13 +28,10 @@ use std::arch::x86_64::*;
 // The safe wrappers are only handed out by `super_kernels` after `Isa::detect` /
 // `Isa::available` confirmed AVX2, FMA and F16C on this CPU.
 
-/// How far ahead of a lone row the weights are prefetched.
-const PREFETCH_DISTANCE: usize = 1024;
-
 /// Groups a Q6_K tile takes per run: its groups are the largest of the 4- to 6-bit formats (210
 /// bytes of weights, 448 of activations a token), and on 8,192-value rows half runs measured
 /// 81 GMAC/s against 70.
-const Q6_K_CHUNK: usize = CHUNK_GROUPS / 2;
+const Q6_K_CHUNK: usize = HALF_CHUNK_GROUPS;
 
 /// Calls `$imp::<$c, N>` for the tile's token count (checked first).
 macro_rules! by_tokens {
@@ -90,14 +87,17 @@ macro_rules! one_token {
 block_tile_entries!();
 k_tile_entries!();
 
-/// Prefetch `bytes` at `b` ahead of use: a lone token streams the rows, so a fixed distance
-/// ahead; a tile of several tokens the same place in the next row.
+/// Prefetch `bytes` at `b` ahead of use: a lone token streams the rows, so [`STREAM_AHEAD`]
+/// ahead into L2; a tile of several tokens the same place in the next row, into L1.
 #[inline(always)]
 unsafe fn ahead<const N: usize>(b: *const u8, bytes: usize, row_len: usize) {
-    let skip = if N == 1 { PREFETCH_DISTANCE } else { row_len };
     for off in (0..bytes).step_by(64) {
         // Prefetching never faults, even past the end of the mapping.
-        _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(skip + off).cast());
+        if N == 1 {
+            _mm_prefetch::<_MM_HINT_T1>(b.wrapping_add(STREAM_AHEAD + off).cast());
+        } else {
+            _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(row_len + off).cast());
+        }
     }
 }
 
