@@ -21,7 +21,7 @@ pub const TASK_ROWS: usize = 16;
 
 /// Bytes ahead of a lone row (one token: decode) that the kernels ask for its weights, into L2. On
 /// this host (AMD EPYC, Zen 5 class, in a VM) the kernels bench's one-token tiles on a 64 MiB
-/// matrix, one thread, AVX2, streamed Q8_0 at 26-28 GB/s with 1 KiB ahead into L1, 30-36 with
+/// matrix, one thread, AVX2, streamed Q8_0 at 28 GB/s with 1 KiB ahead into L1, 33-36 with
 /// 4 KiB, 40-43 with 8-16 KiB (into L1 or L2 alike), 37 with 32 KiB; Q4_K 27-31, 32-34, 36-40, 40.
 /// Into L2 rather than L1 so that CPUs with a 32 KiB L1 keep their activations there.
 #[cfg(target_arch = "x86_64")]
