@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use finllm::generate::Rng;
 use finllm::quant::blocks::{quantize_q8, BlockQ8, QK};
-use finllm::quant::float::{float_kernels, FLOAT_FORMATS, MAX_TILE_ROWS};
+use finllm::quant::float::{float_kernels, FLOAT_FORMATS, MAX_TILE_ROWS, MAX_TILE_TOKENS};
 use finllm::quant::halfpair::{input_len, pair_kernels};
 use finllm::quant::kernels::{block_bytes, dot4_fn, dot_fn, Isa, KERNEL_FORMATS};
 use finllm::quant::ktile::{super_kernels, supers_from_blocks, SuperKernels, SuperQ8, SUBS};
@@ -538,12 +538,13 @@ fn pair_tasks(dtype: QuantType, rng: &mut Rng) {
             let mut sink = 0f32;
             for task in data.chunks_exact(TASK_ROWS * row_bytes) {
                 for t0 in (0..n - n % tt).step_by(tt) {
-                    let x: Vec<&[f32]> = xs[t0..t0 + tt].iter().map(Vec::as_slice).collect();
+                    // Fixed arrays, as the matrices' walk holds them: no allocation per call.
+                    let x: [&[f32]; MAX_TILE_TOKENS] = std::array::from_fn(|j| xs[t0 + j.min(tt - 1)].as_slice());
                     for i0 in (0..TASK_ROWS).step_by(tr) {
-                        let ws: Vec<&[u8]> = (i0..(i0 + tr).min(TASK_ROWS))
-                            .map(|i| &task[i * row_bytes..][..row_bytes])
-                            .collect();
-                        (k.tile)(&ws, &x, &mut out[..ws.len() * tt]);
+                        let rn = tr.min(TASK_ROWS - i0);
+                        let ws: [&[u8]; MAX_TILE_ROWS] =
+                            std::array::from_fn(|j| &task[(i0 + j.min(rn - 1)) * row_bytes..][..row_bytes]);
+                        (k.tile)(&ws[..rn], &x[..tt], &mut out[..rn * tt]);
                         sink += out[0];
                     }
                 }
