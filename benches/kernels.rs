@@ -4,7 +4,9 @@
 //! the widest ISA that has them (AVX2, and AVX-512 VNNI for Q6_K) as the model calls them (a
 //! whole matrix per call, one token and 64 tokens; 16-row tasks of a prefill pass on short and
 //! long rows); then the float formats (f32, f16, bf16): one row by one token, a tile of rows by
-//! one token (decode) and a tile of rows by tokens (prefill), and on AVX2 the bf16 and f16 pair
+//! one token (decode) and a tile of rows by tokens (prefill), with AVX-512 BF16 the bf16 dot
+//! product on 2,048-value rows (decode's one row, in L2 and streamed; the prefill tile), and on
+//! AVX2 the bf16 and f16 pair
 //! tiles in 16-row tasks of 2,048-value rows by 256 tokens; then the decode attention kernels
 //! and the AVX-512 panel tiles (1 to 16 tokens in L2; 1 and 8 tokens streamed, on one thread and
 //! two). Each figure is the best of five timed passes, so other work on the machine disturbs it
@@ -13,6 +15,7 @@
 use std::time::Instant;
 
 use finllm::generate::Rng;
+use finllm::quant::bf16dot::{bf16_dot_kernels, round_to_bf16};
 use finllm::quant::blocks::{quantize_q8, BlockQ8, QK};
 use finllm::quant::float::{float_kernels, FLOAT_FORMATS, MAX_TILE_ROWS, MAX_TILE_TOKENS};
 use finllm::quant::halfpair::{input_len, pair_kernels};
@@ -99,6 +102,7 @@ fn main() {
     for dtype in FLOAT_FORMATS {
         if only.is_empty() || only.iter().any(|f| f.eq_ignore_ascii_case(dtype.name())) {
             float_format(dtype, &mut rng);
+            bf16_dot(dtype, &mut rng);
             pair_tasks(dtype, &mut rng);
         }
     }
@@ -456,6 +460,62 @@ fn float_format(dtype: QuantType, rng: &mut Rng) {
     }
 }
 
+/// The AVX-512 BF16 dot-product kernels (bf16 weights, activations rounded to bf16) on rows of
+/// a 1B model's hidden size (2,048 values): one row by one token as decode calls it, in L2 and
+/// streamed from memory, and the prefill tile in L2.
+fn bf16_dot(dtype: QuantType, rng: &mut Rng) {
+    let Some(k) = bf16_dot_kernels(dtype, Isa::detect()) else {
+        return;
+    };
+    let cols = 2048;
+    let row_bytes = 2 * cols;
+    let xs: Vec<Vec<u16>> = (0..MAX_TILE_TOKENS)
+        .map(|_| {
+            let x: Vec<f32> = (0..cols).map(|_| (rng.next_f64() * 2.0 - 1.0) as f32).collect();
+            let mut b = vec![0u16; cols];
+            round_to_bf16(&x, &mut b);
+            b
+        })
+        .collect();
+    for (label, bytes, shape) in [
+        ("L2 512 KiB", 512 << 10, (1, 1)),
+        ("streamed 64 MiB", 64 << 20, (1, 1)),
+        ("L2 512 KiB", 512 << 10, (k.tile_rows, k.tile_tokens)),
+    ] {
+        let rows = bytes / row_bytes;
+        let data: Vec<u8> = (0..rows * cols)
+            .flat_map(|_| half::bf16::from_f32((rng.next_f64() * 2.0 - 1.0) as f32).to_le_bytes())
+            .collect();
+        let (tr, tt) = shape;
+        let x_refs: Vec<&[u16]> = xs[..tt].iter().map(Vec::as_slice).collect();
+        let reps = (64 << 20) / data.len() + 1;
+        let mut out = vec![0f32; tr * tt];
+        let (secs, sink) = best_of(|| {
+            let mut sink = 0f32;
+            for _ in 0..reps {
+                for r in data.chunks_exact(tr * row_bytes) {
+                    let mut w: [&[u8]; MAX_TILE_ROWS] = [&[]; MAX_TILE_ROWS];
+                    for (slot, row) in w.iter_mut().zip(r.chunks_exact(row_bytes)) {
+                        *slot = row;
+                    }
+                    (k.tile)(&w[..tr], &x_refs, &mut out);
+                    sink += out.iter().sum::<f32>();
+                }
+            }
+            sink
+        });
+        report(
+            dtype,
+            Isa::detect(),
+            &format!("bf16 dot {tr}x{tt} {label}"),
+            secs,
+            reps * data.len(),
+            reps * rows * tt * cols,
+            sink,
+        );
+    }
+}
+
 /// Seconds of the fastest of [`PASSES`] runs of `pass`, and its result.
 fn best_of(mut pass: impl FnMut() -> f32) -> (f64, f32) {
     let mut best = (f64::MAX, 0f32);
@@ -481,7 +541,7 @@ fn report(dtype: QuantType, isa: Isa, label: &str, secs: f64, bytes: usize, macs
 }
 
 /// The super-block tiles as a prefill pass calls them: 16-row tasks (the matrix products' unit
-/// of work), on 2,048-value rows with 256 tokens and on 8,192-value rows (a down projection of
+/// of work), on SmolLM2's 576-value rows and 2,048-value rows with 256 tokens and on 8,192-value rows (a down projection of
 /// a 1B model) with 64, the widest ISA that has the tile. The long rows run the same speed only
 /// if a task's runs of groups keep their activations in L1.
 fn prefill_tasks(dtype: QuantType, rng: &mut Rng) {
@@ -489,7 +549,7 @@ fn prefill_tasks(dtype: QuantType, rng: &mut Rng) {
         return;
     };
     let block = usize::try_from(dtype.block_size()).expect("small");
-    for (cols, n, rows) in [(2048usize, 256usize, 512usize), (8192, 64, 256)] {
+    for (cols, n, rows) in [(576usize, 256usize, 1536usize), (2048, 256, 512), (8192, 64, 256)] {
         let row_bytes = (k.packing.row_bytes)(cols / block);
         let acts = random_supers(rng, n, cols);
         let data = random_packed_rows(rng, dtype, &k, rows, cols);

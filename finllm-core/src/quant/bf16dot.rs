@@ -90,6 +90,7 @@ pub fn bf16_bits(v: f32) -> u16 {
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use super::super::float::{by_shape, check_tile, hsum512};
+    use super::super::STREAM_AHEAD;
     use std::arch::x86_64::*;
 
     // The safe wrappers are only handed out by `bf16_dot_kernels` after `usable` confirmed
@@ -152,6 +153,11 @@ mod avx512 {
         let whole = cols / W * W;
         let mut c = 0;
         while c < whole {
+            if R == 1 && T == 1 {
+                // A lone row streams: each 64-byte step asks for its line STREAM_AHEAD ahead,
+                // into L2. Prefetching never faults, even past the mapping.
+                _mm_prefetch::<_MM_HINT_T1>(w_at[0].wrapping_add(2 * c + STREAM_AHEAD).cast());
+            }
             // SAFETY: c + 32 <= cols, the length of every token and (checked) of every row.
             unsafe {
                 let x: [__m512bh; T] = std::array::from_fn(|t| load(x_at[t].add(2 * c), u32::MAX));
