@@ -1,5 +1,6 @@
 //! Throughput and latency measurement shared by `finllm bench` and `benches/`.
 
+use std::path::Path;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
@@ -7,7 +8,7 @@ use candle_core::{DType, Device, Tensor};
 use crate::error::{Error, Result};
 use crate::generate::argmax;
 use crate::llm::Model;
-use crate::model::{ForwardOptions, SeqInput, Transformer};
+use crate::model::{ForwardOptions, GgufFile, SeqInput, Transformer};
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -191,6 +192,46 @@ fn host_copy_bandwidth_gb_s(mib: usize) -> f64 {
     best
 }
 
+/// Bytes of weights one decode token reads from a GGUF file: every tensor but the token
+/// embedding table, of which a token reads one row, unless the file has no `output.weight` (the
+/// output projection is then that table, read whole every token). This is the numerator of the
+/// decode bandwidth floor: the file's size counts an untied table that decode hardly touches
+/// (a fifth of a 1B llama's bytes).
+pub fn decode_read_bytes(file: &GgufFile) -> u64 {
+    let tied = file.tensor("output.weight").is_none();
+    file.tensors()
+        .iter()
+        .map(|t| match t.dims.last() {
+            Some(&rows) if t.name == "token_embd.weight" && !tied && rows > 0 => t.n_bytes / rows,
+            _ => t.n_bytes,
+        })
+        .sum()
+}
+
+/// [`decode_read_bytes`] of the GGUF file at `path`; the size of any other file (or of the
+/// files of a directory, such as a safetensors model's).
+pub fn decode_read_bytes_at(path: &Path) -> Result<u64> {
+    if let Ok(file) = GgufFile::open(path) {
+        return Ok(decode_read_bytes(&file));
+    }
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(io)?;
+    if !meta.is_dir() {
+        return Ok(meta.len());
+    }
+    let mut total = 0;
+    for entry in std::fs::read_dir(path).map_err(io)? {
+        let meta = entry.map_err(io)?.metadata().map_err(io)?;
+        if meta.is_file() {
+            total += meta.len();
+        }
+    }
+    Ok(total)
+}
+
 /// How two backends' logits compare over a greedy continuation.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct LogitComparison {
@@ -311,7 +352,31 @@ pub fn peak_rss_mb() -> Option<f64> {
 
 #[cfg(test)]
 mod tests {
-    use super::{median, top1_margin};
+    use super::{decode_read_bytes, median, top1_margin};
+    use crate::model::{GgufFile, GgufWriter};
+
+    /// A GGUF image of f32 tensors of these shapes (row-major).
+    fn file_of(tensors: &[(&str, [usize; 2])]) -> GgufFile {
+        let mut w = GgufWriter::new();
+        for (name, shape) in tensors {
+            w.tensor_f32(name, shape, &vec![0.5; shape[0] * shape[1]])
+                .expect("a tensor");
+        }
+        GgufFile::from_vec("test.gguf", w.to_bytes()).expect("a valid image")
+    }
+
+    #[test]
+    fn a_decode_token_reads_one_row_of_an_untied_embedding_table_and_all_of_a_tied_one() {
+        // 100 rows of 8 f32 (3,200 bytes); a 6x8 layer (192); an 8x100 output (3,200).
+        let untied = file_of(&[
+            ("token_embd.weight", [100, 8]),
+            ("blk.0.ffn_up.weight", [6, 8]),
+            ("output.weight", [100, 8]),
+        ]);
+        assert_eq!(decode_read_bytes(&untied), 32 + 192 + 3200);
+        let tied = file_of(&[("token_embd.weight", [100, 8]), ("blk.0.ffn_up.weight", [6, 8])]);
+        assert_eq!(decode_read_bytes(&tied), 3200 + 192);
+    }
 
     #[test]
     fn top1_margin_is_the_lead_over_the_runner_up() {
