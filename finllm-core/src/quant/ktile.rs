@@ -788,6 +788,23 @@ mod x86 {
     pub(super) const Q5_0: u8 = 2;
     pub(super) const Q5_1: u8 = 3;
 
+    /// Prefetch the `bytes` of weights at `b` ahead of use: with `next == 0` (a lone row,
+    /// streaming) [`STREAM_AHEAD`] ahead into L2; else the same place `next` bytes further on
+    /// (in the rows the tile after this one takes) into L1.
+    #[inline(always)]
+    pub(super) fn prefetch_ahead(b: *const u8, bytes: usize, next: usize) {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0, _MM_HINT_T1};
+        for off in (0..bytes).step_by(64) {
+            // SAFETY (both): a prefetch is a hint that never faults, even past the mapping; SSE
+            // is part of x86-64.
+            if next == 0 {
+                unsafe { _mm_prefetch::<_MM_HINT_T1>(b.wrapping_add(STREAM_AHEAD + off).cast()) };
+            } else {
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(next + off).cast()) };
+            }
+        }
+    }
+
     /// The block format of `kind`.
     pub(super) const fn small(kind: u8) -> SmallFormat {
         match kind {
@@ -1021,22 +1038,6 @@ mod avx512 {
     // Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K and Q5_K run on 32-row panels here ([`super::gemm`]).
     k_tile_entries!();
 
-    /// Prefetch the cache lines of the super-block at `b` ahead of use: a lone row streams, so
-    /// [`STREAM_AHEAD`] ahead of it into L2; in a tile of several rows the same block of the
-    /// tile after this one (`rows` rows further on), into L1.
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    fn ahead(b: *const u8, bytes: usize, rows: usize, row_len: usize) {
-        for off in (0..bytes).step_by(64) {
-            // Prefetching never faults, even past the end of the mapping.
-            if rows == 1 {
-                _mm_prefetch::<_MM_HINT_T1>(b.wrapping_add(STREAM_AHEAD + off).cast());
-            } else {
-                _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(rows * row_len + off).cast());
-            }
-        }
-    }
-
     /// An f16 at `p` (unaligned) as f32.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
@@ -1128,7 +1129,8 @@ mod avx512 {
             for r in 0..R {
                 let blk = &rows[r][i * Q6_K_BYTES..(i + 1) * Q6_K_BYTES];
                 let b = blk.as_ptr();
-                ahead(b, Q6_K_BYTES, R, rows[r].len());
+                // A lone row streams; a tile's rows ask for the next tile's same block.
+                prefetch_ahead(b, Q6_K_BYTES, if R == 1 { 0 } else { R * rows[r].len() });
                 // SAFETY: blk holds a whole super-block.
                 d[r] = _mm512_set1_ps(unsafe { f16(b.add(Q6_K_D_AT)) });
                 q[r] = unsafe { values_q6_k(b) };

@@ -87,18 +87,11 @@ macro_rules! one_token {
 block_tile_entries!();
 k_tile_entries!();
 
-/// Prefetch `bytes` at `b` ahead of use: a lone token streams the rows, so [`STREAM_AHEAD`]
-/// ahead into L2; a tile of several tokens the same place in the next row, into L1.
+/// Prefetch `bytes` at `b` ahead of use ([`prefetch_ahead`]): a lone token streams the rows; a
+/// tile of several tokens asks for the same place in the next row.
 #[inline(always)]
-unsafe fn ahead<const N: usize>(b: *const u8, bytes: usize, row_len: usize) {
-    for off in (0..bytes).step_by(64) {
-        // Prefetching never faults, even past the end of the mapping.
-        if N == 1 {
-            _mm_prefetch::<_MM_HINT_T1>(b.wrapping_add(STREAM_AHEAD + off).cast());
-        } else {
-            _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(row_len + off).cast());
-        }
-    }
+fn ahead<const N: usize>(b: *const u8, bytes: usize, row_len: usize) {
+    prefetch_ahead(b, bytes, if N == 1 { 0 } else { row_len });
 }
 
 /// An f16 at `p` (unaligned) as f32.
