@@ -17,7 +17,7 @@ use std::time::Instant;
 use finllm::generate::Rng;
 use finllm::quant::bf16dot::{bf16_dot_kernels, round_to_bf16};
 use finllm::quant::blocks::{quantize_q8, BlockQ8, QK};
-use finllm::quant::float::{float_kernels, FLOAT_FORMATS, MAX_TILE_ROWS, MAX_TILE_TOKENS};
+use finllm::quant::float::{float_kernels, FloatTileFn, FLOAT_FORMATS, MAX_TILE_ROWS, MAX_TILE_TOKENS};
 use finllm::quant::halfpair::{input_len, pair_kernels};
 use finllm::quant::kernels::{block_bytes, dot4_fn, dot_fn, Isa, KERNEL_FORMATS};
 use finllm::quant::ktile::{super_kernels, supers_from_blocks, SuperKernels, SuperQ8, SUBS};
@@ -430,21 +430,7 @@ fn float_format(dtype: QuantType, rng: &mut Rng) {
             }
             for (tr, tt) in shapes {
                 let x_refs: Vec<&[f32]> = xs[..tt].iter().map(Vec::as_slice).collect();
-                let mut out = vec![0f32; tr * tt];
-                let (secs, sink) = best_of(|| {
-                    let mut sink = 0f32;
-                    for _ in 0..reps {
-                        for r in data.chunks_exact(tr * row_bytes) {
-                            let mut w: [&[u8]; MAX_TILE_ROWS] = [&[]; MAX_TILE_ROWS];
-                            for (slot, row) in w.iter_mut().zip(r.chunks_exact(row_bytes)) {
-                                *slot = row;
-                            }
-                            (k.tile)(&w[..tr], &x_refs, &mut out);
-                            sink += out.iter().sum::<f32>();
-                        }
-                    }
-                    sink
-                });
+                let (secs, sink) = time_tiles(k.tile, &data, row_bytes, tr, &x_refs, reps);
                 let macs = reps * rows / tr * tr * tt * cols;
                 report(
                     dtype,
@@ -489,21 +475,7 @@ fn bf16_dot(dtype: QuantType, rng: &mut Rng) {
         let (tr, tt) = shape;
         let x_refs: Vec<&[u16]> = xs[..tt].iter().map(Vec::as_slice).collect();
         let reps = (64 << 20) / data.len() + 1;
-        let mut out = vec![0f32; tr * tt];
-        let (secs, sink) = best_of(|| {
-            let mut sink = 0f32;
-            for _ in 0..reps {
-                for r in data.chunks_exact(tr * row_bytes) {
-                    let mut w: [&[u8]; MAX_TILE_ROWS] = [&[]; MAX_TILE_ROWS];
-                    for (slot, row) in w.iter_mut().zip(r.chunks_exact(row_bytes)) {
-                        *slot = row;
-                    }
-                    (k.tile)(&w[..tr], &x_refs, &mut out);
-                    sink += out.iter().sum::<f32>();
-                }
-            }
-            sink
-        });
+        let (secs, sink) = time_tiles(k.tile, &data, row_bytes, tr, &x_refs, reps);
         report(
             dtype,
             Isa::detect(),
@@ -514,6 +486,33 @@ fn bf16_dot(dtype: QuantType, rng: &mut Rng) {
             sink,
         );
     }
+}
+
+/// [`best_of`] `reps` walks over `data` (rows of `row_bytes`) in tiles of `tr` rows by the
+/// tokens `xs`, by a float tile kernel.
+fn time_tiles<A>(
+    tile: FloatTileFn<A>,
+    data: &[u8],
+    row_bytes: usize,
+    tr: usize,
+    xs: &[&[A]],
+    reps: usize,
+) -> (f64, f32) {
+    let mut out = vec![0f32; tr * xs.len()];
+    best_of(|| {
+        let mut sink = 0f32;
+        for _ in 0..reps {
+            for r in data.chunks_exact(tr * row_bytes) {
+                let mut w: [&[u8]; MAX_TILE_ROWS] = [&[]; MAX_TILE_ROWS];
+                for (slot, row) in w.iter_mut().zip(r.chunks_exact(row_bytes)) {
+                    *slot = row;
+                }
+                tile(&w[..tr], xs, &mut out);
+                sink += out.iter().sum::<f32>();
+            }
+        }
+        sink
+    })
 }
 
 /// Seconds of the fastest of [`PASSES`] runs of `pass`, and its result.
