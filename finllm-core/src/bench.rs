@@ -196,7 +196,7 @@ fn host_copy_bandwidth_gb_s(mib: usize) -> f64 {
 /// embedding table, of which a token reads one row, unless the file has no `output.weight` (the
 /// output projection is then that table, read whole every token). This is the numerator of the
 /// decode bandwidth floor: the file's size counts an untied table that decode hardly touches
-/// (a fifth of a 1B llama's bytes).
+/// (about a sixth of a 1B llama's bf16 bytes: 528 of 3,000 MB).
 pub fn decode_read_bytes(file: &GgufFile) -> u64 {
     let tied = file.tensor("output.weight").is_none();
     file.tensors()
@@ -208,28 +208,58 @@ pub fn decode_read_bytes(file: &GgufFile) -> u64 {
         .sum()
 }
 
-/// [`decode_read_bytes`] of the GGUF file at `path`; the size of any other file (or of the
-/// files of a directory, such as a safetensors model's).
+/// [`decode_read_bytes`] of the GGUF file at `path`; for a safetensors model (a `.safetensors`
+/// file or a directory of shards) the same count over its tensors, with `model.embed_tokens.weight`
+/// as one row when `lm_head.weight` exists; the size of any other file.
 pub fn decode_read_bytes_at(path: &Path) -> Result<u64> {
     if let Ok(file) = GgufFile::open(path) {
         return Ok(decode_read_bytes(&file));
     }
-    let io = |source| Error::Io {
-        path: path.to_path_buf(),
-        source,
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |source| Error::Io { path: p, source }
     };
-    let meta = std::fs::metadata(path).map_err(io)?;
-    if !meta.is_dir() {
+    let meta = std::fs::metadata(path).map_err(io(path))?;
+    let shards: Vec<std::path::PathBuf> = if meta.is_dir() {
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(path).map_err(io(path))? {
+            let p = entry.map_err(io(path))?.path();
+            if p.extension().is_some_and(|e| e == "safetensors") {
+                found.push(p);
+            }
+        }
+        found
+    } else if path.extension().is_some_and(|e| e == "safetensors") {
+        vec![path.to_path_buf()]
+    } else {
         return Ok(meta.len());
-    }
-    let mut total = 0;
-    for entry in std::fs::read_dir(path).map_err(io)? {
-        let meta = entry.map_err(io)?.metadata().map_err(io)?;
-        if meta.is_file() {
-            total += meta.len();
+    };
+    // (name, bytes, rows) of every tensor of every shard.
+    let mut tensors = Vec::new();
+    for shard in &shards {
+        let file = std::fs::File::open(shard).map_err(io(shard))?;
+        // SAFETY: a read-only map of a checkpoint nobody writes while the bench reads it.
+        let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(io(shard))?;
+        let st = safetensors::SafeTensors::deserialize(&mmap).map_err(|e| Error::Safetensors {
+            path: shard.clone(),
+            reason: e.to_string(),
+        })?;
+        for (name, view) in st.tensors() {
+            let rows = view.shape().first().copied().unwrap_or(1);
+            tensors.push((name, view.data().len() as u64, rows as u64));
         }
     }
-    Ok(total)
+    let tied = !tensors.iter().any(|(name, ..)| name == "lm_head.weight");
+    Ok(tensors
+        .iter()
+        .map(|(name, bytes, rows)| {
+            if name == "model.embed_tokens.weight" && !tied && *rows > 0 {
+                bytes / rows
+            } else {
+                *bytes
+            }
+        })
+        .sum())
 }
 
 /// How two backends' logits compare over a greedy continuation.
@@ -352,7 +382,7 @@ pub fn peak_rss_mb() -> Option<f64> {
 
 #[cfg(test)]
 mod tests {
-    use super::{decode_read_bytes, median, top1_margin};
+    use super::{decode_read_bytes, decode_read_bytes_at, median, top1_margin};
     use crate::model::{GgufFile, GgufWriter};
 
     /// A GGUF image of f32 tensors of these shapes (row-major).
@@ -376,6 +406,41 @@ mod tests {
         assert_eq!(decode_read_bytes(&untied), 32 + 192 + 3200);
         let tied = file_of(&[("token_embd.weight", [100, 8]), ("blk.0.ffn_up.weight", [6, 8])]);
         assert_eq!(decode_read_bytes(&tied), 3200 + 192);
+    }
+
+    #[test]
+    fn a_safetensors_model_counts_its_tensors_the_same_way() {
+        use safetensors::tensor::{Dtype, TensorView};
+        let dir = std::env::temp_dir().join(format!("finllm-read-bytes-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a temp dir");
+        let zeros = vec![0u8; 100 * 8 * 2];
+        let shard = |tensors: &[(&str, [usize; 2])], file: &str| {
+            let views: Vec<(String, TensorView)> = tensors
+                .iter()
+                .map(|(name, [r, c])| {
+                    let view = TensorView::new(Dtype::BF16, vec![*r, *c], &zeros[..r * c * 2]);
+                    (name.to_string(), view.expect("a view"))
+                })
+                .collect();
+            let bytes = safetensors::serialize(views, None).expect("serialized");
+            std::fs::write(dir.join(file), bytes).expect("written");
+        };
+        // Two shards and a config file, which is not counted.
+        shard(
+            &[("model.embed_tokens.weight", [100, 8]), ("mlp.up_proj.weight", [6, 8])],
+            "a.safetensors",
+        );
+        shard(&[("lm_head.weight", [100, 8])], "b.safetensors");
+        std::fs::write(dir.join("config.json"), "{}").expect("written");
+        assert_eq!(decode_read_bytes_at(&dir).expect("counted"), 16 + 96 + 1600);
+        std::fs::remove_file(dir.join("b.safetensors")).expect("removed");
+        let one = dir.join("a.safetensors");
+        assert_eq!(
+            decode_read_bytes_at(&one).expect("counted"),
+            1600 + 96,
+            "tied: the table whole"
+        );
+        std::fs::remove_dir_all(&dir).expect("removed");
     }
 
     #[test]

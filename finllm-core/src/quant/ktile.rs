@@ -788,19 +788,18 @@ mod x86 {
     pub(super) const Q5_0: u8 = 2;
     pub(super) const Q5_1: u8 = 3;
 
-    /// Prefetch the `bytes` of weights at `b` ahead of use: with `next == 0` (a lone row,
+    /// Prefetch the `bytes` of weights at `b` ahead of use: for a lone row (`next` is `None`,
     /// streaming) [`STREAM_AHEAD`] ahead into L2; else the same place `next` bytes further on
     /// (in the rows the tile after this one takes) into L1.
     #[inline(always)]
-    pub(super) fn prefetch_ahead(b: *const u8, bytes: usize, next: usize) {
+    pub(super) fn prefetch_ahead(b: *const u8, bytes: usize, next: Option<usize>) {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0, _MM_HINT_T1};
         for off in (0..bytes).step_by(64) {
             // SAFETY (both): a prefetch is a hint that never faults, even past the mapping; SSE
             // is part of x86-64.
-            if next == 0 {
-                unsafe { _mm_prefetch::<_MM_HINT_T1>(b.wrapping_add(STREAM_AHEAD + off).cast()) };
-            } else {
-                unsafe { _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(next + off).cast()) };
+            match next {
+                None => unsafe { _mm_prefetch::<_MM_HINT_T1>(b.wrapping_add(STREAM_AHEAD + off).cast()) },
+                Some(next) => unsafe { _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(next + off).cast()) },
             }
         }
     }
@@ -1130,7 +1129,7 @@ mod avx512 {
                 let blk = &rows[r][i * Q6_K_BYTES..(i + 1) * Q6_K_BYTES];
                 let b = blk.as_ptr();
                 // A lone row streams; a tile's rows ask for the next tile's same block.
-                prefetch_ahead(b, Q6_K_BYTES, if R == 1 { 0 } else { R * rows[r].len() });
+                prefetch_ahead(b, Q6_K_BYTES, (R > 1).then(|| R * rows[r].len()));
                 // SAFETY: blk holds a whole super-block.
                 d[r] = _mm512_set1_ps(unsafe { f16(b.add(Q6_K_D_AT)) });
                 q[r] = unsafe { values_q6_k(b) };

@@ -91,7 +91,7 @@ k_tile_entries!();
 /// tile of several tokens asks for the same place in the next row.
 #[inline(always)]
 fn ahead<const N: usize>(b: *const u8, bytes: usize, row_len: usize) {
-    prefetch_ahead(b, bytes, if N == 1 { 0 } else { row_len });
+    prefetch_ahead(b, bytes, (N > 1).then_some(row_len));
 }
 
 /// An f16 at `p` (unaligned) as f32.
