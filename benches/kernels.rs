@@ -540,8 +540,8 @@ fn report(dtype: QuantType, isa: Isa, label: &str, secs: f64, bytes: usize, macs
 }
 
 /// The super-block tiles as a prefill pass calls them: 16-row tasks (the matrix products' unit
-/// of work), on SmolLM2's 576-value rows and 2,048-value rows with 256 tokens and on 8,192-value rows (a down projection of
-/// a 1B model) with 64, the widest ISA that has the tile. The long rows run the same speed only
+/// of work), on SmolLM2's 576-value rows (the block formats) and 2,048-value rows with 256
+/// tokens and on 8,192-value rows (a down projection of a 1B model) with 64, the widest ISA that has the tile. The long rows run the same speed only
 /// if a task's runs of groups keep their activations in L1.
 fn prefill_tasks(dtype: QuantType, rng: &mut Rng) {
     let Some((isa, k)) = widest_super_kernels(dtype) else {
@@ -549,6 +549,11 @@ fn prefill_tasks(dtype: QuantType, rng: &mut Rng) {
     };
     let block = usize::try_from(dtype.block_size()).expect("small");
     for (cols, n, rows) in [(576usize, 256usize, 1536usize), (2048, 256, 512), (8192, 64, 256)] {
+        if cols % block != 0 {
+            // 576 values are not whole K-quant super-blocks (llama.cpp's quantizer gives such
+            // rows another format).
+            continue;
+        }
         let row_bytes = (k.packing.row_bytes)(cols / block);
         let acts = random_supers(rng, n, cols);
         let data = random_packed_rows(rng, dtype, &k, rows, cols);
