@@ -1,0 +1,327 @@
+//! The panel tiles on AVX-512 F/BW/VL/VNNI.
+
+use super::*;
+use std::arch::x86_64::*;
+
+/// The format switch of the tiles.
+pub const Q8_0: u8 = 0;
+pub const Q4_0: u8 = 1;
+pub const Q4_1: u8 = 2;
+pub const Q4K: u8 = 3;
+pub const Q5_0: u8 = 4;
+pub const Q5_1: u8 = 5;
+pub const Q5K: u8 = 6;
+
+/// Whether format `f`'s blocks are K-quant sub-blocks ([`PanelFormat::k`]).
+const fn k_quant(f: u8) -> bool {
+    f == Q4K || f == Q5K
+}
+
+/// Whether format `f`'s values carry a fifth bit ([`PanelFormat::five`]).
+const fn fifth(f: u8) -> bool {
+    f == Q5_0 || f == Q5_1 || f == Q5K
+}
+
+/// Panel `p` against every token of `a`: `out[t]` receives token `t`'s results for the
+/// panel's first `out[t].len()` rows.
+///
+/// SAFETY: the CPU has AVX-512 F/BW/VL/VNNI; panel `p` exists; `a` holds one whole token
+/// per output; each output holds at most the panel's rows that are rows of the matrix; `F`
+/// is the matrix's format.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn panel<const F: u8>(m: &Panels, p: usize, a: &[BlockQ8], out: &mut [&mut [f32]]) {
+    let blocks = m.blocks();
+    let tokens = a.len() / blocks;
+    let pbb = m.format.panel_block_bytes();
+    // The K-quants keep d and dmin per super-block; the others a scale (and Q4_1 a minimum)
+    // per block.
+    let k = k_quant(F);
+    let per_d = if k { blocks / (QK_K / QK) } else { blocks } * PANEL_ROWS;
+    let per_block = blocks * PANEL_ROWS;
+    let slices = Slices {
+        w: &m.w[p * blocks * pbb..][..blocks * pbb],
+        d: &m.d[p * per_d..][..per_d],
+        m: if F == Q4_1 || F == Q5_1 || k {
+            &m.m[p * per_d..][..per_d]
+        } else {
+            &[]
+        },
+        sc: if k { &m.sc[p * per_block..][..per_block] } else { &[] },
+        mn: if k { &m.mn[p * per_block..][..per_block] } else { &[] },
+        hb: if fifth(F) {
+            &m.hb[p * blocks * FIFTH_MASKS..][..blocks * FIFTH_MASKS]
+        } else {
+            &[]
+        },
+    };
+    let mut t0 = 0;
+    while t0 < tokens {
+        let n = (tokens - t0).min(TILE_TOKENS);
+        // The first tile asks for the weights ahead (the later tiles find them in the
+        // cache). A lone token's Q8_0 weights are one stream, which the hardware
+        // prefetchers keep up with (asking ahead lost 5-10%); the other formats' scales
+        // and minima are further streams beside the weights', and asking ahead took a lone
+        // token from 27-28 to 37-38 GB/s (Q4_K) and 35-37 to 40-42 (Q4_0).
+        let first = t0 == 0 && (tokens > 1 || F != Q8_0);
+        let a = &a[t0 * blocks..(t0 + n) * blocks];
+        let acc = match n {
+            // SAFETY (each): `a` holds `n` whole tokens; `slices` the panel's blocks.
+            6 => widen(unsafe { tile::<F, 6>(&slices, a, blocks, first) }),
+            5 => widen(unsafe { tile::<F, 5>(&slices, a, blocks, first) }),
+            4 => widen(unsafe { tile::<F, 4>(&slices, a, blocks, first) }),
+            3 => widen(unsafe { tile::<F, 3>(&slices, a, blocks, first) }),
+            2 => widen(unsafe { tile::<F, 2>(&slices, a, blocks, first) }),
+            _ => widen(unsafe { tile::<F, 1>(&slices, a, blocks, first) }),
+        };
+        for (acc, o) in acc.iter().zip(out[t0..t0 + n].iter_mut()) {
+            let len = o.len();
+            for (h, acc) in acc.iter().enumerate() {
+                let lanes = len.saturating_sub(16 * h).min(16);
+                if lanes > 0 {
+                    // SAFETY: the mask admits only the first `lanes` floats from 16 h,
+                    // which lie inside `o`.
+                    unsafe { _mm512_mask_storeu_ps(o.as_mut_ptr().add(16 * h), mask(lanes), *acc) };
+                }
+            }
+        }
+        t0 += n;
+    }
+}
+
+/// Bytes of weights the first tile of a panel asks for ahead of the block it multiplies,
+/// into L2: a block of 32 rows takes some hundred cycles with six tokens, a load from
+/// memory some hundreds of nanoseconds. Into L1, with 4 KiB ahead (three Q8_0 blocks), the
+/// weights streamed from memory at eight tokens ran well below the tile's rate in L2 (Q8_0
+/// 107 against 178 GMAC/s a thread), and asking further ahead into L1 only lost more; into
+/// L2, 8 KiB ahead ran at 169 (kernels bench, `panels`, one thread).
+const AHEAD_BYTES: usize = 8192;
+
+/// Ask for the weights (and their scales) some blocks ahead of block `b` (at `wb`), past
+/// the panel's end too: the next panel follows it in memory, and a thread's next task is
+/// usually that panel.
+#[inline(always)]
+fn ahead<const F: u8>(sl: &Slices<'_>, wb: *const u8, b: usize, pbb: usize) {
+    let blocks_ahead = (AHEAD_BYTES / pbb).max(1);
+    let w = wb.wrapping_add(blocks_ahead * pbb);
+    for off in (0..pbb).step_by(64) {
+        // SAFETY: a prefetch is a hint that never faults.
+        unsafe { _mm_prefetch::<_MM_HINT_T1>(w.wrapping_add(off).cast()) };
+    }
+    // The block's 32 scales (and minima): one cache line each; the K-quants' per
+    // super-block, their 6-bit scales and minima per block (32 bytes each).
+    let k = k_quant(F);
+    let s = if k {
+        (b + blocks_ahead) / (QK_K / QK)
+    } else {
+        b + blocks_ahead
+    } * PANEL_ROWS;
+    // SAFETY (each): a prefetch is a hint that never faults.
+    unsafe { _mm_prefetch::<_MM_HINT_T0>(sl.d.as_ptr().wrapping_add(s).cast()) };
+    if F == Q4_1 || F == Q5_1 || k {
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(sl.m.as_ptr().wrapping_add(s).cast()) };
+    }
+    if k {
+        let at = (b + blocks_ahead) * PANEL_ROWS;
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(sl.sc.as_ptr().wrapping_add(at).cast()) };
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(sl.mn.as_ptr().wrapping_add(at).cast()) };
+    }
+}
+
+fn mask(lanes: usize) -> __mmask16 {
+    if lanes >= 16 {
+        0xffff
+    } else {
+        ((1u32 << lanes) - 1) as __mmask16
+    }
+}
+
+/// A tile's accumulators padded to six tokens (the unused ones are never read).
+#[inline(always)]
+fn widen<const N: usize>(acc: [[__m512; 2]; N]) -> [[__m512; 2]; TILE_TOKENS] {
+    // SAFETY: an all-zero __m512 is a valid value.
+    let mut out = [[unsafe { std::mem::zeroed::<__m512>() }; 2]; TILE_TOKENS];
+    out[..N].copy_from_slice(&acc);
+    out
+}
+
+/// Four of a token's block values (from `e`) in every lane.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+fn four(y: &BlockQ8, e: usize) -> __m512i {
+    // SAFETY: e + 4 <= 32 (the callers' runs).
+    _mm512_set1_epi32(unsafe { y.qs.as_ptr().add(e).cast::<i32>().read_unaligned() })
+}
+
+/// 32 f16 values at `p` as two vectors of f32.
+///
+/// SAFETY: 64 readable bytes at `p`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn halves(p: *const u16) -> [__m512; 2] {
+    // SAFETY: the caller's.
+    unsafe {
+        [
+            _mm512_cvtph_ps(_mm256_loadu_si256(p.cast())),
+            _mm512_cvtph_ps(_mm256_loadu_si256(p.add(16).cast())),
+        ]
+    }
+}
+
+/// One panel's share of a matrix's arrays (empty where the format has none).
+struct Slices<'a> {
+    w: &'a [u8],
+    d: &'a [u16],
+    m: &'a [u16],
+    sc: &'a [u8],
+    mn: &'a [u8],
+    hb: &'a [u64],
+}
+
+/// Sixteen bytes at `p` as f32.
+///
+/// SAFETY: 16 readable bytes at `p`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn bytes_f32(p: *const u8) -> __m512 {
+    // SAFETY: the caller's.
+    _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(unsafe { _mm_loadu_si128(p.cast()) }))
+}
+
+/// One panel (32 rows) by `N` tokens over every block.
+///
+/// SAFETY: AVX-512 F/BW/VL/VNNI; `sl` holds `blocks` panel blocks of format `F` with their
+/// scales (and minima) and `a` `N` tokens of `blocks` blocks.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn tile<const F: u8, const N: usize>(
+    sl: &Slices<'_>,
+    a: &[BlockQ8],
+    blocks: usize,
+    prefetch: bool,
+) -> [[__m512; 2]; N] {
+    let mut acc = [[_mm512_setzero_ps(); 2]; N];
+    let pbb = if F == Q8_0 {
+        PANEL_ROWS * QK
+    } else {
+        PANEL_ROWS * QK / 2
+    };
+    let wp = sl.w.as_ptr();
+    let low = _mm512_set1_epi8(0x0f);
+    for b in 0..blocks {
+        let ys: [&BlockQ8; N] = std::array::from_fn(|t| &a[t * blocks + b]);
+        let mut dot: [[__m512i; 2]; N] = std::array::from_fn(|t| {
+            let start = match F {
+                Q8_0 => -128 * ys[t].sum,
+                Q4_0 => -8 * ys[t].sum,
+                Q5_0 => -16 * ys[t].sum,
+                _ => 0,
+            };
+            let s = _mm512_set1_epi32(start);
+            [s, s]
+        });
+        let wb = wp.wrapping_add(b * pbb);
+        if prefetch {
+            ahead::<F>(sl, wb, b, pbb);
+        }
+        if F == Q8_0 {
+            for s in 0..STEPS {
+                // SAFETY: run `s` of block `b` lies inside `w` (the caller sized it).
+                let (w0, w1) = unsafe {
+                    (
+                        _mm512_loadu_si512(wb.add(128 * s).cast()),
+                        _mm512_loadu_si512(wb.add(128 * s + 64).cast()),
+                    )
+                };
+                for t in 0..N {
+                    let y = four(ys[t], 4 * s);
+                    dot[t][0] = _mm512_dpbusd_epi32(dot[t][0], w0, y);
+                    dot[t][1] = _mm512_dpbusd_epi32(dot[t][1], w1, y);
+                }
+            }
+        } else {
+            for s in 0..STEPS / 2 {
+                // SAFETY: run pair `s` of block `b` lies inside `w` (the caller sized it).
+                let (w0, w1) = unsafe {
+                    (
+                        _mm512_loadu_si512(wb.add(128 * s).cast()),
+                        _mm512_loadu_si512(wb.add(128 * s + 64).cast()),
+                    )
+                };
+                // Low nibbles: values 4s..4s+4; high: 16+4s..16+4s+4.
+                let mut lo = [_mm512_and_si512(w0, low), _mm512_and_si512(w1, low)];
+                let mut hi = [
+                    _mm512_and_si512(_mm512_srli_epi16::<4>(w0), low),
+                    _mm512_and_si512(_mm512_srli_epi16::<4>(w1), low),
+                ];
+                if fifth(F) {
+                    let sixteen = _mm512_set1_epi8(16);
+                    for h in 0..2 {
+                        let at = b * FIFTH_MASKS;
+                        let (kl, kh) = (sl.hb[at + fifth_at(s, h, 0)], sl.hb[at + fifth_at(s, h, 1)]);
+                        lo[h] = _mm512_mask_add_epi8(lo[h], kl, lo[h], sixteen);
+                        hi[h] = _mm512_mask_add_epi8(hi[h], kh, hi[h], sixteen);
+                    }
+                }
+                for t in 0..N {
+                    let (ylo, yhi) = (four(ys[t], 4 * s), four(ys[t], 16 + 4 * s));
+                    for h in 0..2 {
+                        dot[t][h] = _mm512_dpbusd_epi32(dot[t][h], lo[h], ylo);
+                        dot[t][h] = _mm512_dpbusd_epi32(dot[t][h], hi[h], yhi);
+                    }
+                }
+            }
+        }
+        if k_quant(F) {
+            let at = b / (QK_K / QK) * PANEL_ROWS;
+            // SAFETY: the super-block's 32 d and dmin, the block's 32 scales and minima lie
+            // inside the slices.
+            let (d, dmin, sc, mn) = unsafe {
+                (
+                    halves(sl.d.as_ptr().add(at)),
+                    halves(sl.m.as_ptr().add(at)),
+                    [
+                        bytes_f32(sl.sc.as_ptr().add(b * PANEL_ROWS)),
+                        bytes_f32(sl.sc.as_ptr().add(b * PANEL_ROWS + 16)),
+                    ],
+                    [
+                        bytes_f32(sl.mn.as_ptr().add(b * PANEL_ROWS)),
+                        bytes_f32(sl.mn.as_ptr().add(b * PANEL_ROWS + 16)),
+                    ],
+                )
+            };
+            // −dmin: the sign bit flipped (an integer xor: AVX-512 F has no float one).
+            let sign = _mm512_set1_epi32(i32::MIN);
+            for h in 0..2 {
+                let ws = _mm512_mul_ps(d[h], sc[h]);
+                let neg = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(dmin[h]), sign));
+                let wm = _mm512_mul_ps(neg, mn[h]);
+                for t in 0..N {
+                    let yd = _mm512_set1_ps(ys[t].d);
+                    acc[t][h] = _mm512_fmadd_ps(_mm512_mul_ps(ws, yd), _mm512_cvtepi32_ps(dot[t][h]), acc[t][h]);
+                    let ysum = _mm512_set1_ps(ys[t].d * ys[t].sum as f32);
+                    acc[t][h] = _mm512_fmadd_ps(wm, ysum, acc[t][h]);
+                }
+            }
+            continue;
+        }
+        // SAFETY: the block's 32 row scales (and minima) lie inside `d` (and `m`).
+        let ds = unsafe { halves(sl.d.as_ptr().add(b * PANEL_ROWS)) };
+        for t in 0..N {
+            let yd = _mm512_set1_ps(ys[t].d);
+            for h in 0..2 {
+                acc[t][h] = _mm512_fmadd_ps(_mm512_mul_ps(ds[h], yd), _mm512_cvtepi32_ps(dot[t][h]), acc[t][h]);
+            }
+        }
+        if F == Q4_1 || F == Q5_1 {
+            // SAFETY: as for `d`.
+            let ms = unsafe { halves(sl.m.as_ptr().add(b * PANEL_ROWS)) };
+            for t in 0..N {
+                let s = _mm512_set1_ps(ys[t].s);
+                for h in 0..2 {
+                    acc[t][h] = _mm512_fmadd_ps(ms[h], s, acc[t][h]);
+                }
+            }
+        }
+    }
+    acc
+}

@@ -1,0 +1,180 @@
+//! What the x86 tiles share: the checks of a call, and the walk over its tiles.
+
+use super::*;
+
+/// The formats the 4-bit tiles read (their `KIND` switch).
+pub(super) const Q4_1: u8 = 0;
+pub(super) const Q4_0: u8 = 1;
+pub(super) const Q5_0: u8 = 2;
+pub(super) const Q5_1: u8 = 3;
+
+/// Prefetch the `bytes` of weights at `b` ahead of use: for a lone row (`next` is `None`,
+/// streaming) [`STREAM_AHEAD`] ahead into L2; else the same place `next` bytes further on
+/// (in the rows the tile after this one takes) into L1.
+#[inline(always)]
+pub(super) fn prefetch_ahead(b: *const u8, bytes: usize, next: Option<usize>) {
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0, _MM_HINT_T1};
+    for off in (0..bytes).step_by(64) {
+        // SAFETY (both): a prefetch is a hint that never faults, even past the mapping; SSE
+        // is part of x86-64.
+        match next {
+            None => unsafe { _mm_prefetch::<_MM_HINT_T1>(b.wrapping_add(STREAM_AHEAD + off).cast()) },
+            Some(next) => unsafe { _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(next + off).cast()) },
+        }
+    }
+}
+
+/// The block format of `kind`.
+pub(super) const fn small(kind: u8) -> SmallFormat {
+    match kind {
+        Q4_0 => SmallFormat::Q4_0,
+        Q5_0 => SmallFormat::Q5_0,
+        Q5_1 => SmallFormat::Q5_1,
+        _ => SmallFormat::Q4_1,
+    }
+}
+
+/// The f16 values of a group of `2 V` blocks at `p` (8, 4 or 2 of them: a short group's
+/// tail holds no more), in the low lanes, zeros above.
+///
+/// # Safety
+/// `4 V` bytes at `p` are readable.
+#[inline(always)]
+pub(super) unsafe fn load_f16s<const V: usize>(p: *const u8) -> std::arch::x86_64::__m128i {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller's guarantee; SSE2 is part of x86-64.
+    unsafe {
+        match V {
+            4 => _mm_loadu_si128(p.cast()),
+            2 => _mm_loadl_epi64(p.cast()),
+            _ => _mm_cvtsi32_si128(p.cast::<i32>().read_unaligned()),
+        }
+    }
+}
+
+/// [`check`], and that every token's groups are whole but the last (of one size for all)
+/// and the rows are packed (`packed_bytes`) for that many blocks.
+pub(super) fn check_packed(
+    rows: &[u8],
+    row_bytes: usize,
+    a: &[SuperQ8],
+    out: &[&mut [f32]],
+    packed_bytes: fn(usize) -> usize,
+) {
+    let groups = check(rows, row_bytes, a, out);
+    let last = a.get(groups.wrapping_sub(1)).map_or(SUBS, |s| s.blocks);
+    assert!(
+        (1..=SUBS).contains(&last)
+            && a.chunks(groups.max(1)).all(|x| x
+                .iter()
+                .enumerate()
+                .all(|(g, s)| s.blocks == if g + 1 == groups { last } else { SUBS })),
+        "activations in whole groups but the last"
+    );
+    let bytes = packed_bytes(groups.saturating_sub(1) * SUBS + last);
+    assert!(row_bytes == bytes || groups == 0, "packed rows of {bytes} bytes");
+}
+
+/// [`check`], and that the rows hold a super-block of `bytes` per group.
+pub(super) fn check_k(rows: &[u8], row_bytes: usize, a: &[SuperQ8], out: &[&mut [f32]], bytes: usize) {
+    let groups = check(rows, row_bytes, a, out);
+    assert!(row_bytes >= groups * bytes, "rows of {groups} super-blocks");
+}
+
+/// Panics unless `rows` is whole rows, `a` holds as many groups for every token and `out`
+/// one result per row for each; returns the groups per token.
+pub(super) fn check(rows: &[u8], row_bytes: usize, a: &[SuperQ8], out: &[&mut [f32]]) -> usize {
+    let n = out.len();
+    assert!(row_bytes > 0 && rows.len().is_multiple_of(row_bytes), "whole rows");
+    assert!(n > 0 && a.len().is_multiple_of(n), "as many groups for every token");
+    let nrows = rows.len() / row_bytes;
+    assert!(out.iter().all(|o| o.len() == nrows), "one result per row and token");
+    a.len() / n
+}
+
+/// The part of its rows a tile call takes: groups `first..end` of the tokens' `a[t].len()`,
+/// its accumulators' lanes carried in `carry` (rows by tokens, row-major) from the call
+/// before (when `first > 0`) to the next (when `end` is not the last group). Carrying every
+/// lane keeps each result's operations and their order those of one call over the whole
+/// row, so the bits do not change with the runs.
+pub(super) struct Span<'c> {
+    pub first: usize,
+    pub end: usize,
+    pub carry: &'c mut [[f32; LANES]],
+}
+
+impl Span<'static> {
+    /// All of a row's `groups` in one call.
+    pub(super) fn whole(groups: usize) -> Self {
+        Span {
+            first: 0,
+            end: groups,
+            carry: &mut [],
+        }
+    }
+}
+
+/// The tiles of a call: rows in blocks of [`TASK_ROWS`], outermost; tokens in runs of up
+/// to eight; groups in runs of `chunk` (at most [`CHUNK_GROUPS`]); rows `tile_rows` (at most
+/// [`MAX_TILE_ROWS`]) a tile. A single token goes to `one_token`.
+#[inline(always)]
+pub(super) fn drive(
+    rows: &[u8],
+    row_bytes: usize,
+    a: &[SuperQ8],
+    out: &mut [&mut [f32]],
+    (tile_rows, chunk): (usize, usize),
+    tile: impl Fn(&[&[u8]], &[&[SuperQ8]], Span<'_>, &mut [f32]),
+    one_token: impl Fn(&[u8], &[SuperQ8], &mut [f32]),
+) {
+    let n = out.len();
+    let groups = a.len() / n;
+    let nrows = rows.len() / row_bytes;
+    if groups == 0 {
+        out.iter_mut().for_each(|o| o.fill(0.0));
+        return;
+    }
+    if n == 1 {
+        one_token(rows, a, out[0]);
+        return;
+    }
+    // On AVX-512 two rows by eight tokens: the weights' unpacking (shuffles, scales) is shared
+    // by eight tokens, the activations' by two rows (2x8 measured 10-20% faster than 2x4 on
+    // llama-1b Q4_K/Q5_K prefill when those ran on these tiles; 1x8, 1x12 and 1x16 in
+    // between).
+    let mut results = [0f32; MAX_TILE_ROWS * MAX_TILE_TOKENS];
+    let mut carry = [[0f32; LANES]; TASK_ROWS * MAX_TILE_TOKENS];
+    for r0 in (0..nrows).step_by(TASK_ROWS) {
+        let r1 = nrows.min(r0 + TASK_ROWS);
+        for t0 in (0..n).step_by(MAX_TILE_TOKENS) {
+            let tn = MAX_TILE_TOKENS.min(n - t0);
+            let ys: [&[SuperQ8]; MAX_TILE_TOKENS] =
+                std::array::from_fn(|j| &a[(t0 + j.min(tn - 1)) * groups..][..groups]);
+            for first in (0..groups).step_by(chunk) {
+                let end = groups.min(first + chunk);
+                for i0 in (r0..r1).step_by(tile_rows) {
+                    let rn = tile_rows.min(r1 - i0);
+                    let ws: [&[u8]; MAX_TILE_ROWS] =
+                        std::array::from_fn(|j| &rows[(i0 + j.min(rn - 1)) * row_bytes..][..row_bytes]);
+                    // Tiles of `tile_rows` rows start `tile_rows` rows apart: their carries
+                    // (at most `tile_rows` by eight) do not overlap.
+                    let at = (i0 - r0) * MAX_TILE_TOKENS;
+                    let span = Span {
+                        first,
+                        end,
+                        carry: &mut carry[at..at + rn * tn],
+                    };
+                    tile(&ws[..rn], &ys[..tn], span, &mut results[..rn * tn]);
+                    if end < groups {
+                        continue;
+                    }
+                    for (r, res) in results[..rn * tn].chunks_exact(tn).enumerate() {
+                        for (y, o) in res.iter().zip(&mut out[t0..t0 + tn]) {
+                            o[i0 + r] = *y;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
