@@ -448,7 +448,8 @@ fn float_format(dtype: QuantType, rng: &mut Rng) {
 
 /// The AVX-512 BF16 dot-product kernels (bf16 weights, activations rounded to bf16) on rows of
 /// a 1B model's hidden size (2,048 values): one row by one token as decode calls it, in L2 and
-/// streamed from memory, and the prefill tile in L2.
+/// streamed from memory, and the prefill tile in L2 (with the shapes beside it that fit 24
+/// accumulators, for a design with two a pair).
 fn bf16_dot(dtype: QuantType, rng: &mut Rng) {
     let Some(k) = bf16_dot_kernels(dtype, Isa::detect()) else {
         return;
@@ -463,11 +464,11 @@ fn bf16_dot(dtype: QuantType, rng: &mut Rng) {
             b
         })
         .collect();
-    for (label, bytes, shape) in [
-        ("L2 512 KiB", 512 << 10, (1, 1)),
-        ("streamed 64 MiB", 64 << 20, (1, 1)),
-        ("L2 512 KiB", 512 << 10, (k.tile_rows, k.tile_tokens)),
-    ] {
+    let own = (k.tile_rows, k.tile_tokens);
+    let others = [(4, 4), (4, 3), (3, 4)].into_iter().filter(|s| *s != own);
+    let tiles = std::iter::once(own).chain(others).map(|s| ("L2 512 KiB", 512 << 10, s));
+    let lone = [("L2 512 KiB", 512 << 10, (1, 1)), ("streamed 64 MiB", 64 << 20, (1, 1))];
+    for (label, bytes, shape) in lone.into_iter().chain(tiles) {
         let rows = bytes / row_bytes;
         let data: Vec<u8> = (0..rows * cols)
             .flat_map(|_| half::bf16::from_f32((rng.next_f64() * 2.0 - 1.0) as f32).to_le_bytes())
@@ -595,7 +596,7 @@ fn pair_tasks(dtype: QuantType, rng: &mut Rng) {
         .map(|_| (0..per).map(|_| (rng.next_f64() * 2.0 - 1.0) as f32).collect())
         .collect();
     let own = (k.tile_rows, k.tile_tokens);
-    let others = [(2, 2), (4, 2), (2, 4), (4, 3), (3, 4)];
+    let others = [(3, 3), (2, 3), (3, 2), (2, 2), (4, 2), (2, 4), (4, 3), (3, 4)];
     for (tr, tt) in std::iter::once(own).chain(others.into_iter().filter(|s| *s != own)) {
         let mut out = vec![0f32; tr * tt];
         let (secs, sink) = best_of(|| {
