@@ -5,9 +5,9 @@
 //! whole matrix per call, one token and 64 tokens; 16-row tasks of a prefill pass on short and
 //! long rows); then the float formats (f32, f16, bf16): one row by one token, a tile of rows by
 //! one token (decode) and a tile of rows by tokens (prefill), with AVX-512 BF16 the bf16 dot
-//! product on 2,048-value rows (decode's one row, in L2 and streamed; the prefill tile), and on
-//! AVX2 the bf16 and f16 pair
-//! tiles in 16-row tasks of 2,048-value rows by 256 tokens; then the decode attention kernels
+//! product on 2,048-value rows (decode's one row, in L2 and streamed; the prefill tile and the
+//! shapes beside it), and on AVX2 the bf16 and f16 pair tiles (the prefill tile and the shapes
+//! beside it) in 16-row tasks of 2,048-value rows by 256 tokens; then the decode attention kernels
 //! and the AVX-512 panel tiles (1 to 16 tokens in L2; 1 and 8 tokens streamed, on one thread and
 //! two). Each figure is the best of five timed passes, so other work on the machine disturbs it
 //! less. One thread unless named; a multiply-add is two FLOPs.
@@ -477,13 +477,15 @@ fn bf16_dot(dtype: QuantType, rng: &mut Rng) {
         let x_refs: Vec<&[u16]> = xs[..tt].iter().map(Vec::as_slice).collect();
         let reps = (64 << 20) / data.len() + 1;
         let (secs, sink) = time_tiles(k.tile, &data, row_bytes, tr, &x_refs, reps);
+        // Whole tiles only: a 3-row shape leaves the last rows out.
+        let covered = rows - rows % tr;
         report(
             dtype,
             Isa::detect(),
             &format!("bf16 dot {tr}x{tt} {label}"),
             secs,
-            reps * data.len(),
-            reps * rows * tt * cols,
+            reps * covered * row_bytes,
+            reps * covered * tt * cols,
             sink,
         );
     }
@@ -542,8 +544,9 @@ fn report(dtype: QuantType, isa: Isa, label: &str, secs: f64, bytes: usize, macs
 
 /// The super-block tiles as a prefill pass calls them: 16-row tasks (the matrix products' unit
 /// of work), on SmolLM2's 576-value rows (the block formats) and 2,048-value rows with 256
-/// tokens and on 8,192-value rows (a down projection of a 1B model) with 64, the widest ISA that has the tile. The long rows run the same speed only
-/// if a task's runs of groups keep their activations in L1.
+/// tokens and on 8,192-value rows (a down projection of a 1B model) with 64, the widest ISA
+/// that has the tile. The long rows run the same speed only if a task's runs of groups keep
+/// their activations in L1.
 fn prefill_tasks(dtype: QuantType, rng: &mut Rng) {
     let Some((isa, k)) = widest_super_kernels(dtype) else {
         return;

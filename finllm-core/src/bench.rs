@@ -209,30 +209,32 @@ pub fn decode_read_bytes(file: &GgufFile) -> u64 {
 }
 
 /// [`decode_read_bytes`] of the GGUF file at `path`; for a safetensors model (a `.safetensors`
-/// file or a directory of shards) the same count over its tensors, with `model.embed_tokens.weight`
-/// as one row when `lm_head.weight` exists; the size of any other file.
+/// file, or a directory holding the shards the loader reads: `model.safetensors` or those named
+/// by `model.safetensors.index.json`) the same count over its tensors, with
+/// `model.embed_tokens.weight` as one row when `lm_head.weight` exists; the size of any other
+/// file. A file that starts as a GGUF but does not parse, a directory without a model's shards
+/// and an unreadable shard are errors.
 pub fn decode_read_bytes_at(path: &Path) -> Result<u64> {
-    if let Ok(file) = GgufFile::open(path) {
-        return Ok(decode_read_bytes(&file));
-    }
     let io = |p: &Path| {
         let p = p.to_path_buf();
         move |source| Error::Io { path: p, source }
     };
     let meta = std::fs::metadata(path).map_err(io(path))?;
-    let shards: Vec<std::path::PathBuf> = if meta.is_dir() {
-        let mut found = Vec::new();
-        for entry in std::fs::read_dir(path).map_err(io(path))? {
-            let p = entry.map_err(io(path))?.path();
-            if p.extension().is_some_and(|e| e == "safetensors") {
-                found.push(p);
-            }
-        }
-        found
+    let shards = if meta.is_dir() {
+        crate::model::safetensors_files(path)?
     } else if path.extension().is_some_and(|e| e == "safetensors") {
         vec![path.to_path_buf()]
     } else {
-        return Ok(meta.len());
+        let mut magic = [0u8; 4];
+        let gguf = std::fs::File::open(path)
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+            .is_ok()
+            && &magic == b"GGUF";
+        return if gguf {
+            Ok(decode_read_bytes(&GgufFile::open(path)?))
+        } else {
+            Ok(meta.len())
+        };
     };
     // (name, bytes, rows) of every tensor of every shard.
     let mut tensors = Vec::new();
@@ -408,39 +410,82 @@ mod tests {
         assert_eq!(decode_read_bytes(&tied), 3200 + 192);
     }
 
-    #[test]
-    fn a_safetensors_model_counts_its_tensors_the_same_way() {
+    /// A fresh directory under the system's temp dir, removed when dropped (also when a test
+    /// fails).
+    struct TempDir(std::path::PathBuf);
+
+    impl TempDir {
+        fn new(tag: &str) -> Self {
+            use std::sync::atomic::{AtomicUsize, Ordering};
+            static NEXT: AtomicUsize = AtomicUsize::new(0);
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let dir = std::env::temp_dir().join(format!("finllm-{tag}-{}-{n}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).expect("a temp dir");
+            Self(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A safetensors file at `path` of zero-valued bf16 tensors of these shapes.
+    fn write_shard(path: &std::path::Path, tensors: &[(&str, [usize; 2])]) {
         use safetensors::tensor::{Dtype, TensorView};
-        let dir = std::env::temp_dir().join(format!("finllm-read-bytes-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("a temp dir");
         let zeros = vec![0u8; 100 * 8 * 2];
-        let shard = |tensors: &[(&str, [usize; 2])], file: &str| {
-            let views: Vec<(String, TensorView)> = tensors
-                .iter()
-                .map(|(name, [r, c])| {
-                    let view = TensorView::new(Dtype::BF16, vec![*r, *c], &zeros[..r * c * 2]);
-                    (name.to_string(), view.expect("a view"))
-                })
-                .collect();
-            let bytes = safetensors::serialize(views, None).expect("serialized");
-            std::fs::write(dir.join(file), bytes).expect("written");
-        };
-        // Two shards and a config file, which is not counted.
-        shard(
+        let views: Vec<(String, TensorView)> = tensors
+            .iter()
+            .map(|(name, [r, c])| {
+                let view = TensorView::new(Dtype::BF16, vec![*r, *c], &zeros[..r * c * 2]);
+                (name.to_string(), view.expect("a view"))
+            })
+            .collect();
+        std::fs::write(path, safetensors::serialize(views, None).expect("serialized")).expect("written");
+    }
+
+    #[test]
+    fn a_safetensors_model_counts_the_loaders_shards_the_same_way() {
+        let dir = TempDir::new("read-bytes");
+        let d = &dir.0;
+        // 100 rows of 8 bf16 (1,600 bytes), a 6x8 layer (96), an untied 100x8 head (1,600).
+        write_shard(
+            &d.join("a.safetensors"),
             &[("model.embed_tokens.weight", [100, 8]), ("mlp.up_proj.weight", [6, 8])],
-            "a.safetensors",
         );
-        shard(&[("lm_head.weight", [100, 8])], "b.safetensors");
-        std::fs::write(dir.join("config.json"), "{}").expect("written");
-        assert_eq!(decode_read_bytes_at(&dir).expect("counted"), 16 + 96 + 1600);
-        std::fs::remove_file(dir.join("b.safetensors")).expect("removed");
-        let one = dir.join("a.safetensors");
+        write_shard(&d.join("b.safetensors"), &[("lm_head.weight", [100, 8])]);
+        let index = r#"{"weight_map": {"model.embed_tokens.weight": "a.safetensors",
+            "mlp.up_proj.weight": "a.safetensors", "lm_head.weight": "b.safetensors"}}"#;
+        std::fs::write(d.join("model.safetensors.index.json"), index).expect("written");
+        // Not a shard of the model: the loader does not read it, nor does the count.
+        write_shard(&d.join("adapter_model.safetensors"), &[("lm_head.weight", [100, 8])]);
+        std::fs::write(d.join("config.json"), "{}").expect("written");
+        assert_eq!(decode_read_bytes_at(d).expect("counted"), 16 + 96 + 1600);
+        let one = d.join("a.safetensors");
         assert_eq!(
             decode_read_bytes_at(&one).expect("counted"),
             1600 + 96,
             "tied: the table whole"
         );
-        std::fs::remove_dir_all(&dir).expect("removed");
+
+        std::fs::write(d.join("broken.safetensors"), b"not a safetensors file").expect("written");
+        let err = decode_read_bytes_at(&d.join("broken.safetensors")).expect_err("a corrupt shard");
+        assert!(matches!(err, crate::error::Error::Safetensors { .. }), "{err}");
+        let empty = TempDir::new("read-bytes-empty");
+        let err = decode_read_bytes_at(&empty.0).expect_err("no shards");
+        assert!(matches!(err, crate::error::Error::Safetensors { .. }), "{err}");
+        std::fs::write(d.join("broken.gguf"), b"GGUF\x03\x00").expect("written");
+        assert!(
+            decode_read_bytes_at(&d.join("broken.gguf")).is_err(),
+            "a truncated GGUF"
+        );
+        assert_eq!(
+            decode_read_bytes_at(&d.join("config.json")).expect("a size"),
+            2,
+            "another file"
+        );
     }
 
     #[test]

@@ -58,10 +58,11 @@ pub unsafe fn panel<const F: u8>(m: &Panels, p: usize, a: &[BlockQ8], out: &mut 
     while t0 < tokens {
         let n = (tokens - t0).min(TILE_TOKENS);
         // The first tile asks for the weights ahead (the later tiles find them in the
-        // cache). A lone token's Q8_0 weights are one stream, which the hardware
-        // prefetchers keep up with (asking ahead lost 5-10%); the other formats' scales
-        // and minima are further streams beside the weights', and asking ahead took a lone
-        // token from 27-28 to 37-38 GB/s (Q4_K) and 35-37 to 40-42 (Q4_0).
+        // cache). A lone token's Q8_0 weights come with scales a sixteenth their size, which
+        // the hardware prefetchers keep up with (asking ahead lost 4-15% there); the other
+        // formats' side streams are larger against their weights (Q4_0's scales an eighth)
+        // or more (minima, the K-quants' 6-bit scales, the fifth bits), and asking ahead took
+        // a lone token from 27-28 to 37-38 GB/s (Q4_K) and 35-37 to 40-42 (Q4_0).
         let first = t0 == 0 && (tokens > 1 || F != Q8_0);
         let a = &a[t0 * blocks..(t0 + n) * blocks];
         let acc = match n {
@@ -96,7 +97,8 @@ pub unsafe fn panel<const F: u8>(m: &Panels, p: usize, a: &[BlockQ8], out: &mut 
 /// L2, 8 KiB ahead ran at 169 (kernels bench, `panels`, one thread).
 const AHEAD_BYTES: usize = 8192;
 
-/// Ask for the weights (and their scales) some blocks ahead of block `b` (at `wb`), past
+/// Ask for the weights (with their scales, minima and fifth bits) some blocks ahead of block
+/// `b` (at `wb`), past
 /// the panel's end too: the next panel follows it in memory, and a thread's next task is
 /// usually that panel.
 #[inline(always)]
@@ -124,6 +126,16 @@ fn ahead<const F: u8>(sl: &Slices<'_>, wb: *const u8, b: usize, pbb: usize) {
         let at = (b + blocks_ahead) * PANEL_ROWS;
         unsafe { _mm_prefetch::<_MM_HINT_T0>(sl.sc.as_ptr().wrapping_add(at).cast()) };
         unsafe { _mm_prefetch::<_MM_HINT_T0>(sl.mn.as_ptr().wrapping_add(at).cast()) };
+    }
+    if fifth(F) {
+        // The block's fifth-bit masks: two cache lines.
+        let hb = sl
+            .hb
+            .as_ptr()
+            .wrapping_add((b + blocks_ahead) * FIFTH_MASKS)
+            .cast::<u8>();
+        unsafe { _mm_prefetch::<_MM_HINT_T1>(hb.cast()) };
+        unsafe { _mm_prefetch::<_MM_HINT_T1>(hb.wrapping_add(64).cast()) };
     }
 }
 

@@ -1,4 +1,4 @@
-//! The block kernels on AVX2 with FMA.
+//! The block kernels on AVX2 with FMA and F16C.
 
 use super::*;
 use std::arch::x86_64::*;

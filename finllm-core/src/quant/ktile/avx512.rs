@@ -72,7 +72,7 @@ macro_rules! one_token {
     };
 }
 
-// Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K and Q5_K run on 32-row panels here ([`super::gemm`]).
+// Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K and Q5_K run on 32-row panels here ([`crate::quant::gemm`]).
 k_tile_entries!();
 
 /// An f16 at `p` (unaligned) as f32.

@@ -8,9 +8,9 @@ pub(super) const Q4_0: u8 = 1;
 pub(super) const Q5_0: u8 = 2;
 pub(super) const Q5_1: u8 = 3;
 
-/// Prefetch the `bytes` of weights at `b` ahead of use: for a lone row (`next` is `None`,
-/// streaming) [`STREAM_AHEAD`] ahead into L2; else the same place `next` bytes further on
-/// (in the rows the tile after this one takes) into L1.
+/// Prefetch the `bytes` of weights at `b` ahead of use: where the caller streams (`next` is
+/// `None`: a lone row, or a lone token) [`STREAM_AHEAD`] ahead into L2; else the same place
+/// `next` bytes further on (where the caller's next tile reads) into L1.
 #[inline(always)]
 pub(super) fn prefetch_ahead(b: *const u8, bytes: usize, next: Option<usize>) {
     use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0, _MM_HINT_T1};
