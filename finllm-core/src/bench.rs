@@ -198,12 +198,24 @@ fn host_copy_bandwidth_gb_s(mib: usize) -> f64 {
 /// decode bandwidth floor: the file's size counts an untied table that decode hardly touches
 /// (about a sixth of a 1B llama's bf16 bytes: 528 of 3,000 MB).
 pub fn decode_read_bytes(file: &GgufFile) -> u64 {
-    let tied = file.tensor("output.weight").is_none();
-    file.tensors()
-        .iter()
-        .map(|t| match t.dims.last() {
-            Some(&rows) if t.name == "token_embd.weight" && !tied && rows > 0 => t.n_bytes / rows,
-            _ => t.n_bytes,
+    let tensors = file.tensors().iter().map(|t| {
+        let rows = t.dims.last().copied().unwrap_or(1);
+        (t.name.as_str(), t.n_bytes, rows)
+    });
+    read_a_token(tensors, "token_embd.weight", "output.weight")
+}
+
+/// The bytes of `(name, bytes, rows)` tensors a decode token reads: all of each, but one row of
+/// the `embed` table when a separate `head` exists.
+fn read_a_token<'a>(tensors: impl Iterator<Item = (&'a str, u64, u64)> + Clone, embed: &str, head: &str) -> u64 {
+    let tied = !tensors.clone().any(|(name, ..)| name == head);
+    tensors
+        .map(|(name, bytes, rows)| {
+            if name == embed && !tied && rows > 0 {
+                bytes / rows
+            } else {
+                bytes
+            }
         })
         .sum()
 }
@@ -225,12 +237,7 @@ pub fn decode_read_bytes_at(path: &Path) -> Result<u64> {
     } else if path.extension().is_some_and(|e| e == "safetensors") {
         vec![path.to_path_buf()]
     } else {
-        let mut magic = [0u8; 4];
-        let gguf = std::fs::File::open(path)
-            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
-            .is_ok()
-            && &magic == b"GGUF";
-        return if gguf {
+        return if GgufFile::starts_as_gguf(path) {
             Ok(decode_read_bytes(&GgufFile::open(path)?))
         } else {
             Ok(meta.len())
@@ -242,26 +249,14 @@ pub fn decode_read_bytes_at(path: &Path) -> Result<u64> {
         let file = std::fs::File::open(shard).map_err(io(shard))?;
         // SAFETY: a read-only map of a checkpoint nobody writes while the bench reads it.
         let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(io(shard))?;
-        let st = safetensors::SafeTensors::deserialize(&mmap).map_err(|e| Error::Safetensors {
-            path: shard.clone(),
-            reason: e.to_string(),
-        })?;
+        let st = safetensors::SafeTensors::deserialize(&mmap).map_err(|e| crate::model::st_err(shard, e))?;
         for (name, view) in st.tensors() {
             let rows = view.shape().first().copied().unwrap_or(1);
             tensors.push((name, view.data().len() as u64, rows as u64));
         }
     }
-    let tied = !tensors.iter().any(|(name, ..)| name == "lm_head.weight");
-    Ok(tensors
-        .iter()
-        .map(|(name, bytes, rows)| {
-            if name == "model.embed_tokens.weight" && !tied && *rows > 0 {
-                bytes / rows
-            } else {
-                *bytes
-            }
-        })
-        .sum())
+    let named = tensors.iter().map(|(name, bytes, rows)| (name.as_str(), *bytes, *rows));
+    Ok(read_a_token(named, "model.embed_tokens.weight", "lm_head.weight"))
 }
 
 /// How two backends' logits compare over a greedy continuation.

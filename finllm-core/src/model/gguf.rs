@@ -214,6 +214,16 @@ impl std::fmt::Debug for GgufFile {
 }
 
 impl GgufFile {
+    /// Whether the file at `path` begins with the GGUF magic (false when it cannot be read):
+    /// what tells a GGUF that fails to parse from a file of another kind.
+    pub fn starts_as_gguf(path: impl AsRef<Path>) -> bool {
+        let mut magic = [0u8; 4];
+        File::open(path)
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+            .is_ok()
+            && magic == MAGIC
+    }
+
     /// Memory-map and validate `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();

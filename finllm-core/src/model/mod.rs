@@ -23,8 +23,8 @@ pub use transformer::{
 use candle_core::Device;
 
 use crate::error::{Error, Result};
-pub(crate) use weights::SafetensorsStore;
 use weights::WeightStore;
+pub(crate) use weights::{st_err, SafetensorsStore};
 
 /// Hyper-parameters of a GGUF model, dispatched on `general.architecture`.
 pub fn config_from_gguf(f: &GgufFile) -> Result<ModelConfig> {

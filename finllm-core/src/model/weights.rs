@@ -515,7 +515,7 @@ impl SafetensorsStore {
     }
 }
 
-fn st_err(path: &Path, e: safetensors::SafeTensorError) -> Error {
+pub(crate) fn st_err(path: &Path, e: safetensors::SafeTensorError) -> Error {
     Error::Safetensors {
         path: path.to_path_buf(),
         reason: e.to_string(),
