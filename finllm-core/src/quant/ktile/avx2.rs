@@ -289,15 +289,36 @@ unsafe fn pair_times(d: f32, v: [u8; SUBS]) -> __m256 {
     _mm256_mul_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(ordered)))
 }
 
-/// The integer dot of chain `h`: the `V` halves' pair sums added in 16 bits (exact for weights
-/// below 32), then widened to the eight lanes.
+/// Chain `h`'s pair sums: the `V` halves' `vpmaddubsw` added in 16 bits (exact for weights
+/// below 32: 4 · 2 · 31 · 128 < 2^15).
 #[inline(always)]
-unsafe fn chain<const V: usize>(w: &[__m256i; V], y: &SuperQ8, h: usize) -> __m256i {
+unsafe fn pair_sums<const V: usize>(w: &[__m256i; V], y: &SuperQ8, h: usize) -> __m256i {
     let mut sum = _mm256_maddubs_epi16(w[0], act(y, 0, h));
     for v in 1..V {
         sum = _mm256_add_epi16(sum, _mm256_maddubs_epi16(w[v], act(y, v, h)));
     }
-    _mm256_madd_epi16(sum, _mm256_set1_epi16(1))
+    sum
+}
+
+/// The integer dot of chain `h`: its [`pair_sums`] widened to the eight lanes.
+#[inline(always)]
+unsafe fn chain<const V: usize>(w: &[__m256i; V], y: &SuperQ8, h: usize) -> __m256i {
+    _mm256_madd_epi16(unsafe { pair_sums(w, y, h) }, _mm256_set1_epi16(1))
+}
+
+/// The integer dots of a whole group's two chains, their lanes added in pairs: what
+/// `vphaddd(chain(w[0]), chain(w[1]))` gives. Weights below 16 (`four_bits`) allow the pairs
+/// to be added in 16 bits first (8 · 2 · 15 · 128 < 2^15): one `vphaddw` and one widening
+/// instead of two widenings and a `vphaddd`, the same integers with one multiply less per
+/// token and group, on the ports the `vpmaddubsw` need.
+#[inline(always)]
+unsafe fn group_dot<const V: usize>(w: &[[__m256i; V]; 2], y: &SuperQ8, four_bits: bool) -> __m256i {
+    if four_bits {
+        let pairs = _mm256_hadd_epi16(unsafe { pair_sums(&w[0], y, 0) }, unsafe { pair_sums(&w[1], y, 1) });
+        _mm256_madd_epi16(pairs, _mm256_set1_epi16(1))
+    } else {
+        _mm256_hadd_epi32(unsafe { chain(&w[0], y, 0) }, unsafe { chain(&w[1], y, 1) })
+    }
 }
 
 /// The body of a packed format's tile (one row by `N` tokens) over its span's groups: each whole
@@ -370,7 +391,7 @@ unsafe fn q4_group<const V: usize, const N: usize, const KIND: u8>(
         let (wd, wm) = (in_pair_order(d8), in_pair_order(m8));
         for (t, acc) in acc.iter_mut().enumerate() {
             let y = &a[t][g];
-            let mut dot = _mm256_hadd_epi32(chain(&w[0], y, 0), chain(&w[1], y, 1));
+            let mut dot = group_dot(&w, y, matches!(KIND, Q4_0 | Q4_1));
             // −8 Σ y (Q4_0) or −16 Σ y (Q5_0) per block, exact: start8 is −128 Σ y.
             match KIND {
                 Q4_0 => dot = _mm256_add_epi32(dot, _mm256_srai_epi32::<4>(pair_i32(&y.start8))),
@@ -494,7 +515,7 @@ unsafe fn q4_5_k_tile<const HIGH: bool, const N: usize>(row: &[u8], a: &[&[Super
         let (sc, mins) = (pair_times(d, s8), pair_times(dmin, m8));
         for (t, acc) in acc.iter_mut().enumerate() {
             let y = &a[t][i];
-            let dot = _mm256_hadd_epi32(chain(&w[0], y, 0), chain(&w[1], y, 1));
+            let dot = group_dot(&w, y, !HIGH);
             let scale = _mm256_mul_ps(sc, pair_f32(&y.d8));
             *acc = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(dot), *acc);
             *acc = _mm256_fnmadd_ps(mins, pair_f32(&y.ds8), *acc);
