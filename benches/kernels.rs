@@ -130,6 +130,7 @@ fn panels(rng: &mut Rng) {
         QuantType::Q8_0,
         QuantType::Q4K,
         QuantType::Q5K,
+        QuantType::Q6K,
     ] {
         let format = PanelFormat::of(dtype).expect("a panel format");
         let block = usize::try_from(dtype.block_size()).expect("small");

@@ -94,7 +94,7 @@ fn q5_k_value(b: &[u8], e: usize) -> u8 {
 /// take the low nibbles of `ql[0..32]`, of `ql[32..64]`, then their high nibbles, and bit
 /// pairs 0-1, 2-3, 4-5, 6-7 of `qh[0..32]`.
 #[inline]
-fn q6_k_value(b: &[u8], e: usize) -> u8 {
+pub(crate) fn q6_k_value(b: &[u8], e: usize) -> u8 {
     let (n, g, l) = (e / 128, (e % 128) / QK, e % QK);
     let low = (b[64 * n + QK * (g % 2) + l] >> (4 * (g / 2))) & 0x0f;
     let high = (b[Q6_K_QH_AT + QK * n + l] >> (2 * g)) & 3;
@@ -113,7 +113,9 @@ pub struct BlockQ8 {
     pub s: f32,
     /// `sum(qs)` exactly.
     pub sum: i32,
-    pub _pad: i32,
+    /// `sum(qs[..16])` exactly: the first half's, which Q6_K's 16-value sub-blocks need
+    /// (the second's is `sum - sum_low`).
+    pub sum_low: i32,
     pub qs: [i8; QK],
 }
 
@@ -123,7 +125,7 @@ impl Default for BlockQ8 {
             d: 0.0,
             s: 0.0,
             sum: 0,
-            _pad: 0,
+            sum_low: 0,
             qs: [0; QK],
         }
     }
@@ -198,11 +200,17 @@ unsafe fn quantize_q8_avx2(x: &[f32], out: &mut [BlockQ8]) {
             let down = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_LE_OQ>(frac, neg_half));
             _mm256_add_epi32(_mm256_sub_epi32(t, up), down)
         });
-        let s = _mm256_add_epi32(_mm256_add_epi32(r[0], r[1]), _mm256_add_epi32(r[2], r[3]));
-        let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s));
-        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b0100_1110>(s));
-        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b1011_0001>(s));
-        let sum = _mm_cvtsi128_si32(s);
+        // The first 16 values' sum and the last 16's, side by side: the low 128 bits reduce
+        // the first's lanes, the high 128 bits the last's.
+        let (low, high) = (_mm256_add_epi32(r[0], r[1]), _mm256_add_epi32(r[2], r[3]));
+        let s = _mm256_add_epi32(
+            _mm256_permute2x128_si256::<0x20>(low, high),
+            _mm256_permute2x128_si256::<0x31>(low, high),
+        );
+        let s = _mm256_add_epi32(s, _mm256_shuffle_epi32::<0b0100_1110>(s));
+        let s = _mm256_add_epi32(s, _mm256_shuffle_epi32::<0b1011_0001>(s));
+        let sum_low = _mm256_cvtsi256_si32(s);
+        let sum = sum_low + _mm256_extract_epi32::<4>(s);
         // |r| <= 127, so the saturating packs are exact; they interleave 128-bit lanes, which
         // the permute puts back in order.
         let w = _mm256_packs_epi16(_mm256_packs_epi32(r[0], r[1]), _mm256_packs_epi32(r[2], r[3]));
@@ -220,6 +228,7 @@ unsafe fn quantize_q8_avx2(x: &[f32], out: &mut [BlockQ8]) {
         block.d = _mm_cvtss_f32(ds);
         block.s = _mm_cvtss_f32(_mm_movehdup_ps(ds));
         block.sum = sum;
+        block.sum_low = sum_low;
     }
 }
 
@@ -235,15 +244,19 @@ fn quantize_q8_blocks(x: &[f32], out: &mut [BlockQ8]) {
         // such activations).
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
         let id = if id.is_finite() { id } else { 0.0 };
-        let mut sum = 0i32;
-        for (q, &v) in block.qs.iter_mut().zip(chunk) {
+        let (mut sum, mut sum_low) = (0i32, 0i32);
+        for (e, (q, &v)) in block.qs.iter_mut().zip(chunk).enumerate() {
             let r = round_half_away(v * id);
             *q = r as i8;
             sum += r;
+            if e < QK / 2 {
+                sum_low += r;
+            }
         }
         block.d = f16::from_f32(d).to_f32();
         block.s = f16::from_f32(d * sum as f32).to_f32();
         block.sum = sum;
+        block.sum_low = sum_low;
     }
 }
 
@@ -496,9 +509,12 @@ mod tests {
             quantize_q8_blocks(&x, &mut base);
             for (f, b) in fast.iter().zip(&base) {
                 assert_eq!(
-                    (f.d.to_bits(), f.s.to_bits(), f.sum, f.qs),
-                    (b.d.to_bits(), b.s.to_bits(), b.sum, b.qs)
+                    (f.d.to_bits(), f.s.to_bits(), f.sum, f.sum_low, f.qs),
+                    (b.d.to_bits(), b.s.to_bits(), b.sum, b.sum_low, b.qs)
                 );
+                // The sums are the values' own.
+                let total = |q: &[i8]| q.iter().map(|&v| i32::from(v)).sum::<i32>();
+                assert_eq!((b.sum, b.sum_low), (total(&b.qs), total(&b.qs[..QK / 2])));
             }
             // And the values themselves: q = round(x · 127 / amax), |q| <= 127, where the scale
             // is a normal float; a block whose scale's reciprocal overflows quantizes to zeros.

@@ -1,4 +1,4 @@
-//! Block-format weights (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K) times 8-bit activations for any number of tokens,
+//! Block-format weights (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K) times 8-bit activations for any number of tokens,
 //! in panels of 32 output rows: the matrix products of prefill, of batched decode and of an
 //! encoder (hundreds of tokens per call), where the decode-shaped tiles of [`super::ktile`]
 //! (two rows by up to eight tokens, the sub-blocks spread over the lanes) spend most of their
@@ -22,8 +22,8 @@
 //! SIMD results equal it bit for bit.
 
 use super::blocks::{
-    k_scales_mins, BlockQ8, K_SCALES_AT, Q4_0_BYTES, Q4_1_BYTES, Q4_K_BYTES, Q4_K_QS_AT, Q5_0_BYTES, Q5_1_BYTES,
-    Q5_K_BYTES, Q5_K_QH_AT, Q5_K_QS_AT, Q8_0_BYTES, QK, QK_K,
+    k_scales_mins, q6_k_value, BlockQ8, K_SCALES_AT, Q4_0_BYTES, Q4_1_BYTES, Q4_K_BYTES, Q4_K_QS_AT, Q5_0_BYTES,
+    Q5_1_BYTES, Q5_K_BYTES, Q5_K_QH_AT, Q5_K_QS_AT, Q6_K_BYTES, Q6_K_D_AT, Q6_K_SCALES_AT, Q8_0_BYTES, QK, QK_K,
 };
 use super::kernels::Isa;
 use super::QuantType;
@@ -52,6 +52,12 @@ pub enum PanelFormat {
     Q4K,
     /// Q5_K: Q4_K's layout with the fifth bits as Q5_0's masks.
     Q5K,
+    /// Q6_K: each 32-value block's low four bits as Q4_0's nibbles, followed in the block by
+    /// its top two bits as a plane ([`six_plane_at`]); the i8 scales of the block's two
+    /// 16-value halves kept per row and block, `d` per row and super-block. The low nibbles
+    /// are the first half, the high ones the second, so each half chains on its own (from
+    /// `−32 Σ a` of its values) and the two chains meet in integers, times their scales.
+    Q6K,
 }
 
 impl PanelFormat {
@@ -64,13 +70,14 @@ impl PanelFormat {
             QuantType::Q5_1 => Some(Self::Q5_1),
             QuantType::Q4K => Some(Self::Q4K),
             QuantType::Q5K => Some(Self::Q5K),
+            QuantType::Q6K => Some(Self::Q6K),
             _ => None,
         }
     }
 
     /// Values of one block of the file (a super-block for Q4_K and Q5_K).
     fn file_block(self) -> usize {
-        if self.k() {
+        if self.supers() {
             QK_K
         } else {
             QK
@@ -87,13 +94,16 @@ impl PanelFormat {
             Self::Q5_1 => Q5_1_BYTES,
             Self::Q4K => Q4_K_BYTES,
             Self::Q5K => Q5_K_BYTES,
+            Self::Q6K => Q6_K_BYTES,
         }
     }
 
-    /// Bytes of one block of one panel: 32 rows of 32 values, bytes or nibbles.
+    /// Bytes of one block of one panel: 32 rows of 32 values, bytes or nibbles (Q6_K's
+    /// followed by their top bits, two a value).
     fn panel_block_bytes(self) -> usize {
         match self {
             Self::Q8_0 => PANEL_ROWS * QK,
+            Self::Q6K => PANEL_ROWS * QK / 2 + SIX_PLANE_BYTES,
             _ => PANEL_ROWS * QK / 2,
         }
     }
@@ -109,18 +119,24 @@ impl PanelFormat {
         matches!(self, Self::Q4K | Self::Q5K)
     }
 
+    /// Whether `d` is kept per super-block of 256 values (the K-quants and Q6_K).
+    fn supers(self) -> bool {
+        self.k() || self == Self::Q6K
+    }
+
     /// Whether blocks carry a minimum (`d q + m`).
     fn has_min(self) -> bool {
         matches!(self, Self::Q4_1 | Self::Q5_1)
     }
 
-    /// Where each token's block chain starts, from its values' sum: the weights' offset.
+    /// Where each token's block chain starts, from its values' sum: the weights' offset
+    /// (Q6_K's two chains start from their halves' sums, in `scalar_one`).
     fn start(self, sum: i32) -> i32 {
         match self {
             Self::Q8_0 => -128 * sum,
             Self::Q4_0 => -8 * sum,
             Self::Q5_0 => -16 * sum,
-            Self::Q4_1 | Self::Q5_1 | Self::Q4K | Self::Q5K => 0,
+            Self::Q4_1 | Self::Q5_1 | Self::Q4K | Self::Q5K | Self::Q6K => 0,
         }
     }
 
@@ -134,6 +150,10 @@ impl PanelFormat {
         }
         let byte = pb[((e % 16) / 4) * 128 + half * 64 + lane16 * 4 + e % 4];
         let nibble = if e < 16 { byte & 0x0f } else { byte >> 4 };
+        if self == Self::Q6K {
+            let (at, shift) = six_plane_at((e % 16) / 4, half, e / 16);
+            return nibble | ((pb[at + lane16 * 4 + e % 4] >> shift) & 3) << 4;
+        }
         if !self.five() {
             return nibble;
         }
@@ -150,6 +170,22 @@ const FIFTH_MASKS: usize = 4 * 2 * 2;
 /// nibble) of row `16 h + lane16`, byte for byte the run's vector.
 fn fifth_at(s: usize, h: usize, high: usize) -> usize {
     (s * 2 + h) * 2 + high
+}
+
+/// Bytes of a Q6_K panel block's plane of top bits: two bits for each of 32 rows by 32 values.
+const SIX_PLANE_BYTES: usize = PANEL_ROWS * QK / 4;
+
+/// Where the top two bits of the values of run pair `s` (0..4), half `h` and nibble `high`
+/// (low, high) sit in a Q6_K panel block: the 64-byte vector at the returned offset (after
+/// the nibbles), at the returned bit of byte `4 lane16 + k` for value `4 s + k` (`+ 16` for
+/// the high nibble) of row `16 h + lane16`, byte for byte the run's vector. One vector holds
+/// two run pairs' four nibble vectors, so a 16-bit shift and a mask move each one's bits to
+/// bits 4 and 5 of its bytes.
+fn six_plane_at(s: usize, h: usize, high: usize) -> (usize, u32) {
+    (
+        PANEL_ROWS * QK / 2 + ((s / 2) * 2 + h) * 64,
+        (4 * (s % 2) + 2 * high) as u32,
+    )
 }
 
 /// Sets the fifth bits of row `16 half + lane16` in a panel block's masks `hb`: `bit(e)`, zero
@@ -230,8 +266,10 @@ impl Panels {
         let fill = if format == PanelFormat::Q8_0 { 128 } else { 0x88 };
         let scales = units.checked_mul(PANEL_ROWS)?;
         let k = format.k();
-        // K-quants: one d and dmin per super-block of eight blocks.
-        let per_d = if k { scales / (QK_K / QK) } else { scales };
+        // K-quants and Q6_K: one d (and dmin) per super-block of eight blocks.
+        let per_d = if format.supers() { scales / (QK_K / QK) } else { scales };
+        // Q6_K: two scales per row and block, one per 16-value half.
+        let six = if format == PanelFormat::Q6K { 2 * scales } else { 0 };
         // Every array is read end to end on each step: from memory advised for 2 MiB pages.
         Some(Self {
             format,
@@ -240,7 +278,7 @@ impl Panels {
             w: HugeArray::filled(units.checked_mul(format.panel_block_bytes())?, fill)?,
             d: HugeArray::zeroed(per_d)?,
             m: HugeArray::zeroed(if format.has_min() || k { per_d } else { 0 })?,
-            sc: HugeArray::zeroed(if k { scales } else { 0 })?,
+            sc: HugeArray::zeroed(if k { scales } else { six })?,
             mn: HugeArray::zeroed(if k { scales } else { 0 })?,
             hb: HugeArray::zeroed(if format.five() {
                 units.checked_mul(FIFTH_MASKS)?
@@ -270,6 +308,10 @@ impl Panels {
                 self.fill_k_row(p, lane, row);
                 continue;
             }
+            if self.format == PanelFormat::Q6K {
+                self.fill_q6_k_row(p, lane, row);
+                continue;
+            }
             for (b, block) in row.chunks_exact(fb).enumerate() {
                 let pb = p * blocks + b;
                 let w = &mut self.w[pb * pbb..(pb + 1) * pbb];
@@ -280,7 +322,9 @@ impl Panels {
                             w[(e / 4) * 128 + half * 64 + lane16 * 4 + e % 4] = (q as i8 as i16 + 128) as u8;
                         }
                     }
-                    PanelFormat::Q4K | PanelFormat::Q5K => unreachable!("K-quant rows are laid out by fill_k_row"),
+                    PanelFormat::Q4K | PanelFormat::Q5K | PanelFormat::Q6K => {
+                        unreachable!("K-quant rows are laid out by fill_k_row and fill_q6_k_row")
+                    }
                     PanelFormat::Q5_0 | PanelFormat::Q5_1 => {
                         let at = if self.format == PanelFormat::Q5_1 {
                             self.m[pb * PANEL_ROWS + lane] = f16(block, 2);
@@ -343,6 +387,44 @@ impl Panels {
         }
     }
 
+    /// Row `lane` of panel `p` from a Q6_K row: per 32-value block, the values' low nibbles
+    /// as Q4_0's, their top bits into the block's plane ([`six_plane_at`]), the two halves'
+    /// scales (i8) per row.
+    fn fill_q6_k_row(&mut self, p: usize, lane: usize, row: &[u8]) {
+        let (blocks, supers) = (self.blocks(), self.cols / QK_K);
+        let (half, lane16) = (lane / 16, lane % 16);
+        let pbb = self.format.panel_block_bytes();
+        for (sb, block) in row.chunks_exact(Q6_K_BYTES).enumerate() {
+            self.d[(p * supers + sb) * PANEL_ROWS + lane] =
+                u16::from_le_bytes([block[Q6_K_D_AT], block[Q6_K_D_AT + 1]]);
+            for j in 0..QK_K / QK {
+                let pb = p * blocks + sb * (QK_K / QK) + j;
+                for sub in 0..2 {
+                    self.sc[(2 * pb + sub) * PANEL_ROWS + lane] = block[Q6_K_SCALES_AT + 2 * j + sub];
+                }
+                let value = |e: usize| q6_k_value(block, QK * j + e);
+                let w = &mut self.w[pb * pbb..(pb + 1) * pbb];
+                for e in 0..16 {
+                    w[(e / 4) * 128 + half * 64 + lane16 * 4 + e % 4] = (value(e) & 0x0f) | (value(e + 16) & 0x0f) << 4;
+                }
+                // Each plane byte holds four values of this row only: built whole, then set.
+                for pair in 0..2 {
+                    for k in 0..4 {
+                        let mut byte = 0u8;
+                        for s in [2 * pair, 2 * pair + 1] {
+                            for high in 0..2 {
+                                let (_, shift) = six_plane_at(s, half, high);
+                                byte |= (value(16 * high + 4 * s + k) >> 4) << shift;
+                            }
+                        }
+                        let (at, _) = six_plane_at(2 * pair, half, 0);
+                        w[at + lane16 * 4 + k] = byte;
+                    }
+                }
+            }
+        }
+    }
+
     pub fn rows(&self) -> usize {
         self.rows
     }
@@ -387,6 +469,7 @@ impl Panels {
                     PanelFormat::Q5_1 => avx512::panel::<{ avx512::Q5_1 }>(self, p, a, out),
                     PanelFormat::Q4K => avx512::panel::<{ avx512::Q4K }>(self, p, a, out),
                     PanelFormat::Q5K => avx512::panel::<{ avx512::Q5K }>(self, p, a, out),
+                    PanelFormat::Q6K => avx512::panel::<{ avx512::Q6K }>(self, p, a, out),
                 }
             };
             #[cfg(target_arch = "x86_64")]
@@ -430,11 +513,23 @@ impl Panels {
             } else {
                 &[]
             };
+            let f32_of = |bits: u16| half::f16::from_bits(bits).to_f32();
+            if self.format == PanelFormat::Q6K {
+                // Each half's chain from −32 Σ a of its values, times its scale, in integers.
+                let mut halves = [-32 * y.sum_low, -32 * (y.sum - y.sum_low)];
+                for (e, &q) in y.qs.iter().enumerate() {
+                    halves[e / 16] += i32::from(self.format.weight(wb, hb, lane, e)) * i32::from(q);
+                }
+                let scale = |sub: usize| i32::from(self.sc[(2 * pb + sub) * PANEL_ROWS + lane] as i8);
+                let dot = scale(0) * halves[0] + scale(1) * halves[1];
+                let at = (p * (blocks / (QK_K / QK)) + b / (QK_K / QK)) * PANEL_ROWS + lane;
+                acc = (f32_of(self.d[at]) * y.d).mul_add(dot as f32, acc);
+                continue;
+            }
             let mut dot = self.format.start(y.sum);
             for (e, &q) in y.qs.iter().enumerate() {
                 dot += i32::from(self.format.weight(wb, hb, lane, e)) * i32::from(q);
             }
-            let f32_of = |bits: u16| half::f16::from_bits(bits).to_f32();
             if self.format.k() {
                 let at = (p * (blocks / (QK_K / QK)) + b / (QK_K / QK)) * PANEL_ROWS + lane;
                 let i = pb * PANEL_ROWS + lane;

@@ -11,6 +11,12 @@ pub const Q4K: u8 = 3;
 pub const Q5_0: u8 = 4;
 pub const Q5_1: u8 = 5;
 pub const Q5K: u8 = 6;
+pub const Q6K: u8 = 7;
+
+/// Most tokens a Q6_K tile takes: its two chains a token (one per 16-value half) hold four
+/// accumulators a token and half of the panel, which at six tokens would not fit the
+/// registers.
+const Q6K_TILE_TOKENS: usize = 4;
 
 /// Whether format `f`'s blocks are K-quant sub-blocks ([`PanelFormat::k`]).
 const fn k_quant(f: u8) -> bool {
@@ -36,7 +42,7 @@ pub unsafe fn panel<const F: u8>(m: &Panels, p: usize, a: &[BlockQ8], out: &mut 
     // The K-quants keep d and dmin per super-block; the others a scale (and Q4_1 a minimum)
     // per block.
     let k = k_quant(F);
-    let per_d = if k { blocks / (QK_K / QK) } else { blocks } * PANEL_ROWS;
+    let per_d = if k || F == Q6K { blocks / (QK_K / QK) } else { blocks } * PANEL_ROWS;
     let per_block = blocks * PANEL_ROWS;
     let slices = Slices {
         w: &m.w[p * blocks * pbb..][..blocks * pbb],
@@ -46,7 +52,13 @@ pub unsafe fn panel<const F: u8>(m: &Panels, p: usize, a: &[BlockQ8], out: &mut 
         } else {
             &[]
         },
-        sc: if k { &m.sc[p * per_block..][..per_block] } else { &[] },
+        sc: if k {
+            &m.sc[p * per_block..][..per_block]
+        } else if F == Q6K {
+            &m.sc[2 * p * per_block..][..2 * per_block]
+        } else {
+            &[]
+        },
         mn: if k { &m.mn[p * per_block..][..per_block] } else { &[] },
         hb: if fifth(F) {
             &m.hb[p * blocks * FIFTH_MASKS..][..blocks * FIFTH_MASKS]
@@ -56,7 +68,7 @@ pub unsafe fn panel<const F: u8>(m: &Panels, p: usize, a: &[BlockQ8], out: &mut 
     };
     let mut t0 = 0;
     while t0 < tokens {
-        let n = (tokens - t0).min(TILE_TOKENS);
+        let n = (tokens - t0).min(if F == Q6K { Q6K_TILE_TOKENS } else { TILE_TOKENS });
         // The first tile asks for the weights ahead (the later tiles find them in the
         // cache). A lone token's Q8_0 weights come with scales a sixteenth their size, which
         // the hardware prefetchers keep up with (asking ahead lost 4-15% there); the other
@@ -67,6 +79,10 @@ pub unsafe fn panel<const F: u8>(m: &Panels, p: usize, a: &[BlockQ8], out: &mut 
         let a = &a[t0 * blocks..(t0 + n) * blocks];
         let acc = match n {
             // SAFETY (each): `a` holds `n` whole tokens; `slices` the panel's blocks.
+            4 if F == Q6K => widen(unsafe { tile6::<4>(&slices, a, blocks, first) }),
+            3 if F == Q6K => widen(unsafe { tile6::<3>(&slices, a, blocks, first) }),
+            2 if F == Q6K => widen(unsafe { tile6::<2>(&slices, a, blocks, first) }),
+            _ if F == Q6K => widen(unsafe { tile6::<1>(&slices, a, blocks, first) }),
             6 => widen(unsafe { tile::<F, 6>(&slices, a, blocks, first) }),
             5 => widen(unsafe { tile::<F, 5>(&slices, a, blocks, first) }),
             4 => widen(unsafe { tile::<F, 4>(&slices, a, blocks, first) }),
@@ -112,7 +128,7 @@ fn ahead<const F: u8>(sl: &Slices<'_>, wb: *const u8, b: usize, pbb: usize) {
     // The block's 32 scales (and minima): one cache line each; the K-quants' per
     // super-block, their 6-bit scales and minima per block (32 bytes each).
     let k = k_quant(F);
-    let s = if k {
+    let s = if k || F == Q6K {
         (b + blocks_ahead) / (QK_K / QK)
     } else {
         b + blocks_ahead
@@ -127,6 +143,12 @@ fn ahead<const F: u8>(sl: &Slices<'_>, wb: *const u8, b: usize, pbb: usize) {
         unsafe { _mm_prefetch::<_MM_HINT_T0>(sl.sc.as_ptr().wrapping_add(at).cast()) };
         unsafe { _mm_prefetch::<_MM_HINT_T0>(sl.mn.as_ptr().wrapping_add(at).cast()) };
     }
+    if F == Q6K {
+        // The block's two halves' scales: 64 bytes.
+        let at = 2 * (b + blocks_ahead) * PANEL_ROWS;
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(sl.sc.as_ptr().wrapping_add(at).cast()) };
+    }
+
     if fifth(F) {
         // The block's fifth-bit masks: two cache lines.
         let hb = sl
@@ -332,6 +354,91 @@ unsafe fn tile<const F: u8, const N: usize>(
                 for h in 0..2 {
                     acc[t][h] = _mm512_fmadd_ps(ms[h], s, acc[t][h]);
                 }
+            }
+        }
+    }
+    acc
+}
+
+/// One panel (32 rows) of Q6_K by `N` tokens (at most [`Q6K_TILE_TOKENS`]) over every block:
+/// per run pair and half of the panel, the nibbles' vector unpacked into the low and the high
+/// nibbles, each given its top bits from the plane (a shift and one ternary-logic or under
+/// the 0x30 mask); the low nibbles (the block's first 16 values) chain into one accumulator,
+/// the high ones into another, each from `−32 Σ a` of its values; per block the two chains
+/// times their scales in integers, then one multiply-add by `d · d_a` (as `scalar_one`).
+///
+/// SAFETY: AVX-512 F/BW/VL/VNNI; `sl` holds `blocks` Q6_K panel blocks with their scales and
+/// `a` `N` tokens of `blocks` blocks.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+// The halves of the panel index the chains of every token in lockstep.
+#[allow(clippy::needless_range_loop)]
+unsafe fn tile6<const N: usize>(sl: &Slices<'_>, a: &[BlockQ8], blocks: usize, prefetch: bool) -> [[__m512; 2]; N] {
+    let mut acc = [[_mm512_setzero_ps(); 2]; N];
+    let pbb = PanelFormat::Q6K.panel_block_bytes();
+    let wp = sl.w.as_ptr();
+    let (low, m30) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(0x30));
+    // Bits `shift`, `shift + 1` of every byte of the plane moved to bits 4 and 5 (what the
+    // 16-bit shifts bring in from the neighbouring byte lands outside them).
+    let at_four = |plane: __m512i, shift: u32| match shift {
+        0 => _mm512_slli_epi16::<4>(plane),
+        2 => _mm512_slli_epi16::<2>(plane),
+        4 => plane,
+        _ => _mm512_srli_epi16::<2>(plane),
+    };
+    for b in 0..blocks {
+        let ys: [&BlockQ8; N] = std::array::from_fn(|t| &a[t * blocks + b]);
+        // dot[t][half of the block][half of the panel]
+        let mut dot: [[[__m512i; 2]; 2]; N] = std::array::from_fn(|t| {
+            let first = _mm512_set1_epi32(-32 * ys[t].sum_low);
+            let second = _mm512_set1_epi32(-32 * (ys[t].sum - ys[t].sum_low));
+            [[first, first], [second, second]]
+        });
+        let wb = wp.wrapping_add(b * pbb);
+        if prefetch {
+            ahead::<Q6K>(sl, wb, b, pbb);
+        }
+        for s in 0..STEPS / 2 {
+            for h in 0..2 {
+                let (at, shift) = six_plane_at(s, h, 0);
+                // SAFETY: run pair `s` of block `b` and its plane lie inside `w` (the caller
+                // sized it).
+                let (w, plane) = unsafe {
+                    (
+                        _mm512_loadu_si512(wb.add(128 * s + 64 * h).cast()),
+                        _mm512_loadu_si512(wb.add(at).cast()),
+                    )
+                };
+                // a | (b & c): 0xf8.
+                let lo = _mm512_ternarylogic_epi32::<0xf8>(_mm512_and_si512(w, low), at_four(plane, shift), m30);
+                let hi = _mm512_ternarylogic_epi32::<0xf8>(
+                    _mm512_and_si512(_mm512_srli_epi16::<4>(w), low),
+                    at_four(plane, shift + 2),
+                    m30,
+                );
+                for t in 0..N {
+                    dot[t][0][h] = _mm512_dpbusd_epi32(dot[t][0][h], lo, four(ys[t], 4 * s));
+                    dot[t][1][h] = _mm512_dpbusd_epi32(dot[t][1][h], hi, four(ys[t], 16 + 4 * s));
+                }
+            }
+        }
+        // SAFETY: the super-block's 32 d and the block's two halves' 32 scales each lie
+        // inside the slices.
+        let d = unsafe { halves(sl.d.as_ptr().add(b / (QK_K / QK) * PANEL_ROWS)) };
+        for h in 0..2 {
+            let scale = |sub: usize| {
+                // SAFETY: as above.
+                let p = unsafe { sl.sc.as_ptr().add((2 * b + sub) * PANEL_ROWS + 16 * h) };
+                _mm512_cvtepi8_epi32(unsafe { _mm_loadu_si128(p.cast()) })
+            };
+            let (first, second) = (scale(0), scale(1));
+            for t in 0..N {
+                let sum = _mm512_add_epi32(
+                    _mm512_mullo_epi32(first, dot[t][0][h]),
+                    _mm512_mullo_epi32(second, dot[t][1][h]),
+                );
+                let yd = _mm512_set1_ps(ys[t].d);
+                acc[t][h] = _mm512_fmadd_ps(_mm512_mul_ps(d[h], yd), _mm512_cvtepi32_ps(sum), acc[t][h]);
             }
         }
     }

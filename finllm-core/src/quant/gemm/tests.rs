@@ -8,7 +8,7 @@ fn lcg(seed: &mut u64) -> f32 {
     ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
 }
 
-const FORMATS: [(PanelFormat, QuantType); 7] = [
+const FORMATS: [(PanelFormat, QuantType); 8] = [
     (PanelFormat::Q8_0, QuantType::Q8_0),
     (PanelFormat::Q4_0, QuantType::Q4_0),
     (PanelFormat::Q4_1, QuantType::Q4_1),
@@ -16,6 +16,7 @@ const FORMATS: [(PanelFormat, QuantType); 7] = [
     (PanelFormat::Q5_1, QuantType::Q5_1),
     (PanelFormat::Q4K, QuantType::Q4K),
     (PanelFormat::Q5K, QuantType::Q5K),
+    (PanelFormat::Q6K, QuantType::Q6K),
 ];
 
 /// The float64 product of the file's blocks and the 8-bit activations as their blocks say,
@@ -32,6 +33,22 @@ fn oracle(dtype: QuantType, w: &[u8], a: &[BlockQ8], rows: usize, cols: usize, n
             let (mut s, mut size) = (0f64, 0f64);
             for b in 0..blocks {
                 let y = &a[t * blocks + b];
+                if dtype == QuantType::Q6K {
+                    // Super-block b / 8: d scale_(e / 16) (q − 32), q from the file's bytes
+                    // (`q6_k_value`, the dequantizer's reading), the scales i8.
+                    let supers = cols / QK_K;
+                    let sbb = &w[(r * supers + b / 8) * fb..][..fb];
+                    let d = f16(sbb, Q6_K_D_AT);
+                    for (e, &q) in y.qs.iter().enumerate() {
+                        let at = QK * (b % 8) + e;
+                        let scale = f64::from(sbb[Q6_K_SCALES_AT + at / 16] as i8);
+                        let v = f64::from(q6_k_value(sbb, at)) - 32.0;
+                        let term = d * scale * v * f64::from(q) * f64::from(y.d);
+                        s += term;
+                        size += term.abs();
+                    }
+                    continue;
+                }
                 if matches!(dtype, QuantType::Q4K | QuantType::Q5K) {
                     // Super-block b / 8, sub-block j: d sc_j q − dmin m_j, q from the
                     // sub-block pair's 32 bytes (low nibbles for even j, high for odd),
@@ -125,7 +142,7 @@ fn panels_match_the_scalar_form_bit_for_bit_and_the_f64_oracle() {
     for (format, dtype) in FORMATS {
         // Rows that fill panels and that leave a partial one (in either half); token counts
         // that fill tiles and that leave every remainder.
-        let shapes: &[(usize, usize)] = if format.k() {
+        let shapes: &[(usize, usize)] = if format.supers() {
             &[(32, 256), (45, 512), (17, 256), (7, 768)]
         } else {
             &[(32, 32), (45, 64), (17, 96), (96, 384), (7, 32)]
@@ -204,4 +221,6 @@ fn bad_shapes_are_refused() {
     assert!(Panels::zeroed(PanelFormat::Q4K, 2, 128).is_none());
     assert!(Panels::zeroed(PanelFormat::Q5K, 2, 128).is_none());
     assert!(Panels::from_blocks(PanelFormat::Q5K, &[0u8; Q4_K_BYTES], 1, QK_K).is_none());
+    assert!(Panels::zeroed(PanelFormat::Q6K, 2, 128).is_none());
+    assert!(Panels::from_blocks(PanelFormat::Q6K, &[0u8; Q5_K_BYTES], 1, QK_K).is_none());
 }
