@@ -74,7 +74,8 @@ pub unsafe fn panel<const F: u8>(m: &Panels, p: usize, a: &[BlockQ8], out: &mut 
         // the hardware prefetchers keep up with (asking ahead lost 4-15% there); the other
         // formats' side streams are larger against their weights (Q4_0's scales an eighth)
         // or more (minima, the K-quants' 6-bit scales, the fifth bits), and asking ahead took
-        // a lone token from 27-28 to 37-38 GB/s (Q4_K) and 35-37 to 40-42 (Q4_0).
+        // a lone token from 27-28 to 37-38 GB/s (Q4_K) and 35-37 to 40-42 (Q4_0); a lone
+        // token asks for the weights alone ([`ahead`]).
         let first = t0 == 0 && (tokens > 1 || F != Q8_0);
         let a = &a[t0 * blocks..(t0 + n) * blocks];
         let acc = match n {
@@ -113,17 +114,23 @@ pub unsafe fn panel<const F: u8>(m: &Panels, p: usize, a: &[BlockQ8], out: &mut 
 /// L2, 8 KiB ahead ran at 169 (kernels bench, `panels`, one thread).
 const AHEAD_BYTES: usize = 8192;
 
-/// Ask for the weights (with their scales, minima and fifth bits) some blocks ahead of block
-/// `b` (at `wb`), past
-/// the panel's end too: the next panel follows it in memory, and a thread's next task is
-/// usually that panel.
+/// Ask for the weights some blocks ahead of block `b` (at `wb`), past the panel's end too:
+/// the next panel follows it in memory, and a thread's next task is usually that panel. With
+/// `side`, their scales, minima and fifth bits too: a tile of several tokens needs them (8
+/// tokens streamed without: Q8_0 15-16 against 25-28 GB/s, Q5_K 16-17 against 20); a lone
+/// token streams faster leaving those small sequential streams to the hardware prefetchers
+/// (a request per block for lines that hold two to eight blocks' worth: Q4_K 27-38 -> 41-42
+/// GB/s, Q4_1 32 -> 42, Q6_K 36-39 -> 42; kernels bench, `panels`, one token streamed).
 #[inline(always)]
-fn ahead<const F: u8>(sl: &Slices<'_>, wb: *const u8, b: usize, pbb: usize) {
+fn ahead<const F: u8>(sl: &Slices<'_>, wb: *const u8, b: usize, pbb: usize, side: bool) {
     let blocks_ahead = (AHEAD_BYTES / pbb).max(1);
     let w = wb.wrapping_add(blocks_ahead * pbb);
     for off in (0..pbb).step_by(64) {
         // SAFETY: a prefetch is a hint that never faults.
         unsafe { _mm_prefetch::<_MM_HINT_T1>(w.wrapping_add(off).cast()) };
+    }
+    if !side {
+        return;
     }
     // The block's 32 scales (and minima): one cache line each; the K-quants' per
     // super-block, their 6-bit scales and minima per block (32 bytes each).
@@ -255,7 +262,7 @@ unsafe fn tile<const F: u8, const N: usize>(
         });
         let wb = wp.wrapping_add(b * pbb);
         if prefetch {
-            ahead::<F>(sl, wb, b, pbb);
+            ahead::<F>(sl, wb, b, pbb, N > 1);
         }
         if F == Q8_0 {
             for s in 0..STEPS {
@@ -396,7 +403,7 @@ unsafe fn tile6<const N: usize>(sl: &Slices<'_>, a: &[BlockQ8], blocks: usize, p
         });
         let wb = wp.wrapping_add(b * pbb);
         if prefetch {
-            ahead::<Q6K>(sl, wb, b, pbb);
+            ahead::<Q6K>(sl, wb, b, pbb, N > 1);
         }
         for s in 0..STEPS / 2 {
             for h in 0..2 {
