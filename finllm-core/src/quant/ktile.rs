@@ -1,7 +1,8 @@
-//! Multi-row, multi-token tiles for the block formats and the K-quants (Q4_K, Q5_K, Q6_K) on
-//! AVX2, and for Q6_K on AVX-512 VNNI (where the others run on the panels of [`super::gemm`]).
+//! Multi-token tiles for the block formats and the K-quants (Q4_K, Q5_K, Q6_K) on AVX2 (on
+//! AVX-512 VNNI every one of them runs on the panels of [`super::gemm`]).
 //!
-//! The one-row kernels in [`super::kernels`] read activations as 32-element blocks, so each
+//! The layout is described in 64-byte vectors of sixteen 32-bit lanes, as the AVX-512 tiles that
+//! read it first did; the AVX2 tiles read each vector as two 32-byte halves. The one-row kernels in [`super::kernels`] read activations as 32-element blocks, so each
 //! 64-byte `vpdpbusd` covers two sub-blocks and every product has to be scaled on its own before
 //! the next sub-block's can be added. Here a super-block's activations are laid out once per call
 //! ([`SuperQ8`]) so that in each of the four 64-byte vectors lanes `2j` and `2j + 1` hold eight
@@ -32,8 +33,8 @@ pub const SUBS: usize = QK_K / QK;
 /// 32-bit lanes of a 64-byte vector: the dot products' accumulators.
 pub const LANES: usize = 16;
 
-/// Most weight rows one tile call takes.
-pub const MAX_TILE_ROWS: usize = 2;
+/// Most weight rows one tile call takes (the AVX-512 tiles took two; the AVX2 tiles take one).
+pub const MAX_TILE_ROWS: usize = 1;
 
 /// Most tokens one tile call takes.
 pub const MAX_TILE_TOKENS: usize = 8;
@@ -592,16 +593,14 @@ impl std::fmt::Debug for SuperKernels {
     }
 }
 
-/// The tile kernels for `dtype` on `isa`: Q6_K on AVX-512 VNNI; Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
-/// Q4_K, Q5_K and Q6_K on AVX2 (the same packed rows and activation layout). Other formats and ISAs use the
-/// one-row kernels of [`super::kernels`].
+/// The tile kernels for `dtype` on `isa`: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K and Q6_K on
+/// AVX2. Other formats and ISAs use the one-row kernels of [`super::kernels`] (on AVX-512 VNNI
+/// these formats run on 32-row panels, [`super::gemm`]).
 pub fn super_kernels(dtype: QuantType, isa: Isa) -> Option<SuperKernels> {
     #[cfg(target_arch = "x86_64")]
     {
         use QuantType as Q;
-        // On AVX-512 VNNI the block formats, Q4_K and Q5_K run on 32-row panels ([`super::gemm`]).
         let tile: SuperTileFn = match (isa, dtype) {
-            (Isa::Avx512, Q::Q6K) => avx512::q6_k,
             (Isa::Avx2, Q::Q4_0) => avx2::q4_0,
             (Isa::Avx2, Q::Q5_0) => avx2::q5_0,
             (Isa::Avx2, Q::Q5_1) => avx2::q5_1,
@@ -633,8 +632,8 @@ pub fn super_kernels(dtype: QuantType, isa: Isa) -> Option<SuperKernels> {
     }
 }
 
-/// The entry points of an x86 tile module for the 32-value block formats, Q4_K and Q5_K (AVX2 only:
-/// on AVX-512 VNNI those run on 32-row panels, [`super::gemm`]), one per format (the call's checks, then the
+/// The entry points of an x86 tile module for the 32-value block formats, Q4_K and Q5_K (on
+/// AVX-512 VNNI those run on 32-row panels, [`super::gemm`]), one per format (the call's checks, then the
 /// module's own `run!`: its tile shapes), and the one-token loops of its `one_token!`. Expanded
 /// inside each module, after its `run!` and `one_token!`.
 #[cfg(target_arch = "x86_64")]
@@ -748,8 +747,7 @@ macro_rules! block_tile_entries {
     };
 }
 
-/// The entry point of the format with tiles on every x86 level (Q6_K), as
-/// [`block_tile_entries`].
+/// The entry point of Q6_K's tiles, as [`block_tile_entries`].
 #[cfg(target_arch = "x86_64")]
 macro_rules! k_tile_entries {
     () => {
@@ -779,9 +777,6 @@ use x86::*;
 
 #[cfg(target_arch = "x86_64")]
 mod x86;
-
-#[cfg(target_arch = "x86_64")]
-mod avx512;
 
 #[cfg(test)]
 mod tests;

@@ -1,5 +1,6 @@
 //! The tiles on AVX2 with FMA and F16C (no VNNI): the same packed rows and the same activation
-//! layout ([`SuperQ8`]) as the AVX-512 tiles, read as 32-byte halves.
+//! layout ([`SuperQ8`]) that the AVX-512 tiles read (before the panels took their formats),
+//! read as 32-byte halves.
 //!
 //! Each 64-byte vector of the layout is two halves: the low halves of a group's vectors hold the
 //! values of lanes 0..8 (one block per lane, as on AVX-512), the high halves those of lanes
@@ -15,7 +16,7 @@
 //! the eight tokens' accumulators; a second row would not fit). Every result is bit-identical to
 //! the one-row, one-token tile on that row and token: each takes the same operations in the same
 //! order. The integer sums are exact, so the results agree with the scalar references to float
-//! rounding, like the AVX-512 tiles' (with another order of the float additions).
+//! rounding.
 
 // Indices walk the halves, vectors and tokens in lockstep; iterator adaptors would bring
 // closures, which do not take the target features of the function around them.
@@ -348,8 +349,8 @@ macro_rules! packed_groups {
 }
 
 /// Q4_1, Q4_0, Q5_0 and Q5_1 (`KIND`), one row by `N` tokens, on rows packed by
-/// [`pack_q4_1_row`], [`pack_q4_0_row`], [`pack_q5_0_row`] and [`pack_q5_1_row`]: as the
-/// AVX-512 tile, each chain scaled once by `d_w·d_y` per lane, Q4_1's and Q5_1's minimum term
+/// [`pack_q4_1_row`], [`pack_q4_0_row`], [`pack_q5_0_row`] and [`pack_q5_1_row`]: each chain
+/// scaled once by `d_w·d_y` per lane, Q4_1's and Q5_1's minimum term
 /// `m · s` per lane, Q4_0's and Q5_0's dots started at `−8 Σ y` and `−16 Σ y`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]

@@ -260,7 +260,7 @@ fn a_packed_row_is_the_size_of_the_files_row() {
         QuantType::Q5_1,
         QuantType::Q8_0,
     ] {
-        let k = super_kernels(dtype, Isa::Avx512)
+        let k = super_kernels(dtype, Isa::Avx2)
             .map(|k| k.packing)
             .unwrap_or_else(|| match dtype {
                 QuantType::Q4_0 => Packing {
@@ -369,7 +369,7 @@ fn a_packed_q6_k_row_holds_the_same_weights() {
         let mut want = vec![0f32; blocks * QK_K];
         dequantize_row(QuantType::Q6K, &row, &mut want);
         let mut packed = vec![0xee; q6_k_packed_row_bytes(blocks)];
-        let pack: fn(&[u8], &mut [u8]) = match super_kernels(QuantType::Q6K, Isa::Avx512).map(|k| k.packing) {
+        let pack: fn(&[u8], &mut [u8]) = match super_kernels(QuantType::Q6K, Isa::Avx2).map(|k| k.packing) {
             Some(p) => {
                 assert_eq!((p.row_bytes)(blocks), packed.len());
                 p.pack_row

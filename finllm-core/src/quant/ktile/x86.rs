@@ -138,10 +138,8 @@ pub(super) fn drive(
         one_token(rows, a, out[0]);
         return;
     }
-    // On AVX-512 two rows by eight tokens: the weights' unpacking (shuffles, scales) is shared
-    // by eight tokens, the activations' by two rows (2x8 measured 10-20% faster than 2x4 on
-    // llama-1b Q4_K/Q5_K prefill when those ran on these tiles; 1x8, 1x12 and 1x16 in
-    // between).
+    // The weights' unpacking (shuffles, scales) is shared by up to eight tokens (on AVX2 a
+    // second row's unpacked group would not fit the registers).
     let mut results = [0f32; MAX_TILE_ROWS * MAX_TILE_TOKENS];
     let mut carry = [[0f32; LANES]; TASK_ROWS * MAX_TILE_TOKENS];
     for r0 in (0..nrows).step_by(TASK_ROWS) {
