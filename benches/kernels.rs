@@ -1,7 +1,7 @@
 //! `cargo bench --bench kernels [-- FORMAT...]`: throughput of each quantized dot-product kernel
 //! on every ISA this CPU has, on a 512 KiB matrix that stays in L2 and on one far larger than the
 //! caches, for one token and (in L2) for the four-token kernels; then the super-block tiles on
-//! the widest ISA that has them (AVX2, and AVX-512 VNNI for Q6_K) as the model calls them (a
+//! AVX2 (on AVX-512 VNNI their formats run on the panels) as the model calls them (a
 //! whole matrix per call, one token and 64 tokens; 16-row tasks of a prefill pass on short and
 //! long rows); then the float formats (f32, f16, bf16): one row by one token, a tile of rows by
 //! one token (decode) and a tile of rows by tokens (prefill), with AVX-512 BF16 the bf16 dot
@@ -335,8 +335,8 @@ fn random_packed_rows(rng: &mut Rng, dtype: QuantType, k: &SuperKernels, rows: u
     data
 }
 
-/// The super-block tiles of `dtype` on the widest ISA that has them for it (AVX-512 VNNI for
-/// Q6_K, AVX2 for the formats that run on panels on AVX-512), as the model calls them: a whole
+/// The super-block tiles of `dtype` on the widest ISA that has them for it (AVX2: on AVX-512
+/// their formats run on panels), as the model calls them: a whole
 /// matrix per call, one token (decode) in L2 and streamed, 64 tokens (prefill) in L2; rows
 /// packed first where the format's tile reads its own layout.
 fn super_tiles(dtype: QuantType, rng: &mut Rng) {
