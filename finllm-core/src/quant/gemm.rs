@@ -1,7 +1,7 @@
 //! Block-format weights (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K) times 8-bit activations for any number of tokens,
 //! in panels of 32 output rows: the matrix products of prefill, of batched decode and of an
 //! encoder (hundreds of tokens per call), where the decode-shaped tiles of [`super::ktile`]
-//! (two rows by up to eight tokens, the sub-blocks spread over the lanes) spend most of their
+//! (one row by up to eight tokens, the sub-blocks spread over the lanes) spend most of their
 //! instructions on scales rather than on integer dot products.
 //!
 //! Here the lanes are output rows. The weights are laid out once, in panels of 32 rows, block
@@ -14,7 +14,7 @@
 //! Q4_1). Then one multiply of the rows' and the token's scales and one multiply-add finish
 //! the block (Q4_1 adds its minimum times the token's `d Σ a`, as llama.cpp does). A tile is 32
 //! rows by up to six tokens: 12 integer and 12 float accumulators stay in registers for the
-//! whole row.
+//! whole row (Q6_K's two chains a token take tiles of up to four: 16 and 8).
 //!
 //! Every result is the same sequence of operations whatever tile it falls in, so a token's
 //! numbers do not depend on how many tokens share the call (the engine's batches rely on it).
@@ -53,7 +53,7 @@ pub enum PanelFormat {
     /// Q5_K: Q4_K's layout with the fifth bits as Q5_0's masks.
     Q5K,
     /// Q6_K: each 32-value block's low four bits as Q4_0's nibbles, followed in the block by
-    /// its top two bits as a plane ([`six_plane_at`]); the i8 scales of the block's two
+    /// its top two bits as a plane (`six_plane_at`); the i8 scales of the block's two
     /// 16-value halves kept per row and block, `d` per row and super-block. The low nibbles
     /// are the first half, the high ones the second, so each half chains on its own (from
     /// `−32 Σ a` of its values) and the two chains meet in integers, times their scales.
@@ -514,6 +514,8 @@ impl Panels {
                 &[]
             };
             let f32_of = |bits: u16| half::f16::from_bits(bits).to_f32();
+            // The row's `d` (and `dmin`) of the block's super-block, where kept per super-block.
+            let super_at = (p * (blocks / (QK_K / QK)) + b / (QK_K / QK)) * PANEL_ROWS + lane;
             if self.format == PanelFormat::Q6K {
                 // Each half's chain from −32 Σ a of its values, times its scale, in integers.
                 let mut halves = [-32 * y.sum_low, -32 * (y.sum - y.sum_low)];
@@ -522,8 +524,7 @@ impl Panels {
                 }
                 let scale = |sub: usize| i32::from(self.sc[(2 * pb + sub) * PANEL_ROWS + lane] as i8);
                 let dot = scale(0) * halves[0] + scale(1) * halves[1];
-                let at = (p * (blocks / (QK_K / QK)) + b / (QK_K / QK)) * PANEL_ROWS + lane;
-                acc = (f32_of(self.d[at]) * y.d).mul_add(dot as f32, acc);
+                acc = (f32_of(self.d[super_at]) * y.d).mul_add(dot as f32, acc);
                 continue;
             }
             let mut dot = self.format.start(y.sum);
@@ -531,11 +532,10 @@ impl Panels {
                 dot += i32::from(self.format.weight(wb, hb, lane, e)) * i32::from(q);
             }
             if self.format.k() {
-                let at = (p * (blocks / (QK_K / QK)) + b / (QK_K / QK)) * PANEL_ROWS + lane;
                 let i = pb * PANEL_ROWS + lane;
-                let ws = f32_of(self.d[at]) * f32::from(self.sc[i]);
+                let ws = f32_of(self.d[super_at]) * f32::from(self.sc[i]);
                 acc = (ws * y.d).mul_add(dot as f32, acc);
-                let wm = -f32_of(self.m[at]) * f32::from(self.mn[i]);
+                let wm = -f32_of(self.m[super_at]) * f32::from(self.mn[i]);
                 acc = wm.mul_add(y.d * y.sum as f32, acc);
                 continue;
             }

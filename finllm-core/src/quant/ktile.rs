@@ -2,7 +2,8 @@
 //! AVX-512 VNNI every one of them runs on the panels of [`super::gemm`]).
 //!
 //! The layout is described in 64-byte vectors of sixteen 32-bit lanes, as the AVX-512 tiles that
-//! read it first did; the AVX2 tiles read each vector as two 32-byte halves. The one-row kernels in [`super::kernels`] read activations as 32-element blocks, so each
+//! read it first did; the AVX2 tiles read each vector as two 32-byte halves. The one-row kernels
+//! in [`super::kernels`] read activations as 32-element blocks, so each
 //! 64-byte `vpdpbusd` covers two sub-blocks and every product has to be scaled on its own before
 //! the next sub-block's can be added. Here a super-block's activations are laid out once per call
 //! ([`SuperQ8`]) so that in each of the four 64-byte vectors lanes `2j` and `2j + 1` hold eight

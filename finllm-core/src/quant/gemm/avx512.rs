@@ -23,6 +23,11 @@ const fn k_quant(f: u8) -> bool {
     f == Q4K || f == Q5K
 }
 
+/// Whether format `f` keeps `d` per super-block ([`PanelFormat::supers`]).
+const fn per_super(f: u8) -> bool {
+    k_quant(f) || f == Q6K
+}
+
 /// Whether format `f`'s values carry a fifth bit ([`PanelFormat::five`]).
 const fn fifth(f: u8) -> bool {
     f == Q5_0 || f == Q5_1 || f == Q5K
@@ -42,7 +47,7 @@ pub unsafe fn panel<const F: u8>(m: &Panels, p: usize, a: &[BlockQ8], out: &mut 
     // The K-quants keep d and dmin per super-block; the others a scale (and Q4_1 a minimum)
     // per block.
     let k = k_quant(F);
-    let per_d = if k || F == Q6K { blocks / (QK_K / QK) } else { blocks } * PANEL_ROWS;
+    let per_d = if per_super(F) { blocks / (QK_K / QK) } else { blocks } * PANEL_ROWS;
     let per_block = blocks * PANEL_ROWS;
     let slices = Slices {
         w: &m.w[p * blocks * pbb..][..blocks * pbb],
@@ -135,7 +140,7 @@ fn ahead<const F: u8>(sl: &Slices<'_>, wb: *const u8, b: usize, pbb: usize, side
     // The block's 32 scales (and minima): one cache line each; the K-quants' per
     // super-block, their 6-bit scales and minima per block (32 bytes each).
     let k = k_quant(F);
-    let s = if k || F == Q6K {
+    let s = if per_super(F) {
         (b + blocks_ahead) / (QK_K / QK)
     } else {
         b + blocks_ahead
