@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use finllm::generate::Rng;
 use finllm::quant::bf16dot::{bf16_dot_kernels, round_to_bf16};
-use finllm::quant::blocks::{quantize_q8, BlockQ8, QK};
+use finllm::quant::blocks::{quantize_q8, quantize_q8_k, BlockQ8, QK};
 use finllm::quant::float::{float_kernels, FloatTileFn, FLOAT_FORMATS, MAX_TILE_ROWS, MAX_TILE_TOKENS};
 use finllm::quant::halfpair::{input_len, pair_kernels};
 use finllm::quant::kernels::{block_bytes, dot4_fn, dot_fn, Isa, KERNEL_FORMATS};
@@ -148,7 +148,12 @@ fn panels(rng: &mut Rng) {
             for &n in counts {
                 let mut a = vec![BlockQ8::default(); n * blocks];
                 let x: Vec<f32> = (0..n * cols).map(|_| (rng.next_f64() * 2.0 - 1.0) as f32).collect();
-                quantize_q8(&x, &mut a);
+                // The formats with super-blocks take activations scaled per 256 values.
+                if format.supers() {
+                    quantize_q8_k(&x, &mut a);
+                } else {
+                    quantize_q8(&x, &mut a);
+                }
                 let reps = (256 << 20) / (rows * cols * n) + 1;
                 // One walk over a range of panels, `reps` times; the sink keeps the work live.
                 let run = |range: std::ops::Range<usize>| {

@@ -137,52 +137,83 @@ impl Default for BlockQ8 {
 /// default build targets baseline x86-64), which changes no result: each value takes the same
 /// IEEE operations, the block maximum is exact in any order and the sums are integers.
 pub fn quantize_q8(x: &[f32], out: &mut [BlockQ8]) {
+    quantize(x, out, Scale::PerBlock);
+}
+
+/// Quantize `x` (a multiple of 256 long) into `out` (x.len() / 32 blocks) with one scale per
+/// 256 values: the eight blocks of each 256 share `d`, the largest magnitude of the 256 over
+/// 127, kept in f32 (not rounded through f16), and `s` is `d · sum` in f32. The K-quant panels
+/// read these, so that a super-block's sub-block scales and minima apply in integers and its
+/// scales once (llama.cpp's Q8_K activations scale per 256 values too). Bits are the same on
+/// every CPU, as for [`quantize_q8`].
+pub fn quantize_q8_k(x: &[f32], out: &mut [BlockQ8]) {
+    debug_assert!(x.len().is_multiple_of(QK_K));
+    quantize(x, out, Scale::PerSuper);
+}
+
+/// How many values share an activation scale.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Scale {
+    /// Each block of 32 its own, rounded through f16 (with `s`), as llama.cpp's Q8_0 and Q8_1.
+    PerBlock,
+    /// Each 256 values one, in f32.
+    PerSuper,
+}
+
+impl Scale {
+    /// Blocks that share a scale.
+    fn blocks(self) -> usize {
+        match self {
+            Self::PerBlock => 1,
+            Self::PerSuper => QK_K / QK,
+        }
+    }
+
+    /// A block's `d` and `s` from the shared scale and the block's sum.
+    fn finish(self, d: f32, sum: i32) -> (f32, f32) {
+        match self {
+            Self::PerBlock => (f16::from_f32(d).to_f32(), f16::from_f32(d * sum as f32).to_f32()),
+            Self::PerSuper => (d, d * sum as f32),
+        }
+    }
+}
+
+fn quantize(x: &[f32], out: &mut [BlockQ8], scale: Scale) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("f16c") {
         // SAFETY: AVX2 and F16C are present on this CPU.
-        return unsafe { quantize_q8_avx2(x, out) };
+        return unsafe { quantize_q8_avx2(x, out, scale) };
     }
-    quantize_q8_blocks(x, out);
+    quantize_q8_blocks(x, out, scale);
 }
 
 /// The AVX2 form of [`quantize_q8_blocks`]: the same IEEE operations on eight values at a time
 /// (the maximum of absolute values is exact in any order; `v * id` is one rounding, the rounding
 /// half away from zero is a truncation, an exact subtraction and two compares), so the bits are
-/// the baseline's. A block holding a NaN or an infinity goes through the baseline code, whose
-/// `f32::max` and saturating conversions define what such a block becomes.
+/// the baseline's. A group holding a NaN or an infinity goes through the baseline code, whose
+/// `f32::max` and saturating conversions define what such a group becomes.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,f16c")]
-unsafe fn quantize_q8_avx2(x: &[f32], out: &mut [BlockQ8]) {
+unsafe fn quantize_q8_avx2(x: &[f32], out: &mut [BlockQ8], scale: Scale) {
     use std::arch::x86_64::*;
+    let per = scale.blocks();
     debug_assert_eq!(x.len(), out.len() * QK);
     let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
     let max_finite = _mm256_set1_ps(f32::MAX);
     let (half, neg_half) = (_mm256_set1_ps(0.5), _mm256_set1_ps(-0.5));
-    for (chunk, block) in x.chunks_exact(QK).zip(out.iter_mut()) {
+    for (chunk, group) in x.chunks_exact(QK * per).zip(out.chunks_exact_mut(per)) {
         let p = chunk.as_ptr();
-        let v = [
-            _mm256_loadu_ps(p),
-            _mm256_loadu_ps(p.add(8)),
-            _mm256_loadu_ps(p.add(16)),
-            _mm256_loadu_ps(p.add(24)),
-        ];
-        let a = v.map(|v| _mm256_and_ps(v, abs_mask));
-        // |v| <= f32::MAX is false for NaN and infinities.
-        let finite = _mm256_and_ps(
-            _mm256_and_ps(
-                _mm256_cmp_ps::<_CMP_LE_OQ>(a[0], max_finite),
-                _mm256_cmp_ps::<_CMP_LE_OQ>(a[1], max_finite),
-            ),
-            _mm256_and_ps(
-                _mm256_cmp_ps::<_CMP_LE_OQ>(a[2], max_finite),
-                _mm256_cmp_ps::<_CMP_LE_OQ>(a[3], max_finite),
-            ),
-        );
+        let (mut m, mut finite) = (_mm256_setzero_ps(), _mm256_castsi256_ps(_mm256_set1_epi32(-1)));
+        for i in (0..chunk.len()).step_by(8) {
+            let a = _mm256_and_ps(_mm256_loadu_ps(p.add(i)), abs_mask);
+            // |v| <= f32::MAX is false for NaN and infinities.
+            finite = _mm256_and_ps(finite, _mm256_cmp_ps::<_CMP_LE_OQ>(a, max_finite));
+            m = _mm256_max_ps(m, a);
+        }
         if _mm256_movemask_ps(finite) != 0xff {
-            quantize_q8_blocks(chunk, std::slice::from_mut(block));
+            quantize_q8_blocks(chunk, group, scale);
             continue;
         }
-        let m = _mm256_max_ps(_mm256_max_ps(a[0], a[1]), _mm256_max_ps(a[2], a[3]));
         let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
         let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
         let m = _mm_max_ss(m, _mm_shuffle_ps::<0b01>(m, m));
@@ -191,72 +222,87 @@ unsafe fn quantize_q8_avx2(x: &[f32], out: &mut [BlockQ8]) {
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
         let id = if id.is_finite() { id } else { 0.0 };
         let idv = _mm256_set1_ps(id);
-        let r = v.map(|v| {
-            let y = _mm256_mul_ps(v, idv);
-            let t = _mm256_cvttps_epi32(y);
-            let frac = _mm256_sub_ps(y, _mm256_cvtepi32_ps(t));
-            // Compare masks are -1 where true.
-            let up = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_GE_OQ>(frac, half));
-            let down = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_LE_OQ>(frac, neg_half));
-            _mm256_add_epi32(_mm256_sub_epi32(t, up), down)
-        });
-        // The first 16 values' sum and the last 16's, side by side: the low 128 bits reduce
-        // the first's lanes, the high 128 bits the last's.
-        let (low, high) = (_mm256_add_epi32(r[0], r[1]), _mm256_add_epi32(r[2], r[3]));
-        let s = _mm256_add_epi32(
-            _mm256_permute2x128_si256::<0x20>(low, high),
-            _mm256_permute2x128_si256::<0x31>(low, high),
-        );
-        let s = _mm256_add_epi32(s, _mm256_shuffle_epi32::<0b0100_1110>(s));
-        let s = _mm256_add_epi32(s, _mm256_shuffle_epi32::<0b1011_0001>(s));
-        let sum_low = _mm256_cvtsi256_si32(s);
-        let sum = sum_low + _mm256_extract_epi32::<4>(s);
-        // |r| <= 127, so the saturating packs are exact; they interleave 128-bit lanes, which
-        // the permute puts back in order.
-        let w = _mm256_packs_epi16(_mm256_packs_epi32(r[0], r[1]), _mm256_packs_epi32(r[2], r[3]));
-        let w = _mm256_permutevar8x32_epi32(w, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-        _mm256_storeu_si256(block.qs.as_mut_ptr().cast(), w);
-        // Both through f16 with the F16C instructions inline (round to nearest even, as
-        // `half` rounds): its calls, each checking the CPU first, were most of this loop's
-        // time.
-        let ds = _mm_cvtph_ps(_mm_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm_setr_ps(
-            d,
-            d * sum as f32,
-            0.0,
-            0.0,
-        )));
-        block.d = _mm_cvtss_f32(ds);
-        block.s = _mm_cvtss_f32(_mm_movehdup_ps(ds));
-        block.sum = sum;
-        block.sum_low = sum_low;
+        for (k, block) in group.iter_mut().enumerate() {
+            let p = p.add(k * QK);
+            let v = [
+                _mm256_loadu_ps(p),
+                _mm256_loadu_ps(p.add(8)),
+                _mm256_loadu_ps(p.add(16)),
+                _mm256_loadu_ps(p.add(24)),
+            ];
+            let r = v.map(|v| {
+                let y = _mm256_mul_ps(v, idv);
+                let t = _mm256_cvttps_epi32(y);
+                let frac = _mm256_sub_ps(y, _mm256_cvtepi32_ps(t));
+                // Compare masks are -1 where true.
+                let up = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_GE_OQ>(frac, half));
+                let down = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_LE_OQ>(frac, neg_half));
+                _mm256_add_epi32(_mm256_sub_epi32(t, up), down)
+            });
+            // The first 16 values' sum and the last 16's, side by side: the low 128 bits reduce
+            // the first's lanes, the high 128 bits the last's.
+            let (low, high) = (_mm256_add_epi32(r[0], r[1]), _mm256_add_epi32(r[2], r[3]));
+            let s = _mm256_add_epi32(
+                _mm256_permute2x128_si256::<0x20>(low, high),
+                _mm256_permute2x128_si256::<0x31>(low, high),
+            );
+            let s = _mm256_add_epi32(s, _mm256_shuffle_epi32::<0b0100_1110>(s));
+            let s = _mm256_add_epi32(s, _mm256_shuffle_epi32::<0b1011_0001>(s));
+            let sum_low = _mm256_cvtsi256_si32(s);
+            let sum = sum_low + _mm256_extract_epi32::<4>(s);
+            // |r| <= 127, so the saturating packs are exact; they interleave 128-bit lanes,
+            // which the permute puts back in order.
+            let w = _mm256_packs_epi16(_mm256_packs_epi32(r[0], r[1]), _mm256_packs_epi32(r[2], r[3]));
+            let w = _mm256_permutevar8x32_epi32(w, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+            _mm256_storeu_si256(block.qs.as_mut_ptr().cast(), w);
+            if scale == Scale::PerBlock {
+                // Both through f16 with the F16C instructions inline (round to nearest even,
+                // as `half` rounds): its calls, each checking the CPU first, were most of this
+                // loop's time.
+                let ds = _mm_cvtph_ps(_mm_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm_setr_ps(
+                    d,
+                    d * sum as f32,
+                    0.0,
+                    0.0,
+                )));
+                block.d = _mm_cvtss_f32(ds);
+                block.s = _mm_cvtss_f32(_mm_movehdup_ps(ds));
+            } else {
+                (block.d, block.s) = scale.finish(d, sum);
+            }
+            block.sum = sum;
+            block.sum_low = sum_low;
+        }
     }
 }
 
 #[inline(always)]
-fn quantize_q8_blocks(x: &[f32], out: &mut [BlockQ8]) {
+fn quantize_q8_blocks(x: &[f32], out: &mut [BlockQ8], scale: Scale) {
+    let per = scale.blocks();
     debug_assert_eq!(x.len(), out.len() * QK);
-    for (chunk, block) in x.chunks_exact(QK).zip(out.iter_mut()) {
+    for (chunk, group) in x.chunks_exact(QK * per).zip(out.chunks_exact_mut(per)) {
         let amax = chunk.iter().fold(0f32, |m, v| m.max(v.abs()));
         let d = amax / 127.0;
-        // A block of subnormal values has a scale whose reciprocal overflows; it quantizes to
-        // zeros (its f16 scale is zero anyway). Left infinite, `v * id` would be infinite and
-        // its rounding overflow i32 (found by the gguf fuzz target, whose models may compute
-        // such activations).
+        // A group of subnormal values has a scale whose reciprocal overflows; it quantizes to
+        // zeros (a block's f16 scale is zero anyway). Left infinite, `v * id` would be
+        // infinite and its rounding overflow i32 (found by the gguf fuzz target, whose models
+        // may compute such activations).
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
         let id = if id.is_finite() { id } else { 0.0 };
-        let (mut sum, mut sum_low) = (0i32, 0i32);
-        for (e, (q, &v)) in block.qs.iter_mut().zip(chunk).enumerate() {
-            let r = round_half_away(v * id);
-            *q = r as i8;
-            sum += r;
-            if e < QK / 2 {
-                sum_low += r;
+        for (values, block) in chunk.chunks_exact(QK).zip(group.iter_mut()) {
+            let (mut sum, mut sum_low) = (0i32, 0i32);
+            for (e, (q, &v)) in block.qs.iter_mut().zip(values).enumerate() {
+                let r = round_half_away(v * id);
+                *q = r as i8;
+                sum += r;
+                if e < QK / 2 {
+                    sum_low += r;
+                }
             }
+            (block.d, block.s) = scale.finish(d, sum);
+            block.sum = sum;
+            block.sum_low = sum_low;
         }
-        block.d = f16::from_f32(d).to_f32();
-        block.s = f16::from_f32(d * sum as f32).to_f32();
-        block.sum = sum;
-        block.sum_low = sum_low;
     }
 }
 
@@ -485,6 +531,55 @@ mod tests {
         check(T::BF16, &bf16_bytes, &values);
     }
 
+    /// Activations scaled per 256 values: the dispatched quantizer gives the baseline's bits;
+    /// the eight blocks of each 256 share one f32 scale, the largest magnitude over 127, and
+    /// each value is that scale's nearest step; sums are the values' own.
+    #[test]
+    fn quantizing_activations_per_256_values_shares_one_scale() {
+        let mut rng = Rng::new(37);
+        for spread in [0.0, 1e-40, 1.0, 3.5, 1e30] {
+            let mut x: Vec<f32> = (0..QK_K * 6)
+                .map(|_| ((rng.next_f64() * 2.0 - 1.0) * spread) as f32)
+                .collect();
+            // A group with a NaN, one with an infinity, one whose largest value is in its last
+            // block.
+            x[QK_K + 40] = f32::NAN;
+            x[2 * QK_K + 7] = f32::INFINITY;
+            x[4 * QK_K - 1] = 4.0 * spread as f32;
+            let n = x.len() / QK;
+            let (mut fast, mut base) = (vec![BlockQ8::default(); n], vec![BlockQ8::default(); n]);
+            quantize_q8_k(&x, &mut fast);
+            quantize_q8_blocks(&x, &mut base, Scale::PerSuper);
+            for (f, b) in fast.iter().zip(&base) {
+                assert_eq!(
+                    (f.d.to_bits(), f.s.to_bits(), f.sum, f.sum_low, f.qs),
+                    (b.d.to_bits(), b.s.to_bits(), b.sum, b.sum_low, b.qs)
+                );
+                let total = |q: &[i8]| q.iter().map(|&v| i32::from(v)).sum::<i32>();
+                assert_eq!((b.sum, b.sum_low), (total(&b.qs), total(&b.qs[..QK / 2])));
+            }
+            for (chunk, group) in x.chunks_exact(QK_K).zip(base.chunks_exact(QK_K / QK)) {
+                if chunk.iter().any(|v| !v.is_finite()) {
+                    continue;
+                }
+                let amax = chunk.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let d = amax / 127.0;
+                assert!(group.iter().all(|b| b.d.to_bits() == d.to_bits()), "one f32 scale");
+                if d == 0.0 || !(1.0 / d).is_finite() {
+                    assert!(group.iter().all(|b| b.qs == [0; QK]));
+                    continue;
+                }
+                for (values, b) in chunk.chunks_exact(QK).zip(group) {
+                    for (&v, &q) in values.iter().zip(&b.qs) {
+                        let want = (f64::from(v) * 127.0 / f64::from(amax)).round();
+                        assert!((f64::from(q) - want).abs() <= 1.0, "{v} -> {q}, want {want}");
+                        assert!(q.unsigned_abs() <= 127);
+                    }
+                }
+            }
+        }
+    }
+
     /// The dispatched quantizer gives the baseline build's bits, on values that sit exactly
     /// halfway between integers after scaling, zeros, denormals and wide ranges.
     #[test]
@@ -506,7 +601,7 @@ mod tests {
             x[5 * QK + 9] = -f32::MAX;
             let (mut fast, mut base) = (vec![BlockQ8::default(); 37], vec![BlockQ8::default(); 37]);
             quantize_q8(&x, &mut fast);
-            quantize_q8_blocks(&x, &mut base);
+            quantize_q8_blocks(&x, &mut base, Scale::PerBlock);
             for (f, b) in fast.iter().zip(&base) {
                 assert_eq!(
                     (f.d.to_bits(), f.s.to_bits(), f.sum, f.sum_low, f.qs),

@@ -16,6 +16,12 @@
 //! rows by up to six tokens: 12 integer and 12 float accumulators stay in registers for the
 //! whole row (Q6_K's two chains a token take tiles of up to four: 16 and 8).
 //!
+//! The formats with super-blocks (Q4_K, Q5_K, Q6_K) take activations scaled per 256 values
+//! ([`quantize_q8_k`](super::blocks::quantize_q8_k), as llama.cpp's Q8_K): a super-block's
+//! sub-block dots are multiplied by their integer scales and summed in integers (the K-quants'
+//! minima times the sub-blocks' sums too, by `vpdpwssd`), and the float scales apply once per
+//! super-block rather than once per sub-block.
+//!
 //! Every result is the same sequence of operations whatever tile it falls in, so a token's
 //! numbers do not depend on how many tokens share the call (the engine's batches rely on it).
 //! The scalar form (`Panels::scalar_one`) takes the same operations in the same order: the
@@ -119,8 +125,10 @@ impl PanelFormat {
         matches!(self, Self::Q4K | Self::Q5K)
     }
 
-    /// Whether `d` is kept per super-block of 256 values (the K-quants and Q6_K).
-    fn supers(self) -> bool {
+    /// Whether `d` is kept per super-block of 256 values (the K-quants and Q6_K): these
+    /// formats take activations scaled per 256 values
+    /// ([`quantize_q8_k`](super::blocks::quantize_q8_k)).
+    pub fn supers(self) -> bool {
         self.k() || self == Self::Q6K
     }
 
@@ -425,6 +433,10 @@ impl Panels {
         }
     }
 
+    pub fn format(&self) -> PanelFormat {
+        self.format
+    }
+
     pub fn rows(&self) -> usize {
         self.rows
     }
@@ -443,8 +455,9 @@ impl Panels {
     }
 
     /// Panel `p` (rows `32 p..`) times every token of `a` (8-bit blocks, `cols / 32` per
-    /// token): `out[t]` receives token `t`'s results for the panel's first `out[t].len()` rows
-    /// (at most 32, fewer in the last panel).
+    /// token; scaled per 256 values, [`quantize_q8_k`](super::blocks::quantize_q8_k), where
+    /// the format has super-blocks, [`PanelFormat::supers`]): `out[t]` receives token `t`'s
+    /// results for the panel's first `out[t].len()` rows (at most 32, fewer in the last panel).
     pub fn panel_times(&self, p: usize, a: &[BlockQ8], out: &mut [&mut [f32]]) {
         assert_eq!(
             a.len(),
@@ -501,6 +514,9 @@ impl Panels {
 
     /// Row `r` times one token's blocks, the tiles' operations one at a time.
     fn scalar_one(&self, r: usize, tok: &[BlockQ8]) -> f32 {
+        if self.format.supers() {
+            return self.scalar_super(r, tok);
+        }
         let blocks = self.blocks();
         let pbb = self.format.panel_block_bytes();
         let (p, lane) = (r / PANEL_ROWS, r % PANEL_ROWS);
@@ -513,31 +529,9 @@ impl Panels {
             } else {
                 &[]
             };
-            let f32_of = |bits: u16| half::f16::from_bits(bits).to_f32();
-            // The row's `d` (and `dmin`) of the block's super-block, where kept per super-block.
-            let super_at = (p * (blocks / (QK_K / QK)) + b / (QK_K / QK)) * PANEL_ROWS + lane;
-            if self.format == PanelFormat::Q6K {
-                // Each half's chain from −32 Σ a of its values, times its scale, in integers.
-                let mut halves = [-32 * y.sum_low, -32 * (y.sum - y.sum_low)];
-                for (e, &q) in y.qs.iter().enumerate() {
-                    halves[e / 16] += i32::from(self.format.weight(wb, hb, lane, e)) * i32::from(q);
-                }
-                let scale = |sub: usize| i32::from(self.sc[(2 * pb + sub) * PANEL_ROWS + lane] as i8);
-                let dot = scale(0) * halves[0] + scale(1) * halves[1];
-                acc = (f32_of(self.d[super_at]) * y.d).mul_add(dot as f32, acc);
-                continue;
-            }
             let mut dot = self.format.start(y.sum);
             for (e, &q) in y.qs.iter().enumerate() {
                 dot += i32::from(self.format.weight(wb, hb, lane, e)) * i32::from(q);
-            }
-            if self.format.k() {
-                let i = pb * PANEL_ROWS + lane;
-                let ws = f32_of(self.d[super_at]) * f32::from(self.sc[i]);
-                acc = (ws * y.d).mul_add(dot as f32, acc);
-                let wm = -f32_of(self.m[super_at]) * f32::from(self.mn[i]);
-                acc = wm.mul_add(y.d * y.sum as f32, acc);
-                continue;
             }
             let scale = f32_of(self.d[pb * PANEL_ROWS + lane]) * y.d;
             acc = scale.mul_add(dot as f32, acc);
@@ -547,6 +541,61 @@ impl Panels {
         }
         acc
     }
+
+    /// [`scalar_one`](Self::scalar_one) for the formats with super-blocks, whose activations
+    /// share one scale per 256 values ([`quantize_q8_k`](super::blocks::quantize_q8_k)): per
+    /// super-block, the sub-blocks' integer dots times their scales summed in integers (and
+    /// the K-quants' minima times the sub-blocks' sums), then one multiply-add by `d · d_a` (and
+    /// one by `−dmin · d_a`).
+    fn scalar_super(&self, r: usize, tok: &[BlockQ8]) -> f32 {
+        let blocks = self.blocks();
+        let pbb = self.format.panel_block_bytes();
+        let (p, lane) = (r / PANEL_ROWS, r % PANEL_ROWS);
+        let subs = QK_K / QK;
+        let mut acc = 0f32;
+        for (sb, ys) in tok.chunks_exact(subs).enumerate() {
+            // The row's `d` (and `dmin`) of the super-block.
+            let at = (p * (blocks / subs) + sb) * PANEL_ROWS + lane;
+            let (mut scaled, mut mins) = (0i32, 0i32);
+            for (j, y) in ys.iter().enumerate() {
+                let pb = p * blocks + sb * subs + j;
+                let wb = &self.w[pb * pbb..(pb + 1) * pbb];
+                let hb = if self.format.five() {
+                    &self.hb[pb * FIFTH_MASKS..(pb + 1) * FIFTH_MASKS]
+                } else {
+                    &[]
+                };
+                if self.format == PanelFormat::Q6K {
+                    // Each half's chain from −32 Σ a of its values, times its scale.
+                    let mut halves = [-32 * y.sum_low, -32 * (y.sum - y.sum_low)];
+                    for (e, &q) in y.qs.iter().enumerate() {
+                        halves[e / 16] += i32::from(self.format.weight(wb, hb, lane, e)) * i32::from(q);
+                    }
+                    let scale = |sub: usize| i32::from(self.sc[(2 * pb + sub) * PANEL_ROWS + lane] as i8);
+                    scaled += scale(0) * halves[0] + scale(1) * halves[1];
+                    continue;
+                }
+                let mut dot = 0;
+                for (e, &q) in y.qs.iter().enumerate() {
+                    dot += i32::from(self.format.weight(wb, hb, lane, e)) * i32::from(q);
+                }
+                let i = pb * PANEL_ROWS + lane;
+                scaled += i32::from(self.sc[i]) * dot;
+                mins += i32::from(self.mn[i]) * y.sum;
+            }
+            let yd = ys[0].d;
+            acc = (f32_of(self.d[at]) * yd).mul_add(scaled as f32, acc);
+            if self.format.k() {
+                acc = (-f32_of(self.m[at]) * yd).mul_add(mins as f32, acc);
+            }
+        }
+        acc
+    }
+}
+
+/// An f16's bits as f32.
+fn f32_of(bits: u16) -> f32 {
+    half::f16::from_bits(bits).to_f32()
 }
 
 #[cfg(target_arch = "x86_64")]

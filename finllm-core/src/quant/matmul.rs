@@ -11,7 +11,7 @@ use std::sync::Arc;
 use rayon::prelude::*;
 
 use super::bf16dot::{bf16_dot_kernels, round_to_bf16};
-use super::blocks::{quantize_q8, BlockQ8, QK};
+use super::blocks::{quantize_q8, quantize_q8_k, BlockQ8, QK};
 use super::float::{float_kernels, FloatKernels, FLOAT_FORMATS, MAX_TILE_ROWS, MAX_TILE_TOKENS};
 use super::gemm::{PanelFormat, Panels, PANEL_ROWS};
 use super::halfpair::{
@@ -191,6 +191,8 @@ enum Input {
     Pairs,
     /// 8-bit blocks ([`quantize_q8`]).
     Blocks,
+    /// 8-bit blocks scaled per 256 values ([`quantize_q8_k`]): the K-quant and Q6_K panels.
+    BlocksK,
     /// 8-bit blocks grouped eight to a super-block ([`supers_from_blocks`]).
     Supers,
 }
@@ -198,6 +200,7 @@ enum Input {
 impl QMatrix {
     fn input(&self) -> Input {
         match &self.weights {
+            Weights::Panels(p) if p.format().supers() => Input::BlocksK,
             Weights::Panels(_) => Input::Blocks,
             Weights::Rows(r) => match r.kernels {
                 RowKernels::Blocks { .. } => Input::Blocks,
@@ -399,7 +402,10 @@ impl QMatrix {
     /// results for those rows.
     fn rows_times(&self, first: usize, out: &mut [&mut [f32]], act: &Activations<'_>) {
         let rows = match &self.weights {
-            Weights::Panels(p) => return p.panel_times(first / PANEL_ROWS, act.blocks, out),
+            Weights::Panels(p) => {
+                let a = if p.format().supers() { act.blocks_k } else { act.blocks };
+                return p.panel_times(first / PANEL_ROWS, a, out);
+            }
             Weights::Rows(r) => r,
         };
         // This task's rows, back to back.
@@ -578,6 +584,8 @@ struct Activations<'a> {
     /// [`RowKernels::Pairs`]).
     pairs: &'a [f32],
     blocks: &'a [BlockQ8],
+    /// `x` as 8-bit blocks scaled per 256 values (empty unless a matrix of the call reads them).
+    blocks_k: &'a [BlockQ8],
     /// The blocks laid out per super-block (empty unless a matrix of the call has K-quant tiles).
     supers: &'a [SuperQ8],
 }
@@ -588,6 +596,7 @@ struct Activations<'a> {
 #[derive(Default)]
 pub struct Scratch {
     blocks: Vec<BlockQ8>,
+    blocks_k: Vec<BlockQ8>,
     bf16: Vec<u16>,
     pairs: Vec<f32>,
     supers: Vec<SuperQ8>,
@@ -596,7 +605,7 @@ pub struct Scratch {
 impl Scratch {
     /// Bytes the buffers hold (their capacity).
     pub fn bytes(&self) -> usize {
-        self.blocks.capacity() * std::mem::size_of::<BlockQ8>()
+        (self.blocks.capacity() + self.blocks_k.capacity()) * std::mem::size_of::<BlockQ8>()
             + self.supers.capacity() * std::mem::size_of::<SuperQ8>()
             + self.bf16.capacity() * std::mem::size_of::<u16>()
             + self.pairs.capacity() * std::mem::size_of::<f32>()
@@ -668,6 +677,14 @@ pub fn matmul_group_into(mats: &[&QMatrix], x: &[f32], n: usize, outs: &mut [&mu
             .zip(xq.par_chunks(blocks.max(1)))
             .for_each(|(s, b)| supers_from_blocks(b, s));
     }
+    let mut blocks_k: &mut [BlockQ8] = &mut [];
+    if reads(Input::BlocksK) {
+        // Only matrices of whole 256-value super-blocks read these (checked at load).
+        let blocks = cols / QK;
+        scratch.blocks_k.resize(n * blocks, BlockQ8::default());
+        blocks_k = &mut scratch.blocks_k[..n * blocks];
+        by_token(x, cols, blocks_k, blocks, quantize_q8_k);
+    }
     let mut bf16: &mut [u16] = &mut [];
     if any_bf16 {
         scratch.bf16.resize(n * cols, 0);
@@ -695,6 +712,7 @@ pub fn matmul_group_into(mats: &[&QMatrix], x: &[f32], n: usize, outs: &mut [&mu
         bf16,
         pairs,
         blocks: xq,
+        blocks_k,
         supers,
     };
     if n == 0 {

@@ -44,8 +44,8 @@ pub unsafe fn panel<const F: u8>(m: &Panels, p: usize, a: &[BlockQ8], out: &mut 
     let blocks = m.blocks();
     let tokens = a.len() / blocks;
     let pbb = m.format.panel_block_bytes();
-    // The K-quants keep d and dmin per super-block; the others a scale (and Q4_1 a minimum)
-    // per block.
+    // The K-quants keep d and dmin per super-block (Q6_K d); the others a scale (and Q4_1 a
+    // minimum) per block.
     let k = k_quant(F);
     let per_d = if per_super(F) { blocks / (QK_K / QK) } else { blocks } * PANEL_ROWS;
     let per_block = blocks * PANEL_ROWS;
@@ -89,6 +89,12 @@ pub unsafe fn panel<const F: u8>(m: &Panels, p: usize, a: &[BlockQ8], out: &mut 
             3 if F == Q6K => widen(unsafe { tile6::<3>(&slices, a, blocks, first) }),
             2 if F == Q6K => widen(unsafe { tile6::<2>(&slices, a, blocks, first) }),
             _ if F == Q6K => widen(unsafe { tile6::<1>(&slices, a, blocks, first) }),
+            6 if k => widen(unsafe { tilek::<F, 6>(&slices, a, blocks, first) }),
+            5 if k => widen(unsafe { tilek::<F, 5>(&slices, a, blocks, first) }),
+            4 if k => widen(unsafe { tilek::<F, 4>(&slices, a, blocks, first) }),
+            3 if k => widen(unsafe { tilek::<F, 3>(&slices, a, blocks, first) }),
+            2 if k => widen(unsafe { tilek::<F, 2>(&slices, a, blocks, first) }),
+            _ if k => widen(unsafe { tilek::<F, 1>(&slices, a, blocks, first) }),
             6 => widen(unsafe { tile::<F, 6>(&slices, a, blocks, first) }),
             5 => widen(unsafe { tile::<F, 5>(&slices, a, blocks, first) }),
             4 => widen(unsafe { tile::<F, 4>(&slices, a, blocks, first) }),
@@ -223,16 +229,6 @@ struct Slices<'a> {
     hb: &'a [u64],
 }
 
-/// Sixteen bytes at `p` as f32.
-///
-/// SAFETY: 16 readable bytes at `p`.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn bytes_f32(p: *const u8) -> __m512 {
-    // SAFETY: the caller's.
-    _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(unsafe { _mm_loadu_si128(p.cast()) }))
-}
-
 /// One panel (32 rows) by `N` tokens over every block.
 ///
 /// SAFETY: AVX-512 F/BW/VL/VNNI; `sl` holds `blocks` panel blocks of format `F` with their
@@ -245,6 +241,7 @@ unsafe fn tile<const F: u8, const N: usize>(
     blocks: usize,
     prefetch: bool,
 ) -> [[__m512; 2]; N] {
+    debug_assert!(!per_super(F), "super-block formats have their own tiles");
     let mut acc = [[_mm512_setzero_ps(); 2]; N];
     let pbb = if F == Q8_0 {
         PANEL_ROWS * QK
@@ -317,39 +314,6 @@ unsafe fn tile<const F: u8, const N: usize>(
                 }
             }
         }
-        if k_quant(F) {
-            let at = b / (QK_K / QK) * PANEL_ROWS;
-            // SAFETY: the super-block's 32 d and dmin, the block's 32 scales and minima lie
-            // inside the slices.
-            let (d, dmin, sc, mn) = unsafe {
-                (
-                    halves(sl.d.as_ptr().add(at)),
-                    halves(sl.m.as_ptr().add(at)),
-                    [
-                        bytes_f32(sl.sc.as_ptr().add(b * PANEL_ROWS)),
-                        bytes_f32(sl.sc.as_ptr().add(b * PANEL_ROWS + 16)),
-                    ],
-                    [
-                        bytes_f32(sl.mn.as_ptr().add(b * PANEL_ROWS)),
-                        bytes_f32(sl.mn.as_ptr().add(b * PANEL_ROWS + 16)),
-                    ],
-                )
-            };
-            // −dmin: the sign bit flipped (an integer xor: AVX-512 F has no float one).
-            let sign = _mm512_set1_epi32(i32::MIN);
-            for h in 0..2 {
-                let ws = _mm512_mul_ps(d[h], sc[h]);
-                let neg = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(dmin[h]), sign));
-                let wm = _mm512_mul_ps(neg, mn[h]);
-                for t in 0..N {
-                    let yd = _mm512_set1_ps(ys[t].d);
-                    acc[t][h] = _mm512_fmadd_ps(_mm512_mul_ps(ws, yd), _mm512_cvtepi32_ps(dot[t][h]), acc[t][h]);
-                    let ysum = _mm512_set1_ps(ys[t].d * ys[t].sum as f32);
-                    acc[t][h] = _mm512_fmadd_ps(wm, ysum, acc[t][h]);
-                }
-            }
-            continue;
-        }
         // SAFETY: the block's 32 row scales (and minima) lie inside `d` (and `m`).
         let ds = unsafe { halves(sl.d.as_ptr().add(b * PANEL_ROWS)) };
         for t in 0..N {
@@ -366,6 +330,135 @@ unsafe fn tile<const F: u8, const N: usize>(
                 for h in 0..2 {
                     acc[t][h] = _mm512_fmadd_ps(ms[h], s, acc[t][h]);
                 }
+            }
+        }
+    }
+    acc
+}
+
+/// The nibbles (with their fifth bits) of run pair `s` of the panel block at `wb`, both halves
+/// of the panel: `[low nibbles, high nibbles]` per half.
+///
+/// SAFETY: AVX-512 F/BW; run pair `s` of the block lies at `wb`; `hb` holds the block's
+/// fifth-bit masks where the format has them.
+#[inline(always)]
+unsafe fn nibbles<const F: u8>(wb: *const u8, s: usize, hb: &[u64]) -> [[__m512i; 2]; 2] {
+    let low = _mm512_set1_epi8(0x0f);
+    // SAFETY: the caller's.
+    let w = unsafe {
+        [
+            _mm512_loadu_si512(wb.add(128 * s).cast()),
+            _mm512_loadu_si512(wb.add(128 * s + 64).cast()),
+        ]
+    };
+    let mut out = w.map(|w| {
+        [
+            _mm512_and_si512(w, low),
+            _mm512_and_si512(_mm512_srli_epi16::<4>(w), low),
+        ]
+    });
+    if fifth(F) {
+        let sixteen = _mm512_set1_epi8(16);
+        for (h, v) in out.iter_mut().enumerate() {
+            for (high, v) in v.iter_mut().enumerate() {
+                *v = _mm512_mask_add_epi8(*v, hb[fifth_at(s, h, high)], *v, sixteen);
+            }
+        }
+    }
+    out
+}
+
+/// One panel (32 rows) of Q4_K or Q5_K by `N` tokens over every block, the activations
+/// scaled per 256 values ([`quantize_q8_k`](crate::quant::blocks::quantize_q8_k)). Per
+/// sub-block the integer chains as in [`tile`] (from zero), times the rows' 6-bit scales and
+/// summed over the super-block in integers; the minima times the sub-blocks' sums by
+/// `vpdpwssd` (two sub-blocks a lane, as 16-bit pairs); then per super-block one multiply-add
+/// by `d · d_a` and one by `−dmin · d_a` (as `scalar_super`).
+///
+/// SAFETY: AVX-512 F/BW/VL/VNNI; `sl` holds `blocks` panel blocks of format `F` (a K-quant)
+/// with their scales and minima, and `a` `N` tokens of `blocks` blocks.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+// The halves of the panel index the accumulators of every token in lockstep.
+#[allow(clippy::needless_range_loop)]
+unsafe fn tilek<const F: u8, const N: usize>(
+    sl: &Slices<'_>,
+    a: &[BlockQ8],
+    blocks: usize,
+    prefetch: bool,
+) -> [[__m512; 2]; N] {
+    let subs = QK_K / QK;
+    let mut acc = [[_mm512_setzero_ps(); 2]; N];
+    let pbb = PANEL_ROWS * QK / 2;
+    let wp = sl.w.as_ptr();
+    // −dmin: the sign bit flipped (an integer xor: AVX-512 F has no float one).
+    let sign = _mm512_set1_epi32(i32::MIN);
+    for sb in 0..blocks / subs {
+        let mut scaled = [[_mm512_setzero_si512(); 2]; N];
+        for j in 0..subs {
+            let b = sb * subs + j;
+            let ys: [&BlockQ8; N] = std::array::from_fn(|t| &a[t * blocks + b]);
+            let mut dot = [[_mm512_setzero_si512(); 2]; N];
+            let wb = wp.wrapping_add(b * pbb);
+            if prefetch {
+                ahead::<F>(sl, wb, b, pbb, N > 1);
+            }
+            let hb = if fifth(F) {
+                &sl.hb[b * FIFTH_MASKS..][..FIFTH_MASKS]
+            } else {
+                &[][..]
+            };
+            for s in 0..STEPS / 2 {
+                // SAFETY: run pair `s` of block `b` lies inside `w` (the caller sized it).
+                let v = unsafe { nibbles::<F>(wb, s, hb) };
+                for t in 0..N {
+                    let (ylo, yhi) = (four(ys[t], 4 * s), four(ys[t], 16 + 4 * s));
+                    for h in 0..2 {
+                        dot[t][h] = _mm512_dpbusd_epi32(dot[t][h], v[h][0], ylo);
+                        dot[t][h] = _mm512_dpbusd_epi32(dot[t][h], v[h][1], yhi);
+                    }
+                }
+            }
+            for h in 0..2 {
+                // SAFETY: the block's 32 scales lie inside `sc`.
+                let sc = _mm512_cvtepu8_epi32(unsafe {
+                    _mm_loadu_si128(sl.sc.as_ptr().add(b * PANEL_ROWS + 16 * h).cast())
+                });
+                for t in 0..N {
+                    scaled[t][h] = _mm512_add_epi32(scaled[t][h], _mm512_mullo_epi32(sc, dot[t][h]));
+                }
+            }
+        }
+        // The minima times the sub-blocks' sums, two sub-blocks a 32-bit lane.
+        let mut mins = [[_mm512_setzero_si512(); 2]; N];
+        for pair in 0..subs / 2 {
+            let b = sb * subs + 2 * pair;
+            for h in 0..2 {
+                let at = |b: usize| {
+                    // SAFETY: the block's 32 minima lie inside `mn`.
+                    _mm512_cvtepu8_epi32(unsafe { _mm_loadu_si128(sl.mn.as_ptr().add(b * PANEL_ROWS + 16 * h).cast()) })
+                };
+                let mn = _mm512_or_si512(at(b), _mm512_slli_epi32::<16>(at(b + 1)));
+                for t in 0..N {
+                    let (s0, s1) = (a[t * blocks + b].sum, a[t * blocks + b + 1].sum);
+                    let y = _mm512_set1_epi32((s0 & 0xffff) | (s1 << 16));
+                    mins[t][h] = _mm512_dpwssd_epi32(mins[t][h], mn, y);
+                }
+            }
+        }
+        // SAFETY: the super-block's 32 d and dmin lie inside the slices.
+        let (d, dmin) = unsafe {
+            (
+                halves(sl.d.as_ptr().add(sb * PANEL_ROWS)),
+                halves(sl.m.as_ptr().add(sb * PANEL_ROWS)),
+            )
+        };
+        for h in 0..2 {
+            let neg = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(dmin[h]), sign));
+            for t in 0..N {
+                let yd = _mm512_set1_ps(a[t * blocks + sb * subs].d);
+                acc[t][h] = _mm512_fmadd_ps(_mm512_mul_ps(d[h], yd), _mm512_cvtepi32_ps(scaled[t][h]), acc[t][h]);
+                acc[t][h] = _mm512_fmadd_ps(_mm512_mul_ps(neg, yd), _mm512_cvtepi32_ps(mins[t][h]), acc[t][h]);
             }
         }
     }
@@ -398,59 +491,67 @@ unsafe fn tile6<const N: usize>(sl: &Slices<'_>, a: &[BlockQ8], blocks: usize, p
         4 => plane,
         _ => _mm512_srli_epi16::<2>(plane),
     };
-    for b in 0..blocks {
-        let ys: [&BlockQ8; N] = std::array::from_fn(|t| &a[t * blocks + b]);
-        // dot[t][half of the block][half of the panel]
-        let mut dot: [[[__m512i; 2]; 2]; N] = std::array::from_fn(|t| {
-            let first = _mm512_set1_epi32(-32 * ys[t].sum_low);
-            let second = _mm512_set1_epi32(-32 * (ys[t].sum - ys[t].sum_low));
-            [[first, first], [second, second]]
-        });
-        let wb = wp.wrapping_add(b * pbb);
-        if prefetch {
-            ahead::<Q6K>(sl, wb, b, pbb, N > 1);
-        }
-        for s in 0..STEPS / 2 {
+    let subs = QK_K / QK;
+    for sb in 0..blocks / subs {
+        let mut scaled = [[_mm512_setzero_si512(); 2]; N];
+        for b in sb * subs..(sb + 1) * subs {
+            let ys: [&BlockQ8; N] = std::array::from_fn(|t| &a[t * blocks + b]);
+            // dot[t][half of the block][half of the panel]
+            let mut dot: [[[__m512i; 2]; 2]; N] = std::array::from_fn(|t| {
+                let first = _mm512_set1_epi32(-32 * ys[t].sum_low);
+                let second = _mm512_set1_epi32(-32 * (ys[t].sum - ys[t].sum_low));
+                [[first, first], [second, second]]
+            });
+            let wb = wp.wrapping_add(b * pbb);
+            if prefetch {
+                ahead::<Q6K>(sl, wb, b, pbb, N > 1);
+            }
+            for s in 0..STEPS / 2 {
+                for h in 0..2 {
+                    let (at, shift) = six_plane_at(s, h, 0);
+                    // SAFETY: run pair `s` of block `b` and its plane lie inside `w` (the
+                    // caller sized it).
+                    let (w, plane) = unsafe {
+                        (
+                            _mm512_loadu_si512(wb.add(128 * s + 64 * h).cast()),
+                            _mm512_loadu_si512(wb.add(at).cast()),
+                        )
+                    };
+                    // a | (b & c): 0xf8.
+                    let lo = _mm512_ternarylogic_epi32::<0xf8>(_mm512_and_si512(w, low), at_four(plane, shift), m30);
+                    let hi = _mm512_ternarylogic_epi32::<0xf8>(
+                        _mm512_and_si512(_mm512_srli_epi16::<4>(w), low),
+                        at_four(plane, shift + 2),
+                        m30,
+                    );
+                    for t in 0..N {
+                        dot[t][0][h] = _mm512_dpbusd_epi32(dot[t][0][h], lo, four(ys[t], 4 * s));
+                        dot[t][1][h] = _mm512_dpbusd_epi32(dot[t][1][h], hi, four(ys[t], 16 + 4 * s));
+                    }
+                }
+            }
             for h in 0..2 {
-                let (at, shift) = six_plane_at(s, h, 0);
-                // SAFETY: run pair `s` of block `b` and its plane lie inside `w` (the caller
-                // sized it).
-                let (w, plane) = unsafe {
-                    (
-                        _mm512_loadu_si512(wb.add(128 * s + 64 * h).cast()),
-                        _mm512_loadu_si512(wb.add(at).cast()),
-                    )
+                let scale = |sub: usize| {
+                    // SAFETY: the block's two halves' 32 scales each lie inside `sc`.
+                    let p = unsafe { sl.sc.as_ptr().add((2 * b + sub) * PANEL_ROWS + 16 * h) };
+                    _mm512_cvtepi8_epi32(unsafe { _mm_loadu_si128(p.cast()) })
                 };
-                // a | (b & c): 0xf8.
-                let lo = _mm512_ternarylogic_epi32::<0xf8>(_mm512_and_si512(w, low), at_four(plane, shift), m30);
-                let hi = _mm512_ternarylogic_epi32::<0xf8>(
-                    _mm512_and_si512(_mm512_srli_epi16::<4>(w), low),
-                    at_four(plane, shift + 2),
-                    m30,
-                );
+                let (first, second) = (scale(0), scale(1));
                 for t in 0..N {
-                    dot[t][0][h] = _mm512_dpbusd_epi32(dot[t][0][h], lo, four(ys[t], 4 * s));
-                    dot[t][1][h] = _mm512_dpbusd_epi32(dot[t][1][h], hi, four(ys[t], 16 + 4 * s));
+                    let sum = _mm512_add_epi32(
+                        _mm512_mullo_epi32(first, dot[t][0][h]),
+                        _mm512_mullo_epi32(second, dot[t][1][h]),
+                    );
+                    scaled[t][h] = _mm512_add_epi32(scaled[t][h], sum);
                 }
             }
         }
-        // SAFETY: the super-block's 32 d and the block's two halves' 32 scales each lie
-        // inside the slices.
-        let d = unsafe { halves(sl.d.as_ptr().add(b / (QK_K / QK) * PANEL_ROWS)) };
+        // SAFETY: the super-block's 32 d lie inside `d`.
+        let d = unsafe { halves(sl.d.as_ptr().add(sb * PANEL_ROWS)) };
         for h in 0..2 {
-            let scale = |sub: usize| {
-                // SAFETY: as above.
-                let p = unsafe { sl.sc.as_ptr().add((2 * b + sub) * PANEL_ROWS + 16 * h) };
-                _mm512_cvtepi8_epi32(unsafe { _mm_loadu_si128(p.cast()) })
-            };
-            let (first, second) = (scale(0), scale(1));
             for t in 0..N {
-                let sum = _mm512_add_epi32(
-                    _mm512_mullo_epi32(first, dot[t][0][h]),
-                    _mm512_mullo_epi32(second, dot[t][1][h]),
-                );
-                let yd = _mm512_set1_ps(ys[t].d);
-                acc[t][h] = _mm512_fmadd_ps(_mm512_mul_ps(d[h], yd), _mm512_cvtepi32_ps(sum), acc[t][h]);
+                let yd = _mm512_set1_ps(a[t * blocks + sb * subs].d);
+                acc[t][h] = _mm512_fmadd_ps(_mm512_mul_ps(d[h], yd), _mm512_cvtepi32_ps(scaled[t][h]), acc[t][h]);
             }
         }
     }

@@ -1,7 +1,7 @@
 //! The panels against the scalar kernels.
 
 use super::*;
-use crate::quant::blocks::quantize_q8;
+use crate::quant::blocks::{quantize_q8, quantize_q8_k};
 
 fn lcg(seed: &mut u64) -> f32 {
     *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
@@ -109,10 +109,14 @@ fn file_bytes(dtype: QuantType, data: &[f32], rows: usize, cols: usize) -> Vec<u
     crate::tools::synthetic::encode(data, &[rows, cols], dtype).expect("an encoder for the format")
 }
 
-/// `x` (`n` rows of `cols` values) as the 8-bit blocks the panels take.
-fn quantized(x: &[f32]) -> Vec<BlockQ8> {
+/// `x` (`n` rows of `cols` values) as the 8-bit blocks the panels of `format` take.
+fn quantized(format: PanelFormat, x: &[f32]) -> Vec<BlockQ8> {
     let mut a = vec![BlockQ8::default(); x.len() / QK];
-    quantize_q8(x, &mut a);
+    if format.supers() {
+        quantize_q8_k(x, &mut a);
+    } else {
+        quantize_q8(x, &mut a);
+    }
     a
 }
 
@@ -153,7 +157,7 @@ fn panels_match_the_scalar_form_bit_for_bit_and_the_f64_oracle() {
             let m = Panels::from_blocks(format, &bytes, rows, cols).expect("whole blocks");
             for n in [1usize, 5, 6, 7, 8, 9, 13, 40] {
                 let x: Vec<f32> = (0..n * cols).map(|_| lcg(&mut seed) * 3.0).collect();
-                let a = quantized(&x);
+                let a = quantized(format, &x);
                 let scalar = m.matmul_scalar(&a, n);
                 let fast = product(&m, &a, n);
                 // Bit for bit (on a CPU without VNNI both run the scalar form).
@@ -197,7 +201,7 @@ fn close_to_the_float_product() {
     let x: Vec<f32> = (0..n * cols).map(|_| lcg(&mut seed)).collect();
     let bytes = file_bytes(QuantType::Q8_0, &data, rows, cols);
     let m = Panels::from_blocks(PanelFormat::Q8_0, &bytes, rows, cols).expect("whole blocks");
-    let y = product(&m, &quantized(&x), n);
+    let y = product(&m, &quantized(PanelFormat::Q8_0, &x), n);
     for t in 0..n {
         for r in 0..rows {
             let exact: f64 = (0..cols)

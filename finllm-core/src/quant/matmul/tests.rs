@@ -52,9 +52,14 @@ fn every_kernel_format_multiplies_like_its_dequantized_matrix() {
                 // batches rely on it).
                 let alone = m.matmul(&x[t * cols..(t + 1) * cols], 1);
                 assert_eq!(alone, y[t * rows..(t + 1) * rows], "{dtype} n={n} token {t}");
-                // The kernels see the activations quantized to 8 bits.
+                // The kernels see the activations quantized to 8 bits (the K-quant and Q6_K
+                // panels with one scale per 256 values).
                 let mut xq = vec![BlockQ8::default(); cols / QK];
-                quantize_q8(&x[t * cols..(t + 1) * cols], &mut xq);
+                if m.input() == Input::BlocksK {
+                    quantize_q8_k(&x[t * cols..(t + 1) * cols], &mut xq);
+                } else {
+                    quantize_q8(&x[t * cols..(t + 1) * cols], &mut xq);
+                }
                 let xd: Vec<f64> = xq
                     .iter()
                     .flat_map(|b| b.qs.iter().map(move |&q| f64::from(q) * f64::from(b.d)))
