@@ -531,6 +531,28 @@ mod tests {
         check(T::BF16, &bf16_bytes, &values);
     }
 
+    /// `x` through the dispatched quantizer (`quantize_q8` or `quantize_q8_k`) and through the
+    /// baseline code: the same bits, and every block's sums are its values' own. Returns the
+    /// baseline's blocks.
+    fn same_bits_as_the_baseline(x: &[f32], scale: Scale) -> Vec<BlockQ8> {
+        let n = x.len() / QK;
+        let (mut fast, mut base) = (vec![BlockQ8::default(); n], vec![BlockQ8::default(); n]);
+        match scale {
+            Scale::PerBlock => quantize_q8(x, &mut fast),
+            Scale::PerSuper => quantize_q8_k(x, &mut fast),
+        }
+        quantize_q8_blocks(x, &mut base, scale);
+        for (f, b) in fast.iter().zip(&base) {
+            assert_eq!(
+                (f.d.to_bits(), f.s.to_bits(), f.sum, f.sum_low, f.qs),
+                (b.d.to_bits(), b.s.to_bits(), b.sum, b.sum_low, b.qs)
+            );
+            let total = |q: &[i8]| q.iter().map(|&v| i32::from(v)).sum::<i32>();
+            assert_eq!((b.sum, b.sum_low), (total(&b.qs), total(&b.qs[..QK / 2])));
+        }
+        base
+    }
+
     /// Activations scaled per 256 values: the dispatched quantizer gives the baseline's bits;
     /// the eight blocks of each 256 share one f32 scale, the largest magnitude over 127, and
     /// each value is that scale's nearest step; sums are the values' own.
@@ -546,18 +568,7 @@ mod tests {
             x[QK_K + 40] = f32::NAN;
             x[2 * QK_K + 7] = f32::INFINITY;
             x[4 * QK_K - 1] = 4.0 * spread as f32;
-            let n = x.len() / QK;
-            let (mut fast, mut base) = (vec![BlockQ8::default(); n], vec![BlockQ8::default(); n]);
-            quantize_q8_k(&x, &mut fast);
-            quantize_q8_blocks(&x, &mut base, Scale::PerSuper);
-            for (f, b) in fast.iter().zip(&base) {
-                assert_eq!(
-                    (f.d.to_bits(), f.s.to_bits(), f.sum, f.sum_low, f.qs),
-                    (b.d.to_bits(), b.s.to_bits(), b.sum, b.sum_low, b.qs)
-                );
-                let total = |q: &[i8]| q.iter().map(|&v| i32::from(v)).sum::<i32>();
-                assert_eq!((b.sum, b.sum_low), (total(&b.qs), total(&b.qs[..QK / 2])));
-            }
+            let base = same_bits_as_the_baseline(&x, Scale::PerSuper);
             for (chunk, group) in x.chunks_exact(QK_K).zip(base.chunks_exact(QK_K / QK)) {
                 if chunk.iter().any(|v| !v.is_finite()) {
                     continue;
@@ -599,18 +610,7 @@ mod tests {
             x[3 * QK + 31] = f32::INFINITY;
             x[4 * QK] = -0.0;
             x[5 * QK + 9] = -f32::MAX;
-            let (mut fast, mut base) = (vec![BlockQ8::default(); 37], vec![BlockQ8::default(); 37]);
-            quantize_q8(&x, &mut fast);
-            quantize_q8_blocks(&x, &mut base, Scale::PerBlock);
-            for (f, b) in fast.iter().zip(&base) {
-                assert_eq!(
-                    (f.d.to_bits(), f.s.to_bits(), f.sum, f.sum_low, f.qs),
-                    (b.d.to_bits(), b.s.to_bits(), b.sum, b.sum_low, b.qs)
-                );
-                // The sums are the values' own.
-                let total = |q: &[i8]| q.iter().map(|&v| i32::from(v)).sum::<i32>();
-                assert_eq!((b.sum, b.sum_low), (total(&b.qs), total(&b.qs[..QK / 2])));
-            }
+            let base = same_bits_as_the_baseline(&x, Scale::PerBlock);
             // And the values themselves: q = round(x · 127 / amax), |q| <= 127, where the scale
             // is a normal float; a block whose scale's reciprocal overflows quantizes to zeros.
             for (chunk, b) in x.chunks_exact(QK).zip(&base) {
