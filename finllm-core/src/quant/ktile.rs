@@ -34,9 +34,6 @@ pub const SUBS: usize = QK_K / QK;
 /// 32-bit lanes of a 64-byte vector: the dot products' accumulators.
 pub const LANES: usize = 16;
 
-/// Most weight rows one tile call takes (the AVX-512 tiles took two; the AVX2 tiles take one).
-pub const MAX_TILE_ROWS: usize = 1;
-
 /// Most tokens one tile call takes.
 pub const MAX_TILE_TOKENS: usize = 8;
 
@@ -563,8 +560,8 @@ pub fn pack_q6_k_row(row: &[u8], out: &mut [u8]) {
 /// Every row of `rows` (whole rows of `row_bytes`) times every token of `a` (`out.len()` tokens
 /// of `a.len() / out.len()` groups each): `out[t][i]` receives row `i` · token `t`. A K-quant
 /// row holds one super-block per group; a Q8_0 row is packed ([`pack_q8_0_row`]) for as many
-/// blocks as a token's groups hold. The kernel walks tiles of up to [`MAX_TILE_ROWS`] rows by
-/// [`MAX_TILE_TOKENS`] tokens (one row at a time for a single token): rows in blocks of
+/// blocks as a token's groups hold. The kernel walks tiles of one row by up to
+/// [`MAX_TILE_TOKENS`] tokens: rows in blocks of
 /// [`TASK_ROWS`], outermost, then tokens, then each row's groups in runs of at most
 /// [`CHUNK_GROUPS`], so a run's activations stay in L1 while the block's rows go by; its checks
 /// run once per call.

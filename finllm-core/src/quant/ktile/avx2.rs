@@ -62,8 +62,8 @@ macro_rules! run {
             $row_bytes,
             $a,
             $out,
-            (1, $chunk),
-            |w, y, s, o| unsafe { by_tokens!($imp, $c, w[0], y, s, o) },
+            $chunk,
+            |w, y, s, o| unsafe { by_tokens!($imp, $c, w, y, s, o) },
             |w, y, o| unsafe { $one(w, $row_bytes, y, o) },
         )
     };

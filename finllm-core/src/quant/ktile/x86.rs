@@ -115,16 +115,17 @@ impl Span<'static> {
 }
 
 /// The tiles of a call: rows in blocks of [`TASK_ROWS`], outermost; tokens in runs of up
-/// to eight; groups in runs of `chunk` (at most [`CHUNK_GROUPS`]); rows `tile_rows` (at most
-/// [`MAX_TILE_ROWS`]) a tile. A single token goes to `one_token`.
+/// to [`MAX_TILE_TOKENS`]; groups in runs of `chunk` (at most [`CHUNK_GROUPS`]); one row a
+/// tile (on AVX2 a second row's unpacked group would not fit the registers). A single token
+/// goes to `one_token`.
 #[inline(always)]
 pub(super) fn drive(
     rows: &[u8],
     row_bytes: usize,
     a: &[SuperQ8],
     out: &mut [&mut [f32]],
-    (tile_rows, chunk): (usize, usize),
-    tile: impl Fn(&[&[u8]], &[&[SuperQ8]], Span<'_>, &mut [f32]),
+    chunk: usize,
+    tile: impl Fn(&[u8], &[&[SuperQ8]], Span<'_>, &mut [f32]),
     one_token: impl Fn(&[u8], &[SuperQ8], &mut [f32]),
 ) {
     let n = out.len();
@@ -138,9 +139,8 @@ pub(super) fn drive(
         one_token(rows, a, out[0]);
         return;
     }
-    // The weights' unpacking (shuffles, scales) is shared by up to eight tokens (on AVX2 a
-    // second row's unpacked group would not fit the registers).
-    let mut results = [0f32; MAX_TILE_ROWS * MAX_TILE_TOKENS];
+    // The weights' unpacking (shuffles, scales) is shared by up to eight tokens.
+    let mut results = [0f32; MAX_TILE_TOKENS];
     let mut carry = [[0f32; LANES]; TASK_ROWS * MAX_TILE_TOKENS];
     for r0 in (0..nrows).step_by(TASK_ROWS) {
         let r1 = nrows.min(r0 + TASK_ROWS);
@@ -150,26 +150,20 @@ pub(super) fn drive(
                 std::array::from_fn(|j| &a[(t0 + j.min(tn - 1)) * groups..][..groups]);
             for first in (0..groups).step_by(chunk) {
                 let end = groups.min(first + chunk);
-                for i0 in (r0..r1).step_by(tile_rows) {
-                    let rn = tile_rows.min(r1 - i0);
-                    let ws: [&[u8]; MAX_TILE_ROWS] =
-                        std::array::from_fn(|j| &rows[(i0 + j.min(rn - 1)) * row_bytes..][..row_bytes]);
-                    // Tiles of `tile_rows` rows start `tile_rows` rows apart: their carries
-                    // (at most `tile_rows` by eight) do not overlap.
-                    let at = (i0 - r0) * MAX_TILE_TOKENS;
+                for i in r0..r1 {
+                    // Each row of the block carries its own lanes between runs of groups.
+                    let at = (i - r0) * MAX_TILE_TOKENS;
                     let span = Span {
                         first,
                         end,
-                        carry: &mut carry[at..at + rn * tn],
+                        carry: &mut carry[at..at + tn],
                     };
-                    tile(&ws[..rn], &ys[..tn], span, &mut results[..rn * tn]);
+                    tile(&rows[i * row_bytes..][..row_bytes], &ys[..tn], span, &mut results[..tn]);
                     if end < groups {
                         continue;
                     }
-                    for (r, res) in results[..rn * tn].chunks_exact(tn).enumerate() {
-                        for (y, o) in res.iter().zip(&mut out[t0..t0 + tn]) {
-                            o[i0 + r] = *y;
-                        }
+                    for (y, o) in results[..tn].iter().zip(&mut out[t0..t0 + tn]) {
+                        o[i] = *y;
                     }
                 }
             }
