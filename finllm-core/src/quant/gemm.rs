@@ -512,23 +512,29 @@ impl Panels {
         out
     }
 
+    /// Panel block `pb`'s laid-out bytes and its fifth-bit masks (empty where the format has
+    /// none).
+    fn panel_block(&self, pb: usize) -> (&[u8], &[u64]) {
+        let pbb = self.format.panel_block_bytes();
+        let hb: &[u64] = if self.format.five() {
+            &self.hb[pb * FIFTH_MASKS..(pb + 1) * FIFTH_MASKS]
+        } else {
+            &[]
+        };
+        (&self.w[pb * pbb..(pb + 1) * pbb], hb)
+    }
+
     /// Row `r` times one token's blocks, the tiles' operations one at a time.
     fn scalar_one(&self, r: usize, tok: &[BlockQ8]) -> f32 {
         if self.format.supers() {
             return self.scalar_super(r, tok);
         }
         let blocks = self.blocks();
-        let pbb = self.format.panel_block_bytes();
         let (p, lane) = (r / PANEL_ROWS, r % PANEL_ROWS);
         let mut acc = 0f32;
         for (b, y) in tok.iter().enumerate() {
             let pb = p * blocks + b;
-            let wb = &self.w[pb * pbb..(pb + 1) * pbb];
-            let hb = if self.format.five() {
-                &self.hb[pb * FIFTH_MASKS..(pb + 1) * FIFTH_MASKS]
-            } else {
-                &[]
-            };
+            let (wb, hb) = self.panel_block(pb);
             let mut dot = self.format.start(y.sum);
             for (e, &q) in y.qs.iter().enumerate() {
                 dot += i32::from(self.format.weight(wb, hb, lane, e)) * i32::from(q);
@@ -549,7 +555,6 @@ impl Panels {
     /// one by `−dmin · d_a`).
     fn scalar_super(&self, r: usize, tok: &[BlockQ8]) -> f32 {
         let blocks = self.blocks();
-        let pbb = self.format.panel_block_bytes();
         let (p, lane) = (r / PANEL_ROWS, r % PANEL_ROWS);
         let subs = QK_K / QK;
         let mut acc = 0f32;
@@ -559,12 +564,7 @@ impl Panels {
             let (mut scaled, mut mins) = (0i32, 0i32);
             for (j, y) in ys.iter().enumerate() {
                 let pb = p * blocks + sb * subs + j;
-                let wb = &self.w[pb * pbb..(pb + 1) * pbb];
-                let hb = if self.format.five() {
-                    &self.hb[pb * FIFTH_MASKS..(pb + 1) * FIFTH_MASKS]
-                } else {
-                    &[]
-                };
+                let (wb, hb) = self.panel_block(pb);
                 if self.format == PanelFormat::Q6K {
                     // Each half's chain from −32 Σ a of its values, times its scale.
                     let mut halves = [-32 * y.sum_low, -32 * (y.sum - y.sum_low)];

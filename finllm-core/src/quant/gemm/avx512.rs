@@ -229,6 +229,18 @@ struct Slices<'a> {
     hb: &'a [u64],
 }
 
+impl Slices<'_> {
+    /// Block `b`'s fifth-bit masks (empty where format `F` has none).
+    #[inline(always)]
+    fn masks<const F: u8>(&self, b: usize) -> &[u64] {
+        if fifth(F) {
+            &self.hb[b * FIFTH_MASKS..][..FIFTH_MASKS]
+        } else {
+            &[]
+        }
+    }
+}
+
 /// One panel (32 rows) by `N` tokens over every block.
 ///
 /// SAFETY: AVX-512 F/BW/VL/VNNI; `sl` holds `blocks` panel blocks of format `F` with their
@@ -249,7 +261,6 @@ unsafe fn tile<const F: u8, const N: usize>(
         PANEL_ROWS * QK / 2
     };
     let wp = sl.w.as_ptr();
-    let low = _mm512_set1_epi8(0x0f);
     for b in 0..blocks {
         let ys: [&BlockQ8; N] = std::array::from_fn(|t| &a[t * blocks + b]);
         let mut dot: [[__m512i; 2]; N] = std::array::from_fn(|t| {
@@ -282,37 +293,9 @@ unsafe fn tile<const F: u8, const N: usize>(
                 }
             }
         } else {
-            for s in 0..STEPS / 2 {
-                // SAFETY: run pair `s` of block `b` lies inside `w` (the caller sized it).
-                let (w0, w1) = unsafe {
-                    (
-                        _mm512_loadu_si512(wb.add(128 * s).cast()),
-                        _mm512_loadu_si512(wb.add(128 * s + 64).cast()),
-                    )
-                };
-                // Low nibbles: values 4s..4s+4; high: 16+4s..16+4s+4.
-                let mut lo = [_mm512_and_si512(w0, low), _mm512_and_si512(w1, low)];
-                let mut hi = [
-                    _mm512_and_si512(_mm512_srli_epi16::<4>(w0), low),
-                    _mm512_and_si512(_mm512_srli_epi16::<4>(w1), low),
-                ];
-                if fifth(F) {
-                    let sixteen = _mm512_set1_epi8(16);
-                    for h in 0..2 {
-                        let at = b * FIFTH_MASKS;
-                        let (kl, kh) = (sl.hb[at + fifth_at(s, h, 0)], sl.hb[at + fifth_at(s, h, 1)]);
-                        lo[h] = _mm512_mask_add_epi8(lo[h], kl, lo[h], sixteen);
-                        hi[h] = _mm512_mask_add_epi8(hi[h], kh, hi[h], sixteen);
-                    }
-                }
-                for t in 0..N {
-                    let (ylo, yhi) = (four(ys[t], 4 * s), four(ys[t], 16 + 4 * s));
-                    for h in 0..2 {
-                        dot[t][h] = _mm512_dpbusd_epi32(dot[t][h], lo[h], ylo);
-                        dot[t][h] = _mm512_dpbusd_epi32(dot[t][h], hi[h], yhi);
-                    }
-                }
-            }
+            let hb = sl.masks::<F>(b);
+            // SAFETY: block `b` lies inside `w` (the caller sized it).
+            unsafe { nibble_dots::<F, N>(wb, hb, &ys, &mut dot) };
         }
         // SAFETY: the block's 32 row scales (and minima) lie inside `d` (and `m`).
         let ds = unsafe { halves(sl.d.as_ptr().add(b * PANEL_ROWS)) };
@@ -368,6 +351,34 @@ unsafe fn nibbles<const F: u8>(wb: *const u8, s: usize, hb: &[u64]) -> [[__m512i
     out
 }
 
+/// A 4- or 5-bit panel block (at `wb`, its fifth-bit masks `hb`) times `N` tokens' blocks
+/// `ys`, chained onto `dot[t][half of the panel]`: per run pair, the low nibbles (values
+/// `4 s..`) by one broadcast of four activations, the high ones (`16 + 4 s..`) by another.
+///
+/// SAFETY: AVX-512 F/BW/VNNI; the panel block lies at `wb`; `hb` holds its masks where the
+/// format has them.
+#[inline(always)]
+// The halves of the panel index the chains of every token in lockstep.
+#[allow(clippy::needless_range_loop)]
+unsafe fn nibble_dots<const F: u8, const N: usize>(
+    wb: *const u8,
+    hb: &[u64],
+    ys: &[&BlockQ8; N],
+    dot: &mut [[__m512i; 2]; N],
+) {
+    for s in 0..STEPS / 2 {
+        // SAFETY: the caller's.
+        let v = unsafe { nibbles::<F>(wb, s, hb) };
+        for t in 0..N {
+            let (ylo, yhi) = (four(ys[t], 4 * s), four(ys[t], 16 + 4 * s));
+            for h in 0..2 {
+                dot[t][h] = _mm512_dpbusd_epi32(dot[t][h], v[h][0], ylo);
+                dot[t][h] = _mm512_dpbusd_epi32(dot[t][h], v[h][1], yhi);
+            }
+        }
+    }
+}
+
 /// One panel (32 rows) of Q4_K or Q5_K by `N` tokens over every block, the activations
 /// scaled per 256 values ([`quantize_q8_k`](crate::quant::blocks::quantize_q8_k)). Per
 /// sub-block the integer chains as in [`tile`] (from zero), times the rows' 6-bit scales and
@@ -403,22 +414,9 @@ unsafe fn tilek<const F: u8, const N: usize>(
             if prefetch {
                 ahead::<F>(sl, wb, b, pbb, N > 1);
             }
-            let hb = if fifth(F) {
-                &sl.hb[b * FIFTH_MASKS..][..FIFTH_MASKS]
-            } else {
-                &[][..]
-            };
-            for s in 0..STEPS / 2 {
-                // SAFETY: run pair `s` of block `b` lies inside `w` (the caller sized it).
-                let v = unsafe { nibbles::<F>(wb, s, hb) };
-                for t in 0..N {
-                    let (ylo, yhi) = (four(ys[t], 4 * s), four(ys[t], 16 + 4 * s));
-                    for h in 0..2 {
-                        dot[t][h] = _mm512_dpbusd_epi32(dot[t][h], v[h][0], ylo);
-                        dot[t][h] = _mm512_dpbusd_epi32(dot[t][h], v[h][1], yhi);
-                    }
-                }
-            }
+            let hb = sl.masks::<F>(b);
+            // SAFETY: block `b` lies inside `w` (the caller sized it).
+            unsafe { nibble_dots::<F, N>(wb, hb, &ys, &mut dot) };
             for h in 0..2 {
                 // SAFETY: the block's 32 scales lie inside `sc`.
                 let sc = _mm512_cvtepu8_epi32(unsafe {
