@@ -34,8 +34,25 @@ pub const SUBS: usize = QK_K / QK;
 /// 32-bit lanes of a 64-byte vector: the dot products' accumulators.
 pub const LANES: usize = 16;
 
-/// Most tokens one tile call takes.
-pub const MAX_TILE_TOKENS: usize = 8;
+/// Tokens a tile call takes (but the last of a call, and short rows of the formats that take
+/// [`MAX_TILE_TOKENS`] there).
+pub const TILE_TOKENS: usize = 8;
+
+/// Most tokens one tile call takes: the 4- and 5-bit block formats take sixteen on rows of at
+/// most [`SHORT_ROW_GROUPS`] groups. A tile's accumulators live in memory (AVX2's sixteen
+/// registers hold the row's unpacked group), so twice the tokens cost no registers, and the
+/// row's own work (its scales, the lanes' sums, the walk) is shared by twice as many. On
+/// SmolLM2's 576-value rows (three groups, the last of two blocks) that work was a third of a
+/// tile's time: the kernels bench's 16-row tasks, 256 tokens, read Q4_0 89.6 → 100.0 GMAC/s,
+/// Q4_1 88.5 → 98.3, Q5_0 80.2 → 89.0. Q8_0 read 76.5 → 72.5, and on longer rows, whose
+/// runs of groups then no longer stay in L1, Q4_0 fell from 120 to 85 (8,192 values): those
+/// keep eight.
+pub const MAX_TILE_TOKENS: usize = 16;
+
+/// Groups of the rows that the 4- and 5-bit block formats' tiles take [`MAX_TILE_TOKENS`] at
+/// a time: 1,024 values, whose groups for sixteen tokens (45 KiB) stay in L1 while a task's
+/// rows go by.
+pub const SHORT_ROW_GROUPS: usize = CHUNK_GROUPS / 2;
 
 /// Most groups a tile takes of its rows before the next rows take the same groups: a
 /// 2,048-value run, whose activations for eight tokens (20 KiB of a Q4_K tile's reads) stay in
@@ -644,6 +661,7 @@ macro_rules! block_tile_entries {
                 false,
                 q8_0_one_token,
                 HALF_CHUNK_GROUPS,
+                TILE_TOKENS,
                 rows,
                 row_bytes,
                 a,
@@ -658,6 +676,7 @@ macro_rules! block_tile_entries {
                 Q4_1,
                 q4_1_one_token,
                 CHUNK_GROUPS,
+                MAX_TILE_TOKENS,
                 rows,
                 row_bytes,
                 a,
@@ -672,6 +691,7 @@ macro_rules! block_tile_entries {
                 Q4_0,
                 q4_0_one_token,
                 CHUNK_GROUPS,
+                MAX_TILE_TOKENS,
                 rows,
                 row_bytes,
                 a,
@@ -686,6 +706,7 @@ macro_rules! block_tile_entries {
                 Q5_0,
                 q5_0_one_token,
                 CHUNK_GROUPS,
+                MAX_TILE_TOKENS,
                 rows,
                 row_bytes,
                 a,
@@ -700,6 +721,7 @@ macro_rules! block_tile_entries {
                 Q5_1,
                 q5_1_one_token,
                 CHUNK_GROUPS,
+                MAX_TILE_TOKENS,
                 rows,
                 row_bytes,
                 a,
@@ -714,6 +736,7 @@ macro_rules! block_tile_entries {
                 false,
                 q4_k_one_token,
                 CHUNK_GROUPS,
+                TILE_TOKENS,
                 rows,
                 row_bytes,
                 a,
@@ -728,6 +751,7 @@ macro_rules! block_tile_entries {
                 true,
                 q5_k_one_token,
                 CHUNK_GROUPS,
+                TILE_TOKENS,
                 rows,
                 row_bytes,
                 a,
@@ -756,6 +780,7 @@ macro_rules! k_tile_entries {
                 false,
                 q6_k_one_token,
                 Q6_K_CHUNK,
+                TILE_TOKENS,
                 rows,
                 row_bytes,
                 a,

@@ -114,17 +114,24 @@ impl Span<'static> {
     }
 }
 
-/// The tiles of a call: rows in blocks of [`TASK_ROWS`], outermost; tokens in runs of up
-/// to [`MAX_TILE_TOKENS`]; groups in runs of `chunk` (at most [`CHUNK_GROUPS`]); one row a
-/// tile (on AVX2 a second row's unpacked group would not fit the registers). A single token
-/// goes to `one_token`.
+/// How [`drive`] walks a format's tiles: groups in runs of `chunk` (at most
+/// [`CHUNK_GROUPS`]), tokens [`TILE_TOKENS`] at a time, or `short_row_tokens` (at most
+/// [`MAX_TILE_TOKENS`]) on rows of at most [`SHORT_ROW_GROUPS`] groups.
+pub(super) struct Walk {
+    pub chunk: usize,
+    pub short_row_tokens: usize,
+}
+
+/// The tiles of a call: rows in blocks of [`TASK_ROWS`], outermost; then tokens, as many a tile
+/// as `walk` says; then groups in runs; one row a tile (on AVX2 a second row's unpacked group
+/// would not fit the registers). A single token goes to `one_token`.
 #[inline(always)]
 pub(super) fn drive(
     rows: &[u8],
     row_bytes: usize,
     a: &[SuperQ8],
     out: &mut [&mut [f32]],
-    chunk: usize,
+    walk: Walk,
     tile: impl Fn(&[u8], &[&[SuperQ8]], Span<'_>, &mut [f32]),
     one_token: impl Fn(&[u8], &[SuperQ8], &mut [f32]),
 ) {
@@ -139,13 +146,25 @@ pub(super) fn drive(
         one_token(rows, a, out[0]);
         return;
     }
-    // The weights' unpacking (shuffles, scales) is shared by up to eight tokens.
+    // The weights' unpacking (shuffles, scales) is shared by the tile's tokens: a short row's
+    // tile may take more (a remainder takes at most eight, the tiles' own shapes).
+    let most = if groups <= SHORT_ROW_GROUPS {
+        walk.short_row_tokens.min(MAX_TILE_TOKENS)
+    } else {
+        TILE_TOKENS
+    };
+    let chunk = walk.chunk;
     let mut results = [0f32; MAX_TILE_TOKENS];
     let mut carry = [[0f32; LANES]; TASK_ROWS * MAX_TILE_TOKENS];
     for r0 in (0..nrows).step_by(TASK_ROWS) {
         let r1 = nrows.min(r0 + TASK_ROWS);
-        for t0 in (0..n).step_by(MAX_TILE_TOKENS) {
-            let tn = MAX_TILE_TOKENS.min(n - t0);
+        let mut t0 = 0;
+        while t0 < n {
+            let tn = if n - t0 >= most {
+                most
+            } else {
+                (n - t0).min(TILE_TOKENS)
+            };
             let ys: [&[SuperQ8]; MAX_TILE_TOKENS] =
                 std::array::from_fn(|j| &a[(t0 + j.min(tn - 1)) * groups..][..groups]);
             for first in (0..groups).step_by(chunk) {
@@ -167,6 +186,7 @@ pub(super) fn drive(
                     }
                 }
             }
+            t0 += tn;
         }
     }
 }
