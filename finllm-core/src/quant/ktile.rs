@@ -104,14 +104,16 @@ pub struct SuperQ8 {
     /// The block's `s` (`d · Σ`, rounded through f16 as [`BlockQ8::s`]) shared out evenly over
     /// its lanes (exactly: a power of two): Q4_1's minimum term, one multiply-add per lane.
     pub s: [f32; LANES],
-    /// Per block, in [`PAIR_ORDER`] (where AVX2's horizontal add of two halves' lane pairs
-    /// leaves the blocks of a whole group): the scale `d`, ...
+    /// Per lane `k` of AVX2's horizontal add of the two halves' lane pairs, which adds the
+    /// products of lanes [`pair_lanes`]`(k)` and the next (one block's: in a whole group each
+    /// block has one such lane, in [`PAIR_ORDER`]; in a short group two or four): the scale
+    /// `d` of their block, ...
     pub d8: [f32; SUBS],
-    /// ... `d · Σ values`, ...
+    /// ... `d · Σ` the values they multiply, ...
     pub ds8: [f32; SUBS],
-    /// ... `s`, ...
+    /// ... their share of the block's `s`, ...
     pub s8: [f32; SUBS],
-    /// ... and `−128 Σ values` (zeros past the group's blocks).
+    /// ... and `−128 Σ` the values they multiply (zeros past the group's blocks).
     pub start8: [i32; SUBS],
     /// Blocks the group holds: eight, or fewer in a short last group.
     pub blocks: usize,
@@ -121,6 +123,13 @@ pub struct SuperQ8 {
 /// two halves (lanes `2j`, `2j + 1` of the first half hold block `j`, of the second block
 /// `4 + j`; each 128-bit lane adds its pairs of the first operand, then of the second).
 pub const PAIR_ORDER: [usize; SUBS] = [0, 1, 4, 5, 2, 3, 6, 7];
+
+/// The first of the two lanes (of sixteen) whose products lane `k` (0..8) of AVX2's horizontal
+/// add of a group's two halves' lane pairs holds: the first half's in lanes `k % 4 < 2`, the
+/// second's in the others, each 128-bit lane its own four lanes of either half.
+pub const fn pair_lanes(k: usize) -> usize {
+    8 * (k % 4 / 2) + 4 * (k / 4) + 2 * (k % 2)
+}
 
 impl Default for SuperQ8 {
     fn default() -> Self {
@@ -171,14 +180,6 @@ impl SuperQ8 {
                 s.q6_start[1][2 * j + 1] = -32 * half(16..32);
             }
         }
-        for (k, &j) in PAIR_ORDER.iter().enumerate() {
-            if let Some(b) = blocks.get(j) {
-                s.d8[k] = b.d;
-                s.ds8[k] = b.d * b.sum as f32;
-                s.s8[k] = b.s;
-                s.start8[k] = -128 * b.sum;
-            }
-        }
         for (l, start) in s.q8_start.iter_mut().enumerate() {
             let mut sum = 0i32;
             for v in 0..width / 2 {
@@ -188,6 +189,16 @@ impl SuperQ8 {
                     .sum::<i32>();
             }
             *start = -128 * sum;
+        }
+        for k in 0..SUBS {
+            // Both lanes belong to one block (a block owns two, four or eight lanes from an
+            // even one), so these are exact: the starts are integers, `s` shared out by a power
+            // of two.
+            let l = pair_lanes(k);
+            s.d8[k] = s.d[l];
+            s.s8[k] = s.s[l] + s.s[l + 1];
+            s.start8[k] = s.q8_start[l] + s.q8_start[l + 1];
+            s.ds8[k] = s.d8[k] * (s.start8[k] / -128) as f32;
         }
         s
     }

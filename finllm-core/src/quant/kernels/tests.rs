@@ -15,6 +15,12 @@ pub(crate) fn random_row(rng: &mut Rng, dtype: QuantType, n: usize) -> Vec<u8> {
 /// A row of `n` weights as random bytes, with finite f16 scales: reaches bit patterns a
 /// quantizer may never write (all 6-bit scales and mins, every sign of `d`).
 pub(crate) fn random_bytes(rng: &mut Rng, dtype: QuantType, n: usize) -> Vec<u8> {
+    bytes_row(rng, dtype, n, None)
+}
+
+/// A row of `n` weights whose bytes are all `fill` (random where `None`) but the f16 scales,
+/// which are random and finite.
+pub(crate) fn bytes_row(rng: &mut Rng, dtype: QuantType, n: usize, fill: Option<u8>) -> Vec<u8> {
     let bytes = block_bytes(dtype);
     let scale_at: &[usize] = match dtype {
         QuantType::Q4_0 | QuantType::Q5_0 | QuantType::Q8_0 => &[0],
@@ -23,7 +29,7 @@ pub(crate) fn random_bytes(rng: &mut Rng, dtype: QuantType, n: usize) -> Vec<u8>
         other => unreachable!("{other} has no kernel"),
     };
     let mut row: Vec<u8> = (0..n / dtype.block_size() as usize * bytes)
-        .map(|_| rng.next_u64() as u8)
+        .map(|_| fill.unwrap_or_else(|| rng.next_u64() as u8))
         .collect();
     for b in row.chunks_exact_mut(bytes) {
         for &at in scale_at {

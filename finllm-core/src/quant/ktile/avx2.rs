@@ -296,6 +296,18 @@ unsafe fn in_pair_order(x: __m256) -> __m256 {
     _mm256_permutevar8x32_ps(x, _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7))
 }
 
+/// Per-block values of a group `2 V` blocks wide (in block order) spread to the lanes of the
+/// halves' lane pairs added ([`pair_lanes`]): [`PAIR_ORDER`] for a whole group, each block
+/// twice (four blocks) or four times (two).
+#[inline(always)]
+unsafe fn in_pair_lanes<const V: usize>(x: __m256) -> __m256 {
+    match V {
+        4 => unsafe { in_pair_order(x) },
+        2 => _mm256_permutevar8x32_ps(x, _mm256_setr_epi32(0, 0, 2, 2, 1, 1, 3, 3)),
+        _ => _mm256_permutevar8x32_ps(x, _mm256_setr_epi32(0, 0, 1, 1, 0, 0, 1, 1)),
+    }
+}
+
 /// Eight per-block floats of the activations, already in [`PAIR_ORDER`].
 #[inline(always)]
 unsafe fn pair_f32(x: &[f32; SUBS]) -> __m256 {
@@ -335,14 +347,15 @@ unsafe fn chain<const V: usize>(w: &[__m256i; V], y: &SuperQ8, h: usize) -> __m2
     _mm256_madd_epi16(unsafe { pair_sums(w, y, h) }, _mm256_set1_epi16(1))
 }
 
-/// The integer dots of a whole group's two chains, their lanes added in pairs: what
-/// `vphaddd(chain(w[0]), chain(w[1]))` gives. Weights below 16 (`four_bits`) allow the pairs
-/// to be added in 16 bits first (8 · 2 · 15 · 128 < 2^15): one `vphaddw` and one widening
-/// instead of two widenings and a `vphaddd`, the same integers with one multiply less per
-/// token and group, on the ports the `vpmaddubsw` need.
+/// The integer dots of a group's two chains, their lanes added in pairs: what
+/// `vphaddd(chain(w[0]), chain(w[1]))` gives. Where the sums fit (`in_16_bits`: weights below
+/// 16, 8 · 2 · 15 · 128 < 2^15; or below 32 in a short group, 4 · 2 · 31 · 128 < 2^15) the
+/// pairs are added in 16 bits first: one `vphaddw` and one widening instead of two widenings
+/// and a `vphaddd`, the same integers with one multiply less per token and group, on the
+/// ports the `vpmaddubsw` need.
 #[inline(always)]
-unsafe fn group_dot<const V: usize>(w: &[[__m256i; V]; 2], y: &SuperQ8, four_bits: bool) -> __m256i {
-    if four_bits {
+unsafe fn group_dot<const V: usize>(w: &[[__m256i; V]; 2], y: &SuperQ8, in_16_bits: bool) -> __m256i {
+    if in_16_bits {
         let pairs = _mm256_hadd_epi16(unsafe { pair_sums(&w[0], y, 0) }, unsafe { pair_sums(&w[1], y, 1) });
         _mm256_madd_epi16(pairs, _mm256_set1_epi16(1))
     } else {
@@ -407,50 +420,31 @@ unsafe fn q4_group<const V: usize, const N: usize, const KIND: u8>(
     if f.fifth_bits {
         unsafe { add_fifth_bits(&mut w, scales.add(masks_at)) };
     }
-    let per = SUBS / V;
     let d8 = _mm256_cvtph_ps(unsafe { load_f16s::<V>(scales) });
     let m8 = if f.minima {
         _mm256_cvtph_ps(unsafe { load_f16s::<V>(scales.add(minima_at)) })
     } else {
         _mm256_setzero_ps()
     };
-    if V == 4 {
-        // A whole group: the halves' lane pairs added into one lane per block (in PAIR_ORDER),
-        // so the conversion and the scaling run once per group and token, not per half.
-        let (wd, wm) = (in_pair_order(d8), in_pair_order(m8));
-        for (t, acc) in acc.iter_mut().enumerate() {
-            let y = &a[t][g];
-            let mut dot = group_dot(&w, y, matches!(KIND, Q4_0 | Q4_1));
-            // −8 Σ y (Q4_0) or −16 Σ y (Q5_0) per block, exact: start8 is −128 Σ y.
-            match KIND {
-                Q4_0 => dot = _mm256_add_epi32(dot, _mm256_srai_epi32::<4>(pair_i32(&y.start8))),
-                Q5_0 => dot = _mm256_add_epi32(dot, _mm256_srai_epi32::<3>(pair_i32(&y.start8))),
-                _ => {}
-            }
-            let scale = _mm256_mul_ps(wd, pair_f32(&y.d8));
-            *acc = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(dot), *acc);
-            if f.minima {
-                *acc = _mm256_fmadd_ps(wm, pair_f32(&y.s8), *acc);
-            }
+    // The halves' lane pairs added into eight lanes (one per block of a whole group, in
+    // PAIR_ORDER; two or four per block of a short one), so the conversion and the scaling run
+    // once per group and token, not per half. Five-bit values overflow 16 bits only in a whole
+    // group.
+    let (wd, wm) = (in_pair_lanes::<V>(d8), in_pair_lanes::<V>(m8));
+    let in_16_bits = V < 4 || !f.fifth_bits;
+    for (t, acc) in acc.iter_mut().enumerate() {
+        let y = &a[t][g];
+        let mut dot = group_dot(&w, y, in_16_bits);
+        // −8 Σ y (Q4_0) or −16 Σ y (Q5_0) per lane, exact: start8 is −128 Σ y.
+        match KIND {
+            Q4_0 => dot = _mm256_add_epi32(dot, _mm256_srai_epi32::<4>(pair_i32(&y.start8))),
+            Q5_0 => dot = _mm256_add_epi32(dot, _mm256_srai_epi32::<3>(pair_i32(&y.start8))),
+            _ => {}
         }
-        return;
-    }
-    for h in 0..2 {
-        let (wd, wm) = (spread(d8, per, h), spread(m8, per, h));
-        for (t, acc) in acc.iter_mut().enumerate() {
-            let y = &a[t][g];
-            let mut dot = chain(&w[h], y, h);
-            // −8 Σ y (Q4_0) or −16 Σ y (Q5_0) per lane, exact: Q8_0's start is −128 Σ y.
-            match KIND {
-                Q4_0 => dot = _mm256_add_epi32(dot, _mm256_srai_epi32::<4>(half_i32(&y.q8_start, h))),
-                Q5_0 => dot = _mm256_add_epi32(dot, _mm256_srai_epi32::<3>(half_i32(&y.q8_start, h))),
-                _ => {}
-            }
-            let scale = _mm256_mul_ps(wd, half_f32(&y.d, h));
-            *acc = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(dot), *acc);
-            if f.minima {
-                *acc = _mm256_fmadd_ps(wm, half_f32(&y.s, h), *acc);
-            }
+        let scale = _mm256_mul_ps(wd, pair_f32(&y.d8));
+        *acc = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(dot), *acc);
+        if f.minima {
+            *acc = _mm256_fmadd_ps(wm, pair_f32(&y.s8), *acc);
         }
     }
 }

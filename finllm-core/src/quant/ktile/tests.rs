@@ -1,7 +1,7 @@
 //! The tiles against the scalar kernels and an f64 oracle, and the packed layouts' invariants.
 
 use super::*;
-use crate::quant::kernels::tests::{activations, block_counts, f64_dot, random_bytes, random_row};
+use crate::quant::kernels::tests::{activations, block_counts, bytes_row, f64_dot, random_bytes, random_row};
 use crate::quant::kernels::{dot_fn, Isa};
 use crate::util::Rng;
 
@@ -95,6 +95,49 @@ fn tiles_match_the_scalar_kernels_and_the_f64_oracle() {
 
 /// Any number of rows and tokens (whole 2x8 tiles and every remainder) gives each row and
 /// token the bits of a call with that row and token alone.
+/// The tiles add integer products in 16 bits wherever the formats' largest values allow it
+/// (whole groups of 4-bit weights, short groups of 5-bit ones, Q6_K's pairs, Q8_0's sign
+/// trick): at those largest values, weights every bit set (Q8_0's −128) times activations all
+/// ±127, they still give the scalar kernels' 32-bit sums. A wrapped sum would be off by
+/// 65,536 products' worth.
+#[test]
+fn the_largest_values_do_not_overflow_the_tiles_sums() {
+    let mut rng = Rng::new(24);
+    for dtype in FORMATS {
+        let fill = if dtype == QuantType::Q8_0 { 0x80 } else { 0xff };
+        for count in [1, 2, 3, 4, 8, 9, 11] {
+            let n = count * dtype.block_size() as usize;
+            let row = bytes_row(&mut rng, dtype, n, Some(fill));
+            for sign in [1.0f32, -1.0] {
+                let mut a = vec![BlockQ8::default(); n / QK];
+                crate::quant::blocks::quantize_q8(&vec![sign; n], &mut a);
+                assert!(a.iter().all(|b| b.qs.iter().all(|&q| q == 127 * sign as i8)));
+                let scalar = f64::from(dot_fn(dtype, Isa::Scalar).unwrap()(&row, &a));
+                let (_, magnitude) = f64_dot(dtype, &row, &a);
+                for isa in Isa::available() {
+                    let Some(k) = super_kernels(dtype, isa) else { continue };
+                    let w = tile_row(&k, &row, count);
+                    let sa = supers(&a);
+                    // One token and a tile of sixteen (the short rows' widest).
+                    for tokens in [1, MAX_TILE_TOKENS] {
+                        let acts = sa.repeat(tokens);
+                        let mut out = vec![[0f32]; tokens];
+                        let mut views: Vec<&mut [f32]> = out.iter_mut().map(|o| &mut o[..]).collect();
+                        (k.tile)(&w, w.len(), &acts, &mut views);
+                        for got in out {
+                            assert!(
+                                (f64::from(got[0]) - scalar).abs() <= 1e-6 * (1.0 + magnitude),
+                                "{dtype} {isa:?} {count} blocks, {tokens} tokens, sign {sign}: {} vs {scalar}",
+                                got[0]
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn every_row_and_token_count_is_bit_identical_to_one_row_by_one_token() {
     let mut rng = Rng::new(22);
@@ -183,18 +226,24 @@ fn the_layout_holds_every_value_once_with_its_sums() {
             let starts: i32 = s.q8_start[j * per_lane..(j + 1) * per_lane].iter().sum();
             assert_eq!(starts, -128 * b.sum, "{count} blocks: block {j}");
         }
-        // Per block in the order AVX2's horizontal add leaves them: lane k of vphaddd(x, y)
-        // on 128-bit lanes is x's pair k (k = 0, 1), y's pair k − 2 (k = 2, 3), then the
-        // same in the upper lane; x's lane pairs hold blocks 0..4, y's blocks 4..8.
-        for k in 0..SUBS {
-            let (lane, pair) = (k / 4, k % 4);
-            let j = if pair < 2 {
-                2 * lane + pair
-            } else {
-                4 + 2 * lane + pair - 2
-            };
+        // Per lane of AVX2's horizontal add of the halves' lane pairs: lane k of vphaddd(x, y)
+        // on 128-bit lanes is x's pair k (k = 0, 1), y's pair k − 2 (k = 2, 3), then the same
+        // in the upper lane; pair p of a half is its lanes 2p, 2p + 1, and a half is eight of
+        // the sixteen lanes. From the values at those lanes' positions, independently of the
+        // lane sums above.
+        for (k, &whole_group_block) in PAIR_ORDER.iter().enumerate() {
+            let (upper, pair) = (k / 4, k % 4);
+            let half = pair / 2;
+            let first = 8 * half + 4 * upper + 2 * (pair % 2);
+            assert_eq!(pair_lanes(k), first, "{k}");
+            let j = first / per_lane;
+            let values: i32 = (0..width / 2)
+                .flat_map(|v| (0..8).map(move |i| 64 * v + 4 * first + i))
+                .map(|at| i32::from(s.qs[at]))
+                .sum();
             let (d, ds, shared, start) = match a.get(j) {
-                Some(b) => (b.d, b.d * b.sum as f32, b.s, -128 * b.sum),
+                // Two of the block's `per_lane` lanes: its s shared out.
+                Some(b) => (b.d, b.d * values as f32, 2.0 * b.s / per_lane as f32, -128 * values),
                 None => (0.0, 0.0, 0.0, 0),
             };
             assert_eq!(
@@ -202,6 +251,11 @@ fn the_layout_holds_every_value_once_with_its_sums() {
                 (d, ds, shared, start),
                 "{count} blocks: {k}"
             );
+            if width == SUBS {
+                // A whole group: one lane per block, in PAIR_ORDER.
+                assert_eq!(j, whole_group_block);
+                assert_eq!(values, a.get(j).map_or(0, |b| b.sum), "{count} blocks: {k}");
+            }
         }
         assert!(seen.iter().zip(s.qs).all(|(&seen, q)| seen || q == 0));
         assert!(s.q8_start[count * per_lane..].iter().all(|&x| x == 0));
