@@ -151,44 +151,64 @@ impl Default for SuperQ8 {
 impl SuperQ8 {
     /// The layout of `blocks` (one to eight activation blocks).
     pub fn from_blocks(blocks: &[BlockQ8]) -> Self {
+        let mut s = Self::default();
+        s.set_blocks(blocks);
+        s
+    }
+
+    /// [`Self::from_blocks`] in place (whatever the layout held before).
+    pub fn set_blocks(&mut self, blocks: &[BlockQ8]) {
         assert!(
             (1..=SUBS).contains(&blocks.len()),
             "one to eight activation blocks in a group"
         );
         let width = group_width(blocks.len());
-        let mut s = Self {
-            blocks: blocks.len(),
-            ..Self::default()
-        };
+        let s = self;
+        s.blocks = blocks.len();
+        s.q6_start = [[0; LANES]; 2];
+        s.q8_start = [0; LANES];
+        s.d = [0.0; LANES];
+        s.s = [0.0; LANES];
+        if blocks.len() < SUBS {
+            // Zeros wherever no block lands.
+            s.qs = [0; QK_K];
+        }
+        let sum = |x: &[i8]| x.iter().map(|&q| i32::from(q)).sum::<i32>();
         for (j, b) in blocks.iter().enumerate() {
+            let lanes = LANES / width;
+            s.d[j * lanes..(j + 1) * lanes].fill(b.d);
+            s.s[j * lanes..(j + 1) * lanes].fill(b.s / lanes as f32);
             if width == SUBS {
-                // Runs of eight values: the common case, without a division per value.
+                // Runs of eight values (the common case, without a division per value): lane
+                // 2j takes the first four of each run, lane 2j + 1 the last four.
+                let (mut lane, mut first) = ([0i32; 2], 0);
                 for v in 0..QK / 8 {
-                    s.qs[64 * v + 8 * j..64 * v + 8 * j + 8].copy_from_slice(&b.qs[8 * v..8 * v + 8]);
+                    let run = &b.qs[8 * v..8 * v + 8];
+                    s.qs[64 * v + 8 * j..64 * v + 8 * j + 8].copy_from_slice(run);
+                    let (low, high) = (sum(&run[..4]), sum(&run[4..]));
+                    lane[0] += low;
+                    lane[1] += high;
+                    if v < 2 {
+                        first += low + high;
+                    }
                 }
+                s.q8_start[2 * j] = -128 * lane[0];
+                s.q8_start[2 * j + 1] = -128 * lane[1];
+                s.q6_start[0][2 * j] = -32 * first;
+                s.q6_start[1][2 * j + 1] = -32 * (lane[0] + lane[1] - first);
             } else {
                 for (e, &q) in b.qs.iter().enumerate() {
                     s.qs[tile_position(width, j, e)] = q;
                 }
             }
-            let lanes = LANES / width;
-            s.d[j * lanes..(j + 1) * lanes].fill(b.d);
-            s.s[j * lanes..(j + 1) * lanes].fill(b.s / lanes as f32);
-            if width == SUBS {
-                let half = |r: std::ops::Range<usize>| b.qs[r].iter().map(|&q| i32::from(q)).sum::<i32>();
-                s.q6_start[0][2 * j] = -32 * half(0..16);
-                s.q6_start[1][2 * j + 1] = -32 * half(16..32);
-            }
         }
-        for (l, start) in s.q8_start.iter_mut().enumerate() {
-            let mut sum = 0i32;
-            for v in 0..width / 2 {
-                sum += s.qs[64 * v + 4 * l..64 * v + 4 * l + 4]
-                    .iter()
-                    .map(|&q| i32::from(q))
-                    .sum::<i32>();
+        if width < SUBS {
+            for (l, start) in s.q8_start.iter_mut().enumerate() {
+                let lane_sum: i32 = (0..width / 2)
+                    .map(|v| sum(&s.qs[64 * v + 4 * l..64 * v + 4 * l + 4]))
+                    .sum();
+                *start = -128 * lane_sum;
             }
-            *start = -128 * sum;
         }
         for k in 0..SUBS {
             // Both lanes belong to one block (a block owns two, four or eight lanes from an
@@ -200,7 +220,6 @@ impl SuperQ8 {
             s.start8[k] = s.q8_start[l] + s.q8_start[l + 1];
             s.ds8[k] = s.d8[k] * (s.start8[k] / -128) as f32;
         }
-        s
     }
 }
 
@@ -208,7 +227,7 @@ impl SuperQ8 {
 pub fn supers_from_blocks(blocks: &[BlockQ8], out: &mut [SuperQ8]) {
     assert_eq!(blocks.len().div_ceil(SUBS), out.len(), "eight blocks per super-block");
     for (s, b) in out.iter_mut().zip(blocks.chunks(SUBS)) {
-        *s = SuperQ8::from_blocks(b);
+        s.set_blocks(b);
     }
 }
 

@@ -195,6 +195,12 @@ fn the_layout_holds_every_value_once_with_its_sums() {
     for count in 1..=SUBS {
         let a = activations(&mut rng, count, 5.0);
         let s = SuperQ8::from_blocks(&a);
+        // Laid out over another group's layout (a buffer kept between calls), the same.
+        for other in [1, SUBS] {
+            let mut reused = SuperQ8::from_blocks(&activations(&mut rng, other, 5.0));
+            reused.set_blocks(&a);
+            assert_eq!(reused, s, "{count} blocks over {other}");
+        }
         let width = group_width(count);
         assert_eq!((s.blocks, width), (count, [2, 2, 4, 4, 8, 8, 8, 8][count - 1]));
         // Every value once, at its place; zeros everywhere else.
