@@ -168,7 +168,15 @@ pub(super) fn drive(
     };
     let chunk = walk.chunk;
     let mut results = [0f32; MAX_TILE_TOKENS];
-    let mut carry = [[0f32; LANES]; TASK_ROWS * MAX_TILE_TOKENS];
+    // Lanes carried between runs of groups: only a row longer than one run has any (16 KiB
+    // to clear on every call otherwise).
+    let mut carry_lanes;
+    let carry: &mut [[f32; LANES]] = if groups > chunk {
+        carry_lanes = [[0f32; LANES]; TASK_ROWS * MAX_TILE_TOKENS];
+        &mut carry_lanes
+    } else {
+        &mut []
+    };
     for r0 in (0..nrows).step_by(TASK_ROWS) {
         let r1 = nrows.min(r0 + TASK_ROWS);
         let mut t0 = 0;
@@ -188,7 +196,7 @@ pub(super) fn drive(
                     let span = Span {
                         first,
                         end,
-                        carry: &mut carry[at..at + tn],
+                        carry: carry.get_mut(at..at + tn).unwrap_or_default(),
                     };
                     tile(&rows[i * row_bytes..][..row_bytes], &ys[..tn], span, &mut results[..tn]);
                     if end < groups {
