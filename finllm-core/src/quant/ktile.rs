@@ -58,11 +58,10 @@ pub const SHORT_ROW_GROUPS: usize = CHUNK_GROUPS / 2;
 /// 2,048-value run, whose activations for eight tokens (20 KiB of a Q4_K tile's reads) stay in
 /// L1 while the rows of a task pass over them. Taken whole, the 8,192-value rows of a down
 /// projection read 80 KiB of activations per row from L2, and the AVX2 tiles ran 17-35% slower
-/// than on 2,048-value rows. The formats with the most bytes per group (Q8_0, AVX2's Q6_K)
-/// take half runs.
+/// than on 2,048-value rows. The format with the most bytes per group (Q8_0) takes half runs.
 pub const CHUNK_GROUPS: usize = 8;
 
-/// Groups a tile of the formats with the most bytes per group (Q8_0; AVX2's Q6_K) takes per run.
+/// Groups a tile of the format with the most bytes per group (Q8_0) takes per run.
 pub const HALF_CHUNK_GROUPS: usize = CHUNK_GROUPS / 2;
 
 /// Blocks a group of `blocks` (1..=8) activation blocks is laid out as: every group but a
@@ -94,10 +93,12 @@ pub struct SuperQ8 {
     pub qs: [i8; QK_K],
     /// The scale of the block each 32-bit lane belongs to.
     pub d: [f32; LANES],
-    /// Where Q6_K's two chains start (its weights enter offset by 32): `q6_start[0][2 j]` is
-    /// `−32 ·` the sum of values 0..16 of block `j`, `q6_start[1][2 j + 1]` of values 16..32,
-    /// every other lane zero; all zeros in a short group (Q6_K rows are whole groups).
-    pub q6_start: [[i32; LANES]; 2],
+    /// Where Q6_K's sums start (its weights enter offset by 32), per lane `k` of the pair form
+    /// ([`PAIR_ORDER`]): `sums16[2 k]` is the sum of values 0..16 of block `PAIR_ORDER[k]`,
+    /// `sums16[2 k + 1]` of values 16..32 (at most 2,032 in size); one `vpmaddwd` by the
+    /// row's sixteen scales gives each block's start. Zeros in a short group (Q6_K rows are
+    /// whole groups).
+    pub sums16: [i16; 2 * SUBS],
     /// `−128 ·` the sum of the values each lane multiplies: where Q8_0's dot products start (its
     /// weights enter offset by 128).
     pub q8_start: [i32; LANES],
@@ -136,7 +137,7 @@ impl Default for SuperQ8 {
         Self {
             qs: [0; QK_K],
             d: [0.0; LANES],
-            q6_start: [[0; LANES]; 2],
+            sums16: [0; 2 * SUBS],
             q8_start: [0; LANES],
             s: [0.0; LANES],
             d8: [0.0; SUBS],
@@ -165,7 +166,7 @@ impl SuperQ8 {
         let width = group_width(blocks.len());
         let s = self;
         s.blocks = blocks.len();
-        s.q6_start = [[0; LANES]; 2];
+        s.sums16 = [0; 2 * SUBS];
         s.q8_start = [0; LANES];
         s.d = [0.0; LANES];
         s.s = [0.0; LANES];
@@ -194,8 +195,11 @@ impl SuperQ8 {
                 }
                 s.q8_start[2 * j] = -128 * lane[0];
                 s.q8_start[2 * j + 1] = -128 * lane[1];
-                s.q6_start[0][2 * j] = -32 * first;
-                s.q6_start[1][2 * j + 1] = -32 * (lane[0] + lane[1] - first);
+                // PAIR_ORDER is its own inverse: block j's lane is PAIR_ORDER[j]. A sum of
+                // sixteen values of at most 127 in size fits 16 bits.
+                let k = PAIR_ORDER[j];
+                s.sums16[2 * k] = first as i16;
+                s.sums16[2 * k + 1] = (lane[0] + lane[1] - first) as i16;
             } else {
                 for (e, &q) in b.qs.iter().enumerate() {
                     s.qs[tile_position(width, j, e)] = q;

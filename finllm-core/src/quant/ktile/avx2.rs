@@ -31,9 +31,10 @@ use std::arch::x86_64::*;
 // `Isa::available` confirmed AVX2, FMA and F16C on this CPU.
 
 /// Groups a Q6_K tile takes per run: its groups are the largest of the 4- to 6-bit formats (210
-/// bytes of weights, 448 of activations a token), and on 8,192-value rows half runs measured
-/// 81 GMAC/s against 70.
-const Q6_K_CHUNK: usize = HALF_CHUNK_GROUPS;
+/// bytes of weights). With the sums per 16 values read from the token's 64 bytes of
+/// [`SuperQ8::sums16`] (no longer the 256 bytes of per-lane starts), whole runs read 90-94
+/// GMAC/s in the kernels bench against half runs' 88-90 (the half runs had read 81 against 70).
+const Q6_K_CHUNK: usize = CHUNK_GROUPS;
 
 /// Calls `$imp::<$c, N>` for the tile's token count (checked first).
 macro_rules! by_tokens {
@@ -120,13 +121,6 @@ unsafe fn act(y: &SuperQ8, v: usize, h: usize) -> __m256i {
 unsafe fn half_f32(x: &[f32; LANES], h: usize) -> __m256 {
     // SAFETY: x holds sixteen f32.
     unsafe { _mm256_loadu_ps(x.as_ptr().add(8 * h)) }
-}
-
-/// Lanes `8 h..8 h + 8` of sixteen per-lane integers.
-#[inline(always)]
-unsafe fn half_i32(x: &[i32; LANES], h: usize) -> __m256i {
-    // SAFETY: x holds sixteen i32.
-    unsafe { _mm256_loadu_si256(x.as_ptr().add(8 * h).cast()) }
 }
 
 /// The sum of the eight lanes, in the order [`sums_of_eight`] takes for each of its vectors:
@@ -550,7 +544,9 @@ unsafe fn q4_5_k_tile<const HIGH: bool, const N: usize>(row: &[u8], a: &[&[Super
 /// Q6_K, one row by `N` tokens, on rows packed by [`pack_q6_k_row`]: per half, the first
 /// 16-value group of each sub-block (vectors 0 and 1) and the second (2 and 3) chain two pair
 /// sums each in 16 bits (6-bit values: 2 · 2 · 63 · 128 < 2^15) and take their i8 scales in the
-/// widening `vpmaddwd`; the −32 enters as `sc · (−32 Σ y)` per lane, `d · dy` once per lane.
+/// widening `vpmaddwd`; the halves' lane pairs are added into one lane per sub-block (in
+/// [`PAIR_ORDER`]), where the −32 enters as `−32 Σ sc · Σ y` (one `vpmaddwd` of the row's
+/// scales by the token's 16-value sums, [`SuperQ8::sums16`]) and `d · dy` once per lane.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q6_k_tile<const _UNUSED: bool, const N: usize>(
@@ -569,6 +565,9 @@ unsafe fn q6_k_tile<const _UNUSED: bool, const N: usize>(
         let d = _mm256_set1_ps(unsafe { f16(b.add(Q6_K_D_AT)) });
         let low = unsafe { q4_values::<4>(b) };
         let scales = unsafe { _mm_loadu_si128(b.add(Q6_K_SCALES_AT).cast()) };
+        let mut q = [[_mm256_setzero_si256(); 4]; 2];
+        let mut first = [_mm256_setzero_si256(); 2];
+        let mut second = [_mm256_setzero_si256(); 2];
         for h in 0..2 {
             // Bits 2v, 2v + 1 of the high bytes of tile positions 64 v + 32 h.. moved to bits 4
             // and 5 (the mask drops what the 16-bit shifts carry in from neighbouring bytes).
@@ -579,9 +578,8 @@ unsafe fn q6_k_tile<const _UNUSED: bool, const N: usize>(
                 hb,
                 _mm256_srli_epi16::<2>(hb),
             ];
-            let mut q = [_mm256_setzero_si256(); 4];
             for v in 0..4 {
-                q[v] = _mm256_or_si256(low[h][v], _mm256_and_si256(high[v], m30));
+                q[h][v] = _mm256_or_si256(low[h][v], _mm256_and_si256(high[v], m30));
             }
             // 16-bit lane k of the half belongs to sub-block 4 h + k / 4, whose first group's
             // scale is byte 2 (4 h + k / 4), its second's the byte after.
@@ -596,26 +594,34 @@ unsafe fn q6_k_tile<const _UNUSED: bool, const N: usize>(
                     _mm_setr_epi8(9, 9, 9, 9, 11, 11, 11, 11, 13, 13, 13, 13, 15, 15, 15, 15),
                 )
             };
-            let first = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, first_at));
-            let second = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, second_at));
-            // Lane l (lane 8 h + l of sixteen) holds the −32 Σ y of the group whose scale is
-            // byte 8 h + l (the first group's in even lanes, the second's in odd ones).
-            let start_scale = _mm256_cvtepi8_epi32(if h == 0 { scales } else { _mm_srli_si128::<8>(scales) });
-            for (t, acc) in acc.iter_mut().enumerate() {
-                let y = &a[t][i];
-                let p0 = _mm256_maddubs_epi16(q[0], act(y, 0, h));
-                let p1 = _mm256_maddubs_epi16(q[1], act(y, 1, h));
-                let p2 = _mm256_maddubs_epi16(q[2], act(y, 2, h));
-                let p3 = _mm256_maddubs_epi16(q[3], act(y, 3, h));
-                let sums = _mm256_add_epi32(
-                    _mm256_madd_epi16(_mm256_add_epi16(p0, p1), first),
-                    _mm256_madd_epi16(_mm256_add_epi16(p2, p3), second),
+            first[h] = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, first_at));
+            second[h] = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, second_at));
+        }
+        // The scales of each sub-block's two groups side by side, sub-blocks in PAIR_ORDER (as
+        // the token's sums16).
+        let paired = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(
+            scales,
+            _mm_setr_epi8(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15),
+        ));
+        for (t, acc) in acc.iter_mut().enumerate() {
+            let y = &a[t][i];
+            let mut sums = [_mm256_setzero_si256(); 2];
+            for h in 0..2 {
+                let p0 = _mm256_maddubs_epi16(q[h][0], act(y, 0, h));
+                let p1 = _mm256_maddubs_epi16(q[h][1], act(y, 1, h));
+                let p2 = _mm256_maddubs_epi16(q[h][2], act(y, 2, h));
+                let p3 = _mm256_maddubs_epi16(q[h][3], act(y, 3, h));
+                sums[h] = _mm256_add_epi32(
+                    _mm256_madd_epi16(_mm256_add_epi16(p0, p1), first[h]),
+                    _mm256_madd_epi16(_mm256_add_epi16(p2, p3), second[h]),
                 );
-                let start = _mm256_add_epi32(half_i32(&y.q6_start[0], h), half_i32(&y.q6_start[1], h));
-                let sum = _mm256_add_epi32(sums, _mm256_mullo_epi32(start, start_scale));
-                let scale = _mm256_mul_ps(d, half_f32(&y.d, h));
-                *acc = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sum), *acc);
             }
+            // SAFETY: sums16 holds sixteen i16.
+            let ysums = unsafe { _mm256_loadu_si256(y.sums16.as_ptr().cast()) };
+            let start = _mm256_slli_epi32::<5>(_mm256_madd_epi16(paired, ysums));
+            let sum = _mm256_sub_epi32(_mm256_hadd_epi32(sums[0], sums[1]), start);
+            let scale = _mm256_mul_ps(d, pair_f32(&y.d8));
+            *acc = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sum), *acc);
         }
     }
     unsafe { finish(acc, span, a[0].len(), out) };

@@ -222,11 +222,11 @@ fn the_layout_holds_every_value_once_with_its_sums() {
             assert_eq!(shared, b.s, "{count} blocks: block {j}'s s over its lanes");
             if width == SUBS {
                 let first: i32 = b.qs[..16].iter().map(|&q| i32::from(q)).sum();
+                let k = PAIR_ORDER.iter().position(|&x| x == j).unwrap();
                 assert_eq!(
-                    (s.q6_start[0][2 * j], s.q6_start[1][2 * j + 1]),
-                    (-32 * first, -32 * (b.sum - first))
+                    (i32::from(s.sums16[2 * k]), i32::from(s.sums16[2 * k + 1])),
+                    (first, b.sum - first)
                 );
-                assert_eq!((s.q6_start[0][2 * j + 1], s.q6_start[1][2 * j]), (0, 0));
             }
             // The lanes' starts add up to −128 times the block's sum.
             let starts: i32 = s.q8_start[j * per_lane..(j + 1) * per_lane].iter().sum();
@@ -261,6 +261,12 @@ fn the_layout_holds_every_value_once_with_its_sums() {
                 // A whole group: one lane per block, in PAIR_ORDER.
                 assert_eq!(j, whole_group_block);
                 assert_eq!(values, a.get(j).map_or(0, |b| b.sum), "{count} blocks: {k}");
+            }
+        }
+        // Q6_K's sums: zeros for every block a group lacks, and in a short group.
+        for (k, &j) in PAIR_ORDER.iter().enumerate() {
+            if j >= count || width < SUBS {
+                assert_eq!((s.sums16[2 * k], s.sums16[2 * k + 1]), (0, 0), "{count} blocks: {k}");
             }
         }
         assert!(seen.iter().zip(s.qs).all(|(&seen, q)| seen || q == 0));
