@@ -280,8 +280,7 @@ pub fn q8_0_packed_row_bytes(blocks: usize) -> usize {
 }
 
 /// A Q8_0 row (`blocks` 34-byte blocks) in the tile layout: each group's values at
-/// [`tile_position`], offset by 128 (`w ^ 0x80`, which VNNI reads unsigned as `w + 128`), then
-/// every group's f16 scales, one per block of its width (zeros past the row's last block). The
+/// [`tile_position`] as they are (signed), then every group's f16 scales, one per block of its width (zeros past the row's last block). The
 /// tiles then load the values as they are: no shuffles per call. `out` holds
 /// [`q8_0_packed_row_bytes`].
 pub fn pack_q8_0_row(row: &[u8], out: &mut [u8]) {
@@ -292,13 +291,12 @@ pub fn pack_q8_0_row(row: &[u8], out: &mut [u8]) {
         row.len() == blocks * Q8_0_BYTES && out.len() == layout.bytes,
         "a Q8_0 row of whole blocks and room for its packed layout"
     );
-    // Zero weights (0x80) and zero scales wherever no block of the row lands.
-    out[..layout.scales_at].fill(0x80);
-    out[layout.scales_at..].fill(0);
+    // Zero weights and zero scales wherever no block of the row lands.
+    out.fill(0);
     for (g, group) in row.chunks(SUBS * Q8_0_BYTES).enumerate() {
         for (j, block) in group.chunks_exact(Q8_0_BYTES).enumerate() {
             for (e, &q) in block[2..].iter().enumerate() {
-                out[g * QK_K + tile_position(layout.width(g), j, e)] = q ^ 0x80;
+                out[g * QK_K + tile_position(layout.width(g), j, e)] = q;
             }
             out[layout.scales_at + 16 * g + 2 * j..][..2].copy_from_slice(&block[..2]);
         }

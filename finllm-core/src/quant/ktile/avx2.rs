@@ -443,8 +443,8 @@ unsafe fn q4_group<const V: usize, const N: usize, const KIND: u8>(
     }
 }
 
-/// Q8_0, one row by `N` tokens, on rows packed by [`pack_q8_0_row`] (values `w + 128`): the
-/// values are flipped back to signed once per row; per token `|w| · sign(y, w)` in pair sums,
+/// Q8_0, one row by `N` tokens, on rows packed by [`pack_q8_0_row`]: `|w|` once per row and
+/// group; per token `|w| · sign(y, w)` in pair sums,
 /// widened per half (8-bit products overflow 16 bits two halves at a time), then scaled once by
 /// `d_w·d_y` per lane.
 #[inline]
@@ -470,14 +470,12 @@ unsafe fn q8_0_group<const V: usize, const N: usize>(
 ) {
     let b = row.as_ptr();
     ahead::<N>(b.wrapping_add(g * QK_K), 64 * V, row.len());
-    let flip = _mm256_set1_epi8(-128);
     let mut w = [[_mm256_setzero_si256(); V]; 2];
     let mut aw = w;
     for h in 0..2 {
         for v in 0..V {
             // SAFETY: the caller guarantees the group's values and scales inside the row.
-            let x = unsafe { _mm256_loadu_si256(b.add(g * QK_K + 64 * v + 32 * h).cast()) };
-            w[h][v] = _mm256_xor_si256(x, flip);
+            w[h][v] = unsafe { _mm256_loadu_si256(b.add(g * QK_K + 64 * v + 32 * h).cast()) };
             aw[h][v] = _mm256_sign_epi8(w[h][v], w[h][v]);
         }
     }

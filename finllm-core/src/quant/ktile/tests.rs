@@ -274,8 +274,8 @@ fn the_layout_holds_every_value_once_with_its_sums() {
     }
 }
 
-/// The packed row holds every weight (offset by 128) where the activations hold the value it
-/// multiplies, and every block's scale where its lanes find it.
+/// The packed row holds every weight where the activations hold the value it multiplies, and
+/// every block's scale where its lanes find it.
 #[test]
 fn a_packed_q8_0_row_lines_up_with_its_activations() {
     use crate::quant::blocks::Q8_0_BYTES;
@@ -291,11 +291,7 @@ fn a_packed_q8_0_row_lines_up_with_its_activations() {
             let (g, j) = (i / SUBS, i % SUBS);
             let width = if g + 1 == groups { last } else { SUBS };
             for (e, &q) in block[2..].iter().enumerate() {
-                assert_eq!(
-                    packed[g * QK_K + tile_position(width, j, e)],
-                    q ^ 0x80,
-                    "block {i} value {e}"
-                );
+                assert_eq!(packed[g * QK_K + tile_position(width, j, e)], q, "block {i} value {e}");
             }
             assert_eq!(packed[scales_at + 16 * g + 2 * j..][..2], block[..2], "block {i} scale");
         }
@@ -303,7 +299,7 @@ fn a_packed_q8_0_row_lines_up_with_its_activations() {
         let filled = blocks - (groups - 1) * SUBS;
         for j in filled..last {
             for e in 0..QK {
-                assert_eq!(packed[(groups - 1) * QK_K + tile_position(last, j, e)], 0x80);
+                assert_eq!(packed[(groups - 1) * QK_K + tile_position(last, j, e)], 0);
             }
         }
         assert!(packed[scales_at + 16 * (groups - 1) + 2 * filled..]
