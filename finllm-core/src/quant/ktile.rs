@@ -43,8 +43,8 @@ pub const TILE_TOKENS: usize = 8;
 /// registers hold the row's unpacked group), so twice the tokens cost no registers, and the
 /// row's own work (its scales, the lanes' sums, the walk) is shared by twice as many. On
 /// SmolLM2's 576-value rows (three groups, the last of two blocks) that work was a third of a
-/// tile's time: the kernels bench's 16-row tasks, 256 tokens, read Q4_0 89.6 → 100.0 GMAC/s,
-/// Q4_1 88.5 → 98.3, Q5_0 80.2 → 89.0. Q8_0 read 76.5 → 72.5, and on longer rows, whose
+/// tile's time: the kernels bench's 16-row tasks, 256 tokens, read Q4_0 89.6 → 97 GMAC/s,
+/// Q4_1 88.5 → 96, Q5_0 80.2 → 87.5. Q8_0 read 76.5 → 72.5, and on longer rows, whose
 /// runs of groups then no longer stay in L1, Q4_0 fell from 120 to 85 (8,192 values): those
 /// keep eight.
 pub const MAX_TILE_TOKENS: usize = 16;
@@ -99,11 +99,11 @@ pub struct SuperQ8 {
     /// row's sixteen scales gives each block's start. Zeros in a short group (Q6_K rows are
     /// whole groups).
     pub sums16: [i16; 2 * SUBS],
-    /// `−128 ·` the sum of the values each lane multiplies: where Q8_0's dot products start (its
-    /// weights enter offset by 128).
+    /// `−128 ·` the sum of the values each lane multiplies (what [`Self::start8`] adds up per
+    /// pair of lanes).
     pub q8_start: [i32; LANES],
     /// The block's `s` (`d · Σ`, rounded through f16 as [`BlockQ8::s`]) shared out evenly over
-    /// its lanes (exactly: a power of two): Q4_1's minimum term, one multiply-add per lane.
+    /// its lanes (exactly: a power of two; what [`Self::s8`] adds up per pair of lanes).
     pub s: [f32; LANES],
     /// Per lane `k` of AVX2's horizontal add of the two halves' lane pairs, which adds the
     /// products of lanes [`pair_lanes`]`(k)` and the next (one block's: in a whole group each
@@ -114,7 +114,8 @@ pub struct SuperQ8 {
     pub ds8: [f32; SUBS],
     /// ... their share of the block's `s`, ...
     pub s8: [f32; SUBS],
-    /// ... and `−128 Σ` the values they multiply (zeros past the group's blocks).
+    /// ... and `−128 Σ` the values they multiply (zeros past the group's blocks): where Q4_0's
+    /// and Q5_0's dot products start, shifted (their weights enter offset by 8 and 16).
     pub start8: [i32; SUBS],
     /// Blocks the group holds: eight, or fewer in a short last group.
     pub blocks: usize,
