@@ -50,8 +50,8 @@ pub const TILE_TOKENS: usize = 8;
 pub const MAX_TILE_TOKENS: usize = 16;
 
 /// Groups of the rows that the 4- and 5-bit block formats' tiles take [`MAX_TILE_TOKENS`] at
-/// a time: 1,024 values, whose groups for sixteen tokens (45 KiB) stay in L1 while a task's
-/// rows go by.
+/// a time: 1,024 values, whose activations for sixteen tokens (22 KiB of what the tile reads
+/// of the 32 KiB of their layouts) stay in L1 while a task's rows go by.
 pub const SHORT_ROW_GROUPS: usize = CHUNK_GROUPS / 2;
 
 /// Most groups a tile takes of its rows before the next rows take the same groups: a
@@ -99,12 +99,6 @@ pub struct SuperQ8 {
     /// row's sixteen scales gives each block's start. Zeros in a short group (Q6_K rows are
     /// whole groups).
     pub sums16: [i16; 2 * SUBS],
-    /// `−128 ·` the sum of the values each lane multiplies (what [`Self::start8`] adds up per
-    /// pair of lanes).
-    pub q8_start: [i32; LANES],
-    /// The block's `s` (`d · Σ`, rounded through f16 as [`BlockQ8::s`]) shared out evenly over
-    /// its lanes (exactly: a power of two; what [`Self::s8`] adds up per pair of lanes).
-    pub s: [f32; LANES],
     /// Per lane `k` of AVX2's horizontal add of the two halves' lane pairs, which adds the
     /// products of lanes [`pair_lanes`]`(k)` and the next (one block's: in a whole group each
     /// block has one such lane, in [`PAIR_ORDER`]; in a short group two or four): the scale
@@ -112,7 +106,8 @@ pub struct SuperQ8 {
     pub d8: [f32; SUBS],
     /// ... `d · Σ` the values they multiply, ...
     pub ds8: [f32; SUBS],
-    /// ... their share of the block's `s`, ...
+    /// ... their share of the block's `s` (`d · Σ`, rounded through f16 as [`BlockQ8::s`]; a
+    /// block's lanes share it evenly, exactly: by a power of two), ...
     pub s8: [f32; SUBS],
     /// ... and `−128 Σ` the values they multiply (zeros past the group's blocks): where Q4_0's
     /// and Q5_0's dot products start, shifted (their weights enter offset by 8 and 16).
@@ -139,8 +134,6 @@ impl Default for SuperQ8 {
             qs: [0; QK_K],
             d: [0.0; LANES],
             sums16: [0; 2 * SUBS],
-            q8_start: [0; LANES],
-            s: [0.0; LANES],
             d8: [0.0; SUBS],
             ds8: [0.0; SUBS],
             s8: [0.0; SUBS],
@@ -168,9 +161,11 @@ impl SuperQ8 {
         let s = self;
         s.blocks = blocks.len();
         s.sums16 = [0; 2 * SUBS];
-        s.q8_start = [0; LANES];
         s.d = [0.0; LANES];
-        s.s = [0.0; LANES];
+        // Per lane: `−128 ·` the sum of the values it multiplies, and its block's `s` shared out
+        // over the block's lanes; what the pair lanes below add up.
+        let mut q8_start = [0i32; LANES];
+        let mut shares = [0f32; LANES];
         if blocks.len() < SUBS {
             // Zeros wherever no block lands.
             s.qs = [0; QK_K];
@@ -179,7 +174,7 @@ impl SuperQ8 {
         for (j, b) in blocks.iter().enumerate() {
             let lanes = LANES / width;
             s.d[j * lanes..(j + 1) * lanes].fill(b.d);
-            s.s[j * lanes..(j + 1) * lanes].fill(b.s / lanes as f32);
+            shares[j * lanes..(j + 1) * lanes].fill(b.s / lanes as f32);
             if width == SUBS {
                 // Runs of eight values (the common case, without a division per value): lane
                 // 2j takes the first four of each run, lane 2j + 1 the last four.
@@ -194,8 +189,8 @@ impl SuperQ8 {
                         first += low + high;
                     }
                 }
-                s.q8_start[2 * j] = -128 * lane[0];
-                s.q8_start[2 * j + 1] = -128 * lane[1];
+                q8_start[2 * j] = -128 * lane[0];
+                q8_start[2 * j + 1] = -128 * lane[1];
                 // PAIR_ORDER is its own inverse: block j's lane is PAIR_ORDER[j]. A sum of
                 // sixteen values of at most 127 in size fits 16 bits.
                 let k = PAIR_ORDER[j];
@@ -208,7 +203,7 @@ impl SuperQ8 {
             }
         }
         if width < SUBS {
-            for (l, start) in s.q8_start.iter_mut().enumerate() {
+            for (l, start) in q8_start.iter_mut().enumerate() {
                 let lane_sum: i32 = (0..width / 2)
                     .map(|v| sum(&s.qs[64 * v + 4 * l..64 * v + 4 * l + 4]))
                     .sum();
@@ -221,8 +216,8 @@ impl SuperQ8 {
             // of two.
             let l = pair_lanes(k);
             s.d8[k] = s.d[l];
-            s.s8[k] = s.s[l] + s.s[l + 1];
-            s.start8[k] = s.q8_start[l] + s.q8_start[l + 1];
+            s.s8[k] = shares[l] + shares[l + 1];
+            s.start8[k] = q8_start[l] + q8_start[l + 1];
             s.ds8[k] = s.d8[k] * (s.start8[k] / -128) as f32;
         }
     }
@@ -281,9 +276,9 @@ pub fn q8_0_packed_row_bytes(blocks: usize) -> usize {
 }
 
 /// A Q8_0 row (`blocks` 34-byte blocks) in the tile layout: each group's values at
-/// [`tile_position`] as they are (signed), then every group's f16 scales, one per block of its width (zeros past the row's last block). The
-/// tiles then load the values as they are: no shuffles per call. `out` holds
-/// [`q8_0_packed_row_bytes`].
+/// [`tile_position`] as they are (signed), then every group's f16 scales, one per block of its
+/// width (zeros past the row's last block). The tiles then load the values as they are: no
+/// shuffles per call. `out` holds [`q8_0_packed_row_bytes`].
 pub fn pack_q8_0_row(row: &[u8], out: &mut [u8]) {
     use super::blocks::Q8_0_BYTES;
     let blocks = row.len() / Q8_0_BYTES;

@@ -36,9 +36,11 @@ use std::arch::x86_64::*;
 /// GMAC/s in the kernels bench against half runs' 88-90 (the half runs had read 81 against 70).
 const Q6_K_CHUNK: usize = CHUNK_GROUPS;
 
-/// Calls `$imp::<$c, N>` for the tile's token count (checked first).
+/// Calls `$imp::<$c, N>` for the tile's token count (checked first): one to eight, or
+/// `$short`, the format's count on short rows (only the formats that take sixteen there have a
+/// tile of sixteen built).
 macro_rules! by_tokens {
-    ($imp:ident, $c:expr, $row:expr, $a:expr, $span:expr, $out:expr) => {
+    ($imp:ident, $c:expr, $short:expr, $row:expr, $a:expr, $span:expr, $out:expr) => {
         match $a.len() {
             1 => $imp::<{ $c }, 1>($row, $a, $span, $out),
             2 => $imp::<{ $c }, 2>($row, $a, $span, $out),
@@ -48,7 +50,7 @@ macro_rules! by_tokens {
             6 => $imp::<{ $c }, 6>($row, $a, $span, $out),
             7 => $imp::<{ $c }, 7>($row, $a, $span, $out),
             8 => $imp::<{ $c }, 8>($row, $a, $span, $out),
-            16 => $imp::<{ $c }, 16>($row, $a, $span, $out),
+            t if t == $short => $imp::<{ $c }, { $short }>($row, $a, $span, $out),
             t => unreachable!("tile of {t} tokens passed the check"),
         }
     };
@@ -69,7 +71,7 @@ macro_rules! run {
                 chunk: $chunk,
                 short_row_tokens: $short,
             },
-            |w, y, s, o| unsafe { by_tokens!($imp, $c, w, y, s, o) },
+            |w, y, s, o| unsafe { by_tokens!($imp, $c, $short, w, y, s, o) },
             |w, y, o| unsafe { $one(w, $row_bytes, y, o) },
         )
     };
@@ -444,9 +446,8 @@ unsafe fn q4_group<const V: usize, const N: usize, const KIND: u8>(
 }
 
 /// Q8_0, one row by `N` tokens, on rows packed by [`pack_q8_0_row`]: `|w|` once per row and
-/// group; per token `|w| · sign(y, w)` in pair sums,
-/// widened per half (8-bit products overflow 16 bits two halves at a time), then scaled once by
-/// `d_w·d_y` per lane.
+/// group; per token `|w| · sign(y, w)` in pair sums, widened per half (8-bit products overflow
+/// 16 bits two halves at a time), then scaled once by `d_w·d_y` per lane.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q8_0_tile<const _UNUSED: bool, const N: usize>(
