@@ -849,4 +849,10 @@ impl crate::quant::matmul::WeightBytes for GgufFile {
     fn release(&self, start: usize, len: usize) {
         GgufFile::release(self, start, len)
     }
+
+    fn read_sparsely(&self, start: usize, len: usize) {
+        if let Bytes::Mmap(m) = &*self.bytes {
+            crate::quant::matmul::read_pages_sparsely(m, start, len);
+        }
+    }
 }

@@ -70,6 +70,9 @@ pub trait WeightBytes: Send + Sync {
     /// `[start, start + len)` will not be read through this buffer again (a packed copy was
     /// made): the memory may be handed back.
     fn release(&self, _start: usize, _len: usize) {}
+    /// `[start, start + len)` is read a few rows at a time, scattered (an embedding table):
+    /// each read should bring in only its own pages.
+    fn read_sparsely(&self, _start: usize, _len: usize) {}
 }
 
 /// A memory-mapped file (a safetensors shard).
@@ -80,6 +83,17 @@ impl WeightBytes for memmap2::Mmap {
 
     fn release(&self, start: usize, len: usize) {
         release_pages(self, start, len);
+    }
+
+    fn read_sparsely(&self, start: usize, len: usize) {
+        read_pages_sparsely(self, start, len);
+    }
+}
+
+/// Advise that `len` bytes at `start` of a file's map are read a few scattered rows at a time.
+pub(crate) fn read_pages_sparsely(map: &memmap2::Mmap, start: usize, len: usize) {
+    if start.checked_add(len).is_some_and(|end| end <= map.len()) {
+        let _ = map.advise_range(memmap2::Advice::Random, start, len);
     }
 }
 

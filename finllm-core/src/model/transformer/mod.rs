@@ -347,7 +347,13 @@ impl Transformer {
         let embed = match embed_w {
             Some(w) => Embedding::from(w),
             None => match store.rows_in_place("token_embd.weight", cfg.vocab_size, h)? {
-                Some(rows) => Embedding::InPlace(rows),
+                Some(rows) => {
+                    // Unless the output matrix reads the same table in place, end to end.
+                    if store.contains("output.weight") || lm_head.memory().in_place == 0 {
+                        rows.read_sparsely();
+                    }
+                    Embedding::InPlace(rows)
+                }
                 None => Embedding::from(store.get("token_embd.weight", &[cfg.vocab_size, h])?),
             },
         };
