@@ -412,6 +412,8 @@ unsafe fn q4_group<const V: usize, const N: usize, const KIND: u8>(
     let mut w = unsafe { q4_values::<V>(b.add(at)) };
     let f = small(KIND);
     let scales = b.wrapping_add(scales_at + SUBS * f.tail_bytes() * g);
+    // The tails lie apart from the values, at the row's end: asked for alike.
+    ahead::<N>(scales, 2 * V * f.tail_bytes(), row.len());
     let (minima_at, masks_at) = f.minima_and_masks_at(2 * V);
     if f.fifth_bits {
         unsafe { add_fifth_bits(&mut w, scales.add(masks_at)) };
@@ -471,6 +473,8 @@ unsafe fn q8_0_group<const V: usize, const N: usize>(
 ) {
     let b = row.as_ptr();
     ahead::<N>(b.wrapping_add(g * QK_K), 64 * V, row.len());
+    // The scales lie apart from the values, at the row's end: asked for alike.
+    ahead::<N>(b.wrapping_add(scales_at + 16 * g), 4 * V, row.len());
     let mut w = [[_mm256_setzero_si256(); V]; 2];
     let mut aw = w;
     for h in 0..2 {
