@@ -310,12 +310,11 @@ impl GgufFile {
         &self.bytes[start..]
     }
 
-    /// Hand the pages of `len` bytes at `start` back to the kernel when the file is mapped:
-    /// for a tensor only read through a copy (packed weights), so that it does not count twice
-    /// in the process's memory. A later read of those bytes faults them back in from the file.
-    pub(crate) fn release(&self, start: usize, len: usize) {
+    /// Advise the kernel how `len` bytes at `start` will be read from now on, when the file is
+    /// mapped (a file read into memory has no pages to advise on).
+    pub(crate) fn advise(&self, start: usize, len: usize, advice: crate::quant::matmul::PageAdvice) {
         if let Bytes::Mmap(m) = &*self.bytes {
-            crate::quant::matmul::release_pages(m, start, len);
+            crate::quant::matmul::advise_pages(m, start, len, advice);
         }
     }
 
@@ -846,13 +845,7 @@ impl crate::quant::matmul::WeightBytes for GgufFile {
         self.tensor_bytes_from(0)
     }
 
-    fn release(&self, start: usize, len: usize) {
-        GgufFile::release(self, start, len)
-    }
-
-    fn read_sparsely(&self, start: usize, len: usize) {
-        if let Bytes::Mmap(m) = &*self.bytes {
-            crate::quant::matmul::read_pages_sparsely(m, start, len);
-        }
+    fn advise(&self, start: usize, len: usize, advice: crate::quant::matmul::PageAdvice) {
+        GgufFile::advise(self, start, len, advice)
     }
 }

@@ -210,7 +210,11 @@ impl WeightStore {
                 // this tensor are not needed and are handed back: otherwise the embedding table
                 // is held twice, once as the copy and once as the pages the copy read. A reader
                 // of the same bytes in place faults them back in from the file.
-                f.release(info.start as usize, bytes.len());
+                f.advise(
+                    info.start as usize,
+                    bytes.len(),
+                    crate::quant::matmul::PageAdvice::Release,
+                );
                 weight
             }
             WeightStore::Safetensors(s) => Weight::Dense(s.load_f32(name, shape)?.to_device(device)?),
@@ -273,7 +277,11 @@ impl InPlaceRows {
     /// its neighbours into the process's memory, 18 MiB of SmolLM2 Q8_0's peak for a 256-token
     /// prompt. Not for a table that a matrix also reads end to end in place.
     pub(crate) fn read_sparsely(&self) {
-        self.bytes.read_sparsely(self.start, self.rows * self.row_bytes);
+        self.bytes.advise(
+            self.start,
+            self.rows * self.row_bytes,
+            crate::quant::matmul::PageAdvice::ReadSparsely,
+        );
     }
 
     /// `[ids.len(), cols]` row-major.

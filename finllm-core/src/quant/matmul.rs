@@ -67,12 +67,21 @@ impl Rows {
 /// file in memory). The kernels know nothing of the file's format.
 pub trait WeightBytes: Send + Sync {
     fn weight_bytes(&self) -> &[u8];
-    /// `[start, start + len)` will not be read through this buffer again (a packed copy was
-    /// made): the memory may be handed back.
-    fn release(&self, _start: usize, _len: usize) {}
-    /// `[start, start + len)` is read a few rows at a time, scattered (an embedding table):
-    /// each read should bring in only its own pages.
-    fn read_sparsely(&self, _start: usize, _len: usize) {}
+    /// Tell the buffer how `[start, start + len)` will be read from now on; a buffer that is
+    /// not a file's map has nothing to do.
+    fn advise(&self, _start: usize, _len: usize, _advice: PageAdvice) {}
+}
+
+/// How a span of a file's map will be read from now on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PageAdvice {
+    /// Not through this buffer again (a packed copy was made): the pages may be handed back,
+    /// so that the tensor does not count twice in the process's memory. A later read faults
+    /// them back in from the file.
+    Release,
+    /// A few rows at a time, scattered (an embedding table): each read should bring in only
+    /// its own pages, not its neighbours'.
+    ReadSparsely,
 }
 
 /// A memory-mapped file (a safetensors shard).
@@ -81,32 +90,23 @@ impl WeightBytes for memmap2::Mmap {
         self
     }
 
-    fn release(&self, start: usize, len: usize) {
-        release_pages(self, start, len);
-    }
-
-    fn read_sparsely(&self, start: usize, len: usize) {
-        read_pages_sparsely(self, start, len);
+    fn advise(&self, start: usize, len: usize, advice: PageAdvice) {
+        advise_pages(self, start, len, advice);
     }
 }
 
-/// Advise that `len` bytes at `start` of a file's map are read a few scattered rows at a time.
-pub(crate) fn read_pages_sparsely(map: &memmap2::Mmap, start: usize, len: usize) {
-    if start.checked_add(len).is_some_and(|end| end <= map.len()) {
-        let _ = map.advise_range(memmap2::Advice::Random, start, len);
+/// Advise the kernel how `len` bytes at `start` of a file's shared, read-only map will be read.
+/// A span outside the map, or a failed call, leaves the pages as they are.
+pub(crate) fn advise_pages(map: &memmap2::Mmap, start: usize, len: usize, advice: PageAdvice) {
+    if !start.checked_add(len).is_some_and(|end| end <= map.len()) {
+        return;
     }
-}
-
-/// Hand the pages of `len` bytes at `start` of a file's shared, read-only map back to the
-/// kernel: for a tensor only read through a copy (packed weights), so that it does not count
-/// twice in the process's memory. A later read of those bytes faults them back in from the file.
-pub(crate) fn release_pages(map: &memmap2::Mmap, start: usize, len: usize) {
-    if start.checked_add(len).is_some_and(|end| end <= map.len()) {
+    let _ = match advice {
+        PageAdvice::ReadSparsely => map.advise_range(memmap2::Advice::Random, start, len),
         // SAFETY: the map is shared and read-only, so dropped pages are read back from the file
-        // unchanged on the next access; no reader can see other bytes. Failure only leaves the
-        // pages where they are.
-        let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, len) };
-    }
+        // unchanged on the next access; no reader can see other bytes.
+        PageAdvice::Release => unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, len) },
+    };
 }
 
 /// Weights made in memory (a matrix quantized at load).
@@ -258,7 +258,7 @@ impl QMatrix {
             let file_rows = &file.weight_bytes()[start..start + rows * row_bytes];
             for (i, src) in file_rows.chunks(run * row_bytes).enumerate() {
                 panels.fill_rows(i * run, src);
-                file.release(start + i * run * row_bytes, src.len());
+                file.advise(start + i * run * row_bytes, src.len(), PageAdvice::Release);
             }
             return Some(Self {
                 rows,
@@ -284,7 +284,7 @@ impl QMatrix {
                 for (s, d) in src.chunks(unit * row_bytes).zip(dst.chunks_mut(unit * packed_row)) {
                     pack(s, d);
                 }
-                file.release(start + i * run * row_bytes, src.len());
+                file.advise(start + i * run * row_bytes, src.len(), PageAdvice::Release);
             }
             Some(Rows {
                 source: Source::Packed(packed),

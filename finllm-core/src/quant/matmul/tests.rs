@@ -244,3 +244,67 @@ fn a_group_of_mixed_formats_equals_separate_calls() {
         }
     }
 }
+
+/// Resident bytes of the mapping that starts at `addr`, from `/proc/self/smaps`.
+#[cfg(target_os = "linux")]
+fn mapping_rss(addr: usize) -> Option<usize> {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
+    let mut in_map = false;
+    for line in smaps.lines() {
+        if let Some((range, _)) = line.split_once(' ') {
+            if let Some((start, _)) = range.split_once('-') {
+                if let Ok(start) = usize::from_str_radix(start, 16) {
+                    in_map = start == addr;
+                    continue;
+                }
+            }
+        }
+        if in_map {
+            if let Some(kb) = line.strip_prefix("Rss:") {
+                return kb
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<usize>()
+                    .ok()
+                    .map(|k| k * 1024);
+            }
+        }
+    }
+    None
+}
+
+/// Released pages leave the process's resident memory and read back unchanged from the file;
+/// a span past the map's end is ignored; sparse reading leaves the bytes as they are.
+#[cfg(target_os = "linux")]
+#[test]
+fn advised_pages_leave_memory_and_read_back_unchanged() {
+    let path = std::env::temp_dir().join(format!("finllm-advise-{}.bin", std::process::id()));
+    let bytes: Vec<u8> = (0..(1usize << 20))
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    std::fs::write(&path, &bytes).unwrap();
+    let file = std::fs::File::open(&path).unwrap();
+    // SAFETY: the file is this test's own and is not changed while mapped.
+    let map = unsafe { memmap2::Mmap::map(&file) }.unwrap();
+    let addr = map.as_ptr() as usize;
+    let touch = |m: &memmap2::Mmap| m.iter().step_by(4096).map(|b| *b as usize).sum::<usize>();
+    let sum = touch(&map);
+    let all = mapping_rss(addr).expect("the map is listed in smaps");
+    assert_eq!(all, bytes.len(), "every page touched is resident");
+
+    // Out of bounds: nothing happens.
+    advise_pages(&map, bytes.len() - 4096, 8192, PageAdvice::Release);
+    advise_pages(&map, usize::MAX, 2, PageAdvice::Release);
+    assert_eq!(mapping_rss(addr), Some(all));
+
+    // The second half goes back; the first stays.
+    let half = bytes.len() / 2;
+    WeightBytes::advise(&map, half, half, PageAdvice::Release);
+    assert_eq!(mapping_rss(addr), Some(half));
+    WeightBytes::advise(&map, 0, half, PageAdvice::ReadSparsely);
+    assert_eq!(&map[..], &bytes[..], "the bytes read back unchanged from the file");
+    assert_eq!(touch(&map), sum);
+    drop(map);
+    let _ = std::fs::remove_file(&path);
+}
