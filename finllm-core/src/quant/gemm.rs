@@ -28,8 +28,8 @@
 //! SIMD results equal it bit for bit.
 
 use super::blocks::{
-    k_scales_mins, q6_k_value, BlockQ8, K_SCALES_AT, Q4_0_BYTES, Q4_1_BYTES, Q4_K_BYTES, Q4_K_QS_AT, Q5_0_BYTES,
-    Q5_1_BYTES, Q5_K_BYTES, Q5_K_QH_AT, Q5_K_QS_AT, Q6_K_BYTES, Q6_K_D_AT, Q6_K_SCALES_AT, Q8_0_BYTES, QK, QK_K,
+    k_scales_mins, BlockQ8, K_SCALES_AT, Q4_0_BYTES, Q4_1_BYTES, Q4_K_BYTES, Q4_K_QS_AT, Q5_0_BYTES, Q5_1_BYTES,
+    Q5_K_BYTES, Q5_K_QH_AT, Q5_K_QS_AT, Q6_K_BYTES, Q6_K_D_AT, Q6_K_SCALES_AT, Q8_0_BYTES, QK, QK_K,
 };
 use super::kernels::Isa;
 use super::QuantType;
@@ -194,6 +194,43 @@ fn six_plane_at(s: usize, h: usize, high: usize) -> (usize, u32) {
         PANEL_ROWS * QK / 2 + ((s / 2) * 2 + h) * 64,
         (4 * (s % 2) + 2 * high) as u32,
     )
+}
+
+/// The low nibble of every byte of a `u128`.
+const LOW_NIBBLES: u128 = u128::from_le_bytes([0x0f; 16]);
+
+/// Sixteen bytes as one little-endian integer.
+fn le_u128(b: &[u8]) -> u128 {
+    let mut x = [0u8; 16];
+    x.copy_from_slice(&b[..16]);
+    u128::from_le_bytes(x)
+}
+
+/// The sixteen bytes of row `16 half + lane16` of a 4-bit panel block `w`: byte `e` at
+/// `(e / 4) · 128 + half · 64 + lane16 · 4 + e % 4`, four at a time.
+fn put_run_bytes(w: &mut [u8], half: usize, lane16: usize, bytes: u128) {
+    for (r, four) in bytes.to_le_bytes().chunks_exact(4).enumerate() {
+        w[r * 128 + half * 64 + lane16 * 4..][..4].copy_from_slice(four);
+    }
+}
+
+/// The 256 six-bit values (0..64) of a Q6_K super-block, as [`q6_k_value`](super::blocks::q6_k_value) reads each, decoded
+/// in one pass: value `128 n + 32 g + l` takes the low or high nibble of byte `l` of one of the
+/// half's two 32-byte runs of low bits and bits `2 g..` of byte `l` of its run of top bits.
+fn q6_k_values(block: &[u8]) -> [u8; QK_K] {
+    let mut v = [0u8; QK_K];
+    for (n, out) in v.chunks_exact_mut(128).enumerate() {
+        let ql = &block[64 * n..][..64];
+        let qh = &block[super::blocks::Q6_K_QH_AT + QK * n..][..QK];
+        for l in 0..QK {
+            let (a, b, h) = (ql[l], ql[QK + l], qh[l]);
+            out[l] = (a & 0x0f) | (h & 3) << 4;
+            out[QK + l] = (b & 0x0f) | ((h >> 2) & 3) << 4;
+            out[2 * QK + l] = (a >> 4) | ((h >> 4) & 3) << 4;
+            out[3 * QK + l] = (b >> 4) | ((h >> 6) & 3) << 4;
+        }
+    }
+    v
 }
 
 /// Sets the fifth bits of row `16 half + lane16` in a panel block's masks `hb`: `bit(e)`, zero
@@ -382,11 +419,17 @@ impl Panels {
                 let pb = p * blocks + sb * (QK_K / QK) + j;
                 self.sc[pb * PANEL_ROWS + lane] = sc[j];
                 self.mn[pb * PANEL_ROWS + lane] = mn[j];
-                let value = |l: usize| (block[qs_at + QK * (j / 2) + l] >> (4 * (j % 2))) & 0x0f;
-                let w = &mut self.w[pb * pbb..(pb + 1) * pbb];
-                for e in 0..16 {
-                    w[(e / 4) * 128 + half * 64 + lane16 * 4 + e % 4] = value(e) | (value(e + 16) << 4);
-                }
+                // The sub-block's 32 nibbles are the low (even `j`) or high (odd) halves of 32
+                // bytes; byte `e` of the panel's takes value `e` low and `e + 16` high, as
+                // sixteen bytes at once.
+                let qs = &block[qs_at + QK * (j / 2)..][..QK];
+                let (lo, hi) = (le_u128(&qs[..16]), le_u128(&qs[16..]));
+                let nibbles = if j % 2 == 0 {
+                    (lo & LOW_NIBBLES) | ((hi & LOW_NIBBLES) << 4)
+                } else {
+                    ((lo >> 4) & LOW_NIBBLES) | (hi & !LOW_NIBBLES)
+                };
+                put_run_bytes(&mut self.w[pb * pbb..(pb + 1) * pbb], half, lane16, nibbles);
                 if five {
                     let hb = &mut self.hb[pb * FIFTH_MASKS..(pb + 1) * FIFTH_MASKS];
                     set_fifth_bits(hb, half, lane16, |e| u64::from((block[Q5_K_QH_AT + e] >> j) & 1));
@@ -405,16 +448,16 @@ impl Panels {
         for (sb, block) in row.chunks_exact(Q6_K_BYTES).enumerate() {
             self.d[(p * supers + sb) * PANEL_ROWS + lane] =
                 u16::from_le_bytes([block[Q6_K_D_AT], block[Q6_K_D_AT + 1]]);
+            let values = q6_k_values(block);
             for j in 0..QK_K / QK {
                 let pb = p * blocks + sb * (QK_K / QK) + j;
                 for sub in 0..2 {
                     self.sc[(2 * pb + sub) * PANEL_ROWS + lane] = block[Q6_K_SCALES_AT + 2 * j + sub];
                 }
-                let value = |e: usize| q6_k_value(block, QK * j + e);
+                let v = &values[QK * j..][..QK];
                 let w = &mut self.w[pb * pbb..(pb + 1) * pbb];
-                for e in 0..16 {
-                    w[(e / 4) * 128 + half * 64 + lane16 * 4 + e % 4] = (value(e) & 0x0f) | (value(e + 16) & 0x0f) << 4;
-                }
+                let (lo, hi) = (le_u128(&v[..16]), le_u128(&v[16..]));
+                put_run_bytes(w, half, lane16, (lo & LOW_NIBBLES) | ((hi & LOW_NIBBLES) << 4));
                 // Each plane byte holds four values of this row only: built whole, then set.
                 for pair in 0..2 {
                     for k in 0..4 {
@@ -422,7 +465,7 @@ impl Panels {
                         for s in [2 * pair, 2 * pair + 1] {
                             for high in 0..2 {
                                 let (_, shift) = six_plane_at(s, half, high);
-                                byte |= (value(16 * high + 4 * s + k) >> 4) << shift;
+                                byte |= (v[16 * high + 4 * s + k] >> 4) << shift;
                             }
                         }
                         let (at, _) = six_plane_at(2 * pair, half, 0);

@@ -1,7 +1,7 @@
 //! The panels against the scalar kernels.
 
 use super::*;
-use crate::quant::blocks::{quantize_q8, quantize_q8_k};
+use crate::quant::blocks::{q6_k_value, quantize_q8, quantize_q8_k};
 
 fn lcg(seed: &mut u64) -> f32 {
     *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
@@ -227,4 +227,22 @@ fn bad_shapes_are_refused() {
     assert!(Panels::from_blocks(PanelFormat::Q5K, &[0u8; Q4_K_BYTES], 1, QK_K).is_none());
     assert!(Panels::zeroed(PanelFormat::Q6K, 2, 128).is_none());
     assert!(Panels::from_blocks(PanelFormat::Q6K, &[0u8; Q5_K_BYTES], 1, QK_K).is_none());
+}
+
+/// The one-pass decoding of a Q6_K super-block gives every value as the scalar reader does.
+#[test]
+fn q6_k_values_in_one_pass_equal_the_scalar_reader() {
+    let mut seed = 7u64;
+    for _ in 0..64 {
+        let block: Vec<u8> = (0..crate::quant::blocks::Q6_K_BYTES)
+            .map(|_| {
+                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                (seed >> 56) as u8
+            })
+            .collect();
+        let all = q6_k_values(&block);
+        for (e, v) in all.iter().enumerate() {
+            assert_eq!(*v, q6_k_value(&block, e), "value {e}");
+        }
+    }
 }
