@@ -98,7 +98,7 @@ impl WeightBytes for memmap2::Mmap {
 /// Advise the kernel how `len` bytes at `start` of a file's shared, read-only map will be read.
 /// A span outside the map, or a failed call, leaves the pages as they are.
 pub(crate) fn advise_pages(map: &memmap2::Mmap, start: usize, len: usize, advice: PageAdvice) {
-    if !start.checked_add(len).is_some_and(|end| end <= map.len()) {
+    if start.checked_add(len).is_none_or(|end| end > map.len()) {
         return;
     }
     let _ = match advice {
