@@ -31,6 +31,8 @@ use super::blocks::{
     k_scales_mins, BlockQ8, K_SCALES_AT, Q4_0_BYTES, Q4_1_BYTES, Q4_K_BYTES, Q4_K_QS_AT, Q5_0_BYTES, Q5_1_BYTES,
     Q5_K_BYTES, Q5_K_QH_AT, Q5_K_QS_AT, Q6_K_BYTES, Q6_K_D_AT, Q6_K_SCALES_AT, Q8_0_BYTES, QK, QK_K,
 };
+use rayon::prelude::*;
+
 use super::kernels::Isa;
 use super::QuantType;
 use crate::util::HugeArray;
@@ -196,6 +198,152 @@ fn six_plane_at(s: usize, h: usize, high: usize) -> (usize, u32) {
     )
 }
 
+/// Bytes of file rows from which [`Panels::fill_rows`] lays panels out in parallel.
+const PARALLEL_FILL_BYTES: usize = 1 << 20;
+
+/// `count` slices of `per` elements from slice `first` of `per` on (empty ones where `per` is
+/// zero: the format has no such array).
+fn split<T>(a: &mut [T], per: usize, first: usize, count: usize) -> Vec<&mut [T]> {
+    if per == 0 {
+        return (0..count).map(|_| <&mut [T]>::default()).collect();
+    }
+    a[first * per..(first + count) * per].chunks_mut(per).collect()
+}
+
+/// One panel's share of a matrix's arrays, as [`Panels`] holds them, to lay rows out in.
+struct PanelMut<'a> {
+    w: &'a mut [u8],
+    d: &'a mut [u16],
+    m: &'a mut [u16],
+    sc: &'a mut [u8],
+    mn: &'a mut [u8],
+    hb: &'a mut [u64],
+}
+
+impl PanelMut<'_> {
+    /// Row `lane` of the panel from the file's `row` (`blocks` blocks, `supers` super-blocks).
+    fn fill_row(&mut self, format: PanelFormat, blocks: usize, supers: usize, lane: usize, row: &[u8]) {
+        if format.k() {
+            return self.fill_k_row(format, supers, lane, row);
+        }
+        if format == PanelFormat::Q6K {
+            return self.fill_q6_k_row(lane, row);
+        }
+        let (half, lane16) = (lane / 16, lane % 16);
+        let fb = format.file_bytes();
+        let pbb = format.panel_block_bytes();
+        let f16 = |b: &[u8], at: usize| u16::from_le_bytes([b[at], b[at + 1]]);
+        for (b, block) in row.chunks_exact(fb).enumerate().take(blocks) {
+            let w = &mut self.w[b * pbb..(b + 1) * pbb];
+            self.d[b * PANEL_ROWS + lane] = f16(block, 0);
+            match format {
+                PanelFormat::Q8_0 => {
+                    for (e, &q) in block[2..].iter().enumerate() {
+                        w[(e / 4) * 128 + half * 64 + lane16 * 4 + e % 4] = (q as i8 as i16 + 128) as u8;
+                    }
+                }
+                PanelFormat::Q4K | PanelFormat::Q5K | PanelFormat::Q6K => {
+                    unreachable!("K-quant rows are laid out by fill_k_row and fill_q6_k_row")
+                }
+                PanelFormat::Q5_0 | PanelFormat::Q5_1 => {
+                    let at = if format == PanelFormat::Q5_1 {
+                        self.m[b * PANEL_ROWS + lane] = f16(block, 2);
+                        4
+                    } else {
+                        2
+                    };
+                    let qh = u32::from_le_bytes([block[at], block[at + 1], block[at + 2], block[at + 3]]);
+                    put_run_bytes(w, half, lane16, le_u128(&block[at + 4..at + 20]));
+                    let hb = &mut self.hb[b * FIFTH_MASKS..(b + 1) * FIFTH_MASKS];
+                    set_fifth_bits(hb, half, lane16, |e| u64::from((qh >> e) & 1));
+                }
+                PanelFormat::Q4_0 | PanelFormat::Q4_1 => {
+                    let at = if format == PanelFormat::Q4_1 {
+                        self.m[b * PANEL_ROWS + lane] = f16(block, 2);
+                        4
+                    } else {
+                        2
+                    };
+                    // Byte e holds value e (low nibble) and value e + 16 (high), as in the file.
+                    put_run_bytes(w, half, lane16, le_u128(&block[at..at + 16]));
+                }
+            }
+        }
+    }
+
+    /// Row `lane` of the panel from a Q4_K or Q5_K row: each sub-block's 32 nibbles regrouped
+    /// so that byte `e` holds value `e` (low) and `e + 16` (high), as Q4_0's; Q5_K's fifth
+    /// bits into the block's masks, as Q5_0's.
+    fn fill_k_row(&mut self, format: PanelFormat, supers: usize, lane: usize, row: &[u8]) {
+        let (half, lane16) = (lane / 16, lane % 16);
+        let pbb = format.panel_block_bytes();
+        let five = format == PanelFormat::Q5K;
+        let qs_at = if five { Q5_K_QS_AT } else { Q4_K_QS_AT };
+        for (sb, block) in row.chunks_exact(format.file_bytes()).enumerate().take(supers) {
+            let at = sb * PANEL_ROWS + lane;
+            self.d[at] = u16::from_le_bytes([block[0], block[1]]);
+            self.m[at] = u16::from_le_bytes([block[2], block[3]]);
+            let (sc, mn) = k_scales_mins(&block[K_SCALES_AT..]);
+            for j in 0..QK_K / QK {
+                let pb = sb * (QK_K / QK) + j;
+                self.sc[pb * PANEL_ROWS + lane] = sc[j];
+                self.mn[pb * PANEL_ROWS + lane] = mn[j];
+                // The sub-block's 32 nibbles are the low (even `j`) or high (odd) halves of 32
+                // bytes; byte `e` of the panel's takes value `e` low and `e + 16` high, as
+                // sixteen bytes at once.
+                let qs = &block[qs_at + QK * (j / 2)..][..QK];
+                let (lo, hi) = (le_u128(&qs[..16]), le_u128(&qs[16..]));
+                let nibbles = if j % 2 == 0 {
+                    (lo & LOW_NIBBLES) | ((hi & LOW_NIBBLES) << 4)
+                } else {
+                    ((lo >> 4) & LOW_NIBBLES) | (hi & !LOW_NIBBLES)
+                };
+                put_run_bytes(&mut self.w[pb * pbb..(pb + 1) * pbb], half, lane16, nibbles);
+                if five {
+                    let hb = &mut self.hb[pb * FIFTH_MASKS..(pb + 1) * FIFTH_MASKS];
+                    set_fifth_bits(hb, half, lane16, |e| u64::from((block[Q5_K_QH_AT + e] >> j) & 1));
+                }
+            }
+        }
+    }
+
+    /// Row `lane` of the panel from a Q6_K row: per 32-value block, the values' low nibbles
+    /// as Q4_0's, their top bits into the block's plane ([`six_plane_at`]), the two halves'
+    /// scales (i8) per row.
+    fn fill_q6_k_row(&mut self, lane: usize, row: &[u8]) {
+        let (half, lane16) = (lane / 16, lane % 16);
+        let pbb = PanelFormat::Q6K.panel_block_bytes();
+        for (sb, block) in row.chunks_exact(Q6_K_BYTES).enumerate() {
+            self.d[sb * PANEL_ROWS + lane] = u16::from_le_bytes([block[Q6_K_D_AT], block[Q6_K_D_AT + 1]]);
+            let values = q6_k_values(block);
+            for j in 0..QK_K / QK {
+                let pb = sb * (QK_K / QK) + j;
+                for sub in 0..2 {
+                    self.sc[(2 * pb + sub) * PANEL_ROWS + lane] = block[Q6_K_SCALES_AT + 2 * j + sub];
+                }
+                let v = &values[QK * j..][..QK];
+                let w = &mut self.w[pb * pbb..(pb + 1) * pbb];
+                let (lo, hi) = (le_u128(&v[..16]), le_u128(&v[16..]));
+                put_run_bytes(w, half, lane16, (lo & LOW_NIBBLES) | ((hi & LOW_NIBBLES) << 4));
+                // Each plane byte holds four values of this row only: built whole, then set.
+                for pair in 0..2 {
+                    for k in 0..4 {
+                        let mut byte = 0u8;
+                        for s in [2 * pair, 2 * pair + 1] {
+                            for high in 0..2 {
+                                let (_, shift) = six_plane_at(s, half, high);
+                                byte |= (v[16 * high + 4 * s + k] >> 4) << shift;
+                            }
+                        }
+                        let (at, _) = six_plane_at(2 * pair, half, 0);
+                        w[at + lane16 * 4 + k] = byte;
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The low nibble of every byte of a `u128`.
 const LOW_NIBBLES: u128 = u128::from_le_bytes([0x0f; 16]);
 
@@ -316,11 +464,17 @@ impl Panels {
         // Q6_K: two scales per row and block, one per 16-value half.
         let six = if format == PanelFormat::Q6K { 2 * scales } else { 0 };
         // Every array is read end to end on each step: from memory advised for 2 MiB pages.
+        // `fill_rows` writes every weight byte of a matrix row, so only the last panel's rows
+        // past `rows` keep the fill, which is all written here: the rest of the memory is
+        // first touched where a row is laid out (by the thread that lays it out).
+        let mut w = HugeArray::zeroed(units.checked_mul(format.panel_block_bytes())?)?;
+        let last = rows.div_ceil(PANEL_ROWS).saturating_sub(1) * (cols / QK) * format.panel_block_bytes();
+        w[last..].fill(fill);
         Some(Self {
             format,
             rows,
             cols,
-            w: HugeArray::filled(units.checked_mul(format.panel_block_bytes())?, fill)?,
+            w,
             d: HugeArray::zeroed(per_d)?,
             m: HugeArray::zeroed(if format.has_min() || k { per_d } else { 0 })?,
             sc: HugeArray::zeroed(if k { scales } else { six })?,
@@ -334,146 +488,72 @@ impl Panels {
     }
 
     /// Lay out whole rows `first..` from `bytes` (the file's blocks, `cols / 32` per row).
-    /// Panics if they run past the matrix.
+    /// Panics if they run past the matrix. Each panel's share of the arrays is its own, so the
+    /// panels of a large span are laid out in parallel.
     pub fn fill_rows(&mut self, first: usize, bytes: &[u8]) {
-        let blocks = self.blocks();
-        let fb = self.format.file_bytes();
-        let pbb = self.format.panel_block_bytes();
-        let row_bytes = self.cols / self.format.file_block() * fb;
+        let format = self.format;
+        let row_bytes = self.cols / format.file_block() * format.file_bytes();
         assert!(
             bytes.len().is_multiple_of(row_bytes) && first + bytes.len() / row_bytes <= self.rows,
             "whole rows inside the matrix"
         );
-        let f16 = |b: &[u8], at: usize| u16::from_le_bytes([b[at], b[at + 1]]);
-        for (i, row) in bytes.chunks_exact(row_bytes).enumerate() {
-            let r = first + i;
-            let (p, lane) = (r / PANEL_ROWS, r % PANEL_ROWS);
-            let (half, lane16) = (lane / 16, lane % 16);
-            if self.format.k() {
-                self.fill_k_row(p, lane, row);
-                continue;
+        let count = bytes.len() / row_bytes;
+        if count == 0 {
+            return;
+        }
+        let (p0, p1) = (first / PANEL_ROWS, (first + count - 1) / PANEL_ROWS + 1);
+        let (blocks, supers) = (self.blocks(), self.cols / QK_K);
+        // Each panel with the file's rows that fall in it (from its lane `first % 32` on).
+        let mut jobs: Vec<(PanelMut<'_>, usize, &[u8])> = Vec::with_capacity(p1 - p0);
+        let mut rest = bytes;
+        for (i, panel) in self.panels_mut(p0, p1 - p0).into_iter().enumerate() {
+            let lane = if i == 0 { first % PANEL_ROWS } else { 0 };
+            let take = ((PANEL_ROWS - lane) * row_bytes).min(rest.len());
+            let (these, after) = rest.split_at(take);
+            jobs.push((panel, lane, these));
+            rest = after;
+        }
+        let fill = |(panel, lane, rows): (PanelMut<'_>, usize, &[u8])| {
+            let mut panel = panel;
+            for (i, row) in rows.chunks_exact(row_bytes).enumerate() {
+                panel.fill_row(format, blocks, supers, lane + i, row);
             }
-            if self.format == PanelFormat::Q6K {
-                self.fill_q6_k_row(p, lane, row);
-                continue;
-            }
-            for (b, block) in row.chunks_exact(fb).enumerate() {
-                let pb = p * blocks + b;
-                let w = &mut self.w[pb * pbb..(pb + 1) * pbb];
-                self.d[pb * PANEL_ROWS + lane] = f16(block, 0);
-                match self.format {
-                    PanelFormat::Q8_0 => {
-                        for (e, &q) in block[2..].iter().enumerate() {
-                            w[(e / 4) * 128 + half * 64 + lane16 * 4 + e % 4] = (q as i8 as i16 + 128) as u8;
-                        }
-                    }
-                    PanelFormat::Q4K | PanelFormat::Q5K | PanelFormat::Q6K => {
-                        unreachable!("K-quant rows are laid out by fill_k_row and fill_q6_k_row")
-                    }
-                    PanelFormat::Q5_0 | PanelFormat::Q5_1 => {
-                        let at = if self.format == PanelFormat::Q5_1 {
-                            self.m[pb * PANEL_ROWS + lane] = f16(block, 2);
-                            4
-                        } else {
-                            2
-                        };
-                        let qh = u32::from_le_bytes([block[at], block[at + 1], block[at + 2], block[at + 3]]);
-                        for (e, &q) in block[at + 4..at + 20].iter().enumerate() {
-                            w[(e / 4) * 128 + half * 64 + lane16 * 4 + e % 4] = q;
-                        }
-                        let hb = &mut self.hb[pb * FIFTH_MASKS..(pb + 1) * FIFTH_MASKS];
-                        set_fifth_bits(hb, half, lane16, |e| u64::from((qh >> e) & 1));
-                    }
-                    PanelFormat::Q4_0 | PanelFormat::Q4_1 => {
-                        let at = if self.format == PanelFormat::Q4_1 {
-                            self.m[pb * PANEL_ROWS + lane] = f16(block, 2);
-                            4
-                        } else {
-                            2
-                        };
-                        // Byte e holds value e (low nibble) and value e + 16 (high), as in the file.
-                        for (e, &q) in block[at..at + 16].iter().enumerate() {
-                            w[(e / 4) * 128 + half * 64 + lane16 * 4 + e % 4] = q;
-                        }
-                    }
-                }
-            }
+        };
+        // Parallel only where the work outweighs handing it out (a run of a model's rows).
+        if bytes.len() >= PARALLEL_FILL_BYTES {
+            jobs.into_par_iter().for_each(fill);
+        } else {
+            jobs.into_iter().for_each(fill);
         }
     }
 
-    /// Row `lane` of panel `p` from a Q4_K or Q5_K row: each sub-block's 32 nibbles regrouped
-    /// so that byte `e` holds value `e` (low) and `e + 16` (high), as Q4_0's; Q5_K's fifth
-    /// bits into the block's masks, as Q5_0's.
-    fn fill_k_row(&mut self, p: usize, lane: usize, row: &[u8]) {
-        let (blocks, supers) = (self.blocks(), self.cols / QK_K);
-        let (half, lane16) = (lane / 16, lane % 16);
-        let pbb = self.format.panel_block_bytes();
-        let five = self.format == PanelFormat::Q5K;
-        let qs_at = if five { Q5_K_QS_AT } else { Q4_K_QS_AT };
-        for (sb, block) in row.chunks_exact(self.format.file_bytes()).enumerate() {
-            let at = (p * supers + sb) * PANEL_ROWS + lane;
-            self.d[at] = u16::from_le_bytes([block[0], block[1]]);
-            self.m[at] = u16::from_le_bytes([block[2], block[3]]);
-            let (sc, mn) = k_scales_mins(&block[K_SCALES_AT..]);
-            for j in 0..QK_K / QK {
-                let pb = p * blocks + sb * (QK_K / QK) + j;
-                self.sc[pb * PANEL_ROWS + lane] = sc[j];
-                self.mn[pb * PANEL_ROWS + lane] = mn[j];
-                // The sub-block's 32 nibbles are the low (even `j`) or high (odd) halves of 32
-                // bytes; byte `e` of the panel's takes value `e` low and `e + 16` high, as
-                // sixteen bytes at once.
-                let qs = &block[qs_at + QK * (j / 2)..][..QK];
-                let (lo, hi) = (le_u128(&qs[..16]), le_u128(&qs[16..]));
-                let nibbles = if j % 2 == 0 {
-                    (lo & LOW_NIBBLES) | ((hi & LOW_NIBBLES) << 4)
-                } else {
-                    ((lo >> 4) & LOW_NIBBLES) | (hi & !LOW_NIBBLES)
-                };
-                put_run_bytes(&mut self.w[pb * pbb..(pb + 1) * pbb], half, lane16, nibbles);
-                if five {
-                    let hb = &mut self.hb[pb * FIFTH_MASKS..(pb + 1) * FIFTH_MASKS];
-                    set_fifth_bits(hb, half, lane16, |e| u64::from((block[Q5_K_QH_AT + e] >> j) & 1));
-                }
-            }
-        }
-    }
-
-    /// Row `lane` of panel `p` from a Q6_K row: per 32-value block, the values' low nibbles
-    /// as Q4_0's, their top bits into the block's plane ([`six_plane_at`]), the two halves'
-    /// scales (i8) per row.
-    fn fill_q6_k_row(&mut self, p: usize, lane: usize, row: &[u8]) {
-        let (blocks, supers) = (self.blocks(), self.cols / QK_K);
-        let (half, lane16) = (lane / 16, lane % 16);
-        let pbb = self.format.panel_block_bytes();
-        for (sb, block) in row.chunks_exact(Q6_K_BYTES).enumerate() {
-            self.d[(p * supers + sb) * PANEL_ROWS + lane] =
-                u16::from_le_bytes([block[Q6_K_D_AT], block[Q6_K_D_AT + 1]]);
-            let values = q6_k_values(block);
-            for j in 0..QK_K / QK {
-                let pb = p * blocks + sb * (QK_K / QK) + j;
-                for sub in 0..2 {
-                    self.sc[(2 * pb + sub) * PANEL_ROWS + lane] = block[Q6_K_SCALES_AT + 2 * j + sub];
-                }
-                let v = &values[QK * j..][..QK];
-                let w = &mut self.w[pb * pbb..(pb + 1) * pbb];
-                let (lo, hi) = (le_u128(&v[..16]), le_u128(&v[16..]));
-                put_run_bytes(w, half, lane16, (lo & LOW_NIBBLES) | ((hi & LOW_NIBBLES) << 4));
-                // Each plane byte holds four values of this row only: built whole, then set.
-                for pair in 0..2 {
-                    for k in 0..4 {
-                        let mut byte = 0u8;
-                        for s in [2 * pair, 2 * pair + 1] {
-                            for high in 0..2 {
-                                let (_, shift) = six_plane_at(s, half, high);
-                                byte |= (v[16 * high + 4 * s + k] >> 4) << shift;
-                            }
-                        }
-                        let (at, _) = six_plane_at(2 * pair, half, 0);
-                        w[at + lane16 * 4 + k] = byte;
-                    }
-                }
-            }
-        }
+    /// Panels `first..first + count`, each its own share of every array.
+    fn panels_mut(&mut self, first: usize, count: usize) -> Vec<PanelMut<'_>> {
+        let format = self.format;
+        let blocks = self.blocks();
+        let per_d = if format.supers() { blocks / (QK_K / QK) } else { blocks } * PANEL_ROWS;
+        let per_block = blocks * PANEL_ROWS;
+        let k = format.k();
+        let w = split(&mut self.w, blocks * format.panel_block_bytes(), first, count);
+        let d = split(&mut self.d, per_d, first, count);
+        let m = split(&mut self.m, if format.has_min() || k { per_d } else { 0 }, first, count);
+        let six = if format == PanelFormat::Q6K { 2 * per_block } else { 0 };
+        let sc = split(&mut self.sc, if k { per_block } else { six }, first, count);
+        let mn = split(&mut self.mn, if k { per_block } else { 0 }, first, count);
+        let hb = split(
+            &mut self.hb,
+            if format.five() { blocks * FIFTH_MASKS } else { 0 },
+            first,
+            count,
+        );
+        w.into_iter()
+            .zip(d)
+            .zip(m)
+            .zip(sc)
+            .zip(mn)
+            .zip(hb)
+            .map(|(((((w, d), m), sc), mn), hb)| PanelMut { w, d, m, sc, mn, hb })
+            .collect()
     }
 
     pub fn format(&self) -> PanelFormat {

@@ -246,3 +246,53 @@ fn q6_k_values_in_one_pass_equal_the_scalar_reader() {
         }
     }
 }
+
+/// A matrix laid out in uneven runs (one starting mid-panel, one large enough to be laid out
+/// in parallel) holds the same bytes, array by array, as one laid out a row at a time; the
+/// last panel's rows past the matrix keep the fill.
+#[test]
+fn rows_laid_out_in_parallel_runs_equal_rows_laid_out_one_at_a_time() {
+    let (rows, cols) = (300, 8192);
+    let mut seed = 11u64;
+    let data: Vec<f32> = (0..rows * cols).map(|_| lcg(&mut seed)).collect();
+    for (format, dtype) in FORMATS {
+        let bytes = file_bytes(dtype, &data, rows, cols);
+        let row_bytes = bytes.len() / rows;
+        let mut runs = Panels::zeroed(format, rows, cols).unwrap();
+        let cuts = [0, 13, 45, rows];
+        for w in cuts.windows(2) {
+            runs.fill_rows(w[0], &bytes[w[0] * row_bytes..w[1] * row_bytes]);
+        }
+        assert!(
+            (rows - 45) * row_bytes >= PARALLEL_FILL_BYTES,
+            "one run is laid out in parallel"
+        );
+        let mut single = Panels::zeroed(format, rows, cols).unwrap();
+        for (r, row) in bytes.chunks_exact(row_bytes).enumerate() {
+            single.fill_rows(r, row);
+        }
+        assert_eq!(&runs.w[..], &single.w[..], "{format:?} weights");
+        assert_eq!(&runs.d[..], &single.d[..], "{format:?} scales");
+        assert_eq!(&runs.m[..], &single.m[..], "{format:?} minima");
+        assert_eq!(&runs.sc[..], &single.sc[..], "{format:?} sub-block scales");
+        assert_eq!(&runs.mn[..], &single.mn[..], "{format:?} sub-block minima");
+        assert_eq!(&runs.hb[..], &single.hb[..], "{format:?} fifth bits");
+        // Rows 300..320 of the last panel: never written, so the weight bytes there keep the
+        // fill (the offset zero of Q8_0, 0x88 elsewhere) in every block of that panel.
+        let fill = if format == PanelFormat::Q8_0 { 128 } else { 0x88 };
+        let pbb = format.panel_block_bytes();
+        let last = &runs.w[(rows / PANEL_ROWS) * (cols / QK) * pbb..];
+        let lane = rows % PANEL_ROWS; // 12: rows 12..32 of the last panel are padding
+        for block in last.chunks_exact(pbb) {
+            for r in 0..4 {
+                for l in lane..PANEL_ROWS {
+                    let at = r * 128 + (l / 16) * 64 + (l % 16) * 4;
+                    assert!(
+                        block[at..at + 4].iter().all(|b| *b == fill),
+                        "{format:?} padding row {l}"
+                    );
+                }
+            }
+        }
+    }
+}
