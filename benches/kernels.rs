@@ -10,7 +10,8 @@
 //! beside it) in 16-row tasks of 2,048-value rows by 256 tokens; then the decode attention kernels
 //! and the AVX-512 panel tiles (1 to 16 tokens in L2; 1 and 8 tokens streamed, on one thread and
 //! two). Each figure is the best of five timed passes, so other work on the machine disturbs it
-//! less. One thread unless named; a multiply-add is two FLOPs.
+//! less. One thread unless named; a multiply-add is two FLOPs. `-- sequence` adds a decode step's
+//! stream: a lone token through 128 MiB of matrices in turn, panels against the AVX2 tiles.
 
 use std::time::Instant;
 
@@ -108,6 +109,9 @@ fn main() {
     }
     if only.is_empty() || only.iter().any(|f| f.eq_ignore_ascii_case("attention")) {
         attention(&mut rng);
+    }
+    if only.iter().any(|f| f.eq_ignore_ascii_case("sequence")) {
+        sequence(&mut rng);
     }
     if only.is_empty() || only.iter().any(|f| f.eq_ignore_ascii_case("panels")) {
         panels(&mut rng);
@@ -380,6 +384,96 @@ fn super_tiles(dtype: QuantType, rng: &mut Rng) {
             reps * rows * n * cols,
             sink,
         );
+    }
+}
+
+/// A decode step's stream: a lone token through 128 MiB of 2,048 x 2,048 matrices (Q4_0, Q8_0, Q4_K, Q6_K)
+/// in turn, four times, on the AVX-512 panels and on the AVX2 tiles (both in memory advised for
+/// 2 MiB pages). Far past any L3, unlike the 64 MiB matrices above, whose repeats can find part
+/// of themselves there. Only with `-- sequence` (it takes a while to lay out). Bytes are the
+/// file's.
+fn sequence(rng: &mut Rng) {
+    use finllm::quant::gemm::{PanelFormat, Panels, PANEL_ROWS};
+    use finllm::util::HugeArray;
+    let (rows, cols, passes) = (2048usize, 2048usize, 4);
+    for dtype in [QuantType::Q4_0, QuantType::Q8_0, QuantType::Q4K, QuantType::Q6K] {
+        let block = usize::try_from(dtype.block_size()).expect("small");
+        let row_bytes = cols / block * block_bytes(dtype);
+        let count = (128 << 20) / (rows * row_bytes);
+        let (bytes, macs) = (passes * count * rows * row_bytes, passes * count * rows * cols);
+        let x: Vec<f32> = (0..cols).map(|_| (rng.next_f64() * 2.0 - 1.0) as f32).collect();
+        if let (Some(format), true) = (PanelFormat::of(dtype), Panels::fast()) {
+            let mats: Vec<Panels> = (0..count)
+                .map(|_| {
+                    // Masked bytes keep every f16 scale finite.
+                    let file: Vec<u8> = (0..rows * row_bytes).map(|_| rng.next_u64() as u8 & 0x77).collect();
+                    Panels::from_blocks(format, &file, rows, cols).expect("whole blocks")
+                })
+                .collect();
+            let mut a = vec![BlockQ8::default(); cols / QK];
+            if format.supers() {
+                quantize_q8_k(&x, &mut a);
+            } else {
+                quantize_q8(&x, &mut a);
+            }
+            let (secs, sink) = best_of(|| {
+                let mut out = [0f32; PANEL_ROWS];
+                let mut sink = 0f32;
+                for _ in 0..passes {
+                    for m in &mats {
+                        for p in 0..rows / PANEL_ROWS {
+                            m.panel_times(p, &a, &mut [&mut out[..]]);
+                            sink += out[0];
+                        }
+                    }
+                }
+                sink
+            });
+            report(
+                dtype,
+                Isa::Avx512,
+                &format!("panels 1 token, {count} matrices"),
+                secs,
+                bytes,
+                macs,
+                sink,
+            );
+        }
+        if let Some(k) = super_kernels(dtype, Isa::Avx2) {
+            let packed_row = (k.packing.row_bytes)(cols / block);
+            let mats: Vec<HugeArray<u8>> = (0..count)
+                .map(|_| {
+                    let rows_bytes = random_packed_rows(rng, dtype, &k, rows, cols);
+                    let mut m = HugeArray::<u8>::zeroed(rows_bytes.len()).expect("memory");
+                    m.copy_from_slice(&rows_bytes);
+                    m
+                })
+                .collect();
+            let acts = random_supers(rng, 1, cols);
+            let (secs, sink) = best_of(|| {
+                let mut out = [0f32; TASK_ROWS];
+                let mut sink = 0f32;
+                for _ in 0..passes {
+                    for m in &mats {
+                        // Tasks of TASK_ROWS rows, as a product hands them out.
+                        for task in m.chunks(TASK_ROWS * packed_row) {
+                            (k.tile)(task, packed_row, &acts, &mut [&mut out[..]]);
+                            sink += out[0];
+                        }
+                    }
+                }
+                sink
+            });
+            report(
+                dtype,
+                Isa::Avx2,
+                &format!("tiles 1 token, {count} matrices"),
+                secs,
+                bytes,
+                macs,
+                sink,
+            );
+        }
     }
 }
 
