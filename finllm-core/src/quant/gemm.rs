@@ -27,12 +27,12 @@
 //! The scalar form (`Panels::scalar_one`) takes the same operations in the same order: the
 //! SIMD results equal it bit for bit.
 
+use rayon::prelude::*;
+
 use super::blocks::{
     k_scales_mins, BlockQ8, K_SCALES_AT, Q4_0_BYTES, Q4_1_BYTES, Q4_K_BYTES, Q4_K_QS_AT, Q5_0_BYTES, Q5_1_BYTES,
     Q5_K_BYTES, Q5_K_QH_AT, Q5_K_QS_AT, Q6_K_BYTES, Q6_K_D_AT, Q6_K_SCALES_AT, Q8_0_BYTES, QK, QK_K,
 };
-use rayon::prelude::*;
-
 use super::kernels::Isa;
 use super::QuantType;
 use crate::util::HugeArray;
@@ -362,9 +362,10 @@ fn put_run_bytes(w: &mut [u8], half: usize, lane16: usize, bytes: u128) {
     }
 }
 
-/// The 256 six-bit values (0..64) of a Q6_K super-block, as [`q6_k_value`](super::blocks::q6_k_value) reads each, decoded
-/// in one pass: value `128 n + 32 g + l` takes the low or high nibble of byte `l` of one of the
-/// half's two 32-byte runs of low bits and bits `2 g..` of byte `l` of its run of top bits.
+/// The 256 six-bit values (0..64) of a Q6_K super-block, as
+/// [`q6_k_value`](super::blocks::q6_k_value) reads each, decoded in one pass: value
+/// `128 n + 32 g + l` takes the low or high nibble of byte `l` of one of the half's two 32-byte
+/// runs of low bits and bits `2 g..` of byte `l` of its run of top bits.
 fn q6_k_values(block: &[u8]) -> [u8; QK_K] {
     let mut v = [0u8; QK_K];
     for (n, out) in v.chunks_exact_mut(128).enumerate() {
