@@ -139,25 +139,17 @@ fn panels(rng: &mut Rng) {
         let format = PanelFormat::of(dtype).expect("a panel format");
         let block = usize::try_from(dtype.block_size()).expect("small");
         let cols = if block == QK { 576 } else { 1536 };
-        let blocks = cols / QK;
         let row_bytes = cols / block * block_bytes(dtype);
         for (label, bytes, counts) in [
             ("L2", 512 << 10, &[1usize, 2, 4, 6, 8, 12, 16][..]),
             ("streamed", 64 << 20, &[1, 8][..]),
         ] {
             let rows = bytes / row_bytes / PANEL_ROWS * PANEL_ROWS;
-            // Masked bytes keep every f16 scale finite.
-            let file: Vec<u8> = (0..rows * row_bytes).map(|_| rng.next_u64() as u8 & 0x77).collect();
+            let file = panel_file(rng, rows * row_bytes);
             let m = Panels::from_blocks(format, &file, rows, cols).expect("whole blocks");
             for &n in counts {
-                let mut a = vec![BlockQ8::default(); n * blocks];
                 let x: Vec<f32> = (0..n * cols).map(|_| (rng.next_f64() * 2.0 - 1.0) as f32).collect();
-                // The formats with super-blocks take activations scaled per 256 values.
-                if format.supers() {
-                    quantize_q8_k(&x, &mut a);
-                } else {
-                    quantize_q8(&x, &mut a);
-                }
+                let a = panel_activations(format, &x);
                 let reps = (256 << 20) / (rows * cols * n) + 1;
                 // One walk over a range of panels, `reps` times; the sink keeps the work live.
                 let run = |range: std::ops::Range<usize>| {
@@ -206,6 +198,24 @@ fn panels(rng: &mut Rng) {
             }
         }
     }
+}
+
+/// `len` random bytes of a block-format file for the panels, masked to keep every f16 scale
+/// finite.
+fn panel_file(rng: &mut Rng, len: usize) -> Vec<u8> {
+    (0..len).map(|_| rng.next_u64() as u8 & 0x77).collect()
+}
+
+/// Tokens of activations `x` (whole rows of the matrix's columns) in 8-bit blocks as the panels
+/// of `format` take them: scaled per 256 values where the format has super-blocks.
+fn panel_activations(format: finllm::quant::gemm::PanelFormat, x: &[f32]) -> Vec<BlockQ8> {
+    let mut a = vec![BlockQ8::default(); x.len() / QK];
+    if format.supers() {
+        quantize_q8_k(x, &mut a);
+    } else {
+        quantize_q8(x, &mut a);
+    }
+    a
 }
 
 /// The decode attention kernels over an f16 cache as the model calls them (SmolLM2-135M's
@@ -405,17 +415,10 @@ fn sequence(rng: &mut Rng) {
         if let (Some(format), true) = (PanelFormat::of(dtype), Panels::fast()) {
             let mats: Vec<Panels> = (0..count)
                 .map(|_| {
-                    // Masked bytes keep every f16 scale finite.
-                    let file: Vec<u8> = (0..rows * row_bytes).map(|_| rng.next_u64() as u8 & 0x77).collect();
-                    Panels::from_blocks(format, &file, rows, cols).expect("whole blocks")
+                    Panels::from_blocks(format, &panel_file(rng, rows * row_bytes), rows, cols).expect("whole blocks")
                 })
                 .collect();
-            let mut a = vec![BlockQ8::default(); cols / QK];
-            if format.supers() {
-                quantize_q8_k(&x, &mut a);
-            } else {
-                quantize_q8(&x, &mut a);
-            }
+            let a = panel_activations(format, &x);
             let (secs, sink) = best_of(|| {
                 let mut out = [0f32; PANEL_ROWS];
                 let mut sink = 0f32;

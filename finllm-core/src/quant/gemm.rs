@@ -139,6 +139,33 @@ impl PanelFormat {
         matches!(self, Self::Q4_1 | Self::Q5_1)
     }
 
+    /// How many elements of each of [`Panels`]' arrays one panel of `blocks` blocks takes
+    /// (zero where the format has no such array): panel `p`'s share of an array starts at `p`
+    /// times its length.
+    fn shares(self, blocks: usize) -> Shares {
+        let per_block = blocks * PANEL_ROWS;
+        // The K-quants and Q6_K keep d (and dmin) per super-block of eight blocks.
+        let per_d = if self.supers() {
+            per_block / (QK_K / QK)
+        } else {
+            per_block
+        };
+        let k = self.k();
+        Shares {
+            w: blocks * self.panel_block_bytes(),
+            d: per_d,
+            m: if self.has_min() || k { per_d } else { 0 },
+            // Q6_K: two scales per row and block, one per 16-value half.
+            sc: match self {
+                _ if k => per_block,
+                Self::Q6K => 2 * per_block,
+                _ => 0,
+            },
+            mn: if k { per_block } else { 0 },
+            hb: if self.five() { blocks * FIFTH_MASKS } else { 0 },
+        }
+    }
+
     /// Where each token's block chain starts, from its values' sum: the weights' offset
     /// (Q6_K's two chains start from their halves' sums, in `scalar_one`).
     fn start(self, sum: i32) -> i32 {
@@ -220,11 +247,21 @@ struct PanelMut<'a> {
     hb: &'a mut [u64],
 }
 
+/// One panel's share of each of [`Panels`]' arrays, in elements ([`Panels::shares`]).
+struct Shares {
+    w: usize,
+    d: usize,
+    m: usize,
+    sc: usize,
+    mn: usize,
+    hb: usize,
+}
+
 impl PanelMut<'_> {
-    /// Row `lane` of the panel from the file's `row` (`blocks` blocks, `supers` super-blocks).
-    fn fill_row(&mut self, format: PanelFormat, blocks: usize, supers: usize, lane: usize, row: &[u8]) {
+    /// Row `lane` of the panel from the file's `row` (whole blocks of `format`).
+    fn fill_row(&mut self, format: PanelFormat, lane: usize, row: &[u8]) {
         if format.k() {
-            return self.fill_k_row(format, supers, lane, row);
+            return self.fill_k_row(format, lane, row);
         }
         if format == PanelFormat::Q6K {
             return self.fill_q6_k_row(lane, row);
@@ -233,7 +270,7 @@ impl PanelMut<'_> {
         let fb = format.file_bytes();
         let pbb = format.panel_block_bytes();
         let f16 = |b: &[u8], at: usize| u16::from_le_bytes([b[at], b[at + 1]]);
-        for (b, block) in row.chunks_exact(fb).enumerate().take(blocks) {
+        for (b, block) in row.chunks_exact(fb).enumerate() {
             let w = &mut self.w[b * pbb..(b + 1) * pbb];
             self.d[b * PANEL_ROWS + lane] = f16(block, 0);
             match format {
@@ -274,12 +311,12 @@ impl PanelMut<'_> {
     /// Row `lane` of the panel from a Q4_K or Q5_K row: each sub-block's 32 nibbles regrouped
     /// so that byte `e` holds value `e` (low) and `e + 16` (high), as Q4_0's; Q5_K's fifth
     /// bits into the block's masks, as Q5_0's.
-    fn fill_k_row(&mut self, format: PanelFormat, supers: usize, lane: usize, row: &[u8]) {
+    fn fill_k_row(&mut self, format: PanelFormat, lane: usize, row: &[u8]) {
         let (half, lane16) = (lane / 16, lane % 16);
         let pbb = format.panel_block_bytes();
         let five = format == PanelFormat::Q5K;
         let qs_at = if five { Q5_K_QS_AT } else { Q4_K_QS_AT };
-        for (sb, block) in row.chunks_exact(format.file_bytes()).enumerate().take(supers) {
+        for (sb, block) in row.chunks_exact(format.file_bytes()).enumerate() {
             let at = sb * PANEL_ROWS + lane;
             self.d[at] = u16::from_le_bytes([block[0], block[1]]);
             self.m[at] = u16::from_le_bytes([block[2], block[3]]);
@@ -454,37 +491,31 @@ impl Panels {
         if cols == 0 || !cols.is_multiple_of(format.file_block()) {
             return None;
         }
-        let units = rows.div_ceil(PANEL_ROWS).checked_mul(cols / QK)?;
+        // A panel's largest share, Q8_0's weights, is 32 bytes a column: past that, `shares`
+        // would overflow.
+        cols.checked_mul(PANEL_ROWS)?;
+        let panels = rows.div_ceil(PANEL_ROWS);
+        let per = format.shares(cols / QK);
+        let array = |share: usize| panels.checked_mul(share);
         // Zero weights: Q8_0's offset bytes of 128 (Q4_0's 8s need not be: their scales are
         // zero, as every scale past the last row stays).
         let fill = if format == PanelFormat::Q8_0 { 128 } else { 0x88 };
-        let scales = units.checked_mul(PANEL_ROWS)?;
-        let k = format.k();
-        // K-quants and Q6_K: one d (and dmin) per super-block of eight blocks.
-        let per_d = if format.supers() { scales / (QK_K / QK) } else { scales };
-        // Q6_K: two scales per row and block, one per 16-value half.
-        let six = if format == PanelFormat::Q6K { 2 * scales } else { 0 };
         // Every array is read end to end on each step: from memory advised for 2 MiB pages.
         // `fill_rows` writes every weight byte of a matrix row, so only the last panel's rows
         // past `rows` keep the fill, which is all written here: the rest of the memory is
         // first touched where a row is laid out (by the thread that lays it out).
-        let mut w = HugeArray::zeroed(units.checked_mul(format.panel_block_bytes())?)?;
-        let last = rows.div_ceil(PANEL_ROWS).saturating_sub(1) * (cols / QK) * format.panel_block_bytes();
-        w[last..].fill(fill);
+        let mut w = HugeArray::zeroed(array(per.w)?)?;
+        w[panels.saturating_sub(1) * per.w..].fill(fill);
         Some(Self {
             format,
             rows,
             cols,
             w,
-            d: HugeArray::zeroed(per_d)?,
-            m: HugeArray::zeroed(if format.has_min() || k { per_d } else { 0 })?,
-            sc: HugeArray::zeroed(if k { scales } else { six })?,
-            mn: HugeArray::zeroed(if k { scales } else { 0 })?,
-            hb: HugeArray::zeroed(if format.five() {
-                units.checked_mul(FIFTH_MASKS)?
-            } else {
-                0
-            })?,
+            d: HugeArray::zeroed(array(per.d)?)?,
+            m: HugeArray::zeroed(array(per.m)?)?,
+            sc: HugeArray::zeroed(array(per.sc)?)?,
+            mn: HugeArray::zeroed(array(per.mn)?)?,
+            hb: HugeArray::zeroed(array(per.hb)?)?,
         })
     }
 
@@ -503,7 +534,6 @@ impl Panels {
             return;
         }
         let (p0, p1) = (first / PANEL_ROWS, (first + count - 1) / PANEL_ROWS + 1);
-        let (blocks, supers) = (self.blocks(), self.cols / QK_K);
         // Each panel with the file's rows that fall in it (from its lane `first % 32` on).
         let mut jobs: Vec<(PanelMut<'_>, usize, &[u8])> = Vec::with_capacity(p1 - p0);
         let mut rest = bytes;
@@ -517,7 +547,7 @@ impl Panels {
         let fill = |(panel, lane, rows): (PanelMut<'_>, usize, &[u8])| {
             let mut panel = panel;
             for (i, row) in rows.chunks_exact(row_bytes).enumerate() {
-                panel.fill_row(format, blocks, supers, lane + i, row);
+                panel.fill_row(format, lane + i, row);
             }
         };
         // Parallel only where the work outweighs handing it out (a run of a model's rows).
@@ -530,23 +560,13 @@ impl Panels {
 
     /// Panels `first..first + count`, each its own share of every array.
     fn panels_mut(&mut self, first: usize, count: usize) -> Vec<PanelMut<'_>> {
-        let format = self.format;
-        let blocks = self.blocks();
-        let per_d = if format.supers() { blocks / (QK_K / QK) } else { blocks } * PANEL_ROWS;
-        let per_block = blocks * PANEL_ROWS;
-        let k = format.k();
-        let w = split(&mut self.w, blocks * format.panel_block_bytes(), first, count);
-        let d = split(&mut self.d, per_d, first, count);
-        let m = split(&mut self.m, if format.has_min() || k { per_d } else { 0 }, first, count);
-        let six = if format == PanelFormat::Q6K { 2 * per_block } else { 0 };
-        let sc = split(&mut self.sc, if k { per_block } else { six }, first, count);
-        let mn = split(&mut self.mn, if k { per_block } else { 0 }, first, count);
-        let hb = split(
-            &mut self.hb,
-            if format.five() { blocks * FIFTH_MASKS } else { 0 },
-            first,
-            count,
-        );
+        let per = self.shares();
+        let w = split(&mut self.w, per.w, first, count);
+        let d = split(&mut self.d, per.d, first, count);
+        let m = split(&mut self.m, per.m, first, count);
+        let sc = split(&mut self.sc, per.sc, first, count);
+        let mn = split(&mut self.mn, per.mn, first, count);
+        let hb = split(&mut self.hb, per.hb, first, count);
         w.into_iter()
             .zip(d)
             .zip(m)
@@ -555,6 +575,11 @@ impl Panels {
             .zip(hb)
             .map(|(((((w, d), m), sc), mn), hb)| PanelMut { w, d, m, sc, mn, hb })
             .collect()
+    }
+
+    /// How many elements of each array one panel takes ([`PanelFormat::shares`]).
+    fn shares(&self) -> Shares {
+        self.format.shares(self.blocks())
     }
 
     pub fn format(&self) -> PanelFormat {

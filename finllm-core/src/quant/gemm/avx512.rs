@@ -43,34 +43,17 @@ const fn fifth(f: u8) -> bool {
 pub unsafe fn panel<const F: u8>(m: &Panels, p: usize, a: &[BlockQ8], out: &mut [&mut [f32]]) {
     let blocks = m.blocks();
     let tokens = a.len() / blocks;
-    let pbb = m.format.panel_block_bytes();
-    // The K-quants keep d and dmin per super-block (Q6_K d); the others a scale (and Q4_1 a
-    // minimum) per block.
-    let k = k_quant(F);
-    let per_d = if per_super(F) { blocks / (QK_K / QK) } else { blocks } * PANEL_ROWS;
-    let per_block = blocks * PANEL_ROWS;
+    let per = m.shares();
+    let share = |len: usize| p * len..(p + 1) * len;
     let slices = Slices {
-        w: &m.w[p * blocks * pbb..][..blocks * pbb],
-        d: &m.d[p * per_d..][..per_d],
-        m: if F == Q4_1 || F == Q5_1 || k {
-            &m.m[p * per_d..][..per_d]
-        } else {
-            &[]
-        },
-        sc: if k {
-            &m.sc[p * per_block..][..per_block]
-        } else if F == Q6K {
-            &m.sc[2 * p * per_block..][..2 * per_block]
-        } else {
-            &[]
-        },
-        mn: if k { &m.mn[p * per_block..][..per_block] } else { &[] },
-        hb: if fifth(F) {
-            &m.hb[p * blocks * FIFTH_MASKS..][..blocks * FIFTH_MASKS]
-        } else {
-            &[]
-        },
+        w: &m.w[share(per.w)],
+        d: &m.d[share(per.d)],
+        m: &m.m[share(per.m)],
+        sc: &m.sc[share(per.sc)],
+        mn: &m.mn[share(per.mn)],
+        hb: &m.hb[share(per.hb)],
     };
+    let k = k_quant(F);
     let mut t0 = 0;
     while t0 < tokens {
         let n = (tokens - t0).min(if F == Q6K { Q6K_TILE_TOKENS } else { TILE_TOKENS });
