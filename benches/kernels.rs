@@ -397,16 +397,24 @@ fn super_tiles(dtype: QuantType, rng: &mut Rng) {
     }
 }
 
-/// A decode step's stream: a lone token through 128 MiB of 2,048 x 2,048 matrices (Q4_0, Q8_0, Q4_K, Q6_K)
-/// in turn, four times, on the AVX-512 panels and on the AVX2 tiles (both in memory advised for
-/// 2 MiB pages). Far past any L3, unlike the 64 MiB matrices above, whose repeats can find part
-/// of themselves there. Only with `-- sequence` (it takes a while to lay out). Bytes are the
-/// file's.
+/// A decode step's stream: a lone token through 128 MiB of 2,048 x 2,048 matrices (Q4_0, Q4_1,
+/// Q5_1, Q8_0, Q4_K, Q5_K, Q6_K) in turn, four times, on the AVX-512 panels and on the AVX2
+/// tiles (both in memory advised for 2 MiB pages). Far past any L3, unlike the 64 MiB matrices
+/// above, whose repeats can find part of themselves there. Only with `-- sequence` (it takes a
+/// while to lay out). Bytes are the file's.
 fn sequence(rng: &mut Rng) {
     use finllm::quant::gemm::{PanelFormat, Panels, PANEL_ROWS};
     use finllm::util::HugeArray;
     let (rows, cols, passes) = (2048usize, 2048usize, 4);
-    for dtype in [QuantType::Q4_0, QuantType::Q8_0, QuantType::Q4K, QuantType::Q6K] {
+    for dtype in [
+        QuantType::Q4_0,
+        QuantType::Q4_1,
+        QuantType::Q5_1,
+        QuantType::Q8_0,
+        QuantType::Q4K,
+        QuantType::Q5K,
+        QuantType::Q6K,
+    ] {
         let block = usize::try_from(dtype.block_size()).expect("small");
         let row_bytes = cols / block * block_bytes(dtype);
         let count = (128 << 20) / (rows * row_bytes);
