@@ -119,18 +119,19 @@ const PAGE: usize = 4096;
 /// (a request per block for lines that hold two to eight blocks' worth: Q4_K 27-38 -> 41-42
 /// GB/s, Q4_1 32 -> 42, Q6_K 36-39 -> 42; kernels bench, `panels`, one token streamed).
 ///
-/// A lone token's Q4_0 and Q4_K weights are asked for only where a 4 KiB page starts, and
-/// the hardware prefetchers, which stop at 4 KiB boundaries, take the rest of each page. A
-/// lone token through 128 MiB of matrices (kernels bench, `sequence`, Zen 4) streamed Q4_0 at
-/// 25.7-27.8 GB/s against 22.3-24.2 with a request per cache line, Q4_K at 24.1-26.3 against
-/// 20.6-22.5; decode of a 1B Q4_K_M model at one thread went from 24.2 to 26.6 tokens/s. Q4_1
-/// and Q5_K ran alike either way; Q5_0, Q5_1 and Q6_K ran slower (Q6_K 17.9-18.6 against
-/// 20.4-23.1) and keep a request per line.
+/// A lone token's Q4_0, Q4_K and Q6_K weights are asked for only where a 4 KiB page starts,
+/// and the hardware prefetchers, which stop at 4 KiB boundaries, take the rest of each page.
+/// A lone token through 128 MiB of matrices (kernels bench, `sequence`, Zen 4) streamed Q4_0
+/// at 25.7-27.8 GB/s against 22.3-24.2 with a request per cache line, Q4_K at 24.1-26.3
+/// against 20.6-22.5, and Q6_K at 24.6-25.1 against 19.6-21.1 (its blocks read in order,
+/// [`six_nibbles_at`]). Decode of a 1B Q4_K_M model at one thread went from 24.2 to 29.3
+/// tokens/s. Q4_1 and Q5_K ran alike either way; Q5_0 and Q5_1 ran slower, and keep a
+/// request per line.
 #[inline(always)]
 fn ahead<const F: u8>(sl: &Slices<'_>, wb: *const u8, b: usize, pbb: usize, side: bool) {
     let blocks_ahead = (AHEAD_BYTES / pbb).max(1);
     let w = wb.wrapping_add(blocks_ahead * pbb);
-    if !side && (F == Q4_0 || F == Q4K) {
+    if !side && (F == Q4_0 || F == Q4K || F == Q6K) {
         // The first page start inside the block ahead, if any.
         let page = (w as usize).next_multiple_of(PAGE) - w as usize;
         if page < pbb {
@@ -514,7 +515,7 @@ unsafe fn tile6<const N: usize>(sl: &Slices<'_>, a: &[BlockQ8], blocks: usize, p
                     // caller sized it).
                     let (w, plane) = unsafe {
                         (
-                            _mm512_loadu_si512(wb.add(128 * s + 64 * h).cast()),
+                            _mm512_loadu_si512(wb.add(six_nibbles_at(s, h)).cast()),
                             _mm512_loadu_si512(wb.add(at).cast()),
                         )
                     };
