@@ -32,8 +32,10 @@ impl std::fmt::Debug for CancelHandle {
 }
 
 impl CancelHandle {
-    /// Ask the engine to stop the request: it ends with [`FinishReason::Cancelled`]
-    /// (crate::FinishReason::Cancelled) before the next step, and its KV cache is freed then.
+    /// Ask the engine to stop the request: it ends with [`FinishReason::Cancelled`] before the
+    /// next step, and its KV cache is freed then.
+    ///
+    /// [`FinishReason::Cancelled`]: crate::generate::FinishReason::Cancelled
     pub fn cancel(&self) {
         super::cancel(&self.flag, &self.shared);
     }

@@ -89,7 +89,7 @@ fn tile_position(width: usize, j: usize, e: usize) -> usize {
 #[derive(Clone, Copy, Debug, PartialEq)]
 #[repr(C, align(64))]
 pub struct SuperQ8 {
-    /// The values at [`tile_position`] for the group's [`group_width`] (zeros elsewhere).
+    /// The values at `tile_position` for the group's [`group_width`] (zeros elsewhere).
     pub qs: [i8; QK_K],
     /// The scale of the block each 32-bit lane belongs to.
     pub d: [f32; LANES],
@@ -276,7 +276,7 @@ pub fn q8_0_packed_row_bytes(blocks: usize) -> usize {
 }
 
 /// A Q8_0 row (`blocks` 34-byte blocks) in the tile layout: each group's values at
-/// [`tile_position`] as they are (signed), then every group's f16 scales, one per block of its
+/// `tile_position` as they are (signed), then every group's f16 scales, one per block of its
 /// width (zeros past the row's last block). The tiles then load the values as they are: no
 /// shuffles per call. `out` holds [`q8_0_packed_row_bytes`].
 pub fn pack_q8_0_row(row: &[u8], out: &mut [u8]) {
@@ -427,7 +427,7 @@ pub fn q4_1_packed_row_bytes(blocks: usize) -> usize {
     SmallFormat::Q4_1.packed_row_bytes(blocks)
 }
 
-/// A Q4_1 row (`blocks` 20-byte blocks) in the tile layout ([`SmallFormat::pack_row`]): the
+/// A Q4_1 row (`blocks` 20-byte blocks) in the tile layout (`SmallFormat::pack_row`): the
 /// 4-bit values, then per group the f16 scales `d` and f16 minima `m` of its blocks; the file's
 /// size but for the blocks a short last group rounds up to. `out` holds
 /// [`q4_1_packed_row_bytes`].
@@ -498,7 +498,7 @@ pub fn q5_k_packed_row_bytes(blocks: usize) -> usize {
 }
 
 /// A Q4_K row in the tile layout, super-block by super-block: the 4-bit values at
-/// [`tile_position`] kept as [`nibble_at`] says (two loads and masks give the four vectors, where
+/// `tile_position` kept as `nibble_at` says (two loads and masks give the four vectors, where
 /// the file's order needs two permutes per vector), then the eight 6-bit scales and eight minima
 /// as bytes (decoded from their 12-byte packing once, here, rather than on every call), then `d`
 /// and `dmin` as in the file. `out` holds [`q4_k_packed_row_bytes`].
@@ -567,7 +567,7 @@ pub fn q6_k_packed_row_bytes(blocks: usize) -> usize {
 }
 
 /// A Q6_K row in the tile layout, super-block by super-block, in the file's 210 bytes: the low
-/// four bits of each value at [`tile_position`] kept as [`nibble_at`] says, then 64 bytes of
+/// four bits of each value at `tile_position` kept as `nibble_at` says, then 64 bytes of
 /// high bits (bits `2 v, 2 v + 1` of byte `k` for tile position `64 v + k`), then the scales and
 /// `d` where the file has them. One load and a shift give the high bits of all four vectors, where
 /// the file's order needs a permute and two shifts per vector for each half.

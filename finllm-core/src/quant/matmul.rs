@@ -629,7 +629,7 @@ impl Scratch {
 /// Multiply the same activations `x` (`[n, cols]`) by several matrices with `cols` columns in
 /// one parallel pass (Q/K/V, gate/up), whatever their formats: the activations are quantized
 /// once if any matrix is in a block format, and every thread draws row chunks from all matrices,
-/// so there is one fork-join instead of one per matrix (one per pass of [`token_block`] tokens
+/// so there is one fork-join instead of one per matrix (one per pass of `token_block` tokens
 /// for a long call). Returns one `[n, rows]` row-major result per matrix.
 pub fn matmul_group(mats: &[&QMatrix], x: &[f32], n: usize) -> Vec<Vec<f32>> {
     let mut outs: Vec<Vec<f32>> = mats.iter().map(|m| vec![0f32; n * m.rows]).collect();

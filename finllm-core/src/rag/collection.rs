@@ -7,6 +7,8 @@
 //! its chunks; a file gone from a synced folder loses them. Every search applies the caller's
 //! [`Filter`] inside both indexes, so no result is ever outside the caller's entitlements and a
 //! search still returns `k` results when `k` admitted chunks exist.
+//!
+//! [`Filter`]: super::retriever::Filter
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write as _;

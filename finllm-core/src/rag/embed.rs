@@ -20,9 +20,9 @@ use crate::quant::matmul::Scratch;
 /// How a text's token vectors become one vector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pooling {
-    /// The mean over every token ([CLS] and [SEP] included).
+    /// The mean over every token (`[CLS]` and `[SEP]` included).
     Mean,
-    /// The first ([CLS]) token's vector.
+    /// The first (`[CLS]`) token's vector.
     Cls,
 }
 
@@ -37,7 +37,7 @@ pub struct EmbedderConfig {
     pub max_positions: usize,
     pub type_vocab: usize,
     pub layer_norm_eps: f32,
-    /// Longest input in tokens ([CLS] and [SEP] included); longer texts are truncated.
+    /// Longest input in tokens (`[CLS]` and `[SEP]` included); longer texts are truncated.
     pub max_tokens: usize,
     pub pooling: Pooling,
     pub normalize: bool,
@@ -491,13 +491,13 @@ impl Embedder {
         &self.fingerprint
     }
 
-    /// Tokens of `text` without [CLS] and [SEP] (at most the model's longest input minus two).
+    /// Tokens of `text` without `[CLS]` and `[SEP]` (at most the model's longest input minus two).
     pub fn count_tokens(&self, text: &str) -> Result<usize> {
         Ok(self.tokenize(text)?.len().saturating_sub(2))
     }
 
-    /// The share of `text`'s tokens (without [CLS] and [SEP]) the vocabulary does not know
-    /// ([UNK]): 0 for text in the embedder's languages, near 1 for a script it never saw.
+    /// The share of `text`'s tokens (without `[CLS]` and `[SEP]`) the vocabulary does not know
+    /// (`[UNK]`): 0 for text in the embedder's languages, near 1 for a script it never saw.
     pub fn unknown_fraction(&self, text: &str) -> Result<f32> {
         let ids = self.tokenize(text)?;
         let inner = ids.len().saturating_sub(2);
@@ -516,7 +516,7 @@ impl Embedder {
         self.cfg.hidden
     }
 
-    /// The token ids the encoder sees for `text`: [CLS], the text's tokens, [SEP], truncated to
+    /// The token ids the encoder sees for `text`: `[CLS]`, the text's tokens, `[SEP]`, truncated to
     /// the model's longest input.
     pub fn tokenize(&self, text: &str) -> Result<Vec<u32>> {
         let enc = self

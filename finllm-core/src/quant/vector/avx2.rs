@@ -241,13 +241,13 @@ pub(super) fn prefetch_rows(rows: &[f16], stride: usize, first: usize, count: us
 /// vector registers, beside the heads' queries and one converted key.
 pub const HEADS: usize = 3;
 
-/// [`scores_f16_by_eight`] for `H` query heads of `q.len() / H` values over the same rows:
+/// `scores_f16_by_eight` for `H` query heads of `q.len() / H` values over the same rows:
 /// each converted key vector feeds `H` FMAs (with one head per call, converting every row
 /// once per head of a grouped-query group was most of the work). Three rows at a time for
-/// three heads, four for fewer, the rows [`AHEAD`] asked for ahead (`fetch` values of each: a head's slice of each cache row,
-/// `stride` apart, which the hardware prefetchers follow late); a (row, head)'s sums take
-/// the same FMAs in the same order and the same reduction as alone, so its bits are the
-/// same.
+/// three heads, four for fewer, the rows `AHEAD` asked for ahead (`fetch` values of each: a
+/// head's slice of each cache row, `stride` apart, which the hardware prefetchers follow
+/// late); a (row, head)'s sums take the same FMAs in the same order and the same reduction as
+/// alone, so its bits are the same.
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C; `q.len() / H` a non-zero multiple of 8; `rows`
