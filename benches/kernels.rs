@@ -51,8 +51,7 @@ fn main() {
             ("L2 512 KiB", (512 << 10) / row_bytes),
             ("streamed 64 MiB", (64 << 20) / row_bytes),
         ] {
-            // Masked bytes keep every f16 scale finite.
-            let data: Vec<u8> = (0..rows * row_bytes).map(|_| rng.next_u64() as u8 & 0x77).collect();
+            let data = masked_file(&mut rng, rows * row_bytes);
             // At least 64 MB of weights per pass.
             let reps = (64 << 20) / data.len() + 1;
             for isa in one_row_isas() {
@@ -145,7 +144,7 @@ fn panels(rng: &mut Rng) {
             ("streamed", 64 << 20, &[1, 8][..]),
         ] {
             let rows = bytes / row_bytes / PANEL_ROWS * PANEL_ROWS;
-            let file = panel_file(rng, rows * row_bytes);
+            let file = masked_file(rng, rows * row_bytes);
             let m = Panels::from_blocks(format, &file, rows, cols).expect("whole blocks");
             for &n in counts {
                 let x: Vec<f32> = (0..n * cols).map(|_| (rng.next_f64() * 2.0 - 1.0) as f32).collect();
@@ -200,9 +199,8 @@ fn panels(rng: &mut Rng) {
     }
 }
 
-/// `len` random bytes of a block-format file for the panels, masked to keep every f16 scale
-/// finite.
-fn panel_file(rng: &mut Rng, len: usize) -> Vec<u8> {
+/// `len` random bytes of a block-format file, masked to keep every f16 scale finite.
+fn masked_file(rng: &mut Rng, len: usize) -> Vec<u8> {
     (0..len).map(|_| rng.next_u64() as u8 & 0x77).collect()
 }
 
@@ -345,8 +343,7 @@ fn random_packed_rows(rng: &mut Rng, dtype: QuantType, k: &SuperKernels, rows: u
     let block = usize::try_from(dtype.block_size()).expect("small");
     let file_row = cols / block * block_bytes(dtype);
     let row_bytes = (k.packing.row_bytes)(cols / block);
-    // Masked bytes keep every f16 scale finite.
-    let file: Vec<u8> = (0..rows * file_row).map(|_| rng.next_u64() as u8 & 0x77).collect();
+    let file = masked_file(rng, rows * file_row);
     let mut data = vec![0u8; rows * row_bytes];
     for (src, dst) in file.chunks_exact(file_row).zip(data.chunks_exact_mut(row_bytes)) {
         (k.packing.pack_row)(src, dst);
@@ -423,7 +420,7 @@ fn sequence(rng: &mut Rng) {
         if let (Some(format), true) = (PanelFormat::of(dtype), Panels::fast()) {
             let mats: Vec<Panels> = (0..count)
                 .map(|_| {
-                    Panels::from_blocks(format, &panel_file(rng, rows * row_bytes), rows, cols).expect("whole blocks")
+                    Panels::from_blocks(format, &masked_file(rng, rows * row_bytes), rows, cols).expect("whole blocks")
                 })
                 .collect();
             let a = panel_activations(format, &x);
