@@ -142,9 +142,9 @@ impl PanelFormat {
 
     /// How many elements of each of [`Panels`]' arrays one panel of `blocks` blocks takes
     /// (zero where the format has no such array): panel `p`'s share of an array starts at `p`
-    /// times its length.
-    fn shares(self, blocks: usize) -> Shares {
-        let per_block = blocks * PANEL_ROWS;
+    /// times its length. `None` where a share overflows.
+    fn shares(self, blocks: usize) -> Option<Shares> {
+        let per_block = blocks.checked_mul(PANEL_ROWS)?;
         // The K-quants and Q6_K keep d (and dmin) per super-block of eight blocks.
         let per_d = if self.supers() {
             per_block / (QK_K / QK)
@@ -152,19 +152,23 @@ impl PanelFormat {
             per_block
         };
         let k = self.k();
-        Shares {
-            w: blocks * self.panel_block_bytes(),
+        Some(Shares {
+            w: blocks.checked_mul(self.panel_block_bytes())?,
             d: per_d,
             m: if self.has_min() || k { per_d } else { 0 },
             // Q6_K: two scales per row and block, one per 16-value half.
             sc: match self {
                 _ if k => per_block,
-                Self::Q6K => 2 * per_block,
+                Self::Q6K => per_block.checked_mul(2)?,
                 _ => 0,
             },
             mn: if k { per_block } else { 0 },
-            hb: if self.five() { blocks * FIFTH_MASKS } else { 0 },
-        }
+            hb: if self.five() {
+                blocks.checked_mul(FIFTH_MASKS)?
+            } else {
+                0
+            },
+        })
     }
 
     /// Where each token's block chain starts, from its values' sum: the weights' offset
@@ -184,12 +188,12 @@ impl PanelFormat {
     fn weight(self, pb: &[u8], hb: &[u64], lane: usize, e: usize) -> u8 {
         let (half, lane16) = (lane / 16, lane % 16);
         if self == Self::Q8_0 {
-            return pb[(e / 4) * 128 + half * 64 + lane16 * 4 + e % 4];
+            return pb[run_at(e / 4, half) + lane16 * 4 + e % 4];
         }
         let run = if self == Self::Q6K {
             six_nibbles_at((e % 16) / 4, half)
         } else {
-            ((e % 16) / 4) * 128 + half * 64
+            run_at((e % 16) / 4, half)
         };
         let byte = pb[run + lane16 * 4 + e % 4];
         let nibble = if e < 16 { byte & 0x0f } else { byte >> 4 };
@@ -264,7 +268,8 @@ struct PanelMut<'a> {
     hb: &'a mut [u64],
 }
 
-/// One panel's share of each of [`Panels`]' arrays, in elements ([`Panels::shares`]).
+/// One panel's share of each of [`Panels`]' arrays, in elements ([`PanelFormat::shares`]).
+#[derive(Clone, Copy)]
 struct Shares {
     w: usize,
     d: usize,
@@ -293,7 +298,7 @@ impl PanelMut<'_> {
             match format {
                 PanelFormat::Q8_0 => {
                     for (e, &q) in block[2..].iter().enumerate() {
-                        w[(e / 4) * 128 + half * 64 + lane16 * 4 + e % 4] = (q as i8 as i16 + 128) as u8;
+                        w[run_at(e / 4, half) + lane16 * 4 + e % 4] = (q as i8 as i16 + 128) as u8;
                     }
                 }
                 PanelFormat::Q4K | PanelFormat::Q5K | PanelFormat::Q6K => {
@@ -307,7 +312,7 @@ impl PanelMut<'_> {
                         2
                     };
                     let qh = u32::from_le_bytes([block[at], block[at + 1], block[at + 2], block[at + 3]]);
-                    put_run_bytes(w, half, lane16, le_u128(&block[at + 4..at + 20]));
+                    put_run_bytes(w, lane16, le_u128(&block[at + 4..at + 20]), |r| run_at(r, half));
                     let hb = &mut self.hb[b * FIFTH_MASKS..(b + 1) * FIFTH_MASKS];
                     set_fifth_bits(hb, half, lane16, |e| u64::from((qh >> e) & 1));
                 }
@@ -319,7 +324,7 @@ impl PanelMut<'_> {
                         2
                     };
                     // Byte e holds value e (low nibble) and value e + 16 (high), as in the file.
-                    put_run_bytes(w, half, lane16, le_u128(&block[at..at + 16]));
+                    put_run_bytes(w, lane16, le_u128(&block[at..at + 16]), |r| run_at(r, half));
                 }
             }
         }
@@ -352,7 +357,9 @@ impl PanelMut<'_> {
                 } else {
                     ((lo >> 4) & LOW_NIBBLES) | (hi & !LOW_NIBBLES)
                 };
-                put_run_bytes(&mut self.w[pb * pbb..(pb + 1) * pbb], half, lane16, nibbles);
+                put_run_bytes(&mut self.w[pb * pbb..(pb + 1) * pbb], lane16, nibbles, |r| {
+                    run_at(r, half)
+                });
                 if five {
                     let hb = &mut self.hb[pb * FIFTH_MASKS..(pb + 1) * FIFTH_MASKS];
                     set_fifth_bits(hb, half, lane16, |e| u64::from((block[Q5_K_QH_AT + e] >> j) & 1));
@@ -378,10 +385,8 @@ impl PanelMut<'_> {
                 let v = &values[QK * j..][..QK];
                 let w = &mut self.w[pb * pbb..(pb + 1) * pbb];
                 let (lo, hi) = (le_u128(&v[..16]), le_u128(&v[16..]));
-                let nibbles = ((lo & LOW_NIBBLES) | ((hi & LOW_NIBBLES) << 4)).to_le_bytes();
-                for (s, four) in nibbles.chunks_exact(4).enumerate() {
-                    w[six_nibbles_at(s, half) + lane16 * 4..][..4].copy_from_slice(four);
-                }
+                let nibbles = (lo & LOW_NIBBLES) | ((hi & LOW_NIBBLES) << 4);
+                put_run_bytes(w, lane16, nibbles, |s| six_nibbles_at(s, half));
                 // Each plane byte holds four values of this row only: built whole, then set.
                 for pair in 0..2 {
                     for k in 0..4 {
@@ -411,12 +416,19 @@ fn le_u128(b: &[u8]) -> u128 {
     u128::from_le_bytes(x)
 }
 
-/// The sixteen bytes of row `16 half + lane16` of a 4-bit panel block `w`: byte `e` at
-/// `(e / 4) · 128 + half · 64 + lane16 · 4 + e % 4`, four at a time.
-fn put_run_bytes(w: &mut [u8], half: usize, lane16: usize, bytes: u128) {
+/// The sixteen nibble bytes of row `16 half + lane16` into a panel block `w`, four at a time:
+/// byte `e` at `run(e / 4) + lane16 · 4 + e % 4`, where `run(r)` is where the vector of run
+/// `r` of the row's half starts ([`run_at`], [`six_nibbles_at`]).
+fn put_run_bytes(w: &mut [u8], lane16: usize, bytes: u128, run: impl Fn(usize) -> usize) {
     for (r, four) in bytes.to_le_bytes().chunks_exact(4).enumerate() {
-        w[r * 128 + half * 64 + lane16 * 4..][..4].copy_from_slice(four);
+        w[run(r) + lane16 * 4..][..4].copy_from_slice(four);
     }
+}
+
+/// Where the 64-byte vector of run `r` and half `h` starts in a panel block: four values of
+/// each of 16 rows (Q8_0's runs 0..8 of bytes, the 4-bit formats' 0..4 of nibble pairs).
+fn run_at(r: usize, h: usize) -> usize {
+    r * 128 + h * 64
 }
 
 /// The 256 six-bit values (0..64) of a Q6_K super-block, as
@@ -474,6 +486,8 @@ pub struct Panels {
     mn: HugeArray<u8>,
     /// Q5_0's, Q5_1's and Q5_K's fifth bits, [`FIFTH_MASKS`] per panel block (empty otherwise).
     hb: HugeArray<u64>,
+    /// One panel's share of each array.
+    per: Shares,
 }
 
 impl std::fmt::Debug for Panels {
@@ -511,11 +525,8 @@ impl Panels {
         if cols == 0 || !cols.is_multiple_of(format.file_block()) {
             return None;
         }
-        // A panel's largest share, Q8_0's weights, is 32 bytes a column: past that, `shares`
-        // would overflow.
-        cols.checked_mul(PANEL_ROWS)?;
         let panels = rows.div_ceil(PANEL_ROWS);
-        let per = format.shares(cols / QK);
+        let per = format.shares(cols / QK)?;
         let array = |share: usize| panels.checked_mul(share);
         // Zero weights: Q8_0's offset bytes of 128 (Q4_0's 8s need not be: their scales are
         // zero, as every scale past the last row stays).
@@ -536,6 +547,7 @@ impl Panels {
             sc: HugeArray::zeroed(array(per.sc)?)?,
             mn: HugeArray::zeroed(array(per.mn)?)?,
             hb: HugeArray::zeroed(array(per.hb)?)?,
+            per,
         })
     }
 
@@ -599,7 +611,7 @@ impl Panels {
 
     /// How many elements of each array one panel takes ([`PanelFormat::shares`]).
     fn shares(&self) -> Shares {
-        self.format.shares(self.blocks())
+        self.per
     }
 
     pub fn format(&self) -> PanelFormat {
