@@ -12,6 +12,9 @@
 //! two). Each figure is the best of five timed passes, so other work on the machine disturbs it
 //! less. One thread unless named; a multiply-add is two FLOPs. `-- sequence` adds a decode step's
 //! stream: a lone token through 128 MiB of matrices in turn, panels against the AVX2 tiles.
+//! `-- peak` gives what one core's multiply pipes allow with AVX-512: `vpdpbusd` (the panels'
+//! product, 64 byte multiply-adds) and `vdpbf16ps` (the bf16 dot product, 32), each as twelve
+//! independent chains in registers, so the tiles' figures read as a fraction of the machine.
 
 use std::time::Instant;
 
@@ -114,6 +117,83 @@ fn main() {
     }
     if only.is_empty() || only.iter().any(|f| f.eq_ignore_ascii_case("panels")) {
         panels(&mut rng);
+    }
+    if only.iter().any(|f| f.eq_ignore_ascii_case("peak")) {
+        peak();
+    }
+}
+
+/// Instructions each of the twelve chains of [`peak`] runs per pass.
+const PEAK_STEPS: usize = 20_000_000;
+
+/// The multiply pipes' peak on one core: twelve chains of `vpdpbusd` and of `vdpbf16ps`, with
+/// no memory operands, as GMAC/s (one instruction is 64 and 32 multiply-adds) and instructions
+/// per nanosecond.
+fn peak() {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let bw = std::arch::is_x86_feature_detected!("avx512bw");
+        let vnni = bw && std::arch::is_x86_feature_detected!("avx512vnni");
+        let bf16 = bw && std::arch::is_x86_feature_detected!("avx512bf16");
+        for (name, macs, present, run) in [
+            ("vpdpbusd", 64, vnni, peak_x86::vnni as unsafe fn(usize) -> f32),
+            ("vdpbf16ps", 32, bf16, peak_x86::bf16 as unsafe fn(usize) -> f32),
+        ] {
+            if !present {
+                println!("peak  {name:<9} not on this CPU");
+                continue;
+            }
+            // SAFETY: the features were detected above.
+            let (secs, sink) = best_of(|| unsafe { run(PEAK_STEPS) });
+            let instructions = (12 * PEAK_STEPS) as f64;
+            println!(
+                "peak  {name:<9} 12 chains, one core      : {:7.2} GMAC/s, {:.2} instructions/ns (sink {sink})",
+                instructions * macs as f64 / secs / 1e9,
+                instructions / secs / 1e9
+            );
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    println!("peak: x86-64 only");
+}
+
+#[cfg(target_arch = "x86_64")]
+mod peak_x86 {
+    use std::arch::asm;
+    use std::arch::x86_64::*;
+
+    /// SAFETY: AVX-512 F/BW/VNNI.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub unsafe fn vnni(steps: usize) -> f32 {
+        let mut acc = [_mm512_setzero_si512(); 12];
+        let mut w = _mm512_set1_epi8(3);
+        let y = _mm512_set1_epi8(-2);
+        for _ in 0..steps {
+            for a in acc.iter_mut() {
+                *a = _mm512_dpbusd_epi32(*a, w, y);
+            }
+            // Opaque each step (an empty asm on the register), so the chains cannot be folded.
+            // SAFETY: the asm is empty.
+            unsafe { asm!("/* {0} */", inout(zmm_reg) w, options(nomem, nostack)) };
+        }
+        acc.iter().map(|a| _mm512_reduce_add_epi32(*a) as f32).sum()
+    }
+
+    /// SAFETY: AVX-512 F/BW/BF16.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub unsafe fn bf16(steps: usize) -> f32 {
+        let mut acc = [_mm512_setzero_ps(); 12];
+        let mut w = _mm512_castps_si512(_mm512_set1_ps(0.5));
+        let y: __m512bh = _mm512_cvtne2ps_pbh(_mm512_set1_ps(1e-3), _mm512_set1_ps(1e-3));
+        for _ in 0..steps {
+            let wb: __m512bh = unsafe { std::mem::transmute(w) };
+            for a in acc.iter_mut() {
+                *a = _mm512_dpbf16_ps(*a, wb, y);
+            }
+            // SAFETY: the asm is empty.
+            unsafe { asm!("/* {0} */", inout(zmm_reg) w, options(nomem, nostack)) };
+        }
+        acc.iter().map(|a| _mm512_reduce_add_ps(*a)).sum()
     }
 }
 
